@@ -1,0 +1,214 @@
+//! The command line. Argument parsing and output only: the work is done by
+//! the library modules, and errors become exit codes here.
+//!
+//! Exit codes: 0 success; 1 failure (invalid specs, a failed run); 2 usage
+//! error (clap's own, and ours for bad arguments).
+
+use crate::diag::{self, Format};
+use crate::render::{Renderer, SourceInfo};
+use crate::secret::{self, ProcessSecrets};
+use crate::spec::{self, LoadOptions, check};
+use clap::{Args, Parser, Subcommand};
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "asterisk-gitops",
+    version,
+    about = "Manage Asterisk PJSIP extensions the GitOps way",
+    long_about = "Manage Asterisk PJSIP extensions the GitOps way.\n\n\
+        Extensions are declared in YAML files (extensions.d/*.yaml) kept in git. \
+        asterisk-gitops validates them, renders the managed pjsip config, and keeps a \
+        running Asterisk and a database equal to what the files say.",
+    after_help = "Exit codes: 0 success, 1 failure (invalid specs, a failed run), 2 usage error."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options shared by the commands that need them.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Directory holding the extension spec files (*.yaml, *.yml, searched recursively).
+    #[arg(long, global = true, env = "ASTERISK_GITOPS_SPEC_DIR", default_value = "extensions.d", value_name = "DIR")]
+    pub spec_dir: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check spec files and report every problem with file:line:column.
+    ///
+    /// Exits 0 when the specs are valid, 1 when there are errors (or, with
+    /// --strict, warnings), 2 on a usage error. In CI, `--format github`
+    /// turns each problem into an annotation on the pull request.
+    Validate(ValidateArgs),
+    /// Render the managed pjsip config from the spec files.
+    ///
+    /// Secrets named by passwordEnv and passwordFile are read now; a missing
+    /// one is an error naming the extension. Nothing is written when the specs
+    /// have errors.
+    Render(RenderArgs),
+    /// Print the JSON Schema of a spec file (for editors and CI).
+    Schema,
+    /// Print the md5Cred for an extension's password, to paste into a spec file.
+    ///
+    /// md5Cred = md5("EXTENSION:REALM:PASSWORD"). It is not the password, but
+    /// it opens this one account: treat it as a credential. Give PASSWORD as
+    /// `-` (or leave it out) to read it from standard input, which keeps it
+    /// out of your shell history.
+    HashPassword(HashPasswordArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// Spec files or directories [default: the spec directory].
+    #[arg(value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: Format,
+    /// Treat warnings (such as a plain-text password) as errors.
+    #[arg(long)]
+    pub strict: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RenderArgs {
+    /// A spec file or directory [default: the spec directory].
+    #[arg(value_name = "PATH")]
+    pub path: Option<PathBuf>,
+    /// Write to FILE (atomically) instead of standard output.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Use pjsip_gitops.conf.j2 from DIR instead of the built-in template.
+    #[arg(long, value_name = "DIR", env = "ASTERISK_GITOPS_TEMPLATES")]
+    pub templates: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct HashPasswordArgs {
+    /// The extension number (the SIP username).
+    pub extension: String,
+    /// The password; `-` or absent: read one line from standard input.
+    pub password: Option<String>,
+    /// The digest realm (Asterisk's default_realm).
+    #[arg(long, default_value = secret::DEFAULT_REALM)]
+    pub realm: String,
+}
+
+/// Runs the command line; the binary's whole `main`.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Validate(args) => validate(&cli.global, args),
+        Command::Render(args) => render(&cli.global, args),
+        Command::Schema => {
+            print!("{}", crate::schema::spec_schema_text());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::HashPassword(args) => hash_password(args),
+    }
+}
+
+fn validate(global: &GlobalArgs, args: ValidateArgs) -> anyhow::Result<ExitCode> {
+    let paths = if args.paths.is_empty() { vec![global.spec_dir.clone()] } else { args.paths };
+    let loaded = spec::load_paths(&paths, &LoadOptions::default());
+    let mut diagnostics = loaded.diagnostics;
+    if loaded.files.is_empty() && diagnostics.is_empty() {
+        for p in &paths {
+            diagnostics.push(diag::Diagnostic::warning(
+                "no-spec-files",
+                diag::Location { file: p.display().to_string(), line: 1, column: 1 },
+                "",
+                "no *.yaml or *.yml files found here",
+            ));
+        }
+    }
+    let failed = diagnostics.iter().any(|d| d.is_error() || args.strict);
+    let out = diag::format_all(&diagnostics, args.format, loaded.set.extensions.len());
+    std::io::stdout().write_all(out.as_bytes())?;
+    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+fn render(global: &GlobalArgs, args: RenderArgs) -> anyhow::Result<ExitCode> {
+    let path = args.path.unwrap_or_else(|| global.spec_dir.clone());
+    let loaded = spec::load_paths(std::slice::from_ref(&path), &LoadOptions::default());
+    if loaded.has_errors() {
+        let errors: Vec<_> = loaded.diagnostics.into_iter().filter(|d| d.is_error()).collect();
+        eprint!("{}", diag::format_all(&errors, Format::Text, 0));
+        eprintln!("error: the specs have errors; nothing was rendered");
+        return Ok(ExitCode::FAILURE);
+    }
+    let renderer = Renderer::new(args.templates.as_deref())?;
+    let info = SourceInfo { source: path.display().to_string(), revision: None };
+    let text = renderer.render(&loaded.set, &info, &ProcessSecrets)?;
+    match args.output {
+        None => std::io::stdout().write_all(text.as_bytes())?,
+        Some(file) => write_atomic(&file, text.as_bytes())?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same directory,
+/// fsynced and renamed over the target, so a reader sees the old file or
+/// the new one and never half of either.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "output".into());
+    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        if let Ok(d) = std::fs::File::open(&dir) {
+            // Make the rename itself durable; not every file system allows it.
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+fn hash_password(args: HashPasswordArgs) -> anyhow::Result<ExitCode> {
+    if let Err(e) = check::extension_number(&args.extension) {
+        eprintln!("error: {e}");
+        return Ok(ExitCode::from(2));
+    }
+    let password = match args.password.as_deref() {
+        Some(p) if p != "-" => p.to_string(),
+        _ => {
+            let mut line = String::new();
+            std::io::stdin().lock().read_line(&mut line)?;
+            line.trim_end_matches(['\n', '\r']).to_string()
+        }
+    };
+    if password.is_empty() {
+        eprintln!("error: the password is empty");
+        return Ok(ExitCode::from(2));
+    }
+    println!("{}", secret::md5_cred(&args.extension, &args.realm, &password));
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,16 @@
+//! asterisk-gitops: Asterisk PJSIP extensions managed the GitOps way.
+//!
+//! Module map (see ARCHITECTURE.md for the whole picture):
+//! - [`spec`]: the YAML model, loading and validation (pure; reads files only).
+//! - [`diag`]: diagnostics with file, line, column and field, and their output formats.
+//! - [`render`]: the managed pjsip config, rendered with minijinja.
+//! - [`secret`]: md5Cred hashing and resolving passwordEnv / passwordFile.
+//! - [`schema`]: the JSON Schema of the spec files.
+//! - [`cli`]: the command line (the binary is a thin wrapper around it).
+
+pub mod cli;
+pub mod diag;
+pub mod render;
+pub mod schema;
+pub mod secret;
+pub mod spec;

@@ -1,0 +1,239 @@
+//! Rendering the managed pjsip file from the desired set, with minijinja.
+//!
+//! Output is deterministic: extensions in number order, no timestamps, so
+//! that "the content changed" means "the spec changed" and a no-op
+//! reconcile writes nothing.
+//!
+//! Architecture invariant: nothing a spec says can open a new section. Two
+//! guards stand behind validation: every `{{ value }}` passes through a
+//! formatter that refuses line breaks, control characters, `[`, `]`, `;`
+//! and `#`; and the finished text is checked line by line
+//! ([`check_structure`]) before anyone may write it.
+
+use crate::secret::{AuthCredential, SecretError, SecretSource, credential};
+use crate::spec::{DesiredSet, Extension, check};
+use minijinja::{Environment, Error as TemplateError, ErrorKind, UndefinedBehavior, Value};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+/// The template the renderer starts from.
+pub const TEMPLATE_NAME: &str = "pjsip_gitops.conf.j2";
+/// The built-in copy of `templates/pjsip_gitops.conf.j2`.
+pub const DEFAULT_TEMPLATE: &str = include_str!("../templates/pjsip_gitops.conf.j2");
+
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    #[error("cannot load templates from {dir}: {reason}")]
+    Templates { dir: PathBuf, reason: String },
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    /// minijinja's error, with its template name, line and cause, as text.
+    #[error("template error: {0}")]
+    Template(String),
+    #[error("rendered output line {line} is not a section header, a comment or `key = value`: refusing to write it")]
+    Structure { line: usize },
+}
+
+impl From<TemplateError> for RenderError {
+    fn from(e: TemplateError) -> Self {
+        RenderError::Template(format!("{e:#}"))
+    }
+}
+
+/// What the header says about where the config came from.
+#[derive(Clone, Debug, Default)]
+pub struct SourceInfo {
+    /// The spec directory, or the git URL and path.
+    pub source: String,
+    /// A git commit id, when the specs came from one.
+    pub revision: Option<String>,
+}
+
+/// A minijinja environment holding the managed file's template.
+pub struct Renderer {
+    env: Environment<'static>,
+}
+
+#[derive(Serialize)]
+struct EndpointView<'a> {
+    extension: &'a str,
+    context: &'a str,
+    transport: &'a str,
+    codecs: &'a [String],
+    callerid: Option<String>,
+    mailboxes: &'a [String],
+    dtmf_mode: Option<&'a str>,
+    direct_media: Option<&'static str>,
+    rtp_symmetric: Option<&'static str>,
+    force_rport: Option<&'static str>,
+    rewrite_contact: Option<&'static str>,
+    auth_type: &'static str,
+    password: Option<String>,
+    md5_cred: Option<String>,
+    max_contacts: u32,
+}
+
+fn yes_no(v: Option<bool>) -> Option<&'static str> {
+    v.map(|b| if b { "yes" } else { "no" })
+}
+
+impl Renderer {
+    /// The built-in template, or `pjsip_gitops.conf.j2` from `templates`
+    /// (which may `{% include %}` or `{% extends %}` other files there).
+    pub fn new(templates: Option<&Path>) -> Result<Self, RenderError> {
+        let mut env = Environment::new();
+        env.set_trim_blocks(true);
+        env.set_lstrip_blocks(true);
+        env.set_keep_trailing_newline(true);
+        env.set_undefined_behavior(UndefinedBehavior::Strict);
+        env.set_formatter(|out, state, value| {
+            if let Some(s) = value.as_str() {
+                check::line_safe(s, usize::MAX).map_err(|reason| {
+                    TemplateError::new(
+                        ErrorKind::InvalidOperation,
+                        format!("refusing to write an unsafe value: {reason}"),
+                    )
+                })?;
+            }
+            minijinja::escape_formatter(out, state, value)
+        });
+        match templates {
+            None => env.add_template(TEMPLATE_NAME, DEFAULT_TEMPLATE)?,
+            Some(dir) => {
+                let path = dir.join(TEMPLATE_NAME);
+                if !path.is_file() {
+                    return Err(RenderError::Templates {
+                        dir: dir.to_path_buf(),
+                        reason: format!("{} not found", path.display()),
+                    });
+                }
+                env.set_loader(minijinja::path_loader(dir));
+                // Load now, so a broken template is reported at start-up, not at the first reconcile.
+                env.get_template(TEMPLATE_NAME)
+                    .map_err(|e| RenderError::Templates { dir: dir.to_path_buf(), reason: format!("{e:#}") })?;
+            }
+        }
+        Ok(Renderer { env })
+    }
+
+    /// Renders the managed file for every enabled extension of `set`.
+    pub fn render(
+        &self,
+        set: &DesiredSet,
+        info: &SourceInfo,
+        secrets: &dyn SecretSource,
+    ) -> Result<String, RenderError> {
+        let enabled: Vec<&Extension> = set.extensions.iter().filter(|e| e.enabled).collect();
+        let mut views = Vec::with_capacity(enabled.len());
+        for ext in enabled {
+            views.push(view(ext, secrets)?);
+        }
+        let template = self.env.get_template(TEMPLATE_NAME)?;
+        let ctx = minijinja::context! {
+            source => info.source.as_str(),
+            revision => info.revision.as_deref().unwrap_or(""),
+            extensions => Value::from_serialize(&views),
+        };
+        let text = template.render(ctx)?;
+        check_structure(&text)?;
+        Ok(text)
+    }
+}
+
+fn view<'a>(ext: &'a Extension, secrets: &dyn SecretSource) -> Result<EndpointView<'a>, RenderError> {
+    let (auth_type, password, md5_cred) = match credential(ext, secrets)? {
+        AuthCredential::UserPass(p) => ("userpass", Some(p), None),
+        AuthCredential::Md5(h) => ("md5", None, Some(h)),
+    };
+    Ok(EndpointView {
+        extension: &ext.extension,
+        context: &ext.context,
+        transport: &ext.transport,
+        codecs: &ext.codecs,
+        callerid: ext.effective_caller_id(),
+        mailboxes: &ext.mailboxes,
+        dtmf_mode: ext.dtmf_mode.as_deref(),
+        direct_media: yes_no(ext.direct_media),
+        rtp_symmetric: yes_no(ext.rtp_symmetric),
+        force_rport: yes_no(ext.force_rport),
+        rewrite_contact: yes_no(ext.rewrite_contact),
+        auth_type,
+        password,
+        md5_cred,
+        max_contacts: ext.max_contacts,
+    })
+}
+
+/// What one line of a pjsip config file is.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Line<'a> {
+    Blank,
+    Comment,
+    /// `[name]`, optionally followed by a template marker `(!)` or `(name)`.
+    Section(&'a str),
+    /// `key = value` (spaces around `=` optional).
+    Option(&'a str, &'a str),
+}
+
+/// Classifies one line; `None` for anything else (a directive, a stray
+/// value, a broken header).
+pub fn classify(line: &str) -> Option<Line<'_>> {
+    let t = line.trim();
+    if t.is_empty() {
+        return Some(Line::Blank);
+    }
+    if t.starts_with(';') {
+        return Some(Line::Comment);
+    }
+    if let Some(rest) = t.strip_prefix('[') {
+        let (name, after) = rest.split_once(']')?;
+        let after = after.trim();
+        let template_ok =
+            after.is_empty() || (after.starts_with('(') && after.ends_with(')') && !after[1..].contains('('));
+        let name_ok = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-+".contains(&b));
+        return (template_ok && name_ok).then_some(Line::Section(name));
+    }
+    let (key, value) = t.split_once('=')?;
+    let key = key.trim();
+    let key = key.strip_suffix('>').unwrap_or(key).trim();
+    let key_ok = !key.is_empty() && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    let value = value.trim();
+    let value_ok = !value.contains(['[', ']', ';', '#']) && !value.chars().any(char::is_control);
+    (key_ok && value_ok).then_some(Line::Option(key, value))
+}
+
+/// Every line must be blank, a comment, a section header or one `key = value`.
+pub fn check_structure(text: &str) -> Result<(), RenderError> {
+    match text.lines().position(|l| classify(l).is_none()) {
+        Some(i) => Err(RenderError::Structure { line: i + 1 }),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classify_accepts_pjsip_lines_and_nothing_else() {
+        assert_eq!(classify("[1001]"), Some(Line::Section("1001")));
+        assert_eq!(classify("[tpl](!)"), Some(Line::Section("tpl")));
+        assert_eq!(classify("allow = ulaw,alaw"), Some(Line::Option("allow", "ulaw,alaw")));
+        assert_eq!(classify("callerid = \"Test User\" <1001>"), Some(Line::Option("callerid", "\"Test User\" <1001>")));
+        assert_eq!(classify("; comment"), Some(Line::Comment));
+        assert_eq!(classify(""), Some(Line::Blank));
+        assert_eq!(classify("#include other.conf"), None);
+        assert_eq!(classify("just words"), None);
+        assert_eq!(classify("[1001] trailing"), None);
+        assert_eq!(classify("password = a;b"), None);
+    }
+
+    #[test]
+    fn the_formatter_refuses_unsafe_values_even_without_validation() {
+        let r = Renderer::new(None).expect("built-in template");
+        let tmpl = r.env.template_from_str("x = {{ v }}").expect("compiles");
+        let err = tmpl.render(minijinja::context! { v => "a\n[evil]" }).expect_err("refused");
+        assert!(err.to_string().contains("unsafe value"), "{err}");
+        assert_eq!(tmpl.render(minijinja::context! { v => "fine" }).expect("renders"), "x = fine");
+    }
+}

@@ -1,0 +1,530 @@
+//! Reading spec files: a directory tree (or single files) into a [`DesiredSet`]
+//! plus every diagnostic at once.
+//!
+//! Files are `*.yaml` and `*.yml`, found recursively, read in sorted path
+//! order; hidden files and directories (`.git`) are skipped. A file with any
+//! error contributes none of its extensions, so that a half-understood file
+//! can never make the daemon delete what the file meant to keep: the caller
+//! treats a load with errors as "change nothing".
+
+use super::resolve::{Locator, resolve};
+use super::yaml::{self, Node, Pos, Scalar, ScalarKind};
+use super::{Defaults, DesiredSet, Extension, ExtensionEntry, StringList};
+use crate::diag::{Diagnostic, Location};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+/// Fields an entry may have, in the order the schema documents them.
+pub const ENTRY_FIELDS: &[&str] = &[
+    "extension",
+    "displayName",
+    "context",
+    "transport",
+    "codecs",
+    "password",
+    "md5Cred",
+    "passwordEnv",
+    "passwordFile",
+    "maxContacts",
+    "callerId",
+    "mailboxes",
+    "dtmfMode",
+    "directMedia",
+    "rtpSymmetric",
+    "forceRport",
+    "rewriteContact",
+    "enabled",
+    "labels",
+];
+
+const SECRET_FIELDS: &[&str] = &["password", "md5Cred", "passwordEnv", "passwordFile"];
+
+/// Fields `defaults` may have.
+pub const DEFAULTS_FIELDS: &[&str] = &[
+    "context",
+    "transport",
+    "codecs",
+    "maxContacts",
+    "dtmfMode",
+    "directMedia",
+    "rtpSymmetric",
+    "forceRport",
+    "rewriteContact",
+    "enabled",
+    "labels",
+];
+
+#[derive(Clone, Debug, Default)]
+pub struct LoadOptions {
+    /// Paths printed in diagnostics are relative to this directory when
+    /// they lie under it (the spec directory, or the current directory).
+    pub display_base: Option<PathBuf>,
+}
+
+/// The outcome of loading: what was understood, and everything that was not.
+#[derive(Clone, Debug, Default)]
+pub struct Loaded {
+    pub set: DesiredSet,
+    pub diagnostics: Vec<Diagnostic>,
+    /// The files that were read, as displayed in diagnostics.
+    pub files: Vec<String>,
+}
+
+impl Loaded {
+    pub fn has_errors(&self) -> bool {
+        self.diagnostics.iter().any(Diagnostic::is_error)
+    }
+}
+
+/// Loads every spec file under `paths` (directories recursively, or files).
+pub fn load_paths(paths: &[PathBuf], options: &LoadOptions) -> Loaded {
+    let mut files = Vec::new();
+    let mut diagnostics = Vec::new();
+    for path in paths {
+        let shown = display(path, options);
+        match std::fs::metadata(path) {
+            Ok(m) if m.is_dir() => collect(path, &mut files, &mut diagnostics, options),
+            Ok(_) => files.push(path.clone()),
+            Err(e) => diagnostics.push(file_error("io-error", &shown, format!("cannot read {shown}: {e}"))),
+        }
+    }
+    files.sort();
+    files.dedup();
+    let sources = files.into_iter().map(|path| {
+        let shown = display(&path, options);
+        let text = std::fs::read(&path).map_err(|e| e.to_string());
+        (shown, path, text)
+    });
+    let mut loaded = load_sources(sources);
+    diagnostics.append(&mut loaded.diagnostics);
+    loaded.diagnostics = diagnostics;
+    loaded
+}
+
+/// Loads spec files given as (displayed name, path, content). Used for a
+/// directory on disk and for a tree read straight out of a git commit.
+pub fn load_sources(sources: impl IntoIterator<Item = (String, PathBuf, Result<Vec<u8>, String>)>) -> Loaded {
+    let mut loaded = Loaded::default();
+    let mut seen: HashMap<String, Location> = HashMap::new();
+    for (shown, path, content) in sources {
+        loaded.files.push(shown.clone());
+        let bytes = match content {
+            Ok(b) => b,
+            Err(e) => {
+                loaded.diagnostics.push(file_error("io-error", &shown, format!("cannot read {shown}: {e}")));
+                continue;
+            }
+        };
+        let text = match String::from_utf8(bytes) {
+            Ok(t) => t,
+            Err(e) => {
+                let offset = e.utf8_error().valid_up_to();
+                let text = String::from_utf8_lossy(&e.into_bytes()[..offset]).into_owned();
+                let line = u32::try_from(text.matches('\n').count() + 1).unwrap_or(u32::MAX);
+                loaded.diagnostics.push(Diagnostic::error(
+                    "yaml-syntax",
+                    Location { file: shown.clone(), line, column: 1 },
+                    "",
+                    format!("not UTF-8 text (invalid byte at offset {offset})"),
+                ));
+                continue;
+            }
+        };
+        let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let (extensions, mut diags) = load_file(&shown, &base_dir, &text);
+        let file_ok = !diags.iter().any(Diagnostic::is_error);
+        // Duplicates are checked even across files with errors, so a
+        // reviewer sees every collision in one run.
+        for (ext, pos) in extensions.iter().map(|(e, p)| (e, *p)) {
+            let here = Location { file: shown.clone(), line: pos.line, column: pos.column };
+            match seen.get(&ext.extension) {
+                Some(first) => diags.push(
+                    Diagnostic::error(
+                        "duplicate-extension",
+                        here,
+                        "extension",
+                        format!("extension {} is declared twice; first at {first}", ext.extension),
+                    )
+                    .with_related(first.clone()),
+                ),
+                None => {
+                    seen.insert(ext.extension.clone(), here);
+                }
+            }
+        }
+        let file_ok = file_ok && !diags.iter().any(Diagnostic::is_error);
+        if file_ok {
+            loaded.set.extensions.extend(extensions.into_iter().map(|(e, _)| e));
+        }
+        loaded.diagnostics.append(&mut diags);
+    }
+    loaded.set.extensions.sort_by(|a, b| a.extension.cmp(&b.extension));
+    loaded
+}
+
+fn display(path: &Path, options: &LoadOptions) -> String {
+    let base = options.display_base.as_deref();
+    let rel = base.and_then(|b| path.strip_prefix(b).ok()).unwrap_or(path);
+    rel.to_string_lossy().into_owned()
+}
+
+fn file_error(code: &'static str, file: &str, message: String) -> Diagnostic {
+    Diagnostic::error(code, Location { file: file.to_string(), line: 1, column: 1 }, "", message)
+}
+
+fn collect(dir: &Path, files: &mut Vec<PathBuf>, diags: &mut Vec<Diagnostic>, options: &LoadOptions) {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) => {
+            let shown = display(dir, options);
+            diags.push(file_error("io-error", &shown, format!("cannot read directory {shown}: {e}")));
+            return;
+        }
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') {
+            continue;
+        }
+        let path = entry.path();
+        // Follow symlinks the way an operator would expect (metadata, not symlink_metadata).
+        match std::fs::metadata(&path) {
+            Ok(m) if m.is_dir() => collect(&path, files, diags, options),
+            Ok(_) if name.ends_with(".yaml") || name.ends_with(".yml") => files.push(path),
+            _ => {}
+        }
+    }
+}
+
+/// Loads one file's text. Returns its extensions (with the position of each
+/// entry's `extension` field) and its diagnostics.
+pub fn load_file(file: &str, base_dir: &Path, text: &str) -> (Vec<(Extension, Pos)>, Vec<Diagnostic>) {
+    let mut r = Reader { file, diags: Vec::new() };
+    let root = match yaml::parse(text) {
+        Ok(Some(root)) => root,
+        Ok(None) => {
+            r.diags.push(file_error("empty-file", file, "the file is empty: it needs an `extensions:` list".into()));
+            return (Vec::new(), r.diags);
+        }
+        Err(e) => {
+            r.diags.push(Diagnostic::error(
+                "yaml-syntax",
+                r.loc(e.pos),
+                "",
+                format!("YAML syntax error: {}", e.message),
+            ));
+            return (Vec::new(), r.diags);
+        }
+    };
+    let Node::Map(top, top_pos) = &root else {
+        if matches!(&root, Node::Scalar(s) if s.kind() == ScalarKind::Null) {
+            r.diags.push(file_error("empty-file", file, "the file is empty: it needs an `extensions:` list".into()));
+        } else {
+            r.diags.push(r.type_error(&root, "", "a mapping with `extensions:` (and optionally `defaults:`)"));
+        }
+        return (Vec::new(), r.diags);
+    };
+    let top = r.unique_keys(top, "");
+    let mut defaults = Defaults::default();
+    let mut defaults_pos = Vec::new();
+    let mut list = None;
+    for (key, value) in &top {
+        match key.text.as_str() {
+            "defaults" => {
+                if let Some(map) = r.mapping(value, "defaults") {
+                    (defaults, defaults_pos) = r.read_defaults(&map);
+                }
+            }
+            "extensions" => list = Some(value),
+            other => r.unknown_field(key, other, "", &["defaults", "extensions"]),
+        }
+    }
+    let Some(list) = list else {
+        r.diags.push(Diagnostic::error(
+            "missing-field",
+            r.loc(*top_pos),
+            "extensions",
+            "missing field `extensions` (the list of extensions)",
+        ));
+        return (Vec::new(), r.diags);
+    };
+    let items: &[Node] = match list {
+        Node::Seq(items, _) => items,
+        Node::Scalar(s) if s.kind() == ScalarKind::Null => &[],
+        other => {
+            r.diags.push(r.type_error(other, "extensions", "a list of extensions"));
+            return (Vec::new(), r.diags);
+        }
+    };
+    let mut out = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let prefix = format!("extensions[{i}]");
+        let Some(map) = r.mapping(item, &prefix) else { continue };
+        let (entry, fields, failed) = r.read_entry(&map, &prefix);
+        let entry_pos = fields.iter().find(|(n, _)| *n == "extension").map(|(_, p)| *p).unwrap_or(item.pos());
+        let locator =
+            Locator { file: file.to_string(), prefix, entry: item.pos(), fields, defaults: defaults_pos.clone() };
+        let (ext, diags) = resolve(&entry, &defaults, &locator);
+        // A field that had the wrong type is already reported; do not
+        // report it missing as well.
+        r.diags.extend(diags.into_iter().filter(|d| match d.code {
+            "missing-field" => !failed.iter().any(|f| d.message.contains(&format!("`{f}`"))),
+            "missing-secret" => !failed.iter().any(|f| SECRET_FIELDS.contains(f)),
+            _ => true,
+        }));
+        if let Some(mut ext) = ext {
+            if let super::Secret::PasswordFile(p) = &ext.secret
+                && p.is_relative()
+            {
+                ext.secret = super::Secret::PasswordFile(base_dir.join(p));
+            }
+            out.push((ext, entry_pos));
+        }
+    }
+    // A default that is wrong is reported once, not once per entry.
+    let mut seen_defaults = std::collections::HashSet::new();
+    let diags = r
+        .diags
+        .into_iter()
+        .filter(|d| {
+            !d.field.starts_with("defaults.") || seen_defaults.insert((d.location.clone(), d.code, d.message.clone()))
+        })
+        .collect();
+    (out, diags)
+}
+
+struct Reader<'a> {
+    file: &'a str,
+    diags: Vec<Diagnostic>,
+}
+
+fn join(prefix: &str, field: &str) -> String {
+    if prefix.is_empty() { field.to_string() } else { format!("{prefix}.{field}") }
+}
+
+impl Reader<'_> {
+    fn loc(&self, pos: Pos) -> Location {
+        Location { file: self.file.to_string(), line: pos.line.max(1), column: pos.column.max(1) }
+    }
+
+    fn type_error(&self, node: &Node, field: &str, expected: &str) -> Diagnostic {
+        let mut message = format!("expected {expected}, found {}", node.describe());
+        if let Node::Scalar(s) = node
+            && matches!(s.kind(), ScalarKind::Int | ScalarKind::Float | ScalarKind::Bool(_))
+            && expected.contains("string")
+        {
+            message.push_str(&format!("; quote it: \"{}\"", s.text));
+        }
+        Diagnostic::error("wrong-type", self.loc(node.pos()), field, message)
+    }
+
+    fn unknown_field(&mut self, key: &Scalar, name: &str, prefix: &str, known: &[&str]) {
+        let hint = super::check::closest(name, known).map(|c| format!(" (did you mean `{c}`?)")).unwrap_or_default();
+        let d = Diagnostic::error(
+            "unknown-field",
+            self.loc(key.pos),
+            join(prefix, name),
+            format!("unknown field `{name}`{hint}; known fields: {}", known.join(", ")),
+        );
+        self.diags.push(d);
+    }
+
+    /// The mapping's entries with string keys, duplicates reported and dropped.
+    fn unique_keys<'n>(&mut self, entries: &'n [(Node, Node)], prefix: &str) -> Vec<(&'n Scalar, &'n Node)> {
+        let mut out: Vec<(&Scalar, &Node)> = Vec::with_capacity(entries.len());
+        for (k, v) in entries {
+            let key = match k {
+                Node::Scalar(s) => s,
+                other => {
+                    self.diags.push(self.type_error(other, prefix, "a field name"));
+                    continue;
+                }
+            };
+            if let Some((first, _)) = out.iter().find(|(f, _)| f.text == key.text) {
+                let d = Diagnostic::error(
+                    "duplicate-key",
+                    self.loc(key.pos),
+                    join(prefix, &key.text),
+                    format!("field `{}` is given twice; first at line {}", key.text, first.pos.line),
+                )
+                .with_related(self.loc(first.pos));
+                self.diags.push(d);
+                continue;
+            }
+            out.push((key, v));
+        }
+        out
+    }
+
+    fn mapping<'n>(&mut self, node: &'n Node, field: &str) -> Option<Vec<(&'n Scalar, &'n Node)>> {
+        match node {
+            Node::Map(entries, _) => Some(self.unique_keys(entries, field)),
+            other => {
+                self.diags.push(self.type_error(other, field, "a mapping"));
+                None
+            }
+        }
+    }
+
+    fn string(&mut self, node: &Node, field: &str) -> Option<String> {
+        match node {
+            Node::Scalar(s) if s.kind() == ScalarKind::Str => Some(s.text.clone()),
+            other => {
+                self.diags.push(self.type_error(other, field, "a string"));
+                None
+            }
+        }
+    }
+
+    fn boolean(&mut self, node: &Node, field: &str) -> Option<bool> {
+        match node {
+            Node::Scalar(s) => match s.kind() {
+                ScalarKind::Bool(b) => Some(b),
+                _ => {
+                    let mut d = self.type_error(node, field, "true or false");
+                    if matches!(s.text.to_ascii_lowercase().as_str(), "yes" | "no" | "on" | "off") {
+                        d.message.push_str(" (YAML 1.2 reads yes/no/on/off as strings: write true or false)");
+                    }
+                    self.diags.push(d);
+                    None
+                }
+            },
+            other => {
+                self.diags.push(self.type_error(other, field, "true or false"));
+                None
+            }
+        }
+    }
+
+    fn number(&mut self, node: &Node, field: &str) -> Option<u32> {
+        match node {
+            Node::Scalar(s) if s.kind() == ScalarKind::Int => match s.text.parse::<u32>() {
+                Ok(n) => Some(n),
+                Err(_) => {
+                    self.diags.push(Diagnostic::error(
+                        "invalid-value",
+                        self.loc(s.pos),
+                        field,
+                        format!("{} is out of range", s.text),
+                    ));
+                    None
+                }
+            },
+            other => {
+                self.diags.push(self.type_error(other, field, "a whole number"));
+                None
+            }
+        }
+    }
+
+    fn string_list(&mut self, node: &Node, field: &str) -> Option<StringList> {
+        match node {
+            Node::Seq(items, _) => {
+                let mut out = Vec::with_capacity(items.len());
+                for (i, item) in items.iter().enumerate() {
+                    out.push(self.string(item, &format!("{field}[{i}]"))?);
+                }
+                Some(StringList::List(out))
+            }
+            Node::Scalar(s) if s.kind() == ScalarKind::Str => Some(StringList::Comma(s.text.clone())),
+            other => {
+                self.diags.push(self.type_error(other, field, "a list of strings or a comma-separated string"));
+                None
+            }
+        }
+    }
+
+    fn labels(&mut self, node: &Node, field: &str) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        let Some(map) = self.mapping(node, field) else { return out };
+        for (k, v) in map {
+            let sub = format!("{field}.{}", k.text);
+            let value = match v {
+                // Labels are free-form: a number or boolean is kept as written.
+                Node::Scalar(s) if s.kind() != ScalarKind::Null => Some(s.text.clone()),
+                other => {
+                    self.diags.push(self.type_error(other, &sub, "a string"));
+                    None
+                }
+            };
+            if let Some(value) = value {
+                out.insert(k.text.clone(), value);
+            }
+        }
+        out
+    }
+
+    fn read_entry(
+        &mut self,
+        map: &[(&Scalar, &Node)],
+        prefix: &str,
+    ) -> (ExtensionEntry, Vec<(&'static str, Pos)>, Vec<&'static str>) {
+        let mut e = ExtensionEntry::default();
+        let mut positions = Vec::with_capacity(map.len());
+        let mut failed = Vec::new();
+        for (key, value) in map {
+            let Some(name) = ENTRY_FIELDS.iter().find(|f| **f == key.text) else {
+                self.unknown_field(key, &key.text, prefix, ENTRY_FIELDS);
+                continue;
+            };
+            positions.push((*name, value.pos()));
+            let field = join(prefix, name);
+            let f = field.as_str();
+            let before = self.diags.len();
+            match *name {
+                "extension" => e.extension = self.string(value, f),
+                "displayName" => e.display_name = self.string(value, f),
+                "context" => e.context = self.string(value, f),
+                "transport" => e.transport = self.string(value, f),
+                "codecs" => e.codecs = self.string_list(value, f),
+                "password" => e.password = self.string(value, f),
+                "md5Cred" => e.md5_cred = self.string(value, f),
+                "passwordEnv" => e.password_env = self.string(value, f),
+                "passwordFile" => e.password_file = self.string(value, f),
+                "maxContacts" => e.max_contacts = self.number(value, f),
+                "callerId" => e.caller_id = self.string(value, f),
+                "mailboxes" => e.mailboxes = self.string_list(value, f),
+                "dtmfMode" => e.dtmf_mode = self.string(value, f),
+                "directMedia" => e.direct_media = self.boolean(value, f),
+                "rtpSymmetric" => e.rtp_symmetric = self.boolean(value, f),
+                "forceRport" => e.force_rport = self.boolean(value, f),
+                "rewriteContact" => e.rewrite_contact = self.boolean(value, f),
+                "enabled" => e.enabled = self.boolean(value, f),
+                _ => e.labels = self.labels(value, f),
+            }
+            if self.diags.len() > before {
+                failed.push(*name);
+            }
+        }
+        (e, positions, failed)
+    }
+
+    fn read_defaults(&mut self, map: &[(&Scalar, &Node)]) -> (Defaults, Vec<(&'static str, Pos)>) {
+        let mut d = Defaults::default();
+        let mut positions = Vec::with_capacity(map.len());
+        for (key, value) in map {
+            let Some(name) = DEFAULTS_FIELDS.iter().find(|f| **f == key.text) else {
+                self.unknown_field(key, &key.text, "defaults", DEFAULTS_FIELDS);
+                continue;
+            };
+            positions.push((*name, value.pos()));
+            let field = join("defaults", name);
+            let f = field.as_str();
+            match *name {
+                "context" => d.context = self.string(value, f),
+                "transport" => d.transport = self.string(value, f),
+                "codecs" => d.codecs = self.string_list(value, f),
+                "maxContacts" => d.max_contacts = self.number(value, f),
+                "dtmfMode" => d.dtmf_mode = self.string(value, f),
+                "directMedia" => d.direct_media = self.boolean(value, f),
+                "rtpSymmetric" => d.rtp_symmetric = self.boolean(value, f),
+                "forceRport" => d.force_rport = self.boolean(value, f),
+                "rewriteContact" => d.rewrite_contact = self.boolean(value, f),
+                "enabled" => d.enabled = self.boolean(value, f),
+                _ => d.labels = self.labels(value, f),
+            }
+        }
+        (d, positions)
+    }
+}

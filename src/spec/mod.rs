@@ -1,0 +1,310 @@
+//! The extension spec: the YAML files' model, and the desired set they load into.
+//!
+//! Two shapes live here:
+//! - the *written* shape ([`SpecFile`], [`Defaults`], [`ExtensionEntry`]):
+//!   what a file (or an API request body) says, every field optional,
+//!   field names camelCase. Its JSON Schema is published (`schema`).
+//! - the *resolved* shape ([`Extension`]): defaults merged, every value
+//!   checked, exactly one [`Secret`]. The rest of the program sees only this.
+//!
+//! Architecture invariant: this module does no I/O except reading the spec
+//! files in [`load`]; secrets named by `passwordEnv`/`passwordFile` are read
+//! only when rendering.
+
+pub mod check;
+pub mod load;
+pub mod resolve;
+pub mod yaml;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+
+pub use load::{LoadOptions, load_paths};
+pub use resolve::resolve;
+
+/// One spec file: optional defaults for its entries, and the entries.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(title = "asterisk-gitops extension spec file")]
+pub struct SpecFile {
+    /// Values applied to every entry of this file that does not set them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub defaults: Option<Defaults>,
+    /// The extensions (PJSIP endpoints with their auth and aor) this file declares.
+    pub extensions: Vec<ExtensionEntry>,
+}
+
+/// Values applied to every entry of the file that does not set them itself.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Defaults {
+    /// Dialplan context for calls from these extensions (pjsip `context`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,79}$"))]
+    pub context: Option<String>,
+    /// Name of a pjsip transport section defined by the operator (pjsip `transport`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,79}$"))]
+    pub transport: Option<String>,
+    /// Allowed codecs, in order of preference: a list, or a comma-separated string.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "codecs_schema")]
+    pub codecs: Option<StringList>,
+    /// Most contacts (registered devices) the extension may have at once. Default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub max_contacts: Option<u32>,
+    /// How DTMF is sent (pjsip `dtmf_mode`). Asterisk's default, rfc4733, applies when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "dtmf_schema")]
+    pub dtmf_mode: Option<String>,
+    /// Let media flow directly between phones (pjsip `direct_media`). Asterisk's default (yes) applies when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direct_media: Option<bool>,
+    /// Send RTP back to where it came from, for phones behind NAT (pjsip `rtp_symmetric`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtp_symmetric: Option<bool>,
+    /// Answer SIP to the source port, for phones behind NAT (pjsip `force_rport`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub force_rport: Option<bool>,
+    /// Rewrite the contact with the packet's source address, for phones behind NAT (pjsip `rewrite_contact`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewrite_contact: Option<bool>,
+    /// When false, the extension is kept in the database but not configured in Asterisk. Default true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// Free-form labels (department, email, …), merged under each entry's own. Stored, never rendered.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "labels_schema")]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// One extension as written: a PJSIP endpoint, its auth and its aor.
+///
+/// Exactly one of `password`, `md5Cred`, `passwordEnv`, `passwordFile` is required.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("oneOf" = [
+    {"required": ["password"]},
+    {"required": ["md5Cred"]},
+    {"required": ["passwordEnv"]},
+    {"required": ["passwordFile"]}
+]))]
+pub struct ExtensionEntry {
+    /// The extension number: digits only, quoted (`"1001"`). Also the SIP username and the section name.
+    #[schemars(pattern(r"^[0-9]{1,20}$"))]
+    pub extension: Option<String>,
+    /// The person or desk behind the extension; becomes the caller id `"Name" <1001>` unless `callerId` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(r#"^[^\u0000-\u001f\u007f-\u009f\[\];#"<>]*$"#), length(max = 128))]
+    pub display_name: Option<String>,
+    /// Dialplan context for calls from this extension (pjsip `context`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,79}$"))]
+    pub context: Option<String>,
+    /// Name of a pjsip transport section defined by the operator (pjsip `transport`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,79}$"))]
+    pub transport: Option<String>,
+    /// Allowed codecs, in order of preference: a list, or a comma-separated string (`"ulaw,alaw,g729"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "codecs_schema")]
+    pub codecs: Option<StringList>,
+    /// Plain-text SIP password. Accepted for compatibility; `validate` warns and `--strict` refuses it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(r"^[^\u0000-\u001f\u007f-\u009f\[\];#]+$"), length(max = 128))]
+    pub password: Option<String>,
+    /// md5("EXTENSION:REALM:PASSWORD") in hex, as printed by `asterisk-gitops hash-password`. Opens this account only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(r"^[0-9a-fA-F]{32}$"))]
+    pub md5_cred: Option<String>,
+    /// Name of an environment variable holding the password, read when the config is rendered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(r"^[A-Za-z_][A-Za-z0-9_]*$"))]
+    pub password_env: Option<String>,
+    /// Path of a file holding the password (relative paths from this spec file's directory), read when rendering.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(r"^[^\u0000-\u001f\u007f-\u009f\[\];#]+$"), length(max = 128))]
+    pub password_file: Option<String>,
+    /// Most contacts (registered devices) at once (pjsip aor `max_contacts`). Default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub max_contacts: Option<u32>,
+    /// Caller id presented for calls from this extension, e.g. `"Front Desk" <1001>`. Overrides displayName.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(r"^[^\u0000-\u001f\u007f-\u009f\[\];#]*$"), length(max = 128))]
+    pub caller_id: Option<String>,
+    /// Voicemail boxes for message-waiting indication (pjsip `mailboxes`): `1001@default`; a list or a comma string.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "mailboxes_schema")]
+    pub mailboxes: Option<StringList>,
+    /// How DTMF is sent (pjsip `dtmf_mode`). Asterisk's default, rfc4733, applies when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "dtmf_schema")]
+    pub dtmf_mode: Option<String>,
+    /// Let media flow directly between phones (pjsip `direct_media`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direct_media: Option<bool>,
+    /// Send RTP back to where it came from, for phones behind NAT (pjsip `rtp_symmetric`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtp_symmetric: Option<bool>,
+    /// Answer SIP to the source port, for phones behind NAT (pjsip `force_rport`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub force_rport: Option<bool>,
+    /// Rewrite the contact with the packet's source address, for phones behind NAT (pjsip `rewrite_contact`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewrite_contact: Option<bool>,
+    /// When false, the extension is kept in the database but not configured in Asterisk. Default true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// Free-form labels (department, email, …). Stored and shown, never rendered into Asterisk's config.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "labels_schema")]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A list of names, written either as a YAML/JSON list or as the seed's
+/// comma-separated string.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum StringList {
+    List(Vec<String>),
+    Comma(String),
+}
+
+impl StringList {
+    /// The items, trimmed, empty ones dropped.
+    pub fn items(&self) -> Vec<String> {
+        let raw: Vec<&str> = match self {
+            StringList::List(v) => v.iter().map(String::as_str).collect(),
+            StringList::Comma(s) => s.split(',').collect(),
+        };
+        raw.into_iter().map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect()
+    }
+}
+
+/// The secret an extension authenticates with.
+///
+/// `Debug` never prints a password: this type may end up in a log line.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Secret {
+    /// A plain-text password (seed compatible; flagged by `--strict`).
+    Password(String),
+    /// md5("EXTENSION:REALM:PASSWORD"), lower-case hex.
+    Md5Cred(String),
+    /// The password is in this environment variable at render time.
+    PasswordEnv(String),
+    /// The password is in this file at render time (absolute, or relative to the spec file).
+    PasswordFile(std::path::PathBuf),
+}
+
+impl Secret {
+    /// The field name that declares this kind of secret.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Secret::Password(_) => "password",
+            Secret::Md5Cred(_) => "md5Cred",
+            Secret::PasswordEnv(_) => "passwordEnv",
+            Secret::PasswordFile(_) => "passwordFile",
+        }
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Secret::Password(_) => f.write_str("Password(<redacted>)"),
+            Secret::Md5Cred(_) => f.write_str("Md5Cred(<redacted>)"),
+            Secret::PasswordEnv(name) => f.debug_tuple("PasswordEnv").field(name).finish(),
+            Secret::PasswordFile(path) => f.debug_tuple("PasswordFile").field(path).finish(),
+        }
+    }
+}
+
+/// Where an extension was declared.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Origin {
+    /// The spec file, as given to the loader (relative to the spec directory when loaded from one).
+    pub file: String,
+    pub line: u32,
+}
+
+/// One extension, resolved: defaults merged, every value checked.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Extension {
+    pub extension: String,
+    pub display_name: Option<String>,
+    pub context: String,
+    pub transport: String,
+    /// At least one, each a known codec, no duplicates, in order of preference.
+    pub codecs: Vec<String>,
+    pub secret: Secret,
+    pub max_contacts: u32,
+    pub caller_id: Option<String>,
+    pub mailboxes: Vec<String>,
+    pub dtmf_mode: Option<String>,
+    pub direct_media: Option<bool>,
+    pub rtp_symmetric: Option<bool>,
+    pub force_rport: Option<bool>,
+    pub rewrite_contact: Option<bool>,
+    pub enabled: bool,
+    pub labels: BTreeMap<String, String>,
+    pub origin: Origin,
+}
+
+impl Extension {
+    /// The caller id pjsip gets: `callerId` as written, else `"displayName" <extension>`.
+    pub fn effective_caller_id(&self) -> Option<String> {
+        match (&self.caller_id, &self.display_name) {
+            (Some(c), _) => Some(c.clone()),
+            (None, Some(name)) => Some(format!("\"{name}\" <{}>", self.extension)),
+            (None, None) => None,
+        }
+    }
+}
+
+/// The extensions a set of spec files declares, sorted by number.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DesiredSet {
+    pub extensions: Vec<Extension>,
+}
+
+impl DesiredSet {
+    pub fn get(&self, number: &str) -> Option<&Extension> {
+        self.extensions.binary_search_by(|e| e.extension.as_str().cmp(number)).ok().map(|i| &self.extensions[i])
+    }
+}
+
+fn codecs_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let alternatives = check::KNOWN_CODECS.join("|");
+    schemars::json_schema!({
+        "description": "Allowed codecs, in order of preference: a list, or a comma-separated string.",
+        "anyOf": [
+            {"type": "array", "items": {"enum": check::KNOWN_CODECS}, "minItems": 1, "uniqueItems": true},
+            {"type": "string", "pattern": format!("^ *({alternatives}) *(, *({alternatives}) *)*$")}
+        ]
+    })
+}
+
+fn mailboxes_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "anyOf": [
+            {"type": "array", "items": {"type": "string", "pattern": check::pattern::MAILBOX}},
+            {"type": "string", "pattern": r"^[A-Za-z0-9_.+@,\- ]*$"}
+        ]
+    })
+}
+
+fn dtmf_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({ "type": "string", "enum": check::DTMF_MODES })
+}
+
+fn labels_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "propertyNames": {"pattern": check::pattern::LABEL_KEY},
+        "additionalProperties": {"type": "string", "maxLength": check::MAX_LABEL, "pattern": r"^[^\u0000-\u001f\u007f-\u009f]*$"}
+    })
+}
