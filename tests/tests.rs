@@ -1,0 +1,7 @@
+//! Integration tests, compiled into one binary (see `autotests = false` in
+//! Cargo.toml). Each module covers one area; shared helpers live in `support`.
+
+mod support;
+
+// Spec files: loading, diagnostics, schema, rendering, the command line.
+mod spec;
