@@ -98,7 +98,7 @@ impl fmt::Display for Diagnostic {
         }
         write!(f, " {}", self.message)?;
         if let Some(related) = &self.related {
-            write!(f, " (see {related})")?;
+            write!(f, " (see also {related})")?;
         }
         Ok(())
     }
@@ -160,7 +160,7 @@ pub fn format_all(diagnostics: &[Diagnostic], format: Format, extensions: usize)
                 }
                 message.push_str(&d.message);
                 if let Some(related) = &d.related {
-                    message.push_str(&format!(" (see {related})"));
+                    message.push_str(&format!(" (see also {related})"));
                 }
                 out.push_str(&format!(
                     "::{command} file={},line={},col={},title={}::{}\n",

@@ -143,7 +143,7 @@ pub fn load_sources(sources: impl IntoIterator<Item = (String, PathBuf, Result<V
                         "duplicate-extension",
                         here,
                         "extension",
-                        format!("extension {} is declared twice; first at {first}", ext.extension),
+                        format!("extension {} is declared twice", ext.extension),
                     )
                     .with_related(first.clone()),
                 ),
@@ -228,12 +228,13 @@ pub fn load_file(file: &str, base_dir: &Path, text: &str) -> (Vec<(Extension, Po
     let top = r.unique_keys(top, "");
     let mut defaults = Defaults::default();
     let mut defaults_pos = Vec::new();
+    let mut defaults_failed = Vec::new();
     let mut list = None;
     for (key, value) in &top {
         match key.text.as_str() {
             "defaults" => {
                 if let Some(map) = r.mapping(value, "defaults") {
-                    (defaults, defaults_pos) = r.read_defaults(&map);
+                    (defaults, defaults_pos, defaults_failed) = r.read_defaults(&map);
                 }
             }
             "extensions" => list = Some(value),
@@ -261,7 +262,8 @@ pub fn load_file(file: &str, base_dir: &Path, text: &str) -> (Vec<(Extension, Po
     for (i, item) in items.iter().enumerate() {
         let prefix = format!("extensions[{i}]");
         let Some(map) = r.mapping(item, &prefix) else { continue };
-        let (entry, fields, failed) = r.read_entry(&map, &prefix);
+        let (entry, fields, mut failed) = r.read_entry(&map, &prefix);
+        failed.extend_from_slice(&defaults_failed);
         let entry_pos = fields.iter().find(|(n, _)| *n == "extension").map(|(_, p)| *p).unwrap_or(item.pos());
         let locator =
             Locator { file: file.to_string(), prefix, entry: item.pos(), fields, defaults: defaults_pos.clone() };
@@ -309,8 +311,12 @@ impl Reader<'_> {
     }
 
     fn type_error(&self, node: &Node, field: &str, expected: &str) -> Diagnostic {
-        let mut message = format!("expected {expected}, found {}", node.describe());
+        // Never echo what was written in a secret's place: diagnostics reach CI logs and status pages.
+        let secret = SECRET_FIELDS.iter().any(|f| field == *f || field.ends_with(&format!(".{f}")));
+        let found = if secret { node.describe_kind().to_string() } else { node.describe() };
+        let mut message = format!("expected {expected}, found {found}");
         if let Node::Scalar(s) = node
+            && !secret
             && matches!(s.kind(), ScalarKind::Int | ScalarKind::Float | ScalarKind::Bool(_))
             && expected.contains("string")
         {
@@ -500,9 +506,10 @@ impl Reader<'_> {
         (e, positions, failed)
     }
 
-    fn read_defaults(&mut self, map: &[(&Scalar, &Node)]) -> (Defaults, Vec<(&'static str, Pos)>) {
+    fn read_defaults(&mut self, map: &[(&Scalar, &Node)]) -> (Defaults, Vec<(&'static str, Pos)>, Vec<&'static str>) {
         let mut d = Defaults::default();
         let mut positions = Vec::with_capacity(map.len());
+        let mut failed = Vec::new();
         for (key, value) in map {
             let Some(name) = DEFAULTS_FIELDS.iter().find(|f| **f == key.text) else {
                 self.unknown_field(key, &key.text, "defaults", DEFAULTS_FIELDS);
@@ -511,6 +518,7 @@ impl Reader<'_> {
             positions.push((*name, value.pos()));
             let field = join("defaults", name);
             let f = field.as_str();
+            let before = self.diags.len();
             match *name {
                 "context" => d.context = self.string(value, f),
                 "transport" => d.transport = self.string(value, f),
@@ -524,7 +532,10 @@ impl Reader<'_> {
                 "enabled" => d.enabled = self.boolean(value, f),
                 _ => d.labels = self.labels(value, f),
             }
+            if self.diags.len() > before {
+                failed.push(*name);
+            }
         }
-        (d, positions)
+        (d, positions, failed)
     }
 }

@@ -94,7 +94,7 @@ pub struct Defaults {
 ]))]
 pub struct ExtensionEntry {
     /// The extension number: digits only, quoted (`"1001"`). Also the SIP username and the section name.
-    #[schemars(pattern(r"^[0-9]{1,20}$"))]
+    #[schemars(required, pattern(r"^[0-9]{1,20}$"))]
     pub extension: Option<String>,
     /// The person or desk behind the extension; becomes the caller id `"Name" <1001>` unless `callerId` is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]

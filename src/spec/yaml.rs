@@ -108,7 +108,25 @@ impl Node {
                 ScalarKind::Null => "nothing (null)".into(),
                 ScalarKind::Bool(b) => format!("the boolean {b}"),
                 ScalarKind::Int | ScalarKind::Float => format!("the number {}", s.text),
-                ScalarKind::Str => "a string".into(),
+                ScalarKind::Str => {
+                    let shown: String = s.text.chars().take(40).collect();
+                    let more = if shown.len() < s.text.len() { "…" } else { "" };
+                    format!("the string {shown:?}{more}")
+                }
+            },
+        }
+    }
+
+    /// Like [`Node::describe`], without the value: for fields that hold secrets.
+    pub fn describe_kind(&self) -> &'static str {
+        match self {
+            Node::Seq(..) => "a list",
+            Node::Map(..) => "a mapping",
+            Node::Scalar(s) => match s.kind() {
+                ScalarKind::Null => "nothing (null)",
+                ScalarKind::Bool(_) => "a boolean",
+                ScalarKind::Int | ScalarKind::Float => "a number",
+                ScalarKind::Str => "a string",
             },
         }
     }
