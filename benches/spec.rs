@@ -1,1 +1,56 @@
-fn main() {}
+//! Load + validate + render on generated estates of 1k, 10k and 100k extensions.
+//!
+//!     cargo bench --bench spec
+//!
+//! Figures and the machine they were measured on: BENCHMARKS.md.
+
+use asterisk_gitops::render::{Renderer, SourceInfo};
+use asterisk_gitops::secret::ProcessSecrets;
+use asterisk_gitops::spec::{self, LoadOptions};
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+fn main() {
+    divan::main();
+}
+
+const SIZES: [usize; 3] = [1_000, 10_000, 100_000];
+
+/// One generated estate per size, written once per process.
+fn estate(n: usize) -> PathBuf {
+    static DIRS: OnceLock<tempfile::TempDir> = OnceLock::new();
+    let root = DIRS.get_or_init(|| tempfile::tempdir().expect("tempdir"));
+    let dir = root.path().join(n.to_string());
+    if !dir.exists() {
+        asterisk_gitops::estate::write(&dir, n).expect("write estate");
+    }
+    dir
+}
+
+#[divan::bench(args = SIZES, sample_count = 10)]
+fn load_validate(bencher: divan::Bencher, n: usize) {
+    let dir = estate(n);
+    bencher.bench(|| {
+        let loaded = spec::load_paths(std::slice::from_ref(&dir), &LoadOptions::default());
+        assert_eq!(loaded.set.extensions.len(), n);
+        loaded
+    });
+}
+
+#[divan::bench(args = SIZES, sample_count = 10)]
+fn load_validate_render(bencher: divan::Bencher, n: usize) {
+    let dir = estate(n);
+    let renderer = Renderer::new(None).expect("template");
+    bencher.bench(|| {
+        let loaded = spec::load_paths(std::slice::from_ref(&dir), &LoadOptions::default());
+        renderer.render(&loaded.set, &SourceInfo::default(), &ProcessSecrets).expect("renders")
+    });
+}
+
+#[divan::bench(args = SIZES, sample_count = 10)]
+fn render_only(bencher: divan::Bencher, n: usize) {
+    let dir = estate(n);
+    let loaded = spec::load_paths(std::slice::from_ref(&dir), &LoadOptions::default());
+    let renderer = Renderer::new(None).expect("template");
+    bencher.bench(|| renderer.render(&loaded.set, &SourceInfo::default(), &ProcessSecrets).expect("renders"));
+}

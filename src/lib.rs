@@ -10,6 +10,8 @@
 
 pub mod cli;
 pub mod diag;
+#[doc(hidden)]
+pub mod estate;
 pub mod render;
 pub mod schema;
 pub mod secret;

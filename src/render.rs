@@ -12,9 +12,10 @@
 
 use crate::secret::{AuthCredential, SecretError, SecretSource, credential};
 use crate::spec::{DesiredSet, Extension, check};
+use minijinja::value::{Enumerator, Object, ObjectRepr};
 use minijinja::{Environment, Error as TemplateError, ErrorKind, UndefinedBehavior, Value};
-use serde::Serialize;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// The template the renderer starts from.
 pub const TEMPLATE_NAME: &str = "pjsip_gitops.conf.j2";
@@ -54,23 +55,91 @@ pub struct Renderer {
     env: Environment<'static>,
 }
 
-#[derive(Serialize)]
-struct EndpointView<'a> {
-    extension: &'a str,
-    context: &'a str,
-    transport: &'a str,
-    codecs: &'a [String],
-    callerid: Option<String>,
-    mailboxes: &'a [String],
-    dtmf_mode: Option<&'a str>,
-    direct_media: Option<&'static str>,
-    rtp_symmetric: Option<&'static str>,
-    force_rport: Option<&'static str>,
-    rewrite_contact: Option<&'static str>,
-    auth_type: &'static str,
-    password: Option<String>,
-    md5_cred: Option<String>,
-    max_contacts: u32,
+const VIEW_FIELDS: &[&str] = &[
+    "extension",
+    "context",
+    "transport",
+    "codecs",
+    "callerid",
+    "mailboxes",
+    "dtmf_mode",
+    "direct_media",
+    "rtp_symmetric",
+    "force_rport",
+    "rewrite_contact",
+    "auth_type",
+    "password",
+    "md5_cred",
+    "max_contacts",
+];
+
+/// The `extensions` sequence the template iterates: the enabled extensions
+/// of the set, each with its resolved credential. Handed to minijinja as a
+/// lazy object whose items answer attribute lookups on demand: converting
+/// 100k extensions into template values up front cost more time and memory
+/// than the rendering itself.
+#[derive(Debug)]
+struct Endpoints {
+    set: Arc<Vec<Extension>>,
+    /// (index into `set`, credential) for each enabled extension.
+    items: Vec<(usize, AuthCredential)>,
+}
+
+/// Item `.1` of the sequence.
+#[derive(Debug)]
+struct Endpoint(Arc<Endpoints>, usize);
+
+impl Object for Endpoints {
+    fn repr(self: &Arc<Self>) -> ObjectRepr {
+        ObjectRepr::Seq
+    }
+    fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
+        let i = key.as_usize()?;
+        (i < self.items.len()).then(|| Value::from_object(Endpoint(self.clone(), i)))
+    }
+    fn enumerate(self: &Arc<Self>) -> Enumerator {
+        Enumerator::Seq(self.items.len())
+    }
+}
+
+impl Object for Endpoint {
+    fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
+        let (index, credential) = self.0.items.get(self.1)?;
+        let e = self.0.set.get(*index)?;
+        let none = || Value::from(());
+        let opt = |v: &Option<String>| v.as_deref().map_or(none(), Value::from);
+        let flag = |v: Option<bool>| yes_no(v).map_or(none(), Value::from);
+        Some(match key.as_str()? {
+            "extension" => Value::from(e.extension.as_str()),
+            "context" => Value::from(e.context.as_str()),
+            "transport" => Value::from(e.transport.as_str()),
+            "codecs" => Value::from_serialize(&e.codecs),
+            "callerid" => e.effective_caller_id().map_or(none(), Value::from),
+            "mailboxes" => Value::from_serialize(&e.mailboxes),
+            "dtmf_mode" => opt(&e.dtmf_mode),
+            "direct_media" => flag(e.direct_media),
+            "rtp_symmetric" => flag(e.rtp_symmetric),
+            "force_rport" => flag(e.force_rport),
+            "rewrite_contact" => flag(e.rewrite_contact),
+            "auth_type" => Value::from(match credential {
+                AuthCredential::UserPass(_) => "userpass",
+                AuthCredential::Md5(_) => "md5",
+            }),
+            "password" => match credential {
+                AuthCredential::UserPass(p) => Value::from(p.as_str()),
+                AuthCredential::Md5(_) => none(),
+            },
+            "md5_cred" => match credential {
+                AuthCredential::Md5(h) => Value::from(h.as_str()),
+                AuthCredential::UserPass(_) => none(),
+            },
+            "max_contacts" => Value::from(e.max_contacts),
+            _ => return None,
+        })
+    }
+    fn enumerate(self: &Arc<Self>) -> Enumerator {
+        Enumerator::Str(VIEW_FIELDS)
+    }
 }
 
 fn yes_no(v: Option<bool>) -> Option<&'static str> {
@@ -123,45 +192,25 @@ impl Renderer {
         info: &SourceInfo,
         secrets: &dyn SecretSource,
     ) -> Result<String, RenderError> {
-        let enabled: Vec<&Extension> = set.extensions.iter().filter(|e| e.enabled).collect();
-        let mut views = Vec::with_capacity(enabled.len());
-        for ext in enabled {
-            views.push(view(ext, secrets)?);
+        let mut items = Vec::with_capacity(set.extensions.len());
+        for (i, ext) in set.extensions.iter().enumerate().filter(|(_, e)| e.enabled) {
+            items.push((i, credential(ext, secrets)?));
         }
+        let count = items.len();
+        let views = Value::from_object(Endpoints { set: set.extensions.clone(), items });
         let template = self.env.get_template(TEMPLATE_NAME)?;
         let ctx = minijinja::context! {
             source => info.source.as_str(),
             revision => info.revision.as_deref().unwrap_or(""),
-            extensions => Value::from_serialize(&views),
+            extensions => views,
         };
-        let text = template.render(ctx)?;
+        // Sized up front: growing a 40 MB string by doubling would need 1.5× its size at the peak.
+        let mut out = Vec::with_capacity(512 + count * 400);
+        template.render_captured_to(ctx, &mut out)?;
+        let text = String::from_utf8(out).map_err(|_| RenderError::Template("output is not UTF-8".into()))?;
         check_structure(&text)?;
         Ok(text)
     }
-}
-
-fn view<'a>(ext: &'a Extension, secrets: &dyn SecretSource) -> Result<EndpointView<'a>, RenderError> {
-    let (auth_type, password, md5_cred) = match credential(ext, secrets)? {
-        AuthCredential::UserPass(p) => ("userpass", Some(p), None),
-        AuthCredential::Md5(h) => ("md5", None, Some(h)),
-    };
-    Ok(EndpointView {
-        extension: &ext.extension,
-        context: &ext.context,
-        transport: &ext.transport,
-        codecs: &ext.codecs,
-        callerid: ext.effective_caller_id(),
-        mailboxes: &ext.mailboxes,
-        dtmf_mode: ext.dtmf_mode.as_deref(),
-        direct_media: yes_no(ext.direct_media),
-        rtp_symmetric: yes_no(ext.rtp_symmetric),
-        force_rport: yes_no(ext.force_rport),
-        rewrite_contact: yes_no(ext.rewrite_contact),
-        auth_type,
-        password,
-        md5_cred,
-        max_contacts: ext.max_contacts,
-    })
 }
 
 /// What one line of a pjsip config file is.
@@ -178,7 +227,7 @@ pub enum Line<'a> {
 /// Classifies one line; `None` for anything else (a directive, a stray
 /// value, a broken header).
 pub fn classify(line: &str) -> Option<Line<'_>> {
-    let t = line.trim();
+    let t = line.trim_ascii();
     if t.is_empty() {
         return Some(Line::Blank);
     }
@@ -194,11 +243,11 @@ pub fn classify(line: &str) -> Option<Line<'_>> {
         return (template_ok && name_ok).then_some(Line::Section(name));
     }
     let (key, value) = t.split_once('=')?;
-    let key = key.trim();
-    let key = key.strip_suffix('>').unwrap_or(key).trim();
+    let key = key.trim_ascii();
+    let key = key.strip_suffix('>').unwrap_or(key).trim_ascii();
     let key_ok = !key.is_empty() && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
-    let value = value.trim();
-    let value_ok = !value.contains(['[', ']', ';', '#']) && !value.chars().any(char::is_control);
+    let value = value.trim_ascii();
+    let value_ok = check::line_safe(value, usize::MAX).is_ok();
     (key_ok && value_ok).then_some(Line::Option(key, value))
 }
 

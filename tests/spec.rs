@@ -68,8 +68,8 @@ fn the_example_estate_is_valid_and_uses_every_secret_kind() {
     assert_eq!(loaded.diagnostics[0].location.file, "lobby.yaml");
     // Defaults merge: sales.yaml's labels reach the entry, which adds its own.
     let e1001 = loaded.set.get("1001").expect("1001 is declared");
-    assert_eq!(e1001.labels.get("department").map(String::as_str), Some("sales"));
-    assert_eq!(e1001.labels.get("email").map(String::as_str), Some("test.user@example.com"));
+    assert_eq!(e1001.labels.get("department"), Some("sales"));
+    assert_eq!(e1001.labels.get("email"), Some("test.user@example.com"));
     assert_eq!(e1001.codecs, ["ulaw", "alaw", "g729"]);
     assert_eq!(e1001.rtp_symmetric, Some(true));
     assert_eq!(loaded.set.get("2001").expect("2001").codecs, ["ulaw", "alaw"], "comma-string codecs");
@@ -357,7 +357,7 @@ extensions:
     md5Cred: 281036cc5c24788fe74c0ae5d9c07baf
 "#;
     let (exts, _) = load_file("capture.yaml", Path::new("."), yaml);
-    let set = DesiredSet { extensions: exts.into_iter().map(|(e, _)| e).collect() };
+    let set = DesiredSet::new(exts.into_iter().map(|(e, _)| e).collect());
     let ours = Renderer::new(None)
         .expect("template")
         .render(&set, &SourceInfo::default(), &MapSecrets::default())
@@ -529,7 +529,7 @@ mod property {
                 return Ok(());
             };
             let number = ext.extension.clone();
-            let set = DesiredSet { extensions: vec![ext] };
+            let set = DesiredSet::new(vec![ext]);
             let mut secrets = MapSecrets::default();
             secrets.env.insert("P".into(), env_value);
             let Ok(text) = Renderer::new(None).expect("template").render(&set, &SourceInfo::default(), &secrets) else {
@@ -554,7 +554,7 @@ mod property {
             let file = spec::SpecFile { defaults: None, extensions: vec![e] };
             let text = serde_yaml::to_string(&file).expect("serializes");
             let (exts, _) = load_file("p.yaml", Path::new("."), &text);
-            let set = DesiredSet { extensions: exts.into_iter().map(|(e, _)| e).collect() };
+            let set = DesiredSet::new(exts.into_iter().map(|(e, _)| e).collect());
             let mut secrets = MapSecrets::default();
             secrets.env.insert("P".into(), "pw".into());
             if let Ok(text) = Renderer::new(None).expect("template").render(&set, &SourceInfo::default(), &secrets) {

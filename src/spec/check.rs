@@ -42,6 +42,12 @@ pub mod pattern {
 
 /// Why a value is refused; the text completes "… is not allowed: <reason>".
 pub fn line_safe(value: &str, max: usize) -> Result<(), String> {
+    // Fast path for the common case, printable ASCII: one pass over the bytes.
+    // The renderer calls this for every value it prints.
+    if value.len() <= max && value.bytes().all(|b| (0x20..0x7f).contains(&b) && !matches!(b, b'[' | b']' | b';' | b'#'))
+    {
+        return Ok(());
+    }
     if let Some(c) = value.chars().find(|c| c.is_control()) {
         return Err(match c {
             '\n' | '\r' => "it contains a line break, which would start a new line in pjsip.conf".into(),

@@ -103,39 +103,20 @@ pub fn load_paths(paths: &[PathBuf], options: &LoadOptions) -> Loaded {
 
 /// Loads spec files given as (displayed name, path, content). Used for a
 /// directory on disk and for a tree read straight out of a git commit.
+/// Files are parsed in parallel; duplicates are checked afterwards, in
+/// file order, so the outcome does not depend on the number of threads.
 pub fn load_sources(sources: impl IntoIterator<Item = (String, PathBuf, Result<Vec<u8>, String>)>) -> Loaded {
+    let sources: Vec<_> = sources.into_iter().collect();
+    let parsed = parallel_map(&sources, |(shown, path, content)| parse_source(shown, path, content));
     let mut loaded = Loaded::default();
+    let mut extensions = Vec::new();
     let mut seen: HashMap<String, Location> = HashMap::new();
-    for (shown, path, content) in sources {
+    for ((shown, _, _), (file_extensions, mut diags)) in sources.iter().zip(parsed) {
         loaded.files.push(shown.clone());
-        let bytes = match content {
-            Ok(b) => b,
-            Err(e) => {
-                loaded.diagnostics.push(file_error("io-error", &shown, format!("cannot read {shown}: {e}")));
-                continue;
-            }
-        };
-        let text = match String::from_utf8(bytes) {
-            Ok(t) => t,
-            Err(e) => {
-                let offset = e.utf8_error().valid_up_to();
-                let text = String::from_utf8_lossy(&e.into_bytes()[..offset]).into_owned();
-                let line = u32::try_from(text.matches('\n').count() + 1).unwrap_or(u32::MAX);
-                loaded.diagnostics.push(Diagnostic::error(
-                    "yaml-syntax",
-                    Location { file: shown.clone(), line, column: 1 },
-                    "",
-                    format!("not UTF-8 text (invalid byte at offset {offset})"),
-                ));
-                continue;
-            }
-        };
-        let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        let (extensions, mut diags) = load_file(&shown, &base_dir, &text);
         let file_ok = !diags.iter().any(Diagnostic::is_error);
         // Duplicates are checked even across files with errors, so a
         // reviewer sees every collision in one run.
-        for (ext, pos) in extensions.iter().map(|(e, p)| (e, *p)) {
+        for (ext, pos) in file_extensions.iter().map(|(e, p)| (e, *p)) {
             let here = Location { file: shown.clone(), line: pos.line, column: pos.column };
             match seen.get(&ext.extension) {
                 Some(first) => diags.push(
@@ -154,12 +135,66 @@ pub fn load_sources(sources: impl IntoIterator<Item = (String, PathBuf, Result<V
         }
         let file_ok = file_ok && !diags.iter().any(Diagnostic::is_error);
         if file_ok {
-            loaded.set.extensions.extend(extensions.into_iter().map(|(e, _)| e));
+            extensions.extend(file_extensions.into_iter().map(|(e, _)| e));
         }
         loaded.diagnostics.append(&mut diags);
     }
-    loaded.set.extensions.sort_by(|a, b| a.extension.cmp(&b.extension));
+    loaded.set = DesiredSet::new(extensions);
     loaded
+}
+
+type FileOutcome = (Vec<(Extension, Pos)>, Vec<Diagnostic>);
+
+fn parse_source(shown: &str, path: &Path, content: &Result<Vec<u8>, String>) -> FileOutcome {
+    let bytes = match content {
+        Ok(b) => b,
+        Err(e) => return (Vec::new(), vec![file_error("io-error", shown, format!("cannot read {shown}: {e}"))]),
+    };
+    let text = match std::str::from_utf8(bytes) {
+        Ok(t) => t,
+        Err(e) => {
+            let offset = e.valid_up_to();
+            let line = u32::try_from(bytes[..offset].iter().filter(|b| **b == b'\n').count() + 1).unwrap_or(u32::MAX);
+            let d = Diagnostic::error(
+                "yaml-syntax",
+                Location { file: shown.to_string(), line, column: 1 },
+                "",
+                format!("not UTF-8 text (invalid byte at offset {offset})"),
+            );
+            return (Vec::new(), vec![d]);
+        }
+    };
+    let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    load_file(shown, &base_dir, text)
+}
+
+/// `f` over `items` on up to as many threads as there are cores, results in order.
+fn parallel_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(items.len());
+    if workers <= 1 {
+        return items.iter().map(f).collect();
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let mut done: Vec<(usize, R)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut out = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(item) = items.get(i) else { break };
+                        out.push((i, f(item)));
+                    }
+                    out
+                })
+            })
+            .collect();
+        // A worker can only stop by finishing or panicking; a panic is a bug in
+        // the loader, and re-raising it here keeps it visible.
+        handles.into_iter().flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
+    });
+    done.sort_by_key(|(i, _)| *i);
+    done.into_iter().map(|(_, r)| r).collect()
 }
 
 fn display(path: &Path, options: &LoadOptions) -> String {

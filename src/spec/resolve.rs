@@ -215,7 +215,7 @@ pub fn resolve(entry: &ExtensionEntry, defaults: &Defaults, at: &Locator) -> (Op
         force_rport: flag(&entry.force_rport, &defaults.force_rport),
         rewrite_contact: flag(&entry.rewrite_contact, &defaults.rewrite_contact),
         enabled: flag(&entry.enabled, &defaults.enabled).unwrap_or(true),
-        labels,
+        labels: labels.into(),
         origin: Origin { file: at.file.clone(), line: at.entry.line },
     };
     let ok = !diags.iter().any(Diagnostic::is_error);
