@@ -1,0 +1,554 @@
+//! The plan: what a reconcile would change, as a pure function of
+//! (desired set, applied rows, observed Asterisk, current managed file,
+//! rendered managed file).
+//!
+//! Architecture invariant: planning does no I/O. Everything it needs is
+//! passed in, so `plan` in CI, `apply` and the daemon all agree.
+//!
+//! Secrets appear in a plan only as "changed": never a password, never an
+//! md5 hash.
+
+use crate::spec::{DesiredSet, Extension};
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// An extension's settings as flat `field -> value` text, the unit the plan
+/// compares. Built from a desired [`Extension`] or from an applied database row.
+pub type Fields = BTreeMap<&'static str, String>;
+
+/// The field that holds the secret's fingerprint (kind and md5 hash).
+pub const SECRET_FIELD: &str = "secret";
+
+/// The fields of a desired extension. `secret_md5` is the md5Cred the
+/// extension authenticates with (computed from a password when it has one).
+pub fn desired_fields(ext: &Extension, secret_md5: &str) -> Fields {
+    let mut f = Fields::new();
+    let mut put = |k: &'static str, v: String| {
+        f.insert(k, v);
+    };
+    put("displayName", ext.display_name.clone().unwrap_or_default());
+    put("context", ext.context.clone());
+    put("transport", ext.transport.clone());
+    put("codecs", ext.codecs.join(","));
+    put(SECRET_FIELD, format!("{}:{secret_md5}", ext.secret.kind()));
+    put("maxContacts", ext.max_contacts.to_string());
+    put("callerId", ext.effective_caller_id().unwrap_or_default());
+    put("mailboxes", ext.mailboxes.join(","));
+    put("dtmfMode", ext.dtmf_mode.clone().unwrap_or_default());
+    let flag = |v: Option<bool>| v.map(|b| b.to_string()).unwrap_or_default();
+    put("directMedia", flag(ext.direct_media));
+    put("rtpSymmetric", flag(ext.rtp_symmetric));
+    put("forceRport", flag(ext.force_rport));
+    put("rewriteContact", flag(ext.rewrite_contact));
+    put("enabled", ext.enabled.to_string());
+    put("labels", ext.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","));
+    f
+}
+
+/// What Asterisk reports for one endpoint (from the endpoint list, and
+/// from endpoint detail where it was asked for).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ObservedEndpoint {
+    pub name: String,
+    pub transport: Option<String>,
+    /// Present when the endpoint's detail was fetched.
+    pub context: Option<String>,
+    /// Present when the endpoint's detail was fetched.
+    pub codecs: Option<Vec<String>>,
+}
+
+/// What Asterisk looks like, if it could be asked.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", rename_all = "camelCase")]
+pub enum Observed {
+    /// No Asterisk is configured: nothing to compare with.
+    NotConfigured,
+    /// Asterisk could not be reached; the reason.
+    Unreachable { reason: String },
+    /// The endpoints Asterisk has loaded, by name.
+    Endpoints { endpoints: BTreeMap<String, ObservedEndpoint> },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Action {
+    Create,
+    Update,
+    Delete,
+}
+
+/// One field that changes. `from`/`to` are `None` for the secret, which is
+/// only ever reported as changed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FieldChange {
+    pub field: &'static str,
+    pub from: Option<String>,
+    pub to: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Change {
+    pub extension: String,
+    pub action: Action,
+    pub fields: Vec<FieldChange>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "camelCase")]
+pub enum Drift {
+    /// Declared, enabled and applied, but Asterisk has no such endpoint.
+    MissingFromAsterisk { extension: String },
+    /// Asterisk's endpoint differs from what was rendered.
+    DiffersInAsterisk { extension: String, fields: Vec<FieldChange> },
+    /// The managed file on disk is not what asterisk-gitops last wrote.
+    ManagedFileEdited,
+    /// Asterisk has an endpoint asterisk-gitops does not manage. Reported, never touched.
+    Unmanaged { endpoint: String },
+}
+
+impl Drift {
+    /// Whether a reconcile can repair it (unmanaged endpoints are left alone).
+    pub fn healable(&self) -> bool {
+        !matches!(self, Drift::Unmanaged { .. })
+    }
+}
+
+/// Everything a reconcile would do.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Plan {
+    /// Creates, updates and deletes, in extension-number order.
+    pub changes: Vec<Change>,
+    /// Desired extensions that are applied as they are.
+    pub unchanged: usize,
+    pub drift: Vec<Drift>,
+    /// Whether the rendered managed file differs from the one on disk.
+    pub file_changed: bool,
+    /// Unified diff of the managed file (on disk → rendered), secrets masked.
+    pub diff: String,
+    /// How many extensions were applied before this plan.
+    pub applied_before: usize,
+}
+
+impl Plan {
+    pub fn count(&self, action: Action) -> usize {
+        self.changes.iter().filter(|c| c.action == action).count()
+    }
+
+    /// Whether applying the plan would write, reload or change a row.
+    pub fn has_changes(&self) -> bool {
+        !self.changes.is_empty() || self.file_changed
+    }
+
+    /// Whether there is drift a reconcile would repair.
+    pub fn has_healable_drift(&self) -> bool {
+        self.drift.iter().any(Drift::healable)
+    }
+}
+
+/// Everything `plan` looks at.
+pub struct PlanInput<'a> {
+    pub desired: &'a DesiredSet,
+    /// md5Cred per extension number, for every desired extension.
+    pub secret_md5: &'a BTreeMap<String, String>,
+    /// The applied rows, as fields, by extension number.
+    pub applied: &'a BTreeMap<String, Fields>,
+    pub observed: &'a Observed,
+    /// The managed file as it is on disk (`None`: it does not exist).
+    pub current_file: Option<&'a str>,
+    /// What asterisk-gitops last wrote there (its hash is in the status), if known.
+    pub last_written: Option<&'a str>,
+    pub rendered: &'a str,
+}
+
+/// Works out the plan. Pure: no I/O.
+pub fn plan(input: &PlanInput<'_>) -> Plan {
+    let mut changes = Vec::new();
+    let mut unchanged = 0;
+    let desired_numbers: BTreeSet<&str> = input.desired.extensions.iter().map(|e| e.extension.as_str()).collect();
+    for ext in input.desired.extensions.iter() {
+        let md5 = input.secret_md5.get(&ext.extension).map(String::as_str).unwrap_or_default();
+        let want = desired_fields(ext, md5);
+        match input.applied.get(&ext.extension) {
+            None => changes.push(Change {
+                extension: ext.extension.clone(),
+                action: Action::Create,
+                fields: field_changes(&Fields::new(), &want),
+            }),
+            Some(have) => {
+                let fields = field_changes(have, &want);
+                if fields.is_empty() {
+                    unchanged += 1;
+                } else {
+                    changes.push(Change { extension: ext.extension.clone(), action: Action::Update, fields });
+                }
+            }
+        }
+    }
+    for (number, have) in input.applied {
+        if !desired_numbers.contains(number.as_str()) {
+            changes.push(Change {
+                extension: number.clone(),
+                action: Action::Delete,
+                fields: field_changes(have, &Fields::new()),
+            });
+        }
+    }
+    changes.sort_by(|a, b| a.extension.cmp(&b.extension).then(a.action.cmp(&b.action)));
+
+    let file_changed = input.current_file != Some(input.rendered);
+    let diff = masked_diff(input.current_file.unwrap_or(""), input.rendered);
+
+    let mut drift = Vec::new();
+    if let (Some(current), Some(last)) = (input.current_file, input.last_written)
+        && current != last
+    {
+        drift.push(Drift::ManagedFileEdited);
+    }
+    if let Observed::Endpoints { endpoints } = input.observed {
+        for ext in input.desired.extensions.iter().filter(|e| e.enabled) {
+            // Only what was applied before can have drifted; a create is not drift.
+            if !input.applied.contains_key(&ext.extension) {
+                continue;
+            }
+            match endpoints.get(&ext.extension) {
+                None => drift.push(Drift::MissingFromAsterisk { extension: ext.extension.clone() }),
+                Some(seen) => {
+                    let fields = observed_differences(ext, seen);
+                    if !fields.is_empty() {
+                        drift.push(Drift::DiffersInAsterisk { extension: ext.extension.clone(), fields });
+                    }
+                }
+            }
+        }
+        let managed: BTreeSet<&str> =
+            input.applied.keys().map(String::as_str).chain(desired_numbers.iter().copied()).collect();
+        for name in endpoints.keys() {
+            if !managed.contains(name.as_str()) {
+                drift.push(Drift::Unmanaged { endpoint: name.clone() });
+            }
+        }
+    }
+
+    Plan { changes, unchanged, drift, file_changed, diff, applied_before: input.applied.len() }
+}
+
+fn field_changes(have: &Fields, want: &Fields) -> Vec<FieldChange> {
+    let keys: BTreeSet<&'static str> = have.keys().chain(want.keys()).copied().collect();
+    let mut out = Vec::new();
+    for key in keys {
+        let (a, b) = (have.get(key), want.get(key));
+        if a == b {
+            continue;
+        }
+        let empty = |v: Option<&String>| v.filter(|s| !s.is_empty()).cloned();
+        if key == SECRET_FIELD {
+            out.push(FieldChange { field: key, from: None, to: None });
+        } else if empty(a) != empty(b) {
+            out.push(FieldChange { field: key, from: empty(a), to: empty(b) });
+        }
+    }
+    out
+}
+
+fn observed_differences(ext: &Extension, seen: &ObservedEndpoint) -> Vec<FieldChange> {
+    let mut out = Vec::new();
+    if let Some(t) = &seen.transport
+        && !t.is_empty()
+        && *t != ext.transport
+    {
+        out.push(FieldChange { field: "transport", from: Some(t.clone()), to: Some(ext.transport.clone()) });
+    }
+    if let Some(c) = &seen.context
+        && *c != ext.context
+    {
+        out.push(FieldChange { field: "context", from: Some(c.clone()), to: Some(ext.context.clone()) });
+    }
+    if let Some(codecs) = &seen.codecs
+        && *codecs != ext.codecs
+    {
+        out.push(FieldChange { field: "codecs", from: Some(codecs.join(",")), to: Some(ext.codecs.join(",")) });
+    }
+    out
+}
+
+/// A unified diff of two managed files with `password` and `md5_cred`
+/// values masked, fit for logs, PR comments and the UI.
+pub fn masked_diff(old: &str, new: &str) -> String {
+    let (old, new) = (mask_secrets(old), mask_secrets(new));
+    if old == new {
+        return String::new();
+    }
+    similar::TextDiff::from_lines(&old, &new)
+        .unified_diff()
+        .context_radius(3)
+        .header("managed (on disk)", "managed (rendered)")
+        .to_string()
+}
+
+/// Replaces the values of `password` and `md5_cred` lines by a fingerprint
+/// that changes when the secret does (so the diff shows the line changed)
+/// but reveals nothing of it.
+pub fn mask_secrets(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for line in text.split_inclusive('\n') {
+        let trimmed = line.trim_start();
+        let key = trimmed.split(['=', ' ']).next().unwrap_or("");
+        if matches!(key, "password" | "md5_cred") {
+            let value = trimmed.split_once('=').map(|(_, v)| v.trim()).unwrap_or("");
+            let fp = crate::secret::md5_cred("mask", "asterisk-gitops", value);
+            out.push_str(&format!("{key} = <secret {}>", &fp[..6]));
+            if line.ends_with('\n') {
+                out.push('\n');
+            }
+        } else {
+            out.push_str(line);
+        }
+    }
+    out
+}
+
+/// Human-readable plan (the `plan` command's default output).
+pub fn to_text(p: &Plan) -> String {
+    let mut out = String::new();
+    for c in &p.changes {
+        let sign = match c.action {
+            Action::Create => "+",
+            Action::Update => "~",
+            Action::Delete => "-",
+        };
+        out.push_str(&format!("{sign} {} ({})\n", c.extension, action_word(c.action)));
+        for f in &c.fields {
+            out.push_str(&format!("    {}\n", describe(f)));
+        }
+    }
+    for d in &p.drift {
+        out.push_str(&format!("! drift: {}\n", describe_drift(d)));
+    }
+    out.push_str(&summary(p));
+    out.push('\n');
+    out
+}
+
+/// The plan as a Markdown comment for a pull request.
+pub fn to_markdown(p: &Plan) -> String {
+    let mut out = String::from("### asterisk-gitops plan\n\n");
+    out.push_str(&format!("**{}**\n\n", summary(p)));
+    if !p.changes.is_empty() {
+        out.push_str("| | extension | changes |\n|---|---|---|\n");
+        for c in &p.changes {
+            let fields: Vec<String> = c.fields.iter().map(|f| describe(f).replace('|', "\\|")).collect();
+            out.push_str(&format!("| {} | `{}` | {} |\n", action_word(c.action), c.extension, fields.join("<br>")));
+        }
+        out.push('\n');
+    }
+    if !p.drift.is_empty() {
+        out.push_str("Drift:\n\n");
+        for d in &p.drift {
+            out.push_str(&format!("- {}\n", describe_drift(d)));
+        }
+        out.push('\n');
+    }
+    if !p.diff.is_empty() {
+        out.push_str("<details><summary>Managed pjsip file diff</summary>\n\n```diff\n");
+        out.push_str(&p.diff);
+        if !p.diff.ends_with('\n') {
+            out.push('\n');
+        }
+        out.push_str("```\n\n</details>\n");
+    }
+    out
+}
+
+fn action_word(a: Action) -> &'static str {
+    match a {
+        Action::Create => "create",
+        Action::Update => "update",
+        Action::Delete => "delete",
+    }
+}
+
+fn describe(f: &FieldChange) -> String {
+    match (&f.from, &f.to) {
+        _ if f.field == SECRET_FIELD => "secret: changed".to_string(),
+        (None, Some(to)) => format!("{}: {to:?}", f.field),
+        (Some(from), None) => format!("{}: {from:?} → (unset)", f.field),
+        (Some(from), Some(to)) => format!("{}: {from:?} → {to:?}", f.field),
+        (None, None) => format!("{}: changed", f.field),
+    }
+}
+
+fn describe_drift(d: &Drift) -> String {
+    match d {
+        Drift::MissingFromAsterisk { extension } => format!("{extension} is missing from Asterisk"),
+        Drift::DiffersInAsterisk { extension, fields } => {
+            let f: Vec<String> = fields.iter().map(describe).collect();
+            format!("{extension} differs in Asterisk ({})", f.join("; "))
+        }
+        Drift::ManagedFileEdited => "the managed file was edited by hand".into(),
+        Drift::Unmanaged { endpoint } => format!("{endpoint} is in Asterisk but not managed here (left alone)"),
+    }
+}
+
+/// "2 to create, 1 to update, 0 to delete; 7 unchanged; managed file changes; 1 drift".
+pub fn summary(p: &Plan) -> String {
+    let mut s = format!(
+        "{} to create, {} to update, {} to delete; {} unchanged",
+        p.count(Action::Create),
+        p.count(Action::Update),
+        p.count(Action::Delete),
+        p.unchanged
+    );
+    s.push_str(if p.file_changed { "; managed file changes" } else { "; managed file unchanged" });
+    if !p.drift.is_empty() {
+        s.push_str(&format!("; {} drift", p.drift.len()));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::load::load_file;
+    use std::path::Path;
+
+    fn set(yaml: &str) -> DesiredSet {
+        let (exts, diags) = load_file("t.yaml", Path::new("."), yaml);
+        assert!(diags.iter().all(|d| !d.is_error()), "{diags:?}");
+        DesiredSet::new(exts.into_iter().map(|(e, _)| e).collect())
+    }
+
+    const TWO: &str = "defaults: {context: from-internal, transport: transport-udp, codecs: [ulaw]}\nextensions:\n  - {extension: \"1001\", md5Cred: 0123456789abcdef0123456789abcdef}\n  - {extension: \"1002\", md5Cred: 0123456789abcdef0123456789abcdef, displayName: Two}\n";
+
+    fn md5s(s: &DesiredSet) -> BTreeMap<String, String> {
+        s.extensions.iter().map(|e| (e.extension.clone(), "0123456789abcdef0123456789abcdef".to_string())).collect()
+    }
+
+    fn applied_from(s: &DesiredSet) -> BTreeMap<String, Fields> {
+        let m = md5s(s);
+        s.extensions.iter().map(|e| (e.extension.clone(), desired_fields(e, &m[&e.extension]))).collect()
+    }
+
+    #[test]
+    fn creates_updates_deletes_and_noops() {
+        let before = set(TWO);
+        let after = set(&TWO.replace("displayName: Two", "displayName: Deux").replace(
+            "  - {extension: \"1001\", md5Cred: 0123456789abcdef0123456789abcdef}\n",
+            "  - {extension: \"1003\", md5Cred: 0123456789abcdef0123456789abcdef}\n",
+        ));
+        let applied = applied_from(&before);
+        let p = plan(&PlanInput {
+            desired: &after,
+            secret_md5: &md5s(&after),
+            applied: &applied,
+            observed: &Observed::NotConfigured,
+            current_file: Some("old"),
+            last_written: Some("old"),
+            rendered: "new",
+        });
+        let summary: Vec<(&str, Action)> = p.changes.iter().map(|c| (c.extension.as_str(), c.action)).collect();
+        assert_eq!(summary, [("1001", Action::Delete), ("1002", Action::Update), ("1003", Action::Create)]);
+        assert_eq!(
+            p.changes[1].fields,
+            [
+                FieldChange {
+                    field: "callerId",
+                    from: Some("\"Two\" <1002>".into()),
+                    to: Some("\"Deux\" <1002>".into())
+                },
+                FieldChange { field: "displayName", from: Some("Two".into()), to: Some("Deux".into()) }
+            ]
+        );
+        assert!(p.file_changed && p.has_changes());
+        assert!(p.drift.is_empty());
+    }
+
+    #[test]
+    fn an_unchanged_estate_plans_nothing() {
+        let s = set(TWO);
+        let p = plan(&PlanInput {
+            desired: &s,
+            secret_md5: &md5s(&s),
+            applied: &applied_from(&s),
+            observed: &Observed::NotConfigured,
+            current_file: Some("x"),
+            last_written: Some("x"),
+            rendered: "x",
+        });
+        assert!(!p.has_changes());
+        assert_eq!(p.unchanged, 2);
+        assert_eq!(p.diff, "");
+    }
+
+    #[test]
+    fn a_changed_secret_is_reported_without_its_value() {
+        let s = set(TWO);
+        let mut m = md5s(&s);
+        m.insert("1001".into(), "ffffffffffffffffffffffffffffffff".into());
+        let p = plan(&PlanInput {
+            desired: &s,
+            secret_md5: &m,
+            applied: &applied_from(&s),
+            observed: &Observed::NotConfigured,
+            current_file: None,
+            last_written: None,
+            rendered: "",
+        });
+        assert_eq!(p.changes[0].fields, [FieldChange { field: SECRET_FIELD, from: None, to: None }]);
+        let text = to_text(&p) + &to_markdown(&p) + &serde_json::to_string(&p).unwrap_or_default();
+        assert!(!text.contains("ffffffff") && !text.contains("0123456789abcdef"), "{text}");
+    }
+
+    #[test]
+    fn drift_missing_differs_edited_and_unmanaged() {
+        let s = set(TWO);
+        let endpoints: BTreeMap<String, ObservedEndpoint> = [
+            (
+                "1002",
+                ObservedEndpoint {
+                    name: "1002".into(),
+                    transport: Some("transport-tcp".into()),
+                    context: None,
+                    codecs: None,
+                },
+            ),
+            ("9000", ObservedEndpoint { name: "9000".into(), transport: None, context: None, codecs: None }),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let p = plan(&PlanInput {
+            desired: &s,
+            secret_md5: &md5s(&s),
+            applied: &applied_from(&s),
+            observed: &Observed::Endpoints { endpoints },
+            current_file: Some("edited"),
+            last_written: Some("ours"),
+            rendered: "ours",
+        });
+        assert_eq!(
+            p.drift,
+            [
+                Drift::ManagedFileEdited,
+                Drift::MissingFromAsterisk { extension: "1001".into() },
+                Drift::DiffersInAsterisk {
+                    extension: "1002".into(),
+                    fields: vec![FieldChange {
+                        field: "transport",
+                        from: Some("transport-tcp".into()),
+                        to: Some("transport-udp".into())
+                    }]
+                },
+                Drift::Unmanaged { endpoint: "9000".into() },
+            ]
+        );
+        assert!(p.has_healable_drift());
+    }
+
+    #[test]
+    fn the_diff_masks_secrets_but_shows_that_they_changed() {
+        let d = masked_diff("[1]\npassword = hunter2\n", "[1]\npassword = hunter3\n");
+        assert!(!d.contains("hunter"), "{d}");
+        assert!(d.contains("-password = <secret") && d.contains("+password = <secret"), "{d}");
+    }
+}
