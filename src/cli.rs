@@ -10,7 +10,7 @@ use crate::secret::{self, ProcessSecrets};
 use crate::spec::{self, LoadOptions, check};
 use clap::{Args, Parser, Subcommand};
 use std::io::{BufRead, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Debug, Parser)]
@@ -160,36 +160,9 @@ fn render(global: &GlobalArgs, args: RenderArgs) -> anyhow::Result<ExitCode> {
     let text = renderer.render(&loaded.set, &info, &ProcessSecrets)?;
     match args.output {
         None => std::io::stdout().write_all(text.as_bytes())?,
-        Some(file) => write_atomic(&file, text.as_bytes())?,
+        Some(file) => crate::managed::write_atomic(&file, text.as_bytes())?,
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Writes `bytes` to `path` through a temporary file in the same directory,
-/// fsynced and renamed over the target, so a reader sees the old file or
-/// the new one and never half of either.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "output".into());
-    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        if let Ok(d) = std::fs::File::open(&dir) {
-            // Make the rename itself durable; not every file system allows it.
-            let _ = d.sync_all();
-        }
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
 }
 
 fn hash_password(args: HashPasswordArgs) -> anyhow::Result<ExitCode> {

@@ -12,6 +12,7 @@ pub mod cli;
 pub mod diag;
 #[doc(hidden)]
 pub mod estate;
+pub mod managed;
 pub mod plan;
 pub mod render;
 pub mod schema;
