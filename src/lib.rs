@@ -9,6 +9,7 @@
 //! - [`cli`]: the command line (the binary is a thin wrapper around it).
 
 pub mod cli;
+pub mod config;
 pub mod diag;
 #[doc(hidden)]
 pub mod estate;

@@ -1,0 +1,397 @@
+//! Configuration: one optional file (`--config`, YAML), overridden by
+//! environment variables, overridden by command-line flags, over built-in
+//! defaults that run on a fresh machine (SQLite and files under ./state, no
+//! Asterisk).
+//!
+//! Secrets (AMI secret, ARI password, admin token, webhook secret) come only
+//! from the environment or the config file, never from flags, and `Debug`
+//! never prints them.
+
+use serde::Deserialize;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A secret string: usable, never printed.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct SecretString(String);
+
+impl SecretString {
+    pub fn new(s: impl Into<String>) -> Self {
+        SecretString(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SecretString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// The config file, as written. Every field is optional.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FileConfig {
+    pub spec_dir: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
+    pub database_url: Option<String>,
+    pub managed_file: Option<PathBuf>,
+    pub templates: Option<PathBuf>,
+    pub listen: Option<String>,
+    /// Digest realm for md5Cred hashes written by the API (Asterisk's default_realm).
+    pub realm: Option<String>,
+    pub read_only: Option<bool>,
+    pub ami: Option<AmiFileConfig>,
+    pub ari: Option<AriFileConfig>,
+    pub reconcile: Option<ReconcileFileConfig>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AmiFileConfig {
+    pub addr: Option<String>,
+    pub user: Option<String>,
+    pub secret: Option<SecretString>,
+    /// A file holding the secret (first line).
+    pub secret_file: Option<PathBuf>,
+    /// Seconds to wait for any one AMI action.
+    pub timeout: Option<f64>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AriFileConfig {
+    pub url: Option<String>,
+    pub user: Option<String>,
+    pub password: Option<SecretString>,
+    pub password_file: Option<PathBuf>,
+    /// The Stasis application name (default `callcenter`).
+    pub app: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ReconcileFileConfig {
+    /// Seconds between periodic resyncs (default 30, jittered ±10%).
+    pub interval: Option<f64>,
+    /// Milliseconds to wait for a burst of file changes to settle (default 200).
+    pub debounce_ms: Option<u64>,
+    /// Repair drift in Asterisk and hand edits of the managed file (default true).
+    pub self_heal: Option<bool>,
+    /// Refuse a run that deletes more than this share of the applied extensions (default 0.3).
+    pub prune_max_share: Option<f64>,
+    /// Refuse a run that deletes more than this many extensions (default: no count limit).
+    pub prune_max_count: Option<usize>,
+    /// Let the next runs delete past the prune guard (default false).
+    pub allow_mass_delete: Option<bool>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{what}: {message}")]
+    Invalid { what: &'static str, message: String },
+}
+
+impl FileConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        serde_yaml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.into(),
+            message: match e.location() {
+                Some(l) => format!("line {}, column {}: {e}", l.line(), l.column()),
+                None => e.to_string(),
+            },
+        })
+    }
+}
+
+/// AMI connection settings, resolved.
+#[derive(Clone, Debug)]
+pub struct AmiSettings {
+    pub addr: String,
+    pub user: String,
+    pub secret: SecretString,
+    pub timeout: Duration,
+}
+
+/// ARI connection settings, resolved.
+#[derive(Clone, Debug)]
+pub struct AriSettings {
+    pub url: String,
+    pub user: String,
+    pub password: SecretString,
+    pub app: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct ReconcileSettings {
+    pub interval: Duration,
+    pub debounce: Duration,
+    pub self_heal: bool,
+    pub prune_max_share: f64,
+    pub prune_max_count: Option<usize>,
+    pub allow_mass_delete: bool,
+}
+
+impl Default for ReconcileSettings {
+    fn default() -> Self {
+        ReconcileSettings {
+            interval: Duration::from_secs(30),
+            debounce: Duration::from_millis(200),
+            self_heal: true,
+            prune_max_share: 0.3,
+            prune_max_count: None,
+            allow_mass_delete: false,
+        }
+    }
+}
+
+/// Everything the daemon and the commands run with, resolved.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub spec_dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub database_url: String,
+    pub managed_file: PathBuf,
+    pub templates: Option<PathBuf>,
+    pub listen: SocketAddr,
+    pub realm: String,
+    pub read_only: bool,
+    pub ami: Option<AmiSettings>,
+    pub ari: Option<AriSettings>,
+    pub reconcile: ReconcileSettings,
+}
+
+/// What the command line (flags, with their environment variables) said;
+/// `None` where it said nothing.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub spec_dir: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
+    pub database_url: Option<String>,
+    pub managed_file: Option<PathBuf>,
+    pub templates: Option<PathBuf>,
+    pub listen: Option<String>,
+    pub read_only: Option<bool>,
+    pub ami_addr: Option<String>,
+    pub ami_user: Option<String>,
+    pub ari_url: Option<String>,
+    pub ari_user: Option<String>,
+    pub allow_mass_delete: Option<bool>,
+}
+
+/// Reads a variable; unset and empty are the same.
+pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+/// The process environment, as an [`EnvLookup`].
+pub fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+impl Settings {
+    /// Merges flags over the config file over defaults. Secrets come from
+    /// `env` (ASTERISK_GITOPS_AMI_SECRET, ASTERISK_GITOPS_ARI_PASSWORD) or the file.
+    pub fn resolve(flags: Overrides, file: FileConfig, env: EnvLookup<'_>) -> Result<Self, ConfigError> {
+        let state_dir = flags.state_dir.or(file.state_dir).unwrap_or_else(|| PathBuf::from("state"));
+        let database_url = flags
+            .database_url
+            .or(file.database_url)
+            .unwrap_or_else(|| format!("sqlite://{}?mode=rwc", state_dir.join("asterisk-gitops.db").display()));
+        let managed_file =
+            flags.managed_file.or(file.managed_file).unwrap_or_else(|| state_dir.join("pjsip_gitops.conf"));
+        let listen_text = flags.listen.or(file.listen).unwrap_or_else(|| "127.0.0.1:8080".into());
+        let listen = listen_text.parse().map_err(|e| ConfigError::Invalid {
+            what: "listen",
+            message: format!("{listen_text:?} is not an address like 127.0.0.1:8080 ({e})"),
+        })?;
+
+        let ami_file = file.ami.unwrap_or_default();
+        let ami_addr = flags.ami_addr.or(ami_file.addr);
+        let ami = match ami_addr {
+            None => None,
+            Some(addr) => {
+                let user = flags.ami_user.or(ami_file.user).ok_or(ConfigError::Invalid {
+                    what: "ami",
+                    message: "an AMI address is set but no user (--ami-user or ASTERISK_GITOPS_AMI_USER)".into(),
+                })?;
+                let secret = secret_from(
+                    env("ASTERISK_GITOPS_AMI_SECRET"),
+                    ami_file.secret,
+                    ami_file.secret_file.as_deref(),
+                    "ami",
+                    "ASTERISK_GITOPS_AMI_SECRET or ami.secret / ami.secretFile in the config file",
+                )?;
+                let timeout = Duration::from_secs_f64(ami_file.timeout.unwrap_or(5.0).clamp(0.1, 600.0));
+                Some(AmiSettings { addr, user, secret, timeout })
+            }
+        };
+
+        let ari_file = file.ari.unwrap_or_default();
+        let ari = match flags.ari_url.or(ari_file.url) {
+            None => None,
+            Some(url) => {
+                let user = flags.ari_user.or(ari_file.user).ok_or(ConfigError::Invalid {
+                    what: "ari",
+                    message: "an ARI URL is set but no user (--ari-user or ASTERISK_GITOPS_ARI_USER)".into(),
+                })?;
+                let password = secret_from(
+                    env("ASTERISK_GITOPS_ARI_PASSWORD"),
+                    ari_file.password,
+                    ari_file.password_file.as_deref(),
+                    "ari",
+                    "ASTERISK_GITOPS_ARI_PASSWORD or ari.password / ari.passwordFile in the config file",
+                )?;
+                Some(AriSettings { url, user, password, app: ari_file.app.unwrap_or_else(|| "callcenter".into()) })
+            }
+        };
+
+        let r = file.reconcile.unwrap_or_default();
+        let defaults = ReconcileSettings::default();
+        let share = r.prune_max_share.unwrap_or(defaults.prune_max_share);
+        if !(0.0..=1.0).contains(&share) {
+            return Err(ConfigError::Invalid {
+                what: "reconcile.pruneMaxShare",
+                message: format!("{share} is not a share between 0 and 1"),
+            });
+        }
+        let reconcile = ReconcileSettings {
+            interval: r.interval.map_or(defaults.interval, |s| Duration::from_secs_f64(s.clamp(1.0, 86_400.0))),
+            debounce: r.debounce_ms.map_or(defaults.debounce, Duration::from_millis),
+            self_heal: r.self_heal.unwrap_or(defaults.self_heal),
+            prune_max_share: share,
+            prune_max_count: r.prune_max_count,
+            allow_mass_delete: flags.allow_mass_delete.or(r.allow_mass_delete).unwrap_or(false),
+        };
+
+        Ok(Settings {
+            spec_dir: flags.spec_dir.or(file.spec_dir).unwrap_or_else(|| PathBuf::from("extensions.d")),
+            state_dir,
+            database_url,
+            managed_file,
+            templates: flags.templates.or(file.templates),
+            listen,
+            realm: file.realm.unwrap_or_else(|| crate::secret::DEFAULT_REALM.into()),
+            read_only: flags.read_only.or(file.read_only).unwrap_or(false),
+            ami,
+            ari,
+            reconcile,
+        })
+    }
+
+    /// The database URL with any password replaced, for logs and status.
+    pub fn database_url_redacted(&self) -> String {
+        redact_url(&self.database_url)
+    }
+}
+
+fn secret_from(
+    env: Option<String>,
+    file_value: Option<SecretString>,
+    file_path: Option<&Path>,
+    what: &'static str,
+    hint: &str,
+) -> Result<SecretString, ConfigError> {
+    if let Some(v) = env {
+        return Ok(SecretString(v));
+    }
+    if let Some(v) = file_value {
+        return Ok(v);
+    }
+    if let Some(path) = file_path {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Invalid {
+            what,
+            message: format!("cannot read the secret file {}: {e}", path.display()),
+        })?;
+        let first = text.lines().next().unwrap_or("").to_string();
+        if first.is_empty() {
+            return Err(ConfigError::Invalid { what, message: format!("the secret file {} is empty", path.display()) });
+        }
+        return Ok(SecretString(first));
+    }
+    Err(ConfigError::Invalid { what, message: format!("no secret configured: set {hint}") })
+}
+
+/// `scheme://user:password@host/db` → `scheme://user:***@host/db`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
+    let (authority, tail) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}{tail}"),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn defaults_run_on_a_fresh_machine() {
+        let s = Settings::resolve(Overrides::default(), FileConfig::default(), &no_env).expect("resolves");
+        assert_eq!(s.spec_dir, PathBuf::from("extensions.d"));
+        assert_eq!(s.database_url, "sqlite://state/asterisk-gitops.db?mode=rwc");
+        assert_eq!(s.managed_file, PathBuf::from("state/pjsip_gitops.conf"));
+        assert_eq!(s.listen.to_string(), "127.0.0.1:8080");
+        assert!(s.ami.is_none() && s.ari.is_none());
+        assert!(s.reconcile.self_heal);
+    }
+
+    #[test]
+    fn flags_beat_the_file_and_secrets_come_from_env_first() {
+        let file: FileConfig = serde_yaml::from_str(
+            "specDir: from-file\nami: {addr: '127.0.0.1:5038', user: gitops, secret: file-secret}\nreconcile: {pruneMaxShare: 0.5}\n",
+        )
+        .expect("parses");
+        let flags = Overrides { spec_dir: Some("from-flag".into()), ..Default::default() };
+        let env = |k: &str| (k == "ASTERISK_GITOPS_AMI_SECRET").then(|| "env-secret".to_string());
+        let s = Settings::resolve(flags, file, &env).expect("resolves");
+        assert_eq!(s.spec_dir, PathBuf::from("from-flag"));
+        let ami = s.ami.expect("ami configured");
+        assert_eq!(ami.secret.expose(), "env-secret");
+        assert_eq!(s.reconcile.prune_max_share, 0.5);
+        assert!(!format!("{ami:?}").contains("env-secret"));
+    }
+
+    #[test]
+    fn an_ami_address_without_a_secret_is_a_clear_error() {
+        let flags =
+            Overrides { ami_addr: Some("127.0.0.1:5038".into()), ami_user: Some("u".into()), ..Default::default() };
+        let err = Settings::resolve(flags, FileConfig::default(), &no_env).expect_err("no secret");
+        assert!(err.to_string().contains("ASTERISK_GITOPS_AMI_SECRET"), "{err}");
+    }
+
+    #[test]
+    fn unknown_config_keys_are_refused_with_their_place() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("asterisk-gitops.yaml");
+        std::fs::write(&path, "specDir: x\nspec_dir: y\n").expect("write");
+        let err = FileConfig::load(&path).expect_err("unknown field");
+        assert!(err.to_string().contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn urls_are_redacted() {
+        assert_eq!(redact_url("postgres://app:s3cret@db:5432/pbx"), "postgres://app:***@db:5432/pbx");
+        assert_eq!(redact_url("postgres://postgres@127.0.0.1/test"), "postgres://postgres@127.0.0.1/test");
+        assert_eq!(redact_url("sqlite://state/x.db"), "sqlite://state/x.db");
+    }
+}
