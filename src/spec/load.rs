@@ -574,3 +574,48 @@ impl Reader<'_> {
         (d, positions, failed)
     }
 }
+
+/// The entries of one file as written (defaults not merged), each with the
+/// position of its mapping. For editing a file without losing what it says.
+/// `Err` with the diagnostics when the file cannot be read as a spec file.
+pub fn raw_entries(file: &str, text: &str) -> Result<(Defaults, Vec<(ExtensionEntry, Pos)>), Vec<Diagnostic>> {
+    let mut r = Reader { file, diags: Vec::new() };
+    let root = match yaml::parse(text) {
+        Ok(Some(root)) => root,
+        Ok(None) => return Ok((Defaults::default(), Vec::new())),
+        Err(e) => {
+            return Err(vec![Diagnostic::error(
+                "yaml-syntax",
+                r.loc(e.pos),
+                "",
+                format!("YAML syntax error: {}", e.message),
+            )]);
+        }
+    };
+    let Node::Map(top, _) = &root else {
+        return Err(vec![r.type_error(&root, "", "a mapping with `extensions:`")]);
+    };
+    let top = r.unique_keys(top, "");
+    let mut defaults = Defaults::default();
+    let mut out = Vec::new();
+    for (key, value) in &top {
+        match key.text.as_str() {
+            "defaults" => {
+                if let Some(map) = r.mapping(value, "defaults") {
+                    defaults = r.read_defaults(&map).0;
+                }
+            }
+            "extensions" => {
+                if let Node::Seq(items, _) = value {
+                    for (i, item) in items.iter().enumerate() {
+                        if let Some(map) = r.mapping(item, &format!("extensions[{i}]")) {
+                            out.push((r.read_entry(&map, "").0, item.pos()));
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    if r.diags.iter().any(Diagnostic::is_error) { Err(r.diags) } else { Ok((defaults, out)) }
+}

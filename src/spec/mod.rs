@@ -12,6 +12,7 @@
 //! only when rendering.
 
 pub mod check;
+pub mod edit;
 pub mod load;
 pub mod resolve;
 pub mod yaml;
