@@ -575,10 +575,13 @@ impl Reader<'_> {
     }
 }
 
+/// A file's defaults and entries as written, each entry with its position.
+pub type RawFile = (Defaults, Vec<(ExtensionEntry, Pos)>);
+
 /// The entries of one file as written (defaults not merged), each with the
 /// position of its mapping. For editing a file without losing what it says.
 /// `Err` with the diagnostics when the file cannot be read as a spec file.
-pub fn raw_entries(file: &str, text: &str) -> Result<(Defaults, Vec<(ExtensionEntry, Pos)>), Vec<Diagnostic>> {
+pub fn raw_entries(file: &str, text: &str) -> Result<RawFile, Vec<Diagnostic>> {
     let mut r = Reader { file, diags: Vec::new() };
     let root = match yaml::parse(text) {
         Ok(Some(root)) => root,
