@@ -13,6 +13,7 @@ pub mod config;
 pub mod diag;
 #[doc(hidden)]
 pub mod estate;
+pub mod git;
 pub mod managed;
 pub mod plan;
 pub mod render;

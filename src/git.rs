@@ -1,0 +1,376 @@
+//! Git as the source of truth: a local mirror of one branch of a remote,
+//! fetched on demand, and spec files read straight out of a commit's tree.
+//!
+//! Architecture invariant: specs are read from the tree of the fetched
+//! commit itself, never from a working tree, so a half-updated checkout can
+//! never be read. The mirror is a bare repository under the state directory.
+//!
+//! Everything here is blocking (git2); async callers use `spawn_blocking`.
+
+use crate::config::SecretString;
+use git2::{Cred, CredentialType, FetchOptions, FetchPrune, Oid, RemoteCallbacks, Repository};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum GitError {
+    #[error("cannot open the local mirror at {path}: {message}")]
+    Mirror { path: PathBuf, message: String },
+    #[error("cannot fetch {url}: {message}")]
+    Fetch { url: String, message: String },
+    #[error("branch {branch} does not exist on {url} (deleted?)")]
+    BranchNotFound { url: String, branch: String },
+    #[error("path {path} does not exist in commit {commit}")]
+    PathNotFound { path: String, commit: String },
+    #[error("cannot read commit {commit}: {message}")]
+    Read { commit: String, message: String },
+}
+
+/// Where the specs live.
+#[derive(Clone, Debug)]
+pub struct GitSourceConfig {
+    /// `file://`, `https://` or `ssh://` (or scp-like `git@host:repo`).
+    pub url: String,
+    pub branch: String,
+    /// The directory inside the repository that holds the spec files; empty for the root.
+    pub path: String,
+    /// The bare mirror, under the state directory.
+    pub mirror_dir: PathBuf,
+    /// A token for https remotes (sent as the password).
+    pub token: Option<SecretString>,
+    /// A private key file for ssh remotes.
+    pub ssh_key: Option<PathBuf>,
+}
+
+/// A fetched commit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fetched {
+    pub commit: String,
+    /// The commit message's first line.
+    pub subject: String,
+    /// The commit the branch pointed at before this fetch, if any.
+    pub previous: Option<String>,
+    /// The branch moved to a commit that does not contain the previous one (force-push).
+    pub forced: bool,
+}
+
+/// A local bare mirror of one remote branch.
+pub struct GitSource {
+    cfg: GitSourceConfig,
+    repo: Repository,
+}
+
+impl std::fmt::Debug for GitSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GitSource").field("url", &self.cfg.url).field("branch", &self.cfg.branch).finish()
+    }
+}
+
+impl GitSource {
+    /// Opens the mirror, creating it (bare, empty) on first use.
+    pub fn open(cfg: GitSourceConfig) -> Result<Self, GitError> {
+        let mirror =
+            |e: git2::Error| GitError::Mirror { path: cfg.mirror_dir.clone(), message: e.message().to_string() };
+        let repo = match Repository::open_bare(&cfg.mirror_dir) {
+            Ok(r) => r,
+            Err(_) => {
+                std::fs::create_dir_all(&cfg.mirror_dir)
+                    .map_err(|e| GitError::Mirror { path: cfg.mirror_dir.clone(), message: e.to_string() })?;
+                Repository::init_bare(&cfg.mirror_dir).map_err(mirror)?
+            }
+        };
+        match repo.find_remote("origin") {
+            Ok(r) if r.url() == Some(cfg.url.as_str()) => {}
+            Ok(_) => repo.remote_set_url("origin", &cfg.url).map_err(mirror)?,
+            Err(_) => {
+                repo.remote("origin", &cfg.url).map_err(mirror)?;
+            }
+        }
+        Ok(GitSource { cfg, repo })
+    }
+
+    pub fn config(&self) -> &GitSourceConfig {
+        &self.cfg
+    }
+
+    fn tracking_ref(&self) -> String {
+        format!("refs/remotes/origin/{}", self.cfg.branch)
+    }
+
+    /// The commit the mirror last fetched, if any.
+    pub fn current(&self) -> Option<String> {
+        self.repo.refname_to_id(&self.tracking_ref()).ok().map(|o| o.to_string())
+    }
+
+    /// Fetches the branch. A deleted branch or an unreachable remote is an
+    /// error and leaves the mirror's last commit in place.
+    pub fn fetch(&self) -> Result<Fetched, GitError> {
+        let previous = self.repo.refname_to_id(&self.tracking_ref()).ok();
+        let mut remote = self.repo.find_remote("origin").map_err(|e| self.fetch_error(e))?;
+        let mut callbacks = RemoteCallbacks::new();
+        let token = self.cfg.token.clone();
+        let key = self.cfg.ssh_key.clone();
+        let mut tries = 0;
+        callbacks.credentials(move |_url, username, allowed| {
+            // libgit2 asks again after a rejected credential; give up rather than loop.
+            tries += 1;
+            if tries > 3 {
+                return Err(git2::Error::from_str("credentials rejected"));
+            }
+            if allowed.contains(CredentialType::SSH_KEY)
+                && let Some(key) = &key
+            {
+                return Cred::ssh_key(username.unwrap_or("git"), None, key, None);
+            }
+            if allowed.contains(CredentialType::USER_PASS_PLAINTEXT)
+                && let Some(token) = &token
+            {
+                return Cred::userpass_plaintext(username.unwrap_or("x-access-token"), token.expose());
+            }
+            Cred::default()
+        });
+        let mut options = FetchOptions::new();
+        options.remote_callbacks(callbacks);
+        options.prune(FetchPrune::On);
+        let refspec = format!("+refs/heads/{0}:refs/remotes/origin/{0}", self.cfg.branch);
+        remote.fetch(&[refspec.as_str()], Some(&mut options), None).map_err(|e| self.fetch_error(e))?;
+        let head = match self.repo.refname_to_id(&self.tracking_ref()) {
+            Ok(oid) => oid,
+            Err(_) => {
+                return Err(GitError::BranchNotFound { url: self.cfg.url.clone(), branch: self.cfg.branch.clone() });
+            }
+        };
+        // A fetch that pruned the branch leaves no ref; one that found it moves it.
+        let forced = match previous {
+            Some(prev) if prev != head => !self.repo.graph_descendant_of(head, prev).unwrap_or(false),
+            _ => false,
+        };
+        Ok(Fetched {
+            commit: head.to_string(),
+            subject: self.subject(&head.to_string()).unwrap_or_default(),
+            previous: previous.map(|p| p.to_string()),
+            forced,
+        })
+    }
+
+    fn fetch_error(&self, e: git2::Error) -> GitError {
+        GitError::Fetch { url: crate::config::redact_url(&self.cfg.url), message: e.message().to_string() }
+    }
+
+    /// The first line of a commit's message.
+    pub fn subject(&self, commit: &str) -> Result<String, GitError> {
+        let c = self.find_commit(commit)?;
+        Ok(c.summary().unwrap_or("").to_string())
+    }
+
+    fn find_commit(&self, commit: &str) -> Result<git2::Commit<'_>, GitError> {
+        let read = |e: git2::Error| GitError::Read { commit: commit.to_string(), message: e.message().to_string() };
+        let oid = Oid::from_str(commit).map_err(read)?;
+        self.repo.find_commit(oid).map_err(read)
+    }
+
+    /// The spec files (`*.yaml`, `*.yml`, recursively, hidden ones skipped)
+    /// under the configured path in `commit`, as (repository-relative path,
+    /// path, content) for [`crate::spec::load::load_sources`].
+    pub fn read_specs(&self, commit: &str) -> Result<Vec<SpecSource>, GitError> {
+        let c = self.find_commit(commit)?;
+        let read = |e: git2::Error| GitError::Read { commit: commit.to_string(), message: e.message().to_string() };
+        let root = c.tree().map_err(read)?;
+        let prefix = self.cfg.path.trim_matches('/');
+        let tree = if prefix.is_empty() {
+            root
+        } else {
+            let entry = root
+                .get_path(Path::new(prefix))
+                .map_err(|_| GitError::PathNotFound { path: prefix.to_string(), commit: commit.to_string() })?;
+            self.repo
+                .find_tree(entry.id())
+                .map_err(|_| GitError::PathNotFound { path: prefix.to_string(), commit: commit.to_string() })?
+        };
+        let mut out = Vec::new();
+        self.walk(&tree, prefix, &mut out).map_err(read)?;
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
+    fn walk(&self, tree: &git2::Tree<'_>, dir: &str, out: &mut Vec<SpecSource>) -> Result<(), git2::Error> {
+        for entry in tree.iter() {
+            let Some(name) = entry.name() else { continue };
+            if name.starts_with('.') {
+                continue;
+            }
+            let path = if dir.is_empty() { name.to_string() } else { format!("{dir}/{name}") };
+            match entry.kind() {
+                Some(git2::ObjectType::Tree) => {
+                    let sub = self.repo.find_tree(entry.id())?;
+                    self.walk(&sub, &path, out)?;
+                }
+                Some(git2::ObjectType::Blob) if name.ends_with(".yaml") || name.ends_with(".yml") => {
+                    let blob = self.repo.find_blob(entry.id())?;
+                    out.push((path.clone(), PathBuf::from(&path), Ok(blob.content().to_vec())));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// (shown name, path, content) of one spec file.
+pub type SpecSource = (String, PathBuf, Result<Vec<u8>, String>);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use git2::Signature;
+
+    /// A bare "remote" and a working clone that commits and pushes to it.
+    struct Remote {
+        _dir: tempfile::TempDir,
+        bare: PathBuf,
+        work: Repository,
+    }
+
+    impl Remote {
+        fn new() -> Remote {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let bare = dir.path().join("remote.git");
+            Repository::init_bare(&bare).expect("bare");
+            let work = Repository::init(dir.path().join("work")).expect("work");
+            work.remote("origin", &format!("file://{}", bare.display())).expect("remote");
+            Remote { _dir: dir, bare, work }
+        }
+
+        fn url(&self) -> String {
+            format!("file://{}", self.bare.display())
+        }
+
+        fn commit(&self, files: &[(&str, &str)], message: &str) -> String {
+            let root = self.work.workdir().expect("workdir").to_path_buf();
+            for (name, text) in files {
+                let p = root.join(name);
+                std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+                std::fs::write(p, text).expect("write");
+            }
+            let mut index = self.work.index().expect("index");
+            index.add_all(["*"], git2::IndexAddOption::DEFAULT, None).expect("add");
+            index.write().expect("write index");
+            let tree = self.work.find_tree(index.write_tree().expect("tree")).expect("tree");
+            let sig = Signature::now("Test", "test@example.com").expect("sig");
+            let parent = self.work.head().ok().and_then(|h| h.peel_to_commit().ok());
+            let parents: Vec<&git2::Commit<'_>> = parent.iter().collect();
+            let oid = self.work.commit(Some("HEAD"), &sig, &sig, message, &tree, &parents).expect("commit");
+            oid.to_string()
+        }
+
+        fn push(&self, force: bool) {
+            let mut remote = self.work.find_remote("origin").expect("origin");
+            let head = self.work.head().expect("head");
+            let name = head.shorthand().expect("branch");
+            let spec = format!("{}refs/heads/{name}:refs/heads/main", if force { "+" } else { "" });
+            remote.push(&[spec.as_str()], None).expect("push");
+        }
+    }
+
+    fn source(remote: &Remote, mirror: &Path) -> GitSource {
+        GitSource::open(GitSourceConfig {
+            url: remote.url(),
+            branch: "main".into(),
+            path: "extensions.d".into(),
+            mirror_dir: mirror.to_path_buf(),
+            token: None,
+            ssh_key: None,
+        })
+        .expect("opens")
+    }
+
+    const SPEC: &str = "defaults: {context: c, transport: t, codecs: [ulaw]}\nextensions:\n  - {extension: \"1\", md5Cred: 0123456789abcdef0123456789abcdef}\n";
+
+    #[test]
+    fn fetch_reads_the_specs_of_the_fetched_commit() {
+        let remote = Remote::new();
+        let first = remote
+            .commit(&[("extensions.d/a.yaml", SPEC), ("extensions.d/.hidden.yaml", "x"), ("README.md", "hi")], "Add a");
+        remote.push(false);
+        let mirror = tempfile::tempdir().expect("tempdir");
+        let src = source(&remote, mirror.path());
+        let f = src.fetch().expect("fetches");
+        assert_eq!(f.commit, first);
+        assert_eq!(f.subject, "Add a");
+        assert!(!f.forced && f.previous.is_none());
+        let files = src.read_specs(&f.commit).expect("reads");
+        let names: Vec<&str> = files.iter().map(|(n, _, _)| n.as_str()).collect();
+        assert_eq!(names, ["extensions.d/a.yaml"]);
+        let loaded = crate::spec::load::load_sources(files);
+        assert_eq!(loaded.set.extensions.len(), 1);
+
+        // A second commit: the old one stays readable, the new one is what fetch returns.
+        let second = remote.commit(&[("extensions.d/sub/b.yaml", &SPEC.replace("\"1\"", "\"2\""))], "Add b");
+        remote.push(false);
+        let f2 = src.fetch().expect("fetches");
+        assert_eq!(
+            (f2.commit.as_str(), f2.previous.as_deref(), f2.forced),
+            (second.as_str(), Some(first.as_str()), false)
+        );
+        assert_eq!(src.read_specs(&second).expect("reads").len(), 2);
+        assert_eq!(src.read_specs(&first).expect("reads").len(), 1);
+    }
+
+    #[test]
+    fn a_force_push_is_noticed() {
+        let remote = Remote::new();
+        remote.commit(&[("extensions.d/a.yaml", SPEC)], "one");
+        remote.commit(&[("extensions.d/b.yaml", SPEC)], "two");
+        remote.push(false);
+        let mirror = tempfile::tempdir().expect("tempdir");
+        let src = source(&remote, mirror.path());
+        src.fetch().expect("fetches");
+        // Rewrite history: reset to the first commit and commit something else.
+        let head = remote.work.head().expect("head").peel_to_commit().expect("commit");
+        let parent = head.parent(0).expect("parent");
+        remote.work.reset(parent.as_object(), git2::ResetType::Hard, None).expect("reset");
+        remote.commit(&[("extensions.d/c.yaml", SPEC)], "rewritten");
+        remote.push(true);
+        let f = src.fetch().expect("fetches");
+        assert!(f.forced);
+        assert_eq!(f.subject, "rewritten");
+    }
+
+    #[test]
+    fn an_unreachable_remote_or_a_missing_branch_or_path_is_a_clear_error() {
+        let mirror = tempfile::tempdir().expect("tempdir");
+        let gone = GitSource::open(GitSourceConfig {
+            url: "file:///nonexistent/repo.git".into(),
+            branch: "main".into(),
+            path: String::new(),
+            mirror_dir: mirror.path().join("m"),
+            token: None,
+            ssh_key: None,
+        })
+        .expect("opens");
+        assert!(matches!(gone.fetch(), Err(GitError::Fetch { .. })));
+
+        let remote = Remote::new();
+        let c = remote.commit(&[("other/a.yaml", SPEC)], "one");
+        remote.push(false);
+        let src = GitSource::open(GitSourceConfig {
+            url: remote.url(),
+            branch: "no-such-branch".into(),
+            path: String::new(),
+            mirror_dir: mirror.path().join("n"),
+            token: None,
+            ssh_key: None,
+        })
+        .expect("opens");
+        assert!(matches!(src.fetch(), Err(GitError::BranchNotFound { .. })), "{:?}", src.fetch());
+        let src = source(&remote, &mirror.path().join("o"));
+        src.fetch().expect("fetches");
+        assert!(matches!(src.read_specs(&c), Err(GitError::PathNotFound { .. })));
+
+        // The branch is deleted on the remote after a good fetch: an error, and
+        // the commit fetched before stays readable.
+        let mut origin = remote.work.find_remote("origin").expect("origin");
+        origin.push(&[":refs/heads/main"], None).expect("delete branch");
+        assert!(matches!(src.fetch(), Err(GitError::BranchNotFound { .. })));
+        assert!(src.subject(&c).is_ok());
+    }
+}
