@@ -4,6 +4,7 @@
 //! Exit codes: 0 success; 1 failure (invalid specs, a failed run); 2 usage
 //! error (clap's own, and ours for bad arguments).
 
+use crate::config::{self, FileConfig, Overrides, Settings};
 use crate::diag::{self, Format};
 use crate::render::{Renderer, SourceInfo};
 use crate::secret::{self, ProcessSecrets};
@@ -31,12 +32,73 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// Options shared by the commands that need them.
+/// Options shared by the commands that need them. Each overrides the config
+/// file, which overrides the built-in defaults. Secrets are never flags: the
+/// AMI secret and ARI password come from ASTERISK_GITOPS_AMI_SECRET and
+/// ASTERISK_GITOPS_ARI_PASSWORD or the config file.
 #[derive(Debug, Args)]
 pub struct GlobalArgs {
-    /// Directory holding the extension spec files (*.yaml, *.yml, searched recursively).
-    #[arg(long, global = true, env = "ASTERISK_GITOPS_SPEC_DIR", default_value = "extensions.d", value_name = "DIR")]
-    pub spec_dir: PathBuf,
+    /// Config file (YAML).
+    #[arg(long, global = true, env = "ASTERISK_GITOPS_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Directory holding the extension spec files (*.yaml, *.yml, searched recursively) [default: ./extensions.d].
+    #[arg(long, global = true, env = "ASTERISK_GITOPS_SPEC_DIR", value_name = "DIR")]
+    pub spec_dir: Option<PathBuf>,
+    /// Directory for the daemon's state: the SQLite database, the managed file, the git mirror [default: ./state].
+    #[arg(long, global = true, env = "ASTERISK_GITOPS_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// sqlite://… or postgres://… [default: SQLite in the state directory].
+    #[arg(long, global = true, env = "DATABASE_URL", value_name = "URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// The managed pjsip file, included from pjsip.conf [default: STATE_DIR/pjsip_gitops.conf].
+    #[arg(long, global = true, env = "ASTERISK_GITOPS_MANAGED_FILE", value_name = "PATH")]
+    pub managed_file: Option<PathBuf>,
+    /// Use pjsip_gitops.conf.j2 from DIR instead of the built-in template.
+    #[arg(long, global = true, env = "ASTERISK_GITOPS_TEMPLATES", value_name = "DIR")]
+    pub templates: Option<PathBuf>,
+    /// Address the HTTP API and UI listen on [default: 127.0.0.1:8080].
+    #[arg(long, global = true, env = "ASTERISK_GITOPS_LISTEN", value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Asterisk's AMI, HOST:PORT [default: not configured].
+    #[arg(long, global = true, env = "ASTERISK_GITOPS_AMI_ADDR", value_name = "HOST:PORT")]
+    pub ami_addr: Option<String>,
+    /// The AMI user (its secret: ASTERISK_GITOPS_AMI_SECRET or the config file).
+    #[arg(long, global = true, env = "ASTERISK_GITOPS_AMI_USER", value_name = "NAME")]
+    pub ami_user: Option<String>,
+    /// Asterisk's ARI base URL, e.g. http://127.0.0.1:8088 [default: not configured].
+    #[arg(long, global = true, env = "ASTERISK_GITOPS_ARI_URL", value_name = "URL")]
+    pub ari_url: Option<String>,
+    /// The ARI user (its password: ASTERISK_GITOPS_ARI_PASSWORD or the config file).
+    #[arg(long, global = true, env = "ASTERISK_GITOPS_ARI_USER", value_name = "NAME")]
+    pub ari_user: Option<String>,
+    /// Serve no write routes and no edit controls.
+    #[arg(long, global = true, env = "ASTERISK_GITOPS_READ_ONLY")]
+    pub read_only: bool,
+}
+
+impl GlobalArgs {
+    /// The settings these flags, the config file and the defaults add up to.
+    pub fn settings(&self) -> anyhow::Result<Settings> {
+        let file = match &self.config {
+            Some(path) => FileConfig::load(path)?,
+            None => FileConfig::default(),
+        };
+        let flags = Overrides {
+            spec_dir: self.spec_dir.clone(),
+            state_dir: self.state_dir.clone(),
+            database_url: self.database_url.clone(),
+            managed_file: self.managed_file.clone(),
+            templates: self.templates.clone(),
+            listen: self.listen.clone(),
+            read_only: self.read_only.then_some(true),
+            ami_addr: self.ami_addr.clone(),
+            ami_user: self.ami_user.clone(),
+            ari_url: self.ari_url.clone(),
+            ari_user: self.ari_user.clone(),
+            allow_mass_delete: None,
+        };
+        Ok(Settings::resolve(flags, file, &config::process_env)?)
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -85,9 +147,6 @@ pub struct RenderArgs {
     /// Write to FILE (atomically) instead of standard output.
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
-    /// Use pjsip_gitops.conf.j2 from DIR instead of the built-in template.
-    #[arg(long, value_name = "DIR", env = "ASTERISK_GITOPS_TEMPLATES")]
-    pub templates: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -127,7 +186,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn validate(global: &GlobalArgs, args: ValidateArgs) -> anyhow::Result<ExitCode> {
-    let paths = if args.paths.is_empty() { vec![global.spec_dir.clone()] } else { args.paths };
+    let paths = if args.paths.is_empty() { vec![global.settings()?.spec_dir] } else { args.paths };
     let loaded = spec::load_paths(&paths, &LoadOptions::default());
     let mut diagnostics = loaded.diagnostics;
     if loaded.files.is_empty() && diagnostics.is_empty() {
@@ -147,7 +206,8 @@ fn validate(global: &GlobalArgs, args: ValidateArgs) -> anyhow::Result<ExitCode>
 }
 
 fn render(global: &GlobalArgs, args: RenderArgs) -> anyhow::Result<ExitCode> {
-    let path = args.path.unwrap_or_else(|| global.spec_dir.clone());
+    let settings = global.settings()?;
+    let path = args.path.unwrap_or_else(|| settings.spec_dir.clone());
     let loaded = spec::load_paths(std::slice::from_ref(&path), &LoadOptions::default());
     if loaded.has_errors() {
         let errors: Vec<_> = loaded.diagnostics.into_iter().filter(|d| d.is_error()).collect();
@@ -155,7 +215,7 @@ fn render(global: &GlobalArgs, args: RenderArgs) -> anyhow::Result<ExitCode> {
         eprintln!("error: the specs have errors; nothing was rendered");
         return Ok(ExitCode::FAILURE);
     }
-    let renderer = Renderer::new(args.templates.as_deref())?;
+    let renderer = Renderer::new(settings.templates.as_deref())?;
     let info = SourceInfo { source: path.display().to_string(), revision: None };
     let text = renderer.render(&loaded.set, &info, &ProcessSecrets)?;
     match args.output {
