@@ -16,6 +16,7 @@ pub mod estate;
 pub mod git;
 pub mod managed;
 pub mod plan;
+pub mod reconcile;
 pub mod render;
 pub mod schema;
 pub mod secret;

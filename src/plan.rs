@@ -100,7 +100,7 @@ pub enum Drift {
     MissingFromAsterisk { extension: String },
     /// Asterisk's endpoint differs from what was rendered.
     DiffersInAsterisk { extension: String, fields: Vec<FieldChange> },
-    /// The managed file on disk is not what asterisk-gitops last wrote.
+    /// The managed file on disk is not what the applied specs render.
     ManagedFileEdited,
     /// Asterisk has an endpoint asterisk-gitops does not manage. Reported, never touched.
     Unmanaged { endpoint: String },
@@ -156,8 +156,6 @@ pub struct PlanInput<'a> {
     pub observed: &'a Observed,
     /// The managed file as it is on disk (`None`: it does not exist).
     pub current_file: Option<&'a str>,
-    /// What asterisk-gitops last wrote there (its hash is in the status), if known.
-    pub last_written: Option<&'a str>,
     pub rendered: &'a str,
 }
 
@@ -200,9 +198,10 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
     let diff = masked_diff(input.current_file.unwrap_or(""), input.rendered);
 
     let mut drift = Vec::new();
-    if let (Some(current), Some(last)) = (input.current_file, input.last_written)
-        && current != last
-    {
+    // Rendering is deterministic: when every applied row already equals the
+    // desired one, the last run wrote exactly what renders now, so a file
+    // that differs was changed behind our back.
+    if changes.is_empty() && input.current_file.is_some_and(|c| c != input.rendered) {
         drift.push(Drift::ManagedFileEdited);
     }
     if let Observed::Endpoints { endpoints } = input.observed {
@@ -385,7 +384,9 @@ fn describe_drift(d: &Drift) -> String {
             let f: Vec<String> = fields.iter().map(describe).collect();
             format!("{extension} differs in Asterisk ({})", f.join("; "))
         }
-        Drift::ManagedFileEdited => "the managed file was edited by hand".into(),
+        Drift::ManagedFileEdited => {
+            "the managed file differs from what the applied specs render (edited by hand?)".into()
+        }
         Drift::Unmanaged { endpoint } => format!("{endpoint} is in Asterisk but not managed here (left alone)"),
     }
 }
@@ -443,7 +444,6 @@ mod tests {
             applied: &applied,
             observed: &Observed::NotConfigured,
             current_file: Some("old"),
-            last_written: Some("old"),
             rendered: "new",
         });
         let summary: Vec<(&str, Action)> = p.changes.iter().map(|c| (c.extension.as_str(), c.action)).collect();
@@ -472,7 +472,6 @@ mod tests {
             applied: &applied_from(&s),
             observed: &Observed::NotConfigured,
             current_file: Some("x"),
-            last_written: Some("x"),
             rendered: "x",
         });
         assert!(!p.has_changes());
@@ -491,7 +490,6 @@ mod tests {
             applied: &applied_from(&s),
             observed: &Observed::NotConfigured,
             current_file: None,
-            last_written: None,
             rendered: "",
         });
         assert_eq!(p.changes[0].fields, [FieldChange { field: SECRET_FIELD, from: None, to: None }]);
@@ -523,7 +521,6 @@ mod tests {
             applied: &applied_from(&s),
             observed: &Observed::Endpoints { endpoints },
             current_file: Some("edited"),
-            last_written: Some("ours"),
             rendered: "ours",
         });
         assert_eq!(

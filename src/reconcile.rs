@@ -1,0 +1,485 @@
+//! The reconcile loop's one step: desired (the specs) against applied (the
+//! database) and observed (the live Asterisk), then render → write →
+//! reload → verify → record, or roll back.
+//!
+//! The reconciler is deliberately not told why it runs beyond a label for
+//! the record (kube-runtime's rule): every run does the whole comparison,
+//! so it is idempotent, and a run with nothing to change writes nothing and
+//! reloads nothing.
+//!
+//! It talks to the database and Asterisk through two small traits,
+//! [`StateStore`] and [`AsteriskControl`], implemented over `db` and
+//! `asterisk`; everything else it needs is pure (`spec`, `render`, `plan`)
+//! or a file (`managed`).
+
+use crate::diag::Diagnostic;
+use crate::managed::ManagedFile;
+use crate::plan::{self, Action, Fields, Observed, ObservedEndpoint, Plan, PlanInput};
+use crate::render::{Renderer, SourceInfo};
+use crate::secret::{AuthCredential, SecretSource, credential, md5_cred};
+use crate::spec::{DesiredSet, Extension};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Why a run happened; recorded, never used to decide what to do.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Trigger {
+    Startup,
+    FileChange,
+    Periodic,
+    Manual,
+    Webhook,
+    Retry,
+    Cli,
+}
+
+impl Trigger {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Trigger::Startup => "startup",
+            Trigger::FileChange => "file-change",
+            Trigger::Periodic => "periodic",
+            Trigger::Manual => "manual",
+            Trigger::Webhook => "webhook",
+            Trigger::Retry => "retry",
+            Trigger::Cli => "cli",
+        }
+    }
+}
+
+/// How a run ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Outcome {
+    /// Changes were written, reloaded, verified and recorded.
+    Applied,
+    /// Nothing to change: nothing written, nothing reloaded.
+    NoOp,
+    /// The specs have errors: nothing changed.
+    Invalid,
+    /// The prune guard stopped a mass deletion: nothing changed.
+    Blocked,
+    /// Something failed (render, Asterisk, verification, database); the last good config is in force.
+    Failed,
+    /// Drift was found and self-heal is off: reported only.
+    DriftReported,
+}
+
+impl Outcome {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Outcome::Applied => "applied",
+            Outcome::NoOp => "noop",
+            Outcome::Invalid => "invalid",
+            Outcome::Blocked => "blocked",
+            Outcome::Failed => "failed",
+            Outcome::DriftReported => "drift-reported",
+        }
+    }
+
+    /// Whether the next run should come sooner, with back-off.
+    pub fn is_failure(&self) -> bool {
+        matches!(self, Outcome::Failed)
+    }
+}
+
+/// One extension row as the reconciler hands it to the store.
+#[derive(Clone, Debug)]
+pub struct AppliedRow {
+    pub extension: Extension,
+    /// md5Cred of the extension's secret (never the password itself).
+    pub secret_md5: String,
+    pub fields: Fields,
+}
+
+/// The record of one run, written together with its row changes.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunRecord {
+    pub trigger: Trigger,
+    pub revision: Option<String>,
+    pub started_at: chrono::DateTime<chrono::Utc>,
+    pub finished_at: chrono::DateTime<chrono::Utc>,
+    pub outcome: Outcome,
+    /// The plan (None when the specs could not even be loaded).
+    pub plan: Option<Plan>,
+    /// Why it failed, was blocked or invalid.
+    pub error: Option<String>,
+    pub diagnostics: Vec<Diagnostic>,
+    pub reloaded: bool,
+}
+
+/// What the store must do for the reconciler.
+pub trait StateStore: Send + Sync {
+    type Error: std::fmt::Display + Send;
+    /// The applied extensions, as plan fields, by number.
+    fn applied(&self) -> impl Future<Output = Result<BTreeMap<String, Fields>, Self::Error>> + Send;
+    /// Records the run and, in the same transaction, upserts `upserts` and
+    /// deletes `deletes`. All or nothing.
+    fn commit(
+        &self,
+        run: &RunRecord,
+        upserts: &[AppliedRow],
+        deletes: &[String],
+    ) -> impl Future<Output = Result<i64, Self::Error>> + Send;
+}
+
+/// What the reconciler asks of Asterisk.
+pub trait AsteriskControl: Send + Sync {
+    type Error: std::fmt::Display + Send;
+    /// Every endpoint Asterisk has loaded (name and transport).
+    fn endpoints(&self) -> impl Future<Output = Result<BTreeMap<String, ObservedEndpoint>, Self::Error>> + Send;
+    /// One endpoint's detail (context, transport, codecs); `None` if Asterisk has no such endpoint.
+    fn endpoint(&self, name: &str) -> impl Future<Output = Result<Option<ObservedEndpoint>, Self::Error>> + Send;
+    /// Reloads res_pjsip.
+    fn reload(&self) -> impl Future<Output = Result<(), Self::Error>> + Send;
+}
+
+/// Where the desired state comes from for one run.
+pub struct Desired {
+    pub set: DesiredSet,
+    pub diagnostics: Vec<Diagnostic>,
+    pub source: SourceInfo,
+}
+
+/// The prune guard's limits.
+#[derive(Clone, Debug)]
+pub struct PruneGuard {
+    pub max_share: f64,
+    pub max_count: Option<usize>,
+    pub allow_mass_delete: bool,
+}
+
+impl PruneGuard {
+    /// Why `deletes` out of `applied` is too many, if it is.
+    pub fn check(&self, deletes: usize, applied: usize) -> Option<String> {
+        if self.allow_mass_delete || deletes == 0 {
+            return None;
+        }
+        if let Some(max) = self.max_count
+            && deletes > max
+        {
+            return Some(format!(
+                "prune guard: the run would delete {deletes} extensions, more than the limit of {max}; nothing was deleted. \
+                 If this is intended, run `asterisk-gitops apply --allow-mass-delete` or set reconcile.allowMassDelete"
+            ));
+        }
+        let share = deletes as f64 / applied.max(1) as f64;
+        if share > self.max_share {
+            return Some(format!(
+                "prune guard: the run would delete {deletes} of {applied} extensions ({:.0}%, more than {:.0}%); nothing was deleted. \
+                 If this is intended, run `asterisk-gitops apply --allow-mass-delete` or set reconcile.allowMassDelete",
+                share * 100.0,
+                self.max_share * 100.0
+            ));
+        }
+        None
+    }
+}
+
+/// How many changed endpoints are verified one by one; above this, the
+/// endpoint list is checked for all of them and the detail for this many.
+/// (A real Asterisk takes 1.4 s to list 10k endpoints; asking each of 10k
+/// for its detail would take far longer.)
+pub const VERIFY_DETAIL_LIMIT: usize = 200;
+
+pub struct Reconciler<S, A> {
+    pub store: S,
+    pub asterisk: Option<A>,
+    pub managed: ManagedFile,
+    pub renderer: Arc<Renderer>,
+    pub secrets: Arc<dyn SecretSource + Send + Sync>,
+    pub realm: String,
+    pub prune: PruneGuard,
+    pub self_heal: bool,
+}
+
+/// What one run did, for logs, status and the CLI.
+#[derive(Clone, Debug)]
+pub struct RunReport {
+    pub record: RunRecord,
+    pub run_id: Option<i64>,
+    pub duration: Duration,
+}
+
+impl<S: StateStore, A: AsteriskControl> Reconciler<S, A> {
+    /// Plans without changing anything (the `plan` command).
+    pub async fn plan(&self, desired: &Desired) -> Result<(Plan, String), String> {
+        let (rendered, md5s) = self.render(desired)?;
+        let applied = self.store.applied().await.map_err(|e| format!("database: {e}"))?;
+        let current = self.managed.read().map_err(|e| format!("{}: {e}", self.managed.path().display()))?;
+        let observed = self.observe().await;
+        let p = plan::plan(&PlanInput {
+            desired: &desired.set,
+            secret_md5: &md5s,
+            applied: &applied,
+            observed: &observed,
+            current_file: current.as_deref(),
+            rendered: &rendered,
+        });
+        Ok((p, rendered))
+    }
+
+    fn render(&self, desired: &Desired) -> Result<(String, BTreeMap<String, String>), String> {
+        let rendered =
+            self.renderer.render(&desired.set, &desired.source, self.secrets.as_ref()).map_err(|e| e.to_string())?;
+        let mut md5s = BTreeMap::new();
+        for ext in desired.set.extensions.iter() {
+            let hash = match credential(ext, self.secrets.as_ref()).map_err(|e| e.to_string())? {
+                AuthCredential::Md5(h) => h,
+                AuthCredential::UserPass(p) => md5_cred(&ext.extension, &self.realm, &p),
+            };
+            md5s.insert(ext.extension.clone(), hash);
+        }
+        Ok((rendered, md5s))
+    }
+
+    async fn observe(&self) -> Observed {
+        match &self.asterisk {
+            None => Observed::NotConfigured,
+            Some(a) => match a.endpoints().await {
+                Ok(endpoints) => Observed::Endpoints { endpoints },
+                Err(e) => Observed::Unreachable { reason: e.to_string() },
+            },
+        }
+    }
+
+    /// One reconcile. Never panics; every outcome is recorded (when the
+    /// database can be reached) and returned.
+    pub async fn run(&self, trigger: Trigger, desired: Desired) -> RunReport {
+        let started = Instant::now();
+        let mut record = RunRecord {
+            trigger,
+            revision: desired.source.revision.clone(),
+            started_at: chrono::Utc::now(),
+            finished_at: chrono::Utc::now(),
+            outcome: Outcome::NoOp,
+            plan: None,
+            error: None,
+            diagnostics: Vec::new(),
+            reloaded: false,
+        };
+        let mut upserts = Vec::new();
+        let mut deletes = Vec::new();
+        self.step(&desired, &mut record, &mut upserts, &mut deletes).await;
+        record.finished_at = chrono::Utc::now();
+        let run_id = match self.store.commit(&record, &upserts, &deletes).await {
+            Ok(id) => Some(id),
+            Err(e) => {
+                if record.outcome == Outcome::Applied {
+                    // The file is live but the rows are not: the next run sees the
+                    // same changes pending against an unchanged file and records them.
+                    record.outcome = Outcome::Failed;
+                }
+                record.error = Some(match record.error.take() {
+                    Some(prev) => format!("{prev}; and recording the run failed: {e}"),
+                    None => format!("recording the run failed: {e}"),
+                });
+                None
+            }
+        };
+        RunReport { record, run_id, duration: started.elapsed() }
+    }
+
+    async fn step(
+        &self,
+        desired: &Desired,
+        record: &mut RunRecord,
+        upserts: &mut Vec<AppliedRow>,
+        deletes: &mut Vec<String>,
+    ) {
+        let fail = |record: &mut RunRecord, outcome: Outcome, error: String| {
+            record.outcome = outcome;
+            record.error = Some(error);
+        };
+        // 1. The specs must be valid as a whole: otherwise nothing changes.
+        if desired.diagnostics.iter().any(Diagnostic::is_error) {
+            record.diagnostics = desired.diagnostics.clone();
+            let n = desired.diagnostics.iter().filter(|d| d.is_error()).count();
+            return fail(
+                record,
+                Outcome::Invalid,
+                format!("the specs have {n} error(s); the last good config stays in force"),
+            );
+        }
+        record.diagnostics = desired.diagnostics.clone();
+        // 2. Render (secrets are read here).
+        let (rendered, md5s) = match self.render(desired) {
+            Ok(r) => r,
+            Err(e) => return fail(record, Outcome::Failed, format!("render: {e}")),
+        };
+        // 3. Applied, on disk, observed.
+        let applied = match self.store.applied().await {
+            Ok(a) => a,
+            Err(e) => return fail(record, Outcome::Failed, format!("database: {e}")),
+        };
+        let current = match self.managed.read() {
+            Ok(c) => c,
+            Err(e) => return fail(record, Outcome::Failed, format!("{}: {e}", self.managed.path().display())),
+        };
+        let observed = self.observe().await;
+        let p = plan::plan(&PlanInput {
+            desired: &desired.set,
+            secret_md5: &md5s,
+            applied: &applied,
+            observed: &observed,
+            current_file: current.as_deref(),
+            rendered: &rendered,
+        });
+        record.plan = Some(p.clone());
+
+        // 4. Prune guard.
+        if let Some(why) = self.prune.check(p.count(Action::Delete), p.applied_before) {
+            return fail(record, Outcome::Blocked, why);
+        }
+        // 5. Nothing to do?
+        let heal = self.self_heal && p.has_healable_drift();
+        if !p.has_changes() && !heal {
+            record.outcome = if p.has_healable_drift() { Outcome::DriftReported } else { Outcome::NoOp };
+            return;
+        }
+        if let Observed::Unreachable { reason } = &observed {
+            return fail(record, Outcome::Failed, format!("Asterisk is unreachable ({reason}); nothing was changed"));
+        }
+        // 6. Write the file if its content changes.
+        if p.file_changed
+            && let Err(e) = self.managed.write(&rendered)
+        {
+            return fail(record, Outcome::Failed, format!("writing {}: {e}", self.managed.path().display()));
+        }
+        // 7. Reload and verify.
+        if let Some(asterisk) = &self.asterisk
+            && (p.file_changed || heal)
+        {
+            record.reloaded = true;
+            let verdict = match asterisk.reload().await {
+                Err(e) => Err(format!("reload failed: {e}")),
+                Ok(()) => self.verify(asterisk, &desired.set, &p).await,
+            };
+            if let Err(reason) = verdict {
+                let restored = if p.file_changed {
+                    match self.managed.restore_previous() {
+                        Ok(_) => match asterisk.reload().await {
+                            Ok(()) => "the previous file was restored and reloaded".to_string(),
+                            Err(e) => format!("the previous file was restored; reloading it failed: {e}"),
+                        },
+                        Err(e) => format!("restoring the previous file failed: {e}"),
+                    }
+                } else {
+                    "the file was not changed".to_string()
+                };
+                return fail(record, Outcome::Failed, format!("{reason}; {restored}"));
+            }
+        }
+        // 8. The rows that change land with the run record, in one transaction.
+        for c in &p.changes {
+            match c.action {
+                Action::Delete => deletes.push(c.extension.clone()),
+                Action::Create | Action::Update => {
+                    if let Some(ext) = desired.set.get(&c.extension) {
+                        let md5 = md5s.get(&ext.extension).cloned().unwrap_or_default();
+                        let fields = plan::desired_fields(ext, &md5);
+                        upserts.push(AppliedRow { extension: ext.clone(), secret_md5: md5, fields });
+                    }
+                }
+            }
+        }
+        record.outcome = Outcome::Applied;
+    }
+
+    /// After a reload: every endpoint the run created or changed (and that
+    /// is enabled) is there with the right context, transport and codecs;
+    /// every deleted or disabled one is gone. A real Asterisk answers
+    /// "Module Reloaded" even when it dropped an object or the whole file.
+    async fn verify(&self, asterisk: &A, set: &DesiredSet, p: &Plan) -> Result<(), String> {
+        let mut present = Vec::new();
+        let mut absent = Vec::new();
+        for c in &p.changes {
+            match (c.action, set.get(&c.extension)) {
+                (Action::Delete, _) => absent.push(c.extension.clone()),
+                (_, Some(ext)) if ext.enabled => present.push(ext),
+                (_, Some(ext)) => absent.push(ext.extension.clone()),
+                (_, None) => {}
+            }
+        }
+        // Drift repairs are verified too.
+        for d in &p.drift {
+            if let plan::Drift::MissingFromAsterisk { extension } | plan::Drift::DiffersInAsterisk { extension, .. } = d
+                && let Some(ext) = set.get(extension)
+                && !present.iter().any(|e| e.extension == *extension)
+            {
+                present.push(ext);
+            }
+        }
+        let listed = if present.len() + absent.len() > VERIFY_DETAIL_LIMIT {
+            Some(asterisk.endpoints().await.map_err(|e| format!("verification: listing endpoints failed: {e}"))?)
+        } else {
+            None
+        };
+        let mut problems = Vec::new();
+        for (i, ext) in present.iter().enumerate() {
+            let seen = match &listed {
+                Some(list) if i >= VERIFY_DETAIL_LIMIT => list.get(&ext.extension).cloned(),
+                _ => asterisk.endpoint(&ext.extension).await.map_err(|e| format!("verification: {e}"))?,
+            };
+            match seen {
+                None => problems.push(format!(
+                    "endpoint {} is not loaded after the reload (Asterisk dropped it: an option or codec it does not accept? see Asterisk's log)",
+                    ext.extension
+                )),
+                Some(seen) => {
+                    let mut wrong = Vec::new();
+                    if seen.context.as_ref().is_some_and(|c| *c != ext.context) {
+                        wrong.push(format!("context {:?}", seen.context.as_deref().unwrap_or("")));
+                    }
+                    if seen.transport.as_ref().is_some_and(|t| !t.is_empty() && *t != ext.transport) {
+                        wrong.push(format!("transport {:?}", seen.transport.as_deref().unwrap_or("")));
+                    }
+                    if seen.codecs.as_ref().is_some_and(|c| *c != ext.codecs) {
+                        wrong.push(format!("codecs {:?}", seen.codecs.as_ref().map(|c| c.join(",")).unwrap_or_default()));
+                    }
+                    if !wrong.is_empty() {
+                        problems.push(format!("endpoint {} has {} after the reload", ext.extension, wrong.join(", ")));
+                    }
+                }
+            }
+        }
+        for number in &absent {
+            let still = match &listed {
+                Some(list) => list.contains_key(number),
+                None => asterisk.endpoint(number).await.map_err(|e| format!("verification: {e}"))?.is_some(),
+            };
+            if still {
+                problems.push(format!("endpoint {number} is still loaded after the reload"));
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            let more = if problems.len() > 5 { format!(" (and {} more)", problems.len() - 5) } else { String::new() };
+            problems.truncate(5);
+            Err(format!("verification failed: {}{more}", problems.join("; ")))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_prune_guard_counts_shares_and_counts() {
+        let g = PruneGuard { max_share: 0.3, max_count: None, allow_mass_delete: false };
+        assert!(g.check(3, 10).is_none());
+        assert!(g.check(4, 10).is_some_and(|w| w.contains("4 of 10")));
+        assert!(g.check(1, 0).is_some(), "deleting with nothing applied is not possible, but never divides by zero");
+        let g = PruneGuard { max_share: 1.0, max_count: Some(2), allow_mass_delete: false };
+        assert!(g.check(3, 100).is_some_and(|w| w.contains("limit of 2")));
+        let g = PruneGuard { max_share: 0.0, max_count: Some(0), allow_mass_delete: true };
+        assert!(g.check(100, 100).is_none());
+    }
+}
