@@ -10,6 +10,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod diag;
 #[doc(hidden)]
 pub mod estate;

@@ -1,0 +1,236 @@
+//! The daemon's reconcile loop: one reconcile at a time, triggered by file
+//! changes in the spec directory (debounced), a periodic resync (jittered),
+//! manual requests (the API) and webhooks; failures retry with exponential
+//! back-off; shutdown flows in from the caller.
+
+use crate::reconcile::{AsteriskControl, Desired, Outcome, Reconciler, RunReport, StateStore, Trigger};
+use crate::render::SourceInfo;
+use crate::spec::{self, LoadOptions};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{RwLock, mpsc};
+
+/// Where each run reads the desired state from.
+#[derive(Clone, Debug)]
+pub enum DesiredSource {
+    /// A directory of spec files, as it is on disk.
+    Dir(PathBuf),
+}
+
+impl DesiredSource {
+    /// Loads the desired state (blocking work runs off the async runtime).
+    pub async fn load(&self) -> Desired {
+        match self {
+            DesiredSource::Dir(dir) => {
+                let dir = dir.clone();
+                let joined = tokio::task::spawn_blocking(move || load_dir(&dir)).await;
+                joined.unwrap_or_else(|e| Desired {
+                    set: Default::default(),
+                    diagnostics: vec![crate::diag::Diagnostic::error(
+                        "internal",
+                        crate::diag::Location { file: String::new(), line: 1, column: 1 },
+                        "",
+                        format!("loading the specs failed: {e}"),
+                    )],
+                    source: SourceInfo::default(),
+                })
+            }
+        }
+    }
+}
+
+/// Loads a spec directory, diagnostics relative to it.
+pub fn load_dir(dir: &Path) -> Desired {
+    let loaded = spec::load_paths(&[dir.to_path_buf()], &LoadOptions { display_base: Some(dir.to_path_buf()) });
+    let mut diagnostics = loaded.diagnostics;
+    if !dir.is_dir() {
+        diagnostics.push(crate::diag::Diagnostic::error(
+            "io-error",
+            crate::diag::Location { file: dir.display().to_string(), line: 1, column: 1 },
+            "",
+            format!("the spec directory {} does not exist", dir.display()),
+        ));
+    }
+    Desired { set: loaded.set, diagnostics, source: SourceInfo { source: dir.display().to_string(), revision: None } }
+}
+
+/// Timing of the loop.
+#[derive(Clone, Debug)]
+pub struct LoopConfig {
+    pub interval: Duration,
+    pub debounce: Duration,
+    /// First retry delay after a failure; doubles up to `max_backoff`.
+    pub min_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Default for LoopConfig {
+    fn default() -> Self {
+        LoopConfig {
+            interval: Duration::from_secs(30),
+            debounce: Duration::from_millis(200),
+            min_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(300),
+        }
+    }
+}
+
+/// What the loop shares with the HTTP API: the last run, and a way to ask for one.
+#[derive(Clone)]
+pub struct LoopHandle {
+    pub triggers: mpsc::Sender<Trigger>,
+    pub last: Arc<RwLock<Option<RunReport>>>,
+    /// Consecutive failed runs.
+    pub failures: Arc<std::sync::atomic::AtomicU32>,
+}
+
+impl LoopHandle {
+    /// Asks for a reconcile soon; several requests coalesce into one run.
+    pub fn trigger(&self, t: Trigger) {
+        let _ = self.triggers.try_send(t);
+    }
+}
+
+/// Delay before retry number `failures` (1-based): min × 2^(n-1), capped.
+pub fn backoff(cfg: &LoopConfig, failures: u32) -> Duration {
+    let factor = 2u32.saturating_pow(failures.saturating_sub(1).min(20));
+    cfg.min_backoff.saturating_mul(factor).min(cfg.max_backoff)
+}
+
+/// `d` ± 10%, varied per call so replicas do not resync in lock-step.
+pub fn jitter(d: Duration) -> Duration {
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|t| t.subsec_nanos()).unwrap_or(0);
+    let spread = (nanos % 2001) as f64 / 1000.0 - 1.0; // -1.0 ..= 1.0
+    d.mul_f64(1.0 + 0.1 * spread)
+}
+
+/// Watches `dir` recursively and sends `FileChange` for every change.
+/// Returns the watcher, which stops when dropped.
+pub fn watch(dir: &Path, tx: mpsc::Sender<Trigger>) -> notify::Result<notify::RecommendedWatcher> {
+    use notify::{RecursiveMode, Watcher};
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if let Ok(e) = event
+            && !matches!(e.kind, notify::EventKind::Access(_))
+        {
+            let _ = tx.try_send(Trigger::FileChange);
+        }
+    })?;
+    watcher.watch(dir, RecursiveMode::Recursive)?;
+    Ok(watcher)
+}
+
+/// Runs the loop until `shutdown` resolves. The first run happens at once.
+pub async fn run_loop<S, A>(
+    reconciler: Arc<Reconciler<S, A>>,
+    source: DesiredSource,
+    cfg: LoopConfig,
+    handle: LoopHandle,
+    mut rx: mpsc::Receiver<Trigger>,
+    shutdown: impl std::future::Future<Output = ()>,
+) where
+    S: StateStore + 'static,
+    A: AsteriskControl + 'static,
+{
+    tokio::pin!(shutdown);
+    let mut next = Trigger::Startup;
+    loop {
+        let report = run_one(&reconciler, &source, next.clone()).await;
+        let failed = report.record.outcome.is_failure();
+        let failures = if failed {
+            handle.failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1
+        } else {
+            handle.failures.store(0, std::sync::atomic::Ordering::Relaxed);
+            0
+        };
+        *handle.last.write().await = Some(report);
+        let wait = if failed { backoff(&cfg, failures) } else { jitter(cfg.interval) };
+        next = tokio::select! {
+            _ = &mut shutdown => return,
+            _ = tokio::time::sleep(wait) => if failed { Trigger::Retry } else { Trigger::Periodic },
+            t = rx.recv() => match t {
+                None => return,
+                Some(t) => {
+                    if t == Trigger::FileChange {
+                        // Let a burst of saves settle, then take everything queued as one run.
+                        tokio::select! {
+                            _ = &mut shutdown => return,
+                            _ = tokio::time::sleep(cfg.debounce) => {}
+                        }
+                    }
+                    while rx.try_recv().is_ok() {}
+                    t
+                }
+            },
+        };
+    }
+}
+
+async fn run_one<S: StateStore, A: AsteriskControl>(
+    reconciler: &Reconciler<S, A>,
+    source: &DesiredSource,
+    trigger: Trigger,
+) -> RunReport {
+    use tracing::Instrument;
+    let span = tracing::info_span!("reconcile", trigger = trigger.as_str(), revision = tracing::field::Empty);
+    let desired = source.load().instrument(span.clone()).await;
+    if let Some(rev) = &desired.source.revision {
+        span.record("revision", rev.as_str());
+    }
+    let report = reconciler.run(trigger, desired).instrument(span.clone()).await;
+    let _enter = span.enter();
+    let r = &report.record;
+    let (creates, updates, deletes) = r.plan.as_ref().map_or((0, 0, 0), |p| {
+        use crate::plan::Action;
+        (p.count(Action::Create), p.count(Action::Update), p.count(Action::Delete))
+    });
+    let ms = report.duration.as_secs_f64() * 1000.0;
+    match r.outcome {
+        Outcome::Failed | Outcome::Invalid | Outcome::Blocked => tracing::warn!(
+            outcome = r.outcome.as_str(),
+            duration_ms = ms,
+            creates,
+            updates,
+            deletes,
+            error = r.error.as_deref().unwrap_or(""),
+            "reconcile did not apply"
+        ),
+        _ => tracing::info!(
+            outcome = r.outcome.as_str(),
+            duration_ms = ms,
+            creates,
+            updates,
+            deletes,
+            reloaded = r.reloaded,
+            "reconcile finished"
+        ),
+    }
+    drop(_enter);
+    report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let cfg = LoopConfig {
+            min_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(10),
+            ..Default::default()
+        };
+        let got: Vec<u64> = (1..=6).map(|n| backoff(&cfg, n).as_secs()).collect();
+        assert_eq!(got, [1, 2, 4, 8, 10, 10]);
+        assert_eq!(backoff(&cfg, 1000), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn jitter_stays_within_ten_percent() {
+        for _ in 0..100 {
+            let j = jitter(Duration::from_secs(30)).as_secs_f64();
+            assert!((27.0..=33.0).contains(&j), "{j}");
+        }
+    }
+}
