@@ -23,3 +23,4 @@ pub mod schema;
 pub mod secret;
 pub mod spec;
 pub mod webhook;
+pub mod writeback;

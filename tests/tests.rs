@@ -5,3 +5,6 @@ mod support;
 
 // Spec files: loading, diagnostics, schema, rendering, the command line.
 mod spec;
+
+// Edits that become commits (plain files, local and remote repositories).
+mod writeback;

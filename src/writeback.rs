@@ -1,0 +1,463 @@
+//! Edits that become commits: the API and UI create, change and delete
+//! extensions by editing spec files, and — where the specs live in git —
+//! committing (and pushing) the edit, so the repository stays the truth.
+//!
+//! Three places an edit can land, chosen by what is there:
+//! - plain files (no git at all): the spec directory is edited in place;
+//! - a local repository with no remote: edited and committed;
+//! - a remote: a working clone under the state directory is reset to the
+//!   remote branch, edited, committed and pushed — to the tracked branch
+//!   (`direct`; a non-fast-forward push fetches, re-applies the edit on the
+//!   new head and retries) or to a new branch (`review`).
+//!
+//! An edit is an operation (create, update, delete one extension), not a
+//! patch, so "rebasing" it onto a newer head is re-applying it; a true
+//! conflict (the extension was created or deleted meanwhile) is
+//! [`WriteError::Conflict`] and nothing is lost or half-written.
+//!
+//! Architecture invariant: nothing is committed or left on disk that does
+//! not validate; a failed validation restores the files as they were.
+//! Blocking (git2, files): call from `spawn_blocking`, one edit at a time.
+
+use crate::diag::Diagnostic;
+use crate::spec::edit::{self, EditError};
+use crate::spec::{self, ExtensionEntry, LoadOptions};
+use git2::{Cred, CredentialType, PushOptions, RemoteCallbacks, Repository, Signature};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// One change to the declared extensions.
+#[derive(Clone, Debug)]
+pub enum EditOp {
+    Create(ExtensionEntry),
+    /// Replace the entry of this number with the given one (already merged
+    /// with what was there, for a partial update).
+    Update(String, ExtensionEntry),
+    Delete(String),
+}
+
+impl EditOp {
+    pub fn number(&self) -> &str {
+        match self {
+            EditOp::Create(e) => e.extension.as_deref().unwrap_or(""),
+            EditOp::Update(n, _) | EditOp::Delete(n) => n,
+        }
+    }
+
+    /// The commit message's subject.
+    pub fn summary(&self) -> String {
+        match self {
+            EditOp::Create(e) => match &e.display_name {
+                Some(name) => format!("Add extension {} ({name})", self.number()),
+                None => format!("Add extension {}", self.number()),
+            },
+            EditOp::Update(n, _) => format!("Update extension {n}"),
+            EditOp::Delete(n) => format!("Delete extension {n}"),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error("extension {0} does not exist")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("the edit would make the specs invalid")]
+    Invalid(Vec<Diagnostic>),
+    #[error("{0}")]
+    Edit(#[from] EditError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("git: {0}")]
+    Git(String),
+}
+
+impl From<git2::Error> for WriteError {
+    fn from(e: git2::Error) -> Self {
+        WriteError::Git(e.message().to_string())
+    }
+}
+
+/// Who made an edit (the signed-in user, or the configured identity).
+#[derive(Clone, Debug)]
+pub struct Author {
+    pub name: String,
+    pub email: String,
+}
+
+/// Applies `op` to the spec files under `spec_dir`; returns the files it
+/// changed (relative to `spec_dir`). Validates the whole directory after the
+/// edit and puts every file back if it does not validate.
+pub fn apply_to_dir(spec_dir: &Path, op: &EditOp) -> Result<Vec<PathBuf>, WriteError> {
+    let loaded =
+        spec::load_paths(&[spec_dir.to_path_buf()], &LoadOptions { display_base: Some(spec_dir.to_path_buf()) });
+    let existing = loaded.set.get(op.number()).map(|e| e.origin.file.clone());
+    let declared_somewhere = existing.is_some() || declared_in_invalid_file(spec_dir, &loaded.files, op.number());
+    let (rel, before, after): (PathBuf, Option<String>, Option<String>) = match op {
+        EditOp::Create(entry) => {
+            if declared_somewhere {
+                return Err(WriteError::Conflict(format!("extension {} already exists", op.number())));
+            }
+            let rel = PathBuf::from(format!("{}.yaml", op.number()));
+            if spec_dir.join(&rel).exists() {
+                return Err(WriteError::Conflict(format!("{} already exists", rel.display())));
+            }
+            (rel, None, Some(edit::new_file(entry, 0)?))
+        }
+        EditOp::Update(number, entry) => {
+            let rel = PathBuf::from(existing.ok_or_else(|| WriteError::NotFound(number.clone()))?);
+            let text = std::fs::read_to_string(spec_dir.join(&rel))?;
+            let new = edit::replace_entry(&rel.display().to_string(), &text, number, entry)?;
+            (rel, Some(text), Some(new))
+        }
+        EditOp::Delete(number) => {
+            let rel = PathBuf::from(existing.ok_or_else(|| WriteError::NotFound(number.clone()))?);
+            let text = std::fs::read_to_string(spec_dir.join(&rel))?;
+            let new = edit::remove_entry(&rel.display().to_string(), &text, number)?;
+            // A file the API made for this one extension goes away with it.
+            let own_file = rel.file_name().is_some_and(|n| n.to_string_lossy() == format!("{number}.yaml"));
+            let emptied = spec::load::raw_entries("", &new).map(|(_, e)| e.is_empty()).unwrap_or(false);
+            (rel, Some(text), if own_file && emptied { None } else { Some(new) })
+        }
+    };
+    let path = spec_dir.join(&rel);
+    match &after {
+        Some(text) => crate::managed::write_atomic(&path, text.as_bytes())?,
+        None => std::fs::remove_file(&path)?,
+    }
+    let check =
+        spec::load_paths(&[spec_dir.to_path_buf()], &LoadOptions { display_base: Some(spec_dir.to_path_buf()) });
+    let new_errors: Vec<Diagnostic> =
+        check.diagnostics.into_iter().filter(|d| d.is_error() && !loaded.diagnostics.contains(d)).collect();
+    if !new_errors.is_empty() {
+        match &before {
+            Some(text) => crate::managed::write_atomic(&path, text.as_bytes())?,
+            None => std::fs::remove_file(&path)?,
+        }
+        return Err(WriteError::Invalid(new_errors));
+    }
+    Ok(vec![rel])
+}
+
+fn declared_in_invalid_file(spec_dir: &Path, files: &[String], number: &str) -> bool {
+    files.iter().any(|f| {
+        std::fs::read_to_string(spec_dir.join(f))
+            .ok()
+            .and_then(|t| spec::load::raw_entries(f, &t).ok())
+            .is_some_and(|(_, entries)| entries.iter().any(|(e, _)| e.extension.as_deref() == Some(number)))
+    })
+}
+
+/// Where edits are pushed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Push to the tracked branch.
+    Direct,
+    /// Push a new branch for a pull request.
+    Review,
+}
+
+/// A remote repository to commit edits to.
+#[derive(Clone)]
+pub struct RemoteTarget {
+    pub url: String,
+    pub branch: String,
+    /// The spec directory inside the repository (e.g. `extensions.d`).
+    pub path: String,
+    /// The working clone, under the state directory.
+    pub work_dir: PathBuf,
+    pub mode: Mode,
+    /// The committer (the author is the user who made the edit).
+    pub committer: Author,
+    pub token: Option<crate::config::SecretString>,
+    pub ssh_key: Option<PathBuf>,
+    /// Called just before each push (tests use it to push from elsewhere first).
+    #[doc(hidden)]
+    pub before_push: Option<Arc<dyn Fn() + Send + Sync>>,
+}
+
+impl std::fmt::Debug for RemoteTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteTarget")
+            .field("url", &crate::config::redact_url(&self.url))
+            .field("branch", &self.branch)
+            .field("path", &self.path)
+            .field("mode", &self.mode)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a committed edit produced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Committed {
+    pub commit: String,
+    /// The branch pushed to (the tracked one, or the review branch).
+    pub branch: Option<String>,
+    /// A link to open a pull/merge request, where the forge is known.
+    pub compare_url: Option<String>,
+}
+
+/// How many times a direct push is retried after someone else pushed first.
+const PUSH_ATTEMPTS: usize = 4;
+
+impl RemoteTarget {
+    fn callbacks(&self) -> RemoteCallbacks<'static> {
+        let token = self.token.clone();
+        let key = self.ssh_key.clone();
+        let mut callbacks = RemoteCallbacks::new();
+        let mut tries = 0;
+        callbacks.credentials(move |_url, username, allowed| {
+            tries += 1;
+            if tries > 3 {
+                return Err(git2::Error::from_str("credentials rejected"));
+            }
+            if allowed.contains(CredentialType::SSH_KEY)
+                && let Some(key) = &key
+            {
+                return Cred::ssh_key(username.unwrap_or("git"), None, key, None);
+            }
+            if allowed.contains(CredentialType::USER_PASS_PLAINTEXT)
+                && let Some(token) = &token
+            {
+                return Cred::userpass_plaintext(username.unwrap_or("x-access-token"), token.expose());
+            }
+            Cred::default()
+        });
+        callbacks
+    }
+
+    fn open_clone(&self) -> Result<Repository, WriteError> {
+        if let Ok(repo) = Repository::open(&self.work_dir) {
+            return Ok(repo);
+        }
+        std::fs::create_dir_all(&self.work_dir)?;
+        let mut fo = git2::FetchOptions::new();
+        fo.remote_callbacks(self.callbacks());
+        let repo = git2::build::RepoBuilder::new()
+            .branch(&self.branch)
+            .fetch_options(fo)
+            .clone(&self.url, &self.work_dir)
+            .map_err(|e| {
+                WriteError::Git(format!("cannot clone {}: {}", crate::config::redact_url(&self.url), e.message()))
+            })?;
+        Ok(repo)
+    }
+
+    /// Resets the working clone to the remote branch's head.
+    fn sync(&self, repo: &Repository) -> Result<(), WriteError> {
+        let mut remote = repo.find_remote("origin")?;
+        let mut fo = git2::FetchOptions::new();
+        fo.remote_callbacks(self.callbacks());
+        let spec = format!("+refs/heads/{0}:refs/remotes/origin/{0}", self.branch);
+        remote.fetch(&[spec.as_str()], Some(&mut fo), None)?;
+        let head = repo.find_reference(&format!("refs/remotes/origin/{}", self.branch))?.peel_to_commit()?;
+        repo.set_head_detached(head.id())?;
+        repo.reset(head.as_object(), git2::ResetType::Hard, None)?;
+        repo.cleanup_state()?;
+        Ok(())
+    }
+
+    /// Applies `op`, commits it as `author` and pushes. See the module doc.
+    pub fn commit(&self, op: &EditOp, author: &Author) -> Result<Committed, WriteError> {
+        let repo = self.open_clone()?;
+        let root = repo.workdir().ok_or_else(|| WriteError::Git("the working clone is bare".into()))?.to_path_buf();
+        let spec_dir = root.join(&self.path);
+        for _ in 0..PUSH_ATTEMPTS {
+            self.sync(&repo)?;
+            let changed = apply_to_dir(&spec_dir, op)?;
+            let rel: Vec<PathBuf> = changed.iter().map(|p| Path::new(&self.path).join(p)).collect();
+            let commit = commit_paths(&repo, &rel, op, author, &self.committer)?;
+            let (branch, refspec) = match self.mode {
+                Mode::Direct => (self.branch.clone(), format!("{commit}:refs/heads/{}", self.branch)),
+                Mode::Review => {
+                    let b = format!("asterisk-gitops/{}-{}", op.number(), chrono::Utc::now().format("%Y%m%d%H%M%S"));
+                    let spec = format!("{commit}:refs/heads/{b}");
+                    (b, spec)
+                }
+            };
+            if let Some(hook) = &self.before_push {
+                hook();
+            }
+            match self.push(&repo, &refspec)? {
+                None => {
+                    return Ok(Committed {
+                        commit: commit.clone(),
+                        compare_url: if self.mode == Mode::Review {
+                            compare_url(&self.url, &self.branch, &branch)
+                        } else {
+                            None
+                        },
+                        branch: Some(branch),
+                    });
+                }
+                // Someone pushed first: start again from their head.
+                Some(_) if self.mode == Mode::Direct => continue,
+                Some(reason) => return Err(WriteError::Git(format!("push rejected: {reason}"))),
+            }
+        }
+        Err(WriteError::Conflict(format!(
+            "the branch {} kept moving; the edit was not pushed after {PUSH_ATTEMPTS} attempts, try again",
+            self.branch
+        )))
+    }
+
+    /// Pushes; `Ok(Some(reason))` when the remote rejected the update.
+    fn push(&self, repo: &Repository, refspec: &str) -> Result<Option<String>, WriteError> {
+        let mut remote = repo.find_remote("origin")?;
+        let rejected = std::rc::Rc::new(std::cell::RefCell::new(None));
+        let mut callbacks = self.callbacks();
+        let r = rejected.clone();
+        callbacks.push_update_reference(move |_refname, status| {
+            if let Some(msg) = status {
+                *r.borrow_mut() = Some(msg.to_string());
+            }
+            Ok(())
+        });
+        let mut po = PushOptions::new();
+        po.remote_callbacks(callbacks);
+        match remote.push(&[refspec], Some(&mut po)) {
+            Ok(()) => Ok(rejected.borrow_mut().take()),
+            // file:// remotes report a non-fast-forward as an error rather than a status.
+            Err(e) if e.code() == git2::ErrorCode::NotFastForward || e.message().contains("fast-forward") => {
+                Ok(Some(e.message().to_string()))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// Commits the given paths (added, changed or removed) of a repository's
+/// working tree on top of HEAD. Returns the new commit id.
+pub fn commit_paths(
+    repo: &Repository,
+    paths: &[PathBuf],
+    op: &EditOp,
+    author: &Author,
+    committer: &Author,
+) -> Result<String, WriteError> {
+    let root = repo.workdir().ok_or_else(|| WriteError::Git("bare repository".into()))?.to_path_buf();
+    let mut index = repo.index()?;
+    for p in paths {
+        if root.join(p).exists() {
+            index.add_path(p)?;
+        } else {
+            index.remove_path(p)?;
+        }
+    }
+    index.write()?;
+    let tree = repo.find_tree(index.write_tree()?)?;
+    let author_sig = Signature::now(&author.name, &author.email)?;
+    let committer_sig = Signature::now(&committer.name, &committer.email)?;
+    let parent = repo.head().ok().and_then(|h| h.peel_to_commit().ok());
+    let parents: Vec<&git2::Commit<'_>> = parent.iter().collect();
+    let message =
+        format!("{}\n\nMade through the asterisk-gitops API by {} <{}>.\n", op.summary(), author.name, author.email);
+    let oid = repo.commit(Some("HEAD"), &author_sig, &committer_sig, &message, &tree, &parents)?;
+    Ok(oid.to_string())
+}
+
+/// Commits an edit in the local repository that contains `spec_dir` (no
+/// push). `Ok(None)` when `spec_dir` is not inside a git repository.
+pub fn commit_local(
+    spec_dir: &Path,
+    changed: &[PathBuf],
+    op: &EditOp,
+    author: &Author,
+) -> Result<Option<String>, WriteError> {
+    let Ok(repo) = Repository::discover(spec_dir) else { return Ok(None) };
+    let Some(root) = repo.workdir().map(Path::to_path_buf) else { return Ok(None) };
+    let abs_dir = std::fs::canonicalize(spec_dir)?;
+    let root = std::fs::canonicalize(root)?;
+    let rel_dir = abs_dir.strip_prefix(&root).map(Path::to_path_buf).unwrap_or_default();
+    let paths: Vec<PathBuf> = changed.iter().map(|p| rel_dir.join(p)).collect();
+    commit_paths(&repo, &paths, op, author, author).map(Some)
+}
+
+/// A link to open a pull/merge request for `branch` against `base`, for
+/// remotes on a known forge (GitHub, GitLab, Gitea/Forgejo-like hosts).
+pub fn compare_url(remote: &str, base: &str, branch: &str) -> Option<String> {
+    let web = if let Some(rest) = remote.strip_prefix("git@") {
+        let (host, path) = rest.split_once(':')?;
+        format!("https://{host}/{path}")
+    } else if remote.starts_with("https://") || remote.starts_with("http://") {
+        // Drop any credentials from the URL.
+        let (scheme, rest) = remote.split_once("://")?;
+        let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+        format!("{scheme}://{rest}")
+    } else {
+        return None;
+    };
+    let web = web.trim_end_matches('/').trim_end_matches(".git");
+    if web.contains("gitlab") {
+        Some(format!("{web}/-/compare/{base}...{branch}"))
+    } else if web.contains("github") || web.contains("gitea") || web.contains("codeberg") || web.contains("forgejo") {
+        Some(format!("{web}/compare/{base}...{branch}"))
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compare_urls_for_known_forges() {
+        assert_eq!(
+            compare_url("https://github.com/acme/pbx.git", "main", "asterisk-gitops/1001-x").as_deref(),
+            Some("https://github.com/acme/pbx/compare/main...asterisk-gitops/1001-x")
+        );
+        assert_eq!(
+            compare_url("git@gitlab.com:acme/pbx.git", "main", "b").as_deref(),
+            Some("https://gitlab.com/acme/pbx/-/compare/main...b")
+        );
+        assert_eq!(
+            compare_url("https://token:secret@gitea.example.com/acme/pbx", "main", "b").as_deref(),
+            Some("https://gitea.example.com/acme/pbx/compare/main...b")
+        );
+        assert_eq!(compare_url("file:///srv/pbx.git", "main", "b"), None);
+    }
+}
+
+/// Where edits land; see the module doc.
+#[derive(Clone, Debug)]
+pub enum Target {
+    /// Edit the files; commit too if the directory is inside a git repository.
+    Dir(PathBuf),
+    Remote(RemoteTarget),
+}
+
+/// Serialises edits: concurrent requests queue here, one edit at a time,
+/// so none is lost.
+#[derive(Debug)]
+pub struct WriteBack {
+    target: Target,
+    lock: std::sync::Mutex<()>,
+}
+
+impl WriteBack {
+    pub fn new(target: Target) -> Self {
+        WriteBack { target, lock: std::sync::Mutex::new(()) }
+    }
+
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+
+    /// Applies one edit (blocking). For `Dir` targets the result has no
+    /// branch, and a commit only when the directory is in a repository.
+    pub fn apply(&self, op: &EditOp, author: &Author) -> Result<Committed, WriteError> {
+        // A panic in another edit poisons the lock but leaves no half-edit
+        // behind (files are replaced atomically), so carry on.
+        let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        match &self.target {
+            Target::Dir(dir) => {
+                let changed = apply_to_dir(dir, op)?;
+                let commit = commit_local(dir, &changed, op, author)?;
+                Ok(Committed { commit: commit.unwrap_or_default(), branch: None, compare_url: None })
+            }
+            Target::Remote(remote) => remote.commit(op, author),
+        }
+    }
+}

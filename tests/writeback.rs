@@ -1,0 +1,295 @@
+//! Edits that become commits, against real repositories: plain files, a
+//! local repository, and a bare "remote" over file:// with other clones
+//! pushing at the same time.
+
+use asterisk_gitops::spec::{ExtensionEntry, StringList};
+use asterisk_gitops::writeback::{Author, EditOp, Mode, RemoteTarget, Target, WriteBack, WriteError, apply_to_dir};
+use git2::{Repository, Signature};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+const HAND_WRITTEN: &str = "# Sales — maintained by hand, please keep the comments\ndefaults:\n  context: from-internal\n  transport: transport-udp\n  codecs: [ulaw, alaw]\n\nextensions:\n  # the boss\n  - extension: \"1001\"\n    displayName: Boss\n    md5Cred: 0123456789abcdef0123456789abcdef\n\n  # the intern (temporary)\n  - extension: \"1002\"\n    displayName: Intern\n    md5Cred: 0123456789abcdef0123456789abcdef\n";
+
+fn entry(number: &str, name: &str) -> ExtensionEntry {
+    ExtensionEntry {
+        extension: Some(number.into()),
+        display_name: Some(name.into()),
+        context: Some("from-internal".into()),
+        transport: Some("transport-udp".into()),
+        codecs: Some(StringList::Comma("ulaw,alaw".into())),
+        md5_cred: Some("ffffffffffffffffffffffffffffffff".into()),
+        ..Default::default()
+    }
+}
+
+fn alice() -> Author {
+    Author { name: "Alice Supervisor".into(), email: "alice@example.com".into() }
+}
+
+fn bot() -> Author {
+    Author { name: "asterisk-gitops".into(), email: "asterisk-gitops@localhost".into() }
+}
+
+#[test]
+fn editing_one_entry_of_a_hand_written_file_leaves_the_rest_as_it_was() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("sales.yaml"), HAND_WRITTEN).expect("write");
+    let mut changed = entry("1002", "Junior");
+    changed.context = None;
+    changed.transport = None;
+    changed.codecs = None;
+    apply_to_dir(dir.path(), &EditOp::Update("1002".into(), changed)).expect("edits");
+    let text = std::fs::read_to_string(dir.path().join("sales.yaml")).expect("read");
+    let (head, tail) = HAND_WRITTEN.split_at(HAND_WRITTEN.find("  - extension: \"1002\"").expect("entry"));
+    assert!(text.starts_with(head), "everything before the entry is unchanged:\n{text}");
+    assert!(!tail.is_empty());
+    assert!(
+        text.ends_with(
+            "  - extension: '1002'\n    displayName: Junior\n    md5Cred: ffffffffffffffffffffffffffffffff\n"
+        ),
+        "{text}"
+    );
+
+    apply_to_dir(dir.path(), &EditOp::Delete("1001".into())).expect("deletes");
+    let text = std::fs::read_to_string(dir.path().join("sales.yaml")).expect("read");
+    assert!(text.starts_with("# Sales — maintained by hand, please keep the comments\ndefaults:\n"));
+    assert!(text.contains("  # the boss\n\n  # the intern (temporary)\n  - extension: '1002'"), "{text}");
+}
+
+#[test]
+fn a_created_extension_gets_its_own_file_and_deleting_it_removes_the_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("sales.yaml"), HAND_WRITTEN).expect("write");
+    let changed = apply_to_dir(dir.path(), &EditOp::Create(entry("2001", "New Agent"))).expect("creates");
+    assert_eq!(changed, [PathBuf::from("2001.yaml")]);
+    assert!(dir.path().join("2001.yaml").exists());
+    assert_eq!(std::fs::read_to_string(dir.path().join("sales.yaml")).expect("read"), HAND_WRITTEN);
+    apply_to_dir(dir.path(), &EditOp::Delete("2001".into())).expect("deletes");
+    assert!(!dir.path().join("2001.yaml").exists());
+}
+
+#[test]
+fn an_edit_that_would_not_validate_changes_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("sales.yaml"), HAND_WRITTEN).expect("write");
+    let dup = apply_to_dir(dir.path(), &EditOp::Create(entry("1001", "Twin")));
+    assert!(matches!(dup, Err(WriteError::Conflict(ref m)) if m.contains("1001 already exists")), "{dup:?}");
+    let mut bad = entry("1002", "Intern");
+    bad.codecs = Some(StringList::Comma("ulaw,nosuchcodec".into()));
+    match apply_to_dir(dir.path(), &EditOp::Update("1002".into(), bad)) {
+        Err(WriteError::Invalid(diags)) => {
+            assert!(diags.iter().any(|d| d.code == "unknown-codec" && d.location.file == "sales.yaml"), "{diags:?}");
+        }
+        other => panic!("expected Invalid, got {other:?}"),
+    }
+    assert_eq!(std::fs::read_to_string(dir.path().join("sales.yaml")).expect("read"), HAND_WRITTEN);
+    assert!(matches!(apply_to_dir(dir.path(), &EditOp::Delete("9999".into())), Err(WriteError::NotFound(_))));
+    let names: Vec<_> = std::fs::read_dir(dir.path()).expect("ls").flatten().map(|e| e.file_name()).collect();
+    assert_eq!(names.len(), 1, "no stray files: {names:?}");
+}
+
+/// A bare remote seeded with the hand-written file, and a helper to make
+/// other clones that push behind our back.
+struct Remote {
+    dir: tempfile::TempDir,
+    bare: PathBuf,
+}
+
+impl Remote {
+    fn new() -> Remote {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let bare = dir.path().join("pbx.git");
+        Repository::init_bare(&bare).expect("bare");
+        let r = Remote { dir, bare };
+        let seed = r.clone_to("seed");
+        write_commit_push(&seed, "extensions.d/sales.yaml", HAND_WRITTEN, "Seed");
+        r
+    }
+
+    fn url(&self) -> String {
+        format!("file://{}", self.bare.display())
+    }
+
+    fn clone_to(&self, name: &str) -> Repository {
+        let path = self.dir.path().join(name);
+        match git2::build::RepoBuilder::new().branch("main").clone(&self.url(), &path) {
+            Ok(r) => r,
+            Err(_) => {
+                // The very first clone of an empty remote: start a repository on main.
+                let r = Repository::init(&path).expect("init");
+                r.remote("origin", &self.url()).expect("remote");
+                r.set_head("refs/heads/main").expect("head");
+                r
+            }
+        }
+    }
+
+    fn target(&self, mode: Mode) -> RemoteTarget {
+        RemoteTarget {
+            url: self.url(),
+            branch: "main".into(),
+            path: "extensions.d".into(),
+            work_dir: self.dir.path().join(format!("work-{mode:?}")),
+            mode,
+            committer: bot(),
+            token: None,
+            ssh_key: None,
+            before_push: None,
+        }
+    }
+
+    /// The file as the remote's `branch` has it.
+    fn file_at(&self, branch: &str, path: &str) -> Option<String> {
+        let repo = Repository::open_bare(&self.bare).expect("bare");
+        let commit = repo.find_reference(&format!("refs/heads/{branch}")).ok()?.peel_to_commit().ok()?;
+        let entry = commit.tree().ok()?.get_path(Path::new(path)).ok()?;
+        let blob = repo.find_blob(entry.id()).ok()?;
+        Some(String::from_utf8_lossy(blob.content()).into_owned())
+    }
+
+    fn log(&self, branch: &str) -> Vec<(String, String)> {
+        let repo = Repository::open_bare(&self.bare).expect("bare");
+        let mut walk = repo.revwalk().expect("walk");
+        walk.push_ref(&format!("refs/heads/{branch}")).expect("ref");
+        walk.flatten()
+            .filter_map(|oid| repo.find_commit(oid).ok())
+            .map(|c| (c.summary().unwrap_or("").to_string(), c.author().name().unwrap_or("").to_string()))
+            .collect()
+    }
+}
+
+fn write_commit_push(repo: &Repository, path: &str, text: &str, message: &str) {
+    let root = repo.workdir().expect("workdir");
+    let file = root.join(path);
+    std::fs::create_dir_all(file.parent().expect("parent")).expect("mkdir");
+    std::fs::write(&file, text).expect("write");
+    let mut index = repo.index().expect("index");
+    index.add_path(Path::new(path)).expect("add");
+    index.write().expect("index");
+    let tree = repo.find_tree(index.write_tree().expect("tree")).expect("tree");
+    let sig = Signature::now("Bob Admin", "bob@example.com").expect("sig");
+    let parent = repo.head().ok().and_then(|h| h.peel_to_commit().ok());
+    let parents: Vec<&git2::Commit<'_>> = parent.iter().collect();
+    repo.commit(Some("HEAD"), &sig, &sig, message, &tree, &parents).expect("commit");
+    let mut origin = repo.find_remote("origin").expect("origin");
+    origin.push(&["HEAD:refs/heads/main"], None).expect("push");
+}
+
+#[test]
+fn direct_mode_commits_as_the_user_and_pushes_to_the_branch() {
+    let remote = Remote::new();
+    let wb = WriteBack::new(Target::Remote(remote.target(Mode::Direct)));
+    let done = wb.apply(&EditOp::Create(entry("2001", "New Agent")), &alice()).expect("pushed");
+    assert_eq!(done.branch.as_deref(), Some("main"));
+    assert_eq!(done.compare_url, None);
+    let log = remote.log("main");
+    assert_eq!(log[0], ("Add extension 2001 (New Agent)".to_string(), "Alice Supervisor".to_string()));
+    assert!(remote.file_at("main", "extensions.d/2001.yaml").is_some_and(|t| t.contains("displayName: New Agent")));
+    assert_eq!(remote.file_at("main", "extensions.d/sales.yaml").as_deref(), Some(HAND_WRITTEN));
+}
+
+#[test]
+fn a_push_behind_our_back_is_fetched_and_the_edit_reapplied() {
+    let remote = Remote::new();
+    let wb = WriteBack::new(Target::Remote(remote.target(Mode::Direct)));
+    wb.apply(&EditOp::Create(entry("2001", "First")), &alice()).expect("pushed");
+    // Bob edits another file from his own clone and pushes first.
+    let bob = remote.clone_to("bob");
+    write_commit_push(&bob, "extensions.d/other.yaml", "extensions: []\n", "Bob's change");
+    // Our working clone is now behind; the edit still lands, on top of Bob's.
+    wb.apply(&EditOp::Update("1002".into(), entry("1002", "Promoted")), &alice()).expect("pushed after retry");
+    let log: Vec<String> = remote.log("main").into_iter().map(|(s, _)| s).collect();
+    assert_eq!(log[..3], ["Update extension 1002", "Bob's change", "Add extension 2001 (First)"]);
+
+    // Now Bob pushes between our fetch and our push: the push is rejected
+    // as non-fast-forward, and the edit is re-applied on Bob's commit.
+    let bob_dir = remote.dir.path().join("bob");
+    let pushed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut target = remote.target(Mode::Direct);
+    let flag = pushed.clone();
+    target.before_push = Some(Arc::new(move || {
+        if !flag.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            let bob = Repository::open(&bob_dir).expect("bob's clone");
+            let mut origin = bob.find_remote("origin").expect("origin");
+            origin.fetch(&["+refs/heads/main:refs/remotes/origin/main"], None, None).expect("fetch");
+            let head = bob.find_reference("refs/remotes/origin/main").and_then(|r| r.peel_to_commit()).expect("head");
+            bob.reset(head.as_object(), git2::ResetType::Hard, None).expect("reset");
+            write_commit_push(&bob, "extensions.d/racing.yaml", "extensions: []\n", "Bob races us");
+        }
+    }));
+    let wb = WriteBack::new(Target::Remote(target));
+    wb.apply(&EditOp::Delete("1001".into()), &alice()).expect("pushed after a rejected push");
+    let log: Vec<String> = remote.log("main").into_iter().map(|(s, _)| s).collect();
+    assert_eq!(log[..2], ["Delete extension 1001", "Bob races us"]);
+    assert!(remote.file_at("main", "extensions.d/racing.yaml").is_some());
+    assert!(
+        remote
+            .file_at("main", "extensions.d/sales.yaml")
+            .is_some_and(|t| t.contains("Promoted") && t.contains("# the boss"))
+    );
+}
+
+#[test]
+fn a_true_conflict_is_reported_and_nothing_is_lost() {
+    let remote = Remote::new();
+    let wb = WriteBack::new(Target::Remote(remote.target(Mode::Direct)));
+    // Bob creates 3001 by hand; our API request to create 3001 must not clobber it.
+    let bob = remote.clone_to("bob");
+    let mut bobs = String::from("extensions:\n");
+    bobs.push_str("  - {extension: \"3001\", displayName: Bobs, context: c, transport: t, codecs: [ulaw], md5Cred: 0123456789abcdef0123456789abcdef}\n");
+    write_commit_push(&bob, "extensions.d/bob.yaml", &bobs, "Bob adds 3001");
+    let err = wb.apply(&EditOp::Create(entry("3001", "Mine")), &alice()).expect_err("conflict");
+    assert!(matches!(err, WriteError::Conflict(ref m) if m.contains("3001 already exists")), "{err:?}");
+    assert_eq!(remote.file_at("main", "extensions.d/bob.yaml").as_deref(), Some(bobs.as_str()));
+    assert_eq!(remote.log("main")[0].0, "Bob adds 3001");
+}
+
+#[test]
+fn review_mode_pushes_a_branch_and_leaves_main_alone() {
+    let remote = Remote::new();
+    let mut target = remote.target(Mode::Review);
+    target.url = remote.url();
+    let wb = WriteBack::new(Target::Remote(target));
+    let done = wb.apply(&EditOp::Delete("1001".into()), &alice()).expect("pushed");
+    let branch = done.branch.expect("a review branch");
+    assert!(branch.starts_with("asterisk-gitops/1001-"), "{branch}");
+    assert_eq!(remote.file_at("main", "extensions.d/sales.yaml").as_deref(), Some(HAND_WRITTEN));
+    let on_branch = remote.file_at(&branch, "extensions.d/sales.yaml").expect("file on the branch");
+    assert!(!on_branch.contains("\"1001\"") && on_branch.contains("# the boss"), "{on_branch}");
+    assert_eq!(done.compare_url, None, "file:// is no known forge");
+}
+
+#[test]
+fn fifty_concurrent_creates_all_become_commits() {
+    let remote = Remote::new();
+    let wb = Arc::new(WriteBack::new(Target::Remote(remote.target(Mode::Direct))));
+    let handles: Vec<_> = (0..50)
+        .map(|i| {
+            let wb = wb.clone();
+            std::thread::spawn(move || wb.apply(&EditOp::Create(entry(&format!("{}", 5000 + i), "Agent")), &alice()))
+        })
+        .collect();
+    for h in handles {
+        h.join().expect("thread").expect("each create lands");
+    }
+    let log = remote.log("main");
+    assert_eq!(log.len(), 51, "seed + 50 creates");
+    for i in 0..50 {
+        let path = format!("extensions.d/{}.yaml", 5000 + i);
+        assert!(remote.file_at("main", &path).is_some(), "{path} is on main");
+    }
+}
+
+#[test]
+fn a_spec_dir_in_a_local_repository_gets_local_commits() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let repo = Repository::init(dir.path()).expect("init");
+    std::fs::create_dir(dir.path().join("extensions.d")).expect("mkdir");
+    std::fs::write(dir.path().join("extensions.d/sales.yaml"), HAND_WRITTEN).expect("write");
+    let wb = WriteBack::new(Target::Dir(dir.path().join("extensions.d")));
+    let done = wb.apply(&EditOp::Create(entry("2002", "Local")), &alice()).expect("commits");
+    assert!(!done.commit.is_empty());
+    let head = repo.head().expect("head").peel_to_commit().expect("commit");
+    assert_eq!(head.summary(), Some("Add extension 2002 (Local)"));
+    assert!(head.tree().expect("tree").get_path(Path::new("extensions.d/2002.yaml")).is_ok());
+}
