@@ -15,6 +15,7 @@ pub mod diag;
 #[doc(hidden)]
 pub mod estate;
 pub mod git;
+pub mod http;
 pub mod managed;
 pub mod plan;
 pub mod reconcile;

@@ -30,9 +30,12 @@ use std::sync::Arc;
 #[derive(Clone, Debug)]
 pub enum EditOp {
     Create(ExtensionEntry),
-    /// Replace the entry of this number with the given one (already merged
-    /// with what was there, for a partial update).
+    /// Replace the entry of this number with the given one.
     Update(String, ExtensionEntry),
+    /// Set the named fields (camelCase) of the entry of this number to
+    /// their values in the given entry (absent there: removed); the other
+    /// fields keep what the file says. A partial update.
+    Patch(String, ExtensionEntry, Vec<String>),
     Delete(String),
 }
 
@@ -40,7 +43,7 @@ impl EditOp {
     pub fn number(&self) -> &str {
         match self {
             EditOp::Create(e) => e.extension.as_deref().unwrap_or(""),
-            EditOp::Update(n, _) | EditOp::Delete(n) => n,
+            EditOp::Update(n, _) | EditOp::Patch(n, _, _) | EditOp::Delete(n) => n,
         }
     }
 
@@ -52,6 +55,7 @@ impl EditOp {
                 None => format!("Add extension {}", self.number()),
             },
             EditOp::Update(n, _) => format!("Update extension {n}"),
+            EditOp::Patch(n, _, fields) => format!("Update extension {n} ({})", fields.join(", ")),
             EditOp::Delete(n) => format!("Delete extension {n}"),
         }
     }
@@ -111,6 +115,15 @@ pub fn apply_to_dir(spec_dir: &Path, op: &EditOp) -> Result<Vec<PathBuf>, WriteE
             let new = edit::replace_entry(&rel.display().to_string(), &text, number, entry)?;
             (rel, Some(text), Some(new))
         }
+        EditOp::Patch(number, patch, fields) => {
+            let rel = PathBuf::from(existing.ok_or_else(|| WriteError::NotFound(number.clone()))?);
+            let text = std::fs::read_to_string(spec_dir.join(&rel))?;
+            let shown = rel.display().to_string();
+            let current = edit::find_entry(&shown, &text, number)?;
+            let entry = merge(&current, patch, fields)?;
+            let new = edit::replace_entry(&shown, &text, number, &entry)?;
+            (rel, Some(text), Some(new))
+        }
         EditOp::Delete(number) => {
             let rel = PathBuf::from(existing.ok_or_else(|| WriteError::NotFound(number.clone()))?);
             let text = std::fs::read_to_string(spec_dir.join(&rel))?;
@@ -138,6 +151,24 @@ pub fn apply_to_dir(spec_dir: &Path, op: &EditOp) -> Result<Vec<PathBuf>, WriteE
         return Err(WriteError::Invalid(new_errors));
     }
     Ok(vec![rel])
+}
+
+/// `current` with `fields` taken from `patch`.
+fn merge(current: &ExtensionEntry, patch: &ExtensionEntry, fields: &[String]) -> Result<ExtensionEntry, WriteError> {
+    let to_map = |e: &ExtensionEntry| match serde_json::to_value(e) {
+        Ok(serde_json::Value::Object(m)) => Ok(m),
+        _ => Err(WriteError::Conflict("cannot merge the entry".into())),
+    };
+    let mut merged = to_map(current)?;
+    let patch = to_map(patch)?;
+    for f in fields {
+        match patch.get(f) {
+            Some(v) => merged.insert(f.clone(), v.clone()),
+            None => merged.remove(f),
+        };
+    }
+    serde_json::from_value(serde_json::Value::Object(merged))
+        .map_err(|e| WriteError::Conflict(format!("cannot merge the entry: {e}")))
 }
 
 fn declared_in_invalid_file(spec_dir: &Path, files: &[String], number: &str) -> bool {

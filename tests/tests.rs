@@ -8,3 +8,6 @@ mod spec;
 
 // Edits that become commits (plain files, local and remote repositories).
 mod writeback;
+
+// The JSON API (write side) and the webhook, through the router.
+mod http_api;

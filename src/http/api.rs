@@ -1,0 +1,256 @@
+//! JSON routes: the seed's extension contract (write side), the git
+//! webhook, manual reconcile, health.
+
+use super::{ApiError, AppState, Detail};
+use crate::reconcile::Trigger;
+use crate::secret::md5_cred;
+use crate::spec::load::ENTRY_FIELDS;
+use crate::spec::resolve::Locator;
+use crate::spec::{Defaults, ExtensionEntry, check, resolve};
+use crate::writeback::{Committed, EditOp, WriteError};
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use serde_json::{Map, Value, json};
+
+pub fn router(state: AppState) -> axum::Router<AppState> {
+    let mut r = axum::Router::new().route("/healthz", get(|| async { "ok" })).route("/hooks/git", post(webhook));
+    if !state.read_only {
+        r = r
+            .route("/extensions", post(create))
+            .route("/extensions/{id}", axum::routing::put(update).delete(delete))
+            .route("/reconcile", post(reconcile));
+    }
+    r
+}
+
+const SECRET_FIELDS: [&str; 4] = ["password", "md5Cred", "passwordEnv", "passwordFile"];
+
+/// Parses a request body into the fields it sets, reporting every unknown
+/// field and every wrong type at once.
+fn parse_body(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| {
+        let line = u32::try_from(e.line()).ok();
+        ApiError::BadRequest(
+            "the body is not valid JSON".into(),
+            vec![Detail { file: Some("request body".into()), line, field: None, message: e.to_string() }],
+        )
+    })?;
+    let Value::Object(map) = value else {
+        return Err(ApiError::BadRequest("the body must be a JSON object".into(), Vec::new()));
+    };
+    let mut details = Vec::new();
+    for key in map.keys() {
+        if !ENTRY_FIELDS.contains(&key.as_str()) {
+            let hint = check::closest(key, ENTRY_FIELDS).map(|c| format!(" (did you mean `{c}`?)")).unwrap_or_default();
+            details.push(field_detail(key, format!("unknown field `{key}`{hint}")));
+        }
+    }
+    for (key, v) in &map {
+        if ENTRY_FIELDS.contains(&key.as_str()) {
+            let single = Value::Object(Map::from_iter([(key.clone(), v.clone())]));
+            if let Err(e) = serde_json::from_value::<ExtensionEntry>(single) {
+                // Never echo a secret's value back.
+                let message =
+                    if SECRET_FIELDS.contains(&key.as_str()) { "expected a string".to_string() } else { e.to_string() };
+                details.push(field_detail(key, message));
+            }
+        }
+    }
+    if details.is_empty() { Ok(map) } else { Err(ApiError::BadRequest("the body has invalid fields".into(), details)) }
+}
+
+fn field_detail(field: &str, message: String) -> Detail {
+    Detail { file: None, line: None, field: Some(field.to_string()), message }
+}
+
+/// Turns a password into md5Cred (git history is forever) and drops any
+/// other secret the entry had when the body brings a new one.
+fn apply_secret(entry: &mut ExtensionEntry, body: &Map<String, Value>, number: &str, realm: &str) {
+    if SECRET_FIELDS.iter().any(|f| body.contains_key(*f)) {
+        let new = entry.clone();
+        entry.password = None;
+        entry.md5_cred = None;
+        entry.password_env = None;
+        entry.password_file = None;
+        if let Some(p) = new.password.filter(|_| body.contains_key("password")) {
+            entry.md5_cred = Some(md5_cred(number, realm, &p));
+        } else if body.contains_key("md5Cred") {
+            entry.md5_cred = new.md5_cred;
+        } else if body.contains_key("passwordEnv") {
+            entry.password_env = new.password_env;
+        } else {
+            entry.password_file = new.password_file;
+        }
+    }
+}
+
+/// The entry as the API shows it: no secret values, codecs as a list.
+pub fn entry_view(entry: &ExtensionEntry) -> Value {
+    let mut v = serde_json::to_value(entry).unwrap_or(Value::Null);
+    if let Value::Object(map) = &mut v {
+        let kind = SECRET_FIELDS.iter().find(|f| map.contains_key(**f)).copied();
+        map.remove("password");
+        map.remove("md5Cred");
+        if let Some(kind) = kind {
+            map.insert("secret".into(), Value::from(kind));
+        }
+        if let Some(codecs) = &entry.codecs {
+            map.insert("codecs".into(), Value::from(codecs.items()));
+        }
+        if let Some(m) = &entry.mailboxes {
+            map.insert("mailboxes".into(), Value::from(m.items()));
+        }
+    }
+    v
+}
+
+fn commit_view(c: &Committed) -> Value {
+    json!({
+        "commit": Some(c.commit.as_str()).filter(|s| !s.is_empty()),
+        "branch": c.branch,
+        "compareUrl": c.compare_url,
+    })
+}
+
+fn write_error(e: WriteError) -> ApiError {
+    match e {
+        WriteError::NotFound(n) => ApiError::NotFound(format!("extension {n} does not exist")),
+        WriteError::Conflict(m) => ApiError::Conflict(m),
+        WriteError::Invalid(diags) => ApiError::BadRequest(
+            "the change would make the specs invalid; nothing was written".into(),
+            diags.iter().map(Detail::from).collect(),
+        ),
+        WriteError::Edit(e) => ApiError::Conflict(format!("the spec file cannot be edited safely: {e}")),
+        WriteError::Io(e) => ApiError::Internal(e.to_string()),
+        WriteError::Git(m) => ApiError::Unavailable(format!("git: {m}")),
+    }
+}
+
+async fn run_edit(state: &AppState, op: EditOp, author: crate::writeback::Author) -> Result<Committed, ApiError> {
+    let wb = state.writeback.clone();
+    let done = tokio::task::spawn_blocking(move || wb.apply(&op, &author))
+        .await
+        .map_err(|e| ApiError::Internal(format!("edit task: {e}")))?
+        .map_err(write_error)?;
+    if let Some(h) = &state.reconcile {
+        h.trigger(Trigger::Manual);
+    }
+    Ok(done)
+}
+
+fn auth(state: &AppState, headers: &HeaderMap) -> Result<crate::writeback::Author, ApiError> {
+    state.authenticate(headers.get("authorization").and_then(|v| v.to_str().ok()))
+}
+
+/// Checks an entry by the spec's own rules (with the defaults of the file it
+/// lands in: none for a new file).
+fn check_entry(entry: &ExtensionEntry, defaults: &Defaults) -> Result<(), ApiError> {
+    let at = Locator { file: "request body".into(), ..Default::default() };
+    let (_, diags) = resolve(entry, defaults, &at);
+    let errors: Vec<Detail> = diags.iter().filter(|d| d.is_error()).map(Detail::from).collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::BadRequest("the extension is invalid; nothing was written".into(), errors))
+    }
+}
+
+async fn create(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<impl IntoResponse, ApiError> {
+    let author = auth(&state, &headers)?;
+    let map = parse_body(&body)?;
+    let mut entry: ExtensionEntry = serde_json::from_value(Value::Object(map.clone()))
+        .map_err(|e| ApiError::BadRequest(e.to_string(), Vec::new()))?;
+    let number = entry.extension.clone().unwrap_or_default();
+    apply_secret(&mut entry, &map, &number, &state.realm);
+    check_entry(&entry, &Defaults::default())?;
+    let done = run_edit(&state, EditOp::Create(entry.clone()), author).await?;
+    Ok((StatusCode::CREATED, Json(json!({"extension": entry_view(&entry), "change": commit_view(&done)}))))
+}
+
+async fn update(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    let author = auth(&state, &headers)?;
+    check::extension_number(&id).map_err(|e| ApiError::NotFound(e.to_string()))?;
+    let map = parse_body(&body)?;
+    if let Some(n) = map.get("extension").and_then(Value::as_str)
+        && n != id
+    {
+        return Err(ApiError::BadRequest(
+            "an extension cannot be renumbered; create the new number and delete the old one".into(),
+            vec![field_detail("extension", format!("{n:?} differs from the {id:?} in the path"))],
+        ));
+    }
+    // Absent fields keep their value: the patch is merged into the entry as
+    // it is written in its file, by the write-back, wherever that file lives.
+    let mut patch: ExtensionEntry = serde_json::from_value(Value::Object(map.clone()))
+        .map_err(|e| ApiError::BadRequest(e.to_string(), Vec::new()))?;
+    apply_secret(&mut patch, &map, &id, &state.realm);
+    let mut fields: Vec<String> = map.keys().cloned().collect();
+    if fields.iter().any(|f| SECRET_FIELDS.contains(&f.as_str())) {
+        fields.retain(|f| !SECRET_FIELDS.contains(&f.as_str()));
+        fields.extend(SECRET_FIELDS.iter().map(|s| s.to_string()));
+    }
+    let op = EditOp::Patch(id.clone(), patch.clone(), fields);
+    let done = run_edit(&state, op, author).await?;
+    Ok(Json(json!({"extension": entry_view(&patch), "change": commit_view(&done)})))
+}
+
+async fn delete(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<impl IntoResponse, ApiError> {
+    let author = auth(&state, &headers)?;
+    check::extension_number(&id).map_err(|e| ApiError::NotFound(e.to_string()))?;
+    let done = run_edit(&state, EditOp::Delete(id.clone()), author).await?;
+    Ok(Json(json!({"deleted": id, "change": commit_view(&done)})))
+}
+
+async fn reconcile(State(state): State<AppState>, headers: HeaderMap) -> Result<impl IntoResponse, ApiError> {
+    auth(&state, &headers)?;
+    match &state.reconcile {
+        Some(h) => {
+            h.trigger(Trigger::Manual);
+            Ok((StatusCode::ACCEPTED, Json(json!({"accepted": true}))))
+        }
+        None => Err(ApiError::Unavailable("no reconcile loop runs in this process".into())),
+    }
+}
+
+async fn webhook(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    let Some(secret) = &state.webhook_secret else {
+        return Err(ApiError::NotFound("the webhook is off: set ASTERISK_GITOPS_WEBHOOK_SECRET".into()));
+    };
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+    crate::webhook::verify(&header, &body, secret.expose().as_bytes()).map_err(|e| {
+        tracing::warn!(reason = %e, "webhook refused");
+        ApiError::Unauthorized
+    })?;
+    let branch = crate::webhook::pushed_branch(&body).map_err(|e| ApiError::BadRequest(e.to_string(), Vec::new()))?;
+    match (branch, &state.branch) {
+        (Some(b), Some(tracked)) if b == *tracked => {
+            if let Some(h) = &state.reconcile {
+                h.trigger(Trigger::Webhook);
+            }
+            Ok((StatusCode::ACCEPTED, Json(json!({"accepted": true, "branch": b}))))
+        }
+        (b, _) => Ok((
+            StatusCode::OK,
+            Json(
+                json!({"accepted": false, "ignored": format!("not the tracked branch: {}", b.unwrap_or_else(|| "a tag".into()))}),
+            ),
+        )),
+    }
+}

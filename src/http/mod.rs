@@ -1,0 +1,155 @@
+//! The HTTP side: the seed's JSON API, the git webhook, health endpoints.
+//!
+//! `app(state)` builds the whole router, so tests call it with `oneshot`
+//! without a socket. One error type ([`ApiError`]) turns every failure into
+//! `{error, message, details: [{file, line, field, message}]}` with the right
+//! status; internal errors are logged and never sent.
+//!
+//! Architecture invariant: no response carries a password or an md5 hash.
+//! Passwords are write-only: one arriving in a body is turned into md5Cred
+//! before anything is written.
+
+pub mod api;
+
+use crate::config::SecretString;
+use crate::daemon::LoopHandle;
+use crate::diag::Diagnostic;
+use crate::writeback::{Author, WriteBack};
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use std::path::PathBuf;
+use std::sync::Arc;
+use subtle::ConstantTimeEq;
+
+/// One API token: who it is, and the SHA-256 of the token (never the token).
+#[derive(Clone)]
+pub struct TokenEntry {
+    pub user: Author,
+    pub sha256: [u8; 32],
+}
+
+impl TokenEntry {
+    pub fn new(user: Author, token: &str) -> Self {
+        TokenEntry { user, sha256: Sha256::digest(token.as_bytes()).into() }
+    }
+}
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub spec_dir: PathBuf,
+    pub writeback: Arc<WriteBack>,
+    pub realm: String,
+    pub tokens: Arc<Vec<TokenEntry>>,
+    pub webhook_secret: Option<SecretString>,
+    /// The branch the daemon follows (webhooks for other branches are ignored).
+    pub branch: Option<String>,
+    /// The reconcile loop, when one runs (not in `plan`/tests without a daemon).
+    pub reconcile: Option<LoopHandle>,
+    pub read_only: bool,
+}
+
+impl AppState {
+    /// The user a bearer token belongs to; compared in constant time.
+    pub fn authenticate(&self, header: Option<&str>) -> Result<Author, ApiError> {
+        if self.tokens.is_empty() {
+            return Err(ApiError::Forbidden(
+                "writes are disabled: configure an admin token (ASTERISK_GITOPS_ADMIN_TOKEN)".into(),
+            ));
+        }
+        let token = header.and_then(|h| h.strip_prefix("Bearer ")).ok_or(ApiError::Unauthorized)?;
+        let digest: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
+        let mut found = None;
+        for entry in self.tokens.iter() {
+            // Check every entry, so timing does not tell which one matched.
+            if bool::from(entry.sha256.ct_eq(&digest)) {
+                found = Some(entry.user.clone());
+            }
+        }
+        found.ok_or(ApiError::Unauthorized)
+    }
+}
+
+/// One problem in a request, in the shape the seed's clients read.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Detail {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    pub message: String,
+}
+
+impl From<&Diagnostic> for Detail {
+    fn from(d: &Diagnostic) -> Self {
+        Detail {
+            file: Some(d.location.file.clone()).filter(|f| !f.is_empty()),
+            line: Some(d.location.line),
+            field: Some(d.field.clone()).filter(|f| !f.is_empty()),
+            message: d.message.clone(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String, Vec<Detail>),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("authentication required")]
+    Unauthorized,
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    Unavailable(String),
+    /// Logged in full; the client gets a generic message.
+    #[error("internal error")]
+    Internal(String),
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: &'a str,
+    message: String,
+    details: Vec<Detail>,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = match &self {
+            ApiError::BadRequest(..) => (StatusCode::BAD_REQUEST, "bad-request"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not-found"),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::Internal(detail) => {
+                tracing::error!(detail = detail.as_str(), "internal error in an HTTP handler");
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+            }
+        };
+        let details = match &self {
+            ApiError::BadRequest(_, d) => d.clone(),
+            _ => Vec::new(),
+        };
+        let mut response =
+            (status, Json(ErrorBody { error: code, message: self.to_string(), details })).into_response();
+        if matches!(self, ApiError::Unauthorized) {
+            response.headers_mut().insert("www-authenticate", axum::http::HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+/// The whole router.
+pub fn app(state: AppState) -> axum::Router {
+    api::router(state.clone()).with_state(state)
+}

@@ -1,0 +1,221 @@
+//! The JSON API's write side and the webhook, called through the router
+//! with `oneshot` (no socket), against real spec files on disk.
+
+use asterisk_gitops::config::SecretString;
+use asterisk_gitops::daemon::LoopHandle;
+use asterisk_gitops::http::{AppState, TokenEntry, app};
+use asterisk_gitops::reconcile::Trigger;
+use asterisk_gitops::writeback::{Author, Target, WriteBack};
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use std::path::Path;
+use std::sync::Arc;
+use tower::ServiceExt;
+
+const TOKEN: &str = "test-admin-token-0123456789";
+const SEED_BODY: &str = r#"{"extension":"1001","password":"Soundz2025","displayName":"Test User","context":"from-internal","transport":"transport-udp","codecs":"ulaw,alaw,g729"}"#;
+
+fn state(dir: &Path) -> (AppState, tokio::sync::mpsc::Receiver<Trigger>) {
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let handle = LoopHandle { triggers: tx, last: Default::default(), failures: Default::default() };
+    let admin = Author { name: "admin".into(), email: "admin@asterisk-gitops".into() };
+    let state = AppState {
+        spec_dir: dir.to_path_buf(),
+        writeback: Arc::new(WriteBack::new(Target::Dir(dir.to_path_buf()))),
+        realm: "asterisk".into(),
+        tokens: Arc::new(vec![TokenEntry::new(admin, TOKEN)]),
+        webhook_secret: Some(SecretString::new("hook-secret")),
+        branch: Some("main".into()),
+        reconcile: Some(handle),
+        read_only: false,
+    };
+    (state, rx)
+}
+
+async fn call(
+    state: &AppState,
+    method: &str,
+    uri: &str,
+    body: Option<&str>,
+    token: Option<&str>,
+) -> (StatusCode, Value) {
+    let mut req = Request::builder().method(method).uri(uri).header("content-type", "application/json");
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let req = req.body(Body::from(body.unwrap_or("").to_string())).expect("request");
+    let resp = app(state.clone()).oneshot(req).await.expect("response");
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+    (status, serde_json::from_slice(&bytes).unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into_owned())))
+}
+
+fn dir_snapshot(dir: &Path) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = std::fs::read_dir(dir)
+        .expect("ls")
+        .flatten()
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), std::fs::read_to_string(e.path()).unwrap_or_default()))
+        .collect();
+    out.sort();
+    out
+}
+
+#[tokio::test]
+async fn the_seeds_exact_post_body_creates_the_extension_with_a_hashed_password() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (state, mut rx) = state(dir.path());
+    let (status, body) = call(&state, "POST", "/extensions", Some(SEED_BODY), Some(TOKEN)).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["extension"]["extension"], "1001");
+    assert_eq!(body["extension"]["codecs"], json!(["ulaw", "alaw", "g729"]));
+    assert_eq!(body["extension"]["secret"], "md5Cred");
+    let text = std::fs::read_to_string(dir.path().join("1001.yaml")).expect("file written");
+    assert!(
+        text.contains(&format!("md5Cred: {}", asterisk_gitops::secret::md5_cred("1001", "asterisk", "Soundz2025"))),
+        "{text}"
+    );
+    assert!(!text.contains("Soundz2025") && !body.to_string().contains("Soundz2025"));
+    assert!(
+        !body.to_string().contains(&asterisk_gitops::secret::md5_cred("1001", "asterisk", "Soundz2025")),
+        "no hash in responses"
+    );
+    assert_eq!(rx.try_recv().ok(), Some(Trigger::Manual), "a reconcile is requested");
+    let loaded = asterisk_gitops::daemon::load_dir(dir.path());
+    assert!(loaded.diagnostics.iter().all(|d| !d.is_error()), "{:?}", loaded.diagnostics);
+    assert_eq!(loaded.set.get("1001").map(|e| e.display_name.clone()), Some(Some("Test User".into())));
+}
+
+#[tokio::test]
+async fn writes_need_a_valid_token() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (state, _rx) = state(dir.path());
+    assert_eq!(call(&state, "POST", "/extensions", Some(SEED_BODY), None).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(call(&state, "POST", "/extensions", Some(SEED_BODY), Some("wrong")).await.0, StatusCode::UNAUTHORIZED);
+    let mut no_tokens = state.clone();
+    no_tokens.tokens = Arc::new(Vec::new());
+    let (status, body) = call(&no_tokens, "POST", "/extensions", Some(SEED_BODY), Some(TOKEN)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(dir_snapshot(dir.path()).is_empty(), "nothing written");
+}
+
+#[tokio::test]
+async fn bad_requests_get_field_details_and_change_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (state, _rx) = state(dir.path());
+    assert_eq!(call(&state, "POST", "/extensions", Some(SEED_BODY), Some(TOKEN)).await.0, StatusCode::CREATED);
+    let before = dir_snapshot(dir.path());
+
+    let (status, body) =
+        call(&state, "POST", "/extensions", Some("{\"extension\": \"1002\",\n \"password\": "), Some(TOKEN)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["error"], "bad-request");
+    assert_eq!(body["details"][0]["line"], 2, "{body}");
+
+    let unknown = SEED_BODY.replace("\"displayName\"", "\"displayname\"").replace("1001", "1002");
+    let (status, body) = call(&state, "POST", "/extensions", Some(&unknown), Some(TOKEN)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["details"][0]["field"], "displayname");
+    assert!(body["details"][0]["message"].as_str().is_some_and(|m| m.contains("displayName")), "{body}");
+
+    let (status, body) = call(&state, "POST", "/extensions", Some(SEED_BODY), Some(TOKEN)).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+
+    let bad_codec = SEED_BODY.replace("g729", "g7299").replace("1001", "1003");
+    let (status, body) = call(&state, "POST", "/extensions", Some(&bad_codec), Some(TOKEN)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["details"][0]["field"], "codecs", "{body}");
+
+    let wrong_type = SEED_BODY.replace("\"Test User\"", "42").replace("1001", "1004");
+    let (status, body) = call(&state, "POST", "/extensions", Some(&wrong_type), Some(TOKEN)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["details"][0]["field"], "displayName", "{body}");
+
+    let secret_type = SEED_BODY.replace("\"Soundz2025\"", "12345678").replace("1001", "1005");
+    let (_, body) = call(&state, "POST", "/extensions", Some(&secret_type), Some(TOKEN)).await;
+    assert!(!body.to_string().contains("12345678"), "a secret is never echoed: {body}");
+
+    assert_eq!(dir_snapshot(dir.path()), before);
+}
+
+#[tokio::test]
+async fn put_changes_only_the_given_fields_and_leaves_a_hand_written_file_alone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hand = "# Sales (by hand)\ndefaults: {context: from-internal, transport: transport-udp, codecs: [ulaw]}\nextensions:\n  # boss\n  - extension: \"1001\"\n    displayName: Boss\n    md5Cred: 0123456789abcdef0123456789abcdef\n  # intern\n  - extension: \"1002\"\n    displayName: Intern\n    md5Cred: 0123456789abcdef0123456789abcdef\n    maxContacts: 2\n";
+    std::fs::write(dir.path().join("sales.yaml"), hand).expect("write");
+    let (state, _rx) = state(dir.path());
+    let (status, body) = call(
+        &state,
+        "PUT",
+        "/extensions/1002",
+        Some(r#"{"displayName":"Junior","password":"New-Pass-1"}"#),
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let text = std::fs::read_to_string(dir.path().join("sales.yaml")).expect("read");
+    assert!(text.starts_with("# Sales (by hand)\ndefaults: {context: from-internal, transport: transport-udp, codecs: [ulaw]}\nextensions:\n  # boss\n  - extension: \"1001\"\n    displayName: Boss\n    md5Cred: 0123456789abcdef0123456789abcdef\n  # intern\n"), "{text}");
+    let loaded = asterisk_gitops::daemon::load_dir(dir.path());
+    let e = loaded.set.get("1002").expect("still there");
+    assert_eq!(e.display_name.as_deref(), Some("Junior"));
+    assert_eq!(e.max_contacts, 2, "absent fields keep their value");
+    assert_eq!(
+        e.secret,
+        asterisk_gitops::spec::Secret::Md5Cred(asterisk_gitops::secret::md5_cred("1002", "asterisk", "New-Pass-1"))
+    );
+    assert!(!text.contains("New-Pass-1"));
+
+    let (status, _) = call(&state, "PUT", "/extensions/1002", Some(r#"{"extension":"2002"}"#), Some(TOKEN)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "no renumbering");
+    let (status, _) = call(&state, "PUT", "/extensions/9999", Some(r#"{"displayName":"X"}"#), Some(TOKEN)).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn delete_removes_and_then_404s() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (state, _rx) = state(dir.path());
+    call(&state, "POST", "/extensions", Some(SEED_BODY), Some(TOKEN)).await;
+    let (status, body) = call(&state, "DELETE", "/extensions/1001", None, Some(TOKEN)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(dir_snapshot(dir.path()).is_empty());
+    assert_eq!(call(&state, "DELETE", "/extensions/1001", None, Some(TOKEN)).await.0, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn webhooks_must_be_signed_and_only_the_tracked_branch_triggers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (state, mut rx) = state(dir.path());
+    let push = br#"{"ref":"refs/heads/main","after":"0123"}"#;
+    let send = |sig: Option<String>, body: &'static [u8]| {
+        let state = state.clone();
+        async move {
+            let mut req = Request::builder().method("POST").uri("/hooks/git");
+            if let Some(s) = sig {
+                req = req.header("X-Hub-Signature-256", s);
+            }
+            app(state).oneshot(req.body(Body::from(body)).expect("req")).await.expect("resp").status()
+        }
+    };
+    assert_eq!(send(None, push).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(send(Some("sha256=00".into()), push).await, StatusCode::UNAUTHORIZED);
+    assert!(rx.try_recv().is_err(), "nothing triggered");
+    let sig = asterisk_gitops::webhook::github_signature(push, b"hook-secret");
+    assert_eq!(send(Some(sig), push).await, StatusCode::ACCEPTED);
+    assert_eq!(rx.try_recv().ok(), Some(Trigger::Webhook));
+    let other = br#"{"ref":"refs/heads/feature"}"#;
+    let sig = asterisk_gitops::webhook::github_signature(other, b"hook-secret");
+    assert_eq!(send(Some(sig), other).await, StatusCode::OK);
+    assert!(rx.try_recv().is_err(), "another branch triggers nothing");
+}
+
+#[tokio::test]
+async fn read_only_mode_serves_no_write_routes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut state, _rx) = state(dir.path());
+    state.read_only = true;
+    let (status, _) = call(&state, "POST", "/extensions", Some(SEED_BODY), Some(TOKEN)).await;
+    assert!(status == StatusCode::NOT_FOUND || status == StatusCode::METHOD_NOT_ALLOWED, "{status}");
+    assert!(dir_snapshot(dir.path()).is_empty());
+}
