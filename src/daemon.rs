@@ -3,6 +3,7 @@
 //! manual requests (the API) and webhooks; failures retry with exponential
 //! back-off; shutdown flows in from the caller.
 
+use crate::git::GitSource;
 use crate::reconcile::{AsteriskControl, Desired, Outcome, Reconciler, RunReport, StateStore, Trigger};
 use crate::render::SourceInfo;
 use crate::spec::{self, LoadOptions};
@@ -16,28 +17,70 @@ use tokio::sync::{RwLock, mpsc};
 pub enum DesiredSource {
     /// A directory of spec files, as it is on disk.
     Dir(PathBuf),
+    /// A branch of a git remote: each run fetches, then reads the specs from
+    /// the fetched commit's tree.
+    Git(Arc<std::sync::Mutex<GitSource>>),
 }
 
 impl DesiredSource {
     /// Loads the desired state (blocking work runs off the async runtime).
     pub async fn load(&self) -> Desired {
-        match self {
-            DesiredSource::Dir(dir) => {
-                let dir = dir.clone();
-                let joined = tokio::task::spawn_blocking(move || load_dir(&dir)).await;
-                joined.unwrap_or_else(|e| Desired {
-                    set: Default::default(),
-                    diagnostics: vec![crate::diag::Diagnostic::error(
-                        "internal",
-                        crate::diag::Location { file: String::new(), line: 1, column: 1 },
-                        "",
-                        format!("loading the specs failed: {e}"),
-                    )],
-                    source: SourceInfo::default(),
-                })
+        let this = self.clone();
+        let joined = tokio::task::spawn_blocking(move || match this {
+            DesiredSource::Dir(dir) => load_dir(&dir),
+            DesiredSource::Git(git) => {
+                let git = git.lock().unwrap_or_else(|p| p.into_inner());
+                load_git(&git)
+            }
+        })
+        .await;
+        joined
+            .unwrap_or_else(|e| Desired { error: Some(format!("loading the specs failed: {e}")), ..Default::default() })
+    }
+}
+
+/// Fetches the tracked branch and loads the specs of the fetched commit.
+/// When the fetch fails, the mirror's last commit is not used either: the
+/// run records the failure and changes nothing.
+pub fn load_git(git: &GitSource) -> Desired {
+    let cfg = git.config();
+    let source_name = format!("{} ({}:{})", crate::config::redact_url(&cfg.url), cfg.branch, cfg.path);
+    let fetched = match git.fetch() {
+        Ok(f) => f,
+        Err(e) => {
+            return Desired {
+                error: Some(e.to_string()),
+                source: SourceInfo { source: source_name, revision: git.current() },
+                ..Default::default()
+            };
+        }
+    };
+    let warning = fetched.forced.then(|| {
+        format!(
+            "the branch was force-pushed: {} is not a descendant of {}",
+            short(&fetched.commit),
+            fetched.previous.as_deref().map(short).unwrap_or("?")
+        )
+    });
+    let source = SourceInfo { source: source_name, revision: Some(fetched.commit.clone()) };
+    match git.read_specs(&fetched.commit) {
+        Ok(files) => {
+            let loaded = spec::load::load_sources(files);
+            Desired {
+                set: loaded.set,
+                diagnostics: loaded.diagnostics,
+                source,
+                error: None,
+                warning,
+                subject: Some(fetched.subject.clone()),
             }
         }
+        Err(e) => Desired { error: Some(e.to_string()), source, warning, ..Default::default() },
     }
+}
+
+fn short(commit: &str) -> &str {
+    commit.get(..10).unwrap_or(commit)
 }
 
 /// Loads a spec directory, diagnostics relative to it.
@@ -52,7 +95,12 @@ pub fn load_dir(dir: &Path) -> Desired {
             format!("the spec directory {} does not exist", dir.display()),
         ));
     }
-    Desired { set: loaded.set, diagnostics, source: SourceInfo { source: dir.display().to_string(), revision: None } }
+    Desired {
+        set: loaded.set,
+        diagnostics,
+        source: SourceInfo { source: dir.display().to_string(), revision: None },
+        ..Default::default()
+    }
 }
 
 /// Timing of the loop.

@@ -102,6 +102,8 @@ pub struct AppliedRow {
 pub struct RunRecord {
     pub trigger: Trigger,
     pub revision: Option<String>,
+    /// The commit's subject line, for a git source.
+    pub subject: Option<String>,
     pub started_at: chrono::DateTime<chrono::Utc>,
     pub finished_at: chrono::DateTime<chrono::Utc>,
     pub outcome: Outcome,
@@ -111,6 +113,8 @@ pub struct RunRecord {
     pub error: Option<String>,
     pub diagnostics: Vec<Diagnostic>,
     pub reloaded: bool,
+    /// A note about the source (a force-push).
+    pub warning: Option<String>,
 }
 
 /// What the store must do for the reconciler.
@@ -140,10 +144,18 @@ pub trait AsteriskControl: Send + Sync {
 }
 
 /// Where the desired state comes from for one run.
+#[derive(Default)]
 pub struct Desired {
     pub set: DesiredSet,
     pub diagnostics: Vec<Diagnostic>,
     pub source: SourceInfo,
+    /// The source could not be read (git remote down, branch deleted): the
+    /// run changes nothing and records why.
+    pub error: Option<String>,
+    /// Something worth telling (a force-push) that does not stop the run.
+    pub warning: Option<String>,
+    /// The commit's subject line, for a git source.
+    pub subject: Option<String>,
 }
 
 /// The prune guard's limits.
@@ -255,6 +267,7 @@ impl<S: StateStore, A: AsteriskControl> Reconciler<S, A> {
         let mut record = RunRecord {
             trigger,
             revision: desired.source.revision.clone(),
+            subject: desired.subject.clone(),
             started_at: chrono::Utc::now(),
             finished_at: chrono::Utc::now(),
             outcome: Outcome::NoOp,
@@ -262,6 +275,7 @@ impl<S: StateStore, A: AsteriskControl> Reconciler<S, A> {
             error: None,
             diagnostics: Vec::new(),
             reloaded: false,
+            warning: desired.warning.clone(),
         };
         let mut upserts = Vec::new();
         let mut deletes = Vec::new();
@@ -296,6 +310,10 @@ impl<S: StateStore, A: AsteriskControl> Reconciler<S, A> {
             record.outcome = outcome;
             record.error = Some(error);
         };
+        // 0. The source must be readable: otherwise nothing changes.
+        if let Some(e) = &desired.error {
+            return fail(record, Outcome::Failed, format!("{e}; the last good config stays in force"));
+        }
         // 1. The specs must be valid as a whole: otherwise nothing changes.
         if desired.diagnostics.iter().any(Diagnostic::is_error) {
             record.diagnostics = desired.diagnostics.clone();
