@@ -19,6 +19,30 @@ pub type Fields = BTreeMap<&'static str, String>;
 /// The field that holds the secret's fingerprint (kind and md5 hash).
 pub const SECRET_FIELD: &str = "secret";
 
+/// Every field name [`desired_fields`] produces.
+pub const FIELD_NAMES: &[&str] = &[
+    "displayName",
+    "context",
+    "transport",
+    "codecs",
+    SECRET_FIELD,
+    "maxContacts",
+    "callerId",
+    "mailboxes",
+    "dtmfMode",
+    "directMedia",
+    "rtpSymmetric",
+    "forceRport",
+    "rewriteContact",
+    "enabled",
+    "labels",
+];
+
+/// The static name of a field read back from storage; `None` if unknown.
+pub fn field_name(name: &str) -> Option<&'static str> {
+    FIELD_NAMES.iter().find(|f| **f == name).copied()
+}
+
 /// The fields of a desired extension. `secret_md5` is the md5Cred the
 /// extension authenticates with (computed from a password when it has one).
 pub fn desired_fields(ext: &Extension, secret_md5: &str) -> Fields {
@@ -428,6 +452,13 @@ mod tests {
     fn applied_from(s: &DesiredSet) -> BTreeMap<String, Fields> {
         let m = md5s(s);
         s.extensions.iter().map(|e| (e.extension.clone(), desired_fields(e, &m[&e.extension]))).collect()
+    }
+
+    #[test]
+    fn field_names_cover_every_desired_field() {
+        let s = set(TWO);
+        let f = desired_fields(&s.extensions[0], "x");
+        assert_eq!(f.keys().copied().collect::<BTreeSet<_>>(), FIELD_NAMES.iter().copied().collect::<BTreeSet<_>>());
     }
 
     #[test]

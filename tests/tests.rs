@@ -11,3 +11,6 @@ mod writeback;
 
 // The JSON API (write side) and the webhook, through the router.
 mod http_api;
+
+// The state store on SQLite, and on PostgreSQL when DATABASE_URL points at one.
+mod db;

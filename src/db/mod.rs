@@ -1,0 +1,599 @@
+//! The state store: PostgreSQL in production, an embedded SQLite file by
+//! default. One repository layer over both, shared by the reconciler, the
+//! HTTP API and the call logger.
+//!
+//! Design: [`Db`] is an enum over the two sqlx pools, and every query is
+//! written once inside the `on_pool!` macro, which expands it for each
+//! pool type. (sqlx's `Any` driver was the alternative; it has no
+//! timestamps or JSON, which this schema wants on PostgreSQL, where other
+//! services read the `calls` table.) Queries use `$1, $2, …` in order,
+//! which both backends accept. Timestamps bind as `chrono::DateTime<Utc>`
+//! (TIMESTAMPTZ on PostgreSQL, RFC 3339 text on SQLite) and JSON as
+//! `sqlx::types::Json` (JSONB / text).
+//!
+//! Architecture invariant: what must change together changes in one
+//! transaction: an applied plan's extension rows and its run record land
+//! together or not at all ([`Db::commit_run`]).
+
+pub mod calls;
+
+use crate::plan::{self, Fields};
+use crate::reconcile::{AppliedRow, Outcome, RunRecord, StateStore};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::types::Json;
+use sqlx::{PgPool, Row, SqlitePool};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Expands `$body` once per backend, with `$pool` bound to the concrete pool.
+macro_rules! on_pool {
+    ($db:expr, $pool:ident => $body:expr) => {
+        match $db {
+            Db::Sqlite($pool) => $body,
+            Db::Postgres($pool) => $body,
+        }
+    };
+}
+pub(crate) use on_pool;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("cannot connect to the database {url} after {attempts} attempt(s): {source}")]
+    Connect {
+        url: String,
+        attempts: u32,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error(
+        "the database {url} was migrated by a newer asterisk-gitops (it has migration {found}, this version knows up to {known}); upgrade asterisk-gitops or use another database"
+    )]
+    TooNew { url: String, found: i64, known: i64 },
+    #[error("migrating the database {url} failed: {source}")]
+    Migrate {
+        url: String,
+        #[source]
+        source: sqlx::migrate::MigrateError,
+    },
+    #[error("unsupported database URL {0:?}: use sqlite://… or postgres://…")]
+    Unsupported(String),
+    #[error("database: {0}")]
+    Query(#[from] sqlx::Error),
+}
+
+/// A connection pool to one of the two backends.
+#[derive(Clone, Debug)]
+pub enum Db {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
+
+/// How hard to try when the database is not there yet.
+#[derive(Clone, Debug)]
+pub struct Retry {
+    pub attempts: u32,
+    pub first_delay: Duration,
+    pub max_delay: Duration,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Retry { attempts: 6, first_delay: Duration::from_millis(250), max_delay: Duration::from_secs(8) }
+    }
+}
+
+impl Db {
+    /// Connects (retrying with back-off), migrates, and refuses a database
+    /// that a newer version migrated. SQLite files and their directory are
+    /// created if missing.
+    pub async fn connect(url: &str, retry: &Retry) -> Result<Db, DbError> {
+        let shown = crate::config::redact_url(url);
+        let mut delay = retry.first_delay;
+        let mut attempt = 0;
+        let db = loop {
+            attempt += 1;
+            match Self::connect_once(url).await {
+                Ok(db) => break db,
+                Err(DbError::Query(source)) if attempt < retry.attempts.max(1) => {
+                    tracing::warn!(url = shown.as_str(), attempt, error = %source, "database not reachable; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(retry.max_delay);
+                }
+                Err(DbError::Query(source)) => return Err(DbError::Connect { url: shown, attempts: attempt, source }),
+                Err(e) => return Err(e),
+            }
+        };
+        db.migrate(&shown).await?;
+        Ok(db)
+    }
+
+    async fn connect_once(url: &str) -> Result<Db, DbError> {
+        if let Some(rest) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
+            let path = rest.split('?').next().unwrap_or("");
+            if !path.is_empty() && path != ":memory:" {
+                if let Some(dir) = std::path::Path::new(path).parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir).map_err(|e| DbError::Query(sqlx::Error::Io(e)))?;
+                }
+            }
+            let opts: sqlx::sqlite::SqliteConnectOptions = url.parse()?;
+            let opts = opts
+                .create_if_missing(true)
+                .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+                .synchronous(sqlx::sqlite::SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(5));
+            let pool = sqlx::sqlite::SqlitePoolOptions::new()
+                .max_connections(if path == ":memory:" || path.is_empty() { 1 } else { 4 })
+                .acquire_timeout(Duration::from_secs(5))
+                .connect_with(opts)
+                .await?;
+            Ok(Db::Sqlite(pool))
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let pool = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(8)
+                .acquire_timeout(Duration::from_secs(5))
+                .connect(url)
+                .await?;
+            Ok(Db::Postgres(pool))
+        } else {
+            Err(DbError::Unsupported(crate::config::redact_url(url)))
+        }
+    }
+
+    fn migrator(&self) -> &'static sqlx::migrate::Migrator {
+        match self {
+            Db::Sqlite(_) => &SQLITE_MIGRATIONS,
+            Db::Postgres(_) => &POSTGRES_MIGRATIONS,
+        }
+    }
+
+    async fn migrate(&self, shown: &str) -> Result<(), DbError> {
+        let migrator = self.migrator();
+        let known = migrator.iter().map(|m| m.version).max().unwrap_or(0);
+        let result = on_pool!(self, pool => migrator.run(pool).await);
+        match result {
+            Ok(()) => Ok(()),
+            Err(sqlx::migrate::MigrateError::VersionMissing(found)) => {
+                Err(DbError::TooNew { url: shown.to_string(), found, known })
+            }
+            Err(source) => Err(DbError::Migrate { url: shown.to_string(), source }),
+        }
+    }
+
+    /// Which backend this is ("sqlite" or "postgres").
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Db::Sqlite(_) => "sqlite",
+            Db::Postgres(_) => "postgres",
+        }
+    }
+
+    /// Closes the pool; later queries fail.
+    pub async fn close(&self) {
+        on_pool!(self, pool => pool.close().await)
+    }
+
+    /// Whether the database answers.
+    pub async fn ping(&self) -> bool {
+        on_pool!(self, pool => sqlx::query("SELECT 1").execute(pool).await.is_ok())
+    }
+
+    /// The applied extensions as the plan's field maps, by number.
+    pub async fn applied_fields(&self) -> Result<BTreeMap<String, Fields>, DbError> {
+        let rows: Vec<(String, Json<BTreeMap<String, String>>)> =
+            on_pool!(self, pool => sqlx::query_as("SELECT number, fields FROM extensions").fetch_all(pool).await)?;
+        Ok(rows
+            .into_iter()
+            .map(|(n, Json(map))| {
+                let fields = map.into_iter().filter_map(|(k, v)| plan::field_name(&k).map(|k| (k, v))).collect();
+                (n, fields)
+            })
+            .collect())
+    }
+
+    /// Every applied extension, by number.
+    pub async fn extensions(&self) -> Result<Vec<ExtensionRecord>, DbError> {
+        let rows = on_pool!(self, pool => {
+            let rows = sqlx::query(&format!("SELECT {EXTENSION_COLUMNS} FROM extensions ORDER BY number")).fetch_all(pool).await?;
+            rows.iter().map(ExtensionRecord::from_row).collect::<Result<Vec<_>, sqlx::Error>>()
+        })?;
+        Ok(rows)
+    }
+
+    /// One applied extension.
+    pub async fn extension(&self, number: &str) -> Result<Option<ExtensionRecord>, DbError> {
+        let row = on_pool!(self, pool => {
+            let row = sqlx::query(&format!("SELECT {EXTENSION_COLUMNS} FROM extensions WHERE number = $1"))
+                .bind(number)
+                .fetch_optional(pool)
+                .await?;
+            row.as_ref().map(ExtensionRecord::from_row).transpose()
+        })?;
+        Ok(row)
+    }
+
+    /// Records a run and applies its row changes in one transaction; updates
+    /// the status row too. Returns the run's id.
+    pub async fn commit_run(
+        &self,
+        run: &RunRecord,
+        upserts: &[AppliedRow],
+        deletes: &[String],
+    ) -> Result<i64, DbError> {
+        let (creates, updates, deletes_n) = run.plan.as_ref().map_or((0, 0, 0), |p| {
+            (
+                p.count(plan::Action::Create) as i64,
+                p.count(plan::Action::Update) as i64,
+                p.count(plan::Action::Delete) as i64,
+            )
+        });
+        let duration_ms = (run.finished_at - run.started_at).num_milliseconds();
+        let diff = run.plan.as_ref().map(|p| p.diff.clone()).filter(|d| !d.is_empty());
+        let plan_json = run.plan.as_ref().map(|p| Json(serde_json::to_value(p).unwrap_or_default()));
+        let diagnostics = Json(serde_json::to_value(&run.diagnostics).unwrap_or_default());
+        let now = Utc::now();
+        let id: i64 = on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            for chunk in deletes.chunks(500) {
+                let mut qb = sqlx::QueryBuilder::new("DELETE FROM extensions WHERE number IN (");
+                let mut sep = qb.separated(", ");
+                for n in chunk {
+                    sep.push_bind(n);
+                }
+                qb.push(")");
+                qb.build().execute(&mut *tx).await?;
+            }
+            // 24 columns a row; 400 rows stay under both backends' bind limits.
+            for chunk in upserts.chunks(400) {
+                let mut qb = sqlx::QueryBuilder::new(format!("INSERT INTO extensions ({EXTENSION_COLUMNS}) "));
+                qb.push_values(chunk, |mut b, row| {
+                    let e = &row.extension;
+                    let fields: BTreeMap<&str, &String> = row.fields.iter().map(|(k, v)| (*k, v)).collect();
+                    let labels: BTreeMap<&str, &str> = e.labels.iter().collect();
+                    b.push_bind(e.extension.clone())
+                        .push_bind(e.display_name.clone())
+                        .push_bind(e.context.clone())
+                        .push_bind(e.transport.clone())
+                        .push_bind(e.codecs.join(","))
+                        .push_bind(e.secret.kind())
+                        .push_bind(row.secret_md5.clone())
+                        .push_bind(i64::from(e.max_contacts))
+                        .push_bind(e.effective_caller_id())
+                        .push_bind(Some(e.mailboxes.join(",")).filter(|m| !m.is_empty()))
+                        .push_bind(e.dtmf_mode.clone())
+                        .push_bind(e.direct_media)
+                        .push_bind(e.rtp_symmetric)
+                        .push_bind(e.force_rport)
+                        .push_bind(e.rewrite_contact)
+                        .push_bind(e.enabled)
+                        .push_bind(Json(serde_json::to_value(&labels).unwrap_or_default()))
+                        .push_bind(Json(serde_json::to_value(&fields).unwrap_or_default()))
+                        .push_bind(spec_hash(&row.fields))
+                        .push_bind(e.origin.file.clone())
+                        .push_bind(run.revision.clone())
+                        .push_bind(now)
+                        .push_bind("synced")
+                        .push_bind(None::<String>);
+                });
+                qb.push(
+                    " ON CONFLICT (number) DO UPDATE SET display_name = excluded.display_name, context = excluded.context, \
+                     transport = excluded.transport, codecs = excluded.codecs, secret_kind = excluded.secret_kind, \
+                     secret_md5 = excluded.secret_md5, max_contacts = excluded.max_contacts, caller_id = excluded.caller_id, \
+                     mailboxes = excluded.mailboxes, dtmf_mode = excluded.dtmf_mode, direct_media = excluded.direct_media, \
+                     rtp_symmetric = excluded.rtp_symmetric, force_rport = excluded.force_rport, \
+                     rewrite_contact = excluded.rewrite_contact, enabled = excluded.enabled, labels = excluded.labels, \
+                     fields = excluded.fields, spec_hash = excluded.spec_hash, source_file = excluded.source_file, \
+                     revision = excluded.revision, applied_at = excluded.applied_at, sync_status = excluded.sync_status, \
+                     last_error = excluded.last_error",
+                );
+                qb.build().execute(&mut *tx).await?;
+            }
+            let id: i64 = sqlx::query_scalar(
+                "INSERT INTO reconcile_runs (trigger, revision, subject, started_at, finished_at, duration_ms, outcome, \
+                 creates, updates, deletes, reloaded, plan, diff, diagnostics, error, warning) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) RETURNING id",
+            )
+            .bind(run.trigger.as_str())
+            .bind(run.revision.clone())
+            .bind(run.subject.clone())
+            .bind(run.started_at)
+            .bind(run.finished_at)
+            .bind(duration_ms)
+            .bind(run.outcome.as_str())
+            .bind(creates)
+            .bind(updates)
+            .bind(deletes_n)
+            .bind(run.reloaded)
+            .bind(plan_json)
+            .bind(diff)
+            .bind(diagnostics)
+            .bind(run.error.clone())
+            .bind(run.warning.clone())
+            .fetch_one(&mut *tx)
+            .await?;
+            let (ready, reason, message) = condition(run);
+            let applied_revision = matches!(run.outcome, Outcome::Applied | Outcome::NoOp).then(|| run.revision.clone()).flatten();
+            sqlx::query(
+                "INSERT INTO reconciler_status (id, ready, ready_reason, ready_message, reconciling, last_applied_revision, \
+                 last_attempted_revision, last_run_id, updated_at) VALUES (1, $1, $2, $3, $4, $5, $6, $7, $8) \
+                 ON CONFLICT (id) DO UPDATE SET ready = excluded.ready, ready_reason = excluded.ready_reason, \
+                 ready_message = excluded.ready_message, reconciling = excluded.reconciling, \
+                 last_applied_revision = COALESCE(excluded.last_applied_revision, reconciler_status.last_applied_revision), \
+                 last_attempted_revision = excluded.last_attempted_revision, last_run_id = excluded.last_run_id, \
+                 updated_at = excluded.updated_at",
+            )
+            .bind(ready)
+            .bind(reason)
+            .bind(message)
+            .bind(false)
+            .bind(applied_revision)
+            .bind(run.revision.clone())
+            .bind(id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok::<i64, sqlx::Error>(id)
+        })?;
+        Ok(id)
+    }
+
+    /// Runs, newest first.
+    pub async fn runs(&self, limit: i64) -> Result<Vec<RunSummary>, DbError> {
+        let rows = on_pool!(self, pool => {
+            let rows = sqlx::query(&format!("SELECT {RUN_COLUMNS} FROM reconcile_runs ORDER BY id DESC LIMIT $1"))
+                .bind(limit)
+                .fetch_all(pool)
+                .await?;
+            rows.iter().map(RunSummary::from_row).collect::<Result<Vec<_>, sqlx::Error>>()
+        })?;
+        Ok(rows)
+    }
+
+    /// One run with its plan and rendered diff.
+    pub async fn run(&self, id: i64) -> Result<Option<RunDetail>, DbError> {
+        let row = on_pool!(self, pool => {
+            let row = sqlx::query(&format!("SELECT {RUN_COLUMNS}, plan, diff, diagnostics FROM reconcile_runs WHERE id = $1"))
+                .bind(id)
+                .fetch_optional(pool)
+                .await?;
+            row.map(|r| -> Result<RunDetail, sqlx::Error> {
+                let plan: Option<Json<serde_json::Value>> = r.try_get("plan")?;
+                let diagnostics: Json<serde_json::Value> = r.try_get("diagnostics")?;
+                Ok(RunDetail {
+                    summary: RunSummary::from_row(&r)?,
+                    plan: plan.map(|j| j.0),
+                    diff: r.try_get("diff")?,
+                    diagnostics: diagnostics.0,
+                })
+            })
+            .transpose()
+        })?;
+        Ok(row)
+    }
+
+    /// The reconciler's status row; `None` before the first run.
+    pub async fn status(&self) -> Result<Option<StatusRecord>, DbError> {
+        let row = on_pool!(self, pool => {
+            let row = sqlx::query(
+                "SELECT ready, ready_reason, ready_message, reconciling, last_applied_revision, last_attempted_revision, \
+                 last_run_id, updated_at FROM reconciler_status WHERE id = 1",
+            )
+            .fetch_optional(pool)
+            .await?;
+            row.map(|r| -> Result<StatusRecord, sqlx::Error> {
+                Ok(StatusRecord {
+                    ready: r.try_get("ready")?,
+                    ready_reason: r.try_get("ready_reason")?,
+                    ready_message: r.try_get("ready_message")?,
+                    reconciling: r.try_get("reconciling")?,
+                    last_applied_revision: r.try_get("last_applied_revision")?,
+                    last_attempted_revision: r.try_get("last_attempted_revision")?,
+                    last_run_id: r.try_get("last_run_id")?,
+                    updated_at: r.try_get("updated_at")?,
+                })
+            })
+            .transpose()
+        })?;
+        Ok(row)
+    }
+
+    /// Marks a run as under way (Reconciling=True), so a watcher sees it.
+    pub async fn set_reconciling(&self, on: bool) -> Result<(), DbError> {
+        let now = Utc::now();
+        on_pool!(self, pool => sqlx::query(
+            "INSERT INTO reconciler_status (id, ready, ready_reason, ready_message, reconciling, updated_at) \
+             VALUES (1, 'Unknown', 'Starting', '', $1, $2) \
+             ON CONFLICT (id) DO UPDATE SET reconciling = excluded.reconciling, updated_at = excluded.updated_at",
+        )
+        .bind(on)
+        .bind(now)
+        .execute(pool)
+        .await
+        .map(|_| ()))?;
+        Ok(())
+    }
+}
+
+/// The Ready condition a run leaves behind: (status, reason, message).
+fn condition(run: &RunRecord) -> (&'static str, &'static str, String) {
+    let msg = run.error.clone().unwrap_or_default();
+    match run.outcome {
+        Outcome::Applied => ("True", "ReconciliationSucceeded", "applied".into()),
+        Outcome::NoOp => ("True", "ReconciliationSucceeded", "in sync".into()),
+        Outcome::DriftReported => ("True", "DriftDetected", "drift found; self-heal is off".into()),
+        Outcome::Invalid => ("False", "ValidationFailed", msg),
+        Outcome::Blocked => ("False", "PruneGuard", msg),
+        Outcome::Failed => ("False", "ReconciliationFailed", msg),
+    }
+}
+
+/// A stable fingerprint of an extension's fields.
+fn spec_hash(fields: &Fields) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for (k, v) in fields {
+        h.update(k.as_bytes());
+        h.update([0]);
+        h.update(v.as_bytes());
+        h.update([0]);
+    }
+    hex::encode(h.finalize())
+}
+
+const EXTENSION_COLUMNS: &str = "number, display_name, context, transport, codecs, secret_kind, secret_md5, max_contacts, \
+     caller_id, mailboxes, dtmf_mode, direct_media, rtp_symmetric, force_rport, rewrite_contact, enabled, labels, fields, \
+     spec_hash, source_file, revision, applied_at, sync_status, last_error";
+
+/// One applied extension as the database holds it. No secret value: only
+/// the secret's kind (the md5 hash is not read back out).
+#[derive(Clone, Debug, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ExtensionRecord {
+    pub number: String,
+    pub display_name: Option<String>,
+    pub context: String,
+    pub transport: String,
+    pub codecs: Vec<String>,
+    pub secret_kind: String,
+    pub max_contacts: i64,
+    pub caller_id: Option<String>,
+    pub mailboxes: Vec<String>,
+    pub dtmf_mode: Option<String>,
+    pub enabled: bool,
+    pub labels: BTreeMap<String, String>,
+    pub spec_hash: String,
+    pub source_file: String,
+    pub revision: Option<String>,
+    pub applied_at: DateTime<Utc>,
+    pub sync_status: String,
+    pub last_error: Option<String>,
+}
+
+impl ExtensionRecord {
+    fn from_row<R: Row>(r: &R) -> Result<Self, sqlx::Error>
+    where
+        for<'a> &'a str: sqlx::ColumnIndex<R>,
+        for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+        for<'a> Option<String>: sqlx::Decode<'a, R::Database>,
+        for<'a> i64: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+        for<'a> bool: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+        for<'a> Json<BTreeMap<String, String>>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+        for<'a> DateTime<Utc>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    {
+        let list = |s: Option<String>| -> Vec<String> {
+            s.map(|s| s.split(',').filter(|x| !x.is_empty()).map(str::to_string).collect()).unwrap_or_default()
+        };
+        let labels: Json<BTreeMap<String, String>> = r.try_get("labels")?;
+        Ok(ExtensionRecord {
+            number: r.try_get("number")?,
+            display_name: r.try_get("display_name")?,
+            context: r.try_get("context")?,
+            transport: r.try_get("transport")?,
+            codecs: list(r.try_get("codecs")?),
+            secret_kind: r.try_get("secret_kind")?,
+            max_contacts: r.try_get("max_contacts")?,
+            caller_id: r.try_get("caller_id")?,
+            mailboxes: list(r.try_get("mailboxes")?),
+            dtmf_mode: r.try_get("dtmf_mode")?,
+            enabled: r.try_get("enabled")?,
+            labels: labels.0,
+            spec_hash: r.try_get("spec_hash")?,
+            source_file: r.try_get("source_file")?,
+            revision: r.try_get("revision")?,
+            applied_at: r.try_get("applied_at")?,
+            sync_status: r.try_get("sync_status")?,
+            last_error: r.try_get("last_error")?,
+        })
+    }
+}
+
+const RUN_COLUMNS: &str = "id, trigger, revision, subject, started_at, finished_at, duration_ms, outcome, creates, \
+     updates, deletes, reloaded, error, warning";
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RunSummary {
+    pub id: i64,
+    pub trigger: String,
+    pub revision: Option<String>,
+    pub subject: Option<String>,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub duration_ms: i64,
+    pub outcome: String,
+    pub creates: i64,
+    pub updates: i64,
+    pub deletes: i64,
+    pub reloaded: bool,
+    pub error: Option<String>,
+    pub warning: Option<String>,
+}
+
+impl RunSummary {
+    fn from_row<R: Row>(r: &R) -> Result<Self, sqlx::Error>
+    where
+        for<'a> &'a str: sqlx::ColumnIndex<R>,
+        for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+        for<'a> Option<String>: sqlx::Decode<'a, R::Database>,
+        for<'a> i64: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+        for<'a> bool: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+        for<'a> DateTime<Utc>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    {
+        Ok(RunSummary {
+            id: r.try_get("id")?,
+            trigger: r.try_get("trigger")?,
+            revision: r.try_get("revision")?,
+            subject: r.try_get("subject")?,
+            started_at: r.try_get("started_at")?,
+            finished_at: r.try_get("finished_at")?,
+            duration_ms: r.try_get("duration_ms")?,
+            outcome: r.try_get("outcome")?,
+            creates: r.try_get("creates")?,
+            updates: r.try_get("updates")?,
+            deletes: r.try_get("deletes")?,
+            reloaded: r.try_get("reloaded")?,
+            error: r.try_get("error")?,
+            warning: r.try_get("warning")?,
+        })
+    }
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RunDetail {
+    #[serde(flatten)]
+    pub summary: RunSummary,
+    pub plan: Option<serde_json::Value>,
+    pub diff: Option<String>,
+    pub diagnostics: serde_json::Value,
+}
+
+/// Flux-style status: the Ready condition, and the revisions.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusRecord {
+    pub ready: String,
+    pub ready_reason: String,
+    pub ready_message: String,
+    pub reconciling: bool,
+    pub last_applied_revision: Option<String>,
+    pub last_attempted_revision: Option<String>,
+    pub last_run_id: Option<i64>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl StateStore for Db {
+    type Error = DbError;
+
+    async fn applied(&self) -> Result<BTreeMap<String, Fields>, DbError> {
+        self.applied_fields().await
+    }
+
+    async fn commit(&self, run: &RunRecord, upserts: &[AppliedRow], deletes: &[String]) -> Result<i64, DbError> {
+        self.commit_run(run, upserts, deletes).await
+    }
+}

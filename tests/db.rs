@@ -1,0 +1,391 @@
+//! The state store on both backends: every test body runs on SQLite always
+//! and on PostgreSQL when DATABASE_URL points at one (CI sets it; there a
+//! missing PostgreSQL fails the run instead of skipping).
+
+use crate::support::in_ci;
+use asterisk_gitops::db::calls::{CallFilter, CallStart};
+use asterisk_gitops::db::{Db, DbError, Retry};
+use asterisk_gitops::plan::{self, Action, Change, Plan};
+use asterisk_gitops::reconcile::{AppliedRow, Outcome, RunRecord, Trigger};
+use asterisk_gitops::spec::{DesiredSet, load::load_file};
+use chrono::{Duration as ChronoDuration, Utc};
+use std::future::Future;
+use std::path::Path;
+use std::time::Duration;
+
+/// A fresh SQLite database in a temporary directory.
+async fn sqlite() -> (Db, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite://{}/state/test.db", dir.path().display());
+    (Db::connect(&url, &Retry::default()).await.expect("sqlite connects"), dir)
+}
+
+/// The PostgreSQL server URL, or None (loudly) when there is none to test against.
+fn pg_url() -> Option<String> {
+    match std::env::var("DATABASE_URL") {
+        Ok(u) if u.starts_with("postgres") => Some(u),
+        _ => {
+            assert!(!in_ci(), "CI=true but DATABASE_URL does not point at PostgreSQL: the PostgreSQL tests cannot run");
+            eprintln!(
+                "SKIPPED: DATABASE_URL is not a postgres:// URL; PostgreSQL variants of the db tests did not run"
+            );
+            None
+        }
+    }
+}
+
+/// A fresh PostgreSQL database for one test, dropped by `drop_pg`.
+async fn postgres() -> Option<(Db, String, String)> {
+    let server = pg_url()?;
+    let admin = sqlx::PgPool::connect(&server)
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL at DATABASE_URL is unreachable: {e}"));
+    let name = format!("agt_{}_{}", std::process::id(), uuid_ish());
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&admin).await.expect("create database");
+    admin.close().await;
+    let url = replace_db(&server, &name);
+    let db = Db::connect(&url, &Retry::default()).await.expect("postgres connects");
+    Some((db, server, name))
+}
+
+async fn drop_pg(db: Db, server: &str, name: &str) {
+    db.close().await;
+    if let Ok(admin) = sqlx::PgPool::connect(server).await {
+        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&admin).await;
+        admin.close().await;
+    }
+}
+
+fn uuid_ish() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    format!("{t}_{}", N.fetch_add(1, Ordering::Relaxed))
+}
+
+fn replace_db(url: &str, name: &str) -> String {
+    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
+    let base = match base.rfind('/') {
+        Some(i) if i > "postgres://".len() => &base[..i],
+        _ => base,
+    };
+    match query {
+        Some(q) => format!("{base}/{name}?{q}"),
+        None => format!("{base}/{name}"),
+    }
+}
+
+/// Runs `body` on SQLite, then on PostgreSQL when there is one.
+async fn on_both<F, Fut>(body: F)
+where
+    F: Fn(Db) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let (db, _dir) = sqlite().await;
+    body(db).await;
+    if let Some((db, server, name)) = postgres().await {
+        body(db.clone()).await;
+        drop_pg(db, &server, &name).await;
+    }
+}
+
+const SPECS: &str = "defaults: {context: from-internal, transport: transport-udp, codecs: [ulaw, alaw]}\nextensions:\n  - {extension: \"1001\", displayName: Test User, password: Plaintext-Secret-42, labels: {department: sales}}\n  - {extension: \"1002\", md5Cred: 281036cc5c24788fe74c0ae5d9c07baf, mailboxes: 1002@default}\n";
+
+fn desired() -> DesiredSet {
+    let (exts, _) = load_file("sales.yaml", Path::new("."), SPECS);
+    DesiredSet::new(exts.into_iter().map(|(e, _)| e).collect())
+}
+
+fn rows(set: &DesiredSet) -> Vec<AppliedRow> {
+    set.extensions
+        .iter()
+        .map(|e| {
+            let md5 = match &e.secret {
+                asterisk_gitops::spec::Secret::Password(p) => {
+                    asterisk_gitops::secret::md5_cred(&e.extension, "asterisk", p)
+                }
+                asterisk_gitops::spec::Secret::Md5Cred(h) => h.clone(),
+                _ => String::new(),
+            };
+            AppliedRow { fields: plan::desired_fields(e, &md5), secret_md5: md5, extension: e.clone() }
+        })
+        .collect()
+}
+
+fn run(outcome: Outcome, creates: &[&str]) -> RunRecord {
+    let plan = Plan {
+        changes: creates
+            .iter()
+            .map(|n| Change { extension: n.to_string(), action: Action::Create, fields: vec![] })
+            .collect(),
+        diff: "+[1001]\n".into(),
+        ..Default::default()
+    };
+    RunRecord {
+        trigger: Trigger::Cli,
+        revision: Some("0123abcd".into()),
+        subject: Some("Add sales".into()),
+        started_at: Utc::now(),
+        finished_at: Utc::now(),
+        outcome,
+        plan: Some(plan),
+        error: None,
+        diagnostics: vec![],
+        reloaded: true,
+        warning: None,
+    }
+}
+
+#[tokio::test]
+async fn migrations_apply_once_and_a_second_start_is_a_no_op() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite://{}/nested/dir/x.db", dir.path().display());
+    let db = Db::connect(&url, &Retry::default()).await.expect("first start creates and migrates");
+    db.commit_run(&run(Outcome::NoOp, &[]), &[], &[]).await.expect("usable");
+    db.close().await;
+    let db = Db::connect(&url, &Retry::default()).await.expect("second start");
+    assert_eq!(db.runs(10).await.expect("runs").len(), 1, "data survives, nothing re-created");
+    let Db::Sqlite(pool) = &db else { panic!("sqlite") };
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations").fetch_one(pool).await.expect("count");
+    assert_eq!(n, 1);
+}
+
+#[tokio::test]
+async fn a_database_migrated_by_a_newer_version_is_refused() {
+    on_both(|db| async move {
+        let insert = "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) VALUES (29991231000000, 'from the future', TRUE, $1, 1)";
+        match &db {
+            Db::Sqlite(p) => sqlx::query(insert).bind(vec![0u8; 48]).execute(p).await.map(|_| ()),
+            Db::Postgres(p) => sqlx::query(insert).bind(vec![0u8; 48]).execute(p).await.map(|_| ()),
+        }
+        .expect("fake a newer migration");
+        let url = match &db {
+            Db::Sqlite(p) => format!("sqlite://{}", p.connect_options().get_filename().display()),
+            Db::Postgres(p) => {
+                let o = p.connect_options();
+                format!("postgres://{}@{}:{}/{}", o.get_username(), o.get_host(), o.get_port(), o.get_database().unwrap_or(""))
+            }
+        };
+        let err = Db::connect(&url, &Retry::default()).await.expect_err("refused");
+        assert!(matches!(err, DbError::TooNew { found: 29991231000000, .. }), "{err}");
+        assert!(err.to_string().contains("newer asterisk-gitops"), "{err}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_applied_plan_and_its_run_land_together() {
+    on_both(|db| async move {
+        let set = desired();
+        let id = db.commit_run(&run(Outcome::Applied, &["1001", "1002"]), &rows(&set), &[]).await.expect("commits");
+        let applied = db.applied_fields().await.expect("applied");
+        assert_eq!(applied.keys().collect::<Vec<_>>(), ["1001", "1002"]);
+        assert_eq!(
+            applied["1001"],
+            plan::desired_fields(&set.extensions[0], &rows(&set)[0].secret_md5),
+            "fields round-trip"
+        );
+        let ext = db.extension("1001").await.expect("query").expect("row");
+        assert_eq!(
+            (ext.context.as_str(), ext.codecs.clone(), ext.secret_kind.as_str()),
+            ("from-internal", vec!["ulaw".to_string(), "alaw".to_string()], "password")
+        );
+        assert_eq!(ext.labels.get("department").map(String::as_str), Some("sales"));
+        assert_eq!(ext.revision.as_deref(), Some("0123abcd"));
+        let detail = db.run(id).await.expect("query").expect("run");
+        assert_eq!((detail.summary.outcome.as_str(), detail.summary.creates), ("applied", 2));
+        assert_eq!(detail.diff.as_deref(), Some("+[1001]\n"));
+        let status = db.status().await.expect("query").expect("row");
+        assert_eq!((status.ready.as_str(), status.last_applied_revision.as_deref()), ("True", Some("0123abcd")));
+
+        // Update one, delete the other.
+        let mut changed = rows(&set);
+        changed[0].extension.display_name = Some("Renamed".into());
+        db.commit_run(&run(Outcome::Applied, &[]), &changed[..1], &["1002".to_string()]).await.expect("commits");
+        let all = db.extensions().await.expect("list");
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].display_name.as_deref(), Some("Renamed"));
+
+        // A failed run keeps the last applied revision and says why.
+        let mut failed = run(Outcome::Failed, &[]);
+        failed.revision = Some("feedbeef".into());
+        failed.error = Some("reload failed".into());
+        db.commit_run(&failed, &[], &[]).await.expect("commits");
+        let status = db.status().await.expect("query").expect("row");
+        assert_eq!(
+            (
+                status.ready.as_str(),
+                status.ready_reason.as_str(),
+                status.last_applied_revision.as_deref(),
+                status.last_attempted_revision.as_deref()
+            ),
+            ("False", "ReconciliationFailed", Some("0123abcd"), Some("feedbeef"))
+        );
+        assert_eq!(
+            db.runs(10).await.expect("runs").iter().map(|r| r.outcome.as_str()).collect::<Vec<_>>(),
+            ["failed", "applied", "applied"]
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_failure_mid_apply_leaves_nothing_half_written() {
+    on_both(|db| async move {
+        // Make the run insert fail after the extension rows were written in the same transaction.
+        match &db {
+            Db::Sqlite(p) => sqlx::query("CREATE TRIGGER boom BEFORE INSERT ON reconcile_runs BEGIN SELECT RAISE(ABORT, 'boom'); END;").execute(p).await.map(|_| ()),
+            Db::Postgres(p) => async {
+                sqlx::query("CREATE FUNCTION boom() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'boom'; END $$ LANGUAGE plpgsql").execute(p).await?;
+                sqlx::query("CREATE TRIGGER boom BEFORE INSERT ON reconcile_runs FOR EACH ROW EXECUTE FUNCTION boom()").execute(p).await.map(|_| ())
+            }
+            .await,
+        }
+        .expect("trigger");
+        let set = desired();
+        let err = db.commit_run(&run(Outcome::Applied, &["1001", "1002"]), &rows(&set), &[]).await.expect_err("fails");
+        assert!(err.to_string().contains("boom"), "{err}");
+        assert!(db.applied_fields().await.expect("query").is_empty(), "no extension row without its run");
+        assert!(db.status().await.expect("query").is_none());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_database_that_is_down_at_start_is_retried_then_reported() {
+    let retry = Retry { attempts: 3, first_delay: Duration::from_millis(20), max_delay: Duration::from_millis(50) };
+    let started = std::time::Instant::now();
+    let err = Db::connect("postgres://app:s3cret@127.0.0.1:1/callcenter", &retry)
+        .await
+        .expect_err("nothing listens on port 1");
+    let text = err.to_string();
+    assert!(matches!(err, DbError::Connect { attempts: 3, .. }), "{text}");
+    assert!(text.contains("postgres://app:***@127.0.0.1:1/callcenter") && !text.contains("s3cret"), "{text}");
+    assert!(started.elapsed() >= Duration::from_millis(40), "it waited between attempts");
+    let err = Db::connect("mysql://x", &retry).await.expect_err("unsupported");
+    assert!(matches!(err, DbError::Unsupported(_)));
+}
+
+#[tokio::test]
+async fn a_database_that_goes_away_mid_run_is_an_error_not_a_panic() {
+    on_both(|db| async move {
+        db.close().await;
+        let set = desired();
+        let err = db.commit_run(&run(Outcome::Applied, &["1001"]), &rows(&set), &[]).await.expect_err("closed");
+        assert!(err.to_string().starts_with("database: "), "{err}");
+        assert!(!db.ping().await);
+    })
+    .await;
+    // PostgreSQL killing our connections: the pool notices and the next query works again.
+    if let Some((db, server, name)) = postgres().await {
+        let Db::Postgres(pool) = &db else { panic!("postgres") };
+        let admin = sqlx::PgPool::connect(&server).await.expect("admin");
+        sqlx::query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+        )
+        .bind(&name)
+        .execute(&admin)
+        .await
+        .expect("terminate");
+        admin.close().await;
+        let first = db.applied_fields().await;
+        let second = db.applied_fields().await;
+        assert!(first.is_ok() || second.is_ok(), "the pool recovers: {first:?} {second:?}");
+        let _ = pool;
+        drop_pg(db, &server, &name).await;
+    }
+}
+
+/// Every column of every table, as text.
+async fn dump(db: &Db) -> String {
+    let tables = ["extensions", "reconcile_runs", "reconciler_status", "calls", "_sqlx_migrations"];
+    let mut out = String::new();
+    for t in tables {
+        let rows: Vec<String> = match db {
+            Db::Postgres(p) => {
+                sqlx::query_scalar(&format!("SELECT t::text FROM {t} t")).fetch_all(p).await.expect("dump")
+            }
+            Db::Sqlite(p) => {
+                let cols: Vec<String> = sqlx::query_scalar(&format!("SELECT name FROM pragma_table_info('{t}')"))
+                    .fetch_all(p)
+                    .await
+                    .expect("cols");
+                let expr =
+                    cols.iter().map(|c| format!("COALESCE(quote({c}), '')")).collect::<Vec<_>>().join(" || '|' || ");
+                sqlx::query_scalar(&format!("SELECT {expr} FROM {t}")).fetch_all(p).await.expect("dump")
+            }
+        };
+        out.push_str(&rows.join("\n"));
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_plaintext_password_is_nowhere_in_the_database() {
+    on_both(|db| async move {
+        let set = desired();
+        let mut r = run(Outcome::Applied, &["1001", "1002"]);
+        let (_, diags) = load_file("sales.yaml", Path::new("."), SPECS);
+        r.diagnostics = diags;
+        db.commit_run(&r, &rows(&set), &[]).await.expect("commits");
+        let all = dump(&db).await;
+        assert!(all.contains("1001") && all.contains("Test User"), "the dump sees the data");
+        assert!(!all.contains("Plaintext-Secret-42"), "plaintext password stored somewhere");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn calls_are_recorded_exactly_once() {
+    on_both(|db| async move {
+        let start = Utc::now() - ChronoDuration::seconds(60);
+        let c = CallStart {
+            channel_id: "1700000000.42".into(),
+            extension: Some("1001".into()),
+            caller: Some("1001".into()),
+            callee: Some("998901234567".into()),
+            direction: "outbound".into(),
+            start_time: start,
+        };
+        assert!(db.call_started(&c).await.expect("insert"));
+        assert!(!db.call_started(&c).await.expect("duplicate"), "a replayed StasisStart adds nothing");
+        let answered = start + ChronoDuration::seconds(5);
+        assert!(db.call_answered(&c.channel_id, answered).await.expect("answer"));
+        assert!(!db.call_answered(&c.channel_id, answered + ChronoDuration::seconds(1)).await.expect("again"));
+        let end = answered + ChronoDuration::seconds(42);
+        assert!(db.call_ended(&c.channel_id, end, Some(16), "answered").await.expect("end"));
+        assert!(
+            !db.call_ended(&c.channel_id, end + ChronoDuration::seconds(9), Some(17), "busy").await.expect("again")
+        );
+        let calls = db.calls(&CallFilter { limit: 10, ..Default::default() }).await.expect("list");
+        assert_eq!(calls.len(), 1);
+        let call = &calls[0];
+        assert_eq!(
+            (call.duration_seconds, call.hangup_cause, call.disposition.as_deref()),
+            (Some(42), Some(16), Some("answered"))
+        );
+
+        // A call that never ends is closed as unknown after the timeout.
+        let stale =
+            CallStart { channel_id: "stale.1".into(), start_time: Utc::now() - ChronoDuration::hours(5), ..c.clone() };
+        db.call_started(&stale).await.expect("insert");
+        assert_eq!(db.close_stale_calls(Utc::now() - ChronoDuration::hours(4)).await.expect("close"), 1);
+        let filtered = db
+            .calls(&CallFilter { extension: Some("1001".into()), limit: 1, ..Default::default() })
+            .await
+            .expect("list");
+        assert_eq!(filtered.len(), 1);
+        assert_eq!(filtered[0].disposition.as_deref(), Some("unknown"));
+        let next = db
+            .calls(&CallFilter { limit: 10, cursor: Some(filtered[0].id), ..Default::default() })
+            .await
+            .expect("page 2");
+        assert_eq!(next.iter().map(|c| c.channel_id.as_str()).collect::<Vec<_>>(), ["1700000000.42"]);
+        let none = db
+            .calls(&CallFilter { direction: Some("inbound".into()), limit: 10, ..Default::default() })
+            .await
+            .expect("list");
+        assert!(none.is_empty());
+    })
+    .await;
+}
