@@ -132,10 +132,15 @@ impl Db {
                 .await?;
             Ok(Db::Sqlite(pool))
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            use sqlx::Connection;
+            let opts: sqlx::postgres::PgConnectOptions = url.parse()?;
+            // One plain connection first: a refused or failing server answers at
+            // once, where the pool would keep retrying until its acquire timeout.
+            sqlx::PgConnection::connect_with(&opts).await?.close().await?;
             let pool = sqlx::postgres::PgPoolOptions::new()
                 .max_connections(8)
                 .acquire_timeout(Duration::from_secs(5))
-                .connect(url)
+                .connect_with(opts)
                 .await?;
             Ok(Db::Postgres(pool))
         } else {
