@@ -14,3 +14,6 @@ mod http_api;
 
 // The state store on SQLite, and on PostgreSQL when DATABASE_URL points at one.
 mod db;
+
+// AMI: the captured transcripts, the stand-in, faults and recovery.
+mod asterisk;

@@ -1,0 +1,370 @@
+//! Talking to Asterisk: the one port the reconciler and the HTTP API use.
+//!
+//! [`Asterisk`] wraps an AMI connection that it opens on first use and
+//! reopens after it breaks (with a growing pause between failed attempts),
+//! so "Asterisk unreachable" is an ordinary error value with a reason,
+//! never a panic and never a crash.
+//!
+//! Architecture invariant: only this module talks to Asterisk; nothing it
+//! returns carries a SIP password (the AMI `AuthDetail` event does: its
+//! `Password` and `Md5Cred` are dropped while parsing).
+
+pub mod ami;
+
+use crate::plan::ObservedEndpoint;
+use crate::reconcile::AsteriskControl;
+pub use ami::{AmiClient, AmiConfig, AmiError, Message};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Mutex;
+
+/// One row of `PJSIPShowEndpoints`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Endpoint {
+    pub name: String,
+    pub transport: String,
+    pub aor: String,
+    pub auths: String,
+    /// `aor/uri` of each registered contact.
+    pub contacts: Vec<String>,
+    /// `Unavailable`, `Not in use`, `In use`, …
+    pub device_state: String,
+    pub active_channels: u32,
+}
+
+/// What `PJSIPShowEndpoint` says of one endpoint (no secrets).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointDetail {
+    pub name: String,
+    pub context: String,
+    pub transport: String,
+    /// From `Allow: (ulaw|alaw)`.
+    pub codecs: Vec<String>,
+    pub callerid: String,
+    pub dtmf_mode: String,
+    pub aors: String,
+    pub auth: String,
+    pub mailboxes: String,
+    pub direct_media: Option<bool>,
+    pub rtp_symmetric: Option<bool>,
+    pub force_rport: Option<bool>,
+    pub rewrite_contact: Option<bool>,
+    pub device_state: String,
+    /// The auth's type (`userpass`, `md5`); never its password.
+    pub auth_type: Option<String>,
+    pub max_contacts: Option<u32>,
+    pub contacts_registered: Option<u32>,
+}
+
+/// One registration (`PJSIPShowContacts`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Contact {
+    pub endpoint: String,
+    pub uri: String,
+    pub user_agent: String,
+    /// `NonQualified`, `Reachable`, `Unreachable`, …
+    pub status: String,
+    /// Round-trip time; `None` when not qualified (`N/A`).
+    pub roundtrip_usec: Option<u64>,
+    /// Unix seconds.
+    pub expiration_time: Option<i64>,
+    pub via_addr: String,
+    pub via_port: Option<u16>,
+}
+
+/// Version and uptime (`CoreSettings` + `CoreStatus`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Version {
+    pub asterisk_version: String,
+    pub ami_version: String,
+    /// `CoreStartupDate CoreStartupTime`.
+    pub startup: String,
+    /// `CoreReloadDate CoreReloadTime`.
+    pub last_reload: String,
+    pub current_calls: u32,
+}
+
+/// `(ulaw|alaw)` → `[ulaw, alaw]`.
+pub fn parse_allow(s: &str) -> Vec<String> {
+    s.trim()
+        .trim_start_matches('(')
+        .trim_end_matches(')')
+        .split(['|', ','])
+        .map(str::trim)
+        .filter(|c| !c.is_empty() && *c != "nothing")
+        .map(str::to_string)
+        .collect()
+}
+
+fn yes_no(v: Option<&str>) -> Option<bool> {
+    match v?.to_ascii_lowercase().as_str() {
+        "true" | "yes" | "1" | "on" => Some(true),
+        "false" | "no" | "0" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+fn text(m: &Message, key: &str) -> String {
+    m.get(key).unwrap_or("").to_string()
+}
+
+impl Endpoint {
+    pub fn from_message(m: &Message) -> Self {
+        Endpoint {
+            name: text(m, "ObjectName"),
+            transport: text(m, "Transport"),
+            aor: text(m, "Aor"),
+            auths: text(m, "Auths"),
+            contacts: m
+                .get("Contacts")
+                .unwrap_or("")
+                .split(',')
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .map(str::to_string)
+                .collect(),
+            device_state: text(m, "DeviceState"),
+            active_channels: m.get("ActiveChannels").and_then(|v| v.parse().ok()).unwrap_or(0),
+        }
+    }
+}
+
+impl EndpointDetail {
+    /// Builds the detail from the events of one `PJSIPShowEndpoint`.
+    pub fn from_events(events: &[Message]) -> Option<Self> {
+        let ep = events.iter().find(|e| e.get("Event") == Some("EndpointDetail"))?;
+        let mut d = EndpointDetail {
+            name: text(ep, "ObjectName"),
+            context: text(ep, "Context"),
+            transport: text(ep, "Transport"),
+            codecs: parse_allow(ep.get("Allow").unwrap_or("")),
+            callerid: text(ep, "Callerid"),
+            dtmf_mode: text(ep, "DtmfMode"),
+            aors: text(ep, "Aors"),
+            auth: text(ep, "Auth"),
+            mailboxes: text(ep, "Mailboxes"),
+            direct_media: yes_no(ep.get("DirectMedia")),
+            rtp_symmetric: yes_no(ep.get("RtpSymmetric")),
+            force_rport: yes_no(ep.get("ForceRport")),
+            rewrite_contact: yes_no(ep.get("RewriteContact")),
+            device_state: text(ep, "DeviceState"),
+            ..Default::default()
+        };
+        if let Some(auth) = events.iter().find(|e| e.get("Event") == Some("AuthDetail")) {
+            // Only the type: Password and Md5Cred stay in the message, which is dropped.
+            d.auth_type = auth.get("AuthType").map(str::to_string);
+        }
+        if let Some(aor) = events.iter().find(|e| e.get("Event") == Some("AorDetail")) {
+            d.max_contacts = aor.get("MaxContacts").and_then(|v| v.parse().ok());
+            d.contacts_registered = aor.get("ContactsRegistered").and_then(|v| v.parse().ok());
+        }
+        Some(d)
+    }
+}
+
+impl Contact {
+    pub fn from_message(m: &Message) -> Self {
+        Contact {
+            endpoint: text(m, "Endpoint"),
+            uri: text(m, "Uri"),
+            user_agent: text(m, "UserAgent"),
+            status: text(m, "Status"),
+            roundtrip_usec: m.get("RoundtripUsec").and_then(|v| v.parse().ok()),
+            expiration_time: m.get("ExpirationTime").and_then(|v| v.parse().ok()),
+            via_addr: text(m, "ViaAddr"),
+            via_port: m.get("ViaPort").and_then(|v| v.parse().ok()),
+        }
+    }
+}
+
+/// The Asterisk port: AMI, connected on demand.
+pub struct Asterisk {
+    cfg: AmiConfig,
+    state: Mutex<Conn>,
+}
+
+#[derive(Default)]
+struct Conn {
+    client: Option<Arc<AmiClient>>,
+    failures: u32,
+    next_attempt: Option<Instant>,
+    last_error: Option<AmiError>,
+}
+
+impl Asterisk {
+    pub fn new(cfg: AmiConfig) -> Self {
+        Asterisk { cfg, state: Mutex::new(Conn::default()) }
+    }
+
+    pub fn addr(&self) -> &str {
+        &self.cfg.addr
+    }
+
+    /// The live connection, opening one if there is none. After a failed
+    /// attempt, further attempts wait 0.5 s, 1 s, 2 s … up to 30 s; calls in
+    /// between get the last error at once.
+    async fn client(&self) -> Result<Arc<AmiClient>, AmiError> {
+        let mut conn = self.state.lock().await;
+        if let Some(c) = &conn.client
+            && !c.is_closed()
+        {
+            return Ok(c.clone());
+        }
+        conn.client = None;
+        if let (Some(at), Some(err)) = (conn.next_attempt, &conn.last_error)
+            && Instant::now() < at
+        {
+            return Err(err.clone());
+        }
+        match AmiClient::connect(self.cfg.clone()).await {
+            Ok(c) => {
+                conn.client = Some(c.clone());
+                conn.failures = 0;
+                conn.next_attempt = None;
+                conn.last_error = None;
+                Ok(c)
+            }
+            Err(e) => {
+                conn.failures += 1;
+                let pause = Duration::from_millis(500).saturating_mul(2u32.saturating_pow(conn.failures.min(6) - 1));
+                conn.next_attempt = Some(Instant::now() + pause.min(Duration::from_secs(30)));
+                conn.last_error = Some(e.clone());
+                Err(e)
+            }
+        }
+    }
+
+    /// Drops a connection that failed, so the next call reconnects.
+    async fn forget(&self, err: &AmiError) {
+        if matches!(err, AmiError::Disconnected | AmiError::Protocol(_) | AmiError::Timeout { .. }) {
+            let mut conn = self.state.lock().await;
+            conn.client = None;
+        }
+    }
+
+    async fn list(&self, action: Message) -> Result<Vec<Message>, AmiError> {
+        let client = self.client().await?;
+        match client.request_list(action).await {
+            Ok((_, items)) => Ok(items),
+            Err(e) => {
+                self.forget(&e).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn single(&self, action: Message) -> Result<Message, AmiError> {
+        let client = self.client().await?;
+        match client.request(action).await {
+            Ok(m) => Ok(m),
+            Err(e) => {
+                self.forget(&e).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// A list action; Asterisk answers an empty list with `Response: Error`
+    /// and `Message: No Contacts found` (or `No endpoints found`).
+    async fn list_or_empty(&self, action: Message) -> Result<Vec<Message>, AmiError> {
+        match self.list(action).await {
+            Err(AmiError::Rejected { message, .. }) if message.starts_with("No ") && message.ends_with(" found") => {
+                Ok(Vec::new())
+            }
+            other => other,
+        }
+    }
+
+    /// Every endpoint Asterisk has loaded.
+    pub async fn endpoints(&self) -> Result<Vec<Endpoint>, AmiError> {
+        let items = self.list_or_empty(Message::action("PJSIPShowEndpoints")).await?;
+        Ok(items.iter().filter(|m| m.get("Event") == Some("EndpointList")).map(Endpoint::from_message).collect())
+    }
+
+    /// One endpoint's detail; `None` when Asterisk has no such endpoint
+    /// (including one it refused to load).
+    pub async fn endpoint(&self, name: &str) -> Result<Option<EndpointDetail>, AmiError> {
+        match self.list(Message::action("PJSIPShowEndpoint").with("Endpoint", name)).await {
+            Ok(items) => Ok(EndpointDetail::from_events(&items)),
+            Err(AmiError::Rejected { message, .. }) if message.starts_with("Unable to retrieve endpoint") => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Every registered contact.
+    pub async fn contacts(&self) -> Result<Vec<Contact>, AmiError> {
+        let items = self.list_or_empty(Message::action("PJSIPShowContacts")).await?;
+        Ok(items.iter().filter(|m| m.get("Event") == Some("ContactList")).map(Contact::from_message).collect())
+    }
+
+    /// Reloads res_pjsip (`Action: Reload`, `Module: res_pjsip.so`; Asterisk
+    /// 22 has no `pjsip reload` CLI command). "Module Reloaded" does not mean
+    /// the config was accepted: verify afterwards.
+    pub async fn reload(&self) -> Result<(), AmiError> {
+        self.single(Message::action("Reload").with("Module", "res_pjsip.so")).await.map(|_| ())
+    }
+
+    /// Version and uptime.
+    pub async fn version(&self) -> Result<Version, AmiError> {
+        let settings = self.single(Message::action("CoreSettings")).await?;
+        let status = self.single(Message::action("CoreStatus")).await?;
+        Ok(Version {
+            asterisk_version: text(&settings, "AsteriskVersion"),
+            ami_version: text(&settings, "AMIversion"),
+            startup: format!("{} {}", text(&status, "CoreStartupDate"), text(&status, "CoreStartupTime"))
+                .trim()
+                .to_string(),
+            last_reload: format!("{} {}", text(&status, "CoreReloadDate"), text(&status, "CoreReloadTime"))
+                .trim()
+                .to_string(),
+            current_calls: status.get("CoreCurrentCalls").and_then(|v| v.parse().ok()).unwrap_or(0),
+        })
+    }
+
+    /// Logs off and closes the connection, if one is open.
+    pub async fn close(&self) {
+        let client = self.state.lock().await.client.take();
+        if let Some(c) = client {
+            c.logoff().await;
+        }
+    }
+}
+
+impl AsteriskControl for Asterisk {
+    type Error = AmiError;
+
+    async fn endpoints(&self) -> Result<BTreeMap<String, ObservedEndpoint>, AmiError> {
+        Ok(Asterisk::endpoints(self)
+            .await?
+            .into_iter()
+            .map(|e| {
+                let o = ObservedEndpoint {
+                    name: e.name.clone(),
+                    transport: Some(e.transport),
+                    context: None,
+                    codecs: None,
+                };
+                (e.name, o)
+            })
+            .collect())
+    }
+
+    async fn endpoint(&self, name: &str) -> Result<Option<ObservedEndpoint>, AmiError> {
+        Ok(Asterisk::endpoint(self, name).await?.map(|d| ObservedEndpoint {
+            name: d.name,
+            transport: Some(d.transport),
+            context: Some(d.context),
+            codecs: Some(d.codecs),
+        }))
+    }
+
+    async fn reload(&self) -> Result<(), AmiError> {
+        Asterisk::reload(self).await
+    }
+}
