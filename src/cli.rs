@@ -117,6 +117,21 @@ pub enum Command {
     Render(RenderArgs),
     /// Print the JSON Schema of a spec file (for editors and CI).
     Schema,
+    /// Show what a reconcile would change: extensions (field by field), drift,
+    /// and the managed file's diff (secrets masked). Changes nothing.
+    ///
+    /// With --detailed-exitcode: 0 nothing to do, 2 changes pending, 1 error
+    /// (as `terraform plan -detailed-exitcode`).
+    Plan(PlanArgs),
+    /// Apply the specs now: render, write, reload Asterisk, verify, record.
+    ///
+    /// Asks for confirmation on a terminal unless --yes is given.
+    Apply(ApplyArgs),
+    /// Run the daemon: reconcile on file changes, periodically and on
+    /// request; serve the HTTP API. Stops cleanly on SIGINT/SIGTERM.
+    Serve,
+    /// Print what the live Asterisk reports: version, endpoints, registrations.
+    Status,
     /// Print the md5Cred for an extension's password, to paste into a spec file.
     ///
     /// md5Cred = md5("EXTENSION:REALM:PASSWORD"). It is not the password, but
@@ -149,6 +164,33 @@ pub struct RenderArgs {
     pub output: Option<PathBuf>,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PlanFormat {
+    Text,
+    Json,
+    /// For a pull-request comment.
+    Markdown,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: PlanFormat,
+    /// Exit 2 when changes are pending, 0 when there are none, 1 on error.
+    #[arg(long)]
+    pub detailed_exitcode: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// Do not ask for confirmation.
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+    /// Let this run delete more than the prune guard allows.
+    #[arg(long)]
+    pub allow_mass_delete: bool,
+}
+
 #[derive(Debug, Args)]
 pub struct HashPasswordArgs {
     /// The extension number (the SIP username).
@@ -163,6 +205,9 @@ pub struct HashPasswordArgs {
 /// Runs the command line; the binary's whole `main`.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ASTERISK_GITOPS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -182,7 +227,128 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::HashPassword(args) => hash_password(args),
+        Command::Plan(args) => runtime()?.block_on(plan(&cli.global, args)),
+        Command::Apply(args) => runtime()?.block_on(apply(&cli.global, args)),
+        Command::Serve => {
+            let settings = cli.global.settings()?;
+            runtime()?.block_on(crate::app::serve(settings, crate::app::shutdown_signal()))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status => runtime()?.block_on(status(&cli.global)),
     }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+/// Loads the specs; prints their errors and returns None when there are any.
+fn load_or_report(settings: &Settings) -> Option<crate::reconcile::Desired> {
+    let desired = crate::daemon::load_dir(&settings.spec_dir);
+    if desired.diagnostics.iter().any(|d| d.is_error()) {
+        let errors: Vec<_> = desired.diagnostics.iter().filter(|d| d.is_error()).cloned().collect();
+        eprint!("{}", diag::format_all(&errors, Format::Text, 0));
+        eprintln!("error: the specs have errors; nothing was planned");
+        return None;
+    }
+    Some(desired)
+}
+
+async fn plan(global: &GlobalArgs, args: PlanArgs) -> anyhow::Result<ExitCode> {
+    let settings = global.settings()?;
+    let Some(desired) = load_or_report(&settings) else { return Ok(ExitCode::FAILURE) };
+    let db = crate::app::connect(&settings).await?;
+    let reconciler = crate::app::reconciler(&settings, db)?;
+    let (p, _) = reconciler.plan(&desired).await.map_err(|e| anyhow::anyhow!(e))?;
+    let out = match args.format {
+        PlanFormat::Text => crate::plan::to_text(&p),
+        PlanFormat::Json => format!("{}\n", serde_json::to_string_pretty(&p)?),
+        PlanFormat::Markdown => crate::plan::to_markdown(&p),
+    };
+    std::io::stdout().write_all(out.as_bytes())?;
+    let pending = p.has_changes() || (settings.reconcile.self_heal && p.has_healable_drift());
+    Ok(if args.detailed_exitcode && pending { ExitCode::from(2) } else { ExitCode::SUCCESS })
+}
+
+async fn apply(global: &GlobalArgs, args: ApplyArgs) -> anyhow::Result<ExitCode> {
+    let mut settings = global.settings()?;
+    if args.allow_mass_delete {
+        settings.reconcile.allow_mass_delete = true;
+    }
+    let Some(desired) = load_or_report(&settings) else { return Ok(ExitCode::FAILURE) };
+    let db = crate::app::connect(&settings).await?;
+    let reconciler = crate::app::reconciler(&settings, db)?;
+    let (p, _) = reconciler.plan(&desired).await.map_err(|e| anyhow::anyhow!(e))?;
+    print!("{}", crate::plan::to_text(&p));
+    if !(p.has_changes() || (settings.reconcile.self_heal && p.has_healable_drift())) {
+        println!("Nothing to do.");
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !args.yes {
+        use std::io::IsTerminal;
+        if !std::io::stdin().is_terminal() {
+            eprintln!("error: not applying without confirmation: run with --yes");
+            return Ok(ExitCode::from(2));
+        }
+        eprint!("Apply these changes? [y/N] ");
+        let mut answer = String::new();
+        std::io::stdin().lock().read_line(&mut answer)?;
+        if !matches!(answer.trim(), "y" | "Y" | "yes") {
+            eprintln!("Not applied.");
+            return Ok(ExitCode::FAILURE);
+        }
+    }
+    let report = reconciler.run(crate::reconcile::Trigger::Cli, desired).await;
+    let r = &report.record;
+    println!(
+        "{}: {}{}",
+        r.outcome.as_str(),
+        r.plan.as_ref().map(crate::plan::summary).unwrap_or_default(),
+        r.error.as_deref().map(|e| format!("\nerror: {e}")).unwrap_or_default()
+    );
+    if let Some(a) = &reconciler.asterisk {
+        a.close().await;
+    }
+    Ok(match r.outcome {
+        crate::reconcile::Outcome::Applied | crate::reconcile::Outcome::NoOp => ExitCode::SUCCESS,
+        _ => ExitCode::FAILURE,
+    })
+}
+
+async fn status(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
+    let settings = global.settings()?;
+    let Some(asterisk) = crate::app::asterisk(&settings) else {
+        eprintln!("error: no Asterisk configured: set --ami-addr, --ami-user and ASTERISK_GITOPS_AMI_SECRET");
+        return Ok(ExitCode::from(2));
+    };
+    let version = asterisk.version().await?;
+    let endpoints = asterisk.endpoints().await?;
+    let contacts = asterisk.contacts().await?;
+    println!(
+        "Asterisk {} at {} (up since {}, last reload {})",
+        version.asterisk_version,
+        asterisk.addr(),
+        version.startup,
+        version.last_reload
+    );
+    println!("{} endpoints, {} registered contacts", endpoints.len(), contacts.len());
+    println!("{:<12} {:<16} {:<14} {:<40} {:<24} RTT", "ENDPOINT", "TRANSPORT", "STATE", "CONTACT", "USER AGENT");
+    for e in &endpoints {
+        let mine: Vec<_> = contacts.iter().filter(|c| c.endpoint == e.name).collect();
+        if mine.is_empty() {
+            println!("{:<12} {:<16} {:<14} {:<40} {:<24} -", e.name, e.transport, e.device_state, "-", "-");
+        }
+        for c in mine {
+            let rtt =
+                c.roundtrip_usec.map(|u| format!("{:.1} ms", u as f64 / 1000.0)).unwrap_or_else(|| c.status.clone());
+            println!(
+                "{:<12} {:<16} {:<14} {:<40} {:<24} {rtt}",
+                e.name, e.transport, e.device_state, c.uri, c.user_agent
+            );
+        }
+    }
+    asterisk.close().await;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn validate(global: &GlobalArgs, args: ValidateArgs) -> anyhow::Result<ExitCode> {

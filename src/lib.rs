@@ -8,6 +8,7 @@
 //! - [`schema`]: the JSON Schema of the spec files.
 //! - [`cli`]: the command line (the binary is a thin wrapper around it).
 
+pub mod app;
 pub mod asterisk;
 pub mod cli;
 pub mod config;

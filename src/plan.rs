@@ -159,9 +159,11 @@ impl Plan {
         self.changes.iter().filter(|c| c.action == action).count()
     }
 
-    /// Whether applying the plan would write, reload or change a row.
+    /// Whether the specs ask for something to change (rows, or the file
+    /// because of them). A managed file that differs only because someone
+    /// edited it is drift, not a change: see [`Plan::has_healable_drift`].
     pub fn has_changes(&self) -> bool {
-        !self.changes.is_empty() || self.file_changed
+        !self.changes.is_empty() || (self.file_changed && !self.drift.contains(&Drift::ManagedFileEdited))
     }
 
     /// Whether there is drift a reconcile would repair.

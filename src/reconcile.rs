@@ -166,6 +166,10 @@ pub struct PruneGuard {
     pub allow_mass_delete: bool,
 }
 
+/// Deleting this many extensions is never stopped by the share rule, so a
+/// small office can remove a phone (1 of 2 is 50%).
+pub const PRUNE_SHARE_FLOOR: usize = 2;
+
 impl PruneGuard {
     /// Why `deletes` out of `applied` is too many, if it is.
     pub fn check(&self, deletes: usize, applied: usize) -> Option<String> {
@@ -181,7 +185,7 @@ impl PruneGuard {
             ));
         }
         let share = deletes as f64 / applied.max(1) as f64;
-        if share > self.max_share {
+        if deletes > PRUNE_SHARE_FLOOR && share > self.max_share {
             return Some(format!(
                 "prune guard: the run would delete {deletes} of {applied} extensions ({:.0}%, more than {:.0}%); nothing was deleted. \
                  If this is intended, run `asterisk-gitops apply --allow-mass-delete` or set reconcile.allowMassDelete",
@@ -494,7 +498,9 @@ mod tests {
         let g = PruneGuard { max_share: 0.3, max_count: None, allow_mass_delete: false };
         assert!(g.check(3, 10).is_none());
         assert!(g.check(4, 10).is_some_and(|w| w.contains("4 of 10")));
-        assert!(g.check(1, 0).is_some(), "deleting with nothing applied is not possible, but never divides by zero");
+        assert!(g.check(2, 2).is_none(), "a small office may delete a phone or two");
+        assert!(g.check(3, 3).is_some(), "an emptied checkout is stopped");
+        assert!(g.check(3, 0).is_some(), "never divides by zero");
         let g = PruneGuard { max_share: 1.0, max_count: Some(2), allow_mass_delete: false };
         assert!(g.check(3, 100).is_some_and(|w| w.contains("limit of 2")));
         let g = PruneGuard { max_share: 0.0, max_count: Some(0), allow_mass_delete: true };

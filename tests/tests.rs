@@ -17,3 +17,6 @@ mod db;
 
 // AMI: the captured transcripts, the stand-in, faults and recovery.
 mod asterisk;
+
+// The reconcile loop end to end with the stand-in.
+mod reconcile;

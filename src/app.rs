@@ -1,0 +1,184 @@
+//! Building the running program from [`Settings`]: the database, the
+//! Asterisk port, the renderer, the reconciler, the HTTP state; and `serve`,
+//! which runs the reconcile loop and the HTTP server until SIGINT/SIGTERM.
+
+use crate::asterisk::{AmiConfig, Asterisk};
+use crate::config::Settings;
+use crate::daemon::{self, DesiredSource, LoopConfig, LoopHandle};
+use crate::db::{Db, Retry};
+use crate::http::{AppState, TokenEntry};
+use crate::managed::ManagedFile;
+use crate::reconcile::{PruneGuard, Reconciler};
+use crate::render::Renderer;
+use crate::secret::ProcessSecrets;
+use crate::writeback::{Author, Target, WriteBack};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub type DaemonReconciler = Reconciler<Db, Asterisk>;
+
+/// The Asterisk port, when AMI is configured.
+pub fn asterisk(settings: &Settings) -> Option<Asterisk> {
+    settings.ami.as_ref().map(|a| {
+        Asterisk::new(AmiConfig {
+            addr: a.addr.clone(),
+            user: a.user.clone(),
+            secret: a.secret.expose().to_string(),
+            timeout: a.timeout,
+            events: false,
+        })
+    })
+}
+
+/// Builds the reconciler over an open database.
+pub fn reconciler(settings: &Settings, db: Db) -> anyhow::Result<DaemonReconciler> {
+    let renderer = Renderer::new(settings.templates.as_deref())?;
+    let managed = ManagedFile::new(&settings.managed_file);
+    if let Ok(n) = managed.remove_stale_temporaries()
+        && n > 0
+    {
+        tracing::info!(removed = n, "removed temporary files an interrupted write left behind");
+    }
+    Ok(Reconciler {
+        store: db,
+        asterisk: asterisk(settings),
+        managed,
+        renderer: Arc::new(renderer),
+        secrets: Arc::new(ProcessSecrets),
+        realm: settings.realm.clone(),
+        prune: PruneGuard {
+            max_share: settings.reconcile.prune_max_share,
+            max_count: settings.reconcile.prune_max_count,
+            allow_mass_delete: settings.reconcile.allow_mass_delete,
+        },
+        self_heal: settings.reconcile.self_heal,
+    })
+}
+
+/// Connects to the database for a one-shot command (a few quick retries).
+pub async fn connect(settings: &Settings) -> anyhow::Result<Db> {
+    let retry = Retry { attempts: 3, first_delay: Duration::from_millis(200), max_delay: Duration::from_secs(1) };
+    Ok(Db::connect(&settings.database_url, &retry).await?)
+}
+
+/// API tokens from the environment (ASTERISK_GITOPS_ADMIN_TOKEN), stored hashed.
+pub fn tokens() -> Vec<TokenEntry> {
+    crate::config::process_env("ASTERISK_GITOPS_ADMIN_TOKEN")
+        .map(|t| vec![TokenEntry::new(Author { name: "admin".into(), email: "admin@asterisk-gitops".into() }, &t)])
+        .unwrap_or_default()
+}
+
+/// Resolves when SIGINT or SIGTERM arrives.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
+
+/// Runs the daemon until `shutdown` resolves.
+pub async fn serve(
+    settings: Settings,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+
+    // The database may not be up yet: keep trying (with back-off) until it
+    // is, or until asked to stop. No crash loop.
+    let db = {
+        let retry = Retry { attempts: 1, ..Retry::default() };
+        let mut delay = Duration::from_millis(500);
+        loop {
+            match Db::connect(&settings.database_url, &retry).await {
+                Ok(db) => break db,
+                Err(e @ (crate::db::DbError::TooNew { .. } | crate::db::DbError::Unsupported(_))) => {
+                    return Err(e.into());
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, retry_in_ms = delay.as_millis() as u64, "database unavailable at start-up");
+                    tokio::select! {
+                        _ = stopped(stop_rx.clone()) => return Ok(()),
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    };
+    let reconciler = Arc::new(reconciler(&settings, db.clone())?);
+    std::fs::create_dir_all(&settings.spec_dir).ok();
+    let source = DesiredSource::Dir(settings.spec_dir.clone());
+
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let handle = LoopHandle { triggers: tx.clone(), last: Default::default(), failures: Default::default() };
+    let _watcher = match daemon::watch(&settings.spec_dir, tx.clone()) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(error = %e, dir = %settings.spec_dir.display(), "cannot watch the spec directory; relying on the periodic resync");
+            None
+        }
+    };
+    let loop_cfg = LoopConfig {
+        interval: settings.reconcile.interval,
+        debounce: settings.reconcile.debounce,
+        ..LoopConfig::default()
+    };
+
+    let state = AppState {
+        spec_dir: settings.spec_dir.clone(),
+        writeback: Arc::new(WriteBack::new(Target::Dir(settings.spec_dir.clone()))),
+        realm: settings.realm.clone(),
+        tokens: Arc::new(tokens()),
+        webhook_secret: crate::config::process_env("ASTERISK_GITOPS_WEBHOOK_SECRET")
+            .map(crate::config::SecretString::new),
+        branch: None,
+        reconcile: Some(handle.clone()),
+        read_only: settings.read_only,
+    };
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", settings.listen))?;
+    let listen = listener.local_addr()?;
+
+    tracing::info!(
+        listen = %listen,
+        spec_dir = %settings.spec_dir.display(),
+        managed_file = %settings.managed_file.display(),
+        database = %settings.database_url_redacted(),
+        asterisk = %settings.ami.as_ref().map(|a| format!("AMI {} as {}", a.addr, a.user)).unwrap_or_else(|| "not configured".into()),
+        read_only = settings.read_only,
+        writes = if state.tokens.is_empty() { "disabled (no ASTERISK_GITOPS_ADMIN_TOKEN)" } else { "token required" },
+        "asterisk-gitops is running"
+    );
+
+    let http = axum::serve(listener, crate::http::app(state)).with_graceful_shutdown(stopped(stop_rx.clone()));
+    let looped = daemon::run_loop(reconciler.clone(), source, loop_cfg, handle, rx, stopped(stop_rx.clone()));
+    let (http_result, ()) = tokio::join!(http, looped);
+    if let Some(a) = &reconciler.asterisk {
+        a.close().await;
+    }
+    db.close().await;
+    tracing::info!("asterisk-gitops stopped");
+    http_result.map_err(Into::into)
+}

@@ -1,0 +1,403 @@
+//! The reconcile loop end to end: real spec files, a real SQLite database,
+//! the managed file on disk, and the Asterisk stand-in loading it.
+
+use asterisk_gitops::asterisk::{AmiConfig, Asterisk};
+use asterisk_gitops::daemon::{self, DesiredSource, LoopConfig, LoopHandle};
+use asterisk_gitops::db::{Db, Retry};
+use asterisk_gitops::managed::ManagedFile;
+use asterisk_gitops::plan::Drift;
+use asterisk_gitops::reconcile::{Outcome, PruneGuard, Reconciler, RunReport, Trigger};
+use asterisk_gitops::render::Renderer;
+use asterisk_gitops::secret::ProcessSecrets;
+use asterisk_standin::{StandIn, StandInConfig};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+struct Rig {
+    dir: tempfile::TempDir,
+    spec: PathBuf,
+    managed: PathBuf,
+    standin: StandIn,
+    rec: Reconciler<Db, Asterisk>,
+}
+
+const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+fn entry(number: &str, name: &str) -> String {
+    format!("  - extension: \"{number}\"\n    displayName: {name}\n    md5Cred: {SECRET}\n")
+}
+
+fn team(entries: &[(&str, &str)]) -> String {
+    let mut s = String::from(
+        "defaults: {context: from-internal, transport: transport-udp, codecs: [ulaw, alaw]}\nextensions:\n",
+    );
+    for (n, name) in entries {
+        s.push_str(&entry(n, name));
+    }
+    s
+}
+
+async fn rig_with(templates: Option<&Path>) -> Rig {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = dir.path().join("extensions.d");
+    let ast = dir.path().join("asterisk");
+    std::fs::create_dir_all(&spec).expect("mkdir");
+    std::fs::create_dir_all(&ast).expect("mkdir");
+    let managed = ast.join("pjsip_gitops.conf");
+    let conf = asterisk_standin::write_operator_conf(&ast, "pjsip_gitops.conf").expect("operator conf");
+    let standin =
+        StandIn::start(StandInConfig { pjsip_conf: conf, user: "gitops".into(), secret: "gitops-secret".into() })
+            .await
+            .expect("stand-in");
+    let url = format!("sqlite://{}/state/db.sqlite", dir.path().display());
+    let db = Db::connect(&url, &Retry::default()).await.expect("db");
+    let asterisk = Asterisk::new(AmiConfig {
+        addr: standin.ami_addr.to_string(),
+        user: "gitops".into(),
+        secret: "gitops-secret".into(),
+        timeout: Duration::from_secs(2),
+        events: false,
+    });
+    let rec = Reconciler {
+        store: db,
+        asterisk: Some(asterisk),
+        managed: ManagedFile::new(&managed),
+        renderer: Arc::new(Renderer::new(templates).expect("templates")),
+        secrets: Arc::new(ProcessSecrets),
+        realm: "asterisk".into(),
+        prune: PruneGuard { max_share: 0.3, max_count: None, allow_mass_delete: false },
+        self_heal: true,
+    };
+    Rig { dir, spec, managed, standin, rec }
+}
+
+async fn rig() -> Rig {
+    rig_with(None).await
+}
+
+impl Rig {
+    fn write(&self, name: &str, text: &str) {
+        std::fs::write(self.spec.join(name), text).expect("write spec");
+    }
+    async fn run(&self) -> RunReport {
+        self.rec.run(Trigger::Manual, daemon::load_dir(&self.spec)).await
+    }
+    fn loaded(&self) -> Vec<String> {
+        self.standin.control().endpoints()
+    }
+    fn mtime(&self) -> SystemTime {
+        std::fs::metadata(&self.managed).and_then(|m| m.modified()).expect("managed file exists")
+    }
+}
+
+fn outcome(r: &RunReport) -> (Outcome, Option<&str>) {
+    (r.record.outcome, r.record.error.as_deref())
+}
+
+#[tokio::test]
+async fn create_update_and_delete_reach_asterisk_and_the_database() {
+    let r = rig().await;
+    r.write("team.yaml", &team(&[("1001", "Ann"), ("1002", "Bob")]));
+    let run = r.run().await;
+    assert_eq!(outcome(&run), (Outcome::Applied, None));
+    assert!(run.record.reloaded);
+    assert_eq!(r.loaded(), ["1001", "1002"]);
+    let ep = r.standin.control().endpoint("1001").expect("loaded");
+    assert_eq!(
+        (ep.get("context"), ep.get("allow"), ep.get("callerid")),
+        (Some("from-internal"), Some("ulaw,alaw"), Some("\"Ann\" <1001>"))
+    );
+    let row = r.rec.store.extension("1001").await.expect("query").expect("row");
+    assert_eq!(
+        (row.display_name.as_deref(), row.codecs.clone(), row.sync_status.as_str()),
+        (Some("Ann"), vec!["ulaw".to_string(), "alaw".to_string()], "synced")
+    );
+    let runs = r.rec.store.runs(10).await.expect("runs");
+    assert_eq!((runs[0].outcome.as_str(), runs[0].creates, runs[0].id), ("applied", 2, run.run_id.expect("recorded")));
+
+    // Update one field, delete the other.
+    r.write("team.yaml", &team(&[("1001", "Ann Lee")]).replace("[ulaw, alaw]", "[g722, ulaw]"));
+    let run = r.run().await;
+    assert_eq!(outcome(&run), (Outcome::Applied, None));
+    assert_eq!(r.loaded(), ["1001"]);
+    assert_eq!(
+        r.standin.control().endpoint("1001").and_then(|e| e.get("allow").map(str::to_string)).as_deref(),
+        Some("g722,ulaw")
+    );
+    let rows = r.rec.store.extensions().await.expect("list");
+    assert_eq!(
+        rows.iter().map(|e| (e.number.as_str(), e.display_name.as_deref())).collect::<Vec<_>>(),
+        [("1001", Some("Ann Lee"))]
+    );
+    let detail = r.rec.store.run(run.run_id.expect("id")).await.expect("query").expect("run");
+    assert!(
+        detail
+            .diff
+            .as_deref()
+            .is_some_and(|d| d.contains("-callerid = \"Ann\" <1001>") && d.contains("+callerid = \"Ann Lee\" <1001>")),
+        "{:?}",
+        detail.diff
+    );
+}
+
+#[tokio::test]
+async fn a_second_run_on_the_same_input_writes_nothing_and_reloads_nothing() {
+    let r = rig().await;
+    r.write("team.yaml", &team(&[("1001", "Ann"), ("1002", "Bob"), ("1003", "Cy")]));
+    assert_eq!(r.run().await.record.outcome, Outcome::Applied);
+    let (reloads, mtime) = (r.standin.control().reloads(), r.mtime());
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let run = r.run().await;
+    assert_eq!(outcome(&run), (Outcome::NoOp, None));
+    assert!(!run.record.reloaded);
+    assert_eq!(r.standin.control().reloads(), reloads, "no reload");
+    assert_eq!(r.mtime(), mtime, "the managed file was not rewritten");
+}
+
+#[tokio::test]
+async fn an_invalid_file_changes_nothing_and_fixing_it_resumes() {
+    let r = rig().await;
+    r.write("team.yaml", &team(&[("1001", "Ann")]));
+    r.run().await;
+    let (reloads, before) = (r.standin.control().reloads(), std::fs::read_to_string(&r.managed).expect("read"));
+    r.write("team.yaml", &team(&[("1001", "Ann"), ("1002", "Bob")]).replace("[ulaw, alaw]", "[ulaw, g7299]"));
+    let run = r.run().await;
+    assert_eq!(run.record.outcome, Outcome::Invalid);
+    let d = &run.record.diagnostics[0];
+    assert_eq!((d.location.file.as_str(), d.location.line, d.code), ("team.yaml", 1, "unknown-codec"));
+    assert_eq!(std::fs::read_to_string(&r.managed).expect("read"), before);
+    assert_eq!(r.standin.control().reloads(), reloads);
+    assert_eq!(r.loaded(), ["1001"]);
+    let stored = r.rec.store.run(run.run_id.expect("recorded")).await.expect("query").expect("run");
+    assert_eq!(stored.diagnostics[0]["file"], "team.yaml", "status shows the file:line errors");
+    assert_eq!(stored.diagnostics[0]["line"], 1);
+    let status = r.rec.store.status().await.expect("query").expect("row");
+    assert_eq!((status.ready.as_str(), status.ready_reason.as_str()), ("False", "ValidationFailed"));
+
+    r.write("team.yaml", &team(&[("1001", "Ann"), ("1002", "Bob")]));
+    assert_eq!(r.run().await.record.outcome, Outcome::Applied);
+    assert_eq!(r.loaded(), ["1001", "1002"]);
+}
+
+#[tokio::test]
+async fn a_failed_reload_restores_the_previous_file_and_the_next_run_retries() {
+    let r = rig().await;
+    r.write("team.yaml", &team(&[("1001", "Ann")]));
+    r.run().await;
+    let good = std::fs::read_to_string(&r.managed).expect("read");
+    r.standin.control().fail_reloads(true);
+    r.write("team.yaml", &team(&[("1001", "Ann"), ("1002", "Bob")]));
+    let run = r.run().await;
+    assert_eq!(run.record.outcome, Outcome::Failed);
+    let err = run.record.error.clone().unwrap_or_default();
+    assert!(
+        err.contains("reload failed") && err.contains("A reload failed") && err.contains("previous file was restored"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&r.managed).expect("read"), good);
+    assert!(r.rec.store.extension("1002").await.expect("query").is_none(), "no row for what did not apply");
+    let status = r.rec.store.status().await.expect("query").expect("row");
+    assert_eq!((status.ready.as_str(), status.ready_reason.as_str()), ("False", "ReconciliationFailed"));
+
+    r.standin.control().fail_reloads(false);
+    assert_eq!(outcome(&r.run().await), (Outcome::Applied, None));
+    assert_eq!(r.loaded(), ["1001", "1002"]);
+}
+
+#[tokio::test]
+async fn an_object_asterisk_drops_fails_verification_and_is_rolled_back() {
+    // An operator template that adds an option Asterisk does not know: Asterisk
+    // answers "Module Reloaded" and silently drops the endpoint.
+    let tpl = tempfile::tempdir().expect("tempdir");
+    let text = asterisk_gitops::render::DEFAULT_TEMPLATE.replace(
+        "type = endpoint\n",
+        "type = endpoint\n{% if e.extension == \"1002\" %}no_such_option = 1\n{% endif %}",
+    );
+    std::fs::write(tpl.path().join(asterisk_gitops::render::TEMPLATE_NAME), text).expect("template");
+    let r = rig_with(Some(tpl.path())).await;
+    r.write("team.yaml", &team(&[("1001", "Ann")]));
+    assert_eq!(r.run().await.record.outcome, Outcome::Applied);
+    let good = std::fs::read_to_string(&r.managed).expect("read");
+    r.write("team.yaml", &team(&[("1001", "Ann"), ("1002", "Bob")]));
+    let run = r.run().await;
+    assert_eq!(run.record.outcome, Outcome::Failed);
+    let err = run.record.error.clone().unwrap_or_default();
+    assert!(
+        err.contains("endpoint 1002 is not loaded after the reload") && err.contains("restored and reloaded"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&r.managed).expect("read"), good, "the previous file is back");
+    assert_eq!(r.loaded(), ["1001"]);
+}
+
+#[tokio::test]
+async fn a_hand_edit_of_the_managed_file_is_drift_and_is_healed() {
+    let r = rig().await;
+    r.write("team.yaml", &team(&[("1001", "Ann"), ("1002", "Bob")]));
+    r.run().await;
+    let rendered = std::fs::read_to_string(&r.managed).expect("read");
+    let edited = rendered.replace("context = from-internal", "context = hacked");
+    std::fs::write(&r.managed, &edited).expect("hand edit");
+    let run = r.run().await;
+    assert_eq!(outcome(&run), (Outcome::Applied, None));
+    let plan = run.record.plan.expect("plan");
+    assert!(plan.drift.contains(&Drift::ManagedFileEdited), "{:?}", plan.drift);
+    assert_eq!(std::fs::read_to_string(&r.managed).expect("read"), rendered, "healed");
+
+    // With self-heal off it is reported and left alone.
+    let mut r = r;
+    r.rec.self_heal = false;
+    std::fs::write(&r.managed, &edited).expect("hand edit");
+    let reloads = r.standin.control().reloads();
+    let run = r.run().await;
+    assert_eq!(run.record.outcome, Outcome::DriftReported);
+    assert_eq!(std::fs::read_to_string(&r.managed).expect("read"), edited);
+    assert_eq!(r.standin.control().reloads(), reloads);
+}
+
+#[tokio::test]
+async fn drift_in_asterisk_is_reported_and_healed_by_a_reload() {
+    let r = rig().await;
+    r.write("team.yaml", &team(&[("1001", "Ann"), ("1002", "Bob")]));
+    r.run().await;
+    // Asterisk lost the endpoints (restarted without the include, say): the file is
+    // right, Asterisk is not. The next run reloads to repair it.
+    let managed = std::fs::read_to_string(&r.managed).expect("read");
+    std::fs::write(&r.managed, "").expect("empty");
+    r.rec.asterisk.as_ref().expect("configured").reload().await.expect("reload");
+    std::fs::write(&r.managed, &managed).expect("restore file");
+    assert!(r.loaded().is_empty());
+    let run = r.run().await;
+    assert_eq!(outcome(&run), (Outcome::Applied, None));
+    let plan = run.record.plan.expect("plan");
+    assert!(plan.drift.contains(&Drift::MissingFromAsterisk { extension: "1001".into() }), "{:?}", plan.drift);
+    assert!(!plan.file_changed && run.record.reloaded);
+    assert_eq!(r.loaded(), ["1001", "1002"]);
+}
+
+#[tokio::test]
+async fn emptying_the_spec_directory_is_stopped_by_the_prune_guard() {
+    let r = rig().await;
+    r.write("team.yaml", &team(&[("1001", "A"), ("1002", "B"), ("1003", "C"), ("1004", "D")]));
+    r.run().await;
+    let before = std::fs::read_to_string(&r.managed).expect("read");
+    std::fs::remove_file(r.spec.join("team.yaml")).expect("rm");
+    let run = r.run().await;
+    assert_eq!(run.record.outcome, Outcome::Blocked);
+    assert!(
+        run.record
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("would delete 4 of 4") && e.contains("--allow-mass-delete")),
+        "{:?}",
+        run.record.error
+    );
+    assert_eq!(std::fs::read_to_string(&r.managed).expect("read"), before);
+    assert_eq!(r.rec.store.extensions().await.expect("list").len(), 4, "nothing deleted");
+    assert_eq!(r.loaded().len(), 4);
+
+    // One deletion out of four is 25%: allowed.
+    r.write("team.yaml", &team(&[("1001", "A"), ("1002", "B"), ("1003", "C")]));
+    assert_eq!(r.run().await.record.outcome, Outcome::Applied);
+    // An explicit override lets the mass delete through.
+    let mut r = r;
+    std::fs::remove_file(r.spec.join("team.yaml")).expect("rm");
+    r.rec.prune.allow_mass_delete = true;
+    assert_eq!(r.run().await.record.outcome, Outcome::Applied);
+    assert!(r.loaded().is_empty());
+}
+
+#[tokio::test]
+async fn with_asterisk_down_runs_fail_softly_and_converge_when_it_returns() {
+    let r = rig().await;
+    r.write("team.yaml", &team(&[("1001", "Ann")]));
+    r.standin.stop();
+    let run = r.run().await;
+    assert_eq!(run.record.outcome, Outcome::Failed);
+    assert!(run.record.error.as_deref().is_some_and(|e| e.contains("unreachable")), "{:?}", run.record.error);
+    assert!(!r.managed.exists(), "nothing written while Asterisk cannot confirm it");
+
+    // The daemon loop retries with back-off and converges once Asterisk is back.
+    let Rig { dir, spec, managed: _managed, standin, rec } = r;
+    let rec = Arc::new(rec);
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let handle = LoopHandle { triggers: tx, last: Default::default(), failures: Default::default() };
+    let cfg = LoopConfig {
+        interval: Duration::from_secs(60),
+        debounce: Duration::from_millis(10),
+        min_backoff: Duration::from_millis(100),
+        max_backoff: Duration::from_millis(400),
+    };
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(daemon::run_loop(rec.clone(), DesiredSource::Dir(spec), cfg, handle.clone(), rx, async {
+        let _ = stop_rx.await;
+    }));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(handle.failures.load(std::sync::atomic::Ordering::SeqCst) >= 1, "failing while down");
+    standin.restart().await.expect("back");
+    let mut converged = false;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if handle.last.read().await.as_ref().is_some_and(|r| r.record.outcome == Outcome::Applied) {
+            converged = true;
+            break;
+        }
+    }
+    let _ = stop_tx.send(());
+    task.await.expect("loop ends on shutdown");
+    assert!(converged, "the loop converged without a restart");
+    assert_eq!(standin.control().endpoints(), ["1001"]);
+    drop(dir);
+}
+
+#[test]
+fn killed_mid_apply_the_next_start_converges_and_no_half_written_file_exists() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = dir.path().join("extensions.d");
+    asterisk_gitops::estate::write(&spec, 30_000).expect("estate");
+    let bin = env!("CARGO_BIN_EXE_asterisk-gitops");
+    let cmd = |extra: &[&str]| {
+        let mut c = std::process::Command::new(bin);
+        c.current_dir(dir.path())
+            .args(["--spec-dir", "extensions.d", "--state-dir", "state"])
+            .args(extra)
+            .env_remove("DATABASE_URL");
+        c
+    };
+    let managed = dir.path().join("state/pjsip_gitops.conf");
+    // Kill the apply at growing delays until one kill lands mid-run (after the
+    // file is written, before the database commit, or inside either).
+    for delay_ms in [50u64, 150, 300, 600] {
+        let mut child = cmd(&["apply", "--yes"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn");
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        let _ = child.wait();
+        if let Ok(text) = std::fs::read_to_string(&managed) {
+            assert!(
+                text.starts_with("; Managed by asterisk-gitops") && text.ends_with("max_contacts = 1\n")
+                    || text.ends_with("max_contacts = 2\n"),
+                "a managed file is whole or absent"
+            );
+            assert!(asterisk_gitops::render::check_structure(&text).is_ok());
+        }
+    }
+    // The next start converges.
+    let out = cmd(&["apply", "--yes"]).output().expect("apply");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let plan = cmd(&["plan", "--detailed-exitcode"]).output().expect("plan");
+    assert_eq!(plan.status.code(), Some(0), "nothing left to do: {}", String::from_utf8_lossy(&plan.stdout));
+    let leftovers: Vec<String> = std::fs::read_dir(dir.path().join("state"))
+        .expect("ls")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".tmp."))
+        .collect();
+    assert!(leftovers.is_empty(), "temporaries cleaned: {leftovers:?}");
+    let text = std::fs::read_to_string(&managed).expect("written");
+    assert_eq!(text.matches("type = endpoint").count(), 30_000);
+}
