@@ -61,10 +61,14 @@ pub async fn connect(settings: &Settings) -> anyhow::Result<Db> {
     Ok(Db::connect(&settings.database_url, &retry).await?)
 }
 
-/// API tokens from the environment (ASTERISK_GITOPS_ADMIN_TOKEN), stored hashed.
-pub fn tokens() -> Vec<TokenEntry> {
-    crate::config::process_env("ASTERISK_GITOPS_ADMIN_TOKEN")
-        .map(|t| vec![TokenEntry::new(Author { name: "admin".into(), email: "admin@asterisk-gitops".into() }, &t)])
+/// API tokens (the admin token), stored hashed.
+pub fn tokens(settings: &Settings) -> Vec<TokenEntry> {
+    settings
+        .admin_token
+        .as_ref()
+        .map(|t| {
+            vec![TokenEntry::new(Author { name: "admin".into(), email: "admin@asterisk-gitops".into() }, t.expose())]
+        })
         .unwrap_or_default()
 }
 
@@ -90,9 +94,21 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// Runs the daemon until `shutdown` resolves.
+/// Runs the daemon until `shutdown` resolves, listening on `settings.listen`.
 pub async fn serve(
     settings: Settings,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", settings.listen))?;
+    run(settings, listener, shutdown).await
+}
+
+/// Runs the daemon on an already bound listener until `shutdown` resolves.
+pub async fn run(
+    settings: Settings,
+    listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -127,43 +143,69 @@ pub async fn serve(
         }
     };
     let reconciler = Arc::new(reconciler(&settings, db.clone())?);
-    std::fs::create_dir_all(&settings.spec_dir).ok();
-    let source = DesiredSource::Dir(settings.spec_dir.clone());
+    let (source, target, interval) = match &settings.git {
+        None => {
+            std::fs::create_dir_all(&settings.spec_dir).ok();
+            (
+                DesiredSource::Dir(settings.spec_dir.clone()),
+                Target::Dir(settings.spec_dir.clone()),
+                settings.reconcile.interval,
+            )
+        }
+        Some(g) => {
+            let mirror = crate::git::GitSource::open(crate::git::GitSourceConfig {
+                url: g.url.clone(),
+                branch: g.branch.clone(),
+                path: g.path.clone(),
+                mirror_dir: settings.state_dir.join("git/mirror"),
+                token: g.token.clone(),
+                ssh_key: g.ssh_key.clone(),
+            })?;
+            let target = Target::Remote(crate::writeback::RemoteTarget {
+                url: g.url.clone(),
+                branch: g.branch.clone(),
+                path: g.path.clone(),
+                work_dir: settings.state_dir.join("git/work"),
+                mode: if g.review { crate::writeback::Mode::Review } else { crate::writeback::Mode::Direct },
+                committer: Author { name: g.committer_name.clone(), email: g.committer_email.clone() },
+                token: g.token.clone(),
+                ssh_key: g.ssh_key.clone(),
+                before_push: None,
+            });
+            let source = DesiredSource::Git(Arc::new(std::sync::Mutex::new(mirror)));
+            (source, target, settings.reconcile.interval.min(g.interval))
+        }
+    };
 
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     let handle = LoopHandle { triggers: tx.clone(), last: Default::default(), failures: Default::default() };
-    let _watcher = match daemon::watch(&settings.spec_dir, tx.clone()) {
-        Ok(w) => Some(w),
-        Err(e) => {
-            tracing::warn!(error = %e, dir = %settings.spec_dir.display(), "cannot watch the spec directory; relying on the periodic resync");
-            None
-        }
+    let _watcher = match &settings.git {
+        Some(_) => None,
+        None => match daemon::watch(&settings.spec_dir, tx.clone()) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(error = %e, dir = %settings.spec_dir.display(), "cannot watch the spec directory; relying on the periodic resync");
+                None
+            }
+        },
     };
-    let loop_cfg = LoopConfig {
-        interval: settings.reconcile.interval,
-        debounce: settings.reconcile.debounce,
-        ..LoopConfig::default()
-    };
+    let loop_cfg = LoopConfig { interval, debounce: settings.reconcile.debounce, ..LoopConfig::default() };
 
     let state = AppState {
         spec_dir: settings.spec_dir.clone(),
-        writeback: Arc::new(WriteBack::new(Target::Dir(settings.spec_dir.clone()))),
+        writeback: Arc::new(WriteBack::new(target)),
         realm: settings.realm.clone(),
-        tokens: Arc::new(tokens()),
-        webhook_secret: crate::config::process_env("ASTERISK_GITOPS_WEBHOOK_SECRET")
-            .map(crate::config::SecretString::new),
-        branch: None,
+        tokens: Arc::new(tokens(&settings)),
+        webhook_secret: settings.webhook_secret.clone(),
+        branch: settings.git.as_ref().map(|g| g.branch.clone()),
         reconcile: Some(handle.clone()),
         read_only: settings.read_only,
     };
-    let listener = tokio::net::TcpListener::bind(settings.listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", settings.listen))?;
     let listen = listener.local_addr()?;
 
     tracing::info!(
         listen = %listen,
-        spec_dir = %settings.spec_dir.display(),
+        specs = %settings.git.as_ref().map(|g| format!("git {} ({}:{})", crate::config::redact_url(&g.url), g.branch, g.path)).unwrap_or_else(|| settings.spec_dir.display().to_string()),
         managed_file = %settings.managed_file.display(),
         database = %settings.database_url_redacted(),
         asterisk = %settings.ami.as_ref().map(|a| format!("AMI {} as {}", a.addr, a.user)).unwrap_or_else(|| "not configured".into()),

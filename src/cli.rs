@@ -74,6 +74,18 @@ pub struct GlobalArgs {
     /// Serve no write routes and no edit controls.
     #[arg(long, global = true, env = "ASTERISK_GITOPS_READ_ONLY")]
     pub read_only: bool,
+    /// Follow a git remote instead of reading the spec directory as it is (file://, https://, ssh://).
+    #[arg(long, global = true, env = "ASTERISK_GITOPS_GIT_URL", value_name = "URL")]
+    pub git_url: Option<String>,
+    /// The branch to follow [default: main].
+    #[arg(long, global = true, env = "ASTERISK_GITOPS_GIT_BRANCH", value_name = "NAME")]
+    pub git_branch: Option<String>,
+    /// The spec directory inside the repository [default: extensions.d].
+    #[arg(long, global = true, env = "ASTERISK_GITOPS_GIT_PATH", value_name = "DIR")]
+    pub git_path: Option<String>,
+    /// Seconds between fetches when no webhook arrives [default: 60].
+    #[arg(long, global = true, env = "ASTERISK_GITOPS_GIT_INTERVAL", value_name = "SECS")]
+    pub git_interval: Option<f64>,
 }
 
 impl GlobalArgs {
@@ -96,6 +108,10 @@ impl GlobalArgs {
             ari_url: self.ari_url.clone(),
             ari_user: self.ari_user.clone(),
             allow_mass_delete: None,
+            git_url: self.git_url.clone(),
+            git_branch: self.git_branch.clone(),
+            git_path: self.git_path.clone(),
+            git_interval: self.git_interval,
         };
         Ok(Settings::resolve(flags, file, &config::process_env)?)
     }

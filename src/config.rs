@@ -49,6 +49,45 @@ pub struct FileConfig {
     pub ami: Option<AmiFileConfig>,
     pub ari: Option<AriFileConfig>,
     pub reconcile: Option<ReconcileFileConfig>,
+    pub git: Option<GitFileConfig>,
+    /// Secret for `POST /hooks/git` (or ASTERISK_GITOPS_WEBHOOK_SECRET).
+    pub webhook_secret: Option<SecretString>,
+    /// The admin API token (or ASTERISK_GITOPS_ADMIN_TOKEN).
+    pub admin_token: Option<SecretString>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GitFileConfig {
+    /// file://, https:// or ssh:// (or git@host:repo).
+    pub url: Option<String>,
+    pub branch: Option<String>,
+    /// The spec directory inside the repository.
+    pub path: Option<String>,
+    /// Seconds between fetches when no webhook arrives (default 60).
+    pub interval: Option<f64>,
+    /// `direct` (push API edits to the branch) or `review` (push a new branch).
+    pub mode: Option<String>,
+    pub committer_name: Option<String>,
+    pub committer_email: Option<String>,
+    /// A private key for ssh remotes.
+    pub ssh_key: Option<PathBuf>,
+    /// A token for https remotes (or ASTERISK_GITOPS_GIT_TOKEN).
+    pub token: Option<SecretString>,
+}
+
+/// The git source, resolved.
+#[derive(Clone, Debug)]
+pub struct GitSettings {
+    pub url: String,
+    pub branch: String,
+    pub path: String,
+    pub interval: Duration,
+    pub review: bool,
+    pub committer_name: String,
+    pub committer_email: String,
+    pub ssh_key: Option<PathBuf>,
+    pub token: Option<SecretString>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -169,6 +208,9 @@ pub struct Settings {
     pub ami: Option<AmiSettings>,
     pub ari: Option<AriSettings>,
     pub reconcile: ReconcileSettings,
+    pub git: Option<GitSettings>,
+    pub webhook_secret: Option<SecretString>,
+    pub admin_token: Option<SecretString>,
 }
 
 /// What the command line (flags, with their environment variables) said;
@@ -187,6 +229,10 @@ pub struct Overrides {
     pub ari_url: Option<String>,
     pub ari_user: Option<String>,
     pub allow_mass_delete: Option<bool>,
+    pub git_url: Option<String>,
+    pub git_branch: Option<String>,
+    pub git_path: Option<String>,
+    pub git_interval: Option<f64>,
 }
 
 /// Reads a variable; unset and empty are the same.
@@ -272,7 +318,37 @@ impl Settings {
             allow_mass_delete: flags.allow_mass_delete.or(r.allow_mass_delete).unwrap_or(false),
         };
 
+        let g = file.git.unwrap_or_default();
+        let git = match flags.git_url.or(g.url) {
+            None => None,
+            Some(url) => {
+                let mode = g.mode.unwrap_or_else(|| "direct".into());
+                if mode != "direct" && mode != "review" {
+                    return Err(ConfigError::Invalid {
+                        what: "git.mode",
+                        message: format!("{mode:?}: use direct or review"),
+                    });
+                }
+                Some(GitSettings {
+                    url,
+                    branch: flags.git_branch.or(g.branch).unwrap_or_else(|| "main".into()),
+                    path: flags.git_path.or(g.path).unwrap_or_else(|| "extensions.d".into()),
+                    interval: Duration::from_secs_f64(
+                        flags.git_interval.or(g.interval).unwrap_or(60.0).clamp(1.0, 86_400.0),
+                    ),
+                    review: mode == "review",
+                    committer_name: g.committer_name.unwrap_or_else(|| "asterisk-gitops".into()),
+                    committer_email: g.committer_email.unwrap_or_else(|| "asterisk-gitops@localhost".into()),
+                    ssh_key: g.ssh_key,
+                    token: env("ASTERISK_GITOPS_GIT_TOKEN").map(SecretString).or(g.token),
+                })
+            }
+        };
+
         Ok(Settings {
+            git,
+            webhook_secret: env("ASTERISK_GITOPS_WEBHOOK_SECRET").map(SecretString).or(file.webhook_secret),
+            admin_token: env("ASTERISK_GITOPS_ADMIN_TOKEN").map(SecretString).or(file.admin_token),
             spec_dir: flags.spec_dir.or(file.spec_dir).unwrap_or_else(|| PathBuf::from("extensions.d")),
             state_dir,
             database_url,

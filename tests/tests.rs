@@ -20,3 +20,6 @@ mod asterisk;
 
 // The reconcile loop end to end with the stand-in.
 mod reconcile;
+
+// Git as the source of truth: the daemon following a remote, webhooks, API commits.
+mod gitops;
