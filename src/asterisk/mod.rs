@@ -10,6 +10,7 @@
 //! `Password` and `Md5Cred` are dropped while parsing).
 
 pub mod ami;
+pub mod ari;
 
 use crate::plan::ObservedEndpoint;
 use crate::reconcile::AsteriskControl;

@@ -22,6 +22,7 @@
 //!
 //! Not a product: it lives in its own crate, a dev-dependency only.
 
+pub mod ari;
 pub mod conf;
 
 use std::collections::BTreeMap;
@@ -198,14 +199,18 @@ pub struct StandInConfig {
 /// A running stand-in. Dropping it stops the server.
 pub struct StandIn {
     pub ami_addr: SocketAddr,
+    /// ARI's HTTP address (`http://{ari_addr}/ari/...`); same credentials as AMI.
+    pub ari_addr: SocketAddr,
     control: Control,
     server: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    ari_server: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 /// Changes the stand-in's behaviour and reads its state.
 #[derive(Clone)]
 pub struct Control {
     state: Arc<Mutex<State>>,
+    ari: Arc<Mutex<ari::AriState>>,
     events: broadcast::Sender<String>,
     kill: broadcast::Sender<()>,
 }
@@ -225,12 +230,47 @@ impl StandIn {
             reloads: 0,
             log: Vec::new(),
         };
-        let control = Control { state: Arc::new(Mutex::new(state)), events, kill };
+        let control =
+            Control { state: Arc::new(Mutex::new(state)), ari: Arc::new(Mutex::new(Default::default())), events, kill };
         control.load();
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let ami_addr = listener.local_addr()?;
         let server = tokio::spawn(serve(listener, control.clone()));
-        Ok(StandIn { ami_addr, control, server: Mutex::new(Some(server)) })
+        let ari_listener = TcpListener::bind("127.0.0.1:0").await?;
+        let ari_addr = ari_listener.local_addr()?;
+        let ari_server = tokio::spawn(serve_ari(ari_listener, control.clone()));
+        Ok(StandIn {
+            ami_addr,
+            ari_addr,
+            control,
+            server: Mutex::new(Some(server)),
+            ari_server: Mutex::new(Some(ari_server)),
+        })
+    }
+
+    /// ARI's base URL, as an operator would configure it.
+    pub fn ari_url(&self) -> String {
+        format!("http://{}", self.ari_addr)
+    }
+
+    /// Stops ARI's HTTP server and closes every events socket.
+    pub fn stop_ari(&self) {
+        if let Some(h) = self.ari_server.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            h.abort();
+        }
+        self.control.drop_event_sockets();
+    }
+
+    /// Serves ARI again on the same port.
+    pub async fn restart_ari(&self) -> std::io::Result<()> {
+        self.stop_ari();
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.set_reuseaddr(true)?;
+        socket.bind(self.ari_addr)?;
+        let listener = socket.listen(64)?;
+        *self.ari_server.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(tokio::spawn(serve_ari(listener, self.control.clone())));
+        Ok(())
     }
 
     pub fn control(&self) -> Control {
@@ -260,6 +300,7 @@ impl StandIn {
 
 impl Drop for StandIn {
     fn drop(&mut self) {
+        self.stop_ari();
         self.stop();
     }
 }
@@ -423,6 +464,10 @@ fn build(sections: &[conf::Section]) -> (Loaded, Vec<String>) {
         target.insert(obj.name.clone(), obj);
     }
     (loaded, log)
+}
+
+async fn serve_ari(listener: TcpListener, control: Control) {
+    let _ = axum::serve(listener, ari::router(control)).await;
 }
 
 async fn serve(listener: TcpListener, control: Control) {
