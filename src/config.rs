@@ -111,6 +111,20 @@ pub struct AriFileConfig {
     pub password_file: Option<PathBuf>,
     /// The Stasis application name (default `callcenter`).
     pub app: Option<String>,
+    /// Where the call logger's `continue` sends a call (default: the next
+    /// priority of the same extension, as `Stasis()` returning would).
+    pub continue_context: Option<String>,
+    pub continue_extension: Option<String>,
+    pub continue_priority: Option<i64>,
+    /// Contexts whose callers are our extensions (default `[from-internal]`).
+    pub internal_contexts: Option<Vec<String>>,
+    /// Numbers of at most this many digits dialled from an internal context
+    /// are internal calls; longer ones outbound (default 6).
+    pub internal_max_digits: Option<usize>,
+    /// Seconds after which a call still open is closed as `unknown` (default 14400).
+    pub stale_call_after: Option<f64>,
+    /// Seconds to wait for any one ARI request (default 5).
+    pub timeout: Option<f64>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -169,6 +183,8 @@ pub struct AriSettings {
     pub user: String,
     pub password: SecretString,
     pub app: String,
+    pub timeout: Duration,
+    pub calls: crate::calls::CallLogConfig,
 }
 
 #[derive(Clone, Debug)]
@@ -296,7 +312,24 @@ impl Settings {
                     "ari",
                     "ASTERISK_GITOPS_ARI_PASSWORD or ari.password / ari.passwordFile in the config file",
                 )?;
-                Some(AriSettings { url, user, password, app: ari_file.app.unwrap_or_else(|| "callcenter".into()) })
+                let defaults = crate::calls::CallLogConfig::default();
+                let calls = crate::calls::CallLogConfig {
+                    continue_to: crate::asterisk::ari::ContinueTo {
+                        context: ari_file.continue_context,
+                        extension: ari_file.continue_extension,
+                        priority: ari_file.continue_priority,
+                    },
+                    internal_contexts: ari_file.internal_contexts.unwrap_or(defaults.internal_contexts),
+                    internal_max_digits: ari_file.internal_max_digits.unwrap_or(defaults.internal_max_digits),
+                    stale_after: ari_file
+                        .stale_call_after
+                        .map(|s| Duration::from_secs_f64(s.clamp(1.0, 7.0 * 86400.0)))
+                        .unwrap_or(defaults.stale_after),
+                    workers: defaults.workers,
+                };
+                let timeout = Duration::from_secs_f64(ari_file.timeout.unwrap_or(5.0).clamp(0.1, 600.0));
+                let app = ari_file.app.unwrap_or_else(|| "callcenter".into());
+                Some(AriSettings { url, user, password, app, timeout, calls })
             }
         };
 

@@ -10,6 +10,7 @@
 
 pub mod app;
 pub mod asterisk;
+pub mod calls;
 pub mod cli;
 pub mod config;
 pub mod daemon;

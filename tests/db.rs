@@ -14,7 +14,7 @@ use std::path::Path;
 use std::time::Duration;
 
 /// A fresh SQLite database in a temporary directory.
-async fn sqlite() -> (Db, tempfile::TempDir) {
+pub(crate) async fn sqlite() -> (Db, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
     let url = format!("sqlite://{}/state/test.db", dir.path().display());
     (Db::connect(&url, &Retry::default()).await.expect("sqlite connects"), dir)
@@ -38,7 +38,7 @@ fn pg_url() -> Option<String> {
 }
 
 /// A fresh PostgreSQL database for one test, dropped by `drop_pg`.
-async fn postgres() -> Option<(Db, String, String)> {
+pub(crate) async fn postgres() -> Option<(Db, String, String)> {
     let server = pg_url()?;
     let admin = sqlx::PgPool::connect(&server)
         .await
@@ -51,7 +51,7 @@ async fn postgres() -> Option<(Db, String, String)> {
     Some((db, server, name))
 }
 
-async fn drop_pg(db: Db, server: &str, name: &str) {
+pub(crate) async fn drop_pg(db: Db, server: &str, name: &str) {
     db.close().await;
     if let Ok(admin) = sqlx::PgPool::connect(server).await {
         let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&admin).await;
@@ -356,10 +356,8 @@ async fn calls_are_recorded_exactly_once() {
         assert!(db.call_answered(&c.channel_id, answered).await.expect("answer"));
         assert!(!db.call_answered(&c.channel_id, answered + ChronoDuration::seconds(1)).await.expect("again"));
         let end = answered + ChronoDuration::seconds(42);
-        assert!(db.call_ended(&c.channel_id, end, Some(16), "answered").await.expect("end"));
-        assert!(
-            !db.call_ended(&c.channel_id, end + ChronoDuration::seconds(9), Some(17), "busy").await.expect("again")
-        );
+        assert!(db.call_ended(&c.channel_id, end, Some(16)).await.expect("end"));
+        assert!(!db.call_ended(&c.channel_id, end + ChronoDuration::seconds(9), Some(17)).await.expect("again"));
         let calls = db.calls(&CallFilter { limit: 10, ..Default::default() }).await.expect("list");
         assert_eq!(calls.len(), 1);
         let call = &calls[0];

@@ -23,3 +23,9 @@ mod reconcile;
 
 // Git as the source of truth: the daemon following a remote, webhooks, API commits.
 mod gitops;
+
+// ARI: the captured answers and events, the stand-in's ARI, the client.
+mod ari;
+
+// The call logger: calls played through the stand-in's Stasis app.
+mod calls;

@@ -49,6 +49,20 @@ pub struct CallFilter {
     pub cursor: Option<i64>,
 }
 
+/// How a call ended: `answered` once answered, whatever the cause; else
+/// from the Q.850 cause: 17 (user busy) `busy`; 16 (normal clearing: the
+/// caller gave up), 18 (no user responding), 19 (no answer) and 31
+/// (normal, unspecified) `no answer`; anything else (congestion, rejected,
+/// unallocated number, …) `failed`.
+pub fn disposition(answered: bool, cause: Option<i64>) -> &'static str {
+    match (answered, cause) {
+        (true, _) => "answered",
+        (false, Some(17)) => "busy",
+        (false, Some(16 | 18 | 19 | 31) | None) => "no answer",
+        (false, Some(_)) => "failed",
+    }
+}
+
 const CALL_COLUMNS: &str = "id, channel_id, extension, caller, callee, direction, start_time, answer_time, end_time, \
      duration_seconds, hangup_cause, disposition";
 
@@ -73,12 +87,29 @@ impl Db {
         Ok(done)
     }
 
-    /// Sets the answer time, once.
+    /// Sets the answer time, once. An answer that arrives after the end
+    /// (events out of order) still counts: duration and disposition follow.
     pub async fn call_answered(&self, channel_id: &str, at: DateTime<Utc>) -> Result<bool, DbError> {
+        type Row = (Option<DateTime<Utc>>, Option<DateTime<Utc>>, Option<String>);
+        let row: Option<Row> = on_pool!(self, pool => sqlx::query_as(
+            "SELECT answer_time, end_time, disposition FROM calls WHERE channel_id = $1",
+        )
+        .bind(channel_id)
+        .fetch_optional(pool)
+        .await)?;
+        let Some((None, end, disposition)) = row else { return Ok(false) };
+        if disposition.as_deref() == Some("unknown") {
+            return Ok(false);
+        }
+        let duration = end.map(|e| (e - at).num_seconds().max(0));
+        let disposition = end.map(|_| "answered");
         let done = on_pool!(self, pool => sqlx::query(
-            "UPDATE calls SET answer_time = $1, updated_at = $2 WHERE channel_id = $3 AND answer_time IS NULL AND end_time IS NULL",
+            "UPDATE calls SET answer_time = $1, duration_seconds = COALESCE($2, duration_seconds), \
+             disposition = COALESCE($3, disposition), updated_at = $4 WHERE channel_id = $5 AND answer_time IS NULL",
         )
         .bind(at)
+        .bind(duration)
+        .bind(disposition)
         .bind(Utc::now())
         .bind(channel_id)
         .execute(pool)
@@ -87,14 +118,9 @@ impl Db {
         Ok(done)
     }
 
-    /// Completes the call, once: end time, duration (from answer, or 0), cause, disposition.
-    pub async fn call_ended(
-        &self,
-        channel_id: &str,
-        at: DateTime<Utc>,
-        cause: Option<i64>,
-        disposition: &str,
-    ) -> Result<bool, DbError> {
+    /// Completes the call, once: end time, duration (from answer, or 0),
+    /// cause, and the disposition that follows from them ([`disposition`]).
+    pub async fn call_ended(&self, channel_id: &str, at: DateTime<Utc>, cause: Option<i64>) -> Result<bool, DbError> {
         let open: Option<(Option<DateTime<Utc>>,)> = on_pool!(self, pool => sqlx::query_as(
             "SELECT answer_time FROM calls WHERE channel_id = $1 AND end_time IS NULL",
         )
@@ -103,6 +129,7 @@ impl Db {
         .await)?;
         let Some((answer,)) = open else { return Ok(false) };
         let duration = answer.map_or(0, |a| (at - a).num_seconds().max(0));
+        let disposition = disposition(answer.is_some(), cause);
         let done = on_pool!(self, pool => sqlx::query(
             "UPDATE calls SET end_time = $1, duration_seconds = $2, hangup_cause = COALESCE($3, hangup_cause), \
              disposition = $4, updated_at = $5 WHERE channel_id = $6 AND end_time IS NULL",
@@ -117,6 +144,31 @@ impl Db {
         .await
         .map(|r| r.rows_affected() == 1))?;
         Ok(done)
+    }
+
+    /// Closes one open call as "unknown" (its channel is gone and its end was missed).
+    pub async fn close_call_unknown(&self, channel_id: &str, at: DateTime<Utc>) -> Result<bool, DbError> {
+        let done = on_pool!(self, pool => sqlx::query(
+            "UPDATE calls SET end_time = $1, disposition = 'unknown', updated_at = $2 WHERE channel_id = $3 AND end_time IS NULL",
+        )
+        .bind(at)
+        .bind(Utc::now())
+        .bind(channel_id)
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected() == 1))?;
+        Ok(done)
+    }
+
+    /// Channel ids of calls still open that started after `since`.
+    pub async fn open_calls(&self, since: DateTime<Utc>) -> Result<Vec<String>, DbError> {
+        let rows: Vec<(String,)> = on_pool!(self, pool => sqlx::query_as(
+            "SELECT channel_id FROM calls WHERE end_time IS NULL AND start_time >= $1 ORDER BY id",
+        )
+        .bind(since)
+        .fetch_all(pool)
+        .await)?;
+        Ok(rows.into_iter().map(|(c,)| c).collect())
     }
 
     /// Closes calls still open after `older_than` as "unknown"; returns how many.

@@ -1,0 +1,360 @@
+//! The call logger: an ARI Stasis application that records every call
+//! entering it in the `calls` table, exactly once, and hands the call back
+//! to the dialplan at once.
+//!
+//! Event flow for one call (Asterisk 22, see tests/fixtures/asterisk/ari):
+//!
+//! 1. `StasisStart` → create the row, subscribe the app to the channel,
+//!    `continue` it. Asterisk answers 204 and sends `StasisEnd` at once:
+//!    the channel is back in the dialplan.
+//! 2. Only because we subscribed do we keep hearing of it: a
+//!    `ChannelStateChange` to `Up` sets the answer time, and
+//!    `ChannelDestroyed` (with the Q.850 cause) completes the row.
+//! 3. A channel that hangs up while still in Stasis sends
+//!    `ChannelHangupRequest` then `StasisEnd`: that `StasisEnd` completes
+//!    the row (`ChannelDestroyed` may not follow).
+//!
+//! Exactly once: creating is `ON CONFLICT DO NOTHING`, answer and end only
+//! fill what is still empty, and every event carries the whole channel, so
+//! an event whose row is missing (out of order, or the `StasisStart` was
+//! missed across a restart) creates it from the channel first. Events of one
+//! channel are handled in order by one worker (channels are spread over
+//! workers by id); different channels proceed in parallel.
+//!
+//! Never open forever: after every (re)connect the open calls are
+//! re-subscribed, and a channel Asterisk no longer has is closed as
+//! `unknown`; a sweeper closes calls open longer than `stale_after`.
+//!
+//! ARI being down never stops anything else: this runs in its own task and
+//! reconnects with back-off.
+
+use crate::asterisk::ari::{Ari, AriError, Channel, ContinueTo, Event, parse_time};
+use crate::db::Db;
+use crate::db::calls::CallStart;
+use chrono::Utc;
+use std::collections::{HashMap, HashSet};
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+
+/// How the logger behaves.
+#[derive(Clone, Debug)]
+pub struct CallLogConfig {
+    /// Where `continue` sends the channel (default: the next priority).
+    pub continue_to: ContinueTo,
+    /// Contexts whose callers are our extensions (default `from-internal`).
+    pub internal_contexts: Vec<String>,
+    /// A number dialled from an internal context with at most this many
+    /// digits (and only digits) is an internal call; longer is outbound
+    /// (default 6, so `1002` is internal and `998901234567` outbound).
+    pub internal_max_digits: usize,
+    /// A call still open after this long is closed as `unknown`.
+    pub stale_after: Duration,
+    /// Parallel workers (channels are spread over them by id).
+    pub workers: usize,
+}
+
+impl Default for CallLogConfig {
+    fn default() -> Self {
+        CallLogConfig {
+            continue_to: ContinueTo::default(),
+            internal_contexts: vec!["from-internal".into()],
+            internal_max_digits: 6,
+            stale_after: Duration::from_secs(4 * 3600),
+            workers: 8,
+        }
+    }
+}
+
+/// Counters, for /metrics and benchmarks.
+#[derive(Debug, Default)]
+pub struct CallLogStats {
+    pub events: AtomicU64,
+    pub calls_created: AtomicU64,
+    pub calls_completed: AtomicU64,
+    pub errors: AtomicU64,
+    pub connected: std::sync::atomic::AtomicBool,
+}
+
+/// `outbound`, `internal` or `inbound`: a caller in an internal context
+/// dialling a short number (digits only, at most `internal_max_digits`) is
+/// internal, dialling anything else outbound; a call from any other
+/// context is inbound.
+pub fn direction(context: &str, exten: &str, cfg: &CallLogConfig) -> &'static str {
+    if cfg.internal_contexts.iter().any(|c| c == context) {
+        let short =
+            !exten.is_empty() && exten.len() <= cfg.internal_max_digits && exten.bytes().all(|b| b.is_ascii_digit());
+        if short { "internal" } else { "outbound" }
+    } else {
+        "inbound"
+    }
+}
+
+fn call_start(channel: &Channel, cfg: &CallLogConfig) -> CallStart {
+    let dir = direction(&channel.dialplan.context, &channel.dialplan.exten, cfg);
+    let caller = Some(channel.caller.number.clone()).filter(|s| !s.is_empty());
+    let callee = Some(channel.dialplan.exten.clone()).filter(|s| !s.is_empty());
+    CallStart {
+        channel_id: channel.id.clone(),
+        // Whose call it is: the calling extension, or the dialled one for an inbound call.
+        extension: if dir == "inbound" { callee.clone() } else { caller.clone() },
+        caller,
+        callee,
+        direction: dir.into(),
+        start_time: parse_time(&channel.creationtime).unwrap_or_else(Utc::now),
+    }
+}
+
+/// One worker's memory of the channels it handles.
+#[derive(Default)]
+struct Worker {
+    continued: HashSet<String>,
+    hangup_cause: HashMap<String, i64>,
+}
+
+struct Shared {
+    db: Db,
+    ari: Ari,
+    cfg: CallLogConfig,
+    stats: Arc<CallLogStats>,
+}
+
+impl Shared {
+    /// Creates the row from the channel if it is missing; true if it was.
+    async fn ensure_row(&self, channel: &Channel) -> Result<bool, crate::db::DbError> {
+        let created = self.db.call_started(&call_start(channel, &self.cfg)).await?;
+        if created {
+            self.stats.calls_created.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(channel_id = %channel.id, caller = %channel.caller.number, exten = %channel.dialplan.exten, "call record created");
+        }
+        Ok(created)
+    }
+
+    async fn end(&self, channel: &Channel, at: chrono::DateTime<Utc>, cause: Option<i64>) -> anyhow::Result<()> {
+        let mut done = self.db.call_ended(&channel.id, at, cause).await?;
+        if !done && self.ensure_row(channel).await? {
+            done = self.db.call_ended(&channel.id, at, cause).await?;
+        }
+        if done {
+            self.stats.calls_completed.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(channel_id = %channel.id, cause, "call record completed");
+        }
+        Ok(())
+    }
+
+    async fn handle(&self, w: &mut Worker, event: Event) -> anyhow::Result<()> {
+        let at = |ts: &str| parse_time(ts).unwrap_or_else(Utc::now);
+        match event {
+            Event::StasisStart { channel, .. } => {
+                self.ensure_row(&channel).await?;
+                if w.continued.contains(&channel.id) {
+                    return Ok(()); // a duplicate: the call already went on
+                }
+                if let Err(e) = self.ari.subscribe_channel(&channel.id).await {
+                    tracing::warn!(channel_id = %channel.id, error = %e, "cannot subscribe to the channel; its end may be recorded late");
+                }
+                match self.ari.continue_channel(&channel.id, &self.cfg.continue_to).await {
+                    Ok(()) | Err(AriError::Status { status: 404 | 409, .. }) => {
+                        w.continued.insert(channel.id.clone());
+                    }
+                    Err(e) => {
+                        tracing::error!(channel_id = %channel.id, error = %e, "cannot hand the channel back to the dialplan");
+                        return Err(e.into());
+                    }
+                }
+            }
+            Event::ChannelStateChange { timestamp, channel } if channel.state == "Up" => {
+                let t = at(&timestamp);
+                if !self.db.call_answered(&channel.id, t).await? && self.ensure_row(&channel).await? {
+                    self.db.call_answered(&channel.id, t).await?;
+                }
+            }
+            Event::ChannelStateChange { .. } | Event::Other { .. } => {}
+            Event::ChannelHangupRequest { cause, channel, .. } => {
+                if let Some(c) = cause {
+                    w.hangup_cause.insert(channel.id, c);
+                }
+            }
+            Event::StasisEnd { timestamp, channel } => {
+                // Leaving Stasis because we continued it is not the end of the call.
+                if let Some(cause) = w.hangup_cause.get(&channel.id).copied() {
+                    self.end(&channel, at(&timestamp), Some(cause)).await?;
+                }
+            }
+            Event::ChannelDestroyed { timestamp, cause, channel, .. } => {
+                w.hangup_cause.remove(&channel.id);
+                w.continued.remove(&channel.id);
+                self.end(&channel, at(&timestamp), cause).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn worker_of(channel_id: &str, n: usize) -> usize {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    channel_id.hash(&mut h);
+    (h.finish() % n.max(1) as u64) as usize
+}
+
+/// Subscribes to every open call again; a channel Asterisk no longer has
+/// ended while we were not listening: closed as `unknown`.
+async fn resync(shared: &Shared) {
+    let since = Utc::now() - chrono::Duration::from_std(shared.cfg.stale_after).unwrap_or(chrono::Duration::hours(4));
+    let open = match shared.db.open_calls(since).await {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list open calls after connecting to ARI");
+            return;
+        }
+    };
+    for id in open {
+        match shared.ari.subscribe_channel(&id).await {
+            Ok(()) => {}
+            Err(AriError::Status { status: 404 | 422, .. }) => {
+                match shared.db.close_call_unknown(&id, Utc::now()).await {
+                    Ok(true) => {
+                        tracing::warn!(channel_id = %id, "call ended while ARI was not connected; closed as unknown")
+                    }
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(channel_id = %id, error = %e, "cannot close a call"),
+                }
+            }
+            Err(e) => {
+                tracing::warn!(channel_id = %id, error = %e, "cannot re-subscribe to an open call");
+                return;
+            }
+        }
+    }
+}
+
+/// Runs the logger until `stop` turns true.
+pub async fn run(db: Db, ari: Ari, cfg: CallLogConfig, stats: Arc<CallLogStats>, mut stop: watch::Receiver<bool>) {
+    let workers = cfg.workers.max(1);
+    let shared = Arc::new(Shared { db, ari, cfg, stats });
+    let mut senders = Vec::with_capacity(workers);
+    let mut tasks = Vec::with_capacity(workers + 1);
+    for _ in 0..workers {
+        let (tx, mut rx) = mpsc::channel::<Event>(4096);
+        senders.push(tx);
+        let shared = shared.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut w = Worker::default();
+            while let Some(ev) = rx.recv().await {
+                if let Err(e) = shared.handle(&mut w, ev).await {
+                    shared.stats.errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(error = %e, "call event not recorded");
+                }
+            }
+        }));
+    }
+    // The sweeper: never open forever.
+    {
+        let shared = shared.clone();
+        let mut stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let every = (shared.cfg.stale_after / 4).clamp(Duration::from_millis(50), Duration::from_secs(60));
+            loop {
+                tokio::select! {
+                    _ = stop.wait_for(|s| *s) => return,
+                    _ = tokio::time::sleep(every) => {}
+                }
+                let cutoff = Utc::now()
+                    - chrono::Duration::from_std(shared.cfg.stale_after).unwrap_or(chrono::Duration::hours(4));
+                match shared.db.close_stale_calls(cutoff).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::warn!(calls = n, "calls open too long closed as unknown"),
+                    Err(e) => tracing::warn!(error = %e, "cannot close stale calls"),
+                }
+            }
+        }));
+    }
+
+    let mut delay = Duration::from_millis(200);
+    'connect: loop {
+        if *stop.borrow() {
+            break;
+        }
+        let mut events = match shared.ari.events().await {
+            Ok(ev) => ev,
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, app = shared.ari.app(), "ARI events unavailable; calls are not being logged");
+                tokio::select! {
+                    _ = stop.wait_for(|s| *s) => break 'connect,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(30));
+                continue;
+            }
+        };
+        delay = Duration::from_millis(200);
+        shared.stats.connected.store(true, Ordering::Relaxed);
+        tracing::info!(app = shared.ari.app(), "ARI events connected; logging calls");
+        {
+            let shared = shared.clone();
+            tokio::spawn(async move { resync(&shared).await });
+        }
+        loop {
+            let next = tokio::select! {
+                _ = stop.wait_for(|s| *s) => break 'connect,
+                n = events.next_text() => n,
+            };
+            match next {
+                None => {
+                    tracing::warn!("ARI events socket closed; reconnecting");
+                    break;
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "ARI events socket failed; reconnecting");
+                    break;
+                }
+                Some(Ok(text)) => {
+                    shared.stats.events.fetch_add(1, Ordering::Relaxed);
+                    match Event::parse(&text) {
+                        Ok(ev) => {
+                            let Some(ch) = ev.channel() else { continue };
+                            let i = worker_of(&ch.id, workers);
+                            if senders[i].send(ev).await.is_err() {
+                                break 'connect;
+                            }
+                        }
+                        Err(e) => {
+                            shared.stats.errors.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(error = %e, "unreadable ARI event skipped");
+                        }
+                    }
+                }
+            }
+        }
+        shared.stats.connected.store(false, Ordering::Relaxed);
+    }
+    shared.stats.connected.store(false, Ordering::Relaxed);
+    drop(senders);
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn direction_follows_context_and_number() {
+        let cfg = CallLogConfig::default();
+        assert_eq!(direction("from-internal", "998901234567", &cfg), "outbound");
+        assert_eq!(direction("from-internal", "1002", &cfg), "internal");
+        assert_eq!(direction("from-internal", "*97", &cfg), "outbound");
+        assert_eq!(direction("from-trunk", "1002", &cfg), "inbound");
+    }
+
+    #[test]
+    fn channels_stay_on_one_worker() {
+        let a = worker_of("1795478551.0", 8);
+        assert_eq!(a, worker_of("1795478551.0", 8));
+        assert!(a < 8);
+        assert_eq!(worker_of("x", 0), 0);
+    }
+}
