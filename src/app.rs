@@ -191,6 +191,29 @@ pub async fn run(
     };
     let loop_cfg = LoopConfig { interval, debounce: settings.reconcile.debounce, ..LoopConfig::default() };
 
+    let live = crate::http::Live {
+        db: Some(db.clone()),
+        asterisk: asterisk(&settings).map(Arc::new),
+        registrations: Default::default(),
+        calls: settings.ari.as_ref().map(|_| Arc::new(crate::calls::CallLogStats::default())),
+    };
+    let refresher = live
+        .asterisk
+        .clone()
+        .map(|a| tokio::spawn(refresh_registrations(a, live.registrations.clone(), stopped(stop_rx.clone()))));
+    let call_logger = match (&settings.ari, &live.calls) {
+        (Some(ari), Some(stats)) => {
+            let client = crate::asterisk::ari::Ari::new(crate::asterisk::ari::AriConfig {
+                url: ari.url.clone(),
+                user: ari.user.clone(),
+                password: ari.password.clone(),
+                app: ari.app.clone(),
+                timeout: ari.timeout,
+            })?;
+            Some(tokio::spawn(crate::calls::run(db.clone(), client, ari.calls.clone(), stats.clone(), stop_rx.clone())))
+        }
+        _ => None,
+    };
     let state = AppState {
         spec_dir: settings.spec_dir.clone(),
         writeback: Arc::new(WriteBack::new(target)),
@@ -200,6 +223,7 @@ pub async fn run(
         branch: settings.git.as_ref().map(|g| g.branch.clone()),
         reconcile: Some(handle.clone()),
         read_only: settings.read_only,
+        live,
     };
     let listen = listener.local_addr()?;
 
@@ -209,6 +233,7 @@ pub async fn run(
         managed_file = %settings.managed_file.display(),
         database = %settings.database_url_redacted(),
         asterisk = %settings.ami.as_ref().map(|a| format!("AMI {} as {}", a.addr, a.user)).unwrap_or_else(|| "not configured".into()),
+        call_log = %settings.ari.as_ref().map(|a| format!("ARI {} app {}", crate::config::redact_url(&a.url), a.app)).unwrap_or_else(|| "off (no ARI configured)".into()),
         read_only = settings.read_only,
         writes = if state.tokens.is_empty() { "disabled (no ASTERISK_GITOPS_ADMIN_TOKEN)" } else { "token required" },
         "asterisk-gitops is running"
@@ -217,10 +242,52 @@ pub async fn run(
     let http = axum::serve(listener, crate::http::app(state)).with_graceful_shutdown(stopped(stop_rx.clone()));
     let looped = daemon::run_loop(reconciler.clone(), source, loop_cfg, handle, rx, stopped(stop_rx.clone()));
     let (http_result, ()) = tokio::join!(http, looped);
+    for task in [refresher, call_logger].into_iter().flatten() {
+        let _ = task.await;
+    }
     if let Some(a) = &reconciler.asterisk {
         a.close().await;
     }
     db.close().await;
     tracing::info!("asterisk-gitops stopped");
     http_result.map_err(Into::into)
+}
+
+/// Reads the registrations every 10 s for the read routes (so a list of
+/// 10k extensions never waits on AMI); a failed read keeps the last
+/// snapshot's age and says why.
+pub async fn refresh_registrations(
+    asterisk: Arc<Asterisk>,
+    into: Arc<std::sync::RwLock<crate::http::read::Registrations>>,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(stop);
+    loop {
+        let update = match asterisk.contacts().await {
+            Ok(contacts) => {
+                let mut by: std::collections::BTreeMap<String, Vec<crate::asterisk::Contact>> = Default::default();
+                for c in contacts {
+                    by.entry(c.endpoint.clone()).or_default().push(c);
+                }
+                crate::http::read::Registrations {
+                    read_at: Some(chrono::Utc::now()),
+                    by_endpoint: Arc::new(by),
+                    error: None,
+                }
+            }
+            Err(e) => {
+                let mut last = into.read().map(|r| r.clone()).unwrap_or_default();
+                last.error = Some(e.to_string());
+                last
+            }
+        };
+        if let Ok(mut w) = into.write() {
+            *w = update;
+        }
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+        }
+    }
+    asterisk.close().await;
 }

@@ -30,6 +30,7 @@ fn state(dir: &Path) -> (AppState, tokio::sync::mpsc::Receiver<Trigger>) {
         branch: Some("main".into()),
         reconcile: Some(handle),
         read_only: false,
+        live: Default::default(),
     };
     (state, rx)
 }

@@ -29,3 +29,6 @@ mod ari;
 
 // The call logger: calls played through the stand-in's Stasis app.
 mod calls;
+
+// The JSON API end to end: write and read routes, status, runs, calls.
+mod web;

@@ -10,6 +10,7 @@
 //! before anything is written.
 
 pub mod api;
+pub mod read;
 
 use crate::config::SecretString;
 use crate::daemon::LoopHandle;
@@ -50,6 +51,19 @@ pub struct AppState {
     /// The reconcile loop, when one runs (not in `plan`/tests without a daemon).
     pub reconcile: Option<LoopHandle>,
     pub read_only: bool,
+    /// What the read routes ask: the database, Asterisk, the call logger.
+    pub live: Live,
+}
+
+/// The live parts the read routes use; each may be absent (tests, `plan`).
+#[derive(Clone, Default)]
+pub struct Live {
+    pub db: Option<crate::db::Db>,
+    /// Its own AMI connection, apart from the reconciler's.
+    pub asterisk: Option<Arc<crate::asterisk::Asterisk>>,
+    /// Refreshed in the background (see `app::refresh_registrations`).
+    pub registrations: Arc<std::sync::RwLock<read::Registrations>>,
+    pub calls: Option<Arc<crate::calls::CallLogStats>>,
 }
 
 impl AppState {
@@ -151,5 +165,5 @@ impl IntoResponse for ApiError {
 
 /// The whole router.
 pub fn app(state: AppState) -> axum::Router {
-    api::router(state.clone()).with_state(state)
+    api::router(state.clone()).merge(read::router()).with_state(state)
 }

@@ -1,0 +1,314 @@
+//! JSON read routes: the seed's GET /extensions, /extensions/:id and
+//! /extensions/:id/status, and the daemon's /status, /runs, /runs/:id,
+//! /calls and /readyz.
+//!
+//! Lists are served from the database (the applied state) and a snapshot of
+//! the registrations that a background task refreshes over AMI
+//! ([`Registrations`]), so listing 10k extensions never waits on Asterisk;
+//! only `/extensions/:id/status` asks Asterisk live (503 when it cannot).
+
+use super::{ApiError, AppState};
+use crate::asterisk::{Contact, EndpointDetail};
+use crate::db::calls::CallFilter;
+use crate::db::{Db, ExtensionRecord};
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// The last registrations read from Asterisk, by endpoint.
+#[derive(Clone, Debug, Default)]
+pub struct Registrations {
+    pub read_at: Option<DateTime<Utc>>,
+    pub by_endpoint: Arc<BTreeMap<String, Vec<Contact>>>,
+    /// Why the last read failed, if it did.
+    pub error: Option<String>,
+}
+
+pub fn router() -> axum::Router<AppState> {
+    axum::Router::new()
+        .route("/readyz", get(readyz))
+        .route("/status", get(status))
+        .route("/extensions", get(list))
+        .route("/extensions/{id}", get(one))
+        .route("/extensions/{id}/status", get(live_status))
+        .route("/runs", get(runs))
+        .route("/runs/{id}", get(run))
+        .route("/calls", get(calls))
+}
+
+fn db(state: &AppState) -> Result<&Db, ApiError> {
+    state.live.db.as_ref().ok_or_else(|| ApiError::Unavailable("the state database is not connected".into()))
+}
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    ApiError::Internal(e.to_string())
+}
+
+/// The registration summary of one extension.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct RegistrationSummary {
+    /// `None` when Asterisk's registrations are not known (not configured or unreachable).
+    registered: Option<bool>,
+    contacts: usize,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ExtensionView<'a> {
+    #[serde(flatten)]
+    record: &'a ExtensionRecord,
+    registration: RegistrationSummary,
+}
+
+fn registration(regs: &Registrations, known: bool, number: &str) -> RegistrationSummary {
+    let n = regs.by_endpoint.get(number).map_or(0, Vec::len);
+    RegistrationSummary { registered: known.then_some(n > 0), contacts: n }
+}
+
+fn registrations(state: &AppState) -> (Registrations, bool) {
+    let regs = state.live.registrations.read().map(|r| r.clone()).unwrap_or_default();
+    let known = regs.read_at.is_some() && regs.error.is_none();
+    (regs, known)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    /// Matches number, display name, context or a label value (case-insensitive).
+    q: Option<String>,
+    /// `synced`, `failed`, …
+    sync: Option<String>,
+    limit: Option<usize>,
+    offset: Option<usize>,
+}
+
+pub(crate) fn matches(r: &ExtensionRecord, q: &str) -> bool {
+    let q = q.to_lowercase();
+    r.number.contains(&q)
+        || r.display_name.as_deref().is_some_and(|d| d.to_lowercase().contains(&q))
+        || r.context.to_lowercase().contains(&q)
+        || r.labels.values().any(|v| v.to_lowercase().contains(&q))
+}
+
+async fn list(
+    State(state): State<AppState>,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text(), Vec::new()))?;
+    let all = db(&state)?.extensions().await.map_err(internal)?;
+    let (regs, known) = registrations(&state);
+    let filtered: Vec<&ExtensionRecord> = all
+        .iter()
+        .filter(|r| query.q.as_deref().is_none_or(|q| matches(r, q)))
+        .filter(|r| query.sync.as_deref().is_none_or(|s| r.sync_status == s))
+        .collect();
+    let total = filtered.len();
+    let offset = query.offset.unwrap_or(0);
+    let limit = query.limit.unwrap_or(usize::MAX);
+    let page: Vec<ExtensionView> = filtered
+        .into_iter()
+        .skip(offset)
+        .take(limit)
+        .map(|r| ExtensionView { record: r, registration: registration(&regs, known, &r.number) })
+        .collect();
+    let mut resp = Json(page).into_response();
+    if let Ok(v) = total.to_string().parse() {
+        resp.headers_mut().insert("x-total-count", v);
+    }
+    Ok(resp)
+}
+
+async fn one(State(state): State<AppState>, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
+    let record =
+        db(&state)?.extension(&id).await.map_err(internal)?.ok_or_else(|| {
+            ApiError::NotFound(format!("extension {id} is not applied (is it declared and reconciled?)"))
+        })?;
+    let (regs, known) = registrations(&state);
+    let view = ExtensionView { record: &record, registration: registration(&regs, known, &id) };
+    Ok(Json(serde_json::to_value(view).map_err(internal)?))
+}
+
+/// What a softphone needs to register; never the password.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct SoftphoneSettings<'a> {
+    username: &'a str,
+    auth_username: &'a str,
+    transport: &'a str,
+    domain: Option<&'a str>,
+}
+
+/// Where Asterisk's view differs from what was applied.
+fn drift(record: &ExtensionRecord, live: &EndpointDetail) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut field = |name: &str, applied: Value, asterisk: Value| {
+        if applied != asterisk {
+            out.push(json!({"field": name, "applied": applied, "asterisk": asterisk}));
+        }
+    };
+    field("context", json!(record.context), json!(live.context));
+    field("transport", json!(record.transport), json!(live.transport));
+    field("codecs", json!(record.codecs), json!(live.codecs));
+    out
+}
+
+async fn live_status(State(state): State<AppState>, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
+    let record = db(&state)?.extension(&id).await.map_err(internal)?;
+    let asterisk = state
+        .live
+        .asterisk
+        .as_ref()
+        .ok_or_else(|| ApiError::Unavailable("Asterisk is not configured (--ami-addr): no live status".into()))?;
+    let detail = asterisk
+        .endpoint(&id)
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("Asterisk is unreachable for a live status: {e}")))?;
+    if record.is_none() && detail.is_none() {
+        return Err(ApiError::NotFound(format!("extension {id} is neither applied nor in Asterisk")));
+    }
+    let contacts: Vec<Contact> = asterisk
+        .contacts()
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("Asterisk is unreachable for a live status: {e}")))?
+        .into_iter()
+        .filter(|c| c.endpoint == id)
+        .collect();
+    let drift = match (&record, &detail) {
+        (Some(r), Some(d)) => drift(r, d),
+        (Some(_), None) => vec![json!({"field": "endpoint", "message": "applied but not loaded by Asterisk"})],
+        (None, Some(_)) => vec![json!({"field": "endpoint", "message": "in Asterisk but not managed"})],
+        (None, None) => Vec::new(),
+    };
+    let softphone = detail.as_ref().map(|d| SoftphoneSettings {
+        username: &id,
+        auth_username: if d.auth.is_empty() { &id } else { &d.auth },
+        transport: &d.transport,
+        domain: None,
+    });
+    Ok(Json(json!({
+        "extension": id,
+        "registered": !contacts.is_empty(),
+        "contacts": contacts,
+        "endpoint": detail,
+        "sync": record.as_ref().map(|r| json!({"status": r.sync_status, "lastError": r.last_error, "appliedAt": r.applied_at, "revision": r.revision})),
+        "drift": drift,
+        "softphone": softphone,
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RunsQuery {
+    limit: Option<i64>,
+}
+
+async fn runs(
+    State(state): State<AppState>,
+    query: Result<Query<RunsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::BadRequest(e.body_text(), Vec::new()))?;
+    let runs = db(&state)?.runs(q.limit.unwrap_or(50).clamp(1, 500)).await.map_err(internal)?;
+    Ok(Json(runs))
+}
+
+async fn run(State(state): State<AppState>, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
+    let n: i64 = id.parse().map_err(|_| ApiError::BadRequest(format!("run id {id:?} is not a number"), Vec::new()))?;
+    let run = db(&state)?.run(n).await.map_err(internal)?.ok_or_else(|| ApiError::NotFound(format!("no run {n}")))?;
+    Ok(Json(run))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CallsQuery {
+    extension: Option<String>,
+    direction: Option<String>,
+    since: Option<DateTime<Utc>>,
+    until: Option<DateTime<Utc>>,
+    limit: Option<i64>,
+    cursor: Option<i64>,
+}
+
+async fn calls(
+    State(state): State<AppState>,
+    query: Result<Query<CallsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::BadRequest(e.body_text(), Vec::new()))?;
+    if let Some(d) = &q.direction
+        && !["inbound", "outbound", "internal"].contains(&d.as_str())
+    {
+        return Err(ApiError::BadRequest(
+            format!("direction {d:?} is not one of inbound, outbound, internal"),
+            Vec::new(),
+        ));
+    }
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let filter = CallFilter {
+        extension: q.extension,
+        direction: q.direction,
+        since: q.since,
+        until: q.until,
+        limit,
+        cursor: q.cursor,
+    };
+    let calls = db(&state)?.calls(&filter).await.map_err(internal)?;
+    let next = if calls.len() as i64 == limit { calls.last().map(|c| c.id) } else { None };
+    Ok(Json(json!({"calls": calls, "nextCursor": next})))
+}
+
+async fn readyz(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    if db(&state)?.ping().await {
+        Ok("ready")
+    } else {
+        Err(ApiError::Unavailable("the state database is unreachable".into()))
+    }
+}
+
+async fn status(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    let db = db(&state)?;
+    let database = db.ping().await;
+    let record = db.status().await.map_err(internal)?;
+    let runs = db.runs(5).await.map_err(internal)?;
+    let extensions = db.extensions().await.map_err(internal)?;
+    let failed = extensions.iter().filter(|e| e.sync_status != "synced").count();
+    let (regs, known) = registrations(&state);
+    let registered = known.then(|| regs.by_endpoint.values().filter(|c| !c.is_empty()).count());
+    let last = match &state.reconcile {
+        Some(h) => h.last.read().await.clone(),
+        None => None,
+    };
+    let drift = last.as_ref().map(|r| r.record.plan.as_ref().map_or(0, |p| p.drift.len()));
+    let asterisk = match &state.live.asterisk {
+        None => json!({"configured": false, "reachable": null}),
+        Some(a) => match a.version().await {
+            Ok(v) => {
+                json!({"configured": true, "reachable": true, "version": v.asterisk_version, "startup": v.startup, "lastReload": v.last_reload})
+            }
+            Err(e) => json!({"configured": true, "reachable": false, "error": e.to_string()}),
+        },
+    };
+    let calls = state.live.calls.as_ref().map(|c| {
+        json!({"connected": c.connected.load(std::sync::atomic::Ordering::Relaxed),
+               "events": c.events.load(std::sync::atomic::Ordering::Relaxed)})
+    });
+    Ok(Json(json!({
+        "ready": record.as_ref().map(|r| json!({"status": r.ready, "reason": r.ready_reason, "message": r.ready_message})),
+        "reconciling": record.as_ref().is_some_and(|r| r.reconciling),
+        "lastAppliedRevision": record.as_ref().and_then(|r| r.last_applied_revision.clone()),
+        "lastAttemptedRevision": record.as_ref().and_then(|r| r.last_attempted_revision.clone()),
+        "extensions": extensions.len(),
+        "notSynced": failed,
+        "registered": registered,
+        "drift": drift,
+        "lastRuns": runs,
+        "database": {"backend": db.backend(), "reachable": database},
+        "asterisk": asterisk,
+        "callLogger": calls,
+    })))
+}

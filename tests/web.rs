@@ -1,0 +1,235 @@
+//! The JSON API end to end: the daemon on a spec directory, the stand-in's
+//! AMI and ARI behind it, the seed's write routes followed by its read
+//! routes, /status, /runs, /calls — and no password in any response.
+
+use asterisk_gitops::config::{AmiFileConfig, AriFileConfig, FileConfig, Overrides, SecretString, Settings};
+use asterisk_standin::{ContactInfo, StandIn, StandInConfig};
+use serde_json::{Value, json};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+const TOKEN: &str = "web-admin-token-42";
+const SEED_BODY: &str = r#"{"extension":"1001","password":"Soundz2025","displayName":"Test User","context":"from-internal","transport":"transport-udp","codecs":"ulaw,alaw,g729"}"#;
+const PASSWORDS: [&str; 2] = ["Soundz2025", "NewPass-7788"];
+
+struct Daemon {
+    _dir: tempfile::TempDir,
+    standin: StandIn,
+    addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    http: reqwest::Client,
+    /// Every response body, for the secret scan.
+    seen: std::sync::Mutex<Vec<String>>,
+}
+
+impl Daemon {
+    async fn start() -> Daemon {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let specs = dir.path().join("extensions.d");
+        std::fs::create_dir_all(&specs).expect("mkdir");
+        std::fs::write(
+            specs.join("team.yaml"),
+            "# The support team\ndefaults: {context: from-internal, transport: transport-udp, codecs: [ulaw]}\nextensions:\n  - extension: \"1002\"\n    displayName: Agent Two\n    md5Cred: 0123456789abcdef0123456789abcdef\n",
+        )
+        .expect("write");
+        let ast = dir.path().join("asterisk");
+        std::fs::create_dir_all(&ast).expect("mkdir");
+        let conf = asterisk_standin::write_operator_conf(&ast, "pjsip_gitops.conf").expect("conf");
+        let standin =
+            StandIn::start(StandInConfig { pjsip_conf: conf, user: "gitops".into(), secret: "gitops-secret".into() })
+                .await
+                .expect("stand-in");
+        let file = FileConfig {
+            ami: Some(AmiFileConfig {
+                addr: Some(standin.ami_addr.to_string()),
+                user: Some("gitops".into()),
+                secret: Some(SecretString::new("gitops-secret")),
+                ..Default::default()
+            }),
+            ari: Some(AriFileConfig {
+                url: Some(standin.ari_url()),
+                user: Some("gitops".into()),
+                password: Some(SecretString::new("gitops-secret")),
+                ..Default::default()
+            }),
+            admin_token: Some(SecretString::new(TOKEN)),
+            ..Default::default()
+        };
+        let flags = Overrides {
+            state_dir: Some(dir.path().join("state")),
+            spec_dir: Some(specs),
+            managed_file: Some(ast.join("pjsip_gitops.conf")),
+            ..Default::default()
+        };
+        let settings = Settings::resolve(flags, file, &|_| None).expect("settings");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(asterisk_gitops::app::run(settings, listener, async {
+            let _ = stopped.await;
+        }));
+        let d = Daemon {
+            _dir: dir,
+            standin,
+            addr,
+            stop: Some(stop),
+            task: Some(task),
+            http: reqwest::Client::new(),
+            seen: Default::default(),
+        };
+        let c = d.standin.control();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if d.task.as_ref().is_some_and(|t| t.is_finished()) {
+            let mut d = d;
+            let r = d.task.take().expect("task").await;
+            panic!("the daemon stopped at start: {r:?}");
+        }
+        wait("the first run", || {
+            let c = c.clone();
+            async move { c.endpoints() == ["1002"] }
+        })
+        .await;
+        wait("the call logger", || {
+            let c = c.clone();
+            async move { c.app_connected("callcenter") }
+        })
+        .await;
+        d
+    }
+
+    async fn call(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+        let url = format!("http://{}{path}", self.addr);
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut req = self.http.request(method, url).bearer_auth(TOKEN);
+        if let Some(b) = body {
+            req = req.header("content-type", "application/json").body(b.to_string());
+        }
+        let resp = req.send().await.expect("the daemon answers");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.expect("body");
+        self.seen.lock().expect("lock").push(text.clone());
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            t.await.expect("joins").expect("serve ends cleanly");
+        }
+    }
+}
+
+async fn wait<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !f().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seeds_contract_end_to_end_and_no_password_in_any_response() {
+    let d = Daemon::start().await;
+    let c = d.standin.control();
+
+    let (status, body) = d.call("POST", "/extensions", Some(SEED_BODY)).await;
+    assert_eq!(status, 201, "{body}");
+    wait("1001 in Asterisk", || {
+        let c = c.clone();
+        async move { c.endpoints() == ["1001", "1002"] }
+    })
+    .await;
+    wait("1001 synced", || async { d.call("GET", "/extensions/1001", None).await.1["syncStatus"] == "synced" }).await;
+    let (_, one) = d.call("GET", "/extensions/1001", None).await;
+    assert_eq!(one["displayName"], "Test User");
+    assert_eq!(one["codecs"], json!(["ulaw", "alaw", "g729"]));
+    assert_eq!(one["secretKind"], "md5Cred");
+    assert_eq!(one["registration"]["contacts"], 0);
+
+    let (status, list) = d.call("GET", "/extensions", None).await;
+    assert_eq!(status, 200);
+    let numbers: Vec<&str> = list.as_array().expect("a list").iter().filter_map(|e| e["number"].as_str()).collect();
+    assert_eq!(numbers, ["1001", "1002"]);
+    let (_, found) = d.call("GET", "/extensions?q=agent", None).await;
+    assert_eq!(found.as_array().map(Vec::len), Some(1), "{found}");
+    assert_eq!(d.call("GET", "/extensions/4242", None).await.0, 404);
+    assert_eq!(d.call("GET", "/extensions?bogus=1", None).await.0, 400);
+
+    // Live status: registered once the phone registers; softphone settings; no drift.
+    assert!(c.register(ContactInfo::new("1001", 5071)));
+    let (status, live) = d.call("GET", "/extensions/1001/status", None).await;
+    assert_eq!(status, 200, "{live}");
+    assert_eq!(live["registered"], true);
+    assert_eq!(live["contacts"][0]["uri"], "sip:1001@127.0.0.1:5071");
+    assert_eq!(live["contacts"][0]["userAgent"], "PortSIP-standin-sipp");
+    assert_eq!(live["endpoint"]["context"], "from-internal");
+    assert_eq!(live["softphone"]["authUsername"], "1001");
+    assert_eq!(live["drift"], json!([]), "{live}");
+
+    // Update: a new password and name; still no plaintext anywhere.
+    let (status, body) =
+        d.call("PUT", "/extensions/1001", Some(r#"{"displayName":"Renamed","password":"NewPass-7788"}"#)).await;
+    assert_eq!(status, 200, "{body}");
+    wait("the rename applied", || async {
+        d.call("GET", "/extensions/1001", None).await.1["displayName"] == "Renamed"
+    })
+    .await;
+
+    // A call through the Stasis app shows in /calls.
+    let id = c.start_call("callcenter", "1001", "Renamed", "from-internal", "998901234567").expect("a call");
+    wait("the call continued", || {
+        let c = c.clone();
+        let id = id.clone();
+        async move { c.continued(&id) }
+    })
+    .await;
+    c.answer(&id);
+    c.hang_up(&id, 16);
+    wait("the call completed", || async {
+        d.call("GET", "/calls?extension=1001", None).await.1["calls"][0]["disposition"] == "answered"
+    })
+    .await;
+    let (_, calls) = d.call("GET", "/calls?extension=1001&direction=outbound&limit=5", None).await;
+    assert_eq!(calls["calls"][0]["callee"], "998901234567");
+    assert_eq!(calls["nextCursor"], Value::Null);
+    assert_eq!(d.call("GET", "/calls?direction=sideways", None).await.0, 400);
+
+    // Status, runs, readiness.
+    let (status, st) = d.call("GET", "/status", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(st["ready"]["status"], "True", "{st}");
+    assert_eq!(st["asterisk"]["version"], "22.10.1");
+    assert_eq!(st["database"]["reachable"], true);
+    assert_eq!(st["extensions"], 2);
+    assert_eq!(st["callLogger"]["connected"], true);
+    let (_, runs) = d.call("GET", "/runs", None).await;
+    let applied: Vec<&Value> = runs.as_array().expect("runs").iter().filter(|r| r["outcome"] == "applied").collect();
+    assert!(applied.len() >= 3, "{runs}");
+    let (status, run) = d.call("GET", &format!("/runs/{}", applied[0]["id"]), None).await;
+    assert_eq!(status, 200);
+    assert!(run["diff"].as_str().is_some_and(|diff| diff.contains("[1001]")), "{run}");
+    assert_eq!(d.call("GET", "/runs/999999", None).await.0, 404);
+    assert_eq!(d.call("GET", "/readyz", None).await.0, 200);
+
+    // Delete: gone from Asterisk, then 404.
+    let (status, body) = d.call("DELETE", "/extensions/1001", None).await;
+    assert!(status == 200 || status == 204, "{status} {body}");
+    wait("1001 gone", || async { d.call("GET", "/extensions/1001", None).await.0 == 404 }).await;
+    assert_eq!(c.endpoints(), ["1002"]);
+
+    // No response carried a password, nor the md5 hash made from it.
+    let seen = d.seen.lock().expect("lock").join("\n");
+    for p in PASSWORDS {
+        assert!(!seen.contains(p), "a response carried the password {p}");
+        let hash = asterisk_gitops::secret::md5_cred("1001", "asterisk", p);
+        assert!(!seen.contains(&hash), "a response carried the md5 of {p}");
+    }
+    d.stop().await;
+}
