@@ -498,6 +498,23 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_file_loads_and_resolves() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/asterisk-gitops.yaml");
+        let file = FileConfig::load(&path).expect("the example parses");
+        let env = |k: &str| match k {
+            "ASTERISK_GITOPS_AMI_SECRET" => Some("a".to_string()),
+            "ASTERISK_GITOPS_ARI_PASSWORD" => Some("b".to_string()),
+            _ => None,
+        };
+        let s = Settings::resolve(Overrides::default(), file, &env).expect("resolves");
+        let ari = s.ari.expect("ARI configured");
+        assert_eq!(ari.app, "callcenter");
+        assert_eq!(ari.calls.internal_max_digits, 6);
+        assert_eq!(ari.calls.stale_after, Duration::from_secs(14400));
+        assert_eq!(ari.calls.continue_to, crate::asterisk::ari::ContinueTo::default());
+    }
+
+    #[test]
     fn urls_are_redacted() {
         assert_eq!(redact_url("postgres://app:s3cret@db:5432/pbx"), "postgres://app:***@db:5432/pbx");
         assert_eq!(redact_url("postgres://postgres@127.0.0.1/test"), "postgres://postgres@127.0.0.1/test");
