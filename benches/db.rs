@@ -4,7 +4,6 @@
 //!     DATABASE_URL=postgres://postgres@127.0.0.1:5432/test cargo bench --bench db
 
 use asterisk_gitops::db::{Db, Retry};
-use asterisk_gitops::plan;
 use asterisk_gitops::reconcile::{AppliedRow, Outcome, RunRecord, Trigger};
 use asterisk_gitops::spec::{self, LoadOptions};
 
@@ -12,7 +11,7 @@ fn main() {
     divan::main();
 }
 
-fn rows(n: usize) -> Vec<AppliedRow> {
+fn rows(n: usize) -> Vec<AppliedRow<'static>> {
     let dir = tempfile::tempdir().expect("tempdir");
     asterisk_gitops::estate::write(dir.path(), n).expect("estate");
     let loaded = spec::load_paths(&[dir.path().to_path_buf()], &LoadOptions::default());
@@ -22,7 +21,7 @@ fn rows(n: usize) -> Vec<AppliedRow> {
         .iter()
         .map(|e| {
             let md5 = "0123456789abcdef0123456789abcdef".to_string();
-            AppliedRow { fields: plan::desired_fields(e, &md5), secret_md5: md5, extension: e.clone() }
+            AppliedRow { secret_md5: md5, extension: std::borrow::Cow::Owned(e.clone()) }
         })
         .collect()
 }

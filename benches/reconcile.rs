@@ -6,7 +6,7 @@
 //!     cargo bench --bench reconcile
 
 use asterisk_gitops::asterisk::{AmiConfig, Asterisk};
-use asterisk_gitops::daemon::load_dir;
+use asterisk_gitops::daemon::{DirSource, load_dir};
 use asterisk_gitops::db::{Db, Retry};
 use asterisk_gitops::managed::ManagedFile;
 use asterisk_gitops::reconcile::{Outcome, PruneGuard, Reconciler, Trigger};
@@ -36,12 +36,15 @@ fn reconciler(rt: &tokio::runtime::Runtime, dir: &Path, asterisk: Option<Asteris
         realm: "asterisk".into(),
         prune: PruneGuard { max_share: 0.3, max_count: None, allow_mass_delete: false },
         self_heal: true,
+        settled: Default::default(),
     }
 }
 
 struct Setup {
     _dir: tempfile::TempDir,
     spec: std::path::PathBuf,
+    /// As the daemon reads the directory: the last load is reused when no file changed.
+    source: DirSource,
     rec: Reconciler<Db, Asterisk>,
     _standin: Option<asterisk_standin::StandIn>,
 }
@@ -73,17 +76,17 @@ fn setup(rt: &tokio::runtime::Runtime, n: usize, with_asterisk: bool) -> Setup {
         (None, None)
     };
     let rec = reconciler(rt, dir.path(), asterisk);
-    Setup { _dir: dir, spec, rec, _standin: standin }
+    Setup { _dir: dir, source: DirSource::new(spec.clone()), spec, rec, _standin: standin }
 }
 
 #[divan::bench(args = [false, true], sample_count = 10)]
 fn noop_10k(bencher: divan::Bencher, with_asterisk: bool) {
     let rt = runtime();
     let s = setup(&rt, 10_000, with_asterisk);
-    let first = rt.block_on(s.rec.run(Trigger::Cli, load_dir(&s.spec)));
+    let first = rt.block_on(s.rec.run(Trigger::Cli, s.source.load()));
     assert_eq!(first.record.outcome, Outcome::Applied, "{:?}", first.record.error);
     bencher.bench_local(|| {
-        let r = rt.block_on(s.rec.run(Trigger::Periodic, load_dir(&s.spec)));
+        let r = rt.block_on(s.rec.run(Trigger::Periodic, s.source.load()));
         assert_eq!(r.record.outcome, Outcome::NoOp);
     });
 }
@@ -100,7 +103,7 @@ fn one_change_10k(bencher: divan::Bencher, with_asterisk: bool) {
         flip = !flip;
         let text = if flip { original.replacen("Agent 100000", "Agent 100000 (moved)", 1) } else { original.clone() };
         std::fs::write(&file, text).expect("write");
-        let r = rt.block_on(s.rec.run(Trigger::FileChange, load_dir(&s.spec)));
+        let r = rt.block_on(s.rec.run(Trigger::FileChange, s.source.load()));
         assert_eq!(r.record.outcome, Outcome::Applied, "{:?}", r.record.error);
     });
 }

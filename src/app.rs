@@ -52,6 +52,7 @@ pub fn reconciler(settings: &Settings, db: Db) -> anyhow::Result<DaemonReconcile
             allow_mass_delete: settings.reconcile.allow_mass_delete,
         },
         self_heal: settings.reconcile.self_heal,
+        settled: Default::default(),
     })
 }
 
@@ -147,7 +148,7 @@ pub async fn run(
         None => {
             std::fs::create_dir_all(&settings.spec_dir).ok();
             (
-                DesiredSource::Dir(settings.spec_dir.clone()),
+                DesiredSource::Dir(Arc::new(daemon::DirSource::new(settings.spec_dir.clone()))),
                 Target::Dir(settings.spec_dir.clone()),
                 settings.reconcile.interval,
             )

@@ -314,6 +314,7 @@ async fn apply(global: &GlobalArgs, args: ApplyArgs) -> anyhow::Result<ExitCode>
             return Ok(ExitCode::FAILURE);
         }
     }
+    drop(p); // the run plans again; two 100k plans at once would double the peak memory
     let report = reconciler.run(crate::reconcile::Trigger::Cli, desired).await;
     let r = &report.record;
     println!(

@@ -14,7 +14,63 @@ use std::collections::{BTreeMap, BTreeSet};
 
 /// An extension's settings as flat `field -> value` text, the unit the plan
 /// compares. Built from a desired [`Extension`] or from an applied database row.
-pub type Fields = BTreeMap<&'static str, String>;
+///
+/// A sorted vector, not a map: the daemon keeps one per applied extension,
+/// and at 100k extensions a `BTreeMap` of 15 fields each costs three times
+/// the memory.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Fields(Vec<(&'static str, Box<str>)>);
+
+impl Fields {
+    pub fn new() -> Self {
+        Fields(Vec::with_capacity(FIELD_NAMES.len()))
+    }
+    /// Sets a field, replacing its value if it is set.
+    pub fn insert(&mut self, key: &'static str, value: String) {
+        match self.0.binary_search_by(|(k, _)| (*k).cmp(key)) {
+            Ok(i) => self.0[i].1 = value.into_boxed_str(),
+            Err(i) => self.0.insert(i, (key, value.into_boxed_str())),
+        }
+    }
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0.binary_search_by(|(k, _)| (*k).cmp(key)).ok().map(|i| &*self.0[i].1)
+    }
+    pub fn keys(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.0.iter().map(|(k, _)| *k)
+    }
+    /// In field-name order.
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        self.0.iter().map(|(k, v)| (*k, &**v))
+    }
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl FromIterator<(&'static str, String)> for Fields {
+    fn from_iter<I: IntoIterator<Item = (&'static str, String)>>(iter: I) -> Self {
+        let mut f = Fields::new();
+        for (k, v) in iter {
+            f.insert(k, v);
+        }
+        f.0.shrink_to_fit();
+        f
+    }
+}
+
+impl Serialize for Fields {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(self.0.len()))?;
+        for (k, v) in self.iter() {
+            m.serialize_entry(k, v)?;
+        }
+        m.end()
+    }
+}
 
 /// The field that holds the secret's fingerprint (kind and md5 hash).
 pub const SECRET_FIELD: &str = "secret";
@@ -190,6 +246,15 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
     let mut changes = Vec::new();
     let mut unchanged = 0;
     let desired_numbers: BTreeSet<&str> = input.desired.extensions.iter().map(|e| e.extension.as_str()).collect();
+    // Creates and deletes list every field; past the first
+    // MAX_LISTED_CHANGES of each they list none (the spec, or the last
+    // applied row, says them): at 100k creates the lists alone would take
+    // over 100 MB.
+    let mut detailed = 0usize;
+    let mut detail = |want: &Fields, have: &Fields| {
+        detailed += 1;
+        if detailed <= MAX_LISTED_CHANGES { field_changes(have, want) } else { Vec::new() }
+    };
     for ext in input.desired.extensions.iter() {
         let md5 = input.secret_md5.get(&ext.extension).map(String::as_str).unwrap_or_default();
         let want = desired_fields(ext, md5);
@@ -197,7 +262,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
             None => changes.push(Change {
                 extension: ext.extension.clone(),
                 action: Action::Create,
-                fields: field_changes(&Fields::new(), &want),
+                fields: detail(&want, &Fields::new()),
             }),
             Some(have) => {
                 let fields = field_changes(have, &want);
@@ -214,14 +279,15 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
             changes.push(Change {
                 extension: number.clone(),
                 action: Action::Delete,
-                fields: field_changes(have, &Fields::new()),
+                fields: detail(&Fields::new(), have),
             });
         }
     }
     changes.sort_by(|a, b| a.extension.cmp(&b.extension).then(a.action.cmp(&b.action)));
 
     let file_changed = input.current_file != Some(input.rendered);
-    let diff = masked_diff(input.current_file.unwrap_or(""), input.rendered);
+    // Masking reads every line of both texts: not worth it when they are equal.
+    let diff = if file_changed { masked_diff(input.current_file.unwrap_or(""), input.rendered) } else { String::new() };
 
     let mut drift = Vec::new();
     // Rendering is deterministic: when every applied row already equals the
@@ -230,43 +296,48 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
     if changes.is_empty() && input.current_file.is_some_and(|c| c != input.rendered) {
         drift.push(Drift::ManagedFileEdited);
     }
-    if let Observed::Endpoints { endpoints } = input.observed {
-        for ext in input.desired.extensions.iter().filter(|e| e.enabled) {
-            // Only what was applied before can have drifted; a create is not drift.
-            if !input.applied.contains_key(&ext.extension) {
-                continue;
-            }
-            match endpoints.get(&ext.extension) {
-                None => drift.push(Drift::MissingFromAsterisk { extension: ext.extension.clone() }),
-                Some(seen) => {
-                    let fields = observed_differences(ext, seen);
-                    if !fields.is_empty() {
-                        drift.push(Drift::DiffersInAsterisk { extension: ext.extension.clone(), fields });
-                    }
-                }
-            }
-        }
-        let managed: BTreeSet<&str> =
-            input.applied.keys().map(String::as_str).chain(desired_numbers.iter().copied()).collect();
-        for name in endpoints.keys() {
-            if !managed.contains(name.as_str()) {
-                drift.push(Drift::Unmanaged { endpoint: name.clone() });
-            }
-        }
-    }
-
+    drift.extend(observed_drift(input.desired, &|n| input.applied.contains_key(n), input.observed));
     Plan { changes, unchanged, drift, file_changed, diff, applied_before: input.applied.len() }
 }
 
+/// What Asterisk shows that differs from what was applied: desired and
+/// applied extensions missing or different there, and endpoints nobody
+/// manages. `applied` says whether a number was applied before (only
+/// those can drift; a create is not drift).
+pub fn observed_drift(desired: &DesiredSet, applied: &dyn Fn(&str) -> bool, observed: &Observed) -> Vec<Drift> {
+    let mut drift = Vec::new();
+    let Observed::Endpoints { endpoints } = observed else { return drift };
+    for ext in desired.extensions.iter().filter(|e| e.enabled) {
+        if !applied(&ext.extension) {
+            continue;
+        }
+        match endpoints.get(&ext.extension) {
+            None => drift.push(Drift::MissingFromAsterisk { extension: ext.extension.clone() }),
+            Some(seen) => {
+                let fields = observed_differences(ext, seen);
+                if !fields.is_empty() {
+                    drift.push(Drift::DiffersInAsterisk { extension: ext.extension.clone(), fields });
+                }
+            }
+        }
+    }
+    for name in endpoints.keys() {
+        if !applied(name) && desired.get(name).is_none() {
+            drift.push(Drift::Unmanaged { endpoint: name.clone() });
+        }
+    }
+    drift
+}
+
 fn field_changes(have: &Fields, want: &Fields) -> Vec<FieldChange> {
-    let keys: BTreeSet<&'static str> = have.keys().chain(want.keys()).copied().collect();
+    let keys: BTreeSet<&'static str> = have.keys().chain(want.keys()).collect();
     let mut out = Vec::new();
     for key in keys {
         let (a, b) = (have.get(key), want.get(key));
         if a == b {
             continue;
         }
-        let empty = |v: Option<&String>| v.filter(|s| !s.is_empty()).cloned();
+        let empty = |v: Option<&str>| v.filter(|s| !s.is_empty()).map(str::to_string);
         if key == SECRET_FIELD {
             out.push(FieldChange { field: key, from: None, to: None });
         } else if empty(a) != empty(b) {
@@ -297,18 +368,120 @@ fn observed_differences(ext: &Extension, seen: &ObservedEndpoint) -> Vec<FieldCh
     out
 }
 
+/// How much of a diff is kept: a cold apply of 100k extensions would
+/// otherwise carry a 30 MB diff through the plan, the run record and the UI.
+pub const MAX_DIFF_BYTES: usize = 1 << 20;
+
+/// How many changes the stored run record and the text and Markdown
+/// renderings list one by one; the rest are counted.
+pub const MAX_LISTED_CHANGES: usize = 1000;
+
 /// A unified diff of two managed files with `password` and `md5_cred`
-/// values masked, fit for logs, PR comments and the UI.
+/// values masked, fit for logs, PR comments and the UI; cut after
+/// [`MAX_DIFF_BYTES`] with a line that says so.
 pub fn masked_diff(old: &str, new: &str) -> String {
+    if old.is_empty() {
+        return added_file_diff(new);
+    }
     let (old, new) = (mask_secrets(old), mask_secrets(new));
     if old == new {
         return String::new();
     }
-    similar::TextDiff::from_lines(&old, &new)
-        .unified_diff()
-        .context_radius(3)
-        .header("managed (on disk)", "managed (rendered)")
-        .to_string()
+    let diff = similar::TextDiff::from_lines(&old, &new);
+    let mut unified = diff.unified_diff();
+    unified.context_radius(3).header("managed (on disk)", "managed (rendered)");
+    let mut out = String::from("--- managed (on disk)\n+++ managed (rendered)\n");
+    let mut left_out = 0usize;
+    for hunk in unified.iter_hunks() {
+        if out.len() > MAX_DIFF_BYTES {
+            left_out += hunk.iter_changes().count();
+            continue;
+        }
+        out.push_str(&format!("{}\n", hunk.header()));
+        for change in hunk.iter_changes() {
+            if out.len() > MAX_DIFF_BYTES {
+                left_out += 1;
+                continue;
+            }
+            out.push(match change.tag() {
+                similar::ChangeTag::Delete => '-',
+                similar::ChangeTag::Insert => '+',
+                similar::ChangeTag::Equal => ' ',
+            });
+            out.push_str(change.value());
+            if change.missing_newline() {
+                out.push_str("\n\\ No newline at end of file\n");
+            }
+        }
+    }
+    if left_out > 0 {
+        out.push_str(&format!("… diff cut at {} KiB: {left_out} more line(s)\n", MAX_DIFF_BYTES / 1024));
+    }
+    out
+}
+
+/// The diff of a file that did not exist (a cold apply): every line added.
+/// Written directly, masking line by line, without a masked copy of the
+/// whole file or a diff of it.
+fn added_file_diff(new: &str) -> String {
+    if new.is_empty() {
+        return String::new();
+    }
+    let lines = new.split_inclusive('\n').count();
+    let mut out = format!("--- managed (on disk)\n+++ managed (rendered)\n@@ -0,0 +1,{lines} @@\n");
+    let mut left_out = 0usize;
+    for line in new.split_inclusive('\n') {
+        if out.len() > MAX_DIFF_BYTES {
+            left_out += 1;
+            continue;
+        }
+        out.push('+');
+        out.push_str(&mask_secrets(line));
+        if !line.ends_with('\n') {
+            out.push_str("\n\\ No newline at end of file\n");
+        }
+    }
+    if left_out > 0 {
+        out.push_str(&format!("… diff cut at {} KiB: {left_out} more line(s)\n", MAX_DIFF_BYTES / 1024));
+    }
+    out
+}
+
+/// The plan as the run record keeps it: the first [`MAX_LISTED_CHANGES`]
+/// changes and drift items in detail, counts for all, no diff (it has a
+/// column of its own).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoredPlan<'a> {
+    pub changes: &'a [Change],
+    pub changes_omitted: usize,
+    pub creates: usize,
+    pub updates: usize,
+    pub deletes: usize,
+    pub unchanged: usize,
+    pub drift: &'a [Drift],
+    pub drift_omitted: usize,
+    pub file_changed: bool,
+    pub applied_before: usize,
+}
+
+impl<'a> StoredPlan<'a> {
+    pub fn of(p: &'a Plan) -> Self {
+        let n = p.changes.len().min(MAX_LISTED_CHANGES);
+        let d = p.drift.len().min(MAX_LISTED_CHANGES);
+        StoredPlan {
+            changes: &p.changes[..n],
+            changes_omitted: p.changes.len() - n,
+            creates: p.count(Action::Create),
+            updates: p.count(Action::Update),
+            deletes: p.count(Action::Delete),
+            unchanged: p.unchanged,
+            drift: &p.drift[..d],
+            drift_omitted: p.drift.len() - d,
+            file_changed: p.file_changed,
+            applied_before: p.applied_before,
+        }
+    }
 }
 
 /// Replaces the values of `password` and `md5_cred` lines by a fingerprint
@@ -336,7 +509,7 @@ pub fn mask_secrets(text: &str) -> String {
 /// Human-readable plan (the `plan` command's default output).
 pub fn to_text(p: &Plan) -> String {
     let mut out = String::new();
-    for c in &p.changes {
+    for c in p.changes.iter().take(MAX_LISTED_CHANGES) {
         let sign = match c.action {
             Action::Create => "+",
             Action::Update => "~",
@@ -346,6 +519,12 @@ pub fn to_text(p: &Plan) -> String {
         for f in &c.fields {
             out.push_str(&format!("    {}\n", describe(f)));
         }
+    }
+    if p.changes.len() > MAX_LISTED_CHANGES {
+        out.push_str(&format!(
+            "… and {} more change(s) (every one: --format json)\n",
+            p.changes.len() - MAX_LISTED_CHANGES
+        ));
     }
     for d in &p.drift {
         out.push_str(&format!("! drift: {}\n", describe_drift(d)));
@@ -361,9 +540,14 @@ pub fn to_markdown(p: &Plan) -> String {
     out.push_str(&format!("**{}**\n\n", summary(p)));
     if !p.changes.is_empty() {
         out.push_str("| | extension | changes |\n|---|---|---|\n");
-        for c in &p.changes {
+        // GitHub refuses comments over 65,536 characters: keep the table short.
+        const MARKDOWN_ROWS: usize = 200;
+        for c in p.changes.iter().take(MARKDOWN_ROWS) {
             let fields: Vec<String> = c.fields.iter().map(|f| describe(f).replace('|', "\\|")).collect();
             out.push_str(&format!("| {} | `{}` | {} |\n", action_word(c.action), c.extension, fields.join("<br>")));
+        }
+        if p.changes.len() > MARKDOWN_ROWS {
+            out.push_str(&format!("| | … | and {} more |\n", p.changes.len() - MARKDOWN_ROWS));
         }
         out.push('\n');
     }
@@ -375,9 +559,19 @@ pub fn to_markdown(p: &Plan) -> String {
         out.push('\n');
     }
     if !p.diff.is_empty() {
+        const MARKDOWN_DIFF: usize = 40_000;
+        let mut cut = p.diff.len().min(MARKDOWN_DIFF);
+        while !p.diff.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let shown = &p.diff[..cut];
+        let shown = if cut < p.diff.len() { &shown[..shown.rfind('\n').map_or(0, |i| i + 1)] } else { shown };
         out.push_str("<details><summary>Managed pjsip file diff</summary>\n\n```diff\n");
-        out.push_str(&p.diff);
-        if !p.diff.ends_with('\n') {
+        out.push_str(shown);
+        if shown.len() < p.diff.len() {
+            out.push_str("… (cut; the full diff is in the run record)\n");
+        }
+        if !shown.ends_with('\n') {
             out.push('\n');
         }
         out.push_str("```\n\n</details>\n");
@@ -460,7 +654,7 @@ mod tests {
     fn field_names_cover_every_desired_field() {
         let s = set(TWO);
         let f = desired_fields(&s.extensions[0], "x");
-        assert_eq!(f.keys().copied().collect::<BTreeSet<_>>(), FIELD_NAMES.iter().copied().collect::<BTreeSet<_>>());
+        assert_eq!(f.keys().collect::<BTreeSet<_>>(), FIELD_NAMES.iter().copied().collect::<BTreeSet<_>>());
     }
 
     #[test]
@@ -573,6 +767,27 @@ mod tests {
             ]
         );
         assert!(p.has_healable_drift());
+    }
+
+    #[test]
+    fn huge_diffs_and_plans_are_cut_and_say_so() {
+        let new: String = (0..100_000).map(|i| format!("[{i}]\ntype = endpoint\ncontext = from-internal\n")).collect();
+        let d = masked_diff("", &new);
+        assert!(d.len() < MAX_DIFF_BYTES + 64 * 1024, "{}", d.len());
+        assert!(d.starts_with("--- managed (on disk)\n+++ managed (rendered)\n@@"));
+        assert!(d.ends_with("more line(s)\n"), "{}", &d[d.len() - 200..]);
+
+        let changes: Vec<Change> = (0..MAX_LISTED_CHANGES + 5)
+            .map(|i| Change { extension: format!("{i:05}"), action: Action::Create, fields: Vec::new() })
+            .collect();
+        let p = Plan { changes, ..Default::default() };
+        let text = to_text(&p);
+        assert!(text.contains("… and 5 more change(s)"), "{}", &text[text.len() - 200..]);
+        let stored = serde_json::to_value(StoredPlan::of(&p)).expect("json");
+        assert_eq!(stored["changesOmitted"], 5);
+        assert_eq!(stored["creates"], MAX_LISTED_CHANGES + 5);
+        assert_eq!(stored["changes"].as_array().map(Vec::len), Some(MAX_LISTED_CHANGES));
+        assert!(to_markdown(&p).contains("and 805 more"));
     }
 
     #[test]

@@ -87,13 +87,22 @@ impl Outcome {
     }
 }
 
-/// One extension row as the reconciler hands it to the store.
+/// One extension row as the reconciler hands it to the store; it borrows
+/// the extension from the desired set (a cold apply of 100k extensions
+/// would otherwise copy them all).
 #[derive(Clone, Debug)]
-pub struct AppliedRow {
-    pub extension: Extension,
+pub struct AppliedRow<'a> {
+    pub extension: std::borrow::Cow<'a, Extension>,
     /// md5Cred of the extension's secret (never the password itself).
     pub secret_md5: String,
-    pub fields: Fields,
+}
+
+impl AppliedRow<'_> {
+    /// The plan's view of the row (computed when needed: a cold apply of
+    /// 100k extensions would otherwise hold 100k of them at once).
+    pub fn fields(&self) -> Fields {
+        plan::desired_fields(&self.extension, &self.secret_md5)
+    }
 }
 
 /// The record of one run, written together with its row changes.
@@ -122,12 +131,15 @@ pub trait StateStore: Send + Sync {
     type Error: std::fmt::Display + Send;
     /// The applied extensions, as plan fields, by number.
     fn applied(&self) -> impl Future<Output = Result<BTreeMap<String, Fields>, Self::Error>> + Send;
+    /// A cheap value that changes whenever the applied rows change (their
+    /// count and latest write), so a run can tell that nothing did.
+    fn applied_signature(&self) -> impl Future<Output = Result<String, Self::Error>> + Send;
     /// Records the run and, in the same transaction, upserts `upserts` and
     /// deletes `deletes`. All or nothing.
     fn commit(
         &self,
         run: &RunRecord,
-        upserts: &[AppliedRow],
+        upserts: &[AppliedRow<'_>],
         deletes: &[String],
     ) -> impl Future<Output = Result<i64, Self::Error>> + Send;
 }
@@ -144,7 +156,7 @@ pub trait AsteriskControl: Send + Sync {
 }
 
 /// Where the desired state comes from for one run.
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub struct Desired {
     pub set: DesiredSet,
     pub diagnostics: Vec<Diagnostic>,
@@ -156,6 +168,9 @@ pub struct Desired {
     pub warning: Option<String>,
     /// The commit's subject line, for a git source.
     pub subject: Option<String>,
+    /// A hash of everything the set was loaded from (file names and bytes,
+    /// or commit and path): equal fingerprints, equal sets. `None`: unknown.
+    pub fingerprint: Option<u64>,
 }
 
 /// The prune guard's limits.
@@ -212,6 +227,92 @@ pub struct Reconciler<S, A> {
     pub realm: String,
     pub prune: PruneGuard,
     pub self_heal: bool,
+    /// What the last run that found nothing to change saw (see [`Settled`]).
+    pub settled: SettledCache,
+}
+
+/// A plan, with the rendered file and secret hashes when they were computed.
+type SettledPlan = (Plan, Option<String>, Option<BTreeMap<String, String>>, Observed);
+
+/// The inputs of the last run that found nothing to change. When the next
+/// run sees the same inputs — the same specs (by fingerprint), the same
+/// secret files, the same applied rows (by signature) and the same managed
+/// file on disk (by hash) — rendering and diffing would find nothing again,
+/// so the run skips them and only looks at Asterisk for drift. This is what
+/// makes a no-op run at 10k extensions cost a few milliseconds, not a
+/// hundred and fifty.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settled {
+    pub fingerprint: u64,
+    pub secret_files: u64,
+    pub applied: String,
+    pub file_hash: u64,
+    pub applied_count: usize,
+}
+
+/// What a reconciler remembers between runs: the last settled inputs, and
+/// the applied rows as of a signature (reading 10k rows back costs tens of
+/// milliseconds; a run that changed one knows exactly what it wrote). The
+/// rows are read afresh at least every [`APPLIED_CACHE_MAX_AGE`].
+#[derive(Debug, Default)]
+pub struct SettledCache {
+    settled: std::sync::Mutex<Option<Settled>>,
+    applied: std::sync::Mutex<Option<AppliedCache>>,
+}
+
+#[derive(Debug)]
+struct AppliedCache {
+    signature: String,
+    rows: Arc<BTreeMap<String, Fields>>,
+    read_at: Instant,
+}
+
+pub const APPLIED_CACHE_MAX_AGE: Duration = Duration::from_secs(300);
+
+impl SettledCache {
+    fn get(&self) -> Option<Settled> {
+        self.settled.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+    fn set(&self, s: Option<Settled>) {
+        *self.settled.lock().unwrap_or_else(|p| p.into_inner()) = s;
+    }
+    fn applied(&self, signature: &str) -> Option<Arc<BTreeMap<String, Fields>>> {
+        let guard = self.applied.lock().unwrap_or_else(|p| p.into_inner());
+        guard
+            .as_ref()
+            .filter(|c| c.signature == signature && c.read_at.elapsed() < APPLIED_CACHE_MAX_AGE)
+            .map(|c| c.rows.clone())
+    }
+    fn set_applied(&self, signature: String, rows: Arc<BTreeMap<String, Fields>>, read_at: Instant) {
+        *self.applied.lock().unwrap_or_else(|p| p.into_inner()) = Some(AppliedCache { signature, rows, read_at });
+    }
+    fn forget_applied(&self) -> Option<AppliedCache> {
+        self.applied.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+fn hash_text(text: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut h);
+    h.finish()
+}
+
+/// Size and modification time of every `passwordFile` the set reads: a
+/// changed secret file must re-render even when no spec file changed.
+fn secret_files_signature(set: &DesiredSet) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for ext in set.extensions.iter() {
+        if let crate::spec::Secret::PasswordFile(path) = &ext.secret {
+            path.hash(&mut h);
+            match std::fs::metadata(path) {
+                Ok(m) => (m.len(), m.modified().ok()).hash(&mut h),
+                Err(e) => e.kind().hash(&mut h),
+            }
+        }
+    }
+    h.finish()
 }
 
 /// What one run did, for logs, status and the CLI.
@@ -254,6 +355,59 @@ impl<S: StateStore, A: AsteriskControl> Reconciler<S, A> {
         Ok((rendered, md5s))
     }
 
+    /// After a commit: the cached applied rows plus what was written, under
+    /// the signature the store reports now. Without a cached copy, or if the
+    /// signature cannot be read, the next run reads the rows again.
+    async fn remember_commit(&self, upserts: &[AppliedRow<'_>], deletes: &[String]) {
+        if upserts.is_empty() && deletes.is_empty() {
+            return;
+        }
+        let Some(cache) = self.settled.forget_applied() else { return };
+        let Ok(signature) = self.store.applied_signature().await else { return };
+        let mut rows = Arc::unwrap_or_clone(cache.rows);
+        for d in deletes {
+            rows.remove(d);
+        }
+        for u in upserts {
+            rows.insert(u.extension.extension.clone(), u.fields());
+        }
+        self.settled.set_applied(signature, Arc::new(rows), cache.read_at);
+    }
+
+    /// The plan of a run whose inputs equal the last settled run's (see
+    /// [`Settled`]): no changes, only what Asterisk shows now. `None` when
+    /// any input differs.
+    async fn settled_plan(
+        &self,
+        desired: &Desired,
+        secret_files: u64,
+        applied_sig: Option<&str>,
+    ) -> Option<SettledPlan> {
+        let s = self.settled.get()?;
+        if desired.fingerprint != Some(s.fingerprint)
+            || s.secret_files != secret_files
+            || applied_sig != Some(&s.applied)
+        {
+            return None;
+        }
+        let current = self.managed.read().ok()??;
+        if hash_text(&current) != s.file_hash {
+            return None;
+        }
+        let observed = self.observe().await;
+        // Settled means every desired extension is applied as it is and nothing else is.
+        let drift = plan::observed_drift(&desired.set, &|n| desired.set.get(n).is_some(), &observed);
+        let p = Plan {
+            changes: Vec::new(),
+            unchanged: desired.set.extensions.len(),
+            drift,
+            file_changed: false,
+            diff: String::new(),
+            applied_before: s.applied_count,
+        };
+        Some((p, None, None, observed))
+    }
+
     async fn observe(&self) -> Observed {
         match &self.asterisk {
             None => Observed::NotConfigured,
@@ -286,7 +440,10 @@ impl<S: StateStore, A: AsteriskControl> Reconciler<S, A> {
         self.step(&desired, &mut record, &mut upserts, &mut deletes).await;
         record.finished_at = chrono::Utc::now();
         let run_id = match self.store.commit(&record, &upserts, &deletes).await {
-            Ok(id) => Some(id),
+            Ok(id) => {
+                self.remember_commit(&upserts, &deletes).await;
+                Some(id)
+            }
             Err(e) => {
                 if record.outcome == Outcome::Applied {
                     // The file is live but the rows are not: the next run sees the
@@ -303,11 +460,11 @@ impl<S: StateStore, A: AsteriskControl> Reconciler<S, A> {
         RunReport { record, run_id, duration: started.elapsed() }
     }
 
-    async fn step(
+    async fn step<'d>(
         &self,
-        desired: &Desired,
+        desired: &'d Desired,
         record: &mut RunRecord,
-        upserts: &mut Vec<AppliedRow>,
+        upserts: &mut Vec<AppliedRow<'d>>,
         deletes: &mut Vec<String>,
     ) {
         let fail = |record: &mut RunRecord, outcome: Outcome, error: String| {
@@ -329,58 +486,124 @@ impl<S: StateStore, A: AsteriskControl> Reconciler<S, A> {
             );
         }
         record.diagnostics = desired.diagnostics.clone();
-        // 2. Render (secrets are read here).
-        let (rendered, md5s) = match self.render(desired) {
-            Ok(r) => r,
-            Err(e) => return fail(record, Outcome::Failed, format!("render: {e}")),
+        let secret_files = secret_files_signature(&desired.set);
+        let applied_sig = self.store.applied_signature().await.ok();
+        let p = match self.settled_plan(desired, secret_files, applied_sig.as_deref()).await {
+            Some(p) => p,
+            None => {
+                self.settled.set(None);
+                // 2. Render (secrets are read here).
+                let (rendered, md5s) = match self.render(desired) {
+                    Ok(r) => r,
+                    Err(e) => return fail(record, Outcome::Failed, format!("render: {e}")),
+                };
+                // 3. Applied, on disk, observed.
+                let cached = applied_sig.as_deref().and_then(|sig| self.settled.applied(sig));
+                let applied = match cached {
+                    Some(a) => a,
+                    None => match self.store.applied().await {
+                        Ok(a) => {
+                            let a = Arc::new(a);
+                            if let Some(sig) = &applied_sig {
+                                self.settled.set_applied(sig.clone(), a.clone(), Instant::now());
+                            }
+                            a
+                        }
+                        Err(e) => return fail(record, Outcome::Failed, format!("database: {e}")),
+                    },
+                };
+                let current = match self.managed.read() {
+                    Ok(c) => c,
+                    Err(e) => return fail(record, Outcome::Failed, format!("{}: {e}", self.managed.path().display())),
+                };
+                let observed = self.observe().await;
+                let p = plan::plan(&PlanInput {
+                    desired: &desired.set,
+                    secret_md5: &md5s,
+                    applied: &applied,
+                    observed: &observed,
+                    current_file: current.as_deref(),
+                    rendered: &rendered,
+                });
+                if let (Some(fingerprint), Some(applied_sig), false) =
+                    (desired.fingerprint, applied_sig, p.has_changes() || p.file_changed)
+                {
+                    self.settled.set(Some(Settled {
+                        fingerprint,
+                        secret_files,
+                        applied: applied_sig,
+                        file_hash: hash_text(&rendered),
+                        applied_count: applied.len(),
+                    }));
+                }
+                (p, Some(rendered), Some(md5s), observed)
+            }
         };
-        // 3. Applied, on disk, observed.
-        let applied = match self.store.applied().await {
-            Ok(a) => a,
-            Err(e) => return fail(record, Outcome::Failed, format!("database: {e}")),
-        };
-        let current = match self.managed.read() {
-            Ok(c) => c,
-            Err(e) => return fail(record, Outcome::Failed, format!("{}: {e}", self.managed.path().display())),
-        };
-        let observed = self.observe().await;
-        let p = plan::plan(&PlanInput {
-            desired: &desired.set,
-            secret_md5: &md5s,
-            applied: &applied,
-            observed: &observed,
-            current_file: current.as_deref(),
-            rendered: &rendered,
-        });
-        record.plan = Some(p.clone());
+        let (p, rendered, md5s, observed) = p;
+        let result = self
+            .apply_plan(
+                desired,
+                &p,
+                rendered.as_deref(),
+                md5s.as_ref(),
+                &observed,
+                &mut record.reloaded,
+                upserts,
+                deletes,
+            )
+            .await;
+        // The plan moves into the record (at 100k extensions a copy would cost hundreds of MB).
+        record.plan = Some(p);
+        match result {
+            Ok(outcome) => record.outcome = outcome,
+            Err((outcome, error)) => fail(record, outcome, error),
+        }
+    }
 
+    /// Steps 4–8 of a run: guard, write, reload, verify, and the rows to
+    /// record. `Err` carries the outcome and the reason.
+    #[allow(clippy::too_many_arguments)]
+    async fn apply_plan<'d>(
+        &self,
+        desired: &'d Desired,
+        p: &Plan,
+        rendered: Option<&str>,
+        md5s: Option<&BTreeMap<String, String>>,
+        observed: &Observed,
+        reloaded: &mut bool,
+        upserts: &mut Vec<AppliedRow<'d>>,
+        deletes: &mut Vec<String>,
+    ) -> Result<Outcome, (Outcome, String)> {
         // 4. Prune guard.
         if let Some(why) = self.prune.check(p.count(Action::Delete), p.applied_before) {
-            return fail(record, Outcome::Blocked, why);
+            return Err((Outcome::Blocked, why));
         }
         // 5. Nothing to do?
         let heal = self.self_heal && p.has_healable_drift();
         if !p.has_changes() && !heal {
-            record.outcome = if p.has_healable_drift() { Outcome::DriftReported } else { Outcome::NoOp };
-            return;
+            return Ok(if p.has_healable_drift() { Outcome::DriftReported } else { Outcome::NoOp });
         }
-        if let Observed::Unreachable { reason } = &observed {
-            return fail(record, Outcome::Failed, format!("Asterisk is unreachable ({reason}); nothing was changed"));
+        if let Observed::Unreachable { reason } = observed {
+            return Err((Outcome::Failed, format!("Asterisk is unreachable ({reason}); nothing was changed")));
         }
         // 6. Write the file if its content changes.
-        if p.file_changed
-            && let Err(e) = self.managed.write(&rendered)
-        {
-            return fail(record, Outcome::Failed, format!("writing {}: {e}", self.managed.path().display()));
+        if p.file_changed {
+            // A settled plan never changes the file, so a changed file always comes with its text.
+            let Some(text) = rendered else {
+                return Err((Outcome::Failed, "internal: a changed file without its rendering".into()));
+            };
+            if let Err(e) = self.managed.write(text) {
+                return Err((Outcome::Failed, format!("writing {}: {e}", self.managed.path().display())));
+            }
         }
         // 7. Reload and verify.
         if let Some(asterisk) = &self.asterisk
             && (p.file_changed || heal)
         {
-            record.reloaded = true;
+            *reloaded = true;
             let verdict = match asterisk.reload().await {
                 Err(e) => Err(format!("reload failed: {e}")),
-                Ok(()) => self.verify(asterisk, &desired.set, &p).await,
+                Ok(()) => self.verify(asterisk, &desired.set, p).await,
             };
             if let Err(reason) = verdict {
                 let restored = if p.file_changed {
@@ -394,7 +617,7 @@ impl<S: StateStore, A: AsteriskControl> Reconciler<S, A> {
                 } else {
                     "the file was not changed".to_string()
                 };
-                return fail(record, Outcome::Failed, format!("{reason}; {restored}"));
+                return Err((Outcome::Failed, format!("{reason}; {restored}")));
             }
         }
         // 8. The rows that change land with the run record, in one transaction.
@@ -403,14 +626,13 @@ impl<S: StateStore, A: AsteriskControl> Reconciler<S, A> {
                 Action::Delete => deletes.push(c.extension.clone()),
                 Action::Create | Action::Update => {
                     if let Some(ext) = desired.set.get(&c.extension) {
-                        let md5 = md5s.get(&ext.extension).cloned().unwrap_or_default();
-                        let fields = plan::desired_fields(ext, &md5);
-                        upserts.push(AppliedRow { extension: ext.clone(), secret_md5: md5, fields });
+                        let md5 = md5s.and_then(|m| m.get(&ext.extension)).cloned().unwrap_or_default();
+                        upserts.push(AppliedRow { extension: std::borrow::Cow::Borrowed(ext), secret_md5: md5 });
                     }
                 }
             }
         }
-        record.outcome = Outcome::Applied;
+        Ok(Outcome::Applied)
     }
 
     /// After a reload: every endpoint the run created or changed (and that

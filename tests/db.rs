@@ -99,7 +99,7 @@ fn desired() -> DesiredSet {
     DesiredSet::new(exts.into_iter().map(|(e, _)| e).collect())
 }
 
-fn rows(set: &DesiredSet) -> Vec<AppliedRow> {
+fn rows(set: &DesiredSet) -> Vec<AppliedRow<'static>> {
     set.extensions
         .iter()
         .map(|e| {
@@ -110,7 +110,7 @@ fn rows(set: &DesiredSet) -> Vec<AppliedRow> {
                 asterisk_gitops::spec::Secret::Md5Cred(h) => h.clone(),
                 _ => String::new(),
             };
-            AppliedRow { fields: plan::desired_fields(e, &md5), secret_md5: md5, extension: e.clone() }
+            AppliedRow { secret_md5: md5, extension: std::borrow::Cow::Owned(e.clone()) }
         })
         .collect()
 }
@@ -203,7 +203,7 @@ async fn an_applied_plan_and_its_run_land_together() {
 
         // Update one, delete the other.
         let mut changed = rows(&set);
-        changed[0].extension.display_name = Some("Renamed".into());
+        changed[0].extension.to_mut().display_name = Some("Renamed".into());
         db.commit_run(&run(Outcome::Applied, &[]), &changed[..1], &["1002".to_string()]).await.expect("commits");
         let all = db.extensions().await.expect("list");
         assert_eq!(all.len(), 1);

@@ -5,7 +5,7 @@ use asterisk_gitops::asterisk::{AmiConfig, Asterisk};
 use asterisk_gitops::daemon::{self, DesiredSource, LoopConfig, LoopHandle};
 use asterisk_gitops::db::{Db, Retry};
 use asterisk_gitops::managed::ManagedFile;
-use asterisk_gitops::plan::Drift;
+use asterisk_gitops::plan::{Action, Drift};
 use asterisk_gitops::reconcile::{Outcome, PruneGuard, Reconciler, RunReport, Trigger};
 use asterisk_gitops::render::Renderer;
 use asterisk_gitops::secret::ProcessSecrets;
@@ -68,6 +68,7 @@ async fn rig_with(templates: Option<&Path>) -> Rig {
         realm: "asterisk".into(),
         prune: PruneGuard { max_share: 0.3, max_count: None, allow_mass_delete: false },
         self_heal: true,
+        settled: Default::default(),
     };
     Rig { dir, spec, managed, standin, rec }
 }
@@ -153,6 +154,49 @@ async fn a_second_run_on_the_same_input_writes_nothing_and_reloads_nothing() {
     assert!(!run.record.reloaded);
     assert_eq!(r.standin.control().reloads(), reloads, "no reload");
     assert_eq!(r.mtime(), mtime, "the managed file was not rewritten");
+}
+
+#[tokio::test]
+async fn a_settled_run_still_sees_a_changed_secret_file_and_rows_changed_behind_its_back() {
+    let r = rig().await;
+    let pw = r.dir.path().join("1004.pw");
+    std::fs::write(&pw, "first-password-1\n").expect("write secret");
+    let mut text = team(&[("1001", "Ann"), ("1002", "Bob"), ("1003", "Cy")]);
+    text.push_str(&format!("  - extension: \"1004\"\n    displayName: Dee\n    passwordFile: {}\n", pw.display()));
+    r.write("team.yaml", &text);
+    assert_eq!(r.run().await.record.outcome, Outcome::Applied);
+    assert_eq!(r.run().await.record.outcome, Outcome::NoOp);
+    // Settled now: the next no-op takes the short path, and must still see these.
+    assert_eq!(r.run().await.record.outcome, Outcome::NoOp);
+
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    std::fs::write(&pw, "second-password-22\n").expect("rewrite secret");
+    let run = r.run().await;
+    assert_eq!(outcome(&run), (Outcome::Applied, None));
+    let changed = &run.record.plan.as_ref().expect("plan").changes;
+    assert_eq!(changed.iter().map(|c| c.extension.as_str()).collect::<Vec<_>>(), ["1004"]);
+    assert_eq!(r.run().await.record.outcome, Outcome::NoOp);
+
+    // Another writer removes a row: the next run puts it back.
+    let url = format!("sqlite://{}/state/db.sqlite", r.dir.path().display());
+    let pool = sqlx::SqlitePool::connect(&url).await.expect("sqlite");
+    sqlx::query("DELETE FROM extensions WHERE number = '1002'").execute(&pool).await.expect("delete");
+    pool.close().await;
+    let run = r.run().await;
+    assert_eq!(outcome(&run), (Outcome::Applied, None));
+    let changed = &run.record.plan.as_ref().expect("plan").changes;
+    assert_eq!(
+        changed.iter().map(|c| (c.extension.as_str(), c.action)).collect::<Vec<_>>(),
+        [("1002", Action::Create)]
+    );
+
+    // Drift in Asterisk is still seen on the short path.
+    assert_eq!(r.run().await.record.outcome, Outcome::NoOp);
+    let reloads = r.standin.control().reloads();
+    std::fs::write(&r.managed, "").expect("empty the managed file");
+    assert_eq!(r.standin.control().reloads(), reloads);
+    let run = r.run().await;
+    assert_eq!(outcome(&run), (Outcome::Applied, None), "a hand edit is healed");
 }
 
 #[tokio::test]
@@ -330,9 +374,16 @@ async fn with_asterisk_down_runs_fail_softly_and_converge_when_it_returns() {
         max_backoff: Duration::from_millis(400),
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(daemon::run_loop(rec.clone(), DesiredSource::Dir(spec), cfg, handle.clone(), rx, async {
-        let _ = stop_rx.await;
-    }));
+    let task = tokio::spawn(daemon::run_loop(
+        rec.clone(),
+        DesiredSource::Dir(std::sync::Arc::new(daemon::DirSource::new(spec))),
+        cfg,
+        handle.clone(),
+        rx,
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(handle.failures.load(std::sync::atomic::Ordering::SeqCst) >= 1, "failing while down");
     standin.restart().await.expect("back");

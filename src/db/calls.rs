@@ -98,9 +98,8 @@ impl Db {
         .fetch_optional(pool)
         .await)?;
         let Some((None, end, disposition)) = row else { return Ok(false) };
-        if disposition.as_deref() == Some("unknown") {
-            return Ok(false);
-        }
+        // A row closed as "unknown" waits for its real end to say more.
+        let end = end.filter(|_| disposition.as_deref() != Some("unknown"));
         let duration = end.map(|e| (e - at).num_seconds().max(0));
         let disposition = end.map(|_| "answered");
         let done = on_pool!(self, pool => sqlx::query(
@@ -120,9 +119,11 @@ impl Db {
 
     /// Completes the call, once: end time, duration (from answer, or 0),
     /// cause, and the disposition that follows from them ([`disposition`]).
+    /// A row closed as `unknown` (its channel seemed gone, or it stayed open
+    /// too long) is provisional: the real end replaces it.
     pub async fn call_ended(&self, channel_id: &str, at: DateTime<Utc>, cause: Option<i64>) -> Result<bool, DbError> {
         let open: Option<(Option<DateTime<Utc>>,)> = on_pool!(self, pool => sqlx::query_as(
-            "SELECT answer_time FROM calls WHERE channel_id = $1 AND end_time IS NULL",
+            "SELECT answer_time FROM calls WHERE channel_id = $1 AND (end_time IS NULL OR disposition = 'unknown')",
         )
         .bind(channel_id)
         .fetch_optional(pool)
@@ -132,7 +133,7 @@ impl Db {
         let disposition = disposition(answer.is_some(), cause);
         let done = on_pool!(self, pool => sqlx::query(
             "UPDATE calls SET end_time = $1, duration_seconds = $2, hangup_cause = COALESCE($3, hangup_cause), \
-             disposition = $4, updated_at = $5 WHERE channel_id = $6 AND end_time IS NULL",
+             disposition = $4, updated_at = $5 WHERE channel_id = $6 AND (end_time IS NULL OR disposition = 'unknown')",
         )
         .bind(at)
         .bind(duration)

@@ -188,15 +188,20 @@ impl Db {
 
     /// The applied extensions as the plan's field maps, by number.
     pub async fn applied_fields(&self) -> Result<BTreeMap<String, Fields>, DbError> {
-        let rows: Vec<(String, Json<BTreeMap<String, String>>)> =
-            on_pool!(self, pool => sqlx::query_as("SELECT number, fields FROM extensions").fetch_all(pool).await)?;
-        Ok(rows
-            .into_iter()
-            .map(|(n, Json(map))| {
+        use futures_util::TryStreamExt;
+        // Row by row: holding every decoded JSON map at once before
+        // converting would double the peak memory at 100k extensions.
+        let mut out = BTreeMap::new();
+        on_pool!(self, pool => {
+            let mut rows = sqlx::query_as::<_, (String, Json<BTreeMap<String, String>>)>("SELECT number, fields FROM extensions")
+                .fetch(pool);
+            while let Some((n, Json(map))) = rows.try_next().await? {
                 let fields = map.into_iter().filter_map(|(k, v)| plan::field_name(&k).map(|k| (k, v))).collect();
-                (n, fields)
-            })
-            .collect())
+                out.insert(n, fields);
+            }
+            Ok::<(), sqlx::Error>(())
+        })?;
+        Ok(out)
     }
 
     /// Every applied extension, by number.
@@ -225,7 +230,7 @@ impl Db {
     pub async fn commit_run(
         &self,
         run: &RunRecord,
-        upserts: &[AppliedRow],
+        upserts: &[AppliedRow<'_>],
         deletes: &[String],
     ) -> Result<i64, DbError> {
         let (creates, updates, deletes_n) = run.plan.as_ref().map_or((0, 0, 0), |p| {
@@ -236,8 +241,11 @@ impl Db {
             )
         });
         let duration_ms = (run.finished_at - run.started_at).num_milliseconds();
-        let diff = run.plan.as_ref().map(|p| p.diff.clone()).filter(|d| !d.is_empty());
-        let plan_json = run.plan.as_ref().map(|p| Json(serde_json::to_value(p).unwrap_or_default()));
+        // The diff is already capped by `plan::masked_diff`; the stored plan
+        // keeps the first changes in detail and counts the rest.
+        let diff = run.plan.as_ref().map(|p| p.diff.as_str()).filter(|d| !d.is_empty());
+        let plan_json =
+            run.plan.as_ref().map(|p| Json(serde_json::to_value(plan::StoredPlan::of(p)).unwrap_or_default()));
         let diagnostics = Json(serde_json::to_value(&run.diagnostics).unwrap_or_default());
         let now = Utc::now();
         let id: i64 = on_pool!(self, pool => {
@@ -256,7 +264,8 @@ impl Db {
                 let mut qb = sqlx::QueryBuilder::new(format!("INSERT INTO extensions ({EXTENSION_COLUMNS}) "));
                 qb.push_values(chunk, |mut b, row| {
                     let e = &row.extension;
-                    let fields: BTreeMap<&str, &String> = row.fields.iter().map(|(k, v)| (*k, v)).collect();
+                    let row_fields = row.fields();
+                    let fields: BTreeMap<&str, &str> = row_fields.iter().collect();
                     let labels: BTreeMap<&str, &str> = e.labels.iter().collect();
                     b.push_bind(e.extension.clone())
                         .push_bind(e.display_name.clone())
@@ -276,7 +285,7 @@ impl Db {
                         .push_bind(e.enabled)
                         .push_bind(Json(serde_json::to_value(&labels).unwrap_or_default()))
                         .push_bind(Json(serde_json::to_value(&fields).unwrap_or_default()))
-                        .push_bind(spec_hash(&row.fields))
+                        .push_bind(spec_hash(&row_fields))
                         .push_bind(e.origin.file.clone())
                         .push_bind(run.revision.clone())
                         .push_bind(now)
@@ -440,7 +449,7 @@ fn condition(run: &RunRecord) -> (&'static str, &'static str, String) {
 fn spec_hash(fields: &Fields) -> String {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
-    for (k, v) in fields {
+    for (k, v) in fields.iter() {
         h.update(k.as_bytes());
         h.update([0]);
         h.update(v.as_bytes());
@@ -598,7 +607,16 @@ impl StateStore for Db {
         self.applied_fields().await
     }
 
-    async fn commit(&self, run: &RunRecord, upserts: &[AppliedRow], deletes: &[String]) -> Result<i64, DbError> {
+    async fn applied_signature(&self) -> Result<String, DbError> {
+        let (count, latest): (i64, Option<String>) = on_pool!(self, pool => sqlx::query_as(
+            "SELECT COUNT(*), CAST(MAX(applied_at) AS TEXT) FROM extensions",
+        )
+        .fetch_one(pool)
+        .await)?;
+        Ok(format!("{count}@{}", latest.unwrap_or_default()))
+    }
+
+    async fn commit(&self, run: &RunRecord, upserts: &[AppliedRow<'_>], deletes: &[String]) -> Result<i64, DbError> {
         self.commit_run(run, upserts, deletes).await
     }
 }

@@ -76,8 +76,22 @@ impl Loaded {
     }
 }
 
+/// One spec file as read: (displayed name, path, content or why not).
+pub type Source = (String, PathBuf, Result<Vec<u8>, String>);
+
 /// Loads every spec file under `paths` (directories recursively, or files).
 pub fn load_paths(paths: &[PathBuf], options: &LoadOptions) -> Loaded {
+    let (sources, mut diagnostics) = read_paths(paths, options);
+    let mut loaded = load_sources(sources);
+    diagnostics.append(&mut loaded.diagnostics);
+    loaded.diagnostics = diagnostics;
+    loaded
+}
+
+/// Reads every spec file under `paths`, in sorted order, without parsing:
+/// the first half of [`load_paths`], for callers that look at the bytes
+/// first (the daemon skips parsing when nothing changed).
+pub fn read_paths(paths: &[PathBuf], options: &LoadOptions) -> (Vec<Source>, Vec<Diagnostic>) {
     let mut files = Vec::new();
     let mut diagnostics = Vec::new();
     for path in paths {
@@ -90,22 +104,22 @@ pub fn load_paths(paths: &[PathBuf], options: &LoadOptions) -> Loaded {
     }
     files.sort();
     files.dedup();
-    let sources = files.into_iter().map(|path| {
-        let shown = display(&path, options);
-        let text = std::fs::read(&path).map_err(|e| e.to_string());
-        (shown, path, text)
-    });
-    let mut loaded = load_sources(sources);
-    diagnostics.append(&mut loaded.diagnostics);
-    loaded.diagnostics = diagnostics;
-    loaded
+    let sources = files
+        .into_iter()
+        .map(|path| {
+            let shown = display(&path, options);
+            let text = std::fs::read(&path).map_err(|e| e.to_string());
+            (shown, path, text)
+        })
+        .collect();
+    (sources, diagnostics)
 }
 
 /// Loads spec files given as (displayed name, path, content). Used for a
 /// directory on disk and for a tree read straight out of a git commit.
 /// Files are parsed in parallel; duplicates are checked afterwards, in
 /// file order, so the outcome does not depend on the number of threads.
-pub fn load_sources(sources: impl IntoIterator<Item = (String, PathBuf, Result<Vec<u8>, String>)>) -> Loaded {
+pub fn load_sources(sources: impl IntoIterator<Item = Source>) -> Loaded {
     let sources: Vec<_> = sources.into_iter().collect();
     let parsed = parallel_map(&sources, |(shown, path, content)| parse_source(shown, path, content));
     let mut loaded = Loaded::default();
