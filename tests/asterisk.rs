@@ -388,6 +388,46 @@ async fn log_probe() {
     let err = bad.endpoints().await.expect_err("refused");
     tracing::warn!(error = %err, error_debug = ?err, "login refused");
     a.close().await;
+
+    // ARI: the REST client, a refused password, and the call logger playing a call.
+    use asterisk_gitops::asterisk::ari::{Ari, AriConfig};
+    let ari_cfg = |password: &str| AriConfig {
+        url: s.ari_url(),
+        user: "gitops".into(),
+        password: asterisk_gitops::config::SecretString::new(password),
+        app: "callcenter".into(),
+        timeout: Duration::from_secs(2),
+    };
+    let ari = Ari::new(ari_cfg("gitops-secret")).expect("client");
+    let info = ari.info().await.expect("info");
+    tracing::debug!(client = ?ari, info = ?info, "ARI info");
+    let bad = Ari::new(ari_cfg("another-secret")).expect("client");
+    let err = bad.info().await.expect_err("refused");
+    tracing::warn!(error = %err, error_debug = ?err, "ARI refused");
+    let db_dir = tempfile::tempdir().expect("tempdir");
+    let db = asterisk_gitops::db::Db::connect(
+        &format!("sqlite://{}/calls.db", db_dir.path().display()),
+        &asterisk_gitops::db::Retry::default(),
+    )
+    .await
+    .expect("db");
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let stats = std::sync::Arc::new(asterisk_gitops::calls::CallLogStats::default());
+    let task = tokio::spawn(asterisk_gitops::calls::run(db.clone(), ari, Default::default(), stats.clone(), rx));
+    let c = s.control();
+    while !c.app_connected("callcenter") {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let id = c.start_call("callcenter", "1001", "Test User", "from-internal", "998901234567").expect("call");
+    while !c.continued(&id) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    c.hang_up(&id, 16);
+    while stats.calls_completed.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let _ = stop.send(true);
+    task.await.expect("logger stops");
 }
 
 #[test]
@@ -403,7 +443,19 @@ fn credentials_never_reach_the_logs() {
         logs.contains("action=\"PJSIPShowEndpoint\"") && logs.contains("action=\"Login\""),
         "debug logging was captured: {logs}"
     );
-    for secret in ["gitops-secret", "another-secret", "Soundz2025", "281036cc5c24788fe74c0ae5d9c07baf"] {
+    assert!(
+        logs.contains("ARI refused") && logs.contains("call record created") && logs.contains("ARI events connected"),
+        "the ARI side was logged: {logs}"
+    );
+    // Basic auth of gitops:gitops-secret and gitops:another-secret, too.
+    for secret in [
+        "gitops-secret",
+        "another-secret",
+        "Soundz2025",
+        "281036cc5c24788fe74c0ae5d9c07baf",
+        "Z2l0b3BzOmdpdG9wcy1zZWNyZXQ=",
+        "Z2l0b3BzOmFub3RoZXItc2VjcmV0",
+    ] {
         assert!(!logs.contains(secret), "{secret} leaked into the logs:\n{logs}");
     }
 }
