@@ -197,6 +197,7 @@ pub async fn run(
         asterisk: asterisk(&settings).map(Arc::new),
         registrations: Default::default(),
         calls: settings.ari.as_ref().map(|_| Arc::new(crate::calls::CallLogStats::default())),
+        sessions: Default::default(),
     };
     let refresher = live
         .asterisk

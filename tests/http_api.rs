@@ -220,3 +220,63 @@ async fn read_only_mode_serves_no_write_routes() {
     assert!(status == StatusCode::NOT_FOUND || status == StatusCode::METHOD_NOT_ALLOWED, "{status}");
     assert!(dir_snapshot(dir.path()).is_empty());
 }
+
+/// A form request through the router: (status, headers, body).
+async fn form(
+    state: &AppState,
+    method: &str,
+    uri: &str,
+    body: &str,
+    cookie: Option<&str>,
+) -> (StatusCode, axum::http::HeaderMap, String) {
+    let mut req =
+        Request::builder().method(method).uri(uri).header("content-type", "application/x-www-form-urlencoded");
+    if let Some(c) = cookie {
+        req = req.header("cookie", c);
+    }
+    let resp =
+        app(state.clone()).oneshot(req.body(Body::from(body.to_string())).expect("request")).await.expect("response");
+    let (status, headers) = (resp.status(), resp.headers().clone());
+    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+    (status, headers, String::from_utf8_lossy(&bytes).into_owned())
+}
+
+#[tokio::test]
+async fn ui_writes_need_a_session_and_its_csrf_token() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (state, _rx) = state(dir.path());
+    let create = "extension=1001&displayName=Form+User&password=Form-Secret-55&context=from-internal&transport=transport-udp&codecs=ulaw";
+
+    // Not signed in: sent to the sign-in page, nothing written.
+    let (status, headers, _) = form(&state, "POST", "/ui/extensions", create, None).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(headers.get("location").and_then(|v| v.to_str().ok()), Some("/ui/signin"));
+    // A wrong token does not sign in.
+    let (status, headers, _) = form(&state, "POST", "/ui/signin", "token=wrong", None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(headers.get("set-cookie").is_none());
+    // The right one does, with a hardened cookie.
+    let (status, headers, _) = form(&state, "POST", "/ui/signin", &format!("token={TOKEN}"), None).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let set = headers.get("set-cookie").and_then(|v| v.to_str().ok()).expect("a session cookie").to_string();
+    assert!(set.contains("HttpOnly") && set.contains("SameSite=Strict"), "{set}");
+    let cookie = set.split(';').next().expect("name=value").to_string();
+
+    // Signed in, but without the form's CSRF token: refused, nothing written.
+    let (status, _, _) = form(&state, "POST", "/ui/extensions", create, Some(&cookie)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _, _) = form(&state, "POST", "/ui/extensions", &format!("{create}&csrf=forged"), Some(&cookie)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(dir_snapshot(dir.path()).is_empty());
+
+    // With the token from the form page: created, as md5Cred.
+    let (_, _, page) = form(&state, "GET", "/ui/extensions/new", "", Some(&cookie)).await;
+    let csrf = page.split("name=\"csrf\" value=\"").nth(1).and_then(|r| r.split('"').next()).expect("a csrf field");
+    let (status, headers, _) =
+        form(&state, "POST", "/ui/extensions", &format!("{create}&csrf={csrf}"), Some(&cookie)).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(headers.get("location").and_then(|v| v.to_str().ok()), Some("/ui/extensions/1001?saved=1"));
+    let files = dir_snapshot(dir.path());
+    assert_eq!(files.len(), 1);
+    assert!(files[0].1.contains("md5Cred") && !files[0].1.contains("Form-Secret-55"), "{}", files[0].1);
+}

@@ -32,3 +32,6 @@ mod calls;
 
 // The JSON API end to end: write and read routes, status, runs, calls.
 mod web;
+
+// The HTML UI in chromium over WebDriver.
+mod browser;

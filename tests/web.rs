@@ -8,14 +8,14 @@ use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-const TOKEN: &str = "web-admin-token-42";
+pub(crate) const TOKEN: &str = "web-admin-token-42";
 const SEED_BODY: &str = r#"{"extension":"1001","password":"Soundz2025","displayName":"Test User","context":"from-internal","transport":"transport-udp","codecs":"ulaw,alaw,g729"}"#;
 const PASSWORDS: [&str; 2] = ["Soundz2025", "NewPass-7788"];
 
-struct Daemon {
+pub(crate) struct Daemon {
     _dir: tempfile::TempDir,
-    standin: StandIn,
-    addr: SocketAddr,
+    pub(crate) standin: StandIn,
+    pub(crate) addr: SocketAddr,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     http: reqwest::Client,
@@ -24,7 +24,11 @@ struct Daemon {
 }
 
 impl Daemon {
-    async fn start() -> Daemon {
+    pub(crate) async fn start() -> Daemon {
+        Daemon::start_with(false).await
+    }
+
+    pub(crate) async fn start_with(read_only: bool) -> Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
         let specs = dir.path().join("extensions.d");
         std::fs::create_dir_all(&specs).expect("mkdir");
@@ -62,7 +66,8 @@ impl Daemon {
             managed_file: Some(ast.join("pjsip_gitops.conf")),
             ..Default::default()
         };
-        let settings = Settings::resolve(flags, file, &|_| None).expect("settings");
+        let mut settings = Settings::resolve(flags, file, &|_| None).expect("settings");
+        settings.read_only = read_only;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -112,7 +117,7 @@ impl Daemon {
         (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
     }
 
-    async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
@@ -122,7 +127,7 @@ impl Daemon {
     }
 }
 
-async fn wait<F, Fut>(what: &str, mut f: F)
+pub(crate) async fn wait<F, Fut>(what: &str, mut f: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,

@@ -31,7 +31,7 @@ const SECRET_FIELDS: [&str; 4] = ["password", "md5Cred", "passwordEnv", "passwor
 
 /// Parses a request body into the fields it sets, reporting every unknown
 /// field and every wrong type at once.
-fn parse_body(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
+pub(crate) fn parse_body(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
     let value: Value = serde_json::from_slice(body).map_err(|e| {
         let line = u32::try_from(e.line()).ok();
         ApiError::BadRequest(
@@ -159,27 +159,29 @@ fn check_entry(entry: &ExtensionEntry, defaults: &Defaults) -> Result<(), ApiErr
     }
 }
 
-async fn create(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<impl IntoResponse, ApiError> {
-    let author = auth(&state, &headers)?;
-    let map = parse_body(&body)?;
+/// Creates an extension from body fields (the JSON API's body, or the UI's form).
+pub(crate) async fn create_entry(
+    state: &AppState,
+    map: Map<String, Value>,
+    author: crate::writeback::Author,
+) -> Result<(ExtensionEntry, Committed), ApiError> {
     let mut entry: ExtensionEntry = serde_json::from_value(Value::Object(map.clone()))
         .map_err(|e| ApiError::BadRequest(e.to_string(), Vec::new()))?;
     let number = entry.extension.clone().unwrap_or_default();
     apply_secret(&mut entry, &map, &number, &state.realm);
     check_entry(&entry, &Defaults::default())?;
-    let done = run_edit(&state, EditOp::Create(entry.clone()), author).await?;
-    Ok((StatusCode::CREATED, Json(json!({"extension": entry_view(&entry), "change": commit_view(&done)}))))
+    let done = run_edit(state, EditOp::Create(entry.clone()), author).await?;
+    Ok((entry, done))
 }
 
-async fn update(
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<impl IntoResponse, ApiError> {
-    let author = auth(&state, &headers)?;
-    check::extension_number(&id).map_err(|e| ApiError::NotFound(e.to_string()))?;
-    let map = parse_body(&body)?;
+/// Changes the given fields of an extension; absent fields keep their value.
+pub(crate) async fn update_entry(
+    state: &AppState,
+    id: &str,
+    map: Map<String, Value>,
+    author: crate::writeback::Author,
+) -> Result<(ExtensionEntry, Committed), ApiError> {
+    check::extension_number(id).map_err(|e| ApiError::NotFound(e.to_string()))?;
     if let Some(n) = map.get("extension").and_then(Value::as_str)
         && n != id
     {
@@ -192,14 +194,43 @@ async fn update(
     // it is written in its file, by the write-back, wherever that file lives.
     let mut patch: ExtensionEntry = serde_json::from_value(Value::Object(map.clone()))
         .map_err(|e| ApiError::BadRequest(e.to_string(), Vec::new()))?;
-    apply_secret(&mut patch, &map, &id, &state.realm);
+    apply_secret(&mut patch, &map, id, &state.realm);
     let mut fields: Vec<String> = map.keys().cloned().collect();
     if fields.iter().any(|f| SECRET_FIELDS.contains(&f.as_str())) {
         fields.retain(|f| !SECRET_FIELDS.contains(&f.as_str()));
         fields.extend(SECRET_FIELDS.iter().map(|s| s.to_string()));
     }
-    let op = EditOp::Patch(id.clone(), patch.clone(), fields);
-    let done = run_edit(&state, op, author).await?;
+    let op = EditOp::Patch(id.to_string(), patch.clone(), fields);
+    let done = run_edit(state, op, author).await?;
+    Ok((patch, done))
+}
+
+pub(crate) async fn delete_entry(
+    state: &AppState,
+    id: &str,
+    author: crate::writeback::Author,
+) -> Result<Committed, ApiError> {
+    check::extension_number(id).map_err(|e| ApiError::NotFound(e.to_string()))?;
+    run_edit(state, EditOp::Delete(id.to_string()), author).await
+}
+
+async fn create(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<impl IntoResponse, ApiError> {
+    let author = auth(&state, &headers)?;
+    let map = parse_body(&body)?;
+    let (entry, done) = create_entry(&state, map, author).await?;
+    Ok((StatusCode::CREATED, Json(json!({"extension": entry_view(&entry), "change": commit_view(&done)}))))
+}
+
+async fn update(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    let author = auth(&state, &headers)?;
+    check::extension_number(&id).map_err(|e| ApiError::NotFound(e.to_string()))?;
+    let map = parse_body(&body)?;
+    let (patch, done) = update_entry(&state, &id, map, author).await?;
     Ok(Json(json!({"extension": entry_view(&patch), "change": commit_view(&done)})))
 }
 
@@ -209,8 +240,7 @@ async fn delete(
     headers: HeaderMap,
 ) -> Result<impl IntoResponse, ApiError> {
     let author = auth(&state, &headers)?;
-    check::extension_number(&id).map_err(|e| ApiError::NotFound(e.to_string()))?;
-    let done = run_edit(&state, EditOp::Delete(id.clone()), author).await?;
+    let done = delete_entry(&state, &id, author).await?;
     Ok(Json(json!({"deleted": id, "change": commit_view(&done)})))
 }
 

@@ -11,6 +11,7 @@
 
 pub mod api;
 pub mod read;
+pub mod ui;
 
 use crate::config::SecretString;
 use crate::daemon::LoopHandle;
@@ -64,6 +65,8 @@ pub struct Live {
     /// Refreshed in the background (see `app::refresh_registrations`).
     pub registrations: Arc<std::sync::RwLock<read::Registrations>>,
     pub calls: Option<Arc<crate::calls::CallLogStats>>,
+    /// The UI's signed-in sessions.
+    pub sessions: Arc<ui::Sessions>,
 }
 
 impl AppState {
@@ -165,5 +168,5 @@ impl IntoResponse for ApiError {
 
 /// The whole router.
 pub fn app(state: AppState) -> axum::Router {
-    api::router(state.clone()).merge(read::router()).with_state(state)
+    api::router(state.clone()).merge(read::router()).merge(ui::router(&state)).with_state(state)
 }

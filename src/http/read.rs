@@ -42,11 +42,11 @@ pub fn router() -> axum::Router<AppState> {
         .route("/calls", get(calls))
 }
 
-fn db(state: &AppState) -> Result<&Db, ApiError> {
+pub(crate) fn db(state: &AppState) -> Result<&Db, ApiError> {
     state.live.db.as_ref().ok_or_else(|| ApiError::Unavailable("the state database is not connected".into()))
 }
 
-fn internal(e: impl std::fmt::Display) -> ApiError {
+pub(crate) fn internal(e: impl std::fmt::Display) -> ApiError {
     ApiError::Internal(e.to_string())
 }
 
@@ -72,7 +72,7 @@ fn registration(regs: &Registrations, known: bool, number: &str) -> Registration
     RegistrationSummary { registered: known.then_some(n > 0), contacts: n }
 }
 
-fn registrations(state: &AppState) -> (Registrations, bool) {
+pub(crate) fn registrations(state: &AppState) -> (Registrations, bool) {
     let regs = state.live.registrations.read().map(|r| r.clone()).unwrap_or_default();
     let known = regs.read_at.is_some() && regs.error.is_none();
     (regs, known)
@@ -146,7 +146,7 @@ struct SoftphoneSettings<'a> {
 }
 
 /// Where Asterisk's view differs from what was applied.
-fn drift(record: &ExtensionRecord, live: &EndpointDetail) -> Vec<Value> {
+pub(crate) fn drift(record: &ExtensionRecord, live: &EndpointDetail) -> Vec<Value> {
     let mut out = Vec::new();
     let mut field = |name: &str, applied: Value, asterisk: Value| {
         if applied != asterisk {
@@ -271,13 +271,18 @@ async fn readyz(State(state): State<AppState>) -> Result<impl IntoResponse, ApiE
 }
 
 async fn status(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
-    let db = db(&state)?;
+    Ok(Json(status_json(&state).await?))
+}
+
+/// What /status answers (and the UI's overview shows).
+pub(crate) async fn status_json(state: &AppState) -> Result<Value, ApiError> {
+    let db = db(state)?;
     let database = db.ping().await;
     let record = db.status().await.map_err(internal)?;
     let runs = db.runs(5).await.map_err(internal)?;
     let extensions = db.extensions().await.map_err(internal)?;
     let failed = extensions.iter().filter(|e| e.sync_status != "synced").count();
-    let (regs, known) = registrations(&state);
+    let (regs, known) = registrations(state);
     let registered = known.then(|| regs.by_endpoint.values().filter(|c| !c.is_empty()).count());
     let last = match &state.reconcile {
         Some(h) => h.last.read().await.clone(),
@@ -297,7 +302,7 @@ async fn status(State(state): State<AppState>) -> Result<impl IntoResponse, ApiE
         json!({"connected": c.connected.load(std::sync::atomic::Ordering::Relaxed),
                "events": c.events.load(std::sync::atomic::Ordering::Relaxed)})
     });
-    Ok(Json(json!({
+    Ok(json!({
         "ready": record.as_ref().map(|r| json!({"status": r.ready, "reason": r.ready_reason, "message": r.ready_message})),
         "reconciling": record.as_ref().is_some_and(|r| r.reconciling),
         "lastAppliedRevision": record.as_ref().and_then(|r| r.last_applied_revision.clone()),
@@ -310,5 +315,6 @@ async fn status(State(state): State<AppState>) -> Result<impl IntoResponse, ApiE
         "database": {"backend": db.backend(), "reachable": database},
         "asterisk": asterisk,
         "callLogger": calls,
-    })))
+        "updatedAt": record.as_ref().map(|r| r.updated_at),
+    }))
 }

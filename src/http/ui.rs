@@ -1,0 +1,635 @@
+//! The HTML UI, rendered on the server with minijinja (templates/ui/, built
+//! into the binary; no JavaScript): overview, extensions (search, sync and
+//! registration badges), new / edit / delete, an extension's live status
+//! and softphone settings, runs with their diffs, calls.
+//!
+//! Reading is anonymous. Writing needs a signed-in session: the sign-in form
+//! takes an API token (compared as the API compares it) and sets an
+//! HttpOnly, SameSite=Strict session cookie; every form that changes
+//! something carries the session's CSRF token, compared in constant time.
+//! In read-only mode the write routes do not exist and no page shows an
+//! edit control. Writes go through the same functions as the JSON API, so
+//! a password typed into the form is committed as md5Cred, never as text.
+
+use super::read::{db, drift, internal, registrations};
+use super::{ApiError, AppState};
+use crate::db::calls::CallFilter;
+use crate::writeback::Author;
+use axum::Form;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use minijinja::{Environment, context};
+use serde_json::{Map, Value, json};
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+use subtle::ConstantTimeEq;
+
+const COOKIE: &str = "ag_session";
+const SESSION_TTL: Duration = Duration::from_secs(8 * 3600);
+const PAGE: usize = 500;
+
+fn env() -> &'static Environment<'static> {
+    static ENV: OnceLock<Environment<'static>> = OnceLock::new();
+    ENV.get_or_init(|| {
+        let mut env = Environment::new();
+        for (name, text) in [
+            ("base.html", include_str!("../../templates/ui/base.html")),
+            ("overview.html", include_str!("../../templates/ui/overview.html")),
+            ("runs_table.html", include_str!("../../templates/ui/runs_table.html")),
+            ("extensions.html", include_str!("../../templates/ui/extensions.html")),
+            ("form.html", include_str!("../../templates/ui/form.html")),
+            ("delete.html", include_str!("../../templates/ui/delete.html")),
+            ("status.html", include_str!("../../templates/ui/status.html")),
+            ("runs.html", include_str!("../../templates/ui/runs.html")),
+            ("run.html", include_str!("../../templates/ui/run.html")),
+            ("calls.html", include_str!("../../templates/ui/calls.html")),
+            ("signin.html", include_str!("../../templates/ui/signin.html")),
+            ("error.html", include_str!("../../templates/ui/error.html")),
+        ] {
+            // The templates are part of the binary and tested; a broken one
+            // shows as an error page, not a panic.
+            if let Err(e) = env.add_template(name, text) {
+                tracing::error!(template = name, error = %e, "UI template does not compile");
+            }
+        }
+        env
+    })
+}
+
+/// Signed-in sessions, in memory (a restart signs everyone out).
+#[derive(Default)]
+pub struct Sessions(Mutex<HashMap<String, Session>>);
+
+#[derive(Clone)]
+struct Session {
+    user: Author,
+    csrf: String,
+    expires: Instant,
+}
+
+fn random_token() -> String {
+    let mut b = [0u8; 32];
+    if getrandom::fill(&mut b).is_err() {
+        // No OS randomness: refuse to make guessable tokens.
+        return String::new();
+    }
+    hex::encode(b)
+}
+
+/// Who is looking at a page.
+struct Viewer {
+    session: Option<Session>,
+}
+
+impl Viewer {
+    fn of(state: &AppState, headers: &HeaderMap) -> Viewer {
+        let id = headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|c| c.trim().split_once('='))
+            .find(|(k, _)| *k == COOKIE)
+            .map(|(_, v)| v.to_string());
+        let session = id.and_then(|id| {
+            let mut map = state.live.sessions.0.lock().unwrap_or_else(|p| p.into_inner());
+            map.retain(|_, s| s.expires > Instant::now());
+            map.get(&id).cloned()
+        });
+        Viewer { session }
+    }
+
+    fn can_write(&self, state: &AppState) -> bool {
+        !state.read_only && self.session.is_some()
+    }
+
+    /// The author of a write, if the form's CSRF token is the session's.
+    fn writer(&self, form: &HashMap<String, String>) -> Result<Author, Box<Response>> {
+        let Some(s) = &self.session else { return Err(Box::new(Redirect::to("/ui/signin").into_response())) };
+        let sent = form.get("csrf").map(String::as_bytes).unwrap_or_default();
+        if s.csrf.is_empty() || !bool::from(sent.ct_eq(s.csrf.as_bytes())) {
+            return Err(Box::new(error_page(
+                StatusCode::FORBIDDEN,
+                "Forbidden",
+                "The form expired or did not come from this site: reload it and try again.",
+            )));
+        }
+        Ok(s.user.clone())
+    }
+}
+
+fn base(state: &AppState, viewer: &Viewer, notice: Option<&str>) -> minijinja::Value {
+    context! {
+        read_only => state.read_only,
+        user => viewer.session.as_ref().map(|s| s.user.name.clone()),
+        csrf => viewer.session.as_ref().map(|s| s.csrf.clone()).unwrap_or_default(),
+        can_write => viewer.can_write(state),
+        git => state.branch.is_some(),
+        notice => notice,
+    }
+}
+
+fn page(status: StatusCode, name: &str, ctx: minijinja::Value) -> Response {
+    let rendered = env().get_template(name).and_then(|t| t.render(ctx));
+    match rendered {
+        Ok(html) => {
+            let mut r = (status, Html(html)).into_response();
+            r.headers_mut().insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+            r.headers_mut().insert("x-frame-options", HeaderValue::from_static("DENY"));
+            r
+        }
+        Err(e) => {
+            tracing::error!(template = name, error = %e, "UI page did not render");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Html("<h1>Internal error</h1><p>The page did not render; see the daemon's log.</p>".to_string()),
+            )
+                .into_response()
+        }
+    }
+}
+
+fn error_page(status: StatusCode, title: &str, message: &str) -> Response {
+    page(status, "error.html", context! { title => title, message => message, read_only => true })
+}
+
+fn api_error_page(e: ApiError) -> Response {
+    let (status, title) = match &e {
+        ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "Not found"),
+        ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "Unavailable"),
+        ApiError::Unauthorized | ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "Forbidden"),
+        ApiError::Internal(d) => {
+            tracing::error!(detail = d.as_str(), "internal error in a UI handler");
+            return error_page(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Internal error",
+                "Something failed; see the daemon's log.",
+            );
+        }
+        _ => (StatusCode::BAD_REQUEST, "Bad request"),
+    };
+    error_page(status, title, &e.to_string())
+}
+
+pub fn router(state: &AppState) -> axum::Router<AppState> {
+    let mut r = axum::Router::new()
+        .route("/", get(|| async { Redirect::to("/ui") }))
+        .route("/ui", get(overview))
+        .route("/ui/extensions", get(list))
+        .route("/ui/extensions/{id}", get(status))
+        .route("/ui/runs", get(runs))
+        .route("/ui/runs/{id}", get(run))
+        .route("/ui/calls", get(calls));
+    if !state.read_only {
+        r = r
+            .route("/ui/signin", get(signin_form).post(signin))
+            .route("/ui/signout", post(signout))
+            .route("/ui/extensions/new", get(new_form))
+            .route("/ui/extensions", post(create))
+            .route("/ui/extensions/{id}", post(update))
+            .route("/ui/extensions/{id}/edit", get(edit_form))
+            .route("/ui/extensions/{id}/delete", get(delete_form).post(delete));
+    }
+    r
+}
+
+async fn overview(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let viewer = Viewer::of(&state, &headers);
+    let st = match super::read::status_json(&state).await {
+        Ok(v) => v,
+        Err(e) => return api_error_page(e),
+    };
+    let ctx = context! {
+        ..base(&state, &viewer, None),
+        ..context! {
+            ready => st["ready"]["status"].as_str(),
+            ready_reason => st["ready"]["message"].as_str(),
+            extensions => st["extensions"].as_u64(),
+            not_synced => st["notSynced"].as_u64(),
+            registered => st["registered"].as_u64(),
+            drift => st["drift"].as_u64(),
+            asterisk_up => st["asterisk"]["reachable"].as_bool().unwrap_or(false),
+            asterisk_configured => st["asterisk"]["configured"].as_bool().unwrap_or(false),
+            asterisk_version => st["asterisk"]["version"].as_str(),
+            revision => st["lastAppliedRevision"].as_str(),
+            last_sync => st["updatedAt"].as_str(),
+            database => format!("{} ({})", st["database"]["backend"].as_str().unwrap_or("?"),
+                if st["database"]["reachable"].as_bool().unwrap_or(false) { "reachable" } else { "unreachable" }),
+            runs => minijinja::Value::from_serialize(&st["lastRuns"]),
+        }
+    };
+    page(StatusCode::OK, "overview.html", ctx)
+}
+
+async fn list(State(state): State<AppState>, headers: HeaderMap, Query(q): Query<HashMap<String, String>>) -> Response {
+    let viewer = Viewer::of(&state, &headers);
+    let all = match db(&state) {
+        Ok(db) => match db.extensions().await {
+            Ok(a) => a,
+            Err(e) => return api_error_page(internal(e)),
+        },
+        Err(e) => return api_error_page(e),
+    };
+    let query = q.get("q").map(|s| s.trim().to_string()).unwrap_or_default();
+    let offset: usize = q.get("offset").and_then(|o| o.parse().ok()).unwrap_or(0);
+    let (regs, known) = registrations(&state);
+    let matching: Vec<_> = all.iter().filter(|r| query.is_empty() || super::read::matches(r, &query)).collect();
+    let total = matching.len();
+    let rows: Vec<Value> = matching
+        .iter()
+        .skip(offset)
+        .take(PAGE)
+        .map(|r| {
+            let mut v = serde_json::to_value(r).unwrap_or(Value::Null);
+            let n = regs.by_endpoint.get(&r.number).map_or(0, Vec::len);
+            v["registered"] = if known { Value::Bool(n > 0) } else { Value::Null };
+            v
+        })
+        .collect();
+    let shown = rows.len();
+    let next_url = (offset + shown < total).then(|| {
+        let mut url = format!("/ui/extensions?offset={}", offset + shown);
+        if !query.is_empty() {
+            url.push_str("&q=");
+            url.push_str(&percent(&query));
+        }
+        url
+    });
+    let ctx = context! {
+        ..base(&state, &viewer, None),
+        ..context! { extensions => rows, q => query, total => total, shown => shown, next_url => next_url }
+    };
+    page(StatusCode::OK, "extensions.html", ctx)
+}
+
+fn percent(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+async fn status(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let viewer = Viewer::of(&state, &headers);
+    let record = match db(&state) {
+        Ok(db) => match db.extension(&id).await {
+            Ok(r) => r,
+            Err(e) => return api_error_page(internal(e)),
+        },
+        Err(e) => return api_error_page(e),
+    };
+    let (mut contacts, mut endpoint, mut live_error) = (Vec::new(), None, None);
+    match &state.live.asterisk {
+        None => live_error = Some("Asterisk is not configured (--ami-addr): no live registration status.".to_string()),
+        Some(a) => match (a.endpoint(&id).await, a.contacts().await) {
+            (Ok(d), Ok(c)) => {
+                endpoint = d;
+                contacts = c.into_iter().filter(|c| c.endpoint == id).collect();
+            }
+            (Err(e), _) | (_, Err(e)) => live_error = Some(format!("Asterisk is unreachable: {e}")),
+        },
+    }
+    if record.is_none() && endpoint.is_none() && live_error.is_none() && !q.contains_key("saved") {
+        return error_page(
+            StatusCode::NOT_FOUND,
+            "Not found",
+            &format!("Extension {id} is neither applied nor in Asterisk."),
+        );
+    }
+    let drift: Vec<String> = match (&record, &endpoint) {
+        (Some(r), Some(d)) => drift(r, d)
+            .iter()
+            .map(|d| {
+                format!(
+                    "{}: applied {} but Asterisk has {}",
+                    d["field"].as_str().unwrap_or(""),
+                    d["applied"],
+                    d["asterisk"]
+                )
+            })
+            .collect(),
+        (Some(_), None) if live_error.is_none() => vec!["applied but not loaded by Asterisk".into()],
+        (None, Some(_)) => vec!["in Asterisk but not managed here".into()],
+        _ => Vec::new(),
+    };
+    let auth_username =
+        endpoint.as_ref().map(|e| e.auth.clone()).filter(|a| !a.is_empty()).unwrap_or_else(|| id.clone());
+    let notice = q.get("saved").map(|_| "Saved. The change is in the spec files; Asterisk gets it on the next reconcile (this page shows Synced then).");
+    let ctx = context! {
+        ..base(&state, &viewer, notice),
+        ..context! {
+            number => id,
+            record => record,
+            contacts => contacts,
+            endpoint => endpoint,
+            live_error => live_error,
+            drift => drift,
+            auth_username => auth_username,
+        }
+    };
+    page(StatusCode::OK, "status.html", ctx)
+}
+
+async fn runs(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let viewer = Viewer::of(&state, &headers);
+    let runs = match db(&state) {
+        Ok(db) => match db.runs(100).await {
+            Ok(r) => r,
+            Err(e) => return api_error_page(internal(e)),
+        },
+        Err(e) => return api_error_page(e),
+    };
+    page(StatusCode::OK, "runs.html", context! { ..base(&state, &viewer, None), ..context! { runs => runs } })
+}
+
+async fn run(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    let viewer = Viewer::of(&state, &headers);
+    let Ok(n) = id.parse::<i64>() else {
+        return error_page(StatusCode::NOT_FOUND, "Not found", &format!("There is no run {id}."));
+    };
+    let run = match db(&state) {
+        Ok(db) => match db.run(n).await {
+            Ok(Some(r)) => r,
+            Ok(None) => return error_page(StatusCode::NOT_FOUND, "Not found", &format!("There is no run {n}.")),
+            Err(e) => return api_error_page(internal(e)),
+        },
+        Err(e) => return api_error_page(e),
+    };
+    let diagnostics: Vec<Value> = run
+        .diagnostics
+        .as_array()
+        .map(|a| a.iter().map(|d| json!({"file": d["file"], "line": d["line"], "column": d["column"], "field": d["field"], "message": d["message"]})).collect())
+        .unwrap_or_default();
+    page(
+        StatusCode::OK,
+        "run.html",
+        context! { ..base(&state, &viewer, None), ..context! { run => run, diagnostics => diagnostics } },
+    )
+}
+
+async fn calls(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let viewer = Viewer::of(&state, &headers);
+    let extension = q.get("extension").map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
+    let direction = q.get("direction").cloned().filter(|d| ["inbound", "outbound", "internal"].contains(&d.as_str()));
+    let filter =
+        CallFilter { extension: extension.clone(), direction: direction.clone(), limit: 200, ..Default::default() };
+    let calls = match db(&state) {
+        Ok(db) => match db.calls(&filter).await {
+            Ok(c) => c,
+            Err(e) => return api_error_page(internal(e)),
+        },
+        Err(e) => return api_error_page(e),
+    };
+    let ctx = context! {
+        ..base(&state, &viewer, None),
+        ..context! { calls => calls, extension => extension.unwrap_or_default(), direction => direction.unwrap_or_default(), call_logger => state.live.calls.is_some() }
+    };
+    page(StatusCode::OK, "calls.html", ctx)
+}
+
+async fn signin_form(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let viewer = Viewer::of(&state, &headers);
+    page(StatusCode::OK, "signin.html", base(&state, &viewer, None))
+}
+
+async fn signin(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let viewer = Viewer::of(&state, &headers);
+    let token = form.get("token").map(|t| format!("Bearer {}", t.trim())).unwrap_or_default();
+    let user = match state.authenticate(Some(&token)) {
+        Ok(u) => u,
+        Err(e) => {
+            let message = match e {
+                ApiError::Forbidden(m) => m,
+                _ => "That token is not valid.".to_string(),
+            };
+            tracing::warn!("UI sign-in refused");
+            let ctx = context! { ..base(&state, &viewer, None), ..context! { error => message } };
+            return page(StatusCode::UNAUTHORIZED, "signin.html", ctx);
+        }
+    };
+    let (id, csrf) = (random_token(), random_token());
+    if id.is_empty() || csrf.is_empty() {
+        return error_page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Unavailable",
+            "No secure randomness for a session: sign-in is off.",
+        );
+    }
+    tracing::info!(user = %user.name, "UI sign-in");
+    state
+        .live
+        .sessions
+        .0
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(id.clone(), Session { user, csrf, expires: Instant::now() + SESSION_TTL });
+    let mut r = Redirect::to("/ui/extensions").into_response();
+    let cookie = format!("{COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}", SESSION_TTL.as_secs());
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        r.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    r
+}
+
+async fn signout(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let viewer = Viewer::of(&state, &headers);
+    if let Err(r) = viewer.writer(&form) {
+        return *r;
+    }
+    if let Some(s) = &viewer.session {
+        state.live.sessions.0.lock().unwrap_or_else(|p| p.into_inner()).retain(|_, v| v.csrf != s.csrf);
+    }
+    let mut r = Redirect::to("/ui").into_response();
+    r.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_static("ag_session=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"),
+    );
+    r
+}
+
+/// The form's fields as the JSON API's body: empty optional fields are left out.
+fn body_of(form: &HashMap<String, String>, editing: bool) -> Map<String, Value> {
+    let mut map = Map::new();
+    for key in ["extension", "displayName", "password", "context", "transport", "codecs"] {
+        let Some(v) = form.get(key) else { continue };
+        let v = if key == "password" { v.as_str() } else { v.trim() };
+        if v.is_empty() && (editing || key == "displayName") {
+            continue;
+        }
+        if editing && key == "extension" {
+            continue;
+        }
+        map.insert(key.to_string(), Value::from(v));
+    }
+    map
+}
+
+fn form_page(
+    state: &AppState,
+    viewer: &Viewer,
+    status: StatusCode,
+    editing: Option<&str>,
+    form: Value,
+    error: Option<ApiError>,
+) -> Response {
+    let mut errors = Map::new();
+    let mut message = None;
+    if let Some(e) = error {
+        match e {
+            ApiError::BadRequest(m, details) => {
+                for d in details {
+                    let field = d.field.as_deref().unwrap_or("").rsplit('.').next().unwrap_or("").to_string();
+                    if ["extension", "displayName", "password", "context", "transport", "codecs"]
+                        .contains(&field.as_str())
+                    {
+                        errors.entry(field).or_insert(Value::from(d.message));
+                    } else {
+                        message = Some(format!("{m}: {}", d.message));
+                    }
+                }
+                message = message.or(Some(m));
+            }
+            other => message = Some(other.to_string()),
+        }
+    }
+    let action = match editing {
+        Some(n) => format!("/ui/extensions/{n}"),
+        None => "/ui/extensions".to_string(),
+    };
+    let ctx = context! {
+        ..base(state, viewer, None),
+        ..context! { editing => editing.is_some(), number => editing, form => form, errors => errors, error => message, action => action }
+    };
+    page(status, "form.html", ctx)
+}
+
+async fn new_form(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let viewer = Viewer::of(&state, &headers);
+    if viewer.session.is_none() {
+        return Redirect::to("/ui/signin").into_response();
+    }
+    form_page(&state, &viewer, StatusCode::OK, None, json!({}), None)
+}
+
+/// What the form shows back after an error: never the password.
+fn echo(form: &HashMap<String, String>) -> Value {
+    let mut v = json!(form);
+    if let Value::Object(m) = &mut v {
+        m.remove("password");
+        m.remove("csrf");
+    }
+    v
+}
+
+async fn create(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let viewer = Viewer::of(&state, &headers);
+    let author = match viewer.writer(&form) {
+        Ok(a) => a,
+        Err(r) => return *r,
+    };
+    let number = form.get("extension").map(|s| s.trim().to_string()).unwrap_or_default();
+    match super::api::create_entry(&state, body_of(&form, false), author).await {
+        Ok(_) => Redirect::to(&format!("/ui/extensions/{}?saved=1", percent(&number))).into_response(),
+        Err(e) => {
+            let status =
+                if matches!(e, ApiError::Conflict(_)) { StatusCode::CONFLICT } else { StatusCode::BAD_REQUEST };
+            form_page(&state, &viewer, status, None, echo(&form), Some(e))
+        }
+    }
+}
+
+async fn edit_form(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    let viewer = Viewer::of(&state, &headers);
+    if viewer.session.is_none() {
+        return Redirect::to("/ui/signin").into_response();
+    }
+    let record = match db(&state) {
+        Ok(db) => match db.extension(&id).await {
+            Ok(Some(r)) => r,
+            Ok(None) => {
+                return error_page(StatusCode::NOT_FOUND, "Not found", &format!("Extension {id} is not applied."));
+            }
+            Err(e) => return api_error_page(internal(e)),
+        },
+        Err(e) => return api_error_page(e),
+    };
+    let form = json!({
+        "displayName": record.display_name,
+        "context": record.context,
+        "transport": record.transport,
+        "codecs": record.codecs.join(","),
+    });
+    form_page(&state, &viewer, StatusCode::OK, Some(&id), form, None)
+}
+
+async fn update(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let viewer = Viewer::of(&state, &headers);
+    let author = match viewer.writer(&form) {
+        Ok(a) => a,
+        Err(r) => return *r,
+    };
+    match super::api::update_entry(&state, &id, body_of(&form, true), author).await {
+        Ok(_) => Redirect::to(&format!("/ui/extensions/{}?saved=1", percent(&id))).into_response(),
+        Err(ApiError::NotFound(m)) => error_page(StatusCode::NOT_FOUND, "Not found", &m),
+        Err(e) => form_page(&state, &viewer, StatusCode::BAD_REQUEST, Some(&id), echo(&form), Some(e)),
+    }
+}
+
+async fn delete_form(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    let viewer = Viewer::of(&state, &headers);
+    if viewer.session.is_none() {
+        return Redirect::to("/ui/signin").into_response();
+    }
+    page(StatusCode::OK, "delete.html", context! { ..base(&state, &viewer, None), ..context! { number => id } })
+}
+
+async fn delete(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let viewer = Viewer::of(&state, &headers);
+    let author = match viewer.writer(&form) {
+        Ok(a) => a,
+        Err(r) => return *r,
+    };
+    match super::api::delete_entry(&state, &id, author).await {
+        Ok(_) => Redirect::to("/ui/extensions").into_response(),
+        Err(e) => api_error_page(e),
+    }
+}
