@@ -390,3 +390,20 @@ async fn calls_are_recorded_exactly_once() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn run_stats_count_by_outcome_with_cumulative_buckets() {
+    on_both(|db| async move {
+        let mut slow = run(Outcome::Applied, &[]);
+        slow.finished_at = slow.started_at + ChronoDuration::milliseconds(700);
+        db.commit_run(&slow, &[], &[]).await.expect("commits");
+        db.commit_run(&run(Outcome::Applied, &[]), &[], &[]).await.expect("commits");
+        db.commit_run(&run(Outcome::Failed, &[]), &[], &[]).await.expect("commits");
+        let stats = db.run_stats(&[100, 1000]).await.expect("stats");
+        let applied = stats.iter().find(|s| s.outcome == "applied").expect("applied runs");
+        assert_eq!((applied.count, applied.buckets.clone()), (2, vec![1, 2]));
+        assert!(applied.total_ms >= 700);
+        assert_eq!(stats.iter().find(|s| s.outcome == "failed").map(|s| s.count), Some(1));
+    })
+    .await;
+}

@@ -223,6 +223,28 @@ async fn the_seeds_contract_end_to_end_and_no_password_in_any_response() {
     assert_eq!(d.call("GET", "/runs/999999", None).await.0, 404);
     assert_eq!(d.call("GET", "/readyz", None).await.0, 200);
 
+    // Prometheus metrics.
+    let (status, metrics) = d.call("GET", "/metrics", None).await;
+    assert_eq!(status, 200);
+    let metrics = metrics.as_str().expect("text").to_string();
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing from:\n{metrics}"))
+    };
+    assert!(value("asterisk_gitops_runs_total{outcome=\"applied\"}") >= 3.0);
+    let count = value("asterisk_gitops_run_duration_seconds_count");
+    assert_eq!(value("asterisk_gitops_run_duration_seconds_bucket{le=\"+Inf\"}"), count);
+    assert!(value("asterisk_gitops_run_duration_seconds_bucket{le=\"10\"}") <= count);
+    assert_eq!(value("asterisk_gitops_extensions{status=\"synced\"}"), 2.0);
+    assert_eq!(value("asterisk_gitops_asterisk_up"), 1.0);
+    assert_eq!(value("asterisk_gitops_ari_up"), 1.0);
+    assert!(value("asterisk_gitops_call_events_total") >= 4.0);
+    assert!(metrics.contains("# TYPE asterisk_gitops_run_duration_seconds histogram"));
+
     // Delete: gone from Asterisk, then 404.
     let (status, body) = d.call("DELETE", "/extensions/1001", None).await;
     assert!(status == 200 || status == 204, "{status} {body}");

@@ -367,6 +367,30 @@ impl Db {
         Ok(rows)
     }
 
+    /// Runs by outcome, for /metrics: (outcome, count, total milliseconds,
+    /// cumulative counts at or under each of `bucket_ms`).
+    pub async fn run_stats(&self, bucket_ms: &[i64]) -> Result<Vec<RunStats>, DbError> {
+        let mut sql =
+            String::from("SELECT outcome, COUNT(*) AS n, CAST(COALESCE(SUM(duration_ms), 0) AS BIGINT) AS total");
+        for (i, b) in bucket_ms.iter().enumerate() {
+            sql.push_str(&format!(", CAST(SUM(CASE WHEN duration_ms <= {b} THEN 1 ELSE 0 END) AS BIGINT) AS b{i}"));
+        }
+        sql.push_str(" FROM reconcile_runs GROUP BY outcome ORDER BY outcome");
+        let out = on_pool!(self, pool => {
+            let rows = sqlx::query(&sql).fetch_all(pool).await?;
+            rows.iter()
+                .map(|r| -> Result<RunStats, sqlx::Error> {
+                    let mut buckets = Vec::with_capacity(bucket_ms.len());
+                    for i in 0..bucket_ms.len() {
+                        buckets.push(r.try_get::<i64, _>(format!("b{i}").as_str())?);
+                    }
+                    Ok(RunStats { outcome: r.try_get("outcome")?, count: r.try_get("n")?, total_ms: r.try_get("total")?, buckets })
+                })
+                .collect::<Result<Vec<_>, sqlx::Error>>()
+        })?;
+        Ok(out)
+    }
+
     /// One run with its plan and rendered diff.
     pub async fn run(&self, id: i64) -> Result<Option<RunDetail>, DbError> {
         let row = on_pool!(self, pool => {
@@ -584,6 +608,16 @@ pub struct RunDetail {
     pub plan: Option<serde_json::Value>,
     pub diff: Option<String>,
     pub diagnostics: serde_json::Value,
+}
+
+/// Runs of one outcome, for /metrics.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunStats {
+    pub outcome: String,
+    pub count: i64,
+    pub total_ms: i64,
+    /// Cumulative: runs at or under each bucket bound.
+    pub buckets: Vec<i64>,
 }
 
 /// Flux-style status: the Ready condition, and the revisions.

@@ -40,6 +40,87 @@ pub fn router() -> axum::Router<AppState> {
         .route("/runs", get(runs))
         .route("/runs/{id}", get(run))
         .route("/calls", get(calls))
+        .route("/metrics", get(metrics))
+        .route("/schema", get(|| async { Json(crate::schema::spec_schema()) }))
+        .route("/openapi.json", get(openapi))
+}
+
+/// The OpenAPI document (src/http/openapi.json; a test keeps it and the
+/// routes in step).
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+async fn openapi() -> impl IntoResponse {
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], OPENAPI)
+}
+
+/// Prometheus text format: runs by outcome, the run duration histogram,
+/// drift, extensions, registered endpoints, Asterisk up, call events.
+async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    use std::fmt::Write;
+    const BUCKETS_MS: [i64; 9] = [10, 50, 100, 250, 500, 1000, 2500, 5000, 10000];
+    let db = db(&state)?;
+    let stats = db.run_stats(&BUCKETS_MS).await.map_err(internal)?;
+    let extensions = db.extensions().await.map_err(internal)?;
+    let mut out = String::new();
+    let _ = writeln!(out, "# HELP asterisk_gitops_runs_total Reconcile runs, by outcome.");
+    let _ = writeln!(out, "# TYPE asterisk_gitops_runs_total counter");
+    for s in &stats {
+        let _ = writeln!(out, "asterisk_gitops_runs_total{{outcome=\"{}\"}} {}", s.outcome, s.count);
+    }
+    let _ = writeln!(out, "# HELP asterisk_gitops_run_duration_seconds How long reconcile runs take.");
+    let _ = writeln!(out, "# TYPE asterisk_gitops_run_duration_seconds histogram");
+    for (i, b) in BUCKETS_MS.iter().enumerate() {
+        let n: i64 = stats.iter().map(|s| s.buckets.get(i).copied().unwrap_or(0)).sum();
+        let _ = writeln!(out, "asterisk_gitops_run_duration_seconds_bucket{{le=\"{}\"}} {n}", *b as f64 / 1000.0);
+    }
+    let count: i64 = stats.iter().map(|s| s.count).sum();
+    let total: i64 = stats.iter().map(|s| s.total_ms).sum();
+    let _ = writeln!(out, "asterisk_gitops_run_duration_seconds_bucket{{le=\"+Inf\"}} {count}");
+    let _ = writeln!(out, "asterisk_gitops_run_duration_seconds_sum {}", total as f64 / 1000.0);
+    let _ = writeln!(out, "asterisk_gitops_run_duration_seconds_count {count}");
+    let last = match &state.reconcile {
+        Some(h) => h.last.read().await.clone(),
+        None => None,
+    };
+    if let Some(drift) = last.as_ref().and_then(|r| r.record.plan.as_ref()).map(|p| p.drift.len()) {
+        let _ = writeln!(out, "# HELP asterisk_gitops_drift_items Drift found by the last run.");
+        let _ = writeln!(out, "# TYPE asterisk_gitops_drift_items gauge");
+        let _ = writeln!(out, "asterisk_gitops_drift_items {drift}");
+    }
+    let _ = writeln!(out, "# HELP asterisk_gitops_extensions Applied extensions, by sync status.");
+    let _ = writeln!(out, "# TYPE asterisk_gitops_extensions gauge");
+    let mut by_status: BTreeMap<&str, usize> = BTreeMap::new();
+    for e in &extensions {
+        *by_status.entry(e.sync_status.as_str()).or_default() += 1;
+    }
+    if by_status.is_empty() {
+        let _ = writeln!(out, "asterisk_gitops_extensions{{status=\"synced\"}} 0");
+    }
+    for (status, n) in by_status {
+        let _ = writeln!(out, "asterisk_gitops_extensions{{status=\"{status}\"}} {n}");
+    }
+    if state.live.asterisk.is_some() {
+        let (regs, known) = registrations(&state);
+        let _ = writeln!(out, "# HELP asterisk_gitops_asterisk_up Whether the last AMI read of registrations worked.");
+        let _ = writeln!(out, "# TYPE asterisk_gitops_asterisk_up gauge");
+        let _ = writeln!(out, "asterisk_gitops_asterisk_up {}", u8::from(known));
+        if known {
+            let registered = regs.by_endpoint.values().filter(|c| !c.is_empty()).count();
+            let _ = writeln!(out, "# HELP asterisk_gitops_registered_endpoints Endpoints with at least one contact.");
+            let _ = writeln!(out, "# TYPE asterisk_gitops_registered_endpoints gauge");
+            let _ = writeln!(out, "asterisk_gitops_registered_endpoints {registered}");
+        }
+    }
+    if let Some(c) = &state.live.calls {
+        use std::sync::atomic::Ordering::Relaxed;
+        let _ = writeln!(out, "# HELP asterisk_gitops_call_events_total ARI events read by the call logger.");
+        let _ = writeln!(out, "# TYPE asterisk_gitops_call_events_total counter");
+        let _ = writeln!(out, "asterisk_gitops_call_events_total {}", c.events.load(Relaxed));
+        let _ = writeln!(out, "# HELP asterisk_gitops_ari_up Whether the call logger's events socket is open.");
+        let _ = writeln!(out, "# TYPE asterisk_gitops_ari_up gauge");
+        let _ = writeln!(out, "asterisk_gitops_ari_up {}", u8::from(c.connected.load(Relaxed)));
+    }
+    Ok(([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], out))
 }
 
 pub(crate) fn db(state: &AppState) -> Result<&Db, ApiError> {
