@@ -428,6 +428,85 @@ async fn log_probe() {
     }
     let _ = stop.send(true);
     task.await.expect("logger stops");
+
+    // The daemon: API and UI writes with passwords, a wrong token, a sign-in.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let specs = dir.path().join("extensions.d");
+    std::fs::create_dir_all(&specs).expect("mkdir");
+    let file = asterisk_gitops::config::FileConfig {
+        admin_token: Some(asterisk_gitops::config::SecretString::new("probe-admin-token")),
+        ..Default::default()
+    };
+    let flags = asterisk_gitops::config::Overrides {
+        state_dir: Some(dir.path().join("state")),
+        spec_dir: Some(specs),
+        ..Default::default()
+    };
+    let settings = asterisk_gitops::config::Settings::resolve(flags, file, &|_| None).expect("settings");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let daemon = tokio::spawn(asterisk_gitops::app::run(settings, listener, async {
+        let _ = stopped.await;
+    }));
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
+    let url = |p: &str| format!("http://{addr}{p}");
+    let seed = r#"{"extension":"1001","password":"Soundz2025","displayName":"Test User","context":"from-internal","transport":"transport-udp","codecs":"ulaw,alaw"}"#;
+    let r = http
+        .post(url("/extensions"))
+        .bearer_auth("probe-admin-token")
+        .header("content-type", "application/json")
+        .body(seed)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status().as_u16(), 201);
+    let r = http
+        .put(url("/extensions/1001"))
+        .bearer_auth("probe-admin-token")
+        .header("content-type", "application/json")
+        .body(r#"{"password":"Probe-Pass-4242"}"#)
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(r.status().as_u16(), 200);
+    let r = http.post(url("/extensions")).bearer_auth("wrong-probe-token").body(seed).send().await.expect("post");
+    assert_eq!(r.status().as_u16(), 401);
+    let r = http.post(url("/ui/signin")).form(&[("token", "probe-admin-token")]).send().await.expect("signin");
+    let cookie = r
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|c| c.split(';').next())
+        .expect("cookie")
+        .to_string();
+    let page = http
+        .get(url("/ui/extensions/new"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .expect("form")
+        .text()
+        .await
+        .expect("text");
+    let csrf = page.split("name=\"csrf\" value=\"").nth(1).and_then(|r| r.split('"').next()).expect("csrf").to_string();
+    let r = http
+        .post(url("/ui/extensions"))
+        .header("cookie", &cookie)
+        .form(&[
+            ("csrf", csrf.as_str()),
+            ("extension", "1002"),
+            ("password", "Form-Pass-3131"),
+            ("codecs", "ulaw"),
+            ("context", "from-internal"),
+            ("transport", "transport-udp"),
+        ])
+        .send()
+        .await
+        .expect("create");
+    assert_eq!(r.status().as_u16(), 303);
+    let _ = stop.send(());
+    daemon.await.expect("joins").expect("stops cleanly");
 }
 
 #[test]
@@ -447,6 +526,10 @@ fn credentials_never_reach_the_logs() {
         logs.contains("ARI refused") && logs.contains("call record created") && logs.contains("ARI events connected"),
         "the ARI side was logged: {logs}"
     );
+    assert!(
+        logs.contains("UI sign-in") && logs.contains("asterisk-gitops is running"),
+        "the daemon was logged: {logs}"
+    );
     // Basic auth of gitops:gitops-secret and gitops:another-secret, too.
     for secret in [
         "gitops-secret",
@@ -455,6 +538,10 @@ fn credentials_never_reach_the_logs() {
         "281036cc5c24788fe74c0ae5d9c07baf",
         "Z2l0b3BzOmdpdG9wcy1zZWNyZXQ=",
         "Z2l0b3BzOmFub3RoZXItc2VjcmV0",
+        "Probe-Pass-4242",
+        "Form-Pass-3131",
+        "probe-admin-token",
+        "wrong-probe-token",
     ] {
         assert!(!logs.contains(secret), "{secret} leaked into the logs:\n{logs}");
     }
