@@ -62,15 +62,21 @@ pub async fn connect(settings: &Settings) -> anyhow::Result<Db> {
     Ok(Db::connect(&settings.database_url, &retry).await?)
 }
 
-/// API tokens (the admin token), stored hashed.
+/// API tokens (the admin token, and the configured users'), stored hashed.
 pub fn tokens(settings: &Settings) -> Vec<TokenEntry> {
-    settings
+    let mut out: Vec<TokenEntry> = settings
         .admin_token
         .as_ref()
-        .map(|t| {
-            vec![TokenEntry::new(Author { name: "admin".into(), email: "admin@asterisk-gitops".into() }, t.expose())]
-        })
-        .unwrap_or_default()
+        .map(|t| TokenEntry::new(Author { name: "admin".into(), email: "admin@asterisk-gitops".into() }, t.expose()))
+        .into_iter()
+        .collect();
+    out.extend(
+        settings
+            .users
+            .iter()
+            .map(|u| TokenEntry { user: Author { name: u.name.clone(), email: u.email.clone() }, sha256: u.sha256 }),
+    );
+    out
 }
 
 /// Resolves when SIGINT or SIGTERM arrives.
@@ -225,6 +231,7 @@ pub async fn run(
         branch: settings.git.as_ref().map(|g| g.branch.clone()),
         reconcile: Some(handle.clone()),
         read_only: settings.read_only,
+        anonymous_read: settings.anonymous_read,
         live,
     };
     let listen = listener.local_addr()?;

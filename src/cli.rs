@@ -155,6 +155,10 @@ pub enum Command {
     /// `-` (or leave it out) to read it from standard input, which keeps it
     /// out of your shell history.
     HashPassword(HashPasswordArgs),
+    /// Print the SHA-256 of an API / UI token, for a `users:` entry's
+    /// `tokenSha256` in the config file (the file never holds the token).
+    /// The token is read from standard input, one line.
+    HashToken,
 }
 
 #[derive(Debug, Args)]
@@ -243,6 +247,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::HashPassword(args) => hash_password(args),
+        Command::HashToken => hash_token(),
         Command::Plan(args) => runtime()?.block_on(plan(&cli.global, args)),
         Command::Apply(args) => runtime()?.block_on(apply(&cli.global, args)),
         Command::Serve => {
@@ -405,6 +410,19 @@ fn render(global: &GlobalArgs, args: RenderArgs) -> anyhow::Result<ExitCode> {
         None => std::io::stdout().write_all(text.as_bytes())?,
         Some(file) => crate::managed::write_atomic(&file, text.as_bytes())?,
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn hash_token() -> anyhow::Result<ExitCode> {
+    use sha2::Digest;
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    let token = line.trim();
+    if token.len() < 16 {
+        eprintln!("error: a token needs at least 16 characters (use a long random one: openssl rand -hex 32)");
+        return Ok(ExitCode::from(2));
+    }
+    println!("{}", hex::encode(sha2::Sha256::digest(token.as_bytes())));
     Ok(ExitCode::SUCCESS)
 }
 

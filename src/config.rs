@@ -54,6 +54,31 @@ pub struct FileConfig {
     pub webhook_secret: Option<SecretString>,
     /// The admin API token (or ASTERISK_GITOPS_ADMIN_TOKEN).
     pub admin_token: Option<SecretString>,
+    /// More API / UI users, each with the SHA-256 of their token (never the
+    /// token: `asterisk-gitops hash-token` prints it). Their name and email
+    /// sign the commits their edits make.
+    pub users: Option<Vec<UserFileConfig>>,
+    /// Whether reading (GET routes, UI pages) needs no token (default true:
+    /// the seed's GET routes had none). With false, reads need a bearer
+    /// token or a signed-in session; /healthz and /readyz stay open.
+    pub anonymous_read: Option<bool>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UserFileConfig {
+    pub name: String,
+    pub email: String,
+    /// Lower-case hex SHA-256 of the token.
+    pub token_sha256: String,
+}
+
+/// A user allowed to write, by the hash of their token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserToken {
+    pub name: String,
+    pub email: String,
+    pub sha256: [u8; 32],
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -227,6 +252,8 @@ pub struct Settings {
     pub git: Option<GitSettings>,
     pub webhook_secret: Option<SecretString>,
     pub admin_token: Option<SecretString>,
+    pub users: Vec<UserToken>,
+    pub anonymous_read: bool,
 }
 
 /// What the command line (flags, with their environment variables) said;
@@ -378,7 +405,23 @@ impl Settings {
             }
         };
 
+        let mut users = Vec::new();
+        for (i, u) in file.users.unwrap_or_default().into_iter().enumerate() {
+            let bytes = hex::decode(u.token_sha256.trim()).ok().and_then(|b| <[u8; 32]>::try_from(b).ok());
+            let Some(sha256) = bytes else {
+                return Err(ConfigError::Invalid {
+                    what: "users",
+                    message: format!(
+                        "users[{i}] ({}): tokenSha256 must be 64 hex digits (asterisk-gitops hash-token prints it)",
+                        u.name
+                    ),
+                });
+            };
+            users.push(UserToken { name: u.name, email: u.email, sha256 });
+        }
         Ok(Settings {
+            users,
+            anonymous_read: file.anonymous_read.unwrap_or(true),
             git,
             webhook_secret: env("ASTERISK_GITOPS_WEBHOOK_SECRET").map(SecretString).or(file.webhook_secret),
             admin_token: env("ASTERISK_GITOPS_ADMIN_TOKEN").map(SecretString).or(file.admin_token),

@@ -30,6 +30,7 @@ fn state(dir: &Path) -> (AppState, tokio::sync::mpsc::Receiver<Trigger>) {
         branch: Some("main".into()),
         reconcile: Some(handle),
         read_only: false,
+        anonymous_read: true,
         live: Default::default(),
     };
     (state, rx)
@@ -290,7 +291,7 @@ async fn the_openapi_document_matches_the_routes() {
     assert_eq!(doc["openapi"], "3.0.3");
     let paths = doc["paths"].as_object().expect("paths");
     let mut registered = std::collections::BTreeSet::new();
-    for file in ["src/http/api.rs", "src/http/read.rs"] {
+    for file in ["src/http/api.rs", "src/http/read.rs", "src/http/mod.rs"] {
         let text = std::fs::read_to_string(crate::support::repo_root().join(file)).expect("source");
         for part in text.split(".route(\"").skip(1) {
             registered.insert(part.split('"').next().expect("a path").to_string());
@@ -319,4 +320,69 @@ async fn the_openapi_document_matches_the_routes() {
             );
         }
     }
+}
+
+#[tokio::test]
+async fn with_anonymous_reads_off_reads_need_a_token_or_a_session() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut state, _rx) = state(dir.path());
+    state.anonymous_read = false;
+    let (status, body) = call(&state, "GET", "/extensions", None, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    let (status, _) = call(&state, "GET", "/status", None, Some("wrong-token")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // With the token the read goes through (503 here: this state has no database).
+    let (status, _) = call(&state, "GET", "/extensions", None, Some(TOKEN)).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    // Probes stay open.
+    assert_eq!(call(&state, "GET", "/healthz", None, None).await.0, StatusCode::OK);
+    assert_ne!(call(&state, "GET", "/readyz", None, None).await.0, StatusCode::UNAUTHORIZED);
+    // The UI sends the anonymous to sign in; a session gets through.
+    let (status, headers, _) = form(&state, "GET", "/ui/extensions", "", None).await;
+    assert_eq!(
+        (status, headers.get("location").and_then(|v| v.to_str().ok())),
+        (StatusCode::SEE_OTHER, Some("/ui/signin"))
+    );
+    let (_, headers, _) = form(&state, "POST", "/ui/signin", &format!("token={TOKEN}"), None).await;
+    let cookie = headers
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|c| c.split(';').next())
+        .expect("cookie")
+        .to_string();
+    let (status, _, _) = form(&state, "GET", "/ui/extensions", "", Some(&cookie)).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "past the check (no database here)");
+}
+
+#[test]
+fn configured_users_sign_with_their_token_hash_and_bad_hashes_are_refused() {
+    use asterisk_gitops::config::{FileConfig, Overrides, Settings, UserFileConfig};
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_asterisk-gitops"))
+        .arg("hash-token")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().expect("stdin").write_all(b"alice-token-0123456789abcdef\n")?;
+            c.wait_with_output()
+        })
+        .expect("hash-token runs");
+    assert!(out.status.success());
+    let hash = String::from_utf8(out.stdout).expect("utf-8").trim().to_string();
+    assert_eq!(hash.len(), 64);
+    let user =
+        |h: &str| UserFileConfig { name: "Alice".into(), email: "alice@example.com".into(), token_sha256: h.into() };
+    let file = FileConfig { users: Some(vec![user(&hash)]), ..Default::default() };
+    let settings = Settings::resolve(Overrides::default(), file, &|_| None).expect("settings");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut state, _rx) = state(dir.path());
+    state.tokens = Arc::new(asterisk_gitops::app::tokens(&settings));
+    let who = state.authenticate(Some("Bearer alice-token-0123456789abcdef")).expect("Alice signs in");
+    assert_eq!((who.name.as_str(), who.email.as_str()), ("Alice", "alice@example.com"));
+    assert!(state.authenticate(Some("Bearer alice-token-0123456789abcdeX")).is_err());
+
+    let file = FileConfig { users: Some(vec![user("not-hex")]), ..Default::default() };
+    let err = Settings::resolve(Overrides::default(), file, &|_| None).expect_err("a bad hash");
+    assert!(err.to_string().contains("users[0] (Alice)"), "{err}");
 }

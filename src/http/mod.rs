@@ -52,6 +52,8 @@ pub struct AppState {
     /// The reconcile loop, when one runs (not in `plan`/tests without a daemon).
     pub reconcile: Option<LoopHandle>,
     pub read_only: bool,
+    /// Reads need no token (see `FileConfig::anonymous_read`).
+    pub anonymous_read: bool,
     /// What the read routes ask: the database, Asterisk, the call logger.
     pub live: Live,
 }
@@ -168,5 +170,35 @@ impl IntoResponse for ApiError {
 
 /// The whole router.
 pub fn app(state: AppState) -> axum::Router {
-    api::router(state.clone()).merge(read::router()).merge(ui::router(&state)).with_state(state)
+    let reads = read::router()
+        .merge(ui::read_router())
+        .layer(axum::middleware::from_fn_with_state(state.clone(), require_reader));
+    api::router(state.clone())
+        .merge(reads)
+        .merge(ui::write_router(&state))
+        .route("/readyz", axum::routing::get(read::readyz))
+        .with_state(state)
+}
+
+/// Lets a read through when reads are anonymous, or when it carries a valid
+/// bearer token or a signed-in session; otherwise 401 for the API and the
+/// sign-in page for the UI.
+async fn require_reader(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if state.anonymous_read {
+        return next.run(req).await;
+    }
+    let bearer = req.headers().get("authorization").and_then(|v| v.to_str().ok());
+    let signed_in = ui::signed_in(&state, req.headers());
+    if signed_in || (bearer.is_some() && state.authenticate(bearer).is_ok()) {
+        return next.run(req).await;
+    }
+    if req.uri().path().starts_with("/ui") || req.uri().path() == "/" {
+        axum::response::Redirect::to("/ui/signin").into_response()
+    } else {
+        ApiError::Unauthorized.into_response()
+    }
 }

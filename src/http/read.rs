@@ -32,7 +32,6 @@ pub struct Registrations {
 
 pub fn router() -> axum::Router<AppState> {
     axum::Router::new()
-        .route("/readyz", get(readyz))
         .route("/status", get(status))
         .route("/extensions", get(list))
         .route("/extensions/{id}", get(one))
@@ -343,7 +342,7 @@ async fn calls(
     Ok(Json(json!({"calls": calls, "nextCursor": next})))
 }
 
-async fn readyz(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+pub(crate) async fn readyz(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     if db(&state)?.ping().await {
         Ok("ready")
     } else {

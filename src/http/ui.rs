@@ -174,26 +174,38 @@ fn api_error_page(e: ApiError) -> Response {
     error_page(status, title, &e.to_string())
 }
 
-pub fn router(state: &AppState) -> axum::Router<AppState> {
-    let mut r = axum::Router::new()
+/// The pages that only read (behind the anonymous-read check).
+pub fn read_router() -> axum::Router<AppState> {
+    axum::Router::new()
         .route("/", get(|| async { Redirect::to("/ui") }))
         .route("/ui", get(overview))
-        .route("/ui/extensions", get(list))
-        .route("/ui/extensions/{id}", get(status))
+        .route("/ui/extensions", get(list).post(create))
+        .route("/ui/extensions/{id}", get(status).post(update))
         .route("/ui/runs", get(runs))
         .route("/ui/runs/{id}", get(run))
-        .route("/ui/calls", get(calls));
+        .route("/ui/calls", get(calls))
+}
+
+/// Sign-in, and the forms that write (each checks its session and CSRF
+/// token). In read-only mode only sign-in remains, and only when reading
+/// needs it.
+pub fn write_router(state: &AppState) -> axum::Router<AppState> {
+    let mut r = axum::Router::new();
+    if !state.read_only || !state.anonymous_read {
+        r = r.route("/ui/signin", get(signin_form).post(signin)).route("/ui/signout", post(signout));
+    }
     if !state.read_only {
         r = r
-            .route("/ui/signin", get(signin_form).post(signin))
-            .route("/ui/signout", post(signout))
             .route("/ui/extensions/new", get(new_form))
-            .route("/ui/extensions", post(create))
-            .route("/ui/extensions/{id}", post(update))
             .route("/ui/extensions/{id}/edit", get(edit_form))
             .route("/ui/extensions/{id}/delete", get(delete_form).post(delete));
     }
     r
+}
+
+/// Whether the request carries a live session (for the anonymous-read check).
+pub fn signed_in(state: &AppState, headers: &HeaderMap) -> bool {
+    Viewer::of(state, headers).session.is_some()
 }
 
 async fn overview(State(state): State<AppState>, headers: HeaderMap) -> Response {
@@ -597,6 +609,9 @@ async fn update(
     Path(id): Path<String>,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
+    if state.read_only {
+        return error_page(StatusCode::METHOD_NOT_ALLOWED, "Read-only", "This server is read-only.");
+    }
     let viewer = Viewer::of(&state, &headers);
     let author = match viewer.writer(&form) {
         Ok(a) => a,
