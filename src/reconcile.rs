@@ -231,6 +231,15 @@ pub struct Reconciler<S, A> {
     pub settled: SettledCache,
 }
 
+/// A plan made the whole way, with what it was made from.
+struct FullPlan {
+    plan: Plan,
+    rendered: String,
+    md5s: BTreeMap<String, String>,
+    applied_count: usize,
+    observed: Observed,
+}
+
 /// A plan, with the rendered file and secret hashes when they were computed.
 type SettledPlan = (Plan, Option<String>, Option<BTreeMap<String, String>>, Observed);
 
@@ -326,11 +335,28 @@ pub struct RunReport {
 impl<S: StateStore, A: AsteriskControl> Reconciler<S, A> {
     /// Plans without changing anything (the `plan` command).
     pub async fn plan(&self, desired: &Desired) -> Result<(Plan, String), String> {
-        let (rendered, md5s) = self.render(desired)?;
-        let applied = self.store.applied().await.map_err(|e| format!("database: {e}"))?;
+        let full = self.full_plan(desired, None).await?;
+        Ok((full.plan, full.rendered))
+    }
+
+    /// Render (secrets are read here), read the applied rows (from the
+    /// cache when `applied_sig` matches it) and the managed file, look at
+    /// Asterisk, and plan. Errors say which step failed.
+    async fn full_plan(&self, desired: &Desired, applied_sig: Option<&str>) -> Result<FullPlan, String> {
+        let (rendered, md5s) = self.render(desired).map_err(|e| format!("render: {e}"))?;
+        let applied = match applied_sig.and_then(|sig| self.settled.applied(sig)) {
+            Some(a) => a,
+            None => {
+                let a = Arc::new(self.store.applied().await.map_err(|e| format!("database: {e}"))?);
+                if let Some(sig) = applied_sig {
+                    self.settled.set_applied(sig.to_string(), a.clone(), Instant::now());
+                }
+                a
+            }
+        };
         let current = self.managed.read().map_err(|e| format!("{}: {e}", self.managed.path().display()))?;
         let observed = self.observe().await;
-        let p = plan::plan(&PlanInput {
+        let plan = plan::plan(&PlanInput {
             desired: &desired.set,
             secret_md5: &md5s,
             applied: &applied,
@@ -338,7 +364,7 @@ impl<S: StateStore, A: AsteriskControl> Reconciler<S, A> {
             current_file: current.as_deref(),
             rendered: &rendered,
         });
-        Ok((p, rendered))
+        Ok(FullPlan { plan, rendered, md5s, applied_count: applied.len(), observed })
     }
 
     fn render(&self, desired: &Desired) -> Result<(String, BTreeMap<String, String>), String> {
@@ -492,39 +518,11 @@ impl<S: StateStore, A: AsteriskControl> Reconciler<S, A> {
             Some(p) => p,
             None => {
                 self.settled.set(None);
-                // 2. Render (secrets are read here).
-                let (rendered, md5s) = match self.render(desired) {
-                    Ok(r) => r,
-                    Err(e) => return fail(record, Outcome::Failed, format!("render: {e}")),
+                let full = match self.full_plan(desired, applied_sig.as_deref()).await {
+                    Ok(f) => f,
+                    Err(e) => return fail(record, Outcome::Failed, e),
                 };
-                // 3. Applied, on disk, observed.
-                let cached = applied_sig.as_deref().and_then(|sig| self.settled.applied(sig));
-                let applied = match cached {
-                    Some(a) => a,
-                    None => match self.store.applied().await {
-                        Ok(a) => {
-                            let a = Arc::new(a);
-                            if let Some(sig) = &applied_sig {
-                                self.settled.set_applied(sig.clone(), a.clone(), Instant::now());
-                            }
-                            a
-                        }
-                        Err(e) => return fail(record, Outcome::Failed, format!("database: {e}")),
-                    },
-                };
-                let current = match self.managed.read() {
-                    Ok(c) => c,
-                    Err(e) => return fail(record, Outcome::Failed, format!("{}: {e}", self.managed.path().display())),
-                };
-                let observed = self.observe().await;
-                let p = plan::plan(&PlanInput {
-                    desired: &desired.set,
-                    secret_md5: &md5s,
-                    applied: &applied,
-                    observed: &observed,
-                    current_file: current.as_deref(),
-                    rendered: &rendered,
-                });
+                let FullPlan { plan: p, rendered, md5s, applied_count, observed } = full;
                 if let (Some(fingerprint), Some(applied_sig), false) =
                     (desired.fingerprint, applied_sig, p.has_changes() || p.file_changed)
                 {
@@ -533,7 +531,7 @@ impl<S: StateStore, A: AsteriskControl> Reconciler<S, A> {
                         secret_files,
                         applied: applied_sig,
                         file_hash: hash_text(&rendered),
-                        applied_count: applied.len(),
+                        applied_count,
                     }));
                 }
                 (p, Some(rendered), Some(md5s), observed)

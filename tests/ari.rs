@@ -2,11 +2,12 @@
 //! stand-in's ARI answering byte for byte like the capture, and the client
 //! against it (REST, the events WebSocket, wrong password, refused port).
 
+use crate::asterisk::captured_standin;
 use asterisk_gitops::asterisk::ari::{
     Ari, AriConfig, AriError, AsteriskInfo, ContinueTo, EndpointState, Event, parse_time,
 };
 use asterisk_gitops::config::SecretString;
-use asterisk_standin::{ContactInfo, StandIn, StandInConfig};
+use asterisk_standin::{ContactInfo, StandIn};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -75,21 +76,6 @@ fn normalise(line: &str) -> String {
         }
     }
     out
-}
-
-async fn captured_standin() -> (StandIn, tempfile::TempDir) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    for f in ["pjsip.conf", "pjsip_gitops.conf"] {
-        std::fs::copy(crate::support::fixture("asterisk/config").join(f), dir.path().join(f)).expect("copy config");
-    }
-    let s = StandIn::start(StandInConfig {
-        pjsip_conf: dir.path().join("pjsip.conf"),
-        user: "gitops".into(),
-        secret: "gitops-secret".into(),
-    })
-    .await
-    .expect("stand-in starts");
-    (s, dir)
 }
 
 fn client(s: &StandIn, password: &str) -> Ari {

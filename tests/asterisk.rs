@@ -100,7 +100,7 @@ fn every_transcript_parses_with_every_field_right() {
 }
 
 /// A stand-in loaded with the captured configuration.
-async fn captured_standin() -> (StandIn, tempfile::TempDir) {
+pub(crate) async fn captured_standin() -> (StandIn, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
     for f in ["pjsip.conf", "pjsip_gitops.conf"] {
         std::fs::copy(crate::support::fixture("asterisk/config").join(f), dir.path().join(f)).expect("copy config");

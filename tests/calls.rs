@@ -1,7 +1,7 @@
 //! The call logger against the stand-in playing calls through its Stasis
 //! app, on SQLite always and on PostgreSQL when DATABASE_URL points at one.
 
-use crate::db::{drop_pg, postgres, sqlite};
+use crate::db::{on_both, sqlite};
 use asterisk_gitops::asterisk::ari::{Ari, AriConfig};
 use asterisk_gitops::calls::{CallLogConfig, CallLogStats, run};
 use asterisk_gitops::config::SecretString;
@@ -87,19 +87,6 @@ async fn call(db: &Db, channel: &str) -> Option<CallRecord> {
 
 async fn ended(db: &Db, channel: &str) -> bool {
     call(db, channel).await.is_some_and(|c| c.end_time.is_some())
-}
-
-async fn on_both<F, Fut>(body: F)
-where
-    F: Fn(Db) -> Fut,
-    Fut: Future<Output = ()>,
-{
-    let (db, _dir) = sqlite().await;
-    body(db).await;
-    if let Some((db, server, name)) = postgres().await {
-        body(db.clone()).await;
-        drop_pg(db, &server, &name).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

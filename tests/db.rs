@@ -79,7 +79,7 @@ fn replace_db(url: &str, name: &str) -> String {
 }
 
 /// Runs `body` on SQLite, then on PostgreSQL when there is one.
-async fn on_both<F, Fut>(body: F)
+pub(crate) async fn on_both<F, Fut>(body: F)
 where
     F: Fn(Db) -> Fut,
     Fut: Future<Output = ()>,

@@ -31,6 +31,16 @@ const COOKIE: &str = "ag_session";
 const SESSION_TTL: Duration = Duration::from_secs(8 * 3600);
 const PAGE: usize = 500;
 
+/// The value, or — returned from the handler — the error page for the error.
+macro_rules! or_page {
+    ($e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(e) => return api_error_page(e),
+        }
+    };
+}
+
 fn env() -> &'static Environment<'static> {
     static ENV: OnceLock<Environment<'static>> = OnceLock::new();
     ENV.get_or_init(|| {
@@ -210,10 +220,7 @@ pub fn signed_in(state: &AppState, headers: &HeaderMap) -> bool {
 
 async fn overview(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let viewer = Viewer::of(&state, &headers);
-    let st = match super::read::status_json(&state).await {
-        Ok(v) => v,
-        Err(e) => return api_error_page(e),
-    };
+    let st = or_page!(super::read::status_json(&state).await);
     let ctx = context! {
         ..base(&state, &viewer, None),
         ..context! {
@@ -238,13 +245,8 @@ async fn overview(State(state): State<AppState>, headers: HeaderMap) -> Response
 
 async fn list(State(state): State<AppState>, headers: HeaderMap, Query(q): Query<HashMap<String, String>>) -> Response {
     let viewer = Viewer::of(&state, &headers);
-    let all = match db(&state) {
-        Ok(db) => match db.extensions().await {
-            Ok(a) => a,
-            Err(e) => return api_error_page(internal(e)),
-        },
-        Err(e) => return api_error_page(e),
-    };
+    let db = or_page!(db(&state));
+    let all = or_page!(db.extensions().await.map_err(internal));
     let query = q.get("q").map(|s| s.trim().to_string()).unwrap_or_default();
     let offset: usize = q.get("offset").and_then(|o| o.parse().ok()).unwrap_or(0);
     let (regs, known) = registrations(&state);
@@ -296,13 +298,8 @@ async fn status(
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
     let viewer = Viewer::of(&state, &headers);
-    let record = match db(&state) {
-        Ok(db) => match db.extension(&id).await {
-            Ok(r) => r,
-            Err(e) => return api_error_page(internal(e)),
-        },
-        Err(e) => return api_error_page(e),
-    };
+    let db = or_page!(db(&state));
+    let record = or_page!(db.extension(&id).await.map_err(internal));
     let (mut contacts, mut endpoint, mut live_error) = (Vec::new(), None, None);
     match &state.live.asterisk {
         None => live_error = Some("Asterisk is not configured (--ami-addr): no live registration status.".to_string()),
@@ -357,13 +354,8 @@ async fn status(
 
 async fn runs(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let viewer = Viewer::of(&state, &headers);
-    let runs = match db(&state) {
-        Ok(db) => match db.runs(100).await {
-            Ok(r) => r,
-            Err(e) => return api_error_page(internal(e)),
-        },
-        Err(e) => return api_error_page(e),
-    };
+    let db = or_page!(db(&state));
+    let runs = or_page!(db.runs(100).await.map_err(internal));
     page(StatusCode::OK, "runs.html", context! { ..base(&state, &viewer, None), ..context! { runs => runs } })
 }
 
@@ -372,13 +364,9 @@ async fn run(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<S
     let Ok(n) = id.parse::<i64>() else {
         return error_page(StatusCode::NOT_FOUND, "Not found", &format!("There is no run {id}."));
     };
-    let run = match db(&state) {
-        Ok(db) => match db.run(n).await {
-            Ok(Some(r)) => r,
-            Ok(None) => return error_page(StatusCode::NOT_FOUND, "Not found", &format!("There is no run {n}.")),
-            Err(e) => return api_error_page(internal(e)),
-        },
-        Err(e) => return api_error_page(e),
+    let db = or_page!(db(&state));
+    let Some(run) = or_page!(db.run(n).await.map_err(internal)) else {
+        return error_page(StatusCode::NOT_FOUND, "Not found", &format!("There is no run {n}."));
     };
     let diagnostics: Vec<Value> = run
         .diagnostics
@@ -402,13 +390,8 @@ async fn calls(
     let direction = q.get("direction").cloned().filter(|d| ["inbound", "outbound", "internal"].contains(&d.as_str()));
     let filter =
         CallFilter { extension: extension.clone(), direction: direction.clone(), limit: 200, ..Default::default() };
-    let calls = match db(&state) {
-        Ok(db) => match db.calls(&filter).await {
-            Ok(c) => c,
-            Err(e) => return api_error_page(internal(e)),
-        },
-        Err(e) => return api_error_page(e),
-    };
+    let db = or_page!(db(&state));
+    let calls = or_page!(db.calls(&filter).await.map_err(internal));
     let ctx = context! {
         ..base(&state, &viewer, None),
         ..context! { calls => calls, extension => extension.unwrap_or_default(), direction => direction.unwrap_or_default(), call_logger => state.live.calls.is_some() }
@@ -584,15 +567,9 @@ async fn edit_form(State(state): State<AppState>, headers: HeaderMap, Path(id): 
     if viewer.session.is_none() {
         return Redirect::to("/ui/signin").into_response();
     }
-    let record = match db(&state) {
-        Ok(db) => match db.extension(&id).await {
-            Ok(Some(r)) => r,
-            Ok(None) => {
-                return error_page(StatusCode::NOT_FOUND, "Not found", &format!("Extension {id} is not applied."));
-            }
-            Err(e) => return api_error_page(internal(e)),
-        },
-        Err(e) => return api_error_page(e),
+    let db = or_page!(db(&state));
+    let Some(record) = or_page!(db.extension(&id).await.map_err(internal)) else {
+        return error_page(StatusCode::NOT_FOUND, "Not found", &format!("Extension {id} is not applied."));
     };
     let form = json!({
         "displayName": record.display_name,
