@@ -204,6 +204,7 @@ pub async fn run(
         registrations: Default::default(),
         calls: settings.ari.as_ref().map(|_| Arc::new(crate::calls::CallLogStats::default())),
         sessions: Default::default(),
+        sip_server: settings.sip_server.clone(),
     };
     let refresher = live
         .asterisk

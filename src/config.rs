@@ -58,6 +58,9 @@ pub struct FileConfig {
     /// token: `asterisk-gitops hash-token` prints it). Their name and email
     /// sign the commits their edits make.
     pub users: Option<Vec<UserFileConfig>>,
+    /// What phones register to, `host[:port]` (e.g. `pbx.example.com:5060`):
+    /// shown with each extension's softphone settings.
+    pub sip_server: Option<String>,
     /// Whether reading (GET routes, UI pages) needs no token (default true:
     /// the seed's GET routes had none). With false, reads need a bearer
     /// token or a signed-in session; /healthz and /readyz stay open.
@@ -254,6 +257,7 @@ pub struct Settings {
     pub admin_token: Option<SecretString>,
     pub users: Vec<UserToken>,
     pub anonymous_read: bool,
+    pub sip_server: Option<String>,
 }
 
 /// What the command line (flags, with their environment variables) said;
@@ -422,6 +426,7 @@ impl Settings {
         Ok(Settings {
             users,
             anonymous_read: file.anonymous_read.unwrap_or(true),
+            sip_server: file.sip_server,
             git,
             webhook_secret: env("ASTERISK_GITOPS_WEBHOOK_SECRET").map(SecretString).or(file.webhook_secret),
             admin_token: env("ASTERISK_GITOPS_ADMIN_TOKEN").map(SecretString).or(file.admin_token),

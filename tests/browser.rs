@@ -189,7 +189,11 @@ async fn create_edit_and_delete_through_the_browser() {
     // Status: registered once the phone registers.
     assert!(control.register(ContactInfo::new("1001", 5071)));
     s.wait_text("/ui/extensions/1001", "#registration", "Registered").await;
-    assert!(s.c.source().await.expect("source").contains("PortSIP-standin-sipp"));
+    let source = s.c.source().await.expect("source");
+    assert!(
+        source.contains("PortSIP-standin-sipp") && source.contains("pbx.example.com:5060"),
+        "contacts and the SIP server"
+    );
     s.shot("status").await;
 
     // Edit.

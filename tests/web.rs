@@ -58,6 +58,7 @@ impl Daemon {
                 ..Default::default()
             }),
             admin_token: Some(SecretString::new(TOKEN)),
+            sip_server: Some("pbx.example.com:5060".into()),
             ..Default::default()
         };
         let flags = Overrides {
@@ -176,6 +177,8 @@ async fn the_seeds_contract_end_to_end_and_no_password_in_any_response() {
     assert_eq!(live["contacts"][0]["userAgent"], "PortSIP-standin-sipp");
     assert_eq!(live["endpoint"]["context"], "from-internal");
     assert_eq!(live["softphone"]["authUsername"], "1001");
+    assert_eq!(live["softphone"]["server"], "pbx.example.com:5060");
+    assert_eq!(live["softphone"]["transport"], "transport-udp");
     assert_eq!(live["drift"], json!([]), "{live}");
 
     // Update: a new password and name; still no plaintext anywhere.

@@ -69,6 +69,8 @@ pub struct Live {
     pub calls: Option<Arc<crate::calls::CallLogStats>>,
     /// The UI's signed-in sessions.
     pub sessions: Arc<ui::Sessions>,
+    /// Where phones register (`sipServer`), for the softphone settings.
+    pub sip_server: Option<String>,
 }
 
 impl AppState {

@@ -219,10 +219,11 @@ async fn one(State(state): State<AppState>, Path(id): Path<String>) -> Result<im
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct SoftphoneSettings<'a> {
+    /// `host[:port]` from the `sipServer` setting; `None` when not configured.
+    server: Option<&'a str>,
     username: &'a str,
     auth_username: &'a str,
     transport: &'a str,
-    domain: Option<&'a str>,
 }
 
 /// Where Asterisk's view differs from what was applied.
@@ -270,7 +271,7 @@ async fn live_status(State(state): State<AppState>, Path(id): Path<String>) -> R
         username: &id,
         auth_username: if d.auth.is_empty() { &id } else { &d.auth },
         transport: &d.transport,
-        domain: None,
+        server: state.live.sip_server.as_deref(),
     });
     Ok(Json(json!({
         "extension": id,

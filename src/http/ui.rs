@@ -347,6 +347,7 @@ async fn status(
             live_error => live_error,
             drift => drift,
             auth_username => auth_username,
+            sip_server => state.live.sip_server.clone(),
         }
     };
     page(StatusCode::OK, "status.html", ctx)
