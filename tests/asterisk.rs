@@ -472,7 +472,24 @@ async fn log_probe() {
     assert_eq!(r.status().as_u16(), 200);
     let r = http.post(url("/extensions")).bearer_auth("wrong-probe-token").body(seed).send().await.expect("post");
     assert_eq!(r.status().as_u16(), 401);
-    let r = http.post(url("/ui/signin")).form(&[("token", "probe-admin-token")]).send().await.expect("signin");
+    let r = http.get(url("/ui/signin")).send().await.expect("signin form");
+    let pre = r
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|c| c.split(';').next())
+        .expect("form cookie")
+        .to_string();
+    let page = r.text().await.expect("text");
+    let pre_csrf =
+        page.split("name=\"csrf\" value=\"").nth(1).and_then(|r| r.split('"').next()).expect("csrf").to_string();
+    let r = http
+        .post(url("/ui/signin"))
+        .header("cookie", pre)
+        .form(&[("token", "probe-admin-token"), ("csrf", pre_csrf.as_str())])
+        .send()
+        .await
+        .expect("signin");
     let cookie = r
         .headers()
         .get("set-cookie")

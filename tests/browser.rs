@@ -224,6 +224,16 @@ async fn create_edit_and_delete_through_the_browser() {
     s.goto("/ui").await;
     assert_eq!(s.text("#ready").await, "Ready");
     s.shot("overview").await;
+    // On a phone: the narrow layout drops secondary columns, nothing overflows.
+    s.c.set_window_size(390, 844).await.expect("phone size");
+    s.goto("/ui/extensions").await;
+    let overflow =
+        s.c.execute("return document.documentElement.scrollWidth > window.innerWidth + 1;", vec![])
+            .await
+            .expect("script");
+    assert_eq!(overflow, serde_json::Value::Bool(false), "the list fits a phone's width");
+    s.shot("extensions-phone").await;
+    s.c.set_window_size(1280, 1000).await.expect("desktop size");
 
     // Delete, with confirmation.
     s.goto("/ui/extensions/1001").await;

@@ -242,6 +242,21 @@ async fn form(
     (status, headers, String::from_utf8_lossy(&bytes).into_owned())
 }
 
+/// Signs in through the form as a browser would: the form page first (its
+/// double-submit cookie and field), then the post. Returns (status, headers).
+async fn sign_in(state: &AppState, token: &str) -> (StatusCode, axum::http::HeaderMap) {
+    let (_, headers, page) = form(state, "GET", "/ui/signin", "", None).await;
+    let pre = headers
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|c| c.split(';').next())
+        .expect("a form cookie");
+    let csrf = page.split("name=\"csrf\" value=\"").nth(1).and_then(|r| r.split('"').next()).expect("a csrf field");
+    let (status, headers, _) =
+        form(state, "POST", "/ui/signin", &format!("token={token}&csrf={csrf}"), Some(pre)).await;
+    (status, headers)
+}
+
 #[tokio::test]
 async fn ui_writes_need_a_session_and_its_csrf_token() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -252,12 +267,15 @@ async fn ui_writes_need_a_session_and_its_csrf_token() {
     let (status, headers, _) = form(&state, "POST", "/ui/extensions", create, None).await;
     assert_eq!(status, StatusCode::SEE_OTHER);
     assert_eq!(headers.get("location").and_then(|v| v.to_str().ok()), Some("/ui/signin"));
+    // A sign-in post that did not come from the form page is refused (login CSRF).
+    let (status, _, _) = form(&state, "POST", "/ui/signin", &format!("token={TOKEN}"), None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
     // A wrong token does not sign in.
-    let (status, headers, _) = form(&state, "POST", "/ui/signin", "token=wrong", None).await;
+    let (status, headers) = sign_in(&state, "wrong").await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
-    assert!(headers.get("set-cookie").is_none());
+    assert!(headers.get("set-cookie").and_then(|v| v.to_str().ok()).is_some_and(|c| !c.starts_with("ag_session")));
     // The right one does, with a hardened cookie.
-    let (status, headers, _) = form(&state, "POST", "/ui/signin", &format!("token={TOKEN}"), None).await;
+    let (status, headers) = sign_in(&state, TOKEN).await;
     assert_eq!(status, StatusCode::SEE_OTHER);
     let set = headers.get("set-cookie").and_then(|v| v.to_str().ok()).expect("a session cookie").to_string();
     assert!(set.contains("HttpOnly") && set.contains("SameSite=Strict"), "{set}");
@@ -343,7 +361,7 @@ async fn with_anonymous_reads_off_reads_need_a_token_or_a_session() {
         (status, headers.get("location").and_then(|v| v.to_str().ok())),
         (StatusCode::SEE_OTHER, Some("/ui/signin"))
     );
-    let (_, headers, _) = form(&state, "POST", "/ui/signin", &format!("token={TOKEN}"), None).await;
+    let (_, headers) = sign_in(&state, TOKEN).await;
     let cookie = headers
         .get("set-cookie")
         .and_then(|v| v.to_str().ok())

@@ -96,14 +96,7 @@ struct Viewer {
 
 impl Viewer {
     fn of(state: &AppState, headers: &HeaderMap) -> Viewer {
-        let id = headers
-            .get_all(header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .filter_map(|c| c.trim().split_once('='))
-            .find(|(k, _)| *k == COOKIE)
-            .map(|(_, v)| v.to_string());
+        let id = cookie_value(headers, COOKIE);
         let session = id.and_then(|id| {
             let mut map = state.live.sessions.0.lock().unwrap_or_else(|p| p.into_inner());
             map.retain(|_, s| s.expires > Instant::now());
@@ -400,9 +393,35 @@ async fn calls(
     page(StatusCode::OK, "calls.html", ctx)
 }
 
+/// The sign-in form is protected against login CSRF by a double-submit
+/// token: a short-lived cookie and the same value in the form.
+const PRE_COOKIE: &str = "ag_signin";
+
+fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_string())
+}
+
+fn signin_page(state: &AppState, viewer: &Viewer, status: StatusCode, error: Option<String>) -> Response {
+    let token = random_token();
+    let ctx = context! { ..base(state, viewer, None), ..context! { error => error, signin_csrf => token.clone() } };
+    let mut r = page(status, "signin.html", ctx);
+    let cookie = format!("{PRE_COOKIE}={token}; Path=/ui/signin; HttpOnly; SameSite=Strict; Max-Age=1800");
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        r.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    r
+}
+
 async fn signin_form(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let viewer = Viewer::of(&state, &headers);
-    page(StatusCode::OK, "signin.html", base(&state, &viewer, None))
+    signin_page(&state, &viewer, StatusCode::OK, None)
 }
 
 async fn signin(
@@ -411,6 +430,12 @@ async fn signin(
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
     let viewer = Viewer::of(&state, &headers);
+    let expected = cookie_value(&headers, PRE_COOKIE).unwrap_or_default();
+    let sent = form.get("csrf").map(String::as_str).unwrap_or_default();
+    if expected.is_empty() || !bool::from(sent.as_bytes().ct_eq(expected.as_bytes())) {
+        let message = "The sign-in form expired or did not come from this site: try again.".to_string();
+        return signin_page(&state, &viewer, StatusCode::FORBIDDEN, Some(message));
+    }
     let token = form.get("token").map(|t| format!("Bearer {}", t.trim())).unwrap_or_default();
     let user = match state.authenticate(Some(&token)) {
         Ok(u) => u,
@@ -420,8 +445,7 @@ async fn signin(
                 _ => "That token is not valid.".to_string(),
             };
             tracing::warn!("UI sign-in refused");
-            let ctx = context! { ..base(&state, &viewer, None), ..context! { error => message } };
-            return page(StatusCode::UNAUTHORIZED, "signin.html", ctx);
+            return signin_page(&state, &viewer, StatusCode::UNAUTHORIZED, Some(message));
         }
     };
     let (id, csrf) = (random_token(), random_token());
