@@ -211,6 +211,8 @@ pub struct StandIn {
 pub struct Control {
     state: Arc<Mutex<State>>,
     ari: Arc<Mutex<ari::AriState>>,
+    /// Closes ARI's open HTTP connections (keep-alive ones too) on stop.
+    ari_kill: broadcast::Sender<()>,
     events: broadcast::Sender<String>,
     kill: broadcast::Sender<()>,
 }
@@ -230,8 +232,14 @@ impl StandIn {
             reloads: 0,
             log: Vec::new(),
         };
-        let control =
-            Control { state: Arc::new(Mutex::new(state)), ari: Arc::new(Mutex::new(Default::default())), events, kill };
+        let (ari_kill, _) = broadcast::channel(4);
+        let control = Control {
+            state: Arc::new(Mutex::new(state)),
+            ari: Arc::new(Mutex::new(Default::default())),
+            ari_kill,
+            events,
+            kill,
+        };
         control.load();
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let ami_addr = listener.local_addr()?;
@@ -255,6 +263,7 @@ impl StandIn {
 
     /// Stops ARI's HTTP server and closes every events socket.
     pub fn stop_ari(&self) {
+        let _ = self.control.ari_kill.send(());
         if let Some(h) = self.ari_server.lock().unwrap_or_else(|p| p.into_inner()).take() {
             h.abort();
         }
@@ -466,8 +475,28 @@ fn build(sections: &[conf::Section]) -> (Loaded, Vec<String>) {
     (loaded, log)
 }
 
+/// Serves ARI over HTTP/1.1 with Title-Case header names, as Asterisk
+/// writes them (`Server:`, `WWW-Authenticate:`; axum's own server would
+/// write them in lower case).
 async fn serve_ari(listener: TcpListener, control: Control) {
-    let _ = axum::serve(listener, ari::router(control)).await;
+    let kill = control.ari_kill.clone();
+    let router = ari::router(control);
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let mut killed = kill.subscribe();
+        tokio::spawn(async move {
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let conn = hyper::server::conn::http1::Builder::new()
+                .title_case_headers(true)
+                .serve_connection(io, service)
+                .with_upgrades();
+            tokio::select! {
+                _ = conn => {}
+                _ = killed.recv() => {}
+            }
+        });
+    }
 }
 
 async fn serve(listener: TcpListener, control: Control) {
