@@ -239,6 +239,7 @@ pub async fn run(
 
     tracing::info!(
         listen = %listen,
+        ui = %format!("http://{listen}/ui"),
         specs = %settings.git.as_ref().map(|g| format!("git {} ({}:{})", crate::config::redact_url(&g.url), g.branch, g.path)).unwrap_or_else(|| settings.spec_dir.display().to_string()),
         managed_file = %settings.managed_file.display(),
         database = %settings.database_url_redacted(),

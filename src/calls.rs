@@ -32,7 +32,7 @@ use crate::asterisk::ari::{Ari, AriError, Channel, ContinueTo, Event, parse_time
 use crate::db::Db;
 use crate::db::calls::CallStart;
 use chrono::Utc;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -110,8 +110,21 @@ fn call_start(channel: &Channel, cfg: &CallLogConfig) -> CallStart {
 /// One worker's memory of the channels it handles.
 #[derive(Default)]
 struct Worker {
-    continued: HashSet<String>,
-    hangup_cause: HashMap<String, i64>,
+    continued: HashMap<String, std::time::Instant>,
+    hangup_cause: HashMap<String, (i64, std::time::Instant)>,
+    handled: u64,
+}
+
+impl Worker {
+    /// Forgets channels older than `max_age`: one whose ChannelDestroyed
+    /// never comes (its subscription failed) must not stay in memory forever.
+    fn prune(&mut self, max_age: Duration) {
+        self.handled += 1;
+        if self.handled % 1024 == 0 {
+            self.continued.retain(|_, at| at.elapsed() < max_age);
+            self.hangup_cause.retain(|_, (_, at)| at.elapsed() < max_age);
+        }
+    }
 }
 
 struct Shared {
@@ -145,11 +158,12 @@ impl Shared {
     }
 
     async fn handle(&self, w: &mut Worker, event: Event) -> anyhow::Result<()> {
+        w.prune(self.cfg.stale_after);
         let at = |ts: &str| parse_time(ts).unwrap_or_else(Utc::now);
         match event {
             Event::StasisStart { channel, .. } => {
                 self.ensure_row(&channel).await?;
-                if w.continued.contains(&channel.id) {
+                if w.continued.contains_key(&channel.id) {
                     return Ok(()); // a duplicate: the call already went on
                 }
                 if let Err(e) = self.ari.subscribe_channel(&channel.id).await {
@@ -157,7 +171,7 @@ impl Shared {
                 }
                 match self.ari.continue_channel(&channel.id, &self.cfg.continue_to).await {
                     Ok(()) | Err(AriError::Status { status: 404 | 409, .. }) => {
-                        w.continued.insert(channel.id.clone());
+                        w.continued.insert(channel.id.clone(), std::time::Instant::now());
                     }
                     Err(e) => {
                         tracing::error!(channel_id = %channel.id, error = %e, "cannot hand the channel back to the dialplan");
@@ -174,12 +188,12 @@ impl Shared {
             Event::ChannelStateChange { .. } | Event::Other { .. } => {}
             Event::ChannelHangupRequest { cause, channel, .. } => {
                 if let Some(c) = cause {
-                    w.hangup_cause.insert(channel.id, c);
+                    w.hangup_cause.insert(channel.id, (c, std::time::Instant::now()));
                 }
             }
             Event::StasisEnd { timestamp, channel } => {
                 // Leaving Stasis because we continued it is not the end of the call.
-                if let Some(cause) = w.hangup_cause.get(&channel.id).copied() {
+                if let Some((cause, _)) = w.hangup_cause.get(&channel.id).copied() {
                     self.end(&channel, at(&timestamp), Some(cause)).await?;
                 }
             }
@@ -348,6 +362,20 @@ mod tests {
         assert_eq!(direction("from-internal", "1002", &cfg), "internal");
         assert_eq!(direction("from-internal", "*97", &cfg), "outbound");
         assert_eq!(direction("from-trunk", "1002", &cfg), "inbound");
+    }
+
+    #[test]
+    fn a_worker_forgets_channels_that_never_ended() {
+        let mut w = Worker::default();
+        let old = std::time::Instant::now().checked_sub(Duration::from_secs(60)).expect("an older instant");
+        w.continued.insert("old.1".into(), old);
+        w.continued.insert("new.1".into(), std::time::Instant::now());
+        w.hangup_cause.insert("old.1".into(), (16, old));
+        for _ in 0..1024 {
+            w.prune(Duration::from_secs(30));
+        }
+        assert_eq!(w.continued.keys().collect::<Vec<_>>(), ["new.1"]);
+        assert!(w.hangup_cause.is_empty());
     }
 
     #[test]
