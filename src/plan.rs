@@ -383,11 +383,12 @@ pub fn masked_diff(old: &str, new: &str) -> String {
     if old.is_empty() {
         return added_file_diff(new);
     }
-    let (old, new) = (mask_secrets(old), mask_secrets(new));
     if old == new {
         return String::new();
     }
-    let diff = similar::TextDiff::from_lines(&old, &new);
+    // Diff the texts as they are and mask only the lines that are printed:
+    // masking two whole 3 MB files first cost more than the diff itself.
+    let diff = similar::TextDiff::from_lines(old, new);
     let mut unified = diff.unified_diff();
     unified.context_radius(3).header("managed (on disk)", "managed (rendered)");
     let mut out = String::from("--- managed (on disk)\n+++ managed (rendered)\n");
@@ -408,7 +409,7 @@ pub fn masked_diff(old: &str, new: &str) -> String {
                 similar::ChangeTag::Insert => '+',
                 similar::ChangeTag::Equal => ' ',
             });
-            out.push_str(change.value());
+            out.push_str(&mask_secrets(change.value()));
             if change.missing_newline() {
                 out.push_str("\n\\ No newline at end of file\n");
             }

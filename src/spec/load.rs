@@ -121,11 +121,23 @@ pub fn read_paths(paths: &[PathBuf], options: &LoadOptions) -> (Vec<Source>, Vec
 /// file order, so the outcome does not depend on the number of threads.
 pub fn load_sources(sources: impl IntoIterator<Item = Source>) -> Loaded {
     let sources: Vec<_> = sources.into_iter().collect();
-    let parsed = parallel_map(&sources, |(shown, path, content)| parse_source(shown, path, content));
+    let parsed = parse_sources(&sources);
+    assemble(sources.iter().map(|(shown, _, _)| shown.clone()).zip(parsed))
+}
+
+/// Parses files on up to as many threads as there are cores; results in order.
+pub fn parse_sources(sources: &[Source]) -> Vec<FileOutcome> {
+    parallel_map(sources, |(shown, path, content)| parse_source(shown, path, content))
+}
+
+/// The second half of [`load_sources`]: parsed files, in file order, into
+/// the desired set, checking duplicates across files. A caller that kept
+/// the outcomes of unchanged files (the daemon) parses only the changed ones.
+pub fn assemble(parsed: impl IntoIterator<Item = (String, FileOutcome)>) -> Loaded {
     let mut loaded = Loaded::default();
     let mut extensions = Vec::new();
     let mut seen: HashMap<String, Location> = HashMap::new();
-    for ((shown, _, _), (file_extensions, mut diags)) in sources.iter().zip(parsed) {
+    for (shown, (file_extensions, mut diags)) in parsed {
         loaded.files.push(shown.clone());
         let file_ok = !diags.iter().any(Diagnostic::is_error);
         // Duplicates are checked even across files with errors, so a
@@ -157,7 +169,8 @@ pub fn load_sources(sources: impl IntoIterator<Item = Source>) -> Loaded {
     loaded
 }
 
-type FileOutcome = (Vec<(Extension, Pos)>, Vec<Diagnostic>);
+/// One file's extensions (with where each entry starts) and diagnostics.
+pub type FileOutcome = (Vec<(Extension, Pos)>, Vec<Diagnostic>);
 
 fn parse_source(shown: &str, path: &Path, content: &Result<Vec<u8>, String>) -> FileOutcome {
     let bytes = match content {
