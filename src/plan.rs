@@ -147,6 +147,10 @@ pub enum Observed {
     Unreachable { reason: String },
     /// The endpoints Asterisk has loaded, by name.
     Endpoints { endpoints: BTreeMap<String, ObservedEndpoint> },
+    /// Asterisk answers, but its endpoints were not listed: a run with
+    /// changes to apply verifies those after the reload and leaves drift
+    /// to the next run with nothing to change.
+    NotListed,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]

@@ -200,6 +200,24 @@ async fn a_settled_run_still_sees_a_changed_secret_file_and_rows_changed_behind_
 }
 
 #[tokio::test]
+async fn a_run_with_changes_pings_asterisk_instead_of_listing_every_endpoint() {
+    let r = rig().await;
+    let c = r.standin.control();
+    r.write("team.yaml", &team(&[("1001", "Ann"), ("1002", "Bob")]));
+    assert_eq!(r.run().await.record.outcome, Outcome::Applied);
+    let (lists, pings) = (c.actions("PJSIPShowEndpoints"), c.actions("Ping"));
+    r.write("team.yaml", &team(&[("1001", "Ann"), ("1002", "Bob"), ("1003", "Cy")]));
+    let run = r.run().await;
+    assert_eq!(outcome(&run), (Outcome::Applied, None));
+    assert_eq!(r.loaded(), ["1001", "1002", "1003"], "applied and verified");
+    assert_eq!(c.actions("PJSIPShowEndpoints"), lists, "no full list on the way to the reload");
+    assert!(c.actions("Ping") > pings, "but Asterisk was asked whether it answers");
+    // The next run has nothing to change: it lists, and looks for drift.
+    assert_eq!(r.run().await.record.outcome, Outcome::NoOp);
+    assert_eq!(c.actions("PJSIPShowEndpoints"), lists + 1);
+}
+
+#[tokio::test]
 async fn an_invalid_file_changes_nothing_and_fixing_it_resumes() {
     let r = rig().await;
     r.write("team.yaml", &team(&[("1001", "Ann")]));

@@ -368,4 +368,8 @@ impl AsteriskControl for Asterisk {
     async fn reload(&self) -> Result<(), AmiError> {
         Asterisk::reload(self).await
     }
+
+    async fn ping(&self) -> Result<(), AmiError> {
+        self.single(Message::action("Ping")).await.map(|_| ())
+    }
 }

@@ -184,6 +184,8 @@ struct State {
     contacts: Vec<ContactInfo>,
     faults: Faults,
     reloads: u64,
+    /// How many times each action (lower case) was asked for.
+    actions: BTreeMap<String, u64>,
     /// What the last reload refused, as Asterisk would log it.
     log: Vec<String>,
 }
@@ -230,6 +232,7 @@ impl StandIn {
             contacts: Vec::new(),
             faults: Faults::default(),
             reloads: 0,
+            actions: BTreeMap::new(),
             log: Vec::new(),
         };
         let (ari_kill, _) = broadcast::channel(4);
@@ -362,6 +365,10 @@ impl Control {
         self.with(|s| s.faults.fail_reload = on);
     }
     /// How many reloads were requested (including failed ones).
+    /// How many times an action (any case) was asked for since the start.
+    pub fn actions(&self, name: &str) -> u64 {
+        self.with(|s| s.actions.get(&name.to_ascii_lowercase()).copied().unwrap_or(0))
+    }
     pub fn reloads(&self) -> u64 {
         self.with(|s| s.reloads)
     }
@@ -692,6 +699,7 @@ fn answer(
     head: &dyn Fn(&str) -> Fields,
 ) -> Reply {
     let id = get("ActionID");
+    control.with(|s| *s.actions.entry(action.to_string()).or_default() += 1);
     match action {
         "logoff" => {
             let mut r = head("Goodbye");
