@@ -151,13 +151,27 @@ impl Daemon {
     }
 }
 
-async fn last_run(d: &Daemon) -> asterisk_gitops::db::RunDetail {
+/// The newest recorded run once it satisfies `pred` (runs are recorded
+/// after Asterisk has reloaded, so the record can lag what the stand-in shows).
+async fn run_where(
+    d: &Daemon,
+    what: &str,
+    pred: impl Fn(&asterisk_gitops::db::RunDetail) -> bool,
+) -> asterisk_gitops::db::RunDetail {
     let url = format!("sqlite://{}/state/asterisk-gitops.db", d.dir.path().display());
     let db = asterisk_gitops::db::Db::connect(&url, &Default::default()).await.expect("db");
-    let id = db.runs(1).await.expect("runs")[0].id;
-    let run = db.run(id).await.expect("run").expect("exists");
-    db.close().await;
-    run
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(newest) = db.runs(1).await.expect("runs").first() {
+            let run = db.run(newest.id).await.expect("run").expect("exists");
+            if pred(&run) {
+                db.close().await;
+                return run;
+            }
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for a run: {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -176,7 +190,7 @@ async fn a_push_and_its_webhook_are_applied_at_once() {
     wait_for("1003 in Asterisk", Duration::from_secs(10), || c.endpoints().contains(&"1003".to_string())).await;
     let took = sent.elapsed();
     let _ = writeln_stderr(&format!("webhook → endpoint live: {took:?}"));
-    let run = last_run(&d).await;
+    let run = run_where(&d, "the push recorded", |r| r.summary.revision.as_deref() == Some(commit.as_str())).await;
     assert_eq!(run.summary.revision.as_deref(), Some(commit.as_str()));
     assert_eq!(run.summary.subject.as_deref(), Some("Add 1003"));
     assert_eq!(run.summary.trigger, "webhook");
@@ -217,7 +231,7 @@ async fn a_force_push_is_applied_and_reported() {
     assert_eq!(d.webhook().await, 202);
     // Two deletions of two: within the prune guard's floor, so it applies.
     wait_for("the rewritten team", Duration::from_secs(10), || c.endpoints() == ["2001"]).await;
-    let run = last_run(&d).await;
+    let run = run_where(&d, "the force-push recorded", |r| r.summary.outcome == "applied").await;
     assert!(run.summary.warning.as_deref().is_some_and(|w| w.contains("force-pushed")), "{:?}", run.summary.warning);
     d.stop().await;
 }
@@ -228,16 +242,7 @@ async fn an_unreachable_remote_keeps_the_last_good_config() {
     let moved = d.dir.path().join("moved.git");
     std::fs::rename(&d.bare, &moved).expect("take the remote away");
     assert_eq!(d.webhook().await, 202);
-    let mut failed = None;
-    for _ in 0..200 {
-        let run = last_run(&d).await;
-        if run.summary.outcome == "failed" {
-            failed = Some(run);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    let run = failed.expect("the run failed");
+    let run = run_where(&d, "a failed run", |r| r.summary.outcome == "failed").await;
     assert!(
         run.summary.error.as_deref().is_some_and(|e| e.contains("cannot fetch") && e.contains("last good config")),
         "{:?}",
