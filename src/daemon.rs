@@ -242,12 +242,15 @@ impl Default for LoopConfig {
     fn default() -> Self {
         LoopConfig {
             interval: Duration::from_secs(30),
-            debounce: Duration::from_millis(100),
+            debounce: Duration::from_millis(50),
             min_backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(300),
         }
     }
 }
+
+/// The longest a stream of file changes can hold a run back.
+pub const MAX_SETTLE: Duration = Duration::from_secs(2);
 
 /// What the loop shares with the HTTP API: the last run, and a way to ask for one.
 #[derive(Clone)]
@@ -326,10 +329,22 @@ pub async fn run_loop<S, A>(
                 None => return,
                 Some(t) => {
                     if t == Trigger::FileChange {
-                        // Let a burst of saves settle, then take everything queued as one run.
-                        tokio::select! {
-                            _ = &mut shutdown => return,
-                            _ = tokio::time::sleep(cfg.debounce) => {}
+                        // Let a burst of saves settle: run once the directory
+                        // has been quiet for `debounce` (a single save waits
+                        // just that; a long `git pull` is waited out, up to
+                        // MAX_SETTLE), then take everything queued as one run.
+                        let settle_by = tokio::time::Instant::now() + MAX_SETTLE;
+                        loop {
+                            let quiet = tokio::time::sleep(cfg.debounce);
+                            tokio::select! {
+                                _ = &mut shutdown => return,
+                                _ = quiet => break,
+                                more = rx.recv() => match more {
+                                    None => return,
+                                    Some(_) if tokio::time::Instant::now() < settle_by => continue,
+                                    Some(_) => break,
+                                },
+                            }
                         }
                     }
                     while rx.try_recv().is_ok() {}

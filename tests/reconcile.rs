@@ -470,3 +470,55 @@ fn killed_mid_apply_the_next_start_converges_and_no_half_written_file_exists() {
     let text = std::fs::read_to_string(&managed).expect("written");
     assert_eq!(text.matches("type = endpoint").count(), 30_000);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_saves_makes_one_run_once_the_directory_is_quiet() {
+    let r = rig().await;
+    r.write("team.yaml", &team(&[("1001", "Ann")]));
+    let Rig { dir: _dir, spec, managed: _managed, standin, rec } = r;
+    let rec = Arc::new(rec);
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let _watcher = daemon::watch(&spec, tx.clone()).expect("watch");
+    let handle = LoopHandle { triggers: tx, last: Default::default(), failures: Default::default() };
+    let cfg =
+        LoopConfig { interval: Duration::from_secs(60), debounce: Duration::from_millis(80), ..Default::default() };
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(daemon::run_loop(
+        rec.clone(),
+        DesiredSource::Dir(Arc::new(daemon::DirSource::new(spec.clone()))),
+        cfg,
+        handle.clone(),
+        rx,
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
+    let c = standin.control();
+    for _ in 0..100 {
+        if c.endpoints() == ["1001"] && handle.last.read().await.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let reloads = c.reloads();
+    // Eight saves 40 ms apart: never quiet for 80 ms until the last.
+    let names = ["Ann", "Bob", "Cy", "Di", "Ed", "Flo", "Gus", "Hal", "Ida"];
+    let numbers = ["1001", "1002", "1003", "1004", "1005", "1006", "1007", "1008", "1009"];
+    for n in 2..=9 {
+        let entries: Vec<(&str, &str)> = numbers[..n].iter().copied().zip(names[..n].iter().copied()).collect();
+        std::fs::write(spec.join("team.yaml"), team(&entries)).expect("write");
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    for _ in 0..100 {
+        if c.endpoints().len() == 9 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let _ = stop_tx.send(());
+    task.await.expect("loop ends");
+    assert_eq!(c.endpoints().len(), 9, "the burst's end state is applied");
+    assert_eq!(c.reloads(), reloads + 1, "one run, one reload for the whole burst");
+}
