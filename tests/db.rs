@@ -66,7 +66,7 @@ fn uuid_ish() -> String {
     format!("{t}_{}", N.fetch_add(1, Ordering::Relaxed))
 }
 
-fn replace_db(url: &str, name: &str) -> String {
+pub(crate) fn replace_db(url: &str, name: &str) -> String {
     let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
     let base = match base.rfind('/') {
         Some(i) if i > "postgres://".len() => &base[..i],

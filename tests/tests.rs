@@ -35,3 +35,6 @@ mod web;
 
 // The HTML UI in chromium over WebDriver.
 mod browser;
+
+// A real Asterisk 22 (built from source) with sipp phones: end to end, faults, contracts.
+mod real;

@@ -1,0 +1,498 @@
+//! A real Asterisk 22 for tests and benchmarks. Test support only: a
+//! dev-dependency, never in the release binary.
+//!
+//! - [`build`] builds Asterisk from `ASTERISK_SRC_DIR` (default
+//!   `../shared/asterisk/src` beside the repository) once per machine,
+//!   through `scripts/build-asterisk.sh`, into a cache keyed by the
+//!   archives' and the module selection's hashes.
+//! - [`Asterisk::start`] starts an isolated instance: its own temporary
+//!   directory, its own free ports for SIP, AMI and HTTP/ARI, configs made
+//!   from the project's own `examples/asterisk/*.snippet` and
+//!   `templates/extensions.conf.snippet` (so the examples are what the tests
+//!   run), waits until it has fully booted, and stops it when dropped. When
+//!   the test that owns it panics, its log is kept under
+//!   `target/asterisk-logs/` and its tail printed.
+//! - [`sipp`] runs the repository's sipp scenarios (`tests/sipp/`) as phones.
+//!
+//! [`require`] decides what a test does when a real Asterisk cannot be had:
+//! under `CI=true` it fails, locally it prints a loud `SKIPPED` and the test
+//! returns.
+
+pub mod sipp;
+
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use tokio::process::{Child, Command};
+
+/// The AMI user the instance defines (from `examples/asterisk/manager.conf.snippet`).
+pub const AMI_USER: &str = "asterisk-gitops";
+/// The ARI user the instance defines (from `examples/asterisk/ari.conf.snippet`).
+pub const ARI_USER: &str = "asterisk-gitops";
+/// The SIP realm Asterisk uses by default (md5Cred is hashed with it).
+pub const REALM: &str = "asterisk";
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap_or_else(|_| {
+        // A crate two levels below the root, as in this workspace.
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+    })
+}
+
+/// True when tests must not skip for a missing part (CI sets CI=true).
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
+}
+
+/// A finished build of Asterisk.
+#[derive(Clone, Debug)]
+pub struct Build {
+    /// The install prefix (`sbin/asterisk`, `lib/asterisk/modules`, …).
+    pub prefix: PathBuf,
+}
+
+impl Build {
+    pub fn binary(&self) -> PathBuf {
+        self.prefix.join("sbin/asterisk")
+    }
+}
+
+/// Builds Asterisk once per machine (the script caches it) and once per
+/// process (this caches the answer). Err says why there is none.
+pub fn build() -> Result<Build, String> {
+    static BUILD: OnceLock<Result<Build, String>> = OnceLock::new();
+    BUILD.get_or_init(build_now).clone()
+}
+
+fn build_now() -> Result<Build, String> {
+    let script = repo_root().join("scripts/build-asterisk.sh");
+    if let Ok(prefix) = std::env::var("ASTERISK_PREFIX") {
+        let b = Build { prefix: PathBuf::from(prefix) };
+        return if b.binary().is_file() {
+            Ok(b)
+        } else {
+            Err(format!("ASTERISK_PREFIX is set but {} does not exist", b.binary().display()))
+        };
+    }
+    let out = std::process::Command::new("bash")
+        .arg(&script)
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    match out.status.code() {
+        Some(0) => {
+            let prefix = stdout.lines().last().unwrap_or_default().trim().to_string();
+            let b = Build { prefix: PathBuf::from(prefix) };
+            if b.binary().is_file() {
+                Ok(b)
+            } else {
+                Err(format!("the build script printed {} but there is no asterisk binary there", b.prefix.display()))
+            }
+        }
+        Some(3) => Err("no Asterisk source directory (set ASTERISK_SRC_DIR; see scripts/build-asterisk.sh)".into()),
+        _ => Err(format!("building Asterisk failed ({}); see the output above", out.status)),
+    }
+}
+
+/// The build and sipp, or `None` after a loud SKIPPED (a panic under CI).
+pub fn require(test: &str) -> Option<Build> {
+    let missing = match (build(), sipp::binary()) {
+        (Ok(b), Some(_)) => return Some(b),
+        (Err(e), _) => e,
+        (Ok(_), None) => "sipp is not installed (Debian's sip-tester)".to_string(),
+    };
+    if in_ci() {
+        panic!("{test}: a real Asterisk is required under CI=true, and: {missing}");
+    }
+    eprintln!("\n*** SKIPPED {test}: no real Asterisk: {missing} ***\n");
+    None
+}
+
+/// A port nobody on this machine listens on (TCP and UDP), picked from a
+/// range this process walks through, so parallel tests never get the same one.
+pub fn free_port() -> u16 {
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    if NEXT.load(Ordering::Relaxed) == 0 {
+        // Spread processes apart: start from a pid-derived offset.
+        let base = 20_000 + (std::process::id() % 500) as u16 * 40;
+        let _ = NEXT.compare_exchange(0, base, Ordering::Relaxed, Ordering::Relaxed);
+    }
+    loop {
+        let mut p = NEXT.fetch_add(1, Ordering::Relaxed);
+        if p >= 60_000 {
+            NEXT.store(20_000, Ordering::Relaxed);
+            p = 20_000;
+        }
+        let tcp = TcpListener::bind(("127.0.0.1", p)).is_ok();
+        let udp = UdpSocket::bind(("127.0.0.1", p)).is_ok();
+        if tcp && udp {
+            return p;
+        }
+    }
+}
+
+/// What to start.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Names the instance in logs and kept log files.
+    pub name: String,
+    /// The managed file's first contents (an empty file by default: a
+    /// missing `#include` would empty PJSIP).
+    pub managed: String,
+    /// Extra sections for pjsip.conf, before the `#include`.
+    pub pjsip_extra: String,
+    /// Lines for sorcery.conf (none by default: file objects only).
+    pub sorcery: String,
+}
+
+impl Options {
+    pub fn named(name: &str) -> Options {
+        Options { name: name.into(), managed: String::new(), pjsip_extra: String::new(), sorcery: String::new() }
+    }
+}
+
+/// A running Asterisk. Dropped: killed, its directory removed (its log kept
+/// under target/asterisk-logs/ when the thread is panicking).
+pub struct Asterisk {
+    pub build: Build,
+    pub name: String,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    pub sip_port: u16,
+    pub ami_port: u16,
+    pub http_port: u16,
+    /// A second SIP port on which a test may run a sipp "carrier": the
+    /// dialplan's `Dial(PJSIP/${EXTEN}@trunk)` goes there.
+    pub trunk_port: u16,
+    pub ami_secret: String,
+    pub ari_password: String,
+    starts: u32,
+}
+
+static INSTANCES: AtomicUsize = AtomicUsize::new(0);
+
+fn read_example(rel: &str) -> std::io::Result<String> {
+    let p = repo_root().join(rel);
+    std::fs::read_to_string(&p).map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", p.display())))
+}
+
+/// Replaces `from` in `text`, failing when the example no longer has it
+/// (the example changed: the harness must follow).
+fn must_replace(text: &str, from: &str, to: &str, file: &str) -> std::io::Result<String> {
+    if !text.contains(from) {
+        return Err(std::io::Error::other(format!("{file} no longer contains {from:?}: update asterisk-real")));
+    }
+    Ok(text.replace(from, to))
+}
+
+impl Asterisk {
+    /// Starts an instance and waits until it has fully booted.
+    pub async fn start(build: &Build, opts: Options) -> std::io::Result<Asterisk> {
+        let n = INSTANCES.fetch_add(1, Ordering::Relaxed);
+        let dir = tempfile::Builder::new().prefix(&format!("ast-{n}-")).tempdir()?;
+        let mut a = Asterisk {
+            build: build.clone(),
+            name: format!("{}-{}-{n}", opts.name, std::process::id()),
+            dir,
+            child: None,
+            sip_port: free_port(),
+            ami_port: free_port(),
+            http_port: free_port(),
+            trunk_port: free_port(),
+            ami_secret: format!("ami-secret-{n}-{}", std::process::id()),
+            ari_password: format!("ari-password-{n}-{}", std::process::id()),
+            starts: 0,
+        };
+        a.write_configs(&opts)?;
+        a.boot().await?;
+        Ok(a)
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Asterisk's configuration directory.
+    pub fn etc(&self) -> PathBuf {
+        self.dir.path().join("etc")
+    }
+
+    /// The file pjsip.conf includes: the daemon's managed file.
+    pub fn managed_file(&self) -> PathBuf {
+        self.etc().join("pjsip_gitops.conf")
+    }
+
+    pub fn ami_addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.ami_port))
+    }
+
+    pub fn sip_addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.sip_port))
+    }
+
+    pub fn ari_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port)
+    }
+
+    /// Asterisk's log (`messages.log`: notices, warnings, errors, verbose).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("log/messages.log")).unwrap_or_default()
+    }
+
+    fn write_configs(&self, opts: &Options) -> std::io::Result<()> {
+        let d = self.dir.path();
+        let etc = self.etc();
+        for sub in ["etc", "log", "run", "spool", "lib", "keys", "agi"] {
+            std::fs::create_dir_all(d.join(sub))?;
+        }
+        let prefix = &self.build.prefix;
+        let datadir = prefix.join("var/lib/asterisk");
+        let w = |name: &str, body: String| std::fs::write(etc.join(name), body);
+        w(
+            "asterisk.conf",
+            format!(
+                "[directories]\n\
+                 astetcdir => {etc}\n\
+                 astmoddir => {moddir}\n\
+                 astvarlibdir => {lib}\n\
+                 astdbdir => {lib}\n\
+                 astkeydir => {keys}\n\
+                 astdatadir => {data}\n\
+                 astagidir => {agi}\n\
+                 astspooldir => {spool}\n\
+                 astrundir => {run}\n\
+                 astlogdir => {log}\n\
+                 astsbindir => {sbin}\n\
+                 [options]\n\
+                 verbose = 3\n\
+                 nocolor = yes\n\
+                 systemname = {name}\n",
+                etc = etc.display(),
+                moddir = prefix.join("lib/asterisk/modules").display(),
+                lib = d.join("lib").display(),
+                keys = d.join("keys").display(),
+                data = datadir.display(),
+                agi = d.join("agi").display(),
+                spool = d.join("spool").display(),
+                run = d.join("run").display(),
+                log = d.join("log").display(),
+                sbin = prefix.join("sbin").display(),
+                name = self.name,
+            ),
+        )?;
+        w(
+            "modules.conf",
+            "[modules]\nautoload = yes\nnoload = res_pjsip_stir_shaken.so\nnoload = res_stir_shaken.so\n".into(),
+        )?;
+        w("logger.conf", "[general]\n[logfiles]\nmessages.log => notice,warning,error,verbose\n".into())?;
+        // rtp.conf: a port range of its own per instance keeps parallel
+        // instances from colliding on RTP.
+        let rtp = 30_000 + (self.sip_port % 1000) * 20;
+        w("rtp.conf", format!("[general]\nrtpstart = {rtp}\nrtpend = {}\n", rtp + 19))?;
+
+        // The operator's files, from the project's examples.
+        let f = "examples/asterisk/manager.conf.snippet";
+        let manager = read_example(f)?;
+        let manager = must_replace(&manager, "port = 5038", &format!("port = {}", self.ami_port), f)?;
+        let manager = must_replace(&manager, "CHANGE-ME-long-random-secret", &self.ami_secret, f)?;
+        w("manager.conf", manager)?;
+        let f = "examples/asterisk/http.conf.snippet";
+        let http = must_replace(&read_example(f)?, "bindport = 8088", &format!("bindport = {}", self.http_port), f)?;
+        w("http.conf", http)?;
+        let f = "examples/asterisk/ari.conf.snippet";
+        w("ari.conf", must_replace(&read_example(f)?, "CHANGE-ME-long-random-password", &self.ari_password, f)?)?;
+        let include = read_example("examples/asterisk/pjsip.conf.snippet")?;
+        w(
+            "pjsip.conf",
+            format!(
+                "[global]\ntype = global\n\n\
+                 [transport-udp]\ntype = transport\nprotocol = udp\nbind = 127.0.0.1:{sip}\n\n\
+                 ; The carrier the dialplan dials outbound numbers through (a sipp in tests).\n\
+                 [trunk]\ntype = endpoint\ncontext = from-trunk\ndisallow = all\nallow = ulaw,alaw\n\
+                 transport = transport-udp\naors = trunk\n\n\
+                 [trunk]\ntype = aor\ncontact = sip:127.0.0.1:{trunk}\n\n\
+                 {extra}\n{include}",
+                sip = self.sip_port,
+                trunk = self.trunk_port,
+                extra = opts.pjsip_extra,
+            ),
+        )?;
+        let dialplan = read_example("templates/extensions.conf.snippet")?;
+        w("extensions.conf", format!("[general]\nstatic = yes\nwriteprotect = yes\n\n{dialplan}\n[from-trunk]\n"))?;
+        // Read by res_pjsip_config_wizard; absent, it logs an error per reload.
+        w("pjsip_wizard.conf", String::new())?;
+        if !opts.sorcery.is_empty() {
+            w("sorcery.conf", opts.sorcery.clone())?;
+        }
+        std::fs::write(self.managed_file(), &opts.managed)?;
+        Ok(())
+    }
+
+    fn command(&self) -> Command {
+        let mut c = Command::new(self.build.binary());
+        c.arg("-C").arg(self.etc().join("asterisk.conf"));
+        c.env("LD_LIBRARY_PATH", self.build.prefix.join("lib"));
+        c.stdin(Stdio::null());
+        c
+    }
+
+    async fn boot(&mut self) -> std::io::Result<()> {
+        self.starts += 1;
+        let console =
+            std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("log/console.log"))?;
+        let mut c = self.command();
+        c.args(["-f", "-n"]).stdout(console.try_clone()?).stderr(console).kill_on_drop(true);
+        self.child = Some(c.spawn()?);
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                self.child = None;
+                return Err(std::io::Error::other(format!(
+                    "Asterisk {} exited during boot ({status}); its log ends:\n{}",
+                    self.name,
+                    self.log_tail(30)
+                )));
+            }
+            if self.ctl_exists() {
+                let out = self.cli_raw("core waitfullybooted").await;
+                if out.as_deref().is_ok_and(|o| o.contains("fully booted")) {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(std::io::Error::other(format!(
+                    "Asterisk {} did not boot within 90 s; its log ends:\n{}",
+                    self.name,
+                    self.log_tail(30)
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn ctl_exists(&self) -> bool {
+        self.dir.path().join("run/asterisk.ctl").exists()
+    }
+
+    async fn cli_raw(&self, cmd: &str) -> std::io::Result<String> {
+        let out = tokio::time::timeout(Duration::from_secs(30), self.command().args(["-rx", cmd]).output())
+            .await
+            .map_err(|_| std::io::Error::other(format!("asterisk -rx {cmd:?} timed out")))??;
+        if !out.status.success() {
+            return Err(std::io::Error::other(format!(
+                "asterisk -rx {cmd:?}: {}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Runs a CLI command (`asterisk -rx`) and returns its output.
+    pub async fn cli(&self, cmd: &str) -> String {
+        match self.cli_raw(cmd).await {
+            Ok(s) => s,
+            Err(e) => panic!("{}: {e}", self.name),
+        }
+    }
+
+    /// Stops Asterisk as an operator would (`core stop now`) and waits.
+    pub async fn stop(&mut self) {
+        if self.child.is_none() {
+            return;
+        }
+        let _ = self.cli_raw("core stop now").await;
+        if let Some(mut child) = self.child.take() {
+            match tokio::time::timeout(Duration::from_secs(20), child.wait()).await {
+                Ok(_) => {}
+                Err(_) => {
+                    let _ = child.kill().await;
+                }
+            }
+        }
+        let _ = std::fs::remove_file(self.dir.path().join("run/asterisk.ctl"));
+    }
+
+    /// Kills Asterisk (SIGKILL) and waits for it to be gone.
+    pub async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill().await;
+        }
+        let _ = std::fs::remove_file(self.dir.path().join("run/asterisk.ctl"));
+        let _ = std::fs::remove_file(self.dir.path().join("run/asterisk.pid"));
+    }
+
+    /// Starts it again on the same ports and configs (after `stop` or `kill`).
+    pub async fn start_again(&mut self) -> std::io::Result<()> {
+        if self.child.is_some() {
+            return Err(std::io::Error::other("still running"));
+        }
+        self.boot().await
+    }
+
+    /// Whether the process is running.
+    pub fn running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// How many times it booted.
+    pub fn starts(&self) -> u32 {
+        self.starts
+    }
+
+    /// The last `n` lines of its log.
+    pub fn log_tail(&self, n: usize) -> String {
+        let log = self.log();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    /// Waits until the log has a line containing `needle` after byte
+    /// `from` (take `log().len()` before causing it); panics after `within`.
+    pub async fn wait_log(&self, from: usize, needle: &str, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            let log = self.log();
+            if let Some(line) = log.get(from..).and_then(|s| s.lines().find(|l| l.contains(needle))) {
+                return line.to_string();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: no log line containing {needle:?} within {within:?}; the log ends:\n{}",
+                self.name,
+                self.log_tail(30)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join("target"))
+}
+
+impl Drop for Asterisk {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.start_kill();
+        }
+        if std::thread::panicking() {
+            let keep = target_dir().join("asterisk-logs").join(&self.name);
+            if std::fs::create_dir_all(&keep).is_ok() {
+                for f in ["messages.log", "console.log"] {
+                    let _ = std::fs::copy(self.dir.path().join("log").join(f), keep.join(f));
+                }
+                let _ = std::fs::copy(self.managed_file(), keep.join("pjsip_gitops.conf"));
+            }
+            eprintln!("\nAsterisk {} log kept in {}; it ends:\n{}\n", self.name, keep.display(), self.log_tail(25));
+        }
+    }
+}

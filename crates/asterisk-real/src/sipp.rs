@@ -1,0 +1,177 @@
+//! sipp (Debian's `sip-tester`) as the phones, running the repository's
+//! scenarios in `tests/sipp/`: `register.xml` (digest auth; expires 0
+//! unregisters), `call.xml` (an authenticated call held for a while, then
+//! BYE), `answer.xml` (the called side: rings, answers, waits for BYE).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio::process::{Child, Command};
+
+/// The sipp binary, if installed.
+pub fn binary() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|d| d.join("sipp")).find(|p| p.is_file())
+}
+
+/// A scenario file of the repository.
+pub fn scenario(name: &str) -> PathBuf {
+    crate::repo_root().join("tests/sipp").join(format!("{name}.xml"))
+}
+
+/// What a sipp run ended with.
+#[derive(Debug)]
+pub struct Outcome {
+    /// sipp's exit code: 0 every call succeeded, 1 one failed, others fatal.
+    pub code: Option<i32>,
+    /// sipp's own log: its errors and every SIP message sent and received.
+    pub log: String,
+}
+
+impl Outcome {
+    pub fn ok(&self) -> bool {
+        self.code == Some(0)
+    }
+}
+
+/// One phone: an extension, its password, and the local port it uses.
+#[derive(Clone, Debug)]
+pub struct Phone {
+    pub extension: String,
+    pub password: String,
+    pub port: u16,
+    pub user_agent: String,
+}
+
+impl Phone {
+    /// A phone on a free local port.
+    pub fn new(extension: &str, password: &str) -> Phone {
+        Phone {
+            extension: extension.into(),
+            password: password.into(),
+            port: crate::free_port(),
+            user_agent: format!("sipp-{extension}"),
+        }
+    }
+
+    /// REGISTER (expires 3600) against `server`; Ok when it got 200.
+    pub async fn register(&self, server: SocketAddr) -> Outcome {
+        self.register_for(server, 3600).await
+    }
+
+    /// REGISTER with the given expiry (0 removes the contact).
+    pub async fn register_for(&self, server: SocketAddr, expires: u32) -> Outcome {
+        let (mut c, log) = self.sipp("register", server);
+        c.args(["-key", "expires", &expires.to_string(), "-key", "ua", &self.user_agent]);
+        finish(c, log, Duration::from_secs(30)).await
+    }
+
+    /// Calls `dial`, holds the answered call for `hold`, hangs up.
+    pub async fn call(&self, server: SocketAddr, dial: &str, hold: Duration) -> Outcome {
+        let (mut c, log) = self.sipp("call", server);
+        c.args(["-key", "dial", dial, "-d", &hold.as_millis().to_string()]);
+        finish(c, log, hold + Duration::from_secs(40)).await
+    }
+
+    /// Starts answering one call on this phone's port (register first, from
+    /// the same port, so Asterisk's contact is this one).
+    pub fn answer(&self) -> Answering {
+        answer_on(self.port)
+    }
+
+    fn sipp(&self, name: &str, server: SocketAddr) -> (Command, PathBuf) {
+        let (mut c, log) = base(name, self.port);
+        c.arg(server.to_string()).args(["-s", &self.extension, "-au", &self.extension, "-ap", &self.password]);
+        (c, log)
+    }
+}
+
+/// A sipp answering one call on `port` (e.g. the carrier on `trunk_port`).
+pub fn answer_on(port: u16) -> Answering {
+    let (mut c, log) = base("answer", port);
+    match c.spawn() {
+        Ok(child) => Answering { child: Some(child), log, port },
+        Err(e) => panic!("cannot start sipp: {e}"),
+    }
+}
+
+/// A sipp that answers one call; `done` waits for it to finish.
+pub struct Answering {
+    child: Option<Child>,
+    log: PathBuf,
+    pub port: u16,
+}
+
+impl Answering {
+    /// Waits for the answered call to be hung up (or `within` to pass).
+    pub async fn done(mut self, within: Duration) -> Outcome {
+        let Some(mut child) = self.child.take() else { return Outcome { code: None, log: String::new() } };
+        let code = match tokio::time::timeout(within, child.wait()).await {
+            Ok(Ok(status)) => status.code(),
+            _ => {
+                let _ = child.kill().await;
+                None
+            }
+        };
+        Outcome { code, log: read_logs(&self.log) }
+    }
+}
+
+impl Drop for Answering {
+    fn drop(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.start_kill();
+        }
+    }
+}
+
+static RUNS: AtomicUsize = AtomicUsize::new(0);
+
+fn log_path(name: &str) -> PathBuf {
+    let n = RUNS.fetch_add(1, Ordering::Relaxed);
+    std::env::temp_dir().join(format!("sipp-{}-{n}-{name}", std::process::id()))
+}
+
+fn base(name: &str, port: u16) -> (Command, PathBuf) {
+    let log = log_path(name);
+    let mut c = Command::new(binary().unwrap_or_else(|| PathBuf::from("sipp")));
+    c.arg("-sf")
+        .arg(scenario(name))
+        .args(["-i", "127.0.0.1", "-p", &port.to_string(), "-m", "1", "-nostdin", "-trace_err", "-trace_msg"])
+        .arg("-error_file")
+        .arg(log.with_extension("err"))
+        .arg("-message_file")
+        .arg(log.with_extension("msg"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+    (c, log)
+}
+
+fn read_logs(log: &std::path::Path) -> String {
+    let mut s = String::new();
+    for ext in ["err", "msg"] {
+        if let Ok(t) = std::fs::read_to_string(log.with_extension(ext)) {
+            s.push_str(&t);
+        }
+        let _ = std::fs::remove_file(log.with_extension(ext));
+    }
+    s
+}
+
+async fn finish(mut c: Command, log: PathBuf, within: Duration) -> Outcome {
+    let code = match c.spawn() {
+        Ok(mut child) => match tokio::time::timeout(within, child.wait()).await {
+            Ok(Ok(status)) => status.code(),
+            _ => {
+                let _ = child.kill().await;
+                None
+            }
+        },
+        Err(e) => panic!("cannot start sipp: {e}"),
+    };
+    Outcome { code, log: read_logs(&log) }
+}

@@ -1,0 +1,96 @@
+//! The seed's flow on a real Asterisk, as its users run it: through `serve`
+//! and the HTTP API (and through a YAML edit, and a git push + webhook),
+//! with sipp registering with the seed's password and calling.
+
+use super::{Daemon, SEED_BODY, Source, Store, asterisk, codecs, contacts, endpoint, wait};
+use asterisk_real::{require, sipp};
+use serde_json::Value;
+use std::time::Duration;
+
+const LIVE: Duration = Duration::from_secs(30);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seeds_flow_through_the_api_on_a_real_asterisk() {
+    let Some(build) = require("real::e2e::the_seeds_flow_through_the_api_on_a_real_asterisk") else { return };
+    for store in Store::both().await {
+        let label = store.label();
+        let ast = asterisk(&build, &format!("seed-{label}")).await;
+        let d = Daemon::start(&ast, store, Source::Dir, "").await;
+
+        // POST the seed's body: the endpoint is live in Asterisk.
+        let (status, body) = d.call("POST", "/extensions", Some(SEED_BODY)).await;
+        assert_eq!(status, 201, "{label}: {body}");
+        wait("1001 live in Asterisk", LIVE, || async { endpoint(&ast, "1001").await.is_some() }).await;
+        wait("1001 synced", LIVE, || async { d.get("/extensions/1001").await.1["syncStatus"] == "synced" }).await;
+        assert_eq!(codecs(&ast, "1001").await.as_deref(), Some("(ulaw|alaw|g729)"), "{label}");
+        let text = endpoint(&ast, "1001").await.unwrap_or_default();
+        assert!(text.contains("\"Test User\" <1001>"), "{label}: callerid as Asterisk holds it:\n{text}");
+
+        // A phone registers with the seed's password (written to YAML as md5Cred).
+        let phone = sipp::Phone::new("1001", "Soundz2025");
+        let reg = phone.register(ast.sip_addr()).await;
+        assert!(reg.ok(), "{label}: sipp could not register:\n{}", reg.log);
+        let wrong = sipp::Phone::new("1001", "not-the-password");
+        assert!(!wrong.register(ast.sip_addr()).await.ok(), "{label}: a wrong password registered");
+
+        // Status shows the contact and the user agent, live from Asterisk.
+        let (status, live) = d.get("/extensions/1001/status").await;
+        assert_eq!(status, 200, "{label}: {live}");
+        assert_eq!(live["registered"], true, "{label}: {live}");
+        let uri = format!("sip:1001@127.0.0.1:{}", phone.port);
+        assert_eq!(live["contacts"][0]["uri"], Value::from(uri.clone()), "{label}: {live}");
+        assert_eq!(live["contacts"][0]["userAgent"], "sipp-1001", "{label}: {live}");
+        assert_eq!(live["endpoint"]["context"], "from-internal", "{label}: {live}");
+
+        // A call to 998901234567 goes through Stasis(callcenter), is continued
+        // to the trunk (a sipp carrier answers) and is logged complete.
+        let carrier = sipp::answer_on(ast.trunk_port);
+        let placed = phone.call(ast.sip_addr(), "998901234567", Duration::from_millis(1500)).await;
+        assert!(placed.ok(), "{label}: the call failed:\n{}\nAsterisk:\n{}", placed.log, ast.log_tail(30));
+        let carried = carrier.done(Duration::from_secs(20)).await;
+        assert!(carried.ok(), "{label}: the carrier saw no complete call:\n{}", carried.log);
+        wait("the call's row complete", LIVE, || async {
+            let row = d.get("/calls?extension=1001").await.1["calls"][0].clone();
+            row["endTime"].is_string() && row["disposition"] != "unknown"
+        })
+        .await;
+        let row = d.get("/calls?extension=1001").await.1["calls"][0].clone();
+        assert_eq!(calls_len(&d).await, 1, "{label}: exactly one row for the one call");
+        assert_eq!(
+            (row["callee"].as_str(), row["direction"].as_str(), row["disposition"].as_str()),
+            (Some("998901234567"), Some("outbound"), Some("answered")),
+            "{label}: {row}"
+        );
+        assert!(row["answerTime"].is_string(), "{label}: {row}");
+        assert!(row["durationSeconds"].as_i64().is_some_and(|s| (1..=5).contains(&s)), "{label}: {row}");
+        assert!(row["hangupCause"].is_i64(), "{label}: Asterisk's hangup cause is recorded: {row}");
+
+        // PUT codecs: live, and the registration survives the reload.
+        let (status, body) = d.call("PUT", "/extensions/1001", Some(r#"{"codecs":"ulaw"}"#)).await;
+        assert_eq!(status, 200, "{label}: {body}");
+        wait("codecs ulaw live", LIVE, || async { codecs(&ast, "1001").await.as_deref() == Some("(ulaw)") }).await;
+        assert_eq!(contacts(&ast, "1001").await, [uri.clone()], "{label}: the registration was kept");
+        wait("the update synced", LIVE, || async {
+            d.get("/extensions/1001").await.1["codecs"] == serde_json::json!(["ulaw"])
+        })
+        .await;
+
+        // DELETE: gone from Asterisk; the phone can no longer register.
+        let (status, body) = d.call("DELETE", "/extensions/1001", None).await;
+        assert!(status == 200 || status == 204, "{label}: {status} {body}");
+        wait("1001 gone from Asterisk", LIVE, || async { endpoint(&ast, "1001").await.is_none() }).await;
+        wait("1001 gone from the API", LIVE, || async { d.get("/extensions/1001").await.0 == 404 }).await;
+        let again = phone.register(ast.sip_addr()).await;
+        assert!(!again.ok(), "{label}: a deleted extension still registers:\n{}", again.log);
+
+        // No response carried the password or its hash.
+        let seen = d.seen.lock().expect("lock").join("\n");
+        assert!(!seen.contains("Soundz2025"), "{label}: a response carried the password");
+        assert!(!seen.contains(&asterisk_gitops::secret::md5_cred("1001", "asterisk", "Soundz2025")));
+        d.stop().await;
+    }
+}
+
+async fn calls_len(d: &Daemon) -> usize {
+    d.get("/calls?limit=100").await.1["calls"].as_array().map(Vec::len).unwrap_or(0)
+}
