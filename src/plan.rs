@@ -135,6 +135,73 @@ pub struct ObservedEndpoint {
     pub context: Option<String>,
     /// Present when the endpoint's detail was fetched.
     pub codecs: Option<Vec<String>>,
+    /// The other options the managed file sets, as Asterisk holds them;
+    /// present when the endpoint's detail was fetched (verification).
+    #[serde(skip)]
+    pub options: Option<Box<EndpointOptions>>,
+}
+
+/// Options of an endpoint (and its auth and aor) beyond context, transport
+/// and codecs, as Asterisk reports them after a reload. Never a secret.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EndpointOptions {
+    pub callerid: String,
+    pub dtmf_mode: String,
+    pub mailboxes: String,
+    pub direct_media: Option<bool>,
+    pub rtp_symmetric: Option<bool>,
+    pub force_rport: Option<bool>,
+    pub rewrite_contact: Option<bool>,
+    /// The auth's `auth_type` (`userpass`, `md5`), if the auth is loaded.
+    pub auth_type: Option<String>,
+    /// The aor's `max_contacts`, if the aor is loaded.
+    pub max_contacts: Option<u32>,
+}
+
+impl EndpointOptions {
+    /// Each option the managed file sets for `ext` that Asterisk holds with
+    /// another value, as `name: Asterisk has X, the file sets Y`. Values are
+    /// compared as Asterisk normalises them (booleans, quoted caller ids,
+    /// case, spaces in lists).
+    pub fn mismatches(&self, ext: &crate::spec::Extension) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut check = |name: &str, held: &str, set: &str, same: bool| {
+            if !same {
+                out.push(format!("{name}: Asterisk has {held:?}, the file sets {set:?}"));
+            }
+        };
+        if let Some(want) = ext.effective_caller_id() {
+            let norm = |s: &str| s.replace('"', "").split_whitespace().collect::<Vec<_>>().join(" ");
+            check("callerid", &self.callerid, &want, norm(&want) == norm(&self.callerid));
+        }
+        if let Some(want) = &ext.dtmf_mode {
+            check("dtmf_mode", &self.dtmf_mode, want, want.eq_ignore_ascii_case(&self.dtmf_mode));
+        }
+        if !ext.mailboxes.is_empty() {
+            let want = ext.mailboxes.join(",");
+            let norm = |s: &str| s.replace(' ', "").to_ascii_lowercase();
+            check("mailboxes", &self.mailboxes, &want, norm(&want) == norm(&self.mailboxes));
+        }
+        let show = |b: Option<bool>| b.map_or("unset".to_string(), |b| if b { "yes".into() } else { "no".into() });
+        for (name, want, held) in [
+            ("direct_media", ext.direct_media, self.direct_media),
+            ("rtp_symmetric", ext.rtp_symmetric, self.rtp_symmetric),
+            ("force_rport", ext.force_rport, self.force_rport),
+            ("rewrite_contact", ext.rewrite_contact, self.rewrite_contact),
+        ] {
+            if let Some(w) = want {
+                check(name, &show(held), &show(Some(w)), held == Some(w));
+            }
+        }
+        if let Some(held) = &self.auth_type {
+            let want = if matches!(ext.secret, crate::spec::Secret::Md5Cred(_)) { "md5" } else { "userpass" };
+            check("auth_type", held, want, held.eq_ignore_ascii_case(want));
+        }
+        if let Some(held) = self.max_contacts {
+            check("max_contacts", &held.to_string(), &ext.max_contacts.to_string(), held == ext.max_contacts);
+        }
+        out
+    }
 }
 
 /// What Asterisk looks like, if it could be asked.
@@ -646,6 +713,38 @@ mod tests {
 
     const TWO: &str = "defaults: {context: from-internal, transport: transport-udp, codecs: [ulaw]}\nextensions:\n  - {extension: \"1001\", md5Cred: 0123456789abcdef0123456789abcdef}\n  - {extension: \"1002\", md5Cred: 0123456789abcdef0123456789abcdef, displayName: Two}\n";
 
+    #[test]
+    fn options_are_compared_as_asterisk_normalises_them() {
+        let s = set(
+            "defaults: {context: c, transport: t, codecs: [ulaw]}\nextensions:\n  - {extension: \"1001\", md5Cred: 0123456789abcdef0123456789abcdef, displayName: Test User, dtmfMode: rfc4733, mailboxes: [1001@default], directMedia: false, maxContacts: 2}\n",
+        );
+        let ext = &s.extensions[0];
+        // What a real Asterisk 22 reports for exactly that definition.
+        let held = EndpointOptions {
+            callerid: "\"Test User\" <1001>".into(),
+            dtmf_mode: "rfc4733".into(),
+            mailboxes: "1001@default".into(),
+            direct_media: Some(false),
+            rtp_symmetric: Some(false),
+            auth_type: Some("md5".into()),
+            max_contacts: Some(2),
+            ..Default::default()
+        };
+        assert_eq!(held.mismatches(ext), Vec::<String>::new());
+        // The previous definition, kept after Asterisk refused the new one.
+        let kept = EndpointOptions {
+            callerid: "\"Old Name\" <1001>".into(),
+            direct_media: Some(true),
+            auth_type: Some("userpass".into()),
+            max_contacts: Some(1),
+            ..held.clone()
+        };
+        let off = kept.mismatches(ext);
+        assert_eq!(off.len(), 4, "{off:?}");
+        assert!(off[0].starts_with("callerid: Asterisk has \"\\\"Old Name\\\" <1001>\""), "{off:?}");
+        assert!(off.iter().any(|m| m.starts_with("direct_media") && m.ends_with("the file sets \"no\"")), "{off:?}");
+    }
+
     fn md5s(s: &DesiredSet) -> BTreeMap<String, String> {
         s.extensions.iter().map(|e| (e.extension.clone(), "0123456789abcdef0123456789abcdef".to_string())).collect()
     }
@@ -740,9 +839,13 @@ mod tests {
                     transport: Some("transport-tcp".into()),
                     context: None,
                     codecs: None,
+                    options: None,
                 },
             ),
-            ("9000", ObservedEndpoint { name: "9000".into(), transport: None, context: None, codecs: None }),
+            (
+                "9000",
+                ObservedEndpoint { name: "9000".into(), transport: None, context: None, codecs: None, options: None },
+            ),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))

@@ -707,6 +707,18 @@ impl<S: StateStore, A: AsteriskControl> Reconciler<S, A> {
                     }
                     if !wrong.is_empty() {
                         problems.push(format!("endpoint {} has {} after the reload", ext.extension, wrong.join(", ")));
+                    } else if let Some(options) = &seen.options {
+                        // Context, transport and codecs match, but Asterisk
+                        // keeps the previous definition of an object whose new
+                        // one it refused: compare every other option set.
+                        let off = options.mismatches(ext);
+                        if !off.is_empty() {
+                            problems.push(format!(
+                                "endpoint {} does not hold what the file sets ({}): Asterisk refused the new definition and kept the previous one? see its log",
+                                ext.extension,
+                                off.join("; ")
+                            ));
+                        }
                     }
                 }
             }

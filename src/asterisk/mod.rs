@@ -350,6 +350,7 @@ impl AsteriskControl for Asterisk {
                     transport: Some(e.transport),
                     context: None,
                     codecs: None,
+                    options: None,
                 };
                 (e.name, o)
             })
@@ -358,6 +359,17 @@ impl AsteriskControl for Asterisk {
 
     async fn endpoint(&self, name: &str) -> Result<Option<ObservedEndpoint>, AmiError> {
         Ok(Asterisk::endpoint(self, name).await?.map(|d| ObservedEndpoint {
+            options: Some(Box::new(crate::plan::EndpointOptions {
+                callerid: d.callerid,
+                dtmf_mode: d.dtmf_mode,
+                mailboxes: d.mailboxes,
+                direct_media: d.direct_media,
+                rtp_symmetric: d.rtp_symmetric,
+                force_rport: d.force_rport,
+                rewrite_contact: d.rewrite_contact,
+                auth_type: d.auth_type,
+                max_contacts: d.max_contacts,
+            })),
             name: d.name,
             transport: Some(d.transport),
             context: Some(d.context),

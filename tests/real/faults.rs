@@ -1,1 +1,191 @@
+//! Faults on a real Asterisk: definitions it refuses (on a new and on an
+//! existing extension), Asterisk restarted in the middle of a run, killed
+//! and back, and AMI and ARI refusing the daemon's credentials.
 
+use super::{Daemon, SEED_BODY, Source, Store, asterisk, contacts, endpoint, wait};
+use asterisk_gitops::config::{AmiFileConfig, AriFileConfig, FileConfig, SecretString};
+use asterisk_real::{require, sipp};
+use std::time::Duration;
+
+const LIVE: Duration = Duration::from_secs(30);
+const MD5: &str = "0123456789abcdef0123456789abcdef";
+
+fn team(entries: &[(&str, &str)]) -> String {
+    let mut s = String::from(
+        "defaults: {context: from-internal, transport: transport-udp, codecs: [ulaw, alaw]}\nextensions:\n",
+    );
+    for (n, name) in entries {
+        s.push_str(&format!("  - extension: \"{n}\"\n    displayName: {name}\n    md5Cred: {MD5}\n"));
+    }
+    s
+}
+
+/// The project's template with `extra` inserted after the endpoint's
+/// `type = endpoint` line: an operator's template that emits what Asterisk
+/// refuses for some extensions.
+fn template_with(extra: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = crate::support::repo_root().join("templates/pjsip_gitops.conf.j2");
+    let base = std::fs::read_to_string(path).expect("the template");
+    let changed = base.replacen("type = endpoint\n", &format!("type = endpoint\n{extra}"), 1);
+    assert_ne!(base, changed, "the template's endpoint section moved: update this test");
+    std::fs::write(dir.path().join("pjsip_gitops.conf.j2"), changed).expect("write template");
+    dir
+}
+
+fn with_templates(dir: &tempfile::TempDir) -> impl FnOnce(&mut FileConfig) + '_ {
+    move |f: &mut FileConfig| f.templates = Some(dir.path().to_path_buf())
+}
+
+async fn failed_run_after(d: &Daemon, after: i64, what: &str) -> serde_json::Value {
+    d.run_where(what, |r| r["id"].as_i64().is_some_and(|id| id > after) && r["outcome"] == "failed").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_option_asterisk_refuses_on_a_new_extension_fails_the_run_and_rolls_back() {
+    let Some(build) = require("real::faults::refused_on_a_new_extension") else { return };
+    let ast = asterisk(&build, "refused-new").await;
+    let tpl = template_with("{% if e.extension == \"1003\" %}no_such_option = yes\n{% endif %}");
+    let d = Daemon::start_with(&ast, Store::Sqlite, Source::Dir, &team(&[("1001", "One")]), with_templates(&tpl)).await;
+    wait("1001 live", LIVE, || async { endpoint(&ast, "1001").await.is_some() }).await;
+    let before = d.last_run_id().await;
+    let log_from = ast.log().len();
+
+    std::fs::write(d.specs.join("team.yaml"), team(&[("1001", "One"), ("1003", "Three")])).expect("write");
+    let run = failed_run_after(&d, before, "the run adding 1003 fails").await;
+    let error = run["error"].as_str().unwrap_or_default();
+    assert!(error.contains("1003"), "the failure names the extension: {run:#}");
+    // Asterisk said why, in its own log.
+    ast.wait_log(log_from, "no_such_option", LIVE).await;
+    // Rolled back: the file on disk is the previous one, 1001 untouched.
+    let on_disk = std::fs::read_to_string(ast.managed_file()).expect("managed file");
+    assert!(!on_disk.contains("[1003]"), "the refused file stayed on disk:\n{on_disk}");
+    assert!(endpoint(&ast, "1001").await.is_some());
+    assert_eq!(d.get("/extensions/1003").await.0, 404, "a refused extension is never reported as applied");
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_definition_asterisk_refuses_on_an_existing_extension_is_not_reported_applied() {
+    // Fact 13: Asterisk keeps the old definition of an existing object whose
+    // new one it refuses, and still answers "Module Reloaded".
+    let Some(build) = require("real::faults::refused_on_an_existing_extension") else { return };
+    for (label, extra) in [
+        ("option", "{% if e.callerid and \"Renamed\" in e.callerid %}no_such_option = yes\n{% endif %}"),
+        ("codec", "{% if e.callerid and \"Renamed\" in e.callerid %}allow = nosuchcodec\n{% endif %}"),
+    ] {
+        let ast = asterisk(&build, &format!("refused-existing-{label}")).await;
+        let tpl = template_with(extra);
+        let d = Daemon::start_with(&ast, Store::Sqlite, Source::Dir, "", with_templates(&tpl)).await;
+        assert_eq!(d.call("POST", "/extensions", Some(SEED_BODY)).await.0, 201);
+        wait("1001 synced", LIVE, || async { d.get("/extensions/1001").await.1["syncStatus"] == "synced" }).await;
+        let phone = sipp::Phone::new("1001", "Soundz2025");
+        assert!(phone.register(ast.sip_addr()).await.ok(), "{label}: registers");
+        let before = d.last_run_id().await;
+        let log_from = ast.log().len();
+
+        let (status, body) = d.call("PUT", "/extensions/1001", Some(r#"{"displayName":"Renamed"}"#)).await;
+        assert_eq!(status, 200, "{label}: {body}");
+        let run = failed_run_after(&d, before, "the refused update fails").await;
+        let error = run["error"].as_str().unwrap_or_default();
+        assert!(error.contains("1001"), "{label}: the failure names the extension: {run:#}");
+        ast.wait_log(log_from, "Retaining existing configuration for object of type 'endpoint' with id '1001'", LIVE)
+            .await;
+        // Rolled back: the file Asterisk would read at its next start is the
+        // previous one, and the API still shows what is really live.
+        let on_disk = std::fs::read_to_string(ast.managed_file()).expect("managed file");
+        assert!(!on_disk.contains("Renamed"), "{label}: the refused file stayed on disk:\n{on_disk}");
+        assert_eq!(d.get("/extensions/1001").await.1["displayName"], "Test User", "{label}");
+
+        // After an Asterisk restart the extension is still live, and the phone registers.
+        let mut ast = ast;
+        ast.stop().await;
+        ast.start_again().await.expect("Asterisk starts again");
+        assert!(endpoint(&ast, "1001").await.is_some(), "{label}: 1001 lost at the restart");
+        assert!(phone.register(ast.sip_addr()).await.ok(), "{label}: registers after the restart");
+        d.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asterisk_killed_and_back_and_restarted_mid_run_converges() {
+    let Some(build) = require("real::faults::killed_and_restarted") else { return };
+    let mut ast = asterisk(&build, "killed").await;
+    let d = Daemon::start(&ast, Store::Sqlite, Source::Dir, &team(&[("1001", "One")])).await;
+    wait("1001 live", LIVE, || async { endpoint(&ast, "1001").await.is_some() }).await;
+
+    // Killed: a change fails softly (nothing written), status says so.
+    let before = d.last_run_id().await;
+    ast.kill().await;
+    let on_disk = std::fs::read_to_string(ast.managed_file()).expect("managed file");
+    std::fs::write(d.specs.join("team.yaml"), team(&[("1001", "One"), ("1002", "Two")])).expect("write");
+    let run = failed_run_after(&d, before, "a run while Asterisk is down").await;
+    assert!(run["error"].as_str().is_some_and(|e| !e.is_empty()), "{run:#}");
+    assert_eq!(std::fs::read_to_string(ast.managed_file()).expect("managed"), on_disk, "nothing written");
+    let (_, status) = d.get("/status").await;
+    assert_ne!(status["ready"]["status"], "True", "{status:#}");
+
+    // Back: the change converges without anyone asking.
+    ast.start_again().await.expect("Asterisk starts again");
+    wait("1002 live after Asterisk is back", Duration::from_secs(90), || async {
+        endpoint(&ast, "1002").await.is_some()
+    })
+    .await;
+    wait("Ready again", LIVE, || async { d.get("/status").await.1["ready"]["status"] == "True" }).await;
+
+    // Restarted while a run is under way: the change lands all the same.
+    let before = d.last_run_id().await;
+    std::fs::write(d.specs.join("team.yaml"), team(&[("1001", "One"), ("1002", "Two"), ("1004", "Four")]))
+        .expect("write");
+    ast.stop().await;
+    ast.start_again().await.expect("Asterisk starts again");
+    wait("1004 live after the restart", Duration::from_secs(90), || async { endpoint(&ast, "1004").await.is_some() })
+        .await;
+    let applied = d
+        .run_where("an applied run after the restart", |r| {
+            r["id"].as_i64().is_some_and(|id| id > before) && r["outcome"] == "applied"
+        })
+        .await;
+    assert!(applied["id"].as_i64() > Some(before));
+    for n in ["1001", "1002", "1004"] {
+        assert!(endpoint(&ast, n).await.is_some(), "{n} live");
+    }
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ami_and_ari_refusing_the_daemons_credentials_are_reported_and_change_nothing() {
+    let Some(build) = require("real::faults::refused_credentials") else { return };
+    let ast = asterisk(&build, "credentials").await;
+    let managed_before = std::fs::read_to_string(ast.managed_file()).expect("managed");
+    let d = Daemon::start_with(&ast, Store::Sqlite, Source::Dir, &team(&[("1001", "One")]), |f| {
+        f.ami = Some(AmiFileConfig {
+            addr: Some(ast.ami_addr().to_string()),
+            user: Some(asterisk_real::AMI_USER.into()),
+            secret: Some(SecretString::new("not-the-ami-secret")),
+            ..Default::default()
+        });
+        f.ari = Some(AriFileConfig {
+            url: Some(ast.ari_url()),
+            user: Some(asterisk_real::ARI_USER.into()),
+            password: Some(SecretString::new("not-the-ari-password")),
+            ..Default::default()
+        });
+    })
+    .await;
+    let run = d.run_where("the first run fails", |r| r["outcome"] == "failed").await;
+    let error = run["error"].as_str().unwrap_or_default();
+    assert!(error.contains("Authentication failed"), "AMI's own words reach the run: {run:#}");
+    assert!(!error.contains("not-the-ami-secret"));
+    assert_eq!(std::fs::read_to_string(ast.managed_file()).expect("managed"), managed_before, "nothing written");
+    assert!(endpoint(&ast, "1001").await.is_none());
+    wait("the call logger reports ARI refusing it", LIVE, || async {
+        let (_, s) = d.get("/status").await;
+        s["callLogger"]["connected"] == false && s["ready"]["status"] != "True"
+    })
+    .await;
+    let seen = d.seen.lock().expect("lock").join("\n");
+    assert!(!seen.contains("not-the-ari-password") && !seen.contains("not-the-ami-secret"));
+    assert!(contacts(&ast, "1001").await.is_empty());
+    d.stop().await;
+}
