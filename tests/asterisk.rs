@@ -225,18 +225,37 @@ async fn reloads_refuse_what_asterisk_refuses_and_still_say_module_reloaded() {
     assert_eq!(names(&a).await, ["1003"]);
     assert!(s.control().log().iter().any(|l| l.contains("'1004' named 'no_such_option'")), "{:?}", s.control().log());
 
-    // An unknown codec drops the endpoint.
+    // An unknown codec refuses the endpoint: a new one is not loaded, an
+    // existing one keeps its previous definition (fact 13).
     write_managed(dir.path(), &GOOD.replace("allow = ulaw", "allow = ulaw,nosuchcodec"));
     a.reload().await.expect("still Module Reloaded");
+    assert_eq!(names(&a).await, ["1003"]);
+    let kept = a.endpoint("1003").await.expect("answers").expect("kept");
+    assert_eq!(kept.codecs, ["ulaw"]);
+    assert!(
+        s.control()
+            .log()
+            .iter()
+            .any(|l| l.contains("Retaining existing configuration for object of type 'endpoint' with id '1003'")),
+        "{:?}",
+        s.control().log()
+    );
+    write_managed(dir.path(), &GOOD.replace("allow = ulaw", "allow = ulaw,nosuchcodec").replace("[1003]", "[1007]"));
+    a.reload().await.expect("still Module Reloaded");
     assert!(names(&a).await.is_empty());
-    assert_eq!(a.endpoint("1003").await.expect("answers"), None);
-
-    // A syntax error: the whole file is ignored and the previous config stays.
+    assert_eq!(a.endpoint("1007").await.expect("answers"), None);
     write_managed(dir.path(), GOOD);
     a.reload().await.expect("reload");
-    write_managed(dir.path(), "[1005\ntype = endpoint\n");
+
+    // A syntax error in the included managed file ends it at the bad line:
+    // what precedes it is loaded, nothing after (as the real Asterisk does:
+    // real::contract::a_syntax_error_and_a_refused_redefinition_keep_what_was_loaded).
+    write_managed(dir.path(), &format!("{GOOD}\n[1005\ntype = endpoint\n"));
     a.reload().await.expect("still Module Reloaded");
     assert_eq!(names(&a).await, ["1003"]);
+    write_managed(dir.path(), "[1005\ntype = endpoint\n");
+    a.reload().await.expect("still Module Reloaded");
+    assert!(names(&a).await.is_empty());
 
     // An endpoint naming an auth and aor that do not exist is loaded all the same.
     write_managed(

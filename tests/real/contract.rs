@@ -1,1 +1,218 @@
+//! Contract tests: each behaviour the stand-in claims about Asterisk, in one
+//! test body run twice — on the stand-in and on the real Asterisk 22 — so
+//! the stand-in cannot drift from the real thing. Where they disagree, the
+//! real one is right and the stand-in is fixed.
 
+use asterisk_gitops::asterisk::Asterisk as Client;
+use asterisk_gitops::asterisk::ami::{AmiConfig, AmiError};
+use asterisk_gitops::asterisk::ari::{Ari, AriConfig, AriError, ContinueTo, Event};
+use asterisk_gitops::config::SecretString;
+use asterisk_real::{Asterisk, Options, require, sipp};
+use asterisk_standin::{ContactInfo, StandIn, StandInConfig};
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// One Asterisk or the other, behind the same few verbs.
+pub(crate) enum Backend {
+    StandIn { s: StandIn, _dir: tempfile::TempDir },
+    Real(Asterisk),
+}
+
+impl Backend {
+    fn label(&self) -> &'static str {
+        match self {
+            Backend::StandIn { .. } => "stand-in",
+            Backend::Real(_) => "real Asterisk",
+        }
+    }
+
+    fn managed_file(&self) -> PathBuf {
+        match self {
+            Backend::StandIn { _dir, .. } => _dir.path().join("pjsip_gitops.conf"),
+            Backend::Real(a) => a.managed_file(),
+        }
+    }
+
+    fn write_managed(&self, body: &str) {
+        std::fs::write(self.managed_file(), body).expect("write the managed file");
+    }
+
+    fn ami(&self, secret: Option<&str>) -> Client {
+        let (addr, user, right) = match self {
+            Backend::StandIn { s, .. } => (s.ami_addr.to_string(), "gitops".to_string(), "gitops-secret".to_string()),
+            Backend::Real(a) => (a.ami_addr().to_string(), asterisk_real::AMI_USER.to_string(), a.ami_secret.clone()),
+        };
+        Client::new(AmiConfig {
+            addr,
+            user,
+            secret: secret.map(str::to_string).unwrap_or(right),
+            timeout: Duration::from_secs(10),
+            events: false,
+        })
+    }
+
+    fn ari(&self, password: Option<&str>) -> Ari {
+        let (url, user, right) = match self {
+            Backend::StandIn { s, .. } => (s.ari_url(), "gitops".to_string(), "gitops-secret".to_string()),
+            Backend::Real(a) => (a.ari_url(), asterisk_real::ARI_USER.to_string(), a.ari_password.clone()),
+        };
+        Ari::new(AriConfig {
+            url,
+            user,
+            password: SecretString::new(password.unwrap_or(&right)),
+            app: "callcenter".into(),
+            timeout: Duration::from_secs(10),
+        })
+        .expect("an ARI client")
+    }
+
+    /// A phone registers for `ext` (sipp on the real one) with this user agent.
+    async fn register(&self, ext: &str, password: &str, user_agent: &str) -> u16 {
+        match self {
+            Backend::StandIn { s, .. } => {
+                let port = asterisk_real::free_port();
+                let contact = ContactInfo { user_agent: user_agent.into(), ..ContactInfo::new(ext, port) };
+                assert!(s.control().register(contact), "the stand-in has the aor");
+                port
+            }
+            Backend::Real(a) => {
+                let phone = sipp::Phone { user_agent: user_agent.into(), ..sipp::Phone::new(ext, password) };
+                let out = phone.register(a.sip_addr()).await;
+                assert!(out.ok(), "sipp registers:\n{}", out.log);
+                phone.port
+            }
+        }
+    }
+}
+
+/// Runs `body` on the stand-in, then on the real Asterisk (SKIPPED loudly
+/// when there is none, a failure under CI).
+async fn on_both_asterisks<F, Fut>(test: &str, managed: &str, body: F)
+where
+    F: Fn(Backend) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let dir = tempfile::tempdir().expect("tempdir");
+    let conf = asterisk_standin::write_operator_conf(dir.path(), "pjsip_gitops.conf").expect("conf");
+    std::fs::write(dir.path().join("pjsip_gitops.conf"), managed).expect("managed");
+    let s = StandIn::start(StandInConfig { pjsip_conf: conf, user: "gitops".into(), secret: "gitops-secret".into() })
+        .await
+        .expect("the stand-in starts");
+    body(Backend::StandIn { s, _dir: dir }).await;
+    let Some(build) = require(test) else { return };
+    let opts = Options { managed: managed.into(), trunk: false, ..Options::named("contract") };
+    let real = Asterisk::start(&build, opts).await.expect("Asterisk starts");
+    body(Backend::Real(real)).await;
+}
+
+fn endpoint(n: &str, extra: &str) -> String {
+    format!(
+        "[{n}]\ntype = endpoint\ncontext = from-internal\ndisallow = all\nallow = ulaw\ntransport = transport-udp\nauth = {n}\naors = {n}\n{extra}\n[{n}]\ntype = auth\nauth_type = userpass\nusername = {n}\npassword = Soundz2025\n\n[{n}]\ntype = aor\nmax_contacts = 1\n\n"
+    )
+}
+
+async fn names(a: &Client) -> Vec<String> {
+    a.endpoints().await.expect("endpoints").into_iter().map(|e| e.name).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_refuses_objects_one_by_one_and_still_says_module_reloaded() {
+    on_both_asterisks("real::contract::reload_refusals", "", |b| async move {
+        let a = b.ami(None);
+        assert_eq!(names(&a).await, Vec::<String>::new(), "{}: an empty estate lists no endpoints", b.label());
+        let missing_refs =
+            "[1005]\ntype = endpoint\ncontext = from-internal\nallow = ulaw\nauth = nosuchauth\naors = nosuchaor\n\n";
+        b.write_managed(&format!(
+            "{}{}{}{missing_refs}",
+            endpoint("1001", ""),
+            endpoint("1003", "no_such_option = yes\n"),
+            endpoint("1004", "allow = ulaw,nosuchcodec\n"),
+        ));
+        a.reload().await.unwrap_or_else(|e| panic!("{}: the reload answers success: {e}", b.label()));
+        assert_eq!(names(&a).await, ["1001", "1005"], "{}", b.label());
+        assert_eq!(a.endpoint("1003").await.expect("answers"), None, "{}", b.label());
+        let d = a.endpoint("1001").await.expect("answers").expect("1001 loaded");
+        assert_eq!(
+            (d.context.as_str(), d.codecs.clone(), d.auth_type.as_deref()),
+            ("from-internal", vec!["ulaw".to_string()], Some("userpass")),
+            "{}",
+            b.label()
+        );
+        assert_eq!(d.max_contacts, Some(1), "{}", b.label());
+        a.close().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_syntax_error_and_a_refused_redefinition_keep_what_was_loaded() {
+    on_both_asterisks("real::contract::keep_what_was_loaded", &endpoint("1001", ""), |b| async move {
+        let a = b.ami(None);
+        assert_eq!(names(&a).await, ["1001"], "{}", b.label());
+        // A new definition of 1001 Asterisk refuses: the old one stays.
+        let redefined =
+            endpoint("1001", "no_such_option = yes\n").replace("context = from-internal", "context = elsewhere");
+        b.write_managed(&redefined);
+        a.reload().await.unwrap_or_else(|e| panic!("{}: {e}", b.label()));
+        let d = a.endpoint("1001").await.expect("answers").expect("1001 still loaded");
+        assert_eq!(d.context, "from-internal", "{}: the previous definition is kept", b.label());
+        // A syntax error in the managed (included) file ends that file at the
+        // bad line: what precedes it is loaded, the rest is not, and the
+        // reload still says Module Reloaded. (Not "the previous config stays":
+        // that holds for an error in pjsip.conf itself.)
+        b.write_managed(&format!("{}[1002\ntype = endpoint\n", endpoint("1009", "")));
+        a.reload().await.unwrap_or_else(|e| panic!("{}: {e}", b.label()));
+        assert_eq!(names(&a).await, ["1009"], "{}", b.label());
+        b.write_managed("[1005\ntype = endpoint\n");
+        a.reload().await.unwrap_or_else(|e| panic!("{}: {e}", b.label()));
+        assert_eq!(
+            names(&a).await,
+            Vec::<String>::new(),
+            "{}: an error on line 1 loads nothing of the file",
+            b.label()
+        );
+        a.close().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_credentials_are_refused_in_asterisks_words() {
+    on_both_asterisks("real::contract::wrong_credentials", "", |b| async move {
+        match b.ami(Some("not-the-secret")).endpoints().await {
+            Err(AmiError::AuthFailed { message, .. }) => assert_eq!(message, "Authentication failed", "{}", b.label()),
+            other => panic!("{}: {other:?}", b.label()),
+        }
+        match b.ari(Some("not-the-password")).info().await {
+            Err(AriError::Unauthorized) => {}
+            other => panic!("{}: {other:?}", b.label()),
+        }
+        let v = b.ami(None).version().await.expect("version");
+        assert_eq!(v.asterisk_version, "22.10.1", "{}", b.label());
+        assert_eq!(b.ari(None).info().await.expect("ARI info").system.version, "22.10.1", "{}", b.label());
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registered_phone_is_a_contact_with_its_uri_and_user_agent() {
+    on_both_asterisks("real::contract::contacts", &endpoint("1001", ""), |b| async move {
+        let a = b.ami(None);
+        assert!(a.contacts().await.expect("contacts").is_empty(), "{}: none registered", b.label());
+        let port = b.register("1001", "Soundz2025", "PortSIP UC Client").await;
+        let contacts = a.contacts().await.expect("contacts");
+        assert_eq!(contacts.len(), 1, "{}: {contacts:?}", b.label());
+        let c = &contacts[0];
+        assert_eq!(
+            (c.endpoint.as_str(), c.uri.clone(), c.user_agent.as_str(), c.status.as_str(), c.roundtrip_usec),
+            ("1001", format!("sip:1001@127.0.0.1:{port}"), "PortSIP UC Client", "NonQualified", None),
+            "{}",
+            b.label()
+        );
+        assert_eq!((c.via_addr.as_str(), c.via_port), ("127.0.0.1", Some(port)), "{}", b.label());
+        assert!(c.expiration_time.is_some_and(|t| t > 1_700_000_000), "{}: {c:?}", b.label());
+        a.close().await;
+    })
+    .await;
+}

@@ -149,11 +149,20 @@ pub struct Options {
     pub pjsip_extra: String,
     /// Lines for sorcery.conf (none by default: file objects only).
     pub sorcery: String,
+    /// Define the `trunk` endpoint the dialplan dials outbound numbers
+    /// through (default true; off for tests that count every endpoint).
+    pub trunk: bool,
 }
 
 impl Options {
     pub fn named(name: &str) -> Options {
-        Options { name: name.into(), managed: String::new(), pjsip_extra: String::new(), sorcery: String::new() }
+        Options {
+            name: name.into(),
+            managed: String::new(),
+            pjsip_extra: String::new(),
+            sorcery: String::new(),
+            trunk: true,
+        }
     }
 }
 
@@ -308,18 +317,24 @@ impl Asterisk {
         let f = "examples/asterisk/ari.conf.snippet";
         w("ari.conf", must_replace(&read_example(f)?, "CHANGE-ME-long-random-password", &self.ari_password, f)?)?;
         let include = read_example("examples/asterisk/pjsip.conf.snippet")?;
+        let trunk = if opts.trunk {
+            format!(
+                "; The carrier the dialplan dials outbound numbers through (a sipp in tests).\n\
+                 [trunk]\ntype = endpoint\ncontext = from-trunk\ndisallow = all\nallow = ulaw,alaw\n\
+                 transport = transport-udp\naors = trunk\n\n\
+                 [trunk]\ntype = aor\ncontact = sip:127.0.0.1:{}\n\n",
+                self.trunk_port
+            )
+        } else {
+            String::new()
+        };
         w(
             "pjsip.conf",
             format!(
                 "[global]\ntype = global\n\n\
                  [transport-udp]\ntype = transport\nprotocol = udp\nbind = 127.0.0.1:{sip}\n\n\
-                 ; The carrier the dialplan dials outbound numbers through (a sipp in tests).\n\
-                 [trunk]\ntype = endpoint\ncontext = from-trunk\ndisallow = all\nallow = ulaw,alaw\n\
-                 transport = transport-udp\naors = trunk\n\n\
-                 [trunk]\ntype = aor\ncontact = sip:127.0.0.1:{trunk}\n\n\
-                 {extra}\n{include}",
+                 {trunk}{extra}\n{include}",
                 sip = self.sip_port,
-                trunk = self.trunk_port,
                 extra = opts.pjsip_extra,
             ),
         )?;

@@ -332,7 +332,8 @@ impl Control {
                 false
             }
             Ok(sections) => {
-                let (loaded, log) = build(&sections);
+                let previous = self.with(|s| s.loaded.clone());
+                let (loaded, log) = build(&sections, &previous);
                 self.with(|s| {
                     s.loaded = loaded;
                     s.log = log;
@@ -431,7 +432,10 @@ impl Control {
 }
 
 /// Builds the loaded objects from parsed sections, refusing what Asterisk refuses.
-fn build(sections: &[conf::Section]) -> (Loaded, Vec<String>) {
+/// Loads `sections`. An object whose definition is refused and that was
+/// loaded before keeps its previous definition, as Asterisk does ("Retaining
+/// existing configuration for object of type 'endpoint' with id '1001'").
+fn build(sections: &[conf::Section], previous: &Loaded) -> (Loaded, Vec<String>) {
     let ep_detail = event(ENDPOINT_DETAIL_CAPTURE, "EndpointDetail");
     let auth_detail = event(ENDPOINT_DETAIL_CAPTURE, "AuthDetail");
     let aor_detail = event(ENDPOINT_DETAIL_CAPTURE, "AorDetail");
@@ -449,12 +453,21 @@ fn build(sections: &[conf::Section]) -> (Loaded, Vec<String>) {
             log.push(format!("{}:{}: section [{}] has no type; ignored", s.file.display(), s.line, s.name));
             continue;
         };
-        let (known, target) = match kind.as_str() {
-            "endpoint" => (&known_endpoint, &mut loaded.endpoints),
-            "auth" => (&known_auth, &mut loaded.auths),
-            "aor" => (&known_aor, &mut loaded.aors),
-            "transport" => (&known_transport, &mut loaded.transports),
+        let (known, target, before) = match kind.as_str() {
+            "endpoint" => (&known_endpoint, &mut loaded.endpoints, &previous.endpoints),
+            "auth" => (&known_auth, &mut loaded.auths, &previous.auths),
+            "aor" => (&known_aor, &mut loaded.aors, &previous.aors),
+            "transport" => (&known_transport, &mut loaded.transports, &previous.transports),
             _ => continue,
+        };
+        let mut retain = |target: &mut BTreeMap<String, Object>, log: &mut Vec<String>| {
+            if let Some(old) = before.get(&obj.name) {
+                log.push(format!(
+                    "Retaining existing configuration for object of type '{kind}' with id '{}'",
+                    obj.name
+                ));
+                target.insert(obj.name.clone(), old.clone());
+            }
         };
         if let Some((k, _)) = obj.options.iter().find(|(k, _)| !known.contains(k)) {
             log.push(format!(
@@ -463,6 +476,7 @@ fn build(sections: &[conf::Section]) -> (Loaded, Vec<String>) {
                 s.line,
                 s.file.display()
             ));
+            retain(target, &mut log);
             continue;
         }
         if kind == "endpoint" {
@@ -474,6 +488,7 @@ fn build(sections: &[conf::Section]) -> (Loaded, Vec<String>) {
                 .find(|c| !c.is_empty() && c != "all" && !CODECS.contains(&c.as_str()));
             if let Some(c) = bad {
                 log.push(format!("Error parsing allow={c} at line {} of {}", s.line, s.file.display()));
+                retain(target, &mut log);
                 continue;
             }
         }
