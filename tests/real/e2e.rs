@@ -2,7 +2,7 @@
 //! and the HTTP API (and through a YAML edit, and a git push + webhook),
 //! with sipp registering with the seed's password and calling.
 
-use super::{Daemon, SEED_BODY, Source, Store, asterisk, codecs, contacts, endpoint, wait};
+use super::{Daemon, SEED_BODY, Source, Store, asterisk, codecs, contacts, endpoint, reloads, wait};
 use asterisk_real::{require, sipp};
 use serde_json::Value;
 use std::time::Duration;
@@ -69,7 +69,7 @@ async fn the_seeds_flow_through_the_api_on_a_real_asterisk() {
         let (status, body) = d.call("PUT", "/extensions/1001", Some(r#"{"codecs":"ulaw"}"#)).await;
         assert_eq!(status, 200, "{label}: {body}");
         wait("codecs ulaw live", LIVE, || async { codecs(&ast, "1001").await.as_deref() == Some("(ulaw)") }).await;
-        assert_eq!(contacts(&ast, "1001").await, [uri.clone()], "{label}: the registration was kept");
+        assert_eq!(contacts(&ast, "1001").await, std::slice::from_ref(&uri), "{label}: the registration was kept");
         wait("the update synced", LIVE, || async {
             d.get("/extensions/1001").await.1["codecs"] == serde_json::json!(["ulaw"])
         })
@@ -93,4 +93,98 @@ async fn the_seeds_flow_through_the_api_on_a_real_asterisk() {
 
 async fn calls_len(d: &Daemon) -> usize {
     d.get("/calls?limit=100").await.1["calls"].as_array().map(Vec::len).unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_yaml_edit_reaches_a_real_asterisk_and_a_phone_registers() {
+    let Some(build) = require("real::e2e::a_yaml_edit") else { return };
+    let ast = asterisk(&build, "yaml").await;
+    // The md5Cred of the password the phone knows; no password in the file.
+    let md5 = asterisk_gitops::secret::md5_cred("2002", "asterisk", "Yaml-Pass-2002");
+    let d = Daemon::start(&ast, Store::Sqlite, Source::Dir, "").await;
+    std::fs::write(
+        d.specs.join("team.yaml"),
+        format!(
+            "defaults: {{context: from-internal, transport: transport-udp, codecs: [ulaw]}}\nextensions:\n  - extension: \"2002\"\n    displayName: Agent Two\n    md5Cred: {md5}\n"
+        ),
+    )
+    .expect("write");
+    wait("2002 live", LIVE, || async { endpoint(&ast, "2002").await.is_some() }).await;
+    let phone = sipp::Phone::new("2002", "Yaml-Pass-2002");
+    let reg = phone.register(ast.sip_addr()).await;
+    assert!(reg.ok(), "an md5Cred extension registers with its password:\n{}", reg.log);
+
+    // Edited again: codecs change, the registration is kept.
+    std::fs::write(
+        d.specs.join("team.yaml"),
+        format!(
+            "defaults: {{context: from-internal, transport: transport-udp, codecs: [alaw, ulaw]}}\nextensions:\n  - extension: \"2002\"\n    displayName: Agent Two\n    md5Cred: {md5}\n"
+        ),
+    )
+    .expect("write");
+    wait("codecs alaw,ulaw live", LIVE, || async { codecs(&ast, "2002").await.as_deref() == Some("(alaw|ulaw)") })
+        .await;
+    assert_eq!(contacts(&ast, "2002").await, [format!("sip:2002@127.0.0.1:{}", phone.port)]);
+
+    // A run with nothing to change reloads nothing (Asterisk's own log says so).
+    let reloads_before = reloads(&ast);
+    let before = d.last_run_id().await;
+    assert_eq!(d.call("POST", "/reconcile", None).await.0, 202);
+    let run = d
+        .run_where("the asked-for run", |r| r["id"].as_i64().is_some_and(|id| id > before) && r["trigger"] == "manual")
+        .await;
+    assert_eq!((run["outcome"].as_str(), run["reloaded"].as_bool()), (Some("noop"), Some(false)), "{run:#}");
+    assert_eq!(reloads(&ast), reloads_before, "a no-op run reloaded Asterisk");
+
+    // The file removed: the extension is deleted (one of one: under the prune floor).
+    std::fs::remove_file(d.specs.join("team.yaml")).expect("remove");
+    wait("2002 gone", LIVE, || async { endpoint(&ast, "2002").await.is_none() }).await;
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_git_push_and_its_webhook_reach_a_real_asterisk() {
+    let Some(build) = require("real::e2e::a_git_push") else { return };
+    let ast = asterisk(&build, "git").await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let bare = tmp.path().join("pbx.git");
+    git2::Repository::init_bare(&bare).expect("bare");
+    let bob = git2::Repository::init(tmp.path().join("bob")).expect("bob");
+    bob.remote("origin", &format!("file://{}", bare.display())).expect("remote");
+    let md5 = asterisk_gitops::secret::md5_cred("3001", "asterisk", "Git-Pass-3001");
+    let team = |codecs: &str| {
+        format!(
+            "defaults: {{context: from-internal, transport: transport-udp, codecs: [{codecs}]}}\nextensions:\n  - extension: \"3001\"\n    displayName: Agent Git\n    md5Cred: {md5}\n"
+        )
+    };
+    push(&bob, &team("ulaw"), "Add 3001");
+    let d = Daemon::start(&ast, Store::Sqlite, Source::Git { url: format!("file://{}", bare.display()) }, "").await;
+    wait("3001 live", LIVE, || async { endpoint(&ast, "3001").await.is_some() }).await;
+    let phone = sipp::Phone::new("3001", "Git-Pass-3001");
+    assert!(phone.register(ast.sip_addr()).await.ok(), "registers");
+
+    let commit = push(&bob, &team("ulaw, alaw"), "3001 gets alaw");
+    assert_eq!(d.webhook().await, 202);
+    wait("alaw live", LIVE, || async { codecs(&ast, "3001").await.as_deref() == Some("(ulaw|alaw)") }).await;
+    let run = d.run_where("the pushed commit's run", |r| r["revision"].as_str() == Some(commit.as_str())).await;
+    assert_eq!((run["outcome"].as_str(), run["trigger"].as_str()), (Some("applied"), Some("webhook")), "{run:#}");
+    assert_eq!(run["subject"], "3001 gets alaw");
+    assert_eq!(contacts(&ast, "3001").await.len(), 1, "the registration survived the reload");
+    d.stop().await;
+}
+
+fn push(repo: &git2::Repository, text: &str, message: &str) -> String {
+    let root = repo.workdir().expect("workdir").to_path_buf();
+    std::fs::create_dir_all(root.join("extensions.d")).expect("mkdir");
+    std::fs::write(root.join("extensions.d/team.yaml"), text).expect("write");
+    let mut index = repo.index().expect("index");
+    index.add_path(std::path::Path::new("extensions.d/team.yaml")).expect("add");
+    index.write().expect("index");
+    let tree = repo.find_tree(index.write_tree().expect("tree")).expect("tree");
+    let sig = git2::Signature::now("Bob Admin", "bob@example.com").expect("sig");
+    let parent = repo.head().ok().and_then(|h| h.peel_to_commit().ok());
+    let parents: Vec<&git2::Commit<'_>> = parent.iter().collect();
+    let oid = repo.commit(Some("HEAD"), &sig, &sig, message, &tree, &parents).expect("commit");
+    repo.find_remote("origin").expect("origin").push(&["HEAD:refs/heads/main"], None).expect("push");
+    oid.to_string()
 }

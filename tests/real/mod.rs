@@ -71,7 +71,7 @@ pub(crate) enum Source {
 
 /// `serve` on a real Asterisk, with AMI and ARI configured as the README says.
 pub(crate) struct Daemon {
-    pub(crate) dir: tempfile::TempDir,
+    _dir: tempfile::TempDir,
     pub(crate) specs: PathBuf,
     pub(crate) addr: SocketAddr,
     pub(crate) store: Store,
@@ -141,7 +141,7 @@ impl Daemon {
             let _ = stopped.await;
         }));
         let d = Daemon {
-            dir,
+            _dir: dir,
             specs,
             addr,
             store,

@@ -397,14 +397,18 @@ impl Control {
             true
         });
         if ok {
+            // What a real Asterisk 22 sends when an unqualified contact
+            // registers (real::contract::registering_and_unregistering_send_contact_status_events):
+            // the device state, the peer status and a NonQualified contact status
+            // (a real one sends them in no fixed order); never `Created`.
             let aor = &contact.aor;
             let _ = self.events.send(format!(
-                "Event: ContactStatus\r\nPrivilege: system,all\r\nURI: {}\r\nContactStatus: Created\r\nAOR: {aor}\r\nEndpointName: {aor}\r\nRoundtripUsec: 0\r\n\r\n",
-                contact.uri
+                "Event: DeviceStateChange\r\nPrivilege: call,all\r\nDevice: PJSIP/{aor}\r\nState: NOT_INUSE\r\n\r\n"
             ));
             let _ = self.events.send(format!("Event: PeerStatus\r\nPrivilege: system,all\r\nChannelType: PJSIP\r\nPeer: PJSIP/{aor}\r\nPeerStatus: Reachable\r\n\r\n"));
             let _ = self.events.send(format!(
-                "Event: DeviceStateChange\r\nPrivilege: call,all\r\nDevice: PJSIP/{aor}\r\nState: NOT_INUSE\r\n\r\n"
+                "Event: ContactStatus\r\nPrivilege: system,all\r\nURI: {}\r\nContactStatus: NonQualified\r\nAOR: {aor}\r\nEndpointName: {aor}\r\nRoundtripUsec: 0\r\n\r\n",
+                contact.uri
             ));
         }
         ok
@@ -460,7 +464,7 @@ fn build(sections: &[conf::Section], previous: &Loaded) -> (Loaded, Vec<String>)
             "transport" => (&known_transport, &mut loaded.transports, &previous.transports),
             _ => continue,
         };
-        let mut retain = |target: &mut BTreeMap<String, Object>, log: &mut Vec<String>| {
+        let retain = |target: &mut BTreeMap<String, Object>, log: &mut Vec<String>| {
             if let Some(old) = before.get(&obj.name) {
                 log.push(format!(
                     "Retaining existing configuration for object of type '{kind}' with id '{}'",
