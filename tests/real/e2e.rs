@@ -188,3 +188,29 @@ fn push(repo: &git2::Repository, text: &str, message: &str) -> String {
     repo.find_remote("origin").expect("origin").push(&["HEAD:refs/heads/main"], None).expect("push");
     oid.to_string()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_internal_call_between_two_phones_created_through_the_api_is_answered() {
+    let Some(build) = require("real::e2e::an_internal_call") else { return };
+    let ast = asterisk(&build, "internal").await;
+    let d = Daemon::start(&ast, Store::Sqlite, Source::Dir, "").await;
+    for body in [SEED_BODY.to_string(), SEED_BODY.replace("1001", "1002").replace("Test User", "Callee")] {
+        assert_eq!(d.call("POST", "/extensions", Some(&body)).await.0, 201);
+    }
+    wait("1001 and 1002 live", LIVE, || async {
+        endpoint(&ast, "1001").await.is_some() && endpoint(&ast, "1002").await.is_some()
+    })
+    .await;
+    let caller = sipp::Phone::new("1001", "Soundz2025");
+    let callee = sipp::Phone::new("1002", "Soundz2025");
+    assert!(caller.register(ast.sip_addr()).await.ok());
+    assert!(callee.register(ast.sip_addr()).await.ok());
+    // The callee answers on the port it registered from.
+    let answering = callee.answer();
+    let placed = caller.call(ast.sip_addr(), "1002", Duration::from_millis(500)).await;
+    assert!(placed.ok(), "1001 → 1002:\n{}\nAsterisk:\n{}", placed.log, ast.log_tail(20));
+    let answered = answering.done(Duration::from_secs(20)).await;
+    assert!(answered.ok(), "the callee saw a complete call:\n{}", answered.log);
+    assert!(answered.log.contains("INVITE sip:1002@127.0.0.1"), "Asterisk rang the registered contact");
+    d.stop().await;
+}
