@@ -94,7 +94,7 @@ summary() {
       echo "    ${count}x $name (first in $(basename "$first"))"
       awk -v want="---- $name stdout ----" '
         $0 == want { on = 1; next }
-        on && (/^---- .* stdout ----$/ || /^failures:$/) { exit }
+        on && (/^---- .* stdout ----$/ || /^failures:$/ || /^stack backtrace:$/ || /^note: run with/) { exit }
         on && /panicked at/ { msg = 1 }
         on && msg && n < 6 && NF { print "        " $0; n++ }
       ' "$first"
