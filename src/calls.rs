@@ -71,10 +71,17 @@ impl Default for CallLogConfig {
 /// Counters, for /metrics and benchmarks.
 #[derive(Debug, Default)]
 pub struct CallLogStats {
+    /// ARI events read from the events socket.
     pub events: AtomicU64,
+    /// Events the logger is done with: handled by a worker (recorded, or
+    /// failed and counted in `errors`), or skipped (unreadable, or about no
+    /// channel). `events - events_handled` is the backlog.
+    pub events_handled: AtomicU64,
     pub calls_created: AtomicU64,
     pub calls_completed: AtomicU64,
     pub errors: AtomicU64,
+    /// Attempts to open the events socket that failed (ARI down, refused, ...).
+    pub connect_failures: AtomicU64,
     pub connected: std::sync::atomic::AtomicBool,
 }
 
@@ -261,6 +268,7 @@ pub async fn run(db: Db, ari: Ari, cfg: CallLogConfig, stats: Arc<CallLogStats>,
                     shared.stats.errors.fetch_add(1, Ordering::Relaxed);
                     tracing::error!(error = %e, "call event not recorded");
                 }
+                shared.stats.events_handled.fetch_add(1, Ordering::Relaxed);
             }
         }));
     }
@@ -294,6 +302,7 @@ pub async fn run(db: Db, ari: Ari, cfg: CallLogConfig, stats: Arc<CallLogStats>,
         let mut events = match shared.ari.events().await {
             Ok(ev) => ev,
             Err(e) => {
+                shared.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, app = shared.ari.app(), "ARI events unavailable; calls are not being logged");
                 tokio::select! {
                     _ = stop.wait_for(|s| *s) => break 'connect,
@@ -328,7 +337,10 @@ pub async fn run(db: Db, ari: Ari, cfg: CallLogConfig, stats: Arc<CallLogStats>,
                     shared.stats.events.fetch_add(1, Ordering::Relaxed);
                     match Event::parse(&text) {
                         Ok(ev) => {
-                            let Some(ch) = ev.channel() else { continue };
+                            let Some(ch) = ev.channel() else {
+                                shared.stats.events_handled.fetch_add(1, Ordering::Relaxed);
+                                continue;
+                            };
                             let i = worker_of(&ch.id, workers);
                             if senders[i].send(ev).await.is_err() {
                                 break 'connect;
@@ -336,6 +348,7 @@ pub async fn run(db: Db, ari: Ari, cfg: CallLogConfig, stats: Arc<CallLogStats>,
                         }
                         Err(e) => {
                             shared.stats.errors.fetch_add(1, Ordering::Relaxed);
+                            shared.stats.events_handled.fetch_add(1, Ordering::Relaxed);
                             tracing::warn!(error = %e, "unreadable ARI event skipped");
                         }
                     }

@@ -199,13 +199,13 @@ async fn the_client_reads_the_standin_and_reports_faults_as_typed_errors() {
         user: "gitops".into(),
         password: SecretString::new("gitops-secret"),
         app: "callcenter".into(),
-        timeout: Duration::from_secs(2),
+        timeout: Duration::from_secs(10),
     })
     .expect("client");
     let started = std::time::Instant::now();
     let e = gone.info().await.expect_err("refused");
     assert!(matches!(e, AriError::Unreachable { .. }), "{e}");
-    assert!(started.elapsed() < Duration::from_secs(3));
+    assert!(started.elapsed() < Duration::from_secs(10), "refused, not timed out: {:?}", started.elapsed());
     assert!(!e.to_string().contains("gitops-secret"));
     assert!(matches!(gone.events().await, Err(AriError::Unreachable { .. })));
 

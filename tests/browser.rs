@@ -8,7 +8,7 @@
 //! them). Without them the test says so loudly and passes, except under
 //! CI=true, where it fails.
 
-use crate::web::{Daemon, TOKEN, wait};
+use crate::web::{Daemon, TOKEN, WITHIN, wait};
 use asterisk_standin::ContactInfo;
 use fantoccini::{Client, ClientBuilder, Locator};
 use std::path::PathBuf;
@@ -52,13 +52,14 @@ async fn driver() -> Option<(Driver, u16)> {
         .spawn()
         .expect("chromedriver starts");
     let d = Driver(child);
-    for _ in 0..100 {
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    while tokio::time::Instant::now() < deadline {
         if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
             return Some((d, port));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("chromedriver did not listen on {port}");
+    panic!("chromedriver did not listen on {port} within {WITHIN:?}");
 }
 
 async fn browser(port: u16) -> Client {
@@ -118,9 +119,9 @@ impl Session {
     async fn has(&self, css: &str) -> bool {
         self.c.find(Locator::Css(css)).await.is_ok()
     }
-    /// Waits (up to 10 s) for an element after a click that navigates.
+    /// Waits (up to 30 s) for an element after a click that navigates.
     async fn soon(&self, css: &str) -> bool {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let deadline = tokio::time::Instant::now() + WITHIN;
         while tokio::time::Instant::now() < deadline {
             if self.has(css).await {
                 return true;
@@ -130,13 +131,13 @@ impl Session {
         false
     }
     async fn wait_text(&mut self, path: &str, css: &str, want: &str) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let deadline = tokio::time::Instant::now() + WITHIN;
         loop {
             self.goto(path).await;
             if self.has(css).await && self.text(css).await.contains(want) {
                 return;
             }
-            assert!(tokio::time::Instant::now() < deadline, "{path}: {css} never showed {want:?}");
+            assert!(tokio::time::Instant::now() < deadline, "{path}: {css} did not show {want:?} within {WITHIN:?}");
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
@@ -201,6 +202,9 @@ async fn create_edit_and_delete_through_the_browser() {
     s.fill("#displayName", "Renamed In Browser").await;
     s.fill("#password", PASSWORDS[1]).await;
     s.click("#save").await;
+    // The save's answer first: navigating away before it arrives would
+    // cancel the form's submission.
+    assert!(s.soon("#notice").await, "saved: {}", s.c.source().await.unwrap_or_default());
     s.wait_text("/ui/extensions", "tr[data-extension='1001']", "Renamed In Browser").await;
     s.shot("edited").await;
 

@@ -65,7 +65,7 @@ async fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, Stri
 async fn wait_for(what: &str, within: Duration, mut f: impl FnMut() -> bool) -> Duration {
     let start = Instant::now();
     while !f() {
-        assert!(start.elapsed() < within, "timed out waiting for {what}");
+        assert!(start.elapsed() < within, "timed out after {within:?} waiting for {what}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     start.elapsed()
@@ -123,7 +123,7 @@ impl Daemon {
         }));
         let d = Daemon { dir, bare, bob, standin, addr, stop: Some(stop), task: Some(task) };
         let c = d.standin.control();
-        wait_for("the first run", Duration::from_secs(20), || c.endpoints() == ["1001", "1002"]).await;
+        wait_for("the first run", Duration::from_secs(30), || c.endpoints() == ["1001", "1002"]).await;
         d
     }
 
@@ -151,25 +151,33 @@ impl Daemon {
     }
 }
 
-/// The newest recorded run once it satisfies `pred` (runs are recorded
-/// after Asterisk has reloaded, so the record can lag what the stand-in shows).
+/// The recorded run that satisfies `pred`, searched among all recorded runs
+/// (newest first). Runs are recorded after Asterisk has reloaded, so the
+/// record can lag what the stand-in shows, and the newest record may be
+/// another run's: the predicate must say which run the test caused.
 async fn run_where(
     d: &Daemon,
     what: &str,
-    pred: impl Fn(&asterisk_gitops::db::RunDetail) -> bool,
+    pred: impl Fn(&asterisk_gitops::db::RunSummary) -> bool,
 ) -> asterisk_gitops::db::RunDetail {
     let url = format!("sqlite://{}/state/asterisk-gitops.db", d.dir.path().display());
     let db = asterisk_gitops::db::Db::connect(&url, &Default::default()).await.expect("db");
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let within = Duration::from_secs(30);
+    let deadline = Instant::now() + within;
     loop {
-        if let Some(newest) = db.runs(1).await.expect("runs").first() {
-            let run = db.run(newest.id).await.expect("run").expect("exists");
-            if pred(&run) {
-                db.close().await;
-                return run;
-            }
+        let runs = db.runs(1000).await.expect("runs");
+        if let Some(found) = runs.iter().find(|r| pred(r)) {
+            let run = db.run(found.id).await.expect("run").expect("exists");
+            db.close().await;
+            return run;
         }
-        assert!(Instant::now() < deadline, "timed out waiting for a run: {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?} waiting for a recorded run: {what}; recorded: {:?}",
+            runs.iter()
+                .map(|r| (r.id, r.trigger.as_str(), r.outcome.as_str(), r.revision.as_deref()))
+                .collect::<Vec<_>>()
+        );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
@@ -187,10 +195,13 @@ async fn a_push_and_its_webhook_are_applied_at_once() {
     let sent = Instant::now();
     assert_eq!(d.webhook().await, 202);
     let c = d.standin.control();
-    wait_for("1003 in Asterisk", Duration::from_secs(10), || c.endpoints().contains(&"1003".to_string())).await;
+    wait_for("1003 in Asterisk", Duration::from_secs(30), || c.endpoints().contains(&"1003".to_string())).await;
     let took = sent.elapsed();
     let _ = writeln_stderr(&format!("webhook → endpoint live: {took:?}"));
-    let run = run_where(&d, "the push recorded", |r| r.summary.revision.as_deref() == Some(commit.as_str())).await;
+    let run = run_where(&d, &format!("the run of {commit}, applied"), |r| {
+        r.revision.as_deref() == Some(commit.as_str()) && r.outcome == "applied"
+    })
+    .await;
     assert_eq!(run.summary.revision.as_deref(), Some(commit.as_str()));
     assert_eq!(run.summary.subject.as_deref(), Some("Add 1003"));
     assert_eq!(run.summary.trigger, "webhook");
@@ -207,7 +218,7 @@ async fn a_force_push_is_applied_and_reported() {
     let d = Daemon::start().await;
     // Rewrite history: a new root commit with a different team.
     let c = d.standin.control();
-    {
+    let rewritten = {
         let head = d.bob.head().expect("head").peel_to_commit().expect("commit").id();
         d.bob.set_head_detached(head).expect("detach");
         let sig = Signature::now("Bob Admin", "bob@example.com").expect("sig");
@@ -227,11 +238,17 @@ async fn a_force_push_is_applied_and_reported() {
             .expect("origin")
             .push(&[format!("+{oid}:refs/heads/main").as_str()], None)
             .expect("force push");
-    }
+        oid.to_string()
+    };
     assert_eq!(d.webhook().await, 202);
     // Two deletions of two: within the prune guard's floor, so it applies.
-    wait_for("the rewritten team", Duration::from_secs(10), || c.endpoints() == ["2001"]).await;
-    let run = run_where(&d, "the force-push recorded", |r| r.summary.outcome == "applied").await;
+    wait_for("the rewritten team", Duration::from_secs(30), || c.endpoints() == ["2001"]).await;
+    // The run of the rewritten commit, not whichever run was recorded last
+    // (the startup run's record can still be the newest).
+    let run = run_where(&d, &format!("the run of the force-pushed {rewritten}, applied"), |r| {
+        r.revision.as_deref() == Some(rewritten.as_str()) && r.outcome == "applied"
+    })
+    .await;
     assert!(run.summary.warning.as_deref().is_some_and(|w| w.contains("force-pushed")), "{:?}", run.summary.warning);
     d.stop().await;
 }
@@ -242,7 +259,10 @@ async fn an_unreachable_remote_keeps_the_last_good_config() {
     let moved = d.dir.path().join("moved.git");
     std::fs::rename(&d.bare, &moved).expect("take the remote away");
     assert_eq!(d.webhook().await, 202);
-    let run = run_where(&d, "a failed run", |r| r.summary.outcome == "failed").await;
+    // The run the webhook caused once the remote was gone: the only failed one.
+    let run =
+        run_where(&d, "a failed run triggered by the webhook", |r| r.trigger == "webhook" && r.outcome == "failed")
+            .await;
     assert!(
         run.summary.error.as_deref().is_some_and(|e| e.contains("cannot fetch") && e.contains("last good config")),
         "{:?}",
@@ -253,7 +273,7 @@ async fn an_unreachable_remote_keeps_the_last_good_config() {
     commit_push(&d.bob, &[("extensions.d/team.yaml", &team(&["1001", "1002", "1004"]))], "Add 1004", false);
     assert_eq!(d.webhook().await, 202);
     let c = d.standin.control();
-    wait_for("convergence", Duration::from_secs(20), || c.endpoints().contains(&"1004".to_string())).await;
+    wait_for("convergence", Duration::from_secs(30), || c.endpoints().contains(&"1004".to_string())).await;
     d.stop().await;
 }
 
@@ -272,7 +292,7 @@ async fn an_api_edit_becomes_a_commit_that_the_daemon_applies() {
     assert_eq!(status, 201, "{resp}");
     assert!(!resp.contains("Soundz2025"));
     let c = d.standin.control();
-    wait_for("1005 in Asterisk", Duration::from_secs(10), || c.endpoints().contains(&"1005".to_string())).await;
+    wait_for("1005 in Asterisk", Duration::from_secs(30), || c.endpoints().contains(&"1005".to_string())).await;
     // The remote has the commit, authored by the API user, with md5Cred only.
     let repo = Repository::open_bare(&d.bare).expect("bare");
     let head = repo.find_reference("refs/heads/main").and_then(|r| r.peel_to_commit()).expect("head");

@@ -92,6 +92,20 @@ impl Rig {
     }
 }
 
+/// Waits (up to 30 s) for `f`, and says what it waited for if it never comes.
+async fn wait<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let within = Duration::from_secs(30);
+    let deadline = tokio::time::Instant::now() + within;
+    while !f().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out after {within:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn outcome(r: &RunReport) -> (Outcome, Option<&str>) {
     (r.record.outcome, r.record.error.as_deref())
 }
@@ -402,20 +416,20 @@ async fn with_asterisk_down_runs_fail_softly_and_converge_when_it_returns() {
             let _ = stop_rx.await;
         },
     ));
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(handle.failures.load(std::sync::atomic::Ordering::SeqCst) >= 1, "failing while down");
+    // Two failed runs in a row: the first, and a retry after the back-off.
+    wait("the loop to fail twice while Asterisk is down", || {
+        let handle = handle.clone();
+        async move { handle.failures.load(std::sync::atomic::Ordering::SeqCst) >= 2 }
+    })
+    .await;
     standin.restart().await.expect("back");
-    let mut converged = false;
-    for _ in 0..100 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        if handle.last.read().await.as_ref().is_some_and(|r| r.record.outcome == Outcome::Applied) {
-            converged = true;
-            break;
-        }
-    }
+    wait("the loop to converge without a restart", || {
+        let handle = handle.clone();
+        async move { handle.last.read().await.as_ref().is_some_and(|r| r.record.outcome == Outcome::Applied) }
+    })
+    .await;
     let _ = stop_tx.send(());
     task.await.expect("loop ends on shutdown");
-    assert!(converged, "the loop converged without a restart");
     assert_eq!(standin.control().endpoints(), ["1001"]);
     drop(dir);
 }
@@ -481,7 +495,7 @@ async fn a_burst_of_saves_makes_one_run_once_the_directory_is_quiet() {
     let _watcher = daemon::watch(&spec, tx.clone()).expect("watch");
     let handle = LoopHandle { triggers: tx, last: Default::default(), failures: Default::default() };
     let cfg =
-        LoopConfig { interval: Duration::from_secs(60), debounce: Duration::from_millis(80), ..Default::default() };
+        LoopConfig { interval: Duration::from_secs(60), debounce: Duration::from_millis(800), ..Default::default() };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(daemon::run_loop(
         rec.clone(),
@@ -494,15 +508,14 @@ async fn a_burst_of_saves_makes_one_run_once_the_directory_is_quiet() {
         },
     ));
     let c = standin.control();
-    for _ in 0..100 {
-        if c.endpoints() == ["1001"] && handle.last.read().await.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    wait("the startup run", || {
+        let (c, handle) = (c.clone(), handle.clone());
+        async move { c.endpoints() == ["1001"] && handle.last.read().await.is_some() }
+    })
+    .await;
     let reloads = c.reloads();
-    // Eight saves 40 ms apart: never quiet for 80 ms until the last.
+    // Eight saves 40 ms apart: never quiet for the debounce (800 ms, ample
+    // room for a loaded machine to be slow between two saves) until the last.
     let names = ["Ann", "Bob", "Cy", "Di", "Ed", "Flo", "Gus", "Hal", "Ida"];
     let numbers = ["1001", "1002", "1003", "1004", "1005", "1006", "1007", "1008", "1009"];
     for n in 2..=9 {
@@ -510,15 +523,23 @@ async fn a_burst_of_saves_makes_one_run_once_the_directory_is_quiet() {
         std::fs::write(spec.join("team.yaml"), team(&entries)).expect("write");
         tokio::time::sleep(Duration::from_millis(40)).await;
     }
-    for _ in 0..100 {
-        if c.endpoints().len() == 9 {
-            break;
+    // The run that applied the burst's end state has finished (it is the
+    // loop's last report): every reload the burst caused has happened.
+    wait("the run that applies the burst's end state", || {
+        let (c, handle) = (c.clone(), handle.clone());
+        async move {
+            c.endpoints().len() == 9
+                && handle.last.read().await.as_ref().is_some_and(|r| {
+                    r.record.outcome == Outcome::Applied
+                        && r.record.plan.as_ref().is_some_and(|p| p.changes.iter().any(|ch| ch.extension == "1009"))
+                })
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    })
+    .await;
+    let creates =
+        handle.last.read().await.as_ref().and_then(|r| r.record.plan.as_ref().map(|p| p.count(Action::Create)));
     let _ = stop_tx.send(());
     task.await.expect("loop ends");
-    assert_eq!(c.endpoints().len(), 9, "the burst's end state is applied");
     assert_eq!(c.reloads(), reloads + 1, "one run, one reload for the whole burst");
+    assert_eq!(creates, Some(8), "that one run created all eight");
 }

@@ -85,22 +85,23 @@ impl Daemon {
             seen: Default::default(),
         };
         let c = d.standin.control();
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        if d.task.as_ref().is_some_and(|t| t.is_finished()) {
-            let mut d = d;
-            let r = d.task.take().expect("task").await;
-            panic!("the daemon stopped at start: {r:?}");
+        // The first run and the call logger; a daemon that stops at start
+        // instead says why rather than leaving the wait to time out.
+        let deadline = tokio::time::Instant::now() + WITHIN;
+        while !(c.endpoints() == ["1002"] && c.app_connected("callcenter")) {
+            if d.task.as_ref().is_some_and(|t| t.is_finished()) {
+                let mut d = d;
+                let r = d.task.take().expect("task").await;
+                panic!("the daemon stopped at start: {r:?}");
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out after {WITHIN:?} waiting for the first run (1002 in Asterisk: {:?}) and the call logger (connected: {})",
+                c.endpoints(),
+                c.app_connected("callcenter")
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        wait("the first run", || {
-            let c = c.clone();
-            async move { c.endpoints() == ["1002"] }
-        })
-        .await;
-        wait("the call logger", || {
-            let c = c.clone();
-            async move { c.app_connected("callcenter") }
-        })
-        .await;
         d
     }
 
@@ -128,14 +129,17 @@ impl Daemon {
     }
 }
 
+/// How long a wait for something the test caused may take.
+pub(crate) const WITHIN: Duration = Duration::from_secs(30);
+
 pub(crate) async fn wait<F, Fut>(what: &str, mut f: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let deadline = tokio::time::Instant::now() + WITHIN;
     while !f().await {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(tokio::time::Instant::now() < deadline, "timed out after {WITHIN:?} waiting for {what}");
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }

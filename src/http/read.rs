@@ -115,6 +115,18 @@ async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, Api
         let _ = writeln!(out, "# HELP asterisk_gitops_call_events_total ARI events read by the call logger.");
         let _ = writeln!(out, "# TYPE asterisk_gitops_call_events_total counter");
         let _ = writeln!(out, "asterisk_gitops_call_events_total {}", c.events.load(Relaxed));
+        let _ = writeln!(
+            out,
+            "# HELP asterisk_gitops_call_events_handled_total ARI events the call logger is done with (recorded or skipped)."
+        );
+        let _ = writeln!(out, "# TYPE asterisk_gitops_call_events_handled_total counter");
+        let _ = writeln!(out, "asterisk_gitops_call_events_handled_total {}", c.events_handled.load(Relaxed));
+        let _ = writeln!(
+            out,
+            "# HELP asterisk_gitops_ari_connect_failures_total Failed attempts to open the ARI events socket."
+        );
+        let _ = writeln!(out, "# TYPE asterisk_gitops_ari_connect_failures_total counter");
+        let _ = writeln!(out, "asterisk_gitops_ari_connect_failures_total {}", c.connect_failures.load(Relaxed));
         let _ = writeln!(out, "# HELP asterisk_gitops_ari_up Whether the call logger's events socket is open.");
         let _ = writeln!(out, "# TYPE asterisk_gitops_ari_up gauge");
         let _ = writeln!(out, "asterisk_gitops_ari_up {}", u8::from(c.connected.load(Relaxed)));
