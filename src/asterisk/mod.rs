@@ -184,6 +184,9 @@ impl Contact {
     }
 }
 
+/// What Asterisk's `Reload` action answers while another reload runs (main/manager.c).
+pub const RELOAD_IN_PROGRESS: &str = "A reload is in progress";
+
 /// The Asterisk port: AMI, connected on demand.
 pub struct Asterisk {
     cfg: AmiConfig,
@@ -307,8 +310,28 @@ impl Asterisk {
     /// Reloads res_pjsip (`Action: Reload`, `Module: res_pjsip.so`; Asterisk
     /// 22 has no `pjsip reload` CLI command). "Module Reloaded" does not mean
     /// the config was accepted: verify afterwards.
+    ///
+    /// Asterisk runs one reload at a time and refuses another while one is
+    /// under way (`Response: Error`, "A reload is in progress": someone
+    /// else's reload, or a slow one of ours at a large estate): that is
+    /// waited out, retrying with a growing pause for up to the action
+    /// timeout, then reported.
     pub async fn reload(&self) -> Result<(), AmiError> {
-        self.single(Message::action("Reload").with("Module", "res_pjsip.so")).await.map(|_| ())
+        let deadline = tokio::time::Instant::now() + self.cfg.timeout;
+        let mut pause = Duration::from_millis(50);
+        loop {
+            match self.single(Message::action("Reload").with("Module", "res_pjsip.so")).await {
+                Ok(_) => return Ok(()),
+                Err(AmiError::Rejected { message, .. })
+                    if message == RELOAD_IN_PROGRESS && tokio::time::Instant::now() + pause < deadline =>
+                {
+                    tracing::debug!(retry_in_ms = pause.as_millis() as u64, "Asterisk is still reloading; waiting");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Version and uptime.

@@ -189,3 +189,43 @@ async fn ami_and_ari_refusing_the_daemons_credentials_are_reported_and_change_no
     assert!(contacts(&ast, "1001").await.is_empty());
     d.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_sent_while_asterisk_is_still_reloading_is_waited_out() {
+    let Some(build) = require("real::faults::reload_in_progress") else { return };
+    // Enough endpoints that a reload takes a while.
+    let managed = (0..5000)
+        .map(|i| {
+            let n = 50_000 + i;
+            format!("[{n}]\ntype = endpoint\ncontext = from-internal\nallow = ulaw\nauth = {n}\naors = {n}\n[{n}]\ntype = auth\nauth_type = md5\nusername = {n}\nmd5_cred = {MD5}\n[{n}]\ntype = aor\nmax_contacts = 1\n")
+        })
+        .collect::<String>();
+    let opts = asterisk_real::Options { managed, ..asterisk_real::Options::named("reload-busy") };
+    let ast = std::sync::Arc::new(asterisk_real::Asterisk::start(&build, opts).await.expect("Asterisk starts"));
+    let client = asterisk_gitops::asterisk::Asterisk::new(asterisk_gitops::asterisk::ami::AmiConfig {
+        addr: ast.ami_addr().to_string(),
+        user: asterisk_real::AMI_USER.into(),
+        secret: ast.ami_secret.clone(),
+        timeout: Duration::from_secs(30),
+        events: false,
+    });
+    client.version().await.expect("AMI answers");
+    // Someone else's reload is under way when ours is sent: ours waits and succeeds.
+    let mut hit = false;
+    for _ in 0..5 {
+        let from = ast.log().len();
+        let other = {
+            let ast = ast.clone();
+            tokio::spawn(async move { ast.cli("module reload res_pjsip.so").await })
+        };
+        ast.wait_log(from, "Reloading module 'res_pjsip.so'", LIVE).await;
+        client.reload().await.expect("our reload succeeds once Asterisk's own has finished");
+        other.await.expect("joins");
+        if ast.log()[from..].contains("The previous reload command didn't finish yet") {
+            hit = true;
+            break;
+        }
+    }
+    assert!(hit, "never sent a reload while another ran; Asterisk's log ends:\n{}", ast.log_tail(20));
+    client.close().await;
+}
