@@ -209,6 +209,11 @@ pub struct ApplyArgs {
     /// Let this run delete more than the prune guard allows.
     #[arg(long)]
     pub allow_mass_delete: bool,
+    /// Wait up to this many seconds for Asterisk to answer AMI and finish
+    /// booting before planning (as right after `systemctl restart
+    /// asterisk`); 0 does not wait.
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    pub wait_for_asterisk: u64,
 }
 
 #[derive(Debug, Args)]
@@ -298,7 +303,16 @@ async fn apply(global: &GlobalArgs, args: ApplyArgs) -> anyhow::Result<ExitCode>
     }
     let Some(desired) = load_or_report(&settings) else { return Ok(ExitCode::FAILURE) };
     let db = crate::app::connect(&settings).await?;
-    let reconciler = crate::app::reconciler(&settings, db)?;
+    let wait = std::time::Duration::from_secs(args.wait_for_asterisk);
+    let mut reconciler = crate::app::reconciler(&settings, db)?;
+    reconciler.asterisk = reconciler.asterisk.take().map(|a| a.with_boot_wait(wait));
+    if let Some(a) = &reconciler.asterisk
+        && !wait.is_zero()
+        && let Err(e) = a.wait_fully_booted(wait, true).await
+    {
+        eprintln!("error: Asterisk is not ready (waited up to {}s, --wait-for-asterisk): {e}", wait.as_secs());
+        return Ok(ExitCode::FAILURE);
+    }
     let (p, _) = reconciler.plan(&desired).await.map_err(|e| anyhow::anyhow!(e))?;
     print!("{}", crate::plan::to_text(&p));
     if !(p.has_changes() || (settings.reconcile.self_heal && p.has_healable_drift())) {

@@ -116,6 +116,11 @@ pub enum AmiError {
     Disconnected,
     #[error("AMI protocol error: {0}")]
     Protocol(String),
+    /// Logged in, but Asterisk did not say it had finished booting in time.
+    #[error(
+        "Asterisk at {addr} has not finished booting after {waited:?} (no FullyBooted event; the AMI user needs read = system)"
+    )]
+    Booting { addr: String, waited: Duration },
     /// Asterisk answered `Response: Error`.
     #[error("{action}: {message}")]
     Rejected { action: String, message: String },
@@ -176,6 +181,15 @@ impl Drop for AmiClient {
 impl AmiClient {
     /// Connects, reads the banner and logs in, all within the configured timeout.
     pub async fn connect(cfg: AmiConfig) -> Result<Arc<AmiClient>, AmiError> {
+        Ok(Self::connect_subscribed(cfg).await?.0)
+    }
+
+    /// As [`connect`](Self::connect), with a subscription to unsolicited
+    /// events taken before the login, so none that follows it (Asterisk's
+    /// `FullyBooted` comes right after the login's answer) can be missed.
+    pub async fn connect_subscribed(
+        cfg: AmiConfig,
+    ) -> Result<(Arc<AmiClient>, broadcast::Receiver<Message>), AmiError> {
         let addr = cfg.addr.clone();
         let timeout = cfg.timeout;
         let connect = async {
@@ -199,7 +213,7 @@ impl AmiClient {
             .await
             .map_err(|_| AmiError::Timeout { action: "connect".into(), timeout })??;
         let pending: Pending = Arc::default();
-        let (events, _) = broadcast::channel(256);
+        let (events, first) = broadcast::channel(256);
         let closed = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let reader = tokio::spawn(read_loop(reader, pending.clone(), events.clone(), closed.clone()));
         let client = Arc::new(AmiClient {
@@ -216,7 +230,7 @@ impl AmiClient {
             .with("Secret", &client.cfg.secret)
             .with("Events", if client.cfg.events { "system,call" } else { "off" });
         match client.request_with_id(login, "login".into()).await {
-            Ok(_) => Ok(client),
+            Ok(_) => Ok((client, first)),
             Err(AmiError::Rejected { message, .. }) => {
                 Err(AmiError::AuthFailed { addr: client.cfg.addr.clone(), message })
             }

@@ -20,6 +20,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
+use tokio::sync::broadcast;
 
 /// One row of `PJSIPShowEndpoints`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -191,7 +192,13 @@ pub const RELOAD_IN_PROGRESS: &str = "A reload is in progress";
 pub struct Asterisk {
     cfg: AmiConfig,
     state: Mutex<Conn>,
+    /// How long a new connection waits for a booting Asterisk.
+    boot_wait: Duration,
 }
+
+/// How long a new connection waits, by default, for an Asterisk that
+/// accepted the login but is still booting.
+pub const DEFAULT_BOOT_WAIT: Duration = Duration::from_secs(60);
 
 #[derive(Default)]
 struct Conn {
@@ -203,7 +210,70 @@ struct Conn {
 
 impl Asterisk {
     pub fn new(cfg: AmiConfig) -> Self {
-        Asterisk { cfg, state: Mutex::new(Conn::default()) }
+        Asterisk { cfg, state: Mutex::new(Conn::default()), boot_wait: DEFAULT_BOOT_WAIT }
+    }
+
+    /// How long a new connection waits for a booting Asterisk to finish.
+    pub fn with_boot_wait(mut self, wait: Duration) -> Self {
+        self.boot_wait = wait;
+        self
+    }
+
+    /// Logs in with system events on and waits, up to `within`, for
+    /// Asterisk's `FullyBooted` (sent right after the login when it has
+    /// booted, else once it has). While Asterisk boots, AMI accepts logins
+    /// but refuses PJSIP actions ("Permission denied") and only queues a
+    /// `Reload` while answering "Module Reloaded": nothing may be sent
+    /// before it. With `retry_connect`, an Asterisk that does not listen
+    /// yet is waited for too (`apply` right after `systemctl restart asterisk`).
+    pub async fn wait_fully_booted(&self, within: Duration, retry_connect: bool) -> Result<(), AmiError> {
+        let started = Instant::now();
+        let deadline = tokio::time::Instant::now() + within;
+        let mut said = false;
+        let cfg = AmiConfig { events: true, ..self.cfg.clone() };
+        loop {
+            match AmiClient::connect_subscribed(cfg.clone()).await {
+                Ok((client, mut events)) => {
+                    let outcome = loop {
+                        match tokio::time::timeout(Duration::from_millis(500), events.recv()).await {
+                            Ok(Ok(m)) if m.get("Event") == Some("FullyBooted") => break Ok(()),
+                            Ok(Ok(_)) | Ok(Err(broadcast::error::RecvError::Lagged(_))) => {}
+                            Ok(Err(broadcast::error::RecvError::Closed)) => break Err(AmiError::Disconnected),
+                            Err(_) if !said => {
+                                tracing::info!(addr = %self.cfg.addr, "Asterisk is still booting; waiting for it before sending anything");
+                                said = true;
+                            }
+                            Err(_) => {}
+                        }
+                        if tokio::time::Instant::now() >= deadline {
+                            break Err(AmiError::Booting { addr: self.cfg.addr.clone(), waited: within });
+                        }
+                    };
+                    client.logoff().await;
+                    match outcome {
+                        Ok(()) => {
+                            if said {
+                                tracing::info!(addr = %self.cfg.addr, waited_ms = started.elapsed().as_millis() as u64, "Asterisk has finished booting");
+                            }
+                            return Ok(());
+                        }
+                        // Asterisk went away mid-boot: log in again.
+                        Err(AmiError::Disconnected) if retry_connect && tokio::time::Instant::now() < deadline => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                Err(e @ (AmiError::Connect { .. } | AmiError::Disconnected | AmiError::Timeout { .. }))
+                    if retry_connect && tokio::time::Instant::now() < deadline =>
+                {
+                    if !said {
+                        tracing::info!(addr = %self.cfg.addr, error = %e, within_s = within.as_secs(), "waiting for Asterisk to answer");
+                        said = true;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     pub fn addr(&self) -> &str {
@@ -226,7 +296,15 @@ impl Asterisk {
         {
             return Err(err.clone());
         }
-        match AmiClient::connect(self.cfg.clone()).await {
+        // A new connection first makes sure Asterisk has finished booting
+        // (after a restart too): until then its answers cannot be trusted.
+        let booted =
+            if self.boot_wait.is_zero() { Ok(()) } else { self.wait_fully_booted(self.boot_wait, false).await };
+        let connected = match booted {
+            Ok(()) => AmiClient::connect(self.cfg.clone()).await,
+            Err(e) => Err(e),
+        };
+        match connected {
             Ok(c) => {
                 conn.client = Some(c.clone());
                 conn.failures = 0;

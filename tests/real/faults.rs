@@ -229,3 +229,56 @@ async fn a_reload_sent_while_asterisk_is_still_reloading_is_waited_out() {
     assert!(hit, "never sent a reload while another ran; Asterisk's log ends:\n{}", ast.log_tail(20));
     client.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_run_the_moment_asterisk_starts_waits_for_it_and_succeeds() {
+    // While Asterisk boots, AMI accepts the login but refuses PJSIP actions
+    // ("Permission denied") and only queues a Reload; apply must wait.
+    let Some(build) = require("real::faults::apply_at_boot") else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let specs = dir.path().join("extensions.d");
+    std::fs::create_dir_all(&specs).expect("mkdir");
+    std::fs::write(specs.join("team.yaml"), team(&[("1001", "One"), ("1002", "Two")])).expect("write");
+    let started = std::time::Instant::now();
+    let mut ast = asterisk_real::Asterisk::spawn(&build, asterisk_real::Options::named("apply-at-boot"))
+        .expect("Asterisk spawns");
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_asterisk-gitops"))
+        .args(["apply", "--yes", "--wait-for-asterisk", "60"])
+        .env("ASTERISK_GITOPS_SPEC_DIR", &specs)
+        .env("ASTERISK_GITOPS_STATE_DIR", dir.path().join("state"))
+        .env("ASTERISK_GITOPS_MANAGED_FILE", ast.managed_file())
+        .env("ASTERISK_GITOPS_AMI_ADDR", ast.ami_addr().to_string())
+        .env("ASTERISK_GITOPS_AMI_USER", asterisk_real::AMI_USER)
+        .env("ASTERISK_GITOPS_AMI_SECRET", &ast.ami_secret)
+        .env_remove("DATABASE_URL")
+        .output();
+    let launched = started.elapsed();
+    let out = out.await.expect("apply runs");
+    assert!(launched < Duration::from_secs(1), "apply was started {launched:?} after Asterisk");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "apply failed:\n{stdout}\n{stderr}\nAsterisk:\n{}", ast.log_tail(20));
+    assert!(stdout.contains("applied"), "{stdout}");
+    ast.wait_booted().await.expect("booted");
+    for n in ["1001", "1002"] {
+        assert!(endpoint(&ast, n).await.is_some(), "{n} live after apply");
+    }
+    // Asterisk not there at all: a clear failure after the bound.
+    ast.kill().await;
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_asterisk-gitops"))
+        .args(["apply", "--yes", "--wait-for-asterisk", "1"])
+        .env("ASTERISK_GITOPS_SPEC_DIR", &specs)
+        .env("ASTERISK_GITOPS_STATE_DIR", dir.path().join("state"))
+        .env("ASTERISK_GITOPS_MANAGED_FILE", ast.managed_file())
+        .env("ASTERISK_GITOPS_AMI_ADDR", ast.ami_addr().to_string())
+        .env("ASTERISK_GITOPS_AMI_USER", asterisk_real::AMI_USER)
+        .env("ASTERISK_GITOPS_AMI_SECRET", &ast.ami_secret)
+        .env_remove("DATABASE_URL")
+        .output()
+        .await
+        .expect("apply runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("Asterisk is not ready") && stderr.contains("--wait-for-asterisk"), "{stderr}");
+    assert!(!stderr.contains(&ast.ami_secret), "the secret stays out of the error");
+}

@@ -203,6 +203,15 @@ fn must_replace(text: &str, from: &str, to: &str, file: &str) -> std::io::Result
 impl Asterisk {
     /// Starts an instance and waits until it has fully booted.
     pub async fn start(build: &Build, opts: Options) -> std::io::Result<Asterisk> {
+        let mut a = Asterisk::spawn(build, opts)?;
+        a.wait_booted().await?;
+        Ok(a)
+    }
+
+    /// Starts an instance and returns at once, while it boots (for tests of
+    /// what a client does to an Asterisk that is not ready yet); see
+    /// [`wait_booted`](Self::wait_booted).
+    pub fn spawn(build: &Build, opts: Options) -> std::io::Result<Asterisk> {
         let n = INSTANCES.fetch_add(1, Ordering::Relaxed);
         let dir = tempfile::Builder::new().prefix(&format!("ast-{n}-")).tempdir()?;
         let mut a = Asterisk {
@@ -219,7 +228,7 @@ impl Asterisk {
             starts: 0,
         };
         a.write_configs(&opts)?;
-        a.boot().await?;
+        a.launch()?;
         Ok(a)
     }
 
@@ -358,12 +367,22 @@ impl Asterisk {
     }
 
     async fn boot(&mut self) -> std::io::Result<()> {
+        self.launch()?;
+        self.wait_booted().await
+    }
+
+    fn launch(&mut self) -> std::io::Result<()> {
         self.starts += 1;
         let console =
             std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("log/console.log"))?;
         let mut c = self.command();
         c.args(["-f", "-n"]).stdout(console.try_clone()?).stderr(console).kill_on_drop(true);
         self.child = Some(c.spawn()?);
+        Ok(())
+    }
+
+    /// Waits until the instance has fully booted (`core waitfullybooted`).
+    pub async fn wait_booted(&mut self) -> std::io::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
             if let Some(child) = self.child.as_mut()
