@@ -227,12 +227,44 @@ pub struct HashPasswordArgs {
     pub realm: String,
 }
 
+/// Crates whose trace-level logs carry request headers verbatim: the
+/// WebSocket handshake to ARI (tokio-tungstenite, tungstenite) logs its
+/// `Authorization` header (base64 of user:password), and hyper/reqwest
+/// their connections. They are held at `debug` whatever the filter says.
+const NEVER_TRACE: &[&str] = &["tungstenite", "tokio_tungstenite", "hyper", "hyper_util", "reqwest", "h2"];
+
+/// Installs the process's log subscriber, as the binary does: `filter` in
+/// `EnvFilter` syntax (`ASTERISK_GITOPS_LOG`), the `log` crate bridged in
+/// (libraries that log through it, such as tungstenite, are captured), no
+/// colour unless writing to a terminal, and [`NEVER_TRACE`] capped at
+/// `debug` so no secret reaches a log at any level.
+pub fn init_logging<W>(filter: &str, writer: W) -> Result<(), String>
+where
+    W: for<'a> tracing_subscriber::fmt::MakeWriter<'a> + Send + Sync + 'static,
+{
+    use std::io::IsTerminal;
+    let mut filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|e| {
+        eprintln!("warning: ASTERISK_GITOPS_LOG: {e}; logging at info");
+        tracing_subscriber::EnvFilter::new("info")
+    });
+    for target in NEVER_TRACE {
+        if let Ok(d) = format!("{target}=debug").parse() {
+            filter = filter.add_directive(d);
+        }
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(writer)
+        .try_init()
+        .map_err(|e| e.to_string())
+}
+
 /// Runs the command line; the binary's whole `main`.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_env("ASTERISK_GITOPS_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let filter = std::env::var("ASTERISK_GITOPS_LOG").unwrap_or_else(|_| "info".into());
+    let _ = init_logging(&filter, std::io::stderr);
     match run(cli) {
         Ok(code) => code,
         Err(e) => {

@@ -404,12 +404,9 @@ async fn log_probe() {
     if std::env::var_os("AG_LOG_PROBE").is_none() {
         return;
     }
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .with_writer(std::io::stdout)
-        .finish();
-    tracing::subscriber::set_global_default(subscriber).expect("the only subscriber in this process");
+    // The subscriber the binary installs (with the `log` bridge, so the
+    // WebSocket library's own logging is captured too), at trace.
+    asterisk_gitops::cli::init_logging("trace", std::io::stdout).expect("the only subscriber in this process");
     let (s, _dir) = captured_standin().await;
     let a = Asterisk::new(cfg(&s, "gitops-secret", Duration::from_secs(2)));
     let d = a.endpoint("1001").await.expect("detail").expect("exists");
@@ -573,6 +570,8 @@ fn credentials_never_reach_the_logs() {
         logs.contains("ARI refused") && logs.contains("call record created") && logs.contains("ARI events connected"),
         "the ARI side was logged: {logs}"
     );
+    // The `log` bridge is in: the WebSocket library's records arrive (at debug).
+    assert!(logs.contains("tungstenite"), "tungstenite's log records were captured: {logs}");
     assert!(
         logs.contains("UI sign-in") && logs.contains("asterisk-gitops is running"),
         "the daemon was logged: {logs}"
