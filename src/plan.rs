@@ -83,6 +83,7 @@ pub const FIELD_NAMES: &[&str] = &[
     "codecs",
     SECRET_FIELD,
     "maxContacts",
+    "qualifyFrequency",
     "callerId",
     "mailboxes",
     "dtmfMode",
@@ -112,6 +113,7 @@ pub fn desired_fields(ext: &Extension, secret_md5: &str) -> Fields {
     put("codecs", ext.codecs.join(","));
     put(SECRET_FIELD, format!("{}:{secret_md5}", ext.secret.kind()));
     put("maxContacts", ext.max_contacts.to_string());
+    put("qualifyFrequency", ext.qualify_frequency.to_string());
     put("callerId", ext.effective_caller_id().unwrap_or_default());
     put("mailboxes", ext.mailboxes.join(","));
     put("dtmfMode", ext.dtmf_mode.clone().unwrap_or_default());
@@ -156,6 +158,9 @@ pub struct EndpointOptions {
     pub auth_type: Option<String>,
     /// The aor's `max_contacts`, if the aor is loaded.
     pub max_contacts: Option<u32>,
+    /// The aor's `remove_existing` and `qualify_frequency`, if it is loaded.
+    pub remove_existing: Option<bool>,
+    pub qualify_frequency: Option<u32>,
 }
 
 impl EndpointOptions {
@@ -199,6 +204,13 @@ impl EndpointOptions {
         }
         if let Some(held) = self.max_contacts {
             check("max_contacts", &held.to_string(), &ext.max_contacts.to_string(), held == ext.max_contacts);
+        }
+        if let Some(held) = self.remove_existing {
+            check("remove_existing", &show(Some(held)), "yes", held);
+        }
+        if let Some(held) = self.qualify_frequency {
+            let want = ext.qualify_frequency;
+            check("qualify_frequency", &held.to_string(), &want.to_string(), held == want);
         }
         out
     }
@@ -725,10 +737,13 @@ mod tests {
             dtmf_mode: "rfc4733".into(),
             mailboxes: "1001@default".into(),
             direct_media: Some(false),
-            rtp_symmetric: Some(false),
+            rtp_symmetric: Some(true),
+            force_rport: Some(true),
+            rewrite_contact: Some(true),
             auth_type: Some("md5".into()),
             max_contacts: Some(2),
-            ..Default::default()
+            remove_existing: Some(true),
+            qualify_frequency: Some(60),
         };
         assert_eq!(held.mismatches(ext), Vec::<String>::new());
         // The previous definition, kept after Asterisk refused the new one.
@@ -737,10 +752,12 @@ mod tests {
             direct_media: Some(true),
             auth_type: Some("userpass".into()),
             max_contacts: Some(1),
+            remove_existing: Some(false),
+            qualify_frequency: Some(0),
             ..held.clone()
         };
         let off = kept.mismatches(ext);
-        assert_eq!(off.len(), 4, "{off:?}");
+        assert_eq!(off.len(), 6, "{off:?}");
         assert!(off[0].starts_with("callerid: Asterisk has \"\\\"Old Name\\\" <1001>\""), "{off:?}");
         assert!(off.iter().any(|m| m.starts_with("direct_media") && m.ends_with("the file sets \"no\"")), "{off:?}");
     }

@@ -71,6 +71,7 @@ const VIEW_FIELDS: &[&str] = &[
     "password",
     "md5_cred",
     "max_contacts",
+    "qualify_frequency",
 ];
 
 /// The `extensions` sequence the template iterates: the enabled extensions
@@ -134,6 +135,7 @@ impl Object for Endpoint {
                 AuthCredential::UserPass(_) => none(),
             },
             "max_contacts" => Value::from(e.max_contacts),
+            "qualify_frequency" => Value::from(e.qualify_frequency),
             _ => return None,
         })
     }

@@ -59,6 +59,8 @@ pub struct EndpointDetail {
     /// The auth's type (`userpass`, `md5`); never its password.
     pub auth_type: Option<String>,
     pub max_contacts: Option<u32>,
+    pub remove_existing: Option<bool>,
+    pub qualify_frequency: Option<u32>,
     pub contacts_registered: Option<u32>,
 }
 
@@ -164,6 +166,8 @@ impl EndpointDetail {
         }
         if let Some(aor) = events.iter().find(|e| e.get("Event") == Some("AorDetail")) {
             d.max_contacts = aor.get("MaxContacts").and_then(|v| v.parse().ok());
+            d.remove_existing = yes_no(aor.get("RemoveExisting"));
+            d.qualify_frequency = aor.get("QualifyFrequency").and_then(|v| v.parse().ok());
             d.contacts_registered = aor.get("ContactsRegistered").and_then(|v| v.parse().ok());
         }
         Some(d)
@@ -470,6 +474,8 @@ impl AsteriskControl for Asterisk {
                 rewrite_contact: d.rewrite_contact,
                 auth_type: d.auth_type,
                 max_contacts: d.max_contacts,
+                remove_existing: d.remove_existing,
+                qualify_frequency: d.qualify_frequency,
             })),
             name: d.name,
             transport: Some(d.transport),

@@ -25,6 +25,9 @@ pub const MAX_IDENT: usize = 80;
 pub const MAX_EXTENSION: usize = 20;
 /// Longest label value.
 pub const MAX_LABEL: usize = 256;
+/// Largest `qualifyFrequency` (a day).
+pub const MAX_QUALIFY_FREQUENCY: u32 = 86_400;
+
 /// Largest `maxContacts`.
 pub const MAX_CONTACTS: u32 = 100;
 

@@ -57,20 +57,24 @@ pub struct Defaults {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 100))]
     pub max_contacts: Option<u32>,
+    /// Seconds between qualify OPTIONS to each contact (pjsip aor `qualify_frequency`): tells a live phone from a dead one. Default 60; 0 turns qualifying off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 86400))]
+    pub qualify_frequency: Option<u32>,
     /// How DTMF is sent (pjsip `dtmf_mode`). Asterisk's default, rfc4733, applies when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "dtmf_schema")]
     pub dtmf_mode: Option<String>,
-    /// Let media flow directly between phones (pjsip `direct_media`). Asterisk's default (yes) applies when absent.
+    /// Let media flow directly between phones (pjsip `direct_media`). Default false: phones behind NAT cannot reach each other directly.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub direct_media: Option<bool>,
-    /// Send RTP back to where it came from, for phones behind NAT (pjsip `rtp_symmetric`).
+    /// Send RTP back to where it came from, for phones behind NAT (pjsip `rtp_symmetric`). Default true.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rtp_symmetric: Option<bool>,
-    /// Answer SIP to the source port, for phones behind NAT (pjsip `force_rport`).
+    /// Answer SIP to the source port, for phones behind NAT (pjsip `force_rport`). Default true.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub force_rport: Option<bool>,
-    /// Rewrite the contact with the packet's source address, for phones behind NAT (pjsip `rewrite_contact`).
+    /// Rewrite the contact with the packet's source address, for phones behind NAT (pjsip `rewrite_contact`). Default true.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rewrite_contact: Option<bool>,
     /// When false, the extension is kept in the database but not configured in Asterisk. Default true.
@@ -129,10 +133,14 @@ pub struct ExtensionEntry {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(pattern(r"^[^\u0000-\u001f\u007f-\u009f\[\];#]+$"), length(max = 128))]
     pub password_file: Option<String>,
-    /// Most contacts (registered devices) at once (pjsip aor `max_contacts`). Default 1.
+    /// Most contacts (registered devices) at once (pjsip aor `max_contacts`). Default 1. A phone that registers again (after a crash, on a new port) replaces its oldest contact (`remove_existing = yes`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 100))]
     pub max_contacts: Option<u32>,
+    /// Seconds between qualify OPTIONS to each contact (pjsip aor `qualify_frequency`): tells a live phone from a dead one. Default 60; 0 turns qualifying off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 86400))]
+    pub qualify_frequency: Option<u32>,
     /// Caller id presented for calls from this extension, e.g. `"Front Desk" <1001>`. Overrides displayName.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(pattern(r"^[^\u0000-\u001f\u007f-\u009f\[\];#]*$"), length(max = 128))]
@@ -145,16 +153,16 @@ pub struct ExtensionEntry {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "dtmf_schema")]
     pub dtmf_mode: Option<String>,
-    /// Let media flow directly between phones (pjsip `direct_media`).
+    /// Let media flow directly between phones (pjsip `direct_media`). Default false: phones behind NAT cannot reach each other directly.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub direct_media: Option<bool>,
-    /// Send RTP back to where it came from, for phones behind NAT (pjsip `rtp_symmetric`).
+    /// Send RTP back to where it came from, for phones behind NAT (pjsip `rtp_symmetric`). Default true.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rtp_symmetric: Option<bool>,
-    /// Answer SIP to the source port, for phones behind NAT (pjsip `force_rport`).
+    /// Answer SIP to the source port, for phones behind NAT (pjsip `force_rport`). Default true.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub force_rport: Option<bool>,
-    /// Rewrite the contact with the packet's source address, for phones behind NAT (pjsip `rewrite_contact`).
+    /// Rewrite the contact with the packet's source address, for phones behind NAT (pjsip `rewrite_contact`). Default true.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rewrite_contact: Option<bool>,
     /// When false, the extension is kept in the database but not configured in Asterisk. Default true.
@@ -278,6 +286,8 @@ pub struct Extension {
     pub codecs: Vec<String>,
     pub secret: Secret,
     pub max_contacts: u32,
+    /// Seconds between qualifies; 0 is off.
+    pub qualify_frequency: u32,
     pub caller_id: Option<String>,
     pub mailboxes: Vec<String>,
     pub dtmf_mode: Option<String>,

@@ -3,6 +3,9 @@
 //! Shared by the file loader and the HTTP API, so that a request body and a
 //! YAML file are judged by the same rules and produce the same diagnostics.
 
+/// Seconds between qualifies when a spec does not say (`qualifyFrequency`).
+pub const DEFAULT_QUALIFY_FREQUENCY: u32 = 60;
+
 use super::check;
 use super::yaml::Pos;
 use super::{Defaults, Extension, ExtensionEntry, Origin, Secret, StringList};
@@ -163,6 +166,24 @@ pub fn resolve(entry: &ExtensionEntry, defaults: &Defaults, at: &Locator) -> (Op
         }
     };
 
+    let qualify_frequency = match pick(&entry.qualify_frequency, &defaults.qualify_frequency) {
+        None => DEFAULT_QUALIFY_FREQUENCY,
+        Some((&n, from)) => {
+            if n > check::MAX_QUALIFY_FREQUENCY {
+                diags.push(at.error(
+                    "invalid-value",
+                    "qualifyFrequency",
+                    from,
+                    format!(
+                        "qualifyFrequency must be from 0 (off) to {} seconds, not {n}",
+                        check::MAX_QUALIFY_FREQUENCY
+                    ),
+                ));
+            }
+            n
+        }
+    };
+
     if let Some(c) = &entry.caller_id
         && let Err(e) = check::line_safe(c, check::MAX_TEXT)
     {
@@ -207,13 +228,16 @@ pub fn resolve(entry: &ExtensionEntry, defaults: &Defaults, at: &Locator) -> (Op
             None => return (None, diags),
         },
         max_contacts,
+        qualify_frequency,
         caller_id: entry.caller_id.clone(),
         mailboxes,
         dtmf_mode,
-        direct_media: flag(&entry.direct_media, &defaults.direct_media),
-        rtp_symmetric: flag(&entry.rtp_symmetric, &defaults.rtp_symmetric),
-        force_rport: flag(&entry.force_rport, &defaults.force_rport),
-        rewrite_contact: flag(&entry.rewrite_contact, &defaults.rewrite_contact),
+        // Defaults that work for a phone behind NAT (the seed's agents reach
+        // the PBX over the internet) and are safe on a LAN too.
+        direct_media: flag(&entry.direct_media, &defaults.direct_media).or(Some(false)),
+        rtp_symmetric: flag(&entry.rtp_symmetric, &defaults.rtp_symmetric).or(Some(true)),
+        force_rport: flag(&entry.force_rport, &defaults.force_rport).or(Some(true)),
+        rewrite_contact: flag(&entry.rewrite_contact, &defaults.rewrite_contact).or(Some(true)),
         enabled: flag(&entry.enabled, &defaults.enabled).unwrap_or(true),
         labels: labels.into(),
         origin: Origin { file: at.file.clone(), line: at.entry.line },

@@ -214,3 +214,60 @@ async fn an_internal_call_between_two_phones_created_through_the_api_is_answered
     assert!(answered.log.contains("INVITE sip:1002@127.0.0.1"), "Asterisk rang the registered contact");
     d.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_phone_that_crashed_registers_again_at_once_with_the_seeds_defaults() {
+    // The seed's exact body, nothing else: max 1 contact. A softphone that
+    // crashed comes back on another local port; its dead contact must not
+    // lock it out until it expires (remove_existing).
+    let Some(build) = require("real::e2e::crash_and_come_back") else { return };
+    let ast = asterisk(&build, "crash").await;
+    let d = Daemon::start(&ast, Store::Sqlite, Source::Dir, "").await;
+    assert_eq!(d.call("POST", "/extensions", Some(SEED_BODY)).await.0, 201);
+    wait("1001 live", LIVE, || async { endpoint(&ast, "1001").await.is_some() }).await;
+    let before = sipp::Phone::new("1001", "Soundz2025");
+    assert!(before.register(ast.sip_addr()).await.ok(), "first registration");
+    let after = sipp::Phone::new("1001", "Soundz2025");
+    assert_ne!(before.port, after.port);
+    let again = after.register(ast.sip_addr()).await;
+    assert!(again.ok(), "the phone that came back is refused:\n{}\nAsterisk:\n{}", again.log, ast.log_tail(10));
+    assert_eq!(contacts(&ast, "1001").await, [format!("sip:1001@127.0.0.1:{}", after.port)], "only the new contact");
+    let (_, live) = d.get("/extensions/1001/status").await;
+    assert_eq!(live["contacts"].as_array().map(Vec::len), Some(1), "{live}");
+    assert_eq!(live["contacts"][0]["uri"], Value::from(format!("sip:1001@127.0.0.1:{}", after.port)), "{live}");
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_phone_that_goes_silent_turns_unreachable_within_two_qualify_periods() {
+    let Some(build) = require("real::e2e::silent_phone") else { return };
+    let ast = asterisk(&build, "silent").await;
+    let md5 = asterisk_gitops::secret::md5_cred("4001", "asterisk", "Qualify-Pass-4001");
+    let spec = format!(
+        "defaults: {{context: from-internal, transport: transport-udp, codecs: [ulaw], qualifyFrequency: 2}}\nextensions:\n  - extension: \"4001\"\n    md5Cred: {md5}\n"
+    );
+    let d = Daemon::start(&ast, Store::Sqlite, Source::Dir, &spec).await;
+    wait("4001 live", LIVE, || async { endpoint(&ast, "4001").await.is_some() }).await;
+    let phone = sipp::Phone::new("4001", "Qualify-Pass-4001");
+    assert!(phone.register(ast.sip_addr()).await.ok());
+    // Alive: a sipp on the phone's port answers Asterisk's qualify OPTIONS.
+    let alive = phone.answer();
+    wait("the contact reachable, with a round trip time", LIVE, || async {
+        let c = first_contact(&d, "4001").await;
+        c["status"] == "Reachable" && c["roundtripUsec"].is_u64()
+    })
+    .await;
+    // Silent (the phone's process is gone): unreachable within two periods.
+    drop(alive);
+    let silent = std::time::Instant::now();
+    wait("the contact unreachable", LIVE, || async { first_contact(&d, "4001").await["status"] == "Unreachable" })
+        .await;
+    // How long it took is reported, not asserted (no timing in tests): two
+    // qualify periods plus the 3 s Asterisk waits for an answer is expected.
+    eprintln!("silent phone → Unreachable in {:?} (qualifyFrequency 2 s)", silent.elapsed());
+    d.stop().await;
+}
+
+async fn first_contact(d: &Daemon, ext: &str) -> Value {
+    d.get(&format!("/extensions/{ext}/status")).await.1["contacts"][0].clone()
+}

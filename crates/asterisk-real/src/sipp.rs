@@ -2,6 +2,8 @@
 //! scenarios in `tests/sipp/`: `register.xml` (digest auth; expires 0
 //! unregisters), `call.xml` (an authenticated call held for a while, then
 //! BYE), `answer.xml` (the called side: rings, answers, waits for BYE).
+//! Every sipp answers OPTIONS (qualify), INFO, NOTIFY and UPDATE with 200
+//! (`-aa`), as a live phone does.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -139,7 +141,7 @@ fn base(name: &str, port: u16) -> (Command, PathBuf) {
     let mut c = Command::new(binary().unwrap_or_else(|| PathBuf::from("sipp")));
     c.arg("-sf")
         .arg(scenario(name))
-        .args(["-i", "127.0.0.1", "-p", &port.to_string(), "-m", "1", "-nostdin", "-trace_err", "-trace_msg"])
+        .args(["-i", "127.0.0.1", "-p", &port.to_string(), "-m", "1", "-nostdin", "-aa", "-trace_err", "-trace_msg"])
         .arg("-error_file")
         .arg(log.with_extension("err"))
         .arg("-message_file")
