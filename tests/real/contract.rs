@@ -416,3 +416,24 @@ async fn wait_event_after(
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ari_reports_an_endpoint_offline_then_online_once_registered() {
+    on_both_asterisks("real::contract::ari_endpoint_state", &endpoint("1001", ""), |b| async move {
+        let label = b.label();
+        let ari = b.ari(None);
+        let ep = ari.endpoint("1001").await.expect("answers").expect("1001 exists");
+        assert_eq!(
+            (ep.technology.as_str(), ep.resource.as_str(), ep.state.as_str()),
+            ("PJSIP", "1001", "offline"),
+            "{label}"
+        );
+        assert!(ari.endpoint("4242").await.expect("answers").is_none(), "{label}: an unknown endpoint is none");
+        b.register("1001", "Soundz2025", "PortSIP UC Client").await;
+        let ep = ari.endpoint("1001").await.expect("answers").expect("1001 exists");
+        assert_eq!(ep.state, "online", "{label}");
+        let all = ari.endpoints().await.expect("endpoints");
+        assert!(all.iter().any(|e| e.resource == "1001" && e.state == "online"), "{label}: {all:?}");
+    })
+    .await;
+}
