@@ -115,12 +115,7 @@ impl Daemon {
             ..Default::default()
         };
         let settings = Settings::resolve(flags, file, &|_| None).expect("settings");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(asterisk_gitops::app::run(settings, listener, async {
-            let _ = stopped.await;
-        }));
+        let (addr, stop, task) = crate::support::serve(settings).await;
         let d = Daemon { dir, bare, bob, standin, addr, stop: Some(stop), task: Some(task) };
         let c = d.standin.control();
         wait_for("the first run", Duration::from_secs(30), || c.endpoints() == ["1001", "1002"]).await;

@@ -69,12 +69,7 @@ impl Daemon {
         };
         let mut settings = Settings::resolve(flags, file, &|_| None).expect("settings");
         settings.read_only = read_only;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(asterisk_gitops::app::run(settings, listener, async {
-            let _ = stopped.await;
-        }));
+        let (addr, stop, task) = crate::support::serve(settings).await;
         let d = Daemon {
             _dir: dir,
             standin,

@@ -242,16 +242,7 @@ async fn apply_run_the_moment_asterisk_starts_waits_for_it_and_succeeds() {
     let started = std::time::Instant::now();
     let mut ast = asterisk_real::Asterisk::spawn(&build, asterisk_real::Options::named("apply-at-boot"))
         .expect("Asterisk spawns");
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_asterisk-gitops"))
-        .args(["apply", "--yes", "--wait-for-asterisk", "60"])
-        .env("ASTERISK_GITOPS_SPEC_DIR", &specs)
-        .env("ASTERISK_GITOPS_STATE_DIR", dir.path().join("state"))
-        .env("ASTERISK_GITOPS_MANAGED_FILE", ast.managed_file())
-        .env("ASTERISK_GITOPS_AMI_ADDR", ast.ami_addr().to_string())
-        .env("ASTERISK_GITOPS_AMI_USER", asterisk_real::AMI_USER)
-        .env("ASTERISK_GITOPS_AMI_SECRET", &ast.ami_secret)
-        .env_remove("DATABASE_URL")
-        .output();
+    let out = apply(&ast, dir.path(), "60").output();
     let launched = started.elapsed();
     let out = out.await.expect("apply runs");
     assert!(launched < Duration::from_secs(1), "apply was started {launched:?} after Asterisk");
@@ -265,20 +256,24 @@ async fn apply_run_the_moment_asterisk_starts_waits_for_it_and_succeeds() {
     }
     // Asterisk not there at all: a clear failure after the bound.
     ast.kill().await;
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_asterisk-gitops"))
-        .args(["apply", "--yes", "--wait-for-asterisk", "1"])
-        .env("ASTERISK_GITOPS_SPEC_DIR", &specs)
-        .env("ASTERISK_GITOPS_STATE_DIR", dir.path().join("state"))
-        .env("ASTERISK_GITOPS_MANAGED_FILE", ast.managed_file())
-        .env("ASTERISK_GITOPS_AMI_ADDR", ast.ami_addr().to_string())
-        .env("ASTERISK_GITOPS_AMI_USER", asterisk_real::AMI_USER)
-        .env("ASTERISK_GITOPS_AMI_SECRET", &ast.ami_secret)
-        .env_remove("DATABASE_URL")
-        .output()
-        .await
-        .expect("apply runs");
+    let out = apply(&ast, dir.path(), "1").output().await.expect("apply runs");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("Asterisk is not ready") && stderr.contains("--wait-for-asterisk"), "{stderr}");
     assert!(!stderr.contains(&ast.ami_secret), "the secret stays out of the error");
+}
+
+/// `asterisk-gitops apply --yes` on `dir`'s specs against `ast`, configured
+/// through the environment as an operator's script would.
+fn apply(ast: &asterisk_real::Asterisk, dir: &std::path::Path, wait: &str) -> tokio::process::Command {
+    let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_asterisk-gitops"));
+    c.args(["apply", "--yes", "--wait-for-asterisk", wait])
+        .env("ASTERISK_GITOPS_SPEC_DIR", dir.join("extensions.d"))
+        .env("ASTERISK_GITOPS_STATE_DIR", dir.join("state"))
+        .env("ASTERISK_GITOPS_MANAGED_FILE", ast.managed_file())
+        .env("ASTERISK_GITOPS_AMI_ADDR", ast.ami_addr().to_string())
+        .env("ASTERISK_GITOPS_AMI_USER", asterisk_real::AMI_USER)
+        .env("ASTERISK_GITOPS_AMI_SECRET", &ast.ami_secret)
+        .env_remove("DATABASE_URL");
+    c
 }

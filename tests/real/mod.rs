@@ -134,12 +134,7 @@ impl Daemon {
             flags.git_url = Some(url.clone());
         }
         let settings = Settings::resolve(flags, file, &|_| None).expect("settings");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(asterisk_gitops::app::run(settings, listener, async {
-            let _ = stopped.await;
-        }));
+        let (addr, stop, task) = crate::support::serve(settings).await;
         let d = Daemon {
             _dir: dir,
             specs,

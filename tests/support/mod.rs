@@ -17,3 +17,17 @@ pub fn fixture(path: &str) -> PathBuf {
 pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
 }
+
+/// A running `serve`: its address, the sender that stops it, its task.
+pub type Served = (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<anyhow::Result<()>>);
+
+/// Starts `serve` (`app::run`) on a free loopback port.
+pub async fn serve(settings: asterisk_gitops::config::Settings) -> Served {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(asterisk_gitops::app::run(settings, listener, async {
+        let _ = stopped.await;
+    }));
+    (addr, stop, task)
+}
