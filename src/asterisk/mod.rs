@@ -175,6 +175,13 @@ impl EndpointDetail {
 }
 
 impl Contact {
+    /// Whether the phone behind it answers: `Reachable`, or not qualified
+    /// (`NonQualified`, `Unknown`, a new contact not yet asked). `false` for
+    /// `Unreachable`: the phone went silent (crashed, asleep, gone).
+    pub fn alive(&self) -> bool {
+        self.status != "Unreachable"
+    }
+
     pub fn from_message(m: &Message) -> Self {
         Contact {
             endpoint: text(m, "Endpoint"),

@@ -30,6 +30,16 @@ pub struct Registrations {
     pub error: Option<String>,
 }
 
+impl Registrations {
+    /// (contacts, registered): an extension is registered when one of its
+    /// contacts is alive — reachable, or not qualified — not merely present:
+    /// a phone that crashed leaves an unreachable contact behind.
+    pub fn of(&self, number: &str) -> (usize, bool) {
+        let contacts = self.by_endpoint.get(number).map(Vec::as_slice).unwrap_or_default();
+        (contacts.len(), contacts.iter().any(Contact::alive))
+    }
+}
+
 pub fn router() -> axum::Router<AppState> {
     axum::Router::new()
         .route("/status", get(status))
@@ -104,7 +114,7 @@ async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, Api
         let _ = writeln!(out, "# TYPE asterisk_gitops_asterisk_up gauge");
         let _ = writeln!(out, "asterisk_gitops_asterisk_up {}", u8::from(known));
         if known {
-            let registered = regs.by_endpoint.values().filter(|c| !c.is_empty()).count();
+            let registered = regs.by_endpoint.values().filter(|c| c.iter().any(Contact::alive)).count();
             let _ = writeln!(out, "# HELP asterisk_gitops_registered_endpoints Endpoints with at least one contact.");
             let _ = writeln!(out, "# TYPE asterisk_gitops_registered_endpoints gauge");
             let _ = writeln!(out, "asterisk_gitops_registered_endpoints {registered}");
@@ -160,8 +170,8 @@ struct ExtensionView<'a> {
 }
 
 fn registration(regs: &Registrations, known: bool, number: &str) -> RegistrationSummary {
-    let n = regs.by_endpoint.get(number).map_or(0, Vec::len);
-    RegistrationSummary { registered: known.then_some(n > 0), contacts: n }
+    let (n, alive) = regs.of(number);
+    RegistrationSummary { registered: known.then_some(alive), contacts: n }
 }
 
 pub(crate) fn registrations(state: &AppState) -> (Registrations, bool) {
@@ -287,7 +297,7 @@ async fn live_status(State(state): State<AppState>, Path(id): Path<String>) -> R
     });
     Ok(Json(json!({
         "extension": id,
-        "registered": !contacts.is_empty(),
+        "registered": contacts.iter().any(Contact::alive),
         "contacts": contacts,
         "endpoint": detail,
         "sync": record.as_ref().map(|r| json!({"status": r.sync_status, "lastError": r.last_error, "appliedAt": r.applied_at, "revision": r.revision})),
@@ -376,7 +386,8 @@ pub(crate) async fn status_json(state: &AppState) -> Result<Value, ApiError> {
     let extensions = db.extensions().await.map_err(internal)?;
     let failed = extensions.iter().filter(|e| e.sync_status != "synced").count();
     let (regs, known) = registrations(state);
-    let registered = known.then(|| regs.by_endpoint.values().filter(|c| !c.is_empty()).count());
+    // Only managed extensions count, and only with a live contact.
+    let registered = known.then(|| extensions.iter().filter(|e| regs.of(&e.number).1).count());
     let last = match &state.reconcile {
         Some(h) => h.last.read().await.clone(),
         None => None,

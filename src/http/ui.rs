@@ -251,8 +251,7 @@ async fn list(State(state): State<AppState>, headers: HeaderMap, Query(q): Query
         .take(PAGE)
         .map(|r| {
             let mut v = serde_json::to_value(r).unwrap_or(Value::Null);
-            let n = regs.by_endpoint.get(&r.number).map_or(0, Vec::len);
-            v["registered"] = if known { Value::Bool(n > 0) } else { Value::Null };
+            v["registered"] = if known { Value::Bool(regs.of(&r.number).1) } else { Value::Null };
             v
         })
         .collect();

@@ -257,11 +257,23 @@ async fn a_phone_that_goes_silent_turns_unreachable_within_two_qualify_periods()
         c["status"] == "Reachable" && c["roundtripUsec"].is_u64()
     })
     .await;
+    assert_eq!(d.get("/extensions/4001/status").await.1["registered"], true);
     // Silent (the phone's process is gone): unreachable within two periods.
     drop(alive);
     let silent = std::time::Instant::now();
     wait("the contact unreachable", LIVE, || async { first_contact(&d, "4001").await["status"] == "Unreachable" })
         .await;
+    // Registered means a live contact exists: not any more, here and in the list.
+    let (_, live) = d.get("/extensions/4001/status").await;
+    assert_eq!(
+        (live["registered"].as_bool(), live["contacts"].as_array().map(Vec::len)),
+        (Some(false), Some(1)),
+        "{live}"
+    );
+    wait("the list to say unregistered", LIVE, || async {
+        d.get("/extensions/4001").await.1["registration"]["registered"] == false
+    })
+    .await;
     // How long it took is reported, not asserted (no timing in tests): two
     // qualify periods plus the 3 s Asterisk waits for an answer is expected.
     eprintln!("silent phone → Unreachable in {:?} (qualifyFrequency 2 s)", silent.elapsed());
