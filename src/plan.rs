@@ -447,9 +447,23 @@ pub const MAX_DIFF_BYTES: usize = 1 << 20;
 /// renderings list one by one; the rest are counted.
 pub const MAX_LISTED_CHANGES: usize = 1000;
 
+/// How long the diff may search for the shortest edit script. Past it the
+/// rest of the texts is shown as replaced: still a correct diff, only not
+/// the shortest. A Myers diff of texts that differ wholesale costs the
+/// square of their length (minutes at 20k extensions); this keeps every
+/// plan's diff under a second whatever is on disk.
+pub const DIFF_DEADLINE: std::time::Duration = std::time::Duration::from_millis(300);
+
 /// A unified diff of two managed files with `password` and `md5_cred`
 /// values masked, fit for logs, PR comments and the UI; cut after
 /// [`MAX_DIFF_BYTES`] with a line that says so.
+///
+/// Bounded whatever the texts: a file on disk that shares fewer than half
+/// of its sections with what renders (a foreign or mangled file) is
+/// reported as replaced, with the sections on each side, instead of being
+/// diffed line by line; any other pair is diffed with patience (anchored on
+/// the lines each side has once: every extension's `auth = N` and
+/// `username = N`), which stops searching at [`DIFF_DEADLINE`].
 pub fn masked_diff(old: &str, new: &str) -> String {
     if old.is_empty() {
         return added_file_diff(new);
@@ -457,9 +471,15 @@ pub fn masked_diff(old: &str, new: &str) -> String {
     if old == new {
         return String::new();
     }
+    if let Some(replaced) = replaced_file_diff(old, new) {
+        return replaced;
+    }
     // Diff the texts as they are and mask only the lines that are printed:
     // masking two whole 3 MB files first cost more than the diff itself.
-    let diff = similar::TextDiff::from_lines(old, new);
+    let deadline = std::time::Instant::now() + DIFF_DEADLINE;
+    let diff =
+        similar::TextDiff::configure().algorithm(similar::Algorithm::Patience).deadline(deadline).diff_lines(old, new);
+    let timed_out = std::time::Instant::now() >= deadline;
     let mut unified = diff.unified_diff();
     unified.context_radius(3).header("managed (on disk)", "managed (rendered)");
     let mut out = String::from("--- managed (on disk)\n+++ managed (rendered)\n");
@@ -489,7 +509,66 @@ pub fn masked_diff(old: &str, new: &str) -> String {
     if left_out > 0 {
         out.push_str(&format!("… diff cut at {} KiB: {left_out} more line(s)\n", MAX_DIFF_BYTES / 1024));
     }
+    if timed_out {
+        out.push_str(&format!(
+            "… the search for the shortest diff stopped after {} ms: what follows the last match is shown as replaced\n",
+            DIFF_DEADLINE.as_millis()
+        ));
+    }
     out
+}
+
+/// The section names (`[name]` lines) of a pjsip file, each once.
+fn section_names(text: &str) -> std::collections::HashSet<&str> {
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix('[').and_then(|r| r.split_once(']')).map(|(name, _)| name))
+        .collect()
+}
+
+/// When the file on disk shares fewer than half of its sections with what
+/// renders (or has none), a line diff says nothing useful and costs the
+/// square of the file: say it is replaced, and which sections each side
+/// has that the other lacks. Linear in the texts. `None`: diff them.
+fn replaced_file_diff(old: &str, new: &str) -> Option<String> {
+    let (was, now) = (section_names(old), section_names(new));
+    let shared = was.intersection(&now).count();
+    let most = was.len().max(now.len());
+    if most == 0 || shared * 2 >= most {
+        return None;
+    }
+    let lines = |t: &str| t.split_inclusive('\n').count();
+    let mut out = format!(
+        "--- managed (on disk)\n+++ managed (rendered)\n\
+         @@ replaced: {} line(s) on disk -> {} line(s) rendered; {shared} of the {} section name(s) on disk are rendered @@\n",
+        lines(old),
+        lines(new),
+        was.len()
+    );
+    let mut list = |title: &str, names: Vec<&str>| {
+        if names.is_empty() {
+            return;
+        }
+        out.push_str(&format!("{title} ({}):\n", names.len()));
+        let mut left_out = 0usize;
+        for name in &names {
+            if out.len() > MAX_DIFF_BYTES / 2 {
+                left_out += 1;
+                continue;
+            }
+            out.push_str(&format!("  [{name}]\n"));
+        }
+        if left_out > 0 {
+            out.push_str(&format!("  … and {left_out} more\n"));
+        }
+    };
+    let mut gone: Vec<&str> = was.difference(&now).copied().collect();
+    let mut added: Vec<&str> = now.difference(&was).copied().collect();
+    gone.sort_unstable();
+    added.sort_unstable();
+    // Rendered sections first: they are the extensions this plan writes.
+    list("- sections only in the rendered file", added);
+    list("- sections only on disk", gone);
+    Some(out)
 }
 
 /// The diff of a file that did not exist (a cold apply): every line added.
@@ -706,7 +785,7 @@ mod tests {
     use std::path::Path;
 
     fn set(yaml: &str) -> DesiredSet {
-        let (exts, diags) = load_file("t.yaml", Path::new("."), yaml);
+        let (exts, diags) = load_file("t.yaml", &crate::spec::SecretPolicy::for_spec_dir(Path::new(".")), yaml);
         assert!(diags.iter().all(|d| !d.is_error()), "{diags:?}");
         DesiredSet::new(exts.into_iter().map(|(e, _)| e).collect())
     }
@@ -896,6 +975,44 @@ mod tests {
         assert_eq!(stored["creates"], MAX_LISTED_CHANGES + 5);
         assert_eq!(stored["changes"].as_array().map(Vec::len), Some(MAX_LISTED_CHANGES));
         assert!(to_markdown(&p).contains("and 805 more"));
+    }
+
+    fn sections(names: impl Iterator<Item = String>) -> String {
+        names
+            .map(|n| {
+                format!(
+                    "\n[{n}]\ntype = endpoint\nauth = {n}\n\n[{n}]\ntype = auth\nusername = {n}\npassword = pw-{n}\n"
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_foreign_file_is_reported_as_replaced_with_its_sections_and_no_secret() {
+        let old = sections((0..20_000).map(|i| format!("foreign-{i}")));
+        let new = sections((0..20_000).map(|i| format!("{}", 100_000 + i)));
+        let d = masked_diff(&old, &new);
+        assert!(d.starts_with("--- managed (on disk)\n+++ managed (rendered)\n@@ replaced: "), "{}", &d[..300]);
+        assert!(d.contains("0 of the 20000 section name(s) on disk are rendered"), "{}", &d[..300]);
+        assert!(d.contains("\n  [100000]\n") && d.contains("sections only on disk (20000)"), "{}", &d[..300]);
+        assert!(!d.contains("pw-"), "no secret in the diff");
+        assert!(d.len() < MAX_DIFF_BYTES + 64 * 1024, "{}", d.len());
+    }
+
+    #[test]
+    fn a_file_changed_everywhere_is_still_diffed_line_by_line_and_masked() {
+        let names = || (0..20_000).map(|i| format!("{}", 100_000 + i));
+        let old = sections(names());
+        let new = sections(names()).replace("type = endpoint", "type = endpoint\ncontext = x");
+        let d = masked_diff(&old, &new);
+        assert!(d.contains("\n+context = x\n"), "{}", &d[..300]);
+        assert!(!d.contains("pw-"), "secrets stay masked");
+        // Cut in the middle of a line, as a killed writer leaves it.
+        let cut = new.find("username = 110000").expect("present") + 5;
+        let truncated = &new[..cut];
+        let d = masked_diff(truncated, &new);
+        assert!(d.contains("\\ No newline at end of file") && !d.contains("replaced:"), "{}", &d[..300]);
+        assert!(!d.contains("pw-"));
     }
 
     #[test]
