@@ -329,6 +329,11 @@ mod tests {
         assert_eq!(names, ["extensions.d/a.yaml"]);
         let loaded = crate::spec::load::load_sources(files, src.secrets());
         assert_eq!(loaded.set.extensions.len(), 1);
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&src.config().mirror_dir).expect("stat").permissions().mode();
+            assert_eq!(mode & 0o777, 0o700, "only the daemon's user reads the mirror");
+        }
 
         // A second commit: the old one stays readable, the new one is what fetch returns.
         let second = remote.commit(&[("extensions.d/sub/b.yaml", &SPEC.replace("\"1\"", "\"2\""))], "Add b");

@@ -273,7 +273,8 @@ async fn read_only_mode_accepts_no_write_on_any_route_signed_in_or_not() {
                     let resp = app(state.clone()).oneshot(req.body(Body::from(body)).expect("request")).await;
                     let status = resp.expect("response").status();
                     assert!(
-                        [StatusCode::NOT_FOUND, StatusCode::METHOD_NOT_ALLOWED, StatusCode::FORBIDDEN].contains(&status),
+                        [StatusCode::NOT_FOUND, StatusCode::METHOD_NOT_ALLOWED, StatusCode::FORBIDDEN]
+                            .contains(&status),
                         "{method} {path} (signed in: {signed_in}, anonymousRead: {anonymous_read}) answered {status}"
                     );
                 }
