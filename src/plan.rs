@@ -452,7 +452,7 @@ pub const MAX_LISTED_CHANGES: usize = 1000;
 /// the shortest. A Myers diff of texts that differ wholesale costs the
 /// square of their length (minutes at 20k extensions); this keeps every
 /// plan's diff under a second whatever is on disk.
-pub const DIFF_DEADLINE: std::time::Duration = std::time::Duration::from_millis(300);
+pub const DIFF_DEADLINE: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// A unified diff of two managed files with `password` and `md5_cred`
 /// values masked, fit for logs, PR comments and the UI; cut after
@@ -476,33 +476,41 @@ pub fn masked_diff(old: &str, new: &str) -> String {
     }
     // Diff the texts as they are and mask only the lines that are printed:
     // masking two whole 3 MB files first cost more than the diff itself.
-    let deadline = std::time::Instant::now() + DIFF_DEADLINE;
-    let diff =
-        similar::TextDiff::configure().algorithm(similar::Algorithm::Patience).deadline(deadline).diff_lines(old, new);
-    let timed_out = std::time::Instant::now() >= deadline;
-    let mut unified = diff.unified_diff();
-    unified.context_radius(3).header("managed (on disk)", "managed (rendered)");
+    let old_lines: Vec<&str> = old.split_inclusive('\n').collect();
+    let new_lines: Vec<&str> = new.split_inclusive('\n').collect();
+    let (ops, timed_out) = line_ops(&old_lines, &new_lines);
     let mut out = String::from("--- managed (on disk)\n+++ managed (rendered)\n");
     let mut left_out = 0usize;
-    for hunk in unified.iter_hunks() {
+    for hunk in similar::group_diff_ops(ops, 3) {
+        let (Some(first), Some(last)) = (hunk.first(), hunk.last()) else { continue };
+        let count = |r: std::ops::Range<usize>| r.len();
+        let (old_range, new_range) =
+            (first.old_range().start..last.old_range().end, first.new_range().start..last.new_range().end);
         if out.len() > MAX_DIFF_BYTES {
-            left_out += hunk.iter_changes().count();
+            left_out += hunk.iter().map(|op| count(op.old_range()) + count(op.new_range())).sum::<usize>();
             continue;
         }
-        out.push_str(&format!("{}\n", hunk.header()));
-        for change in hunk.iter_changes() {
-            if out.len() > MAX_DIFF_BYTES {
-                left_out += 1;
-                continue;
-            }
-            out.push(match change.tag() {
-                similar::ChangeTag::Delete => '-',
-                similar::ChangeTag::Insert => '+',
-                similar::ChangeTag::Equal => ' ',
-            });
-            out.push_str(&mask_secrets(change.value()));
-            if change.missing_newline() {
-                out.push_str("\n\\ No newline at end of file\n");
+        out.push_str(&format!("@@ -{} +{} @@\n", hunk_range(&old_range), hunk_range(&new_range)));
+        for op in &hunk {
+            let (tag, old_r, new_r) = op.as_tag_tuple();
+            let lines: Vec<(char, &str)> = match tag {
+                similar::DiffTag::Equal => old_lines[old_r].iter().map(|l| (' ', *l)).collect(),
+                _ => old_lines[old_r]
+                    .iter()
+                    .map(|l| ('-', *l))
+                    .chain(new_lines[new_r].iter().map(|l| ('+', *l)))
+                    .collect(),
+            };
+            for (sign, line) in lines {
+                if out.len() > MAX_DIFF_BYTES {
+                    left_out += 1;
+                    continue;
+                }
+                out.push(sign);
+                out.push_str(&mask_secrets(line));
+                if !line.ends_with('\n') {
+                    out.push_str("\n\\ No newline at end of file\n");
+                }
             }
         }
     }
@@ -516,6 +524,57 @@ pub fn masked_diff(old: &str, new: &str) -> String {
         ));
     }
     out
+}
+
+/// A unified diff's `start,len` (1-based; `start` alone for one line).
+fn hunk_range(r: &std::ops::Range<usize>) -> String {
+    match r.len() {
+        0 => format!("{},0", r.start),
+        1 => format!("{}", r.start + 1),
+        n => format!("{},{n}", r.start + 1),
+    }
+}
+
+/// The line diff's operations, and whether the search hit [`DIFF_DEADLINE`].
+/// The common head and tail are matched first, in linear time; a middle
+/// where one side has a handful of lines and the other thousands (a file
+/// cut short, a block appended) is a replacement without any search:
+/// Myers' search costs the square of the longer side there.
+fn line_ops(old: &[&str], new: &[&str]) -> (Vec<similar::DiffOp>, bool) {
+    use similar::DiffOp;
+    let (n, m) = (old.len(), new.len());
+    let prefix = old.iter().zip(new).take_while(|(a, b)| a == b).count();
+    let suffix = old[prefix..].iter().rev().zip(new[prefix..].iter().rev()).take_while(|(a, b)| a == b).count();
+    let (old_mid, new_mid) = (prefix..n - suffix, prefix..m - suffix);
+    let mut ops = Vec::new();
+    if prefix > 0 {
+        ops.push(DiffOp::Equal { old_index: 0, new_index: 0, len: prefix });
+    }
+    let mut timed_out = false;
+    let lopsided = old_mid.len().min(new_mid.len()) <= 64 && old_mid.len().max(new_mid.len()) > 4096;
+    if old_mid.is_empty() || new_mid.is_empty() || lopsided {
+        if !old_mid.is_empty() {
+            ops.push(DiffOp::Delete { old_index: old_mid.start, old_len: old_mid.len(), new_index: new_mid.start });
+        }
+        if !new_mid.is_empty() {
+            ops.push(DiffOp::Insert { old_index: old_mid.end, new_index: new_mid.start, new_len: new_mid.len() });
+        }
+    } else {
+        let deadline = std::time::Instant::now() + DIFF_DEADLINE;
+        ops.extend(similar::capture_diff_deadline(
+            similar::Algorithm::Patience,
+            old,
+            old_mid,
+            new,
+            new_mid,
+            Some(deadline),
+        ));
+        timed_out = std::time::Instant::now() >= deadline;
+    }
+    if suffix > 0 {
+        ops.push(DiffOp::Equal { old_index: n - suffix, new_index: m - suffix, len: suffix });
+    }
+    (ops, timed_out)
 }
 
 /// The section names (`[name]` lines) of a pjsip file, each once.
