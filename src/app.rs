@@ -33,7 +33,7 @@ pub fn asterisk(settings: &Settings) -> Option<Asterisk> {
 /// Builds the reconciler over an open database.
 pub fn reconciler(settings: &Settings, db: Db) -> anyhow::Result<DaemonReconciler> {
     let renderer = Renderer::new(settings.templates.as_deref())?;
-    let managed = ManagedFile::new(&settings.managed_file);
+    let managed = ManagedFile::new(&settings.managed_file).with_group(settings.managed_file_group);
     if let Ok(n) = managed.remove_stale_temporaries()
         && n > 0
     {
@@ -54,6 +54,22 @@ pub fn reconciler(settings: &Settings, db: Db) -> anyhow::Result<DaemonReconcile
         self_heal: settings.reconcile.self_heal,
         settled: Default::default(),
     })
+}
+
+/// Creates the state directory (database, git mirror, by default the
+/// managed file) 0750 when it does not exist: the daemon's user writes,
+/// its group (Asterisk, to read the managed file) may enter, nobody else.
+/// An existing directory keeps the mode its owner gave it.
+pub fn state_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o750)
+        .create(dir)
+        .map_err(|e| anyhow::anyhow!("cannot create the state directory {}: {e}", dir.display()))
 }
 
 /// Connects to the database for a one-shot command (a few quick retries).
@@ -118,6 +134,7 @@ pub async fn run(
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    state_dir(&settings.state_dir)?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
@@ -154,7 +171,10 @@ pub async fn run(
         None => {
             std::fs::create_dir_all(&settings.spec_dir).ok();
             (
-                DesiredSource::Dir(Arc::new(daemon::DirSource::new(settings.spec_dir.clone()))),
+                DesiredSource::Dir(Arc::new(daemon::DirSource::with_secrets(
+                    settings.spec_dir.clone(),
+                    settings.secrets.clone(),
+                ))),
                 Target::Dir(settings.spec_dir.clone()),
                 settings.reconcile.interval,
             )
@@ -167,7 +187,8 @@ pub async fn run(
                 mirror_dir: settings.state_dir.join("git/mirror"),
                 token: g.token.clone(),
                 ssh_key: g.ssh_key.clone(),
-            })?;
+            })?
+            .with_secrets(settings.secrets.clone());
             let target = Target::Remote(crate::writeback::RemoteTarget {
                 url: g.url.clone(),
                 branch: g.branch.clone(),

@@ -302,7 +302,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 /// Loads the specs; prints their errors and returns None when there are any.
 fn load_or_report(settings: &Settings) -> Option<crate::reconcile::Desired> {
-    let desired = crate::daemon::load_dir(&settings.spec_dir);
+    let desired = crate::daemon::load_dir_with(&settings.spec_dir, &settings.secrets);
     if desired.diagnostics.iter().any(|d| d.is_error()) {
         let errors: Vec<_> = desired.diagnostics.iter().filter(|d| d.is_error()).cloned().collect();
         eprint!("{}", diag::format_all(&errors, Format::Text, 0));
@@ -420,8 +420,10 @@ async fn status(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn validate(global: &GlobalArgs, args: ValidateArgs) -> anyhow::Result<ExitCode> {
-    let paths = if args.paths.is_empty() { vec![global.settings()?.spec_dir] } else { args.paths };
-    let loaded = spec::load_paths(&paths, &LoadOptions::default());
+    let settings = global.settings()?;
+    let paths = if args.paths.is_empty() { vec![settings.spec_dir.clone()] } else { args.paths };
+    let options = LoadOptions { secrets: Some(settings.secret_policy_for(&paths)), ..Default::default() };
+    let loaded = spec::load_paths(&paths, &options);
     let mut diagnostics = loaded.diagnostics;
     if loaded.files.is_empty() && diagnostics.is_empty() {
         for p in &paths {
@@ -442,7 +444,9 @@ fn validate(global: &GlobalArgs, args: ValidateArgs) -> anyhow::Result<ExitCode>
 fn render(global: &GlobalArgs, args: RenderArgs) -> anyhow::Result<ExitCode> {
     let settings = global.settings()?;
     let path = args.path.unwrap_or_else(|| settings.spec_dir.clone());
-    let loaded = spec::load_paths(std::slice::from_ref(&path), &LoadOptions::default());
+    let paths = std::slice::from_ref(&path);
+    let options = LoadOptions { secrets: Some(settings.secret_policy_for(paths)), ..Default::default() };
+    let loaded = spec::load_paths(paths, &options);
     if loaded.has_errors() {
         let errors: Vec<_> = loaded.diagnostics.into_iter().filter(|d| d.is_error()).collect();
         eprint!("{}", diag::format_all(&errors, Format::Text, 0));

@@ -65,6 +65,25 @@ pub struct FileConfig {
     /// the seed's GET routes had none). With false, reads need a bearer
     /// token or a signed-in session; /healthz and /readyz stay open.
     pub anonymous_read: Option<bool>,
+    /// Where spec files may take secrets from (`passwordFile`, `passwordEnv`).
+    pub secrets: Option<SecretsFileConfig>,
+    /// The group the managed file belongs to (mode 0640), so that Asterisk
+    /// can read it: a group name (`asterisk`) or a numeric gid. Default:
+    /// the daemon's own group.
+    pub managed_file_group: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SecretsFileConfig {
+    /// `passwordFile` paths are relative to this directory (default: the
+    /// spec directory's `secrets/`). No absolute path, no `..`, no symlink
+    /// leading out of it.
+    pub dir: Option<PathBuf>,
+    /// A glob (`*`, `?`) that `passwordEnv` names must match (default
+    /// `EXT_*`). The daemon's own variables (`ASTERISK_GITOPS_*`,
+    /// `DATABASE_URL`) are refused whatever it says.
+    pub env_pattern: Option<String>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -259,6 +278,13 @@ pub struct Settings {
     pub users: Vec<UserToken>,
     pub anonymous_read: bool,
     pub sip_server: Option<String>,
+    /// Where spec files may take secrets from.
+    pub secrets: crate::spec::SecretPolicy,
+    /// Whether the config file set `secrets.dir` (otherwise a directory
+    /// given to `validate` or `render` brings its own `secrets/`).
+    pub secrets_dir_configured: bool,
+    /// The managed file's group (gid), resolved from `managedFileGroup`.
+    pub managed_file_group: Option<u32>,
 }
 
 /// What the command line (flags, with their environment variables) said;
@@ -410,6 +436,28 @@ impl Settings {
             }
         };
 
+        let spec_dir = flags.spec_dir.or(file.spec_dir).unwrap_or_else(|| PathBuf::from("extensions.d"));
+        let secrets_file = file.secrets.unwrap_or_default();
+        let env_pattern = secrets_file.env_pattern.unwrap_or_else(|| crate::spec::policy::DEFAULT_ENV_PATTERN.into());
+        if env_pattern.is_empty() || !env_pattern.bytes().all(|b| b.is_ascii_alphanumeric() || b"_*?".contains(&b)) {
+            return Err(ConfigError::Invalid {
+                what: "secrets.envPattern",
+                message: format!("{env_pattern:?} is not a glob of variable-name characters, `*` and `?` (e.g. EXT_*)"),
+            });
+        }
+        let secrets_dir_configured = secrets_file.dir.is_some();
+        let secrets = crate::spec::SecretPolicy {
+            dir: secrets_file.dir.unwrap_or_else(|| spec_dir.join("secrets")),
+            env_pattern,
+        };
+        let managed_file_group = match file.managed_file_group.as_deref() {
+            None => None,
+            Some(g) => Some(
+                crate::managed::group_id(g)
+                    .map_err(|message| ConfigError::Invalid { what: "managedFileGroup", message })?,
+            ),
+        };
+
         let mut users = Vec::new();
         for (i, u) in file.users.unwrap_or_default().into_iter().enumerate() {
             let bytes = hex::decode(u.token_sha256.trim()).ok().and_then(|b| <[u8; 32]>::try_from(b).ok());
@@ -431,7 +479,10 @@ impl Settings {
             git,
             webhook_secret: env("ASTERISK_GITOPS_WEBHOOK_SECRET").map(SecretString).or(file.webhook_secret),
             admin_token: env("ASTERISK_GITOPS_ADMIN_TOKEN").map(SecretString).or(file.admin_token),
-            spec_dir: flags.spec_dir.or(file.spec_dir).unwrap_or_else(|| PathBuf::from("extensions.d")),
+            spec_dir,
+            secrets,
+            secrets_dir_configured,
+            managed_file_group,
             state_dir,
             database_url,
             managed_file,
@@ -443,6 +494,18 @@ impl Settings {
             ari,
             reconcile,
         })
+    }
+
+    /// The secret policy for loading `paths` (the command line's): the
+    /// configured one, except that without `secrets.dir` one directory
+    /// given brings its own `secrets/`.
+    pub fn secret_policy_for(&self, paths: &[PathBuf]) -> crate::spec::SecretPolicy {
+        match paths {
+            [dir] if !self.secrets_dir_configured && dir.is_dir() => {
+                crate::spec::SecretPolicy { dir: dir.join("secrets"), env_pattern: self.secrets.env_pattern.clone() }
+            }
+            _ => self.secrets.clone(),
+        }
     }
 
     /// The database URL with any password replaced, for logs and status.
@@ -511,6 +574,28 @@ mod tests {
         assert_eq!(s.listen.to_string(), "127.0.0.1:8080");
         assert!(s.ami.is_none() && s.ari.is_none());
         assert!(s.reconcile.self_heal);
+        assert_eq!(s.secrets.dir, PathBuf::from("extensions.d/secrets"));
+        assert_eq!(s.secrets.env_pattern, "EXT_*");
+        assert_eq!(s.managed_file_group, None);
+    }
+
+    #[test]
+    fn the_secrets_policy_and_the_managed_files_group_come_from_the_file() {
+        let file: FileConfig =
+            serde_yaml::from_str("secrets: {dir: /etc/pbx-secrets, envPattern: 'PBX_*'}\nmanagedFileGroup: '0'\n")
+                .expect("parses");
+        let s = Settings::resolve(Overrides::default(), file, &no_env).expect("resolves");
+        assert_eq!(s.secrets.dir, PathBuf::from("/etc/pbx-secrets"));
+        assert_eq!(s.secrets.env_pattern, "PBX_*");
+        assert_eq!(s.managed_file_group, Some(0));
+        let file: FileConfig = serde_yaml::from_str("managedFileGroup: no-such-group-here\n").expect("parses");
+        let err = Settings::resolve(Overrides::default(), file, &no_env).expect_err("unknown group");
+        assert!(
+            err.to_string().contains("managedFileGroup") && err.to_string().contains("no-such-group-here"),
+            "{err}"
+        );
+        let file: FileConfig = serde_yaml::from_str("secrets: {envPattern: 'A B'}\n").expect("parses");
+        assert!(Settings::resolve(Overrides::default(), file, &no_env).is_err());
     }
 
     #[test]

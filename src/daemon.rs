@@ -46,6 +46,8 @@ impl DesiredSource {
 #[derive(Debug)]
 pub struct DirSource {
     pub path: PathBuf,
+    /// Where `passwordFile` and `passwordEnv` may point.
+    pub secrets: spec::SecretPolicy,
     last: std::sync::Mutex<Option<Desired>>,
     /// Each file's content hash and parse outcome, by displayed name.
     files: std::sync::Mutex<std::collections::HashMap<String, (u64, spec::load::FileOutcome)>>,
@@ -62,8 +64,14 @@ impl std::fmt::Debug for Desired {
 }
 
 impl DirSource {
+    /// A directory with the default secret policy (its `secrets/`, `EXT_*`).
     pub fn new(path: PathBuf) -> Self {
-        DirSource { path, last: Default::default(), files: Default::default() }
+        let secrets = spec::SecretPolicy::for_spec_dir(&path);
+        Self::with_secrets(path, secrets)
+    }
+
+    pub fn with_secrets(path: PathBuf, secrets: spec::SecretPolicy) -> Self {
+        DirSource { path, secrets, last: Default::default(), files: Default::default() }
     }
 
     /// Loads the directory, reusing the last load when nothing changed and
@@ -83,8 +91,11 @@ impl DirSource {
             .filter(|((shown, _, _), h)| files.get(shown).is_none_or(|(old, _)| old != *h))
             .map(|(source, _)| source.clone())
             .collect();
-        let mut parsed: std::collections::HashMap<String, spec::load::FileOutcome> =
-            changed.iter().map(|(shown, _, _)| shown.clone()).zip(spec::load::parse_sources(&changed)).collect();
+        let mut parsed: std::collections::HashMap<String, spec::load::FileOutcome> = changed
+            .iter()
+            .map(|(shown, _, _)| shown.clone())
+            .zip(spec::load::parse_sources(&changed, &self.secrets))
+            .collect();
         let mut next = std::collections::HashMap::with_capacity(sources.len());
         let mut outcomes = Vec::with_capacity(sources.len());
         for ((shown, _, _), h) in sources.iter().zip(hashes) {
@@ -121,8 +132,7 @@ fn file_hash(source: &spec::load::Source) -> u64 {
 }
 
 fn read_dir_sources(dir: &Path) -> (Vec<spec::load::Source>, Vec<crate::diag::Diagnostic>) {
-    let (sources, mut diagnostics) =
-        spec::load::read_paths(&[dir.to_path_buf()], &LoadOptions { display_base: Some(dir.to_path_buf()) });
+    let (sources, mut diagnostics) = spec::load::read_paths(&[dir.to_path_buf()], &LoadOptions::for_dir(dir));
     if !dir.is_dir() {
         diagnostics.push(crate::diag::Diagnostic::error(
             "io-error",
@@ -154,11 +164,12 @@ fn fingerprint(sources: &[spec::load::Source], diagnostics: &[crate::diag::Diagn
 
 fn desired_from_sources(
     dir: &Path,
+    secrets: &spec::SecretPolicy,
     sources: Vec<spec::load::Source>,
     mut diagnostics: Vec<crate::diag::Diagnostic>,
     fingerprint: u64,
 ) -> Desired {
-    let mut loaded = spec::load::load_sources(sources);
+    let mut loaded = spec::load::load_sources(sources, secrets);
     diagnostics.append(&mut loaded.diagnostics);
     Desired {
         set: loaded.set,
@@ -195,7 +206,7 @@ pub fn load_git(git: &GitSource) -> Desired {
     let source = SourceInfo { source: source_name, revision: Some(fetched.commit.clone()) };
     match git.read_specs(&fetched.commit) {
         Ok(files) => {
-            let loaded = spec::load::load_sources(files);
+            let loaded = spec::load::load_sources(files, git.secrets());
             let fingerprint = {
                 use std::hash::{Hash, Hasher};
                 let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -223,9 +234,14 @@ fn short(commit: &str) -> &str {
 /// Loads a spec directory, diagnostics relative to it (no cache: the
 /// one-shot commands).
 pub fn load_dir(dir: &Path) -> Desired {
+    load_dir_with(dir, &spec::SecretPolicy::for_spec_dir(dir))
+}
+
+/// [`load_dir`] with the operator's secret policy.
+pub fn load_dir_with(dir: &Path, secrets: &spec::SecretPolicy) -> Desired {
     let (sources, diagnostics) = read_dir_sources(dir);
     let fp = fingerprint(&sources, &diagnostics);
-    desired_from_sources(dir, sources, diagnostics, fp)
+    desired_from_sources(dir, secrets, sources, diagnostics, fp)
 }
 
 /// Timing of the loop.

@@ -57,12 +57,24 @@ pub struct Fetched {
 pub struct GitSource {
     cfg: GitSourceConfig,
     repo: Repository,
+    /// Where `passwordFile` and `passwordEnv` of the fetched specs may point.
+    secrets: crate::spec::SecretPolicy,
 }
 
 impl std::fmt::Debug for GitSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GitSource").field("url", &self.cfg.url).field("branch", &self.cfg.branch).finish()
     }
+}
+
+/// Makes `dir` (and its parent, the state directory's `git/`) 0700.
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    if let Some(parent) = dir.parent().filter(|p| p.file_name().is_some_and(|n| n == "git")) {
+        std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
 }
 
 impl GitSource {
@@ -85,11 +97,26 @@ impl GitSource {
                 repo.remote("origin", &cfg.url).map_err(mirror)?;
             }
         }
-        Ok(GitSource { cfg, repo })
+        // The mirror holds the specs (and whatever history the remote has):
+        // only the daemon's user reads it.
+        private_dir(&cfg.mirror_dir)
+            .map_err(|e| GitError::Mirror { path: cfg.mirror_dir.clone(), message: e.to_string() })?;
+        Ok(GitSource { cfg, repo, secrets: crate::spec::SecretPolicy::for_spec_dir(Path::new(".")) })
     }
 
     pub fn config(&self) -> &GitSourceConfig {
         &self.cfg
+    }
+
+    /// Sets the secret policy the fetched specs are loaded with (default:
+    /// `./secrets`, `EXT_*`).
+    pub fn with_secrets(mut self, secrets: crate::spec::SecretPolicy) -> Self {
+        self.secrets = secrets;
+        self
+    }
+
+    pub fn secrets(&self) -> &crate::spec::SecretPolicy {
+        &self.secrets
     }
 
     fn tracking_ref(&self) -> String {
@@ -300,8 +327,13 @@ mod tests {
         let files = src.read_specs(&f.commit).expect("reads");
         let names: Vec<&str> = files.iter().map(|(n, _, _)| n.as_str()).collect();
         assert_eq!(names, ["extensions.d/a.yaml"]);
-        let loaded = crate::spec::load::load_sources(files);
+        let loaded = crate::spec::load::load_sources(files, src.secrets());
         assert_eq!(loaded.set.extensions.len(), 1);
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&src.config().mirror_dir).expect("stat").permissions().mode();
+            assert_eq!(mode & 0o777, 0o700, "only the daemon's user reads the mirror");
+        }
 
         // A second commit: the old one stays readable, the new one is what fetch returns.
         let second = remote.commit(&[("extensions.d/sub/b.yaml", &SPEC.replace("\"1\"", "\"2\""))], "Add b");

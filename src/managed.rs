@@ -6,18 +6,45 @@
 //! replaced is kept as `<file>.previous` for rollback. A reader — Asterisk —
 //! sees the old file or the new one, never a mix, even if the daemon is
 //! killed mid-write.
+//!
+//! The managed file can hold passwords (`passwordEnv`, `passwordFile`,
+//! `password`): it, its `.previous` and every temporary are created 0640
+//! (owner read-write, group read, nobody else), in the configured group so
+//! that Asterisk can read them, before a byte is written.
 
 use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+/// The managed file's mode: the daemon writes, the group (Asterisk) reads.
+pub const MANAGED_FILE_MODE: u32 = 0o640;
+
 /// Writes `bytes` to `path` through a temporary file in the same directory,
-/// fsynced and renamed over the target.
+/// fsynced and renamed over the target; the file is created 0640 in the
+/// daemon's own group.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_atomic_as(path, bytes, MANAGED_FILE_MODE, None)
+}
+
+/// [`write_atomic`] with the file's mode and group (`None`: the daemon's).
+/// The temporary file has that mode and group from its creation on, so
+/// the content is never readable by anyone else, not even for a moment.
+pub fn write_atomic_as(path: &Path, bytes: &[u8], mode: u32, group: Option<u32>) -> std::io::Result<()> {
     let dir = parent_dir(path);
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "output".into());
     let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
     let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
+        // A temporary a killed writer left behind (same pid after a reboot) goes first.
+        match std::fs::remove_file(&tmp) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
+        if group.is_some() {
+            std::os::unix::fs::fchown(&f, None, group)?;
+        }
+        // The umask may have taken bits away; never adds any.
+        f.set_permissions(std::fs::Permissions::from_mode(mode))?;
         f.write_all(bytes)?;
         f.sync_all()?;
         drop(f);
@@ -34,6 +61,23 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     result
 }
 
+/// A group name (looked up in /etc/group) or a numeric gid, as a gid.
+pub fn group_id(group: &str) -> Result<u32, String> {
+    if let Ok(gid) = group.parse::<u32>() {
+        return Ok(gid);
+    }
+    let text = std::fs::read_to_string("/etc/group").map_err(|e| format!("cannot read /etc/group: {e}"))?;
+    text.lines()
+        .filter_map(|l| {
+            let mut parts = l.split(':');
+            let name = parts.next()?;
+            let gid = parts.nth(1)?.parse::<u32>().ok()?;
+            (name == group).then_some(gid)
+        })
+        .next()
+        .ok_or_else(|| format!("no group {group:?} in /etc/group (write a group name or a numeric gid)"))
+}
+
 fn parent_dir(path: &Path) -> PathBuf {
     match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
@@ -45,11 +89,23 @@ fn parent_dir(path: &Path) -> PathBuf {
 #[derive(Clone, Debug)]
 pub struct ManagedFile {
     path: PathBuf,
+    /// The group the file is written in (`None`: the daemon's).
+    group: Option<u32>,
 }
 
 impl ManagedFile {
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        ManagedFile { path: path.into() }
+        ManagedFile { path: path.into(), group: None }
+    }
+
+    /// Writes the file (and `.previous`) in this group, mode 0640.
+    pub fn with_group(mut self, gid: Option<u32>) -> Self {
+        self.group = gid;
+        self
+    }
+
+    fn write_file(&self, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+        write_atomic_as(path, bytes, MANAGED_FILE_MODE, self.group)
     }
 
     pub fn path(&self) -> &Path {
@@ -74,9 +130,9 @@ impl ManagedFile {
         let dir = parent_dir(&self.path);
         std::fs::create_dir_all(&dir)?;
         if let Some(current) = self.read()? {
-            write_atomic(&self.previous_path(), current.as_bytes())?;
+            self.write_file(&self.previous_path(), current.as_bytes())?;
         }
-        write_atomic(&self.path, text.as_bytes())
+        self.write_file(&self.path, text.as_bytes())
     }
 
     /// Puts `.previous` back in place. Returns false when there is none (the
@@ -85,11 +141,11 @@ impl ManagedFile {
     pub fn restore_previous(&self) -> std::io::Result<bool> {
         match read_optional(&self.previous_path())? {
             Some(previous) => {
-                write_atomic(&self.path, previous.as_bytes())?;
+                self.write_file(&self.path, previous.as_bytes())?;
                 Ok(true)
             }
             None => {
-                write_atomic(&self.path, b"; Managed by asterisk-gitops: nothing applied yet.\n")?;
+                self.write_file(&self.path, b"; Managed by asterisk-gitops: nothing applied yet.\n")?;
                 Ok(false)
             }
         }
@@ -145,6 +201,28 @@ mod tests {
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .collect();
         assert!(names.iter().all(|n| !n.contains(".tmp.")), "{names:?}");
+    }
+
+    #[test]
+    fn the_file_and_its_previous_are_0640_in_the_configured_group() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let gid = std::fs::metadata(dir.path()).expect("stat").gid();
+        let m = ManagedFile::new(dir.path().join("pjsip_gitops.conf")).with_group(Some(gid));
+        m.write("password = one\n").expect("write");
+        m.write("password = two\n").expect("write");
+        for p in [m.path().to_path_buf(), m.previous_path()] {
+            let meta = std::fs::metadata(&p).expect("stat");
+            assert_eq!(meta.mode() & 0o777, 0o640, "{}", p.display());
+            assert_eq!(meta.gid(), gid, "{}", p.display());
+        }
+    }
+
+    #[test]
+    fn groups_resolve_by_name_or_number() {
+        assert_eq!(group_id("0"), Ok(0));
+        assert_eq!(group_id("root"), Ok(0));
+        assert!(group_id("no-such-group-here").expect_err("unknown").contains("no-such-group-here"));
     }
 
     #[test]

@@ -459,9 +459,23 @@ pub const MAX_DIFF_BYTES: usize = 1 << 20;
 /// renderings list one by one; the rest are counted.
 pub const MAX_LISTED_CHANGES: usize = 1000;
 
+/// How long the diff may search for the shortest edit script. Past it the
+/// rest of the texts is shown as replaced: still a correct diff, only not
+/// the shortest. A Myers diff of texts that differ wholesale costs the
+/// square of their length (minutes at 20k extensions); this keeps every
+/// plan's diff under a second whatever is on disk.
+pub const DIFF_DEADLINE: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// A unified diff of two managed files with `password` and `md5_cred`
 /// values masked, fit for logs, PR comments and the UI; cut after
 /// [`MAX_DIFF_BYTES`] with a line that says so.
+///
+/// Bounded whatever the texts: a file on disk that shares fewer than half
+/// of its sections with what renders (a foreign or mangled file) is
+/// reported as replaced, with the sections on each side, instead of being
+/// diffed line by line; any other pair is diffed with patience (anchored on
+/// the lines each side has once: every extension's `auth = N` and
+/// `username = N`), which stops searching at [`DIFF_DEADLINE`].
 pub fn masked_diff(old: &str, new: &str) -> String {
     if old.is_empty() {
         return added_file_diff(new);
@@ -469,39 +483,163 @@ pub fn masked_diff(old: &str, new: &str) -> String {
     if old == new {
         return String::new();
     }
+    if let Some(replaced) = replaced_file_diff(old, new) {
+        return replaced;
+    }
     // Diff the texts as they are and mask only the lines that are printed:
     // masking two whole 3 MB files first cost more than the diff itself.
-    let diff = similar::TextDiff::from_lines(old, new);
-    let mut unified = diff.unified_diff();
-    unified.context_radius(3).header("managed (on disk)", "managed (rendered)");
+    let old_lines: Vec<&str> = old.split_inclusive('\n').collect();
+    let new_lines: Vec<&str> = new.split_inclusive('\n').collect();
+    let (ops, timed_out) = line_ops(&old_lines, &new_lines);
     let mut out = String::from("--- managed (on disk)\n+++ managed (rendered)\n");
     let mut left_out = 0usize;
-    for hunk in unified.iter_hunks() {
+    for hunk in similar::group_diff_ops(ops, 3) {
+        let (Some(first), Some(last)) = (hunk.first(), hunk.last()) else { continue };
+        let count = |r: std::ops::Range<usize>| r.len();
+        let (old_range, new_range) =
+            (first.old_range().start..last.old_range().end, first.new_range().start..last.new_range().end);
         if out.len() > MAX_DIFF_BYTES {
-            left_out += hunk.iter_changes().count();
+            left_out += hunk.iter().map(|op| count(op.old_range()) + count(op.new_range())).sum::<usize>();
             continue;
         }
-        out.push_str(&format!("{}\n", hunk.header()));
-        for change in hunk.iter_changes() {
-            if out.len() > MAX_DIFF_BYTES {
-                left_out += 1;
-                continue;
-            }
-            out.push(match change.tag() {
-                similar::ChangeTag::Delete => '-',
-                similar::ChangeTag::Insert => '+',
-                similar::ChangeTag::Equal => ' ',
-            });
-            out.push_str(&mask_secrets(change.value()));
-            if change.missing_newline() {
-                out.push_str("\n\\ No newline at end of file\n");
+        out.push_str(&format!("@@ -{} +{} @@\n", hunk_range(&old_range), hunk_range(&new_range)));
+        for op in &hunk {
+            let (tag, old_r, new_r) = op.as_tag_tuple();
+            let lines: Vec<(char, &str)> = match tag {
+                similar::DiffTag::Equal => old_lines[old_r].iter().map(|l| (' ', *l)).collect(),
+                _ => old_lines[old_r]
+                    .iter()
+                    .map(|l| ('-', *l))
+                    .chain(new_lines[new_r].iter().map(|l| ('+', *l)))
+                    .collect(),
+            };
+            for (sign, line) in lines {
+                if out.len() > MAX_DIFF_BYTES {
+                    left_out += 1;
+                    continue;
+                }
+                out.push(sign);
+                out.push_str(&mask_secrets(line));
+                if !line.ends_with('\n') {
+                    out.push_str("\n\\ No newline at end of file\n");
+                }
             }
         }
     }
     if left_out > 0 {
         out.push_str(&format!("… diff cut at {} KiB: {left_out} more line(s)\n", MAX_DIFF_BYTES / 1024));
     }
+    if timed_out {
+        out.push_str(&format!(
+            "… the search for the shortest diff stopped after {} ms: what follows the last match is shown as replaced\n",
+            DIFF_DEADLINE.as_millis()
+        ));
+    }
     out
+}
+
+/// A unified diff's `start,len` (1-based; `start` alone for one line).
+fn hunk_range(r: &std::ops::Range<usize>) -> String {
+    match r.len() {
+        0 => format!("{},0", r.start),
+        1 => format!("{}", r.start + 1),
+        n => format!("{},{n}", r.start + 1),
+    }
+}
+
+/// The line diff's operations, and whether the search hit [`DIFF_DEADLINE`].
+/// The common head and tail are matched first, in linear time; a middle
+/// where one side has a handful of lines and the other thousands (a file
+/// cut short, a block appended) is a replacement without any search:
+/// Myers' search costs the square of the longer side there.
+fn line_ops(old: &[&str], new: &[&str]) -> (Vec<similar::DiffOp>, bool) {
+    use similar::DiffOp;
+    let (n, m) = (old.len(), new.len());
+    let prefix = old.iter().zip(new).take_while(|(a, b)| a == b).count();
+    let suffix = old[prefix..].iter().rev().zip(new[prefix..].iter().rev()).take_while(|(a, b)| a == b).count();
+    let (old_mid, new_mid) = (prefix..n - suffix, prefix..m - suffix);
+    let mut ops = Vec::new();
+    if prefix > 0 {
+        ops.push(DiffOp::Equal { old_index: 0, new_index: 0, len: prefix });
+    }
+    let mut timed_out = false;
+    let lopsided = old_mid.len().min(new_mid.len()) <= 64 && old_mid.len().max(new_mid.len()) > 4096;
+    if old_mid.is_empty() || new_mid.is_empty() || lopsided {
+        if !old_mid.is_empty() {
+            ops.push(DiffOp::Delete { old_index: old_mid.start, old_len: old_mid.len(), new_index: new_mid.start });
+        }
+        if !new_mid.is_empty() {
+            ops.push(DiffOp::Insert { old_index: old_mid.end, new_index: new_mid.start, new_len: new_mid.len() });
+        }
+    } else {
+        let deadline = std::time::Instant::now() + DIFF_DEADLINE;
+        ops.extend(similar::capture_diff_deadline(
+            similar::Algorithm::Patience,
+            old,
+            old_mid,
+            new,
+            new_mid,
+            Some(deadline),
+        ));
+        timed_out = std::time::Instant::now() >= deadline;
+    }
+    if suffix > 0 {
+        ops.push(DiffOp::Equal { old_index: n - suffix, new_index: m - suffix, len: suffix });
+    }
+    (ops, timed_out)
+}
+
+/// The section names (`[name]` lines) of a pjsip file, each once.
+fn section_names(text: &str) -> std::collections::HashSet<&str> {
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix('[').and_then(|r| r.split_once(']')).map(|(name, _)| name))
+        .collect()
+}
+
+/// When the file on disk shares fewer than half of its sections with what
+/// renders (or has none), a line diff says nothing useful and costs the
+/// square of the file: say it is replaced, and which sections each side
+/// has that the other lacks. Linear in the texts. `None`: diff them.
+fn replaced_file_diff(old: &str, new: &str) -> Option<String> {
+    let (was, now) = (section_names(old), section_names(new));
+    let shared = was.intersection(&now).count();
+    let most = was.len().max(now.len());
+    if most == 0 || shared * 2 >= most {
+        return None;
+    }
+    let lines = |t: &str| t.split_inclusive('\n').count();
+    let mut out = format!(
+        "--- managed (on disk)\n+++ managed (rendered)\n\
+         @@ replaced: {} line(s) on disk -> {} line(s) rendered; {shared} of the {} section name(s) on disk are rendered @@\n",
+        lines(old),
+        lines(new),
+        was.len()
+    );
+    let mut list = |title: &str, names: Vec<&str>| {
+        if names.is_empty() {
+            return;
+        }
+        out.push_str(&format!("{title} ({}):\n", names.len()));
+        let mut left_out = 0usize;
+        for name in &names {
+            if out.len() > MAX_DIFF_BYTES / 2 {
+                left_out += 1;
+                continue;
+            }
+            out.push_str(&format!("  [{name}]\n"));
+        }
+        if left_out > 0 {
+            out.push_str(&format!("  … and {left_out} more\n"));
+        }
+    };
+    let mut gone: Vec<&str> = was.difference(&now).copied().collect();
+    let mut added: Vec<&str> = now.difference(&was).copied().collect();
+    gone.sort_unstable();
+    added.sort_unstable();
+    // Rendered sections first: they are the extensions this plan writes.
+    list("- sections only in the rendered file", added);
+    list("- sections only on disk", gone);
+    Some(out)
 }
 
 /// The diff of a file that did not exist (a cold apply): every line added.
@@ -718,7 +856,7 @@ mod tests {
     use std::path::Path;
 
     fn set(yaml: &str) -> DesiredSet {
-        let (exts, diags) = load_file("t.yaml", Path::new("."), yaml);
+        let (exts, diags) = load_file("t.yaml", &crate::spec::SecretPolicy::for_spec_dir(Path::new(".")), yaml);
         assert!(diags.iter().all(|d| !d.is_error()), "{diags:?}");
         DesiredSet::new(exts.into_iter().map(|(e, _)| e).collect())
     }
@@ -913,6 +1051,44 @@ mod tests {
         assert_eq!(stored["creates"], MAX_LISTED_CHANGES + 5);
         assert_eq!(stored["changes"].as_array().map(Vec::len), Some(MAX_LISTED_CHANGES));
         assert!(to_markdown(&p).contains("and 805 more"));
+    }
+
+    fn sections(names: impl Iterator<Item = String>) -> String {
+        names
+            .map(|n| {
+                format!(
+                    "\n[{n}]\ntype = endpoint\nauth = {n}\n\n[{n}]\ntype = auth\nusername = {n}\npassword = pw-{n}\n"
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_foreign_file_is_reported_as_replaced_with_its_sections_and_no_secret() {
+        let old = sections((0..20_000).map(|i| format!("foreign-{i}")));
+        let new = sections((0..20_000).map(|i| format!("{}", 100_000 + i)));
+        let d = masked_diff(&old, &new);
+        assert!(d.starts_with("--- managed (on disk)\n+++ managed (rendered)\n@@ replaced: "), "{}", &d[..300]);
+        assert!(d.contains("0 of the 20000 section name(s) on disk are rendered"), "{}", &d[..300]);
+        assert!(d.contains("\n  [100000]\n") && d.contains("sections only on disk (20000)"), "{}", &d[..300]);
+        assert!(!d.contains("pw-"), "no secret in the diff");
+        assert!(d.len() < MAX_DIFF_BYTES + 64 * 1024, "{}", d.len());
+    }
+
+    #[test]
+    fn a_file_changed_everywhere_is_still_diffed_line_by_line_and_masked() {
+        let names = || (0..20_000).map(|i| format!("{}", 100_000 + i));
+        let old = sections(names());
+        let new = sections(names()).replace("type = endpoint", "type = endpoint\ncontext = x");
+        let d = masked_diff(&old, &new);
+        assert!(d.contains("\n+context = x\n"), "{}", &d[..300]);
+        assert!(!d.contains("pw-"), "secrets stay masked");
+        // Cut in the middle of a line, as a killed writer leaves it.
+        let cut = new.find("username = 110000").expect("present") + 5;
+        let truncated = &new[..cut];
+        let d = masked_diff(truncated, &new);
+        assert!(d.contains("\\ No newline at end of file") && !d.contains("replaced:"), "{}", &d[..300]);
+        assert!(!d.contains("pw-"));
     }
 
     #[test]

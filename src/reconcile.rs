@@ -315,9 +315,10 @@ fn secret_files_signature(set: &DesiredSet) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     for ext in set.extensions.iter() {
-        if let crate::spec::Secret::PasswordFile(path) = &ext.secret {
+        if let crate::spec::Secret::PasswordFile { dir, path } = &ext.secret {
+            let path = dir.join(path);
             path.hash(&mut h);
-            match std::fs::metadata(path) {
+            match std::fs::metadata(&path) {
                 Ok(m) => (m.len(), m.modified().ok()).hash(&mut h),
                 Err(e) => e.kind().hash(&mut h),
             }

@@ -22,7 +22,8 @@ pub fn md5_cred(extension: &str, realm: &str, password: &str) -> String {
 /// The process environment and file system in production; a map in tests.
 pub trait SecretSource: Sync {
     fn env(&self, name: &str) -> Option<String>;
-    fn file(&self, path: &Path) -> std::io::Result<String>;
+    /// The file `path` (relative) under the secrets directory `dir`.
+    fn file(&self, dir: &Path, path: &Path) -> std::io::Result<String>;
 }
 
 /// Reads the process environment and the file system.
@@ -32,8 +33,11 @@ impl SecretSource for ProcessSecrets {
     fn env(&self, name: &str) -> Option<String> {
         std::env::var(name).ok()
     }
-    fn file(&self, path: &Path) -> std::io::Result<String> {
-        std::fs::read_to_string(path)
+    /// Resolves symlinks again now (the specs were checked when they
+    /// loaded; the file system may have changed since): a path that leads
+    /// out of `dir` is refused, never read.
+    fn file(&self, dir: &Path, path: &Path) -> std::io::Result<String> {
+        std::fs::read_to_string(crate::spec::policy::contained(dir, path)?)
     }
 }
 
@@ -65,6 +69,8 @@ pub enum SecretError {
     FileUnreadable { extension: String, path: String, reason: String },
     #[error("extension {extension}: passwordFile {path} is empty")]
     FileEmpty { extension: String, path: String },
+    #[error("extension {extension}: {field} {name} is not allowed (one of the daemon's own variables)")]
+    NotAllowed { extension: String, field: &'static str, name: String },
     #[error("extension {extension}: the password from {origin} is not usable in pjsip.conf: {reason}")]
     Unsafe { extension: String, origin: String, reason: String },
 }
@@ -85,14 +91,17 @@ pub fn credential(ext: &Extension, source: &dyn SecretSource) -> Result<AuthCred
     match &ext.secret {
         Secret::Password(p) => checked(p.clone(), "password".into()),
         Secret::Md5Cred(h) => Ok(AuthCredential::Md5(h.clone())),
+        Secret::PasswordEnv(name) if crate::spec::policy::reserved_env(name).is_err() => {
+            Err(SecretError::NotAllowed { extension, field: "passwordEnv", name: name.clone() })
+        }
         Secret::PasswordEnv(name) => match source.env(name) {
             None => Err(SecretError::EnvMissing { extension, name: name.clone() }),
             Some(v) if v.is_empty() => Err(SecretError::EnvEmpty { extension, name: name.clone() }),
             Some(v) => checked(v, format!("environment variable {name}")),
         },
-        Secret::PasswordFile(path) => {
-            let shown = path.display().to_string();
-            let text = source.file(path).map_err(|e| SecretError::FileUnreadable {
+        Secret::PasswordFile { dir, path } => {
+            let shown = dir.join(path).display().to_string();
+            let text = source.file(dir, path).map_err(|e| SecretError::FileUnreadable {
                 extension: extension.clone(),
                 path: shown.clone(),
                 reason: e.to_string(),

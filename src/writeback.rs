@@ -94,8 +94,7 @@ pub struct Author {
 /// changed (relative to `spec_dir`). Validates the whole directory after the
 /// edit and puts every file back if it does not validate.
 pub fn apply_to_dir(spec_dir: &Path, op: &EditOp) -> Result<Vec<PathBuf>, WriteError> {
-    let loaded =
-        spec::load_paths(&[spec_dir.to_path_buf()], &LoadOptions { display_base: Some(spec_dir.to_path_buf()) });
+    let loaded = spec::load_paths(&[spec_dir.to_path_buf()], &LoadOptions::for_dir(spec_dir));
     let existing = loaded.set.get(op.number()).map(|e| e.origin.file.clone());
     let declared_somewhere = existing.is_some() || declared_in_invalid_file(spec_dir, &loaded.files, op.number());
     let (rel, before, after): (PathBuf, Option<String>, Option<String>) = match op {
@@ -139,8 +138,7 @@ pub fn apply_to_dir(spec_dir: &Path, op: &EditOp) -> Result<Vec<PathBuf>, WriteE
         Some(text) => crate::managed::write_atomic(&path, text.as_bytes())?,
         None => std::fs::remove_file(&path)?,
     }
-    let check =
-        spec::load_paths(&[spec_dir.to_path_buf()], &LoadOptions { display_base: Some(spec_dir.to_path_buf()) });
+    let check = spec::load_paths(&[spec_dir.to_path_buf()], &LoadOptions::for_dir(spec_dir));
     let new_errors: Vec<Diagnostic> =
         check.diagnostics.into_iter().filter(|d| d.is_error() && !loaded.diagnostics.contains(d)).collect();
     if !new_errors.is_empty() {

@@ -95,7 +95,7 @@ where
 const SPECS: &str = "defaults: {context: from-internal, transport: transport-udp, codecs: [ulaw, alaw]}\nextensions:\n  - {extension: \"1001\", displayName: Test User, password: Plaintext-Secret-42, labels: {department: sales}}\n  - {extension: \"1002\", md5Cred: 281036cc5c24788fe74c0ae5d9c07baf, mailboxes: 1002@default}\n";
 
 fn desired() -> DesiredSet {
-    let (exts, _) = load_file("sales.yaml", Path::new("."), SPECS);
+    let (exts, _) = load_file("sales.yaml", &asterisk_gitops::spec::SecretPolicy::for_spec_dir(Path::new(".")), SPECS);
     DesiredSet::new(exts.into_iter().map(|(e, _)| e).collect())
 }
 
@@ -328,7 +328,8 @@ async fn a_plaintext_password_is_nowhere_in_the_database() {
     on_both(|db| async move {
         let set = desired();
         let mut r = run(Outcome::Applied, &["1001", "1002"]);
-        let (_, diags) = load_file("sales.yaml", Path::new("."), SPECS);
+        let (_, diags) =
+            load_file("sales.yaml", &asterisk_gitops::spec::SecretPolicy::for_spec_dir(Path::new(".")), SPECS);
         r.diagnostics = diags;
         db.commit_run(&r, &rows(&set), &[]).await.expect("commits");
         let all = dump(&db).await;

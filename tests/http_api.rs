@@ -212,14 +212,77 @@ async fn webhooks_must_be_signed_and_only_the_tracked_branch_triggers() {
     assert!(rx.try_recv().is_err(), "another branch triggers nothing");
 }
 
+/// Every path a write could be sent to: the OpenAPI document's (kept in
+/// step with the JSON routes by `the_openapi_document_matches_the_routes`)
+/// and every route the UI's source registers.
+fn every_route() -> Vec<String> {
+    let doc: Value = serde_json::from_str(asterisk_gitops::http::read::OPENAPI).expect("valid JSON");
+    let mut paths: std::collections::BTreeSet<String> =
+        doc["paths"].as_object().expect("paths").keys().cloned().collect();
+    let ui = std::fs::read_to_string(crate::support::repo_root().join("src/http/ui.rs")).expect("source");
+    for part in ui.split(".route(\"").skip(1) {
+        paths.insert(part.split('"').next().expect("a path").to_string());
+    }
+    assert!(paths.contains("/ui/extensions") && paths.contains("/ui/extensions/{id}/delete"), "{paths:?}");
+    paths.into_iter().map(|p| p.replace("{id}", "1001")).collect()
+}
+
+/// `--read-only`: no route accepts a POST, PUT, DELETE or PATCH, with or
+/// without a token, a session cookie or a CSRF field; nothing changes on
+/// disk and no reconcile is asked for. Sign-in is the one form that stays
+/// when reading needs a session (anonymousRead off): it writes nothing.
 #[tokio::test]
-async fn read_only_mode_serves_no_write_routes() {
+async fn read_only_mode_accepts_no_write_on_any_route_signed_in_or_not() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (mut state, _rx) = state(dir.path());
-    state.read_only = true;
-    let (status, _) = call(&state, "POST", "/extensions", Some(SEED_BODY), Some(TOKEN)).await;
-    assert!(status == StatusCode::NOT_FOUND || status == StatusCode::METHOD_NOT_ALLOWED, "{status}");
-    assert!(dir_snapshot(dir.path()).is_empty());
+    std::fs::write(
+        dir.path().join("1001.yaml"),
+        "defaults: {context: from-internal, transport: transport-udp, codecs: [ulaw]}\nextensions:\n  - extension: \"1001\"\n    md5Cred: 0123456789abcdef0123456789abcdef\n",
+    )
+    .expect("write");
+    let before = dir_snapshot(dir.path());
+    for anonymous_read in [true, false] {
+        let (mut state, mut rx) = state(dir.path());
+        state.read_only = true;
+        state.anonymous_read = anonymous_read;
+        // Signed in where sign-in exists (reads need it), so the session is a real one.
+        let cookie = if anonymous_read {
+            assert_eq!(form(&state, "GET", "/ui/signin", "", None).await.0, StatusCode::NOT_FOUND);
+            None
+        } else {
+            let (status, headers) = sign_in(&state, TOKEN).await;
+            assert_eq!(status, StatusCode::SEE_OTHER, "sign-in works for reading");
+            headers.get("set-cookie").and_then(|v| v.to_str().ok()).and_then(|c| c.split(';').next()).map(String::from)
+        };
+        for path in every_route() {
+            if !anonymous_read && (path == "/ui/signin" || path == "/ui/signout") {
+                continue;
+            }
+            for method in ["POST", "PUT", "DELETE", "PATCH"] {
+                for signed_in in [false, true] {
+                    let mut req = Request::builder()
+                        .method(method)
+                        .uri(&path)
+                        .header("content-type", "application/x-www-form-urlencoded");
+                    if signed_in {
+                        req = req.header("authorization", format!("Bearer {TOKEN}"));
+                        if let Some(c) = &cookie {
+                            req = req.header("cookie", c.as_str());
+                        }
+                    }
+                    let body = "extension=1001&displayName=X&context=c&transport=t&codecs=ulaw&csrf=x&token=t";
+                    let resp = app(state.clone()).oneshot(req.body(Body::from(body)).expect("request")).await;
+                    let status = resp.expect("response").status();
+                    assert!(
+                        [StatusCode::NOT_FOUND, StatusCode::METHOD_NOT_ALLOWED, StatusCode::FORBIDDEN]
+                            .contains(&status),
+                        "{method} {path} (signed in: {signed_in}, anonymousRead: {anonymous_read}) answered {status}"
+                    );
+                }
+            }
+        }
+        assert_eq!(dir_snapshot(dir.path()), before, "nothing changed on disk");
+        assert!(rx.try_recv().is_err(), "no reconcile was asked for");
+    }
 }
 
 /// A form request through the router: (status, headers, body).

@@ -173,10 +173,11 @@ async fn a_second_run_on_the_same_input_writes_nothing_and_reloads_nothing() {
 #[tokio::test]
 async fn a_settled_run_still_sees_a_changed_secret_file_and_rows_changed_behind_its_back() {
     let r = rig().await;
-    let pw = r.dir.path().join("1004.pw");
+    std::fs::create_dir_all(r.spec.join("secrets")).expect("mkdir");
+    let pw = r.spec.join("secrets/1004.pw");
     std::fs::write(&pw, "first-password-1\n").expect("write secret");
     let mut text = team(&[("1001", "Ann"), ("1002", "Bob"), ("1003", "Cy")]);
-    text.push_str(&format!("  - extension: \"1004\"\n    displayName: Dee\n    passwordFile: {}\n", pw.display()));
+    text.push_str("  - extension: \"1004\"\n    displayName: Dee\n    passwordFile: 1004.pw\n");
     r.write("team.yaml", &text);
     assert_eq!(r.run().await.record.outcome, Outcome::Applied);
     assert_eq!(r.run().await.record.outcome, Outcome::NoOp);
@@ -542,4 +543,88 @@ async fn a_burst_of_saves_makes_one_run_once_the_directory_is_quiet() {
     task.await.expect("loop ends");
     assert_eq!(c.reloads(), reloads + 1, "one run, one reload for the whole burst");
     assert_eq!(creates, Some(8), "that one run created all eight");
+}
+
+/// A managed file from somewhere else: as many sections as the estate, none of the same name.
+fn foreign_managed_file(n: usize) -> String {
+    let mut out = String::from("; another host's managed file\n");
+    for i in 0..n {
+        out.push_str(&format!(
+            "\n[foreign-{i}]\ntype = endpoint\ncontext = default\nauth = foreign-{i}\n\n[foreign-{i}]\ntype = auth\nauth_type = userpass\nusername = foreign-{i}\npassword = foreign-secret-{i}\n"
+        ));
+    }
+    out
+}
+
+/// Before the diff was bounded, a plan against a foreign managed file took
+/// the square of the estate (over a minute at 10k). This asserts that it
+/// completes and still says what matters, not how fast (the diff benchmark
+/// measures that).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_or_truncated_managed_file_at_20k_is_planned_as_drift() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = dir.path().join("extensions.d");
+    asterisk_gitops::estate::write(&spec, 20_000).expect("estate");
+    let managed = dir.path().join("pjsip_gitops.conf");
+    let url = format!("sqlite://{}/db.sqlite", dir.path().display());
+    let rec: Reconciler<Db, Asterisk> = Reconciler {
+        store: Db::connect(&url, &Retry::default()).await.expect("db"),
+        asterisk: None,
+        managed: ManagedFile::new(&managed),
+        renderer: Arc::new(Renderer::new(None).expect("template")),
+        secrets: Arc::new(ProcessSecrets),
+        realm: "asterisk".into(),
+        prune: PruneGuard { max_share: 0.3, max_count: None, allow_mass_delete: false },
+        self_heal: true,
+        settled: Default::default(),
+    };
+    let first = rec.run(Trigger::Cli, daemon::load_dir(&spec)).await;
+    assert_eq!(outcome(&first), (Outcome::Applied, None));
+    let rendered = std::fs::read_to_string(&managed).expect("managed file");
+
+    std::fs::write(&managed, foreign_managed_file(20_000)).expect("overwrite");
+    let (plan, _) = rec.plan(&daemon::load_dir(&spec)).await.expect("plan");
+    assert!(plan.file_changed && plan.changes.is_empty());
+    assert!(plan.drift.contains(&Drift::ManagedFileEdited), "{:?}", plan.drift);
+    assert!(plan.diff.contains("@@ replaced: ") && plan.diff.contains("[100000]"), "{}", &plan.diff[..400]);
+    assert!(!plan.diff.contains("foreign-secret"), "secrets stay masked");
+
+    let cut = rendered.find("username = 110000").expect("present") + 5;
+    std::fs::write(&managed, &rendered[..cut]).expect("truncate");
+    let (plan, _) = rec.plan(&daemon::load_dir(&spec)).await.expect("plan");
+    assert!(plan.file_changed && plan.drift.contains(&Drift::ManagedFileEdited), "{:?}", plan.drift);
+    assert!(plan.diff.contains("+username = 110000\n"), "{}", &plan.diff[..400]);
+    assert!(!plan.diff.contains("Pw-"), "secrets stay masked");
+
+    // Self-heal writes the rendered file back.
+    let healed = rec.run(Trigger::Manual, daemon::load_dir(&spec)).await;
+    assert_eq!(outcome(&healed).1, None);
+    assert_eq!(std::fs::read_to_string(&managed).expect("managed file"), rendered);
+}
+
+/// A spec that names a secret from outside where the operator allows is
+/// refused: the run is invalid, nothing is rendered, Asterisk is not touched.
+#[tokio::test]
+async fn a_secret_from_outside_the_secrets_directory_or_the_daemons_env_is_refused_and_nothing_is_rendered() {
+    let r = rig().await;
+    std::fs::create_dir_all(r.spec.join("secrets")).expect("mkdir");
+    let outside = r.dir.path().join("outside.txt");
+    std::fs::write(&outside, "host-secret-value\n").expect("write");
+    std::os::unix::fs::symlink(&outside, r.spec.join("secrets/link.pw")).expect("symlink");
+    let spec = |secret: &str| format!("{}  - extension: \"1009\"\n    {secret}\n", team(&[("1001", "Ann")]));
+    for (secret, field) in [
+        (format!("passwordFile: {}", outside.display()), "passwordFile"),
+        ("passwordFile: ../../outside.txt".to_string(), "passwordFile"),
+        ("passwordFile: link.pw".to_string(), "passwordFile"),
+        ("passwordEnv: ASTERISK_GITOPS_ADMIN_TOKEN".to_string(), "passwordEnv"),
+    ] {
+        r.write("team.yaml", &spec(&secret));
+        let run = r.run().await;
+        assert_eq!(run.record.outcome, Outcome::Invalid, "{secret}: {:?}", run.record.error);
+        let d = run.record.diagnostics.iter().find(|d| d.code == "secret-not-allowed").expect("refused");
+        assert_eq!((d.location.file.as_str(), d.location.line), ("team.yaml", 7), "{secret}");
+        assert_eq!(d.field, format!("extensions[1].{field}"), "{secret}");
+        assert!(!r.managed.exists(), "{secret}: nothing rendered");
+        assert!(r.loaded().is_empty() && r.standin.control().reloads() == 0, "{secret}: Asterisk untouched");
+    }
 }

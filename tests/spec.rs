@@ -4,7 +4,7 @@
 use crate::support::{fixture, repo_root};
 use asterisk_gitops::diag::Severity;
 use asterisk_gitops::render::{self, Line, Renderer, SourceInfo};
-use asterisk_gitops::secret::SecretSource;
+use asterisk_gitops::secret::{ProcessSecrets, SecretSource};
 use asterisk_gitops::spec::load::{Loaded, load_file};
 use asterisk_gitops::spec::resolve::Locator;
 use asterisk_gitops::spec::{self, Defaults, DesiredSet, ExtensionEntry, LoadOptions, StringList};
@@ -23,10 +23,10 @@ impl SecretSource for MapSecrets {
     fn env(&self, name: &str) -> Option<String> {
         self.env.get(name).cloned()
     }
-    fn file(&self, path: &Path) -> std::io::Result<String> {
+    fn file(&self, dir: &Path, path: &Path) -> std::io::Result<String> {
         match self.files.get(path) {
             Some(s) => Ok(s.clone()),
-            None => std::fs::read_to_string(path),
+            None => ProcessSecrets.file(dir, path),
         }
     }
 }
@@ -44,7 +44,7 @@ fn example_secrets() -> MapSecrets {
 }
 
 fn load_dir(dir: &Path) -> Loaded {
-    spec::load_paths(&[dir.to_path_buf()], &LoadOptions { display_base: Some(dir.to_path_buf()) })
+    spec::load_paths(&[dir.to_path_buf()], &LoadOptions::for_dir(dir))
 }
 
 fn bin() -> Command {
@@ -103,6 +103,11 @@ const EXPECTED: &[(&str, u32, u32, &str, &str)] = &[
     ("malformed_number.yaml", 4, 16, "invalid-extension", "extensions[0].extension"),
     ("missing_secret.yaml", 4, 14, "missing-secret", "extensions[0]"),
     ("plaintext.yaml", 5, 15, "plaintext-password", "extensions[0].password"),
+    ("secret_absolute_file.yaml", 5, 19, "secret-not-allowed", "extensions[0].passwordFile"),
+    ("secret_env_pattern.yaml", 5, 18, "secret-not-allowed", "extensions[0].passwordEnv"),
+    ("secret_parent_dir.yaml", 5, 19, "secret-not-allowed", "extensions[0].passwordFile"),
+    ("secret_reserved_env.yaml", 5, 18, "secret-not-allowed", "extensions[0].passwordEnv"),
+    ("secret_reserved_env.yaml", 7, 18, "secret-not-allowed", "extensions[1].passwordEnv"),
     ("syntax.yaml", 5, 12, "yaml-syntax", ""),
     ("unknown_codec.yaml", 5, 13, "unknown-codec", "extensions[0].codecs"),
     ("unknown_dtmf.yaml", 5, 15, "unknown-dtmf-mode", "extensions[0].dtmfMode"),
@@ -140,7 +145,7 @@ fn a_duplicate_names_both_places() {
 #[test]
 fn diagnostics_never_echo_a_secret() {
     let text = "extensions:\n  - extension: \"1\"\n    context: a\n    transport: b\n    codecs: ulaw\n    password: 98765432\n";
-    let (_, diags) = load_file("t.yaml", Path::new("."), text);
+    let (_, diags) = load_file("t.yaml", &asterisk_gitops::spec::SecretPolicy::for_spec_dir(Path::new(".")), text);
     assert_eq!(diags.len(), 1, "{diags:?}");
     assert_eq!(diags[0].code, "wrong-type");
     assert!(!diags[0].message.contains("98765432"), "{}", diags[0].message);
@@ -149,7 +154,7 @@ fn diagnostics_never_echo_a_secret() {
 #[test]
 fn every_diagnostic_names_a_field_or_is_about_the_whole_file() {
     let text = "defaults:\n  context: 1\n  colour: red\nextensions:\n  - extension: \"1\"\n    transport: t\n    codecs: [ulaw, ulaw]\n    md5Cred: xyz\n";
-    let (exts, diags) = load_file("t.yaml", Path::new("."), text);
+    let (exts, diags) = load_file("t.yaml", &asterisk_gitops::spec::SecretPolicy::for_spec_dir(Path::new(".")), text);
     assert!(exts.is_empty());
     let summary: Vec<(u32, u32, &str, &str)> =
         diags.iter().map(|d| (d.location.line, d.location.column, d.code, d.field.as_str())).collect();
@@ -177,6 +182,57 @@ fn validate_github_format_annotates_file_line_and_column() {
         text.starts_with("::error file=tests/fixtures/invalid/unknown_codec.yaml,line=5,col=13,title=unknown-codec::"),
         "{text}"
     );
+}
+
+#[test]
+fn validate_refuses_secrets_from_outside_where_the_operator_allows() {
+    for (file, line, col, field) in [
+        ("secret_absolute_file.yaml", 5, 19, "passwordFile"),
+        ("secret_parent_dir.yaml", 5, 19, "passwordFile"),
+        ("secret_reserved_env.yaml", 5, 18, "passwordEnv"),
+        ("secret_env_pattern.yaml", 5, 18, "passwordEnv"),
+    ] {
+        let path = format!("tests/fixtures/invalid/{file}");
+        let out = bin().args(["validate", "--format", "github", &path]).output().expect("runs");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(1), "{file}: {text}");
+        let want = format!("::error file={path},line={line},col={col},title=secret-not-allowed::");
+        assert!(text.starts_with(&want), "{file}: {text}");
+        assert!(text.contains(field), "{file} names the field: {text}");
+    }
+    let out = bin().args(["validate", "tests/fixtures/invalid/secret_reserved_env.yaml"]).output().expect("runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("extensions[0].passwordEnv") && text.contains("daemon's own variables"), "{text}");
+}
+
+#[test]
+fn validate_refuses_a_password_file_that_is_a_symlink_out_of_the_secrets_directory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = dir.path().join("extensions.d");
+    std::fs::create_dir_all(spec.join("secrets")).expect("mkdir");
+    std::fs::write(dir.path().join("host-secret.txt"), "the-hosts-secret\n").expect("write");
+    std::fs::write(spec.join("secrets/inside.pw"), "Inside-Pw-1\n").expect("write");
+    std::os::unix::fs::symlink(dir.path().join("host-secret.txt"), spec.join("secrets/link.pw")).expect("symlink");
+    let yaml = |file: &str| {
+        format!(
+            "defaults: {{context: from-internal, transport: transport-udp, codecs: [ulaw]}}\nextensions:\n  - extension: \"5401\"\n    passwordFile: {file}\n"
+        )
+    };
+    std::fs::write(spec.join("a.yaml"), yaml("inside.pw")).expect("write");
+    let out = bin().arg("validate").arg(&spec).output().expect("runs");
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+
+    std::fs::write(spec.join("a.yaml"), yaml("link.pw")).expect("write");
+    let out = bin().args(["validate", "--format", "github"]).arg(&spec).output().expect("runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    let want = format!("::error file={},line=4,col=19,title=secret-not-allowed::", spec.join("a.yaml").display());
+    assert!(text.starts_with(&want), "{text}");
+    assert!(text.contains("outside the secrets directory") && !text.contains("the-hosts-secret"), "{text}");
+    // render refuses it as well: nothing is printed.
+    let out = bin().arg("render").arg(&spec).output().expect("runs");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty() && !String::from_utf8_lossy(&out.stderr).contains("the-hosts-secret"));
 }
 
 #[test]
@@ -356,7 +412,7 @@ extensions:
     codecs: [ulaw]
     md5Cred: 281036cc5c24788fe74c0ae5d9c07baf
 "#;
-    let (exts, _) = load_file("capture.yaml", Path::new("."), yaml);
+    let (exts, _) = load_file("capture.yaml", &asterisk_gitops::spec::SecretPolicy::for_spec_dir(Path::new(".")), yaml);
     let set = DesiredSet::new(exts.into_iter().map(|(e, _)| e).collect());
     let ours = Renderer::new(None)
         .expect("template")
@@ -568,7 +624,7 @@ mod property {
         fn yaml_files_with_arbitrary_values_never_render_a_second_section(e in entry()) {
             let file = spec::SpecFile { defaults: None, extensions: vec![e] };
             let text = serde_yaml::to_string(&file).expect("serializes");
-            let (exts, _) = load_file("p.yaml", Path::new("."), &text);
+            let (exts, _) = load_file("p.yaml", &asterisk_gitops::spec::SecretPolicy::for_spec_dir(Path::new(".")), &text);
             let set = DesiredSet::new(exts.into_iter().map(|(e, _)| e).collect());
             let mut secrets = MapSecrets::default();
             secrets.env.insert("P".into(), "pw".into());

@@ -262,3 +262,43 @@ async fn the_seeds_contract_end_to_end_and_no_password_in_any_response() {
     }
     d.stop().await;
 }
+
+/// Every file a run leaves behind that can hold a secret or the estate
+/// (state directory: database and its -wal/-shm; the managed file and its
+/// `.previous`) is unreadable for other users.
+#[tokio::test]
+async fn no_file_the_daemon_creates_is_world_readable() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = Daemon::start().await;
+    let c = d.standin.control();
+    let (status, body) = d.call("POST", "/extensions", Some(SEED_BODY)).await;
+    assert_eq!(status, 201, "{body}");
+    wait("1001 in Asterisk", || {
+        let c = c.clone();
+        async move { c.endpoints() == ["1001", "1002"] }
+    })
+    .await;
+    let root = d._dir.path();
+    let managed = root.join("asterisk/pjsip_gitops.conf");
+    let previous = root.join("asterisk/pjsip_gitops.conf.previous");
+    let mut seen = Vec::new();
+    let mut stack = vec![root.join("state")];
+    while let Some(p) = stack.pop() {
+        let meta = std::fs::symlink_metadata(&p).expect("stat");
+        seen.push((p.clone(), meta.permissions().mode() & 0o777));
+        if meta.is_dir() {
+            stack.extend(std::fs::read_dir(&p).expect("ls").flatten().map(|e| e.path()));
+        }
+    }
+    for p in [&managed, &previous] {
+        let mode = std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o640, "{}", p.display());
+        seen.push((p.to_path_buf(), mode));
+    }
+    let db = root.join("state/asterisk-gitops.db");
+    assert!(seen.iter().any(|(p, m)| *p == db && *m == 0o600), "the database is 0600: {seen:?}");
+    let open: Vec<_> = seen.iter().filter(|(_, m)| m & 0o007 != 0).collect();
+    assert!(open.is_empty(), "world-accessible: {open:?}");
+    assert!(seen.len() >= 4, "{seen:?}");
+    d.stop().await;
+}

@@ -86,6 +86,24 @@ impl Default for Retry {
     }
 }
 
+/// Makes the SQLite file at `path` 0600 (it holds md5 hashes and the run
+/// history): created so when `create` and it does not exist yet, before
+/// sqlx opens it; an existing one is narrowed to 0600.
+fn private_file(path: &std::path::Path, create: bool) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    if create {
+        match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+    }
+    match std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
 impl Db {
     /// Connects (retrying with back-off), migrates, and refuses a database
     /// that a newer version migrated. SQLite files and their directory are
@@ -114,10 +132,12 @@ impl Db {
     async fn connect_once(url: &str) -> Result<Db, DbError> {
         if let Some(rest) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
             let path = rest.split('?').next().unwrap_or("");
-            if !path.is_empty() && path != ":memory:" {
+            let on_disk = !path.is_empty() && path != ":memory:" && !rest.contains("mode=memory");
+            if on_disk {
                 if let Some(dir) = std::path::Path::new(path).parent().filter(|d| !d.as_os_str().is_empty()) {
                     std::fs::create_dir_all(dir).map_err(|e| DbError::Query(sqlx::Error::Io(e)))?;
                 }
+                private_file(std::path::Path::new(path), true).map_err(|e| DbError::Query(sqlx::Error::Io(e)))?;
             }
             let opts: sqlx::sqlite::SqliteConnectOptions = url.parse()?;
             let opts = opts
@@ -130,6 +150,14 @@ impl Db {
                 .acquire_timeout(Duration::from_secs(5))
                 .connect_with(opts)
                 .await?;
+            if on_disk {
+                // SQLite gives its -wal and -shm files the database file's
+                // mode; this makes sure of it for files an older version made.
+                for suffix in ["", "-wal", "-shm"] {
+                    private_file(std::path::Path::new(&format!("{path}{suffix}")), false)
+                        .map_err(|e| DbError::Query(sqlx::Error::Io(e)))?;
+                }
+            }
             Ok(Db::Sqlite(pool))
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             use sqlx::Connection;

@@ -17,9 +17,13 @@ use axum::routing::{get, post};
 use serde_json::{Map, Value, json};
 
 pub fn router(state: AppState) -> axum::Router<AppState> {
-    let mut r = axum::Router::new().route("/healthz", get(|| async { "ok" })).route("/hooks/git", post(webhook));
+    // Read-only: no route that takes a POST, PUT or DELETE is registered,
+    // the webhook included (a read-only daemon following git fetches on
+    // its interval).
+    let mut r = axum::Router::new().route("/healthz", get(|| async { "ok" }));
     if !state.read_only {
         r = r
+            .route("/hooks/git", post(webhook))
             .route("/extensions", post(create))
             .route("/extensions/{id}", axum::routing::put(update).delete(delete))
             .route("/reconcile", post(reconcile));
@@ -160,11 +164,17 @@ fn check_entry(entry: &ExtensionEntry, defaults: &Defaults) -> Result<(), ApiErr
 }
 
 /// Creates an extension from body fields (the JSON API's body, or the UI's form).
+/// Every edit, from the API or the UI, goes through here first.
+fn writable(state: &AppState) -> Result<(), ApiError> {
+    if state.read_only { Err(ApiError::Forbidden("this server is read-only".into())) } else { Ok(()) }
+}
+
 pub(crate) async fn create_entry(
     state: &AppState,
     map: Map<String, Value>,
     author: crate::writeback::Author,
 ) -> Result<(ExtensionEntry, Committed), ApiError> {
+    writable(state)?;
     let mut entry: ExtensionEntry = serde_json::from_value(Value::Object(map.clone()))
         .map_err(|e| ApiError::BadRequest(e.to_string(), Vec::new()))?;
     let number = entry.extension.clone().unwrap_or_default();
@@ -181,6 +191,7 @@ pub(crate) async fn update_entry(
     map: Map<String, Value>,
     author: crate::writeback::Author,
 ) -> Result<(ExtensionEntry, Committed), ApiError> {
+    writable(state)?;
     check::extension_number(id).map_err(|e| ApiError::NotFound(e.to_string()))?;
     if let Some(n) = map.get("extension").and_then(Value::as_str)
         && n != id
@@ -210,6 +221,7 @@ pub(crate) async fn delete_entry(
     id: &str,
     author: crate::writeback::Author,
 ) -> Result<Committed, ApiError> {
+    writable(state)?;
     check::extension_number(id).map_err(|e| ApiError::NotFound(e.to_string()))?;
     run_edit(state, EditOp::Delete(id.to_string()), author).await
 }

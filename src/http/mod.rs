@@ -190,7 +190,9 @@ async fn require_reader(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    if state.anonymous_read {
+    // The read routes serve only GET (and HEAD): anything else gets its 405
+    // from the router, not a sign-in redirect.
+    if state.anonymous_read || !matches!(*req.method(), axum::http::Method::GET | axum::http::Method::HEAD) {
         return next.run(req).await;
     }
     let bearer = req.headers().get("authorization").and_then(|v| v.to_str().ok());

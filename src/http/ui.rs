@@ -182,16 +182,16 @@ pub fn read_router() -> axum::Router<AppState> {
     axum::Router::new()
         .route("/", get(|| async { Redirect::to("/ui") }))
         .route("/ui", get(overview))
-        .route("/ui/extensions", get(list).post(create))
-        .route("/ui/extensions/{id}", get(status).post(update))
+        .route("/ui/extensions", get(list))
+        .route("/ui/extensions/{id}", get(status))
         .route("/ui/runs", get(runs))
         .route("/ui/runs/{id}", get(run))
         .route("/ui/calls", get(calls))
 }
 
-/// Sign-in, and the forms that write (each checks its session and CSRF
-/// token). In read-only mode only sign-in remains, and only when reading
-/// needs it.
+/// Sign-in, and the forms that write (each checks read-only mode, its
+/// session and CSRF token). In read-only mode only sign-in remains, and
+/// only when reading needs it: no route that writes is registered.
 pub fn write_router(state: &AppState) -> axum::Router<AppState> {
     let mut r = axum::Router::new();
     if !state.read_only || !state.anonymous_read {
@@ -199,6 +199,8 @@ pub fn write_router(state: &AppState) -> axum::Router<AppState> {
     }
     if !state.read_only {
         r = r
+            .route("/ui/extensions", post(create))
+            .route("/ui/extensions/{id}", post(update))
             .route("/ui/extensions/new", get(new_form))
             .route("/ui/extensions/{id}/edit", get(edit_form))
             .route("/ui/extensions/{id}/delete", get(delete_form).post(delete));
@@ -548,6 +550,9 @@ fn form_page(
 }
 
 async fn new_form(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if state.read_only {
+        return read_only_page();
+    }
     let viewer = Viewer::of(&state, &headers);
     if viewer.session.is_none() {
         return Redirect::to("/ui/signin").into_response();
@@ -565,11 +570,20 @@ fn echo(form: &HashMap<String, String>) -> Value {
     v
 }
 
+/// What a write route answers in read-only mode (it is not even
+/// registered then; this holds if it ever is).
+fn read_only_page() -> Response {
+    error_page(StatusCode::FORBIDDEN, "Read-only", "This server is read-only.")
+}
+
 async fn create(
     State(state): State<AppState>,
     headers: HeaderMap,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
+    if state.read_only {
+        return read_only_page();
+    }
     let viewer = Viewer::of(&state, &headers);
     let author = match viewer.writer(&form) {
         Ok(a) => a,
@@ -587,6 +601,9 @@ async fn create(
 }
 
 async fn edit_form(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    if state.read_only {
+        return read_only_page();
+    }
     let viewer = Viewer::of(&state, &headers);
     if viewer.session.is_none() {
         return Redirect::to("/ui/signin").into_response();
@@ -611,7 +628,7 @@ async fn update(
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
     if state.read_only {
-        return error_page(StatusCode::METHOD_NOT_ALLOWED, "Read-only", "This server is read-only.");
+        return read_only_page();
     }
     let viewer = Viewer::of(&state, &headers);
     let author = match viewer.writer(&form) {
@@ -626,6 +643,9 @@ async fn update(
 }
 
 async fn delete_form(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    if state.read_only {
+        return read_only_page();
+    }
     let viewer = Viewer::of(&state, &headers);
     if viewer.session.is_none() {
         return Redirect::to("/ui/signin").into_response();
@@ -639,6 +659,9 @@ async fn delete(
     Path(id): Path<String>,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
+    if state.read_only {
+        return read_only_page();
+    }
     let viewer = Viewer::of(&state, &headers);
     let author = match viewer.writer(&form) {
         Ok(a) => a,

@@ -260,7 +260,7 @@ mod tests {
     }
 
     fn numbers(text: &str) -> Vec<String> {
-        let (exts, diags) = load_file("t.yaml", Path::new("."), text);
+        let (exts, diags) = load_file("t.yaml", &crate::spec::SecretPolicy::for_spec_dir(Path::new(".")), text);
         assert!(diags.iter().all(|d| !d.is_error()), "{diags:?}\n{text}");
         exts.into_iter().map(|(e, _)| e.extension).collect()
     }

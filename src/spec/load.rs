@@ -7,6 +7,7 @@
 //! can never make the daemon delete what the file meant to keep: the caller
 //! treats a load with errors as "change nothing".
 
+use super::SecretPolicy;
 use super::resolve::{Locator, resolve};
 use super::yaml::{self, Node, Pos, Scalar, ScalarKind};
 use super::{Defaults, DesiredSet, Extension, ExtensionEntry, StringList};
@@ -61,6 +62,16 @@ pub struct LoadOptions {
     /// Paths printed in diagnostics are relative to this directory when
     /// they lie under it (the spec directory, or the current directory).
     pub display_base: Option<PathBuf>,
+    /// Where `passwordFile` and `passwordEnv` may point. `None`: the
+    /// default for the first directory loaded (its `secrets/`, `EXT_*`).
+    pub secrets: Option<SecretPolicy>,
+}
+
+impl LoadOptions {
+    /// Options for loading the spec directory `dir` with the default secret policy.
+    pub fn for_dir(dir: &Path) -> Self {
+        LoadOptions { display_base: Some(dir.to_path_buf()), secrets: Some(SecretPolicy::for_spec_dir(dir)) }
+    }
 }
 
 /// The outcome of loading: what was understood, and everything that was not.
@@ -84,7 +95,8 @@ pub type Source = (String, PathBuf, Result<Vec<u8>, String>);
 /// Loads every spec file under `paths` (directories recursively, or files).
 pub fn load_paths(paths: &[PathBuf], options: &LoadOptions) -> Loaded {
     let (sources, mut diagnostics) = read_paths(paths, options);
-    let mut loaded = load_sources(sources);
+    let policy = options.secrets.clone().unwrap_or_else(|| default_policy(paths));
+    let mut loaded = load_sources(sources, &policy);
     diagnostics.append(&mut loaded.diagnostics);
     loaded.diagnostics = diagnostics;
     loaded
@@ -121,15 +133,26 @@ pub fn read_paths(paths: &[PathBuf], options: &LoadOptions) -> (Vec<Source>, Vec
 /// directory on disk and for a tree read straight out of a git commit.
 /// Files are parsed in parallel; duplicates are checked afterwards, in
 /// file order, so the outcome does not depend on the number of threads.
-pub fn load_sources(sources: impl IntoIterator<Item = Source>) -> Loaded {
+pub fn load_sources(sources: impl IntoIterator<Item = Source>, secrets: &SecretPolicy) -> Loaded {
     let sources: Vec<_> = sources.into_iter().collect();
-    let parsed = parse_sources(&sources);
+    let parsed = parse_sources(&sources, secrets);
     assemble(sources.iter().map(|(shown, _, _)| shown.clone()).zip(parsed))
 }
 
 /// Parses files on up to as many threads as there are cores; results in order.
-pub fn parse_sources(sources: &[Source]) -> Vec<FileOutcome> {
-    parallel_map(sources, |(shown, path, content)| parse_source(shown, path, content))
+pub fn parse_sources(sources: &[Source], secrets: &SecretPolicy) -> Vec<FileOutcome> {
+    parallel_map(sources, |(shown, _, content)| parse_source(shown, content, secrets))
+}
+
+/// The secret policy when none is configured: the `secrets/` of the one
+/// directory given (or of the first file's directory), `EXT_*`.
+fn default_policy(paths: &[PathBuf]) -> SecretPolicy {
+    let base = match paths.first() {
+        Some(p) if p.is_dir() => p.clone(),
+        Some(p) => p.parent().map(Path::to_path_buf).unwrap_or_default(),
+        None => PathBuf::from("."),
+    };
+    SecretPolicy::for_spec_dir(&base)
 }
 
 /// The second half of [`load_sources`]: parsed files, in file order, into
@@ -174,7 +197,7 @@ pub fn assemble(parsed: impl IntoIterator<Item = (String, FileOutcome)>) -> Load
 /// One file's extensions (with where each entry starts) and diagnostics.
 pub type FileOutcome = (Vec<(Extension, Pos)>, Vec<Diagnostic>);
 
-fn parse_source(shown: &str, path: &Path, content: &Result<Vec<u8>, String>) -> FileOutcome {
+fn parse_source(shown: &str, content: &Result<Vec<u8>, String>, secrets: &SecretPolicy) -> FileOutcome {
     let bytes = match content {
         Ok(b) => b,
         Err(e) => return (Vec::new(), vec![file_error("io-error", shown, format!("cannot read {shown}: {e}"))]),
@@ -193,8 +216,7 @@ fn parse_source(shown: &str, path: &Path, content: &Result<Vec<u8>, String>) -> 
             return (Vec::new(), vec![d]);
         }
     };
-    let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    load_file(shown, &base_dir, text)
+    load_file(shown, secrets, text)
 }
 
 /// `f` over `items` on up to as many threads as there are cores, results in order.
@@ -262,8 +284,10 @@ fn collect(dir: &Path, files: &mut Vec<PathBuf>, diags: &mut Vec<Diagnostic>, op
 }
 
 /// Loads one file's text. Returns its extensions (with the position of each
-/// entry's `extension` field) and its diagnostics.
-pub fn load_file(file: &str, base_dir: &Path, text: &str) -> (Vec<(Extension, Pos)>, Vec<Diagnostic>) {
+/// entry's `extension` field) and its diagnostics. `secrets` says where a
+/// `passwordFile` or `passwordEnv` may point; a `passwordFile` is taken
+/// relative to its directory.
+pub fn load_file(file: &str, secrets: &SecretPolicy, text: &str) -> (Vec<(Extension, Pos)>, Vec<Diagnostic>) {
     let mut r = Reader { file, diags: Vec::new() };
     let root = match yaml::parse(text) {
         Ok(Some(root)) => root,
@@ -331,7 +355,13 @@ pub fn load_file(file: &str, base_dir: &Path, text: &str) -> (Vec<(Extension, Po
         let entry_pos = fields.iter().find(|(n, _)| *n == "extension").map(|(_, p)| *p).unwrap_or(item.pos());
         let locator =
             Locator { file: file.to_string(), prefix, entry: item.pos(), fields, defaults: defaults_pos.clone() };
-        let (ext, diags) = resolve(&entry, &defaults, &locator);
+        let (ext, mut diags) = resolve(&entry, &defaults, &locator);
+        let ext = ext.and_then(|ext| {
+            let refused = super::resolve::check_secret_policy(&ext, secrets, &locator);
+            let ok = refused.is_empty();
+            diags.extend(refused);
+            ok.then_some(ext)
+        });
         // A field that had the wrong type is already reported; do not
         // report it missing as well.
         r.diags.extend(diags.into_iter().filter(|d| match d.code {
@@ -340,10 +370,8 @@ pub fn load_file(file: &str, base_dir: &Path, text: &str) -> (Vec<(Extension, Po
             _ => true,
         }));
         if let Some(mut ext) = ext {
-            if let super::Secret::PasswordFile(p) = &ext.secret
-                && p.is_relative()
-            {
-                ext.secret = super::Secret::PasswordFile(base_dir.join(p));
+            if let super::Secret::PasswordFile { dir, .. } = &mut ext.secret {
+                *dir = secrets.dir.clone();
             }
             out.push((ext, entry_pos));
         }

@@ -8,12 +8,14 @@
 //!   checked, exactly one [`Secret`]. The rest of the program sees only this.
 //!
 //! Architecture invariant: this module does no I/O except reading the spec
-//! files in [`load`]; secrets named by `passwordEnv`/`passwordFile` are read
-//! only when rendering.
+//! files in [`load`] and, in [`policy`], resolving where a `passwordFile`
+//! points (never reading it); secrets named by `passwordEnv`/`passwordFile`
+//! are read only when rendering.
 
 pub mod check;
 pub mod edit;
 pub mod load;
+pub mod policy;
 pub mod resolve;
 pub mod yaml;
 
@@ -23,6 +25,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 pub use load::{LoadOptions, load_paths};
+pub use policy::SecretPolicy;
 pub use resolve::resolve;
 
 /// One spec file: optional defaults for its entries, and the entries.
@@ -125,11 +128,11 @@ pub struct ExtensionEntry {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(pattern(r"^[0-9a-fA-F]{32}$"))]
     pub md5_cred: Option<String>,
-    /// Name of an environment variable holding the password, read when the config is rendered.
+    /// Name of an environment variable holding the password, read when the config is rendered. It must match the config file's `secrets.envPattern` (default `EXT_*`); the daemon's own variables (`ASTERISK_GITOPS_*`, `DATABASE_URL`) are refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(pattern(r"^[A-Za-z_][A-Za-z0-9_]*$"))]
     pub password_env: Option<String>,
-    /// Path of a file holding the password (relative paths from this spec file's directory), read when rendering.
+    /// Path of a file holding the password, relative to the secrets directory (the config file's `secrets.dir`, default the spec directory's `secrets/`), read when rendering. No absolute path, no `..`, no symlink leading out of that directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(pattern(r"^[^\u0000-\u001f\u007f-\u009f\[\];#]+$"), length(max = 128))]
     pub password_file: Option<String>,
@@ -205,8 +208,10 @@ pub enum Secret {
     Md5Cred(String),
     /// The password is in this environment variable at render time.
     PasswordEnv(String),
-    /// The password is in this file at render time (absolute, or relative to the spec file).
-    PasswordFile(std::path::PathBuf),
+    /// The password is in the file `path` (relative, no `..`) under the
+    /// secrets directory `dir` at render time; it must resolve inside `dir`
+    /// (see [`policy`]). `dir` is empty until the loader sets it.
+    PasswordFile { dir: std::path::PathBuf, path: std::path::PathBuf },
 }
 
 impl Secret {
@@ -216,7 +221,7 @@ impl Secret {
             Secret::Password(_) => "password",
             Secret::Md5Cred(_) => "md5Cred",
             Secret::PasswordEnv(_) => "passwordEnv",
-            Secret::PasswordFile(_) => "passwordFile",
+            Secret::PasswordFile { .. } => "passwordFile",
         }
     }
 }
@@ -227,7 +232,9 @@ impl fmt::Debug for Secret {
             Secret::Password(_) => f.write_str("Password(<redacted>)"),
             Secret::Md5Cred(_) => f.write_str("Md5Cred(<redacted>)"),
             Secret::PasswordEnv(name) => f.debug_tuple("PasswordEnv").field(name).finish(),
-            Secret::PasswordFile(path) => f.debug_tuple("PasswordFile").field(path).finish(),
+            Secret::PasswordFile { dir, path } => {
+                f.debug_struct("PasswordFile").field("dir", dir).field("path", path).finish()
+            }
         }
     }
 }

@@ -302,6 +302,8 @@ fn resolve_secret(entry: &ExtensionEntry, at: &Locator, diags: &mut Vec<Diagnost
         if let Err(e) = check::env_name(name) {
             let code = if check::line_safe(name, 64).is_err() { "unsafe-value" } else { "invalid-value" };
             diags.push(at.error(code, "passwordEnv", From::Entry, e));
+        } else if let Err(e) = super::policy::reserved_env(name) {
+            diags.push(at.error("secret-not-allowed", "passwordEnv", From::Entry, e));
         }
         return Some(Secret::PasswordEnv(name.clone()));
     }
@@ -310,6 +312,20 @@ fn resolve_secret(entry: &ExtensionEntry, at: &Locator, diags: &mut Vec<Diagnost
         refuse("passwordFile", "it is empty".into());
     } else if let Err(e) = check::line_safe(path, check::MAX_TEXT) {
         refuse("passwordFile", e);
+    } else if let Err(e) = super::policy::file_path(path) {
+        diags.push(at.error("secret-not-allowed", "passwordFile", From::Entry, e));
     }
-    Some(Secret::PasswordFile(path.into()))
+    Some(Secret::PasswordFile { dir: Default::default(), path: path.into() })
+}
+
+/// The operator's [`SecretPolicy`](super::SecretPolicy) for a resolved
+/// extension: a `passwordEnv` outside the allowed pattern, a `passwordFile`
+/// that leads out of the secrets directory. Errors at the field's place.
+pub fn check_secret_policy(ext: &Extension, policy: &super::SecretPolicy, at: &Locator) -> Vec<Diagnostic> {
+    let refused = match &ext.secret {
+        Secret::PasswordEnv(name) => policy.check_env(name).err().map(|e| ("passwordEnv", e)),
+        Secret::PasswordFile { path, .. } => policy.check_file(path).err().map(|e| ("passwordFile", e)),
+        Secret::Password(_) | Secret::Md5Cred(_) => None,
+    };
+    refused.map(|(field, e)| at.error("secret-not-allowed", field, From::Entry, e)).into_iter().collect()
 }
