@@ -430,8 +430,19 @@ async fn ari_reports_an_endpoint_offline_then_online_once_registered() {
         );
         assert!(ari.endpoint("4242").await.expect("answers").is_none(), "{label}: an unknown endpoint is none");
         b.register("1001", "Soundz2025", "PortSIP UC Client").await;
-        let ep = ari.endpoint("1001").await.expect("answers").expect("1001 exists");
-        assert_eq!(ep.state, "online", "{label}");
+        // The real Asterisk updates an endpoint's state asynchronously (a
+        // device state change after the 200 OK): online shortly after, not
+        // necessarily at once. Wait for it, with a deadline.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let ep = ari.endpoint("1001").await.expect("answers").expect("1001 exists");
+            if ep.state == "online" {
+                break;
+            }
+            assert_eq!(ep.state, "offline", "{label}: only offline before online");
+            assert!(tokio::time::Instant::now() < deadline, "{label}: 1001 still {} 30 s after registering", ep.state);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let all = ari.endpoints().await.expect("endpoints");
         assert!(all.iter().any(|e| e.resource == "1001" && e.state == "online"), "{label}: {all:?}");
     })
