@@ -39,6 +39,8 @@ fn record() -> RunRecord {
         diagnostics: vec![],
         reloaded: false,
         warning: None,
+        reasons: vec![],
+        rollback_failed: false,
     }
 }
 
@@ -58,7 +60,9 @@ fn apply_10k_new_sqlite(bencher: divan::Bencher) {
             let url = format!("sqlite://{}/b{n}.db", dir.path().display());
             rt.block_on(Db::connect(&url, &Retry::default())).expect("db")
         })
-        .bench_local_values(|db| rt.block_on(db.commit_run(&record(), &rows, &[])).expect("commit"));
+        .bench_local_values(|db| {
+            rt.block_on(db.commit_run(&record(), &rows, &[], &Default::default())).expect("commit")
+        });
 }
 
 #[divan::bench(sample_count = 10)]
@@ -75,7 +79,9 @@ fn apply_10k_new_postgres(bencher: divan::Bencher) {
             let Db::Postgres(p) = &db else { panic!("postgres") };
             rt.block_on(sqlx::query("DELETE FROM extensions").execute(p)).expect("empty the table");
         })
-        .bench_local_values(|()| rt.block_on(db.commit_run(&record(), &rows, &[])).expect("commit"));
+        .bench_local_values(|()| {
+            rt.block_on(db.commit_run(&record(), &rows, &[], &Default::default())).expect("commit")
+        });
     let Db::Postgres(p) = &db else { return };
     let _ = rt.block_on(sqlx::query("DELETE FROM extensions").execute(p));
 }

@@ -27,5 +27,6 @@ pub mod render;
 pub mod schema;
 pub mod secret;
 pub mod spec;
+pub mod status;
 pub mod webhook;
 pub mod writeback;

@@ -18,6 +18,8 @@ use crate::plan::{self, Action, Fields, Observed, ObservedEndpoint, Plan, PlanIn
 use crate::render::{Renderer, SourceInfo};
 use crate::secret::{AuthCredential, SecretSource, credential, md5_cred};
 use crate::spec::{DesiredSet, Extension};
+use crate::status::{self, StatusUpdate};
+pub use crate::status::{Reset, Step, SyncState};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -124,6 +126,12 @@ pub struct RunRecord {
     pub reloaded: bool,
     /// A note about the source (a force-push).
     pub warning: Option<String>,
+    /// Why the run did what it did, in order: why it reloaded (or did not),
+    /// which drift it repaired, what verification checked, a rollback.
+    pub reasons: Vec<String>,
+    /// Verification failed and putting the previous file back failed too
+    /// (Ready=False, reason RollbackFailed).
+    pub rollback_failed: bool,
 }
 
 /// What the store must do for the reconciler.
@@ -134,14 +142,18 @@ pub trait StateStore: Send + Sync {
     /// A cheap value that changes whenever the applied rows change (their
     /// count and latest write), so a run can tell that nothing did.
     fn applied_signature(&self) -> impl Future<Output = Result<String, Self::Error>> + Send;
-    /// Records the run and, in the same transaction, upserts `upserts` and
-    /// deletes `deletes`. All or nothing.
+    /// Records the run and, in the same transaction, upserts `upserts`,
+    /// deletes `deletes` and sets the extensions' states. All or nothing.
     fn commit(
         &self,
         run: &RunRecord,
         upserts: &[AppliedRow<'_>],
         deletes: &[String],
+        states: &StatusUpdate<'_>,
     ) -> impl Future<Output = Result<i64, Self::Error>> + Send;
+    /// Marks a run under way, in `step` (the Reconciling condition); the
+    /// commit clears it.
+    fn progress(&self, step: Step) -> impl Future<Output = Result<(), Self::Error>> + Send;
 }
 
 /// What the reconciler asks of Asterisk.
@@ -355,16 +367,7 @@ impl<S: StateStore, A: AsteriskControl> Reconciler<S, A> {
     /// and compared. Errors say which step failed.
     async fn full_plan(&self, desired: &Desired, applied_sig: Option<&str>) -> Result<FullPlan, String> {
         let (rendered, md5s) = self.render(desired).map_err(|e| format!("render: {e}"))?;
-        let applied = match applied_sig.and_then(|sig| self.settled.applied(sig)) {
-            Some(a) => a,
-            None => {
-                let a = Arc::new(self.store.applied().await.map_err(|e| format!("database: {e}"))?);
-                if let Some(sig) = applied_sig {
-                    self.settled.set_applied(sig.to_string(), a.clone(), Instant::now());
-                }
-                a
-            }
-        };
+        let applied = self.applied_rows(applied_sig).await?;
         let current = self.managed.read().map_err(|e| format!("{}: {e}", self.managed.path().display()))?;
         let mut plan = plan::plan(&PlanInput {
             desired: &desired.set,
@@ -482,12 +485,16 @@ impl<S: StateStore, A: AsteriskControl> Reconciler<S, A> {
             diagnostics: Vec::new(),
             reloaded: false,
             warning: desired.warning.clone(),
+            reasons: Vec::new(),
+            rollback_failed: false,
         };
-        let mut upserts = Vec::new();
-        let mut deletes = Vec::new();
-        self.step(&desired, &mut record, &mut upserts, &mut deletes).await;
+        self.progress(Step::Planning).await;
+        let mut work = Work::default();
+        self.step(&desired, &mut record, &mut work).await;
+        self.progress(Step::Recording).await;
         record.finished_at = chrono::Utc::now();
-        let run_id = match self.store.commit(&record, &upserts, &deletes).await {
+        let Work { upserts, deletes, states, .. } = work;
+        let run_id = match self.store.commit(&record, &upserts, &deletes, &states).await {
             Ok(id) => {
                 self.remember_commit(&upserts, &deletes).await;
                 Some(id)
@@ -508,13 +515,27 @@ impl<S: StateStore, A: AsteriskControl> Reconciler<S, A> {
         RunReport { record, run_id, duration: started.elapsed() }
     }
 
-    async fn step<'d>(
-        &self,
-        desired: &'d Desired,
-        record: &mut RunRecord,
-        upserts: &mut Vec<AppliedRow<'d>>,
-        deletes: &mut Vec<String>,
-    ) {
+    /// Says which step the run is in (the Reconciling condition). A store
+    /// that cannot be written to only loses the progress, not the run.
+    async fn progress(&self, step: Step) {
+        if let Err(e) = self.store.progress(step).await {
+            tracing::debug!(step = step.as_str(), "recording the run's step failed: {e}");
+        }
+    }
+
+    /// The applied rows, from the cache when `applied_sig` matches it.
+    async fn applied_rows(&self, applied_sig: Option<&str>) -> Result<Arc<BTreeMap<String, Fields>>, String> {
+        if let Some(a) = applied_sig.and_then(|sig| self.settled.applied(sig)) {
+            return Ok(a);
+        }
+        let a = Arc::new(self.store.applied().await.map_err(|e| format!("database: {e}"))?);
+        if let Some(sig) = applied_sig {
+            self.settled.set_applied(sig.to_string(), a.clone(), Instant::now());
+        }
+        Ok(a)
+    }
+
+    async fn step<'d>(&self, desired: &'d Desired, record: &mut RunRecord, work: &mut Work<'d>) {
         let fail = |record: &mut RunRecord, outcome: Outcome, error: String| {
             record.outcome = outcome;
             record.error = Some(error);
@@ -527,11 +548,17 @@ impl<S: StateStore, A: AsteriskControl> Reconciler<S, A> {
         if desired.diagnostics.iter().any(Diagnostic::is_error) {
             record.diagnostics = desired.diagnostics.clone();
             let n = desired.diagnostics.iter().filter(|d| d.is_error()).count();
-            return fail(
-                record,
-                Outcome::Invalid,
-                format!("the specs have {n} error(s); the last good config stays in force"),
-            );
+            let why = format!("the specs have {n} error(s); the last good config stays in force");
+            // What the valid files declare anew waits for the others to be fixed.
+            let applied_sig = self.store.applied_signature().await.ok();
+            if let Ok(applied) = self.applied_rows(applied_sig.as_deref()).await {
+                work.states = status::states_when_invalid(
+                    &desired.set,
+                    &|n| applied.contains_key(n),
+                    &format!("not applied yet: {why}"),
+                );
+            }
+            return fail(record, Outcome::Invalid, why);
         }
         record.diagnostics = desired.diagnostics.clone();
         let secret_files = secret_files_signature(&desired.set);
@@ -560,18 +587,24 @@ impl<S: StateStore, A: AsteriskControl> Reconciler<S, A> {
             }
         };
         let (p, rendered, md5s, observed) = p;
-        let result = self
-            .apply_plan(
-                desired,
-                &p,
-                rendered.as_deref(),
-                md5s.as_ref(),
-                &observed,
-                &mut record.reloaded,
-                upserts,
-                deletes,
-            )
-            .await;
+        let heal = self.self_heal && p.has_healable_drift();
+        let result = self.apply_plan(desired, &p, rendered.as_deref(), md5s.as_ref(), &observed, record, work).await;
+        let ending = match &result {
+            Ok(Outcome::Applied) => status::Ending::Applied,
+            Ok(Outcome::DriftReported) => status::Ending::DriftReported,
+            Ok(_) => status::Ending::NoOp,
+            Err((Outcome::Blocked, _)) => status::Ending::Blocked,
+            Err(_) => status::Ending::Failed,
+        };
+        work.states = status::states_after(&status::RunFacts {
+            set: &desired.set,
+            plan: &p,
+            ending,
+            error: result.as_ref().err().map(|(_, e)| e.as_str()),
+            failures: &work.failures,
+            healed: heal,
+            observed: matches!(observed, Observed::Endpoints { .. }),
+        });
         // The plan moves into the record (at 100k extensions a copy would cost hundreds of MB).
         record.plan = Some(p);
         match result {
@@ -581,7 +614,8 @@ impl<S: StateStore, A: AsteriskControl> Reconciler<S, A> {
     }
 
     /// Steps 4–8 of a run: guard, write, reload, verify, and the rows to
-    /// record. `Err` carries the outcome and the reason.
+    /// record. `Err` carries the outcome and the reason; `record.reasons`
+    /// says why the run did what it did.
     #[allow(clippy::too_many_arguments)]
     async fn apply_plan<'d>(
         &self,
@@ -590,20 +624,36 @@ impl<S: StateStore, A: AsteriskControl> Reconciler<S, A> {
         rendered: Option<&str>,
         md5s: Option<&BTreeMap<String, String>>,
         observed: &Observed,
-        reloaded: &mut bool,
-        upserts: &mut Vec<AppliedRow<'d>>,
-        deletes: &mut Vec<String>,
+        record: &mut RunRecord,
+        work: &mut Work<'d>,
     ) -> Result<Outcome, (Outcome, String)> {
         // 4. Prune guard.
         if let Some(why) = self.prune.check(p.count(Action::Delete), p.applied_before) {
+            record.reasons.push("nothing written: the prune guard stopped the run".into());
             return Err((Outcome::Blocked, why));
         }
         // 5. Nothing to do?
         let heal = self.self_heal && p.has_healable_drift();
+        let repairs: Vec<String> = p.drift.iter().filter(|d| d.healable()).map(status::describe_drift).collect();
         if !p.has_changes() && !heal {
-            return Ok(if p.has_healable_drift() { Outcome::DriftReported } else { Outcome::NoOp });
+            if p.has_healable_drift() {
+                record.reasons.push(format!("reload skipped: self-heal is off; drift reported: {}", list(&repairs)));
+                return Ok(Outcome::DriftReported);
+            }
+            record.reasons.push(match observed {
+                Observed::Endpoints { .. } => {
+                    "reload skipped: nothing to change, and Asterisk holds what was applied".to_string()
+                }
+                Observed::NotConfigured => "nothing to change (no Asterisk configured)".to_string(),
+                Observed::Unreachable { reason } => {
+                    format!("nothing to change; drift not checked: Asterisk is unreachable ({reason})")
+                }
+                Observed::NotListed => "reload skipped: nothing to change".to_string(),
+            });
+            return Ok(Outcome::NoOp);
         }
         if let Observed::Unreachable { reason } = observed {
+            record.reasons.push("nothing written: Asterisk is unreachable".into());
             return Err((Outcome::Failed, format!("Asterisk is unreachable ({reason}); nothing was changed")));
         }
         // 6. Write the file if its content changes.
@@ -612,6 +662,7 @@ impl<S: StateStore, A: AsteriskControl> Reconciler<S, A> {
             let Some(text) = rendered else {
                 return Err((Outcome::Failed, "internal: a changed file without its rendering".into()));
             };
+            self.progress(Step::Writing).await;
             if let Err(e) = self.managed.write(text) {
                 return Err((Outcome::Failed, format!("writing {}: {e}", self.managed.path().display())));
             }
@@ -620,34 +671,53 @@ impl<S: StateStore, A: AsteriskControl> Reconciler<S, A> {
         if let Some(asterisk) = &self.asterisk
             && (p.file_changed || heal)
         {
-            *reloaded = true;
+            record.reloaded = true;
+            record.reasons.push(reload_reason(p, heal, &repairs));
+            self.progress(Step::Reloading).await;
             let verdict = match asterisk.reload().await {
-                Err(e) => Err(format!("reload failed: {e}")),
-                Ok(()) => self.verify(asterisk, &desired.set, p).await,
+                Err(e) => Err(Verdict::whole(format!("reload failed: {e}"))),
+                Ok(()) => {
+                    self.progress(Step::Verifying).await;
+                    self.verify(asterisk, &desired.set, p).await
+                }
             };
-            if let Err(reason) = verdict {
-                let restored = if p.file_changed {
-                    match self.managed.restore_previous() {
-                        Ok(_) => match asterisk.reload().await {
-                            Ok(()) => "the previous file was restored and reloaded".to_string(),
-                            Err(e) => format!("the previous file was restored; reloading it failed: {e}"),
-                        },
-                        Err(e) => format!("restoring the previous file failed: {e}"),
+            match verdict {
+                Ok(checked) => record.reasons.push(checked),
+                Err(v) => {
+                    work.failures = v.by_extension;
+                    self.progress(Step::RollingBack).await;
+                    let (restored, ok) = self.roll_back(asterisk, p).await;
+                    record.rollback_failed = !ok;
+                    let text = format!("{}; {restored}", v.message);
+                    for reason in work.failures.values_mut() {
+                        if !ok {
+                            reason.push_str("; ");
+                            reason.push_str(&restored);
+                        }
                     }
-                } else {
-                    "the file was not changed".to_string()
-                };
-                return Err((Outcome::Failed, format!("{reason}; {restored}")));
+                    record.reasons.push(if ok {
+                        "rolled back: the previous file is in force again".to_string()
+                    } else {
+                        format!("ROLLBACK FAILED: {restored}")
+                    });
+                    return Err((Outcome::Failed, text));
+                }
             }
+        } else if p.file_changed {
+            record.reasons.push(if self.asterisk.is_none() {
+                "file written; no Asterisk configured, so nothing was reloaded".to_string()
+            } else {
+                "file written".to_string()
+            });
         }
         // 8. The rows that change land with the run record, in one transaction.
         for c in &p.changes {
             match c.action {
-                Action::Delete => deletes.push(c.extension.clone()),
+                Action::Delete => work.deletes.push(c.extension.clone()),
                 Action::Create | Action::Update => {
                     if let Some(ext) = desired.set.get(&c.extension) {
                         let md5 = md5s.and_then(|m| m.get(&ext.extension)).cloned().unwrap_or_default();
-                        upserts.push(AppliedRow { extension: std::borrow::Cow::Borrowed(ext), secret_md5: md5 });
+                        work.upserts.push(AppliedRow { extension: std::borrow::Cow::Borrowed(ext), secret_md5: md5 });
                     }
                 }
             }
@@ -655,11 +725,64 @@ impl<S: StateStore, A: AsteriskControl> Reconciler<S, A> {
         Ok(Outcome::Applied)
     }
 
+    /// Puts the previous file back and reloads it, then checks that
+    /// Asterisk holds the previous state for what the run touched: every
+    /// endpoint it changed or deleted is loaded, every one it created is
+    /// not (the previous file may be refused too, or the reload may fail
+    /// after the new file took effect). `(what happened, whether it worked)`.
+    async fn roll_back(&self, asterisk: &A, p: &Plan) -> (String, bool) {
+        if !p.file_changed {
+            return ("the file was not changed".to_string(), true);
+        }
+        if let Err(e) = self.managed.restore_previous() {
+            return (format!("restoring the previous file failed: {e}"), false);
+        }
+        let mut done = match asterisk.reload().await {
+            Ok(()) => "the previous file was restored and reloaded".to_string(),
+            Err(e) => format!("the previous file was restored; reloading it failed: {e}"),
+        };
+        let touched: Vec<(&str, bool)> =
+            p.changes.iter().map(|c| (c.extension.as_str(), c.action != Action::Create)).collect();
+        let mut wrong = Vec::new();
+        if touched.len() > VERIFY_DETAIL_LIMIT {
+            match asterisk.endpoints().await {
+                Ok(list) => wrong.extend(
+                    touched.iter().filter(|(n, was)| list.contains_key(*n) != *was).map(|(n, _)| n.to_string()),
+                ),
+                Err(e) => return (format!("{done}; checking what Asterisk holds failed: {e}"), false),
+            }
+        } else {
+            for (n, was) in touched {
+                match asterisk.endpoint(n).await {
+                    Ok(seen) if seen.is_some() == was => {}
+                    Ok(_) => wrong.push(n.to_string()),
+                    Err(e) => return (format!("{done}; checking what Asterisk holds failed: {e}"), false),
+                }
+            }
+        }
+        if wrong.is_empty() {
+            if done.contains("failed") {
+                done.push_str(", but Asterisk holds the previous definitions");
+            }
+            (done, true)
+        } else {
+            (
+                format!(
+                    "{done}, but Asterisk does not hold the previous definitions of {} (see its log)",
+                    list(&wrong)
+                ),
+                false,
+            )
+        }
+    }
+
     /// After a reload: every endpoint the run created or changed (and that
-    /// is enabled) is there with the right context, transport and codecs;
-    /// every deleted or disabled one is gone. A real Asterisk answers
-    /// "Module Reloaded" even when it dropped an object or the whole file.
-    async fn verify(&self, asterisk: &A, set: &DesiredSet, p: &Plan) -> Result<(), String> {
+    /// is enabled) is there and holds every option the file sets; every
+    /// deleted or disabled one is gone. A real Asterisk answers "Module
+    /// Reloaded" even when it dropped an object or the whole file, and keeps
+    /// the previous definition of an object whose new one it refuses.
+    /// `Ok` says what was checked.
+    async fn verify(&self, asterisk: &A, set: &DesiredSet, p: &Plan) -> Result<String, Verdict> {
         let mut present = Vec::new();
         let mut absent = Vec::new();
         for c in &p.changes {
@@ -680,21 +803,35 @@ impl<S: StateStore, A: AsteriskControl> Reconciler<S, A> {
             }
         }
         let listed = if present.len() + absent.len() > VERIFY_DETAIL_LIMIT {
-            Some(asterisk.endpoints().await.map_err(|e| format!("verification: listing endpoints failed: {e}"))?)
+            Some(
+                asterisk
+                    .endpoints()
+                    .await
+                    .map_err(|e| Verdict::whole(format!("verification: listing endpoints failed: {e}")))?,
+            )
         } else {
             None
         };
-        let mut problems = Vec::new();
+        let mut problems: BTreeMap<String, String> = BTreeMap::new();
+        let mut in_detail = 0;
         for (i, ext) in present.iter().enumerate() {
             let seen = match &listed {
                 Some(list) if i >= VERIFY_DETAIL_LIMIT => list.get(&ext.extension).cloned(),
-                _ => asterisk.endpoint(&ext.extension).await.map_err(|e| format!("verification: {e}"))?,
+                _ => {
+                    in_detail += 1;
+                    asterisk.endpoint(&ext.extension).await.map_err(|e| Verdict::whole(format!("verification: {e}")))?
+                }
             };
             match seen {
-                None => problems.push(format!(
-                    "endpoint {} is not loaded after the reload (Asterisk dropped it: an option or codec it does not accept? see Asterisk's log)",
-                    ext.extension
-                )),
+                None => {
+                    problems.insert(
+                        ext.extension.clone(),
+                        format!(
+                            "endpoint {} is not loaded after the reload (Asterisk dropped it: an option or codec it does not accept? see Asterisk's log)",
+                            ext.extension
+                        ),
+                    );
+                }
                 Some(seen) => {
                     let mut wrong = Vec::new();
                     if seen.context.as_ref().is_some_and(|c| *c != ext.context) {
@@ -704,21 +841,30 @@ impl<S: StateStore, A: AsteriskControl> Reconciler<S, A> {
                         wrong.push(format!("transport {:?}", seen.transport.as_deref().unwrap_or("")));
                     }
                     if seen.codecs.as_ref().is_some_and(|c| *c != ext.codecs) {
-                        wrong.push(format!("codecs {:?}", seen.codecs.as_ref().map(|c| c.join(",")).unwrap_or_default()));
+                        wrong.push(format!(
+                            "codecs {:?}",
+                            seen.codecs.as_ref().map(|c| c.join(",")).unwrap_or_default()
+                        ));
                     }
                     if !wrong.is_empty() {
-                        problems.push(format!("endpoint {} has {} after the reload", ext.extension, wrong.join(", ")));
+                        problems.insert(
+                            ext.extension.clone(),
+                            format!("endpoint {} has {} after the reload", ext.extension, wrong.join(", ")),
+                        );
                     } else if let Some(options) = &seen.options {
                         // Context, transport and codecs match, but Asterisk
                         // keeps the previous definition of an object whose new
                         // one it refused: compare every other option set.
                         let off = options.mismatches(ext);
                         if !off.is_empty() {
-                            problems.push(format!(
-                                "endpoint {} does not hold what the file sets ({}): Asterisk refused the new definition and kept the previous one? see its log",
-                                ext.extension,
-                                off.join("; ")
-                            ));
+                            problems.insert(
+                                ext.extension.clone(),
+                                format!(
+                                    "endpoint {} does not hold what the file sets ({}): Asterisk refused the new definition and kept the previous one? see its log",
+                                    ext.extension,
+                                    off.join("; ")
+                                ),
+                            );
                         }
                     }
                 }
@@ -727,20 +873,79 @@ impl<S: StateStore, A: AsteriskControl> Reconciler<S, A> {
         for number in &absent {
             let still = match &listed {
                 Some(list) => list.contains_key(number),
-                None => asterisk.endpoint(number).await.map_err(|e| format!("verification: {e}"))?.is_some(),
+                None => {
+                    asterisk.endpoint(number).await.map_err(|e| Verdict::whole(format!("verification: {e}")))?.is_some()
+                }
             };
             if still {
-                problems.push(format!("endpoint {number} is still loaded after the reload"));
+                problems.insert(number.clone(), format!("endpoint {number} is still loaded after the reload"));
             }
         }
         if problems.is_empty() {
-            Ok(())
+            let mut what = vec![format!("verified {} endpoint(s) loaded with every option the file sets", in_detail)];
+            if present.len() > in_detail {
+                what.push(format!("{} more present in the endpoint list", present.len() - in_detail));
+            }
+            if !absent.is_empty() {
+                what.push(format!("{} gone", absent.len()));
+            }
+            Ok(what.join(", "))
         } else {
+            let shown: Vec<&str> = problems.values().take(5).map(String::as_str).collect();
             let more = if problems.len() > 5 { format!(" (and {} more)", problems.len() - 5) } else { String::new() };
-            problems.truncate(5);
-            Err(format!("verification failed: {}{more}", problems.join("; ")))
+            Err(Verdict { message: format!("verification failed: {}{more}", shown.join("; ")), by_extension: problems })
         }
     }
+}
+
+/// What one run produces besides its record.
+#[derive(Default)]
+struct Work<'d> {
+    upserts: Vec<AppliedRow<'d>>,
+    deletes: Vec<String>,
+    /// Per extension, why verification (or Asterisk) refused it.
+    failures: BTreeMap<String, String>,
+    states: StatusUpdate<'d>,
+}
+
+/// Why verification failed: the whole message, and each extension's part.
+struct Verdict {
+    message: String,
+    by_extension: BTreeMap<String, String>,
+}
+
+impl Verdict {
+    fn whole(message: String) -> Self {
+        Verdict { message, by_extension: BTreeMap::new() }
+    }
+}
+
+/// Why a run reloads, in words.
+fn reload_reason(p: &Plan, heal: bool, repairs: &[String]) -> String {
+    let (c, u, d) = (p.count(Action::Create), p.count(Action::Update), p.count(Action::Delete));
+    let mut why = Vec::new();
+    if p.has_changes() {
+        why.push(format!("{c} create(s), {u} update(s), {d} delete(s)"));
+    } else if p.file_changed {
+        why.push(
+            "the managed file on disk is not what the applied specs render (edited by hand, or a template change)"
+                .into(),
+        );
+    }
+    if heal && !repairs.is_empty() {
+        why.push(format!("repairing drift: {}", list(repairs)));
+    }
+    format!("reloaded: {}", why.join("; "))
+}
+
+/// The first few items, and how many more.
+fn list(items: &[String]) -> String {
+    const SHOWN: usize = 10;
+    let mut s = items.iter().take(SHOWN).cloned().collect::<Vec<_>>().join(", ");
+    if items.len() > SHOWN {
+        s.push_str(&format!(" and {} more", items.len() - SHOWN));
+    }
+    s
 }
 
 #[cfg(test)]

@@ -136,6 +136,8 @@ fn run(outcome: Outcome, creates: &[&str]) -> RunRecord {
         diagnostics: vec![],
         reloaded: true,
         warning: None,
+        reasons: vec![],
+        rollback_failed: false,
     }
 }
 
@@ -144,13 +146,14 @@ async fn migrations_apply_once_and_a_second_start_is_a_no_op() {
     let dir = tempfile::tempdir().expect("tempdir");
     let url = format!("sqlite://{}/nested/dir/x.db", dir.path().display());
     let db = Db::connect(&url, &Retry::default()).await.expect("first start creates and migrates");
-    db.commit_run(&run(Outcome::NoOp, &[]), &[], &[]).await.expect("usable");
+    db.commit_run(&run(Outcome::NoOp, &[]), &[], &[], &Default::default()).await.expect("usable");
     db.close().await;
     let db = Db::connect(&url, &Retry::default()).await.expect("second start");
     assert_eq!(db.runs(10).await.expect("runs").len(), 1, "data survives, nothing re-created");
     let Db::Sqlite(pool) = &db else { panic!("sqlite") };
     let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations").fetch_one(pool).await.expect("count");
-    assert_eq!(n, 1);
+    let files = std::fs::read_dir("migrations/sqlite").expect("migrations").count();
+    assert_eq!(n as usize, files, "each migration applied once");
 }
 
 #[tokio::test]
@@ -180,7 +183,10 @@ async fn a_database_migrated_by_a_newer_version_is_refused() {
 async fn an_applied_plan_and_its_run_land_together() {
     on_both(|db| async move {
         let set = desired();
-        let id = db.commit_run(&run(Outcome::Applied, &["1001", "1002"]), &rows(&set), &[]).await.expect("commits");
+        let id = db
+            .commit_run(&run(Outcome::Applied, &["1001", "1002"]), &rows(&set), &[], &Default::default())
+            .await
+            .expect("commits");
         let applied = db.applied_fields().await.expect("applied");
         assert_eq!(applied.keys().collect::<Vec<_>>(), ["1001", "1002"]);
         assert_eq!(
@@ -204,7 +210,9 @@ async fn an_applied_plan_and_its_run_land_together() {
         // Update one, delete the other.
         let mut changed = rows(&set);
         changed[0].extension.to_mut().display_name = Some("Renamed".into());
-        db.commit_run(&run(Outcome::Applied, &[]), &changed[..1], &["1002".to_string()]).await.expect("commits");
+        db.commit_run(&run(Outcome::Applied, &[]), &changed[..1], &["1002".to_string()], &Default::default())
+            .await
+            .expect("commits");
         let all = db.extensions().await.expect("list");
         assert_eq!(all.len(), 1);
         assert_eq!(all[0].display_name.as_deref(), Some("Renamed"));
@@ -213,7 +221,7 @@ async fn an_applied_plan_and_its_run_land_together() {
         let mut failed = run(Outcome::Failed, &[]);
         failed.revision = Some("feedbeef".into());
         failed.error = Some("reload failed".into());
-        db.commit_run(&failed, &[], &[]).await.expect("commits");
+        db.commit_run(&failed, &[], &[], &Default::default()).await.expect("commits");
         let status = db.status().await.expect("query").expect("row");
         assert_eq!(
             (
@@ -246,7 +254,7 @@ async fn a_failure_mid_apply_leaves_nothing_half_written() {
         }
         .expect("trigger");
         let set = desired();
-        let err = db.commit_run(&run(Outcome::Applied, &["1001", "1002"]), &rows(&set), &[]).await.expect_err("fails");
+        let err = db.commit_run(&run(Outcome::Applied, &["1001", "1002"]), &rows(&set), &[], &Default::default()).await.expect_err("fails");
         assert!(err.to_string().contains("boom"), "{err}");
         assert!(db.applied_fields().await.expect("query").is_empty(), "no extension row without its run");
         assert!(db.status().await.expect("query").is_none());
@@ -274,7 +282,10 @@ async fn a_database_that_goes_away_mid_run_is_an_error_not_a_panic() {
     on_both(|db| async move {
         db.close().await;
         let set = desired();
-        let err = db.commit_run(&run(Outcome::Applied, &["1001"]), &rows(&set), &[]).await.expect_err("closed");
+        let err = db
+            .commit_run(&run(Outcome::Applied, &["1001"]), &rows(&set), &[], &Default::default())
+            .await
+            .expect_err("closed");
         assert!(err.to_string().starts_with("database: "), "{err}");
         assert!(!db.ping().await);
     })
@@ -331,7 +342,7 @@ async fn a_plaintext_password_is_nowhere_in_the_database() {
         let (_, diags) =
             load_file("sales.yaml", &asterisk_gitops::spec::SecretPolicy::for_spec_dir(Path::new(".")), SPECS);
         r.diagnostics = diags;
-        db.commit_run(&r, &rows(&set), &[]).await.expect("commits");
+        db.commit_run(&r, &rows(&set), &[], &Default::default()).await.expect("commits");
         let all = dump(&db).await;
         assert!(all.contains("1001") && all.contains("Test User"), "the dump sees the data");
         assert!(!all.contains("Plaintext-Secret-42"), "plaintext password stored somewhere");
@@ -397,9 +408,9 @@ async fn run_stats_count_by_outcome_with_cumulative_buckets() {
     on_both(|db| async move {
         let mut slow = run(Outcome::Applied, &[]);
         slow.finished_at = slow.started_at + ChronoDuration::milliseconds(700);
-        db.commit_run(&slow, &[], &[]).await.expect("commits");
-        db.commit_run(&run(Outcome::Applied, &[]), &[], &[]).await.expect("commits");
-        db.commit_run(&run(Outcome::Failed, &[]), &[], &[]).await.expect("commits");
+        db.commit_run(&slow, &[], &[], &Default::default()).await.expect("commits");
+        db.commit_run(&run(Outcome::Applied, &[]), &[], &[], &Default::default()).await.expect("commits");
+        db.commit_run(&run(Outcome::Failed, &[]), &[], &[], &Default::default()).await.expect("commits");
         let stats = db.run_stats(&[100, 1000]).await.expect("stats");
         let applied = stats.iter().find(|s| s.outcome == "applied").expect("applied runs");
         assert_eq!((applied.count, applied.buckets.clone()), (2, vec![1, 2]));

@@ -273,7 +273,11 @@ async fn a_failed_reload_restores_the_previous_file_and_the_next_run_retries() {
         "{err}"
     );
     assert_eq!(std::fs::read_to_string(&r.managed).expect("read"), good);
-    assert!(r.rec.store.extension("1002").await.expect("query").is_none(), "no row for what did not apply");
+    let failed = r.rec.store.extension("1002").await.expect("query").expect("the failed create is listed");
+    assert_eq!(failed.applied_at, None, "no applied row for what did not apply");
+    assert_eq!(failed.sync_status, "failed");
+    assert_eq!(failed.sync_run_id, run.run_id, "the run that failed is named");
+    assert!(failed.last_error.as_deref().is_some_and(|e| e.contains("reload failed")), "{:?}", failed.last_error);
     let status = r.rec.store.status().await.expect("query").expect("row");
     assert_eq!((status.ready.as_str(), status.ready_reason.as_str()), ("False", "ReconciliationFailed"));
 

@@ -19,8 +19,10 @@ pub mod calls;
 
 use crate::plan::{self, Fields};
 use crate::reconcile::{AppliedRow, Outcome, RunRecord, StateStore};
+use crate::spec::Extension;
+use crate::status::{Reset, StatusUpdate, Step, SyncState};
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sqlx::types::Json;
 use sqlx::{PgPool, Row, SqlitePool};
 use std::collections::BTreeMap;
@@ -235,22 +237,77 @@ impl Db {
     /// Every applied extension, by number.
     pub async fn extensions(&self) -> Result<Vec<ExtensionRecord>, DbError> {
         let rows = on_pool!(self, pool => {
-            let rows = sqlx::query(&format!("SELECT {EXTENSION_COLUMNS} FROM extensions ORDER BY number")).fetch_all(pool).await?;
+            let rows = sqlx::query(&format!("{SELECT_EXTENSIONS} ORDER BY e.number")).fetch_all(pool).await?;
             rows.iter().map(ExtensionRecord::from_row).collect::<Result<Vec<_>, sqlx::Error>>()
         })?;
+        let mut rows = rows;
+        // Declared but never applied (pending, or failed on creation).
+        rows.extend(self.unapplied(None).await?);
+        rows.sort_by(|a, b| a.number.cmp(&b.number));
         Ok(rows)
+    }
+
+    /// Status rows of extensions that have no applied row: what was
+    /// declared, from the row's `declared` copy.
+    async fn unapplied(&self, number: Option<&str>) -> Result<Vec<ExtensionRecord>, DbError> {
+        let rows: Vec<StatusRow> = on_pool!(self, pool => sqlx::query_as(
+                "SELECT s.number, s.status, s.reason, s.run_id, s.declared, s.since FROM extension_status s \
+                 WHERE NOT EXISTS (SELECT 1 FROM extensions e WHERE e.number = s.number) AND (CAST($1 AS TEXT) IS NULL OR s.number = $1) \
+                 ORDER BY s.number",
+            )
+            .bind(number)
+            .fetch_all(pool)
+            .await)?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(number, status, reason, run_id, declared, since)| {
+                let mut r: ExtensionRecord = serde_json::from_value(declared?.0).ok()?;
+                r.number = number;
+                r.sync_status = status;
+                r.last_error = reason;
+                r.sync_run_id = run_id;
+                r.sync_since = Some(since);
+                r.applied_at = None;
+                Some(r)
+            })
+            .collect())
+    }
+
+    /// Marks an extension pending (declared, not applied yet): an API write
+    /// does, before the loop applies it. `declared` is kept for one that was
+    /// never applied, so lists can show it.
+    pub async fn mark_pending(&self, ext: &Extension, reason: &str) -> Result<(), DbError> {
+        let now = Utc::now();
+        let declared = Json(serde_json::to_value(ExtensionRecord::declared(ext)).unwrap_or_default());
+        on_pool!(self, pool => sqlx::query(
+            "INSERT INTO extension_status (number, status, reason, run_id, declared, since, updated_at) \
+             VALUES ($1, 'pending', $2, NULL, $3, $4, $4) \
+             ON CONFLICT (number) DO UPDATE SET status = excluded.status, reason = excluded.reason, \
+             run_id = excluded.run_id, declared = excluded.declared, since = excluded.since, updated_at = excluded.updated_at",
+        )
+        .bind(&ext.extension)
+        .bind(reason)
+        .bind(declared)
+        .bind(now)
+        .execute(pool)
+        .await
+        .map(|_| ()))?;
+        Ok(())
     }
 
     /// One applied extension.
     pub async fn extension(&self, number: &str) -> Result<Option<ExtensionRecord>, DbError> {
         let row = on_pool!(self, pool => {
-            let row = sqlx::query(&format!("SELECT {EXTENSION_COLUMNS} FROM extensions WHERE number = $1"))
+            let row = sqlx::query(&format!("{SELECT_EXTENSIONS} WHERE e.number = $1"))
                 .bind(number)
                 .fetch_optional(pool)
                 .await?;
             row.as_ref().map(ExtensionRecord::from_row).transpose()
         })?;
-        Ok(row)
+        match row {
+            Some(r) => Ok(Some(r)),
+            None => Ok(self.unapplied(Some(number)).await?.into_iter().next()),
+        }
     }
 
     /// Records a run and applies its row changes in one transaction; updates
@@ -260,6 +317,7 @@ impl Db {
         run: &RunRecord,
         upserts: &[AppliedRow<'_>],
         deletes: &[String],
+        states: &StatusUpdate<'_>,
     ) -> Result<i64, DbError> {
         let (creates, updates, deletes_n) = run.plan.as_ref().map_or((0, 0, 0), |p| {
             (
@@ -275,6 +333,7 @@ impl Db {
         let plan_json =
             run.plan.as_ref().map(|p| Json(serde_json::to_value(plan::StoredPlan::of(p)).unwrap_or_default()));
         let diagnostics = Json(serde_json::to_value(&run.diagnostics).unwrap_or_default());
+        let reasons = Json(serde_json::to_value(&run.reasons).unwrap_or_default());
         let now = Utc::now();
         let id: i64 = on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
@@ -335,8 +394,8 @@ impl Db {
             }
             let id: i64 = sqlx::query_scalar(
                 "INSERT INTO reconcile_runs (trigger, revision, subject, started_at, finished_at, duration_ms, outcome, \
-                 creates, updates, deletes, reloaded, plan, diff, diagnostics, error, warning) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) RETURNING id",
+                 creates, updates, deletes, reloaded, plan, diff, diagnostics, error, warning, reasons) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) RETURNING id",
             )
             .bind(run.trigger.as_str())
             .bind(run.revision.clone())
@@ -354,8 +413,49 @@ impl Db {
             .bind(diagnostics)
             .bind(run.error.clone())
             .bind(run.warning.clone())
+            .bind(reasons)
             .fetch_one(&mut *tx)
             .await?;
+            // The extensions' states: only rows that are not plainly synced are kept.
+            match states.reset {
+                Reset::All => {
+                    sqlx::query("DELETE FROM extension_status").execute(&mut *tx).await?;
+                }
+                Reset::KeepDrifted => {
+                    sqlx::query("DELETE FROM extension_status WHERE status <> 'drifted'").execute(&mut *tx).await?;
+                }
+                Reset::Nothing => {}
+            }
+            if states.reset != Reset::All {
+                for chunk in states.states.chunks(500) {
+                    let mut qb = sqlx::QueryBuilder::new("DELETE FROM extension_status WHERE number IN (");
+                    let mut sep = qb.separated(", ");
+                    for st in chunk {
+                        sep.push_bind(st.number.as_str());
+                    }
+                    qb.push(")");
+                    qb.build().execute(&mut *tx).await?;
+                }
+            }
+            let kept: Vec<_> = states.states.iter().filter(|st| st.state != SyncState::Synced).collect();
+            for chunk in kept.chunks(400) {
+                let mut qb = sqlx::QueryBuilder::new(
+                    "INSERT INTO extension_status (number, status, reason, run_id, declared, since, updated_at) ",
+                );
+                qb.push_values(chunk, |mut b, st| {
+                    let declared = st
+                        .declared
+                        .map(|e| Json(serde_json::to_value(ExtensionRecord::declared(e)).unwrap_or_default()));
+                    b.push_bind(st.number.as_str())
+                        .push_bind(st.state.as_str())
+                        .push_bind(st.reason.as_deref())
+                        .push_bind(id)
+                        .push_bind(declared)
+                        .push_bind(now)
+                        .push_bind(now);
+                });
+                qb.build().execute(&mut *tx).await?;
+            }
             let (ready, reason, message) = condition(run);
             let applied_revision = matches!(run.outcome, Outcome::Applied | Outcome::NoOp).then(|| run.revision.clone()).flatten();
             sqlx::query(
@@ -363,6 +463,7 @@ impl Db {
                  last_attempted_revision, last_run_id, updated_at) VALUES (1, $1, $2, $3, $4, $5, $6, $7, $8) \
                  ON CONFLICT (id) DO UPDATE SET ready = excluded.ready, ready_reason = excluded.ready_reason, \
                  ready_message = excluded.ready_message, reconciling = excluded.reconciling, \
+                 reconciling_step = NULL, reconciling_since = NULL, \
                  last_applied_revision = COALESCE(excluded.last_applied_revision, reconciler_status.last_applied_revision), \
                  last_attempted_revision = excluded.last_attempted_revision, last_run_id = excluded.last_run_id, \
                  updated_at = excluded.updated_at",
@@ -445,8 +546,8 @@ impl Db {
     pub async fn status(&self) -> Result<Option<StatusRecord>, DbError> {
         let row = on_pool!(self, pool => {
             let row = sqlx::query(
-                "SELECT ready, ready_reason, ready_message, reconciling, last_applied_revision, last_attempted_revision, \
-                 last_run_id, updated_at FROM reconciler_status WHERE id = 1",
+                "SELECT ready, ready_reason, ready_message, reconciling, reconciling_step, reconciling_since, \
+                 last_applied_revision, last_attempted_revision, last_run_id, updated_at FROM reconciler_status WHERE id = 1",
             )
             .fetch_optional(pool)
             .await?;
@@ -456,6 +557,8 @@ impl Db {
                     ready_reason: r.try_get("ready_reason")?,
                     ready_message: r.try_get("ready_message")?,
                     reconciling: r.try_get("reconciling")?,
+                    reconciling_step: r.try_get("reconciling_step")?,
+                    reconciling_since: r.try_get("reconciling_since")?,
                     last_applied_revision: r.try_get("last_applied_revision")?,
                     last_attempted_revision: r.try_get("last_attempted_revision")?,
                     last_run_id: r.try_get("last_run_id")?,
@@ -467,15 +570,22 @@ impl Db {
         Ok(row)
     }
 
-    /// Marks a run as under way (Reconciling=True), so a watcher sees it.
-    pub async fn set_reconciling(&self, on: bool) -> Result<(), DbError> {
+    /// Marks a run as under way (Reconciling=True) in `step`, so a watcher
+    /// sees it and a stuck run shows where it stuck. The first step of a
+    /// run sets when it started; the run's commit clears both.
+    pub async fn set_progress(&self, step: Step) -> Result<(), DbError> {
         let now = Utc::now();
         on_pool!(self, pool => sqlx::query(
-            "INSERT INTO reconciler_status (id, ready, ready_reason, ready_message, reconciling, updated_at) \
-             VALUES (1, 'Unknown', 'Starting', '', $1, $2) \
-             ON CONFLICT (id) DO UPDATE SET reconciling = excluded.reconciling, updated_at = excluded.updated_at",
+            "INSERT INTO reconciler_status (id, ready, ready_reason, ready_message, reconciling, reconciling_step, \
+             reconciling_since, updated_at) VALUES (1, 'Unknown', 'Starting', '', $1, $2, $3, $3) \
+             ON CONFLICT (id) DO UPDATE SET reconciling = excluded.reconciling, \
+             reconciling_step = excluded.reconciling_step, \
+             reconciling_since = CASE WHEN $2 = 'planning' OR reconciler_status.reconciling_since IS NULL \
+                 THEN excluded.reconciling_since ELSE reconciler_status.reconciling_since END, \
+             updated_at = excluded.updated_at",
         )
-        .bind(on)
+        .bind(true)
+        .bind(step.as_str())
         .bind(now)
         .execute(pool)
         .await
@@ -487,6 +597,9 @@ impl Db {
 /// The Ready condition a run leaves behind: (status, reason, message).
 fn condition(run: &RunRecord) -> (&'static str, &'static str, String) {
     let msg = run.error.clone().unwrap_or_default();
+    if run.rollback_failed {
+        return ("False", "RollbackFailed", msg);
+    }
     match run.outcome {
         Outcome::Applied => ("True", "ReconciliationSucceeded", "applied".into()),
         Outcome::NoOp => ("True", "ReconciliationSucceeded", "in sync".into()),
@@ -510,13 +623,22 @@ fn spec_hash(fields: &Fields) -> String {
     hex::encode(h.finalize())
 }
 
+/// An `extension_status` row: number, status, reason, run id, declared copy, since.
+type StatusRow = (String, String, Option<String>, Option<i64>, Option<Json<serde_json::Value>>, DateTime<Utc>);
+
+/// The applied rows with their sync state (no status row: synced).
+const SELECT_EXTENSIONS: &str = "SELECT e.number, e.display_name, e.context, e.transport, e.codecs, e.secret_kind, \
+     e.max_contacts, e.caller_id, e.mailboxes, e.dtmf_mode, e.enabled, e.labels, e.spec_hash, e.source_file, e.revision, \
+     e.applied_at, COALESCE(s.status, 'synced') AS sync_status, s.reason AS last_error, s.run_id AS sync_run_id, \
+     s.since AS sync_since FROM extensions e LEFT JOIN extension_status s ON s.number = e.number";
+
 const EXTENSION_COLUMNS: &str = "number, display_name, context, transport, codecs, secret_kind, secret_md5, max_contacts, \
      caller_id, mailboxes, dtmf_mode, direct_media, rtp_symmetric, force_rport, rewrite_contact, enabled, labels, fields, \
      spec_hash, source_file, revision, applied_at, sync_status, last_error";
 
 /// One applied extension as the database holds it. No secret value: only
 /// the secret's kind (the md5 hash is not read back out).
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ExtensionRecord {
     pub number: String,
@@ -534,9 +656,18 @@ pub struct ExtensionRecord {
     pub spec_hash: String,
     pub source_file: String,
     pub revision: Option<String>,
-    pub applied_at: DateTime<Utc>,
+    /// `None` for an extension declared but never applied.
+    pub applied_at: Option<DateTime<Utc>>,
+    /// `synced`, `pending`, `failed`, `drifted` or `disabled`.
     pub sync_status: String,
+    /// Why it is not synced: Asterisk's or the verifier's reason, what drifted.
     pub last_error: Option<String>,
+    /// The run that set the state (`None` when synced, or set by an API write).
+    #[serde(default)]
+    pub sync_run_id: Option<i64>,
+    /// Since when the state holds (`None` when synced).
+    #[serde(default)]
+    pub sync_since: Option<DateTime<Utc>>,
 }
 
 impl ExtensionRecord {
@@ -570,15 +701,43 @@ impl ExtensionRecord {
             spec_hash: r.try_get("spec_hash")?,
             source_file: r.try_get("source_file")?,
             revision: r.try_get("revision")?,
-            applied_at: r.try_get("applied_at")?,
+            applied_at: Some(r.try_get("applied_at")?),
             sync_status: r.try_get("sync_status")?,
             last_error: r.try_get("last_error")?,
+            sync_run_id: r.try_get("sync_run_id")?,
+            sync_since: r.try_get("sync_since")?,
         })
+    }
+
+    /// What lists show of an extension declared but never applied.
+    pub fn declared(e: &Extension) -> Self {
+        ExtensionRecord {
+            number: e.extension.clone(),
+            display_name: e.display_name.clone(),
+            context: e.context.clone(),
+            transport: e.transport.clone(),
+            codecs: e.codecs.clone(),
+            secret_kind: e.secret.kind().to_string(),
+            max_contacts: i64::from(e.max_contacts),
+            caller_id: e.effective_caller_id(),
+            mailboxes: e.mailboxes.clone(),
+            dtmf_mode: e.dtmf_mode.clone(),
+            enabled: e.enabled,
+            labels: e.labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            spec_hash: String::new(),
+            source_file: e.origin.file.clone(),
+            revision: None,
+            applied_at: None,
+            sync_status: "pending".into(),
+            last_error: None,
+            sync_run_id: None,
+            sync_since: None,
+        }
     }
 }
 
 const RUN_COLUMNS: &str = "id, trigger, revision, subject, started_at, finished_at, duration_ms, outcome, creates, \
-     updates, deletes, reloaded, error, warning";
+     updates, deletes, reloaded, error, warning, reasons";
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -597,6 +756,8 @@ pub struct RunSummary {
     pub reloaded: bool,
     pub error: Option<String>,
     pub warning: Option<String>,
+    /// Why the run did what it did (see `RunRecord::reasons`).
+    pub reasons: Vec<String>,
 }
 
 impl RunSummary {
@@ -608,7 +769,9 @@ impl RunSummary {
         for<'a> i64: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
         for<'a> bool: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
         for<'a> DateTime<Utc>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+        for<'a> Json<Vec<String>>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
     {
+        let reasons: Json<Vec<String>> = r.try_get("reasons")?;
         Ok(RunSummary {
             id: r.try_get("id")?,
             trigger: r.try_get("trigger")?,
@@ -624,6 +787,7 @@ impl RunSummary {
             reloaded: r.try_get("reloaded")?,
             error: r.try_get("error")?,
             warning: r.try_get("warning")?,
+            reasons: reasons.0,
         })
     }
 }
@@ -656,6 +820,10 @@ pub struct StatusRecord {
     pub ready_reason: String,
     pub ready_message: String,
     pub reconciling: bool,
+    /// The step the run under way is in (`planning`, `reloading`, …).
+    pub reconciling_step: Option<String>,
+    /// When the run under way started.
+    pub reconciling_since: Option<DateTime<Utc>>,
     pub last_applied_revision: Option<String>,
     pub last_attempted_revision: Option<String>,
     pub last_run_id: Option<i64>,
@@ -678,7 +846,17 @@ impl StateStore for Db {
         Ok(format!("{count}@{}", latest.unwrap_or_default()))
     }
 
-    async fn commit(&self, run: &RunRecord, upserts: &[AppliedRow<'_>], deletes: &[String]) -> Result<i64, DbError> {
-        self.commit_run(run, upserts, deletes).await
+    async fn commit(
+        &self,
+        run: &RunRecord,
+        upserts: &[AppliedRow<'_>],
+        deletes: &[String],
+        states: &StatusUpdate<'_>,
+    ) -> Result<i64, DbError> {
+        self.commit_run(run, upserts, deletes, states).await
+    }
+
+    async fn progress(&self, step: Step) -> Result<(), DbError> {
+        self.set_progress(step).await
     }
 }
