@@ -240,6 +240,16 @@ pub enum Action {
     Delete,
 }
 
+impl Action {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Action::Create => "create",
+            Action::Update => "update",
+            Action::Delete => "delete",
+        }
+    }
+}
+
 /// One field that changes. `from`/`to` are `None` for the secret, which is
 /// only ever reported as changed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

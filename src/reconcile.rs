@@ -154,6 +154,9 @@ pub trait StateStore: Send + Sync {
     /// Marks a run under way, in `step` (the Reconciling condition); the
     /// commit clears it.
     fn progress(&self, step: Step) -> impl Future<Output = Result<(), Self::Error>> + Send;
+    /// Sets some extensions' states while a run is under way (what it is
+    /// about to apply is pending); the commit then sets the outcome.
+    fn mark(&self, states: &StatusUpdate<'_>) -> impl Future<Output = Result<(), Self::Error>> + Send;
 }
 
 /// What the reconciler asks of Asterisk.
@@ -655,6 +658,22 @@ impl<S: StateStore, A: AsteriskControl> Reconciler<S, A> {
         if let Observed::Unreachable { reason } = observed {
             record.reasons.push("nothing written: Asterisk is unreachable".into());
             return Err((Outcome::Failed, format!("Asterisk is unreachable ({reason}); nothing was changed")));
+        }
+        // What is about to be applied is pending until the commit says what came of it.
+        let pending: Vec<status::ExtensionState<'_>> = p
+            .changes
+            .iter()
+            .map(|c| status::ExtensionState {
+                number: c.extension.clone(),
+                state: SyncState::Pending,
+                reason: Some(format!("being applied ({})", c.action.as_str())),
+                declared: if c.action == Action::Create { desired.set.get(&c.extension) } else { None },
+            })
+            .collect();
+        if !pending.is_empty()
+            && let Err(e) = self.store.mark(&StatusUpdate { reset: status::Reset::Nothing, states: pending }).await
+        {
+            tracing::debug!("marking the changes pending failed: {e}");
         }
         // 6. Write the file if its content changes.
         if p.file_changed {

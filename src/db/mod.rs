@@ -39,6 +39,69 @@ macro_rules! on_pool {
 }
 pub(crate) use on_pool;
 
+/// Writes a run's extension states inside the transaction `tx` (the same
+/// SQL for both backends; `run_id` is `None` for states a run marks while
+/// it is under way).
+macro_rules! write_states {
+    ($tx:ident, $states:expr, $run_id:expr, $now:expr) => {{
+        use chrono::SubsecRound;
+        let states: &StatusUpdate<'_> = $states;
+        // Microseconds, as PostgreSQL keeps them: rows stamped by this write
+        // compare equal to `stamp` below on both backends.
+        let stamp: DateTime<Utc> = $now.trunc_subsecs(6);
+        // Synced clears a row; only rows that are not plainly synced are kept.
+        let synced: Vec<&str> =
+            states.states.iter().filter(|st| st.state == SyncState::Synced).map(|st| st.number.as_str()).collect();
+        for chunk in synced.chunks(500) {
+            let mut qb = sqlx::QueryBuilder::new("DELETE FROM extension_status WHERE number IN (");
+            let mut sep = qb.separated(", ");
+            for n in chunk {
+                sep.push_bind(*n);
+            }
+            qb.push(")");
+            qb.build().execute(&mut *$tx).await?;
+        }
+        let kept: Vec<_> = states.states.iter().filter(|st| st.state != SyncState::Synced).collect();
+        for chunk in kept.chunks(400) {
+            let mut qb = sqlx::QueryBuilder::new(
+                "INSERT INTO extension_status (number, status, reason, run_id, declared, since, updated_at) ",
+            );
+            qb.push_values(chunk, |mut b, st| {
+                let declared =
+                    st.declared.map(|e| Json(serde_json::to_value(ExtensionRecord::declared(e)).unwrap_or_default()));
+                b.push_bind(st.number.as_str())
+                    .push_bind(st.state.as_str())
+                    .push_bind(st.reason.as_deref())
+                    .push_bind($run_id)
+                    .push_bind(declared)
+                    .push_bind(stamp)
+                    .push_bind(stamp);
+            });
+            // A state that holds on keeps its `since`.
+            qb.push(
+                " ON CONFLICT (number) DO UPDATE SET reason = excluded.reason, run_id = excluded.run_id, \
+                 declared = COALESCE(excluded.declared, extension_status.declared), \
+                 since = CASE WHEN extension_status.status = excluded.status THEN extension_status.since ELSE excluded.since END, \
+                 status = excluded.status, updated_at = excluded.updated_at",
+            );
+            qb.build().execute(&mut *$tx).await?;
+        }
+        // What this write did not set is cleared, as far as the run knows.
+        match states.reset {
+            Reset::All => {
+                sqlx::query("DELETE FROM extension_status WHERE updated_at <> $1").bind(stamp).execute(&mut *$tx).await?;
+            }
+            Reset::KeepDrifted => {
+                sqlx::query("DELETE FROM extension_status WHERE updated_at <> $1 AND status <> 'drifted'")
+                    .bind(stamp)
+                    .execute(&mut *$tx)
+                    .await?;
+            }
+            Reset::Nothing => {}
+        }
+    }};
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
     #[error("cannot connect to the database {url} after {attempts} attempt(s): {source}")]
@@ -273,25 +336,17 @@ impl Db {
             .collect())
     }
 
-    /// Marks an extension pending (declared, not applied yet): an API write
-    /// does, before the loop applies it. `declared` is kept for one that was
-    /// never applied, so lists can show it.
-    pub async fn mark_pending(&self, ext: &Extension, reason: &str) -> Result<(), DbError> {
+    /// Sets extension states outside a run's commit: a run marks what it
+    /// is about to apply as pending, so a watcher sees it while Asterisk
+    /// reloads; the run's commit then sets what came of it.
+    pub async fn set_states(&self, states: &StatusUpdate<'_>) -> Result<(), DbError> {
         let now = Utc::now();
-        let declared = Json(serde_json::to_value(ExtensionRecord::declared(ext)).unwrap_or_default());
-        on_pool!(self, pool => sqlx::query(
-            "INSERT INTO extension_status (number, status, reason, run_id, declared, since, updated_at) \
-             VALUES ($1, 'pending', $2, NULL, $3, $4, $4) \
-             ON CONFLICT (number) DO UPDATE SET status = excluded.status, reason = excluded.reason, \
-             run_id = excluded.run_id, declared = excluded.declared, since = excluded.since, updated_at = excluded.updated_at",
-        )
-        .bind(&ext.extension)
-        .bind(reason)
-        .bind(declared)
-        .bind(now)
-        .execute(pool)
-        .await
-        .map(|_| ()))?;
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            write_states!(tx, states, None::<i64>, now);
+            tx.commit().await?;
+            Ok::<(), sqlx::Error>(())
+        })?;
         Ok(())
     }
 
@@ -416,46 +471,7 @@ impl Db {
             .bind(reasons)
             .fetch_one(&mut *tx)
             .await?;
-            // The extensions' states: only rows that are not plainly synced are kept.
-            match states.reset {
-                Reset::All => {
-                    sqlx::query("DELETE FROM extension_status").execute(&mut *tx).await?;
-                }
-                Reset::KeepDrifted => {
-                    sqlx::query("DELETE FROM extension_status WHERE status <> 'drifted'").execute(&mut *tx).await?;
-                }
-                Reset::Nothing => {}
-            }
-            if states.reset != Reset::All {
-                for chunk in states.states.chunks(500) {
-                    let mut qb = sqlx::QueryBuilder::new("DELETE FROM extension_status WHERE number IN (");
-                    let mut sep = qb.separated(", ");
-                    for st in chunk {
-                        sep.push_bind(st.number.as_str());
-                    }
-                    qb.push(")");
-                    qb.build().execute(&mut *tx).await?;
-                }
-            }
-            let kept: Vec<_> = states.states.iter().filter(|st| st.state != SyncState::Synced).collect();
-            for chunk in kept.chunks(400) {
-                let mut qb = sqlx::QueryBuilder::new(
-                    "INSERT INTO extension_status (number, status, reason, run_id, declared, since, updated_at) ",
-                );
-                qb.push_values(chunk, |mut b, st| {
-                    let declared = st
-                        .declared
-                        .map(|e| Json(serde_json::to_value(ExtensionRecord::declared(e)).unwrap_or_default()));
-                    b.push_bind(st.number.as_str())
-                        .push_bind(st.state.as_str())
-                        .push_bind(st.reason.as_deref())
-                        .push_bind(id)
-                        .push_bind(declared)
-                        .push_bind(now)
-                        .push_bind(now);
-                });
-                qb.build().execute(&mut *tx).await?;
-            }
+            write_states!(tx, states, Some(id), now);
             let (ready, reason, message) = condition(run);
             let applied_revision = matches!(run.outcome, Outcome::Applied | Outcome::NoOp).then(|| run.revision.clone()).flatten();
             sqlx::query(
@@ -858,5 +874,9 @@ impl StateStore for Db {
 
     async fn progress(&self, step: Step) -> Result<(), DbError> {
         self.set_progress(step).await
+    }
+
+    async fn mark(&self, states: &StatusUpdate<'_>) -> Result<(), DbError> {
+        self.set_states(states).await
     }
 }

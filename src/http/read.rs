@@ -11,6 +11,7 @@ use super::{ApiError, AppState};
 use crate::asterisk::{Contact, EndpointDetail};
 use crate::db::calls::CallFilter;
 use crate::db::{Db, ExtensionRecord};
+use crate::status::SyncState;
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::response::IntoResponse;
@@ -96,18 +97,15 @@ async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, Api
         let _ = writeln!(out, "# TYPE asterisk_gitops_drift_items gauge");
         let _ = writeln!(out, "asterisk_gitops_drift_items {drift}");
     }
-    let _ = writeln!(out, "# HELP asterisk_gitops_extensions Applied extensions, by sync status.");
+    let _ = writeln!(out, "# HELP asterisk_gitops_extensions Managed extensions, by sync status.");
     let _ = writeln!(out, "# TYPE asterisk_gitops_extensions gauge");
-    let mut by_status: BTreeMap<&str, usize> = BTreeMap::new();
-    for e in &extensions {
-        *by_status.entry(e.sync_status.as_str()).or_default() += 1;
-    }
-    if by_status.is_empty() {
-        let _ = writeln!(out, "asterisk_gitops_extensions{{status=\"synced\"}} 0");
-    }
-    for (status, n) in by_status {
+    for (status, n) in sync_counts(&extensions) {
         let _ = writeln!(out, "asterisk_gitops_extensions{{status=\"{status}\"}} {n}");
     }
+    let reconciling = db.status().await.map_err(internal)?.is_some_and(|r| r.reconciling);
+    let _ = writeln!(out, "# HELP asterisk_gitops_reconciling Whether a reconcile run is under way.");
+    let _ = writeln!(out, "# TYPE asterisk_gitops_reconciling gauge");
+    let _ = writeln!(out, "asterisk_gitops_reconciling {}", u8::from(reconciling));
     if state.live.asterisk.is_some() {
         let (regs, known) = registrations(&state);
         let _ = writeln!(out, "# HELP asterisk_gitops_asterisk_up Whether the last AMI read of registrations worked.");
@@ -143,6 +141,17 @@ async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, Api
     }
     Ok(([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], out))
 }
+
+/// How many extensions are in each sync state (every state, 0 included).
+pub(crate) fn sync_counts(extensions: &[ExtensionRecord]) -> Vec<(&'static str, usize)> {
+    SyncState::ALL
+        .iter()
+        .map(|s| (s.as_str(), extensions.iter().filter(|e| e.sync_status == s.as_str()).count()))
+        .collect()
+}
+
+/// A run under way for longer than this is shown as stalled.
+pub const STALLED_AFTER: chrono::TimeDelta = chrono::TimeDelta::minutes(10);
 
 pub(crate) fn db(state: &AppState) -> Result<&Db, ApiError> {
     state.live.db.as_ref().ok_or_else(|| ApiError::Unavailable("the state database is not connected".into()))
@@ -204,6 +213,12 @@ async fn list(
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text(), Vec::new()))?;
+    if let Some(s) = &query.sync
+        && SyncState::parse(s).is_none()
+    {
+        let known: Vec<&str> = SyncState::ALL.iter().map(SyncState::as_str).collect();
+        return Err(ApiError::BadRequest(format!("sync {s:?} is not one of {}", known.join(", ")), Vec::new()));
+    }
     let all = db(&state)?.extensions().await.map_err(internal)?;
     let (regs, known) = registrations(&state);
     let filtered: Vec<&ExtensionRecord> = all
@@ -300,7 +315,7 @@ async fn live_status(State(state): State<AppState>, Path(id): Path<String>) -> R
         "registered": contacts.iter().any(Contact::alive),
         "contacts": contacts,
         "endpoint": detail,
-        "sync": record.as_ref().map(|r| json!({"status": r.sync_status, "lastError": r.last_error, "appliedAt": r.applied_at, "revision": r.revision})),
+        "sync": record.as_ref().map(|r| json!({"status": r.sync_status, "lastError": r.last_error, "runId": r.sync_run_id, "since": r.sync_since, "appliedAt": r.applied_at, "revision": r.revision})),
         "drift": drift,
         "softphone": softphone,
     })))
@@ -385,6 +400,8 @@ pub(crate) async fn status_json(state: &AppState) -> Result<Value, ApiError> {
     let runs = db.runs(5).await.map_err(internal)?;
     let extensions = db.extensions().await.map_err(internal)?;
     let failed = extensions.iter().filter(|e| e.sync_status != "synced").count();
+    let by_state: serde_json::Map<String, Value> =
+        sync_counts(&extensions).into_iter().map(|(k, n)| (k.to_string(), Value::from(n))).collect();
     let (regs, known) = registrations(state);
     // Only managed extensions count, and only with a live contact.
     let registered = known.then(|| extensions.iter().filter(|e| regs.of(&e.number).1).count());
@@ -406,9 +423,29 @@ pub(crate) async fn status_json(state: &AppState) -> Result<Value, ApiError> {
         json!({"connected": c.connected.load(std::sync::atomic::Ordering::Relaxed),
                "events": c.events.load(std::sync::atomic::Ordering::Relaxed)})
     });
+    let reconciling = record.as_ref().is_some_and(|r| r.reconciling);
+    let since = record.as_ref().and_then(|r| r.reconciling_since).filter(|_| reconciling);
+    let stalled = since.is_some_and(|t| Utc::now() - t > STALLED_AFTER);
+    let conditions = record.as_ref().map(|r| {
+        json!([
+            {"type": "Ready", "status": r.ready, "reason": r.ready_reason, "message": r.ready_message, "lastTransitionTime": r.updated_at},
+            if reconciling {
+                json!({"type": "Reconciling", "status": "True", "reason": if stalled { "Stalled" } else { "Progressing" },
+                       "message": format!("step: {}", r.reconciling_step.as_deref().unwrap_or("starting")),
+                       "step": r.reconciling_step, "lastTransitionTime": since})
+            } else {
+                json!({"type": "Reconciling", "status": "False", "reason": "Idle", "message": "", "lastTransitionTime": r.updated_at})
+            }
+        ])
+    });
     Ok(json!({
         "ready": record.as_ref().map(|r| json!({"status": r.ready, "reason": r.ready_reason, "message": r.ready_message})),
-        "reconciling": record.as_ref().is_some_and(|r| r.reconciling),
+        "reconciling": reconciling,
+        "reconcilingStep": record.as_ref().and_then(|r| r.reconciling_step.clone()).filter(|_| reconciling),
+        "reconcilingSince": since,
+        "stalled": stalled,
+        "conditions": conditions,
+        "sync": by_state,
         "lastAppliedRevision": record.as_ref().and_then(|r| r.last_applied_revision.clone()),
         "lastAttemptedRevision": record.as_ref().and_then(|r| r.last_attempted_revision.clone()),
         "extensions": extensions.len(),

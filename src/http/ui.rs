@@ -45,6 +45,13 @@ fn env() -> &'static Environment<'static> {
     static ENV: OnceLock<Environment<'static>> = OnceLock::new();
     ENV.get_or_init(|| {
         let mut env = Environment::new();
+        // The badge colour of a sync state.
+        env.add_filter("sync_class", |state: &str| match state {
+            "synced" => "ok",
+            "pending" | "drifted" => "warn",
+            "disabled" => "muted",
+            _ => "bad",
+        });
         for (name, text) in [
             ("base.html", include_str!("../../templates/ui/base.html")),
             ("overview.html", include_str!("../../templates/ui/overview.html")),
@@ -223,6 +230,10 @@ async fn overview(State(state): State<AppState>, headers: HeaderMap) -> Response
             ready_reason => st["ready"]["message"].as_str(),
             extensions => st["extensions"].as_u64(),
             not_synced => st["notSynced"].as_u64(),
+            by_state => minijinja::Value::from_serialize(&st["sync"]),
+            reconciling => st["reconciling"].as_bool().unwrap_or(false),
+            reconciling_step => st["reconcilingStep"].as_str(),
+            stalled => st["stalled"].as_bool().unwrap_or(false),
             registered => st["registered"].as_u64(),
             drift => st["drift"].as_u64(),
             asterisk_up => st["asterisk"]["reachable"].as_bool().unwrap_or(false),
@@ -245,7 +256,12 @@ async fn list(State(state): State<AppState>, headers: HeaderMap, Query(q): Query
     let query = q.get("q").map(|s| s.trim().to_string()).unwrap_or_default();
     let offset: usize = q.get("offset").and_then(|o| o.parse().ok()).unwrap_or(0);
     let (regs, known) = registrations(&state);
-    let matching: Vec<_> = all.iter().filter(|r| query.is_empty() || super::read::matches(r, &query)).collect();
+    let sync = q.get("sync").map(|s| s.trim().to_string()).filter(|s| crate::status::SyncState::parse(s).is_some());
+    let matching: Vec<_> = all
+        .iter()
+        .filter(|r| query.is_empty() || super::read::matches(r, &query))
+        .filter(|r| sync.as_deref().is_none_or(|s| r.sync_status == s))
+        .collect();
     let total = matching.len();
     let rows: Vec<Value> = matching
         .iter()
@@ -264,11 +280,16 @@ async fn list(State(state): State<AppState>, headers: HeaderMap, Query(q): Query
             url.push_str("&q=");
             url.push_str(&percent(&query));
         }
+        if let Some(s) = &sync {
+            url.push_str("&sync=");
+            url.push_str(s);
+        }
         url
     });
+    let states: Vec<&str> = crate::status::SyncState::ALL.iter().map(|s| s.as_str()).collect();
     let ctx = context! {
         ..base(&state, &viewer, None),
-        ..context! { extensions => rows, q => query, total => total, shown => shown, next_url => next_url }
+        ..context! { extensions => rows, q => query, sync => sync, states => states, total => total, shown => shown, next_url => next_url }
     };
     page(StatusCode::OK, "extensions.html", ctx)
 }
