@@ -11,6 +11,7 @@
 pub mod app;
 pub mod asterisk;
 pub mod calls;
+pub mod catalogue;
 pub mod cli;
 pub mod config;
 pub mod daemon;

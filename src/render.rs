@@ -33,6 +33,15 @@ pub enum RenderError {
     Template(String),
     #[error("rendered output line {line} is not a section header, a comment or `key = value`: refusing to write it")]
     Structure { line: usize },
+    /// The template emits option names Asterisk does not know (see `catalogue`).
+    #[error("{}", unknown_options_text(.0))]
+    UnknownOptions(Vec<crate::diag::Diagnostic>),
+}
+
+fn unknown_options_text(d: &[crate::diag::Diagnostic]) -> String {
+    let each: Vec<String> =
+        d.iter().map(|d| format!("{}:{}: {}", d.location.file, d.location.line, d.message)).collect();
+    format!("the template emits an option Asterisk does not know; nothing was rendered: {}", each.join("; "))
 }
 
 impl From<TemplateError> for RenderError {
@@ -53,6 +62,8 @@ pub struct SourceInfo {
 /// A minijinja environment holding the managed file's template.
 pub struct Renderer {
     env: Environment<'static>,
+    /// Some option name is computed by the template: check each output.
+    check_output: bool,
 }
 
 const VIEW_FIELDS: &[&str] = &[
@@ -184,7 +195,13 @@ impl Renderer {
                     .map_err(|e| RenderError::Templates { dir: dir.to_path_buf(), reason: format!("{e:#}") })?;
             }
         }
-        Ok(Renderer { env })
+        // Every option name the template writes must be one Asterisk knows.
+        let (unknown, check_output) =
+            crate::catalogue::check_templates(templates, crate::catalogue::Catalogue::asterisk22());
+        if !unknown.is_empty() {
+            return Err(RenderError::UnknownOptions(unknown));
+        }
+        Ok(Renderer { env, check_output })
     }
 
     /// Renders the managed file for every enabled extension of `set`.
@@ -211,6 +228,12 @@ impl Renderer {
         template.render_captured_to(ctx, &mut out)?;
         let text = String::from_utf8(out).map_err(|_| RenderError::Template("output is not UTF-8".into()))?;
         check_structure(&text)?;
+        if self.check_output {
+            let unknown = crate::catalogue::check_rendered(&text, crate::catalogue::Catalogue::asterisk22());
+            if !unknown.is_empty() {
+                return Err(RenderError::UnknownOptions(unknown));
+            }
+        }
         Ok(text)
     }
 }

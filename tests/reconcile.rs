@@ -288,12 +288,12 @@ async fn a_failed_reload_restores_the_previous_file_and_the_next_run_retries() {
 
 #[tokio::test]
 async fn an_object_asterisk_drops_fails_verification_and_is_rolled_back() {
-    // An operator template that adds an option Asterisk does not know: Asterisk
+    // An operator template that adds a codec Asterisk does not have: Asterisk
     // answers "Module Reloaded" and silently drops the endpoint.
     let tpl = tempfile::tempdir().expect("tempdir");
     let text = asterisk_gitops::render::DEFAULT_TEMPLATE.replace(
         "type = endpoint\n",
-        "type = endpoint\n{% if e.extension == \"1002\" %}no_such_option = 1\n{% endif %}",
+        "type = endpoint\n{% if e.extension == \"1002\" %}allow = nosuchcodec\n{% endif %}",
     );
     std::fs::write(tpl.path().join(asterisk_gitops::render::TEMPLATE_NAME), text).expect("template");
     let r = rig_with(Some(tpl.path())).await;
@@ -310,6 +310,14 @@ async fn an_object_asterisk_drops_fails_verification_and_is_rolled_back() {
     );
     assert_eq!(std::fs::read_to_string(&r.managed).expect("read"), good, "the previous file is back");
     assert_eq!(r.loaded(), ["1001"]);
+    // Each extension's state says what came of it, and the run says why.
+    let failed = r.rec.store.extension("1002").await.expect("query").expect("listed");
+    assert_eq!((failed.sync_status.as_str(), failed.sync_run_id), ("failed", run.run_id));
+    assert!(failed.last_error.as_deref().is_some_and(|e| e.contains("endpoint 1002 is not loaded")), "{failed:?}");
+    assert_eq!(r.rec.store.extension("1001").await.expect("query").expect("row").sync_status, "synced");
+    assert!(run.record.reasons.iter().any(|r| r.starts_with("reloaded: 1 create(s)")), "{:?}", run.record.reasons);
+    assert!(run.record.reasons.iter().any(|r| r.starts_with("rolled back")), "{:?}", run.record.reasons);
+    assert!(!run.record.rollback_failed);
 }
 
 #[tokio::test]

@@ -636,3 +636,39 @@ mod property {
         }
     }
 }
+
+#[test]
+fn a_template_with_a_misspelt_option_is_refused_by_validate_and_render_before_anything_is_written() {
+    let tpl = tempfile::tempdir().expect("tempdir");
+    let base = asterisk_gitops::render::DEFAULT_TEMPLATE;
+    let line = base.lines().position(|l| l.trim_start().starts_with("rewrite_contact =")).expect("the option") + 1;
+    let text = base.replacen("rewrite_contact =", "rewrite_contacts =", 1);
+    std::fs::write(tpl.path().join(asterisk_gitops::render::TEMPLATE_NAME), text).expect("write");
+    let env = [("EXT_2001_PASSWORD", "a"), ("EXT_2002_PASSWORD", "b"), ("EXT_2003_PASSWORD", "c")];
+
+    let out =
+        bin().arg("--templates").arg(tpl.path()).args(["validate", "extensions.d"]).envs(env).output().expect("runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains(&format!("pjsip_gitops.conf.j2:{line}")), "names the template's line {line}: {stdout}");
+    assert!(stdout.contains("rewrite_contacts"), "{stdout}");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("pjsip_gitops.conf");
+    let out = bin()
+        .arg("--templates")
+        .arg(tpl.path())
+        .args(["render", "extensions.d", "-o"])
+        .arg(&file)
+        .envs(env)
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("rewrite_contacts") && stderr.contains(&format!(":{line}:")), "{stderr}");
+    assert!(!file.exists(), "nothing written");
+
+    // The built-in template passes the same check.
+    let out = bin().args(["validate", "extensions.d"]).envs(env).output().expect("runs");
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+}

@@ -448,3 +448,71 @@ async fn ari_reports_an_endpoint_offline_then_online_once_registered() {
     })
     .await;
 }
+
+/// The option catalogue committed for `validate` and `render` without an
+/// Asterisk (`catalogue/asterisk-22.txt`) is what a real Asterisk 22 knows:
+/// ARI's dynamic configuration lists every option of an object's type, file
+/// objects included (fact 12). `UPDATE_CATALOGUE=1` writes the file anew.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_committed_option_catalogue_is_what_asterisk_knows() {
+    let Some(build) = require("real::contract::the_committed_option_catalogue_is_what_asterisk_knows") else {
+        return;
+    };
+    let mut opts = Options::named("catalogue");
+    opts.managed = "[9001]\ntype = endpoint\naors = 9001\nauth = 9001\n\n[9001]\ntype = aor\nmax_contacts = 1\n\n\
+                    [9001]\ntype = auth\nauth_type = userpass\nusername = 9001\npassword = catalogue-secret\n"
+        .into();
+    let ast = Asterisk::start(&build, opts).await.expect("Asterisk starts");
+    let http = reqwest::Client::new();
+    let mut text = format!(
+        "# Option names Asterisk 22 knows for the res_pjsip objects the managed file defines,\n\
+         # as ARI's GET /ari/asterisk/config/dynamic/res_pjsip/<type>/<id> lists them, and the few\n\
+         # it cannot list (no value to print: type, the ACLs, disallow, contact_user, security_mechanisms).\n\
+         # Written by `UPDATE_CATALOGUE=1 cargo test the_committed_option_catalogue`; checked by the same test.\n",
+    );
+    for kind in ["endpoint", "aor", "auth"] {
+        let url = format!("{}/ari/asterisk/config/dynamic/res_pjsip/{kind}/9001", ast.ari_url());
+        let resp = http
+            .get(&url)
+            .basic_auth(asterisk_real::ARI_USER, Some(&ast.ari_password))
+            .send()
+            .await
+            .expect("ARI answers");
+        assert_eq!(resp.status(), 200, "{kind}: {url}");
+        let fields: Vec<serde_json::Value> = resp.json().await.expect("a JSON list");
+        let mut names: Vec<String> =
+            fields.iter().filter_map(|f| f["attribute"].as_str().map(str::to_string)).collect();
+        assert!(names.len() > 5, "{kind}: {names:?}");
+        // Options Asterisk registers without a way to print their value, so
+        // ARI does not list them (res_pjsip's sources): `type` everywhere,
+        // the ACLs, `disallow`, `contact_user` and `security_mechanisms`.
+        names.push("type".into());
+        if kind == "endpoint" {
+            for n in
+                ["contact_deny", "contact_permit", "contact_user", "deny", "disallow", "permit", "security_mechanisms"]
+            {
+                names.push(n.into());
+            }
+        }
+        names.sort();
+        names.dedup();
+        text.push_str(&format!("\n[{kind}]\n"));
+        for n in names {
+            text.push_str(&n);
+            text.push('\n');
+        }
+    }
+    assert!(!text.contains("catalogue-secret"), "option names only, never values");
+    let path = crate::support::repo_root().join("catalogue/asterisk-22.txt");
+    if std::env::var_os("UPDATE_CATALOGUE").is_some() {
+        std::fs::create_dir_all(path.parent().expect("dir")).expect("mkdir");
+        std::fs::write(&path, &text).expect("write the catalogue");
+    }
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    let body = |t: &str| t.lines().filter(|l| !l.starts_with('#')).map(str::to_string).collect::<Vec<_>>();
+    assert_eq!(
+        body(&committed),
+        body(&text),
+        "catalogue/asterisk-22.txt differs from what this Asterisk knows: run UPDATE_CATALOGUE=1 cargo test the_committed_option_catalogue"
+    );
+}

@@ -45,7 +45,9 @@ async fn failed_run_after(d: &Daemon, after: i64, what: &str) -> serde_json::Val
 async fn an_option_asterisk_refuses_on_a_new_extension_fails_the_run_and_rolls_back() {
     let Some(build) = require("real::faults::refused_on_a_new_extension") else { return };
     let ast = asterisk(&build, "refused-new").await;
-    let tpl = template_with("{% if e.extension == \"1003\" %}no_such_option = yes\n{% endif %}");
+    // A codec Asterisk does not have (an unknown option *name* is refused
+    // before anything is written: see the catalogue test).
+    let tpl = template_with("{% if e.extension == \"1003\" %}allow = nosuchcodec\n{% endif %}");
     let d = Daemon::start_with(&ast, Store::Sqlite, Source::Dir, &team(&[("1001", "One")]), with_templates(&tpl)).await;
     wait("1001 live", LIVE, || async { endpoint(&ast, "1001").await.is_some() }).await;
     let before = d.last_run_id().await;
@@ -56,12 +58,19 @@ async fn an_option_asterisk_refuses_on_a_new_extension_fails_the_run_and_rolls_b
     let error = run["error"].as_str().unwrap_or_default();
     assert!(error.contains("1003"), "the failure names the extension: {run:#}");
     // Asterisk said why, in its own log.
-    ast.wait_log(log_from, "no_such_option", LIVE).await;
+    ast.wait_log(log_from, "nosuchcodec", LIVE).await;
     // Rolled back: the file on disk is the previous one, 1001 untouched.
     let on_disk = std::fs::read_to_string(ast.managed_file()).expect("managed file");
     assert!(!on_disk.contains("[1003]"), "the refused file stayed on disk:\n{on_disk}");
     assert!(endpoint(&ast, "1001").await.is_some());
-    assert_eq!(d.get("/extensions/1003").await.0, 404, "a refused extension is never reported as applied");
+    // Never reported as applied: listed as failed, with the run and the reason.
+    let (status, failed) = d.get("/extensions/1003").await;
+    assert_eq!(status, 200, "{failed}");
+    assert_eq!(failed["syncStatus"], "failed", "{failed:#}");
+    assert_eq!(failed["appliedAt"], serde_json::Value::Null, "{failed:#}");
+    assert_eq!(failed["syncRunId"], run["id"], "{failed:#}");
+    assert!(failed["lastError"].as_str().is_some_and(|e| e.contains("1003")), "{failed:#}");
+    assert_eq!(d.get("/extensions/1001").await.1["syncStatus"], "synced");
     d.stop().await;
 }
 
@@ -71,7 +80,7 @@ async fn a_definition_asterisk_refuses_on_an_existing_extension_is_not_reported_
     // new one it refuses, and still answers "Module Reloaded".
     let Some(build) = require("real::faults::refused_on_an_existing_extension") else { return };
     for (label, extra) in [
-        ("option", "{% if e.callerid and \"Renamed\" in e.callerid %}no_such_option = yes\n{% endif %}"),
+        ("value", "{% if e.callerid and \"Renamed\" in e.callerid %}dtmf_mode = nosuchmode\n{% endif %}"),
         ("codec", "{% if e.callerid and \"Renamed\" in e.callerid %}allow = nosuchcodec\n{% endif %}"),
     ] {
         let ast = asterisk(&build, &format!("refused-existing-{label}")).await;
@@ -95,7 +104,13 @@ async fn a_definition_asterisk_refuses_on_an_existing_extension_is_not_reported_
         // previous one, and the API still shows what is really live.
         let on_disk = std::fs::read_to_string(ast.managed_file()).expect("managed file");
         assert!(!on_disk.contains("Renamed"), "{label}: the refused file stayed on disk:\n{on_disk}");
-        assert_eq!(d.get("/extensions/1001").await.1["displayName"], "Test User", "{label}");
+        let (_, now) = d.get("/extensions/1001").await;
+        assert_eq!(now["displayName"], "Test User", "{label}: {now:#}");
+        // The state says so: failed, by this run, naming what Asterisk holds instead.
+        assert_eq!(now["syncStatus"], "failed", "{label}: {now:#}");
+        assert_eq!(now["syncRunId"], run["id"], "{label}: {now:#}");
+        let reason = now["lastError"].as_str().unwrap_or_default();
+        assert!(reason.contains("1001") && reason.contains("Renamed"), "{label}: {reason}");
 
         // After an Asterisk restart the extension is still live, and the phone registers.
         let mut ast = ast;

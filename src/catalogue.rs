@@ -1,0 +1,277 @@
+//! The options Asterisk knows, and the check that a template emits only those.
+//!
+//! Asterisk refuses a whole object over one option name it does not know
+//! (for a new object it is simply missing after the reload; an existing one
+//! keeps its previous definition, fact 13), and says so only in its log. So
+//! every option name a template writes into an `endpoint`, `aor` or `auth`
+//! section is checked, before anything is written, against the catalogue of
+//! the options Asterisk 22 registers: `catalogue/asterisk-22.txt`, taken from
+//! a real Asterisk 22 by a contract test (ARI's dynamic configuration lists
+//! every option of a type) and committed, so `validate` and `render` work
+//! without an Asterisk. Option names are compared without case, as Asterisk
+//! does (fact 17). Sections of other types (transports, identifies) are not
+//! checked. Pure: no I/O except reading template files.
+
+use crate::diag::{Diagnostic, Location};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::OnceLock;
+
+/// The committed catalogue of Asterisk 22.
+pub const ASTERISK_22: &str = include_str!("../catalogue/asterisk-22.txt");
+
+/// Option names by object type.
+#[derive(Debug, Default)]
+pub struct Catalogue {
+    types: BTreeMap<String, BTreeSet<String>>,
+}
+
+impl Catalogue {
+    /// Parses the catalogue format: `[type]` lines, then one option name a
+    /// line; `#` starts a comment line.
+    pub fn parse(text: &str) -> Catalogue {
+        let mut c = Catalogue::default();
+        let mut current: Option<String> = None;
+        for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+            if let Some(t) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                current = Some(t.to_ascii_lowercase());
+                c.types.entry(t.to_ascii_lowercase()).or_default();
+            } else if let Some(t) = &current {
+                c.types.entry(t.clone()).or_default().insert(line.to_ascii_lowercase());
+            }
+        }
+        c
+    }
+
+    /// The committed Asterisk 22 catalogue.
+    pub fn asterisk22() -> &'static Catalogue {
+        static C: OnceLock<Catalogue> = OnceLock::new();
+        C.get_or_init(|| Catalogue::parse(ASTERISK_22))
+    }
+
+    /// Whether `option` is known for `kind`; `None` when the catalogue does
+    /// not cover that type.
+    pub fn knows(&self, kind: &str, option: &str) -> Option<bool> {
+        self.types.get(&kind.to_ascii_lowercase()).map(|names| names.contains(&option.to_ascii_lowercase()))
+    }
+
+    pub fn types(&self) -> impl Iterator<Item = &str> {
+        self.types.keys().map(String::as_str)
+    }
+}
+
+/// An option name the catalogue does not know, where it was found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unknown {
+    /// 1-based.
+    pub line: usize,
+    pub kind: String,
+    pub option: String,
+}
+
+/// What scanning a text found.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Scan {
+    pub unknown: Vec<Unknown>,
+    /// An option name is computed (`{{ … }} = …`): only the rendered output can be checked.
+    pub dynamic_names: bool,
+}
+
+/// Blanks out `{# … #}` comments and `{% … %}` tags (keeping line breaks,
+/// so line numbers stay), leaving the text a template emits literally.
+fn literal_text(template: &str) -> String {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(start) = rest.find(['{']) {
+        let (before, at) = rest.split_at(start);
+        out.push_str(before);
+        let close = if at.starts_with("{#") {
+            "#}"
+        } else if at.starts_with("{%") {
+            "%}"
+        } else {
+            out.push('{');
+            rest = &at[1..];
+            continue;
+        };
+        match at[2..].find(close) {
+            Some(end) => {
+                let tag = &at[..end + 4];
+                out.extend(tag.chars().map(|c| if c == '\n' { '\n' } else { ' ' }));
+                rest = &at[end + 4..];
+            }
+            None => {
+                // An unclosed tag: minijinja reports it; nothing more to scan.
+                out.extend(at.chars().map(|c| if c == '\n' { '\n' } else { ' ' }));
+                rest = "";
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Scans pjsip config text (a template when `template`, else rendered
+/// output) section by section, and reports each option name of a section
+/// whose `type` the catalogue covers and that it does not know. Options
+/// written before the section's `type` line are checked once it is known.
+pub fn scan(text: &str, template: bool, catalogue: &Catalogue) -> Scan {
+    let literal;
+    let text = if template {
+        literal = literal_text(text);
+        literal.as_str()
+    } else {
+        text
+    };
+    let mut out = Scan::default();
+    let mut kind: Option<String> = None;
+    let mut waiting: Vec<(usize, String)> = Vec::new();
+    let flush = |kind: &Option<String>, waiting: &mut Vec<(usize, String)>, out: &mut Scan| {
+        if let Some(k) = kind {
+            for (line, option) in waiting.drain(..) {
+                if catalogue.knows(k, &option) == Some(false) {
+                    out.unknown.push(Unknown { line, kind: k.clone(), option });
+                }
+            }
+        }
+        waiting.clear();
+    };
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with(';') {
+            continue;
+        }
+        if line.starts_with('[') {
+            flush(&kind, &mut waiting, &mut out);
+            kind = None;
+            continue;
+        }
+        let Some((name, value)) = line.split_once('=') else { continue };
+        let value = value.strip_prefix('>').unwrap_or(value).trim();
+        let name = name.trim();
+        if name.contains("{{") {
+            out.dynamic_names = true;
+            continue;
+        }
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            continue;
+        }
+        if name.eq_ignore_ascii_case("type") {
+            if value.contains("{{") {
+                out.dynamic_names = true;
+            }
+            kind = Some(value.to_ascii_lowercase());
+            flush(&kind, &mut waiting, &mut out);
+            continue;
+        }
+        waiting.push((i + 1, name.to_string()));
+        if kind.is_some() {
+            flush(&kind, &mut waiting, &mut out);
+        }
+    }
+    out
+}
+
+fn diagnostic(file: &str, u: &Unknown) -> Diagnostic {
+    Diagnostic::error(
+        "unknown-option",
+        Location { file: file.to_string(), line: u.line as u32, column: 1 },
+        &u.option,
+        format!(
+            "`{}` is not an option Asterisk 22 knows for a {} (catalogue/asterisk-22.txt); Asterisk would refuse the whole object",
+            u.option, u.kind
+        ),
+    )
+}
+
+/// Checks every template file the renderer may use: the built-in one, or
+/// every `*.j2` in `dir` (the main template may include or extend the
+/// others). Returns the problems (file:line, the option) and whether some
+/// option name is computed, so the rendered output must be checked too.
+pub fn check_templates(dir: Option<&Path>, catalogue: &Catalogue) -> (Vec<Diagnostic>, bool) {
+    let mut files: Vec<(String, String)> = Vec::new();
+    match dir {
+        None => {
+            files.push(("templates/pjsip_gitops.conf.j2 (built in)".into(), crate::render::DEFAULT_TEMPLATE.into()))
+        }
+        Some(dir) => {
+            let mut paths: Vec<_> = std::fs::read_dir(dir)
+                .map(|rd| rd.filter_map(Result::ok).map(|e| e.path()).collect())
+                .unwrap_or_default();
+            paths.retain(|p| p.extension().is_some_and(|e| e == "j2"));
+            paths.sort();
+            for p in paths {
+                if let Ok(text) = std::fs::read_to_string(&p) {
+                    files.push((p.display().to_string(), text));
+                }
+            }
+        }
+    }
+    let mut diags = Vec::new();
+    let mut dynamic = false;
+    for (file, text) in &files {
+        let s = scan(text, true, catalogue);
+        dynamic |= s.dynamic_names;
+        diags.extend(s.unknown.iter().map(|u| diagnostic(file, u)));
+    }
+    (diags, dynamic)
+}
+
+/// Checks rendered output (for templates that compute option names).
+pub fn check_rendered(text: &str, catalogue: &Catalogue) -> Vec<Diagnostic> {
+    scan(text, false, catalogue).unknown.iter().map(|u| diagnostic("the rendered managed file", u)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_built_in_template_uses_only_known_options() {
+        let (diags, dynamic) = check_templates(None, Catalogue::asterisk22());
+        assert!(diags.is_empty(), "{diags:?}");
+        assert!(!dynamic);
+    }
+
+    #[test]
+    fn the_catalogue_has_the_three_types_and_ignores_case() {
+        let c = Catalogue::asterisk22();
+        assert_eq!(c.types().collect::<Vec<_>>(), ["aor", "auth", "endpoint"]);
+        assert_eq!(c.knows("endpoint", "Rewrite_Contact"), Some(true));
+        assert_eq!(c.knows("endpoint", "rewrite_contacts"), Some(false));
+        assert_eq!(c.knows("aor", "qualify_frequency"), Some(true));
+        assert_eq!(c.knows("auth", "md5_cred"), Some(true));
+        assert_eq!(c.knows("transport", "bind"), None, "types it does not cover are not judged");
+    }
+
+    #[test]
+    fn a_misspelt_option_is_found_with_its_template_line_and_type() {
+        let tpl = "{# a comment\n spanning = lines #}\n{% for e in extensions %}\n[{{ e.extension }}]\ntype = endpoint\n\
+                   contxt = {{ e.context }}\n{% if e.x %}\ndirect_media => no\n{% endif %}\n\n[{{ e.extension }}]\n\
+                   max_contact = 1\ntype = aor\n[t]\ntype = transport\nbindd = 0.0.0.0\n{% endfor %}\n";
+        let s = scan(tpl, true, Catalogue::asterisk22());
+        assert_eq!(
+            s.unknown,
+            [
+                Unknown { line: 6, kind: "endpoint".into(), option: "contxt".into() },
+                Unknown { line: 12, kind: "aor".into(), option: "max_contact".into() },
+            ]
+        );
+        assert!(!s.dynamic_names);
+    }
+
+    #[test]
+    fn computed_option_names_ask_for_a_check_of_the_output() {
+        let s = scan("[x]\ntype = endpoint\n{{ name }} = yes\n", true, Catalogue::asterisk22());
+        assert!(s.dynamic_names);
+        let d = check_rendered("[x]\ntype = endpoint\nno_such_option = yes\n", Catalogue::asterisk22());
+        assert_eq!(d.len(), 1);
+        assert!(d[0].message.contains("no_such_option"), "{:?}", d[0]);
+    }
+
+    #[test]
+    fn tags_and_comments_never_count_as_options() {
+        let s = scan("[x]\ntype = endpoint\n{% set a = 1 %}\n{# b = 2 #}\n; c = 3\n", true, Catalogue::asterisk22());
+        assert_eq!(s, Scan::default());
+    }
+}
