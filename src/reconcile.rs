@@ -671,7 +671,8 @@ impl<S: StateStore, A: AsteriskControl> Reconciler<S, A> {
             })
             .collect();
         if !pending.is_empty()
-            && let Err(e) = self.store.mark(&StatusUpdate { reset: status::Reset::Nothing, states: pending }).await
+            && let Err(e) =
+                self.store.mark(&StatusUpdate { reset: status::Reset::Nothing, states: pending, only_new: false }).await
         {
             tracing::debug!("marking the changes pending failed: {e}");
         }

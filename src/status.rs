@@ -74,12 +74,15 @@ pub struct StatusUpdate<'a> {
     pub reset: Reset,
     /// Only these change (besides what `reset` clears); `Synced` clears a row.
     pub states: Vec<ExtensionState<'a>>,
+    /// Set a state only where the extension has none yet (or the same one):
+    /// a run that could not plan must not turn a failure into "pending".
+    pub only_new: bool,
 }
 
 impl Default for StatusUpdate<'_> {
     /// Changes nothing.
     fn default() -> Self {
-        StatusUpdate { reset: Reset::Nothing, states: Vec::new() }
+        StatusUpdate { reset: Reset::Nothing, states: Vec::new(), only_new: false }
     }
 }
 
@@ -200,6 +203,7 @@ pub fn states_after<'d>(f: &RunFacts<'_, 'd>) -> StatusUpdate<'d> {
     StatusUpdate {
         reset: if f.observed { Reset::All } else { Reset::KeepDrifted },
         states: out.into_values().collect(),
+        only_new: false,
     }
 }
 
@@ -249,5 +253,5 @@ pub fn states_when_invalid<'d>(
             declared: Some(e),
         })
         .collect();
-    StatusUpdate { reset: Reset::Nothing, states }
+    StatusUpdate { reset: Reset::Nothing, states, only_new: true }
 }

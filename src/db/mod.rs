@@ -84,6 +84,9 @@ macro_rules! write_states {
                  since = CASE WHEN extension_status.status = excluded.status THEN extension_status.since ELSE excluded.since END, \
                  status = excluded.status, updated_at = excluded.updated_at",
             );
+            if states.only_new {
+                qb.push(" WHERE extension_status.status = excluded.status");
+            }
             qb.build().execute(&mut *$tx).await?;
         }
         // What this write did not set is cleared, as far as the run knows.

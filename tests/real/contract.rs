@@ -464,7 +464,7 @@ async fn the_committed_option_catalogue_is_what_asterisk_knows() {
         .into();
     let ast = Asterisk::start(&build, opts).await.expect("Asterisk starts");
     let http = reqwest::Client::new();
-    let mut text = format!(
+    let mut text = String::from(
         "# Option names Asterisk 22 knows for the res_pjsip objects the managed file defines,\n\
          # as ARI's GET /ari/asterisk/config/dynamic/res_pjsip/<type>/<id> lists them, and the few\n\
          # it cannot list (no value to print: type, the ACLs, disallow, contact_user, security_mechanisms).\n\

@@ -7,6 +7,7 @@
 mod contract;
 mod e2e;
 mod faults;
+mod status;
 
 use asterisk_gitops::config::{AmiFileConfig, AriFileConfig, FileConfig, Overrides, SecretString, Settings};
 use asterisk_real::{AMI_USER, ARI_USER, Asterisk, Build, Options};
