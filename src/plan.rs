@@ -161,6 +161,9 @@ pub struct EndpointOptions {
     /// The aor's `remove_existing` and `qualify_frequency`, if it is loaded.
     pub remove_existing: Option<bool>,
     pub qualify_frequency: Option<u32>,
+    /// md5Cred of the credential the auth holds (the password is hashed the
+    /// moment it is read and dropped), if the auth is loaded.
+    pub auth_md5: Option<crate::secret::Digest>,
 }
 
 impl EndpointOptions {
@@ -213,6 +216,13 @@ impl EndpointOptions {
             check("qualify_frequency", &held.to_string(), &want.to_string(), held == want);
         }
         out
+    }
+
+    /// Whether the auth holds another credential than `want_md5` (the
+    /// md5Cred the file's secret gives). Compared as digests; neither is
+    /// ever shown.
+    pub fn credential_differs(&self, want_md5: &str) -> bool {
+        self.auth_md5.as_ref().is_some_and(|held| !held.matches(want_md5))
     }
 }
 
@@ -892,8 +902,12 @@ mod tests {
             max_contacts: Some(2),
             remove_existing: Some(true),
             qualify_frequency: Some(60),
+            auth_md5: Some(crate::secret::Digest::new("0123456789ABCDEF0123456789abcdef".into())),
         };
         assert_eq!(held.mismatches(ext), Vec::<String>::new());
+        assert!(!held.credential_differs("0123456789abcdef0123456789abcdef"), "digests compare without case");
+        assert!(held.credential_differs("ffffffffffffffffffffffffffffffff"));
+        assert!(!format!("{held:?}").contains("0123456789"), "a digest never prints");
         // The previous definition, kept after Asterisk refused the new one.
         let kept = EndpointOptions {
             callerid: "\"Old Name\" <1001>".into(),

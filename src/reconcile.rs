@@ -698,7 +698,7 @@ impl<S: StateStore, A: AsteriskControl> Reconciler<S, A> {
                 Err(e) => Err(Verdict::whole(format!("reload failed: {e}"))),
                 Ok(()) => {
                     self.progress(Step::Verifying).await;
-                    self.verify(asterisk, &desired.set, p).await
+                    self.verify(asterisk, &desired.set, p, md5s).await
                 }
             };
             match verdict {
@@ -802,7 +802,13 @@ impl<S: StateStore, A: AsteriskControl> Reconciler<S, A> {
     /// Reloaded" even when it dropped an object or the whole file, and keeps
     /// the previous definition of an object whose new one it refuses.
     /// `Ok` says what was checked.
-    async fn verify(&self, asterisk: &A, set: &DesiredSet, p: &Plan) -> Result<String, Verdict> {
+    async fn verify(
+        &self,
+        asterisk: &A,
+        set: &DesiredSet,
+        p: &Plan,
+        md5s: Option<&BTreeMap<String, String>>,
+    ) -> Result<String, Verdict> {
         let mut present = Vec::new();
         let mut absent = Vec::new();
         for c in &p.changes {
@@ -875,7 +881,14 @@ impl<S: StateStore, A: AsteriskControl> Reconciler<S, A> {
                         // Context, transport and codecs match, but Asterisk
                         // keeps the previous definition of an object whose new
                         // one it refused: compare every other option set.
-                        let off = options.mismatches(ext);
+                        let mut off = options.mismatches(ext);
+                        if md5s.and_then(|m| m.get(&ext.extension)).is_some_and(|want| options.credential_differs(want))
+                        {
+                            off.push(
+                                "auth: Asterisk holds another credential than the file sets (compared as md5 digests)"
+                                    .to_string(),
+                            );
+                        }
                         if !off.is_empty() {
                             problems.insert(
                                 ext.extension.clone(),

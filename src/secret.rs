@@ -6,7 +6,7 @@
 //! the secret was looked for, never what was found.
 
 use crate::spec::{Extension, Secret, check};
-use md5::{Digest, Md5};
+use md5::{Digest as _, Md5};
 use std::path::Path;
 
 /// The realm Asterisk uses for digest auth unless configured otherwise.
@@ -16,6 +16,28 @@ pub const DEFAULT_REALM: &str = "asterisk";
 pub fn md5_cred(extension: &str, realm: &str, password: &str) -> String {
     let digest = Md5::digest(format!("{extension}:{realm}:{password}").as_bytes());
     digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// An md5Cred digest read back from Asterisk: compared, never shown.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Digest(String);
+
+impl Digest {
+    pub fn new(md5: String) -> Self {
+        Digest(md5.to_ascii_lowercase())
+    }
+
+    /// Compares in constant time.
+    pub fn matches(&self, md5: &str) -> bool {
+        use subtle::ConstantTimeEq;
+        self.0.as_bytes().ct_eq(md5.to_ascii_lowercase().as_bytes()).into()
+    }
+}
+
+impl std::fmt::Debug for Digest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Digest(<redacted>)")
+    }
 }
 
 /// Where secrets named by `passwordEnv` and `passwordFile` come from.

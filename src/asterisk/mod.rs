@@ -62,6 +62,22 @@ pub struct EndpointDetail {
     pub remove_existing: Option<bool>,
     pub qualify_frequency: Option<u32>,
     pub contacts_registered: Option<u32>,
+    /// md5Cred of the auth's credential, for verification; never serialised.
+    #[serde(skip)]
+    pub auth_md5: Option<crate::secret::Digest>,
+}
+
+/// md5Cred of what an AuthDetail holds: its md5_cred, or the digest of its
+/// password under its realm (Asterisk's default realm when it sets none).
+fn auth_digest(auth: &Message) -> Option<crate::secret::Digest> {
+    let kind = auth.get("AuthType").unwrap_or("userpass");
+    if kind.eq_ignore_ascii_case("md5") {
+        return auth.get("Md5Cred").filter(|m| !m.is_empty()).map(|m| crate::secret::Digest::new(m.to_string()));
+    }
+    let password = auth.get("Password")?;
+    let user = auth.get("Username").unwrap_or_default();
+    let realm = auth.get("Realm").filter(|r| !r.is_empty()).unwrap_or(crate::secret::DEFAULT_REALM);
+    Some(crate::secret::Digest::new(crate::secret::md5_cred(user, realm, password)))
 }
 
 /// One registration (`PJSIPShowContacts`).
@@ -161,8 +177,10 @@ impl EndpointDetail {
             ..Default::default()
         };
         if let Some(auth) = events.iter().find(|e| e.get("Event") == Some("AuthDetail")) {
-            // Only the type: Password and Md5Cred stay in the message, which is dropped.
+            // The type, and a digest of the credential: Password and Md5Cred
+            // stay in the message, which is dropped.
             d.auth_type = auth.get("AuthType").map(str::to_string);
+            d.auth_md5 = auth_digest(auth);
         }
         if let Some(aor) = events.iter().find(|e| e.get("Event") == Some("AorDetail")) {
             d.max_contacts = aor.get("MaxContacts").and_then(|v| v.parse().ok());
@@ -483,6 +501,7 @@ impl AsteriskControl for Asterisk {
                 max_contacts: d.max_contacts,
                 remove_existing: d.remove_existing,
                 qualify_frequency: d.qualify_frequency,
+                auth_md5: d.auth_md5,
             })),
             name: d.name,
             transport: Some(d.transport),

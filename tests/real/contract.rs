@@ -516,3 +516,45 @@ async fn the_committed_option_catalogue_is_what_asterisk_knows() {
         "catalogue/asterisk-22.txt differs from what this Asterisk knows: run UPDATE_CATALOGUE=1 cargo test the_committed_option_catalogue"
     );
 }
+
+/// Verification compares the credential Asterisk holds with the file's as
+/// md5 digests: for a userpass auth (the password hashed under Asterisk's
+/// default realm) and an md5 one, the digest read back from a real
+/// Asterisk matches the right secret and no other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_credential_asterisk_holds_is_compared_as_a_digest() {
+    use asterisk_gitops::reconcile::AsteriskControl;
+    use asterisk_gitops::secret::{DEFAULT_REALM, md5_cred};
+    let Some(build) = require("real::contract::the_credential_asterisk_holds_is_compared_as_a_digest") else {
+        return;
+    };
+    let md5 = md5_cred("9002", DEFAULT_REALM, "md5-secret");
+    let mut opts = Options::named("credential");
+    opts.managed = format!(
+        "[9001]\ntype = endpoint\naors = 9001\nauth = 9001\n\n[9001]\ntype = aor\n\n\
+         [9001]\ntype = auth\nauth_type = userpass\nusername = 9001\npassword = userpass-secret\n\n\
+         [9002]\ntype = endpoint\naors = 9002\nauth = 9002\n\n[9002]\ntype = aor\n\n\
+         [9002]\ntype = auth\nauth_type = md5\nusername = 9002\nmd5_cred = {md5}\n"
+    );
+    let ast = Asterisk::start(&build, opts).await.expect("Asterisk starts");
+    let client = Client::new(AmiConfig {
+        addr: ast.ami_addr().to_string(),
+        user: asterisk_real::AMI_USER.into(),
+        secret: ast.ami_secret.clone(),
+        timeout: Duration::from_secs(10),
+        events: false,
+    });
+    for (n, right, wrong) in [
+        ("9001", md5_cred("9001", DEFAULT_REALM, "userpass-secret"), md5_cred("9001", DEFAULT_REALM, "other")),
+        ("9002", md5.clone(), md5_cred("9002", DEFAULT_REALM, "other")),
+    ] {
+        let seen = AsteriskControl::endpoint(&client, n).await.expect("AMI answers").expect("loaded");
+        let options = seen.options.expect("the detail");
+        assert!(options.auth_md5.is_some(), "{n}: the auth's credential is read back");
+        assert!(!options.credential_differs(&right), "{n}: the right secret matches");
+        assert!(options.credential_differs(&wrong), "{n}: another secret does not");
+        let shown = format!("{options:?}");
+        assert!(!shown.contains("userpass-secret") && !shown.contains(&right), "{n}: never printed: {shown}");
+    }
+    client.close().await;
+}

@@ -292,3 +292,49 @@ fn apply(ast: &asterisk_real::Asterisk, dir: &std::path::Path, wait: &str) -> to
         .env_remove("DATABASE_URL");
     c
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_that_fails_too_says_so_loudly_and_the_next_good_change_recovers() {
+    // The previous file is what was on disk before the run: here someone had
+    // hand-edited it (1001's endpoint renamed) without reloading. The run's
+    // change is refused, the rollback puts that file back, and Asterisk then
+    // no longer holds 1001 at all: the rollback failed, and status says so.
+    let Some(build) = require("real::faults::a_rollback_that_fails_too") else { return };
+    let ast = asterisk(&build, "rollback-failed").await;
+    let tpl = template_with("{% if e.callerid and \"Renamed\" in e.callerid %}allow = nosuchcodec\n{% endif %}");
+    let d = Daemon::start_with(&ast, Store::Sqlite, Source::Dir, "", with_templates(&tpl)).await;
+    assert_eq!(d.call("POST", "/extensions", Some(SEED_BODY)).await.0, 201);
+    wait("1001 synced", LIVE, || async { d.get("/extensions/1001").await.1["syncStatus"] == "synced" }).await;
+    let managed = std::fs::read_to_string(ast.managed_file()).expect("managed file");
+    let edited = managed.replacen("[1001]\ntype = endpoint", "[1001x]\ntype = endpoint", 1);
+    assert_ne!(managed, edited);
+    std::fs::write(ast.managed_file(), edited).expect("hand edit");
+    let before = d.last_run_id().await;
+
+    assert_eq!(d.call("PUT", "/extensions/1001", Some(r#"{"displayName":"Renamed"}"#)).await.0, 200);
+    let run = failed_run_after(&d, before, "the refused update fails").await;
+    let (_, status) = d.get("/status").await;
+    assert_eq!(status["ready"]["status"], "False", "{status:#}");
+    assert_eq!(status["ready"]["reason"], "RollbackFailed", "{status:#}");
+    let (_, detail) = d.get(&format!("/runs/{}", run["id"])).await;
+    let reasons = detail["reasons"].to_string();
+    assert!(reasons.contains("ROLLBACK FAILED") && reasons.contains("1001"), "{detail:#}");
+    let (_, ext) = d.get("/extensions/1001").await;
+    assert_eq!(ext["syncStatus"], "failed", "{ext:#}");
+    assert!(ext["lastError"].as_str().is_some_and(|e| e.contains("previous definitions of 1001")), "{ext:#}");
+    // The database still holds what was last applied, not the refused change.
+    assert_eq!(ext["displayName"], "Test User", "{ext:#}");
+    assert!(endpoint(&ast, "1001").await.is_none(), "Asterisk really lost 1001: the status was true");
+
+    // A good change repairs it: 1001 is live and synced again, Ready again.
+    let before = d.last_run_id().await;
+    assert_eq!(d.call("PUT", "/extensions/1001", Some(r#"{"displayName":"Fine"}"#)).await.0, 200);
+    d.run_where("the good change applies", |r| {
+        r["id"].as_i64().is_some_and(|id| id > before) && r["outcome"] == "applied"
+    })
+    .await;
+    wait("1001 synced again", LIVE, || async { d.get("/extensions/1001").await.1["syncStatus"] == "synced" }).await;
+    assert!(endpoint(&ast, "1001").await.is_some());
+    assert_eq!(d.get("/status").await.1["ready"]["status"], "True");
+    d.stop().await;
+}
