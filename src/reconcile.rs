@@ -235,6 +235,9 @@ impl PruneGuard {
 /// for its detail would take far longer.)
 pub const VERIFY_DETAIL_LIMIT: usize = 200;
 
+/// How many endpoint details verification asks for at once.
+pub const VERIFY_CONCURRENCY: usize = 16;
+
 pub struct Reconciler<S, A> {
     pub store: S,
     pub asterisk: Option<A>,
@@ -698,7 +701,7 @@ impl<S: StateStore, A: AsteriskControl> Reconciler<S, A> {
                 Err(e) => Err(Verdict::whole(format!("reload failed: {e}"))),
                 Ok(()) => {
                     self.progress(Step::Verifying).await;
-                    self.verify(asterisk, &desired.set, p, md5s).await
+                    verify(asterisk, &desired.set, p, md5s).await
                 }
             };
             match verdict {
@@ -795,139 +798,141 @@ impl<S: StateStore, A: AsteriskControl> Reconciler<S, A> {
             )
         }
     }
+}
 
-    /// After a reload: every endpoint the run created or changed (and that
-    /// is enabled) is there and holds every option the file sets; every
-    /// deleted or disabled one is gone. A real Asterisk answers "Module
-    /// Reloaded" even when it dropped an object or the whole file, and keeps
-    /// the previous definition of an object whose new one it refuses.
-    /// `Ok` says what was checked.
-    async fn verify(
-        &self,
-        asterisk: &A,
-        set: &DesiredSet,
-        p: &Plan,
-        md5s: Option<&BTreeMap<String, String>>,
-    ) -> Result<String, Verdict> {
-        let mut present = Vec::new();
-        let mut absent = Vec::new();
-        for c in &p.changes {
-            match (c.action, set.get(&c.extension)) {
-                (Action::Delete, _) => absent.push(c.extension.clone()),
-                (_, Some(ext)) if ext.enabled => present.push(ext),
-                (_, Some(ext)) => absent.push(ext.extension.clone()),
-                (_, None) => {}
-            }
+/// After a reload: every endpoint the run created or changed (and that
+/// is enabled) is there and holds every option the file sets; every
+/// deleted or disabled one is gone. A real Asterisk answers "Module
+/// Reloaded" even when it dropped an object or the whole file, and keeps
+/// the previous definition of an object whose new one it refuses.
+/// `Ok` says what was checked.
+pub async fn verify<A: AsteriskControl>(
+    asterisk: &A,
+    set: &DesiredSet,
+    p: &Plan,
+    md5s: Option<&BTreeMap<String, String>>,
+) -> Result<String, Verdict> {
+    let mut present = Vec::new();
+    let mut absent = Vec::new();
+    for c in &p.changes {
+        match (c.action, set.get(&c.extension)) {
+            (Action::Delete, _) => absent.push(c.extension.clone()),
+            (_, Some(ext)) if ext.enabled => present.push(ext),
+            (_, Some(ext)) => absent.push(ext.extension.clone()),
+            (_, None) => {}
         }
-        // Drift repairs are verified too.
-        for d in &p.drift {
-            if let plan::Drift::MissingFromAsterisk { extension } | plan::Drift::DiffersInAsterisk { extension, .. } = d
-                && let Some(ext) = set.get(extension)
-                && !present.iter().any(|e| e.extension == *extension)
-            {
-                present.push(ext);
-            }
+    }
+    // Drift repairs are verified too.
+    for d in &p.drift {
+        if let plan::Drift::MissingFromAsterisk { extension } | plan::Drift::DiffersInAsterisk { extension, .. } = d
+            && let Some(ext) = set.get(extension)
+            && !present.iter().any(|e| e.extension == *extension)
+        {
+            present.push(ext);
         }
-        let listed = if present.len() + absent.len() > VERIFY_DETAIL_LIMIT {
-            Some(
-                asterisk
-                    .endpoints()
-                    .await
-                    .map_err(|e| Verdict::whole(format!("verification: listing endpoints failed: {e}")))?,
-            )
-        } else {
-            None
+    }
+    let listed = if present.len() + absent.len() > VERIFY_DETAIL_LIMIT {
+        Some(
+            asterisk
+                .endpoints()
+                .await
+                .map_err(|e| Verdict::whole(format!("verification: listing endpoints failed: {e}")))?,
+        )
+    } else {
+        None
+    };
+    let mut problems: BTreeMap<String, String> = BTreeMap::new();
+    // The details are asked for several at a time: AMI answers by
+    // ActionID, so one connection carries them without a round trip each.
+    let in_detail = present.len().min(VERIFY_DETAIL_LIMIT);
+    let mut details: Vec<Option<ObservedEndpoint>> = Vec::with_capacity(in_detail);
+    for chunk in present[..in_detail].chunks(VERIFY_CONCURRENCY) {
+        let asked: Vec<_> = chunk.iter().map(|ext| asterisk.endpoint(&ext.extension)).collect();
+        for answer in futures_util::future::join_all(asked).await {
+            details.push(answer.map_err(|e| Verdict::whole(format!("verification: {e}")))?);
+        }
+    }
+    let mut details = details.into_iter();
+    for ext in present.iter() {
+        let seen = match details.next() {
+            Some(d) => d,
+            None => listed.as_ref().and_then(|list| list.get(&ext.extension).cloned()),
         };
-        let mut problems: BTreeMap<String, String> = BTreeMap::new();
-        let mut in_detail = 0;
-        for (i, ext) in present.iter().enumerate() {
-            let seen = match &listed {
-                Some(list) if i >= VERIFY_DETAIL_LIMIT => list.get(&ext.extension).cloned(),
-                _ => {
-                    in_detail += 1;
-                    asterisk.endpoint(&ext.extension).await.map_err(|e| Verdict::whole(format!("verification: {e}")))?
+        match seen {
+            None => {
+                problems.insert(
+                    ext.extension.clone(),
+                    format!(
+                        "endpoint {} is not loaded after the reload (Asterisk dropped it: an option or codec it does not accept? see Asterisk's log)",
+                        ext.extension
+                    ),
+                );
+            }
+            Some(seen) => {
+                let mut wrong = Vec::new();
+                if seen.context.as_ref().is_some_and(|c| *c != ext.context) {
+                    wrong.push(format!("context {:?}", seen.context.as_deref().unwrap_or("")));
                 }
-            };
-            match seen {
-                None => {
+                if seen.transport.as_ref().is_some_and(|t| !t.is_empty() && *t != ext.transport) {
+                    wrong.push(format!("transport {:?}", seen.transport.as_deref().unwrap_or("")));
+                }
+                if seen.codecs.as_ref().is_some_and(|c| *c != ext.codecs) {
+                    wrong.push(format!("codecs {:?}", seen.codecs.as_ref().map(|c| c.join(",")).unwrap_or_default()));
+                }
+                if !wrong.is_empty() {
                     problems.insert(
                         ext.extension.clone(),
-                        format!(
-                            "endpoint {} is not loaded after the reload (Asterisk dropped it: an option or codec it does not accept? see Asterisk's log)",
-                            ext.extension
-                        ),
+                        format!("endpoint {} has {} after the reload", ext.extension, wrong.join(", ")),
                     );
-                }
-                Some(seen) => {
-                    let mut wrong = Vec::new();
-                    if seen.context.as_ref().is_some_and(|c| *c != ext.context) {
-                        wrong.push(format!("context {:?}", seen.context.as_deref().unwrap_or("")));
+                } else if let Some(options) = &seen.options {
+                    // Context, transport and codecs match, but Asterisk
+                    // keeps the previous definition of an object whose new
+                    // one it refused: compare every other option set.
+                    let mut off = options.mismatches(ext);
+                    if md5s.and_then(|m| m.get(&ext.extension)).is_some_and(|want| options.credential_differs(want)) {
+                        off.push(
+                            "auth: Asterisk holds another credential than the file sets (compared as md5 digests)"
+                                .to_string(),
+                        );
                     }
-                    if seen.transport.as_ref().is_some_and(|t| !t.is_empty() && *t != ext.transport) {
-                        wrong.push(format!("transport {:?}", seen.transport.as_deref().unwrap_or("")));
-                    }
-                    if seen.codecs.as_ref().is_some_and(|c| *c != ext.codecs) {
-                        wrong.push(format!(
-                            "codecs {:?}",
-                            seen.codecs.as_ref().map(|c| c.join(",")).unwrap_or_default()
-                        ));
-                    }
-                    if !wrong.is_empty() {
+                    if !off.is_empty() {
                         problems.insert(
                             ext.extension.clone(),
-                            format!("endpoint {} has {} after the reload", ext.extension, wrong.join(", ")),
+                            format!(
+                                "endpoint {} does not hold what the file sets ({}): Asterisk refused the new definition and kept the previous one? see its log",
+                                ext.extension,
+                                off.join("; ")
+                            ),
                         );
-                    } else if let Some(options) = &seen.options {
-                        // Context, transport and codecs match, but Asterisk
-                        // keeps the previous definition of an object whose new
-                        // one it refused: compare every other option set.
-                        let mut off = options.mismatches(ext);
-                        if md5s.and_then(|m| m.get(&ext.extension)).is_some_and(|want| options.credential_differs(want))
-                        {
-                            off.push(
-                                "auth: Asterisk holds another credential than the file sets (compared as md5 digests)"
-                                    .to_string(),
-                            );
-                        }
-                        if !off.is_empty() {
-                            problems.insert(
-                                ext.extension.clone(),
-                                format!(
-                                    "endpoint {} does not hold what the file sets ({}): Asterisk refused the new definition and kept the previous one? see its log",
-                                    ext.extension,
-                                    off.join("; ")
-                                ),
-                            );
-                        }
                     }
                 }
             }
         }
-        for number in &absent {
-            let still = match &listed {
-                Some(list) => list.contains_key(number),
-                None => {
-                    asterisk.endpoint(number).await.map_err(|e| Verdict::whole(format!("verification: {e}")))?.is_some()
-                }
-            };
-            if still {
-                problems.insert(number.clone(), format!("endpoint {number} is still loaded after the reload"));
+    }
+    for number in &absent {
+        let still = match &listed {
+            Some(list) => list.contains_key(number),
+            None => {
+                asterisk.endpoint(number).await.map_err(|e| Verdict::whole(format!("verification: {e}")))?.is_some()
             }
+        };
+        if still {
+            problems.insert(number.clone(), format!("endpoint {number} is still loaded after the reload"));
         }
-        if problems.is_empty() {
-            let mut what = vec![format!("verified {} endpoint(s) loaded with every option the file sets", in_detail)];
-            if present.len() > in_detail {
-                what.push(format!("{} more present in the endpoint list", present.len() - in_detail));
-            }
-            if !absent.is_empty() {
-                what.push(format!("{} gone", absent.len()));
-            }
-            Ok(what.join(", "))
-        } else {
-            let shown: Vec<&str> = problems.values().take(5).map(String::as_str).collect();
-            let more = if problems.len() > 5 { format!(" (and {} more)", problems.len() - 5) } else { String::new() };
-            Err(Verdict { message: format!("verification failed: {}{more}", shown.join("; ")), by_extension: problems })
+    }
+    if problems.is_empty() {
+        let mut what = vec![format!("verified {} endpoint(s) loaded with every option the file sets", in_detail)];
+        if present.len() > in_detail {
+            what.push(format!("{} more present in the endpoint list", present.len() - in_detail));
         }
+        if !absent.is_empty() {
+            what.push(format!("{} gone", absent.len()));
+        }
+        Ok(what.join(", "))
+    } else {
+        let shown: Vec<&str> = problems.values().take(5).map(String::as_str).collect();
+        let more = if problems.len() > 5 { format!(" (and {} more)", problems.len() - 5) } else { String::new() };
+        Err(Verdict { message: format!("verification failed: {}{more}", shown.join("; ")), by_extension: problems })
     }
 }
 
@@ -942,9 +947,10 @@ struct Work<'d> {
 }
 
 /// Why verification failed: the whole message, and each extension's part.
-struct Verdict {
-    message: String,
-    by_extension: BTreeMap<String, String>,
+#[derive(Debug)]
+pub struct Verdict {
+    pub message: String,
+    pub by_extension: BTreeMap<String, String>,
 }
 
 impl Verdict {
