@@ -18,9 +18,10 @@
 //! 198.18.0.0/15 (reserved for benchmarks) and exist only inside these
 //! namespaces and on the one root-side veth, which goes with them.
 //!
-//! Names are unique per process and test (`agnat-<pid>-<n>-pbx`, …); a run
-//! killed before it could clean up leaves namespaces named after a dead
-//! pid, which the next [`NatNet::create`] removes.
+//! Names are unique per process and test (`agnat-<pid>-<n>-pbx`, …); a test
+//! process killed before it could clean up leaves namespaces named after a
+//! dead pid (and the Asterisk and phone it started in them), which the next
+//! [`NatNet::create`] removes (killing those processes by pid).
 //!
 //! It needs `ip` (iproute2), `nft` (nftables) and the right to make
 //! namespaces (root, or CAP_NET_ADMIN + CAP_SYS_ADMIN): [`require`] turns
@@ -269,6 +270,19 @@ fn sweep_stale() {
         let Some(rest) = name.strip_prefix(PREFIX).and_then(|r| r.strip_prefix('-')) else { continue };
         let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else { continue };
         if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            // Its processes (an Asterisk, a phone) outlived the test that
+            // was killed: end them, by pid, before the namespace goes.
+            if let Ok(pids) = Command::new(ip_binary()).args(["netns", "pids", name]).stdin(Stdio::null()).output() {
+                for p in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
+                    if p.parse::<u32>().is_ok() {
+                        let _ = Command::new("sh")
+                            .args(["-c", "kill -s KILL \"$0\"", p])
+                            .stdin(Stdio::null())
+                            .stderr(Stdio::null())
+                            .status();
+                    }
+                }
+            }
             let _ = ip(&["netns", "del", name]);
         }
     }
