@@ -6,7 +6,7 @@
 //! rings and answers with the NAT defaults — and does not ring without them.
 
 use super::{Daemon, SEED_BODY, Source, Store, asterisk, contacts, endpoint, wait};
-use asterisk_real::baresip::{self, Account, Baresip, ESTABLISHED, HUNG_UP, TERMINATED};
+use asterisk_real::baresip::{self, Account, Baresip, ESTABLISHED, HUNG_UP, RTP_ARRIVED, TERMINATED, tone_in};
 use asterisk_real::netns::{self, NatNet};
 use asterisk_real::{Asterisk, Options, require, sipp};
 use serde_json::Value;
@@ -240,24 +240,19 @@ async fn calls_between_a_softphone_and_sipp_are_answered_both_ways() {
     d.stop().await;
 }
 
-/// What a call to a phone behind NAT came to.
-struct NatCall {
-    /// The caller's sipp run.
-    placed: sipp::Outcome,
-    /// The phone's contact, as the daemon's live status shows it.
-    contact: Value,
-    /// What the phone printed from just before the call on.
-    phone_log: String,
-    /// Asterisk's contacts for 1001 (its own CLI).
-    held: Vec<String>,
-    asterisk_log: String,
+/// Asterisk in the pbx namespace, the daemon (in the test's root
+/// namespace) managing it, 1001 (made from `phone_body`) and 1002 (the
+/// seed's body), and baresip registered as 1001 in the phone namespace
+/// behind the NAT. Fields drop in order: the phone, Asterisk, then the
+/// network (stop the daemon first).
+struct BehindNat {
+    phone: Baresip,
+    d: Daemon,
+    ast: Asterisk,
+    net: NatNet,
 }
 
-/// Asterisk in the pbx namespace, baresip (1001, made from `phone_body`) in
-/// the phone namespace behind the NAT, sipp (1002) on the root namespace's
-/// link to the pbx calling 1001. Everything is torn down when it returns or
-/// panics (the network is declared first, so it is dropped last).
-async fn call_behind_nat(test: &str, phone_body: &str) -> Option<NatCall> {
+async fn behind_nat(test: &str, phone_body: &str) -> Option<BehindNat> {
     let build = require_phones(test)?;
     if !netns::require(test) {
         return None;
@@ -269,52 +264,79 @@ async fn call_behind_nat(test: &str, phone_body: &str) -> Option<NatCall> {
     let d = Daemon::start(&ast, Store::Sqlite, Source::Dir, "").await;
     create(&d, &ast, phone_body, "1001").await;
     create(&d, &ast, &seed_body_for("1002", "Caller"), "1002").await;
-
     let account = Account::new("1001", "Soundz2025", ast.sip_addr());
     let mut phone = Baresip::start_in("nat-1001", account, &net.phone, IpAddr::V4(net.phone_ip))
         .expect("baresip in the phone namespace");
     phone.wait_registered(LIVE).await.expect("the phone behind NAT registers");
-    let contact = live_status(&d, "1001").await["contacts"][0].clone();
+    Some(BehindNat { phone, d, ast, net })
+}
 
-    let caller = sipp::Phone { ip: IpAddr::V4(net.root_ip), ..sipp::Phone::new("1002", "Soundz2025") };
-    let mark = phone.mark();
-    let placed = caller.call(ast.sip_addr(), "1001", Duration::from_millis(1500)).await;
-    if placed.ok() {
-        // The phone's side of the answered call, before anything is torn down.
-        phone.wait_for(mark, TERMINATED, LIVE).await;
+impl BehindNat {
+    /// sipp as 1002, on the root namespace's link to the pbx, calls 1001 and
+    /// holds the answered call for a while: its outcome, and what the phone
+    /// printed meanwhile.
+    async fn sipp_calls_the_phone(&mut self) -> (sipp::Outcome, String) {
+        let caller = sipp::Phone { ip: IpAddr::V4(self.net.root_ip), ..sipp::Phone::new("1002", "Soundz2025") };
+        let mark = self.phone.mark();
+        let placed = caller.call(self.ast.sip_addr(), "1001", Duration::from_millis(1500)).await;
+        if placed.ok() {
+            self.phone.wait_for(mark, TERMINATED, LIVE).await;
+        }
+        (placed, self.phone.log_since(mark))
     }
-    let out = NatCall {
-        placed,
-        contact,
-        phone_log: phone.log_since(mark),
-        held: contacts(&ast, "1001").await,
-        asterisk_log: ast.log_tail(30),
-    };
-    d.stop().await;
-    drop(phone);
-    drop(ast);
-    drop(net);
-    Some(out)
+
+    async fn contact(&self) -> Value {
+        live_status(&self.d, "1001").await["contacts"][0].clone()
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_softphone_behind_nat_rings_and_answers_with_the_seeds_nat_defaults() {
-    let Some(c) = call_behind_nat("real::phones::behind_nat_seed_body", SEED_BODY).await else { return };
-    let nat = IpAddr::V4(NatNet::NAT_PUBLIC);
+    let Some(mut rig) = behind_nat("real::phones::behind_nat_seed_body", SEED_BODY).await else { return };
     // Asterisk holds the address the packets came from (rewrite_contact),
     // the NAT's public side, not the private one the phone wrote.
-    let uri = c.contact["uri"].as_str().unwrap_or_default();
-    assert!(at(uri, nat, None), "the contact is the NAT's public address: {}", c.contact);
-    assert!(c.held.len() == 1 && at(&c.held[0], nat, None), "{:?}", c.held);
+    let nat = IpAddr::V4(NatNet::NAT_PUBLIC);
+    let contact = rig.contact().await;
+    assert!(at(contact["uri"].as_str().unwrap_or_default(), nat, None), "the NAT's public address: {contact}");
+    let held = contacts(&rig.ast, "1001").await;
+    assert!(held.len() == 1 && at(&held[0], nat, None), "{held:?}");
+
+    // A call from sipp rings the phone and is answered.
+    let (placed, phone_log) = rig.sipp_calls_the_phone().await;
     assert!(
-        c.placed.ok(),
-        "the call to the phone behind NAT was not answered:\n{}\nAsterisk:\n{}\nphone:\n{}",
-        c.placed.log,
-        c.asterisk_log,
-        c.phone_log
+        placed.ok(),
+        "the call to the phone behind NAT was not answered:\n{}\nAsterisk:\n{}\nphone:\n{phone_log}",
+        placed.log,
+        rig.ast.log_tail(30)
     );
-    let up = c.phone_log.split(['\n', '\r']).find(|l| l.contains(ESTABLISHED)).unwrap_or_default();
-    assert!(up.contains("sip:1002@"), "the phone answered the call from 1002:\n{}", c.phone_log);
+    let up = phone_log.split(['\n', '\r']).find(|l| l.contains(ESTABLISHED)).unwrap_or_default();
+    assert!(up.contains("sip:1002@"), "the phone answered the call from 1002:\n{phone_log}");
+
+    // A call from a second baresip (1002, root side): the tone each phone
+    // sends arrives at the other, through the NAT both ways (rtp_symmetric:
+    // Asterisk sends the phone's audio to where its RTP comes from, not to
+    // the private address its SDP names).
+    let account = Account::new("1002", "Soundz2025", rig.ast.sip_addr());
+    let mut caller = Baresip::start_on("nat-1002", account, IpAddr::V4(rig.net.root_ip)).expect("baresip 1002");
+    caller.wait_registered(LIVE).await.expect("1002 registers");
+    let (from_caller, from_phone) = (caller.mark(), rig.phone.mark());
+    caller.dial("1001").await;
+    caller.wait_for(from_caller, ESTABLISHED, LIVE).await;
+    rig.phone.wait_for(from_phone, ESTABLISHED, LIVE).await;
+    caller.wait_for(from_caller, RTP_ARRIVED, LIVE).await;
+    rig.phone.wait_for(from_phone, RTP_ARRIVED, LIVE).await;
+    // Half a second of the tone on each side, then hang up.
+    let heard = |p: &Baresip| p.received_audio().last().and_then(|a| tone_in(a)).is_some_and(|(_, n)| n >= 4000);
+    wait("half a second of tone at each phone", LIVE, || async { heard(&caller) && heard(&rig.phone) }).await;
+    caller.hang_up().await;
+    caller.wait_for(from_caller, HUNG_UP, LIVE).await;
+    rig.phone.wait_for(from_phone, TERMINATED, LIVE).await;
+    for (who, p) in [("the phone behind NAT", &rig.phone), ("the caller", &caller)] {
+        let tone = p.received_audio().last().and_then(|a| tone_in(a));
+        assert!(tone.is_some_and(|(hz, _)| (hz - 440.0).abs() < 20.0), "{who} heard no 440 Hz tone: {tone:?}");
+    }
+    drop(caller);
+    rig.d.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -322,21 +344,25 @@ async fn a_softphone_behind_nat_does_not_ring_with_the_lan_settings() {
     // The proof that the NAT settings matter: the same network, phone and
     // call with the lan body (lan_body) — Asterisk keeps the phone's private
     // Contact and sends the INVITE there, where the pbx has no route.
-    let Some(c) = call_behind_nat("real::phones::behind_nat_lan", &lan_body("1001")).await else { return };
+    let Some(mut rig) = behind_nat("real::phones::behind_nat_lan", &lan_body("1001")).await else { return };
     let private = IpAddr::V4(NatNet::PHONE);
-    let uri = c.contact["uri"].as_str().unwrap_or_default();
-    assert!(at(uri, private, None), "the contact is the phone's private address: {}", c.contact);
-    assert!(c.held.len() == 1 && at(&c.held[0], private, None), "{:?}", c.held);
-    assert!(!c.placed.ok(), "the call was answered without the NAT settings:\n{}", c.placed.log);
-    assert!(!c.phone_log.contains("INVITE sip:"), "the phone saw an INVITE:\n{}", c.phone_log);
-    assert!(!c.phone_log.contains(ESTABLISHED), "{}", c.phone_log);
+    let contact = rig.contact().await;
+    assert!(at(contact["uri"].as_str().unwrap_or_default(), private, None), "the private address: {contact}");
+    let held = contacts(&rig.ast, "1001").await;
+    assert!(held.len() == 1 && at(&held[0], private, None), "{held:?}");
+
+    let (placed, phone_log) = rig.sipp_calls_the_phone().await;
+    assert!(!placed.ok(), "the call was answered without the NAT settings:\n{}", placed.log);
+    assert!(!phone_log.contains("INVITE sip:"), "the phone saw an INVITE:\n{phone_log}");
+    assert!(!phone_log.contains(ESTABLISHED), "{phone_log}");
     // What the caller saw: Asterisk could not send the INVITE to the
     // private address (no route from the pbx) and answered at once with 404
     // and Q.850 cause 3, "no route to destination" — not a ring, not a hang.
     assert!(
-        c.placed.log.contains("SIP/2.0 404 Not Found") && c.placed.log.contains("Reason: Q.850;cause=3"),
+        placed.log.contains("SIP/2.0 404 Not Found") && placed.log.contains("Reason: Q.850;cause=3"),
         "the caller got no 404 with cause 3 (no route):\n{}\nAsterisk:\n{}",
-        c.placed.log,
-        c.asterisk_log
+        placed.log,
+        rig.ast.log_tail(30)
     );
+    rig.d.stop().await;
 }

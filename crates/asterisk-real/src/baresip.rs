@@ -2,11 +2,14 @@
 //! no sound card: the microphone is the `aufile` module reading a tone this
 //! harness writes (16-bit mono 8 kHz WAV, [`TONE_SECONDS`] long: baresip 1.0
 //! ends a call when its source file ends), and no audio player module is
-//! loaded (baresip 1.0's `aufile` has no player), so received audio is
-//! decoded and dropped.
+//! loaded (baresip 1.0's `aufile` has no player): received audio is decoded
+//! and written to a WAV by the `sndfile` module, where a test can find the
+//! other phone's tone ([`tone_in`]).
 //!
 //! Each phone gets its own directory with a generated `config` (modules:
-//! `stdio`, `g711`, `aufile`, `account`, `menu`) and `accounts` file (one
+//! `stdio`, `g711`, `aufile`, `sndfile` — which dumps what the phone
+//! received to `audio/*-dec.wav`, [`Baresip::received_audio`] —, `account`,
+//! `menu`) and `accounts` file (one
 //! account, SIP over UDP to the test's Asterisk, `answermode=auto`). It is
 //! driven through its stdin (the `stdio` module reads `menu` commands such
 //! as `/dial 1002` and `/hangup` from a pipe) and observed through its
@@ -41,6 +44,8 @@ pub const ANSWERING: &str = "call: answering call";
 pub const ESTABLISHED: &str = "Call established: ";
 /// Printed when the other side ended a call: `Call with sip:… terminated (duration: …)`.
 pub const TERMINATED: &str = " terminated (";
+/// Printed when the first RTP of a call arrives (`stream: incoming rtp for 'audio' established, receiving from …`).
+pub const RTP_ARRIVED: &str = "incoming rtp for 'audio' established";
 /// Printed when this phone hangs up (`/hangup`): `call: terminate call '…' with sip:…`.
 pub const HUNG_UP: &str = "call: terminate call";
 
@@ -55,7 +60,7 @@ fn module_path() -> Option<PathBuf> {
     ["/usr/lib/baresip/modules", "/usr/lib/x86_64-linux-gnu/baresip/modules", "/usr/local/lib/baresip/modules"]
         .iter()
         .map(PathBuf::from)
-        .find(|d| d.join("g711.so").is_file() && d.join("aufile.so").is_file())
+        .find(|d| ["g711.so", "aufile.so", "sndfile.so"].iter().all(|m| d.join(m).is_file()))
 }
 
 /// True when baresip can run; otherwise a loud SKIPPED (false), or a panic
@@ -64,7 +69,7 @@ pub fn require(test: &str) -> bool {
     let missing = match (binary(), module_path()) {
         (Some(_), Some(_)) => return true,
         (None, _) => "baresip is not installed (Debian's baresip-core)",
-        (Some(_), None) => "baresip's modules (g711.so, aufile.so) are not where Debian puts them",
+        (Some(_), None) => "baresip's modules (g711.so, aufile.so, sndfile.so) are not where Debian puts them",
     };
     if crate::in_ci() {
         panic!("{test}: baresip is required under CI=true: {missing}");
@@ -113,6 +118,12 @@ impl Baresip {
         Baresip::spawn(name, account, None, IpAddr::V4(Ipv4Addr::LOCALHOST))
     }
 
+    /// Starts a phone in the root namespace bound to `ip` (an address a
+    /// test's namespaces gave the root namespace).
+    pub fn start_on(name: &str, account: Account, ip: IpAddr) -> std::io::Result<Baresip> {
+        Baresip::spawn(name, account, None, ip)
+    }
+
     /// Starts a phone inside network namespace `netns`, bound to `ip` there.
     pub fn start_in(name: &str, account: Account, netns: &str, ip: IpAddr) -> std::io::Result<Baresip> {
         Baresip::spawn(name, account, Some(netns.to_string()), ip)
@@ -124,12 +135,13 @@ impl Baresip {
         std::fs::write(dir.path().join("tone.wav"), tone_wav(440, TONE_SECONDS))?;
         // Written empty so baresip does not write its templates.
         std::fs::write(dir.path().join("contacts"), "")?;
+        std::fs::create_dir_all(dir.path().join("audio"))?;
         let mut p = Baresip {
             name: format!("{name}-{}-{n}", std::process::id()),
             account,
             netns,
             ip,
-            port: crate::free_port(),
+            port: free_port_pair(),
             dir,
             child: None,
             stdin: None,
@@ -160,6 +172,8 @@ impl Baresip {
                  module\tstdio.so\n\
                  module\tg711.so\n\
                  module\taufile.so\n\
+                 module\tsndfile.so\n\
+                 snd_path\t{received}\n\
                  module_tmp\taccount.so\n\
                  module_app\tmenu.so\n",
                 listen = SocketAddr::new(self.ip, self.port),
@@ -167,6 +181,7 @@ impl Baresip {
                 tone = d.join("tone.wav").display(),
                 rtp_end = rtp + 19,
                 modules = modules.display(),
+                received = d.join("audio").display(),
             ),
         )?;
         let a = &self.account;
@@ -322,7 +337,7 @@ impl Baresip {
         }
         let old = self.port;
         while self.port == old {
-            self.port = crate::free_port();
+            self.port = free_port_pair();
         }
         self.launch()
     }
@@ -353,9 +368,22 @@ impl Baresip {
         self.starts
     }
 
-    /// Its directory (config, accounts, tone.wav, baresip.log).
+    /// Its directory (config, accounts, tone.wav, baresip.log, audio/).
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// The audio it received and decoded in each call so far, oldest
+    /// first: the `sndfile` module's `*-dec.wav` dumps (16-bit mono 8 kHz),
+    /// as samples. A call's file grows while the call is up.
+    pub fn received_audio(&self) -> Vec<Vec<i16>> {
+        let Ok(entries) = std::fs::read_dir(self.dir.path().join("audio")) else { return Vec::new() };
+        let mut files: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.to_string_lossy().ends_with("-dec.wav"))
+            .collect();
+        files.sort();
+        files.iter().map(|f| wav_samples(&std::fs::read(f).unwrap_or_default())).collect()
     }
 }
 
@@ -372,6 +400,18 @@ impl Drop for Baresip {
                 }
             }
             eprintln!("\nbaresip {} output kept in {}; it ends:\n{}\n", self.name, keep.display(), self.log_tail(25));
+        }
+    }
+}
+
+/// A port `p` with `p + 1` free too, both taken from [`crate::free_port`]'s
+/// sequence (so no other test of this process gets either): baresip listens
+/// on UDP and TCP `p` and, for TLS, on TCP `p + 1`.
+fn free_port_pair() -> u16 {
+    loop {
+        let p = crate::free_port();
+        if crate::free_port() == p + 1 {
+            return p;
         }
     }
 }
@@ -393,6 +433,27 @@ fn clean(s: &str) -> String {
         }
     }
     out
+}
+
+/// The 16-bit samples after a WAV's `data` chunk header (whatever length
+/// the header says: a dump still being written says 0).
+pub fn wav_samples(wav: &[u8]) -> Vec<i16> {
+    let Some(at) = wav.windows(4).position(|w| w == b"data") else { return Vec::new() };
+    wav.get(at + 8..).unwrap_or_default().chunks_exact(2).map(|s| i16::from_le_bytes([s[0], s[1]])).collect()
+}
+
+/// The frequency of the tone in `samples` (8 kHz), from its zero
+/// crossings over the loud stretch (|sample| > 2000 around it), and how
+/// many samples that stretch has: (Hz, samples). `None` when it is silence.
+pub fn tone_in(samples: &[i16]) -> Option<(f64, usize)> {
+    let first = samples.iter().position(|s| s.unsigned_abs() > 2000)?;
+    let last = samples.iter().rposition(|s| s.unsigned_abs() > 2000)?;
+    let loud = &samples[first..=last];
+    if loud.len() < 160 {
+        return None;
+    }
+    let crossings = loud.windows(2).filter(|w| (w[0] < 0) != (w[1] < 0)).count();
+    Some((crossings as f64 / 2.0 / (loud.len() as f64 / 8000.0), loud.len()))
 }
 
 /// A 16-bit mono 8 kHz WAV of a sine tone.
@@ -435,6 +496,16 @@ mod tests {
         assert_eq!(u16::from_le_bytes([w[34], w[35]]), 16, "16-bit");
         assert_eq!(w.len(), 44 + 8000 * 2 * 2);
         assert!(w[44..].chunks(2).any(|s| i16::from_le_bytes([s[0], s[1]]).abs() > 7000), "a tone, not silence");
+    }
+
+    #[test]
+    fn the_tone_is_found_again_in_its_samples() {
+        let samples = wav_samples(&tone_wav(440, 1));
+        assert_eq!(samples.len(), 8000);
+        let (hz, n) = tone_in(&samples).expect("a tone");
+        assert!((hz - 440.0).abs() < 5.0, "{hz}");
+        assert!(n > 7900, "{n}");
+        assert_eq!(tone_in(&[0i16; 8000]), None, "silence");
     }
 
     #[test]
