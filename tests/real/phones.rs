@@ -6,7 +6,7 @@
 //! rings and answers with the NAT defaults — and does not ring without them.
 
 use super::{Daemon, SEED_BODY, Source, Store, asterisk, contacts, endpoint, wait};
-use asterisk_real::baresip::{self, Account, Baresip, ESTABLISHED, HUNG_UP, RTP_ARRIVED, TERMINATED, tone_in};
+use asterisk_real::baresip::{self, Account, Baresip, CLOSED, ESTABLISHED, HUNG_UP, RTP_ARRIVED, tone_in};
 use asterisk_real::netns::{self, NatNet};
 use asterisk_real::{Asterisk, Options, require, sipp};
 use serde_json::Value;
@@ -223,7 +223,7 @@ async fn calls_between_a_softphone_and_sipp_are_answered_both_ways() {
     );
     let up = soft.wait_for(mark, ESTABLISHED, LIVE).await;
     assert!(up.contains("sip:1002@"), "the call from 1002 was established: {up}");
-    soft.wait_for(mark, TERMINATED, LIVE).await;
+    soft.wait_for(mark, CLOSED, LIVE).await;
 
     // baresip (1001) → sipp (1002): sipp answers on the port it registered
     // from; baresip hangs up.
@@ -280,9 +280,38 @@ impl BehindNat {
         let mark = self.phone.mark();
         let placed = caller.call(self.ast.sip_addr(), "1001", Duration::from_millis(1500)).await;
         if placed.ok() {
-            self.phone.wait_for(mark, TERMINATED, LIVE).await;
+            self.phone.wait_for(mark, CLOSED, LIVE).await;
         }
         (placed, self.phone.log_since(mark))
+    }
+
+    /// A second baresip (1002, on the root namespace's link) calls 1001;
+    /// once the phone answered and the caller has heard half a second of
+    /// the phone's tone (and, with `phone_hears`, the phone of the
+    /// caller's), the caller hangs up. Returns the tone each heard: (the
+    /// phone behind NAT, the caller).
+    async fn baresip_calls_the_phone(&mut self, phone_hears: bool) -> (Option<(f64, usize)>, Option<(f64, usize)>) {
+        let account = Account::new("1002", "Soundz2025", self.ast.sip_addr());
+        let mut caller = Baresip::start_on("nat-1002", account, IpAddr::V4(self.net.root_ip)).expect("baresip 1002");
+        caller.wait_registered(LIVE).await.expect("1002 registers");
+        let (from_caller, from_phone) = (caller.mark(), self.phone.mark());
+        caller.dial("1001").await;
+        caller.wait_for(from_caller, ESTABLISHED, LIVE).await;
+        self.phone.wait_for(from_phone, ESTABLISHED, LIVE).await;
+        caller.wait_for(from_caller, RTP_ARRIVED, LIVE).await;
+        // Half a second of the phone's tone at the caller: the call's media
+        // has flowed for that long (and the other way too, if it can).
+        let heard = |p: &Baresip| p.received_audio().last().and_then(|a| tone_in(a)).is_some_and(|(_, n)| n >= 4000);
+        wait("half a second of the phone's tone at the caller", LIVE, || async { heard(&caller) }).await;
+        if phone_hears {
+            self.phone.wait_for(from_phone, RTP_ARRIVED, LIVE).await;
+            wait("half a second of the caller's tone at the phone", LIVE, || async { heard(&self.phone) }).await;
+        }
+        caller.hang_up().await;
+        caller.wait_for(from_caller, HUNG_UP, LIVE).await;
+        self.phone.wait_for(from_phone, CLOSED, LIVE).await;
+        let tone = |p: &Baresip| p.received_audio().last().and_then(|a| tone_in(a));
+        (tone(&self.phone), tone(&caller))
     }
 
     async fn contact(&self) -> Value {
@@ -316,26 +345,24 @@ async fn a_softphone_behind_nat_rings_and_answers_with_the_seeds_nat_defaults() 
     // sends arrives at the other, through the NAT both ways (rtp_symmetric:
     // Asterisk sends the phone's audio to where its RTP comes from, not to
     // the private address its SDP names).
-    let account = Account::new("1002", "Soundz2025", rig.ast.sip_addr());
-    let mut caller = Baresip::start_on("nat-1002", account, IpAddr::V4(rig.net.root_ip)).expect("baresip 1002");
-    caller.wait_registered(LIVE).await.expect("1002 registers");
-    let (from_caller, from_phone) = (caller.mark(), rig.phone.mark());
-    caller.dial("1001").await;
-    caller.wait_for(from_caller, ESTABLISHED, LIVE).await;
-    rig.phone.wait_for(from_phone, ESTABLISHED, LIVE).await;
-    caller.wait_for(from_caller, RTP_ARRIVED, LIVE).await;
-    rig.phone.wait_for(from_phone, RTP_ARRIVED, LIVE).await;
-    // Half a second of the tone on each side, then hang up.
-    let heard = |p: &Baresip| p.received_audio().last().and_then(|a| tone_in(a)).is_some_and(|(_, n)| n >= 4000);
-    wait("half a second of tone at each phone", LIVE, || async { heard(&caller) && heard(&rig.phone) }).await;
-    caller.hang_up().await;
-    caller.wait_for(from_caller, HUNG_UP, LIVE).await;
-    rig.phone.wait_for(from_phone, TERMINATED, LIVE).await;
-    for (who, p) in [("the phone behind NAT", &rig.phone), ("the caller", &caller)] {
-        let tone = p.received_audio().last().and_then(|a| tone_in(a));
+    let (phone_heard, caller_heard) = rig.baresip_calls_the_phone(true).await;
+    for (who, tone) in [("the phone behind NAT", phone_heard), ("the caller", caller_heard)] {
         assert!(tone.is_some_and(|(hz, _)| (hz - 440.0).abs() < 20.0), "{who} heard no 440 Hz tone: {tone:?}");
     }
-    drop(caller);
+    rig.d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_softphone_behind_nat_hears_nothing_without_rtp_symmetric() {
+    // The seed's body but rtpSymmetric false: the call is answered (the
+    // contact is rewritten), the caller hears the phone, but Asterisk sends
+    // the phone's audio to the private address its SDP names: it never
+    // arrives.
+    let body = seed_body_with("1001", &[("rtpSymmetric", Value::Bool(false))]);
+    let Some(mut rig) = behind_nat("real::phones::behind_nat_no_rtp_symmetric", &body).await else { return };
+    let (phone_heard, caller_heard) = rig.baresip_calls_the_phone(false).await;
+    assert!(caller_heard.is_some_and(|(hz, _)| (hz - 440.0).abs() < 20.0), "the caller heard: {caller_heard:?}");
+    assert_eq!(phone_heard, None, "the phone behind NAT heard a tone without rtp_symmetric");
     rig.d.stop().await;
 }
 

@@ -14,7 +14,7 @@
 //! driven through its stdin (the `stdio` module reads `menu` commands such
 //! as `/dial 1002` and `/hangup` from a pipe) and observed through its
 //! output (SIP trace on), which goes to `baresip.log`: tests wait for the
-//! events the phone prints ([`REGISTERED`], [`ESTABLISHED`], …), found
+//! events the phone prints ([`REGISTERED`], [`ESTABLISHED`], [`CLOSED`], …), found
 //! after a mark taken before the test caused them, never for a time.
 //!
 //! [`Baresip::kill`] is a crash (SIGKILL, no unregister);
@@ -42,8 +42,11 @@ pub const REGISTER_FAILED: &str = "reg: sip:";
 pub const ANSWERING: &str = "call: answering call";
 /// Printed when a call (either way) is up: `Call established: sip:1002@…`.
 pub const ESTABLISHED: &str = "Call established: ";
-/// Printed when the other side ended a call: `Call with sip:… terminated (duration: …)`.
-pub const TERMINATED: &str = " terminated (";
+/// Printed when a call was ended by the other side or failed:
+/// `sip:1002@…: session closed: Connection reset by peer` (a BYE), `…: 404
+/// Not Found`. (baresip prints `Call with … terminated` only when it frees
+/// the call, which can come much later.)
+pub const CLOSED: &str = ": session closed: ";
 /// Printed when the first RTP of a call arrives (`stream: incoming rtp for 'audio' established, receiving from …`).
 pub const RTP_ARRIVED: &str = "incoming rtp for 'audio' established";
 /// Printed when this phone hangs up (`/hangup`): `call: terminate call '…' with sip:…`.
