@@ -1,12 +1,15 @@
 //! Tests against a real Asterisk 22 built from source (crates/asterisk-real),
 //! with sipp as the phones: the seed's flow end to end through `serve` and
 //! the HTTP API, faults, and contract tests that run one body on the
-//! stand-in and on the real Asterisk. Under CI=true a missing Asterisk fails
-//! them; locally they print SKIPPED.
+//! stand-in and on the real Asterisk; and a real softphone (baresip), also
+//! behind NAT in network namespaces (`phones.rs`). Under CI=true a missing
+//! Asterisk, sipp, baresip or network namespaces fails them; locally they
+//! print SKIPPED.
 
 mod contract;
 mod e2e;
 mod faults;
+mod phones;
 mod status;
 
 use asterisk_gitops::config::{AmiFileConfig, AriFileConfig, FileConfig, Overrides, SecretString, Settings};

@@ -13,14 +13,21 @@
 //!   the test that owns it panics, its log is kept under
 //!   `target/asterisk-logs/` and its tail printed.
 //! - [`sipp`] runs the repository's sipp scenarios (`tests/sipp/`) as phones.
+//! - [`baresip`] runs a real softphone (Debian's `baresip-core`, no sound
+//!   card) that registers, answers, dials, crashes and comes back.
+//! - [`netns`] builds a network of namespaces (a PBX, a NAT router, a phone
+//!   behind it) for tests of phones behind NAT; [`Options::netns`] starts
+//!   Asterisk inside it.
 //!
 //! [`require`] decides what a test does when a real Asterisk cannot be had:
 //! under `CI=true` it fails, locally it prints a loud `SKIPPED` and the test
 //! returns.
 
+pub mod baresip;
+pub mod netns;
 pub mod sipp;
 
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::OnceLock;
@@ -152,6 +159,20 @@ pub struct Options {
     /// Define the `trunk` endpoint the dialplan dials outbound numbers
     /// through (default true; off for tests that count every endpoint).
     pub trunk: bool,
+    /// Run inside a network namespace (see [`netns`]), bound to an address
+    /// there instead of 127.0.0.1. `None`: the root namespace, loopback.
+    pub netns: Option<InNamespace>,
+}
+
+/// Where an instance runs when it is not on loopback: inside the network
+/// namespace `name` (`ip netns exec`), with SIP, AMI and HTTP/ARI bound to
+/// `ip`, and AMI permitting only `client` (the address the test's daemon
+/// connects from).
+#[derive(Clone, Debug)]
+pub struct InNamespace {
+    pub name: String,
+    pub ip: Ipv4Addr,
+    pub client: Ipv4Addr,
 }
 
 impl Options {
@@ -162,6 +183,7 @@ impl Options {
             pjsip_extra: String::new(),
             sorcery: String::new(),
             trunk: true,
+            netns: None,
         }
     }
 }
@@ -181,6 +203,8 @@ pub struct Asterisk {
     pub trunk_port: u16,
     pub ami_secret: String,
     pub ari_password: String,
+    /// Where it runs when not on loopback (boxed: the struct stays small).
+    place: Option<Box<InNamespace>>,
     starts: u32,
 }
 
@@ -225,6 +249,7 @@ impl Asterisk {
             trunk_port: free_port(),
             ami_secret: format!("ami-secret-{n}-{}", std::process::id()),
             ari_password: format!("ari-password-{n}-{}", std::process::id()),
+            place: opts.netns.clone().map(Box::new),
             starts: 0,
         };
         a.write_configs(&opts)?;
@@ -246,16 +271,22 @@ impl Asterisk {
         self.etc().join("pjsip_gitops.conf")
     }
 
+    /// The address SIP, AMI and HTTP are bound to (127.0.0.1 unless
+    /// [`Options::netns`] says otherwise).
+    pub fn ip(&self) -> IpAddr {
+        self.place.as_ref().map_or(IpAddr::V4(Ipv4Addr::LOCALHOST), |p| IpAddr::V4(p.ip))
+    }
+
     pub fn ami_addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.ami_port))
+        SocketAddr::new(self.ip(), self.ami_port)
     }
 
     pub fn sip_addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.sip_port))
+        SocketAddr::new(self.ip(), self.sip_port)
     }
 
     pub fn ari_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.http_port)
+        format!("http://{}", SocketAddr::new(self.ip(), self.http_port))
     }
 
     /// Asterisk's log (`messages.log`: notices, warnings, errors, verbose).
@@ -318,10 +349,23 @@ impl Asterisk {
         let f = "examples/asterisk/manager.conf.snippet";
         let manager = read_example(f)?;
         let manager = must_replace(&manager, "port = 5038", &format!("port = {}", self.ami_port), f)?;
-        let manager = must_replace(&manager, "CHANGE-ME-long-random-secret", &self.ami_secret, f)?;
-        w("manager.conf", manager)?;
+        let mut manager = must_replace(&manager, "CHANGE-ME-long-random-secret", &self.ami_secret, f)?;
         let f = "examples/asterisk/http.conf.snippet";
-        let http = must_replace(&read_example(f)?, "bindport = 8088", &format!("bindport = {}", self.http_port), f)?;
+        let mut http =
+            must_replace(&read_example(f)?, "bindport = 8088", &format!("bindport = {}", self.http_port), f)?;
+        if let Some(ns) = &opts.netns {
+            let f = "examples/asterisk/manager.conf.snippet";
+            manager = must_replace(&manager, "bindaddr = 127.0.0.1", &format!("bindaddr = {}", ns.ip), f)?;
+            manager = must_replace(
+                &manager,
+                "permit = 127.0.0.1/255.255.255.255",
+                &format!("permit = {}/255.255.255.255", ns.client),
+                f,
+            )?;
+            let f = "examples/asterisk/http.conf.snippet";
+            http = must_replace(&http, "bindaddr = 127.0.0.1", &format!("bindaddr = {}", ns.ip), f)?;
+        }
+        w("manager.conf", manager)?;
         w("http.conf", http)?;
         let f = "examples/asterisk/ari.conf.snippet";
         w("ari.conf", must_replace(&read_example(f)?, "CHANGE-ME-long-random-password", &self.ari_password, f)?)?;
@@ -331,8 +375,8 @@ impl Asterisk {
                 "; The carrier the dialplan dials outbound numbers through (a sipp in tests).\n\
                  [trunk]\ntype = endpoint\ncontext = from-trunk\ndisallow = all\nallow = ulaw,alaw\n\
                  transport = transport-udp\naors = trunk\n\n\
-                 [trunk]\ntype = aor\ncontact = sip:127.0.0.1:{}\n\n",
-                self.trunk_port
+                 [trunk]\ntype = aor\ncontact = sip:{}\n\n",
+                SocketAddr::new(self.ip(), self.trunk_port)
             )
         } else {
             String::new()
@@ -341,9 +385,9 @@ impl Asterisk {
             "pjsip.conf",
             format!(
                 "[global]\ntype = global\n\n\
-                 [transport-udp]\ntype = transport\nprotocol = udp\nbind = 127.0.0.1:{sip}\n\n\
+                 [transport-udp]\ntype = transport\nprotocol = udp\nbind = {sip}\n\n\
                  {trunk}{extra}\n{include}",
-                sip = self.sip_port,
+                sip = self.sip_addr(),
                 extra = opts.pjsip_extra,
             ),
         )?;
@@ -358,12 +402,21 @@ impl Asterisk {
         Ok(())
     }
 
-    fn command(&self) -> Command {
-        let mut c = Command::new(self.build.binary());
+    /// `asterisk -C <its config>`; `inside`: run in its network namespace
+    /// (the CLI's control socket is a file, reachable from anywhere).
+    fn command_in(&self, inside: bool) -> Command {
+        let mut c = match (&self.place, inside) {
+            (Some(place), true) => netns::exec(&place.name, self.build.binary()),
+            _ => Command::new(self.build.binary()),
+        };
         c.arg("-C").arg(self.etc().join("asterisk.conf"));
         c.env("LD_LIBRARY_PATH", self.build.prefix.join("lib"));
         c.stdin(Stdio::null());
         c
+    }
+
+    fn command(&self) -> Command {
+        self.command_in(false)
     }
 
     async fn boot(&mut self) -> std::io::Result<()> {
@@ -375,7 +428,7 @@ impl Asterisk {
         self.starts += 1;
         let console =
             std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("log/console.log"))?;
-        let mut c = self.command();
+        let mut c = self.command_in(true);
         c.args(["-f", "-n"]).stdout(console.try_clone()?).stderr(console).kill_on_drop(true);
         self.child = Some(c.spawn()?);
         Ok(())
@@ -509,7 +562,8 @@ impl Asterisk {
     }
 }
 
-fn target_dir() -> PathBuf {
+/// Where test output is kept (`CARGO_TARGET_DIR`, or `target/`).
+pub(crate) fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join("target"))
 }
 

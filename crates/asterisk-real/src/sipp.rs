@@ -5,7 +5,7 @@
 //! Every sipp answers OPTIONS (qualify), INFO, NOTIFY and UPDATE with 200
 //! (`-aa`), as a live phone does.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -38,11 +38,13 @@ impl Outcome {
     }
 }
 
-/// One phone: an extension, its password, and the local port it uses.
+/// One phone: an extension, its password, and the local address and port
+/// it uses (127.0.0.1 unless a test in network namespaces says otherwise).
 #[derive(Clone, Debug)]
 pub struct Phone {
     pub extension: String,
     pub password: String,
+    pub ip: IpAddr,
     pub port: u16,
     pub user_agent: String,
 }
@@ -53,6 +55,7 @@ impl Phone {
         Phone {
             extension: extension.into(),
             password: password.into(),
+            ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             port: crate::free_port(),
             user_agent: format!("sipp-{extension}"),
         }
@@ -80,11 +83,11 @@ impl Phone {
     /// Starts answering one call on this phone's port (register first, from
     /// the same port, so Asterisk's contact is this one).
     pub fn answer(&self) -> Answering {
-        answer_on(self.port)
+        answer_at(self.ip, self.port)
     }
 
     fn sipp(&self, name: &str, server: SocketAddr) -> (Command, PathBuf) {
-        let (mut c, log) = base(name, self.port);
+        let (mut c, log) = base(name, self.ip, self.port);
         c.arg(server.to_string()).args(["-s", &self.extension, "-au", &self.extension, "-ap", &self.password]);
         (c, log)
     }
@@ -92,7 +95,11 @@ impl Phone {
 
 /// A sipp answering one call on `port` (e.g. the carrier on `trunk_port`).
 pub fn answer_on(port: u16) -> Answering {
-    let (mut c, log) = base("answer", port);
+    answer_at(IpAddr::V4(Ipv4Addr::LOCALHOST), port)
+}
+
+fn answer_at(ip: IpAddr, port: u16) -> Answering {
+    let (mut c, log) = base("answer", ip, port);
     match c.spawn() {
         Ok(child) => Answering { child: Some(child), log, port },
         Err(e) => panic!("cannot start sipp: {e}"),
@@ -139,12 +146,12 @@ fn log_path(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!("sipp-{}-{n}-{name}", std::process::id()))
 }
 
-fn base(name: &str, port: u16) -> (Command, PathBuf) {
+fn base(name: &str, ip: IpAddr, port: u16) -> (Command, PathBuf) {
     let log = log_path(name);
     let mut c = Command::new(binary().unwrap_or_else(|| PathBuf::from("sipp")));
     c.arg("-sf")
         .arg(scenario(name))
-        .args(["-i", "127.0.0.1", "-p", &port.to_string(), "-nostdin", "-aa", "-trace_err", "-trace_msg"])
+        .args(["-i", &ip.to_string(), "-p", &port.to_string(), "-nostdin", "-aa", "-trace_err", "-trace_msg"])
         .arg("-error_file")
         .arg(log.with_extension("err"))
         .arg("-message_file")
