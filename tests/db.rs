@@ -119,7 +119,7 @@ fn run(outcome: Outcome, creates: &[&str]) -> RunRecord {
     let plan = Plan {
         changes: creates
             .iter()
-            .map(|n| Change { extension: n.to_string(), action: Action::Create, fields: vec![] })
+            .map(|n| Change { extension: n.to_string(), action: Action::Create, fields: vec![], profile: None })
             .collect(),
         diff: "+[1001]\n".into(),
         ..Default::default()

@@ -112,6 +112,9 @@ const EXPECTED: &[(&str, u32, u32, &str, &str)] = &[
     ("unknown_codec.yaml", 5, 13, "unknown-codec", "extensions[0].codecs"),
     ("unknown_dtmf.yaml", 5, 15, "unknown-dtmf-mode", "extensions[0].dtmfMode"),
     ("unknown_field.yaml", 5, 5, "unknown-field", "extensions[0].displayname"),
+    ("unknown_profile.yaml", 5, 14, "unknown-profile", "extensions[0].profile"),
+    ("unknown_profile.yaml", 2, 87, "unknown-profile", "defaults.profile"),
+    ("webrtc_transport.yaml", 5, 14, "webrtc-transport", "extensions[0].profile"),
     ("wrong_type.yaml", 4, 16, "wrong-type", "extensions[0].extension"),
     ("wrong_type.yaml", 8, 18, "wrong-type", "extensions[1].maxContacts"),
 ];
@@ -324,6 +327,7 @@ fn the_schema_rejects_every_invalid_entry_it_can_express() {
         "unknown_codec.yaml",
         "unknown_dtmf.yaml",
         "unknown_field.yaml",
+        "unknown_profile.yaml",
         "wrong_type.yaml",
     ];
     let v = schema_validator();
