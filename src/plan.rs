@@ -966,6 +966,106 @@ mod tests {
             .collect()
     }
 
+    const PROFILES: &str = "defaults: {context: c, transport: transport-udp, codecs: [ulaw]}\nextensions:\n  - {extension: \"2001\", md5Cred: 0123456789abcdef0123456789abcdef}\n  - {extension: \"2002\", md5Cred: 0123456789abcdef0123456789abcdef, profile: lan, rtpSymmetric: true}\n  - {extension: \"2003\", md5Cred: 0123456789abcdef0123456789abcdef, profile: webrtc, transport: transport-ws}\n";
+
+    #[test]
+    fn verification_compares_every_option_a_profile_sets_or_implies() {
+        let s = set(PROFILES);
+        let base = |options| EndpointOptions {
+            auth_type: Some("md5".into()),
+            max_contacts: Some(1),
+            remove_existing: Some(true),
+            qualify_frequency: Some(60),
+            profile_options: options,
+            ..Default::default()
+        };
+        // lan with rtpSymmetric: Asterisk's defaults, rtp_symmetric on.
+        let lan = s.get("2002").expect("2002");
+        assert_eq!(base(held_options(&[("rtp_symmetric", "true")])).mismatches(lan), Vec::<String>::new());
+        // Still nat's flags in Asterisk (a switch it ignored): named, each.
+        let stale =
+            base(held_options(&[("rewrite_contact", "true"), ("rtp_symmetric", "true"), ("direct_media", "false")]))
+                .mismatches(lan);
+        assert_eq!(stale.len(), 2, "{stale:?}");
+        assert!(
+            stale[0].starts_with(
+                "rewrite_contact: Asterisk has \"yes\", the file sets \"no (Asterisk's default, profile lan)\""
+            ),
+            "{stale:?}"
+        );
+        // webrtc: what Asterisk derives from webrtc = yes is verified too.
+        let webrtc = s.get("2003").expect("2003");
+        let implied: Vec<(&str, &str)> =
+            crate::spec::Profile::Webrtc.sets().iter().chain(crate::spec::Profile::Webrtc.implies()).copied().collect();
+        assert_eq!(base(held_options(&implied)).mismatches(webrtc), Vec::<String>::new());
+        // Asterisk kept the endpoint without webrtc (refused or ignored): the run fails on each option.
+        let refused = base(held_options(&[])).mismatches(webrtc);
+        assert_eq!(refused.len(), implied.len(), "{refused:?}");
+        assert!(refused.iter().any(|m| m.starts_with("media_encryption: Asterisk has \"no\"")), "{refused:?}");
+        // Not reported at all (an Asterisk that does not know the option).
+        let mut unknown = held_options(&implied);
+        unknown.remove("webrtc");
+        let off = base(unknown).mismatches(webrtc);
+        assert_eq!(off, ["webrtc: Asterisk has \"unset\", the file sets \"yes\"".to_string()]);
+    }
+
+    #[test]
+    fn plan_shows_what_each_profile_expands_to() {
+        let s = set(PROFILES);
+        let p = plan(&PlanInput {
+            desired: &s,
+            secret_md5: &md5s(&s),
+            applied: &BTreeMap::new(),
+            observed: &Observed::NotConfigured,
+            current_file: None,
+            rendered: "",
+        });
+        let text = to_text(&p);
+        assert!(text.contains("+ 2001 (create)\n") && text.contains("    profile: \"nat\"\n"), "{text}");
+        assert!(
+            text.contains(
+                "    profile nat: rewrite_contact=yes, rtp_symmetric=yes, force_rport=yes, direct_media=no\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("    profile lan: writes nothing, Asterisk's defaults hold (rewrite_contact=no, rtp_symmetric=no, force_rport=yes, direct_media=yes); overridden by the spec: rtp_symmetric=yes\n"), "{text}");
+        assert!(
+            text.contains("    profile webrtc: webrtc=yes (Asterisk then sets use_avpf=yes, media_encryption=dtls,"),
+            "{text}"
+        );
+        let md = to_markdown(&p);
+        assert!(
+            md.contains("`profile nat: rewrite_contact=yes, rtp_symmetric=yes, force_rport=yes, direct_media=no`"),
+            "{md}"
+        );
+        let json = serde_json::to_value(&p).expect("json");
+        assert_eq!(
+            json["changes"][0]["profile"],
+            "profile nat: rewrite_contact=yes, rtp_symmetric=yes, force_rport=yes, direct_media=no"
+        );
+
+        // nat -> lan on an applied extension: an update with the profile's line.
+        let mut applied = applied_from(&s);
+        let was_nat = set(&PROFILES.replace(", profile: lan, rtpSymmetric: true", ""));
+        applied.insert(
+            "2002".into(),
+            desired_fields(was_nat.get("2002").expect("2002"), "0123456789abcdef0123456789abcdef"),
+        );
+        let p = plan(&PlanInput {
+            desired: &s,
+            secret_md5: &md5s(&s),
+            applied: &applied,
+            observed: &Observed::NotConfigured,
+            current_file: None,
+            rendered: "",
+        });
+        let text = to_text(&p);
+        assert_eq!(p.count(Action::Update), 1, "{text}");
+        assert!(text.contains("~ 2002 (update)\n    directMedia: \"false\" → (unset)\n"), "{text}");
+        assert!(text.contains("    profile: \"nat\" → \"lan\"\n"), "{text}");
+        assert!(text.contains("    profile lan: writes nothing"), "{text}");
+    }
+
     fn md5s(s: &DesiredSet) -> BTreeMap<String, String> {
         s.extensions.iter().map(|e| (e.extension.clone(), "0123456789abcdef0123456789abcdef".to_string())).collect()
     }

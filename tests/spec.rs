@@ -676,3 +676,38 @@ fn a_template_with_a_misspelt_option_is_refused_by_validate_and_render_before_an
     let out = bin().args(["validate", "extensions.d"]).envs(env).output().expect("runs");
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
 }
+
+#[test]
+fn each_profile_renders_its_options_and_lan_none() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let md5 = "md5Cred: 0123456789abcdef0123456789abcdef";
+    std::fs::write(
+        dir.path().join("p.yaml"),
+        format!(
+            "defaults: {{context: c, transport: transport-udp, codecs: [ulaw]}}\nextensions:\n  - {{extension: \"1\", {md5}}}\n  - {{extension: \"2\", {md5}, profile: lan}}\n  - {{extension: \"3\", {md5}, profile: lan, directMedia: false}}\n  - {{extension: \"4\", {md5}, profile: webrtc, transport: transport-wss}}\n"
+        ),
+    )
+    .expect("write");
+    let text = render_dir(dir.path());
+    let endpoint = |n: &str| -> String {
+        let start = text.find(&format!("[{n}]\ntype = endpoint\n")).expect("endpoint section");
+        text[start..].split("\n\n").next().unwrap_or_default().to_string()
+    };
+    let nat = endpoint("1");
+    for line in ["direct_media = no", "rtp_symmetric = yes", "force_rport = yes", "rewrite_contact = yes"] {
+        assert!(nat.contains(line), "{nat}");
+    }
+    assert!(!nat.contains("webrtc"), "{nat}");
+    let lan = endpoint("2");
+    for option in ["direct_media", "rtp_symmetric", "force_rport", "rewrite_contact", "webrtc"] {
+        assert!(!lan.contains(option), "lan writes no {option}:\n{lan}");
+    }
+    assert!(
+        endpoint("3").contains("direct_media = no") && !endpoint("3").contains("rewrite_contact"),
+        "{}",
+        endpoint("3")
+    );
+    let webrtc = endpoint("4");
+    assert!(webrtc.contains("webrtc = yes") && webrtc.contains("transport = transport-wss"), "{webrtc}");
+    assert!(!webrtc.contains("rewrite_contact") && !webrtc.contains("direct_media"), "{webrtc}");
+}

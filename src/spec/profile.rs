@@ -285,6 +285,108 @@ fn yes_no(b: bool) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::diag::Diagnostic;
+
+    fn load(yaml: &str) -> (Vec<Extension>, Vec<Diagnostic>) {
+        let policy = crate::spec::SecretPolicy::for_spec_dir(std::path::Path::new("."));
+        let (exts, diags) = crate::spec::load::load_file("p.yaml", &policy, yaml);
+        (exts.into_iter().map(|(e, _)| e).collect(), diags)
+    }
+
+    const MD5: &str = "md5Cred: 0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn the_profile_comes_from_the_entry_then_the_defaults_then_nat() {
+        let (exts, diags) = load(&format!(
+            "defaults: {{context: c, transport: t, codecs: [ulaw], profile: lan}}\nextensions:\n  - {{extension: \"1\", {MD5}}}\n  - {{extension: \"2\", {MD5}, profile: nat}}\n"
+        ));
+        assert!(diags.is_empty(), "{diags:?}");
+        assert_eq!(exts.iter().map(|e| e.profile).collect::<Vec<_>>(), [Profile::Lan, Profile::Nat]);
+        let (exts, _) =
+            load(&format!("extensions:\n  - {{extension: \"1\", context: c, transport: t, codecs: ulaw, {MD5}}}\n"));
+        assert_eq!(exts[0].profile, Profile::Nat);
+        assert_eq!(
+            (exts[0].rewrite_contact, exts[0].rtp_symmetric, exts[0].force_rport, exts[0].direct_media),
+            (Some(true), Some(true), Some(true), Some(false)),
+            "nat writes what the daemon always wrote"
+        );
+    }
+
+    #[test]
+    fn explicit_fields_override_the_profile_from_the_entry_or_the_defaults() {
+        let (exts, diags) = load(&format!(
+            "defaults: {{context: c, transport: t, codecs: [ulaw], directMedia: true}}\nextensions:\n  - {{extension: \"1\", {MD5}, rewriteContact: false}}\n  - {{extension: \"2\", {MD5}, profile: lan, rtpSymmetric: true}}\n"
+        ));
+        assert!(diags.is_empty(), "{diags:?}");
+        let flags = |e: &Extension| (e.rewrite_contact, e.rtp_symmetric, e.force_rport, e.direct_media);
+        assert_eq!(flags(&exts[0]), (Some(false), Some(true), Some(true), Some(true)));
+        assert_eq!(flags(&exts[1]), (None, Some(true), None, Some(true)), "lan: only what the spec says is written");
+        let want: Vec<(&str, String, Source)> =
+            expected(&exts[1]).into_iter().take(4).map(|(o, v, s)| (o.name, v, s)).collect();
+        assert_eq!(
+            want,
+            [
+                ("rewrite_contact", "no".to_string(), Source::AsteriskDefault),
+                ("rtp_symmetric", "yes".to_string(), Source::Explicit),
+                ("force_rport", "yes".to_string(), Source::AsteriskDefault),
+                ("direct_media", "yes".to_string(), Source::Explicit),
+            ]
+        );
+    }
+
+    #[test]
+    fn an_unknown_profile_is_an_error_at_its_field_listing_the_allowed_ones() {
+        let (exts, diags) = load(&format!(
+            "extensions:\n  - extension: \"1\"\n    context: c\n    transport: t\n    codecs: ulaw\n    {MD5}\n    profile: Nat\n"
+        ));
+        assert!(exts.is_empty());
+        assert_eq!(diags.len(), 1, "{diags:?}");
+        let d = &diags[0];
+        assert_eq!(
+            (d.code, d.field.as_str(), d.location.line, d.location.column),
+            ("unknown-profile", "extensions[0].profile", 7, 14)
+        );
+        assert!(d.message.contains("\"Nat\" is not one of nat, lan, webrtc"), "{}", d.message);
+        let (_, diags) = load(&format!(
+            "extensions:\n  - {{extension: \"1\", context: c, transport: t, codecs: ulaw, {MD5}, profile: \"a]b\"}}\n"
+        ));
+        assert_eq!(diags[0].code, "unsafe-value", "{diags:?}");
+        assert!(!diags[0].message.contains("a]b"), "{}", diags[0].message);
+        let (_, diags) = load(&format!(
+            "extensions:\n  - {{extension: \"1\", context: c, transport: t, codecs: ulaw, {MD5}, profile: 3}}\n"
+        ));
+        assert_eq!((diags[0].code, diags[0].field.as_str()), ("wrong-type", "extensions[0].profile"), "{diags:?}");
+    }
+
+    #[test]
+    fn webrtc_takes_only_a_transport_chosen_for_it() {
+        let head = "defaults: {context: c, transport: transport-udp, codecs: [opus]";
+        // On the entry: fine.
+        let (exts, diags) = load(&format!(
+            "{head}}}\nextensions:\n  - {{extension: \"1\", {MD5}, profile: webrtc, transport: transport-wss}}\n"
+        ));
+        assert!(diags.is_empty(), "{diags:?}");
+        assert_eq!((exts[0].profile, exts[0].transport.as_str()), (Profile::Webrtc, "transport-wss"));
+        assert_eq!(
+            (exts[0].rewrite_contact, exts[0].rtp_symmetric, exts[0].force_rport, exts[0].direct_media),
+            (None, None, None, None),
+            "webrtc writes no NAT flag"
+        );
+        // In defaults next to profile: webrtc: fine.
+        let (exts, diags) = load(&format!("{head}, profile: webrtc}}\nextensions:\n  - {{extension: \"1\", {MD5}}}\n"));
+        assert!(diags.is_empty(), "{diags:?}");
+        assert_eq!(exts[0].profile, Profile::Webrtc);
+        // On the entry, inheriting the file's transport: refused at the profile.
+        let (exts, diags) =
+            load(&format!("{head}}}\nextensions:\n  - extension: \"1\"\n    {MD5}\n    profile: webrtc\n"));
+        assert!(exts.is_empty());
+        assert_eq!(diags.len(), 1, "{diags:?}");
+        assert_eq!(
+            (diags[0].code, diags[0].field.as_str(), diags[0].location.line),
+            ("webrtc-transport", "extensions[0].profile", 5)
+        );
+        assert!(diags[0].message.contains("\"transport-udp\""), "{}", diags[0].message);
+    }
 
     #[test]
     fn every_option_a_profile_names_is_in_the_table() {
