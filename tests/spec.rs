@@ -390,7 +390,7 @@ fn rendering_is_deterministic_whatever_the_file_order() {
     let dir = tempfile::tempdir().expect("tempdir");
     let src = repo_root().join("extensions.d");
     // The same estate with its files renamed so they sort the other way round.
-    for (i, name) in ["sales.yaml", "lobby.yaml", "support/agents.yaml"].iter().enumerate() {
+    for (i, name) in ["sales.yaml", "lobby.yaml", "browser.yaml", "support/agents.yaml"].iter().enumerate() {
         let text = std::fs::read_to_string(src.join(name)).expect("read");
         std::fs::write(dir.path().join(format!("{}-{}", 9 - i, name.replace('/', "-"))), text).expect("write");
     }
