@@ -372,10 +372,12 @@ mod tests {
             (None, None, None, None),
             "webrtc writes no NAT flag"
         );
-        // In defaults next to profile: webrtc: fine.
-        let (exts, diags) = load(&format!("{head}, profile: webrtc}}\nextensions:\n  - {{extension: \"1\", {MD5}}}\n"));
+        // In defaults next to profile: webrtc: fine, also for an entry that says webrtc again.
+        let (exts, diags) = load(&format!(
+            "{head}, profile: webrtc}}\nextensions:\n  - {{extension: \"1\", {MD5}}}\n  - {{extension: \"2\", {MD5}, profile: webrtc}}\n"
+        ));
         assert!(diags.is_empty(), "{diags:?}");
-        assert_eq!(exts[0].profile, Profile::Webrtc);
+        assert_eq!(exts.iter().map(|e| e.profile).collect::<Vec<_>>(), [Profile::Webrtc, Profile::Webrtc]);
         // On the entry, inheriting the file's transport: refused at the profile.
         let (exts, diags) =
             load(&format!("{head}}}\nextensions:\n  - extension: \"1\"\n    {MD5}\n    profile: webrtc\n"));

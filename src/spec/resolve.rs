@@ -291,7 +291,8 @@ fn check_webrtc_transport(
     at: &Locator,
     diags: &mut Vec<Diagnostic>,
 ) {
-    let chosen = entry.transport.is_some() || (defaults.transport.is_some() && from == From::Defaults);
+    let defaults_for_webrtc = defaults.profile.as_deref() == Some(Profile::Webrtc.name());
+    let chosen = entry.transport.is_some() || (defaults.transport.is_some() && defaults_for_webrtc);
     if chosen || pick(&entry.transport, &defaults.transport).is_none() {
         // Missing altogether is reported as a missing `transport` already.
         return;
