@@ -420,7 +420,7 @@ async fn run_stats_count_by_outcome_with_cumulative_buckets() {
     .await;
 }
 
-/// Rows applied before the profile migration (20261201000001) come out of
+/// Rows applied before the profile migration (20261201000020) come out of
 /// it as nat with the qualify frequency their field map was stored with;
 /// the plan reads them as nat too, so the upgrade changes no extension.
 #[tokio::test]
@@ -440,7 +440,7 @@ async fn rows_applied_before_profiles_migrate_as_nat_with_their_qualify_frequenc
         .await
         .expect("initial");
     sqlx::raw_sql(old_row).execute(&pool).await.expect("old rows");
-    sqlx::raw_sql(include_str!("../migrations/sqlite/20261201000001_profile_qualify.sql"))
+    sqlx::raw_sql(include_str!("../migrations/sqlite/20261201000020_profile_qualify.sql"))
         .execute(&pool)
         .await
         .expect("the profile migration");
@@ -465,7 +465,7 @@ async fn rows_applied_before_profiles_migrate_as_nat_with_their_qualify_frequenc
             .await
             .expect("initial");
         sqlx::raw_sql(old_row).execute(&pool).await.expect("old rows");
-        sqlx::raw_sql(include_str!("../migrations/postgres/20261201000001_profile_qualify.sql"))
+        sqlx::raw_sql(include_str!("../migrations/postgres/20261201000020_profile_qualify.sql"))
             .execute(&pool)
             .await
             .expect("the profile migration");

@@ -654,7 +654,8 @@ type StatusRow = (String, String, Option<String>, Option<i64>, Option<Json<serde
 
 /// The applied rows with their sync state (no status row: synced).
 const SELECT_EXTENSIONS: &str = "SELECT e.number, e.display_name, e.context, e.transport, e.codecs, e.secret_kind, \
-     e.max_contacts, e.caller_id, e.mailboxes, e.dtmf_mode, e.enabled, e.labels, e.spec_hash, e.source_file, e.revision, \
+     e.max_contacts, e.caller_id, e.mailboxes, e.dtmf_mode, e.profile, e.qualify_frequency, e.direct_media, e.rtp_symmetric, \
+     e.force_rport, e.rewrite_contact, e.enabled, e.labels, e.spec_hash, e.source_file, e.revision, \
      e.applied_at, COALESCE(s.status, 'synced') AS sync_status, s.reason AS last_error, s.run_id AS sync_run_id, \
      s.since AS sync_since FROM extensions e LEFT JOIN extension_status s ON s.number = e.number";
 
@@ -678,14 +679,21 @@ pub struct ExtensionRecord {
     pub caller_id: Option<String>,
     pub mailboxes: Vec<String>,
     pub dtmf_mode: Option<String>,
-    /// `nat`, `lan` or `webrtc` (`spec::profile`).
+    /// `nat`, `lan` or `webrtc` (`spec::profile`). A declared copy stored
+    /// before profiles existed reads as nat.
+    #[serde(default = "nat")]
     pub profile: String,
     /// The aor's `qualify_frequency` (seconds; 0 is off).
+    #[serde(default = "default_qualify")]
     pub qualify_frequency: i64,
     /// The NAT flags the managed file writes; `None`: not written, Asterisk's default holds.
+    #[serde(default)]
     pub direct_media: Option<bool>,
+    #[serde(default)]
     pub rtp_symmetric: Option<bool>,
+    #[serde(default)]
     pub force_rport: Option<bool>,
+    #[serde(default)]
     pub rewrite_contact: Option<bool>,
     pub enabled: bool,
     pub labels: BTreeMap<String, String>,
@@ -704,6 +712,14 @@ pub struct ExtensionRecord {
     /// Since when the state holds (`None` when synced).
     #[serde(default)]
     pub sync_since: Option<DateTime<Utc>>,
+}
+
+fn nat() -> String {
+    crate::spec::Profile::Nat.name().to_string()
+}
+
+fn default_qualify() -> i64 {
+    i64::from(crate::spec::resolve::DEFAULT_QUALIFY_FREQUENCY)
 }
 
 impl ExtensionRecord {
@@ -765,6 +781,12 @@ impl ExtensionRecord {
             caller_id: e.effective_caller_id(),
             mailboxes: e.mailboxes.clone(),
             dtmf_mode: e.dtmf_mode.clone(),
+            profile: e.profile.name().to_string(),
+            qualify_frequency: i64::from(e.qualify_frequency),
+            direct_media: e.direct_media,
+            rtp_symmetric: e.rtp_symmetric,
+            force_rport: e.force_rport,
+            rewrite_contact: e.rewrite_contact,
             enabled: e.enabled,
             labels: e.labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             spec_hash: String::new(),
