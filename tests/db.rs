@@ -440,6 +440,10 @@ async fn rows_applied_before_profiles_migrate_as_nat_with_their_qualify_frequenc
         .await
         .expect("initial");
     sqlx::raw_sql(old_row).execute(&pool).await.expect("old rows");
+    sqlx::raw_sql(include_str!("../migrations/sqlite/20261201000010_extension_status.sql"))
+        .execute(&pool)
+        .await
+        .expect("the migration before");
     sqlx::raw_sql(include_str!("../migrations/sqlite/20261201000020_profile_qualify.sql"))
         .execute(&pool)
         .await
@@ -465,6 +469,10 @@ async fn rows_applied_before_profiles_migrate_as_nat_with_their_qualify_frequenc
             .await
             .expect("initial");
         sqlx::raw_sql(old_row).execute(&pool).await.expect("old rows");
+        sqlx::raw_sql(include_str!("../migrations/postgres/20261201000010_extension_status.sql"))
+            .execute(&pool)
+            .await
+            .expect("the migration before");
         sqlx::raw_sql(include_str!("../migrations/postgres/20261201000020_profile_qualify.sql"))
             .execute(&pool)
             .await
