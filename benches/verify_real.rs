@@ -66,7 +66,12 @@ fn main() {
             let plan = Plan {
                 changes: set.extensions[..k]
                     .iter()
-                    .map(|e| Change { extension: e.extension.clone(), action: Action::Update, fields: vec![] })
+                    .map(|e| Change {
+                        extension: e.extension.clone(),
+                        action: Action::Update,
+                        fields: vec![],
+                        profile: None,
+                    })
                     .collect(),
                 file_changed: true,
                 ..Default::default()

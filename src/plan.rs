@@ -8,6 +8,7 @@
 //! Secrets appear in a plan only as "changed": never a password, never an
 //! md5 hash.
 
+use crate::spec::profile::{Expansion, Source};
 use crate::spec::{DesiredSet, Extension};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -87,6 +88,7 @@ pub const FIELD_NAMES: &[&str] = &[
     "callerId",
     "mailboxes",
     "dtmfMode",
+    "profile",
     "directMedia",
     "rtpSymmetric",
     "forceRport",
@@ -117,6 +119,7 @@ pub fn desired_fields(ext: &Extension, secret_md5: &str) -> Fields {
     put("callerId", ext.effective_caller_id().unwrap_or_default());
     put("mailboxes", ext.mailboxes.join(","));
     put("dtmfMode", ext.dtmf_mode.clone().unwrap_or_default());
+    put("profile", ext.profile.name().to_string());
     let flag = |v: Option<bool>| v.map(|b| b.to_string()).unwrap_or_default();
     put("directMedia", flag(ext.direct_media));
     put("rtpSymmetric", flag(ext.rtp_symmetric));
@@ -150,10 +153,9 @@ pub struct EndpointOptions {
     pub callerid: String,
     pub dtmf_mode: String,
     pub mailboxes: String,
-    pub direct_media: Option<bool>,
-    pub rtp_symmetric: Option<bool>,
-    pub force_rport: Option<bool>,
-    pub rewrite_contact: Option<bool>,
+    /// Every option of the profile table (`spec::profile::OPTIONS`) that
+    /// Asterisk reported, by pjsip name, normalised (`profile::normalise`).
+    pub profile_options: BTreeMap<&'static str, String>,
     /// The auth's `auth_type` (`userpass`, `md5`), if the auth is loaded.
     pub auth_type: Option<String>,
     /// The aor's `max_contacts`, if the aor is loaded.
@@ -191,15 +193,17 @@ impl EndpointOptions {
             check("mailboxes", &self.mailboxes, &want, norm(&want) == norm(&self.mailboxes));
         }
         let show = |b: Option<bool>| b.map_or("unset".to_string(), |b| if b { "yes".into() } else { "no".into() });
-        for (name, want, held) in [
-            ("direct_media", ext.direct_media, self.direct_media),
-            ("rtp_symmetric", ext.rtp_symmetric, self.rtp_symmetric),
-            ("force_rport", ext.force_rport, self.force_rport),
-            ("rewrite_contact", ext.rewrite_contact, self.rewrite_contact),
-        ] {
-            if let Some(w) = want {
-                check(name, &show(held), &show(Some(w)), held == Some(w));
-            }
+        // Every option of the profile table: what the file writes, what
+        // Asterisk derives from it (webrtc) and Asterisk's defaults for the
+        // rest (a profile switch must have taken them back).
+        for (opt, want, source) in crate::spec::profile::expected(ext) {
+            let held = self.profile_options.get(opt.name).map(String::as_str).unwrap_or("unset");
+            let set = match source {
+                Source::Explicit | Source::Profile => want.clone(),
+                Source::Implied => format!("{want} (implied by profile {})", ext.profile),
+                Source::AsteriskDefault => format!("{want} (Asterisk's default, profile {})", ext.profile),
+            };
+            check(opt.name, held, &set, held == want);
         }
         if let Some(held) = &self.auth_type {
             let want = if matches!(ext.secret, crate::spec::Secret::Md5Cred(_)) { "md5" } else { "userpass" };
@@ -274,6 +278,10 @@ pub struct Change {
     pub extension: String,
     pub action: Action,
     pub fields: Vec<FieldChange>,
+    /// What the extension's profile expands to (creates and updates; not
+    /// for creates past the first [`MAX_LISTED_CHANGES`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile: Option<crate::spec::profile::Expansion>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -356,23 +364,32 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
     let mut detailed = 0usize;
     let mut detail = |want: &Fields, have: &Fields| {
         detailed += 1;
-        if detailed <= MAX_LISTED_CHANGES { field_changes(have, want) } else { Vec::new() }
+        if detailed <= MAX_LISTED_CHANGES { Some(field_changes(have, want)) } else { None }
     };
     for ext in input.desired.extensions.iter() {
         let md5 = input.secret_md5.get(&ext.extension).map(String::as_str).unwrap_or_default();
         let want = desired_fields(ext, md5);
         match input.applied.get(&ext.extension) {
-            None => changes.push(Change {
-                extension: ext.extension.clone(),
-                action: Action::Create,
-                fields: detail(&want, &Fields::new()),
-            }),
+            None => {
+                let fields = detail(&want, &Fields::new());
+                changes.push(Change {
+                    extension: ext.extension.clone(),
+                    action: Action::Create,
+                    profile: fields.is_some().then(|| Expansion::of(ext)),
+                    fields: fields.unwrap_or_default(),
+                })
+            }
             Some(have) => {
                 let fields = field_changes(have, &want);
                 if fields.is_empty() {
                     unchanged += 1;
                 } else {
-                    changes.push(Change { extension: ext.extension.clone(), action: Action::Update, fields });
+                    changes.push(Change {
+                        extension: ext.extension.clone(),
+                        action: Action::Update,
+                        fields,
+                        profile: Some(Expansion::of(ext)),
+                    });
                 }
             }
         }
@@ -382,7 +399,8 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
             changes.push(Change {
                 extension: number.clone(),
                 action: Action::Delete,
-                fields: detail(&Fields::new(), have),
+                fields: detail(&Fields::new(), have).unwrap_or_default(),
+                profile: None,
             });
         }
     }
@@ -761,6 +779,9 @@ pub fn to_text(p: &Plan) -> String {
         for f in &c.fields {
             out.push_str(&format!("    {}\n", describe(f)));
         }
+        if let Some(e) = &c.profile {
+            out.push_str(&format!("    {e}\n"));
+        }
     }
     if p.changes.len() > MAX_LISTED_CHANGES {
         out.push_str(&format!(
@@ -785,7 +806,8 @@ pub fn to_markdown(p: &Plan) -> String {
         // GitHub refuses comments over 65,536 characters: keep the table short.
         const MARKDOWN_ROWS: usize = 200;
         for c in p.changes.iter().take(MARKDOWN_ROWS) {
-            let fields: Vec<String> = c.fields.iter().map(|f| describe(f).replace('|', "\\|")).collect();
+            let mut fields: Vec<String> = c.fields.iter().map(|f| describe(f).replace('|', "\\|")).collect();
+            fields.extend(c.profile.map(|e| format!("`{e}`")));
             out.push_str(&format!("| {} | `{}` | {} |\n", action_word(c.action), c.extension, fields.join("<br>")));
         }
         if p.changes.len() > MARKDOWN_ROWS {
@@ -894,10 +916,12 @@ mod tests {
             callerid: "\"Test User\" <1001>".into(),
             dtmf_mode: "rfc4733".into(),
             mailboxes: "1001@default".into(),
-            direct_media: Some(false),
-            rtp_symmetric: Some(true),
-            force_rport: Some(true),
-            rewrite_contact: Some(true),
+            profile_options: held_options(&[
+                ("rewrite_contact", "true"),
+                ("rtp_symmetric", "true"),
+                ("force_rport", "true"),
+                ("direct_media", "false"),
+            ]),
             auth_type: Some("md5".into()),
             max_contacts: Some(2),
             remove_existing: Some(true),
@@ -911,7 +935,12 @@ mod tests {
         // The previous definition, kept after Asterisk refused the new one.
         let kept = EndpointOptions {
             callerid: "\"Old Name\" <1001>".into(),
-            direct_media: Some(true),
+            profile_options: held_options(&[
+                ("rewrite_contact", "true"),
+                ("rtp_symmetric", "true"),
+                ("force_rport", "true"),
+                ("direct_media", "true"),
+            ]),
             auth_type: Some("userpass".into()),
             max_contacts: Some(1),
             remove_existing: Some(false),
@@ -922,6 +951,119 @@ mod tests {
         assert_eq!(off.len(), 6, "{off:?}");
         assert!(off[0].starts_with("callerid: Asterisk has \"\\\"Old Name\\\" <1001>\""), "{off:?}");
         assert!(off.iter().any(|m| m.starts_with("direct_media") && m.ends_with("the file sets \"no\"")), "{off:?}");
+    }
+
+    /// What Asterisk 22 reports for the profile table's options: its
+    /// defaults (the captured endpoint), with `set` (AMI spelling) on top.
+    fn held_options(set: &[(&str, &str)]) -> BTreeMap<&'static str, String> {
+        use crate::spec::profile::{OPTIONS, normalise};
+        OPTIONS
+            .iter()
+            .map(|o| {
+                let v = set.iter().find(|(k, _)| *k == o.name).map_or(o.asterisk_default, |(_, v)| *v);
+                (o.name, normalise(v))
+            })
+            .collect()
+    }
+
+    const PROFILES: &str = "defaults: {context: c, transport: transport-udp, codecs: [ulaw]}\nextensions:\n  - {extension: \"2001\", md5Cred: 0123456789abcdef0123456789abcdef}\n  - {extension: \"2002\", md5Cred: 0123456789abcdef0123456789abcdef, profile: lan, rtpSymmetric: true}\n  - {extension: \"2003\", md5Cred: 0123456789abcdef0123456789abcdef, profile: webrtc, transport: transport-ws}\n";
+
+    #[test]
+    fn verification_compares_every_option_a_profile_sets_or_implies() {
+        let s = set(PROFILES);
+        let base = |options| EndpointOptions {
+            auth_type: Some("md5".into()),
+            max_contacts: Some(1),
+            remove_existing: Some(true),
+            qualify_frequency: Some(60),
+            profile_options: options,
+            ..Default::default()
+        };
+        // lan with rtpSymmetric: Asterisk's defaults, rtp_symmetric on.
+        let lan = s.get("2002").expect("2002");
+        assert_eq!(base(held_options(&[("rtp_symmetric", "true")])).mismatches(lan), Vec::<String>::new());
+        // Still nat's flags in Asterisk (a switch it ignored): named, each.
+        let stale =
+            base(held_options(&[("rewrite_contact", "true"), ("rtp_symmetric", "true"), ("direct_media", "false")]))
+                .mismatches(lan);
+        assert_eq!(stale.len(), 2, "{stale:?}");
+        assert!(
+            stale[0].starts_with(
+                "rewrite_contact: Asterisk has \"yes\", the file sets \"no (Asterisk's default, profile lan)\""
+            ),
+            "{stale:?}"
+        );
+        // webrtc: what Asterisk derives from webrtc = yes is verified too.
+        let webrtc = s.get("2003").expect("2003");
+        let implied: Vec<(&str, &str)> =
+            crate::spec::Profile::Webrtc.sets().iter().chain(crate::spec::Profile::Webrtc.implies()).copied().collect();
+        assert_eq!(base(held_options(&implied)).mismatches(webrtc), Vec::<String>::new());
+        // Asterisk kept the endpoint without webrtc (refused or ignored): the run fails on each option.
+        let refused = base(held_options(&[])).mismatches(webrtc);
+        assert_eq!(refused.len(), implied.len(), "{refused:?}");
+        assert!(refused.iter().any(|m| m.starts_with("media_encryption: Asterisk has \"no\"")), "{refused:?}");
+        // Not reported at all (an Asterisk that does not know the option).
+        let mut unknown = held_options(&implied);
+        unknown.remove("webrtc");
+        let off = base(unknown).mismatches(webrtc);
+        assert_eq!(off, ["webrtc: Asterisk has \"unset\", the file sets \"yes\"".to_string()]);
+    }
+
+    #[test]
+    fn plan_shows_what_each_profile_expands_to() {
+        let s = set(PROFILES);
+        let p = plan(&PlanInput {
+            desired: &s,
+            secret_md5: &md5s(&s),
+            applied: &BTreeMap::new(),
+            observed: &Observed::NotConfigured,
+            current_file: None,
+            rendered: "",
+        });
+        let text = to_text(&p);
+        assert!(text.contains("+ 2001 (create)\n") && text.contains("    profile: \"nat\"\n"), "{text}");
+        assert!(
+            text.contains(
+                "    profile nat: rewrite_contact=yes, rtp_symmetric=yes, force_rport=yes, direct_media=no\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("    profile lan: writes nothing, Asterisk's defaults hold (rewrite_contact=no, rtp_symmetric=no, force_rport=yes, direct_media=yes); overridden by the spec: rtp_symmetric=yes\n"), "{text}");
+        assert!(
+            text.contains("    profile webrtc: webrtc=yes (Asterisk then sets use_avpf=yes, media_encryption=dtls,"),
+            "{text}"
+        );
+        let md = to_markdown(&p);
+        assert!(
+            md.contains("`profile nat: rewrite_contact=yes, rtp_symmetric=yes, force_rport=yes, direct_media=no`"),
+            "{md}"
+        );
+        let json = serde_json::to_value(&p).expect("json");
+        assert_eq!(
+            json["changes"][0]["profile"],
+            "profile nat: rewrite_contact=yes, rtp_symmetric=yes, force_rport=yes, direct_media=no"
+        );
+
+        // nat -> lan on an applied extension: an update with the profile's line.
+        let mut applied = applied_from(&s);
+        let was_nat = set(&PROFILES.replace(", profile: lan, rtpSymmetric: true", ""));
+        applied.insert(
+            "2002".into(),
+            desired_fields(was_nat.get("2002").expect("2002"), "0123456789abcdef0123456789abcdef"),
+        );
+        let p = plan(&PlanInput {
+            desired: &s,
+            secret_md5: &md5s(&s),
+            applied: &applied,
+            observed: &Observed::NotConfigured,
+            current_file: None,
+            rendered: "",
+        });
+        let text = to_text(&p);
+        assert_eq!(p.count(Action::Update), 1, "{text}");
+        assert!(text.contains("~ 2002 (update)\n    directMedia: \"false\" → (unset)\n"), "{text}");
+        assert!(text.contains("    profile: \"nat\" → \"lan\"\n"), "{text}");
+        assert!(text.contains("    profile lan: writes nothing"), "{text}");
     }
 
     fn md5s(s: &DesiredSet) -> BTreeMap<String, String> {
@@ -1065,7 +1207,7 @@ mod tests {
         assert!(d.ends_with("more line(s)\n"), "{}", &d[d.len() - 200..]);
 
         let changes: Vec<Change> = (0..MAX_LISTED_CHANGES + 5)
-            .map(|i| Change { extension: format!("{i:05}"), action: Action::Create, fields: Vec::new() })
+            .map(|i| Change { extension: format!("{i:05}"), action: Action::Create, fields: Vec::new(), profile: None })
             .collect();
         let p = Plan { changes, ..Default::default() };
         let text = to_text(&p);

@@ -78,6 +78,8 @@ const VIEW_FIELDS: &[&str] = &[
     "rtp_symmetric",
     "force_rport",
     "rewrite_contact",
+    "profile",
+    "webrtc",
     "auth_type",
     "password",
     "md5_cred",
@@ -133,6 +135,9 @@ impl Object for Endpoint {
             "rtp_symmetric" => flag(e.rtp_symmetric),
             "force_rport" => flag(e.force_rport),
             "rewrite_contact" => flag(e.rewrite_contact),
+            "profile" => Value::from(e.profile.name()),
+            // What the profile table says to write beyond the NAT flags.
+            "webrtc" => e.profile.sets().iter().find(|(k, _)| *k == "webrtc").map_or(none(), |(_, v)| Value::from(*v)),
             "auth_type" => Value::from(match credential {
                 AuthCredential::UserPass(_) => "userpass",
                 AuthCredential::Md5(_) => "md5",

@@ -119,7 +119,7 @@ fn run(outcome: Outcome, creates: &[&str]) -> RunRecord {
     let plan = Plan {
         changes: creates
             .iter()
-            .map(|n| Change { extension: n.to_string(), action: Action::Create, fields: vec![] })
+            .map(|n| Change { extension: n.to_string(), action: Action::Create, fields: vec![], profile: None })
             .collect(),
         diff: "+[1001]\n".into(),
         ..Default::default()
@@ -418,4 +418,69 @@ async fn run_stats_count_by_outcome_with_cumulative_buckets() {
         assert_eq!(stats.iter().find(|s| s.outcome == "failed").map(|s| s.count), Some(1));
     })
     .await;
+}
+
+/// Rows applied before the profile migration (20261201000020) come out of
+/// it as nat with the qualify frequency their field map was stored with;
+/// the plan reads them as nat too, so the upgrade changes no extension.
+#[tokio::test]
+async fn rows_applied_before_profiles_migrate_as_nat_with_their_qualify_frequency() {
+    let old_row = "INSERT INTO extensions (number, context, transport, codecs, secret_kind, secret_md5, max_contacts, \
+         enabled, labels, fields, spec_hash, source_file, applied_at, sync_status) VALUES \
+         ('1001', 'c', 't', 'ulaw', 'md5Cred', 'x', 1, TRUE, '{}', '{\"qualifyFrequency\":\"30\",\"context\":\"c\"}', 'h', 'f', '2026-11-30T00:00:00Z', 'synced'), \
+         ('1002', 'c', 't', 'ulaw', 'md5Cred', 'x', 1, TRUE, '{}', '{\"context\":\"c\"}', 'h', 'f', '2026-11-30T00:00:00Z', 'synced')";
+    let read = "SELECT number, profile, qualify_frequency FROM extensions ORDER BY number";
+    let want = vec![("1001".to_string(), "nat".to_string(), 30i64), ("1002".to_string(), "nat".to_string(), 60)];
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite://{}/old.db?mode=rwc", dir.path().display());
+    let pool = sqlx::SqlitePool::connect(&url).await.expect("sqlite");
+    sqlx::raw_sql(include_str!("../migrations/sqlite/20261124000001_initial.sql"))
+        .execute(&pool)
+        .await
+        .expect("initial");
+    sqlx::raw_sql(old_row).execute(&pool).await.expect("old rows");
+    sqlx::raw_sql(include_str!("../migrations/sqlite/20261201000010_extension_status.sql"))
+        .execute(&pool)
+        .await
+        .expect("the migration before");
+    sqlx::raw_sql(include_str!("../migrations/sqlite/20261201000020_profile_qualify.sql"))
+        .execute(&pool)
+        .await
+        .expect("the profile migration");
+    let got: Vec<(String, String, i64)> = sqlx::query_as(read).fetch_all(&pool).await.expect("read");
+    assert_eq!(got, want, "sqlite");
+    pool.close().await;
+    // The plan reads a field map stored without a profile as nat, as the spec resolves it.
+    let (db, _d) = sqlite().await;
+    let Db::Sqlite(p) = &db else { panic!("sqlite") };
+    sqlx::raw_sql(old_row).execute(p).await.expect("old rows");
+    let applied = db.applied_fields().await.expect("applied");
+    assert_eq!(applied["1001"].get("profile"), Some("nat"));
+    assert_eq!(applied["1001"].get("qualifyFrequency"), Some("30"));
+
+    if let Some(server) = pg_url() {
+        let admin = sqlx::PgPool::connect(&server).await.expect("postgres");
+        let name = format!("agt_mig_{}_{}", std::process::id(), uuid_ish());
+        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&admin).await.expect("create database");
+        let pool = sqlx::PgPool::connect(&replace_db(&server, &name)).await.expect("connect");
+        sqlx::raw_sql(include_str!("../migrations/postgres/20261124000001_initial.sql"))
+            .execute(&pool)
+            .await
+            .expect("initial");
+        sqlx::raw_sql(old_row).execute(&pool).await.expect("old rows");
+        sqlx::raw_sql(include_str!("../migrations/postgres/20261201000010_extension_status.sql"))
+            .execute(&pool)
+            .await
+            .expect("the migration before");
+        sqlx::raw_sql(include_str!("../migrations/postgres/20261201000020_profile_qualify.sql"))
+            .execute(&pool)
+            .await
+            .expect("the profile migration");
+        let got: Vec<(String, String, i64)> = sqlx::query_as(read).fetch_all(&pool).await.expect("read");
+        assert_eq!(got, want, "postgres");
+        pool.close().await;
+        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&admin).await;
+        admin.close().await;
+    }
 }

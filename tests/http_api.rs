@@ -467,3 +467,69 @@ fn configured_users_sign_with_their_token_hash_and_bad_hashes_are_refused() {
     let err = Settings::resolve(Overrides::default(), file, &|_| None).expect_err("a bad hash");
     assert!(err.to_string().contains("users[0] (Alice)"), "{err}");
 }
+
+/// The UI form's profile select and qualify frequency: offered, written to
+/// the spec as chosen, left out when untouched, and refused at their field.
+#[tokio::test]
+async fn the_ui_form_sets_the_profile_and_qualify_frequency() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (state, _rx) = state(dir.path());
+    let (_, headers) = sign_in(&state, TOKEN).await;
+    let cookie = headers
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|c| c.split(';').next())
+        .expect("a session")
+        .to_string();
+    let (_, _, page) = form(&state, "GET", "/ui/extensions/new", "", Some(&cookie)).await;
+    assert!(page.contains("<select id=\"profile\" name=\"profile\">"), "{page}");
+    for p in ["nat", "lan", "webrtc"] {
+        assert!(page.contains(&format!("<option value=\"{p}\"")), "{p} offered: {page}");
+    }
+    assert!(page.contains("<option value=\"nat\" selected>"), "nat preselected");
+    assert!(page.contains("id=\"qualifyFrequency\""), "{page}");
+    let csrf = page.split("name=\"csrf\" value=\"").nth(1).and_then(|r| r.split('"').next()).expect("csrf").to_string();
+    let base = format!(
+        "password=Form-Secret-55&context=from-internal&codecs=ulaw&profile_was=&qualifyFrequency_was=&csrf={csrf}"
+    );
+
+    // Untouched (nat, empty frequency): neither is written.
+    let (status, _, _) = form(
+        &state,
+        "POST",
+        "/ui/extensions",
+        &format!("extension=1001&transport=transport-udp&profile=nat&qualifyFrequency=&{base}"),
+        Some(&cookie),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let text = std::fs::read_to_string(dir.path().join("1001.yaml")).expect("1001 written");
+    assert!(!text.contains("profile") && !text.contains("qualifyFrequency"), "{text}");
+
+    // Chosen: written as chosen, the frequency as a number.
+    let (status, _, _) = form(
+        &state,
+        "POST",
+        "/ui/extensions",
+        &format!("extension=1002&transport=transport-ws&profile=webrtc&qualifyFrequency=20&{base}"),
+        Some(&cookie),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let text = std::fs::read_to_string(dir.path().join("1002.yaml")).expect("1002 written");
+    assert!(text.contains("profile: webrtc") && text.contains("qualifyFrequency: 20"), "{text}");
+
+    // Refused at the field, nothing written.
+    let before = dir_snapshot(dir.path());
+    for (fields, id) in [
+        ("profile=office&qualifyFrequency=", "error-profile"),
+        ("profile=nat&qualifyFrequency=often", "error-qualifyFrequency"),
+        ("profile=nat&qualifyFrequency=100000", "error-qualifyFrequency"),
+    ] {
+        let body = format!("extension=1003&transport=transport-udp&{fields}&{base}");
+        let (status, _, page) = form(&state, "POST", "/ui/extensions", &body, Some(&cookie)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{fields}");
+        assert!(page.contains(&format!("id=\"{id}\"")), "{fields}: {page}");
+    }
+    assert_eq!(dir_snapshot(dir.path()), before);
+}

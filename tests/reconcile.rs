@@ -640,3 +640,54 @@ async fn a_secret_from_outside_the_secrets_directory_or_the_daemons_env_is_refus
         assert!(r.loaded().is_empty() && r.standin.control().reloads() == 0, "{secret}: Asterisk untouched");
     }
 }
+
+/// `plan` (text and Markdown) shows what each created extension's profile
+/// expands to, and a profile switch after `apply` as an update with it.
+#[test]
+fn the_plan_command_shows_what_each_profile_expands_to() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = dir.path().join("extensions.d");
+    std::fs::create_dir_all(&spec).expect("mkdir");
+    let team = |second: &str| {
+        format!(
+            "defaults: {{context: from-internal, transport: transport-udp, codecs: [ulaw]}}\nextensions:\n  - {{extension: \"1001\", md5Cred: 0123456789abcdef0123456789abcdef}}\n  - {{extension: \"1002\", md5Cred: 0123456789abcdef0123456789abcdef{second}}}\n"
+        )
+    };
+    std::fs::write(spec.join("team.yaml"), team(", profile: webrtc, transport: transport-wss")).expect("write");
+    let bin = env!("CARGO_BIN_EXE_asterisk-gitops");
+    let cmd = |extra: &[&str]| {
+        let mut c = std::process::Command::new(bin);
+        c.current_dir(dir.path())
+            .args(["--spec-dir", "extensions.d", "--state-dir", "state"])
+            .args(extra)
+            .env_remove("DATABASE_URL");
+        c
+    };
+    let out = cmd(&["plan"]).output().expect("plan");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("+ 1001 (create)")
+            && text.contains(
+                "    profile nat: rewrite_contact=yes, rtp_symmetric=yes, force_rport=yes, direct_media=no\n"
+            ),
+        "{text}"
+    );
+    assert!(
+        text.contains("    profile webrtc: webrtc=yes (Asterisk then sets use_avpf=yes, media_encryption=dtls"),
+        "{text}"
+    );
+    let out = cmd(&["plan", "--format", "markdown"]).output().expect("plan");
+    let md = String::from_utf8_lossy(&out.stdout);
+    assert!(md.contains("`profile webrtc: webrtc=yes"), "{md}");
+
+    let out = cmd(&["apply", "--yes"]).output().expect("apply");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::write(spec.join("team.yaml"), team(", profile: lan")).expect("write");
+    let out = cmd(&["plan"]).output().expect("plan");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("~ 1002 (update)\n"), "{text}");
+    assert!(text.contains("    profile: \"webrtc\" → \"lan\"\n"), "{text}");
+    assert!(text.contains("    transport: \"transport-wss\" → \"transport-udp\"\n"), "{text}");
+    assert!(text.contains("    profile lan: writes nothing, Asterisk's defaults hold"), "{text}");
+    assert!(!text.contains("1001"), "1001 is unchanged: {text}");
+}

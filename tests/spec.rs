@@ -112,6 +112,9 @@ const EXPECTED: &[(&str, u32, u32, &str, &str)] = &[
     ("unknown_codec.yaml", 5, 13, "unknown-codec", "extensions[0].codecs"),
     ("unknown_dtmf.yaml", 5, 15, "unknown-dtmf-mode", "extensions[0].dtmfMode"),
     ("unknown_field.yaml", 5, 5, "unknown-field", "extensions[0].displayname"),
+    ("unknown_profile.yaml", 5, 14, "unknown-profile", "extensions[0].profile"),
+    ("unknown_profile.yaml", 2, 87, "unknown-profile", "defaults.profile"),
+    ("webrtc_transport.yaml", 5, 14, "webrtc-transport", "extensions[0].profile"),
     ("wrong_type.yaml", 4, 16, "wrong-type", "extensions[0].extension"),
     ("wrong_type.yaml", 8, 18, "wrong-type", "extensions[1].maxContacts"),
 ];
@@ -324,6 +327,7 @@ fn the_schema_rejects_every_invalid_entry_it_can_express() {
         "unknown_codec.yaml",
         "unknown_dtmf.yaml",
         "unknown_field.yaml",
+        "unknown_profile.yaml",
         "wrong_type.yaml",
     ];
     let v = schema_validator();
@@ -386,7 +390,7 @@ fn rendering_is_deterministic_whatever_the_file_order() {
     let dir = tempfile::tempdir().expect("tempdir");
     let src = repo_root().join("extensions.d");
     // The same estate with its files renamed so they sort the other way round.
-    for (i, name) in ["sales.yaml", "lobby.yaml", "support/agents.yaml"].iter().enumerate() {
+    for (i, name) in ["sales.yaml", "lobby.yaml", "browser.yaml", "support/agents.yaml"].iter().enumerate() {
         let text = std::fs::read_to_string(src.join(name)).expect("read");
         std::fs::write(dir.path().join(format!("{}-{}", 9 - i, name.replace('/', "-"))), text).expect("write");
     }
@@ -671,4 +675,39 @@ fn a_template_with_a_misspelt_option_is_refused_by_validate_and_render_before_an
     // The built-in template passes the same check.
     let out = bin().args(["validate", "extensions.d"]).envs(env).output().expect("runs");
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+}
+
+#[test]
+fn each_profile_renders_its_options_and_lan_none() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let md5 = "md5Cred: 0123456789abcdef0123456789abcdef";
+    std::fs::write(
+        dir.path().join("p.yaml"),
+        format!(
+            "defaults: {{context: c, transport: transport-udp, codecs: [ulaw]}}\nextensions:\n  - {{extension: \"1\", {md5}}}\n  - {{extension: \"2\", {md5}, profile: lan}}\n  - {{extension: \"3\", {md5}, profile: lan, directMedia: false}}\n  - {{extension: \"4\", {md5}, profile: webrtc, transport: transport-wss}}\n"
+        ),
+    )
+    .expect("write");
+    let text = render_dir(dir.path());
+    let endpoint = |n: &str| -> String {
+        let start = text.find(&format!("[{n}]\ntype = endpoint\n")).expect("endpoint section");
+        text[start..].split("\n\n").next().unwrap_or_default().to_string()
+    };
+    let nat = endpoint("1");
+    for line in ["direct_media = no", "rtp_symmetric = yes", "force_rport = yes", "rewrite_contact = yes"] {
+        assert!(nat.contains(line), "{nat}");
+    }
+    assert!(!nat.contains("webrtc"), "{nat}");
+    let lan = endpoint("2");
+    for option in ["direct_media", "rtp_symmetric", "force_rport", "rewrite_contact", "webrtc"] {
+        assert!(!lan.contains(option), "lan writes no {option}:\n{lan}");
+    }
+    assert!(
+        endpoint("3").contains("direct_media = no") && !endpoint("3").contains("rewrite_contact"),
+        "{}",
+        endpoint("3")
+    );
+    let webrtc = endpoint("4");
+    assert!(webrtc.contains("webrtc = yes") && webrtc.contains("transport = transport-wss"), "{webrtc}");
+    assert!(!webrtc.contains("rewrite_contact") && !webrtc.contains("direct_media"), "{webrtc}");
 }

@@ -302,3 +302,64 @@ async fn no_file_the_daemon_creates_is_world_readable() {
     assert!(seen.len() >= 4, "{seen:?}");
     d.stop().await;
 }
+
+/// A profile and a qualify frequency through the API: POST with them, GET
+/// shows them, PUT switches the profile, an unknown one is a 400 at the
+/// field that changes nothing; the stand-in's endpoint holds what each
+/// profile sets (the reconciler verified it, or the row would not be synced).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn profiles_and_qualify_frequency_through_the_api() {
+    let d = Daemon::start().await;
+    let c = d.standin.control();
+    let body = r#"{"extension":"1003","md5Cred":"0123456789abcdef0123456789abcdef","context":"from-internal","transport":"transport-udp","codecs":"ulaw","profile":"lan","qualifyFrequency":30}"#;
+    let (status, created) = d.call("POST", "/extensions", Some(body)).await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["extension"]["profile"], "lan");
+    assert_eq!(created["extension"]["qualifyFrequency"], 30);
+    let synced = |want: &'static str| {
+        let d = &d;
+        move || async move {
+            let (_, one) = d.call("GET", "/extensions/1003", None).await;
+            one["syncStatus"] == "synced" && one["profile"] == want
+        }
+    };
+    wait("1003 applied as lan", synced("lan")).await;
+    let (_, one) = d.call("GET", "/extensions/1003", None).await;
+    assert_eq!(one["qualifyFrequency"], 30, "{one}");
+    assert_eq!(one["rewriteContact"], Value::Null, "lan writes no NAT flag: {one}");
+    let (_, list) = d.call("GET", "/extensions", None).await;
+    let row = list.as_array().expect("list").iter().find(|e| e["number"] == "1003").cloned().expect("1003 listed");
+    assert_eq!((row["profile"].clone(), row["qualifyFrequency"].clone()), (json!("lan"), json!(30)));
+    let (_, other) = d.call("GET", "/extensions/1002", None).await;
+    assert_eq!((other["profile"].clone(), other["rewriteContact"].clone()), (json!("nat"), json!(true)), "{other}");
+    let (_, live) = d.call("GET", "/extensions/1003/status", None).await;
+    assert_eq!(live["endpoint"]["rewriteContact"], false, "Asterisk's default holds: {live}");
+
+    // Switch to webrtc: the implied options show in the endpoint.
+    let (status, put) =
+        d.call("PUT", "/extensions/1003", Some(r#"{"profile":"webrtc","transport":"transport-udp"}"#)).await;
+    assert_eq!(status, 200, "{put}");
+    wait("1003 applied as webrtc", synced("webrtc")).await;
+    let (_, live) = d.call("GET", "/extensions/1003/status", None).await;
+    assert_eq!(live["endpoint"]["profileOptions"]["webrtc"], "yes", "{live}");
+    assert_eq!(live["endpoint"]["profileOptions"]["media_encryption"], "dtls", "{live}");
+
+    // An unknown profile: 400 naming the field, nothing written.
+    let before = c.endpoints();
+    for bad in [r#"{"profile":"office"}"#, r#"{"profile":7}"#] {
+        let (status, err) = d.call("PUT", "/extensions/1003", Some(bad)).await;
+        assert_eq!(status, 400, "{err}");
+        let detail = &err["details"][0];
+        assert!(detail["field"].as_str().is_some_and(|f| f.ends_with("profile")), "{err}");
+        assert!(err.to_string().contains("nat, lan, webrtc") || bad.contains('7'), "{err}");
+    }
+    let (status, err) =
+        d.call("POST", "/extensions", Some(&body.replace("1003", "1004").replace("\"lan\"", "\"wan\""))).await;
+    assert_eq!(status, 400, "{err}");
+    assert_eq!(err["details"][0]["field"], "profile", "{err}");
+    assert!(err["details"][0]["message"].as_str().is_some_and(|m| m.contains("nat, lan, webrtc")), "{err}");
+    let (_, one) = d.call("GET", "/extensions/1003", None).await;
+    assert_eq!(one["profile"], "webrtc");
+    assert_eq!(c.endpoints(), before);
+    d.stop().await;
+}

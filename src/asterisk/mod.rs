@@ -55,6 +55,9 @@ pub struct EndpointDetail {
     pub rtp_symmetric: Option<bool>,
     pub force_rport: Option<bool>,
     pub rewrite_contact: Option<bool>,
+    /// Every option of the profile table (`spec::profile::OPTIONS`) as
+    /// Asterisk reports it, by pjsip name, normalised (`yes`, `no`, `dtls`, …).
+    pub profile_options: BTreeMap<&'static str, String>,
     pub device_state: String,
     /// The auth's type (`userpass`, `md5`); never its password.
     pub auth_type: Option<String>,
@@ -174,6 +177,10 @@ impl EndpointDetail {
             force_rport: yes_no(ep.get("ForceRport")),
             rewrite_contact: yes_no(ep.get("RewriteContact")),
             device_state: text(ep, "DeviceState"),
+            profile_options: crate::spec::profile::OPTIONS
+                .iter()
+                .filter_map(|o| ep.get(o.ami).map(|v| (o.name, crate::spec::profile::normalise(v))))
+                .collect(),
             ..Default::default()
         };
         if let Some(auth) = events.iter().find(|e| e.get("Event") == Some("AuthDetail")) {
@@ -493,10 +500,7 @@ impl AsteriskControl for Asterisk {
                 callerid: d.callerid,
                 dtmf_mode: d.dtmf_mode,
                 mailboxes: d.mailboxes,
-                direct_media: d.direct_media,
-                rtp_symmetric: d.rtp_symmetric,
-                force_rport: d.force_rport,
-                rewrite_contact: d.rewrite_contact,
+                profile_options: d.profile_options,
                 auth_type: d.auth_type,
                 max_contacts: d.max_contacts,
                 remove_existing: d.remove_existing,

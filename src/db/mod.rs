@@ -292,7 +292,11 @@ impl Db {
             let mut rows = sqlx::query_as::<_, (String, Json<BTreeMap<String, String>>)>("SELECT number, fields FROM extensions")
                 .fetch(pool);
             while let Some((n, Json(map))) = rows.try_next().await? {
-                let fields = map.into_iter().filter_map(|(k, v)| plan::field_name(&k).map(|k| (k, v))).collect();
+                let mut fields: Fields = map.into_iter().filter_map(|(k, v)| plan::field_name(&k).map(|k| (k, v))).collect();
+                // Rows applied before profiles existed were nat (the only behaviour then).
+                if fields.get("profile").is_none() {
+                    fields.insert("profile", crate::spec::Profile::Nat.name().to_string());
+                }
                 out.insert(n, fields);
             }
             Ok::<(), sqlx::Error>(())
@@ -404,7 +408,7 @@ impl Db {
                 qb.push(")");
                 qb.build().execute(&mut *tx).await?;
             }
-            // 24 columns a row; 400 rows stay under both backends' bind limits.
+            // 26 columns a row; 400 rows stay under both backends' bind limits.
             for chunk in upserts.chunks(400) {
                 let mut qb = sqlx::QueryBuilder::new(format!("INSERT INTO extensions ({EXTENSION_COLUMNS}) "));
                 qb.push_values(chunk, |mut b, row| {
@@ -423,6 +427,8 @@ impl Db {
                         .push_bind(e.effective_caller_id())
                         .push_bind(Some(e.mailboxes.join(",")).filter(|m| !m.is_empty()))
                         .push_bind(e.dtmf_mode.clone())
+                        .push_bind(e.profile.name())
+                        .push_bind(i64::from(e.qualify_frequency))
                         .push_bind(e.direct_media)
                         .push_bind(e.rtp_symmetric)
                         .push_bind(e.force_rport)
@@ -441,7 +447,8 @@ impl Db {
                     " ON CONFLICT (number) DO UPDATE SET display_name = excluded.display_name, context = excluded.context, \
                      transport = excluded.transport, codecs = excluded.codecs, secret_kind = excluded.secret_kind, \
                      secret_md5 = excluded.secret_md5, max_contacts = excluded.max_contacts, caller_id = excluded.caller_id, \
-                     mailboxes = excluded.mailboxes, dtmf_mode = excluded.dtmf_mode, direct_media = excluded.direct_media, \
+                     mailboxes = excluded.mailboxes, dtmf_mode = excluded.dtmf_mode, profile = excluded.profile, \
+                     qualify_frequency = excluded.qualify_frequency, direct_media = excluded.direct_media, \
                      rtp_symmetric = excluded.rtp_symmetric, force_rport = excluded.force_rport, \
                      rewrite_contact = excluded.rewrite_contact, enabled = excluded.enabled, labels = excluded.labels, \
                      fields = excluded.fields, spec_hash = excluded.spec_hash, source_file = excluded.source_file, \
@@ -647,12 +654,14 @@ type StatusRow = (String, String, Option<String>, Option<i64>, Option<Json<serde
 
 /// The applied rows with their sync state (no status row: synced).
 const SELECT_EXTENSIONS: &str = "SELECT e.number, e.display_name, e.context, e.transport, e.codecs, e.secret_kind, \
-     e.max_contacts, e.caller_id, e.mailboxes, e.dtmf_mode, e.enabled, e.labels, e.spec_hash, e.source_file, e.revision, \
+     e.max_contacts, e.caller_id, e.mailboxes, e.dtmf_mode, e.profile, e.qualify_frequency, e.direct_media, e.rtp_symmetric, \
+     e.force_rport, e.rewrite_contact, e.enabled, e.labels, e.spec_hash, e.source_file, e.revision, \
      e.applied_at, COALESCE(s.status, 'synced') AS sync_status, s.reason AS last_error, s.run_id AS sync_run_id, \
      s.since AS sync_since FROM extensions e LEFT JOIN extension_status s ON s.number = e.number";
 
 const EXTENSION_COLUMNS: &str = "number, display_name, context, transport, codecs, secret_kind, secret_md5, max_contacts, \
-     caller_id, mailboxes, dtmf_mode, direct_media, rtp_symmetric, force_rport, rewrite_contact, enabled, labels, fields, \
+     caller_id, mailboxes, dtmf_mode, profile, qualify_frequency, direct_media, rtp_symmetric, force_rport, rewrite_contact, \
+     enabled, labels, fields, \
      spec_hash, source_file, revision, applied_at, sync_status, last_error";
 
 /// One applied extension as the database holds it. No secret value: only
@@ -670,6 +679,22 @@ pub struct ExtensionRecord {
     pub caller_id: Option<String>,
     pub mailboxes: Vec<String>,
     pub dtmf_mode: Option<String>,
+    /// `nat`, `lan` or `webrtc` (`spec::profile`). A declared copy stored
+    /// before profiles existed reads as nat.
+    #[serde(default = "nat")]
+    pub profile: String,
+    /// The aor's `qualify_frequency` (seconds; 0 is off).
+    #[serde(default = "default_qualify")]
+    pub qualify_frequency: i64,
+    /// The NAT flags the managed file writes; `None`: not written, Asterisk's default holds.
+    #[serde(default)]
+    pub direct_media: Option<bool>,
+    #[serde(default)]
+    pub rtp_symmetric: Option<bool>,
+    #[serde(default)]
+    pub force_rport: Option<bool>,
+    #[serde(default)]
+    pub rewrite_contact: Option<bool>,
     pub enabled: bool,
     pub labels: BTreeMap<String, String>,
     pub spec_hash: String,
@@ -689,6 +714,14 @@ pub struct ExtensionRecord {
     pub sync_since: Option<DateTime<Utc>>,
 }
 
+fn nat() -> String {
+    crate::spec::Profile::Nat.name().to_string()
+}
+
+fn default_qualify() -> i64 {
+    i64::from(crate::spec::resolve::DEFAULT_QUALIFY_FREQUENCY)
+}
+
 impl ExtensionRecord {
     fn from_row<R: Row>(r: &R) -> Result<Self, sqlx::Error>
     where
@@ -697,6 +730,7 @@ impl ExtensionRecord {
         for<'a> Option<String>: sqlx::Decode<'a, R::Database>,
         for<'a> i64: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
         for<'a> bool: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+        for<'a> Option<bool>: sqlx::Decode<'a, R::Database>,
         for<'a> Json<BTreeMap<String, String>>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
         for<'a> DateTime<Utc>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
     {
@@ -715,6 +749,12 @@ impl ExtensionRecord {
             caller_id: r.try_get("caller_id")?,
             mailboxes: list(r.try_get("mailboxes")?),
             dtmf_mode: r.try_get("dtmf_mode")?,
+            profile: r.try_get("profile")?,
+            qualify_frequency: r.try_get("qualify_frequency")?,
+            direct_media: r.try_get("direct_media")?,
+            rtp_symmetric: r.try_get("rtp_symmetric")?,
+            force_rport: r.try_get("force_rport")?,
+            rewrite_contact: r.try_get("rewrite_contact")?,
             enabled: r.try_get("enabled")?,
             labels: labels.0,
             spec_hash: r.try_get("spec_hash")?,
@@ -741,6 +781,12 @@ impl ExtensionRecord {
             caller_id: e.effective_caller_id(),
             mailboxes: e.mailboxes.clone(),
             dtmf_mode: e.dtmf_mode.clone(),
+            profile: e.profile.name().to_string(),
+            qualify_frequency: i64::from(e.qualify_frequency),
+            direct_media: e.direct_media,
+            rtp_symmetric: e.rtp_symmetric,
+            force_rport: e.force_rport,
+            rewrite_contact: e.rewrite_contact,
             enabled: e.enabled,
             labels: e.labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             spec_hash: String::new(),

@@ -46,6 +46,12 @@ pub(crate) fn parse_body(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
     let Value::Object(map) = value else {
         return Err(ApiError::BadRequest("the body must be a JSON object".into(), Vec::new()));
     };
+    check_fields(map)
+}
+
+/// Reports every unknown field and every wrong type of a body (the JSON
+/// API's, or the UI form's) at once, each at its field.
+pub(crate) fn check_fields(map: Map<String, Value>) -> Result<Map<String, Value>, ApiError> {
     let mut details = Vec::new();
     for key in map.keys() {
         if !ENTRY_FIELDS.contains(&key.as_str()) {

@@ -515,21 +515,41 @@ async fn signout(
 }
 
 /// The form's fields as the JSON API's body: empty optional fields are left out.
+/// `profile` and `qualifyFrequency` go in only when they differ from what
+/// the form showed (`…_was`), so saving an untouched form does not write a
+/// value the entry inherits (or the default) into the file.
 fn body_of(form: &HashMap<String, String>, editing: bool) -> Map<String, Value> {
     let mut map = Map::new();
-    for key in ["extension", "displayName", "password", "context", "transport", "codecs"] {
-        let Some(v) = form.get(key) else { continue };
-        let v = if key == "password" { v.as_str() } else { v.trim() };
-        if v.is_empty() && (editing || key == "displayName") {
+    for key in FORM_FIELDS {
+        let Some(v) = form.get(*key) else { continue };
+        let v = if *key == "password" { v.as_str() } else { v.trim() };
+        if v.is_empty() && (editing || matches!(*key, "displayName" | "qualifyFrequency")) {
             continue;
         }
-        if editing && key == "extension" {
+        if editing && *key == "extension" {
             continue;
         }
-        map.insert(key.to_string(), Value::from(v));
+        if matches!(*key, "profile" | "qualifyFrequency") {
+            let was = form.get(&format!("{key}_was")).map(|s| s.trim()).unwrap_or_default();
+            let unchanged = if *key == "profile" { v == was || (was.is_empty() && v == "nat") } else { v == was };
+            if unchanged {
+                continue;
+            }
+        }
+        // A number field goes in as a number; anything else as typed, for
+        // the API's checks to name it.
+        let value = match (*key, v.parse::<u64>()) {
+            ("qualifyFrequency", Ok(n)) => Value::from(n),
+            _ => Value::from(v),
+        };
+        map.insert(key.to_string(), value);
     }
     map
 }
+
+/// The fields the form edits, as the JSON API names them.
+const FORM_FIELDS: &[&str] =
+    &["extension", "displayName", "password", "context", "transport", "codecs", "profile", "qualifyFrequency"];
 
 fn form_page(
     state: &AppState,
@@ -546,9 +566,7 @@ fn form_page(
             ApiError::BadRequest(m, details) => {
                 for d in details {
                     let field = d.field.as_deref().unwrap_or("").rsplit('.').next().unwrap_or("").to_string();
-                    if ["extension", "displayName", "password", "context", "transport", "codecs"]
-                        .contains(&field.as_str())
-                    {
+                    if FORM_FIELDS.contains(&field.as_str()) {
                         errors.entry(field).or_insert(Value::from(d.message));
                     } else {
                         message = Some(format!("{m}: {}", d.message));
@@ -565,7 +583,8 @@ fn form_page(
     };
     let ctx = context! {
         ..base(state, viewer, None),
-        ..context! { editing => editing.is_some(), number => editing, form => form, errors => errors, error => message, action => action }
+        ..context! { editing => editing.is_some(), number => editing, form => form, errors => errors, error => message, action => action,
+                     profiles => crate::spec::Profile::ALL.map(crate::spec::Profile::name) }
     };
     page(status, "form.html", ctx)
 }
@@ -611,7 +630,11 @@ async fn create(
         Err(r) => return *r,
     };
     let number = form.get("extension").map(|s| s.trim().to_string()).unwrap_or_default();
-    match super::api::create_entry(&state, body_of(&form, false), author).await {
+    let created = match super::api::check_fields(body_of(&form, false)) {
+        Ok(body) => super::api::create_entry(&state, body, author).await,
+        Err(e) => Err(e),
+    };
+    match created {
         Ok(_) => Redirect::to(&format!("/ui/extensions/{}?saved=1", percent(&number))).into_response(),
         Err(e) => {
             let status =
@@ -638,6 +661,8 @@ async fn edit_form(State(state): State<AppState>, headers: HeaderMap, Path(id): 
         "context": record.context,
         "transport": record.transport,
         "codecs": record.codecs.join(","),
+        "profile": record.profile,
+        "qualifyFrequency": record.qualify_frequency,
     });
     form_page(&state, &viewer, StatusCode::OK, Some(&id), form, None)
 }
@@ -656,7 +681,11 @@ async fn update(
         Ok(a) => a,
         Err(r) => return *r,
     };
-    match super::api::update_entry(&state, &id, body_of(&form, true), author).await {
+    let updated = match super::api::check_fields(body_of(&form, true)) {
+        Ok(body) => super::api::update_entry(&state, &id, body, author).await,
+        Err(e) => Err(e),
+    };
+    match updated {
         Ok(_) => Redirect::to(&format!("/ui/extensions/{}?saved=1", percent(&id))).into_response(),
         Err(ApiError::NotFound(m)) => error_page(StatusCode::NOT_FOUND, "Not found", &m),
         Err(e) => form_page(&state, &viewer, StatusCode::BAD_REQUEST, Some(&id), echo(&form), Some(e)),

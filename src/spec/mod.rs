@@ -16,6 +16,7 @@ pub mod check;
 pub mod edit;
 pub mod load;
 pub mod policy;
+pub mod profile;
 pub mod resolve;
 pub mod yaml;
 
@@ -26,6 +27,7 @@ use std::fmt;
 
 pub use load::{LoadOptions, load_paths};
 pub use policy::SecretPolicy;
+pub use profile::Profile;
 pub use resolve::resolve;
 
 /// One spec file: optional defaults for its entries, and the entries.
@@ -68,16 +70,20 @@ pub struct Defaults {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "dtmf_schema")]
     pub dtmf_mode: Option<String>,
-    /// Let media flow directly between phones (pjsip `direct_media`). Default false: phones behind NAT cannot reach each other directly.
+    /// Named set of endpoint options (see the README's "Profiles"): `nat` (the default: rewrite_contact, rtp_symmetric, force_rport yes, direct_media no), `lan` (none of those written: Asterisk's defaults hold), `webrtc` (`webrtc = yes`: DTLS-SRTP, ICE, AVPF, rtcp-mux; needs `transport` naming the operator's WebSocket transport, on the entry or in `defaults` next to `profile: webrtc`). Explicit fields (directMedia, rtpSymmetric, forceRport, rewriteContact) override it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "profile_schema")]
+    pub profile: Option<String>,
+    /// Let media flow directly between phones (pjsip `direct_media`). Overrides the profile's value: `nat` writes no; `lan` and `webrtc` leave Asterisk's yes (encrypted webrtc media never flows directly anyway).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub direct_media: Option<bool>,
-    /// Send RTP back to where it came from, for phones behind NAT (pjsip `rtp_symmetric`). Default true.
+    /// Send RTP back to where it came from, for phones behind NAT (pjsip `rtp_symmetric`). Overrides the profile's value: `nat` writes yes; `lan` and `webrtc` leave Asterisk's no.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rtp_symmetric: Option<bool>,
-    /// Answer SIP to the source port, for phones behind NAT (pjsip `force_rport`). Default true.
+    /// Answer SIP to the source port, for phones behind NAT (pjsip `force_rport`). Overrides the profile's value: `nat` writes yes; `lan` and `webrtc` leave Asterisk's yes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub force_rport: Option<bool>,
-    /// Rewrite the contact with the packet's source address, for phones behind NAT (pjsip `rewrite_contact`). Default true.
+    /// Rewrite the contact with the packet's source address, for phones behind NAT (pjsip `rewrite_contact`). Overrides the profile's value: `nat` writes yes; `lan` and `webrtc` leave Asterisk's no.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rewrite_contact: Option<bool>,
     /// When false, the extension is kept in the database but not configured in Asterisk. Default true.
@@ -156,16 +162,20 @@ pub struct ExtensionEntry {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "dtmf_schema")]
     pub dtmf_mode: Option<String>,
-    /// Let media flow directly between phones (pjsip `direct_media`). Default false: phones behind NAT cannot reach each other directly.
+    /// Named set of endpoint options (see the README's "Profiles"): `nat` (the default: rewrite_contact, rtp_symmetric, force_rport yes, direct_media no), `lan` (none of those written: Asterisk's defaults hold), `webrtc` (`webrtc = yes`: DTLS-SRTP, ICE, AVPF, rtcp-mux; needs `transport` naming the operator's WebSocket transport, on the entry or in `defaults` next to `profile: webrtc`). Explicit fields (directMedia, rtpSymmetric, forceRport, rewriteContact) override it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "profile_schema")]
+    pub profile: Option<String>,
+    /// Let media flow directly between phones (pjsip `direct_media`). Overrides the profile's value: `nat` writes no; `lan` and `webrtc` leave Asterisk's yes (encrypted webrtc media never flows directly anyway).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub direct_media: Option<bool>,
-    /// Send RTP back to where it came from, for phones behind NAT (pjsip `rtp_symmetric`). Default true.
+    /// Send RTP back to where it came from, for phones behind NAT (pjsip `rtp_symmetric`). Overrides the profile's value: `nat` writes yes; `lan` and `webrtc` leave Asterisk's no.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rtp_symmetric: Option<bool>,
-    /// Answer SIP to the source port, for phones behind NAT (pjsip `force_rport`). Default true.
+    /// Answer SIP to the source port, for phones behind NAT (pjsip `force_rport`). Overrides the profile's value: `nat` writes yes; `lan` and `webrtc` leave Asterisk's yes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub force_rport: Option<bool>,
-    /// Rewrite the contact with the packet's source address, for phones behind NAT (pjsip `rewrite_contact`). Default true.
+    /// Rewrite the contact with the packet's source address, for phones behind NAT (pjsip `rewrite_contact`). Overrides the profile's value: `nat` writes yes; `lan` and `webrtc` leave Asterisk's no.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rewrite_contact: Option<bool>,
     /// When false, the extension is kept in the database but not configured in Asterisk. Default true.
@@ -298,6 +308,10 @@ pub struct Extension {
     pub caller_id: Option<String>,
     pub mailboxes: Vec<String>,
     pub dtmf_mode: Option<String>,
+    /// The named set of endpoint options (`profile::Profile`).
+    pub profile: Profile,
+    /// The NAT flags the managed file writes: the profile's values with
+    /// explicit fields on top; `None` is not written (Asterisk's default).
     pub direct_media: Option<bool>,
     pub rtp_symmetric: Option<bool>,
     pub force_rport: Option<bool>,
@@ -359,6 +373,11 @@ fn mailboxes_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
             {"type": "string", "pattern": r"^[A-Za-z0-9_.+@,\- ]*$"}
         ]
     })
+}
+
+fn profile_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let names: Vec<&str> = Profile::ALL.iter().map(|p| p.name()).collect();
+    schemars::json_schema!({ "type": "string", "enum": names })
 }
 
 fn dtmf_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {

@@ -7,6 +7,7 @@
 pub const DEFAULT_QUALIFY_FREQUENCY: u32 = 60;
 
 use super::check;
+use super::profile::{self, Profile};
 use super::yaml::Pos;
 use super::{Defaults, Extension, ExtensionEntry, Origin, Secret, StringList};
 use crate::diag::{Diagnostic, Location};
@@ -207,6 +208,30 @@ pub fn resolve(entry: &ExtensionEntry, defaults: &Defaults, at: &Locator) -> (Op
         m.clone()
     });
 
+    let profile = match pick(&entry.profile, &defaults.profile) {
+        None => Profile::default(),
+        Some((name, from)) => match Profile::parse(name) {
+            Some(p) => {
+                if p == Profile::Webrtc {
+                    check_webrtc_transport(entry, defaults, from, at, &mut diags);
+                }
+                p
+            }
+            None => {
+                let code =
+                    if check::line_safe(name, check::MAX_IDENT).is_err() { "unsafe-value" } else { "unknown-profile" };
+                let shown = if code == "unsafe-value" { "this value".to_string() } else { format!("{name:?}") };
+                diags.push(at.error(
+                    code,
+                    "profile",
+                    from,
+                    format!("profile {shown} is not one of {} (see the README's \"Profiles\")", Profile::names()),
+                ));
+                Profile::default()
+            }
+        },
+    };
+
     let mut labels: BTreeMap<String, String> = defaults.labels.clone();
     labels.extend(entry.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
     for (k, v) in &labels {
@@ -217,6 +242,15 @@ pub fn resolve(entry: &ExtensionEntry, defaults: &Defaults, at: &Locator) -> (Op
     }
 
     let flag = |e: &Option<bool>, d: &Option<bool>| pick(e, d).map(|(v, _)| *v);
+    let [rewrite_contact, rtp_symmetric, force_rport, direct_media] = profile::resolve_flags(
+        profile,
+        [
+            flag(&entry.rewrite_contact, &defaults.rewrite_contact),
+            flag(&entry.rtp_symmetric, &defaults.rtp_symmetric),
+            flag(&entry.force_rport, &defaults.force_rport),
+            flag(&entry.direct_media, &defaults.direct_media),
+        ],
+    );
     let extension = Extension {
         extension: number,
         display_name: entry.display_name.clone(),
@@ -232,18 +266,47 @@ pub fn resolve(entry: &ExtensionEntry, defaults: &Defaults, at: &Locator) -> (Op
         caller_id: entry.caller_id.clone(),
         mailboxes,
         dtmf_mode,
-        // Defaults that work for a phone behind NAT (the seed's agents reach
-        // the PBX over the internet) and are safe on a LAN too.
-        direct_media: flag(&entry.direct_media, &defaults.direct_media).or(Some(false)),
-        rtp_symmetric: flag(&entry.rtp_symmetric, &defaults.rtp_symmetric).or(Some(true)),
-        force_rport: flag(&entry.force_rport, &defaults.force_rport).or(Some(true)),
-        rewrite_contact: flag(&entry.rewrite_contact, &defaults.rewrite_contact).or(Some(true)),
+        // The profile (nat by default: the seed's agents reach the PBX over
+        // the internet) with explicit fields on top.
+        profile,
+        direct_media,
+        rtp_symmetric,
+        force_rport,
+        rewrite_contact,
         enabled: flag(&entry.enabled, &defaults.enabled).unwrap_or(true),
         labels: labels.into(),
         origin: Origin { file: at.file.clone(), line: at.entry.line },
     };
     let ok = !diags.iter().any(Diagnostic::is_error);
     (ok.then_some(extension), diags)
+}
+
+/// A webrtc extension's transport must be one chosen for it: on the entry,
+/// or in `defaults` next to `profile: webrtc`. A file's default transport
+/// is the UDP one its other phones use, and a browser cannot reach that.
+fn check_webrtc_transport(
+    entry: &ExtensionEntry,
+    defaults: &Defaults,
+    from: From,
+    at: &Locator,
+    diags: &mut Vec<Diagnostic>,
+) {
+    let defaults_for_webrtc = defaults.profile.as_deref() == Some(Profile::Webrtc.name());
+    let chosen = entry.transport.is_some() || (defaults.transport.is_some() && defaults_for_webrtc);
+    if chosen || pick(&entry.transport, &defaults.transport).is_none() {
+        // Missing altogether is reported as a missing `transport` already.
+        return;
+    }
+    let default = defaults.transport.as_deref().unwrap_or_default();
+    diags.push(at.error(
+        "webrtc-transport",
+        "profile",
+        from,
+        format!(
+            "profile webrtc needs `transport` on this entry naming the operator's WebSocket transport \
+             (a pjsip transport with protocol = ws or wss); the file's default transport {default:?} is not taken for webrtc"
+        ),
+    ));
 }
 
 fn resolve_secret(entry: &ExtensionEntry, at: &Locator, diags: &mut Vec<Diagnostic>) -> Option<Secret> {

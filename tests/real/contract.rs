@@ -558,3 +558,42 @@ async fn the_credential_asterisk_holds_is_compared_as_a_digest() {
     }
     client.close().await;
 }
+
+/// What `PJSIPShowEndpoint` reports for every option of the profile table
+/// (src/spec/profile.rs): Asterisk's defaults for an endpoint that sets
+/// none, nat's four flags, and everything `webrtc = yes` implies. The
+/// stand-in answers the same; verification relies on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoint_detail_reports_each_profiles_options() {
+    use asterisk_gitops::spec::Profile;
+    use asterisk_gitops::spec::profile::{OPTIONS, resolve_flags};
+    let managed = format!(
+        "{}{}{}",
+        endpoint("1001", ""),
+        endpoint("1002", "rewrite_contact = yes\nrtp_symmetric = yes\nforce_rport = yes\ndirect_media = no\n"),
+        endpoint("1003", "webrtc = yes\n"),
+    );
+    on_both_asterisks("real::contract::profile_options", &managed, |b| async move {
+        let a = b.ami(None);
+        let held = |id: &'static str| {
+            let a = &a;
+            async move { a.endpoint(id).await.expect("answers").expect("loaded").profile_options }
+        };
+        let defaults: std::collections::BTreeMap<&str, String> =
+            OPTIONS.iter().map(|o| (o.name, o.asterisk_default.to_string())).collect();
+        assert_eq!(held("1001").await, defaults, "{}: Asterisk's defaults", b.label());
+        let mut nat = defaults.clone();
+        for (i, (_, name)) in asterisk_gitops::spec::profile::OVERRIDES.iter().enumerate() {
+            let flag = resolve_flags(Profile::Nat, [None; 4])[i].expect("nat writes each flag");
+            nat.insert(name, if flag { "yes" } else { "no" }.to_string());
+        }
+        assert_eq!(held("1002").await, nat, "{}: nat", b.label());
+        let mut webrtc = defaults.clone();
+        for (k, v) in Profile::Webrtc.sets().iter().chain(Profile::Webrtc.implies()) {
+            webrtc.insert(k, v.to_string());
+        }
+        assert_eq!(held("1003").await, webrtc, "{}: webrtc and what it implies", b.label());
+        a.close().await;
+    })
+    .await;
+}

@@ -10,6 +10,7 @@ mod contract;
 mod e2e;
 mod faults;
 mod phones;
+mod profiles;
 mod status;
 
 use asterisk_gitops::config::{AmiFileConfig, AriFileConfig, FileConfig, Overrides, SecretString, Settings};

@@ -934,21 +934,40 @@ fn endpoint_detail(s: &State, name: &str) -> Option<Vec<Fields>> {
         .flat_map(|(_, v)| v.split(',').map(|c| c.trim().to_string()).collect::<Vec<_>>())
         .filter(|c| !c.is_empty() && c != "all")
         .collect();
-    let mut out = vec![detail_from(
-        &event(ENDPOINT_DETAIL_CAPTURE, "EndpointDetail"),
-        ep,
-        name,
-        &[
-            ("Allow", format!("({})", allow.join("|"))),
-            ("DeviceState", if contacts.is_empty() { "Unavailable".into() } else { "Not in use".into() }),
-            ("Auth", ep.get("auth").unwrap_or("").to_string()),
-            ("Aors", aor_name.clone()),
-            // The capture's endpoint set these; Asterisk's defaults when they are not set.
-            ("Context", ep.get("context").unwrap_or("default").to_string()),
-            ("Transport", ep.get("transport").unwrap_or("").to_string()),
-            ("Callerid", ep.get("callerid").unwrap_or("").to_string()),
-        ],
-    )];
+    // `webrtc = yes` turns these on in the endpoint's apply handler
+    // (res_pjsip/pjsip_configuration.c), whatever the section says.
+    let webrtc =
+        ep.get("webrtc").is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "yes" | "true" | "on" | "1"));
+    let mut implied: Vec<(&str, String)> = Vec::new();
+    if webrtc {
+        for (k, v) in [
+            ("UseAvpf", "true"),
+            ("MediaEncryption", "dtls"),
+            ("DtlsVerify", "Fingerprint"),
+            ("DtlsSetup", "actpass"),
+            ("IceSupport", "true"),
+            ("MediaUseReceivedTransport", "true"),
+            ("RtcpMux", "true"),
+            ("Bundle", "true"),
+        ] {
+            implied.push((k, v.to_string()));
+        }
+        if ep.get("dtls_cert_file").is_none_or(str::is_empty) {
+            implied.push(("DtlsAutoGenerateCert", "Yes".to_string()));
+        }
+    }
+    let mut overrides = vec![
+        ("Allow", format!("({})", allow.join("|"))),
+        ("DeviceState", if contacts.is_empty() { "Unavailable".into() } else { "Not in use".into() }),
+        ("Auth", ep.get("auth").unwrap_or("").to_string()),
+        ("Aors", aor_name.clone()),
+        // The capture's endpoint set these; Asterisk's defaults when they are not set.
+        ("Context", ep.get("context").unwrap_or("default").to_string()),
+        ("Transport", ep.get("transport").unwrap_or("").to_string()),
+        ("Callerid", ep.get("callerid").unwrap_or("").to_string()),
+    ];
+    overrides.extend(implied);
+    let mut out = vec![detail_from(&event(ENDPOINT_DETAIL_CAPTURE, "EndpointDetail"), ep, name, &overrides)];
     if let Some(auth) = ep.get("auth").and_then(|a| s.loaded.auths.get(a)) {
         let defaults = [
             ("Username", auth.get("username").unwrap_or("").to_string()),
