@@ -36,21 +36,11 @@ fn seed_body_with(ext: &str, extra: &[(&str, Value)]) -> String {
     Value::Object(body).to_string()
 }
 
-/// The spec for a phone on the same LAN as Asterisk: what `profile: lan`
-/// will mean once the profiles land (switch this body to
-/// `{"profile": "lan", …}` then): the seed's body with Asterisk's NAT
-/// handling off — no contact rewriting, RTP to where the SDP says, replies
-/// to the Via port (Asterisk's own default for force_rport is yes; lan
-/// turns it off).
+/// The spec for a phone on the same LAN as Asterisk: the seed's body with
+/// `profile: lan` — Asterisk's own NAT handling (no contact rewriting, RTP
+/// to where the SDP says, direct media allowed).
 fn lan_body(ext: &str) -> String {
-    seed_body_with(
-        ext,
-        &[
-            ("rewriteContact", Value::Bool(false)),
-            ("rtpSymmetric", Value::Bool(false)),
-            ("forceRport", Value::Bool(false)),
-        ],
-    )
+    seed_body_with(ext, &[("profile", Value::String("lan".into()))])
 }
 
 /// Whether a contact URI (`sip:1001-0x…@127.0.0.1:5071;…`) is at `ip:port`.
