@@ -260,6 +260,12 @@ impl RemoteTarget {
     }
 
     fn open_clone(&self) -> Result<Repository, WriteError> {
+        // Each sync fetches a pack: merge them before they pile up.
+        if let Err(e) = crate::git::compact(&self.work_dir)
+            && self.work_dir.join(".git").exists()
+        {
+            tracing::warn!(error = %e.message(), "cannot compact the working clone's packs");
+        }
         if let Ok(repo) = Repository::open(&self.work_dir) {
             return Ok(repo);
         }
