@@ -13,9 +13,11 @@ use crate::secret::SecretSource;
 use crate::spec::SecretPolicy;
 use std::path::{Path, PathBuf};
 
+/// One target: bytes in; returns, or panics on a finding.
+pub type Target = fn(&[u8]);
+
 /// The targets by name, as `fuzz/` and the corpus directories call them.
-pub const TARGETS: &[(&str, fn(&[u8]))] =
-    &[("spec", spec), ("ami", ami), ("ari_event", ari_event), ("webhook", webhook)];
+pub const TARGETS: &[(&str, Target)] = &[("spec", spec), ("ami", ami), ("ari_event", ari_event), ("webhook", webhook)];
 
 /// Secrets for rendering a fuzzed spec: every variable and file holds a
 /// fixed, line-safe password; nothing is read from the machine.
