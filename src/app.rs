@@ -246,7 +246,7 @@ pub async fn run(
     };
     let state = AppState {
         spec_dir: settings.spec_dir.clone(),
-        writeback: Arc::new(WriteBack::new(target)),
+        writeback: Arc::new(WriteBack::new(target, settings.secrets.clone())),
         realm: settings.realm.clone(),
         tokens: Arc::new(tokens(&settings)),
         webhook_secret: settings.webhook_secret.clone(),

@@ -29,8 +29,8 @@ impl DesiredSource {
         let joined = tokio::task::spawn_blocking(move || match this {
             DesiredSource::Dir(dir) => dir.load(),
             DesiredSource::Git(git) => {
-                let git = git.lock().unwrap_or_else(|p| p.into_inner());
-                load_git(&git)
+                let mut git = git.lock().unwrap_or_else(|p| p.into_inner());
+                load_git(&mut git)
             }
         })
         .await;
@@ -183,8 +183,8 @@ fn desired_from_sources(
 /// Fetches the tracked branch and loads the specs of the fetched commit.
 /// When the fetch fails, the mirror's last commit is not used either: the
 /// run records the failure and changes nothing.
-pub fn load_git(git: &GitSource) -> Desired {
-    let cfg = git.config();
+pub fn load_git(git: &mut GitSource) -> Desired {
+    let cfg = git.config().clone();
     let source_name = format!("{} ({}:{})", crate::config::redact_url(&cfg.url), cfg.branch, cfg.path);
     let fetched = match git.fetch() {
         Ok(f) => f,

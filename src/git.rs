@@ -53,6 +53,51 @@ pub struct Fetched {
     pub forced: bool,
 }
 
+/// Pack files a repository may collect before [`compact`] merges them.
+pub const MAX_PACKS: usize = 16;
+
+/// Merges a repository's pack files into one once there are more than
+/// [`MAX_PACKS`]: a pack of everything reachable from its refs and HEAD is
+/// written and the others are removed (like `git repack -a -d`; loose
+/// objects stay). Every fetch writes one more pack, and libgit2 keeps each
+/// pack it has read open, so a mirror fetched on every webhook and edit
+/// held hundreds of file descriptors after a few minutes (the soak test,
+/// `examples/soak.rs`, found it) and looked objects up in ever more packs.
+/// A `Repository` opened before must be reopened. Returns whether it merged.
+pub fn compact(dir: &Path) -> Result<bool, git2::Error> {
+    let repo = Repository::open(dir)?;
+    let pack_dir = repo.path().join("objects/pack");
+    let packs = |dir: &Path| -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map(|d| d.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "pack")).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
+    let old = packs(&pack_dir);
+    if old.len() <= MAX_PACKS {
+        return Ok(false);
+    }
+    let mut walk = repo.revwalk()?;
+    walk.push_glob("*")?;
+    if let Some(head) = repo.head().ok().and_then(|h| h.target()) {
+        walk.push(head)?;
+    }
+    let mut builder = repo.packbuilder()?;
+    builder.insert_walk(&mut walk)?;
+    builder.write(&pack_dir, 0)?;
+    let kept = builder.name().map(|n| format!("pack-{n}.pack"));
+    for pack in old {
+        if pack.file_name().and_then(|n| n.to_str()) == kept.as_deref() {
+            continue;
+        }
+        for ext in ["pack", "idx", "rev", "keep", "promisor", "mtimes"] {
+            let _ = std::fs::remove_file(pack.with_extension(ext));
+        }
+    }
+    Ok(true)
+}
+
 /// A local bare mirror of one remote branch.
 pub struct GitSource {
     cfg: GitSourceConfig,
@@ -130,7 +175,22 @@ impl GitSource {
 
     /// Fetches the branch. A deleted branch or an unreachable remote is an
     /// error and leaves the mirror's last commit in place.
-    pub fn fetch(&self) -> Result<Fetched, GitError> {
+    pub fn fetch(&mut self) -> Result<Fetched, GitError> {
+        let fetched = self.fetch_branch()?;
+        // Every fetch leaves a pack, and the open repository holds each one
+        // it read open: merge them now and then, and reopen.
+        match compact(&self.cfg.mirror_dir) {
+            Ok(true) => match Repository::open_bare(&self.cfg.mirror_dir) {
+                Ok(repo) => self.repo = repo,
+                Err(e) => tracing::warn!(error = %e.message(), "cannot reopen the git mirror after compacting it"),
+            },
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e.message(), "cannot compact the git mirror's packs"),
+        }
+        Ok(fetched)
+    }
+
+    fn fetch_branch(&self) -> Result<Fetched, GitError> {
         let previous = self.repo.refname_to_id(&self.tracking_ref()).ok();
         let mut remote = self.repo.find_remote("origin").map_err(|e| self.fetch_error(e))?;
         let mut callbacks = RemoteCallbacks::new();
@@ -319,7 +379,7 @@ mod tests {
             .commit(&[("extensions.d/a.yaml", SPEC), ("extensions.d/.hidden.yaml", "x"), ("README.md", "hi")], "Add a");
         remote.push(false);
         let mirror = tempfile::tempdir().expect("tempdir");
-        let src = source(&remote, mirror.path());
+        let mut src = source(&remote, mirror.path());
         let f = src.fetch().expect("fetches");
         assert_eq!(f.commit, first);
         assert_eq!(f.subject, "Add a");
@@ -348,13 +408,41 @@ mod tests {
     }
 
     #[test]
+    fn packs_from_many_fetches_are_merged_and_the_mirror_still_reads() {
+        let remote = Remote::new();
+        let mirror = tempfile::tempdir().expect("tempdir");
+        let pack_count = || {
+            std::fs::read_dir(mirror.path().join("objects/pack"))
+                .expect("pack dir")
+                .flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == "pack"))
+                .count()
+        };
+        let mut last = String::new();
+        let mut most = 0;
+        let mut src: Option<GitSource> = None;
+        for i in 0..(MAX_PACKS * 3) {
+            last = remote.commit(&[(&format!("extensions.d/f{i}.yaml"), SPEC)], &format!("commit {i}"));
+            remote.push(false);
+            let s = src.get_or_insert_with(|| source(&remote, mirror.path()));
+            assert_eq!(s.fetch().expect("fetches").commit, last);
+            most = most.max(pack_count());
+        }
+        // Before the merge, one pack per fetch: 48 here.
+        assert!(most <= MAX_PACKS + 1, "{most} packs at the most");
+        let src = src.expect("opened");
+        assert_eq!(src.read_specs(&last).expect("the head reads after merging").len(), MAX_PACKS * 3);
+        assert_eq!(src.subject(&last).expect("subject"), format!("commit {}", MAX_PACKS * 3 - 1));
+    }
+
+    #[test]
     fn a_force_push_is_noticed() {
         let remote = Remote::new();
         remote.commit(&[("extensions.d/a.yaml", SPEC)], "one");
         remote.commit(&[("extensions.d/b.yaml", SPEC)], "two");
         remote.push(false);
         let mirror = tempfile::tempdir().expect("tempdir");
-        let src = source(&remote, mirror.path());
+        let mut src = source(&remote, mirror.path());
         src.fetch().expect("fetches");
         // Rewrite history: reset to the first commit and commit something else.
         let head = remote.work.head().expect("head").peel_to_commit().expect("commit");
@@ -370,7 +458,7 @@ mod tests {
     #[test]
     fn an_unreachable_remote_or_a_missing_branch_or_path_is_a_clear_error() {
         let mirror = tempfile::tempdir().expect("tempdir");
-        let gone = GitSource::open(GitSourceConfig {
+        let mut gone = GitSource::open(GitSourceConfig {
             url: "file:///nonexistent/repo.git".into(),
             branch: "main".into(),
             path: String::new(),
@@ -384,7 +472,7 @@ mod tests {
         let remote = Remote::new();
         let c = remote.commit(&[("other/a.yaml", SPEC)], "one");
         remote.push(false);
-        let src = GitSource::open(GitSourceConfig {
+        let mut src = GitSource::open(GitSourceConfig {
             url: remote.url(),
             branch: "no-such-branch".into(),
             path: String::new(),
@@ -394,7 +482,7 @@ mod tests {
         })
         .expect("opens");
         assert!(matches!(src.fetch(), Err(GitError::BranchNotFound { .. })), "{:?}", src.fetch());
-        let src = source(&remote, &mirror.path().join("o"));
+        let mut src = source(&remote, &mirror.path().join("o"));
         src.fetch().expect("fetches");
         assert!(matches!(src.read_specs(&c), Err(GitError::PathNotFound { .. })));
 

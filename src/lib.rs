@@ -7,6 +7,7 @@
 //! - [`secret`]: md5Cred hashing and resolving passwordEnv / passwordFile.
 //! - [`schema`]: the JSON Schema of the spec files.
 //! - [`cli`]: the command line (the binary is a thin wrapper around it).
+//! - [`fuzzing`]: the fuzz targets' entry points (for `fuzz/` and the corpus replay test).
 
 pub mod app;
 pub mod asterisk;
@@ -19,6 +20,7 @@ pub mod db;
 pub mod diag;
 #[doc(hidden)]
 pub mod estate;
+pub mod fuzzing;
 pub mod git;
 pub mod http;
 pub mod managed;

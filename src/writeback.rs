@@ -21,7 +21,7 @@
 
 use crate::diag::Diagnostic;
 use crate::spec::edit::{self, EditError};
-use crate::spec::{self, ExtensionEntry, LoadOptions};
+use crate::spec::{self, ExtensionEntry, LoadOptions, SecretPolicy};
 use git2::{Cred, CredentialType, PushOptions, RemoteCallbacks, Repository, Signature};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -92,9 +92,12 @@ pub struct Author {
 
 /// Applies `op` to the spec files under `spec_dir`; returns the files it
 /// changed (relative to `spec_dir`). Validates the whole directory after the
-/// edit and puts every file back if it does not validate.
-pub fn apply_to_dir(spec_dir: &Path, op: &EditOp) -> Result<Vec<PathBuf>, WriteError> {
-    let loaded = spec::load_paths(&[spec_dir.to_path_buf()], &LoadOptions::for_dir(spec_dir));
+/// edit, with `secrets` (the policy the daemon loads the result with: the
+/// configured `secrets.dir` / `secrets.envPattern`), and puts every file
+/// back if it does not validate.
+pub fn apply_to_dir(spec_dir: &Path, op: &EditOp, secrets: &SecretPolicy) -> Result<Vec<PathBuf>, WriteError> {
+    let options = LoadOptions { display_base: Some(spec_dir.to_path_buf()), secrets: Some(secrets.clone()) };
+    let loaded = spec::load_paths(&[spec_dir.to_path_buf()], &options);
     let existing = loaded.set.get(op.number()).map(|e| e.origin.file.clone());
     let declared_somewhere = existing.is_some() || declared_in_invalid_file(spec_dir, &loaded.files, op.number());
     let (rel, before, after): (PathBuf, Option<String>, Option<String>) = match op {
@@ -138,7 +141,7 @@ pub fn apply_to_dir(spec_dir: &Path, op: &EditOp) -> Result<Vec<PathBuf>, WriteE
         Some(text) => crate::managed::write_atomic(&path, text.as_bytes())?,
         None => std::fs::remove_file(&path)?,
     }
-    let check = spec::load_paths(&[spec_dir.to_path_buf()], &LoadOptions::for_dir(spec_dir));
+    let check = spec::load_paths(&[spec_dir.to_path_buf()], &options);
     let new_errors: Vec<Diagnostic> =
         check.diagnostics.into_iter().filter(|d| d.is_error() && !loaded.diagnostics.contains(d)).collect();
     if !new_errors.is_empty() {
@@ -257,6 +260,12 @@ impl RemoteTarget {
     }
 
     fn open_clone(&self) -> Result<Repository, WriteError> {
+        // Each sync fetches a pack: merge them before they pile up.
+        if let Err(e) = crate::git::compact(&self.work_dir)
+            && self.work_dir.join(".git").exists()
+        {
+            tracing::warn!(error = %e.message(), "cannot compact the working clone's packs");
+        }
         if let Ok(repo) = Repository::open(&self.work_dir) {
             return Ok(repo);
         }
@@ -288,13 +297,13 @@ impl RemoteTarget {
     }
 
     /// Applies `op`, commits it as `author` and pushes. See the module doc.
-    pub fn commit(&self, op: &EditOp, author: &Author) -> Result<Committed, WriteError> {
+    pub fn commit(&self, op: &EditOp, author: &Author, secrets: &SecretPolicy) -> Result<Committed, WriteError> {
         let repo = self.open_clone()?;
         let root = repo.workdir().ok_or_else(|| WriteError::Git("the working clone is bare".into()))?.to_path_buf();
         let spec_dir = root.join(&self.path);
         for _ in 0..PUSH_ATTEMPTS {
             self.sync(&repo)?;
-            let changed = apply_to_dir(&spec_dir, op)?;
+            let changed = apply_to_dir(&spec_dir, op, secrets)?;
             let rel: Vec<PathBuf> = changed.iter().map(|p| Path::new(&self.path).join(p)).collect();
             let commit = commit_paths(&repo, &rel, op, author, &self.committer)?;
             let (branch, refspec) = match self.mode {
@@ -462,12 +471,21 @@ pub enum Target {
 #[derive(Debug)]
 pub struct WriteBack {
     target: Target,
+    secrets: SecretPolicy,
     lock: std::sync::Mutex<()>,
 }
 
 impl WriteBack {
-    pub fn new(target: Target) -> Self {
-        WriteBack { target, lock: std::sync::Mutex::new(()) }
+    /// Edits land in `target` and are validated with `secrets`: the same
+    /// policy the daemon loads the specs with (`config::Settings::secrets`),
+    /// so the API accepts exactly what the next reconcile will.
+    pub fn new(target: Target, secrets: SecretPolicy) -> Self {
+        WriteBack { target, secrets, lock: std::sync::Mutex::new(()) }
+    }
+
+    /// The secret policy edits are validated with.
+    pub fn secrets(&self) -> &SecretPolicy {
+        &self.secrets
     }
 
     pub fn target(&self) -> &Target {
@@ -482,11 +500,11 @@ impl WriteBack {
         let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         match &self.target {
             Target::Dir(dir) => {
-                let changed = apply_to_dir(dir, op)?;
+                let changed = apply_to_dir(dir, op, &self.secrets)?;
                 let commit = commit_local(dir, &changed, op, author)?;
                 Ok(Committed { commit: commit.unwrap_or_default(), branch: None, compare_url: None })
             }
-            Target::Remote(remote) => remote.commit(op, author),
+            Target::Remote(remote) => remote.commit(op, author, &self.secrets),
         }
     }
 }

@@ -23,7 +23,10 @@ fn state(dir: &Path) -> (AppState, tokio::sync::mpsc::Receiver<Trigger>) {
     let admin = Author { name: "admin".into(), email: "admin@asterisk-gitops".into() };
     let state = AppState {
         spec_dir: dir.to_path_buf(),
-        writeback: Arc::new(WriteBack::new(Target::Dir(dir.to_path_buf()))),
+        writeback: Arc::new(WriteBack::new(
+            Target::Dir(dir.to_path_buf()),
+            asterisk_gitops::spec::SecretPolicy::for_spec_dir(dir),
+        )),
         realm: "asterisk".into(),
         tokens: Arc::new(vec![TokenEntry::new(admin, TOKEN)]),
         webhook_secret: Some(SecretString::new("hook-secret")),
@@ -532,4 +535,97 @@ async fn the_ui_form_sets_the_profile_and_qualify_frequency() {
         assert!(page.contains(&format!("id=\"{id}\"")), "{fields}: {page}");
     }
     assert_eq!(dir_snapshot(dir.path()), before);
+}
+
+/// The API validates edits with the secret policy the daemon is configured
+/// with (`secrets.dir`, `secrets.envPattern`), not the default one: the
+/// write-back once loaded the edited directory with the default policy
+/// (`secrets/` of the spec directory, `EXT_*`), so it refused what the
+/// daemon would apply and let through what the daemon would then refuse.
+#[tokio::test]
+async fn api_edits_are_checked_with_the_configured_secret_policy() {
+    use asterisk_gitops::config::{FileConfig, Overrides, SecretsFileConfig, Settings};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("pbx");
+    let spec_dir = root.join("extensions.d");
+    let vault = dir.path().join("vault");
+    let default_secrets = spec_dir.join("secrets");
+    for d in [&spec_dir, &vault, &default_secrets] {
+        std::fs::create_dir_all(d).expect("mkdir");
+    }
+    std::fs::write(dir.path().join("host-secret.txt"), "not for asterisk\n").expect("write");
+    // desk.pw: a file in the configured vault, a symlink out of the default secrets/.
+    std::fs::write(vault.join("desk.pw"), "desk-password\n").expect("write");
+    std::os::unix::fs::symlink(dir.path().join("host-secret.txt"), default_secrets.join("desk.pw")).expect("symlink");
+    // leak.pw: the other way round.
+    std::os::unix::fs::symlink(dir.path().join("host-secret.txt"), vault.join("leak.pw")).expect("symlink");
+    std::fs::write(default_secrets.join("leak.pw"), "fine-password\n").expect("write");
+    std::fs::write(
+        spec_dir.join("team.yaml"),
+        "extensions:\n  - extension: \"1001\"\n    context: from-internal\n    transport: transport-udp\n    codecs: [ulaw]\n    md5Cred: 0123456789abcdef0123456789abcdef\n",
+    )
+    .expect("write");
+    let repo = git2::Repository::init(&root).expect("init");
+    {
+        let mut index = repo.index().expect("index");
+        index.add_path(std::path::Path::new("extensions.d/team.yaml")).expect("add");
+        let tree = repo.find_tree(index.write_tree().expect("tree")).expect("tree");
+        let sig = git2::Signature::now("Bob", "bob@example.com").expect("sig");
+        repo.commit(Some("HEAD"), &sig, &sig, "Seed", &tree, &[]).expect("commit");
+    }
+    let head = || repo.head().expect("head").peel_to_commit().expect("commit").id();
+
+    let file = FileConfig {
+        admin_token: Some(SecretString::new(TOKEN)),
+        secrets: Some(SecretsFileConfig { dir: Some(vault.clone()), env_pattern: Some("PBX_*".into()) }),
+        ..Default::default()
+    };
+    let flags =
+        Overrides { spec_dir: Some(spec_dir.clone()), state_dir: Some(dir.path().join("state")), ..Default::default() };
+    let settings = Settings::resolve(flags, file, &|_| None).expect("settings");
+    let (addr, stop, task) = crate::support::serve(settings).await;
+    let client = reqwest::Client::new();
+    let post = |body: Value| {
+        let req = client.post(format!("http://{addr}/extensions")).bearer_auth(TOKEN).json(&body);
+        async move {
+            let resp = req.send().await.expect("POST /extensions");
+            let status = resp.status().as_u16();
+            (status, resp.json::<Value>().await.expect("a JSON answer"))
+        }
+    };
+    let body = |number: &str, field: &str, value: &str| json!({"extension": number, "context": "from-internal", "transport": "transport-udp", "codecs": "ulaw", field: value});
+
+    // Allowed by the configured policy, refused by the default one.
+    for (number, field, value) in [("2001", "passwordEnv", "PBX_2001_PASSWORD"), ("2002", "passwordFile", "desk.pw")] {
+        let before = head();
+        let (status, answer) = post(body(number, field, value)).await;
+        assert_eq!(status, 201, "{field}: {value} is allowed by the configured policy: {answer}");
+        let text = std::fs::read_to_string(spec_dir.join(format!("{number}.yaml"))).expect("written");
+        assert!(text.contains(&format!("{field}: {value}")), "{text}");
+        let commit = repo.head().expect("head").peel_to_commit().expect("commit");
+        assert_eq!(commit.parent_id(0).expect("parent"), before, "one commit for the create");
+        assert!(
+            commit.tree().expect("tree").get_path(std::path::Path::new(&format!("extensions.d/{number}.yaml"))).is_ok()
+        );
+    }
+
+    // Refused by the configured policy, allowed by the default one.
+    for (number, field, value) in [("2003", "passwordEnv", "EXT_2003_PASSWORD"), ("2004", "passwordFile", "leak.pw")] {
+        let before = head();
+        let files_before = dir_snapshot(&spec_dir);
+        let (status, answer) = post(body(number, field, value)).await;
+        assert_eq!(status, 400, "{field}: {value} is refused by the configured policy: {answer}");
+        let details = answer["details"].as_array().expect("details");
+        assert!(
+            details.iter().any(|d| d["field"].as_str().is_some_and(|f| f.ends_with(field))
+                && d["message"].as_str().is_some_and(|m| !m.is_empty())),
+            "the refusal names {field}: {answer}"
+        );
+        assert!(!answer.to_string().contains("not for asterisk"), "no secret in the answer: {answer}");
+        assert_eq!(dir_snapshot(&spec_dir), files_before, "nothing written");
+        assert_eq!(head(), before, "no commit");
+    }
+
+    stop.send(()).expect("stop");
+    task.await.expect("joins").expect("serve ends cleanly");
 }

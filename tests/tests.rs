@@ -38,3 +38,6 @@ mod browser;
 
 // A real Asterisk 22 (built from source) with sipp phones: end to end, faults, contracts.
 mod real;
+
+// The fuzzers' committed corpus, replayed through each entry point, and the findings as regression tests.
+mod fuzz_corpus;

@@ -2,7 +2,7 @@
 //! local repository, and a bare "remote" over file:// with other clones
 //! pushing at the same time.
 
-use asterisk_gitops::spec::{ExtensionEntry, StringList};
+use asterisk_gitops::spec::{ExtensionEntry, SecretPolicy, StringList};
 use asterisk_gitops::writeback::{Author, EditOp, Mode, RemoteTarget, Target, WriteBack, WriteError, apply_to_dir};
 use git2::{Repository, Signature};
 use std::path::{Path, PathBuf};
@@ -22,6 +22,17 @@ fn entry(number: &str, name: &str) -> ExtensionEntry {
     }
 }
 
+/// The default secret policy of a spec directory (its `secrets/`, `EXT_*`).
+fn policy(spec_dir: &Path) -> SecretPolicy {
+    SecretPolicy::for_spec_dir(spec_dir)
+}
+
+/// The policy for a remote target's specs: `./extensions.d/secrets`, as
+/// `config::Settings` resolves it without a config file.
+fn default_policy() -> SecretPolicy {
+    SecretPolicy::for_spec_dir(Path::new("extensions.d"))
+}
+
 fn alice() -> Author {
     Author { name: "Alice Supervisor".into(), email: "alice@example.com".into() }
 }
@@ -38,7 +49,7 @@ fn editing_one_entry_of_a_hand_written_file_leaves_the_rest_as_it_was() {
     changed.context = None;
     changed.transport = None;
     changed.codecs = None;
-    apply_to_dir(dir.path(), &EditOp::Update("1002".into(), changed)).expect("edits");
+    apply_to_dir(dir.path(), &EditOp::Update("1002".into(), changed), &policy(dir.path())).expect("edits");
     let text = std::fs::read_to_string(dir.path().join("sales.yaml")).expect("read");
     let (head, tail) = HAND_WRITTEN.split_at(HAND_WRITTEN.find("  - extension: \"1002\"").expect("entry"));
     assert!(text.starts_with(head), "everything before the entry is unchanged:\n{text}");
@@ -50,7 +61,7 @@ fn editing_one_entry_of_a_hand_written_file_leaves_the_rest_as_it_was() {
         "{text}"
     );
 
-    apply_to_dir(dir.path(), &EditOp::Delete("1001".into())).expect("deletes");
+    apply_to_dir(dir.path(), &EditOp::Delete("1001".into()), &policy(dir.path())).expect("deletes");
     let text = std::fs::read_to_string(dir.path().join("sales.yaml")).expect("read");
     assert!(text.starts_with("# Sales — maintained by hand, please keep the comments\ndefaults:\n"));
     assert!(text.contains("  # the boss\n\n  # the intern (temporary)\n  - extension: '1002'"), "{text}");
@@ -60,11 +71,12 @@ fn editing_one_entry_of_a_hand_written_file_leaves_the_rest_as_it_was() {
 fn a_created_extension_gets_its_own_file_and_deleting_it_removes_the_file() {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("sales.yaml"), HAND_WRITTEN).expect("write");
-    let changed = apply_to_dir(dir.path(), &EditOp::Create(entry("2001", "New Agent"))).expect("creates");
+    let changed =
+        apply_to_dir(dir.path(), &EditOp::Create(entry("2001", "New Agent")), &policy(dir.path())).expect("creates");
     assert_eq!(changed, [PathBuf::from("2001.yaml")]);
     assert!(dir.path().join("2001.yaml").exists());
     assert_eq!(std::fs::read_to_string(dir.path().join("sales.yaml")).expect("read"), HAND_WRITTEN);
-    apply_to_dir(dir.path(), &EditOp::Delete("2001".into())).expect("deletes");
+    apply_to_dir(dir.path(), &EditOp::Delete("2001".into()), &policy(dir.path())).expect("deletes");
     assert!(!dir.path().join("2001.yaml").exists());
 }
 
@@ -72,18 +84,21 @@ fn a_created_extension_gets_its_own_file_and_deleting_it_removes_the_file() {
 fn an_edit_that_would_not_validate_changes_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("sales.yaml"), HAND_WRITTEN).expect("write");
-    let dup = apply_to_dir(dir.path(), &EditOp::Create(entry("1001", "Twin")));
+    let dup = apply_to_dir(dir.path(), &EditOp::Create(entry("1001", "Twin")), &policy(dir.path()));
     assert!(matches!(dup, Err(WriteError::Conflict(ref m)) if m.contains("1001 already exists")), "{dup:?}");
     let mut bad = entry("1002", "Intern");
     bad.codecs = Some(StringList::Comma("ulaw,nosuchcodec".into()));
-    match apply_to_dir(dir.path(), &EditOp::Update("1002".into(), bad)) {
+    match apply_to_dir(dir.path(), &EditOp::Update("1002".into(), bad), &policy(dir.path())) {
         Err(WriteError::Invalid(diags)) => {
             assert!(diags.iter().any(|d| d.code == "unknown-codec" && d.location.file == "sales.yaml"), "{diags:?}");
         }
         other => panic!("expected Invalid, got {other:?}"),
     }
     assert_eq!(std::fs::read_to_string(dir.path().join("sales.yaml")).expect("read"), HAND_WRITTEN);
-    assert!(matches!(apply_to_dir(dir.path(), &EditOp::Delete("9999".into())), Err(WriteError::NotFound(_))));
+    assert!(matches!(
+        apply_to_dir(dir.path(), &EditOp::Delete("9999".into()), &policy(dir.path())),
+        Err(WriteError::NotFound(_))
+    ));
     let names: Vec<_> = std::fs::read_dir(dir.path()).expect("ls").flatten().map(|e| e.file_name()).collect();
     assert_eq!(names.len(), 1, "no stray files: {names:?}");
 }
@@ -178,7 +193,7 @@ fn write_commit_push(repo: &Repository, path: &str, text: &str, message: &str) {
 #[test]
 fn direct_mode_commits_as_the_user_and_pushes_to_the_branch() {
     let remote = Remote::new();
-    let wb = WriteBack::new(Target::Remote(remote.target(Mode::Direct)));
+    let wb = WriteBack::new(Target::Remote(remote.target(Mode::Direct)), default_policy());
     let done = wb.apply(&EditOp::Create(entry("2001", "New Agent")), &alice()).expect("pushed");
     assert_eq!(done.branch.as_deref(), Some("main"));
     assert_eq!(done.compare_url, None);
@@ -191,7 +206,7 @@ fn direct_mode_commits_as_the_user_and_pushes_to_the_branch() {
 #[test]
 fn a_push_behind_our_back_is_fetched_and_the_edit_reapplied() {
     let remote = Remote::new();
-    let wb = WriteBack::new(Target::Remote(remote.target(Mode::Direct)));
+    let wb = WriteBack::new(Target::Remote(remote.target(Mode::Direct)), default_policy());
     wb.apply(&EditOp::Create(entry("2001", "First")), &alice()).expect("pushed");
     // Bob edits another file from his own clone and pushes first.
     let bob = remote.clone_to("bob");
@@ -217,7 +232,7 @@ fn a_push_behind_our_back_is_fetched_and_the_edit_reapplied() {
             write_commit_push(&bob, "extensions.d/racing.yaml", "extensions: []\n", "Bob races us");
         }
     }));
-    let wb = WriteBack::new(Target::Remote(target));
+    let wb = WriteBack::new(Target::Remote(target), default_policy());
     wb.apply(&EditOp::Delete("1001".into()), &alice()).expect("pushed after a rejected push");
     let log: Vec<String> = remote.log("main").into_iter().map(|(s, _)| s).collect();
     assert_eq!(log[..2], ["Delete extension 1001", "Bob races us"]);
@@ -232,7 +247,7 @@ fn a_push_behind_our_back_is_fetched_and_the_edit_reapplied() {
 #[test]
 fn a_true_conflict_is_reported_and_nothing_is_lost() {
     let remote = Remote::new();
-    let wb = WriteBack::new(Target::Remote(remote.target(Mode::Direct)));
+    let wb = WriteBack::new(Target::Remote(remote.target(Mode::Direct)), default_policy());
     // Bob creates 3001 by hand; our API request to create 3001 must not clobber it.
     let bob = remote.clone_to("bob");
     let mut bobs = String::from("extensions:\n");
@@ -249,7 +264,7 @@ fn review_mode_pushes_a_branch_and_leaves_main_alone() {
     let remote = Remote::new();
     let mut target = remote.target(Mode::Review);
     target.url = remote.url();
-    let wb = WriteBack::new(Target::Remote(target));
+    let wb = WriteBack::new(Target::Remote(target), default_policy());
     let done = wb.apply(&EditOp::Delete("1001".into()), &alice()).expect("pushed");
     let branch = done.branch.expect("a review branch");
     assert!(branch.starts_with("asterisk-gitops/1001-"), "{branch}");
@@ -262,7 +277,7 @@ fn review_mode_pushes_a_branch_and_leaves_main_alone() {
 #[test]
 fn fifty_concurrent_creates_all_become_commits() {
     let remote = Remote::new();
-    let wb = Arc::new(WriteBack::new(Target::Remote(remote.target(Mode::Direct))));
+    let wb = Arc::new(WriteBack::new(Target::Remote(remote.target(Mode::Direct)), default_policy()));
     let handles: Vec<_> = (0..50)
         .map(|i| {
             let wb = wb.clone();
@@ -286,7 +301,7 @@ fn a_spec_dir_in_a_local_repository_gets_local_commits() {
     let repo = Repository::init(dir.path()).expect("init");
     std::fs::create_dir(dir.path().join("extensions.d")).expect("mkdir");
     std::fs::write(dir.path().join("extensions.d/sales.yaml"), HAND_WRITTEN).expect("write");
-    let wb = WriteBack::new(Target::Dir(dir.path().join("extensions.d")));
+    let wb = WriteBack::new(Target::Dir(dir.path().join("extensions.d")), policy(&dir.path().join("extensions.d")));
     let done = wb.apply(&EditOp::Create(entry("2002", "Local")), &alice()).expect("commits");
     assert!(!done.commit.is_empty());
     let head = repo.head().expect("head").peel_to_commit().expect("commit");

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::{Mutex, broadcast, mpsc, oneshot};
@@ -102,6 +102,84 @@ pub fn parse_session(bytes: &str) -> Result<(String, Vec<Message>), String> {
         out.push(parse_lines(block.split("\r\n").filter(|l| !l.is_empty()))?);
     }
     Ok((banner, out))
+}
+
+/// The longest line accepted from Asterisk (its longest real ones, a
+/// `PJSIPShowEndpoint` field list or an `Output:` line, are a few KiB).
+pub const MAX_LINE: usize = 64 * 1024;
+/// The most lines one message may have.
+pub const MAX_LINES: usize = 10_000;
+/// The most bytes one message may have (its lines together).
+pub const MAX_MESSAGE: usize = 4 * 1024 * 1024;
+
+/// The AMI wire framing without I/O: bytes as they arrive from the socket
+/// in, whole messages out. Lines end in LF (Asterisk sends CRLF; trailing
+/// CRs are dropped), an empty line ends a message. Bytes that are not UTF-8
+/// (a caller name in Latin-1) become U+FFFD instead of ending the
+/// connection. Bounded: a line longer than [`MAX_LINE`], a message of more
+/// than [`MAX_LINES`] lines or [`MAX_MESSAGE`] bytes is a protocol error,
+/// so a peer cannot make the client buffer without end. After an error the
+/// stream cannot be trusted any more: the caller drops the connection.
+#[derive(Debug, Default)]
+pub struct Framer {
+    line: Vec<u8>,
+    lines: Vec<String>,
+    bytes: usize,
+}
+
+impl Framer {
+    /// Feeds bytes read from the socket; pushes every message they
+    /// complete onto `out`, in order. Messages completed before an error
+    /// are still pushed.
+    pub fn feed(&mut self, mut bytes: &[u8], out: &mut Vec<Message>) -> Result<(), String> {
+        while !bytes.is_empty() {
+            let (chunk, ended) = match bytes.iter().position(|b| *b == b'\n') {
+                Some(i) => (&bytes[..i], true),
+                None => (bytes, false),
+            };
+            bytes = &bytes[(chunk.len() + usize::from(ended))..];
+            if self.line.len() + chunk.len() > MAX_LINE {
+                return Err(format!("a line longer than {MAX_LINE} bytes"));
+            }
+            self.line.extend_from_slice(chunk);
+            if ended {
+                self.end_line(out)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether a message (or a line) has begun and not ended.
+    pub fn is_partial(&self) -> bool {
+        !self.line.is_empty() || !self.lines.is_empty()
+    }
+
+    fn end_line(&mut self, out: &mut Vec<Message>) -> Result<(), String> {
+        let mut line = std::mem::take(&mut self.line);
+        while line.last() == Some(&b'\r') {
+            line.pop();
+        }
+        if line.is_empty() {
+            if !self.lines.is_empty() {
+                let lines = std::mem::take(&mut self.lines);
+                self.bytes = 0;
+                out.push(parse_lines(lines.iter().map(String::as_str))?);
+            }
+            return Ok(());
+        }
+        if self.lines.len() >= MAX_LINES {
+            return Err(format!("a message of more than {MAX_LINES} lines"));
+        }
+        self.bytes += line.len();
+        if self.bytes > MAX_MESSAGE {
+            return Err(format!("a message of more than {MAX_MESSAGE} bytes"));
+        }
+        self.lines.push(match String::from_utf8(line) {
+            Ok(s) => s,
+            Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+        });
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -199,12 +277,14 @@ impl AmiClient {
             let _ = stream.set_nodelay(true);
             let (read, write) = stream.into_split();
             let mut reader = BufReader::new(read);
-            let mut banner = String::new();
-            reader
-                .read_line(&mut banner)
+            // The banner is one short line; read at most a line's worth.
+            let mut banner = Vec::new();
+            (&mut reader)
+                .take(MAX_LINE as u64)
+                .read_until(b'\n', &mut banner)
                 .await
                 .map_err(|e| AmiError::Connect { addr: addr.clone(), reason: e.to_string() })?;
-            if !banner.starts_with("Asterisk Call Manager/") {
+            if !banner.starts_with(b"Asterisk Call Manager/") {
                 return Err(AmiError::Protocol("no AMI banner".into()));
             }
             Ok((reader, write))
@@ -338,8 +418,8 @@ async fn read_loop(
     events: broadcast::Sender<Message>,
     closed: Arc<std::sync::atomic::AtomicBool>,
 ) {
-    let mut lines: Vec<String> = Vec::new();
     let fail_all = |err: AmiError| {
+        closed.store(true, Ordering::SeqCst);
         let mut p = pending.lock().unwrap_or_else(|p| p.into_inner());
         for (_, w) in p.drain() {
             match w {
@@ -352,37 +432,24 @@ async fn read_loop(
             }
         }
     };
+    let mut framer = Framer::default();
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut messages = Vec::new();
     loop {
-        let mut line = String::new();
-        match reader.read_line(&mut line).await {
+        let n = match reader.read(&mut buf).await {
             Ok(0) | Err(_) => {
-                closed.store(true, Ordering::SeqCst);
                 fail_all(AmiError::Disconnected);
                 return;
             }
-            Ok(_) => {}
-        }
-        if line == "\r\n" || line == "\n" {
-            if lines.is_empty() {
-                continue;
-            }
-            let msg = match parse_lines(lines.iter().map(String::as_str)) {
-                Ok(m) => m,
-                Err(e) => {
-                    closed.store(true, Ordering::SeqCst);
-                    fail_all(AmiError::Protocol(e));
-                    return;
-                }
-            };
-            lines.clear();
+            Ok(n) => n,
+        };
+        let framed = framer.feed(&buf[..n], &mut messages);
+        for msg in messages.drain(..) {
             dispatch(msg, &pending, &events);
-        } else {
-            if lines.len() > 10_000 {
-                closed.store(true, Ordering::SeqCst);
-                fail_all(AmiError::Protocol("a message of more than 10,000 lines".into()));
-                return;
-            }
-            lines.push(line);
+        }
+        if let Err(e) = framed {
+            fail_all(AmiError::Protocol(e));
+            return;
         }
     }
 }
@@ -457,5 +524,56 @@ mod tests {
         assert_eq!(m.get("SystemName"), Some(""));
         assert_eq!(m.get("Empty"), Some(""));
         assert!(parse_lines(["garbage without a colon"]).is_err());
+    }
+
+    fn frame(chunks: &[&[u8]]) -> (Vec<Message>, Result<(), String>) {
+        let mut framer = Framer::default();
+        let mut out = Vec::new();
+        for c in chunks {
+            if let Err(e) = framer.feed(c, &mut out) {
+                return (out, Err(e));
+            }
+        }
+        (out, Ok(()))
+    }
+
+    #[test]
+    fn framing_does_not_depend_on_where_reads_split() {
+        let wire = b"Response: Success\r\nActionID: 1\r\n\r\nEvent: FullyBooted\nStatus: Fully Booted\n\n\r\n";
+        let (whole, ok) = frame(&[wire]);
+        assert!(ok.is_ok());
+        assert_eq!(whole.len(), 2);
+        assert_eq!(whole[1].get("status"), Some("Fully Booted"));
+        for at in 0..wire.len() {
+            let (a, b) = wire.split_at(at);
+            assert_eq!(frame(&[a, b]).0, whole, "split at {at}");
+        }
+    }
+
+    #[test]
+    fn a_line_without_end_is_refused_once_it_passes_the_limit_not_buffered() {
+        // Before the Framer, the reader grew one String until memory ran out.
+        let chunk = vec![b'x'; 8192];
+        let mut framer = Framer::default();
+        let mut out = Vec::new();
+        let mut fed = 0;
+        let err = loop {
+            match framer.feed(&chunk, &mut out) {
+                Ok(()) => fed += chunk.len(),
+                Err(e) => break e,
+            }
+            assert!(fed <= MAX_LINE, "still buffering after {fed} bytes");
+        };
+        assert!(err.contains("longer than"), "{err}");
+        let many: Vec<u8> = (0..=MAX_LINES).flat_map(|i| format!("K{i}: v\r\n").into_bytes()).collect();
+        assert!(frame(&[&many]).1.is_err_and(|e| e.contains("lines")));
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_do_not_end_the_connection() {
+        // A caller name in Latin-1: before, read_line failed and the client saw a disconnect.
+        let (out, ok) = frame(&[b"Event: ContactStatus\r\nCallerIDName: J\xfcrgen\r\n\r\n"]);
+        assert!(ok.is_ok());
+        assert_eq!(out[0].get("CallerIDName"), Some("J\u{fffd}rgen"));
     }
 }
