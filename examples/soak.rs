@@ -184,8 +184,15 @@ fn sync(repo: &Repository) -> Result<(), git2::Error> {
     Ok(())
 }
 
-/// Pushes HEAD to main; false when the remote moved (rejected).
+/// Pushes HEAD to main; false when the remote moved (rejected). Like a
+/// git host does, the branch moves only if it is still where this clone
+/// last saw it: libgit2's own file:// push checks, then sets it by force,
+/// and would overwrite a push the daemon made in between. (The daemon's
+/// write-back does the same, `writeback::RemoteTarget`.)
 fn push(repo: &Repository) -> Result<bool, git2::Error> {
+    let head = repo.head()?.peel_to_commit()?.id();
+    let from = repo.find_reference("refs/remotes/origin/main")?.target();
+    let staging = format!("refs/soak/push/{head}");
     let rejected = Arc::new(AtomicBool::new(false));
     let r = rejected.clone();
     let mut cb = git2::RemoteCallbacks::new();
@@ -197,9 +204,25 @@ fn push(repo: &Repository) -> Result<bool, git2::Error> {
     });
     let mut opts = git2::PushOptions::new();
     opts.remote_callbacks(cb);
-    match repo.find_remote("origin")?.push(&["HEAD:refs/heads/main"], Some(&mut opts)) {
-        Ok(()) => Ok(!rejected.load(Ordering::SeqCst)),
-        Err(e) if e.code() == git2::ErrorCode::NotFastForward => Ok(false),
+    let mut origin = repo.find_remote("origin")?;
+    origin.push(&[format!("{head}:{staging}").as_str()], Some(&mut opts))?;
+    if rejected.load(Ordering::SeqCst) {
+        return Ok(false);
+    }
+    let url = origin.url().unwrap_or_default().to_string();
+    let bare = Repository::open(url.strip_prefix("file://").unwrap_or(&url))?;
+    let moved = match from {
+        Some(from) => bare.reference_matching("refs/heads/main", head, true, from, "soak: ops edit").map(|_| ()),
+        None => bare.reference("refs/heads/main", head, false, "soak: ops edit").map(|_| ()),
+    };
+    if let Ok(mut r) = bare.find_reference(&staging) {
+        let _ = r.delete();
+    }
+    match moved {
+        Ok(()) => Ok(true),
+        Err(e) if matches!(e.code(), git2::ErrorCode::Modified | git2::ErrorCode::Exists | git2::ErrorCode::Locked) => {
+            Ok(false)
+        }
         Err(e) => Err(e),
     }
 }

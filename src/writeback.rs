@@ -317,7 +317,18 @@ impl RemoteTarget {
             if let Some(hook) = &self.before_push {
                 hook();
             }
-            match self.push(&repo, &refspec)? {
+            let pushed = match (self.mode, local_remote_path(&self.url)) {
+                // A file:// remote: libgit2 checks for a fast-forward, then
+                // sets the ref by force, so a push from elsewhere in between
+                // would be overwritten. Move the ref only if it still is
+                // where this edit started from.
+                (Mode::Direct, Some(path)) => {
+                    let from = repo.find_reference(&format!("refs/remotes/origin/{}", self.branch))?.target();
+                    self.push_compare_and_swap(&repo, &path, &commit, from)?
+                }
+                _ => self.push(&repo, &refspec)?,
+            };
+            match pushed {
                 None => {
                     return Ok(Committed {
                         commit: commit.clone(),
@@ -338,6 +349,45 @@ impl RemoteTarget {
             "the branch {} kept moving; the edit was not pushed after {PUSH_ATTEMPTS} attempts, try again",
             self.branch
         )))
+    }
+
+    /// Pushes `commit`'s objects to a file:// remote under a ref of its own,
+    /// then moves the branch there only if it still points at `from` (under
+    /// the ref's lock file, which `git` itself honours too). `Ok(Some(reason))`
+    /// when the branch moved meanwhile.
+    fn push_compare_and_swap(
+        &self,
+        repo: &Repository,
+        remote_path: &Path,
+        commit: &str,
+        from: Option<git2::Oid>,
+    ) -> Result<Option<String>, WriteError> {
+        let staging = format!("refs/asterisk-gitops/push/{commit}");
+        if let Some(reason) = self.push(repo, &format!("{commit}:{staging}"))? {
+            return Ok(Some(reason));
+        }
+        let remote = Repository::open(remote_path)?;
+        let oid = git2::Oid::from_str(commit)?;
+        let name = format!("refs/heads/{}", self.branch);
+        let moved = match from {
+            Some(from) => remote.reference_matching(&name, oid, true, from, "asterisk-gitops: API edit"),
+            None => remote.reference(&name, oid, false, "asterisk-gitops: API edit"),
+        };
+        if let Ok(mut r) = remote.find_reference(&staging) {
+            let _ = r.delete();
+        }
+        match moved {
+            Ok(_) => Ok(None),
+            Err(e)
+                if matches!(
+                    e.code(),
+                    git2::ErrorCode::Modified | git2::ErrorCode::Exists | git2::ErrorCode::Locked
+                ) =>
+            {
+                Ok(Some(format!("the branch moved: {}", e.message())))
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Pushes; `Ok(Some(reason))` when the remote rejected the update.
@@ -363,6 +413,11 @@ impl RemoteTarget {
             Err(e) => Err(e.into()),
         }
     }
+}
+
+/// The repository path of a `file://` remote; `None` for any other.
+fn local_remote_path(url: &str) -> Option<PathBuf> {
+    url.strip_prefix("file://").filter(|p| p.starts_with('/')).map(PathBuf::from)
 }
 
 /// Commits the given paths (added, changed or removed) of a repository's

@@ -242,6 +242,16 @@ fn a_push_behind_our_back_is_fetched_and_the_edit_reapplied() {
             .file_at("main", "extensions.d/sales.yaml")
             .is_some_and(|t| t.contains("Promoted") && t.contains("# the boss"))
     );
+    // A file:// branch is moved only if it is still where the edit started
+    // (libgit2's own file:// push sets it by force after its check); the
+    // staging refs that carry the objects are gone again.
+    let bare = Repository::open(&remote.bare).expect("the remote");
+    let staging: Vec<String> = bare
+        .references_glob("refs/asterisk-gitops/*")
+        .expect("refs")
+        .filter_map(|r| r.ok().and_then(|r| r.name().map(str::to_string)))
+        .collect();
+    assert!(staging.is_empty(), "{staging:?}");
 }
 
 #[test]
