@@ -191,7 +191,8 @@ fn sync(repo: &Repository) -> Result<(), git2::Error> {
 /// write-back does the same, `writeback::RemoteTarget`.)
 fn push(repo: &Repository) -> Result<bool, git2::Error> {
     let head = repo.head()?.peel_to_commit()?.id();
-    let from = repo.find_reference("refs/remotes/origin/main")?.target();
+    // No remote-tracking ref yet (the first push): the branch must not exist.
+    let from = repo.find_reference("refs/remotes/origin/main").ok().and_then(|r| r.target());
     let staging = format!("refs/soak/push/{head}");
     let rejected = Arc::new(AtomicBool::new(false));
     let r = rejected.clone();

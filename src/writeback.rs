@@ -323,7 +323,10 @@ impl RemoteTarget {
                 // would be overwritten. Move the ref only if it still is
                 // where this edit started from.
                 (Mode::Direct, Some(path)) => {
-                    let from = repo.find_reference(&format!("refs/remotes/origin/{}", self.branch))?.target();
+                    let from = repo
+                        .find_reference(&format!("refs/remotes/origin/{}", self.branch))
+                        .ok()
+                        .and_then(|r| r.target());
                     self.push_compare_and_swap(&repo, &path, &commit, from)?
                 }
                 _ => self.push(&repo, &refspec)?,
