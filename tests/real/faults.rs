@@ -128,6 +128,9 @@ async fn asterisk_killed_and_back_and_restarted_mid_run_converges() {
     let mut ast = asterisk(&build, "killed").await;
     let d = Daemon::start(&ast, Store::Sqlite, Source::Dir, &team(&[("1001", "One")])).await;
     wait("1001 live", LIVE, || async { endpoint(&ast, "1001").await.is_some() }).await;
+    // 1001 is live before the run that wrote it has verified and recorded it:
+    // killing Asterisk now would fail that run and roll it back. Wait for it.
+    d.run_where("the first run applied", |r| r["outcome"] == "applied").await;
 
     // Killed: a change fails softly (nothing written), status says so.
     let before = d.last_run_id().await;
