@@ -231,6 +231,27 @@ pub async fn run(
         .asterisk
         .clone()
         .map(|a| tokio::spawn(refresh_registrations(a, live.registrations.clone(), stopped(stop_rx.clone()))));
+    // The options this Asterisk knows, learnt through ARI and cached per
+    // version, replace the committed Asterisk 22 catalogue once known.
+    let learner = match (&settings.ari, &live.asterisk) {
+        (Some(ari), Some(ami)) => {
+            let client = crate::asterisk::ari::Ari::new(crate::asterisk::ari::AriConfig {
+                url: ari.url.clone(),
+                user: ari.user.clone(),
+                password: ari.password.clone(),
+                app: ari.app.clone(),
+                timeout: ari.timeout,
+            })?;
+            Some(tokio::spawn(learn_catalogue(
+                client,
+                ami.clone(),
+                reconciler.renderer.clone(),
+                settings.state_dir.join("catalogue"),
+                stopped(stop_rx.clone()),
+            )))
+        }
+        _ => None,
+    };
     let call_logger = match (&settings.ari, &live.calls) {
         (Some(ari), Some(stats)) => {
             let client = crate::asterisk::ari::Ari::new(crate::asterisk::ari::AriConfig {
@@ -274,7 +295,7 @@ pub async fn run(
     let http = axum::serve(listener, crate::http::app(state)).with_graceful_shutdown(stopped(stop_rx.clone()));
     let looped = daemon::run_loop(reconciler.clone(), source, loop_cfg, handle, rx, stopped(stop_rx.clone()));
     let (http_result, ()) = tokio::join!(http, looped);
-    for task in [refresher, call_logger].into_iter().flatten() {
+    for task in [refresher, call_logger, learner].into_iter().flatten() {
         let _ = task.await;
     }
     if let Some(a) = &reconciler.asterisk {
@@ -283,6 +304,79 @@ pub async fn run(
     db.close().await;
     tracing::info!("asterisk-gitops stopped");
     http_result.map_err(Into::into)
+}
+
+/// Learns the option catalogue of the Asterisk the daemon talks to and
+/// hands it to the renderer: from `dir/asterisk-<version>.txt` when an
+/// earlier start cached it, else from ARI's dynamic configuration of one
+/// endpoint, its aor and its auth (so Asterisk must hold one: until then it
+/// looks again every 5 s, and every 30 s while Asterisk cannot be asked;
+/// meanwhile the committed Asterisk 22 catalogue holds).
+pub async fn learn_catalogue(
+    ari: crate::asterisk::ari::Ari,
+    ami: Arc<Asterisk>,
+    renderer: Arc<Renderer>,
+    dir: std::path::PathBuf,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    let work = async {
+        loop {
+            match learn_once(&ari, &ami, &dir).await {
+                Ok(Some((version, catalogue, path))) => {
+                    let unknown = renderer.use_catalogue(Arc::new(catalogue));
+                    if unknown.is_empty() {
+                        tracing::info!(%version, catalogue = %path.display(), "checking option names against this Asterisk's catalogue");
+                    } else {
+                        let first = unknown.first().map(|d| d.message.clone()).unwrap_or_default();
+                        tracing::error!(%version, problems = unknown.len(), first = %first, "the template writes options this Asterisk does not know: nothing is written until it is fixed");
+                    }
+                    return;
+                }
+                Ok(None) => {
+                    tracing::debug!("no endpoint in Asterisk yet to learn its option catalogue from");
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "learning Asterisk's option catalogue failed; will try again");
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                }
+            }
+        }
+    };
+    tokio::select! {
+        _ = stop => {}
+        _ = work => {}
+    }
+}
+
+async fn learn_once(
+    ari: &crate::asterisk::ari::Ari,
+    ami: &Asterisk,
+    dir: &std::path::Path,
+) -> anyhow::Result<Option<(String, crate::catalogue::Catalogue, std::path::PathBuf)>> {
+    let version = ari.info().await?.system.version;
+    let safe: String =
+        version.chars().map(|c| if c.is_ascii_alphanumeric() || ".-_".contains(c) { c } else { '_' }).collect();
+    let path = dir.join(format!("asterisk-{safe}.txt"));
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        return Ok(Some((version, crate::catalogue::Catalogue::parse(&text), path)));
+    }
+    let Some(first) = ami.endpoints().await?.into_iter().next() else { return Ok(None) };
+    let Some(detail) = ami.endpoint(&first.name).await? else { return Ok(None) };
+    let first_of = |list: &str| list.split(',').map(str::trim).find(|s| !s.is_empty()).map(str::to_string);
+    let (Some(aor), Some(auth)) = (first_of(&detail.aors), first_of(&detail.auth)) else { return Ok(None) };
+    let mut listed = std::collections::BTreeMap::new();
+    for (kind, id) in [("endpoint", first.name.as_str()), ("aor", aor.as_str()), ("auth", auth.as_str())] {
+        listed.insert(kind.to_string(), ari.option_names(kind, id).await?);
+    }
+    let catalogue = crate::catalogue::Catalogue::from_listed(&listed);
+    std::fs::create_dir_all(dir)?;
+    let header = format!(
+        "Option names Asterisk {version} knows for res_pjsip endpoints, aors and auths,\n\
+         learnt by asterisk-gitops through ARI's dynamic configuration; delete to learn again."
+    );
+    crate::managed::write_atomic(&path, catalogue.to_text(&header).as_bytes())?;
+    Ok(Some((version, catalogue, path)))
 }
 
 /// Reads the registrations every 10 s for the read routes (so a list of

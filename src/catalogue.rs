@@ -58,7 +58,51 @@ impl Catalogue {
     pub fn types(&self) -> impl Iterator<Item = &str> {
         self.types.keys().map(String::as_str)
     }
+
+    /// A catalogue from the option names ARI's dynamic configuration lists
+    /// for one object of each type, plus the few it cannot list
+    /// ([`NOT_LISTED_BY_ARI`]).
+    pub fn from_listed(listed: &BTreeMap<String, Vec<String>>) -> Catalogue {
+        let mut c = Catalogue::default();
+        for (kind, names) in listed {
+            let set = c.types.entry(kind.to_ascii_lowercase()).or_default();
+            set.extend(names.iter().map(|n| n.to_ascii_lowercase()));
+            set.insert("type".into());
+            for (k, extra) in NOT_LISTED_BY_ARI {
+                if k == kind {
+                    set.extend(extra.iter().map(|n| n.to_string()));
+                }
+            }
+        }
+        c
+    }
+
+    /// The catalogue format [`Catalogue::parse`] reads, under `header` (`#` lines).
+    pub fn to_text(&self, header: &str) -> String {
+        let mut out = String::new();
+        for line in header.lines() {
+            out.push_str("# ");
+            out.push_str(line);
+            out.push('\n');
+        }
+        for (kind, names) in &self.types {
+            out.push_str(&format!("\n[{kind}]\n"));
+            for n in names {
+                out.push_str(n);
+                out.push('\n');
+            }
+        }
+        out
+    }
 }
+
+/// Options Asterisk registers without a way to print their value, so ARI's
+/// dynamic configuration does not list them (res_pjsip's sources); `type`
+/// is added for every type.
+pub const NOT_LISTED_BY_ARI: &[(&str, &[&str])] = &[(
+    "endpoint",
+    &["contact_deny", "contact_permit", "contact_user", "deny", "disallow", "permit", "security_mechanisms"],
+)];
 
 /// An option name the catalogue does not know, where it was found.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -267,6 +311,19 @@ mod tests {
         let d = check_rendered("[x]\ntype = endpoint\nno_such_option = yes\n", Catalogue::asterisk22());
         assert_eq!(d.len(), 1);
         assert!(d[0].message.contains("no_such_option"), "{:?}", d[0]);
+    }
+
+    #[test]
+    fn a_listed_catalogue_round_trips_through_its_text_and_adds_what_ari_cannot_list() {
+        let listed: BTreeMap<String, Vec<String>> =
+            [("endpoint".to_string(), vec!["context".to_string(), "Allow".to_string()])].into();
+        let c = Catalogue::from_listed(&listed);
+        assert_eq!(c.knows("endpoint", "allow"), Some(true));
+        assert_eq!(c.knows("endpoint", "disallow"), Some(true), "not listed by ARI, added");
+        assert_eq!(c.knows("endpoint", "type"), Some(true));
+        assert_eq!(c.knows("endpoint", "rewrite_contact"), Some(false));
+        let again = Catalogue::parse(&c.to_text("learnt from a test"));
+        assert_eq!(again.types, c.types);
     }
 
     #[test]

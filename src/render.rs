@@ -64,6 +64,11 @@ pub struct Renderer {
     env: Environment<'static>,
     /// Some option name is computed by the template: check each output.
     check_output: bool,
+    templates: Option<PathBuf>,
+    /// The catalogue option names are checked against (the committed
+    /// Asterisk 22 one, until the daemon learns its Asterisk's), and what the
+    /// templates write that it does not know (then every render fails).
+    catalogue: std::sync::RwLock<(Arc<crate::catalogue::Catalogue>, Vec<crate::diag::Diagnostic>)>,
 }
 
 const VIEW_FIELDS: &[&str] = &[
@@ -201,12 +206,28 @@ impl Renderer {
             }
         }
         // Every option name the template writes must be one Asterisk knows.
-        let (unknown, check_output) =
-            crate::catalogue::check_templates(templates, crate::catalogue::Catalogue::asterisk22());
+        let committed = Arc::new(crate::catalogue::Catalogue::parse(crate::catalogue::ASTERISK_22));
+        let (unknown, check_output) = crate::catalogue::check_templates(templates, &committed);
         if !unknown.is_empty() {
             return Err(RenderError::UnknownOptions(unknown));
         }
-        Ok(Renderer { env, check_output })
+        Ok(Renderer {
+            env,
+            check_output,
+            templates: templates.map(Path::to_path_buf),
+            catalogue: std::sync::RwLock::new((committed, Vec::new())),
+        })
+    }
+
+    /// Checks option names against `catalogue` from now on (the one the
+    /// daemon learnt from its Asterisk). Returns what the templates write
+    /// that it does not know: while that is not empty, every render fails
+    /// with it, so nothing Asterisk would refuse is written.
+    pub fn use_catalogue(&self, catalogue: Arc<crate::catalogue::Catalogue>) -> Vec<crate::diag::Diagnostic> {
+        let (unknown, _) = crate::catalogue::check_templates(self.templates.as_deref(), &catalogue);
+        let mut slot = self.catalogue.write().unwrap_or_else(|p| p.into_inner());
+        *slot = (catalogue, unknown.clone());
+        unknown
     }
 
     /// Renders the managed file for every enabled extension of `set`.
@@ -216,6 +237,13 @@ impl Renderer {
         info: &SourceInfo,
         secrets: &dyn SecretSource,
     ) -> Result<String, RenderError> {
+        let catalogue = {
+            let slot = self.catalogue.read().unwrap_or_else(|p| p.into_inner());
+            if !slot.1.is_empty() {
+                return Err(RenderError::UnknownOptions(slot.1.clone()));
+            }
+            slot.0.clone()
+        };
         let mut items = Vec::with_capacity(set.extensions.len());
         for (i, ext) in set.extensions.iter().enumerate().filter(|(_, e)| e.enabled) {
             items.push((i, credential(ext, secrets)?));
@@ -234,7 +262,7 @@ impl Renderer {
         let text = String::from_utf8(out).map_err(|_| RenderError::Template("output is not UTF-8".into()))?;
         check_structure(&text)?;
         if self.check_output {
-            let unknown = crate::catalogue::check_rendered(&text, crate::catalogue::Catalogue::asterisk22());
+            let unknown = crate::catalogue::check_rendered(&text, &catalogue);
             if !unknown.is_empty() {
                 return Err(RenderError::UnknownOptions(unknown));
             }
@@ -292,6 +320,28 @@ pub fn check_structure(text: &str) -> Result<(), RenderError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_learnt_catalogue_that_lacks_an_option_the_template_writes_stops_every_render() {
+        let r = Renderer::new(None).expect("the built-in template");
+        let set = DesiredSet::default();
+        let secrets = crate::secret::ProcessSecrets;
+        assert!(r.render(&set, &SourceInfo::default(), &secrets).is_ok());
+        let without: String = crate::catalogue::ASTERISK_22
+            .lines()
+            .filter(|l| *l != "rewrite_contact")
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let unknown = r.use_catalogue(Arc::new(crate::catalogue::Catalogue::parse(&without)));
+        assert_eq!(unknown.len(), 1, "{unknown:?}");
+        assert_eq!(unknown[0].field, "rewrite_contact");
+        let err = r.render(&set, &SourceInfo::default(), &secrets).expect_err("refused");
+        assert!(err.to_string().contains("rewrite_contact"), "{err}");
+        assert!(
+            r.use_catalogue(Arc::new(crate::catalogue::Catalogue::parse(crate::catalogue::ASTERISK_22))).is_empty()
+        );
+        assert!(r.render(&set, &SourceInfo::default(), &secrets).is_ok(), "a catalogue that knows it lets it through");
+    }
 
     #[test]
     fn classify_accepts_pjsip_lines_and_nothing_else() {

@@ -264,6 +264,20 @@ impl Ari {
         self.get_json("asterisk info", "/asterisk/info").await
     }
 
+    /// The option names of one res_pjsip object as Asterisk holds it
+    /// (`GET /asterisk/config/dynamic/res_pjsip/{kind}/{id}`: every option
+    /// of its type, file objects included). Only the names: the values (a
+    /// password among them) are dropped here.
+    pub async fn option_names(&self, kind: &str, id: &str) -> Result<Vec<String>, AriError> {
+        #[derive(Deserialize)]
+        struct Field {
+            attribute: String,
+        }
+        let path = format!("/asterisk/config/dynamic/res_pjsip/{}/{}", path_segment(kind), path_segment(id));
+        let fields: Vec<Field> = self.get_json("an object's configuration", &path).await?;
+        Ok(fields.into_iter().map(|f| f.attribute).collect())
+    }
+
     /// `GET /endpoints/PJSIP`.
     pub async fn endpoints(&self) -> Result<Vec<EndpointState>, AriError> {
         self.get_json("the PJSIP endpoint list", "/endpoints/PJSIP").await

@@ -597,3 +597,30 @@ async fn endpoint_detail_reports_each_profiles_options() {
     })
     .await;
 }
+
+/// `serve` with ARI learns the option catalogue of the Asterisk it talks to
+/// (once Asterisk holds an endpoint) and caches it under the state
+/// directory per version; what it learns from this Asterisk 22 is the
+/// committed catalogue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_learns_its_asterisks_option_catalogue_and_caches_it_per_version() {
+    use super::{Daemon, Source, Store, wait};
+    let Some(build) = require("real::contract::the_daemon_learns_its_asterisks_option_catalogue") else { return };
+    let ast = Asterisk::start(&build, Options::named("learn")).await.expect("Asterisk starts");
+    let spec = "defaults: {context: from-internal, transport: transport-udp, codecs: [ulaw]}\nextensions:\n  - extension: \"1001\"\n    md5Cred: 0123456789abcdef0123456789abcdef\n";
+    let d = Daemon::start(&ast, Store::Sqlite, Source::Dir, spec).await;
+    let dir = d.specs.parent().expect("the daemon's directory").join("state/catalogue");
+    let cached = || std::fs::read_dir(&dir).ok().and_then(|mut rd| rd.next()).and_then(|e| e.ok()).map(|e| e.path());
+    // The learner looks every 5 s until Asterisk holds an endpoint (1001, once applied).
+    wait("the catalogue learnt and cached", Duration::from_secs(75), || async { cached().is_some() }).await;
+    let path = cached().expect("cached");
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+    assert!(name.starts_with("asterisk-22.") && name.ends_with(".txt"), "named by the version: {name}");
+    let learnt = std::fs::read_to_string(&path).expect("read");
+    let canonical = |t: &str| asterisk_gitops::catalogue::Catalogue::parse(t).to_text("");
+    let committed =
+        std::fs::read_to_string(crate::support::repo_root().join("catalogue/asterisk-22.txt")).expect("read");
+    assert_eq!(canonical(&learnt), canonical(&committed), "learnt from this Asterisk = the committed catalogue");
+    assert!(!learnt.contains("0123456789abcdef"), "option names only, never a value");
+    d.stop().await;
+}
