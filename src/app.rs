@@ -235,13 +235,7 @@ pub async fn run(
     // version, replace the committed Asterisk 22 catalogue once known.
     let learner = match (&settings.ari, &live.asterisk) {
         (Some(ari), Some(ami)) => {
-            let client = crate::asterisk::ari::Ari::new(crate::asterisk::ari::AriConfig {
-                url: ari.url.clone(),
-                user: ari.user.clone(),
-                password: ari.password.clone(),
-                app: ari.app.clone(),
-                timeout: ari.timeout,
-            })?;
+            let client = ari_client(ari)?;
             Some(tokio::spawn(learn_catalogue(
                 client,
                 ami.clone(),
@@ -254,13 +248,7 @@ pub async fn run(
     };
     let call_logger = match (&settings.ari, &live.calls) {
         (Some(ari), Some(stats)) => {
-            let client = crate::asterisk::ari::Ari::new(crate::asterisk::ari::AriConfig {
-                url: ari.url.clone(),
-                user: ari.user.clone(),
-                password: ari.password.clone(),
-                app: ari.app.clone(),
-                timeout: ari.timeout,
-            })?;
+            let client = ari_client(ari)?;
             Some(tokio::spawn(crate::calls::run(db.clone(), client, ari.calls.clone(), stats.clone(), stop_rx.clone())))
         }
         _ => None,
@@ -304,6 +292,18 @@ pub async fn run(
     db.close().await;
     tracing::info!("asterisk-gitops stopped");
     http_result.map_err(Into::into)
+}
+
+/// An ARI client for the configured Asterisk (the call logger and the
+/// catalogue learner each have their own).
+fn ari_client(ari: &crate::config::AriSettings) -> anyhow::Result<crate::asterisk::ari::Ari> {
+    Ok(crate::asterisk::ari::Ari::new(crate::asterisk::ari::AriConfig {
+        url: ari.url.clone(),
+        user: ari.user.clone(),
+        password: ari.password.clone(),
+        app: ari.app.clone(),
+        timeout: ari.timeout,
+    })?)
 }
 
 /// Learns the option catalogue of the Asterisk the daemon talks to and
