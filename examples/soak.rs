@@ -187,8 +187,8 @@ fn sync(repo: &Repository) -> Result<(), git2::Error> {
 /// Pushes HEAD to main; false when the remote moved (rejected). Like a
 /// git host does, the branch moves only if it is still where this clone
 /// last saw it: libgit2's own file:// push checks, then sets it by force,
-/// and would overwrite a push the daemon made in between. (The daemon's
-/// write-back does the same, `writeback::RemoteTarget`.)
+/// and would overwrite a push the daemon made in between (the daemon's
+/// write-back moves the branch the same way: `writeback::move_branch_if_unmoved`).
 fn push(repo: &Repository) -> Result<bool, git2::Error> {
     let head = repo.head()?.peel_to_commit()?.id();
     // No remote-tracking ref yet (the first push): the branch must not exist.
@@ -212,20 +212,11 @@ fn push(repo: &Repository) -> Result<bool, git2::Error> {
     }
     let url = origin.url().unwrap_or_default().to_string();
     let bare = Repository::open(url.strip_prefix("file://").unwrap_or(&url))?;
-    let moved = match from {
-        Some(from) => bare.reference_matching("refs/heads/main", head, true, from, "soak: ops edit").map(|_| ()),
-        None => bare.reference("refs/heads/main", head, false, "soak: ops edit").map(|_| ()),
-    };
+    let moved = asterisk_gitops::writeback::move_branch_if_unmoved(&bare, "main", head, from, "soak: ops edit");
     if let Ok(mut r) = bare.find_reference(&staging) {
         let _ = r.delete();
     }
-    match moved {
-        Ok(()) => Ok(true),
-        Err(e) if matches!(e.code(), git2::ErrorCode::Modified | git2::ErrorCode::Exists | git2::ErrorCode::Locked) => {
-            Ok(false)
-        }
-        Err(e) => Err(e),
-    }
+    Ok(moved?.is_ok())
 }
 
 fn free_port() -> u16 {

@@ -15,7 +15,7 @@
 use crate::diag::{Diagnostic, Location};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 /// The committed catalogue of Asterisk 22.
 pub const ASTERISK_22: &str = include_str!("../catalogue/asterisk-22.txt");
@@ -43,10 +43,10 @@ impl Catalogue {
         c
     }
 
-    /// The committed Asterisk 22 catalogue.
-    pub fn asterisk22() -> &'static Catalogue {
-        static C: OnceLock<Catalogue> = OnceLock::new();
-        C.get_or_init(|| Catalogue::parse(ASTERISK_22))
+    /// The committed Asterisk 22 catalogue (parsed once, shared).
+    pub fn asterisk22() -> Arc<Catalogue> {
+        static C: OnceLock<Arc<Catalogue>> = OnceLock::new();
+        C.get_or_init(|| Arc::new(Catalogue::parse(ASTERISK_22))).clone()
     }
 
     /// Whether `option` is known for `kind`; `None` when the catalogue does
@@ -272,7 +272,7 @@ mod tests {
 
     #[test]
     fn the_built_in_template_uses_only_known_options() {
-        let (diags, dynamic) = check_templates(None, Catalogue::asterisk22());
+        let (diags, dynamic) = check_templates(None, &Catalogue::asterisk22());
         assert!(diags.is_empty(), "{diags:?}");
         assert!(!dynamic);
     }
@@ -293,7 +293,7 @@ mod tests {
         let tpl = "{# a comment\n spanning = lines #}\n{% for e in extensions %}\n[{{ e.extension }}]\ntype = endpoint\n\
                    contxt = {{ e.context }}\n{% if e.x %}\ndirect_media => no\n{% endif %}\n\n[{{ e.extension }}]\n\
                    max_contact = 1\ntype = aor\n[t]\ntype = transport\nbindd = 0.0.0.0\n{% endfor %}\n";
-        let s = scan(tpl, true, Catalogue::asterisk22());
+        let s = scan(tpl, true, &Catalogue::asterisk22());
         assert_eq!(
             s.unknown,
             [
@@ -306,9 +306,9 @@ mod tests {
 
     #[test]
     fn computed_option_names_ask_for_a_check_of_the_output() {
-        let s = scan("[x]\ntype = endpoint\n{{ name }} = yes\n", true, Catalogue::asterisk22());
+        let s = scan("[x]\ntype = endpoint\n{{ name }} = yes\n", true, &Catalogue::asterisk22());
         assert!(s.dynamic_names);
-        let d = check_rendered("[x]\ntype = endpoint\nno_such_option = yes\n", Catalogue::asterisk22());
+        let d = check_rendered("[x]\ntype = endpoint\nno_such_option = yes\n", &Catalogue::asterisk22());
         assert_eq!(d.len(), 1);
         assert!(d[0].message.contains("no_such_option"), "{:?}", d[0]);
     }
@@ -328,7 +328,7 @@ mod tests {
 
     #[test]
     fn tags_and_comments_never_count_as_options() {
-        let s = scan("[x]\ntype = endpoint\n{% set a = 1 %}\n{# b = 2 #}\n; c = 3\n", true, Catalogue::asterisk22());
+        let s = scan("[x]\ntype = endpoint\n{% set a = 1 %}\n{# b = 2 #}\n; c = 3\n", true, &Catalogue::asterisk22());
         assert_eq!(s, Scan::default());
     }
 }

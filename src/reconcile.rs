@@ -713,8 +713,8 @@ impl<S: StateStore, A: AsteriskControl> Reconciler<S, A> {
                     let (restored, ok) = self.roll_back(asterisk, p).await;
                     record.rollback_failed = !ok;
                     let text = format!("{}; {restored}", v.message);
-                    for reason in work.failures.values_mut() {
-                        if !ok {
+                    if !ok {
+                        for reason in work.failures.values_mut() {
                             reason.push_str("; ");
                             reason.push_str(&restored);
                         }

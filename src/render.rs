@@ -206,7 +206,7 @@ impl Renderer {
             }
         }
         // Every option name the template writes must be one Asterisk knows.
-        let committed = Arc::new(crate::catalogue::Catalogue::parse(crate::catalogue::ASTERISK_22));
+        let committed = crate::catalogue::Catalogue::asterisk22();
         let (unknown, check_output) = crate::catalogue::check_templates(templates, &committed);
         if !unknown.is_empty() {
             return Err(RenderError::UnknownOptions(unknown));

@@ -86,12 +86,6 @@ impl Default for StatusUpdate<'_> {
     }
 }
 
-impl StatusUpdate<'_> {
-    pub fn count(&self, state: SyncState) -> usize {
-        self.states.iter().filter(|s| s.state == state).count()
-    }
-}
-
 /// The step a run is in, for the Reconciling condition.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]

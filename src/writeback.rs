@@ -370,27 +370,17 @@ impl RemoteTarget {
             return Ok(Some(reason));
         }
         let remote = Repository::open(remote_path)?;
-        let oid = git2::Oid::from_str(commit)?;
-        let name = format!("refs/heads/{}", self.branch);
-        let moved = match from {
-            Some(from) => remote.reference_matching(&name, oid, true, from, "asterisk-gitops: API edit"),
-            None => remote.reference(&name, oid, false, "asterisk-gitops: API edit"),
-        };
+        let moved = move_branch_if_unmoved(
+            &remote,
+            &self.branch,
+            git2::Oid::from_str(commit)?,
+            from,
+            "asterisk-gitops: API edit",
+        );
         if let Ok(mut r) = remote.find_reference(&staging) {
             let _ = r.delete();
         }
-        match moved {
-            Ok(_) => Ok(None),
-            Err(e)
-                if matches!(
-                    e.code(),
-                    git2::ErrorCode::Modified | git2::ErrorCode::Exists | git2::ErrorCode::Locked
-                ) =>
-            {
-                Ok(Some(format!("the branch moved: {}", e.message())))
-            }
-            Err(e) => Err(e.into()),
-        }
+        Ok(moved?.err())
     }
 
     /// Pushes; `Ok(Some(reason))` when the remote rejected the update.
@@ -415,6 +405,31 @@ impl RemoteTarget {
             }
             Err(e) => Err(e.into()),
         }
+    }
+}
+
+/// Moves `branch` of the repository `repo` (a file:// remote opened
+/// directly) to `to`, only if it still points at `from` (`None`: only if it
+/// does not exist), under the ref's lock file, which `git` itself honours.
+/// `Ok(Err(reason))` when the branch moved meanwhile.
+pub fn move_branch_if_unmoved(
+    repo: &Repository,
+    branch: &str,
+    to: git2::Oid,
+    from: Option<git2::Oid>,
+    message: &str,
+) -> Result<Result<(), String>, git2::Error> {
+    let name = format!("refs/heads/{branch}");
+    let moved = match from {
+        Some(from) => repo.reference_matching(&name, to, true, from, message),
+        None => repo.reference(&name, to, false, message),
+    };
+    match moved {
+        Ok(_) => Ok(Ok(())),
+        Err(e) if matches!(e.code(), git2::ErrorCode::Modified | git2::ErrorCode::Exists | git2::ErrorCode::Locked) => {
+            Ok(Err(format!("the branch moved: {}", e.message())))
+        }
+        Err(e) => Err(e),
     }
 }
 
