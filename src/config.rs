@@ -345,7 +345,7 @@ impl Settings {
                 })?;
                 let secret = secret_from(
                     env("ASTERISK_GITOPS_AMI_SECRET"),
-                    ami_file.secret,
+                    not_blank(ami_file.secret, "ami.secret")?,
                     ami_file.secret_file.as_deref(),
                     "ami",
                     "ASTERISK_GITOPS_AMI_SECRET or ami.secret / ami.secretFile in the config file",
@@ -365,7 +365,7 @@ impl Settings {
                 })?;
                 let password = secret_from(
                     env("ASTERISK_GITOPS_ARI_PASSWORD"),
-                    ari_file.password,
+                    not_blank(ari_file.password, "ari.password")?,
                     ari_file.password_file.as_deref(),
                     "ari",
                     "ASTERISK_GITOPS_ARI_PASSWORD or ari.password / ari.passwordFile in the config file",
@@ -431,7 +431,7 @@ impl Settings {
                     committer_name: g.committer_name.unwrap_or_else(|| "asterisk-gitops".into()),
                     committer_email: g.committer_email.unwrap_or_else(|| "asterisk-gitops@localhost".into()),
                     ssh_key: g.ssh_key,
-                    token: env("ASTERISK_GITOPS_GIT_TOKEN").map(SecretString).or(g.token),
+                    token: env("ASTERISK_GITOPS_GIT_TOKEN").map(SecretString).or(not_blank(g.token, "git.token")?),
                 })
             }
         };
@@ -477,8 +477,12 @@ impl Settings {
             anonymous_read: file.anonymous_read.unwrap_or(true),
             sip_server: file.sip_server,
             git,
-            webhook_secret: env("ASTERISK_GITOPS_WEBHOOK_SECRET").map(SecretString).or(file.webhook_secret),
-            admin_token: env("ASTERISK_GITOPS_ADMIN_TOKEN").map(SecretString).or(file.admin_token),
+            webhook_secret: env("ASTERISK_GITOPS_WEBHOOK_SECRET")
+                .map(SecretString)
+                .or(not_blank(file.webhook_secret, "webhookSecret")?),
+            admin_token: env("ASTERISK_GITOPS_ADMIN_TOKEN")
+                .map(SecretString)
+                .or(not_blank(file.admin_token, "adminToken")?),
             spec_dir,
             secrets,
             secrets_dir_configured,
@@ -539,6 +543,21 @@ fn secret_from(
         return Ok(SecretString(first));
     }
     Err(ConfigError::Invalid { what, message: format!("no secret configured: set {hint}") })
+}
+
+/// A secret written in the config file, refused when it is empty or only
+/// blanks: an empty webhook secret would make any signature computed with
+/// an empty key valid, an empty token would let anyone in.
+fn not_blank(value: Option<SecretString>, what: &'static str) -> Result<Option<SecretString>, ConfigError> {
+    match value {
+        Some(v) if v.expose().trim().is_empty() => Err(ConfigError::Invalid {
+            what,
+            message:
+                "is empty: remove the key to turn it off, or set a value (an environment variable, too, overrides it)"
+                    .into(),
+        }),
+        other => Ok(other),
+    }
 }
 
 /// `scheme://user:password@host/db` → `scheme://user:***@host/db`.
@@ -646,6 +665,24 @@ mod tests {
         assert_eq!(ari.calls.internal_max_digits, 6);
         assert_eq!(ari.calls.stale_after, Duration::from_secs(14400));
         assert_eq!(ari.calls.continue_to, crate::asterisk::ari::ContinueTo::default());
+    }
+
+    #[test]
+    fn an_empty_secret_in_the_file_is_refused_not_taken_as_a_key() {
+        for yaml in [
+            "webhookSecret: ''\n",
+            "adminToken: '  '\n",
+            "ami: {addr: '127.0.0.1:5038', user: u, secret: ''}\n",
+            "ari: {url: 'http://127.0.0.1:8088', user: u, password: ''}\n",
+            "git: {url: 'https://example.invalid/r.git', token: ''}\n",
+        ] {
+            let file: FileConfig = serde_yaml::from_str(yaml).expect("parses");
+            let err = Settings::resolve(Overrides::default(), file, &no_env).expect_err(yaml);
+            assert!(err.to_string().contains("is empty"), "{yaml}: {err}");
+        }
+        let file: FileConfig = serde_yaml::from_str("webhookSecret: s3cret-of-the-hook\n").expect("parses");
+        let s = Settings::resolve(Overrides::default(), file, &no_env).expect("resolves");
+        assert_eq!(s.webhook_secret.map(|w| w.expose().to_string()).as_deref(), Some("s3cret-of-the-hook"));
     }
 
     #[test]

@@ -53,49 +53,147 @@ pub struct Fetched {
     pub forced: bool,
 }
 
-/// Pack files a repository may collect before [`compact`] merges them.
+/// Small pack files a repository may collect before [`compact`] merges them.
 pub const MAX_PACKS: usize = 16;
 
-/// Merges a repository's pack files into one once there are more than
-/// [`MAX_PACKS`]: a pack of everything reachable from its refs and HEAD is
-/// written and the others are removed (like `git repack -a -d`; loose
-/// objects stay). Every fetch writes one more pack, and libgit2 keeps each
-/// pack it has read open, so a mirror fetched on every webhook and edit
-/// held hundreds of file descriptors after a few minutes (the soak test,
-/// `examples/soak.rs`, found it) and looked objects up in ever more packs.
-/// A `Repository` opened before must be reopened. Returns whether it merged.
+/// How [`compact`] bounds its work; [`Compaction::DEFAULT`] in the daemon.
+#[derive(Clone, Copy, Debug)]
+pub struct Compaction {
+    /// Merge once more packs than this are small (under half of `max_merge`).
+    pub max_packs: usize,
+    /// Merge once more loose objects than this have collected.
+    pub max_loose: usize,
+    /// The most objects one merge writes: its memory and time are bounded
+    /// by this, not by the history's size.
+    pub max_merge: usize,
+}
+
+impl Compaction {
+    /// About 1.5 KB of libgit2 heap per merged object (heaptrack): a merge
+    /// peaks near 15 MB at most; a pack is left alone once it holds 5,000
+    /// objects, about 1,250 one-file commits.
+    pub const DEFAULT: Compaction = Compaction { max_packs: MAX_PACKS, max_loose: 1024, max_merge: 10_000 };
+}
+
+/// Merges a repository's small pack files and loose objects into one pack
+/// once there are more than [`MAX_PACKS`] such packs (or many loose objects),
+/// the smallest first, never more than `max_merge` objects at a time; packs
+/// that have grown past half of that are left alone (like `git repack
+/// --geometric` with a ceiling). Every fetch writes one more pack, and
+/// libgit2 keeps each pack it has read open, so a mirror fetched on every
+/// webhook and edit held hundreds of file descriptors after a few minutes
+/// (the soak test, `examples/soak.rs`, found it) and looked objects up in
+/// ever more packs. Merging everything reachable instead (as this did first)
+/// costs memory in proportion to the whole history on every merge, and
+/// glibc keeps that high-water mark: the daemon's RSS rose with every commit
+/// (the soak again, and heaptrack). Objects are merged as they are, so
+/// nothing is lost; unreachable ones stay. A `Repository` opened before must
+/// be reopened. Returns whether it merged.
 pub fn compact(dir: &Path) -> Result<bool, git2::Error> {
+    compact_with(dir, Compaction::DEFAULT)
+}
+
+/// [`compact`] with other bounds (the tests use small ones).
+pub fn compact_with(dir: &Path, limits: Compaction) -> Result<bool, git2::Error> {
     let repo = Repository::open(dir)?;
-    let pack_dir = repo.path().join("objects/pack");
-    let packs = |dir: &Path| -> Vec<PathBuf> {
-        let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-            .map(|d| d.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "pack")).collect())
-            .unwrap_or_default();
-        v.sort();
-        v
-    };
-    let old = packs(&pack_dir);
-    if old.len() <= MAX_PACKS {
+    let objects = repo.path().join("objects");
+    let pack_dir = objects.join("pack");
+    let mut packs: Vec<(usize, PathBuf)> = std::fs::read_dir(&pack_dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "pack") && !p.with_extension("keep").exists())
+                .filter_map(|p| Some((pack_object_count(&p.with_extension("idx"))?, p)))
+                .collect()
+        })
+        .unwrap_or_default();
+    packs.sort();
+    let small = packs.iter().filter(|(n, _)| *n < limits.max_merge / 2).count();
+    let loose = loose_objects(&objects, limits.max_loose + 1);
+    if small <= limits.max_packs && loose.len() <= limits.max_loose {
         return Ok(false);
     }
-    let mut walk = repo.revwalk()?;
-    walk.push_glob("*")?;
-    if let Some(head) = repo.head().ok().and_then(|h| h.target()) {
-        walk.push(head)?;
+    let loose = loose_objects(&objects, limits.max_merge);
+    let mut total = loose.len();
+    let mut merged = Vec::new();
+    let mut ids = Vec::new();
+    for (n, pack) in &packs {
+        if total + n > limits.max_merge {
+            break;
+        }
+        // A pack whose index cannot be read is left as it is, never removed.
+        let Some(listed) = pack_objects(&pack.with_extension("idx")) else { continue };
+        total += n;
+        ids.extend(listed);
+        merged.push(pack.clone());
+    }
+    if loose.is_empty() && merged.len() < 2 {
+        return Ok(false);
     }
     let mut builder = repo.packbuilder()?;
-    builder.insert_walk(&mut walk)?;
+    for oid in ids.into_iter().chain(loose.iter().map(|(oid, _)| *oid)) {
+        builder.insert_object(oid, None)?;
+    }
     builder.write(&pack_dir, 0)?;
     let kept = builder.name().map(|n| format!("pack-{n}.pack"));
-    for pack in old {
+    for pack in merged {
         if pack.file_name().and_then(|n| n.to_str()) == kept.as_deref() {
             continue;
         }
-        for ext in ["pack", "idx", "rev", "keep", "promisor", "mtimes"] {
+        for ext in ["pack", "idx", "rev", "promisor", "mtimes"] {
             let _ = std::fs::remove_file(pack.with_extension(ext));
         }
     }
+    for (_, path) in loose {
+        let _ = std::fs::remove_file(path);
+    }
     Ok(true)
+}
+
+/// The number of objects a pack index (version 2) lists: the last entry of
+/// its fan-out table. `None` for anything else (left alone).
+fn pack_object_count(idx: &Path) -> Option<usize> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(idx).ok()?;
+    let mut head = [0u8; 8];
+    f.read_exact(&mut head).ok()?;
+    if head != [0xff, b't', b'O', b'c', 0, 0, 0, 2] {
+        return None;
+    }
+    f.seek(SeekFrom::Start(8 + 255 * 4)).ok()?;
+    let mut n = [0u8; 4];
+    f.read_exact(&mut n).ok()?;
+    Some(u32::from_be_bytes(n) as usize)
+}
+
+/// The object ids a pack index (version 2, SHA-1) lists.
+fn pack_objects(idx: &Path) -> Option<Vec<Oid>> {
+    let data = std::fs::read(idx).ok()?;
+    let count = pack_object_count(idx)?;
+    let ids = data.get(8 + 256 * 4..8 + 256 * 4 + count.checked_mul(20)?)?;
+    ids.chunks_exact(20).map(|id| Oid::from_bytes(id).ok()).collect()
+}
+
+/// Up to `limit` loose objects (`objects/xx/yyyy…`), with their files.
+fn loose_objects(objects: &Path, limit: usize) -> Vec<(Oid, PathBuf)> {
+    let mut out = Vec::new();
+    for byte in 0..=255u8 {
+        let dir = objects.join(format!("{byte:02x}"));
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for entry in entries.flatten() {
+            if out.len() >= limit {
+                return out;
+            }
+            let name = entry.file_name();
+            let Some(rest) = name.to_str() else { continue };
+            if let Ok(oid) = Oid::from_str(&format!("{byte:02x}{rest}"))
+                && rest.len() == 38
+            {
+                out.push((oid, entry.path()));
+            }
+        }
+    }
+    out
 }
 
 /// A local bare mirror of one remote branch.
@@ -433,6 +531,84 @@ mod tests {
         let src = src.expect("opened");
         assert_eq!(src.read_specs(&last).expect("the head reads after merging").len(), MAX_PACKS * 3);
         assert_eq!(src.subject(&last).expect("subject"), format!("commit {}", MAX_PACKS * 3 - 1));
+    }
+
+    /// Small bounds, many fetches: merges stay within their bound, full packs
+    /// are never rewritten, loose objects are packed, and every commit of
+    /// the history still reads.
+    #[test]
+    fn merges_are_bounded_and_lose_nothing() {
+        let limits = Compaction { max_packs: 3, max_loose: 5, max_merge: 24 };
+        let remote = Remote::new();
+        let mirror = tempfile::tempdir().expect("tempdir");
+        let packs = || -> Vec<(usize, PathBuf)> {
+            std::fs::read_dir(mirror.path().join("objects/pack"))
+                .expect("pack dir")
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "pack"))
+                .map(|p| (pack_object_count(&p.with_extension("idx")).expect("an index"), p))
+                .collect()
+        };
+        let mut commits = Vec::new();
+        let mut full: Vec<PathBuf> = Vec::new();
+        let mut merges = 0;
+        let mut src = None;
+        for i in 0..40 {
+            commits.push(remote.commit(&[(&format!("extensions.d/f{}.yaml", i % 7), &format!("# {i}\n{SPEC}"))], "c"));
+            remote.push(false);
+            let s: &mut GitSource = src.get_or_insert_with(|| source(&remote, mirror.path()));
+            s.fetch().expect("fetches");
+            let before: Vec<PathBuf> = packs().into_iter().map(|(_, p)| p).collect();
+            if compact_with(mirror.path(), limits).expect("compacts") {
+                merges += 1;
+                *s = source(&remote, mirror.path());
+            }
+            let after = packs();
+            for pack in &full {
+                assert!(after.iter().any(|(_, p)| p == pack), "a full pack was rewritten: {}", pack.display());
+            }
+            for (n, p) in &after {
+                assert!(*n <= limits.max_merge, "{n} objects in one pack");
+                if *n >= limits.max_merge / 2 && before.contains(p) && !full.contains(p) {
+                    full.push(p.clone());
+                }
+            }
+            let small = after.iter().filter(|(n, _)| *n < limits.max_merge / 2).count();
+            assert!(small <= limits.max_packs + 1, "{small} small packs after a fetch");
+        }
+        assert!(
+            merges > 3 && !full.is_empty(),
+            "{merges} merges, {} full packs: the bounds were never reached",
+            full.len()
+        );
+        let s = source(&remote, mirror.path());
+        for (i, c) in commits.iter().enumerate() {
+            assert_eq!(s.read_specs(c).expect("every commit reads").len(), (i + 1).min(7), "commit {i}");
+        }
+
+        // A working clone's own commits are loose objects: they are packed too.
+        let work = tempfile::tempdir().expect("tempdir");
+        let repo = Repository::init(work.path()).expect("init");
+        let sig = git2::Signature::now("t", "t@example.invalid").expect("signature");
+        let mut parent: Option<Oid> = None;
+        for i in 0..4 {
+            let blob = repo.blob(format!("{i}").as_bytes()).expect("blob");
+            let mut tb = repo.treebuilder(None).expect("treebuilder");
+            tb.insert("f", blob, 0o100644).expect("insert");
+            let tree = repo.find_tree(tb.write().expect("tree")).expect("tree");
+            let parents: Vec<git2::Commit> = parent.iter().map(|p| repo.find_commit(*p).expect("parent")).collect();
+            let refs: Vec<&git2::Commit> = parents.iter().collect();
+            parent = Some(repo.commit(Some("HEAD"), &sig, &sig, "c", &tree, &refs).expect("commit"));
+        }
+        let objects = repo.path().join("objects");
+        assert_eq!(loose_objects(&objects, 100).len(), 12);
+        assert!(compact_with(work.path(), limits).expect("compacts"));
+        assert!(loose_objects(&objects, 100).is_empty());
+        let repo = Repository::open(work.path()).expect("reopens");
+        let mut walk = repo.revwalk().expect("walk");
+        walk.push_head().expect("head");
+        assert_eq!(walk.count(), 4, "the history reads from the pack");
     }
 
     #[test]
