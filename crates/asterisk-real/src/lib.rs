@@ -430,6 +430,7 @@ impl Asterisk {
             std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("log/console.log"))?;
         let mut c = self.command_in(true);
         c.args(["-f", "-n"]).stdout(console.try_clone()?).stderr(console).kill_on_drop(true);
+        die_with_parent(&mut c);
         self.child = Some(c.spawn()?);
         Ok(())
     }
@@ -582,5 +583,24 @@ impl Drop for Asterisk {
             }
             eprintln!("\nAsterisk {} log kept in {}; it ends:\n{}\n", self.name, keep.display(), self.log_tail(25));
         }
+    }
+}
+
+/// Makes the child get SIGKILL when the thread that started it ends (the
+/// test's runtime), so a test process killed outright (a timeout, ^C twice,
+/// a SIGKILLed flake hunt) leaves no Asterisk or softphone running: the
+/// kill-on-drop above needs the process to unwind. `ip netns exec` keeps the
+/// setting, it execs the program in place.
+pub(crate) fn die_with_parent(c: &mut tokio::process::Command) {
+    // SAFETY: prctl is async-signal-safe and touches only the child's own
+    // state between fork and exec.
+    unsafe {
+        c.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
     }
 }

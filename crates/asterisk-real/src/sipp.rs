@@ -166,6 +166,7 @@ fn base(name: &str, ip: IpAddr, port: u16) -> (Command, PathBuf) {
     if name != "answer" {
         c.args(["-m", "1"]);
     }
+    crate::die_with_parent(&mut c);
     (c, log)
 }
 
