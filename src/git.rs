@@ -196,6 +196,34 @@ fn loose_objects(objects: &Path, limit: usize) -> Vec<(Oid, PathBuf)> {
     out
 }
 
+/// Fetches, trying again (up to 3 times) when a ref vanished while the
+/// remote's refs were read. libgit2's file:// transport lists every ref of
+/// the remote and then resolves each, so another writer deleting a ref in
+/// between (the write-back's and the soak test's short-lived staging refs)
+/// failed the whole fetch with "reference '…' not found": a failed run, or
+/// a 503 for an API write (the soak found both).
+pub(crate) fn fetch_retrying(
+    remote: &mut git2::Remote<'_>,
+    refspecs: &[&str],
+    options: &mut FetchOptions<'_>,
+) -> Result<(), git2::Error> {
+    let mut tries = 0;
+    loop {
+        match remote.fetch(refspecs, Some(options), None) {
+            Err(e)
+                if tries < 3
+                    && e.class() == git2::ErrorClass::Reference
+                    // libgit2 reports it as a generic error of the reference class.
+                    && (e.code() == git2::ErrorCode::NotFound || e.message().ends_with("not found")) =>
+            {
+                tracing::debug!(error = %e.message(), "a ref vanished while fetching; fetching again");
+                tries += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// A local bare mirror of one remote branch.
 pub struct GitSource {
     cfg: GitSourceConfig,
@@ -317,7 +345,7 @@ impl GitSource {
         options.remote_callbacks(callbacks);
         options.prune(FetchPrune::On);
         let refspec = format!("+refs/heads/{0}:refs/remotes/origin/{0}", self.cfg.branch);
-        remote.fetch(&[refspec.as_str()], Some(&mut options), None).map_err(|e| self.fetch_error(e))?;
+        fetch_retrying(&mut remote, &[refspec.as_str()], &mut options).map_err(|e| self.fetch_error(e))?;
         let head = match self.repo.refname_to_id(&self.tracking_ref()) {
             Ok(oid) => oid,
             Err(_) => {
@@ -609,6 +637,44 @@ mod tests {
         let mut walk = repo.revwalk().expect("walk");
         walk.push_head().expect("head");
         assert_eq!(walk.count(), 4, "the history reads from the pack");
+    }
+
+    /// Another writer's short-lived refs (the write-back's and the soak's
+    /// staging refs) come and go while the mirror fetches: no fetch fails.
+    #[test]
+    fn refs_deleted_while_fetching_do_not_fail_the_fetch() {
+        let remote = Remote::new();
+        let head = remote.commit(&[("extensions.d/a.yaml", SPEC)], "first");
+        remote.push(false);
+        let mirror = tempfile::tempdir().expect("tempdir");
+        let mut src = source(&remote, mirror.path());
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let churn = {
+            let (bare, stop) = (remote.bare.clone(), stop.clone());
+            let head = Oid::from_str(&head).expect("oid");
+            std::thread::spawn(move || {
+                let repo = Repository::open_bare(&bare).expect("remote");
+                let mut n = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let name = format!("refs/staging/push/{n}");
+                    if let Ok(mut r) = repo.reference(&name, head, true, "stage") {
+                        let _ = r.delete();
+                    }
+                    n += 1;
+                }
+                n
+            })
+        };
+        let mut failures = Vec::new();
+        for _ in 0..300 {
+            if let Err(e) = src.fetch() {
+                failures.push(e.to_string());
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let churned = churn.join().expect("churn");
+        assert!(churned > 100, "the remote's refs hardly changed ({churned}): the test proves nothing");
+        assert!(failures.is_empty(), "{} of 300 fetches failed, e.g. {}", failures.len(), failures[0]);
     }
 
     #[test]

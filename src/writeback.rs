@@ -288,7 +288,7 @@ impl RemoteTarget {
         let mut fo = git2::FetchOptions::new();
         fo.remote_callbacks(self.callbacks());
         let spec = format!("+refs/heads/{0}:refs/remotes/origin/{0}", self.branch);
-        remote.fetch(&[spec.as_str()], Some(&mut fo), None)?;
+        crate::git::fetch_retrying(&mut remote, &[spec.as_str()], &mut fo)?;
         let head = repo.find_reference(&format!("refs/remotes/origin/{}", self.branch))?.peel_to_commit()?;
         repo.set_head_detached(head.id())?;
         repo.reset(head.as_object(), git2::ResetType::Hard, None)?;
