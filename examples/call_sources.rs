@@ -5,7 +5,7 @@
 //! transfer) it prints what each source delivered, then both sources' load
 //! for N concurrent calls.
 //!
-//!   cargo run --release --example call_sources [-- N]
+//!   cargo run --release --example call_sources [-- N]      (ONLY=transfer: the transfer alone)
 //!
 //! The figures are in ARCHITECTURE.md ("Why CEL over AMI").
 use asterisk_real::{Asterisk, Options, sipp};

@@ -88,7 +88,8 @@ async fn every_kind_of_call_makes_one_row_with_its_legs_cause_and_disposition() 
         .await;
         let caller = sipp::Phone::new("1001", PASSWORD);
         let callee = sipp::Phone::new("1002", PASSWORD);
-        for p in [&caller, &callee] {
+        let target = sipp::Phone::new("1003", PASSWORD);
+        for p in [&caller, &callee, &target] {
             let r = p.register(ast.sip_addr()).await;
             assert!(r.ok(), "{label}: {} registers:\n{}", p.extension, r.log);
         }
@@ -154,6 +155,28 @@ async fn every_kind_of_call_makes_one_row_with_its_legs_cause_and_disposition() 
         );
         assert_eq!(call["hangupCause"], 16, "{label}: {call:#}");
         assert_eq!(legs(&call), [leg("1001", "caller", true), leg("trunk", "callee", true)], "{label}: {call:#}");
+
+        // 1001 → 1002, who blind transfers 1001 to 1003 (REFER); 1001 hangs up later.
+        let mark = chrono::Utc::now();
+        let transferring = callee.answer_and_transfer("1003");
+        let answering = target.answer();
+        let placed = caller.call_transferred(ast.sip_addr(), "1002").await;
+        assert!(placed.ok(), "{label}: the transferred caller:\n{}", placed.log);
+        assert!(transferring.done(Duration::from_secs(20)).await.ok(), "{label}: 1002 transferred");
+        assert!(answering.done(Duration::from_secs(20)).await.ok(), "{label}: 1003 answered");
+        let call = the_call_since(&d, mark, "blind transfer").await;
+        assert_eq!(
+            (&call["disposition"], &call["answeredBy"], &call["transfers"], &call["hangupBy"], &call["hangupCause"]),
+            (&Value::from("answered"), &Value::from("1002"), &Value::from(1), &Value::from("1001"), &Value::from(16)),
+            "{label}: {call:#}"
+        );
+        assert_eq!(
+            legs(&call),
+            [leg("1001", "caller", true), leg("1002", "callee", true), leg("1003", "transfer", true)],
+            "{label}: {call:#}"
+        );
+        assert_eq!(call["legs"][1]["transferTo"], "1003", "{label}: {call:#}");
+        assert!(call["legs"][2]["talkSeconds"].as_i64().is_some_and(|s| s >= 2), "{label}: 1003 talked: {call:#}");
 
         // Answered while the daemon was down: the call starts and is
         // answered with the daemon stopped, and ends after it is back.
