@@ -648,16 +648,25 @@ impl Db {
         Ok(out)
     }
 
+    /// How many calls are happening now.
+    pub async fn active_call_count(&self) -> Result<i64, DbError> {
+        let n: (i64,) = on_pool!(self, pool => sqlx::query_as("SELECT COUNT(*) FROM calls WHERE end_time IS NULL")
+            .fetch_one(pool)
+            .await)?;
+        Ok(n.0)
+    }
+
     /// Calls of one extension since `since` (it rang, was rung, answered or
-    /// was transferred to): how many, answered, missed (rung and not
+    /// was transferred to): how many, answered (its leg was: a call it made
+    /// and the other side took, or one it took), missed (rung and not
     /// answered by it, in a call nobody answered), its talk time.
     pub async fn extension_call_stats(&self, ext: &str, since: DateTime<Utc>) -> Result<ExtensionCallStats, DbError> {
         type Row = (i64, Option<i64>, Option<i64>, Option<i64>);
         let row: Row = on_pool!(self, pool => sqlx::query_as(
             "SELECT COUNT(DISTINCT l.linkedid), \
-                    COUNT(DISTINCT CASE WHEN c.disposition = 'answered' OR l.answer_time IS NOT NULL THEN l.linkedid END), \
+                    COUNT(DISTINCT CASE WHEN l.answer_time IS NOT NULL THEN l.linkedid END), \
                     COUNT(DISTINCT CASE WHEN l.role <> 'caller' AND l.answer_time IS NULL AND c.disposition IN ('no answer', 'busy') THEN l.linkedid END), \
-                    SUM(COALESCE(l.talk_seconds, 0)) \
+                    CAST(SUM(COALESCE(l.talk_seconds, 0)) AS BIGINT) \
              FROM call_legs l JOIN calls c ON c.channel_id = l.linkedid \
              WHERE l.extension = $1 AND l.start_time >= $2",
         )

@@ -57,6 +57,15 @@ pub fn router() -> axum::Router<AppState> {
         .route("/openapi.json", get(openapi))
 }
 
+/// Midnight today in the daemon's local time (the PBX's day), as UTC: where
+/// "calls today" start.
+pub fn today_start() -> DateTime<Utc> {
+    use chrono::TimeZone;
+    let now = chrono::Local::now();
+    let midnight = now.date_naive().and_hms_opt(0, 0, 0).unwrap_or_else(|| now.naive_local());
+    chrono::Local.from_local_datetime(&midnight).earliest().map(|t| t.with_timezone(&Utc)).unwrap_or_else(Utc::now)
+}
+
 /// The OpenAPI document (src/http/openapi.json; a test keeps it and the
 /// routes in step).
 pub const OPENAPI: &str = include_str!("openapi.json");
@@ -306,6 +315,7 @@ async fn live_status(State(state): State<AppState>, Path(id): Path<String>) -> R
         (None, Some(_)) => vec![json!({"field": "endpoint", "message": "in Asterisk but not managed"})],
         (None, None) => Vec::new(),
     };
+    let calls_today = db(&state)?.extension_call_stats(&id, today_start()).await.map_err(internal)?;
     let softphone = detail.as_ref().map(|d| SoftphoneSettings {
         username: &id,
         auth_username: if d.auth.is_empty() { &id } else { &d.auth },
@@ -320,6 +330,7 @@ async fn live_status(State(state): State<AppState>, Path(id): Path<String>) -> R
         "sync": record.as_ref().map(|r| json!({"status": r.sync_status, "lastError": r.last_error, "runId": r.sync_run_id, "since": r.sync_since, "appliedAt": r.applied_at, "revision": r.revision})),
         "drift": drift,
         "softphone": softphone,
+        "callsToday": calls_today,
     })))
 }
 
@@ -509,6 +520,7 @@ pub(crate) async fn status_json(state: &AppState) -> Result<Value, ApiError> {
         json!({"connected": c.connected.load(std::sync::atomic::Ordering::Relaxed),
                "events": c.events.load(std::sync::atomic::Ordering::Relaxed)})
     });
+    let active_calls = db.active_call_count().await.map_err(internal)?;
     let reconciling = record.as_ref().is_some_and(|r| r.reconciling);
     let since = record.as_ref().and_then(|r| r.reconciling_since).filter(|_| reconciling);
     let stalled = since.is_some_and(|t| Utc::now() - t > STALLED_AFTER);
@@ -535,6 +547,7 @@ pub(crate) async fn status_json(state: &AppState) -> Result<Value, ApiError> {
         "lastAppliedRevision": record.as_ref().and_then(|r| r.last_applied_revision.clone()),
         "lastAttemptedRevision": record.as_ref().and_then(|r| r.last_attempted_revision.clone()),
         "extensions": extensions.len(),
+        "activeCalls": active_calls,
         "notSynced": failed,
         "registered": registered,
         "drift": drift,

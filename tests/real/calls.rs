@@ -12,10 +12,14 @@ use std::time::Duration;
 const LIVE: Duration = Duration::from_secs(30);
 const PASSWORD: &str = "Calls2026";
 
-/// A spec with the given extensions, md5Cred from [`PASSWORD`].
+/// A spec with the given extensions, md5Cred from [`PASSWORD`]. Not
+/// qualified: a sipp phone answers OPTIONS only while a scenario runs on its
+/// port, and Asterisk does not ring a contact it found unreachable (a
+/// transfer target registered a while before it answers would be).
 pub(crate) fn spec(exts: &[&str]) -> String {
     let mut out =
-        "defaults: {context: from-internal, transport: transport-udp, codecs: [ulaw]}\nextensions:\n".to_string();
+        "defaults: {context: from-internal, transport: transport-udp, codecs: [ulaw], qualifyFrequency: 0}\nextensions:\n"
+            .to_string();
     for e in exts {
         let md5 = asterisk_gitops::secret::md5_cred(e, "asterisk", PASSWORD);
         out.push_str(&format!("  - extension: \"{e}\"\n    md5Cred: {md5}\n"));
@@ -96,6 +100,7 @@ async fn every_kind_of_call_makes_one_row_with_its_legs_cause_and_disposition() 
 
         // 1001 → 1002, answered, held 1.5 s; the caller hangs up.
         let mark = chrono::Utc::now();
+        let first_mark = mark;
         let answering = callee.answer();
         let placed = caller.call(ast.sip_addr(), "1002", Duration::from_millis(1500)).await;
         assert!(placed.ok(), "{label}: 1001 → 1002:\n{}", placed.log);
@@ -195,6 +200,20 @@ async fn every_kind_of_call_makes_one_row_with_its_legs_cause_and_disposition() 
         })
         .await;
         d.start_again().await;
+        // While it is up: the calls happening now, in the API and the UI.
+        wait("the call in /calls/active", LIVE, || async {
+            let (_, active) = d.get("/calls/active").await;
+            active["count"] == 1 && active["calls"][0]["state"] == "up"
+        })
+        .await;
+        let (_, active) = d.get("/calls/active").await;
+        assert_eq!(legs(&active["calls"][0]), [leg("1001", "caller", true), leg("1002", "callee", true)], "{active:#}");
+        let page =
+            reqwest::get(format!("http://{}/ui/calls/active", d.addr)).await.expect("page").text().await.expect("text");
+        assert!(page.contains(r#"http-equiv="refresh""#), "{label}: the page refreshes itself");
+        assert!(page.contains("1001") && page.contains(">up<"), "{label}: the live call on the page:\n{page}");
+        let overview = reqwest::get(format!("http://{}/ui", d.addr)).await.expect("page").text().await.expect("text");
+        assert!(overview.contains(r#"<a href="/ui/calls/active">1</a>"#), "{label}: the overview counts it");
         let placed = placing.await.expect("joins");
         assert!(placed.ok(), "{label}: the call across the restart:\n{}", placed.log);
         assert!(answering.done(Duration::from_secs(20)).await.ok());
@@ -202,6 +221,32 @@ async fn every_kind_of_call_makes_one_row_with_its_legs_cause_and_disposition() 
         assert_eq!(call["disposition"], "answered", "{label}: not 'no answer': {call:#}");
         assert_eq!(call["answeredBy"], "1002", "{label}: {call:#}");
         assert!(call["durationSeconds"].as_i64().is_some_and(|s| s >= 1), "{label}: {call:#}");
+
+        // 1002 today: in five calls (all but the outbound one), answered three
+        // (answered, transferred, across the restart), missed two (no answer, busy).
+        let (status, live) = d.get("/extensions/1002/status").await;
+        assert_eq!(status, 200, "{label}: {live}");
+        let today = &live["callsToday"];
+        assert_eq!(
+            (&today["calls"], &today["answered"], &today["missed"]),
+            (&Value::from(5), &Value::from(3), &Value::from(2)),
+            "{label}: {live:#}"
+        );
+        assert!(today["talkSeconds"].as_i64().is_some_and(|s| s >= 5), "{label}: {live:#}");
+        let page = reqwest::get(format!("http://{}/ui/extensions/1002", d.addr))
+            .await
+            .expect("page")
+            .text()
+            .await
+            .expect("text");
+        assert!(page.contains(r#"id="calls-today""#), "{label}: the status page shows today's calls");
+        // The CSV export: a header and the six calls.
+        let csv =
+            reqwest::get(format!("http://{}/calls?format=csv&since={}", d.addr, stamp(first_mark))).await.expect("csv");
+        assert_eq!(csv.headers()["content-type"], "text/csv; charset=utf-8");
+        let text = csv.text().await.expect("text");
+        assert_eq!(text.lines().count(), 7, "{label}: {text}");
+        assert!(text.starts_with("id,channelId,extension,caller,callee,direction,"), "{label}: {text}");
 
         // The seed's query still works on PostgreSQL: five rows, the newest first.
         if let Some(url) = d.store.url() {
