@@ -89,6 +89,10 @@ pub struct CallLogStats {
     /// Attempts to open the events socket that failed (ARI down, refused, ...).
     pub connect_failures: AtomicU64,
     pub connected: std::sync::atomic::AtomicBool,
+    /// CEL: the most and the total microseconds from an event's time (as
+    /// Asterisk stamped it) to the end of its handling, over `events_handled`.
+    pub lag_max_micros: AtomicU64,
+    pub lag_sum_micros: AtomicU64,
 }
 
 /// `outbound`, `internal` or `inbound`: a caller in an internal context

@@ -294,12 +294,18 @@ pub async fn run(db: Db, ami: AmiConfig, cfg: CallLogConfig, stats: Arc<CallLogS
         let shared = shared.clone();
         tasks.push(tokio::spawn(async move {
             while let Some(item) = rx.recv().await {
-                let is_event = matches!(item, Item::Event(_));
+                let stamped = match &item {
+                    Item::Event(e) => Some(e.at),
+                    _ => None,
+                };
                 if let Err(e) = shared.handle(item).await {
                     shared.stats.errors.fetch_add(1, Ordering::Relaxed);
                     tracing::error!(error = %e, "call event not recorded");
                 }
-                if is_event {
+                if let Some(at) = stamped {
+                    let lag = (Utc::now() - at).num_microseconds().unwrap_or(0).max(0) as u64;
+                    shared.stats.lag_max_micros.fetch_max(lag, Ordering::Relaxed);
+                    shared.stats.lag_sum_micros.fetch_add(lag, Ordering::Relaxed);
                     shared.stats.events_handled.fetch_add(1, Ordering::Relaxed);
                 }
             }
