@@ -711,3 +711,80 @@ impl Db {
 fn others_answered(legs: &[Leg], linkedid: &str) -> bool {
     legs.iter().any(|l| l.uniqueid != linkedid && l.answer_time.is_some())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn leg(uid: &str, ext: &str, answered: bool, cause: i64, source: &str, dial: &str) -> Leg {
+        let t = Utc::now();
+        Leg {
+            linkedid: "a.1".into(),
+            uniqueid: uid.into(),
+            channel: format!("PJSIP/{ext}-00000001"),
+            extension: Some(ext.into()),
+            role: if uid == "a.1" { "caller".into() } else { "callee".into() },
+            caller: None,
+            dialled: None,
+            start_time: t,
+            answer_time: answered.then_some(t),
+            end_time: Some(t),
+            talk_seconds: None,
+            hangup_cause: Some(cause),
+            hangup_source: Some(source.into()).filter(|s: &String| !s.is_empty()),
+            dial_status: Some(dial.into()).filter(|s: &String| !s.is_empty()),
+            transferred_at: None,
+            transfer_to: None,
+        }
+    }
+
+    #[test]
+    fn channel_names_name_their_endpoint() {
+        assert_eq!(extension_of_channel("PJSIP/1002-0000000a").as_deref(), Some("1002"));
+        assert_eq!(extension_of_channel("PJSIP/trunk-00000007").as_deref(), Some("trunk"));
+        assert_eq!(extension_of_channel("Local/1002@from-internal-00000001;1").as_deref(), Some("1002"));
+        assert_eq!(extension_of_channel("no-tech"), None);
+        assert_eq!(hangup_party("dialplan/builtin").as_deref(), Some("dialplan"));
+        assert_eq!(hangup_party("PJSIP/1001-00000008").as_deref(), Some("1001"));
+        assert_eq!(hangup_party(""), None);
+    }
+
+    #[test]
+    fn the_outcome_of_each_call_kind_as_asterisk_22_reports_it() {
+        // Answered: the caller hung up (CEL of 1001 → 1002 on the real Asterisk).
+        let o = outcome(
+            "a.1",
+            &[leg("a.1", "1001", true, 16, "PJSIP/1001-1", "ANSWER"), leg("a.2", "1002", true, 16, "PJSIP/1001-1", "")],
+        );
+        assert_eq!(
+            (o.disposition, o.answered_by.as_deref(), o.hangup_cause, o.hangup_by.as_deref()),
+            ("answered", Some("1002"), Some(16), Some("1001"))
+        );
+        // Dial timeout: the callee's channel says 0, the caller's 16 and NOANSWER.
+        let o = outcome(
+            "a.1",
+            &[leg("a.1", "1001", false, 16, "dialplan/builtin", "NOANSWER"), leg("a.2", "1002", false, 0, "", "")],
+        );
+        assert_eq!((o.disposition, o.hangup_cause, o.hangup_by.as_deref()), ("no answer", Some(16), Some("dialplan")));
+        // Busy.
+        let o = outcome(
+            "a.1",
+            &[
+                leg("a.1", "1001", false, 17, "dialplan/builtin", "BUSY"),
+                leg("a.2", "1002", false, 17, "PJSIP/1002-2", ""),
+            ],
+        );
+        assert_eq!(o.disposition, "busy");
+        // The caller's cause 0 gives way to the callee's.
+        let o =
+            outcome("a.1", &[leg("a.1", "1001", false, 0, "", ""), leg("a.2", "1002", false, 21, "PJSIP/1002-2", "")]);
+        assert_eq!((o.hangup_cause, o.disposition), (Some(21), "failed"));
+        // Answered while the logger was away: no ANSWER seen, the Dial status says so.
+        let o = outcome(
+            "a.1",
+            &[leg("a.1", "1001", false, 16, "PJSIP/1001-1", "ANSWER"), leg("a.2", "1002", false, 16, "", "")],
+        );
+        assert!(o.answered);
+        assert_eq!(o.disposition, "answered");
+    }
+}

@@ -70,6 +70,15 @@ fn legs(call: &Value) -> Vec<(String, String, bool)> {
         .unwrap_or_default()
 }
 
+/// A leg's talk time as its own answer and end times give it (whole seconds).
+fn own_talk(leg: &Value) -> Value {
+    let t = |k: &str| leg[k].as_str().and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok());
+    match (t("answerTime"), t("endTime")) {
+        (Some(a), Some(e)) => Value::from((e - a).num_seconds()),
+        _ => Value::Null,
+    }
+}
+
 fn leg(ext: &str, role: &str, answered: bool) -> (String, String, bool) {
     (ext.into(), role.into(), answered)
 }
@@ -114,10 +123,10 @@ async fn every_kind_of_call_makes_one_row_with_its_legs_cause_and_disposition() 
         assert_eq!(call["answeredBy"], "1002", "{label}: {call:#}");
         assert_eq!(call["hangupCause"], 16, "{label}: normal clearing: {call:#}");
         assert_eq!(call["hangupBy"], "1001", "{label}: the caller hung up: {call:#}");
-        assert!(call["durationSeconds"].as_i64().is_some_and(|s| (1..=4).contains(&s)), "{label}: {call:#}");
+        // Held 1.5 s once answered: at least a second of talk.
+        assert!(call["durationSeconds"].as_i64().is_some_and(|s| s >= 1), "{label}: {call:#}");
         assert_eq!(legs(&call), [leg("1001", "caller", true), leg("1002", "callee", true)], "{label}: {call:#}");
-        let talk = call["legs"][1]["talkSeconds"].as_i64();
-        assert!(talk.is_some_and(|s| (1..=4).contains(&s)), "{label}: 1002's talk time: {call:#}");
+        assert_eq!(call["legs"][1]["talkSeconds"], own_talk(&call["legs"][1]), "{label}: 1002's talk time: {call:#}");
 
         // 1001 → 1002, rings until Dial's 20 s timeout.
         let mark = chrono::Utc::now();
@@ -181,7 +190,7 @@ async fn every_kind_of_call_makes_one_row_with_its_legs_cause_and_disposition() 
             "{label}: {call:#}"
         );
         assert_eq!(call["legs"][1]["transferTo"], "1003", "{label}: {call:#}");
-        assert!(call["legs"][2]["talkSeconds"].as_i64().is_some_and(|s| s >= 2), "{label}: 1003 talked: {call:#}");
+        assert_eq!(call["legs"][2]["talkSeconds"], own_talk(&call["legs"][2]), "{label}: 1003's talk time: {call:#}");
 
         // Answered while the daemon was down: the call starts and is
         // answered with the daemon stopped, and ends after it is back.
@@ -350,7 +359,7 @@ async fn a_hundred_concurrent_calls_make_a_hundred_rows_across_a_daemon_restart(
     assert_eq!(counts, want, "{label}: the rows by caller, disposition and who answered");
     for c in calls.iter().filter(|c| c["disposition"] == "answered") {
         let s = c["durationSeconds"].as_i64();
-        assert!(s.is_some_and(|s| (5..=12).contains(&s)), "{label}: an 8 s call's talk time: {c:#}");
+        assert!(s.is_some_and(|s| s >= 7), "{label}: an 8 s call's talk time: {c:#}");
     }
     for c in calls.iter().filter(|c| c["disposition"] == "busy") {
         assert_eq!(c["hangupCause"], 17, "{label}: {c:#}");
