@@ -313,7 +313,7 @@ async fn main() {
             .unwrap_or_else(|e| fail(&format!("stand-in: {e}")));
     let control = standin.control();
 
-    // The daemon.
+    // The daemon (callLog stasis: the stand-in plays Stasis calls over ARI; it has no CEL).
     let port = free_port();
     let config = json!({
         "stateDir": root.join("state"),
@@ -323,6 +323,7 @@ async fn main() {
         "webhookSecret": HOOK,
         "ami": {"addr": standin.ami_addr.to_string(), "user": "gitops", "secret": "gitops-secret"},
         "ari": {"url": standin.ari_url(), "user": "gitops", "password": "gitops-secret", "app": APP},
+        "callLog": "stasis",
         "git": {"url": format!("file://{}", bare.display()), "branch": "main", "path": "extensions.d", "interval": 60},
         "reconcile": {"interval": 30},
     });

@@ -223,7 +223,8 @@ pub async fn run(
         db: Some(db.clone()),
         asterisk: asterisk(&settings).map(Arc::new),
         registrations: Default::default(),
-        calls: settings.ari.as_ref().map(|_| Arc::new(crate::calls::CallLogStats::default())),
+        calls: (settings.call_log != crate::config::CallSource::Off)
+            .then(|| Arc::new(crate::calls::CallLogStats::default())),
         sessions: Default::default(),
         sip_server: settings.sip_server.clone(),
     };
@@ -246,10 +247,55 @@ pub async fn run(
         }
         _ => None,
     };
-    let call_logger = match (&settings.ari, &live.calls) {
-        (Some(ari), Some(stats)) => {
+    let call_logger = match (settings.call_log, &live.calls) {
+        (crate::config::CallSource::Stasis, Some(stats)) => match &settings.ari {
+            Some(ari) => {
+                let client = ari_client(ari)?;
+                Some(tokio::spawn(crate::calls::run(
+                    db.clone(),
+                    client,
+                    ari.calls.clone(),
+                    stats.clone(),
+                    stop_rx.clone(),
+                )))
+            }
+            None => None,
+        },
+        (crate::config::CallSource::Cel, Some(stats)) => match &settings.ami {
+            Some(a) => {
+                let ami = AmiConfig {
+                    addr: a.addr.clone(),
+                    user: a.user.clone(),
+                    secret: a.secret.expose().to_string(),
+                    timeout: a.timeout,
+                    events: false,
+                };
+                Some(tokio::spawn(crate::calls::cel::run(
+                    db.clone(),
+                    ami,
+                    settings.calls.clone(),
+                    stats.clone(),
+                    stop_rx.clone(),
+                )))
+            }
+            None => None,
+        },
+        _ => None,
+    };
+    // With CEL logging every call, the Stasis app (when ARI is configured)
+    // only hands calls that enter Stasis() back to the dialplan, so they
+    // are not logged twice and never stay stuck in Stasis.
+    let stasis_passthrough = match (settings.call_log, &settings.ari) {
+        (crate::config::CallSource::Cel, Some(ari)) => {
             let client = ari_client(ari)?;
-            Some(tokio::spawn(crate::calls::run(db.clone(), client, ari.calls.clone(), stats.clone(), stop_rx.clone())))
+            let cfg = crate::calls::CallLogConfig { record: false, ..ari.calls.clone() };
+            Some(tokio::spawn(crate::calls::run(
+                db.clone(),
+                client,
+                cfg,
+                Arc::new(crate::calls::CallLogStats::default()),
+                stop_rx.clone(),
+            )))
         }
         _ => None,
     };
@@ -274,7 +320,11 @@ pub async fn run(
         managed_file = %settings.managed_file.display(),
         database = %settings.database_url_redacted(),
         asterisk = %settings.ami.as_ref().map(|a| format!("AMI {} as {}", a.addr, a.user)).unwrap_or_else(|| "not configured".into()),
-        call_log = %settings.ari.as_ref().map(|a| format!("ARI {} app {}", crate::config::redact_url(&a.url), a.app)).unwrap_or_else(|| "off (no ARI configured)".into()),
+        call_log = %match (settings.call_log, &settings.ari, &settings.ami) {
+            (crate::config::CallSource::Cel, _, Some(a)) => format!("every call, from CEL over AMI {}", a.addr),
+            (crate::config::CallSource::Stasis, Some(a), _) => format!("Stasis calls, ARI {} app {}", crate::config::redact_url(&a.url), a.app),
+            _ => "off (no AMI or ARI configured)".into(),
+        },
         read_only = settings.read_only,
         writes = if state.tokens.is_empty() { "disabled (no ASTERISK_GITOPS_ADMIN_TOKEN)" } else { "token required" },
         "asterisk-gitops is running"
@@ -283,7 +333,7 @@ pub async fn run(
     let http = axum::serve(listener, crate::http::app(state)).with_graceful_shutdown(stopped(stop_rx.clone()));
     let looped = daemon::run_loop(reconciler.clone(), source, loop_cfg, handle, rx, stopped(stop_rx.clone()));
     let (http_result, ()) = tokio::join!(http, looped);
-    for task in [refresher, call_logger, learner].into_iter().flatten() {
+    for task in [refresher, call_logger, stasis_passthrough, learner].into_iter().flatten() {
         let _ = task.await;
     }
     if let Some(a) = &reconciler.asterisk {

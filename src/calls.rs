@@ -28,6 +28,8 @@
 //! ARI being down never stops anything else: this runs in its own task and
 //! reconnects with back-off.
 
+pub mod cel;
+
 use crate::asterisk::ari::{Ari, AriError, Channel, ContinueTo, Event, parse_time};
 use crate::db::Db;
 use crate::db::calls::CallStart;
@@ -54,6 +56,9 @@ pub struct CallLogConfig {
     pub stale_after: Duration,
     /// Parallel workers (channels are spread over them by id).
     pub workers: usize,
+    /// Whether the Stasis app records calls (`false` when CEL logs every
+    /// call: the app then only hands Stasis calls back to the dialplan).
+    pub record: bool,
 }
 
 impl Default for CallLogConfig {
@@ -64,6 +69,7 @@ impl Default for CallLogConfig {
             internal_max_digits: 6,
             stale_after: Duration::from_secs(4 * 3600),
             workers: 8,
+            record: true,
         }
     }
 }
@@ -83,6 +89,10 @@ pub struct CallLogStats {
     /// Attempts to open the events socket that failed (ARI down, refused, ...).
     pub connect_failures: AtomicU64,
     pub connected: std::sync::atomic::AtomicBool,
+    /// CEL: the most and the total microseconds from an event's time (as
+    /// Asterisk stamped it) to the end of its handling, over `events_handled`.
+    pub lag_max_micros: AtomicU64,
+    pub lag_sum_micros: AtomicU64,
 }
 
 /// `outbound`, `internal` or `inbound`: a caller in an internal context
@@ -166,6 +176,19 @@ impl Shared {
 
     async fn handle(&self, w: &mut Worker, event: Event) -> anyhow::Result<()> {
         w.prune(self.cfg.stale_after);
+        if !self.cfg.record {
+            // CEL logs every call: the app only hands Stasis calls back.
+            if let Event::StasisStart { channel, .. } = event {
+                match self.ari.continue_channel(&channel.id, &self.cfg.continue_to).await {
+                    Ok(()) | Err(AriError::Status { status: 404 | 409, .. }) => {}
+                    Err(e) => {
+                        tracing::error!(channel_id = %channel.id, error = %e, "cannot hand the channel back to the dialplan");
+                        return Err(e.into());
+                    }
+                }
+            }
+            return Ok(());
+        }
         let at = |ts: &str| parse_time(ts).unwrap_or_else(Utc::now);
         match event {
             Event::StasisStart { channel, .. } => {
@@ -214,7 +237,7 @@ impl Shared {
     }
 }
 
-fn worker_of(channel_id: &str, n: usize) -> usize {
+pub(crate) fn worker_of(channel_id: &str, n: usize) -> usize {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     channel_id.hash(&mut h);
     (h.finish() % n.max(1) as u64) as usize
@@ -223,6 +246,9 @@ fn worker_of(channel_id: &str, n: usize) -> usize {
 /// Subscribes to every open call again; a channel Asterisk no longer has
 /// ended while we were not listening: closed as `unknown`.
 async fn resync(shared: &Shared) {
+    if !shared.cfg.record {
+        return;
+    }
     let since = Utc::now() - chrono::Duration::from_std(shared.cfg.stale_after).unwrap_or(chrono::Duration::hours(4));
     let open = match shared.db.open_calls(since).await {
         Ok(o) => o,
@@ -272,8 +298,8 @@ pub async fn run(db: Db, ari: Ari, cfg: CallLogConfig, stats: Arc<CallLogStats>,
             }
         }));
     }
-    // The sweeper: never open forever.
-    {
+    // The sweeper: never open forever (the CEL logger has its own).
+    if shared.cfg.record {
         let shared = shared.clone();
         let mut stop = stop.clone();
         tasks.push(tokio::spawn(async move {

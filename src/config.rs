@@ -48,6 +48,10 @@ pub struct FileConfig {
     pub read_only: Option<bool>,
     pub ami: Option<AmiFileConfig>,
     pub ari: Option<AriFileConfig>,
+    /// Where the call log comes from: `cel` (every call, from CEL over AMI;
+    /// the default when AMI is configured), `stasis` (only calls entering
+    /// the Stasis app, over ARI), or `off`.
+    pub call_log: Option<CallSource>,
     pub reconcile: Option<ReconcileFileConfig>,
     pub git: Option<GitFileConfig>,
     /// Secret for `POST /hooks/git` (or ASTERISK_GITOPS_WEBHOOK_SECRET).
@@ -224,6 +228,17 @@ pub struct AmiSettings {
     pub timeout: Duration,
 }
 
+/// Where the call log comes from (config `callLog`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CallSource {
+    /// Every call, from Asterisk's CEL events over AMI (`cel_manager`).
+    Cel,
+    /// Only calls that enter the Stasis app, from ARI.
+    Stasis,
+    Off,
+}
+
 /// ARI connection settings, resolved.
 #[derive(Clone, Debug)]
 pub struct AriSettings {
@@ -271,6 +286,11 @@ pub struct Settings {
     pub read_only: bool,
     pub ami: Option<AmiSettings>,
     pub ari: Option<AriSettings>,
+    /// The call log's source, resolved: `cel` needs AMI, `stasis` ARI.
+    pub call_log: CallSource,
+    /// How calls are classified and closed (the `ari:` section's call
+    /// settings, which the CEL logger uses too).
+    pub calls: crate::calls::CallLogConfig,
     pub reconcile: ReconcileSettings,
     pub git: Option<GitSettings>,
     pub webhook_secret: Option<SecretString>,
@@ -356,6 +376,21 @@ impl Settings {
         };
 
         let ari_file = file.ari.unwrap_or_default();
+        let calls_defaults = crate::calls::CallLogConfig::default();
+        let calls_cfg = crate::calls::CallLogConfig {
+            continue_to: crate::asterisk::ari::ContinueTo {
+                context: ari_file.continue_context.clone(),
+                extension: ari_file.continue_extension.clone(),
+                priority: ari_file.continue_priority,
+            },
+            internal_contexts: ari_file.internal_contexts.clone().unwrap_or(calls_defaults.internal_contexts),
+            internal_max_digits: ari_file.internal_max_digits.unwrap_or(calls_defaults.internal_max_digits),
+            stale_after: ari_file
+                .stale_call_after
+                .map(|s| Duration::from_secs_f64(s.clamp(1.0, 7.0 * 86400.0)))
+                .unwrap_or(calls_defaults.stale_after),
+            ..calls_defaults
+        };
         let ari = match flags.ari_url.or(ari_file.url) {
             None => None,
             Some(url) => {
@@ -370,25 +405,30 @@ impl Settings {
                     "ari",
                     "ASTERISK_GITOPS_ARI_PASSWORD or ari.password / ari.passwordFile in the config file",
                 )?;
-                let defaults = crate::calls::CallLogConfig::default();
-                let calls = crate::calls::CallLogConfig {
-                    continue_to: crate::asterisk::ari::ContinueTo {
-                        context: ari_file.continue_context,
-                        extension: ari_file.continue_extension,
-                        priority: ari_file.continue_priority,
-                    },
-                    internal_contexts: ari_file.internal_contexts.unwrap_or(defaults.internal_contexts),
-                    internal_max_digits: ari_file.internal_max_digits.unwrap_or(defaults.internal_max_digits),
-                    stale_after: ari_file
-                        .stale_call_after
-                        .map(|s| Duration::from_secs_f64(s.clamp(1.0, 7.0 * 86400.0)))
-                        .unwrap_or(defaults.stale_after),
-                    workers: defaults.workers,
-                };
+                let calls = crate::calls::CallLogConfig { record: true, ..calls_cfg.clone() };
                 let timeout = Duration::from_secs_f64(ari_file.timeout.unwrap_or(5.0).clamp(0.1, 600.0));
                 let app = ari_file.app.unwrap_or_else(|| "callcenter".into());
                 Some(AriSettings { url, user, password, app, timeout, calls })
             }
+        };
+
+        let call_log = match (file.call_log, &ami, &ari) {
+            (Some(CallSource::Cel), None, _) => {
+                return Err(ConfigError::Invalid {
+                    what: "callLog",
+                    message: "callLog: cel reads CEL events over AMI, but no AMI is configured (--ami-addr)".into(),
+                });
+            }
+            (Some(CallSource::Stasis), _, None) => {
+                return Err(ConfigError::Invalid {
+                    what: "callLog",
+                    message: "callLog: stasis runs an ARI Stasis app, but no ARI is configured (--ari-url)".into(),
+                });
+            }
+            (Some(s), _, _) => s,
+            (None, Some(_), _) => CallSource::Cel,
+            (None, None, Some(_)) => CallSource::Stasis,
+            (None, None, None) => CallSource::Off,
         };
 
         let r = file.reconcile.unwrap_or_default();
@@ -494,6 +534,8 @@ impl Settings {
             listen,
             realm: file.realm.unwrap_or_else(|| crate::secret::DEFAULT_REALM.into()),
             read_only: flags.read_only.or(file.read_only).unwrap_or(false),
+            call_log,
+            calls: calls_cfg,
             ami,
             ari,
             reconcile,

@@ -57,6 +57,8 @@ impl Daemon {
                 password: Some(SecretString::new("gitops-secret")),
                 ..Default::default()
             }),
+            // The stand-in plays Stasis calls over ARI; it has no CEL.
+            call_log: Some(asterisk_gitops::config::CallSource::Stasis),
             admin_token: Some(SecretString::new(TOKEN)),
             sip_server: Some("pbx.example.com:5060".into()),
             ..Default::default()

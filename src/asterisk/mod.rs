@@ -11,6 +11,7 @@
 
 pub mod ami;
 pub mod ari;
+pub mod cel;
 
 use crate::plan::ObservedEndpoint;
 use crate::reconcile::AsteriskControl;

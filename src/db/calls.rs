@@ -1,4 +1,6 @@
-//! The `calls` table: one row per call that entered the Stasis app.
+//! The `calls` table: one row per call. From CEL (every call, keyed by
+//! Asterisk's linkedid, with its legs in `call_legs`), or, without CEL, one
+//! per call that entered the Stasis app (keyed by its channel id).
 //!
 //! Exactly once: the row is created with `ON CONFLICT (channel_id) DO
 //! NOTHING`, so a duplicated StasisStart (or a replay after a reconnect)
@@ -36,6 +38,14 @@ pub struct CallRecord {
     pub duration_seconds: Option<i64>,
     pub hangup_cause: Option<i64>,
     pub disposition: Option<String>,
+    /// The extension that answered (CEL: the first leg other than the caller's).
+    pub answered_by: Option<String>,
+    /// Who hung up: an extension, `dialplan`, or a channel name.
+    pub hangup_by: Option<String>,
+    /// Transfers during the call.
+    pub transfers: i64,
+    /// `cel` (every call, from CEL over AMI) or `stasis` (the Stasis app).
+    pub source: String,
 }
 
 /// Filters for listing calls; `cursor` is the id of the last call of the previous page.
@@ -64,7 +74,34 @@ pub fn disposition(answered: bool, cause: Option<i64>) -> &'static str {
 }
 
 const CALL_COLUMNS: &str = "id, channel_id, extension, caller, callee, direction, start_time, answer_time, end_time, \
-     duration_seconds, hangup_cause, disposition";
+     duration_seconds, hangup_cause, disposition, answered_by, hangup_by, transfers, source";
+
+/// Reads a `calls` row (a macro: the row type differs per backend).
+macro_rules! call_row {
+    ($r:expr) => {{
+        let r = $r;
+        (|| -> Result<CallRecord, sqlx::Error> {
+            Ok(CallRecord {
+                id: r.try_get("id")?,
+                channel_id: r.try_get("channel_id")?,
+                extension: r.try_get("extension")?,
+                caller: r.try_get("caller")?,
+                callee: r.try_get("callee")?,
+                direction: r.try_get("direction")?,
+                start_time: r.try_get("start_time")?,
+                answer_time: r.try_get("answer_time")?,
+                end_time: r.try_get("end_time")?,
+                duration_seconds: r.try_get("duration_seconds")?,
+                hangup_cause: r.try_get("hangup_cause")?,
+                disposition: r.try_get("disposition")?,
+                answered_by: r.try_get("answered_by")?,
+                hangup_by: r.try_get("hangup_by")?,
+                transfers: r.try_get("transfers")?,
+                source: r.try_get("source")?,
+            })
+        })()
+    }};
+}
 
 impl Db {
     /// Creates the call's row; `false` when it already existed.
@@ -193,7 +230,15 @@ impl Db {
         let rows = on_pool!(self, pool => {
             let mut qb = sqlx::QueryBuilder::new(format!("SELECT {CALL_COLUMNS} FROM calls WHERE 1 = 1"));
             if let Some(e) = &f.extension {
-                qb.push(" AND (extension = ").push_bind(e.clone()).push(" OR callee = ").push_bind(e.clone()).push(")");
+                // Its own calls, calls to it, and calls it took part in (a leg: it
+                // was rung, answered, or was transferred to).
+                qb.push(" AND (extension = ")
+                    .push_bind(e.clone())
+                    .push(" OR callee = ")
+                    .push_bind(e.clone())
+                    .push(" OR channel_id IN (SELECT linkedid FROM call_legs WHERE extension = ")
+                    .push_bind(e.clone())
+                    .push("))");
             }
             if let Some(d) = &f.direction {
                 qb.push(" AND direction = ").push_bind(d.clone());
@@ -210,24 +255,536 @@ impl Db {
             qb.push(" ORDER BY id DESC LIMIT ").push_bind(limit);
             let rows = qb.build().fetch_all(pool).await?;
             rows.iter()
-                .map(|r| -> Result<CallRecord, sqlx::Error> {
-                    Ok(CallRecord {
-                        id: r.try_get("id")?,
-                        channel_id: r.try_get("channel_id")?,
-                        extension: r.try_get("extension")?,
-                        caller: r.try_get("caller")?,
-                        callee: r.try_get("callee")?,
-                        direction: r.try_get("direction")?,
-                        start_time: r.try_get("start_time")?,
-                        answer_time: r.try_get("answer_time")?,
-                        end_time: r.try_get("end_time")?,
-                        duration_seconds: r.try_get("duration_seconds")?,
-                        hangup_cause: r.try_get("hangup_cause")?,
-                        disposition: r.try_get("disposition")?,
-                    })
-                })
+                .map(|r| call_row!(r))
                 .collect::<Result<Vec<_>, sqlx::Error>>()
         })?;
         Ok(rows)
+    }
+}
+
+/// One channel of a call, as CEL's `CHAN_START` (or a channel listing after
+/// a reconnect) describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LegStart {
+    pub linkedid: String,
+    pub uniqueid: String,
+    pub channel: String,
+    /// The endpoint the channel belongs to (`PJSIP/1002-0000000a` → `1002`).
+    pub extension: Option<String>,
+    /// `caller` (the call's first channel), `callee`, or `transfer` (a
+    /// channel the call reached after a transfer).
+    pub role: String,
+    pub caller: Option<String>,
+    pub dialled: Option<String>,
+    pub start_time: DateTime<Utc>,
+}
+
+/// One leg as stored.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Leg {
+    pub linkedid: String,
+    pub uniqueid: String,
+    pub channel: String,
+    pub extension: Option<String>,
+    pub role: String,
+    pub caller: Option<String>,
+    pub dialled: Option<String>,
+    pub start_time: DateTime<Utc>,
+    pub answer_time: Option<DateTime<Utc>>,
+    pub end_time: Option<DateTime<Utc>>,
+    pub talk_seconds: Option<i64>,
+    pub hangup_cause: Option<i64>,
+    pub hangup_source: Option<String>,
+    pub dial_status: Option<String>,
+    pub transferred_at: Option<DateTime<Utc>>,
+    pub transfer_to: Option<String>,
+}
+
+/// How a whole call ended, derived from its legs ([`outcome`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    pub answer_time: Option<DateTime<Utc>>,
+    pub answered_by: Option<String>,
+    pub answered: bool,
+    pub hangup_cause: Option<i64>,
+    pub hangup_by: Option<String>,
+    pub disposition: &'static str,
+    pub transfers: i64,
+}
+
+/// Who a CEL `hangupsource` names: the extension of a channel
+/// (`PJSIP/1001-00000008` → `1001`), `dialplan` for the dialplan
+/// (`dialplan/builtin`: a Dial timeout, `Hangup()`), else as written.
+pub fn hangup_party(source: &str) -> Option<String> {
+    if source.is_empty() {
+        return None;
+    }
+    if source.starts_with("dialplan/") {
+        return Some("dialplan".into());
+    }
+    Some(extension_of_channel(source).unwrap_or_else(|| source.to_string()))
+}
+
+/// The endpoint of a channel name: `PJSIP/1002-0000000a` → `1002`,
+/// `Local/1002@from-internal-00000001;1` → `1002`; `None` for a name
+/// without a technology.
+pub fn extension_of_channel(name: &str) -> Option<String> {
+    let (_, rest) = name.split_once('/')?;
+    let rest = rest.split(';').next().unwrap_or(rest);
+    let base = match rest.rsplit_once('-') {
+        Some((b, seq)) if !seq.is_empty() && seq.bytes().all(|c| c.is_ascii_hexdigit()) => b,
+        _ => rest,
+    };
+    let base = base.split('@').next().unwrap_or(base);
+    Some(base.to_string()).filter(|s| !s.is_empty())
+}
+
+/// The call's outcome from its legs. The caller leg is the one whose
+/// uniqueid is the linkedid (else the earliest).
+///
+/// - answered: a leg other than the caller's was answered, or the caller's
+///   Dial said `ANSWER` (its `ANSWER` event may have been missed while the
+///   logger was away), or the dialplan answered the caller itself;
+/// - the cause that explains the call: the caller's hang-up cause, unless it
+///   is 0 (Asterisk's "unknown", as a destroyed callee channel often says),
+///   then the first other leg's non-zero cause;
+/// - who hung up: the caller's `hangupsource`;
+/// - the disposition: `answered`; else from the caller's dial status
+///   (`BUSY` busy, `NOANSWER`/`CANCEL` no answer, `CONGESTION`/`CHANUNAVAIL`
+///   failed); else from the cause ([`disposition`]).
+pub fn outcome(linkedid: &str, legs: &[Leg]) -> Outcome {
+    let caller = legs.iter().find(|l| l.uniqueid == linkedid).or_else(|| legs.iter().min_by_key(|l| l.start_time));
+    let others: Vec<&Leg> =
+        legs.iter().filter(|l| Some(l.uniqueid.as_str()) != caller.map(|c| c.uniqueid.as_str())).collect();
+    let first_answer = others.iter().filter(|l| l.answer_time.is_some()).min_by_key(|l| l.answer_time);
+    let dial = caller.and_then(|c| c.dial_status.as_deref()).unwrap_or("");
+    let answered = first_answer.is_some() || dial == "ANSWER" || caller.is_some_and(|c| c.answer_time.is_some());
+    let answer_time = first_answer.and_then(|l| l.answer_time).or_else(|| caller.and_then(|c| c.answer_time));
+    let answered_by = first_answer.and_then(|l| l.extension.clone());
+    let mut ended: Vec<&Leg> = others.clone();
+    ended.sort_by_key(|l| l.end_time);
+    let hangup_cause = caller
+        .and_then(|c| c.hangup_cause)
+        .filter(|c| *c != 0)
+        .or_else(|| ended.iter().filter_map(|l| l.hangup_cause).find(|c| *c != 0))
+        .or_else(|| caller.and_then(|c| c.hangup_cause));
+    let hangup_by = caller
+        .and_then(|c| c.hangup_source.as_deref())
+        .and_then(hangup_party)
+        .or_else(|| ended.iter().filter_map(|l| l.hangup_source.as_deref()).find_map(hangup_party));
+    let disposition = if answered {
+        "answered"
+    } else {
+        match dial {
+            "BUSY" => "busy",
+            "NOANSWER" | "CANCEL" => "no answer",
+            "CONGESTION" | "CHANUNAVAIL" | "INVALIDARGS" => "failed",
+            _ => disposition(false, hangup_cause),
+        }
+    };
+    let transfers = legs.iter().filter(|l| l.transferred_at.is_some()).count() as i64;
+    Outcome { answer_time, answered_by, answered, hangup_cause, hangup_by, disposition, transfers }
+}
+
+/// A call happening now, with its legs.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ActiveCall {
+    #[serde(flatten)]
+    pub call: CallRecord,
+    /// `ringing` until answered, then `up`.
+    pub state: &'static str,
+    pub legs: Vec<Leg>,
+}
+
+/// Calls of one extension in a period.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ExtensionCallStats {
+    pub calls: i64,
+    pub answered: i64,
+    pub missed: i64,
+    pub talk_seconds: i64,
+}
+
+const LEG_COLUMNS: &str = "linkedid, uniqueid, channel, extension, role, caller, dialled, start_time, answer_time, \
+     end_time, talk_seconds, hangup_cause, hangup_source, dial_status, transferred_at, transfer_to";
+
+/// Reads a `call_legs` row (a macro: the row type differs per backend).
+macro_rules! leg_row {
+    ($r:expr) => {{
+        let r = $r;
+        (|| -> Result<Leg, sqlx::Error> {
+            Ok(Leg {
+                linkedid: r.try_get("linkedid")?,
+                uniqueid: r.try_get("uniqueid")?,
+                channel: r.try_get("channel")?,
+                extension: r.try_get("extension")?,
+                role: r.try_get("role")?,
+                caller: r.try_get("caller")?,
+                dialled: r.try_get("dialled")?,
+                start_time: r.try_get("start_time")?,
+                answer_time: r.try_get("answer_time")?,
+                end_time: r.try_get("end_time")?,
+                talk_seconds: r.try_get("talk_seconds")?,
+                hangup_cause: r.try_get("hangup_cause")?,
+                hangup_source: r.try_get("hangup_source")?,
+                dial_status: r.try_get("dial_status")?,
+                transferred_at: r.try_get("transferred_at")?,
+                transfer_to: r.try_get("transfer_to")?,
+            })
+        })()
+    }};
+}
+
+impl Db {
+    /// Creates the call's row from CEL (source `cel`); `false` when it
+    /// already existed (a replay, or the Stasis app's row for the same call).
+    pub async fn cel_call_started(&self, c: &CallStart) -> Result<bool, DbError> {
+        let done = on_pool!(self, pool => sqlx::query(
+            "INSERT INTO calls (channel_id, extension, caller, callee, direction, start_time, updated_at, source) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'cel') ON CONFLICT (channel_id) DO NOTHING",
+        )
+        .bind(&c.channel_id)
+        .bind(&c.extension)
+        .bind(&c.caller)
+        .bind(&c.callee)
+        .bind(&c.direction)
+        .bind(c.start_time)
+        .bind(Utc::now())
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected() == 1))?;
+        Ok(done)
+    }
+
+    /// Records a leg, once (by uniqueid).
+    pub async fn leg_started(&self, l: &LegStart) -> Result<bool, DbError> {
+        let done = on_pool!(self, pool => sqlx::query(
+            "INSERT INTO call_legs (linkedid, uniqueid, channel, extension, role, caller, dialled, start_time) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (uniqueid) DO NOTHING",
+        )
+        .bind(&l.linkedid)
+        .bind(&l.uniqueid)
+        .bind(&l.channel)
+        .bind(&l.extension)
+        .bind(&l.role)
+        .bind(&l.caller)
+        .bind(&l.dialled)
+        .bind(l.start_time)
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected() == 1))?;
+        Ok(done)
+    }
+
+    /// A leg was answered (once). When it is not the caller's, the call is
+    /// answered by it (once: the first answer counts).
+    pub async fn leg_answered(&self, linkedid: &str, uniqueid: &str, at: DateTime<Utc>) -> Result<(), DbError> {
+        on_pool!(self, pool => sqlx::query("UPDATE call_legs SET answer_time = $1 WHERE uniqueid = $2 AND answer_time IS NULL")
+            .bind(at)
+            .bind(uniqueid)
+            .execute(pool)
+            .await
+            .map(drop))?;
+        if linkedid != uniqueid {
+            let by: Option<(Option<String>,)> = on_pool!(self, pool => sqlx::query_as("SELECT extension FROM call_legs WHERE uniqueid = $1")
+                .bind(uniqueid)
+                .fetch_optional(pool)
+                .await)?;
+            on_pool!(self, pool => sqlx::query(
+                "UPDATE calls SET answer_time = $1, answered_by = $2, updated_at = $3 WHERE channel_id = $4 AND answer_time IS NULL",
+            )
+            .bind(at)
+            .bind(by.and_then(|(e,)| e))
+            .bind(Utc::now())
+            .bind(linkedid)
+            .execute(pool)
+            .await
+            .map(drop))?;
+        }
+        Ok(())
+    }
+
+    /// A leg's hang-up (CEL `HANGUP`: cause, source, dial status).
+    pub async fn leg_hung_up(
+        &self,
+        uniqueid: &str,
+        cause: Option<i64>,
+        source: Option<&str>,
+        dial_status: Option<&str>,
+    ) -> Result<(), DbError> {
+        on_pool!(self, pool => sqlx::query(
+            "UPDATE call_legs SET hangup_cause = COALESCE($1, hangup_cause), hangup_source = COALESCE($2, hangup_source), \
+             dial_status = COALESCE($3, dial_status) WHERE uniqueid = $4",
+        )
+        .bind(cause)
+        .bind(source)
+        .bind(dial_status)
+        .bind(uniqueid)
+        .execute(pool)
+        .await
+        .map(drop))?;
+        Ok(())
+    }
+
+    /// A leg's channel is gone (CEL `CHAN_END`).
+    pub async fn leg_ended(&self, uniqueid: &str, at: DateTime<Utc>) -> Result<(), DbError> {
+        on_pool!(self, pool => sqlx::query("UPDATE call_legs SET end_time = $1 WHERE uniqueid = $2 AND end_time IS NULL")
+            .bind(at)
+            .bind(uniqueid)
+            .execute(pool)
+            .await
+            .map(drop))?;
+        Ok(())
+    }
+
+    /// A leg transferred the call (CEL `BLINDTRANSFER`/`ATTENDEDTRANSFER`).
+    pub async fn leg_transferred(&self, uniqueid: &str, at: DateTime<Utc>, to: Option<&str>) -> Result<(), DbError> {
+        on_pool!(self, pool => sqlx::query(
+            "UPDATE call_legs SET transferred_at = COALESCE(transferred_at, $1), transfer_to = COALESCE($2, transfer_to) WHERE uniqueid = $3",
+        )
+        .bind(at)
+        .bind(to)
+        .bind(uniqueid)
+        .execute(pool)
+        .await
+        .map(drop))?;
+        Ok(())
+    }
+
+    /// Whether any leg of the call transferred it.
+    pub async fn call_was_transferred(&self, linkedid: &str) -> Result<bool, DbError> {
+        let n: (i64,) = on_pool!(self, pool => sqlx::query_as(
+            "SELECT COUNT(*) FROM call_legs WHERE linkedid = $1 AND transferred_at IS NOT NULL",
+        )
+        .bind(linkedid)
+        .fetch_one(pool)
+        .await)?;
+        Ok(n.0 > 0)
+    }
+
+    /// The legs of one call, in the order they started.
+    pub async fn legs(&self, linkedid: &str) -> Result<Vec<Leg>, DbError> {
+        let legs = on_pool!(self, pool => {
+            let rows = sqlx::query(&format!("SELECT {LEG_COLUMNS} FROM call_legs WHERE linkedid = $1 ORDER BY start_time, id"))
+                .bind(linkedid)
+                .fetch_all(pool)
+                .await?;
+            rows.iter().map(|r| leg_row!(r)).collect::<Result<Vec<_>, sqlx::Error>>()
+        })?;
+        Ok(legs)
+    }
+
+    /// Completes the call from its legs (CEL `LINKEDID_END`), once: end
+    /// time, talk time, the cause that explains it, who hung up, the
+    /// disposition; each leg's talk time. A row closed as `unknown` is
+    /// provisional: this replaces it. `false` when it was already complete.
+    pub async fn cel_call_ended(&self, linkedid: &str, at: DateTime<Utc>) -> Result<bool, DbError> {
+        let legs = self.legs(linkedid).await?;
+        let o = outcome(linkedid, &legs);
+        let duration = match (o.answered, o.answer_time) {
+            (true, Some(a)) => Some((at - a).num_seconds().max(0)),
+            (true, None) => None,
+            (false, _) => Some(0),
+        };
+        let now = Utc::now();
+        for l in &legs {
+            let talk = match (l.answer_time, l.end_time.or(Some(at))) {
+                (Some(a), Some(e)) if l.uniqueid != linkedid || others_answered(&legs, linkedid) => {
+                    (e.min(at) - a).num_seconds().max(0)
+                }
+                _ => 0,
+            };
+            on_pool!(self, pool => sqlx::query("UPDATE call_legs SET talk_seconds = $1, end_time = COALESCE(end_time, $2) WHERE uniqueid = $3")
+                .bind(talk)
+                .bind(at)
+                .bind(&l.uniqueid)
+                .execute(pool)
+                .await
+                .map(drop))?;
+        }
+        let done = on_pool!(self, pool => sqlx::query(
+            "UPDATE calls SET end_time = $1, answer_time = COALESCE(answer_time, $2), answered_by = COALESCE(answered_by, $3), \
+             duration_seconds = $4, hangup_cause = $5, hangup_by = $6, disposition = $7, transfers = $8, updated_at = $9 \
+             WHERE channel_id = $10 AND (end_time IS NULL OR disposition = 'unknown')",
+        )
+        .bind(at)
+        .bind(o.answer_time)
+        .bind(&o.answered_by)
+        .bind(duration)
+        .bind(o.hangup_cause)
+        .bind(&o.hangup_by)
+        .bind(o.disposition)
+        .bind(o.transfers)
+        .bind(now)
+        .bind(linkedid)
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected() == 1))?;
+        Ok(done)
+    }
+
+    /// Linkedids of the calls logged from CEL that are still open.
+    pub async fn open_cel_calls(&self) -> Result<Vec<String>, DbError> {
+        let rows: Vec<(String,)> = on_pool!(self, pool => sqlx::query_as(
+            "SELECT channel_id FROM calls WHERE end_time IS NULL AND source = 'cel' ORDER BY id",
+        )
+        .fetch_all(pool)
+        .await)?;
+        Ok(rows.into_iter().map(|(c,)| c).collect())
+    }
+
+    /// The calls happening now (not ended), oldest first, with their legs.
+    pub async fn active_calls(&self) -> Result<Vec<ActiveCall>, DbError> {
+        let calls = self.calls_where(" AND end_time IS NULL", 1000).await?;
+        let mut out = Vec::with_capacity(calls.len());
+        for call in calls.into_iter().rev() {
+            let legs = self.legs(&call.channel_id).await?;
+            let state = if call.answer_time.is_some() { "up" } else { "ringing" };
+            out.push(ActiveCall { call, state, legs });
+        }
+        Ok(out)
+    }
+
+    /// How many calls are happening now.
+    pub async fn active_call_count(&self) -> Result<i64, DbError> {
+        let n: (i64,) = on_pool!(self, pool => sqlx::query_as("SELECT COUNT(*) FROM calls WHERE end_time IS NULL")
+            .fetch_one(pool)
+            .await)?;
+        Ok(n.0)
+    }
+
+    /// Calls of one extension since `since` (it rang, was rung, answered or
+    /// was transferred to): how many, answered (its leg was: a call it made
+    /// and the other side took, or one it took), missed (rung and not
+    /// answered by it, in a call nobody answered), its talk time.
+    pub async fn extension_call_stats(&self, ext: &str, since: DateTime<Utc>) -> Result<ExtensionCallStats, DbError> {
+        type Row = (i64, Option<i64>, Option<i64>, Option<i64>);
+        let row: Row = on_pool!(self, pool => sqlx::query_as(
+            "SELECT COUNT(DISTINCT l.linkedid), \
+                    COUNT(DISTINCT CASE WHEN l.answer_time IS NOT NULL THEN l.linkedid END), \
+                    COUNT(DISTINCT CASE WHEN l.role <> 'caller' AND l.answer_time IS NULL AND c.disposition IN ('no answer', 'busy') THEN l.linkedid END), \
+                    CAST(SUM(COALESCE(l.talk_seconds, 0)) AS BIGINT) \
+             FROM call_legs l JOIN calls c ON c.channel_id = l.linkedid \
+             WHERE l.extension = $1 AND l.start_time >= $2",
+        )
+        .bind(ext)
+        .bind(since)
+        .fetch_one(pool)
+        .await)?;
+        Ok(ExtensionCallStats {
+            calls: row.0,
+            answered: row.1.unwrap_or(0),
+            missed: row.2.unwrap_or(0),
+            talk_seconds: row.3.unwrap_or(0),
+        })
+    }
+
+    /// One call by its linkedid (its `channelId`), with its legs.
+    pub async fn call_with_legs(&self, linkedid: &str) -> Result<Option<(CallRecord, Vec<Leg>)>, DbError> {
+        let row = on_pool!(self, pool => {
+            let row = sqlx::query(&format!("SELECT {CALL_COLUMNS} FROM calls WHERE channel_id = $1"))
+                .bind(linkedid)
+                .fetch_optional(pool)
+                .await?;
+            row.as_ref().map(|r| call_row!(r)).transpose()
+        })?;
+        let Some(call) = row else { return Ok(None) };
+        let legs = self.legs(linkedid).await?;
+        Ok(Some((call, legs)))
+    }
+
+    async fn calls_where(&self, cond: &'static str, limit: i64) -> Result<Vec<CallRecord>, DbError> {
+        let rows = on_pool!(self, pool => {
+            let rows = sqlx::query(&format!("SELECT {CALL_COLUMNS} FROM calls WHERE 1 = 1{cond} ORDER BY id DESC LIMIT $1"))
+                .bind(limit)
+                .fetch_all(pool)
+                .await?;
+            rows.iter().map(|r| call_row!(r)).collect::<Result<Vec<_>, sqlx::Error>>()
+        })?;
+        Ok(rows)
+    }
+}
+
+fn others_answered(legs: &[Leg], linkedid: &str) -> bool {
+    legs.iter().any(|l| l.uniqueid != linkedid && l.answer_time.is_some())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn leg(uid: &str, ext: &str, answered: bool, cause: i64, source: &str, dial: &str) -> Leg {
+        let t = Utc::now();
+        Leg {
+            linkedid: "a.1".into(),
+            uniqueid: uid.into(),
+            channel: format!("PJSIP/{ext}-00000001"),
+            extension: Some(ext.into()),
+            role: if uid == "a.1" { "caller".into() } else { "callee".into() },
+            caller: None,
+            dialled: None,
+            start_time: t,
+            answer_time: answered.then_some(t),
+            end_time: Some(t),
+            talk_seconds: None,
+            hangup_cause: Some(cause),
+            hangup_source: Some(source.into()).filter(|s: &String| !s.is_empty()),
+            dial_status: Some(dial.into()).filter(|s: &String| !s.is_empty()),
+            transferred_at: None,
+            transfer_to: None,
+        }
+    }
+
+    #[test]
+    fn channel_names_name_their_endpoint() {
+        assert_eq!(extension_of_channel("PJSIP/1002-0000000a").as_deref(), Some("1002"));
+        assert_eq!(extension_of_channel("PJSIP/trunk-00000007").as_deref(), Some("trunk"));
+        assert_eq!(extension_of_channel("Local/1002@from-internal-00000001;1").as_deref(), Some("1002"));
+        assert_eq!(extension_of_channel("no-tech"), None);
+        assert_eq!(hangup_party("dialplan/builtin").as_deref(), Some("dialplan"));
+        assert_eq!(hangup_party("PJSIP/1001-00000008").as_deref(), Some("1001"));
+        assert_eq!(hangup_party(""), None);
+    }
+
+    #[test]
+    fn the_outcome_of_each_call_kind_as_asterisk_22_reports_it() {
+        // Answered: the caller hung up (CEL of 1001 → 1002 on the real Asterisk).
+        let o = outcome(
+            "a.1",
+            &[leg("a.1", "1001", true, 16, "PJSIP/1001-1", "ANSWER"), leg("a.2", "1002", true, 16, "PJSIP/1001-1", "")],
+        );
+        assert_eq!(
+            (o.disposition, o.answered_by.as_deref(), o.hangup_cause, o.hangup_by.as_deref()),
+            ("answered", Some("1002"), Some(16), Some("1001"))
+        );
+        // Dial timeout: the callee's channel says 0, the caller's 16 and NOANSWER.
+        let o = outcome(
+            "a.1",
+            &[leg("a.1", "1001", false, 16, "dialplan/builtin", "NOANSWER"), leg("a.2", "1002", false, 0, "", "")],
+        );
+        assert_eq!((o.disposition, o.hangup_cause, o.hangup_by.as_deref()), ("no answer", Some(16), Some("dialplan")));
+        // Busy.
+        let o = outcome(
+            "a.1",
+            &[
+                leg("a.1", "1001", false, 17, "dialplan/builtin", "BUSY"),
+                leg("a.2", "1002", false, 17, "PJSIP/1002-2", ""),
+            ],
+        );
+        assert_eq!(o.disposition, "busy");
+        // The caller's cause 0 gives way to the callee's.
+        let o =
+            outcome("a.1", &[leg("a.1", "1001", false, 0, "", ""), leg("a.2", "1002", false, 21, "PJSIP/1002-2", "")]);
+        assert_eq!((o.hangup_cause, o.disposition), (Some(21), "failed"));
+        // Answered while the logger was away: no ANSWER seen, the Dial status says so.
+        let o = outcome(
+            "a.1",
+            &[leg("a.1", "1001", false, 16, "PJSIP/1001-1", "ANSWER"), leg("a.2", "1002", false, 16, "", "")],
+        );
+        assert!(o.answered);
+        assert_eq!(o.disposition, "answered");
     }
 }

@@ -50,9 +50,20 @@ pub fn router() -> axum::Router<AppState> {
         .route("/runs", get(runs))
         .route("/runs/{id}", get(run))
         .route("/calls", get(calls))
+        .route("/calls/active", get(active_calls))
+        .route("/calls/{id}", get(one_call))
         .route("/metrics", get(metrics))
         .route("/schema", get(|| async { Json(crate::schema::spec_schema()) }))
         .route("/openapi.json", get(openapi))
+}
+
+/// Midnight today in the daemon's local time (the PBX's day), as UTC: where
+/// "calls today" start.
+pub fn today_start() -> DateTime<Utc> {
+    use chrono::TimeZone;
+    let now = chrono::Local::now();
+    let midnight = now.date_naive().and_hms_opt(0, 0, 0).unwrap_or_else(|| now.naive_local());
+    chrono::Local.from_local_datetime(&midnight).earliest().map(|t| t.with_timezone(&Utc)).unwrap_or_else(Utc::now)
 }
 
 /// The OpenAPI document (src/http/openapi.json; a test keeps it and the
@@ -304,6 +315,7 @@ async fn live_status(State(state): State<AppState>, Path(id): Path<String>) -> R
         (None, Some(_)) => vec![json!({"field": "endpoint", "message": "in Asterisk but not managed"})],
         (None, None) => Vec::new(),
     };
+    let calls_today = db(&state)?.extension_call_stats(&id, today_start()).await.map_err(internal)?;
     let softphone = detail.as_ref().map(|d| SoftphoneSettings {
         username: &id,
         auth_username: if d.auth.is_empty() { &id } else { &d.auth },
@@ -318,6 +330,7 @@ async fn live_status(State(state): State<AppState>, Path(id): Path<String>) -> R
         "sync": record.as_ref().map(|r| json!({"status": r.sync_status, "lastError": r.last_error, "runId": r.sync_run_id, "since": r.sync_since, "appliedAt": r.applied_at, "revision": r.revision})),
         "drift": drift,
         "softphone": softphone,
+        "callsToday": calls_today,
     })))
 }
 
@@ -351,6 +364,76 @@ struct CallsQuery {
     until: Option<DateTime<Utc>>,
     limit: Option<i64>,
     cursor: Option<i64>,
+    /// `csv` for a CSV export (the same rows and filters); JSON otherwise.
+    format: Option<String>,
+}
+
+/// The calls happening now, oldest first, each with its legs (parties),
+/// `state` (`ringing`, `up`) and `durationSeconds` so far.
+async fn active_calls(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    let now = Utc::now();
+    let calls = db(&state)?.active_calls().await.map_err(internal)?;
+    let out: Vec<_> = calls
+        .into_iter()
+        .map(|c| {
+            let mut v = serde_json::to_value(&c).unwrap_or_default();
+            v["durationSeconds"] = json!((now - c.call.start_time).num_seconds().max(0));
+            v["talkSeconds"] = json!(c.call.answer_time.map(|a| (now - a).num_seconds().max(0)));
+            v
+        })
+        .collect();
+    Ok(Json(json!({"count": out.len(), "calls": out})))
+}
+
+/// One call by its id (`channelId`: Asterisk's linkedid), with its legs.
+async fn one_call(State(state): State<AppState>, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
+    let (call, legs) = db(&state)?
+        .call_with_legs(&id)
+        .await
+        .map_err(internal)?
+        .ok_or_else(|| ApiError::NotFound(format!("no call {id}")))?;
+    let mut v = serde_json::to_value(&call).unwrap_or_default();
+    v["legs"] = serde_json::to_value(&legs).unwrap_or_default();
+    Ok(Json(v))
+}
+
+/// A CSV field: quoted when it holds a comma, a quote or a line break; a
+/// leading `=`, `+`, `-` or `@` is prefixed with `'` so a spreadsheet
+/// never runs it as a formula.
+fn csv_field(s: &str) -> String {
+    let s = if s.starts_with(['=', '+', '-', '@']) { format!("'{s}") } else { s.to_string() };
+    if s.contains([',', '"', '\n', '\r']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s }
+}
+
+fn calls_csv(calls: &[crate::db::calls::CallRecord]) -> String {
+    let mut out = String::from(
+        "id,channelId,extension,caller,callee,direction,startTime,answerTime,endTime,durationSeconds,hangupCause,disposition,answeredBy,hangupBy,transfers\r\n",
+    );
+    let t = |d: Option<DateTime<Utc>>| d.map(|d| d.to_rfc3339()).unwrap_or_default();
+    let o = |s: &Option<String>| csv_field(s.as_deref().unwrap_or(""));
+    let n = |x: Option<i64>| x.map(|x| x.to_string()).unwrap_or_default();
+    for c in calls {
+        let row = [
+            c.id.to_string(),
+            csv_field(&c.channel_id),
+            o(&c.extension),
+            o(&c.caller),
+            o(&c.callee),
+            csv_field(&c.direction),
+            c.start_time.to_rfc3339(),
+            t(c.answer_time),
+            t(c.end_time),
+            n(c.duration_seconds),
+            n(c.hangup_cause),
+            o(&c.disposition),
+            o(&c.answered_by),
+            o(&c.hangup_by),
+            c.transfers.to_string(),
+        ];
+        out.push_str(&row.join(","));
+        out.push_str("\r\n");
+    }
+    out
 }
 
 async fn calls(
@@ -376,8 +459,22 @@ async fn calls(
         cursor: q.cursor,
     };
     let calls = db(&state)?.calls(&filter).await.map_err(internal)?;
+    match q.format.as_deref() {
+        None | Some("json") => {}
+        Some("csv") => {
+            return Ok((
+                [
+                    (axum::http::header::CONTENT_TYPE, "text/csv; charset=utf-8"),
+                    (axum::http::header::CONTENT_DISPOSITION, "attachment; filename=\"calls.csv\""),
+                ],
+                calls_csv(&calls),
+            )
+                .into_response());
+        }
+        Some(f) => return Err(ApiError::BadRequest(format!("format {f:?} is not one of json, csv"), Vec::new())),
+    }
     let next = if calls.len() as i64 == limit { calls.last().map(|c| c.id) } else { None };
-    Ok(Json(json!({"calls": calls, "nextCursor": next})))
+    Ok(Json(json!({"calls": calls, "nextCursor": next})).into_response())
 }
 
 pub(crate) async fn readyz(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
@@ -423,6 +520,7 @@ pub(crate) async fn status_json(state: &AppState) -> Result<Value, ApiError> {
         json!({"connected": c.connected.load(std::sync::atomic::Ordering::Relaxed),
                "events": c.events.load(std::sync::atomic::Ordering::Relaxed)})
     });
+    let active_calls = db.active_call_count().await.map_err(internal)?;
     let reconciling = record.as_ref().is_some_and(|r| r.reconciling);
     let since = record.as_ref().and_then(|r| r.reconciling_since).filter(|_| reconciling);
     let stalled = since.is_some_and(|t| Utc::now() - t > STALLED_AFTER);
@@ -449,6 +547,7 @@ pub(crate) async fn status_json(state: &AppState) -> Result<Value, ApiError> {
         "lastAppliedRevision": record.as_ref().and_then(|r| r.last_applied_revision.clone()),
         "lastAttemptedRevision": record.as_ref().and_then(|r| r.last_attempted_revision.clone()),
         "extensions": extensions.len(),
+        "activeCalls": active_calls,
         "notSynced": failed,
         "registered": registered,
         "drift": drift,

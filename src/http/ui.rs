@@ -63,6 +63,7 @@ fn env() -> &'static Environment<'static> {
             ("runs.html", include_str!("../../templates/ui/runs.html")),
             ("run.html", include_str!("../../templates/ui/run.html")),
             ("calls.html", include_str!("../../templates/ui/calls.html")),
+            ("calls_active.html", include_str!("../../templates/ui/calls_active.html")),
             ("signin.html", include_str!("../../templates/ui/signin.html")),
             ("error.html", include_str!("../../templates/ui/error.html")),
         ] {
@@ -194,6 +195,7 @@ pub fn read_router() -> axum::Router<AppState> {
         .route("/ui/runs", get(runs))
         .route("/ui/runs/{id}", get(run))
         .route("/ui/calls", get(calls))
+        .route("/ui/calls/active", get(active_calls))
 }
 
 /// Sign-in, and the forms that write (each checks read-only mode, its
@@ -244,6 +246,7 @@ async fn overview(State(state): State<AppState>, headers: HeaderMap) -> Response
             database => format!("{} ({})", st["database"]["backend"].as_str().unwrap_or("?"),
                 if st["database"]["reachable"].as_bool().unwrap_or(false) { "reachable" } else { "unreachable" }),
             runs => minijinja::Value::from_serialize(&st["lastRuns"]),
+            active_calls => st["activeCalls"].as_i64(),
         }
     };
     page(StatusCode::OK, "overview.html", ctx)
@@ -351,6 +354,7 @@ async fn status(
     };
     let auth_username =
         endpoint.as_ref().map(|e| e.auth.clone()).filter(|a| !a.is_empty()).unwrap_or_else(|| id.clone());
+    let calls_today = or_page!(db.extension_call_stats(&id, super::read::today_start()).await.map_err(internal));
     let notice = q.get("saved").map(|_| "Saved. The change is in the spec files; Asterisk gets it on the next reconcile (this page shows Synced then).");
     let ctx = context! {
         ..base(&state, &viewer, notice),
@@ -363,6 +367,7 @@ async fn status(
             drift => drift,
             auth_username => auth_username,
             sip_server => state.live.sip_server.clone(),
+            calls_today => calls_today,
         }
     };
     page(StatusCode::OK, "status.html", ctx)
@@ -408,11 +413,51 @@ async fn calls(
         CallFilter { extension: extension.clone(), direction: direction.clone(), limit: 200, ..Default::default() };
     let db = or_page!(db(&state));
     let calls = or_page!(db.calls(&filter).await.map_err(internal));
+    let mut csv_url = "/calls?format=csv&limit=1000".to_string();
+    if let Some(e) = &extension {
+        csv_url.push_str("&extension=");
+        csv_url.push_str(&percent(e));
+    }
+    if let Some(d) = &direction {
+        csv_url.push_str("&direction=");
+        csv_url.push_str(d);
+    }
     let ctx = context! {
         ..base(&state, &viewer, None),
-        ..context! { calls => calls, extension => extension.unwrap_or_default(), direction => direction.unwrap_or_default(), call_logger => state.live.calls.is_some() }
+        ..context! { calls => calls, extension => extension.unwrap_or_default(), direction => direction.unwrap_or_default(), call_logger => state.live.calls.is_some(), csv_url => csv_url }
     };
     page(StatusCode::OK, "calls.html", ctx)
+}
+
+/// The calls happening now; the page refreshes itself every 5 s (no JavaScript).
+async fn active_calls(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let viewer = Viewer::of(&state, &headers);
+    let db = or_page!(db(&state));
+    let now = chrono::Utc::now();
+    let calls = or_page!(db.active_calls().await.map_err(internal));
+    let rows: Vec<Value> = calls
+        .iter()
+        .map(|c| {
+            let parties: Vec<String> = c
+                .legs
+                .iter()
+                .map(|l| {
+                    let who = l.extension.clone().unwrap_or_else(|| l.channel.clone());
+                    if l.answer_time.is_some() { who } else { format!("{who} (ringing)") }
+                })
+                .collect();
+            let d = (now - c.call.start_time).num_seconds().max(0);
+            let duration = format!("{}:{:02}", d / 60, d % 60);
+            serde_json::json!({
+                "call": c.call,
+                "state": c.state,
+                "parties": parties,
+                "duration": duration,
+            })
+        })
+        .collect();
+    let ctx = context! { ..base(&state, &viewer, None), ..context! { calls => rows, call_logger => state.live.calls.is_some() } };
+    page(StatusCode::OK, "calls_active.html", ctx)
 }
 
 /// The sign-in form is protected against login CSRF by a double-submit

@@ -6,6 +6,7 @@
 //! Asterisk, sipp, baresip or network namespaces fails them; locally they
 //! print SKIPPED.
 
+mod calls;
 mod contract;
 mod e2e;
 mod faults;
@@ -85,6 +86,8 @@ pub(crate) struct Daemon {
     http: reqwest::Client,
     /// Every response body, for the secret scan.
     pub(crate) seen: std::sync::Mutex<Vec<String>>,
+    /// What it was started with, for [`Daemon::restart`].
+    settings: Settings,
 }
 
 pub(crate) async fn asterisk(build: &Build, name: &str) -> Asterisk {
@@ -139,8 +142,8 @@ impl Daemon {
             flags.git_url = Some(url.clone());
         }
         let settings = Settings::resolve(flags, file, &|_| None).expect("settings");
-        let (addr, stop, task) = crate::support::serve(settings).await;
-        let d = Daemon {
+        let (addr, stop, task) = crate::support::serve(settings.clone()).await;
+        let mut d = Daemon {
             _dir: dir,
             specs,
             addr,
@@ -149,12 +152,43 @@ impl Daemon {
             task: Some(task),
             http: reqwest::Client::new(),
             seen: Default::default(),
+            settings,
         };
+        d.wait_ready().await;
+        d
+    }
+
+    /// Stops the daemon (as SIGTERM would) and starts it again on the same
+    /// state directory and database, as an operator's restart.
+    pub(crate) async fn restart(&mut self) {
+        self.halt().await;
+        self.start_again().await;
+    }
+
+    /// Stops the daemon, keeping its state, until [`start_again`](Self::start_again).
+    pub(crate) async fn halt(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            t.await.expect("joins").expect("serve ends cleanly");
+        }
+    }
+
+    pub(crate) async fn start_again(&mut self) {
+        let (addr, stop, task) = crate::support::serve(self.settings.clone()).await;
+        self.addr = addr;
+        self.stop = Some(stop);
+        self.task = Some(task);
+        self.wait_ready().await;
+    }
+
+    async fn wait_ready(&mut self) {
+        let d = self;
         // Up once it answers /readyz (or it died at start: say why).
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
             if d.task.as_ref().is_some_and(|t| t.is_finished()) {
-                let mut d = d;
                 let r = d.task.take().expect("task").await;
                 panic!("the daemon stopped at start: {r:?}");
             }
@@ -164,7 +198,6 @@ impl Daemon {
             assert!(tokio::time::Instant::now() < deadline, "the daemon did not answer /readyz within 30 s");
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        d
     }
 
     pub(crate) async fn call(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {

@@ -162,6 +162,10 @@ pub struct Options {
     /// Run inside a network namespace (see [`netns`]), bound to an address
     /// there instead of 127.0.0.1. `None`: the root namespace, loopback.
     pub netns: Option<InNamespace>,
+    /// RTP ports of its own (default 20: 10 calls' worth of media). Over
+    /// 20, a range of this size from 40000 up, shared by instances that ask
+    /// for as many (Asterisk tries another port when one is taken).
+    pub rtp_ports: u16,
 }
 
 /// Where an instance runs when it is not on loopback: inside the network
@@ -184,6 +188,7 @@ impl Options {
             sorcery: String::new(),
             trunk: true,
             netns: None,
+            rtp_ports: 20,
         }
     }
 }
@@ -342,8 +347,13 @@ impl Asterisk {
         w("logger.conf", "[general]\n[logfiles]\nmessages.log => notice,warning,error,verbose\n".into())?;
         // rtp.conf: a port range of its own per instance keeps parallel
         // instances from colliding on RTP.
-        let rtp = 30_000 + (self.sip_port % 1000) * 20;
-        w("rtp.conf", format!("[general]\nrtpstart = {rtp}\nrtpend = {}\n", rtp + 19))?;
+        let (rtp, n) = if opts.rtp_ports <= 20 {
+            (30_000 + (self.sip_port % 1000) * 20, 20)
+        } else {
+            let n = opts.rtp_ports.min(10_000);
+            (40_000 + (self.sip_port % (20_000 / n).max(1)) * n, n)
+        };
+        w("rtp.conf", format!("[general]\nrtpstart = {rtp}\nrtpend = {}\n", rtp + n - 1))?;
 
         // The operator's files, from the project's examples.
         let f = "examples/asterisk/manager.conf.snippet";
@@ -391,6 +401,7 @@ impl Asterisk {
                 extra = opts.pjsip_extra,
             ),
         )?;
+        w("cel.conf", read_example("examples/asterisk/cel.conf.snippet")?)?;
         let dialplan = read_example("templates/extensions.conf.snippet")?;
         w("extensions.conf", format!("[general]\nstatic = yes\nwriteprotect = yes\n\n{dialplan}\n[from-trunk]\n"))?;
         // Read by res_pjsip_config_wizard; absent, it logs an error per reload.

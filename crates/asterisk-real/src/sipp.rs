@@ -80,17 +80,94 @@ impl Phone {
         finish(c, log, hold + Duration::from_secs(40)).await
     }
 
+    /// Calls `dial` expecting no answer (`call_rejected.xml`: a 486, 480,
+    /// 487, 404, 603 or 503 ends it); Ok when it ended that way.
+    pub async fn call_unanswered(&self, server: SocketAddr, dial: &str) -> Outcome {
+        let (mut c, log) = self.sipp("call_rejected", server);
+        c.args(["-key", "dial", dial]);
+        finish(c, log, Duration::from_secs(60)).await
+    }
+
+    /// Calls `dial` and stays on through re-INVITEs (a transfer), hanging
+    /// up 4 s after the last one (`call_transferred.xml`).
+    pub async fn call_transferred(&self, server: SocketAddr, dial: &str) -> Outcome {
+        let (mut c, log) = self.sipp("call_transferred", server);
+        c.args(["-key", "dial", dial]);
+        finish(c, log, Duration::from_secs(60)).await
+    }
+
+    /// Places `n` calls to `dial` from this phone, `rate` a second, each
+    /// held for `hold` once answered (`call.xml` with `-m n -l n -r rate`);
+    /// Ok when every one succeeded.
+    pub async fn call_many(&self, server: SocketAddr, dial: &str, hold: Duration, n: usize, rate: usize) -> Outcome {
+        let (mut c, log) = self.sipp_calls("call", server, false);
+        let (n, rate) = (n.to_string(), rate.to_string());
+        c.args(["-key", "dial", dial, "-d", &hold.as_millis().to_string()]);
+        c.args(["-m", &n, "-l", &n, "-r", &rate]);
+        finish(c, log, hold + Duration::from_secs(90)).await
+    }
+
+    /// As [`call_many`](Self::call_many) for calls that are not answered (`call_rejected.xml`).
+    pub async fn call_many_unanswered(&self, server: SocketAddr, dial: &str, n: usize, rate: usize) -> Outcome {
+        let (mut c, log) = self.sipp_calls("call_rejected", server, false);
+        let (n, rate) = (n.to_string(), rate.to_string());
+        c.args(["-key", "dial", dial, "-m", &n, "-l", &n, "-r", &rate]);
+        finish(c, log, Duration::from_secs(90)).await
+    }
+
+    /// Starts a phone that answers every call until dropped (`answer_many.xml`).
+    pub fn answer_many(&self) -> Answering {
+        play_at("answer_many", self.ip, self.port, &[])
+    }
+
+    /// Starts a phone that answers every call with 486 until dropped (`busy_many.xml`).
+    pub fn busy_many(&self) -> Answering {
+        play_at("busy_many", self.ip, self.port, &[])
+    }
+
+    /// Starts a phone that rings for every call until dropped (`ring_many.xml`).
+    pub fn ring_many(&self) -> Answering {
+        play_at("ring_many", self.ip, self.port, &[])
+    }
+
     /// Starts answering one call on this phone's port (register first, from
     /// the same port, so Asterisk's contact is this one).
     pub fn answer(&self) -> Answering {
         answer_at(self.ip, self.port)
     }
 
+    /// Starts a phone that answers one call with 486 Busy Here (`busy.xml`).
+    pub fn busy(&self) -> Answering {
+        play_at("busy", self.ip, self.port, &[])
+    }
+
+    /// Starts a phone that rings and is never picked up (`ring.xml`): the
+    /// caller's Dial timeout ends it with CANCEL.
+    pub fn ring(&self) -> Answering {
+        play_at("ring", self.ip, self.port, &[])
+    }
+
+    /// Starts a phone that answers one call, talks until 1.5 s pass
+    /// without a re-INVITE, then blind transfers the caller to `refer_to`
+    /// with REFER (`answer_refer.xml`).
+    pub fn answer_and_transfer(&self, refer_to: &str) -> Answering {
+        play_at("answer_refer", self.ip, self.port, &["-key", "refer_to", refer_to])
+    }
+
     fn sipp(&self, name: &str, server: SocketAddr) -> (Command, PathBuf) {
-        let (mut c, log) = base(name, self.ip, self.port);
+        self.sipp_calls(name, server, true)
+    }
+
+    fn sipp_calls(&self, name: &str, server: SocketAddr, one_call: bool) -> (Command, PathBuf) {
+        let (mut c, log) = base_calls(name, self.ip, self.port, one_call);
         c.arg(server.to_string()).args(["-s", &self.extension, "-au", &self.extension, "-ap", &self.password]);
         (c, log)
     }
+}
+
+/// A sipp answering every call on `port` until dropped (a carrier on `trunk_port`).
+pub fn answer_many_on(port: u16) -> Answering {
+    play_at("answer_many", IpAddr::V4(Ipv4Addr::LOCALHOST), port, &[])
 }
 
 /// A sipp answering one call on `port` (e.g. the carrier on `trunk_port`).
@@ -99,7 +176,13 @@ pub fn answer_on(port: u16) -> Answering {
 }
 
 fn answer_at(ip: IpAddr, port: u16) -> Answering {
-    let (mut c, log) = base("answer", ip, port);
+    play_at("answer", ip, port, &[])
+}
+
+/// Starts a called-side scenario (it ends itself with `stop_now`, exit 97).
+fn play_at(name: &str, ip: IpAddr, port: u16, args: &[&str]) -> Answering {
+    let (mut c, log) = base(name, ip, port);
+    c.args(args);
     match c.spawn() {
         Ok(child) => Answering { child: Some(child), log, port },
         Err(e) => panic!("cannot start sipp: {e}"),
@@ -147,6 +230,16 @@ fn log_path(name: &str) -> PathBuf {
 }
 
 fn base(name: &str, ip: IpAddr, port: u16) -> (Command, PathBuf) {
+    base_calls(
+        name,
+        ip,
+        port,
+        !matches!(name, "answer" | "busy" | "ring" | "answer_refer" | "answer_many" | "busy_many" | "ring_many"),
+    )
+}
+
+/// `one_call`: `-m 1` (a UAC that makes one call, then exits).
+fn base_calls(name: &str, ip: IpAddr, port: u16, one_call: bool) -> (Command, PathBuf) {
     let log = log_path(name);
     let mut c = Command::new(binary().unwrap_or_else(|| PathBuf::from("sipp")));
     c.arg("-sf")
@@ -163,7 +256,7 @@ fn base(name: &str, ip: IpAddr, port: u16) -> (Command, PathBuf) {
     // One call, then exit. The answering scenario stops itself after its one
     // call instead: sipp counts each qualify OPTIONS it answers (-aa) as a
     // call, so `-m 1` let one arriving before the INVITE end it.
-    if name != "answer" {
+    if one_call {
         c.args(["-m", "1"]);
     }
     crate::die_with_parent(&mut c);

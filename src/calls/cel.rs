@@ -1,0 +1,432 @@
+//! The call log from CEL: every call Asterisk carries, whatever its path
+//! (internal, outbound, inbound, transferred, through Stasis or not), one
+//! `calls` row per call (Asterisk's linkedid) and one `call_legs` row per
+//! channel of it. Why CEL over AMI and not ARI's `subscribeAll`: see
+//! ARCHITECTURE.md ("The call log's event source").
+//!
+//! Per event (`asterisk::cel::CelEvent`):
+//!
+//! - `CHAN_START`: a leg; the call's first channel (uniqueid = linkedid)
+//!   also creates the call's row (caller, dialled number, direction);
+//! - `ANSWER`: the leg's answer; a leg other than the caller's answers the
+//!   call (the first one: `answered_by`);
+//! - `HANGUP`: the leg's Q.850 cause, who hung up (`hangupsource`), its
+//!   Dial status;
+//! - `CHAN_END`: the leg's end;
+//! - `BLINDTRANSFER` / `ATTENDEDTRANSFER`: the transferring leg; legs that
+//!   start later are the call's `transfer` legs;
+//! - `LINKEDID_END`: the last channel of the call is gone: the row is
+//!   completed from its legs (`db::calls::outcome`).
+//!
+//! Exactly once: every write is keyed (the call by linkedid, a leg by
+//! uniqueid) and only fills what is still empty, so a replayed or
+//! duplicated event changes nothing. Events of one call are handled in
+//! order by one worker (calls are spread over workers by linkedid).
+//!
+//! While the logger is not connected (AMI down, the daemon restarting)
+//! Asterisk's events are lost, so after every connect it lists the live
+//! channels (`CoreShowChannels`) and brings each call up to date through
+//! the call's own worker: a call that started meanwhile gets its row and
+//! legs, a leg that is up (answered meanwhile) gets an answer time (the
+//! moment it was seen up: no earlier one is known), and an open call with
+//! no channel left ended meanwhile: completed from what its legs say, or
+//! `unknown` when they do not say it was answered. Its end events, when
+//! they do arrive, replace `unknown`.
+
+use super::{CallLogConfig, CallLogStats, direction, worker_of};
+use crate::asterisk::ami::{AmiClient, AmiConfig, Message};
+use crate::asterisk::cel::{CelEvent, CelStream};
+use crate::db::Db;
+use crate::db::calls::{CallStart, LegStart, extension_of_channel};
+use chrono::{DateTime, Utc};
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+
+/// What a worker is handed.
+enum Item {
+    Event(CelEvent),
+    /// A live channel seen after a (re)connect.
+    Live(LiveChannel),
+    /// An open call with no live channel after a (re)connect.
+    Gone {
+        linkedid: String,
+        at: DateTime<Utc>,
+    },
+}
+
+/// One channel of `CoreShowChannels`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LiveChannel {
+    pub uniqueid: String,
+    pub linkedid: String,
+    pub channel: String,
+    pub caller_number: String,
+    pub exten: String,
+    pub context: String,
+    /// Up (answered).
+    pub up: bool,
+    pub start_time: DateTime<Utc>,
+}
+
+impl LiveChannel {
+    /// From a `CoreShowChannel` event (`Duration: HH:MM:SS` since it was created).
+    pub fn from_message(m: &Message, now: DateTime<Utc>) -> Option<LiveChannel> {
+        let uniqueid = m.get("Uniqueid").filter(|s| !s.is_empty())?.to_string();
+        let linkedid = m.get("Linkedid").filter(|s| !s.is_empty()).unwrap_or(&uniqueid).to_string();
+        let secs = m
+            .get("Duration")
+            .and_then(|d| {
+                let p: Vec<i64> = d.split(':').filter_map(|x| x.parse().ok()).collect();
+                (p.len() == 3).then(|| p[0] * 3600 + p[1] * 60 + p[2])
+            })
+            .unwrap_or(0);
+        Some(LiveChannel {
+            uniqueid,
+            linkedid,
+            channel: m.get("Channel").unwrap_or("").to_string(),
+            caller_number: m.get("CallerIDNum").unwrap_or("").to_string(),
+            exten: m.get("Exten").unwrap_or("").to_string(),
+            context: m.get("Context").unwrap_or("").to_string(),
+            up: m.get("ChannelState") == Some("6") || m.get("ChannelStateDesc") == Some("Up"),
+            start_time: now - chrono::Duration::seconds(secs),
+        })
+    }
+}
+
+fn blank(s: &str) -> Option<String> {
+    Some(s.to_string()).filter(|s| !s.is_empty() && s != "<unknown>")
+}
+
+/// A leg as an event or a listing describes it.
+struct LegSeen<'a> {
+    linkedid: &'a str,
+    uniqueid: &'a str,
+    channel: &'a str,
+    caller: &'a str,
+    exten: &'a str,
+    context: &'a str,
+    at: DateTime<Utc>,
+}
+
+struct Shared {
+    db: Db,
+    cfg: CallLogConfig,
+    stats: Arc<CallLogStats>,
+}
+
+impl Shared {
+    async fn start_leg(&self, l: LegSeen<'_>) -> Result<(), crate::db::DbError> {
+        let first = l.uniqueid == l.linkedid;
+        if first {
+            let dir = direction(l.context, l.exten, &self.cfg);
+            let caller = blank(l.caller);
+            let callee = blank(l.exten);
+            let c = CallStart {
+                channel_id: l.linkedid.to_string(),
+                extension: if dir == "inbound" { callee.clone() } else { caller.clone() },
+                caller,
+                callee,
+                direction: dir.into(),
+                start_time: l.at,
+            };
+            if self.db.cel_call_started(&c).await? {
+                self.stats.calls_created.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(linkedid = l.linkedid, caller = l.caller, exten = l.exten, "call record created");
+            }
+        }
+        let role = if first {
+            "caller"
+        } else if self.db.call_was_transferred(l.linkedid).await? {
+            "transfer"
+        } else {
+            "callee"
+        };
+        self.db
+            .leg_started(&LegStart {
+                linkedid: l.linkedid.to_string(),
+                uniqueid: l.uniqueid.to_string(),
+                channel: l.channel.to_string(),
+                extension: extension_of_channel(l.channel),
+                role: role.into(),
+                caller: blank(l.caller),
+                dialled: blank(l.exten).filter(|e| e != "s"),
+                start_time: l.at,
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn handle(&self, item: Item) -> Result<(), crate::db::DbError> {
+        match item {
+            Item::Event(e) => self.event(e).await,
+            Item::Live(c) => {
+                self.start_leg(LegSeen {
+                    linkedid: &c.linkedid,
+                    uniqueid: &c.uniqueid,
+                    channel: &c.channel,
+                    caller: &c.caller_number,
+                    exten: &c.exten,
+                    context: &c.context,
+                    at: c.start_time,
+                })
+                .await?;
+                if c.up {
+                    self.db.leg_answered(&c.linkedid, &c.uniqueid, Utc::now()).await?;
+                }
+                Ok(())
+            }
+            Item::Gone { linkedid, at } => {
+                let legs = self.db.legs(&linkedid).await?;
+                let o = crate::db::calls::outcome(&linkedid, &legs);
+                if o.answered {
+                    if self.db.cel_call_ended(&linkedid, at).await? {
+                        self.stats.calls_completed.fetch_add(1, Ordering::Relaxed);
+                    }
+                } else if self.db.close_call_unknown(&linkedid, at).await? {
+                    tracing::warn!(linkedid = %linkedid, "call ended while the logger was not connected; closed as unknown");
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn event(&self, e: CelEvent) -> Result<(), crate::db::DbError> {
+        match e.name.as_str() {
+            "CHAN_START" => {
+                self.start_leg(LegSeen {
+                    linkedid: &e.linkedid,
+                    uniqueid: &e.uniqueid,
+                    channel: &e.channel,
+                    caller: &e.caller_number,
+                    exten: &e.exten,
+                    context: &e.context,
+                    at: e.at,
+                })
+                .await?
+            }
+            "ANSWER" => self.db.leg_answered(&e.linkedid, &e.uniqueid, e.at).await?,
+            "HANGUP" => {
+                let source = e.extra_str("hangupsource").filter(|s| !s.is_empty());
+                let dial = e.extra_str("dialstatus").filter(|s| !s.is_empty());
+                self.db.leg_hung_up(&e.uniqueid, e.extra_i64("hangupcause"), source, dial).await?
+            }
+            "CHAN_END" => self.db.leg_ended(&e.uniqueid, e.at).await?,
+            "BLINDTRANSFER" | "ATTENDEDTRANSFER" => {
+                let to = e.extra_str("extension").or_else(|| e.extra_str("transfer_target_channel_name"));
+                self.db.leg_transferred(&e.uniqueid, e.at, to).await?
+            }
+            "LINKEDID_END" if self.db.cel_call_ended(&e.linkedid, e.at).await? => {
+                self.stats.calls_completed.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(linkedid = %e.linkedid, "call record completed");
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// Lists the live channels and queues each to its call's worker, then the
+/// open calls none of them belongs to.
+async fn resync(ami: AmiConfig, shared: Arc<Shared>, senders: Vec<mpsc::Sender<Item>>) {
+    let listed_at = Utc::now();
+    let client = match AmiClient::connect(ami).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list live channels after connecting for CEL");
+            return;
+        }
+    };
+    let channels = match client.request_list(Message::action("CoreShowChannels")).await {
+        Ok((_, items)) => items,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list live channels after connecting for CEL");
+            client.logoff().await;
+            return;
+        }
+    };
+    client.logoff().await;
+    let mut live: Vec<LiveChannel> = channels
+        .iter()
+        .filter(|m| m.get("Event") == Some("CoreShowChannel"))
+        .filter_map(|m| LiveChannel::from_message(m, listed_at))
+        .collect();
+    let ids: HashSet<String> = live.iter().map(|c| c.linkedid.clone()).collect();
+    // The first channel of each call first: it creates the row.
+    live.sort_by_key(|c| (c.uniqueid != c.linkedid, c.start_time));
+    for c in live {
+        let i = worker_of(&c.linkedid, senders.len());
+        if senders[i].send(Item::Live(c)).await.is_err() {
+            return;
+        }
+    }
+    let open = match shared.db.open_cel_calls().await {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list open calls after connecting for CEL");
+            return;
+        }
+    };
+    for linkedid in open.into_iter().filter(|l| !ids.contains(l)) {
+        // Only calls that started before the listing: a newer one is simply not listed yet.
+        let started = shared.db.legs(&linkedid).await.ok().and_then(|l| l.iter().map(|l| l.start_time).min());
+        if started.is_some_and(|s| s >= listed_at) {
+            continue;
+        }
+        let i = worker_of(&linkedid, senders.len());
+        if senders[i].send(Item::Gone { linkedid, at: listed_at }).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Runs the CEL call logger until `stop` turns true.
+pub async fn run(db: Db, ami: AmiConfig, cfg: CallLogConfig, stats: Arc<CallLogStats>, stop: watch::Receiver<bool>) {
+    let workers = cfg.workers.max(1);
+    let shared = Arc::new(Shared { db, cfg, stats });
+    let mut senders = Vec::with_capacity(workers);
+    let mut tasks = Vec::with_capacity(workers + 1);
+    for _ in 0..workers {
+        let (tx, mut rx) = mpsc::channel::<Item>(4096);
+        senders.push(tx);
+        let shared = shared.clone();
+        tasks.push(tokio::spawn(async move {
+            while let Some(item) = rx.recv().await {
+                let stamped = match &item {
+                    Item::Event(e) => Some(e.at),
+                    _ => None,
+                };
+                if let Err(e) = shared.handle(item).await {
+                    shared.stats.errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(error = %e, "call event not recorded");
+                }
+                if let Some(at) = stamped {
+                    let lag = (Utc::now() - at).num_microseconds().unwrap_or(0).max(0) as u64;
+                    shared.stats.lag_max_micros.fetch_max(lag, Ordering::Relaxed);
+                    shared.stats.lag_sum_micros.fetch_add(lag, Ordering::Relaxed);
+                    shared.stats.events_handled.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    // The sweeper: never open forever.
+    {
+        let shared = shared.clone();
+        let mut stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let every = (shared.cfg.stale_after / 4).clamp(Duration::from_millis(50), Duration::from_secs(60));
+            loop {
+                tokio::select! {
+                    _ = stop.wait_for(|s| *s) => return,
+                    _ = tokio::time::sleep(every) => {}
+                }
+                let cutoff = Utc::now()
+                    - chrono::Duration::from_std(shared.cfg.stale_after).unwrap_or(chrono::Duration::hours(4));
+                match shared.db.close_stale_calls(cutoff).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::warn!(calls = n, "calls open too long closed as unknown"),
+                    Err(e) => tracing::warn!(error = %e, "cannot close stale calls"),
+                }
+            }
+        }));
+    }
+
+    let mut stop = stop;
+    let mut delay = Duration::from_millis(200);
+    'connect: loop {
+        if *stop.borrow() {
+            break;
+        }
+        let connect = CelStream::connect(&ami.addr, &ami.user, &ami.secret, ami.timeout);
+        let connected = tokio::select! {
+            _ = stop.wait_for(|s| *s) => break 'connect,
+            r = connect => r,
+        };
+        let mut stream = match connected {
+            Ok(s) => s,
+            Err(e) => {
+                shared.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "AMI unavailable for CEL; calls are not being logged");
+                tokio::select! {
+                    _ = stop.wait_for(|s| *s) => break 'connect,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(30));
+                continue;
+            }
+        };
+        delay = Duration::from_millis(200);
+        shared.stats.connected.store(true, Ordering::Relaxed);
+        tracing::info!(addr = %ami.addr, "CEL events connected; logging every call");
+        tokio::spawn(resync(AmiConfig { events: false, ..ami.clone() }, shared.clone(), senders.clone()));
+        loop {
+            let next = tokio::select! {
+                _ = stop.wait_for(|s| *s) => break 'connect,
+                n = stream.next() => n,
+            };
+            match next {
+                Ok(None) => {
+                    tracing::warn!("the CEL connection was closed; reconnecting");
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "the CEL connection failed; reconnecting");
+                    break;
+                }
+                Ok(Some(m)) => match CelEvent::from_message(&m) {
+                    Ok(None) => {}
+                    Ok(Some(ev)) => {
+                        shared.stats.events.fetch_add(1, Ordering::Relaxed);
+                        let i = worker_of(&ev.linkedid, workers);
+                        if senders[i].send(Item::Event(ev)).await.is_err() {
+                            break 'connect;
+                        }
+                    }
+                    Err(e) => {
+                        shared.stats.errors.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(error = %e, "unreadable CEL event skipped");
+                    }
+                },
+            }
+        }
+        shared.stats.connected.store(false, Ordering::Relaxed);
+    }
+    shared.stats.connected.store(false, Ordering::Relaxed);
+    drop(senders);
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_live_channel_as_core_show_channels_lists_it() {
+        let m = Message {
+            fields: [
+                ("Event", "CoreShowChannel"),
+                ("Channel", "PJSIP/1002-00000009"),
+                ("ChannelState", "6"),
+                ("ChannelStateDesc", "Up"),
+                ("CallerIDNum", "1002"),
+                ("Exten", "1002"),
+                ("Context", "from-internal"),
+                ("Uniqueid", "x-1.9"),
+                ("Linkedid", "x-1.8"),
+                ("Duration", "00:01:05"),
+            ]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        };
+        let now = Utc::now();
+        let c = LiveChannel::from_message(&m, now).expect("a channel");
+        assert!(c.up);
+        assert_eq!((c.linkedid.as_str(), c.uniqueid.as_str()), ("x-1.8", "x-1.9"));
+        assert_eq!((now - c.start_time).num_seconds(), 65);
+    }
+}
