@@ -391,7 +391,7 @@ async fn run_one<S: StateStore, A: AsteriskControl>(
     });
     let ms = report.duration.as_secs_f64() * 1000.0;
     match r.outcome {
-        Outcome::Failed | Outcome::Invalid | Outcome::Blocked => tracing::warn!(
+        Outcome::Failed | Outcome::Degraded | Outcome::Invalid | Outcome::Blocked => tracing::warn!(
             outcome = r.outcome.as_str(),
             duration_ms = ms,
             creates,

@@ -68,6 +68,7 @@ async fn rig_with(templates: Option<&Path>) -> Rig {
         realm: "asterisk".into(),
         prune: PruneGuard { max_share: 0.3, max_count: None, allow_mass_delete: false },
         self_heal: true,
+        live: None,
         settled: Default::default(),
     };
     Rig { dir, spec, managed, standin, rec }
@@ -588,6 +589,7 @@ async fn a_foreign_or_truncated_managed_file_at_20k_is_planned_as_drift() {
         realm: "asterisk".into(),
         prune: PruneGuard { max_share: 0.3, max_count: None, allow_mass_delete: false },
         self_heal: true,
+        live: None,
         settled: Default::default(),
     };
     let first = rec.run(Trigger::Cli, daemon::load_dir(&spec)).await;
