@@ -174,6 +174,13 @@ pub trait AsteriskControl: Send + Sync {
     fn reload(&self) -> impl Future<Output = Result<(), Self::Error>> + Send;
     /// Whether Asterisk answers at all (cheap: no list).
     fn ping(&self) -> impl Future<Output = Result<(), Self::Error>> + Send;
+    /// The keys Asterisk's astdb holds under `family` (`/family/endpoint/1001`),
+    /// never their values (an auth's holds its secret). Only the ari target
+    /// asks: the objects its sorcery wizard stores there.
+    fn astdb_keys(&self, family: &str) -> impl Future<Output = Result<Vec<String>, Self::Error>> + Send {
+        let _ = family;
+        async { Ok(Vec::new()) }
+    }
 }
 
 /// Where the desired state comes from for one run.
@@ -401,6 +408,9 @@ impl<S: StateStore, A: AsteriskControl> Reconciler<S, A> {
             Some(_) => {
                 let observed = self.observe().await;
                 plan.drift.extend(plan::observed_drift(&desired.set, &|n| applied.contains_key(n), &observed));
+                if let Some(record) = &current {
+                    self.live_drift(record, &mut plan.drift).await;
+                }
                 observed
             }
         };
@@ -462,7 +472,8 @@ impl<S: StateStore, A: AsteriskControl> Reconciler<S, A> {
         }
         let observed = self.observe().await;
         // Settled means every desired extension is applied as it is and nothing else is.
-        let drift = plan::observed_drift(&desired.set, &|n| desired.set.get(n).is_some(), &observed);
+        let mut drift = plan::observed_drift(&desired.set, &|n| desired.set.get(n).is_some(), &observed);
+        self.live_drift(&current, &mut drift).await;
         let p = Plan {
             changes: Vec::new(),
             unchanged: desired.set.extensions.len(),
@@ -472,6 +483,31 @@ impl<S: StateStore, A: AsteriskControl> Reconciler<S, A> {
             applied_before: s.applied_count,
         };
         Some((p, None, None, observed))
+    }
+
+    /// With the ari target: what reading the pushed objects back shows
+    /// (see `apply::drift`), added to `drift` without repeating what the
+    /// endpoint list already said; an orphaned endpoint of our astdb family
+    /// is ours to delete, so it is not reported as unmanaged too.
+    async fn live_drift(&self, record: &str, drift: &mut Vec<plan::Drift>) {
+        let Some(live) = &self.live else { return };
+        let keys = match &self.asterisk {
+            Some(a) => a.astdb_keys(crate::apply::ASTDB_FAMILY).await.unwrap_or_else(|e| {
+                tracing::debug!("listing the astdb family failed: {e}");
+                Vec::new()
+            }),
+            None => Vec::new(),
+        };
+        for d in crate::apply::drift(live, record, &keys).await {
+            if let plan::Drift::Orphaned { object_type: kind, id } = &d
+                && kind == "endpoint"
+            {
+                drift.retain(|x| !matches!(x, plan::Drift::Unmanaged { endpoint } if endpoint == id));
+            }
+            if !drift.contains(&d) {
+                drift.push(d);
+            }
+        }
     }
 
     async fn observe(&self) -> Observed {
@@ -786,13 +822,20 @@ impl<S: StateStore, A: AsteriskControl> Reconciler<S, A> {
             return Err((Outcome::Failed, "internal: nothing rendered and no record of what was pushed".into()));
         };
         let mut asked: std::collections::BTreeSet<String> = p.changes.iter().map(|c| c.extension.clone()).collect();
+        let mut orphans = Vec::new();
         if heal {
             asked.extend(p.drift.iter().filter_map(status::drift_extension).map(str::to_string));
+            for d in &p.drift {
+                if let plan::Drift::Orphaned { object_type: kind, id } = d {
+                    orphans.push((kind.clone(), id.clone()));
+                }
+            }
         }
         self.progress(Step::Writing).await;
         let started = Instant::now();
-        let run =
-            crate::apply::push(live, current.as_deref(), &text, &asked).await.map_err(|e| (Outcome::Failed, e))?;
+        let run = crate::apply::push(live, current.as_deref(), &text, &asked, &orphans)
+            .await
+            .map_err(|e| (Outcome::Failed, e))?;
         let took = started.elapsed();
         if current.as_deref() != Some(run.record.as_str())
             && let Err(e) = self.managed.write(&run.record)

@@ -214,8 +214,10 @@ pub fn states_after<'d>(f: &RunFacts<'_, 'd>) -> StatusUpdate<'d> {
 /// The extension a drift item is about, if it is about one.
 pub fn drift_extension(d: &Drift) -> Option<&str> {
     match d {
-        Drift::MissingFromAsterisk { extension } | Drift::DiffersInAsterisk { extension, .. } => Some(extension),
-        Drift::ManagedFileEdited | Drift::Unmanaged { .. } => None,
+        Drift::MissingFromAsterisk { extension }
+        | Drift::DiffersInAsterisk { extension, .. }
+        | Drift::ObjectDiffers { extension, .. } => Some(extension),
+        Drift::ManagedFileEdited | Drift::Unmanaged { .. } | Drift::Orphaned { .. } => None,
     }
 }
 
@@ -235,6 +237,12 @@ pub fn describe_drift(d: &Drift) -> String {
         }
         Drift::ManagedFileEdited => "the managed file was edited by hand".into(),
         Drift::Unmanaged { endpoint } => format!("{endpoint} is in Asterisk but not managed"),
+        Drift::ObjectDiffers { extension, object_type: kind, differences } => {
+            format!("{extension}: its {kind} differs in Asterisk from what was pushed: {}", differences.join("; "))
+        }
+        Drift::Orphaned { object_type: kind, id } => {
+            format!("{kind} {id} is in the daemon's astdb family but no spec declares it")
+        }
     }
 }
 

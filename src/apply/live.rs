@@ -32,6 +32,8 @@ pub trait DynamicConfig: Send + Sync {
     ) -> impl Future<Output = Result<Attributes, AriError>> + Send;
     /// `false` when there was no such object.
     fn delete(&self, kind: &str, id: &str) -> impl Future<Output = Result<bool, AriError>> + Send;
+    /// `None` when there is no such object.
+    fn get(&self, kind: &str, id: &str) -> impl Future<Output = Result<Option<Attributes>, AriError>> + Send;
 }
 
 impl DynamicConfig for Ari {
@@ -40,6 +42,9 @@ impl DynamicConfig for Ari {
     }
     async fn delete(&self, kind: &str, id: &str) -> Result<bool, AriError> {
         self.delete_object(kind, id).await
+    }
+    async fn get(&self, kind: &str, id: &str) -> Result<Option<Attributes>, AriError> {
+        self.get_object(kind, id).await
     }
 }
 
@@ -53,7 +58,7 @@ fn shown(key: &str, value: &str) -> String {
 }
 
 /// The position of a type in the push order.
-fn rank(kind: &str) -> u8 {
+pub(crate) fn rank(kind: &str) -> u8 {
     match kind {
         "auth" => 0,
         "aor" => 1,
@@ -66,6 +71,8 @@ fn rank(kind: &str) -> u8 {
 pub struct LiveTarget<D> {
     pub client: D,
     defaults: tokio::sync::Mutex<BTreeMap<String, BTreeMap<String, String>>>,
+    /// The last id a drift check read back: the next one goes on after it.
+    pub(crate) cursor: std::sync::Mutex<String>,
 }
 
 /// What pushing one extension did.
@@ -80,7 +87,7 @@ pub enum Pushed {
 
 impl<D: DynamicConfig> LiveTarget<D> {
     pub fn new(client: D) -> Self {
-        LiveTarget { client, defaults: Default::default() }
+        LiveTarget { client, defaults: Default::default(), cursor: Default::default() }
     }
 
     /// Pushes one extension from `old` (what was pushed before, as the
@@ -170,7 +177,7 @@ impl<D: DynamicConfig> LiveTarget<D> {
         }
     }
 
-    async fn delete_one(&self, kind: &str, id: &str) -> Result<(), String> {
+    pub(crate) async fn delete_one(&self, kind: &str, id: &str) -> Result<(), String> {
         match self.client.delete(kind, id).await {
             Ok(_) => Ok(()),
             Err(AriError::Status { status: 403, message, .. }) => Err(format!(
@@ -422,9 +429,18 @@ pub(crate) mod tests {
             self.log.lock().unwrap().push(format!("DELETE {kind} {id}"));
             Ok(self.objects.lock().unwrap().remove(&(kind.to_string(), id.to_string())).is_some())
         }
+        async fn get(&self, kind: &str, id: &str) -> Result<Option<Attributes>, AriError> {
+            self.log.lock().unwrap().push(format!("GET {kind} {id}"));
+            Ok(self.get(kind, id).map(|o| o.into_iter().collect()))
+        }
     }
 
     impl Fake {
+        pub(crate) fn set(&self, kind: &str, id: &str, key: &str, value: &str) {
+            if let Some(o) = self.objects.lock().unwrap().get_mut(&(kind.to_string(), id.to_string())) {
+                o.insert(key.into(), value.into());
+            }
+        }
         pub(crate) fn get(&self, kind: &str, id: &str) -> Option<BTreeMap<String, String>> {
             self.objects.lock().unwrap().get(&(kind.to_string(), id.to_string())).cloned()
         }

@@ -50,6 +50,7 @@ pub async fn push<D: DynamicConfig>(
     record: Option<&str>,
     rendered: &str,
     asked: &BTreeSet<String>,
+    orphans: &[(String, String)],
 ) -> Result<LiveRun, String> {
     let new = sections::by_id(sections::parse(rendered).map_err(|e| format!("the ari target cannot push it: {e}"))?);
     let old = match record.map(sections::parse) {
@@ -80,6 +81,20 @@ pub async fn push<D: DynamicConfig>(
             }
         }
     }
+    // Objects of our astdb family that no spec declares: endpoints first.
+    let mut orphans: Vec<&(String, String)> = orphans.iter().filter(|(_, id)| !new.contains_key(id)).collect();
+    orphans.sort_by_key(|(kind, _)| std::cmp::Reverse(live::rank(kind)));
+    for (kind, id) in orphans {
+        run.requests += 1;
+        match target.delete_one(kind, id).await {
+            Ok(()) => {
+                run.pushed.insert(id.clone());
+            }
+            Err(e) => {
+                run.failures.insert(id.clone(), e);
+            }
+        }
+    }
     run.record = if run.failures.is_empty() {
         rendered.to_string()
     } else {
@@ -93,6 +108,77 @@ pub async fn push<D: DynamicConfig>(
         sections::write(RECORD_HEADER, &groups)
     };
     Ok(run)
+}
+
+/// The astdb family the sorcery wizard stores pushed objects under
+/// (`examples/asterisk/sorcery.conf.snippet`).
+pub const ASTDB_FAMILY: &str = "asterisk-gitops";
+
+/// How many extensions one resync reads back through ARI (three GETs
+/// each); the next resync goes on after the last, so a 10k estate is read
+/// back in full every 20 resyncs (10 minutes at the 30 s default).
+pub const DRIFT_BATCH: usize = 500;
+
+/// Drift the ari target sees: objects of the next [`DRIFT_BATCH`] recorded
+/// extensions read back and compared with what was pushed (missing:
+/// `MissingFromAsterisk`; other attributes: `ObjectDiffers`), and every key
+/// of our astdb family (`astdb_keys`, as `DBGetTree` lists them) whose id
+/// the record does not hold (`Orphaned`). A GET that fails ends the check
+/// quietly: the run's own Asterisk check reports an unreachable Asterisk.
+pub async fn drift<D: DynamicConfig>(
+    target: &LiveTarget<D>,
+    record: &str,
+    astdb_keys: &[String],
+) -> Vec<crate::plan::Drift> {
+    use crate::plan::Drift;
+    let Ok(sections) = sections::parse(record) else { return Vec::new() };
+    let pushed = sections::by_id(sections);
+    let mut out = Vec::new();
+    let prefix = format!("/{ASTDB_FAMILY}/");
+    for key in astdb_keys {
+        let Some((kind, id)) = key.strip_prefix(&prefix).and_then(|rest| rest.split_once('/')) else { continue };
+        if !pushed.contains_key(id) && !kind.is_empty() && !id.is_empty() {
+            out.push(Drift::Orphaned { object_type: kind.to_string(), id: id.to_string() });
+        }
+    }
+    let start = target.cursor.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let batch: Vec<&String> = pushed
+        .range::<String, _>((std::ops::Bound::Excluded(&start), std::ops::Bound::Unbounded))
+        .chain(pushed.range::<String, _>(..=&start))
+        .map(|(id, _)| id)
+        .take(DRIFT_BATCH.min(pushed.len()))
+        .collect();
+    let mut last = None;
+    'ids: for id in batch {
+        for s in &pushed[id] {
+            match target.client.get(&s.kind, id).await {
+                Ok(None) => {
+                    out.push(Drift::MissingFromAsterisk { extension: id.clone() });
+                    last = Some(id);
+                    continue 'ids;
+                }
+                Ok(Some(held)) => {
+                    let differences = live::mismatches(&s.fields, &held);
+                    if !differences.is_empty() {
+                        out.push(Drift::ObjectDiffers {
+                            extension: id.clone(),
+                            object_type: s.kind.clone(),
+                            differences,
+                        });
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!("reading back pushed objects stopped: {e}");
+                    break 'ids;
+                }
+            }
+        }
+        last = Some(id);
+    }
+    if let Some(id) = last {
+        *target.cursor.lock().unwrap_or_else(|p| p.into_inner()) = id.clone();
+    }
+    out
 }
 
 #[cfg(test)]
@@ -114,13 +200,13 @@ mod tests {
     async fn only_the_extensions_whose_objects_changed_are_pushed_and_a_refused_one_keeps_its_old_record() {
         let t = LiveTarget::new(Fake::default());
         let first = rendered(&[("1001", "a"), ("1002", "a")]);
-        let run = push(&t, None, &first, &BTreeSet::new()).await.expect("pushes");
+        let run = push(&t, None, &first, &BTreeSet::new(), &[]).await.expect("pushes");
         assert_eq!(run.pushed.len(), 2);
         assert_eq!(run.record, first, "all pushed: the record is the rendering");
         t.client.requests();
         // 1002 changes, 1003 is new and refused, 1001 is as before.
         let second = rendered(&[("1001", "a"), ("1002", "b"), ("1003", "nosuchcodec")]);
-        let run = push(&t, Some(&first), &second, &BTreeSet::new()).await.expect("pushes");
+        let run = push(&t, Some(&first), &second, &BTreeSet::new(), &[]).await.expect("pushes");
         assert_eq!(run.pushed.iter().collect::<Vec<_>>(), ["1002"]);
         assert!(run.failures["1003"].contains("refused endpoint 1003"), "{:?}", run.failures);
         assert!(t.client.requests().iter().all(|r| !r.contains("1001")), "1001 was not touched");
@@ -130,9 +216,49 @@ mod tests {
         // Asked for (drift), an unchanged extension is pushed again; gone from the rendering, deleted.
         let third = rendered(&[("1001", "a")]);
         let asked: BTreeSet<String> = ["1001".to_string()].into();
-        let run = push(&t, Some(&run.record), &third, &asked).await.expect("pushes");
+        let run = push(&t, Some(&run.record), &third, &asked, &[]).await.expect("pushes");
         assert_eq!(run.pushed.iter().collect::<Vec<_>>(), ["1001", "1002"]);
         assert!(t.client.get("endpoint", "1002").is_none());
-        assert!(push(&t, None, "junk\n", &BTreeSet::new()).await.is_err(), "an unreadable rendering pushes nothing");
+        assert!(
+            push(&t, None, "junk\n", &BTreeSet::new(), &[]).await.is_err(),
+            "an unreadable rendering pushes nothing"
+        );
+    }
+
+    #[tokio::test]
+    async fn drift_reads_back_a_batch_reports_changed_missing_and_orphaned_objects_and_heals_orphans() {
+        use crate::plan::Drift;
+        let t = LiveTarget::new(Fake::default());
+        let text = rendered(&[("1001", "a"), ("1002", "a")]);
+        push(&t, None, &text, &BTreeSet::new(), &[]).await.expect("pushes");
+        // Someone changes 1001's context through ARI, deletes 1002's aor, and pushes 9999.
+        t.client.set("endpoint", "1001", "context", "elsewhere");
+        t.client.objects.lock().unwrap().remove(&("aor".to_string(), "1002".to_string()));
+        let stray = "[9999]\ntype = endpoint\ncontext = x\n";
+        push(&t, None, stray, &BTreeSet::new(), &[]).await.expect("pushes");
+        let keys: Vec<String> =
+            ["/asterisk-gitops/endpoint/1001", "/asterisk-gitops/endpoint/9999", "/other/endpoint/7"]
+                .iter()
+                .map(|k| k.to_string())
+                .collect();
+        let found = drift(&t, &text, &keys).await;
+        assert!(found.contains(&Drift::Orphaned { object_type: "endpoint".into(), id: "9999".into() }), "{found:?}");
+        assert!(
+            !found.iter().any(|d| matches!(d, Drift::Orphaned { id, .. } if id == "7")),
+            "other families are not ours"
+        );
+        assert!(found.contains(&Drift::MissingFromAsterisk { extension: "1002".into() }), "{found:?}");
+        assert!(
+            found.iter().any(|d| matches!(d, Drift::ObjectDiffers { extension, object_type: kind, differences }
+                if extension == "1001" && kind == "endpoint" && differences[0].contains("\"elsewhere\""))),
+            "{found:?}"
+        );
+        // Healed: the differing and missing ones pushed again, the orphan deleted.
+        let asked: BTreeSet<String> = ["1001".to_string(), "1002".to_string()].into();
+        let run = push(&t, Some(&text), &text, &asked, &[("endpoint".into(), "9999".into())]).await.expect("heals");
+        assert!(run.failures.is_empty(), "{:?}", run.failures);
+        assert!(t.client.get("endpoint", "9999").is_none());
+        assert_eq!(t.client.get("endpoint", "1001").unwrap()["context"], "a");
+        assert!(drift(&t, &text, &[]).await.is_empty(), "nothing drifts after the repair");
     }
 }

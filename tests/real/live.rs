@@ -200,3 +200,47 @@ async fn a_value_asterisk_refuses_fails_only_that_extension_with_asterisks_reaso
     assert_eq!(reloads(&ast), 0, "Asterisk was never reloaded");
     d.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_changed_or_added_in_the_astdb_family_are_healed_and_file_objects_are_never_touched() {
+    let Some(build) = require("real::live::astdb_drift") else { return };
+    let mut opts = Options::live("live-drift").expect("sorcery snippet");
+    // An endpoint from pjsip.conf: the config wizard's, never ours.
+    opts.pjsip_extra = "[7000]\ntype = endpoint\ncontext = from-internal\nallow = ulaw\n".into();
+    let ast = Asterisk::start(&build, opts).await.expect("Asterisk starts");
+    let d = Daemon::start_with(&ast, Store::Sqlite, Source::Dir, &team(&[("1001", "One")]), ari_target).await;
+    wait("1001 synced", LIVE, || async { d.get("/extensions/1001").await.1["syncStatus"] == "synced" }).await;
+
+    // Behind the daemon's back, through ARI: 1001's caller id changed, and
+    // an endpoint no spec declares pushed into the daemon's astdb family.
+    let ari = Ari::new(AriConfig {
+        url: ast.ari_url(),
+        user: ARI_USER.into(),
+        password: SecretString::new(&ast.ari_password),
+        app: "callcenter".into(),
+        timeout: Duration::from_secs(5),
+    })
+    .expect("an ARI client");
+    let set = |k: &str, v: &str| vec![(k.to_string(), v.to_string())];
+    ari.put_object("endpoint", "1001", &set("callerid", "\"Changed\" <1001>")).await.expect("PUT 1001");
+    ari.put_object("endpoint", "9999", &set("context", "from-internal")).await.expect("PUT 9999");
+    assert!(astdb(&ast).await.contains("/asterisk-gitops/endpoint/9999"));
+
+    let before = d.last_run_id().await;
+    assert_eq!(d.call("POST", "/reconcile", None).await.0, 202);
+    let run = d
+        .run_where("the run repairing the drift", |r| {
+            r["id"].as_i64().is_some_and(|id| id > before) && r["outcome"] == "applied"
+        })
+        .await;
+    let drift = run["plan"]["drift"].to_string();
+    assert!(drift.contains("orphaned") && drift.contains("9999"), "the orphan is reported: {run:#}");
+    assert!(drift.contains("objectDiffers") && drift.contains("Changed"), "the changed object is reported: {run:#}");
+    assert!(endpoint(&ast, "9999").await.is_none(), "the orphan was deleted");
+    let held = endpoint(&ast, "1001").await.unwrap_or_default();
+    assert!(held.contains("\"One\" <1001>"), "1001 is as pushed again:\n{held}");
+    assert!(endpoint(&ast, "7000").await.is_some(), "the file's endpoint is untouched");
+    assert!(!drift.contains("\"7000\"") || drift.contains("unmanaged"), "7000 is only reported as unmanaged: {drift}");
+    assert_eq!(reloads(&ast), 0, "no reload");
+    d.stop().await;
+}
