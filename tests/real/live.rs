@@ -244,3 +244,62 @@ async fn objects_changed_or_added_in_the_astdb_family_are_healed_and_file_object
     assert_eq!(reloads(&ast), 0, "no reload");
     d.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_killed_between_two_pushes_converges_on_the_next_start() {
+    let Some(build) = require("real::live::killed_between_pushes") else { return };
+    let ast = live_asterisk(&build, "live-killed").await;
+    const N: usize = 2000;
+    let dir = tempfile::tempdir().expect("tempdir");
+    asterisk_gitops::estate::write(&dir.path().join("extensions.d"), N).expect("estate");
+    let bin = env!("CARGO_BIN_EXE_asterisk-gitops");
+    let cmd = |args: &[&str]| {
+        let mut c = tokio::process::Command::new(bin);
+        c.current_dir(dir.path())
+            .args(["--spec-dir", "extensions.d", "--state-dir", "state", "--apply-target", "ari"])
+            .args(["--ami-addr", &ast.ami_addr().to_string(), "--ami-user", asterisk_real::AMI_USER])
+            .args(["--ari-url", &ast.ari_url(), "--ari-user", ARI_USER])
+            .env("ASTERISK_GITOPS_AMI_SECRET", &ast.ami_secret)
+            .env("ASTERISK_GITOPS_ARI_PASSWORD", &ast.ari_password)
+            .env_remove("DATABASE_URL")
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        c
+    };
+    let pushed = || async { astdb(&ast).await.lines().filter(|l| l.starts_with("/asterisk-gitops/")).count() };
+    // Killed once Asterisk holds some of the estate's objects, not all.
+    // (stdout unread: the plan it prints would fill the pipe and stop it)
+    let mut child = cmd(&["apply", "--yes"]).stdout(std::process::Stdio::null()).spawn().expect("spawn apply");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while pushed().await == 0 {
+        if let Ok(Some(status)) = child.try_wait() {
+            let out = child.wait_with_output().await.expect("output");
+            panic!("apply ended ({status}) before it pushed:\n{}", String::from_utf8_lossy(&out.stderr));
+        }
+        if tokio::time::Instant::now() > deadline {
+            let _ = child.start_kill();
+            let out = child.wait_with_output().await.expect("output");
+            panic!("nothing pushed within 120 s:\n{}", String::from_utf8_lossy(&out.stderr));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    child.start_kill().expect("kill");
+    let _ = child.wait().await;
+    let held = pushed().await;
+    assert!(held > 0 && held < 3 * N, "killed between two pushes: Asterisk holds {held} of {} objects", 3 * N);
+    assert!(!dir.path().join("state/ari-pushed.conf").exists(), "no record of a run that did not finish");
+
+    // The next start pushes the rest (and again what it had pushed: PUT is idempotent).
+    let out = cmd(&["apply", "--yes"]).output().await.expect("apply");
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(pushed().await, 3 * N, "every object of the estate is in astdb");
+    let plan = cmd(&["plan", "--detailed-exitcode"]).output().await.expect("plan");
+    assert_eq!(plan.status.code(), Some(0), "nothing left to do: {}", String::from_utf8_lossy(&plan.stdout));
+    let last = 100_000 + N - 1;
+    let text = endpoint(&ast, &last.to_string()).await;
+    assert!(text.is_some(), "the last extension is live");
+    assert_eq!(reloads(&ast), 0, "no reload");
+}
