@@ -877,6 +877,10 @@ impl<S: StateStore, A: AsteriskControl> Reconciler<S, A> {
             shown.join("; ")
         ));
         work.failures = run.failures;
+        if run.pushed.is_empty() {
+            // Nothing went through (ARI down, or every change refused): a failed run.
+            return Err((Outcome::Failed, record.error.clone().unwrap_or_default()));
+        }
         Ok(Outcome::Degraded)
     }
 

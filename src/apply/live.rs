@@ -73,6 +73,8 @@ pub struct LiveTarget<D> {
     defaults: tokio::sync::Mutex<BTreeMap<String, BTreeMap<String, String>>>,
     /// The last id a drift check read back: the next one goes on after it.
     pub(crate) cursor: std::sync::Mutex<String>,
+    /// Whether the last `delete_one` failed because ARI did not answer.
+    last_delete_down: std::sync::atomic::AtomicBool,
 }
 
 /// What pushing one extension did.
@@ -81,13 +83,26 @@ pub enum Pushed {
     /// Every object is as rendered; how many requests it took.
     Done { requests: usize },
     /// Refused or not as rendered; why (no secret), and whether what the
-    /// push had already changed was put back.
-    Failed { reason: String },
+    /// push had already changed was put back. `down`: ARI did not answer
+    /// (unreachable, timed out, refused our credentials), so pushing the
+    /// next extensions is pointless.
+    Failed { reason: String, down: bool },
+}
+
+/// Whether an error says ARI itself is not answering, rather than
+/// refusing one object.
+fn down(e: &AriError) -> bool {
+    matches!(e, AriError::Unreachable { .. } | AriError::Timeout { .. } | AriError::Unauthorized)
 }
 
 impl<D: DynamicConfig> LiveTarget<D> {
     pub fn new(client: D) -> Self {
-        LiveTarget { client, defaults: Default::default(), cursor: Default::default() }
+        LiveTarget {
+            client,
+            defaults: Default::default(),
+            cursor: Default::default(),
+            last_delete_down: Default::default(),
+        }
     }
 
     /// Pushes one extension from `old` (what was pushed before, as the
@@ -95,6 +110,7 @@ impl<D: DynamicConfig> LiveTarget<D> {
     pub async fn push(&self, id: &str, old: &[Section], new: &[Section]) -> Pushed {
         let mut requests = 0;
         let mut done: Vec<Undo> = Vec::new();
+        let is_down = std::sync::atomic::AtomicBool::new(false);
         let old_of = |kind: &str| old.iter().find(|s| s.kind == kind);
         let mut gone: Vec<String> =
             old.iter().map(|s| s.kind.clone()).filter(|k| !new.iter().any(|s| s.kind == *k)).collect();
@@ -114,7 +130,7 @@ impl<D: DynamicConfig> LiveTarget<D> {
         let result: Result<(), String> = async {
             for kind in &endpoint_first {
                 requests += 1;
-                self.delete_one(kind, id).await?;
+                self.delete_one(kind, id).await.inspect_err(|_| self.note_down(&is_down))?;
                 done.push(Undo::Recreate(old_of(kind).cloned()));
             }
             for s in &puts {
@@ -148,7 +164,12 @@ impl<D: DynamicConfig> LiveTarget<D> {
                             s.kind
                         ));
                     }
-                    Err(e) => return Err(format!("pushing {} {id}: {e}", s.kind)),
+                    Err(e) => {
+                        if down(&e) {
+                            is_down.store(true, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        return Err(format!("pushing {} {id}: {e}", s.kind));
+                    }
                 };
                 done.push(Undo::Put { kind: s.kind.clone(), before: before.cloned() });
                 let off = mismatches(&s.fields, &answer);
@@ -162,7 +183,7 @@ impl<D: DynamicConfig> LiveTarget<D> {
             }
             for kind in &rest {
                 requests += 1;
-                self.delete_one(kind, id).await?;
+                self.delete_one(kind, id).await.inspect_err(|_| self.note_down(&is_down))?;
                 done.push(Undo::Recreate(old_of(kind).cloned()));
             }
             Ok(())
@@ -171,14 +192,28 @@ impl<D: DynamicConfig> LiveTarget<D> {
         match result {
             Ok(()) => Pushed::Done { requests },
             Err(reason) => {
-                let undone = self.undo(id, done).await;
-                Pushed::Failed { reason: format!("{reason}; {undone}") }
+                let down = is_down.load(std::sync::atomic::Ordering::Relaxed) || self.last_down();
+                let undone = if down { "ARI is not answering".into() } else { self.undo(id, done).await };
+                Pushed::Failed { reason: format!("{reason}; {undone}"), down }
             }
         }
     }
 
+    /// After a failed `delete_one`: whether it was ARI not answering.
+    fn note_down(&self, flag: &std::sync::atomic::AtomicBool) {
+        if self.last_down() {
+            flag.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    fn last_down(&self) -> bool {
+        self.last_delete_down.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     pub(crate) async fn delete_one(&self, kind: &str, id: &str) -> Result<(), String> {
-        match self.client.delete(kind, id).await {
+        let answer = self.client.delete(kind, id).await;
+        self.last_delete_down.store(answer.as_ref().is_err_and(down), std::sync::atomic::Ordering::Relaxed);
+        match answer {
             Ok(_) => Ok(()),
             Err(AriError::Status { status: 403, message, .. }) => Err(format!(
                 "Asterisk refused to delete {kind} {id}: {message} (it comes from a config file or another wizard, which the ari target never touches)"
@@ -375,6 +410,15 @@ pub(crate) mod tests {
     pub(crate) struct Fake {
         pub objects: Mutex<BTreeMap<(String, String), BTreeMap<String, String>>>,
         pub log: Mutex<Vec<String>>,
+        /// Answer nothing (as an unreachable ARI).
+        pub down: std::sync::atomic::AtomicBool,
+    }
+
+    fn unreachable(fake: &Fake) -> Result<(), AriError> {
+        if fake.down.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(AriError::Unreachable { url: "http://127.0.0.1:1/ari".into(), reason: "refused".into() });
+        }
+        Ok(())
     }
 
     fn known(kind: &str) -> &'static [(&'static str, &'static str)] {
@@ -398,6 +442,7 @@ pub(crate) mod tests {
     impl DynamicConfig for Fake {
         async fn put(&self, kind: &str, id: &str, fields: &[(String, String)]) -> Result<Attributes, AriError> {
             self.log.lock().unwrap().push(format!("PUT {kind} {id}"));
+            unreachable(self)?;
             let defaults = known(kind);
             let mut objects = self.objects.lock().unwrap();
             let mut obj = objects
@@ -427,10 +472,12 @@ pub(crate) mod tests {
         }
         async fn delete(&self, kind: &str, id: &str) -> Result<bool, AriError> {
             self.log.lock().unwrap().push(format!("DELETE {kind} {id}"));
+            unreachable(self)?;
             Ok(self.objects.lock().unwrap().remove(&(kind.to_string(), id.to_string())).is_some())
         }
         async fn get(&self, kind: &str, id: &str) -> Result<Option<Attributes>, AriError> {
             self.log.lock().unwrap().push(format!("GET {kind} {id}"));
+            unreachable(self)?;
             Ok(self.get(kind, id).map(|o| o.into_iter().collect()))
         }
     }
@@ -481,7 +528,7 @@ pub(crate) mod tests {
         let mut bad = ext("1001", "allow = ulaw,nosuchcodec\n");
         bad[2].fields[0].1 = "5".into(); // the aor changes too, and must be put back
         t.client.requests();
-        let Pushed::Failed { reason } = t.push("1001", &old, &bad).await else { panic!("refused") };
+        let Pushed::Failed { reason, down: false } = t.push("1001", &old, &bad).await else { panic!("refused") };
         assert!(reason.contains("failed field value validation"), "{reason}");
         assert!(reason.contains("the field it refuses: allow = ulaw,nosuchcodec"), "{reason}");
         assert!(reason.contains("put back"), "{reason}");

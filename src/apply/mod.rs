@@ -69,14 +69,22 @@ pub async fn push<D: DynamicConfig>(
         }
     }
     let mut run = LiveRun::default();
+    let mut down: Option<String> = None;
     for id in ids {
+        if let Some(why) = &down {
+            run.failures.insert(id.to_string(), format!("not pushed: {why}"));
+            continue;
+        }
         let (before, after) = (old.get(id).unwrap_or(&none), new.get(id).unwrap_or(&none));
         match target.push(id, before, after).await {
             Pushed::Done { requests } => {
                 run.requests += requests;
                 run.pushed.insert(id.to_string());
             }
-            Pushed::Failed { reason } => {
+            Pushed::Failed { reason, down: d } => {
+                if d {
+                    down = Some(reason.clone());
+                }
                 run.failures.insert(id.to_string(), reason);
             }
         }
@@ -85,6 +93,9 @@ pub async fn push<D: DynamicConfig>(
     let mut orphans: Vec<&(String, String)> = orphans.iter().filter(|(_, id)| !new.contains_key(id)).collect();
     orphans.sort_by_key(|(kind, _)| std::cmp::Reverse(live::rank(kind)));
     for (kind, id) in orphans {
+        if down.is_some() {
+            break;
+        }
         run.requests += 1;
         match target.delete_one(kind, id).await {
             Ok(()) => {
@@ -260,5 +271,18 @@ mod tests {
         assert!(t.client.get("endpoint", "9999").is_none());
         assert_eq!(t.client.get("endpoint", "1001").unwrap()["context"], "a");
         assert!(drift(&t, &text, &[]).await.is_empty(), "nothing drifts after the repair");
+    }
+
+    #[tokio::test]
+    async fn with_ari_not_answering_the_run_stops_at_the_first_extension_instead_of_trying_each() {
+        let t = LiveTarget::new(Fake::default());
+        t.client.down.store(true, std::sync::atomic::Ordering::Relaxed);
+        let text = rendered(&[("1001", "a"), ("1002", "a"), ("1003", "a")]);
+        let run = push(&t, None, &text, &BTreeSet::new(), &[]).await.expect("runs");
+        assert!(run.pushed.is_empty());
+        assert_eq!(run.failures.len(), 3);
+        assert!(run.failures["1001"].contains("unreachable"), "{:?}", run.failures);
+        assert!(run.failures["1003"].starts_with("not pushed: "), "{:?}", run.failures);
+        assert_eq!(t.client.requests(), ["PUT auth 1001"], "one request, not one per object");
     }
 }
