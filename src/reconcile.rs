@@ -492,11 +492,13 @@ impl<S: StateStore, A: AsteriskControl> Reconciler<S, A> {
     async fn live_drift(&self, record: &str, drift: &mut Vec<plan::Drift>) {
         let Some(live) = &self.live else { return };
         let keys = match &self.asterisk {
-            Some(a) => a.astdb_keys(crate::apply::ASTDB_FAMILY).await.unwrap_or_else(|e| {
-                tracing::debug!("listing the astdb family failed: {e}");
-                Vec::new()
-            }),
-            None => Vec::new(),
+            Some(a) if crate::apply::sweep_starts(live) => {
+                a.astdb_keys(crate::apply::ASTDB_FAMILY).await.unwrap_or_else(|e| {
+                    tracing::debug!("listing the astdb family failed: {e}");
+                    Vec::new()
+                })
+            }
+            _ => Vec::new(),
         };
         for d in crate::apply::drift(live, record, &keys).await {
             if let plan::Drift::Orphaned { object_type: kind, id } = &d

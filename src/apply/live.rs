@@ -75,6 +75,10 @@ pub struct LiveTarget<D> {
     pub(crate) cursor: std::sync::Mutex<String>,
     /// Whether the last `delete_one` failed because ARI did not answer.
     last_delete_down: std::sync::atomic::AtomicBool,
+    /// Whether the next drift check starts a sweep of the estate (and so
+    /// lists the astdb family for orphans: `DBGetTree` sends every value,
+    /// about 6 KB an endpoint, so it is done once a sweep, not every resync).
+    pub(crate) sweep_starts: std::sync::atomic::AtomicBool,
 }
 
 /// What pushing one extension did.
@@ -102,6 +106,7 @@ impl<D: DynamicConfig> LiveTarget<D> {
             defaults: Default::default(),
             cursor: Default::default(),
             last_delete_down: Default::default(),
+            sweep_starts: std::sync::atomic::AtomicBool::new(true),
         }
     }
 

@@ -160,7 +160,10 @@ pub async fn drift<D: DynamicConfig>(
         .take(DRIFT_BATCH.min(pushed.len()))
         .collect();
     let mut last = None;
+    let max = pushed.keys().next_back();
+    let mut passed_end = false;
     'ids: for id in batch {
+        passed_end |= Some(id) == max;
         for s in &pushed[id] {
             match target.client.get(&s.kind, id).await {
                 Ok(None) => {
@@ -187,9 +190,17 @@ pub async fn drift<D: DynamicConfig>(
         last = Some(id);
     }
     if let Some(id) = last {
+        // The sweep ends with the last id: the next check starts another.
+        target.sweep_starts.store(passed_end, std::sync::atomic::Ordering::Relaxed);
         *target.cursor.lock().unwrap_or_else(|p| p.into_inner()) = id.clone();
     }
     out
+}
+
+/// Whether the next drift check starts a sweep: then (and only then) the
+/// caller lists the astdb family for orphans.
+pub fn sweep_starts<D>(target: &LiveTarget<D>) -> bool {
+    target.sweep_starts.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 #[cfg(test)]
@@ -252,7 +263,9 @@ mod tests {
                 .iter()
                 .map(|k| k.to_string())
                 .collect();
+        assert!(sweep_starts(&t), "the first check starts a sweep");
         let found = drift(&t, &text, &keys).await;
+        assert!(sweep_starts(&t), "a record smaller than a batch is swept whole each time");
         assert!(found.contains(&Drift::Orphaned { object_type: "endpoint".into(), id: "9999".into() }), "{found:?}");
         assert!(
             !found.iter().any(|d| matches!(d, Drift::Orphaned { id, .. } if id == "7")),
