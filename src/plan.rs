@@ -297,11 +297,20 @@ pub enum Drift {
     Unmanaged { endpoint: String },
     /// `apply.target: ari`: an object pushed for this extension holds other
     /// attributes than were pushed (read back through ARI).
-    ObjectDiffers { extension: String, object_type: String, differences: Vec<String> },
+    ObjectDiffers {
+        extension: String,
+        #[serde(rename = "objectType")]
+        object_type: String,
+        differences: Vec<String>,
+    },
     /// `apply.target: ari`: an object under the daemon's astdb family that
     /// no spec declares (pushed by an earlier run, or by hand). Deleted by
     /// self-heal; objects from files or other wizards are never here.
-    Orphaned { object_type: String, id: String },
+    Orphaned {
+        #[serde(rename = "objectType")]
+        object_type: String,
+        id: String,
+    },
 }
 
 impl Drift {

@@ -523,8 +523,9 @@ impl AsteriskControl for Asterisk {
     }
 
     async fn astdb_keys(&self, family: &str) -> Result<Vec<String>, AmiError> {
-        // DBGetTree (write = system) answers each key with its value; the
-        // values are dropped here, unread.
+        // DBGetTree (write = system) answers each key with its value (about
+        // 6 KB an endpoint: 13 s for 30,000 objects on a real Asterisk, so the
+        // ari target asks once a sweep); the values are dropped here, unread.
         let items = self.list_or_empty(Message::action("DBGetTree").with("Family", family)).await?;
         Ok(items
             .iter()
