@@ -9,8 +9,7 @@
 //! - one extension changed: its spec file saved → the new caller id live;
 //! - API PUT → the new caller id live (the request's start to live);
 //! - no-op runs: `POST /reconcile` with nothing to change, their recorded
-//!   duration (the daemon's own clock: start to commit); the first (with
-//!   ari it lists the astdb family: a drift sweep starts) and the next.
+//!   duration (the daemon's own clock: start to commit), two in a row.
 //!
 //! Three runs.
 //!
@@ -115,12 +114,23 @@ async fn last_id(http: &reqwest::Client, base: &str) -> i64 {
 }
 
 /// Waits until the run after `before` is recorded (a change is live in
-/// Asterisk before its run has verified and recorded it).
+/// Asterisk before its run has verified and recorded it), and then until
+/// no run follows for 3 s (a save's second file event makes one more run).
 async fn recorded_after(http: &reqwest::Client, base: &str, before: i64) {
     let t = Instant::now();
     while last_id(http, base).await <= before {
         assert!(t.elapsed() < Duration::from_secs(120), "no run recorded after {before} in 2 minutes");
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut seen = last_id(http, base).await;
+    let mut quiet = Instant::now();
+    while quiet.elapsed() < Duration::from_secs(3) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = last_id(http, base).await;
+        if now != seen {
+            seen = now;
+            quiet = Instant::now();
+        }
     }
 }
 
@@ -191,7 +201,6 @@ async fn one_run(build: &asterisk_real::Build, n: usize, run: usize, target: &st
         .expect("write");
     let saved = live_with(&probe, "100000", &renamed, Instant::now()).await;
     recorded_after(&http, &base, before).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
 
     // API PUT → live.
     let before = last_id(&http, &base).await;
@@ -207,10 +216,8 @@ async fn one_run(build: &asterisk_real::Build, n: usize, run: usize, target: &st
     assert!(resp.status().is_success(), "PUT answered {}", resp.status());
     let api = live_with(&probe, "100001", &renamed, put_at).await;
     recorded_after(&http, &base, before).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
 
-    // No-op runs, by the daemon's own clock: the first (with ari, it starts
-    // a drift sweep and lists the astdb family) and the next.
+    // No-op runs, by the daemon's own clock: one, and the next.
     let noop_first = noop_run(&http, &base).await;
     let noop = noop_run(&http, &base).await;
 

@@ -75,10 +75,13 @@ pub struct LiveTarget<D> {
     pub(crate) cursor: std::sync::Mutex<String>,
     /// Whether the last `delete_one` failed because ARI did not answer.
     last_delete_down: std::sync::atomic::AtomicBool,
-    /// Whether the next drift check starts a sweep of the estate (and so
-    /// lists the astdb family for orphans: `DBGetTree` sends every value,
-    /// about 6 KB an endpoint, so it is done once a sweep, not every resync).
+    /// Whether the next drift check lists the astdb family for orphans
+    /// (`DBGetTree` sends every value, about 6 KB an endpoint: 20 s and
+    /// more at 10k, so a large estate is listed once every
+    /// `ORPHAN_SCAN_EVERY` checks, a small one every time).
     pub(crate) sweep_starts: std::sync::atomic::AtomicBool,
+    /// Drift checks so far.
+    pub(crate) checks: std::sync::atomic::AtomicUsize,
 }
 
 /// What pushing one extension did.
@@ -106,7 +109,8 @@ impl<D: DynamicConfig> LiveTarget<D> {
             defaults: Default::default(),
             cursor: Default::default(),
             last_delete_down: Default::default(),
-            sweep_starts: std::sync::atomic::AtomicBool::new(true),
+            sweep_starts: std::sync::atomic::AtomicBool::new(false),
+            checks: Default::default(),
         }
     }
 
