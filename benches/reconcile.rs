@@ -36,6 +36,7 @@ fn reconciler(rt: &tokio::runtime::Runtime, dir: &Path, asterisk: Option<Asteris
         realm: "asterisk".into(),
         prune: PruneGuard { max_share: 0.3, max_count: None, allow_mass_delete: false },
         self_heal: true,
+        live: None,
         settled: Default::default(),
     }
 }

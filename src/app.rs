@@ -33,7 +33,15 @@ pub fn asterisk(settings: &Settings) -> Option<Asterisk> {
 /// Builds the reconciler over an open database.
 pub fn reconciler(settings: &Settings, db: Db) -> anyhow::Result<DaemonReconciler> {
     let renderer = Renderer::new(settings.templates.as_deref())?;
-    let managed = ManagedFile::new(&settings.managed_file).with_group(settings.managed_file_group);
+    // With the ari target the reconciler's file is the record of what was
+    // pushed, in the state directory: Asterisk must not read it.
+    let (managed_path, live) = match (settings.apply_target, &settings.ari) {
+        (crate::config::ApplyTarget::Ari, Some(ari)) => {
+            (settings.state_dir.join(crate::apply::RECORD_FILE), Some(crate::apply::LiveTarget::new(ari_client(ari)?)))
+        }
+        _ => (settings.managed_file.clone(), None),
+    };
+    let managed = ManagedFile::new(&managed_path).with_group(settings.managed_file_group);
     if let Ok(n) = managed.remove_stale_temporaries()
         && n > 0
     {
@@ -52,6 +60,7 @@ pub fn reconciler(settings: &Settings, db: Db) -> anyhow::Result<DaemonReconcile
             allow_mass_delete: settings.reconcile.allow_mass_delete,
         },
         self_heal: settings.reconcile.self_heal,
+        live,
         settled: Default::default(),
     })
 }

@@ -71,6 +71,9 @@ pub struct GlobalArgs {
     /// The ARI user (its password: ASTERISK_GITOPS_ARI_PASSWORD or the config file).
     #[arg(long, global = true, env = "ASTERISK_GITOPS_ARI_USER", value_name = "NAME")]
     pub ari_user: Option<String>,
+    /// How changes reach Asterisk: `file` (the managed file and a reload) or `ari` (pushed through ARI's dynamic configuration, no reload) [default: file].
+    #[arg(long, global = true, env = "ASTERISK_GITOPS_APPLY_TARGET", value_name = "file|ari")]
+    pub apply_target: Option<String>,
     /// Serve no write routes and no edit controls.
     #[arg(long, global = true, env = "ASTERISK_GITOPS_READ_ONLY")]
     pub read_only: bool,
@@ -108,6 +111,7 @@ impl GlobalArgs {
             ari_url: self.ari_url.clone(),
             ari_user: self.ari_user.clone(),
             allow_mass_delete: None,
+            apply_target: self.apply_target.clone(),
             git_url: self.git_url.clone(),
             git_branch: self.git_branch.clone(),
             git_path: self.git_path.clone(),

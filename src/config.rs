@@ -75,6 +75,43 @@ pub struct FileConfig {
     /// can read it: a group name (`asterisk`) or a numeric gid. Default:
     /// the daemon's own group.
     pub managed_file_group: Option<String>,
+    /// How desired objects reach Asterisk (`apply.target`).
+    pub apply: Option<ApplyFileConfig>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ApplyFileConfig {
+    /// `file` (the managed file and a reload; the default) or `ari`.
+    pub target: Option<String>,
+}
+
+/// How desired objects reach Asterisk.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ApplyTarget {
+    /// The managed file, written atomically, and a reload of res_pjsip over AMI.
+    #[default]
+    File,
+    /// Each changed extension's auth, aor and endpoint pushed through ARI's
+    /// dynamic configuration into the astdb sorcery wizard: no reload.
+    Ari,
+}
+
+impl ApplyTarget {
+    pub fn parse(s: &str) -> Option<ApplyTarget> {
+        match s.trim() {
+            "file" => Some(ApplyTarget::File),
+            "ari" => Some(ApplyTarget::Ari),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ApplyTarget::File => "file",
+            ApplyTarget::Ari => "ari",
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -305,6 +342,8 @@ pub struct Settings {
     pub secrets_dir_configured: bool,
     /// The managed file's group (gid), resolved from `managedFileGroup`.
     pub managed_file_group: Option<u32>,
+    /// How desired objects reach Asterisk (`apply.target`, `--apply-target`).
+    pub apply_target: ApplyTarget,
 }
 
 /// What the command line (flags, with their environment variables) said;
@@ -327,6 +366,8 @@ pub struct Overrides {
     pub git_branch: Option<String>,
     pub git_path: Option<String>,
     pub git_interval: Option<f64>,
+    /// `file` or `ari` (`--apply-target`, ASTERISK_GITOPS_APPLY_TARGET).
+    pub apply_target: Option<String>,
 }
 
 /// Reads a variable; unset and empty are the same.
@@ -498,6 +539,18 @@ impl Settings {
             ),
         };
 
+        let target_text = flags.apply_target.or(file.apply.and_then(|a| a.target)).unwrap_or_else(|| "file".into());
+        let apply_target = ApplyTarget::parse(&target_text).ok_or_else(|| ConfigError::Invalid {
+            what: "apply.target",
+            message: format!("{target_text:?}: use file or ari"),
+        })?;
+        if apply_target == ApplyTarget::Ari && ari.is_none() {
+            return Err(ConfigError::Invalid {
+                what: "apply.target",
+                message: "ari pushes through ARI, which is not configured (--ari-url, --ari-user and ASTERISK_GITOPS_ARI_PASSWORD)".into(),
+            });
+        }
+
         let mut users = Vec::new();
         for (i, u) in file.users.unwrap_or_default().into_iter().enumerate() {
             let bytes = hex::decode(u.token_sha256.trim()).ok().and_then(|b| <[u8; 32]>::try_from(b).ok());
@@ -527,6 +580,7 @@ impl Settings {
             secrets,
             secrets_dir_configured,
             managed_file_group,
+            apply_target,
             state_dir,
             database_url,
             managed_file,
@@ -681,6 +735,23 @@ mod tests {
             Overrides { ami_addr: Some("127.0.0.1:5038".into()), ami_user: Some("u".into()), ..Default::default() };
         let err = Settings::resolve(flags, FileConfig::default(), &no_env).expect_err("no secret");
         assert!(err.to_string().contains("ASTERISK_GITOPS_AMI_SECRET"), "{err}");
+    }
+
+    #[test]
+    fn the_apply_target_is_file_by_default_and_ari_needs_ari() {
+        let s = Settings::resolve(Overrides::default(), FileConfig::default(), &no_env).expect("resolves");
+        assert_eq!(s.apply_target, ApplyTarget::File);
+        let file: FileConfig = serde_yaml::from_str("apply: {target: ari}\n").expect("parses");
+        let err = Settings::resolve(Overrides::default(), file, &no_env).expect_err("ari without ARI");
+        assert!(err.to_string().contains("apply.target") && err.to_string().contains("--ari-url"), "{err}");
+        let file: FileConfig =
+            serde_yaml::from_str("apply: {target: file}\nari: {url: 'http://127.0.0.1:8088', user: u, password: p}\n")
+                .expect("parses");
+        let flags = Overrides { apply_target: Some("ari".into()), ..Default::default() };
+        assert_eq!(Settings::resolve(flags, file, &no_env).expect("resolves").apply_target, ApplyTarget::Ari);
+        let flags = Overrides { apply_target: Some("reload".into()), ..Default::default() };
+        let err = Settings::resolve(flags, FileConfig::default(), &no_env).expect_err("unknown target");
+        assert!(err.to_string().contains("\"reload\": use file or ari"), "{err}");
     }
 
     #[test]

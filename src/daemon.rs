@@ -343,12 +343,16 @@ pub async fn run_loop<S, A>(
             _ = tokio::time::sleep(wait) => if failed { Trigger::Retry } else { Trigger::Periodic },
             t = rx.recv() => match t {
                 None => return,
-                Some(t) => {
+                Some(mut t) => {
                     if t == Trigger::FileChange {
                         // Let a burst of saves settle: run once the directory
                         // has been quiet for `debounce` (a single save waits
                         // just that; a long `git pull` is waited out, up to
                         // MAX_SETTLE), then take everything queued as one run.
+                        // An API or UI write (or a webhook, a POST /reconcile)
+                        // asks for its run at once: its edit is complete when
+                        // it asks, so the quiet period would only delay it
+                        // (the watcher sees that edit's own file first).
                         let settle_by = tokio::time::Instant::now() + MAX_SETTLE;
                         loop {
                             let quiet = tokio::time::sleep(cfg.debounce);
@@ -357,6 +361,10 @@ pub async fn run_loop<S, A>(
                                 _ = quiet => break,
                                 more = rx.recv() => match more {
                                     None => return,
+                                    Some(asked) if asked != Trigger::FileChange => {
+                                        t = asked;
+                                        break;
+                                    }
                                     Some(_) if tokio::time::Instant::now() < settle_by => continue,
                                     Some(_) => break,
                                 },
@@ -391,7 +399,7 @@ async fn run_one<S: StateStore, A: AsteriskControl>(
     });
     let ms = report.duration.as_secs_f64() * 1000.0;
     match r.outcome {
-        Outcome::Failed | Outcome::Invalid | Outcome::Blocked => tracing::warn!(
+        Outcome::Failed | Outcome::Degraded | Outcome::Invalid | Outcome::Blocked => tracing::warn!(
             outcome = r.outcome.as_str(),
             duration_ms = ms,
             creates,

@@ -10,6 +10,7 @@
 //! - [`fuzzing`]: the fuzz targets' entry points (for `fuzz/` and the corpus replay test).
 
 pub mod app;
+pub mod apply;
 pub mod asterisk;
 pub mod calls;
 pub mod catalogue;

@@ -295,6 +295,22 @@ pub enum Drift {
     ManagedFileEdited,
     /// Asterisk has an endpoint asterisk-gitops does not manage. Reported, never touched.
     Unmanaged { endpoint: String },
+    /// `apply.target: ari`: an object pushed for this extension holds other
+    /// attributes than were pushed (read back through ARI).
+    ObjectDiffers {
+        extension: String,
+        #[serde(rename = "objectType")]
+        object_type: String,
+        differences: Vec<String>,
+    },
+    /// `apply.target: ari`: an object under the daemon's astdb family that
+    /// no spec declares (pushed by an earlier run, or by hand). Deleted by
+    /// self-heal; objects from files or other wizards are never here.
+    Orphaned {
+        #[serde(rename = "objectType")]
+        object_type: String,
+        id: String,
+    },
 }
 
 impl Drift {
@@ -872,6 +888,7 @@ fn describe_drift(d: &Drift) -> String {
             "the managed file differs from what the applied specs render (edited by hand?)".into()
         }
         Drift::Unmanaged { endpoint } => format!("{endpoint} is in Asterisk but not managed here (left alone)"),
+        Drift::ObjectDiffers { .. } | Drift::Orphaned { .. } => crate::status::describe_drift(d),
     }
 }
 

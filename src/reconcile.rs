@@ -69,6 +69,9 @@ pub enum Outcome {
     Failed,
     /// Drift was found and self-heal is off: reported only.
     DriftReported,
+    /// Some extensions were applied and verified, others refused (the ari
+    /// target applies each extension on its own): those are `failed`.
+    Degraded,
 }
 
 impl Outcome {
@@ -80,12 +83,13 @@ impl Outcome {
             Outcome::Blocked => "blocked",
             Outcome::Failed => "failed",
             Outcome::DriftReported => "drift-reported",
+            Outcome::Degraded => "degraded",
         }
     }
 
     /// Whether the next run should come sooner, with back-off.
     pub fn is_failure(&self) -> bool {
-        matches!(self, Outcome::Failed)
+        matches!(self, Outcome::Failed | Outcome::Degraded)
     }
 }
 
@@ -170,6 +174,13 @@ pub trait AsteriskControl: Send + Sync {
     fn reload(&self) -> impl Future<Output = Result<(), Self::Error>> + Send;
     /// Whether Asterisk answers at all (cheap: no list).
     fn ping(&self) -> impl Future<Output = Result<(), Self::Error>> + Send;
+    /// The keys Asterisk's astdb holds under `family` (`/family/endpoint/1001`),
+    /// never their values (an auth's holds its secret). Only the ari target
+    /// asks: the objects its sorcery wizard stores there.
+    fn astdb_keys(&self, family: &str) -> impl Future<Output = Result<Vec<String>, Self::Error>> + Send {
+        let _ = family;
+        async { Ok(Vec::new()) }
+    }
 }
 
 /// Where the desired state comes from for one run.
@@ -248,6 +259,10 @@ pub struct Reconciler<S, A> {
     pub realm: String,
     pub prune: PruneGuard,
     pub self_heal: bool,
+    /// `apply.target: ari`: changes are pushed through ARI's dynamic
+    /// configuration instead of written and reloaded; `managed` is then the
+    /// record of what was pushed, which Asterisk never reads.
+    pub live: Option<crate::apply::AriTarget>,
     /// What the last run that found nothing to change saw (see [`Settled`]).
     pub settled: SettledCache,
 }
@@ -393,6 +408,9 @@ impl<S: StateStore, A: AsteriskControl> Reconciler<S, A> {
             Some(_) => {
                 let observed = self.observe().await;
                 plan.drift.extend(plan::observed_drift(&desired.set, &|n| applied.contains_key(n), &observed));
+                if let Some(record) = &current {
+                    self.live_drift(record, &mut plan.drift).await;
+                }
                 observed
             }
         };
@@ -454,7 +472,8 @@ impl<S: StateStore, A: AsteriskControl> Reconciler<S, A> {
         }
         let observed = self.observe().await;
         // Settled means every desired extension is applied as it is and nothing else is.
-        let drift = plan::observed_drift(&desired.set, &|n| desired.set.get(n).is_some(), &observed);
+        let mut drift = plan::observed_drift(&desired.set, &|n| desired.set.get(n).is_some(), &observed);
+        self.live_drift(&current, &mut drift).await;
         let p = Plan {
             changes: Vec::new(),
             unchanged: desired.set.extensions.len(),
@@ -464,6 +483,33 @@ impl<S: StateStore, A: AsteriskControl> Reconciler<S, A> {
             applied_before: s.applied_count,
         };
         Some((p, None, None, observed))
+    }
+
+    /// With the ari target: what reading the pushed objects back shows
+    /// (see `apply::drift`), added to `drift` without repeating what the
+    /// endpoint list already said; an orphaned endpoint of our astdb family
+    /// is ours to delete, so it is not reported as unmanaged too.
+    async fn live_drift(&self, record: &str, drift: &mut Vec<plan::Drift>) {
+        let Some(live) = &self.live else { return };
+        let keys = match &self.asterisk {
+            Some(a) if crate::apply::sweep_starts(live) => {
+                a.astdb_keys(crate::apply::ASTDB_FAMILY).await.unwrap_or_else(|e| {
+                    tracing::debug!("listing the astdb family failed: {e}");
+                    Vec::new()
+                })
+            }
+            _ => Vec::new(),
+        };
+        for d in crate::apply::drift(live, record, &keys).await {
+            if let plan::Drift::Orphaned { object_type: kind, id } = &d
+                && kind == "endpoint"
+            {
+                drift.retain(|x| !matches!(x, plan::Drift::Unmanaged { endpoint } if endpoint == id));
+            }
+            if !drift.contains(&d) {
+                drift.push(d);
+            }
+        }
     }
 
     async fn observe(&self) -> Observed {
@@ -599,6 +645,7 @@ impl<S: StateStore, A: AsteriskControl> Reconciler<S, A> {
         let ending = match &result {
             Ok(Outcome::Applied) => status::Ending::Applied,
             Ok(Outcome::DriftReported) => status::Ending::DriftReported,
+            Ok(Outcome::Degraded) => status::Ending::Degraded,
             Ok(_) => status::Ending::NoOp,
             Err((Outcome::Blocked, _)) => status::Ending::Blocked,
             Err(_) => status::Ending::Failed,
@@ -680,6 +727,9 @@ impl<S: StateStore, A: AsteriskControl> Reconciler<S, A> {
         {
             tracing::debug!("marking the changes pending failed: {e}");
         }
+        if let Some(live) = &self.live {
+            return self.apply_live(live, desired, p, rendered, md5s, heal, record, work).await;
+        }
         // 6. Write the file if its content changes.
         if p.file_changed {
             // A settled plan never changes the file, so a changed file always comes with its text.
@@ -747,6 +797,93 @@ impl<S: StateStore, A: AsteriskControl> Reconciler<S, A> {
             }
         }
         Ok(Outcome::Applied)
+    }
+
+    /// Steps 6–8 with `apply.target: ari`: push the objects of the
+    /// extensions that changed (and of the drift to repair), each verified
+    /// from Asterisk's answer, no reload; record what was pushed; the rows
+    /// of what worked. An extension Asterisk refuses fails alone (the run
+    /// is then `degraded`) and stays as it was in Asterisk.
+    #[allow(clippy::too_many_arguments)]
+    async fn apply_live<'d>(
+        &self,
+        live: &crate::apply::AriTarget,
+        desired: &'d Desired,
+        p: &Plan,
+        rendered: Option<&str>,
+        md5s: Option<&BTreeMap<String, String>>,
+        heal: bool,
+        record: &mut RunRecord,
+        work: &mut Work<'d>,
+    ) -> Result<Outcome, (Outcome, String)> {
+        let current = self.managed.read().map_err(|e| {
+            (Outcome::Failed, format!("reading the record of what was pushed {}: {e}", self.managed.path().display()))
+        })?;
+        // A settled plan (only drift to repair) pushes what the record says.
+        let Some(text) = rendered.map(str::to_string).or_else(|| current.clone()) else {
+            return Err((Outcome::Failed, "internal: nothing rendered and no record of what was pushed".into()));
+        };
+        let mut asked: std::collections::BTreeSet<String> = p.changes.iter().map(|c| c.extension.clone()).collect();
+        let mut orphans = Vec::new();
+        if heal {
+            asked.extend(p.drift.iter().filter_map(status::drift_extension).map(str::to_string));
+            for d in &p.drift {
+                if let plan::Drift::Orphaned { object_type: kind, id } = d {
+                    orphans.push((kind.clone(), id.clone()));
+                }
+            }
+        }
+        self.progress(Step::Writing).await;
+        let started = Instant::now();
+        let run = crate::apply::push(live, current.as_deref(), &text, &asked, &orphans)
+            .await
+            .map_err(|e| (Outcome::Failed, e))?;
+        let took = started.elapsed();
+        if current.as_deref() != Some(run.record.as_str())
+            && let Err(e) = self.managed.write(&run.record)
+        {
+            // Asterisk holds the pushes; without the record the next run pushes them again.
+            tracing::warn!("writing the record of what was pushed failed: {e}");
+        }
+        record.reasons.push(format!(
+            "pushed through ARI (no reload): {} extension(s) live and verified from Asterisk's answers, {} refused; {} request(s) in {} ms",
+            run.pushed.len(),
+            run.failures.len(),
+            run.requests,
+            took.as_millis()
+        ));
+        for c in &p.changes {
+            if run.failures.contains_key(&c.extension) {
+                continue;
+            }
+            match c.action {
+                Action::Delete => work.deletes.push(c.extension.clone()),
+                Action::Create | Action::Update => {
+                    if let Some(ext) = desired.set.get(&c.extension) {
+                        let md5 = md5s.and_then(|m| m.get(&ext.extension)).cloned().unwrap_or_default();
+                        work.upserts.push(AppliedRow { extension: std::borrow::Cow::Borrowed(ext), secret_md5: md5 });
+                    }
+                }
+            }
+        }
+        if run.failures.is_empty() {
+            return Ok(Outcome::Applied);
+        }
+        let shown: Vec<String> = run.failures.iter().take(5).map(|(id, why)| format!("{id}: {why}")).collect();
+        let more =
+            if run.failures.len() > 5 { format!(" (and {} more)", run.failures.len() - 5) } else { String::new() };
+        record.error = Some(format!(
+            "{} of {} extension(s) refused, the others are live: {}{more}",
+            run.failures.len(),
+            run.failures.len() + run.pushed.len(),
+            shown.join("; ")
+        ));
+        work.failures = run.failures;
+        if run.pushed.is_empty() {
+            // Nothing went through (ARI down, or every change refused): a failed run.
+            return Err((Outcome::Failed, record.error.clone().unwrap_or_default()));
+        }
+        Ok(Outcome::Degraded)
     }
 
     /// Puts the previous file back and reloads it, then checks that

@@ -124,6 +124,8 @@ pub enum Ending {
     Blocked,
     /// The run tried and failed (unreachable, write, reload, verification).
     Failed,
+    /// Applied, except the extensions in `failures` (the ari target).
+    Degraded,
 }
 
 /// What a run that planned knows afterwards.
@@ -158,7 +160,12 @@ pub fn states_after<'d>(f: &RunFacts<'_, 'd>) -> StatusUpdate<'d> {
     for c in &f.plan.changes {
         let ext = f.set.get(&c.extension);
         let declared = if c.action == Action::Create { ext } else { None };
-        match (f.ending, c.action) {
+        let ending = match f.ending {
+            Ending::Degraded if f.failures.contains_key(&c.extension) => Ending::Failed,
+            Ending::Degraded => Ending::Applied,
+            e => e,
+        };
+        match (ending, c.action) {
             (Ending::Applied, Action::Delete) => put(&mut out, &c.extension, SyncState::Synced, None, None),
             (Ending::Applied, _) => match ext {
                 Some(e) if !e.enabled => put(&mut out, &c.extension, SyncState::Disabled, None, None),
@@ -171,7 +178,7 @@ pub fn states_after<'d>(f: &RunFacts<'_, 'd>) -> StatusUpdate<'d> {
                 put(&mut out, &c.extension, SyncState::Failed, failed_reason(&c.extension), declared)
             }
             // A plan with changes always tries to apply them.
-            (Ending::NoOp | Ending::DriftReported, _) => {
+            (Ending::NoOp | Ending::DriftReported | Ending::Degraded, _) => {
                 put(&mut out, &c.extension, SyncState::Pending, None, declared);
             }
         }
@@ -182,7 +189,10 @@ pub fn states_after<'d>(f: &RunFacts<'_, 'd>) -> StatusUpdate<'d> {
             continue;
         }
         match f.ending {
-            Ending::Applied if f.healed => put(&mut out, number, SyncState::Synced, None, None),
+            Ending::Degraded if f.failures.contains_key(number) => {
+                put(&mut out, number, SyncState::Failed, failed_reason(number), None)
+            }
+            Ending::Applied | Ending::Degraded if f.healed => put(&mut out, number, SyncState::Synced, None, None),
             Ending::Failed if f.healed || f.failures.contains_key(number) => {
                 put(&mut out, number, SyncState::Failed, failed_reason(number), None)
             }
@@ -204,8 +214,10 @@ pub fn states_after<'d>(f: &RunFacts<'_, 'd>) -> StatusUpdate<'d> {
 /// The extension a drift item is about, if it is about one.
 pub fn drift_extension(d: &Drift) -> Option<&str> {
     match d {
-        Drift::MissingFromAsterisk { extension } | Drift::DiffersInAsterisk { extension, .. } => Some(extension),
-        Drift::ManagedFileEdited | Drift::Unmanaged { .. } => None,
+        Drift::MissingFromAsterisk { extension }
+        | Drift::DiffersInAsterisk { extension, .. }
+        | Drift::ObjectDiffers { extension, .. } => Some(extension),
+        Drift::ManagedFileEdited | Drift::Unmanaged { .. } | Drift::Orphaned { .. } => None,
     }
 }
 
@@ -225,6 +237,12 @@ pub fn describe_drift(d: &Drift) -> String {
         }
         Drift::ManagedFileEdited => "the managed file was edited by hand".into(),
         Drift::Unmanaged { endpoint } => format!("{endpoint} is in Asterisk but not managed"),
+        Drift::ObjectDiffers { extension, object_type: kind, differences } => {
+            format!("{extension}: its {kind} differs in Asterisk from what was pushed: {}", differences.join("; "))
+        }
+        Drift::Orphaned { object_type: kind, id } => {
+            format!("{kind} {id} is in the daemon's astdb family but no spec declares it")
+        }
     }
 }
 

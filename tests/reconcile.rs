@@ -68,6 +68,7 @@ async fn rig_with(templates: Option<&Path>) -> Rig {
         realm: "asterisk".into(),
         prune: PruneGuard { max_share: 0.3, max_count: None, allow_mass_delete: false },
         self_heal: true,
+        live: None,
         settled: Default::default(),
     };
     Rig { dir, spec, managed, standin, rec }
@@ -557,6 +558,58 @@ async fn a_burst_of_saves_makes_one_run_once_the_directory_is_quiet() {
     assert_eq!(creates, Some(8), "that one run created all eight");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_write_runs_at_once_not_after_the_watchers_quiet_period() {
+    // The API edits a spec file (the watcher sees it) and then asks for a
+    // run (Manual): that run must not wait for the directory to be quiet.
+    // With an hour's debounce, only the Manual trigger can start it.
+    let r = rig().await;
+    r.write("team.yaml", &team(&[("1001", "Ann")]));
+    let Rig { dir: _dir, spec, managed: _managed, standin, rec } = r;
+    let rec = Arc::new(rec);
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let _watcher = daemon::watch(&spec, tx.clone()).expect("watch");
+    let handle = LoopHandle { triggers: tx, last: Default::default(), failures: Default::default() };
+    let cfg =
+        LoopConfig { interval: Duration::from_secs(3600), debounce: Duration::from_secs(3600), ..Default::default() };
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(daemon::run_loop(
+        rec.clone(),
+        DesiredSource::Dir(Arc::new(daemon::DirSource::new(spec.clone()))),
+        cfg,
+        handle.clone(),
+        rx,
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
+    let c = standin.control();
+    wait("the startup run", || {
+        let (c, handle) = (c.clone(), handle.clone());
+        async move { c.endpoints() == ["1001"] && handle.last.read().await.is_some() }
+    })
+    .await;
+    // The edit, as the API's write-back makes it, then the watcher's event
+    // (sent here too, so it is queued before the API's ask whatever the
+    // watcher's latency), then the API's ask for a run.
+    std::fs::write(spec.join("team.yaml"), team(&[("1001", "Ann"), ("1002", "Bob")])).expect("write");
+    handle.trigger(Trigger::FileChange);
+    handle.trigger(Trigger::Manual);
+    wait("the API write's run", || {
+        let handle = handle.clone();
+        async move {
+            handle.last.read().await.as_ref().is_some_and(|r| {
+                r.record.trigger == Trigger::Manual
+                    && r.record.plan.as_ref().is_some_and(|p| p.changes.iter().any(|ch| ch.extension == "1002"))
+            })
+        }
+    })
+    .await;
+    assert_eq!(c.endpoints(), ["1001", "1002"]);
+    let _ = stop_tx.send(());
+    task.await.expect("loop ends");
+}
+
 /// A managed file from somewhere else: as many sections as the estate, none of the same name.
 fn foreign_managed_file(n: usize) -> String {
     let mut out = String::from("; another host's managed file\n");
@@ -588,6 +641,7 @@ async fn a_foreign_or_truncated_managed_file_at_20k_is_planned_as_drift() {
         realm: "asterisk".into(),
         prune: PruneGuard { max_share: 0.3, max_count: None, allow_mass_delete: false },
         self_heal: true,
+        live: None,
         settled: Default::default(),
     };
     let first = rec.run(Trigger::Cli, daemon::load_dir(&spec)).await;

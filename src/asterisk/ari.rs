@@ -278,6 +278,52 @@ impl Ari {
         Ok(fields.into_iter().map(|f| f.attribute).collect())
     }
 
+    /// `PUT /asterisk/config/dynamic/res_pjsip/{kind}/{id}`: creates the
+    /// object, or sets these fields on the one Asterisk holds (fields not
+    /// named keep their value). Asterisk's answer is every attribute of the
+    /// object as it now holds it. A value Asterisk refuses is a 400
+    /// (`Status`, with its message); an object from a config file is a 403.
+    /// The error names the object, never a value (a password among them).
+    pub async fn put_object(&self, kind: &str, id: &str, fields: &[(String, String)]) -> Result<Attributes, AriError> {
+        #[derive(Serialize)]
+        struct Field<'a> {
+            attribute: &'a str,
+            value: &'a str,
+        }
+        #[derive(Serialize)]
+        struct Body<'a> {
+            fields: Vec<Field<'a>>,
+        }
+        let body = Body { fields: fields.iter().map(|(a, v)| Field { attribute: a, value: v }).collect() };
+        let what = format!("PUT {kind} {id}");
+        let url = format!("{}{}", self.base, object_path(kind, id));
+        let resp = self.send(&what, self.http.put(url).json(&body)).await?;
+        read_attributes(&what, resp).await
+    }
+
+    /// `GET` of one object: every attribute as Asterisk holds it; `None`
+    /// when Asterisk has no such object.
+    pub async fn get_object(&self, kind: &str, id: &str) -> Result<Option<Attributes>, AriError> {
+        let what = format!("GET {kind} {id}");
+        let url = format!("{}{}", self.base, object_path(kind, id));
+        match self.send(&what, self.http.get(url)).await {
+            Ok(resp) => read_attributes(&what, resp).await.map(Some),
+            Err(AriError::Status { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `DELETE` of one object; `false` when Asterisk had no such object.
+    pub async fn delete_object(&self, kind: &str, id: &str) -> Result<bool, AriError> {
+        let what = format!("DELETE {kind} {id}");
+        let url = format!("{}{}", self.base, object_path(kind, id));
+        match self.send(&what, self.http.delete(url)).await {
+            Ok(_) => Ok(true),
+            Err(AriError::Status { status: 404, .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// `GET /endpoints/PJSIP`.
     pub async fn endpoints(&self) -> Result<Vec<EndpointState>, AriError> {
         self.get_json("the PJSIP endpoint list", "/endpoints/PJSIP").await
@@ -371,6 +417,24 @@ impl Ari {
         };
         Ok(AriEvents { ws })
     }
+}
+
+/// One res_pjsip object's attributes as ARI lists them, in its order.
+pub type Attributes = Vec<(String, String)>;
+
+fn object_path(kind: &str, id: &str) -> String {
+    format!("/asterisk/config/dynamic/res_pjsip/{}/{}", path_segment(kind), path_segment(id))
+}
+
+async fn read_attributes(what: &str, resp: reqwest::Response) -> Result<Attributes, AriError> {
+    #[derive(Deserialize)]
+    struct Field {
+        attribute: String,
+        value: String,
+    }
+    let fields: Vec<Field> =
+        resp.json().await.map_err(|e| AriError::Protocol { what: what.into(), reason: e.to_string() })?;
+    Ok(fields.into_iter().map(|f| (f.attribute, f.value)).collect())
 }
 
 fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {

@@ -633,6 +633,7 @@ fn condition(run: &RunRecord) -> (&'static str, &'static str, String) {
         Outcome::Invalid => ("False", "ValidationFailed", msg),
         Outcome::Blocked => ("False", "PruneGuard", msg),
         Outcome::Failed => ("False", "ReconciliationFailed", msg),
+        Outcome::Degraded => ("False", "Degraded", msg),
     }
 }
 

@@ -2,7 +2,8 @@
 //! with sipp as the phones: the seed's flow end to end through `serve` and
 //! the HTTP API, faults, and contract tests that run one body on the
 //! stand-in and on the real Asterisk; and a real softphone (baresip), also
-//! behind NAT in network namespaces (`phones.rs`). Under CI=true a missing
+//! behind NAT in network namespaces (`phones.rs`); and `apply.target: ari`
+//! on an Asterisk with the astdb sorcery wizard (`live.rs`). Under CI=true a missing
 //! Asterisk, sipp, baresip or network namespaces fails them; locally they
 //! print SKIPPED.
 
@@ -10,6 +11,7 @@ mod calls;
 mod contract;
 mod e2e;
 mod faults;
+mod live;
 mod phones;
 mod profiles;
 mod status;

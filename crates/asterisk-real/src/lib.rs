@@ -179,7 +179,19 @@ pub struct InNamespace {
     pub client: Ipv4Addr,
 }
 
+/// The sorcery.conf of `apply.target: ari`: the astdb wizard (family
+/// `asterisk-gitops`) first for endpoint, auth and aor, the config file
+/// after it (`examples/asterisk/sorcery.conf.snippet`, as the README says).
+pub fn astdb_sorcery() -> std::io::Result<String> {
+    read_example("examples/asterisk/sorcery.conf.snippet")
+}
+
 impl Options {
+    /// An instance set up for the ari target: [`astdb_sorcery`].
+    pub fn live(name: &str) -> std::io::Result<Options> {
+        Ok(Options { sorcery: astdb_sorcery()?, ..Options::named(name) })
+    }
+
     pub fn named(name: &str) -> Options {
         Options {
             name: name.into(),

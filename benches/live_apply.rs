@@ -1,0 +1,241 @@
+//! `apply.target: ari` beside `file`, on a real Asterisk 22
+//! (crates/asterisk-real, started with the astdb sorcery wizard first, as
+//! examples/asterisk/sorcery.conf.snippet says) with the generated estate
+//! (10,000 extensions by default). For each target, in the same run, on a
+//! fresh Asterisk and `serve` (SQLite):
+//!
+//! - cold apply: `serve` starts on an empty Asterisk → the last extension
+//!   live (seen through AMI, `PJSIPShowEndpoint`);
+//! - one extension changed: its spec file saved → the new caller id live;
+//! - API PUT → the new caller id live (the request's start to live);
+//! - no-op runs: `POST /reconcile` with nothing to change, their recorded
+//!   duration (the daemon's own clock: start to commit), two in a row.
+//!
+//! Three runs.
+//!
+//!     cargo bench --bench live_apply            # N=10000
+//!     BENCH_N=1000 cargo bench --bench live_apply
+use asterisk_gitops::asterisk::Asterisk as Client;
+use asterisk_gitops::asterisk::ami::AmiConfig;
+use asterisk_gitops::config::{
+    AmiFileConfig, ApplyFileConfig, AriFileConfig, FileConfig, Overrides, SecretString, Settings,
+};
+use asterisk_real::{Asterisk, Options};
+use std::time::{Duration, Instant};
+
+const RUNS: usize = 3;
+const TOKEN: &str = "bench-admin-token-0123456789";
+
+#[derive(Clone, Copy, Debug)]
+struct Figures {
+    cold: Duration,
+    saved: Duration,
+    api: Duration,
+    noop_first: Duration,
+    noop: Duration,
+}
+
+fn main() {
+    let n: usize = std::env::var("BENCH_N").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
+    let build = match asterisk_real::build() {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("no real Asterisk to benchmark: {e}");
+            std::process::exit(1);
+        }
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let mut all: Vec<(&str, Vec<Figures>)> = vec![("file", Vec::new()), ("ari", Vec::new())];
+    for run in 0..RUNS {
+        for (target, figures) in all.iter_mut() {
+            let f = rt.block_on(one_run(&build, n, run, target));
+            println!(
+                "run {} {target:>4}: cold apply {:.2} s; saved → live {:.1} ms; API PUT → live {:.1} ms; no-op run {:.0} ms (the first {:.0} ms)",
+                run + 1,
+                f.cold.as_secs_f64(),
+                ms(f.saved),
+                ms(f.api),
+                ms(f.noop),
+                ms(f.noop_first)
+            );
+            figures.push(f);
+        }
+    }
+    for (target, figures) in &all {
+        let median = |pick: fn(&Figures) -> Duration| {
+            let mut v: Vec<Duration> = figures.iter().map(pick).collect();
+            v.sort();
+            v[v.len() / 2]
+        };
+        println!(
+            "{n} extensions, {target}, median of {RUNS}: cold apply {:.2} s; saved → live {:.1} ms; API PUT → live {:.1} ms; no-op run {:.0} ms (the first {:.0} ms)",
+            median(|f| f.cold).as_secs_f64(),
+            ms(median(|f| f.saved)),
+            ms(median(|f| f.api)),
+            ms(median(|f| f.noop)),
+            ms(median(|f| f.noop_first))
+        );
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn client(ast: &Asterisk) -> Client {
+    Client::new(AmiConfig {
+        addr: ast.ami_addr().to_string(),
+        user: asterisk_real::AMI_USER.into(),
+        secret: ast.ami_secret.clone(),
+        timeout: Duration::from_secs(60),
+        events: false,
+    })
+}
+
+async fn live_with(probe: &Client, id: &str, callerid: &str, since: Instant) -> Duration {
+    loop {
+        if let Ok(Some(d)) = probe.endpoint(id).await
+            && d.callerid.contains(callerid)
+        {
+            return since.elapsed();
+        }
+        assert!(since.elapsed() < Duration::from_secs(120), "{id} did not go live in 2 minutes");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+async fn runs(http: &reqwest::Client, base: &str) -> Vec<serde_json::Value> {
+    let r = http.get(format!("{base}/runs?limit=50")).send().await.expect("GET /runs");
+    r.json::<Vec<serde_json::Value>>().await.unwrap_or_default()
+}
+
+async fn last_id(http: &reqwest::Client, base: &str) -> i64 {
+    runs(http, base).await.iter().filter_map(|r| r["id"].as_i64()).max().unwrap_or(0)
+}
+
+/// Waits until the run after `before` is recorded (a change is live in
+/// Asterisk before its run has verified and recorded it), and then until
+/// no run follows for 3 s (a save's second file event makes one more run).
+async fn recorded_after(http: &reqwest::Client, base: &str, before: i64) {
+    let t = Instant::now();
+    while last_id(http, base).await <= before {
+        assert!(t.elapsed() < Duration::from_secs(120), "no run recorded after {before} in 2 minutes");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut seen = last_id(http, base).await;
+    let mut quiet = Instant::now();
+    while quiet.elapsed() < Duration::from_secs(3) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = last_id(http, base).await;
+        if now != seen {
+            seen = now;
+            quiet = Instant::now();
+        }
+    }
+}
+
+async fn one_run(build: &asterisk_real::Build, n: usize, run: usize, target: &str) -> Figures {
+    // The file target runs on Asterisk as it ships (file objects only); ari needs the astdb wizard.
+    let name = format!("bench-live-{target}-{run}");
+    let opts = if target == "ari" { Options::live(&name).expect("sorcery snippet") } else { Options::named(&name) };
+    let ast = Asterisk::start(build, opts).await.expect("Asterisk starts");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let specs = dir.path().join("extensions.d");
+    asterisk_gitops::estate::write(&specs, n).expect("estate");
+    let file = FileConfig {
+        ami: Some(AmiFileConfig {
+            addr: Some(ast.ami_addr().to_string()),
+            user: Some(asterisk_real::AMI_USER.into()),
+            secret: Some(SecretString::new(&ast.ami_secret)),
+            timeout: Some(60.0),
+            ..Default::default()
+        }),
+        ari: Some(AriFileConfig {
+            url: Some(ast.ari_url()),
+            user: Some(asterisk_real::ARI_USER.into()),
+            password: Some(SecretString::new(&ast.ari_password)),
+            timeout: Some(30.0),
+            ..Default::default()
+        }),
+        apply: Some(ApplyFileConfig { target: Some(target.into()) }),
+        admin_token: Some(SecretString::new(TOKEN)),
+        ..Default::default()
+    };
+    let flags = Overrides {
+        state_dir: Some(dir.path().join("state")),
+        spec_dir: Some(specs.clone()),
+        managed_file: Some(ast.managed_file()),
+        ..Default::default()
+    };
+    let mut settings = Settings::resolve(flags, file, &|_| None).expect("settings");
+    settings.reconcile.interval = Duration::from_secs(3600);
+    let probe = client(&ast);
+    let last = (100_000 + n - 1).to_string();
+
+    // Cold apply: from serve's start to the last extension live.
+    let started = Instant::now();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(asterisk_gitops::app::run(settings, listener, async {
+        let _ = stopped.await;
+    }));
+    while !matches!(probe.endpoint(&last).await, Ok(Some(_))) {
+        assert!(started.elapsed() < Duration::from_secs(600), "cold apply did not finish in 10 minutes");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let cold = started.elapsed();
+    let http = reqwest::Client::new();
+    // Let the first run record itself and settle.
+    while !runs(&http, &base).await.iter().any(|r| r["outcome"] == "applied") {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // One extension changed: saved → live.
+    let before = last_id(&http, &base).await;
+    let path = specs.join("sales/0000.yaml");
+    let text = std::fs::read_to_string(&path).expect("read");
+    let renamed = format!("Agent 100000 moved {run}");
+    std::fs::write(&path, text.replacen("displayName: Agent 100000\n", &format!("displayName: {renamed}\n"), 1))
+        .expect("write");
+    let saved = live_with(&probe, "100000", &renamed, Instant::now()).await;
+    recorded_after(&http, &base, before).await;
+
+    // API PUT → live.
+    let before = last_id(&http, &base).await;
+    let renamed = format!("Agent 100001 put {run}");
+    let put_at = Instant::now();
+    let resp = http
+        .put(format!("{base}/extensions/100001"))
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({"displayName": renamed}))
+        .send()
+        .await
+        .expect("PUT");
+    assert!(resp.status().is_success(), "PUT answered {}", resp.status());
+    let api = live_with(&probe, "100001", &renamed, put_at).await;
+    recorded_after(&http, &base, before).await;
+
+    // No-op runs, by the daemon's own clock: one, and the next.
+    let noop_first = noop_run(&http, &base).await;
+    let noop = noop_run(&http, &base).await;
+
+    let _ = stop.send(());
+    let _ = task.await;
+    probe.close().await;
+    Figures { cold, saved, api, noop_first, noop }
+}
+
+async fn noop_run(http: &reqwest::Client, base: &str) -> Duration {
+    let before = last_id(http, base).await;
+    let resp = http.post(format!("{base}/reconcile")).bearer_auth(TOKEN).send().await.expect("POST /reconcile");
+    assert_eq!(resp.status().as_u16(), 202);
+    loop {
+        if let Some(r) = runs(http, base).await.iter().find(|r| r["id"].as_i64().is_some_and(|id| id > before)) {
+            assert_eq!(r["outcome"], "noop", "the run after the PUT had nothing to do: {r}");
+            return Duration::from_millis(r["durationMs"].as_u64().unwrap_or(0));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

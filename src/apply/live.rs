@@ -1,0 +1,605 @@
+//! Pushing one extension's objects through ARI's dynamic configuration.
+//!
+//! Order: an endpoint that goes is deleted first; then auth, aor (and any
+//! other type) are PUT, the endpoint last; then the auth and aor that go.
+//! So an endpoint never points at an auth or aor Asterisk does not hold.
+//!
+//! Asterisk's answer to a PUT is every attribute of the object as it now
+//! holds it: that answer is the verification (every field the rendering
+//! sets, compared as Asterisk normalises values). A PUT only sets the
+//! fields it names, so a field the old rendering set and the new one does
+//! not is sent with Asterisk's default, learnt once from scratch objects
+//! that are deleted at once. A refused object (400) fails its extension
+//! with Asterisk's message and the field it refuses (found by trying the
+//! fields one by one on a scratch object), and what the extension's push
+//! had already changed is put back, so the extension stays as it was.
+//!
+//! Secrets: `password` and `md5_cred` values are sent, compared, and
+//! never shown in a reason.
+
+use super::sections::Section;
+use crate::asterisk::ari::{Ari, AriError, Attributes};
+use std::collections::BTreeMap;
+use std::future::Future;
+
+/// What the pusher needs of ARI (the real client, or a fake in tests).
+pub trait DynamicConfig: Send + Sync {
+    fn put(
+        &self,
+        kind: &str,
+        id: &str,
+        fields: &[(String, String)],
+    ) -> impl Future<Output = Result<Attributes, AriError>> + Send;
+    /// `false` when there was no such object.
+    fn delete(&self, kind: &str, id: &str) -> impl Future<Output = Result<bool, AriError>> + Send;
+    /// `None` when there is no such object.
+    fn get(&self, kind: &str, id: &str) -> impl Future<Output = Result<Option<Attributes>, AriError>> + Send;
+}
+
+impl DynamicConfig for Ari {
+    async fn put(&self, kind: &str, id: &str, fields: &[(String, String)]) -> Result<Attributes, AriError> {
+        self.put_object(kind, id, fields).await
+    }
+    async fn delete(&self, kind: &str, id: &str) -> Result<bool, AriError> {
+        self.delete_object(kind, id).await
+    }
+    async fn get(&self, kind: &str, id: &str) -> Result<Option<Attributes>, AriError> {
+        self.get_object(kind, id).await
+    }
+}
+
+/// Values never shown.
+fn secret(key: &str) -> bool {
+    matches!(key, "password" | "md5_cred")
+}
+
+fn shown(key: &str, value: &str) -> String {
+    if secret(key) { format!("{key} = <secret>") } else { format!("{key} = {value}") }
+}
+
+/// The position of a type in the push order.
+pub(crate) fn rank(kind: &str) -> u8 {
+    match kind {
+        "auth" => 0,
+        "aor" => 1,
+        "endpoint" => 3,
+        _ => 2,
+    }
+}
+
+/// The ari target: a client and Asterisk's defaults, once learnt.
+pub struct LiveTarget<D> {
+    pub client: D,
+    defaults: tokio::sync::Mutex<BTreeMap<String, BTreeMap<String, String>>>,
+    /// The last id a drift check read back: the next one goes on after it.
+    pub(crate) cursor: std::sync::Mutex<String>,
+    /// Whether the last `delete_one` failed because ARI did not answer.
+    last_delete_down: std::sync::atomic::AtomicBool,
+    /// Whether the next drift check lists the astdb family for orphans
+    /// (`DBGetTree` sends every value, about 6 KB an endpoint: 20 s and
+    /// more at 10k, so a large estate is listed once every
+    /// `ORPHAN_SCAN_EVERY` checks, a small one every time).
+    pub(crate) sweep_starts: std::sync::atomic::AtomicBool,
+    /// Drift checks so far.
+    pub(crate) checks: std::sync::atomic::AtomicUsize,
+}
+
+/// What pushing one extension did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Pushed {
+    /// Every object is as rendered; how many requests it took.
+    Done { requests: usize },
+    /// Refused or not as rendered; why (no secret), and whether what the
+    /// push had already changed was put back. `down`: ARI did not answer
+    /// (unreachable, timed out, refused our credentials), so pushing the
+    /// next extensions is pointless.
+    Failed { reason: String, down: bool },
+}
+
+/// Whether an error says ARI itself is not answering, rather than
+/// refusing one object.
+fn down(e: &AriError) -> bool {
+    matches!(e, AriError::Unreachable { .. } | AriError::Timeout { .. } | AriError::Unauthorized)
+}
+
+impl<D: DynamicConfig> LiveTarget<D> {
+    pub fn new(client: D) -> Self {
+        LiveTarget {
+            client,
+            defaults: Default::default(),
+            cursor: Default::default(),
+            last_delete_down: Default::default(),
+            sweep_starts: std::sync::atomic::AtomicBool::new(false),
+            checks: Default::default(),
+        }
+    }
+
+    /// Pushes one extension from `old` (what was pushed before, as the
+    /// record says) to `new` (what renders now; empty: delete it).
+    pub async fn push(&self, id: &str, old: &[Section], new: &[Section]) -> Pushed {
+        let mut requests = 0;
+        let mut done: Vec<Undo> = Vec::new();
+        let is_down = std::sync::atomic::AtomicBool::new(false);
+        let old_of = |kind: &str| old.iter().find(|s| s.kind == kind);
+        let mut gone: Vec<String> =
+            old.iter().map(|s| s.kind.clone()).filter(|k| !new.iter().any(|s| s.kind == *k)).collect();
+        if new.is_empty() {
+            // The record may be lost or stale: delete every type an extension has.
+            for k in ["endpoint", "aor", "auth"] {
+                if !gone.iter().any(|g| g == k) {
+                    gone.push(k.to_string());
+                }
+            }
+        }
+        gone.sort_by_key(|k| std::cmp::Reverse(rank(k)));
+        let mut puts: Vec<&Section> = new.iter().collect();
+        puts.sort_by_key(|s| rank(&s.kind));
+        let (endpoint_first, rest): (Vec<String>, Vec<String>) = gone.into_iter().partition(|k| k == "endpoint");
+
+        let result: Result<(), String> = async {
+            for kind in &endpoint_first {
+                requests += 1;
+                self.delete_one(kind, id).await.inspect_err(|_| self.note_down(&is_down))?;
+                done.push(Undo::Recreate(old_of(kind).cloned()));
+            }
+            for s in &puts {
+                let before = old_of(&s.kind);
+                let mut fields = s.fields.clone();
+                let removed: Vec<&str> = before
+                    .map(|b| b.fields.iter().map(|(k, _)| k.as_str()).filter(|k| !s.fields.iter().any(|(f, _)| f == k)).collect())
+                    .unwrap_or_default();
+                if !removed.is_empty() {
+                    let defaults = self.defaults(&s.kind).await?;
+                    for k in removed {
+                        if let Some(v) = defaults.get(k) {
+                            fields.push((k.to_string(), v.clone()));
+                        }
+                    }
+                }
+                requests += 1;
+                let answer = match self.client.put(&s.kind, id, &fields).await {
+                    Ok(a) => a,
+                    Err(AriError::Status { status: 400, message, .. }) => {
+                        let which = self.culprit(&s.kind, &s.fields).await;
+                        return Err(format!(
+                            "Asterisk refused {} {id}: {message}{}",
+                            s.kind,
+                            which.map(|w| format!(" (the field it refuses: {w})")).unwrap_or_default()
+                        ));
+                    }
+                    Err(AriError::Status { status: 403, message, .. }) => {
+                        return Err(format!(
+                            "Asterisk refused {} {id}: {message} (an object of that id comes from a config file or a wizard that cannot be written: take it out of the file first)",
+                            s.kind
+                        ));
+                    }
+                    Err(e) => {
+                        if down(&e) {
+                            is_down.store(true, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        return Err(format!("pushing {} {id}: {e}", s.kind));
+                    }
+                };
+                done.push(Undo::Put { kind: s.kind.clone(), before: before.cloned() });
+                let off = mismatches(&s.fields, &answer);
+                if !off.is_empty() {
+                    return Err(format!(
+                        "{} {id} is not as rendered after the push: {}",
+                        s.kind,
+                        off.join("; ")
+                    ));
+                }
+            }
+            for kind in &rest {
+                requests += 1;
+                self.delete_one(kind, id).await.inspect_err(|_| self.note_down(&is_down))?;
+                done.push(Undo::Recreate(old_of(kind).cloned()));
+            }
+            Ok(())
+        }
+        .await;
+        match result {
+            Ok(()) => Pushed::Done { requests },
+            Err(reason) => {
+                let down = is_down.load(std::sync::atomic::Ordering::Relaxed) || self.last_down();
+                let undone = if down { "ARI is not answering".into() } else { self.undo(id, done).await };
+                Pushed::Failed { reason: format!("{reason}; {undone}"), down }
+            }
+        }
+    }
+
+    /// After a failed `delete_one`: whether it was ARI not answering.
+    fn note_down(&self, flag: &std::sync::atomic::AtomicBool) {
+        if self.last_down() {
+            flag.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    fn last_down(&self) -> bool {
+        self.last_delete_down.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub(crate) async fn delete_one(&self, kind: &str, id: &str) -> Result<(), String> {
+        let answer = self.client.delete(kind, id).await;
+        self.last_delete_down.store(answer.as_ref().is_err_and(down), std::sync::atomic::Ordering::Relaxed);
+        match answer {
+            Ok(_) => Ok(()),
+            Err(AriError::Status { status: 403, message, .. }) => Err(format!(
+                "Asterisk refused to delete {kind} {id}: {message} (it comes from a config file or another wizard, which the ari target never touches)"
+            )),
+            Err(e) => Err(format!("deleting {kind} {id}: {e}")),
+        }
+    }
+
+    /// Puts back, newest first, what a failed push changed.
+    async fn undo(&self, id: &str, done: Vec<Undo>) -> String {
+        if done.is_empty() {
+            return "nothing was changed".into();
+        }
+        let mut problems = Vec::new();
+        let mut done = done;
+        done.sort_by_key(|u| match u {
+            // Recreate auth/aor before an endpoint, delete an endpoint before its auth/aor.
+            Undo::Recreate(Some(s)) => (0, rank(&s.kind)),
+            Undo::Put { kind, before: Some(_) } => (0, rank(kind)),
+            Undo::Put { kind, before: None } => (1, 3 - rank(kind)),
+            Undo::Recreate(None) => (2, 0),
+        });
+        for u in done {
+            let r = match &u {
+                Undo::Put { kind, before: None } => self.client.delete(kind, id).await.map(drop),
+                Undo::Put { before: Some(s), .. } | Undo::Recreate(Some(s)) => {
+                    self.client.put(&s.kind, id, &s.fields).await.map(drop)
+                }
+                Undo::Recreate(None) => Ok(()),
+            };
+            if let Err(e) = r {
+                problems.push(e.to_string());
+            }
+        }
+        if problems.is_empty() {
+            "what this push had changed was put back".into()
+        } else {
+            format!("putting back what this push had changed failed: {}", problems.join("; "))
+        }
+    }
+
+    /// Asterisk's default value of every attribute of `kind`: a scratch
+    /// object with no fields (an endpoint's points at a scratch auth that
+    /// never exists, so no request can use it unchallenged), read from its
+    /// answer and deleted at once. Learnt once per type.
+    async fn defaults(&self, kind: &str) -> Result<BTreeMap<String, String>, String> {
+        let mut cache = self.defaults.lock().await;
+        if let Some(d) = cache.get(kind) {
+            return Ok(d.clone());
+        }
+        let id = scratch_id();
+        let fields: Vec<(String, String)> =
+            if kind == "endpoint" { vec![("auth".into(), id.clone())] } else { Vec::new() };
+        let answer = self
+            .client
+            .put(kind, &id, &fields)
+            .await
+            .map_err(|e| format!("learning Asterisk's defaults for {kind} (a scratch object): {e}"))?;
+        if let Err(e) = self.client.delete(kind, &id).await {
+            tracing::warn!(kind, id, "deleting a scratch object failed: {e}");
+        }
+        let mut d: BTreeMap<String, String> = answer.into_iter().collect();
+        if kind == "endpoint" {
+            d.insert("auth".into(), String::new());
+        }
+        cache.insert(kind.to_string(), d.clone());
+        Ok(d)
+    }
+
+    /// Which field of a refused object Asterisk refuses (it does not say):
+    /// each field alone on a scratch object, deleted afterwards.
+    async fn culprit(&self, kind: &str, fields: &[(String, String)]) -> Option<String> {
+        let id = scratch_id();
+        let mut found = None;
+        let mut created = false;
+        for (k, v) in fields {
+            let mut one = vec![(k.clone(), v.clone())];
+            if kind == "endpoint" && k != "auth" {
+                one.insert(0, ("auth".into(), id.clone()));
+            }
+            match self.client.put(kind, &id, &one).await {
+                Ok(_) => created = true,
+                Err(AriError::Status { status: 400, .. }) => {
+                    found = Some(shown(k, v));
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        if created && let Err(e) = self.client.delete(kind, &id).await {
+            tracing::warn!(kind, id, "deleting a scratch object failed: {e}");
+        }
+        found
+    }
+}
+
+enum Undo {
+    /// A PUT; what the object was before (`None`: it was created).
+    Put { kind: String, before: Option<Section> },
+    /// A DELETE; the object as the record had it.
+    Recreate(Option<Section>),
+}
+
+fn scratch_id() -> String {
+    let mut b = [0u8; 8];
+    if getrandom::fill(&mut b).is_err() {
+        b = (std::process::id() as u64 ^ chrono::Utc::now().timestamp_micros() as u64).to_le_bytes();
+    }
+    format!("asterisk-gitops-scratch-{}", hex::encode(b))
+}
+
+/// Every field `want` sets that `held` (Asterisk's answer) does not hold,
+/// as `key: Asterisk holds X, the rendering sets Y` (secrets not shown).
+/// Values are compared as Asterisk normalises them: booleans (`yes` is
+/// `true`), numbers (`3` is `3.000000`), codecs (`ulaw,alaw` is
+/// `(ulaw|alaw)`), quoted caller ids, lists in any order, case. A field
+/// Asterisk does not list (`disallow`) is not compared; a repeated field by
+/// its last value (`allow`: all of them).
+pub fn mismatches(want: &[(String, String)], held: &Attributes) -> Vec<String> {
+    let held: BTreeMap<&str, &str> = held.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut last: BTreeMap<&str, String> = BTreeMap::new();
+    for (k, v) in want {
+        if k == "allow" {
+            let e = last.entry("allow").or_default();
+            if !e.is_empty() {
+                e.push(',');
+            }
+            e.push_str(v);
+        } else {
+            last.insert(k, v.clone());
+        }
+    }
+    let mut out = Vec::new();
+    for (k, v) in last {
+        let Some(h) = held.get(k) else { continue };
+        if !same_value(k, &v, h) {
+            if secret(k) {
+                out.push(format!("{k}: Asterisk holds another value than the rendering sets"));
+            } else {
+                out.push(format!("{k}: Asterisk holds {h:?}, the rendering sets {v:?}"));
+            }
+        }
+    }
+    out
+}
+
+fn same_value(key: &str, want: &str, held: &str) -> bool {
+    if secret(key) {
+        return want == held;
+    }
+    if key == "allow" {
+        let w: Vec<String> = crate::asterisk::parse_allow(want).iter().map(|c| c.to_ascii_lowercase()).collect();
+        let h: Vec<String> = crate::asterisk::parse_allow(held).iter().map(|c| c.to_ascii_lowercase()).collect();
+        return w == h;
+    }
+    if key == "callerid" {
+        let norm = |s: &str| s.replace('"', "").split_whitespace().collect::<Vec<_>>().join(" ");
+        return norm(want) == norm(held);
+    }
+    let boolean = |s: &str| match s.trim().to_ascii_lowercase().as_str() {
+        "yes" | "true" | "on" | "1" | "y" | "t" => Some(true),
+        "no" | "false" | "off" | "0" | "n" | "f" => Some(false),
+        _ => None,
+    };
+    if let (Some(a), Some(b)) = (boolean(want), boolean(held)) {
+        return a == b;
+    }
+    if let (Ok(a), Ok(b)) = (want.trim().parse::<f64>(), held.trim().parse::<f64>()) {
+        return a == b;
+    }
+    if want.contains(',') || held.contains(',') {
+        let set = |s: &str| {
+            let mut v: Vec<String> =
+                s.split(',').map(|x| x.trim().to_ascii_lowercase()).filter(|x| !x.is_empty()).collect();
+            v.sort();
+            v
+        };
+        return set(want) == set(held);
+    }
+    want.trim().eq_ignore_ascii_case(held.trim())
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::apply::sections;
+    use std::sync::Mutex;
+
+    /// Asterisk's dynamic configuration as far as the pusher relies on it:
+    /// PUT merges fields into the object (creating it), answers every
+    /// attribute, refuses an unknown option or a codec named `nosuchcodec`
+    /// with 400 (without saying which), DELETE answers whether it existed.
+    #[derive(Default)]
+    pub(crate) struct Fake {
+        pub objects: Mutex<BTreeMap<(String, String), BTreeMap<String, String>>>,
+        pub log: Mutex<Vec<String>>,
+        /// Answer nothing (as an unreachable ARI).
+        pub down: std::sync::atomic::AtomicBool,
+    }
+
+    fn unreachable(fake: &Fake) -> Result<(), AriError> {
+        if fake.down.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(AriError::Unreachable { url: "http://127.0.0.1:1/ari".into(), reason: "refused".into() });
+        }
+        Ok(())
+    }
+
+    fn known(kind: &str) -> &'static [(&'static str, &'static str)] {
+        match kind {
+            "endpoint" => &[
+                ("context", "default"),
+                ("allow", "(codec2|g723|ulaw|alaw)"),
+                ("transport", ""),
+                ("auth", ""),
+                ("aors", ""),
+                ("callerid", ""),
+                ("direct_media", "true"),
+                ("webrtc", "no"),
+            ],
+            "auth" => &[("auth_type", "userpass"), ("username", ""), ("password", ""), ("md5_cred", "")],
+            "aor" => &[("max_contacts", "0"), ("remove_existing", "false"), ("qualify_frequency", "0")],
+            _ => &[],
+        }
+    }
+
+    impl DynamicConfig for Fake {
+        async fn put(&self, kind: &str, id: &str, fields: &[(String, String)]) -> Result<Attributes, AriError> {
+            self.log.lock().unwrap().push(format!("PUT {kind} {id}"));
+            unreachable(self)?;
+            let defaults = known(kind);
+            let mut objects = self.objects.lock().unwrap();
+            let mut obj = objects
+                .get(&(kind.to_string(), id.to_string()))
+                .cloned()
+                .unwrap_or_else(|| defaults.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
+            for (k, v) in fields {
+                if k == "disallow" {
+                    continue;
+                }
+                if !defaults.iter().any(|(d, _)| d == k) || v.contains("nosuchcodec") {
+                    return Err(AriError::Status {
+                        what: format!("PUT {kind} {id}"),
+                        status: 400,
+                        message: format!("Creation of object '{id}' failed field value validation"),
+                    });
+                }
+                let v = match k.as_str() {
+                    "allow" => format!("({})", v.replace(',', "|")),
+                    "direct_media" | "remove_existing" => (v == "yes" || v == "true").to_string(),
+                    _ => v.clone(),
+                };
+                obj.insert(k.clone(), v);
+            }
+            objects.insert((kind.to_string(), id.to_string()), obj.clone());
+            Ok(obj.into_iter().collect())
+        }
+        async fn delete(&self, kind: &str, id: &str) -> Result<bool, AriError> {
+            self.log.lock().unwrap().push(format!("DELETE {kind} {id}"));
+            unreachable(self)?;
+            Ok(self.objects.lock().unwrap().remove(&(kind.to_string(), id.to_string())).is_some())
+        }
+        async fn get(&self, kind: &str, id: &str) -> Result<Option<Attributes>, AriError> {
+            self.log.lock().unwrap().push(format!("GET {kind} {id}"));
+            unreachable(self)?;
+            Ok(self.get(kind, id).map(|o| o.into_iter().collect()))
+        }
+    }
+
+    impl Fake {
+        pub(crate) fn set(&self, kind: &str, id: &str, key: &str, value: &str) {
+            if let Some(o) = self.objects.lock().unwrap().get_mut(&(kind.to_string(), id.to_string())) {
+                o.insert(key.into(), value.into());
+            }
+        }
+        pub(crate) fn get(&self, kind: &str, id: &str) -> Option<BTreeMap<String, String>> {
+            self.objects.lock().unwrap().get(&(kind.to_string(), id.to_string())).cloned()
+        }
+        pub(crate) fn requests(&self) -> Vec<String> {
+            std::mem::take(&mut *self.log.lock().unwrap())
+        }
+        pub(crate) fn count(&self) -> usize {
+            self.objects.lock().unwrap().len()
+        }
+    }
+
+    fn ext(id: &str, endpoint: &str) -> Vec<Section> {
+        sections::parse(&format!(
+            "[{id}]\ntype = endpoint\ncontext = from-internal\ndisallow = all\n{endpoint}auth = {id}\naors = {id}\n\n\
+             [{id}]\ntype = auth\nauth_type = md5\nusername = {id}\nmd5_cred = 0123abcd\n\n\
+             [{id}]\ntype = aor\nmax_contacts = 1\nremove_existing = yes\n"
+        ))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_create_pushes_auth_and_aor_before_the_endpoint_and_a_delete_takes_the_endpoint_first() {
+        let t = LiveTarget::new(Fake::default());
+        let new = ext("1001", "allow = ulaw,alaw\n");
+        assert_eq!(t.push("1001", &[], &new).await, Pushed::Done { requests: 3 });
+        assert_eq!(t.client.requests(), ["PUT auth 1001", "PUT aor 1001", "PUT endpoint 1001"]);
+        assert_eq!(t.client.get("endpoint", "1001").unwrap()["allow"], "(ulaw|alaw)");
+        assert_eq!(t.push("1001", &new, &[]).await, Pushed::Done { requests: 3 });
+        assert_eq!(t.client.requests(), ["DELETE endpoint 1001", "DELETE aor 1001", "DELETE auth 1001"]);
+        assert_eq!(t.client.count(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_refused_value_fails_with_the_field_and_puts_back_what_the_push_changed() {
+        let t = LiveTarget::new(Fake::default());
+        let old = ext("1001", "allow = ulaw\n");
+        t.push("1001", &[], &old).await;
+        let mut bad = ext("1001", "allow = ulaw,nosuchcodec\n");
+        bad[2].fields[0].1 = "5".into(); // the aor changes too, and must be put back
+        t.client.requests();
+        let Pushed::Failed { reason, down: false } = t.push("1001", &old, &bad).await else { panic!("refused") };
+        assert!(reason.contains("failed field value validation"), "{reason}");
+        assert!(reason.contains("the field it refuses: allow = ulaw,nosuchcodec"), "{reason}");
+        assert!(reason.contains("put back"), "{reason}");
+        assert_eq!(t.client.get("aor", "1001").unwrap()["max_contacts"], "1", "the aor is as before");
+        assert_eq!(t.client.get("endpoint", "1001").unwrap()["allow"], "(ulaw)");
+        assert_eq!(t.client.count(), 3, "the scratch object is gone");
+        // A create refused at the endpoint leaves no auth or aor behind.
+        let Pushed::Failed { .. } = t.push("1002", &[], &ext("1002", "bogus_option = 1\n")).await else {
+            panic!("refused")
+        };
+        assert!(t.client.get("auth", "1002").is_none() && t.client.get("aor", "1002").is_none());
+        assert_eq!(t.client.count(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_field_the_new_rendering_drops_goes_back_to_asterisks_default() {
+        let t = LiveTarget::new(Fake::default());
+        let old = ext("1001", "callerid = \"A\" <1001>\ndirect_media = no\n");
+        t.push("1001", &[], &old).await;
+        assert_eq!(t.client.get("endpoint", "1001").unwrap()["direct_media"], "false");
+        let new = ext("1001", "");
+        assert!(matches!(t.push("1001", &old, &new).await, Pushed::Done { .. }));
+        let e = t.client.get("endpoint", "1001").unwrap();
+        assert_eq!((e["callerid"].as_str(), e["direct_media"].as_str()), ("", "true"));
+        assert_eq!(t.client.count(), 3, "the scratch endpoint for the defaults is gone");
+    }
+
+    #[test]
+    fn values_compare_as_asterisk_normalises_them_and_secrets_are_never_shown() {
+        let held: Attributes = [
+            ("allow", "(ulaw|alaw)"),
+            ("callerid", "\"Test User\" <1001>"),
+            ("direct_media", "false"),
+            ("qualify_timeout", "3.000000"),
+            ("named_pickup_group", "b, a"),
+            ("md5_cred", "held-secret"),
+            ("context", "From-Internal"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let want = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        };
+        let ok = want(&[
+            ("disallow", "all"),
+            ("allow", "ulaw"),
+            ("allow", "alaw"),
+            ("callerid", "Test User <1001>"),
+            ("direct_media", "no"),
+            ("qualify_timeout", "3"),
+            ("named_pickup_group", "a,b"),
+            ("md5_cred", "held-secret"),
+            ("context", "from-internal"),
+            ("not_listed", "x"),
+        ]);
+        assert_eq!(mismatches(&ok, &held), Vec::<String>::new());
+        let off =
+            mismatches(&want(&[("allow", "alaw,ulaw"), ("md5_cred", "wanted-secret"), ("direct_media", "yes")]), &held);
+        assert_eq!(off.len(), 3, "{off:?}");
+        assert!(
+            off.iter().all(|o| !o.contains("secret\"") && !o.contains("wanted-secret") && !o.contains("held-secret"))
+        );
+    }
+}
