@@ -363,3 +363,48 @@ async fn profiles_and_qualify_frequency_through_the_api() {
     assert_eq!(c.endpoints(), before);
     d.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extra_options_through_the_api_are_applied_shown_and_refused_by_field() {
+    let d = Daemon::start().await;
+    let c = d.standin.control();
+    let body = r#"{"extension":"1005","md5Cred":"0123456789abcdef0123456789abcdef","context":"from-internal","transport":"transport-udp","codecs":"ulaw","options":{"endpoint":{"timers":"required","send_pai":true,"language":"fr"},"aor":{"minimum_expiration":120}}}"#;
+    let (status, created) = d.call("POST", "/extensions", Some(body)).await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["extension"]["options"]["endpoint"]["send_pai"], "yes", "{created}");
+    wait("1005 applied with its options", || {
+        let d = &d;
+        async move {
+            let (_, one) = d.call("GET", "/extensions/1005", None).await;
+            one["syncStatus"] == "synced"
+        }
+    })
+    .await;
+    let (_, one) = d.call("GET", "/extensions/1005", None).await;
+    assert_eq!(
+        one["options"],
+        json!({"aor.minimum_expiration": "120", "endpoint.language": "fr", "endpoint.send_pai": "yes", "endpoint.timers": "required"}),
+        "{one}"
+    );
+    // Refused by field, nothing written: a misspelt name, a bad boolean, a
+    // named field's option, a value that would break the line.
+    let before = c.endpoints();
+    for (bad, field) in [
+        (r#"{"options":{"endpoint":{"timer":"yes"}}}"#, "options.endpoint.timer"),
+        (r#"{"options":{"endpoint":{"send_pai":"maybe"}}}"#, "options.endpoint.send_pai"),
+        (r#"{"options":{"endpoint":{"context":"x"}}}"#, "options.endpoint.context"),
+        (r#"{"options":{"auth":{"realm":"a\nb"}}}"#, "options.auth.realm"),
+    ] {
+        let (status, err) = d.call("PUT", "/extensions/1005", Some(bad)).await;
+        assert_eq!(status, 400, "{bad}: {err}");
+        let at_field = |x: &Value| x["field"].as_str().is_some_and(|f| f.ends_with(field)) && x["line"].is_number();
+        assert!(err["details"].as_array().is_some_and(|ds| ds.iter().any(at_field)), "{bad}: {err}");
+        assert!(!err.to_string().contains("maybe") && !err.to_string().contains("a\nb"), "no value echoed: {err}");
+    }
+    let (status, err) = d.call("PUT", "/extensions/1005", Some(r#"{"options":{"trunk":{"a":"b"}}}"#)).await;
+    assert_eq!(status, 400, "{err}");
+    let (_, one) = d.call("GET", "/extensions/1005", None).await;
+    assert_eq!(one["options"]["endpoint.timers"], "required", "unchanged: {one}");
+    assert_eq!(c.endpoints(), before);
+    d.stop().await;
+}

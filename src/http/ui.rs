@@ -523,6 +523,13 @@ fn body_of(form: &HashMap<String, String>, editing: bool) -> Map<String, Value> 
     for key in FORM_FIELDS {
         let Some(v) = form.get(*key) else { continue };
         let v = if *key == "password" { v.as_str() } else { v.trim() };
+        if *key == "options" {
+            let was = form.get("options_was").map(|s| s.trim()).unwrap_or_default();
+            if v != was {
+                map.insert("options".into(), options_of_text(v));
+            }
+            continue;
+        }
         if v.is_empty() && (editing || matches!(*key, "displayName" | "qualifyFrequency")) {
             continue;
         }
@@ -548,8 +555,44 @@ fn body_of(form: &HashMap<String, String>, editing: bool) -> Map<String, Value> 
 }
 
 /// The fields the form edits, as the JSON API names them.
-const FORM_FIELDS: &[&str] =
-    &["extension", "displayName", "password", "context", "transport", "codecs", "profile", "qualifyFrequency"];
+const FORM_FIELDS: &[&str] = &[
+    "extension",
+    "displayName",
+    "password",
+    "context",
+    "transport",
+    "codecs",
+    "profile",
+    "qualifyFrequency",
+    "options",
+];
+
+/// The form's options box: one `name = value` a line for the endpoint,
+/// `aor.name = value` or `auth.name = value` for the others. A line that
+/// is not one of those goes in as an option without a valid name, for the
+/// API's checks to refuse it by name.
+fn options_of_text(text: &str) -> Value {
+    let mut kinds: Map<String, Value> = Map::new();
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let (key, value) = line.split_once('=').map(|(k, v)| (k.trim(), v.trim())).unwrap_or((line, ""));
+        let (kind, name) = match key.split_once('.') {
+            Some((k, n)) if crate::spec::options::KINDS.contains(&k) => (k, n.trim()),
+            _ => ("endpoint", key),
+        };
+        if let Value::Object(m) = kinds.entry(kind.to_string()).or_insert_with(|| Value::Object(Map::new())) {
+            m.insert(name.to_string(), Value::from(value));
+        }
+    }
+    Value::Object(kinds)
+}
+
+/// The options box's text for a record's options (`type.name` → value).
+fn options_text(options: &std::collections::BTreeMap<String, String>) -> String {
+    let mut lines: Vec<String> =
+        options.iter().map(|(k, v)| format!("{} = {v}", k.strip_prefix("endpoint.").unwrap_or(k))).collect();
+    lines.sort_by_key(|l| l.contains('.') && (l.starts_with("aor.") || l.starts_with("auth.")));
+    lines.join("\n")
+}
 
 fn form_page(
     state: &AppState,
@@ -565,7 +608,12 @@ fn form_page(
         match e {
             ApiError::BadRequest(m, details) => {
                 for d in details {
-                    let field = d.field.as_deref().unwrap_or("").rsplit('.').next().unwrap_or("").to_string();
+                    let path = d.field.as_deref().unwrap_or("");
+                    let field = if path.starts_with("options") {
+                        "options".to_string()
+                    } else {
+                        path.rsplit('.').next().unwrap_or("").to_string()
+                    };
                     if FORM_FIELDS.contains(&field.as_str()) {
                         errors.entry(field).or_insert(Value::from(d.message));
                     } else {
@@ -663,6 +711,7 @@ async fn edit_form(State(state): State<AppState>, headers: HeaderMap, Path(id): 
         "codecs": record.codecs.join(","),
         "profile": record.profile,
         "qualifyFrequency": record.qualify_frequency,
+        "options": options_text(&record.options),
     });
     form_page(&state, &viewer, StatusCode::OK, Some(&id), form, None)
 }

@@ -9,6 +9,7 @@
 mod contract;
 mod e2e;
 mod faults;
+mod options;
 mod phones;
 mod profiles;
 mod status;
