@@ -159,6 +159,41 @@ pub enum Command {
     /// `tokenSha256` in the config file (the file never holds the token).
     /// The token is read from standard input, one line.
     HashToken,
+    /// Turn an existing configuration into spec files (adopting a running PBX).
+    #[command(subcommand)]
+    Import(ImportCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImportCommand {
+    /// Read a PJSIP configuration (with its #include and #tryinclude files,
+    /// templates and inheritance) and write a spec file for its extensions.
+    ///
+    /// Each endpoint with an auth and an aor of its own name becomes an
+    /// entry; a plain-text password becomes md5Cred (hashed with the auth's
+    /// realm, the configuration's default_realm, or --realm); values every
+    /// entry shares become `defaults`; options no field names go to
+    /// `options`. What cannot be carried (transports, trunks, registrations,
+    /// identifies, …) is listed with the reason and left alone. The same
+    /// input always writes the same files. Exits 1 when the configuration
+    /// cannot be read (a missing #include), 0 otherwise.
+    Pjsip(ImportPjsipArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ImportPjsipArgs {
+    /// pjsip.conf files (each becomes one spec file named after it).
+    #[arg(value_name = "PATH", required = true)]
+    pub paths: Vec<PathBuf>,
+    /// Directory the spec files are written to (created if needed).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Realm for hashing passwords when neither the auth nor the global section sets one [default: asterisk].
+    #[arg(long, value_name = "REALM")]
+    pub realm: Option<String>,
+    /// Asterisk's configuration directory, where relative includes are found [default: each file's directory].
+    #[arg(long, value_name = "DIR")]
+    pub config_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -274,6 +309,31 @@ pub fn main() -> ExitCode {
     }
 }
 
+fn import_pjsip(args: ImportPjsipArgs) -> anyhow::Result<ExitCode> {
+    use crate::import::pjsip;
+    let opts = pjsip::ImportOptions { realm: args.realm, config_dir: args.config_dir };
+    let out = match pjsip::import(&args.paths, &opts) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let written = pjsip::write(&out, &args.out)?;
+    let mut stdout = std::io::stdout().lock();
+    for (path, f) in written.iter().zip(&out.files) {
+        writeln!(stdout, "wrote {} ({} extensions from {})", path.display(), f.spec.extensions.len(), f.source)?;
+    }
+    if !out.skipped.is_empty() {
+        writeln!(stdout, "left alone ({}):", out.skipped.len())?;
+        for s in &out.skipped {
+            writeln!(stdout, "  {}: {}: {}", s.at, s.what, s.reason)?;
+        }
+    }
+    writeln!(stdout, "{} extensions imported, {} sections left alone", out.extensions(), out.skipped.len())?;
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
@@ -285,6 +345,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::HashPassword(args) => hash_password(args),
         Command::HashToken => hash_token(),
+        Command::Import(ImportCommand::Pjsip(args)) => import_pjsip(args),
         Command::Plan(args) => runtime()?.block_on(plan(&cli.global, args)),
         Command::Apply(args) => runtime()?.block_on(apply(&cli.global, args)),
         Command::Serve => {

@@ -6,6 +6,7 @@
 //! Asterisk, sipp, baresip or network namespaces fails them; locally they
 //! print SKIPPED.
 
+mod adopt;
 mod contract;
 mod e2e;
 mod faults;
