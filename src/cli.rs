@@ -162,6 +162,9 @@ pub enum Command {
     /// Turn an existing configuration into spec files (adopting a running PBX).
     #[command(subcommand)]
     Import(ImportCommand),
+    /// Write the declared extensions out in another form.
+    #[command(subcommand)]
+    Export(ExportCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -178,6 +181,47 @@ pub enum ImportCommand {
     /// input always writes the same files. Exits 1 when the configuration
     /// cannot be read (a missing #include), 0 otherwise.
     Pjsip(ImportPjsipArgs),
+    /// Read a CSV of extensions (FreePBX Bulk Handler's extensions export,
+    /// or our own CSV: a header of spec field names, `endpoint.NAME` etc.
+    /// for options) and write a spec file of its rows.
+    ///
+    /// Every row is checked by the spec's rules; any bad row is reported
+    /// by line and column and nothing is written (exit 1). Passwords
+    /// become md5Cred.
+    Csv(ImportCsvArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ImportCsvArgs {
+    /// The CSV file.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    /// Directory the spec file is written to (created if needed), named after FILE.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Realm for hashing passwords [default: asterisk].
+    #[arg(long, value_name = "REALM", default_value = secret::DEFAULT_REALM)]
+    pub realm: String,
+    /// Output format of the problems.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: Format,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ExportCommand {
+    /// Print the extensions the spec files declare as our CSV (never a
+    /// password or a hash; add a password or md5Cred column to import it).
+    Csv(ExportCsvArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ExportCsvArgs {
+    /// A spec file or directory [default: the spec directory].
+    #[arg(value_name = "PATH")]
+    pub path: Option<PathBuf>,
+    /// Write to FILE instead of standard output.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -334,6 +378,62 @@ fn import_pjsip(args: ImportPjsipArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn import_csv(args: ImportCsvArgs) -> anyhow::Result<ExitCode> {
+    use crate::import::csv;
+    let shown = args.file.display().to_string();
+    let text = match std::fs::read(&args.file) {
+        Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+        Err(e) => {
+            eprintln!("error: cannot read {shown}: {e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let parsed = match csv::entries(&shown, &text, &args.realm) {
+        Ok(p) => p,
+        Err(diags) => {
+            print!("{}", diag::format_all(&diags, args.format, 0));
+            eprintln!("{} problems; nothing was written", diags.len());
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let stem = args.file.file_stem().and_then(|s| s.to_str()).unwrap_or("import");
+    let path = args.out.join(format!("{stem}.yaml"));
+    if path.exists() {
+        eprintln!("error: {} exists; nothing was written", path.display());
+        return Ok(ExitCode::FAILURE);
+    }
+    let yaml = csv::to_yaml(&parsed.entries, args.file.file_name().and_then(|n| n.to_str()).unwrap_or("a CSV file"))
+        .map_err(anyhow::Error::msg)?;
+    std::fs::create_dir_all(&args.out)?;
+    crate::managed::write_atomic(&path, yaml.as_bytes())?;
+    let kind = match parsed.kind {
+        csv::Kind::Ours => "asterisk-gitops CSV",
+        csv::Kind::BulkHandler => "FreePBX Bulk Handler export",
+    };
+    println!("wrote {} ({} extensions from a {kind})", path.display(), parsed.entries.len());
+    if !parsed.ignored.is_empty() {
+        println!("columns not carried: {}", parsed.ignored.join(", "));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn export_csv(global: &GlobalArgs, args: ExportCsvArgs) -> anyhow::Result<ExitCode> {
+    let settings = global.settings()?;
+    let path = args.path.unwrap_or_else(|| settings.spec_dir.clone());
+    let options = LoadOptions { display_base: Some(path.clone()), secrets: Some(settings.secrets.clone()) };
+    let loaded = spec::load_paths(std::slice::from_ref(&path), &options);
+    if loaded.has_errors() {
+        print!("{}", diag::format_all(&loaded.diagnostics, Format::Text, loaded.set.extensions.len()));
+        return Ok(ExitCode::FAILURE);
+    }
+    let text = crate::import::csv::export(&loaded.set.extensions);
+    match args.output {
+        Some(out) => crate::managed::write_atomic(&out, text.as_bytes())?,
+        None => std::io::stdout().lock().write_all(text.as_bytes())?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
@@ -346,6 +446,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::HashPassword(args) => hash_password(args),
         Command::HashToken => hash_token(),
         Command::Import(ImportCommand::Pjsip(args)) => import_pjsip(args),
+        Command::Import(ImportCommand::Csv(args)) => import_csv(args),
+        Command::Export(ExportCommand::Csv(args)) => export_csv(&cli.global, args),
         Command::Plan(args) => runtime()?.block_on(plan(&cli.global, args)),
         Command::Apply(args) => runtime()?.block_on(apply(&cli.global, args)),
         Command::Serve => {

@@ -7,4 +7,5 @@
 //! reads; what it cannot carry is listed with the reason and left alone.
 
 pub mod conf;
+pub mod csv;
 pub mod pjsip;
