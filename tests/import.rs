@@ -15,7 +15,7 @@ fn text(o: &Output) -> String {
 
 /// A Bulk Handler extensions export of `n` rows, as FreePBX writes one
 /// (more columns than the spec carries; `&` between codecs).
-pub fn bulk_handler_csv(n: usize) -> String {
+pub(crate) fn bulk_handler_csv(n: usize) -> String {
     let mut s = String::from(
         "extension,name,description,tech,secret,callwaiting_enable,voicemail,context,transport,allow,disallow,dtmfmode,\
          max_contacts,qualifyfreq,mailbox,rewrite_contact,rtp_symmetric,force_rport,direct_media\n",

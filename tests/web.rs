@@ -408,3 +408,61 @@ async fn extra_options_through_the_api_are_applied_shown_and_refused_by_field() 
     assert_eq!(c.endpoints(), before);
     d.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_csv_import_plans_on_a_dry_run_then_lands_in_one_commit_and_exports_without_secrets() {
+    let d = Daemon::start().await;
+    let c = d.standin.control();
+    let csv = crate::import::bulk_handler_csv(3);
+    let before = c.endpoints();
+    let (status, plan) = d.call("POST", "/extensions/import?dryRun=true", Some(&csv)).await;
+    assert_eq!(status, 200, "{plan}");
+    assert_eq!(plan["dryRun"], true);
+    assert_eq!(plan["plan"]["creates"], 3, "{plan}");
+    let first = &plan["plan"]["changes"][0];
+    assert_eq!((first["extension"].clone(), first["action"].clone()), (json!("20000"), json!("create")), "{plan}");
+    assert!(
+        first["fields"]
+            .as_array()
+            .is_some_and(|f| f.iter().any(|x| x["field"] == "displayName" && x["to"] == "Agent 0, Sales")),
+        "{plan}"
+    );
+    assert_eq!(d.call("GET", "/extensions/20000", None).await.0, 404, "a dry run writes nothing");
+    assert_eq!(c.endpoints(), before);
+
+    // A bad codec: 400 by line and column, nothing written.
+    let bad = csv.replace(
+        "transport-udp,ulaw&alaw,all,rfc4733,1,60,20001@",
+        "transport-udp,ulaw&nosuchcodec,all,rfc4733,1,60,20001@",
+    );
+    let (status, err) = d.call("POST", "/extensions/import", Some(&bad)).await;
+    assert_eq!(status, 400, "{err}");
+    let detail = &err["details"][0];
+    assert_eq!((detail["line"].clone(), detail["field"].clone()), (json!(3), json!("codecs")), "{err}");
+    assert!(detail["message"].as_str().is_some_and(|m| m.contains("column `allow`")), "{err}");
+    assert_eq!(d.call("GET", "/extensions/20000", None).await.0, 404);
+
+    let (status, done) = d.call("POST", "/extensions/import", Some(&csv)).await;
+    assert_eq!(status, 201, "{done}");
+    assert_eq!(done["file"], "import-20000-20002.yaml", "{done}");
+    wait("the three imported extensions in Asterisk", || async { c.endpoints().contains(&"20002".to_string()) }).await;
+    wait("20002 synced", || {
+        let d = &d;
+        async move { d.call("GET", "/extensions/20002", None).await.1["syncStatus"] == "synced" }
+    })
+    .await;
+    // Importing the same rows again: each is named as existing.
+    let (status, again) = d.call("POST", "/extensions/import?dryRun=true", Some(&csv)).await;
+    assert_eq!(status, 400, "{again}");
+    assert_eq!(again["details"].as_array().map(Vec::len), Some(3), "{again}");
+
+    let resp = reqwest::get(format!("http://{}/extensions.csv", d.addr)).await.expect("csv");
+    assert_eq!(resp.headers()["content-type"], "text/csv; charset=utf-8");
+    let text = resp.text().await.expect("body");
+    assert!(text.starts_with("extension,displayName,"), "{text}");
+    assert!(text.contains("\r\n20001,\"Agent 1, Sales\",from-internal,transport-udp,\"ulaw,alaw\","), "{text}");
+    assert!(!text.contains("Pw-2000") && !text.contains("md5"), "no secret: {text}");
+    let seen = d.seen.lock().expect("lock").join("\n");
+    assert!(!seen.contains("Pw-2000"), "no password in any response");
+    d.stop().await;
+}

@@ -396,12 +396,49 @@ fn field(v: &str) -> String {
     if v.contains([',', '"', '\n', '\r']) { format!("\"{}\"", v.replace('"', "\"\"")) } else { v.to_string() }
 }
 
-/// Our CSV of `extensions`: the columns in [`COLUMNS`] but the secrets,
-/// then one column per option any of them sets (`endpoint.timers`, …).
-/// Never a password or a hash.
+/// One extension's values for our CSV, in [`COLUMNS`] order without the
+/// secrets, and its options by `type.name`.
+pub struct ExportRow {
+    pub values: [String; 16],
+    pub options: std::collections::BTreeMap<String, String>,
+}
+
+impl From<&Extension> for ExportRow {
+    fn from(e: &Extension) -> Self {
+        let flag = |b: Option<bool>| b.map(|b| if b { "yes" } else { "no" }.to_string()).unwrap_or_default();
+        ExportRow {
+            values: [
+                e.extension.clone(),
+                e.display_name.clone().unwrap_or_default(),
+                e.context.clone(),
+                e.transport.clone(),
+                e.codecs.join(","),
+                e.max_contacts.to_string(),
+                e.qualify_frequency.to_string(),
+                e.caller_id.clone().unwrap_or_default(),
+                e.mailboxes.join(","),
+                e.dtmf_mode.clone().unwrap_or_default(),
+                e.profile.name().to_string(),
+                flag(e.direct_media),
+                flag(e.rtp_symmetric),
+                flag(e.force_rport),
+                flag(e.rewrite_contact),
+                flag(Some(e.enabled)),
+            ],
+            options: e.options.iter().map(|(k, n, v)| (format!("{k}.{n}"), v.to_string())).collect(),
+        }
+    }
+}
+
+/// Our CSV of `extensions` (see [`export_rows`]).
 pub fn export(extensions: &[Extension]) -> String {
-    let option_cols: BTreeSet<String> =
-        extensions.iter().flat_map(|e| e.options.iter().map(|(k, n, _)| format!("{k}.{n}"))).collect();
+    export_rows(&extensions.iter().map(ExportRow::from).collect::<Vec<_>>())
+}
+
+/// Our CSV: the columns in [`COLUMNS`] but the secrets, then one column
+/// per option any row sets (`endpoint.timers`, …). Never a password or a hash.
+pub fn export_rows(rows: &[ExportRow]) -> String {
+    let option_cols: BTreeSet<&String> = rows.iter().flat_map(|r| r.options.keys()).collect();
     let cols: Vec<&str> = COLUMNS.iter().copied().filter(|c| !matches!(*c, "password" | "md5Cred")).collect();
     let mut out = cols.join(",");
     for c in &option_cols {
@@ -409,30 +446,10 @@ pub fn export(extensions: &[Extension]) -> String {
         out.push_str(c);
     }
     out.push_str("\r\n");
-    let flag = |b: Option<bool>| b.map(|b| if b { "yes" } else { "no" }.to_string()).unwrap_or_default();
-    for e in extensions {
-        let values = [
-            e.extension.clone(),
-            e.display_name.clone().unwrap_or_default(),
-            e.context.clone(),
-            e.transport.clone(),
-            e.codecs.join(","),
-            e.max_contacts.to_string(),
-            e.qualify_frequency.to_string(),
-            e.caller_id.clone().unwrap_or_default(),
-            e.mailboxes.join(","),
-            e.dtmf_mode.clone().unwrap_or_default(),
-            e.profile.name().to_string(),
-            flag(e.direct_media),
-            flag(e.rtp_symmetric),
-            flag(e.force_rport),
-            flag(e.rewrite_contact),
-            flag(Some(e.enabled)),
-        ];
-        let mut row: Vec<String> = values.iter().map(|v| field(v)).collect();
+    for r in rows {
+        let mut row: Vec<String> = r.values.iter().map(|v| field(v)).collect();
         for c in &option_cols {
-            let (k, n) = c.split_once('.').unwrap_or_default();
-            row.push(field(e.options.get(k).and_then(|m| m.get(n)).map(String::as_str).unwrap_or("")));
+            row.push(field(r.options.get(*c).map(String::as_str).unwrap_or("")));
         }
         out.push_str(&row.join(","));
         out.push_str("\r\n");
