@@ -378,6 +378,23 @@ mod tests {
     }
 
     #[test]
+    fn an_option_the_learnt_catalogue_lacks_stops_the_render_naming_the_entry() {
+        let policy = crate::spec::SecretPolicy::for_spec_dir(Path::new("."));
+        let yaml = "extensions:\n  - extension: \"1001\"\n    context: c\n    transport: t\n    codecs: ulaw\n    md5Cred: 0123456789abcdef0123456789abcdef\n    options: {endpoint: {timers: required}}\n";
+        let (exts, diags) = crate::spec::load::load_file("team.yaml", &policy, yaml);
+        assert!(diags.is_empty(), "{diags:?}");
+        let set = DesiredSet::new(exts.into_iter().map(|(e, _)| e).collect());
+        let r = Renderer::new(None).expect("renderer");
+        let secrets = crate::secret::ProcessSecrets;
+        assert!(r.render(&set, &SourceInfo::default(), &secrets).expect("renders").contains("timers = required\n"));
+        let without: String =
+            crate::catalogue::ASTERISK_22.lines().filter(|l| *l != "timers").map(|l| format!("{l}\n")).collect();
+        assert!(r.use_catalogue(Arc::new(crate::catalogue::Catalogue::parse(&without))).is_empty());
+        let err = r.render(&set, &SourceInfo::default(), &secrets).expect_err("refused").to_string();
+        assert!(err.contains("team.yaml:2") && err.contains("timers"), "{err}");
+    }
+
+    #[test]
     fn classify_accepts_pjsip_lines_and_nothing_else() {
         assert_eq!(classify("[1001]"), Some(Line::Section("1001")));
         assert_eq!(classify("[tpl](!)"), Some(Line::Section("tpl")));

@@ -142,9 +142,13 @@ pub fn apply_to_dir(spec_dir: &Path, op: &EditOp, secrets: &SecretPolicy) -> Res
             (rel, Some(text), Some(new))
         }
         EditOp::CreateFile { file, text, numbers } => {
+            // Every number declared anywhere, valid file or not, read once:
+            // asking file by file for each of 1,000 numbers re-parsed a 10k
+            // estate 1,000 times (46 s).
+            let declared = declared_numbers(spec_dir, &loaded.files);
             let taken: Vec<&str> = numbers
                 .iter()
-                .filter(|n| loaded.set.get(n).is_some() || declared_in_invalid_file(spec_dir, &loaded.files, n))
+                .filter(|n| loaded.set.get(n).is_some() || declared.contains(n.as_str()))
                 .map(String::as_str)
                 .collect();
             if !taken.is_empty() {
@@ -200,6 +204,18 @@ fn merge(current: &ExtensionEntry, patch: &ExtensionEntry, fields: &[String]) ->
     }
     serde_json::from_value(serde_json::Value::Object(merged))
         .map_err(|e| WriteError::Conflict(format!("cannot merge the entry: {e}")))
+}
+
+/// Every extension number the files declare, as written (files with errors included).
+fn declared_numbers(spec_dir: &Path, files: &[String]) -> std::collections::HashSet<String> {
+    files
+        .iter()
+        .filter_map(|f| {
+            let t = std::fs::read_to_string(spec_dir.join(f)).ok()?;
+            spec::load::raw_entries(f, &t).ok()
+        })
+        .flat_map(|(_, entries)| entries.into_iter().filter_map(|(e, _)| e.extension))
+        .collect()
 }
 
 fn declared_in_invalid_file(spec_dir: &Path, files: &[String], number: &str) -> bool {

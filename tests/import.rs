@@ -13,20 +13,9 @@ fn text(o: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
 
-/// A Bulk Handler extensions export of `n` rows, as FreePBX writes one
-/// (more columns than the spec carries; `&` between codecs).
+/// A Bulk Handler extensions export of `n` rows numbered from 20000.
 pub(crate) fn bulk_handler_csv(n: usize) -> String {
-    let mut s = String::from(
-        "extension,name,description,tech,secret,callwaiting_enable,voicemail,context,transport,allow,disallow,dtmfmode,\
-         max_contacts,qualifyfreq,mailbox,rewrite_contact,rtp_symmetric,force_rport,direct_media\n",
-    );
-    for i in 0..n {
-        let ext = 20_000 + i;
-        s.push_str(&format!(
-            "{ext},\"Agent {i}, Sales\",,pjsip,Pw-{ext}-secret,ENABLED,novm,from-internal,transport-udp,ulaw&alaw,all,rfc4733,1,60,{ext}@default,yes,yes,yes,no\n"
-        ));
-    }
-    s
+    asterisk_gitops::estate::bulk_handler_csv(20_000, n)
 }
 
 #[test]

@@ -71,7 +71,14 @@ pub enum ConfError {
 /// file's directory when `None`).
 pub fn read(path: &Path, config_dir: Option<&Path>) -> Result<Vec<Section>, ConfError> {
     let dir = config_dir.map(Path::to_path_buf).or_else(|| path.parent().map(Path::to_path_buf)).unwrap_or_default();
-    let mut r = Reader { dir, sections: Vec::new(), current: None, depth: 0, in_block_comment: false };
+    let mut r = Reader {
+        dir,
+        sections: Vec::new(),
+        last_of: std::collections::HashMap::new(),
+        current: None,
+        depth: 0,
+        in_block_comment: false,
+    };
     let top = Place { file: path.display().to_string(), line: 0 };
     r.file(path, &top)?;
     Ok(r.sections)
@@ -80,6 +87,9 @@ pub fn read(path: &Path, config_dir: Option<&Path>) -> Result<Vec<Section>, Conf
 struct Reader {
     dir: PathBuf,
     sections: Vec<Section>,
+    /// The last section of each name (what inheritance and `(+)` refer to):
+    /// searching the list instead made a 10k-phone file quadratic.
+    last_of: std::collections::HashMap<String, usize>,
     /// Index of the section options go to.
     current: Option<usize>,
     depth: usize,
@@ -238,7 +248,7 @@ impl Reader {
             }
         }
         if append {
-            if let Some(i) = self.sections.iter().rposition(|s| s.name == name) {
+            if let Some(&i) = self.last_of.get(&name) {
                 self.current = Some(i);
                 return Ok(());
             }
@@ -249,7 +259,7 @@ impl Reader {
         }
         let mut settings = Vec::new();
         for parent in &inherits {
-            let Some(p) = self.sections.iter().rev().find(|s| &s.name == parent) else {
+            let Some(p) = self.last_of.get(parent).map(|&i| &self.sections[i]) else {
                 return Err(ConfError::Syntax {
                     at: at.clone(),
                     message: format!("[{name}] inherits from [{parent}], which is not defined before it"),
@@ -258,6 +268,7 @@ impl Reader {
             // Asterisk copies the template's variables, not its `type`-less-ness: all of them.
             settings.extend(p.settings.iter().cloned());
         }
+        self.last_of.insert(name.clone(), self.sections.len());
         self.sections.push(Section { name, template, inherits, settings, at: at.clone() });
         self.current = Some(self.sections.len() - 1);
         Ok(())

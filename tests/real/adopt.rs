@@ -155,30 +155,10 @@ async fn the_sample_configs_phones_are_adopted_without_a_difference() {
     adopt(&build, "adopt-sample", &conf, &ids, Duration::from_secs(30)).await;
 }
 
-/// A generated configuration of `n` phones from templates, the way large
-/// hand-kept ones are written.
-pub(crate) fn generated_conf(n: usize) -> (String, Vec<String>) {
-    let mut s = String::from(
-        "; generated: phones from templates\n[phone-t](!)\ntype = endpoint\ncontext = from-internal\ndisallow = all\nallow = ulaw,alaw\n\
-         transport = transport-udp\ndirect_media = no\nrtp_symmetric = yes\nforce_rport = yes\nrewrite_contact = yes\ntimers = required\n\n\
-         [auth-t](!)\ntype = auth\nauth_type = userpass\n\n[aor-t](!)\ntype = aor\nmax_contacts = 2\nqualify_frequency = 60\nremove_existing = yes\n\n",
-    );
-    let mut ids = Vec::with_capacity(n);
-    for i in 0..n {
-        let id = format!("{}", 100_000 + i);
-        let lang = if i % 10 == 0 { "language = fr\n" } else { "" };
-        s.push_str(&format!(
-            "[{id}](phone-t)\nauth = {id}\naors = {id}\ncallerid = \"Agent {i}\" <{id}>\n{lang}\n[{id}](auth-t)\nusername = {id}\npassword = pw-{id}-x\n\n[{id}](aor-t)\n\n"
-        ));
-        ids.push(id);
-    }
-    (s, ids)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_generated_ten_thousand_phone_config_with_templates_is_adopted_without_a_difference() {
     let Some(build) = require("real::adopt::a_generated_ten_thousand_phone_config") else { return };
     let n = std::env::var("ADOPT_N").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
-    let (conf, ids) = generated_conf(n);
+    let (conf, ids) = asterisk_gitops::estate::pjsip_conf(n);
     adopt(&build, "adopt-10k", &conf, &ids, Duration::from_secs(120)).await;
 }
