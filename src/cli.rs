@@ -163,6 +163,85 @@ pub enum Command {
     /// `tokenSha256` in the config file (the file never holds the token).
     /// The token is read from standard input, one line.
     HashToken,
+    /// Turn an existing configuration into spec files (adopting a running PBX).
+    #[command(subcommand)]
+    Import(ImportCommand),
+    /// Write the declared extensions out in another form.
+    #[command(subcommand)]
+    Export(ExportCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImportCommand {
+    /// Read a PJSIP configuration (with its #include and #tryinclude files,
+    /// templates and inheritance) and write a spec file for its extensions.
+    ///
+    /// Each endpoint with an auth and an aor of its own name becomes an
+    /// entry; a plain-text password becomes md5Cred (hashed with the auth's
+    /// realm, the configuration's default_realm, or --realm); values every
+    /// entry shares become `defaults`; options no field names go to
+    /// `options`. What cannot be carried (transports, trunks, registrations,
+    /// identifies, …) is listed with the reason and left alone. The same
+    /// input always writes the same files. Exits 1 when the configuration
+    /// cannot be read (a missing #include), 0 otherwise.
+    Pjsip(ImportPjsipArgs),
+    /// Read a CSV of extensions (FreePBX Bulk Handler's extensions export,
+    /// or our own CSV: a header of spec field names, `endpoint.NAME` etc.
+    /// for options) and write a spec file of its rows.
+    ///
+    /// Every row is checked by the spec's rules; any bad row is reported
+    /// by line and column and nothing is written (exit 1). Passwords
+    /// become md5Cred.
+    Csv(ImportCsvArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ImportCsvArgs {
+    /// The CSV file.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    /// Directory the spec file is written to (created if needed), named after FILE.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Realm for hashing passwords [default: asterisk].
+    #[arg(long, value_name = "REALM", default_value = secret::DEFAULT_REALM)]
+    pub realm: String,
+    /// Output format of the problems.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: Format,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ExportCommand {
+    /// Print the extensions the spec files declare as our CSV (never a
+    /// password or a hash; add a password or md5Cred column to import it).
+    Csv(ExportCsvArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ExportCsvArgs {
+    /// A spec file or directory [default: the spec directory].
+    #[arg(value_name = "PATH")]
+    pub path: Option<PathBuf>,
+    /// Write to FILE instead of standard output.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportPjsipArgs {
+    /// pjsip.conf files (each becomes one spec file named after it).
+    #[arg(value_name = "PATH", required = true)]
+    pub paths: Vec<PathBuf>,
+    /// Directory the spec files are written to (created if needed).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Realm for hashing passwords when neither the auth nor the global section sets one [default: asterisk].
+    #[arg(long, value_name = "REALM")]
+    pub realm: Option<String>,
+    /// Asterisk's configuration directory, where relative includes are found [default: each file's directory].
+    #[arg(long, value_name = "DIR")]
+    pub config_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -278,6 +357,87 @@ pub fn main() -> ExitCode {
     }
 }
 
+fn import_pjsip(args: ImportPjsipArgs) -> anyhow::Result<ExitCode> {
+    use crate::import::pjsip;
+    let opts = pjsip::ImportOptions { realm: args.realm, config_dir: args.config_dir };
+    let out = match pjsip::import(&args.paths, &opts) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let written = pjsip::write(&out, &args.out)?;
+    let mut stdout = std::io::stdout().lock();
+    for (path, f) in written.iter().zip(&out.files) {
+        writeln!(stdout, "wrote {} ({} extensions from {})", path.display(), f.spec.extensions.len(), f.source)?;
+    }
+    if !out.skipped.is_empty() {
+        writeln!(stdout, "left alone ({}):", out.skipped.len())?;
+        for s in &out.skipped {
+            writeln!(stdout, "  {}: {}: {}", s.at, s.what, s.reason)?;
+        }
+    }
+    writeln!(stdout, "{} extensions imported, {} sections left alone", out.extensions(), out.skipped.len())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn import_csv(args: ImportCsvArgs) -> anyhow::Result<ExitCode> {
+    use crate::import::csv;
+    let shown = args.file.display().to_string();
+    let text = match std::fs::read(&args.file) {
+        Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+        Err(e) => {
+            eprintln!("error: cannot read {shown}: {e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let parsed = match csv::entries(&shown, &text, &args.realm) {
+        Ok(p) => p,
+        Err(diags) => {
+            print!("{}", diag::format_all(&diags, args.format, 0));
+            eprintln!("{} problems; nothing was written", diags.len());
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let stem = args.file.file_stem().and_then(|s| s.to_str()).unwrap_or("import");
+    let path = args.out.join(format!("{stem}.yaml"));
+    if path.exists() {
+        eprintln!("error: {} exists; nothing was written", path.display());
+        return Ok(ExitCode::FAILURE);
+    }
+    let yaml = csv::to_yaml(&parsed.entries, args.file.file_name().and_then(|n| n.to_str()).unwrap_or("a CSV file"))
+        .map_err(anyhow::Error::msg)?;
+    std::fs::create_dir_all(&args.out)?;
+    crate::managed::write_atomic(&path, yaml.as_bytes())?;
+    let kind = match parsed.kind {
+        csv::Kind::Ours => "asterisk-gitops CSV",
+        csv::Kind::BulkHandler => "FreePBX Bulk Handler export",
+    };
+    println!("wrote {} ({} extensions from a {kind})", path.display(), parsed.entries.len());
+    if !parsed.ignored.is_empty() {
+        println!("columns not carried: {}", parsed.ignored.join(", "));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn export_csv(global: &GlobalArgs, args: ExportCsvArgs) -> anyhow::Result<ExitCode> {
+    let settings = global.settings()?;
+    let path = args.path.unwrap_or_else(|| settings.spec_dir.clone());
+    let options = LoadOptions { display_base: Some(path.clone()), secrets: Some(settings.secrets.clone()) };
+    let loaded = spec::load_paths(std::slice::from_ref(&path), &options);
+    if loaded.has_errors() {
+        print!("{}", diag::format_all(&loaded.diagnostics, Format::Text, loaded.set.extensions.len()));
+        return Ok(ExitCode::FAILURE);
+    }
+    let text = crate::import::csv::export(&loaded.set.extensions);
+    match args.output {
+        Some(out) => crate::managed::write_atomic(&out, text.as_bytes())?,
+        None => std::io::stdout().lock().write_all(text.as_bytes())?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
@@ -289,6 +449,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::HashPassword(args) => hash_password(args),
         Command::HashToken => hash_token(),
+        Command::Import(ImportCommand::Pjsip(args)) => import_pjsip(args),
+        Command::Import(ImportCommand::Csv(args)) => import_csv(args),
+        Command::Export(ExportCommand::Csv(args)) => export_csv(&cli.global, args),
         Command::Plan(args) => runtime()?.block_on(plan(&cli.global, args)),
         Command::Apply(args) => runtime()?.block_on(apply(&cli.global, args)),
         Command::Serve => {

@@ -54,3 +54,44 @@ pub fn write(dir: &Path, n: usize) -> std::io::Result<()> {
     }
     Ok(())
 }
+
+/// A hand-kept-looking pjsip.conf of `n` phones numbered from 100000, built
+/// from templates (`[phone-t](!)`, `[auth-t](!)`, `[aor-t](!)`), with
+/// plain-text passwords and every tenth phone speaking French: the input of
+/// the adoption test and the import benchmark. Returns it and the numbers.
+pub fn pjsip_conf(n: usize) -> (String, Vec<String>) {
+    let mut s = String::with_capacity(256 + n * 200);
+    s.push_str(
+        "; generated: phones from templates\n[phone-t](!)\ntype = endpoint\ncontext = from-internal\ndisallow = all\nallow = ulaw,alaw\n\
+         transport = transport-udp\ndirect_media = no\nrtp_symmetric = yes\nforce_rport = yes\nrewrite_contact = yes\ntimers = required\n\n\
+         [auth-t](!)\ntype = auth\nauth_type = userpass\n\n[aor-t](!)\ntype = aor\nmax_contacts = 2\nqualify_frequency = 60\nremove_existing = yes\n\n",
+    );
+    let mut ids = Vec::with_capacity(n);
+    for i in 0..n {
+        let id = (100_000 + i).to_string();
+        let lang = if i % 10 == 0 { "language = fr\n" } else { "" };
+        let _ = write!(
+            s,
+            "[{id}](phone-t)\nauth = {id}\naors = {id}\ncallerid = \"Agent {i}\" <{id}>\n{lang}\n[{id}](auth-t)\nusername = {id}\npassword = pw-{id}-x\n\n[{id}](aor-t)\n\n"
+        );
+        ids.push(id);
+    }
+    (s, ids)
+}
+
+/// A FreePBX Bulk Handler extensions export of `n` rows numbered from
+/// `first` (more columns than the spec carries; `&` between codecs).
+pub fn bulk_handler_csv(first: usize, n: usize) -> String {
+    let mut s = String::from(
+        "extension,name,description,tech,secret,callwaiting_enable,voicemail,context,transport,allow,disallow,dtmfmode,\
+         max_contacts,qualifyfreq,mailbox,rewrite_contact,rtp_symmetric,force_rport,direct_media\n",
+    );
+    for i in 0..n {
+        let ext = first + i;
+        let _ = writeln!(
+            s,
+            "{ext},\"Agent {i}, Sales\",,pjsip,Pw-{ext}-secret,ENABLED,novm,from-internal,transport-udp,ulaw&alaw,all,rfc4733,1,60,{ext}@default,yes,yes,yes,no"
+        );
+    }
+    s
+}

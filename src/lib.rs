@@ -6,6 +6,7 @@
 //! - [`render`]: the managed pjsip config, rendered with minijinja.
 //! - [`secret`]: md5Cred hashing and resolving passwordEnv / passwordFile.
 //! - [`schema`]: the JSON Schema of the spec files.
+//! - [`import`]: adopting an existing pjsip.conf (and CSV bulk files) as spec files.
 //! - [`cli`]: the command line (the binary is a thin wrapper around it).
 //! - [`fuzzing`]: the fuzz targets' entry points (for `fuzz/` and the corpus replay test).
 
@@ -24,6 +25,7 @@ pub mod estate;
 pub mod fuzzing;
 pub mod git;
 pub mod http;
+pub mod import;
 pub mod managed;
 pub mod plan;
 pub mod reconcile;

@@ -95,6 +95,7 @@ pub const FIELD_NAMES: &[&str] = &[
     "rewriteContact",
     "enabled",
     "labels",
+    "options",
 ];
 
 /// The static name of a field read back from storage; `None` if unknown.
@@ -127,6 +128,7 @@ pub fn desired_fields(ext: &Extension, secret_md5: &str) -> Fields {
     put("rewriteContact", flag(ext.rewrite_contact));
     put("enabled", ext.enabled.to_string());
     put("labels", ext.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","));
+    put("options", ext.options.summary());
     f
 }
 
@@ -166,6 +168,9 @@ pub struct EndpointOptions {
     /// md5Cred of the credential the auth holds (the password is hashed the
     /// moment it is read and dropped), if the auth is loaded.
     pub auth_md5: Option<crate::secret::Digest>,
+    /// Every option the endpoint's, aor's and auth's detail reports, by
+    /// `type/AmiKey` (no secret), for the spec's `options`.
+    pub reported: BTreeMap<String, String>,
 }
 
 impl EndpointOptions {
@@ -213,11 +218,35 @@ impl EndpointOptions {
             check("max_contacts", &held.to_string(), &ext.max_contacts.to_string(), held == ext.max_contacts);
         }
         if let Some(held) = self.remove_existing {
-            check("remove_existing", &show(Some(held)), "yes", held);
+            // `remove_existing = yes` unless the spec's options say otherwise.
+            let want =
+                ext.options.aor.get("remove_existing").and_then(|v| crate::catalogue::parse_bool(v)).unwrap_or(true);
+            check("remove_existing", &show(Some(held)), &show(Some(want)), held == want);
         }
         if let Some(held) = self.qualify_frequency {
             let want = ext.qualify_frequency;
             check("qualify_frequency", &held.to_string(), &want.to_string(), held == want);
+        }
+        // The spec's extra options, each as Asterisk reports it. One of the
+        // profile table is compared above. An option Asterisk's detail does
+        // not print (the ACLs' deny/permit, an aor's contact) cannot be
+        // compared; everything else it prints, so a refused value shows.
+        let types = crate::catalogue::ValueTypes::asterisk22();
+        for (kind, name, want) in ext.options.iter() {
+            if (kind == "endpoint" && crate::spec::profile::option(name).is_some())
+                || (kind, name) == ("aor", "remove_existing")
+            {
+                continue;
+            }
+            // An object that did not load reports nothing: verification says so elsewhere.
+            let event_seen = self.reported.keys().any(|k| k.starts_with(&format!("{kind}/")));
+            if !event_seen {
+                continue;
+            }
+            let key = format!("{kind}/{}", crate::spec::options::ami_key(name));
+            let Some(held) = self.reported.get(&key) else { continue };
+            let same = crate::spec::options::same_value(kind, name, want, held, &types);
+            check(&format!("{kind} {name}"), held, want, same);
         }
         out
     }
@@ -944,6 +973,7 @@ mod tests {
             remove_existing: Some(true),
             qualify_frequency: Some(60),
             auth_md5: Some(crate::secret::Digest::new("0123456789ABCDEF0123456789abcdef".into())),
+            reported: BTreeMap::new(),
         };
         assert_eq!(held.mismatches(ext), Vec::<String>::new());
         assert!(!held.credential_differs("0123456789abcdef0123456789abcdef"), "digests compare without case");
@@ -968,6 +998,59 @@ mod tests {
         assert_eq!(off.len(), 6, "{off:?}");
         assert!(off[0].starts_with("callerid: Asterisk has \"\\\"Old Name\\\" <1001>\""), "{off:?}");
         assert!(off.iter().any(|m| m.starts_with("direct_media") && m.ends_with("the file sets \"no\"")), "{off:?}");
+    }
+
+    #[test]
+    fn extra_options_are_verified_as_asterisk_reports_them() {
+        let s = set(
+            "defaults: {context: c, transport: t, codecs: [ulaw], options: {endpoint: {timers: required}}}\nextensions:\n  - {extension: \"1001\", md5Cred: 0123456789abcdef0123456789abcdef, options: {endpoint: {pickup_group: \"9,1-2\", send_pai: true, ice_support: true}, aor: {minimum_expiration: 120}}}\n",
+        );
+        let ext = &s.extensions[0];
+        assert_eq!(
+            ext.options.summary(),
+            "endpoint.ice_support=yes;endpoint.pickup_group=9,1-2;endpoint.send_pai=yes;endpoint.timers=required;aor.minimum_expiration=120"
+        );
+        let reported = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let held = EndpointOptions {
+            auth_type: Some("md5".into()),
+            max_contacts: Some(1),
+            remove_existing: Some(true),
+            qualify_frequency: Some(60),
+            profile_options: held_options(&[
+                ("rewrite_contact", "true"),
+                ("rtp_symmetric", "true"),
+                ("direct_media", "false"),
+                ("ice_support", "true"),
+            ]),
+            reported: reported(&[
+                ("endpoint/Timers", "required"),
+                ("endpoint/PickupGroup", "1, 2, 9"),
+                ("endpoint/SendPai", "true"),
+                ("aor/MinimumExpiration", "120"),
+            ]),
+            ..Default::default()
+        };
+        assert_eq!(held.mismatches(ext), Vec::<String>::new());
+        // Kept from before: the old values are named, each.
+        let old = EndpointOptions {
+            profile_options: held_options(&[
+                ("rewrite_contact", "true"),
+                ("rtp_symmetric", "true"),
+                ("direct_media", "false"),
+            ]),
+            reported: reported(&[
+                ("endpoint/Timers", "yes"),
+                ("endpoint/PickupGroup", "1, 9"),
+                ("endpoint/SendPai", "false"),
+                ("aor/MinimumExpiration", "60"),
+            ]),
+            ..held.clone()
+        };
+        let off = old.mismatches(ext);
+        assert_eq!(off.len(), 5, "{off:?}");
+        assert!(off.iter().any(|m| m.starts_with("ice_support: Asterisk has \"no\"")), "{off:?}");
+        assert!(off.iter().any(|m| m.starts_with("endpoint pickup_group: Asterisk has \"1, 9\"")), "{off:?}");
+        assert!(off.iter().any(|m| m.starts_with("aor minimum_expiration")), "{off:?}");
     }
 
     /// What Asterisk 22 reports for the profile table's options: its

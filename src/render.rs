@@ -41,7 +41,7 @@ pub enum RenderError {
 fn unknown_options_text(d: &[crate::diag::Diagnostic]) -> String {
     let each: Vec<String> =
         d.iter().map(|d| format!("{}:{}: {}", d.location.file, d.location.line, d.message)).collect();
-    format!("the template emits an option Asterisk does not know; nothing was rendered: {}", each.join("; "))
+    format!("the managed file would set an option Asterisk does not know; nothing was rendered: {}", each.join("; "))
 }
 
 impl From<TemplateError> for RenderError {
@@ -90,6 +90,9 @@ const VIEW_FIELDS: &[&str] = &[
     "md5_cred",
     "max_contacts",
     "qualify_frequency",
+    "endpoint_options",
+    "aor_options",
+    "auth_options",
 ];
 
 /// The `extensions` sequence the template iterates: the enabled extensions
@@ -157,6 +160,10 @@ impl Object for Endpoint {
             },
             "max_contacts" => Value::from(e.max_contacts),
             "qualify_frequency" => Value::from(e.qualify_frequency),
+            // Extra options as [name, value] pairs, in name order.
+            "endpoint_options" => Value::from_serialize(&e.options.endpoint),
+            "aor_options" => Value::from_serialize(&e.options.aor),
+            "auth_options" => Value::from_serialize(&e.options.auth),
             _ => return None,
         })
     }
@@ -244,6 +251,10 @@ impl Renderer {
             }
             slot.0.clone()
         };
+        let unknown = unknown_extra_options(set, &catalogue);
+        if !unknown.is_empty() {
+            return Err(RenderError::UnknownOptions(unknown));
+        }
         let mut items = Vec::with_capacity(set.extensions.len());
         for (i, ext) in set.extensions.iter().enumerate().filter(|(_, e)| e.enabled) {
             items.push((i, credential(ext, secrets)?));
@@ -269,6 +280,29 @@ impl Renderer {
         }
         Ok(text)
     }
+}
+
+/// The `options` of enabled extensions that `catalogue` (the one learnt
+/// from the Asterisk the daemon talks to) does not know, at the entry that
+/// sets them. The loader checked them against the committed catalogue.
+fn unknown_extra_options(set: &DesiredSet, catalogue: &crate::catalogue::Catalogue) -> Vec<crate::diag::Diagnostic> {
+    let mut out = Vec::new();
+    for e in set.extensions.iter().filter(|e| e.enabled && !e.options.is_empty()) {
+        for (kind, name, _) in e.options.iter() {
+            if catalogue.knows(kind, name) == Some(false) {
+                out.push(crate::diag::Diagnostic::error(
+                    "unknown-option",
+                    crate::diag::Location { file: e.origin.file.clone(), line: e.origin.line, column: 1 },
+                    format!("options.{kind}.{name}"),
+                    format!(
+                        "extension {}: `{name}` is not an option the Asterisk this daemon talks to knows for an {kind} (its learnt catalogue); Asterisk would refuse the whole object",
+                        e.extension
+                    ),
+                ));
+            }
+        }
+    }
+    out
 }
 
 /// What one line of a pjsip config file is.
@@ -341,6 +375,23 @@ mod tests {
             r.use_catalogue(Arc::new(crate::catalogue::Catalogue::parse(crate::catalogue::ASTERISK_22))).is_empty()
         );
         assert!(r.render(&set, &SourceInfo::default(), &secrets).is_ok(), "a catalogue that knows it lets it through");
+    }
+
+    #[test]
+    fn an_option_the_learnt_catalogue_lacks_stops_the_render_naming_the_entry() {
+        let policy = crate::spec::SecretPolicy::for_spec_dir(Path::new("."));
+        let yaml = "extensions:\n  - extension: \"1001\"\n    context: c\n    transport: t\n    codecs: ulaw\n    md5Cred: 0123456789abcdef0123456789abcdef\n    options: {endpoint: {timers: required}}\n";
+        let (exts, diags) = crate::spec::load::load_file("team.yaml", &policy, yaml);
+        assert!(diags.is_empty(), "{diags:?}");
+        let set = DesiredSet::new(exts.into_iter().map(|(e, _)| e).collect());
+        let r = Renderer::new(None).expect("renderer");
+        let secrets = crate::secret::ProcessSecrets;
+        assert!(r.render(&set, &SourceInfo::default(), &secrets).expect("renders").contains("timers = required\n"));
+        let without: String =
+            crate::catalogue::ASTERISK_22.lines().filter(|l| *l != "timers").map(|l| format!("{l}\n")).collect();
+        assert!(r.use_catalogue(Arc::new(crate::catalogue::Catalogue::parse(&without))).is_empty());
+        let err = r.render(&set, &SourceInfo::default(), &secrets).expect_err("refused").to_string();
+        assert!(err.contains("team.yaml:2") && err.contains("timers"), "{err}");
     }
 
     #[test]

@@ -284,3 +284,74 @@ async fn read_only_mode_shows_no_edit_control() {
     s.c.close().await.expect("close");
     d.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_csv_import_through_the_browser_shows_the_plan_before_one_commit() {
+    let Some((_driver, port)) = driver().await else { return };
+    let d = Daemon::start().await;
+    let control = d.standin.control();
+    let mut s = Session { c: browser(port).await, base: format!("http://{}", d.addr), seen: Vec::new() };
+    s.goto("/ui/signin").await;
+    s.fill("#token", TOKEN).await;
+    s.click("#signin-submit").await;
+    assert!(s.soon("#import-csv").await, "signed in, the list offers Import CSV");
+    let dir = tempfile::tempdir().expect("tmp");
+
+    // A bad codec row: reported by line, nothing written.
+    let good = crate::import::bulk_handler_csv(25);
+    let bad = good.replace(
+        "transport-udp,ulaw&alaw,all,rfc4733,1,60,20003@",
+        "transport-udp,ulaw&nosuchcodec,all,rfc4733,1,60,20003@",
+    );
+    let bad_path = dir.path().join("bad.csv");
+    std::fs::write(&bad_path, &bad).expect("write");
+    s.click("#import-csv").await;
+    assert!(s.soon("#file").await);
+    s.c.find(Locator::Css("#file"))
+        .await
+        .expect("file input")
+        .send_keys(&bad_path.display().to_string())
+        .await
+        .expect("choose");
+    s.click("#import-preview").await;
+    assert!(s.soon("#import-errors").await, "{}", s.c.source().await.unwrap_or_default());
+    let errors = s.text("#import-errors").await;
+    assert!(errors.contains("line 5") && errors.contains("nosuchcodec"), "{errors}");
+    s.shot("import-errors").await;
+
+    // The good file: the plan, and nothing written until confirmed.
+    let path = dir.path().join("agents.csv");
+    std::fs::write(&path, &good).expect("write");
+    s.goto("/ui/import").await;
+    s.c.find(Locator::Css("#file"))
+        .await
+        .expect("file input")
+        .send_keys(&path.display().to_string())
+        .await
+        .expect("choose");
+    s.click("#import-preview").await;
+    assert!(s.soon("#import-plan").await, "{}", s.c.source().await.unwrap_or_default());
+    assert!(s.text("#import-summary").await.contains("25"), "{}", s.text("#import-summary").await);
+    let rows = s.c.find_all(Locator::Css("#import-plan tbody tr")).await.expect("rows");
+    assert_eq!(rows.len(), 25);
+    assert!(s.text("#import-plan").await.contains("Agent 7, Sales"));
+    s.shot("import-plan").await;
+    assert!(!control.endpoints().contains(&"20000".to_string()), "nothing applied before confirming");
+    let (status, _) = d_get(&d, "/extensions/20000").await;
+    assert_eq!(status, 404, "nothing written before confirming");
+
+    s.click("#import-confirm").await;
+    assert!(s.soon("#import-done").await, "{}", s.c.source().await.unwrap_or_default());
+    assert!(s.text("#import-done").await.contains("Imported 25 extensions"));
+    s.shot("import-done").await;
+    s.wait_text("/ui/extensions/20024", "#sync", "Synced").await;
+    assert!(control.endpoints().contains(&"20024".to_string()));
+    let all = s.seen.join("\n");
+    assert!(!all.contains("Pw-2000"), "no password on any page");
+    d.stop().await;
+}
+
+async fn d_get(d: &Daemon, path: &str) -> (u16, String) {
+    let r = reqwest::get(format!("http://{}{path}", d.addr)).await.expect("get");
+    (r.status().as_u16(), r.text().await.unwrap_or_default())
+}

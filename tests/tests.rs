@@ -6,6 +6,9 @@ mod support;
 // Spec files: loading, diagnostics, schema, rendering, the command line.
 mod spec;
 
+// import pjsip / import csv / export csv, as a user runs them.
+mod import;
+
 // Edits that become commits (plain files, local and remote repositories).
 mod writeback;
 

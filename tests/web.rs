@@ -365,3 +365,106 @@ async fn profiles_and_qualify_frequency_through_the_api() {
     assert_eq!(c.endpoints(), before);
     d.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extra_options_through_the_api_are_applied_shown_and_refused_by_field() {
+    let d = Daemon::start().await;
+    let c = d.standin.control();
+    let body = r#"{"extension":"1005","md5Cred":"0123456789abcdef0123456789abcdef","context":"from-internal","transport":"transport-udp","codecs":"ulaw","options":{"endpoint":{"timers":"required","send_pai":true,"language":"fr"},"aor":{"minimum_expiration":120}}}"#;
+    let (status, created) = d.call("POST", "/extensions", Some(body)).await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["extension"]["options"]["endpoint"]["send_pai"], "yes", "{created}");
+    wait("1005 applied with its options", || {
+        let d = &d;
+        async move {
+            let (_, one) = d.call("GET", "/extensions/1005", None).await;
+            one["syncStatus"] == "synced"
+        }
+    })
+    .await;
+    let (_, one) = d.call("GET", "/extensions/1005", None).await;
+    assert_eq!(
+        one["options"],
+        json!({"aor.minimum_expiration": "120", "endpoint.language": "fr", "endpoint.send_pai": "yes", "endpoint.timers": "required"}),
+        "{one}"
+    );
+    // Refused by field, nothing written: a misspelt name, a bad boolean, a
+    // named field's option, a value that would break the line.
+    let before = c.endpoints();
+    for (bad, field) in [
+        (r#"{"options":{"endpoint":{"timer":"yes"}}}"#, "options.endpoint.timer"),
+        (r#"{"options":{"endpoint":{"send_pai":"maybe"}}}"#, "options.endpoint.send_pai"),
+        (r#"{"options":{"endpoint":{"context":"x"}}}"#, "options.endpoint.context"),
+        (r#"{"options":{"auth":{"realm":"a\nb"}}}"#, "options.auth.realm"),
+    ] {
+        let (status, err) = d.call("PUT", "/extensions/1005", Some(bad)).await;
+        assert_eq!(status, 400, "{bad}: {err}");
+        let at_field = |x: &Value| x["field"].as_str().is_some_and(|f| f.ends_with(field)) && x["line"].is_number();
+        assert!(err["details"].as_array().is_some_and(|ds| ds.iter().any(at_field)), "{bad}: {err}");
+        assert!(!err.to_string().contains("maybe") && !err.to_string().contains("a\nb"), "no value echoed: {err}");
+    }
+    let (status, err) = d.call("PUT", "/extensions/1005", Some(r#"{"options":{"trunk":{"a":"b"}}}"#)).await;
+    assert_eq!(status, 400, "{err}");
+    let (_, one) = d.call("GET", "/extensions/1005", None).await;
+    assert_eq!(one["options"]["endpoint.timers"], "required", "unchanged: {one}");
+    assert_eq!(c.endpoints(), before);
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_csv_import_plans_on_a_dry_run_then_lands_in_one_commit_and_exports_without_secrets() {
+    let d = Daemon::start().await;
+    let c = d.standin.control();
+    let csv = crate::import::bulk_handler_csv(3);
+    let before = c.endpoints();
+    let (status, plan) = d.call("POST", "/extensions/import?dryRun=true", Some(&csv)).await;
+    assert_eq!(status, 200, "{plan}");
+    assert_eq!(plan["dryRun"], true);
+    assert_eq!(plan["plan"]["creates"], 3, "{plan}");
+    let first = &plan["plan"]["changes"][0];
+    assert_eq!((first["extension"].clone(), first["action"].clone()), (json!("20000"), json!("create")), "{plan}");
+    assert!(
+        first["fields"]
+            .as_array()
+            .is_some_and(|f| f.iter().any(|x| x["field"] == "displayName" && x["to"] == "Agent 0, Sales")),
+        "{plan}"
+    );
+    assert_eq!(d.call("GET", "/extensions/20000", None).await.0, 404, "a dry run writes nothing");
+    assert_eq!(c.endpoints(), before);
+
+    // A bad codec: 400 by line and column, nothing written.
+    let bad = csv.replace(
+        "transport-udp,ulaw&alaw,all,rfc4733,1,60,20001@",
+        "transport-udp,ulaw&nosuchcodec,all,rfc4733,1,60,20001@",
+    );
+    let (status, err) = d.call("POST", "/extensions/import", Some(&bad)).await;
+    assert_eq!(status, 400, "{err}");
+    let detail = &err["details"][0];
+    assert_eq!((detail["line"].clone(), detail["field"].clone()), (json!(3), json!("codecs")), "{err}");
+    assert!(detail["message"].as_str().is_some_and(|m| m.contains("column `allow`")), "{err}");
+    assert_eq!(d.call("GET", "/extensions/20000", None).await.0, 404);
+
+    let (status, done) = d.call("POST", "/extensions/import", Some(&csv)).await;
+    assert_eq!(status, 201, "{done}");
+    assert_eq!(done["file"], "import-20000-20002.yaml", "{done}");
+    wait("the three imported extensions in Asterisk", || async { c.endpoints().contains(&"20002".to_string()) }).await;
+    wait("20002 synced", || {
+        let d = &d;
+        async move { d.call("GET", "/extensions/20002", None).await.1["syncStatus"] == "synced" }
+    })
+    .await;
+    // Importing the same rows again: each is named as existing.
+    let (status, again) = d.call("POST", "/extensions/import?dryRun=true", Some(&csv)).await;
+    assert_eq!(status, 400, "{again}");
+    assert_eq!(again["details"].as_array().map(Vec::len), Some(3), "{again}");
+
+    let resp = reqwest::get(format!("http://{}/extensions.csv", d.addr)).await.expect("csv");
+    assert_eq!(resp.headers()["content-type"], "text/csv; charset=utf-8");
+    let text = resp.text().await.expect("body");
+    assert!(text.starts_with("extension,displayName,"), "{text}");
+    assert!(text.contains("\r\n20001,\"Agent 1, Sales\",from-internal,transport-udp,\"ulaw,alaw\","), "{text}");
+    assert!(!text.contains("Pw-2000") && !text.contains("md5"), "no secret: {text}");
+    let seen = d.seen.lock().expect("lock").join("\n");
+    assert!(!seen.contains("Pw-2000"), "no password in any response");
+    d.stop().await;
+}

@@ -69,6 +69,26 @@ pub struct EndpointDetail {
     /// md5Cred of the auth's credential, for verification; never serialised.
     #[serde(skip)]
     pub auth_md5: Option<crate::secret::Digest>,
+    /// Every option the endpoint's, aor's and auth's events report, by
+    /// `type/AmiKey` (`endpoint/RtpTimeout`), for verifying `options`. The
+    /// auth's secrets (password, md5_cred, OAuth secrets) are left out.
+    #[serde(skip)]
+    pub reported: BTreeMap<String, String>,
+}
+
+/// Keys of an `AuthDetail` that hold a secret: never kept.
+const AUTH_SECRET_KEYS: &[&str] = &["Password", "Md5Cred", "OauthSecret", "RefreshToken", "PasswordDigest"];
+
+/// The option keys of one detail event, by `kind/Key`.
+fn reported_options(kind: &str, m: &Message, out: &mut BTreeMap<String, String>) {
+    const NOT_OPTIONS: &[&str] = &["Event", "ActionID", "ObjectType", "ObjectName", "EndpointName"];
+    for (k, v) in &m.fields {
+        let k = k.as_str();
+        if NOT_OPTIONS.contains(&k) || (kind == "auth" && AUTH_SECRET_KEYS.iter().any(|s| s.eq_ignore_ascii_case(k))) {
+            continue;
+        }
+        out.insert(format!("{kind}/{k}"), v.to_string());
+    }
 }
 
 /// md5Cred of what an AuthDetail holds: its md5_cred, or the digest of its
@@ -184,13 +204,16 @@ impl EndpointDetail {
                 .collect(),
             ..Default::default()
         };
+        reported_options("endpoint", ep, &mut d.reported);
         if let Some(auth) = events.iter().find(|e| e.get("Event") == Some("AuthDetail")) {
+            reported_options("auth", auth, &mut d.reported);
             // The type, and a digest of the credential: Password and Md5Cred
             // stay in the message, which is dropped.
             d.auth_type = auth.get("AuthType").map(str::to_string);
             d.auth_md5 = auth_digest(auth);
         }
         if let Some(aor) = events.iter().find(|e| e.get("Event") == Some("AorDetail")) {
+            reported_options("aor", aor, &mut d.reported);
             d.max_contacts = aor.get("MaxContacts").and_then(|v| v.parse().ok());
             d.remove_existing = yes_no(aor.get("RemoveExisting"));
             d.qualify_frequency = aor.get("QualifyFrequency").and_then(|v| v.parse().ok());
@@ -507,6 +530,7 @@ impl AsteriskControl for Asterisk {
                 remove_existing: d.remove_existing,
                 qualify_frequency: d.qualify_frequency,
                 auth_md5: d.auth_md5,
+                reported: d.reported,
             })),
             name: d.name,
             transport: Some(d.transport),

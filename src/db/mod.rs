@@ -408,7 +408,7 @@ impl Db {
                 qb.push(")");
                 qb.build().execute(&mut *tx).await?;
             }
-            // 26 columns a row; 400 rows stay under both backends' bind limits.
+            // 27 columns a row; 400 rows stay under both backends' bind limits.
             for chunk in upserts.chunks(400) {
                 let mut qb = sqlx::QueryBuilder::new(format!("INSERT INTO extensions ({EXTENSION_COLUMNS}) "));
                 qb.push_values(chunk, |mut b, row| {
@@ -435,6 +435,7 @@ impl Db {
                         .push_bind(e.rewrite_contact)
                         .push_bind(e.enabled)
                         .push_bind(Json(serde_json::to_value(&labels).unwrap_or_default()))
+                        .push_bind(e.options.summary())
                         .push_bind(Json(serde_json::to_value(&fields).unwrap_or_default()))
                         .push_bind(spec_hash(&row_fields))
                         .push_bind(e.origin.file.clone())
@@ -451,7 +452,7 @@ impl Db {
                      qualify_frequency = excluded.qualify_frequency, direct_media = excluded.direct_media, \
                      rtp_symmetric = excluded.rtp_symmetric, force_rport = excluded.force_rport, \
                      rewrite_contact = excluded.rewrite_contact, enabled = excluded.enabled, labels = excluded.labels, \
-                     fields = excluded.fields, spec_hash = excluded.spec_hash, source_file = excluded.source_file, \
+                     options = excluded.options, fields = excluded.fields, spec_hash = excluded.spec_hash, source_file = excluded.source_file, \
                      revision = excluded.revision, applied_at = excluded.applied_at, sync_status = excluded.sync_status, \
                      last_error = excluded.last_error",
                 );
@@ -656,13 +657,13 @@ type StatusRow = (String, String, Option<String>, Option<i64>, Option<Json<serde
 /// The applied rows with their sync state (no status row: synced).
 const SELECT_EXTENSIONS: &str = "SELECT e.number, e.display_name, e.context, e.transport, e.codecs, e.secret_kind, \
      e.max_contacts, e.caller_id, e.mailboxes, e.dtmf_mode, e.profile, e.qualify_frequency, e.direct_media, e.rtp_symmetric, \
-     e.force_rport, e.rewrite_contact, e.enabled, e.labels, e.spec_hash, e.source_file, e.revision, \
+     e.force_rport, e.rewrite_contact, e.enabled, e.labels, e.options, e.spec_hash, e.source_file, e.revision, \
      e.applied_at, COALESCE(s.status, 'synced') AS sync_status, s.reason AS last_error, s.run_id AS sync_run_id, \
      s.since AS sync_since FROM extensions e LEFT JOIN extension_status s ON s.number = e.number";
 
 const EXTENSION_COLUMNS: &str = "number, display_name, context, transport, codecs, secret_kind, secret_md5, max_contacts, \
      caller_id, mailboxes, dtmf_mode, profile, qualify_frequency, direct_media, rtp_symmetric, force_rport, rewrite_contact, \
-     enabled, labels, fields, \
+     enabled, labels, options, fields, \
      spec_hash, source_file, revision, applied_at, sync_status, last_error";
 
 /// One applied extension as the database holds it. No secret value: only
@@ -698,6 +699,9 @@ pub struct ExtensionRecord {
     pub rewrite_contact: Option<bool>,
     pub enabled: bool,
     pub labels: BTreeMap<String, String>,
+    /// The extra pjsip options (`options`), by `type.name` (`endpoint.timers`).
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
     pub spec_hash: String,
     pub source_file: String,
     pub revision: Option<String>,
@@ -713,6 +717,11 @@ pub struct ExtensionRecord {
     /// Since when the state holds (`None` when synced).
     #[serde(default)]
     pub sync_since: Option<DateTime<Utc>>,
+}
+
+/// `endpoint.a=b;aor.c=d` (`ExtraOptions::summary`) → {endpoint.a: b, aor.c: d}.
+fn options_from_summary(s: &str) -> BTreeMap<String, String> {
+    s.split(';').filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
 
 fn nat() -> String {
@@ -758,6 +767,7 @@ impl ExtensionRecord {
             rewrite_contact: r.try_get("rewrite_contact")?,
             enabled: r.try_get("enabled")?,
             labels: labels.0,
+            options: options_from_summary(&r.try_get::<String, _>("options")?),
             spec_hash: r.try_get("spec_hash")?,
             source_file: r.try_get("source_file")?,
             revision: r.try_get("revision")?,
@@ -790,6 +800,7 @@ impl ExtensionRecord {
             rewrite_contact: e.rewrite_contact,
             enabled: e.enabled,
             labels: e.labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            options: options_from_summary(&e.options.summary()),
             spec_hash: String::new(),
             source_file: e.origin.file.clone(),
             revision: None,

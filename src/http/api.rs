@@ -25,6 +25,7 @@ pub fn router(state: AppState) -> axum::Router<AppState> {
         r = r
             .route("/hooks/git", post(webhook))
             .route("/extensions", post(create))
+            .route("/extensions/import", post(import))
             .route("/extensions/{id}", axum::routing::put(update).delete(delete))
             .route("/reconcile", post(reconcile));
     }
@@ -260,6 +261,136 @@ async fn delete(
     let author = auth(&state, &headers)?;
     let done = delete_entry(&state, &id, author).await?;
     Ok(Json(json!({"deleted": id, "change": commit_view(&done)})))
+}
+
+/// What a CSV import would do: the spec file it writes and a create per row.
+pub(crate) struct ImportPlan {
+    pub file: String,
+    pub text: String,
+    pub numbers: Vec<String>,
+    pub changes: Vec<crate::plan::Change>,
+    pub ignored: Vec<String>,
+}
+
+impl ImportPlan {
+    pub(crate) fn view(&self) -> Value {
+        json!({
+            "file": self.file,
+            "plan": {"creates": self.changes.len(), "updates": 0, "deletes": 0, "changes": self.changes},
+            "ignoredColumns": self.ignored,
+        })
+    }
+}
+
+/// Reads an uploaded CSV (FreePBX Bulk Handler export or our own) and
+/// plans it: every bad cell and every number that already exists is an
+/// error by line and column, and nothing is written.
+pub(crate) async fn import_plan(state: &AppState, csv_text: &str) -> Result<ImportPlan, ApiError> {
+    use crate::plan::{Action, Change, FieldChange, SECRET_FIELD};
+    const SHOWN: &str = "upload.csv";
+    let parsed = crate::import::csv::entries(SHOWN, csv_text, &state.realm).map_err(|diags| {
+        ApiError::BadRequest(
+            "the CSV has problems; nothing was written".into(),
+            diags.iter().map(Detail::from).collect(),
+        )
+    })?;
+    let existing: std::collections::HashSet<String> = super::read::db(state)?
+        .extensions()
+        .await
+        .map_err(super::read::internal)?
+        .into_iter()
+        .map(|r| r.number)
+        .collect();
+    let taken: Vec<Detail> = parsed
+        .entries
+        .iter()
+        .filter(|(e, _)| e.extension.as_ref().is_some_and(|n| existing.contains(n)))
+        .map(|(e, line)| Detail {
+            file: Some(SHOWN.into()),
+            line: Some(*line),
+            field: Some("extension".into()),
+            message: format!(
+                "extension {} already exists (the import adds new extensions only)",
+                e.extension.as_deref().unwrap_or("")
+            ),
+        })
+        .collect();
+    if !taken.is_empty() {
+        return Err(ApiError::BadRequest("the CSV has problems; nothing was written".into(), taken));
+    }
+    if parsed.entries.is_empty() {
+        return Err(ApiError::BadRequest("the CSV has no rows".into(), Vec::new()));
+    }
+    let mut changes = Vec::with_capacity(parsed.entries.len());
+    let mut numbers = Vec::with_capacity(parsed.entries.len());
+    for (entry, _) in &parsed.entries {
+        let (ext, _) = resolve(entry, &Defaults::default(), &Locator::default());
+        let Some(ext) = ext else { continue };
+        let fields = crate::plan::desired_fields(&ext, "")
+            .iter()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(k, v)| {
+                if k == SECRET_FIELD {
+                    FieldChange { field: k, from: None, to: None }
+                } else {
+                    FieldChange { field: k, from: None, to: Some(v.to_string()) }
+                }
+            })
+            .collect();
+        changes.push(Change {
+            extension: ext.extension.clone(),
+            action: Action::Create,
+            fields,
+            profile: Some(crate::spec::profile::Expansion::of(&ext)),
+        });
+        numbers.push(ext.extension.clone());
+    }
+    let mut sorted = numbers.clone();
+    sorted.sort();
+    let file = match (sorted.first(), sorted.last()) {
+        (Some(a), Some(b)) if a != b => format!("import-{a}-{b}.yaml"),
+        (Some(a), _) => format!("import-{a}.yaml"),
+        _ => "import.yaml".into(),
+    };
+    let text = crate::import::csv::to_yaml(&parsed.entries, "an upload to POST /extensions/import")
+        .map_err(ApiError::Internal)?;
+    Ok(ImportPlan { file, text, numbers, changes, ignored: parsed.ignored })
+}
+
+/// Imports an uploaded CSV in one edit and one commit.
+pub(crate) async fn import_apply(
+    state: &AppState,
+    csv_text: &str,
+    author: crate::writeback::Author,
+) -> Result<(ImportPlan, Committed), ApiError> {
+    writable(state)?;
+    let plan = import_plan(state, csv_text).await?;
+    let op = EditOp::CreateFile { file: plan.file.clone(), text: plan.text.clone(), numbers: plan.numbers.clone() };
+    let done = run_edit(state, op, author).await?;
+    Ok((plan, done))
+}
+
+/// `POST /extensions/import[?dryRun=true]`: the body is a CSV file.
+async fn import(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    axum::extract::Query(query): axum::extract::Query<std::collections::HashMap<String, String>>,
+    body: Bytes,
+) -> Result<axum::response::Response, ApiError> {
+    let author = auth(&state, &headers)?;
+    let text = String::from_utf8_lossy(&body);
+    let dry = query.get("dryRun").is_some_and(|v| v == "true" || v == "1");
+    if dry {
+        let plan = import_plan(&state, &text).await?;
+        let mut v = plan.view();
+        v["dryRun"] = Value::Bool(true);
+        return Ok(Json(v).into_response());
+    }
+    let (plan, done) = import_apply(&state, &text, author).await?;
+    let mut v = plan.view();
+    v["dryRun"] = Value::Bool(false);
+    v["change"] = commit_view(&done);
+    Ok((StatusCode::CREATED, Json(v)).into_response())
 }
 
 async fn reconcile(State(state): State<AppState>, headers: HeaderMap) -> Result<impl IntoResponse, ApiError> {

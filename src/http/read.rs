@@ -45,6 +45,7 @@ pub fn router() -> axum::Router<AppState> {
     axum::Router::new()
         .route("/status", get(status))
         .route("/extensions", get(list))
+        .route("/extensions.csv", get(list_csv))
         .route("/extensions/{id}", get(one))
         .route("/extensions/{id}/status", get(live_status))
         .route("/runs", get(runs))
@@ -163,6 +164,51 @@ pub(crate) fn sync_counts(extensions: &[ExtensionRecord]) -> Vec<(&'static str, 
 
 /// A run under way for longer than this is shown as stalled.
 pub const STALLED_AFTER: chrono::TimeDelta = chrono::TimeDelta::minutes(10);
+
+/// `GET /extensions.csv`: the applied (and declared) extensions as our CSV; no secret.
+async fn list_csv(State(state): State<AppState>) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    let records = db(&state)?.extensions().await.map_err(internal)?;
+    let rows: Vec<crate::import::csv::ExportRow> = records.iter().map(export_row).collect();
+    let body = crate::import::csv::export_rows(&rows);
+    Ok((
+        [
+            (axum::http::header::CONTENT_TYPE, "text/csv; charset=utf-8"),
+            (axum::http::header::CONTENT_DISPOSITION, "attachment; filename=\"extensions.csv\""),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+fn export_row(r: &crate::db::ExtensionRecord) -> crate::import::csv::ExportRow {
+    let flag = |b: Option<bool>| b.map(|b| if b { "yes" } else { "no" }.to_string()).unwrap_or_default();
+    crate::import::csv::ExportRow {
+        values: [
+            r.number.clone(),
+            r.display_name.clone().unwrap_or_default(),
+            r.context.clone(),
+            r.transport.clone(),
+            r.codecs.join(","),
+            r.max_contacts.to_string(),
+            r.qualify_frequency.to_string(),
+            // The caller id the display name gives is not a callerId of its own.
+            r.caller_id
+                .clone()
+                .filter(|c| r.display_name.as_ref().is_none_or(|d| *c != format!("\"{d}\" <{}>", r.number)))
+                .unwrap_or_default(),
+            r.mailboxes.join(","),
+            r.dtmf_mode.clone().unwrap_or_default(),
+            r.profile.clone(),
+            flag(r.direct_media),
+            flag(r.rtp_symmetric),
+            flag(r.force_rport),
+            flag(r.rewrite_contact),
+            flag(Some(r.enabled)),
+        ],
+        options: r.options.clone(),
+    }
+}
 
 pub(crate) fn db(state: &AppState) -> Result<&Db, ApiError> {
     state.live.db.as_ref().ok_or_else(|| ApiError::Unavailable("the state database is not connected".into()))

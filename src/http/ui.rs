@@ -59,6 +59,7 @@ fn env() -> &'static Environment<'static> {
             ("extensions.html", include_str!("../../templates/ui/extensions.html")),
             ("form.html", include_str!("../../templates/ui/form.html")),
             ("delete.html", include_str!("../../templates/ui/delete.html")),
+            ("import.html", include_str!("../../templates/ui/import.html")),
             ("status.html", include_str!("../../templates/ui/status.html")),
             ("runs.html", include_str!("../../templates/ui/runs.html")),
             ("run.html", include_str!("../../templates/ui/run.html")),
@@ -212,7 +213,9 @@ pub fn write_router(state: &AppState) -> axum::Router<AppState> {
             .route("/ui/extensions/{id}", post(update))
             .route("/ui/extensions/new", get(new_form))
             .route("/ui/extensions/{id}/edit", get(edit_form))
-            .route("/ui/extensions/{id}/delete", get(delete_form).post(delete));
+            .route("/ui/extensions/{id}/delete", get(delete_form).post(delete))
+            .route("/ui/import", get(import_form).post(import_confirm))
+            .route("/ui/import/preview", post(import_preview));
     }
     r
 }
@@ -568,6 +571,13 @@ fn body_of(form: &HashMap<String, String>, editing: bool) -> Map<String, Value> 
     for key in FORM_FIELDS {
         let Some(v) = form.get(*key) else { continue };
         let v = if *key == "password" { v.as_str() } else { v.trim() };
+        if *key == "options" {
+            let was = form.get("options_was").map(|s| s.trim()).unwrap_or_default();
+            if v != was {
+                map.insert("options".into(), options_of_text(v));
+            }
+            continue;
+        }
         if v.is_empty() && (editing || matches!(*key, "displayName" | "qualifyFrequency")) {
             continue;
         }
@@ -593,8 +603,44 @@ fn body_of(form: &HashMap<String, String>, editing: bool) -> Map<String, Value> 
 }
 
 /// The fields the form edits, as the JSON API names them.
-const FORM_FIELDS: &[&str] =
-    &["extension", "displayName", "password", "context", "transport", "codecs", "profile", "qualifyFrequency"];
+const FORM_FIELDS: &[&str] = &[
+    "extension",
+    "displayName",
+    "password",
+    "context",
+    "transport",
+    "codecs",
+    "profile",
+    "qualifyFrequency",
+    "options",
+];
+
+/// The form's options box: one `name = value` a line for the endpoint,
+/// `aor.name = value` or `auth.name = value` for the others. A line that
+/// is not one of those goes in as an option without a valid name, for the
+/// API's checks to refuse it by name.
+fn options_of_text(text: &str) -> Value {
+    let mut kinds: Map<String, Value> = Map::new();
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let (key, value) = line.split_once('=').map(|(k, v)| (k.trim(), v.trim())).unwrap_or((line, ""));
+        let (kind, name) = match key.split_once('.') {
+            Some((k, n)) if crate::spec::options::KINDS.contains(&k) => (k, n.trim()),
+            _ => ("endpoint", key),
+        };
+        if let Value::Object(m) = kinds.entry(kind.to_string()).or_insert_with(|| Value::Object(Map::new())) {
+            m.insert(name.to_string(), Value::from(value));
+        }
+    }
+    Value::Object(kinds)
+}
+
+/// The options box's text for a record's options (`type.name` → value).
+fn options_text(options: &std::collections::BTreeMap<String, String>) -> String {
+    let mut lines: Vec<String> =
+        options.iter().map(|(k, v)| format!("{} = {v}", k.strip_prefix("endpoint.").unwrap_or(k))).collect();
+    lines.sort_by_key(|l| l.contains('.') && (l.starts_with("aor.") || l.starts_with("auth.")));
+    lines.join("\n")
+}
 
 fn form_page(
     state: &AppState,
@@ -610,7 +656,12 @@ fn form_page(
         match e {
             ApiError::BadRequest(m, details) => {
                 for d in details {
-                    let field = d.field.as_deref().unwrap_or("").rsplit('.').next().unwrap_or("").to_string();
+                    let path = d.field.as_deref().unwrap_or("");
+                    let field = if path.starts_with("options") {
+                        "options".to_string()
+                    } else {
+                        path.rsplit('.').next().unwrap_or("").to_string()
+                    };
                     if FORM_FIELDS.contains(&field.as_str()) {
                         errors.entry(field).or_insert(Value::from(d.message));
                     } else {
@@ -708,6 +759,7 @@ async fn edit_form(State(state): State<AppState>, headers: HeaderMap, Path(id): 
         "codecs": record.codecs.join(","),
         "profile": record.profile,
         "qualifyFrequency": record.qualify_frequency,
+        "options": options_text(&record.options),
     });
     form_page(&state, &viewer, StatusCode::OK, Some(&id), form, None)
 }
@@ -765,5 +817,240 @@ async fn delete(
     match super::api::delete_entry(&state, &id, author).await {
         Ok(_) => Redirect::to("/ui/extensions").into_response(),
         Err(e) => api_error_page(e),
+    }
+}
+
+/// The fields of a `multipart/form-data` body (a file field's content as
+/// text), or of a urlencoded one. Bounded by axum's body limit.
+fn form_fields(headers: &HeaderMap, body: &[u8]) -> HashMap<String, String> {
+    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let Some(boundary) = ct
+        .strip_prefix("multipart/form-data")
+        .and_then(|rest| rest.split(';').map(str::trim).find_map(|p| p.strip_prefix("boundary=")))
+        .map(|b| b.trim_matches('"').to_string())
+    else {
+        return urlencoded(body);
+    };
+    let text = String::from_utf8_lossy(body);
+    let mut out = HashMap::new();
+    for part in text.split(&format!("--{boundary}")) {
+        let part = part.strip_prefix("\r\n").unwrap_or(part);
+        let Some((head, content)) = part.split_once("\r\n\r\n") else { continue };
+        let Some(name) = head
+            .lines()
+            .find(|l| l.to_ascii_lowercase().starts_with("content-disposition"))
+            .and_then(|l| l.split(';').map(str::trim).find_map(|p| p.strip_prefix("name=")))
+            .map(|n| n.trim_matches('"').to_string())
+        else {
+            continue;
+        };
+        let content = content.strip_suffix("\r\n").unwrap_or(content);
+        out.insert(name, content.to_string());
+    }
+    out
+}
+
+fn import_page(state: &AppState, viewer: &Viewer, status: StatusCode, extra: minijinja::Value) -> Response {
+    page(status, "import.html", context! { ..base(state, viewer, None), ..extra })
+}
+
+async fn import_form(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if state.read_only {
+        return read_only_page();
+    }
+    let viewer = Viewer::of(&state, &headers);
+    if viewer.session.is_none() {
+        return Redirect::to("/ui/signin").into_response();
+    }
+    import_page(&state, &viewer, StatusCode::OK, context! {})
+}
+
+/// The CSV of the form: the uploaded file, else the pasted text.
+fn csv_of(form: &HashMap<String, String>) -> String {
+    form.get("file").filter(|f| !f.trim().is_empty()).or_else(|| form.get("csv")).cloned().unwrap_or_default()
+}
+
+fn import_errors(state: &AppState, viewer: &Viewer, e: ApiError) -> Response {
+    match e {
+        ApiError::BadRequest(m, details) => {
+            let errors: Vec<String> = details
+                .iter()
+                .map(|d| match (d.line, &d.field) {
+                    (Some(l), Some(f)) => format!("line {l}, {f}: {}", d.message),
+                    (Some(l), None) => format!("line {l}: {}", d.message),
+                    _ => d.message.clone(),
+                })
+                .collect();
+            let errors = if errors.is_empty() { vec![m.clone()] } else { errors };
+            import_page(state, viewer, StatusCode::BAD_REQUEST, context! { errors => errors, error => m })
+        }
+        other => api_error_page(other),
+    }
+}
+
+/// Upload → the plan, and a confirm button; nothing is written.
+async fn import_preview(State(state): State<AppState>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    if state.read_only {
+        return read_only_page();
+    }
+    let viewer = Viewer::of(&state, &headers);
+    let form = form_fields(&headers, &body);
+    if let Err(r) = viewer.writer(&form) {
+        return *r;
+    }
+    let csv = csv_of(&form);
+    match super::api::import_plan(&state, &csv).await {
+        Ok(plan) => {
+            let rows: Vec<Value> = plan
+                .changes
+                .iter()
+                .map(|c| {
+                    let get =
+                        |f: &str| c.fields.iter().find(|x| x.field == f).and_then(|x| x.to.clone()).unwrap_or_default();
+                    json!({"extension": c.extension, "action": c.action.as_str(), "name": get("displayName"),
+                           "context": get("context"), "transport": get("transport"), "codecs": get("codecs"),
+                           "options": get("options")})
+                })
+                .collect();
+            let view = json!({"file": plan.file, "changes": rows, "ignored": plan.ignored});
+            // The CSV may hold passwords: it stays in memory here, never in the page.
+            let Some(session) = &viewer.session else { return Redirect::to("/ui/signin").into_response() };
+            let id = random_token();
+            if id.is_empty() {
+                return api_error_page(ApiError::Internal("no randomness for an import token".into()));
+            }
+            remember_import(&id, &session.csrf, csv);
+            import_page(&state, &viewer, StatusCode::OK, context! { plan => view, import_id => id })
+        }
+        Err(e) => import_errors(&state, &viewer, e),
+    }
+}
+
+/// Confirm → one commit.
+async fn import_confirm(State(state): State<AppState>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    if state.read_only {
+        return read_only_page();
+    }
+    let viewer = Viewer::of(&state, &headers);
+    let form = form_fields(&headers, &body);
+    let author = match viewer.writer(&form) {
+        Ok(a) => a,
+        Err(r) => return *r,
+    };
+    let csrf = viewer.session.as_ref().map(|s| s.csrf.clone()).unwrap_or_default();
+    let Some(csv) = form.get("import").and_then(|id| take_import(id, &csrf)) else {
+        return import_page(
+            &state,
+            &viewer,
+            StatusCode::BAD_REQUEST,
+            context! { errors => vec!["This preview expired or was already imported: upload the file again."] },
+        );
+    };
+    match super::api::import_apply(&state, &csv, author).await {
+        Ok((plan, done)) => {
+            let view = json!({"count": plan.changes.len(), "file": plan.file, "commit": Some(done.commit.as_str()).filter(|c| !c.is_empty())});
+            import_page(&state, &viewer, StatusCode::OK, context! { done => view })
+        }
+        Err(e) => import_errors(&state, &viewer, e),
+    }
+}
+
+/// `application/x-www-form-urlencoded` pairs (`+` is a space, `%XX` a byte).
+fn urlencoded(body: &[u8]) -> HashMap<String, String> {
+    fn decode(s: &str) -> String {
+        let b = s.as_bytes();
+        let mut out = Vec::with_capacity(b.len());
+        let mut i = 0;
+        while i < b.len() {
+            match b[i] {
+                b'+' => out.push(b' '),
+                b'%' => {
+                    match std::str::from_utf8(&b[i + 1..(i + 3).min(b.len())])
+                        .ok()
+                        .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    {
+                        Some(v) if i + 3 <= b.len() => {
+                            out.push(v);
+                            i += 2;
+                        }
+                        _ => out.push(b'%'),
+                    }
+                }
+                c => out.push(c),
+            }
+            i += 1;
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+    String::from_utf8_lossy(body)
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (decode(k), decode(v))
+        })
+        .collect()
+}
+
+/// Previewed imports waiting for their confirm: id → (the session's CSRF
+/// token, when, the CSV). In memory only (the CSV may hold passwords); at
+/// most 16, for 15 minutes, each confirmed once.
+type Pending = Mutex<Vec<(String, String, Instant, String)>>;
+
+fn pending() -> &'static Pending {
+    static P: OnceLock<Pending> = OnceLock::new();
+    P.get_or_init(|| Mutex::new(Vec::new()))
+}
+
+const IMPORT_TTL: Duration = Duration::from_secs(15 * 60);
+
+fn remember_import(id: &str, csrf: &str, csv: String) {
+    let mut p = pending().lock().unwrap_or_else(|e| e.into_inner());
+    p.retain(|(_, _, at, _)| at.elapsed() < IMPORT_TTL);
+    if p.len() >= 16 {
+        p.remove(0);
+    }
+    p.push((id.to_string(), csrf.to_string(), Instant::now(), csv));
+}
+
+/// The CSV previewed as `id` in the session with `csrf`, taken out.
+fn take_import(id: &str, csrf: &str) -> Option<String> {
+    let mut p = pending().lock().unwrap_or_else(|e| e.into_inner());
+    p.retain(|(_, _, at, _)| at.elapsed() < IMPORT_TTL);
+    let i = p.iter().position(|(i, c, _, _)| {
+        bool::from(i.as_bytes().ct_eq(id.as_bytes()))
+            && !c.is_empty()
+            && bool::from(c.as_bytes().ct_eq(csrf.as_bytes()))
+    })?;
+    Some(p.remove(i).3)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forms_read_as_urlencoded_or_multipart() {
+        let f = urlencoded(b"csrf=a%2Bb&csv=x%2Cy+z%0A1&bad=%zz");
+        assert_eq!((f["csrf"].as_str(), f["csv"].as_str(), f["bad"].as_str()), ("a+b", "x,y z\n1", "%zz"));
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("multipart/form-data; boundary=XyZ"));
+        let body = "--XyZ\r\nContent-Disposition: form-data; name=\"csrf\"\r\n\r\ntok\r\n--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.csv\"\r\nContent-Type: text/csv\r\n\r\nextension,name\r\n1,A\r\n\r\n--XyZ--\r\n";
+        let f = form_fields(&h, body.as_bytes());
+        assert_eq!(f["csrf"], "tok");
+        assert_eq!(f["file"], "extension,name\r\n1,A\r\n");
+    }
+
+    #[test]
+    fn the_options_box_reads_one_option_a_line() {
+        let v = options_of_text("timers = required\naor.minimum_expiration = 120\nauth.realm=example.com\nnonsense\n");
+        assert_eq!(
+            v,
+            json!({"endpoint": {"timers": "required", "nonsense": ""}, "aor": {"minimum_expiration": "120"}, "auth": {"realm": "example.com"}})
+        );
+        let mut m = std::collections::BTreeMap::new();
+        m.insert("aor.minimum_expiration".to_string(), "120".to_string());
+        m.insert("endpoint.timers".to_string(), "required".to_string());
+        assert_eq!(options_text(&m), "timers = required\naor.minimum_expiration = 120");
     }
 }

@@ -38,6 +38,7 @@ pub const ENTRY_FIELDS: &[&str] = &[
     "rewriteContact",
     "enabled",
     "labels",
+    "options",
 ];
 
 const SECRET_FIELDS: &[&str] = &["password", "md5Cred", "passwordEnv", "passwordFile"];
@@ -57,6 +58,7 @@ pub const DEFAULTS_FIELDS: &[&str] = &[
     "rewriteContact",
     "enabled",
     "labels",
+    "options",
 ];
 
 #[derive(Clone, Debug, Default)]
@@ -290,7 +292,7 @@ fn collect(dir: &Path, files: &mut Vec<PathBuf>, diags: &mut Vec<Diagnostic>, op
 /// `passwordFile` or `passwordEnv` may point; a `passwordFile` is taken
 /// relative to its directory.
 pub fn load_file(file: &str, secrets: &SecretPolicy, text: &str) -> (Vec<(Extension, Pos)>, Vec<Diagnostic>) {
-    let mut r = Reader { file, diags: Vec::new() };
+    let mut r = Reader { file, diags: Vec::new(), option_pos: Vec::new() };
     let root = match yaml::parse(text) {
         Ok(Some(root)) => root,
         Ok(None) => {
@@ -319,12 +321,14 @@ pub fn load_file(file: &str, secrets: &SecretPolicy, text: &str) -> (Vec<(Extens
     let mut defaults = Defaults::default();
     let mut defaults_pos = Vec::new();
     let mut defaults_failed = Vec::new();
+    let mut defaults_options = Vec::new();
     let mut list = None;
     for (key, value) in &top {
         match key.text.as_str() {
             "defaults" => {
                 if let Some(map) = r.mapping(value, "defaults") {
                     (defaults, defaults_pos, defaults_failed) = r.read_defaults(&map);
+                    defaults_options = std::mem::take(&mut r.option_pos);
                 }
             }
             "extensions" => list = Some(value),
@@ -355,8 +359,15 @@ pub fn load_file(file: &str, secrets: &SecretPolicy, text: &str) -> (Vec<(Extens
         let (entry, fields, mut failed) = r.read_entry(&map, &prefix);
         failed.extend_from_slice(&defaults_failed);
         let entry_pos = fields.iter().find(|(n, _)| *n == "extension").map(|(_, p)| *p).unwrap_or(item.pos());
-        let locator =
-            Locator { file: file.to_string(), prefix, entry: item.pos(), fields, defaults: defaults_pos.clone() };
+        let locator = Locator {
+            file: file.to_string(),
+            prefix,
+            entry: item.pos(),
+            fields,
+            defaults: defaults_pos.clone(),
+            options: std::mem::take(&mut r.option_pos),
+            defaults_options: defaults_options.clone(),
+        };
         let (ext, mut diags) = resolve(&entry, &defaults, &locator);
         let ext = ext.and_then(|ext| {
             let refused = super::resolve::check_secret_policy(&ext, secrets, &locator);
@@ -393,6 +404,8 @@ pub fn load_file(file: &str, secrets: &SecretPolicy, text: &str) -> (Vec<(Extens
 struct Reader<'a> {
     file: &'a str,
     diags: Vec<Diagnostic>,
+    /// Where the options read since it was last taken stand (`endpoint.name`).
+    option_pos: Vec<(String, Pos)>,
 }
 
 fn join(prefix: &str, field: &str) -> String {
@@ -555,6 +568,43 @@ impl Reader<'_> {
         out
     }
 
+    /// `options:`: a mapping of object type to a mapping of option name to
+    /// a scalar. Where each option stands is kept in `option_pos`.
+    fn options(&mut self, node: &Node, field: &str) -> super::ExtraOptions {
+        let mut out = super::ExtraOptions::default();
+        let Some(kinds) = self.mapping(node, field) else { return out };
+        for (kind, options) in kinds {
+            let sub = format!("{field}.{}", kind.text);
+            let Some(target) = out.get_mut(&kind.text) else {
+                self.unknown_field(kind, &kind.text, field, super::options::KINDS);
+                continue;
+            };
+            let Some(map) = self.mapping(options, &sub) else { continue };
+            for (name, value) in map {
+                let path = format!("{sub}.{}", name.text);
+                let text = match value {
+                    Node::Scalar(s) => match s.kind() {
+                        ScalarKind::Null => None,
+                        ScalarKind::Bool(b) => Some(if b { "yes" } else { "no" }.to_string()),
+                        _ => Some(s.text.clone()),
+                    },
+                    _ => None,
+                };
+                match text {
+                    Some(t) => {
+                        self.option_pos.push((format!("{}.{}", kind.text, name.text), name.pos));
+                        target.insert(name.text.clone(), t);
+                    }
+                    None => {
+                        let d = self.type_error(value, &path, "a string, number or boolean");
+                        self.diags.push(d);
+                    }
+                }
+            }
+        }
+        out
+    }
+
     fn read_entry(
         &mut self,
         map: &[(&Scalar, &Node)],
@@ -593,6 +643,7 @@ impl Reader<'_> {
                 "forceRport" => e.force_rport = self.boolean(value, f),
                 "rewriteContact" => e.rewrite_contact = self.boolean(value, f),
                 "enabled" => e.enabled = self.boolean(value, f),
+                "options" => e.options = self.options(value, f),
                 _ => e.labels = self.labels(value, f),
             }
             if self.diags.len() > before {
@@ -628,6 +679,7 @@ impl Reader<'_> {
                 "forceRport" => d.force_rport = self.boolean(value, f),
                 "rewriteContact" => d.rewrite_contact = self.boolean(value, f),
                 "enabled" => d.enabled = self.boolean(value, f),
+                "options" => d.options = self.options(value, f),
                 _ => d.labels = self.labels(value, f),
             }
             if self.diags.len() > before {
@@ -645,7 +697,7 @@ pub type RawFile = (Defaults, Vec<(ExtensionEntry, Pos)>);
 /// position of its mapping. For editing a file without losing what it says.
 /// `Err` with the diagnostics when the file cannot be read as a spec file.
 pub fn raw_entries(file: &str, text: &str) -> Result<RawFile, Vec<Diagnostic>> {
-    let mut r = Reader { file, diags: Vec::new() };
+    let mut r = Reader { file, diags: Vec::new(), option_pos: Vec::new() };
     let root = match yaml::parse(text) {
         Ok(Some(root)) => root,
         Ok(None) => return Ok((Defaults::default(), Vec::new())),

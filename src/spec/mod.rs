@@ -15,6 +15,7 @@
 pub mod check;
 pub mod edit;
 pub mod load;
+pub mod options;
 pub mod policy;
 pub mod profile;
 pub mod resolve;
@@ -26,6 +27,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 pub use load::{LoadOptions, load_paths};
+pub use options::ExtraOptions;
 pub use policy::SecretPolicy;
 pub use profile::Profile;
 pub use resolve::resolve;
@@ -89,6 +91,9 @@ pub struct Defaults {
     /// When false, the extension is kept in the database but not configured in Asterisk. Default true.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enabled: Option<bool>,
+    /// Extra PJSIP options by object type (`endpoint`, `aor`, `auth`) for what no field names: `{endpoint: {pickup_group: "1", timers: required}}`. Each name must be an option Asterisk knows for that type, each value one its type allows; options a field or the profile writes are refused. On `defaults`, merged under each entry's own, option by option.
+    #[serde(default, skip_serializing_if = "ExtraOptions::is_empty")]
+    pub options: ExtraOptions,
     /// Free-form labels (department, email, …), merged under each entry's own. Stored, never rendered.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(schema_with = "labels_schema")]
@@ -181,6 +186,9 @@ pub struct ExtensionEntry {
     /// When false, the extension is kept in the database but not configured in Asterisk. Default true.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enabled: Option<bool>,
+    /// Extra PJSIP options by object type (`endpoint`, `aor`, `auth`) for what no field names: `{endpoint: {pickup_group: "1", timers: required}}`. Each name must be an option Asterisk knows for that type, each value one its type allows; options a field or the profile writes are refused. On `defaults`, merged under each entry's own, option by option.
+    #[serde(default, skip_serializing_if = "ExtraOptions::is_empty")]
+    pub options: ExtraOptions,
     /// Free-form labels (department, email, …). Stored and shown, never rendered into Asterisk's config.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(schema_with = "labels_schema")]
@@ -318,6 +326,8 @@ pub struct Extension {
     pub rewrite_contact: Option<bool>,
     pub enabled: bool,
     pub labels: Labels,
+    /// Extra options, defaults merged, each checked (`options`).
+    pub options: ExtraOptions,
     pub origin: Origin,
 }
 

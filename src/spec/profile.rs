@@ -213,6 +213,10 @@ pub fn expected(ext: &Extension) -> Vec<(&'static PjsipOption, String, Source)> 
             if let Some((_, v)) = ext.profile.implies().iter().find(|(k, _)| *k == opt.name) {
                 return (opt, v.to_string(), Source::Implied);
             }
+            // An option the profile leaves alone may be set in `options`.
+            if let Some(v) = ext.options.endpoint.get(opt.name) {
+                return (opt, normalise(v), Source::Explicit);
+            }
             (opt, opt.asterisk_default.to_string(), Source::AsteriskDefault)
         })
         .collect()

@@ -26,6 +26,10 @@ pub struct Locator {
     pub fields: Vec<(&'static str, Pos)>,
     /// Positions of the defaults' fields (by camelCase name).
     pub defaults: Vec<(&'static str, Pos)>,
+    /// Positions of the entry's `options` by `type.name` (`endpoint.timers`).
+    pub options: Vec<(String, Pos)>,
+    /// Positions of the defaults' `options` by `type.name`.
+    pub defaults_options: Vec<(String, Pos)>,
 }
 
 /// Whether a value was written on the entry or inherited from `defaults`.
@@ -58,6 +62,16 @@ impl Locator {
 
     fn error(&self, code: &'static str, field: &str, from: From, message: impl Into<String>) -> Diagnostic {
         Diagnostic::error(code, self.location(self.pos_of(field, from)), self.field_path(field, from), message)
+    }
+
+    /// An error at one option (`options.endpoint.timers`), on the entry or in the defaults.
+    fn option_error(&self, code: &'static str, key: &str, from: From, message: impl Into<String>) -> Diagnostic {
+        let list = match from {
+            From::Entry => &self.options,
+            From::Defaults => &self.defaults_options,
+        };
+        let pos = list.iter().find(|(k, _)| k == key).map(|(_, p)| *p).unwrap_or_else(|| self.pos_of("options", from));
+        Diagnostic::error(code, self.location(pos), self.field_path(&format!("options.{key}"), from), message)
     }
 
     fn entry_error(&self, code: &'static str, message: impl Into<String>) -> Diagnostic {
@@ -241,6 +255,8 @@ pub fn resolve(entry: &ExtensionEntry, defaults: &Defaults, at: &Locator) -> (Op
         }
     }
 
+    let options = resolve_options(entry, defaults, profile, at, &mut diags);
+
     let flag = |e: &Option<bool>, d: &Option<bool>| pick(e, d).map(|(v, _)| *v);
     let [rewrite_contact, rtp_symmetric, force_rport, direct_media] = profile::resolve_flags(
         profile,
@@ -275,10 +291,63 @@ pub fn resolve(entry: &ExtensionEntry, defaults: &Defaults, at: &Locator) -> (Op
         rewrite_contact,
         enabled: flag(&entry.enabled, &defaults.enabled).unwrap_or(true),
         labels: labels.into(),
+        options,
         origin: Origin { file: at.file.clone(), line: at.entry.line },
     };
     let ok = !diags.iter().any(Diagnostic::is_error);
     (ok.then_some(extension), diags)
+}
+
+/// The entry's `options` over its defaults', option by option, each
+/// checked against the committed catalogue and value types (a learnt
+/// catalogue is checked again when rendering) and against what named
+/// fields and the profile write.
+fn resolve_options(
+    entry: &ExtensionEntry,
+    defaults: &Defaults,
+    profile: Profile,
+    at: &Locator,
+    diags: &mut Vec<Diagnostic>,
+) -> super::ExtraOptions {
+    let catalogue = crate::catalogue::Catalogue::asterisk22();
+    let types = crate::catalogue::ValueTypes::asterisk22();
+    let mut out = super::ExtraOptions::default();
+    for kind in super::options::KINDS {
+        let mine = entry.options.get(kind).into_iter().flatten().map(|(n, v)| (n, v, From::Entry));
+        let inherited = defaults
+            .options
+            .get(kind)
+            .into_iter()
+            .flatten()
+            .filter(|(n, _)| !entry.options.get(kind).is_some_and(|m| m.contains_key(*n)))
+            .map(|(n, v)| (n, v, From::Defaults));
+        for (name, value, from) in mine.chain(inherited) {
+            let key = format!("{kind}.{name}");
+            if let Err((code, message)) = super::options::check_option(&catalogue, &types, kind, name, value) {
+                let hint = if code == "unknown-option" {
+                    let known: Vec<&str> = catalogue.names(kind).collect();
+                    check::closest(name, &known).map(|c| format!(" (did you mean `{c}`?)")).unwrap_or_default()
+                } else {
+                    String::new()
+                };
+                diags.push(at.option_error(code, &key, from, format!("{message}{hint}")));
+                continue;
+            }
+            if let Some(why) = super::options::reserved(kind, name, profile) {
+                diags.push(at.option_error(
+                    "reserved-option",
+                    &key,
+                    from,
+                    format!("`{name}` cannot be set in options: {why}"),
+                ));
+                continue;
+            }
+            if let Some(m) = out.get_mut(kind) {
+                m.insert(name.clone(), value.trim().to_string());
+            }
+        }
+    }
+    out
 }
 
 /// A webrtc extension's transport must be one chosen for it: on the entry,

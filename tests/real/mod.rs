@@ -7,11 +7,13 @@
 //! Asterisk, sipp, baresip or network namespaces fails them; locally they
 //! print SKIPPED.
 
+mod adopt;
 mod calls;
 mod contract;
 mod e2e;
 mod faults;
 mod live;
+mod options;
 mod phones;
 mod profiles;
 mod status;
