@@ -209,8 +209,8 @@ pub fn sweep_starts<D>(target: &LiveTarget<D>) -> bool {
 
 /// Whether the next drift check reads Asterisk's whole endpoint list
 /// (`PJSIPShowEndpoints`). With the astdb wizard Asterisk rebuilds every
-/// endpoint, and looks up its aor, from astdb for that list: 14 s at 10k
-/// (0.7 s at 1k), against 0.2 s for the read-back batch. So a large estate
+/// endpoint, and looks up its aor, from astdb for that list: 14–16 s at
+/// 10k (0.6–0.9 s at 1k), against 0.2–0.4 s for the read-back batch. So a large estate
 /// has it once a sweep, with the orphan scan (and on the first check after
 /// a start); the batch read-back finds missing and changed objects in
 /// between. A small estate (at most one batch) has it every time.
