@@ -515,6 +515,11 @@ impl<S: StateStore, A: AsteriskControl> Reconciler<S, A> {
     async fn observe(&self) -> Observed {
         match &self.asterisk {
             None => Observed::NotConfigured,
+            // The ari target on a large estate: the list once a sweep (see `apply::lists_endpoints`).
+            Some(a) if self.live.as_ref().is_some_and(|l| !crate::apply::lists_endpoints(l)) => match a.ping().await {
+                Ok(()) => Observed::NotListed,
+                Err(e) => Observed::Unreachable { reason: e.to_string() },
+            },
             Some(a) => match a.endpoints().await {
                 Ok(endpoints) => Observed::Endpoints { endpoints },
                 Err(e) => Observed::Unreachable { reason: e.to_string() },
