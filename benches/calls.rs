@@ -12,11 +12,13 @@
 use asterisk_gitops::asterisk::ari::{Ari, AriConfig};
 use asterisk_gitops::calls::{CallLogConfig, CallLogStats, run};
 use asterisk_gitops::config::SecretString;
-use asterisk_gitops::db::{Db, Retry};
 use asterisk_standin::{StandIn, StandInConfig};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
+
+#[path = "support/mod.rs"]
+mod support;
 
 const CALLS: usize = 10_000;
 const WAVE: usize = 500;
@@ -26,23 +28,6 @@ fn main() {
     rt.block_on(bench());
 }
 
-async fn database(dir: &std::path::Path) -> (Db, String) {
-    match std::env::var("DATABASE_URL") {
-        Ok(url) if url.starts_with("postgres") => {
-            let admin = sqlx::PgPool::connect(&url).await.expect("PostgreSQL at DATABASE_URL");
-            sqlx::query("DROP DATABASE IF EXISTS agt_bench_calls WITH (FORCE)").execute(&admin).await.expect("drop");
-            sqlx::query("CREATE DATABASE agt_bench_calls").execute(&admin).await.expect("create");
-            let base = url.rsplit_once('/').map_or(url.as_str(), |(b, _)| b).to_string();
-            let db = Db::connect(&format!("{base}/agt_bench_calls"), &Retry::default()).await.expect("connect");
-            (db, "PostgreSQL".into())
-        }
-        _ => {
-            let url = format!("sqlite://{}/calls.db", dir.display());
-            (Db::connect(&url, &Retry::default()).await.expect("sqlite"), "SQLite".into())
-        }
-    }
-}
-
 async fn bench() {
     let dir = tempfile::tempdir().expect("tempdir");
     let conf = asterisk_standin::write_operator_conf(dir.path(), "pjsip_gitops.conf").expect("conf");
@@ -50,7 +35,7 @@ async fn bench() {
     let s = StandIn::start(StandInConfig { pjsip_conf: conf, user: "ari".into(), secret: "ari-secret".into() })
         .await
         .expect("stand-in");
-    let (db, backend) = database(dir.path()).await;
+    let (db, backend) = support::database(dir.path(), "agt_bench_calls").await;
     let ari = Ari::new(AriConfig {
         url: s.ari_url(),
         user: "ari".into(),

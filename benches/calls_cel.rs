@@ -14,12 +14,14 @@
 
 use asterisk_gitops::asterisk::ami::{AmiConfig, Framer};
 use asterisk_gitops::calls::{CallLogConfig, CallLogStats, cel};
-use asterisk_gitops::db::{Db, Retry};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
+
+#[path = "support/mod.rs"]
+mod support;
 
 const CALLS: usize = 10_000;
 const WAVE: usize = 100;
@@ -27,23 +29,6 @@ const WAVE: usize = 100;
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     rt.block_on(bench());
-}
-
-async fn database(dir: &std::path::Path) -> (Db, String) {
-    match std::env::var("DATABASE_URL") {
-        Ok(url) if url.starts_with("postgres") => {
-            let admin = sqlx::PgPool::connect(&url).await.expect("PostgreSQL at DATABASE_URL");
-            sqlx::query("DROP DATABASE IF EXISTS agt_bench_cel WITH (FORCE)").execute(&admin).await.expect("drop");
-            sqlx::query("CREATE DATABASE agt_bench_cel").execute(&admin).await.expect("create");
-            let base = url.rsplit_once('/').map_or(url.as_str(), |(b, _)| b).to_string();
-            let db = Db::connect(&format!("{base}/agt_bench_cel"), &Retry::default()).await.expect("connect");
-            (db, "PostgreSQL".into())
-        }
-        _ => {
-            let url = format!("sqlite://{}/calls.db", dir.display());
-            (Db::connect(&url, &Retry::default()).await.expect("sqlite"), "SQLite".into())
-        }
-    }
 }
 
 /// One CEL event as cel_manager writes it.
@@ -140,7 +125,7 @@ async fn peer(listener: tokio::net::TcpListener, events: Arc<tokio::sync::Mutex<
 
 async fn bench() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (db, backend) = database(dir.path()).await;
+    let (db, backend) = support::database(dir.path(), "agt_bench_cel").await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (tx, rx) = mpsc::channel::<Vec<u8>>(64);

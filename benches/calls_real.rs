@@ -8,11 +8,13 @@
 //!     DATABASE_URL=postgres://postgres@127.0.0.1:5432/test cargo bench --bench calls_real
 use asterisk_gitops::asterisk::ami::AmiConfig;
 use asterisk_gitops::calls::{CallLogConfig, CallLogStats, cel};
-use asterisk_gitops::db::{Db, Retry};
 use asterisk_real::{Asterisk, Options, sipp};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
+
+#[path = "support/mod.rs"]
+mod support;
 
 const RATE: usize = 10;
 const HOLD: u64 = 10;
@@ -23,27 +25,10 @@ fn main() {
     rt.block_on(bench());
 }
 
-async fn database(dir: &std::path::Path) -> (Db, String) {
-    match std::env::var("DATABASE_URL") {
-        Ok(url) if url.starts_with("postgres") => {
-            let admin = sqlx::PgPool::connect(&url).await.expect("PostgreSQL at DATABASE_URL");
-            sqlx::query("DROP DATABASE IF EXISTS agt_bench_cel_real WITH (FORCE)").execute(&admin).await.expect("drop");
-            sqlx::query("CREATE DATABASE agt_bench_cel_real").execute(&admin).await.expect("create");
-            let base = url.rsplit_once('/').map_or(url.as_str(), |(b, _)| b).to_string();
-            let db = Db::connect(&format!("{base}/agt_bench_cel_real"), &Retry::default()).await.expect("connect");
-            (db, "PostgreSQL".into())
-        }
-        _ => {
-            let url = format!("sqlite://{}/calls.db", dir.display());
-            (Db::connect(&url, &Retry::default()).await.expect("sqlite"), "SQLite".into())
-        }
-    }
-}
-
 async fn bench() {
     let Some(build) = asterisk_real::require("bench calls_real") else { return };
     let dir = tempfile::tempdir().expect("tempdir");
-    let (db, backend) = database(dir.path()).await;
+    let (db, backend) = support::database(dir.path(), "agt_bench_cel_real").await;
     let callee_port = asterisk_real::free_port();
     let managed = format!(
         "[2001]\ntype = endpoint\ncontext = from-internal\ndisallow = all\nallow = ulaw\ntransport = transport-udp\nauth = 2001\naors = 2001\n\n\
