@@ -277,6 +277,31 @@ async fn resync(shared: &Shared) {
     }
 }
 
+/// Closes, as `unknown`, calls open longer than `stale_after` (their end
+/// was never seen), checking every quarter of it, until `stop` turns true.
+/// Both loggers run one.
+pub(crate) fn spawn_stale_sweeper(
+    db: Db,
+    stale_after: Duration,
+    mut stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let every = (stale_after / 4).clamp(Duration::from_millis(50), Duration::from_secs(60));
+        loop {
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            let cutoff = Utc::now() - chrono::Duration::from_std(stale_after).unwrap_or(chrono::Duration::hours(4));
+            match db.close_stale_calls(cutoff).await {
+                Ok(0) => {}
+                Ok(n) => tracing::warn!(calls = n, "calls open too long closed as unknown"),
+                Err(e) => tracing::warn!(error = %e, "cannot close stale calls"),
+            }
+        }
+    })
+}
+
 /// Runs the logger until `stop` turns true.
 pub async fn run(db: Db, ari: Ari, cfg: CallLogConfig, stats: Arc<CallLogStats>, mut stop: watch::Receiver<bool>) {
     let workers = cfg.workers.max(1);
@@ -300,24 +325,7 @@ pub async fn run(db: Db, ari: Ari, cfg: CallLogConfig, stats: Arc<CallLogStats>,
     }
     // The sweeper: never open forever (the CEL logger has its own).
     if shared.cfg.record {
-        let shared = shared.clone();
-        let mut stop = stop.clone();
-        tasks.push(tokio::spawn(async move {
-            let every = (shared.cfg.stale_after / 4).clamp(Duration::from_millis(50), Duration::from_secs(60));
-            loop {
-                tokio::select! {
-                    _ = stop.wait_for(|s| *s) => return,
-                    _ = tokio::time::sleep(every) => {}
-                }
-                let cutoff = Utc::now()
-                    - chrono::Duration::from_std(shared.cfg.stale_after).unwrap_or(chrono::Duration::hours(4));
-                match shared.db.close_stale_calls(cutoff).await {
-                    Ok(0) => {}
-                    Ok(n) => tracing::warn!(calls = n, "calls open too long closed as unknown"),
-                    Err(e) => tracing::warn!(error = %e, "cannot close stale calls"),
-                }
-            }
-        }));
+        tasks.push(spawn_stale_sweeper(shared.db.clone(), shared.cfg.stale_after, stop.clone()));
     }
 
     let mut delay = Duration::from_millis(200);

@@ -312,26 +312,7 @@ pub async fn run(db: Db, ami: AmiConfig, cfg: CallLogConfig, stats: Arc<CallLogS
         }));
     }
     // The sweeper: never open forever.
-    {
-        let shared = shared.clone();
-        let mut stop = stop.clone();
-        tasks.push(tokio::spawn(async move {
-            let every = (shared.cfg.stale_after / 4).clamp(Duration::from_millis(50), Duration::from_secs(60));
-            loop {
-                tokio::select! {
-                    _ = stop.wait_for(|s| *s) => return,
-                    _ = tokio::time::sleep(every) => {}
-                }
-                let cutoff = Utc::now()
-                    - chrono::Duration::from_std(shared.cfg.stale_after).unwrap_or(chrono::Duration::hours(4));
-                match shared.db.close_stale_calls(cutoff).await {
-                    Ok(0) => {}
-                    Ok(n) => tracing::warn!(calls = n, "calls open too long closed as unknown"),
-                    Err(e) => tracing::warn!(error = %e, "cannot close stale calls"),
-                }
-            }
-        }));
-    }
+    tasks.push(super::spawn_stale_sweeper(shared.db.clone(), shared.cfg.stale_after, stop.clone()));
 
     let mut stop = stop;
     let mut delay = Duration::from_millis(200);
