@@ -5,8 +5,8 @@
 //!
 //!     cargo bench --bench diff
 
-use asterisk_gitops::daemon::load_dir;
 use asterisk_gitops::plan::masked_diff;
+use asterisk_gitops::reconcile::load_dir;
 use asterisk_gitops::render::{Renderer, SourceInfo};
 use asterisk_gitops::secret::ProcessSecrets;
 

@@ -6,9 +6,9 @@
 //!     cargo bench --bench reconcile
 
 use asterisk_gitops::asterisk::{AmiConfig, Asterisk};
-use asterisk_gitops::daemon::{DirSource, load_dir};
 use asterisk_gitops::db::{Db, Retry};
 use asterisk_gitops::managed::ManagedFile;
+use asterisk_gitops::reconcile::{DirSource, load_dir};
 use asterisk_gitops::reconcile::{Outcome, PruneGuard, Reconciler, Trigger};
 use asterisk_gitops::render::Renderer;
 use asterisk_gitops::secret::ProcessSecrets;
@@ -30,7 +30,7 @@ fn reconciler(rt: &tokio::runtime::Runtime, dir: &Path, asterisk: Option<Asteris
     Reconciler {
         store: db,
         asterisk,
-        managed: ManagedFile::new(dir.join("asterisk/pjsip_gitops.conf")),
+        managed: Box::new(ManagedFile::new(dir.join("asterisk/pjsip_gitops.conf"))),
         renderer: Arc::new(Renderer::new(None).expect("template")),
         secrets: Arc::new(ProcessSecrets),
         realm: "asterisk".into(),

@@ -2,20 +2,21 @@
 //! Asterisk port, the renderer, the reconciler, the HTTP state; and `serve`,
 //! which runs the reconcile loop and the HTTP server until SIGINT/SIGTERM.
 
+use crate::apply::AriTarget;
 use crate::asterisk::{AmiConfig, Asterisk};
 use crate::config::Settings;
-use crate::daemon::{self, DesiredSource, LoopConfig, LoopHandle};
 use crate::db::{Db, Retry};
 use crate::http::{AppState, TokenEntry};
 use crate::managed::ManagedFile;
-use crate::reconcile::{PruneGuard, Reconciler};
+use crate::reconcile::{self, Backoff, BackoffConfig, DesiredSource, LoopConfig, LoopHandle, PruneGuard, Reconciler};
 use crate::render::Renderer;
 use crate::secret::ProcessSecrets;
 use crate::writeback::{Author, Target, WriteBack};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub type DaemonReconciler = Reconciler<Db, Asterisk>;
+/// The daemon's reconciler: the database, AMI and, with `apply.target: ari`, ARI.
+pub type DaemonReconciler = Reconciler<Db, Asterisk, AriTarget>;
 
 /// The Asterisk port, when AMI is configured.
 pub fn asterisk(settings: &Settings) -> Option<Asterisk> {
@@ -50,7 +51,7 @@ pub fn reconciler(settings: &Settings, db: Db) -> anyhow::Result<DaemonReconcile
     Ok(Reconciler {
         store: db,
         asterisk: asterisk(settings),
-        managed,
+        managed: Box::new(managed),
         renderer: Arc::new(renderer),
         secrets: Arc::new(ProcessSecrets),
         realm: settings.realm.clone(),
@@ -157,7 +158,7 @@ pub async fn run(
     // is, or until asked to stop. No crash loop.
     let db = {
         let retry = Retry { attempts: 1, ..Retry::default() };
-        let mut delay = Duration::from_millis(500);
+        let mut backoff = Backoff::new(BackoffConfig::new(Duration::from_millis(500), Duration::from_secs(30)));
         loop {
             match Db::connect(&settings.database_url, &retry).await {
                 Ok(db) => break db,
@@ -165,12 +166,12 @@ pub async fn run(
                     return Err(e.into());
                 }
                 Err(e) => {
+                    let delay = backoff.fail();
                     tracing::error!(error = %e, retry_in_ms = delay.as_millis() as u64, "database unavailable at start-up");
                     tokio::select! {
                         _ = stopped(stop_rx.clone()) => return Ok(()),
                         _ = tokio::time::sleep(delay) => {}
                     }
-                    delay = (delay * 2).min(Duration::from_secs(30));
                 }
             }
         }
@@ -180,7 +181,7 @@ pub async fn run(
         None => {
             std::fs::create_dir_all(&settings.spec_dir).ok();
             (
-                DesiredSource::Dir(Arc::new(daemon::DirSource::with_secrets(
+                DesiredSource::Dir(Arc::new(reconcile::DirSource::with_secrets(
                     settings.spec_dir.clone(),
                     settings.secrets.clone(),
                 ))),
@@ -218,7 +219,7 @@ pub async fn run(
     let handle = LoopHandle { triggers: tx.clone(), last: Default::default(), failures: Default::default() };
     let _watcher = match &settings.git {
         Some(_) => None,
-        None => match daemon::watch(&settings.spec_dir, tx.clone()) {
+        None => match reconcile::watch(&settings.spec_dir, tx.clone()) {
             Ok(w) => Some(w),
             Err(e) => {
                 tracing::warn!(error = %e, dir = %settings.spec_dir.display(), "cannot watch the spec directory; relying on the periodic resync");
@@ -340,7 +341,7 @@ pub async fn run(
     );
 
     let http = axum::serve(listener, crate::http::app(state)).with_graceful_shutdown(stopped(stop_rx.clone()));
-    let looped = daemon::run_loop(reconciler.clone(), source, loop_cfg, handle, rx, stopped(stop_rx.clone()));
+    let looped = reconcile::run_loop(reconciler.clone(), source, loop_cfg, handle, rx, stopped(stop_rx.clone()));
     let (http_result, ()) = tokio::join!(http, looped);
     for task in [refresher, call_logger, stasis_passthrough, learner].into_iter().flatten() {
         let _ = task.await;

@@ -237,6 +237,10 @@ impl Shared {
     }
 }
 
+/// How the call loggers retry a lost event stream (ARI's, or CEL over AMI).
+pub(crate) const EVENTS_BACKOFF: crate::reconcile::BackoffConfig =
+    crate::reconcile::BackoffConfig::new(Duration::from_millis(200), Duration::from_secs(30));
+
 pub(crate) fn worker_of(channel_id: &str, n: usize) -> usize {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     channel_id.hash(&mut h);
@@ -328,7 +332,7 @@ pub async fn run(db: Db, ari: Ari, cfg: CallLogConfig, stats: Arc<CallLogStats>,
         tasks.push(spawn_stale_sweeper(shared.db.clone(), shared.cfg.stale_after, stop.clone()));
     }
 
-    let mut delay = Duration::from_millis(200);
+    let mut backoff = crate::reconcile::Backoff::new(EVENTS_BACKOFF);
     'connect: loop {
         if *stop.borrow() {
             break;
@@ -337,16 +341,16 @@ pub async fn run(db: Db, ari: Ari, cfg: CallLogConfig, stats: Arc<CallLogStats>,
             Ok(ev) => ev,
             Err(e) => {
                 shared.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
+                let delay = backoff.fail();
                 tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, app = shared.ari.app(), "ARI events unavailable; calls are not being logged");
                 tokio::select! {
                     _ = stop.wait_for(|s| *s) => break 'connect,
                     _ = tokio::time::sleep(delay) => {}
                 }
-                delay = (delay * 2).min(Duration::from_secs(30));
                 continue;
             }
         };
-        delay = Duration::from_millis(200);
+        backoff.reset();
         shared.stats.connected.store(true, Ordering::Relaxed);
         tracing::info!(app = shared.ari.app(), "ARI events connected; logging calls");
         {

@@ -469,7 +469,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 /// Loads the specs; prints their errors and returns None when there are any.
 fn load_or_report(settings: &Settings) -> Option<crate::reconcile::Desired> {
-    let desired = crate::daemon::load_dir_with(&settings.spec_dir, &settings.secrets);
+    let desired = crate::reconcile::source::load_dir_with(&settings.spec_dir, &settings.secrets);
     if desired.diagnostics.iter().any(|d| d.is_error()) {
         let errors: Vec<_> = desired.diagnostics.iter().filter(|d| d.is_error()).cloned().collect();
         eprint!("{}", diag::format_all(&errors, Format::Text, 0));

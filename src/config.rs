@@ -535,7 +535,7 @@ impl Settings {
             None => None,
             Some(g) => Some(
                 crate::managed::group_id(g)
-                    .map_err(|message| ConfigError::Invalid { what: "managedFileGroup", message })?,
+                    .map_err(|e| ConfigError::Invalid { what: "managedFileGroup", message: e.to_string() })?,
             ),
         };
 

@@ -431,6 +431,30 @@ impl GitSource {
 /// (shown name, path, content) of one spec file.
 pub type SpecSource = (String, PathBuf, Result<Vec<u8>, String>);
 
+/// The reconciler's port for a git spec source.
+impl crate::reconcile::SpecRevisions for GitSource {
+    fn name(&self) -> String {
+        let cfg = self.config();
+        format!("{} ({}:{})", crate::config::redact_url(&cfg.url), cfg.branch, cfg.path)
+    }
+    fn spec_path(&self) -> &str {
+        &self.config().path
+    }
+    fn current(&self) -> Option<String> {
+        GitSource::current(self)
+    }
+    fn fetch(&mut self) -> Result<crate::reconcile::Revision, crate::reconcile::error::BoxError> {
+        let Fetched { commit, subject, previous, forced } = GitSource::fetch(self)?;
+        Ok(crate::reconcile::Revision { commit, subject, previous, forced })
+    }
+    fn read_specs(&self, commit: &str) -> Result<Vec<SpecSource>, crate::reconcile::error::BoxError> {
+        Ok(GitSource::read_specs(self, commit)?)
+    }
+    fn secrets(&self) -> &crate::spec::SecretPolicy {
+        GitSource::secrets(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,7 +17,6 @@ pub mod calls;
 pub mod catalogue;
 pub mod cli;
 pub mod config;
-pub mod daemon;
 pub mod db;
 pub mod diag;
 #[doc(hidden)]

@@ -61,12 +61,21 @@ pub fn write_atomic_as(path: &Path, bytes: &[u8], mode: u32, group: Option<u32>)
     result
 }
 
+/// Why a managed file group is not a group.
+#[derive(Debug, thiserror::Error)]
+pub enum GroupError {
+    #[error("cannot read /etc/group: {0}")]
+    ReadGroups(#[source] std::io::Error),
+    #[error("no group {0:?} in /etc/group (write a group name or a numeric gid)")]
+    Unknown(String),
+}
+
 /// A group name (looked up in /etc/group) or a numeric gid, as a gid.
-pub fn group_id(group: &str) -> Result<u32, String> {
+pub fn group_id(group: &str) -> Result<u32, GroupError> {
     if let Ok(gid) = group.parse::<u32>() {
         return Ok(gid);
     }
-    let text = std::fs::read_to_string("/etc/group").map_err(|e| format!("cannot read /etc/group: {e}"))?;
+    let text = std::fs::read_to_string("/etc/group").map_err(GroupError::ReadGroups)?;
     text.lines()
         .filter_map(|l| {
             let mut parts = l.split(':');
@@ -75,7 +84,7 @@ pub fn group_id(group: &str) -> Result<u32, String> {
             (name == group).then_some(gid)
         })
         .next()
-        .ok_or_else(|| format!("no group {group:?} in /etc/group (write a group name or a numeric gid)"))
+        .ok_or_else(|| GroupError::Unknown(group.to_string()))
 }
 
 fn parent_dir(path: &Path) -> PathBuf {
@@ -172,6 +181,22 @@ impl ManagedFile {
     }
 }
 
+/// The reconciler's port for the file it writes.
+impl crate::reconcile::ConfigFile for ManagedFile {
+    fn path(&self) -> &Path {
+        ManagedFile::path(self)
+    }
+    fn read(&self) -> std::io::Result<Option<String>> {
+        ManagedFile::read(self)
+    }
+    fn write(&self, text: &str) -> std::io::Result<()> {
+        ManagedFile::write(self, text)
+    }
+    fn restore_previous(&self) -> std::io::Result<bool> {
+        ManagedFile::restore_previous(self)
+    }
+}
+
 fn read_optional(path: &Path) -> std::io::Result<Option<String>> {
     match std::fs::read_to_string(path) {
         Ok(s) => Ok(Some(s)),
@@ -220,9 +245,9 @@ mod tests {
 
     #[test]
     fn groups_resolve_by_name_or_number() {
-        assert_eq!(group_id("0"), Ok(0));
-        assert_eq!(group_id("root"), Ok(0));
-        assert!(group_id("no-such-group-here").expect_err("unknown").contains("no-such-group-here"));
+        assert_eq!(group_id("0").ok(), Some(0));
+        assert_eq!(group_id("root").ok(), Some(0));
+        assert!(group_id("no-such-group-here").expect_err("unknown").to_string().contains("no-such-group-here"));
     }
 
     #[test]

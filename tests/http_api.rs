@@ -2,8 +2,8 @@
 //! with `oneshot` (no socket), against real spec files on disk.
 
 use asterisk_gitops::config::SecretString;
-use asterisk_gitops::daemon::LoopHandle;
 use asterisk_gitops::http::{AppState, TokenEntry, app};
+use asterisk_gitops::reconcile::LoopHandle;
 use asterisk_gitops::reconcile::Trigger;
 use asterisk_gitops::writeback::{Author, Target, WriteBack};
 use axum::body::Body;
@@ -87,7 +87,7 @@ async fn the_seeds_exact_post_body_creates_the_extension_with_a_hashed_password(
         "no hash in responses"
     );
     assert_eq!(rx.try_recv().ok(), Some(Trigger::Manual), "a reconcile is requested");
-    let loaded = asterisk_gitops::daemon::load_dir(dir.path());
+    let loaded = asterisk_gitops::reconcile::load_dir(dir.path());
     assert!(loaded.diagnostics.iter().all(|d| !d.is_error()), "{:?}", loaded.diagnostics);
     assert_eq!(loaded.set.get("1001").map(|e| e.display_name.clone()), Some(Some("Test User".into())));
 }
@@ -161,7 +161,7 @@ async fn put_changes_only_the_given_fields_and_leaves_a_hand_written_file_alone(
     assert_eq!(status, StatusCode::OK, "{body}");
     let text = std::fs::read_to_string(dir.path().join("sales.yaml")).expect("read");
     assert!(text.starts_with("# Sales (by hand)\ndefaults: {context: from-internal, transport: transport-udp, codecs: [ulaw]}\nextensions:\n  # boss\n  - extension: \"1001\"\n    displayName: Boss\n    md5Cred: 0123456789abcdef0123456789abcdef\n  # intern\n"), "{text}");
-    let loaded = asterisk_gitops::daemon::load_dir(dir.path());
+    let loaded = asterisk_gitops::reconcile::load_dir(dir.path());
     let e = loaded.set.get("1002").expect("still there");
     assert_eq!(e.display_name.as_deref(), Some("Junior"));
     assert_eq!(e.max_contacts, 2, "absent fields keep their value");

@@ -2,10 +2,10 @@
 //! the managed file on disk, and the Asterisk stand-in loading it.
 
 use asterisk_gitops::asterisk::{AmiConfig, Asterisk};
-use asterisk_gitops::daemon::{self, DesiredSource, LoopConfig, LoopHandle};
 use asterisk_gitops::db::{Db, Retry};
 use asterisk_gitops::managed::ManagedFile;
 use asterisk_gitops::plan::{Action, Drift};
+use asterisk_gitops::reconcile::{self, BackoffConfig, DesiredSource, LoopConfig, LoopHandle};
 use asterisk_gitops::reconcile::{Outcome, PruneGuard, Reconciler, RunReport, Trigger};
 use asterisk_gitops::render::Renderer;
 use asterisk_gitops::secret::ProcessSecrets;
@@ -62,7 +62,7 @@ async fn rig_with(templates: Option<&Path>) -> Rig {
     let rec = Reconciler {
         store: db,
         asterisk: Some(asterisk),
-        managed: ManagedFile::new(&managed),
+        managed: Box::new(ManagedFile::new(&managed)),
         renderer: Arc::new(Renderer::new(templates).expect("templates")),
         secrets: Arc::new(ProcessSecrets),
         realm: "asterisk".into(),
@@ -83,7 +83,7 @@ impl Rig {
         std::fs::write(self.spec.join(name), text).expect("write spec");
     }
     async fn run(&self) -> RunReport {
-        self.rec.run(Trigger::Manual, daemon::load_dir(&self.spec)).await
+        self.rec.run(Trigger::Manual, reconcile::load_dir(&self.spec)).await
     }
     fn loaded(&self) -> Vec<String> {
         self.standin.control().endpoints()
@@ -416,13 +416,12 @@ async fn with_asterisk_down_runs_fail_softly_and_converge_when_it_returns() {
     let cfg = LoopConfig {
         interval: Duration::from_secs(60),
         debounce: Duration::from_millis(10),
-        min_backoff: Duration::from_millis(100),
-        max_backoff: Duration::from_millis(400),
+        backoff: BackoffConfig::new(Duration::from_millis(100), Duration::from_millis(400)),
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(daemon::run_loop(
+    let task = tokio::spawn(reconcile::run_loop(
         rec.clone(),
-        DesiredSource::Dir(std::sync::Arc::new(daemon::DirSource::new(spec))),
+        DesiredSource::Dir(std::sync::Arc::new(reconcile::DirSource::new(spec))),
         cfg,
         handle.clone(),
         rx,
@@ -506,14 +505,14 @@ async fn a_burst_of_saves_makes_one_run_once_the_directory_is_quiet() {
     let Rig { dir: _dir, spec, managed: _managed, standin, rec } = r;
     let rec = Arc::new(rec);
     let (tx, rx) = tokio::sync::mpsc::channel(64);
-    let _watcher = daemon::watch(&spec, tx.clone()).expect("watch");
+    let _watcher = reconcile::watch(&spec, tx.clone()).expect("watch");
     let handle = LoopHandle { triggers: tx, last: Default::default(), failures: Default::default() };
     let cfg =
         LoopConfig { interval: Duration::from_secs(60), debounce: Duration::from_millis(800), ..Default::default() };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(daemon::run_loop(
+    let task = tokio::spawn(reconcile::run_loop(
         rec.clone(),
-        DesiredSource::Dir(Arc::new(daemon::DirSource::new(spec.clone()))),
+        DesiredSource::Dir(Arc::new(reconcile::DirSource::new(spec.clone()))),
         cfg,
         handle.clone(),
         rx,
@@ -568,14 +567,14 @@ async fn an_api_write_runs_at_once_not_after_the_watchers_quiet_period() {
     let Rig { dir: _dir, spec, managed: _managed, standin, rec } = r;
     let rec = Arc::new(rec);
     let (tx, rx) = tokio::sync::mpsc::channel(64);
-    let _watcher = daemon::watch(&spec, tx.clone()).expect("watch");
+    let _watcher = reconcile::watch(&spec, tx.clone()).expect("watch");
     let handle = LoopHandle { triggers: tx, last: Default::default(), failures: Default::default() };
     let cfg =
         LoopConfig { interval: Duration::from_secs(3600), debounce: Duration::from_secs(3600), ..Default::default() };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(daemon::run_loop(
+    let task = tokio::spawn(reconcile::run_loop(
         rec.clone(),
-        DesiredSource::Dir(Arc::new(daemon::DirSource::new(spec.clone()))),
+        DesiredSource::Dir(Arc::new(reconcile::DirSource::new(spec.clone()))),
         cfg,
         handle.clone(),
         rx,
@@ -635,7 +634,7 @@ async fn a_foreign_or_truncated_managed_file_at_20k_is_planned_as_drift() {
     let rec: Reconciler<Db, Asterisk> = Reconciler {
         store: Db::connect(&url, &Retry::default()).await.expect("db"),
         asterisk: None,
-        managed: ManagedFile::new(&managed),
+        managed: Box::new(ManagedFile::new(&managed)),
         renderer: Arc::new(Renderer::new(None).expect("template")),
         secrets: Arc::new(ProcessSecrets),
         realm: "asterisk".into(),
@@ -644,12 +643,12 @@ async fn a_foreign_or_truncated_managed_file_at_20k_is_planned_as_drift() {
         live: None,
         settled: Default::default(),
     };
-    let first = rec.run(Trigger::Cli, daemon::load_dir(&spec)).await;
+    let first = rec.run(Trigger::Cli, reconcile::load_dir(&spec)).await;
     assert_eq!(outcome(&first), (Outcome::Applied, None));
     let rendered = std::fs::read_to_string(&managed).expect("managed file");
 
     std::fs::write(&managed, foreign_managed_file(20_000)).expect("overwrite");
-    let (plan, _) = rec.plan(&daemon::load_dir(&spec)).await.expect("plan");
+    let (plan, _) = rec.plan(&reconcile::load_dir(&spec)).await.expect("plan");
     assert!(plan.file_changed && plan.changes.is_empty());
     assert!(plan.drift.contains(&Drift::ManagedFileEdited), "{:?}", plan.drift);
     assert!(plan.diff.contains("@@ replaced: ") && plan.diff.contains("[100000]"), "{}", &plan.diff[..400]);
@@ -657,13 +656,13 @@ async fn a_foreign_or_truncated_managed_file_at_20k_is_planned_as_drift() {
 
     let cut = rendered.find("username = 110000").expect("present") + 5;
     std::fs::write(&managed, &rendered[..cut]).expect("truncate");
-    let (plan, _) = rec.plan(&daemon::load_dir(&spec)).await.expect("plan");
+    let (plan, _) = rec.plan(&reconcile::load_dir(&spec)).await.expect("plan");
     assert!(plan.file_changed && plan.drift.contains(&Drift::ManagedFileEdited), "{:?}", plan.drift);
     assert!(plan.diff.contains("+username = 110000\n"), "{}", &plan.diff[..400]);
     assert!(!plan.diff.contains("Pw-"), "secrets stay masked");
 
     // Self-heal writes the rendered file back.
-    let healed = rec.run(Trigger::Manual, daemon::load_dir(&spec)).await;
+    let healed = rec.run(Trigger::Manual, reconcile::load_dir(&spec)).await;
     assert_eq!(outcome(&healed).1, None);
     assert_eq!(std::fs::read_to_string(&managed).expect("managed file"), rendered);
 }

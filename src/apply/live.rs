@@ -48,6 +48,44 @@ impl DynamicConfig for Ari {
     }
 }
 
+/// Why one object of an extension's push failed (the extension's reason;
+/// never a secret value).
+#[derive(Debug, thiserror::Error)]
+pub enum PushError {
+    #[error("Asterisk refused {kind} {id}: {message}{}", culprit.as_ref().map(|w| format!(" (the field it refuses: {w})")).unwrap_or_default())]
+    Refused { kind: String, id: String, message: String, culprit: Option<String> },
+    #[error(
+        "Asterisk refused {kind} {id}: {message} (an object of that id comes from a config file or a wizard that cannot be written: take it out of the file first)"
+    )]
+    NotWritable { kind: String, id: String, message: String },
+    #[error("pushing {kind} {id}: {source}")]
+    Put {
+        kind: String,
+        id: String,
+        #[source]
+        source: AriError,
+    },
+    #[error("{kind} {id} is not as rendered after the push: {}", differences.join("; "))]
+    NotAsRendered { kind: String, id: String, differences: Vec<String> },
+    #[error(
+        "Asterisk refused to delete {kind} {id}: {message} (it comes from a config file or another wizard, which the ari target never touches)"
+    )]
+    DeleteRefused { kind: String, id: String, message: String },
+    #[error("deleting {kind} {id}: {source}")]
+    Delete {
+        kind: String,
+        id: String,
+        #[source]
+        source: AriError,
+    },
+    #[error("learning Asterisk's defaults for {kind} (a scratch object): {source}")]
+    LearnDefaults {
+        kind: String,
+        #[source]
+        source: AriError,
+    },
+}
+
 /// Values never shown.
 fn secret(key: &str) -> bool {
     matches!(key, "password" | "md5_cred")
@@ -136,7 +174,7 @@ impl<D: DynamicConfig> LiveTarget<D> {
         puts.sort_by_key(|s| rank(&s.kind));
         let (endpoint_first, rest): (Vec<String>, Vec<String>) = gone.into_iter().partition(|k| k == "endpoint");
 
-        let result: Result<(), String> = async {
+        let result: Result<(), PushError> = async {
             for kind in &endpoint_first {
                 requests += 1;
                 self.delete_one(kind, id).await.inspect_err(|_| self.note_down(&is_down))?;
@@ -146,7 +184,13 @@ impl<D: DynamicConfig> LiveTarget<D> {
                 let before = old_of(&s.kind);
                 let mut fields = s.fields.clone();
                 let removed: Vec<&str> = before
-                    .map(|b| b.fields.iter().map(|(k, _)| k.as_str()).filter(|k| !s.fields.iter().any(|(f, _)| f == k)).collect())
+                    .map(|b| {
+                        b.fields
+                            .iter()
+                            .map(|(k, _)| k.as_str())
+                            .filter(|k| !s.fields.iter().any(|(f, _)| f == k))
+                            .collect()
+                    })
                     .unwrap_or_default();
                 if !removed.is_empty() {
                     let defaults = self.defaults(&s.kind).await?;
@@ -161,33 +205,31 @@ impl<D: DynamicConfig> LiveTarget<D> {
                     Ok(a) => a,
                     Err(AriError::Status { status: 400, message, .. }) => {
                         let which = self.culprit(&s.kind, &s.fields).await;
-                        return Err(format!(
-                            "Asterisk refused {} {id}: {message}{}",
-                            s.kind,
-                            which.map(|w| format!(" (the field it refuses: {w})")).unwrap_or_default()
-                        ));
+                        return Err(PushError::Refused {
+                            kind: s.kind.clone(),
+                            id: id.to_string(),
+                            message,
+                            culprit: which,
+                        });
                     }
                     Err(AriError::Status { status: 403, message, .. }) => {
-                        return Err(format!(
-                            "Asterisk refused {} {id}: {message} (an object of that id comes from a config file or a wizard that cannot be written: take it out of the file first)",
-                            s.kind
-                        ));
+                        return Err(PushError::NotWritable { kind: s.kind.clone(), id: id.to_string(), message });
                     }
                     Err(e) => {
                         if down(&e) {
                             is_down.store(true, std::sync::atomic::Ordering::Relaxed);
                         }
-                        return Err(format!("pushing {} {id}: {e}", s.kind));
+                        return Err(PushError::Put { kind: s.kind.clone(), id: id.to_string(), source: e });
                     }
                 };
                 done.push(Undo::Put { kind: s.kind.clone(), before: before.cloned() });
                 let off = mismatches(&s.fields, &answer);
                 if !off.is_empty() {
-                    return Err(format!(
-                        "{} {id} is not as rendered after the push: {}",
-                        s.kind,
-                        off.join("; ")
-                    ));
+                    return Err(PushError::NotAsRendered {
+                        kind: s.kind.clone(),
+                        id: id.to_string(),
+                        differences: off,
+                    });
                 }
             }
             for kind in &rest {
@@ -219,15 +261,15 @@ impl<D: DynamicConfig> LiveTarget<D> {
         self.last_delete_down.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    pub(crate) async fn delete_one(&self, kind: &str, id: &str) -> Result<(), String> {
+    pub(crate) async fn delete_one(&self, kind: &str, id: &str) -> Result<(), PushError> {
         let answer = self.client.delete(kind, id).await;
         self.last_delete_down.store(answer.as_ref().is_err_and(down), std::sync::atomic::Ordering::Relaxed);
         match answer {
             Ok(_) => Ok(()),
-            Err(AriError::Status { status: 403, message, .. }) => Err(format!(
-                "Asterisk refused to delete {kind} {id}: {message} (it comes from a config file or another wizard, which the ari target never touches)"
-            )),
-            Err(e) => Err(format!("deleting {kind} {id}: {e}")),
+            Err(AriError::Status { status: 403, message, .. }) => {
+                Err(PushError::DeleteRefused { kind: kind.to_string(), id: id.to_string(), message })
+            }
+            Err(e) => Err(PushError::Delete { kind: kind.to_string(), id: id.to_string(), source: e }),
         }
     }
 
@@ -268,7 +310,7 @@ impl<D: DynamicConfig> LiveTarget<D> {
     /// object with no fields (an endpoint's points at a scratch auth that
     /// never exists, so no request can use it unchallenged), read from its
     /// answer and deleted at once. Learnt once per type.
-    async fn defaults(&self, kind: &str) -> Result<BTreeMap<String, String>, String> {
+    async fn defaults(&self, kind: &str) -> Result<BTreeMap<String, String>, PushError> {
         let mut cache = self.defaults.lock().await;
         if let Some(d) = cache.get(kind) {
             return Ok(d.clone());
@@ -280,7 +322,7 @@ impl<D: DynamicConfig> LiveTarget<D> {
             .client
             .put(kind, &id, &fields)
             .await
-            .map_err(|e| format!("learning Asterisk's defaults for {kind} (a scratch object): {e}"))?;
+            .map_err(|e| PushError::LearnDefaults { kind: kind.to_string(), source: e })?;
         if let Err(e) = self.client.delete(kind, &id).await {
             tracing::warn!(kind, id, "deleting a scratch object failed: {e}");
         }

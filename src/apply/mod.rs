@@ -13,9 +13,18 @@
 pub mod live;
 pub mod sections;
 
-pub use live::{DynamicConfig, LiveTarget, Pushed};
-use sections::Section;
+pub use crate::reconcile::LiveRun;
+pub use live::{DynamicConfig, LiveTarget, PushError, Pushed};
+use sections::{Section, SectionError};
 use std::collections::{BTreeMap, BTreeSet};
+
+/// Why nothing could be pushed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// The rendering is not in the shape the ari target reads as objects.
+    #[error("the ari target cannot push it: {0}")]
+    Unreadable(#[source] SectionError),
+}
 
 /// The ari target of a daemon: the real ARI client.
 pub type AriTarget = LiveTarget<crate::asterisk::ari::Ari>;
@@ -27,20 +36,6 @@ pub const RECORD_FILE: &str = "ari-pushed.conf";
 pub const RECORD_HEADER: &str = "; Pushed to Asterisk through ARI by asterisk-gitops (apply.target: ari).\n\
 ; A record of what Asterisk holds in its astdb wizard, kept by the daemon: Asterisk never reads this file.\n";
 
-/// What one run's pushes came to.
-#[derive(Debug, Default)]
-pub struct LiveRun {
-    /// Ids whose objects are now as rendered.
-    pub pushed: BTreeSet<String>,
-    /// Ids Asterisk refused (or that are not as rendered), with the reason.
-    pub failures: BTreeMap<String, String>,
-    /// The new record: the rendering when every push worked, else the
-    /// rendering with the failed ids as they were before.
-    pub record: String,
-    /// Requests sent.
-    pub requests: usize,
-}
-
 /// Pushes, one extension at a time, every id in `asked` (the plan's
 /// changes and the drift to repair) and every id whose sections differ
 /// between `record` (what was pushed before) and `rendered`. Errors only
@@ -51,8 +46,8 @@ pub async fn push<D: DynamicConfig>(
     rendered: &str,
     asked: &BTreeSet<String>,
     orphans: &[(String, String)],
-) -> Result<LiveRun, String> {
-    let new = sections::by_id(sections::parse(rendered).map_err(|e| format!("the ari target cannot push it: {e}"))?);
+) -> Result<LiveRun, ApplyError> {
+    let new = sections::by_id(sections::parse(rendered).map_err(ApplyError::Unreadable)?);
     let old = match record.map(sections::parse) {
         None => BTreeMap::new(),
         Some(Ok(s)) => sections::by_id(s),
@@ -102,7 +97,7 @@ pub async fn push<D: DynamicConfig>(
                 run.pushed.insert(id.clone());
             }
             Err(e) => {
-                run.failures.insert(id.clone(), e);
+                run.failures.insert(id.clone(), e.to_string());
             }
         }
     }
@@ -216,6 +211,32 @@ pub fn sweep_starts<D>(target: &LiveTarget<D>) -> bool {
 /// between. A small estate (at most one batch) has it every time.
 pub fn lists_endpoints<D>(target: &LiveTarget<D>) -> bool {
     sweep_starts(target) || target.checks.load(std::sync::atomic::Ordering::Relaxed) == 0
+}
+
+/// The reconciler's port for a live target.
+impl<D: DynamicConfig> crate::reconcile::LiveApply for LiveTarget<D> {
+    type Error = ApplyError;
+    fn astdb_family(&self) -> &str {
+        ASTDB_FAMILY
+    }
+    async fn push_changes(
+        &self,
+        record: Option<&str>,
+        rendered: &str,
+        asked: &BTreeSet<String>,
+        orphans: &[(String, String)],
+    ) -> Result<LiveRun, ApplyError> {
+        push(self, record, rendered, asked, orphans).await
+    }
+    async fn drift(&self, record: &str, astdb_keys: &[String]) -> Vec<crate::plan::Drift> {
+        drift(self, record, astdb_keys).await
+    }
+    fn sweep_starts(&self) -> bool {
+        sweep_starts(self)
+    }
+    fn lists_endpoints(&self) -> bool {
+        lists_endpoints(self)
+    }
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ pub mod ari;
 pub mod cel;
 
 use crate::plan::ObservedEndpoint;
-use crate::reconcile::AsteriskControl;
+use crate::reconcile::{AsteriskControl, Backoff, BackoffConfig};
 pub use ami::{AmiClient, AmiConfig, AmiError, Message};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -248,6 +248,12 @@ impl Contact {
 /// What Asterisk's `Reload` action answers while another reload runs (main/manager.c).
 pub const RELOAD_IN_PROGRESS: &str = "A reload is in progress";
 
+/// How `reload` waits out a reload in progress (within the action timeout).
+const RELOAD_BACKOFF: BackoffConfig = BackoffConfig::new(Duration::from_millis(50), Duration::from_secs(1));
+
+/// How long a failed connection keeps the next attempt away: 0.5 s doubling to 16 s.
+const RECONNECT_BACKOFF: BackoffConfig = BackoffConfig::new(Duration::from_millis(500), Duration::from_secs(16));
+
 /// The Asterisk port: AMI, connected on demand.
 pub struct Asterisk {
     cfg: AmiConfig,
@@ -374,8 +380,7 @@ impl Asterisk {
             }
             Err(e) => {
                 conn.failures += 1;
-                let pause = Duration::from_millis(500).saturating_mul(2u32.saturating_pow(conn.failures.min(6) - 1));
-                conn.next_attempt = Some(Instant::now() + pause.min(Duration::from_secs(30)));
+                conn.next_attempt = Some(Instant::now() + RECONNECT_BACKOFF.delay(conn.failures));
                 conn.last_error = Some(e.clone());
                 Err(e)
             }
@@ -456,16 +461,17 @@ impl Asterisk {
     /// timeout, then reported.
     pub async fn reload(&self) -> Result<(), AmiError> {
         let deadline = tokio::time::Instant::now() + self.cfg.timeout;
-        let mut pause = Duration::from_millis(50);
+        let mut backoff = Backoff::new(RELOAD_BACKOFF);
         loop {
             match self.single(Message::action("Reload").with("Module", "res_pjsip.so")).await {
                 Ok(_) => return Ok(()),
                 Err(AmiError::Rejected { message, .. })
-                    if message == RELOAD_IN_PROGRESS && tokio::time::Instant::now() + pause < deadline =>
+                    if message == RELOAD_IN_PROGRESS
+                        && tokio::time::Instant::now() + backoff.next_delay() < deadline =>
                 {
+                    let pause = backoff.fail();
                     tracing::debug!(retry_in_ms = pause.as_millis() as u64, "Asterisk is still reloading; waiting");
                     tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_secs(1));
                 }
                 Err(e) => return Err(e),
             }

@@ -42,7 +42,6 @@ use chrono::{DateTime, Utc};
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
 /// What a worker is handed.
@@ -315,7 +314,7 @@ pub async fn run(db: Db, ami: AmiConfig, cfg: CallLogConfig, stats: Arc<CallLogS
     tasks.push(super::spawn_stale_sweeper(shared.db.clone(), shared.cfg.stale_after, stop.clone()));
 
     let mut stop = stop;
-    let mut delay = Duration::from_millis(200);
+    let mut backoff = crate::reconcile::Backoff::new(super::EVENTS_BACKOFF);
     'connect: loop {
         if *stop.borrow() {
             break;
@@ -329,16 +328,16 @@ pub async fn run(db: Db, ami: AmiConfig, cfg: CallLogConfig, stats: Arc<CallLogS
             Ok(s) => s,
             Err(e) => {
                 shared.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
+                let delay = backoff.fail();
                 tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "AMI unavailable for CEL; calls are not being logged");
                 tokio::select! {
                     _ = stop.wait_for(|s| *s) => break 'connect,
                     _ = tokio::time::sleep(delay) => {}
                 }
-                delay = (delay * 2).min(Duration::from_secs(30));
                 continue;
             }
         };
-        delay = Duration::from_millis(200);
+        backoff.reset();
         shared.stats.connected.store(true, Ordering::Relaxed);
         tracing::info!(addr = %ami.addr, "CEL events connected; logging every call");
         tokio::spawn(resync(AmiConfig { events: false, ..ami.clone() }, shared.clone(), senders.clone()));

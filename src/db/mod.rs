@@ -178,7 +178,8 @@ impl Db {
     /// created if missing.
     pub async fn connect(url: &str, retry: &Retry) -> Result<Db, DbError> {
         let shown = crate::config::redact_url(url);
-        let mut delay = retry.first_delay;
+        let mut backoff =
+            crate::reconcile::Backoff::new(crate::reconcile::BackoffConfig::new(retry.first_delay, retry.max_delay));
         let mut attempt = 0;
         let db = loop {
             attempt += 1;
@@ -186,8 +187,7 @@ impl Db {
                 Ok(db) => break db,
                 Err(DbError::Query(source)) if attempt < retry.attempts.max(1) => {
                     tracing::warn!(url = shown.as_str(), attempt, error = %source, "database not reachable; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(retry.max_delay);
+                    tokio::time::sleep(backoff.fail()).await;
                 }
                 Err(DbError::Query(source)) => return Err(DbError::Connect { url: shown, attempts: attempt, source }),
                 Err(e) => return Err(e),

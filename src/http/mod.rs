@@ -14,8 +14,8 @@ pub mod read;
 pub mod ui;
 
 use crate::config::SecretString;
-use crate::daemon::LoopHandle;
 use crate::diag::Diagnostic;
+use crate::reconcile::LoopHandle;
 use crate::writeback::{Author, WriteBack};
 use axum::Json;
 use axum::http::StatusCode;

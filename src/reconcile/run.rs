@@ -1,244 +1,21 @@
-//! The reconcile loop's one step: desired (the specs) against applied (the
-//! database) and observed (the live Asterisk), then render → write →
-//! reload → verify → record, or roll back.
-//!
-//! The reconciler is deliberately not told why it runs beyond a label for
-//! the record (kube-runtime's rule): every run does the whole comparison,
-//! so it is idempotent, and a run with nothing to change writes nothing and
-//! reloads nothing.
-//!
-//! It talks to the database and Asterisk through two small traits,
-//! [`StateStore`] and [`AsteriskControl`], implemented over `db` and
-//! `asterisk`; everything else it needs is pure (`spec`, `render`, `plan`)
-//! or a file (`managed`).
+//! One reconcile ([`Reconciler::run`]): validate, render, plan, prune
+//! guard, write (or push), reload, verify, roll back on failure, record.
+//! Every outcome is recorded; a run never panics.
 
+use super::error::{BoxError, RunError};
+use super::ports::{AsteriskControl, ConfigFile, LiveApply, NoLive, StateStore};
+use super::source::{Desired, Fingerprint, secret_files_fingerprint};
+use super::{AppliedRow, Outcome, PruneGuard, RunRecord, RunReport, Trigger};
 use crate::diag::Diagnostic;
-use crate::managed::ManagedFile;
 use crate::plan::{self, Action, Fields, Observed, ObservedEndpoint, Plan, PlanInput};
-use crate::render::{Renderer, SourceInfo};
+use crate::render::Renderer;
 use crate::secret::{AuthCredential, SecretSource, credential, md5_cred};
-use crate::spec::{DesiredSet, Extension};
-use crate::status::{self, StatusUpdate};
-pub use crate::status::{Reset, Step, SyncState};
-use serde::Serialize;
-use std::collections::BTreeMap;
-use std::future::Future;
-use std::sync::Arc;
+use crate::spec::DesiredSet;
+use crate::status::{self, StatusUpdate, Step, SyncState};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-/// Why a run happened; recorded, never used to decide what to do.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub enum Trigger {
-    Startup,
-    FileChange,
-    Periodic,
-    Manual,
-    Webhook,
-    Retry,
-    Cli,
-}
-
-impl Trigger {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Trigger::Startup => "startup",
-            Trigger::FileChange => "file-change",
-            Trigger::Periodic => "periodic",
-            Trigger::Manual => "manual",
-            Trigger::Webhook => "webhook",
-            Trigger::Retry => "retry",
-            Trigger::Cli => "cli",
-        }
-    }
-}
-
-/// How a run ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub enum Outcome {
-    /// Changes were written, reloaded, verified and recorded.
-    Applied,
-    /// Nothing to change: nothing written, nothing reloaded.
-    NoOp,
-    /// The specs have errors: nothing changed.
-    Invalid,
-    /// The prune guard stopped a mass deletion: nothing changed.
-    Blocked,
-    /// Something failed (render, Asterisk, verification, database); the last good config is in force.
-    Failed,
-    /// Drift was found and self-heal is off: reported only.
-    DriftReported,
-    /// Some extensions were applied and verified, others refused (the ari
-    /// target applies each extension on its own): those are `failed`.
-    Degraded,
-}
-
-impl Outcome {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Outcome::Applied => "applied",
-            Outcome::NoOp => "noop",
-            Outcome::Invalid => "invalid",
-            Outcome::Blocked => "blocked",
-            Outcome::Failed => "failed",
-            Outcome::DriftReported => "drift-reported",
-            Outcome::Degraded => "degraded",
-        }
-    }
-
-    /// Whether the next run should come sooner, with back-off.
-    pub fn is_failure(&self) -> bool {
-        matches!(self, Outcome::Failed | Outcome::Degraded)
-    }
-}
-
-/// One extension row as the reconciler hands it to the store; it borrows
-/// the extension from the desired set (a cold apply of 100k extensions
-/// would otherwise copy them all).
-#[derive(Clone, Debug)]
-pub struct AppliedRow<'a> {
-    pub extension: std::borrow::Cow<'a, Extension>,
-    /// md5Cred of the extension's secret (never the password itself).
-    pub secret_md5: String,
-}
-
-impl AppliedRow<'_> {
-    /// The plan's view of the row (computed when needed: a cold apply of
-    /// 100k extensions would otherwise hold 100k of them at once).
-    pub fn fields(&self) -> Fields {
-        plan::desired_fields(&self.extension, &self.secret_md5)
-    }
-}
-
-/// The record of one run, written together with its row changes.
-#[derive(Clone, Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct RunRecord {
-    pub trigger: Trigger,
-    pub revision: Option<String>,
-    /// The commit's subject line, for a git source.
-    pub subject: Option<String>,
-    pub started_at: chrono::DateTime<chrono::Utc>,
-    pub finished_at: chrono::DateTime<chrono::Utc>,
-    pub outcome: Outcome,
-    /// The plan (None when the specs could not even be loaded).
-    pub plan: Option<Plan>,
-    /// Why it failed, was blocked or invalid.
-    pub error: Option<String>,
-    pub diagnostics: Vec<Diagnostic>,
-    pub reloaded: bool,
-    /// A note about the source (a force-push).
-    pub warning: Option<String>,
-    /// Why the run did what it did, in order: why it reloaded (or did not),
-    /// which drift it repaired, what verification checked, a rollback.
-    pub reasons: Vec<String>,
-    /// Verification failed and putting the previous file back failed too
-    /// (Ready=False, reason RollbackFailed).
-    pub rollback_failed: bool,
-}
-
-/// What the store must do for the reconciler.
-pub trait StateStore: Send + Sync {
-    type Error: std::fmt::Display + Send;
-    /// The applied extensions, as plan fields, by number.
-    fn applied(&self) -> impl Future<Output = Result<BTreeMap<String, Fields>, Self::Error>> + Send;
-    /// A cheap value that changes whenever the applied rows change (their
-    /// count and latest write), so a run can tell that nothing did.
-    fn applied_signature(&self) -> impl Future<Output = Result<String, Self::Error>> + Send;
-    /// Records the run and, in the same transaction, upserts `upserts`,
-    /// deletes `deletes` and sets the extensions' states. All or nothing.
-    fn commit(
-        &self,
-        run: &RunRecord,
-        upserts: &[AppliedRow<'_>],
-        deletes: &[String],
-        states: &StatusUpdate<'_>,
-    ) -> impl Future<Output = Result<i64, Self::Error>> + Send;
-    /// Marks a run under way, in `step` (the Reconciling condition); the
-    /// commit clears it.
-    fn progress(&self, step: Step) -> impl Future<Output = Result<(), Self::Error>> + Send;
-    /// Sets some extensions' states while a run is under way (what it is
-    /// about to apply is pending); the commit then sets the outcome.
-    fn mark(&self, states: &StatusUpdate<'_>) -> impl Future<Output = Result<(), Self::Error>> + Send;
-}
-
-/// What the reconciler asks of Asterisk.
-pub trait AsteriskControl: Send + Sync {
-    type Error: std::fmt::Display + Send;
-    /// Every endpoint Asterisk has loaded (name and transport).
-    fn endpoints(&self) -> impl Future<Output = Result<BTreeMap<String, ObservedEndpoint>, Self::Error>> + Send;
-    /// One endpoint's detail (context, transport, codecs); `None` if Asterisk has no such endpoint.
-    fn endpoint(&self, name: &str) -> impl Future<Output = Result<Option<ObservedEndpoint>, Self::Error>> + Send;
-    /// Reloads res_pjsip.
-    fn reload(&self) -> impl Future<Output = Result<(), Self::Error>> + Send;
-    /// Whether Asterisk answers at all (cheap: no list).
-    fn ping(&self) -> impl Future<Output = Result<(), Self::Error>> + Send;
-    /// The keys Asterisk's astdb holds under `family` (`/family/endpoint/1001`),
-    /// never their values (an auth's holds its secret). Only the ari target
-    /// asks: the objects its sorcery wizard stores there.
-    fn astdb_keys(&self, family: &str) -> impl Future<Output = Result<Vec<String>, Self::Error>> + Send {
-        let _ = family;
-        async { Ok(Vec::new()) }
-    }
-}
-
-/// Where the desired state comes from for one run.
-#[derive(Clone, Default)]
-pub struct Desired {
-    pub set: DesiredSet,
-    pub diagnostics: Vec<Diagnostic>,
-    pub source: SourceInfo,
-    /// The source could not be read (git remote down, branch deleted): the
-    /// run changes nothing and records why.
-    pub error: Option<String>,
-    /// Something worth telling (a force-push) that does not stop the run.
-    pub warning: Option<String>,
-    /// The commit's subject line, for a git source.
-    pub subject: Option<String>,
-    /// A hash of everything the set was loaded from (file names and bytes,
-    /// or commit and path): equal fingerprints, equal sets. `None`: unknown.
-    pub fingerprint: Option<u64>,
-}
-
-/// The prune guard's limits.
-#[derive(Clone, Debug)]
-pub struct PruneGuard {
-    pub max_share: f64,
-    pub max_count: Option<usize>,
-    pub allow_mass_delete: bool,
-}
-
-/// Deleting this many extensions is never stopped by the share rule, so a
-/// small office can remove a phone (1 of 2 is 50%).
-pub const PRUNE_SHARE_FLOOR: usize = 2;
-
-impl PruneGuard {
-    /// Why `deletes` out of `applied` is too many, if it is.
-    pub fn check(&self, deletes: usize, applied: usize) -> Option<String> {
-        if self.allow_mass_delete || deletes == 0 {
-            return None;
-        }
-        if let Some(max) = self.max_count
-            && deletes > max
-        {
-            return Some(format!(
-                "prune guard: the run would delete {deletes} extensions, more than the limit of {max}; nothing was deleted. \
-                 If this is intended, run `asterisk-gitops apply --allow-mass-delete` or set reconcile.allowMassDelete"
-            ));
-        }
-        let share = deletes as f64 / applied.max(1) as f64;
-        if deletes > PRUNE_SHARE_FLOOR && share > self.max_share {
-            return Some(format!(
-                "prune guard: the run would delete {deletes} of {applied} extensions ({:.0}%, more than {:.0}%); nothing was deleted. \
-                 If this is intended, run `asterisk-gitops apply --allow-mass-delete` or set reconcile.allowMassDelete",
-                share * 100.0,
-                self.max_share * 100.0
-            ));
-        }
-        None
-    }
-}
 
 /// How many changed endpoints are verified in detail (every option); above
 /// this, the endpoint list is checked for all of them and the detail for
@@ -250,34 +27,40 @@ pub const VERIFY_DETAIL_LIMIT: usize = 2000;
 /// How many endpoint details verification asks for at once.
 pub const VERIFY_CONCURRENCY: usize = 16;
 
-pub struct Reconciler<S, A> {
+/// The reconciler over its ports: the store `S`, Asterisk `A`, the file it
+/// writes and, with `apply.target: ari`, the live target `L`.
+pub struct Reconciler<S, A, L = NoLive> {
     pub store: S,
     pub asterisk: Option<A>,
-    pub managed: ManagedFile,
+    /// The managed file (or, with a live target, the record of what was
+    /// pushed, which Asterisk never reads).
+    pub managed: Box<dyn ConfigFile>,
     pub renderer: Arc<Renderer>,
     pub secrets: Arc<dyn SecretSource + Send + Sync>,
     pub realm: String,
     pub prune: PruneGuard,
     pub self_heal: bool,
     /// `apply.target: ari`: changes are pushed through ARI's dynamic
-    /// configuration instead of written and reloaded; `managed` is then the
-    /// record of what was pushed, which Asterisk never reads.
-    pub live: Option<crate::apply::AriTarget>,
+    /// configuration instead of written and reloaded.
+    pub live: Option<L>,
     /// What the last run that found nothing to change saw (see [`Settled`]).
     pub settled: SettledCache,
 }
 
-/// A plan made the whole way, with what it was made from.
-struct FullPlan {
-    plan: Plan,
-    rendered: String,
-    md5s: BTreeMap<String, String>,
-    applied_count: usize,
-    observed: Observed,
-}
+/// Secret hashes (md5Cred) by extension number.
+type Md5s = BTreeMap<String, String>;
 
-/// A plan, with the rendered file and secret hashes when they were computed.
-type SettledPlan = (Plan, Option<String>, Option<BTreeMap<String, String>>, Observed);
+/// A plan, with what it was made from. Made the whole way it has the
+/// rendered file and the secret hashes; from the settled cache (inputs equal
+/// to the last run that found nothing to change) it has neither, and has no
+/// changes.
+struct Planned {
+    plan: Plan,
+    rendered: Option<String>,
+    md5s: Option<Md5s>,
+    observed: Observed,
+    applied_count: usize,
+}
 
 /// The inputs of the last run that found nothing to change. When the next
 /// run sees the same inputs — the same specs (by fingerprint), the same
@@ -336,61 +119,131 @@ impl SettledCache {
     }
 }
 
-fn hash_text(text: &str) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    text.hash(&mut h);
-    h.finish()
+/// What a run needs to apply a plan.
+#[derive(Clone, Copy)]
+struct ApplyInput<'a, 'd> {
+    desired: &'d Desired,
+    plan: &'a Plan,
+    rendered: Option<&'a str>,
+    md5s: Option<&'a Md5s>,
+    observed: &'a Observed,
 }
 
-/// Size and modification time of every `passwordFile` the set reads: a
-/// changed secret file must re-render even when no spec file changed.
-fn secret_files_signature(set: &DesiredSet) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    for ext in set.extensions.iter() {
-        if let crate::spec::Secret::PasswordFile { dir, path } = &ext.secret {
-            let path = dir.join(path);
-            path.hash(&mut h);
-            match std::fs::metadata(&path) {
-                Ok(m) => (m.len(), m.modified().ok()).hash(&mut h),
-                Err(e) => e.kind().hash(&mut h),
-            }
+/// What applying a plan came to.
+#[derive(Default)]
+struct Applied<'d> {
+    /// `Ok`: how the run ended; `Err`: why it failed (or was blocked).
+    result: Option<Result<Outcome, RunError>>,
+    /// A degraded run: which extensions were refused (the run's error line).
+    refused: Option<String>,
+    /// Why the run did what it did, in order.
+    reasons: Vec<String>,
+    reloaded: bool,
+    rollback_failed: bool,
+    upserts: Vec<AppliedRow<'d>>,
+    deletes: Vec<String>,
+    /// Per extension, why verification (or Asterisk) refused it.
+    failures: BTreeMap<String, String>,
+}
+
+impl<'d> Applied<'d> {
+    fn failed(mut self, e: RunError) -> Self {
+        self.result = Some(Err(e));
+        self
+    }
+    fn ended(mut self, outcome: Outcome) -> Self {
+        self.result = Some(Ok(outcome));
+        self
+    }
+    fn reason(mut self, why: impl Into<String>) -> Self {
+        self.reasons.push(why.into());
+        self
+    }
+    fn result(&self) -> Result<Outcome, &RunError> {
+        match &self.result {
+            Some(Ok(o)) => Ok(*o),
+            Some(Err(e)) => Err(e),
+            None => Ok(Outcome::NoOp),
         }
     }
-    h.finish()
 }
 
-/// What one run did, for logs, status and the CLI.
-#[derive(Clone, Debug)]
-pub struct RunReport {
-    pub record: RunRecord,
-    pub run_id: Option<i64>,
-    pub duration: Duration,
+/// What a run's steps came to, before it is recorded.
+struct Stepped<'d> {
+    applied: Applied<'d>,
+    plan: Option<Plan>,
+    diagnostics: Vec<Diagnostic>,
+    states: StatusUpdate<'d>,
 }
 
-impl<S: StateStore, A: AsteriskControl> Reconciler<S, A> {
-    /// Plans without changing anything (the `plan` command).
-    pub async fn plan(&self, desired: &Desired) -> Result<(Plan, String), String> {
+/// What a rollback did: in words, and whether Asterisk holds the previous
+/// definitions again.
+struct Rollback {
+    what: String,
+    ok: bool,
+}
+
+/// A run's secrets, each read once: rendering and the md5 hashes recorded
+/// for the rows see the same value even if a secret file changes during
+/// the run. Dropped with the run.
+struct ResolvedSecrets<'a> {
+    source: &'a (dyn SecretSource + Send + Sync),
+    env: Mutex<HashMap<String, Option<String>>>,
+    files: Mutex<FileReads>,
+}
+
+/// Each secret file's one reading, by path.
+type FileReads = HashMap<PathBuf, Result<String, Arc<std::io::Error>>>;
+
+impl<'a> ResolvedSecrets<'a> {
+    fn new(source: &'a (dyn SecretSource + Send + Sync)) -> Self {
+        ResolvedSecrets { source, env: Default::default(), files: Default::default() }
+    }
+}
+
+impl SecretSource for ResolvedSecrets<'_> {
+    fn env(&self, name: &str) -> Option<String> {
+        let mut env = self.env.lock().unwrap_or_else(|p| p.into_inner());
+        env.entry(name.to_string()).or_insert_with(|| self.source.env(name)).clone()
+    }
+    fn file(&self, dir: &Path, path: &Path) -> std::io::Result<String> {
+        let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        files
+            .entry(dir.join(path))
+            .or_insert_with(|| self.source.file(dir, path).map_err(Arc::new))
+            .clone()
+            .map_err(|e| std::io::Error::new(e.kind(), e.to_string()))
+    }
+}
+
+fn boxed(e: impl std::error::Error + Send + Sync + 'static) -> BoxError {
+    Box::new(e)
+}
+
+impl<S: StateStore, A: AsteriskControl, L: LiveApply> Reconciler<S, A, L> {
+    /// Plans without changing anything (the `plan` command): the plan and
+    /// the rendered file.
+    pub async fn plan(&self, desired: &Desired) -> Result<(Plan, String), RunError> {
         let full = self.full_plan(desired, None).await?;
-        Ok((full.plan, full.rendered))
+        Ok((full.plan, full.rendered.unwrap_or_default()))
     }
 
-    /// Render (secrets are read here), read the applied rows (from the
-    /// cache when `applied_sig` matches it) and the managed file, look at
-    /// Asterisk, and plan. Errors say which step failed.
-    /// Render (secrets are read here), read the applied rows (from the
-    /// cache when `applied_sig` matches it) and the managed file, and plan.
+    /// Render (secrets are read here, once), read the applied rows (from
+    /// the cache when `applied_sig` matches it) and the managed file, and
+    /// plan.
     ///
     /// When the specs ask for changes, Asterisk is only pinged, not asked
     /// for its whole endpoint list (1.4 s at 10k on a real one): the run
     /// verifies what it changes after the reload, and drift is looked for by
     /// the next run that has nothing to change. Otherwise the list is read
     /// and compared. Errors say which step failed.
-    async fn full_plan(&self, desired: &Desired, applied_sig: Option<&str>) -> Result<FullPlan, String> {
-        let (rendered, md5s) = self.render(desired).map_err(|e| format!("render: {e}"))?;
+    async fn full_plan(&self, desired: &Desired, applied_sig: Option<&str>) -> Result<Planned, RunError> {
+        let (rendered, md5s) = self.render(desired)?;
         let applied = self.applied_rows(applied_sig).await?;
-        let current = self.managed.read().map_err(|e| format!("{}: {e}", self.managed.path().display()))?;
+        let current = self
+            .managed
+            .read()
+            .map_err(|source| RunError::ReadManagedFile { path: self.managed.path().to_path_buf(), source })?;
         let mut plan = plan::plan(&PlanInput {
             desired: &desired.set,
             secret_md5: &md5s,
@@ -409,20 +262,22 @@ impl<S: StateStore, A: AsteriskControl> Reconciler<S, A> {
                 let observed = self.observe().await;
                 plan.drift.extend(plan::observed_drift(&desired.set, &|n| applied.contains_key(n), &observed));
                 if let Some(record) = &current {
-                    self.live_drift(record, &mut plan.drift).await;
+                    plan.drift = self.with_live_drift(record, std::mem::take(&mut plan.drift)).await;
                 }
                 observed
             }
         };
-        Ok(FullPlan { plan, rendered, md5s, applied_count: applied.len(), observed })
+        Ok(Planned { plan, rendered: Some(rendered), md5s: Some(md5s), observed, applied_count: applied.len() })
     }
 
-    fn render(&self, desired: &Desired) -> Result<(String, BTreeMap<String, String>), String> {
-        let rendered =
-            self.renderer.render(&desired.set, &desired.source, self.secrets.as_ref()).map_err(|e| e.to_string())?;
+    /// The rendered file and every extension's md5Cred, from one reading of
+    /// each secret.
+    fn render(&self, desired: &Desired) -> Result<(String, Md5s), RunError> {
+        let secrets = ResolvedSecrets::new(self.secrets.as_ref());
+        let rendered = self.renderer.render(&desired.set, &desired.source, &secrets).map_err(RunError::Render)?;
         let mut md5s = BTreeMap::new();
         for ext in desired.set.extensions.iter() {
-            let hash = match credential(ext, self.secrets.as_ref()).map_err(|e| e.to_string())? {
+            let hash = match credential(ext, &secrets).map_err(RunError::ResolveSecret)? {
                 AuthCredential::Md5(h) => h,
                 AuthCredential::UserPass(p) => md5_cred(&ext.extension, &self.realm, &p),
             };
@@ -453,12 +308,7 @@ impl<S: StateStore, A: AsteriskControl> Reconciler<S, A> {
     /// The plan of a run whose inputs equal the last settled run's (see
     /// [`Settled`]): no changes, only what Asterisk shows now. `None` when
     /// any input differs.
-    async fn settled_plan(
-        &self,
-        desired: &Desired,
-        secret_files: u64,
-        applied_sig: Option<&str>,
-    ) -> Option<SettledPlan> {
+    async fn settled_plan(&self, desired: &Desired, secret_files: u64, applied_sig: Option<&str>) -> Option<Planned> {
         let s = self.settled.get()?;
         if desired.fingerprint != Some(s.fingerprint)
             || s.secret_files != secret_files
@@ -467,14 +317,14 @@ impl<S: StateStore, A: AsteriskControl> Reconciler<S, A> {
             return None;
         }
         let current = self.managed.read().ok()??;
-        if hash_text(&current) != s.file_hash {
+        if Fingerprint::of(&current) != s.file_hash {
             return None;
         }
         let observed = self.observe().await;
         // Settled means every desired extension is applied as it is and nothing else is.
-        let mut drift = plan::observed_drift(&desired.set, &|n| desired.set.get(n).is_some(), &observed);
-        self.live_drift(&current, &mut drift).await;
-        let p = Plan {
+        let drift = plan::observed_drift(&desired.set, &|n| desired.set.get(n).is_some(), &observed);
+        let drift = self.with_live_drift(&current, drift).await;
+        let plan = Plan {
             changes: Vec::new(),
             unchanged: desired.set.extensions.len(),
             drift,
@@ -482,25 +332,23 @@ impl<S: StateStore, A: AsteriskControl> Reconciler<S, A> {
             diff: String::new(),
             applied_before: s.applied_count,
         };
-        Some((p, None, None, observed))
+        Some(Planned { plan, rendered: None, md5s: None, observed, applied_count: s.applied_count })
     }
 
-    /// With the ari target: what reading the pushed objects back shows
-    /// (see `apply::drift`), added to `drift` without repeating what the
-    /// endpoint list already said; an orphaned endpoint of our astdb family
-    /// is ours to delete, so it is not reported as unmanaged too.
-    async fn live_drift(&self, record: &str, drift: &mut Vec<plan::Drift>) {
-        let Some(live) = &self.live else { return };
+    /// With a live target: `drift` and what reading the pushed objects back
+    /// shows (see `LiveApply::drift`), without repeating what the endpoint
+    /// list already said; an orphaned endpoint of our astdb family is ours
+    /// to delete, so it is not reported as unmanaged too.
+    async fn with_live_drift(&self, record: &str, mut drift: Vec<plan::Drift>) -> Vec<plan::Drift> {
+        let Some(live) = &self.live else { return drift };
         let keys = match &self.asterisk {
-            Some(a) if crate::apply::sweep_starts(live) => {
-                a.astdb_keys(crate::apply::ASTDB_FAMILY).await.unwrap_or_else(|e| {
-                    tracing::debug!("listing the astdb family failed: {e}");
-                    Vec::new()
-                })
-            }
+            Some(a) if live.sweep_starts() => a.astdb_keys(live.astdb_family()).await.unwrap_or_else(|e| {
+                tracing::debug!("listing the astdb family failed: {e}");
+                Vec::new()
+            }),
             _ => Vec::new(),
         };
-        for d in crate::apply::drift(live, record, &keys).await {
+        for d in live.drift(record, &keys).await {
             if let plan::Drift::Orphaned { object_type: kind, id } = &d
                 && kind == "endpoint"
             {
@@ -510,13 +358,14 @@ impl<S: StateStore, A: AsteriskControl> Reconciler<S, A> {
                 drift.push(d);
             }
         }
+        drift
     }
 
     async fn observe(&self) -> Observed {
         match &self.asterisk {
             None => Observed::NotConfigured,
-            // The ari target on a large estate: the list once a sweep (see `apply::lists_endpoints`).
-            Some(a) if self.live.as_ref().is_some_and(|l| !crate::apply::lists_endpoints(l)) => match a.ping().await {
+            // A live target on a large estate: the list once a sweep (see `LiveApply::lists_endpoints`).
+            Some(a) if self.live.as_ref().is_some_and(|l| !l.lists_endpoints()) => match a.ping().await {
                 Ok(()) => Observed::NotListed,
                 Err(e) => Observed::Unreachable { reason: e.to_string() },
             },
@@ -531,27 +380,31 @@ impl<S: StateStore, A: AsteriskControl> Reconciler<S, A> {
     /// database can be reached) and returned.
     pub async fn run(&self, trigger: Trigger, desired: Desired) -> RunReport {
         let started = Instant::now();
+        let started_at = chrono::Utc::now();
+        self.progress(Step::Planning).await;
+        let Stepped { applied, plan, diagnostics, states } = self.step(&desired).await;
+        self.progress(Step::Recording).await;
+        let Applied { result, refused, reasons, reloaded, rollback_failed, upserts, deletes, failures: _ } = applied;
+        let (outcome, error) = match result {
+            None => (Outcome::NoOp, refused),
+            Some(Ok(outcome)) => (outcome, refused),
+            Some(Err(e)) => (e.outcome(), Some(e.to_string())),
+        };
         let mut record = RunRecord {
             trigger,
             revision: desired.source.revision.clone(),
             subject: desired.subject.clone(),
-            started_at: chrono::Utc::now(),
+            started_at,
             finished_at: chrono::Utc::now(),
-            outcome: Outcome::NoOp,
-            plan: None,
-            error: None,
-            diagnostics: Vec::new(),
-            reloaded: false,
+            outcome,
+            plan,
+            error,
+            diagnostics,
+            reloaded,
             warning: desired.warning.clone(),
-            reasons: Vec::new(),
-            rollback_failed: false,
+            reasons,
+            rollback_failed,
         };
-        self.progress(Step::Planning).await;
-        let mut work = Work::default();
-        self.step(&desired, &mut record, &mut work).await;
-        self.progress(Step::Recording).await;
-        record.finished_at = chrono::Utc::now();
-        let Work { upserts, deletes, states, .. } = work;
         let run_id = match self.store.commit(&record, &upserts, &deletes, &states).await {
             Ok(id) => {
                 self.remember_commit(&upserts, &deletes).await;
@@ -582,124 +435,128 @@ impl<S: StateStore, A: AsteriskControl> Reconciler<S, A> {
     }
 
     /// The applied rows, from the cache when `applied_sig` matches it.
-    async fn applied_rows(&self, applied_sig: Option<&str>) -> Result<Arc<BTreeMap<String, Fields>>, String> {
+    async fn applied_rows(&self, applied_sig: Option<&str>) -> Result<Arc<BTreeMap<String, Fields>>, RunError> {
         if let Some(a) = applied_sig.and_then(|sig| self.settled.applied(sig)) {
             return Ok(a);
         }
-        let a = Arc::new(self.store.applied().await.map_err(|e| format!("database: {e}"))?);
+        let a = Arc::new(self.store.applied().await.map_err(|e| RunError::ReadApplied(boxed(e)))?);
         if let Some(sig) = applied_sig {
             self.settled.set_applied(sig.to_string(), a.clone(), Instant::now());
         }
         Ok(a)
     }
 
-    async fn step<'d>(&self, desired: &'d Desired, record: &mut RunRecord, work: &mut Work<'d>) {
-        let fail = |record: &mut RunRecord, outcome: Outcome, error: String| {
-            record.outcome = outcome;
-            record.error = Some(error);
+    /// Steps 0–8 of a run: the source and the specs must be good, then
+    /// plan (from the settled cache when nothing changed) and apply.
+    async fn step<'d>(&self, desired: &'d Desired) -> Stepped<'d> {
+        let stopped = |e: RunError, diagnostics: Vec<Diagnostic>, states: StatusUpdate<'d>| Stepped {
+            applied: Applied::default().failed(e),
+            plan: None,
+            diagnostics,
+            states,
         };
         // 0. The source must be readable: otherwise nothing changes.
         if let Some(e) = &desired.error {
-            return fail(record, Outcome::Failed, format!("{e}; the last good config stays in force"));
+            return stopped(RunError::ReadSource { reason: e.clone() }, Vec::new(), StatusUpdate::default());
         }
         // 1. The specs must be valid as a whole: otherwise nothing changes.
-        if desired.diagnostics.iter().any(Diagnostic::is_error) {
-            record.diagnostics = desired.diagnostics.clone();
-            let n = desired.diagnostics.iter().filter(|d| d.is_error()).count();
-            let why = format!("the specs have {n} error(s); the last good config stays in force");
+        let errors = desired.diagnostics.iter().filter(|d| d.is_error()).count();
+        if errors > 0 {
+            let e = RunError::Validate { errors };
             // What the valid files declare anew waits for the others to be fixed.
             let applied_sig = self.store.applied_signature().await.ok();
-            if let Ok(applied) = self.applied_rows(applied_sig.as_deref()).await {
-                work.states = status::states_when_invalid(
+            let states = match self.applied_rows(applied_sig.as_deref()).await {
+                Ok(applied) => status::states_when_invalid(
                     &desired.set,
                     &|n| applied.contains_key(n),
-                    &format!("not applied yet: {why}"),
-                );
-            }
-            return fail(record, Outcome::Invalid, why);
+                    &format!("not applied yet: {e}"),
+                ),
+                Err(_) => StatusUpdate::default(),
+            };
+            return stopped(e, desired.diagnostics.clone(), states);
         }
-        record.diagnostics = desired.diagnostics.clone();
-        let secret_files = secret_files_signature(&desired.set);
+        let diagnostics = desired.diagnostics.clone();
+        // 2–3. Plan: from the settled cache, or the whole way.
+        let secret_files = secret_files_fingerprint(&desired.set);
         let applied_sig = self.store.applied_signature().await.ok();
-        let p = match self.settled_plan(desired, secret_files, applied_sig.as_deref()).await {
+        let planned = match self.settled_plan(desired, secret_files, applied_sig.as_deref()).await {
             Some(p) => p,
             None => {
                 self.settled.set(None);
-                let full = match self.full_plan(desired, applied_sig.as_deref()).await {
-                    Ok(f) => f,
-                    Err(e) => return fail(record, Outcome::Failed, e),
+                let planned = match self.full_plan(desired, applied_sig.as_deref()).await {
+                    Ok(p) => p,
+                    Err(e) => return stopped(e, diagnostics, StatusUpdate::default()),
                 };
-                let FullPlan { plan: p, rendered, md5s, applied_count, observed } = full;
-                if let (Some(fingerprint), Some(applied_sig), false) =
-                    (desired.fingerprint, applied_sig, p.has_changes() || p.file_changed)
-                {
+                if let (Some(fingerprint), Some(applied_sig), Some(rendered), false) = (
+                    desired.fingerprint,
+                    applied_sig,
+                    &planned.rendered,
+                    planned.plan.has_changes() || planned.plan.file_changed,
+                ) {
                     self.settled.set(Some(Settled {
                         fingerprint,
                         secret_files,
                         applied: applied_sig,
-                        file_hash: hash_text(&rendered),
-                        applied_count,
+                        file_hash: Fingerprint::of(rendered),
+                        applied_count: planned.applied_count,
                     }));
                 }
-                (p, Some(rendered), Some(md5s), observed)
+                planned
             }
         };
-        let (p, rendered, md5s, observed) = p;
+        let Planned { plan: p, rendered, md5s, observed, .. } = planned;
         let heal = self.self_heal && p.has_healable_drift();
-        let result = self.apply_plan(desired, &p, rendered.as_deref(), md5s.as_ref(), &observed, record, work).await;
+        let applied = self
+            .apply_plan(ApplyInput {
+                desired,
+                plan: &p,
+                rendered: rendered.as_deref(),
+                md5s: md5s.as_ref(),
+                observed: &observed,
+            })
+            .await;
+        let result = applied.result();
         let ending = match &result {
             Ok(Outcome::Applied) => status::Ending::Applied,
             Ok(Outcome::DriftReported) => status::Ending::DriftReported,
             Ok(Outcome::Degraded) => status::Ending::Degraded,
             Ok(_) => status::Ending::NoOp,
-            Err((Outcome::Blocked, _)) => status::Ending::Blocked,
+            Err(e) if e.outcome() == Outcome::Blocked => status::Ending::Blocked,
             Err(_) => status::Ending::Failed,
         };
-        work.states = status::states_after(&status::RunFacts {
+        let error = result.err().map(|e| e.to_string());
+        let states = status::states_after(&status::RunFacts {
             set: &desired.set,
             plan: &p,
             ending,
-            error: result.as_ref().err().map(|(_, e)| e.as_str()),
-            failures: &work.failures,
+            error: error.as_deref(),
+            failures: &applied.failures,
             healed: heal,
             observed: matches!(observed, Observed::Endpoints { .. }),
         });
         // The plan moves into the record (at 100k extensions a copy would cost hundreds of MB).
-        record.plan = Some(p);
-        match result {
-            Ok(outcome) => record.outcome = outcome,
-            Err((outcome, error)) => fail(record, outcome, error),
-        }
+        Stepped { applied, plan: Some(p), diagnostics, states }
     }
 
     /// Steps 4–8 of a run: guard, write, reload, verify, and the rows to
-    /// record. `Err` carries the outcome and the reason; `record.reasons`
-    /// says why the run did what it did.
-    #[allow(clippy::too_many_arguments)]
-    async fn apply_plan<'d>(
-        &self,
-        desired: &'d Desired,
-        p: &Plan,
-        rendered: Option<&str>,
-        md5s: Option<&BTreeMap<String, String>>,
-        observed: &Observed,
-        record: &mut RunRecord,
-        work: &mut Work<'d>,
-    ) -> Result<Outcome, (Outcome, String)> {
+    /// record; `reasons` say why the run did what it did.
+    async fn apply_plan<'d>(&self, input: ApplyInput<'_, 'd>) -> Applied<'d> {
+        let ApplyInput { desired, plan: p, rendered, md5s, observed } = input;
+        let out = Applied::default();
         // 4. Prune guard.
         if let Some(why) = self.prune.check(p.count(Action::Delete), p.applied_before) {
-            record.reasons.push("nothing written: the prune guard stopped the run".into());
-            return Err((Outcome::Blocked, why));
+            return out.reason("nothing written: the prune guard stopped the run").failed(RunError::PruneGuard(why));
         }
         // 5. Nothing to do?
         let heal = self.self_heal && p.has_healable_drift();
         let repairs: Vec<String> = p.drift.iter().filter(|d| d.healable()).map(status::describe_drift).collect();
         if !p.has_changes() && !heal {
             if p.has_healable_drift() {
-                record.reasons.push(format!("reload skipped: self-heal is off; drift reported: {}", list(&repairs)));
-                return Ok(Outcome::DriftReported);
+                return out
+                    .reason(format!("reload skipped: self-heal is off; drift reported: {}", list(&repairs)))
+                    .ended(Outcome::DriftReported);
             }
-            record.reasons.push(match observed {
+            let why = match observed {
                 Observed::Endpoints { .. } => {
                     "reload skipped: nothing to change, and Asterisk holds what was applied".to_string()
                 }
@@ -708,12 +565,13 @@ impl<S: StateStore, A: AsteriskControl> Reconciler<S, A> {
                     format!("nothing to change; drift not checked: Asterisk is unreachable ({reason})")
                 }
                 Observed::NotListed => "reload skipped: nothing to change".to_string(),
-            });
-            return Ok(Outcome::NoOp);
+            };
+            return out.reason(why).ended(Outcome::NoOp);
         }
         if let Observed::Unreachable { reason } = observed {
-            record.reasons.push("nothing written: Asterisk is unreachable".into());
-            return Err((Outcome::Failed, format!("Asterisk is unreachable ({reason}); nothing was changed")));
+            return out
+                .reason("nothing written: Asterisk is unreachable")
+                .failed(RunError::Unreachable { reason: reason.clone() });
         }
         // What is about to be applied is pending until the commit says what came of it.
         let pending: Vec<status::ExtensionState<'_>> = p
@@ -733,25 +591,26 @@ impl<S: StateStore, A: AsteriskControl> Reconciler<S, A> {
             tracing::debug!("marking the changes pending failed: {e}");
         }
         if let Some(live) = &self.live {
-            return self.apply_live(live, desired, p, rendered, md5s, heal, record, work).await;
+            return self.apply_live(live, input, heal, out).await;
         }
+        let mut out = out;
         // 6. Write the file if its content changes.
         if p.file_changed {
             // A settled plan never changes the file, so a changed file always comes with its text.
             let Some(text) = rendered else {
-                return Err((Outcome::Failed, "internal: a changed file without its rendering".into()));
+                return out.failed(RunError::Internal("a changed file without its rendering"));
             };
             self.progress(Step::Writing).await;
-            if let Err(e) = self.managed.write(text) {
-                return Err((Outcome::Failed, format!("writing {}: {e}", self.managed.path().display())));
+            if let Err(source) = self.managed.write(text) {
+                return out.failed(RunError::WriteManagedFile { path: self.managed.path().to_path_buf(), source });
             }
         }
         // 7. Reload and verify.
         if let Some(asterisk) = &self.asterisk
             && (p.file_changed || heal)
         {
-            record.reloaded = true;
-            record.reasons.push(reload_reason(p, heal, &repairs));
+            out.reloaded = true;
+            out.reasons.push(reload_reason(p, heal, &repairs));
             self.progress(Step::Reloading).await;
             let verdict = match asterisk.reload().await {
                 Err(e) => Err(Verdict::whole(format!("reload failed: {e}"))),
@@ -761,74 +620,62 @@ impl<S: StateStore, A: AsteriskControl> Reconciler<S, A> {
                 }
             };
             match verdict {
-                Ok(checked) => record.reasons.push(checked),
-                Err(v) => {
-                    work.failures = v.by_extension;
+                Ok(checked) => out.reasons.push(checked),
+                Err(verdict) => {
+                    out.failures = verdict.by_extension.clone();
                     self.progress(Step::RollingBack).await;
-                    let (restored, ok) = self.roll_back(asterisk, p).await;
-                    record.rollback_failed = !ok;
-                    let text = format!("{}; {restored}", v.message);
+                    let Rollback { what: restored, ok } = self.roll_back(asterisk, p).await;
+                    out.rollback_failed = !ok;
                     if !ok {
-                        for reason in work.failures.values_mut() {
+                        for reason in out.failures.values_mut() {
                             reason.push_str("; ");
                             reason.push_str(&restored);
                         }
                     }
-                    record.reasons.push(if ok {
+                    out.reasons.push(if ok {
                         "rolled back: the previous file is in force again".to_string()
                     } else {
                         format!("ROLLBACK FAILED: {restored}")
                     });
-                    return Err((Outcome::Failed, text));
+                    return out.failed(RunError::Verify { verdict, restored });
                 }
             }
         } else if p.file_changed {
-            record.reasons.push(if self.asterisk.is_none() {
+            out.reasons.push(if self.asterisk.is_none() {
                 "file written; no Asterisk configured, so nothing was reloaded".to_string()
             } else {
                 "file written".to_string()
             });
         }
         // 8. The rows that change land with the run record, in one transaction.
-        for c in &p.changes {
-            match c.action {
-                Action::Delete => work.deletes.push(c.extension.clone()),
-                Action::Create | Action::Update => {
-                    if let Some(ext) = desired.set.get(&c.extension) {
-                        let md5 = md5s.and_then(|m| m.get(&ext.extension)).cloned().unwrap_or_default();
-                        work.upserts.push(AppliedRow { extension: std::borrow::Cow::Borrowed(ext), secret_md5: md5 });
-                    }
-                }
-            }
-        }
-        Ok(Outcome::Applied)
+        (out.upserts, out.deletes) = rows(desired, p, md5s, &BTreeMap::new());
+        out.ended(Outcome::Applied)
     }
 
-    /// Steps 6–8 with `apply.target: ari`: push the objects of the
-    /// extensions that changed (and of the drift to repair), each verified
-    /// from Asterisk's answer, no reload; record what was pushed; the rows
-    /// of what worked. An extension Asterisk refuses fails alone (the run
-    /// is then `degraded`) and stays as it was in Asterisk.
-    #[allow(clippy::too_many_arguments)]
+    /// Steps 6–8 with a live target: push the objects of the extensions
+    /// that changed (and of the drift to repair), each verified from
+    /// Asterisk's answer, no reload; record what was pushed; the rows of
+    /// what worked. An extension Asterisk refuses fails alone (the run is
+    /// then `degraded`) and stays as it was in Asterisk.
     async fn apply_live<'d>(
         &self,
-        live: &crate::apply::AriTarget,
-        desired: &'d Desired,
-        p: &Plan,
-        rendered: Option<&str>,
-        md5s: Option<&BTreeMap<String, String>>,
+        live: &L,
+        input: ApplyInput<'_, 'd>,
         heal: bool,
-        record: &mut RunRecord,
-        work: &mut Work<'d>,
-    ) -> Result<Outcome, (Outcome, String)> {
-        let current = self.managed.read().map_err(|e| {
-            (Outcome::Failed, format!("reading the record of what was pushed {}: {e}", self.managed.path().display()))
-        })?;
+        mut out: Applied<'d>,
+    ) -> Applied<'d> {
+        let ApplyInput { desired, plan: p, rendered, md5s, .. } = input;
+        let current = match self.managed.read() {
+            Ok(c) => c,
+            Err(source) => {
+                return out.failed(RunError::ReadPushRecord { path: self.managed.path().to_path_buf(), source });
+            }
+        };
         // A settled plan (only drift to repair) pushes what the record says.
         let Some(text) = rendered.map(str::to_string).or_else(|| current.clone()) else {
-            return Err((Outcome::Failed, "internal: nothing rendered and no record of what was pushed".into()));
+            return out.failed(RunError::Internal("nothing rendered and no record of what was pushed"));
         };
-        let mut asked: std::collections::BTreeSet<String> = p.changes.iter().map(|c| c.extension.clone()).collect();
+        let mut asked: BTreeSet<String> = p.changes.iter().map(|c| c.extension.clone()).collect();
         let mut orphans = Vec::new();
         if heal {
             asked.extend(p.drift.iter().filter_map(status::drift_extension).map(str::to_string));
@@ -840,9 +687,10 @@ impl<S: StateStore, A: AsteriskControl> Reconciler<S, A> {
         }
         self.progress(Step::Writing).await;
         let started = Instant::now();
-        let run = crate::apply::push(live, current.as_deref(), &text, &asked, &orphans)
-            .await
-            .map_err(|e| (Outcome::Failed, e))?;
+        let run = match live.push_changes(current.as_deref(), &text, &asked, &orphans).await {
+            Ok(run) => run,
+            Err(e) => return out.failed(RunError::Push(boxed(e))),
+        };
         let took = started.elapsed();
         if current.as_deref() != Some(run.record.as_str())
             && let Err(e) = self.managed.write(&run.record)
@@ -850,58 +698,47 @@ impl<S: StateStore, A: AsteriskControl> Reconciler<S, A> {
             // Asterisk holds the pushes; without the record the next run pushes them again.
             tracing::warn!("writing the record of what was pushed failed: {e}");
         }
-        record.reasons.push(format!(
+        out.reasons.push(format!(
             "pushed through ARI (no reload): {} extension(s) live and verified from Asterisk's answers, {} refused; {} request(s) in {} ms",
             run.pushed.len(),
             run.failures.len(),
             run.requests,
             took.as_millis()
         ));
-        for c in &p.changes {
-            if run.failures.contains_key(&c.extension) {
-                continue;
-            }
-            match c.action {
-                Action::Delete => work.deletes.push(c.extension.clone()),
-                Action::Create | Action::Update => {
-                    if let Some(ext) = desired.set.get(&c.extension) {
-                        let md5 = md5s.and_then(|m| m.get(&ext.extension)).cloned().unwrap_or_default();
-                        work.upserts.push(AppliedRow { extension: std::borrow::Cow::Borrowed(ext), secret_md5: md5 });
-                    }
-                }
-            }
-        }
+        (out.upserts, out.deletes) = rows(desired, p, md5s, &run.failures);
         if run.failures.is_empty() {
-            return Ok(Outcome::Applied);
+            return out.ended(Outcome::Applied);
         }
         let shown: Vec<String> = run.failures.iter().take(5).map(|(id, why)| format!("{id}: {why}")).collect();
         let more =
             if run.failures.len() > 5 { format!(" (and {} more)", run.failures.len() - 5) } else { String::new() };
-        record.error = Some(format!(
+        let message = format!(
             "{} of {} extension(s) refused, the others are live: {}{more}",
             run.failures.len(),
             run.failures.len() + run.pushed.len(),
             shown.join("; ")
-        ));
-        work.failures = run.failures;
+        );
+        out.failures = run.failures;
         if run.pushed.is_empty() {
             // Nothing went through (ARI down, or every change refused): a failed run.
-            return Err((Outcome::Failed, record.error.clone().unwrap_or_default()));
+            return out.failed(RunError::PushRefused { message });
         }
-        Ok(Outcome::Degraded)
+        out.refused = Some(message);
+        out.ended(Outcome::Degraded)
     }
 
     /// Puts the previous file back and reloads it, then checks that
     /// Asterisk holds the previous state for what the run touched: every
     /// endpoint it changed or deleted is loaded, every one it created is
     /// not (the previous file may be refused too, or the reload may fail
-    /// after the new file took effect). `(what happened, whether it worked)`.
-    async fn roll_back(&self, asterisk: &A, p: &Plan) -> (String, bool) {
+    /// after the new file took effect).
+    async fn roll_back(&self, asterisk: &A, p: &Plan) -> Rollback {
+        let failed = |what: String| Rollback { what, ok: false };
         if !p.file_changed {
-            return ("the file was not changed".to_string(), true);
+            return Rollback { what: "the file was not changed".to_string(), ok: true };
         }
         if let Err(e) = self.managed.restore_previous() {
-            return (format!("restoring the previous file failed: {e}"), false);
+            return failed(format!("restoring the previous file failed: {e}"));
         }
         let mut done = match asterisk.reload().await {
             Ok(()) => "the previous file was restored and reloaded".to_string(),
@@ -915,14 +752,14 @@ impl<S: StateStore, A: AsteriskControl> Reconciler<S, A> {
                 Ok(list) => wrong.extend(
                     touched.iter().filter(|(n, was)| list.contains_key(*n) != *was).map(|(n, _)| n.to_string()),
                 ),
-                Err(e) => return (format!("{done}; checking what Asterisk holds failed: {e}"), false),
+                Err(e) => return failed(format!("{done}; checking what Asterisk holds failed: {e}")),
             }
         } else {
             for (n, was) in touched {
                 match asterisk.endpoint(n).await {
                     Ok(seen) if seen.is_some() == was => {}
                     Ok(_) => wrong.push(n.to_string()),
-                    Err(e) => return (format!("{done}; checking what Asterisk holds failed: {e}"), false),
+                    Err(e) => return failed(format!("{done}; checking what Asterisk holds failed: {e}")),
                 }
             }
         }
@@ -930,17 +767,37 @@ impl<S: StateStore, A: AsteriskControl> Reconciler<S, A> {
             if done.contains("failed") {
                 done.push_str(", but Asterisk holds the previous definitions");
             }
-            (done, true)
+            Rollback { what: done, ok: true }
         } else {
-            (
-                format!(
-                    "{done}, but Asterisk does not hold the previous definitions of {} (see its log)",
-                    list(&wrong)
-                ),
-                false,
-            )
+            failed(format!(
+                "{done}, but Asterisk does not hold the previous definitions of {} (see its log)",
+                list(&wrong)
+            ))
         }
     }
+}
+
+/// The rows a plan's changes write (upserts with their md5Cred, deletes),
+/// leaving out the extensions in `failed`.
+fn rows<'d>(
+    desired: &'d Desired,
+    p: &Plan,
+    md5s: Option<&Md5s>,
+    failed: &BTreeMap<String, String>,
+) -> (Vec<AppliedRow<'d>>, Vec<String>) {
+    let (mut upserts, mut deletes) = (Vec::new(), Vec::new());
+    for c in p.changes.iter().filter(|c| !failed.contains_key(&c.extension)) {
+        match c.action {
+            Action::Delete => deletes.push(c.extension.clone()),
+            Action::Create | Action::Update => {
+                if let Some(ext) = desired.set.get(&c.extension) {
+                    let md5 = md5s.and_then(|m| m.get(&ext.extension)).cloned().unwrap_or_default();
+                    upserts.push(AppliedRow { extension: std::borrow::Cow::Borrowed(ext), secret_md5: md5 });
+                }
+            }
+        }
+    }
+    (upserts, deletes)
 }
 
 /// After a reload: every endpoint the run created or changed (and that
@@ -1079,16 +936,6 @@ pub async fn verify<A: AsteriskControl>(
     }
 }
 
-/// What one run produces besides its record.
-#[derive(Default)]
-struct Work<'d> {
-    upserts: Vec<AppliedRow<'d>>,
-    deletes: Vec<String>,
-    /// Per extension, why verification (or Asterisk) refused it.
-    failures: BTreeMap<String, String>,
-    states: StatusUpdate<'d>,
-}
-
 /// Why verification failed: the whole message, and each extension's part.
 #[derive(Debug)]
 pub struct Verdict {
@@ -1128,23 +975,4 @@ fn list(items: &[String]) -> String {
         s.push_str(&format!(" and {} more", items.len() - SHOWN));
     }
     s
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_prune_guard_counts_shares_and_counts() {
-        let g = PruneGuard { max_share: 0.3, max_count: None, allow_mass_delete: false };
-        assert!(g.check(3, 10).is_none());
-        assert!(g.check(4, 10).is_some_and(|w| w.contains("4 of 10")));
-        assert!(g.check(2, 2).is_none(), "a small office may delete a phone or two");
-        assert!(g.check(3, 3).is_some(), "an emptied checkout is stopped");
-        assert!(g.check(3, 0).is_some(), "never divides by zero");
-        let g = PruneGuard { max_share: 1.0, max_count: Some(2), allow_mass_delete: false };
-        assert!(g.check(3, 100).is_some_and(|w| w.contains("limit of 2")));
-        let g = PruneGuard { max_share: 0.0, max_count: Some(0), allow_mass_delete: true };
-        assert!(g.check(100, 100).is_none());
-    }
 }

@@ -1,0 +1,142 @@
+//! The ports: what a run needs of the world, as traits reconcile owns.
+//! `db::Db` implements [`StateStore`], `asterisk::Asterisk`
+//! [`AsteriskControl`], `managed::ManagedFile` [`ConfigFile`] and
+//! `apply::LiveTarget` [`LiveApply`]; `app` wires them into a
+//! [`Reconciler`](super::Reconciler). The fakes in `fake.rs` implement them
+//! in memory for the unit tests of the reconcile rules.
+
+use super::{AppliedRow, RunRecord};
+use crate::plan::{Drift, Fields, ObservedEndpoint};
+use crate::status::{StatusUpdate, Step};
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::path::Path;
+
+/// What the store must do for the reconciler.
+pub trait StateStore: Send + Sync {
+    type Error: std::error::Error + Send + Sync + 'static;
+    /// The applied extensions, as plan fields, by number.
+    fn applied(&self) -> impl Future<Output = Result<BTreeMap<String, Fields>, Self::Error>> + Send;
+    /// A cheap value that changes whenever the applied rows change (their
+    /// count and latest write), so a run can tell that nothing did.
+    fn applied_signature(&self) -> impl Future<Output = Result<String, Self::Error>> + Send;
+    /// Records the run and, in the same transaction, upserts `upserts`,
+    /// deletes `deletes` and sets the extensions' states. All or nothing.
+    fn commit(
+        &self,
+        run: &RunRecord,
+        upserts: &[AppliedRow<'_>],
+        deletes: &[String],
+        states: &StatusUpdate<'_>,
+    ) -> impl Future<Output = Result<i64, Self::Error>> + Send;
+    /// Marks a run under way, in `step` (the Reconciling condition); the
+    /// commit clears it.
+    fn progress(&self, step: Step) -> impl Future<Output = Result<(), Self::Error>> + Send;
+    /// Sets some extensions' states while a run is under way (what it is
+    /// about to apply is pending); the commit then sets the outcome.
+    fn mark(&self, states: &StatusUpdate<'_>) -> impl Future<Output = Result<(), Self::Error>> + Send;
+}
+
+/// What the reconciler asks of Asterisk.
+pub trait AsteriskControl: Send + Sync {
+    type Error: std::error::Error + Send + Sync + 'static;
+    /// Every endpoint Asterisk has loaded (name and transport).
+    fn endpoints(&self) -> impl Future<Output = Result<BTreeMap<String, ObservedEndpoint>, Self::Error>> + Send;
+    /// One endpoint's detail (context, transport, codecs); `None` if Asterisk has no such endpoint.
+    fn endpoint(&self, name: &str) -> impl Future<Output = Result<Option<ObservedEndpoint>, Self::Error>> + Send;
+    /// Reloads res_pjsip.
+    fn reload(&self) -> impl Future<Output = Result<(), Self::Error>> + Send;
+    /// Whether Asterisk answers at all (cheap: no list).
+    fn ping(&self) -> impl Future<Output = Result<(), Self::Error>> + Send;
+    /// The keys Asterisk's astdb holds under `family` (`/family/endpoint/1001`),
+    /// never their values (an auth's holds its secret). Only the ari target
+    /// asks: the objects its sorcery wizard stores there.
+    fn astdb_keys(&self, family: &str) -> impl Future<Output = Result<Vec<String>, Self::Error>> + Send {
+        let _ = family;
+        async { Ok(Vec::new()) }
+    }
+}
+
+/// The file a run writes: the managed pjsip file Asterisk reads (or, with
+/// the ari target, the record of what was pushed, which it never reads).
+/// Writes are atomic and keep what they replaced for [`restore_previous`](ConfigFile::restore_previous).
+pub trait ConfigFile: Send + Sync {
+    /// Where it is, for messages.
+    fn path(&self) -> &Path;
+    /// Its content; `None` if it does not exist yet.
+    fn read(&self) -> std::io::Result<Option<String>>;
+    /// Replaces it with `text`, keeping what it held for a rollback.
+    fn write(&self, text: &str) -> std::io::Result<()>;
+    /// Puts what the last write replaced back; `false` when there was
+    /// nothing (the file is then emptied of sections).
+    fn restore_previous(&self) -> std::io::Result<bool>;
+}
+
+/// What one run's pushes came to (the ari target).
+#[derive(Debug, Default)]
+pub struct LiveRun {
+    /// Ids whose objects are now as rendered.
+    pub pushed: BTreeSet<String>,
+    /// Ids Asterisk refused (or that are not as rendered), with the reason.
+    pub failures: BTreeMap<String, String>,
+    /// The new record: the rendering when every push worked, else the
+    /// rendering with the failed ids as they were before.
+    pub record: String,
+    /// Requests sent.
+    pub requests: usize,
+}
+
+/// A live apply target (`apply.target: ari`): changes reach Asterisk one
+/// extension at a time, each verified from Asterisk's answer, no reload.
+pub trait LiveApply: Send + Sync {
+    type Error: std::error::Error + Send + Sync + 'static;
+    /// The astdb family the pushed objects are stored under (for
+    /// [`AsteriskControl::astdb_keys`]).
+    fn astdb_family(&self) -> &str;
+    /// Pushes every id in `asked` and every id whose sections differ
+    /// between `record` (what was pushed before) and `rendered`, and
+    /// deletes `orphans` (type, id). Errors only when nothing was pushed.
+    fn push_changes(
+        &self,
+        record: Option<&str>,
+        rendered: &str,
+        asked: &BTreeSet<String>,
+        orphans: &[(String, String)],
+    ) -> impl Future<Output = Result<LiveRun, Self::Error>> + Send;
+    /// Drift in what was pushed: a batch read back, and the keys of the
+    /// astdb family no record holds.
+    fn drift(&self, record: &str, astdb_keys: &[String]) -> impl Future<Output = Vec<Drift>> + Send;
+    /// Whether the next drift check lists the astdb family for orphans.
+    fn sweep_starts(&self) -> bool;
+    /// Whether a run with nothing to change reads Asterisk's endpoint list.
+    fn lists_endpoints(&self) -> bool;
+}
+
+/// No live target: the managed file is written and reloaded.
+#[derive(Debug)]
+pub enum NoLive {}
+
+impl LiveApply for NoLive {
+    type Error = std::convert::Infallible;
+    fn astdb_family(&self) -> &str {
+        match *self {}
+    }
+    async fn push_changes(
+        &self,
+        _: Option<&str>,
+        _: &str,
+        _: &BTreeSet<String>,
+        _: &[(String, String)],
+    ) -> Result<LiveRun, Self::Error> {
+        match *self {}
+    }
+    async fn drift(&self, _: &str, _: &[String]) -> Vec<Drift> {
+        match *self {}
+    }
+    fn sweep_starts(&self) -> bool {
+        match *self {}
+    }
+    fn lists_endpoints(&self) -> bool {
+        match *self {}
+    }
+}

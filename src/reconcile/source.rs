@@ -1,0 +1,347 @@
+//! Where the desired state comes from: a directory of spec files on disk
+//! ([`DirSource`], parsing again only the files whose bytes changed) or a
+//! git revision (through the [`SpecRevisions`] port, which `git::GitSource`
+//! implements), turned into a [`Desired`]. The daemon, the CLI and the
+//! benchmarks load through here: one load path.
+
+use crate::diag::{Diagnostic, Location};
+use crate::render::SourceInfo;
+use crate::spec::load::{FileOutcome, Source};
+use crate::spec::{self, DesiredSet, LoadOptions, SecretPolicy};
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// Where the desired state comes from for one run.
+#[derive(Clone, Default)]
+pub struct Desired {
+    pub set: DesiredSet,
+    pub diagnostics: Vec<Diagnostic>,
+    pub source: SourceInfo,
+    /// The source could not be read (git remote down, branch deleted): the
+    /// run changes nothing and records why.
+    pub error: Option<String>,
+    /// Something worth telling (a force-push) that does not stop the run.
+    pub warning: Option<String>,
+    /// The commit's subject line, for a git source.
+    pub subject: Option<String>,
+    /// A hash of everything the set was loaded from (file names and bytes,
+    /// or commit and path): equal fingerprints, equal sets. `None`: unknown.
+    pub fingerprint: Option<u64>,
+}
+
+impl std::fmt::Debug for Desired {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Desired")
+            .field("extensions", &self.set.extensions.len())
+            .field("source", &self.source.source)
+            .field("fingerprint", &self.fingerprint)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The one hash of what something was made from (file names and bytes, a
+/// commit and path, a rendered file, the secret files' sizes and times):
+/// equal inputs, equal fingerprints. Only compared within one process,
+/// never stored.
+#[derive(Default)]
+pub struct Fingerprint(std::collections::hash_map::DefaultHasher);
+
+impl Fingerprint {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a part.
+    pub fn add(&mut self, part: impl Hash) -> &mut Self {
+        part.hash(&mut self.0);
+        self
+    }
+
+    pub fn finish(&self) -> u64 {
+        self.0.finish()
+    }
+
+    /// The fingerprint of one value.
+    pub fn of(part: impl Hash) -> u64 {
+        Fingerprint::new().add(part).finish()
+    }
+}
+
+/// A fetched revision of a spec repository.
+#[derive(Clone, Debug)]
+pub struct Revision {
+    pub commit: String,
+    /// The commit message's first line.
+    pub subject: String,
+    /// The commit the branch pointed at before this fetch, if any.
+    pub previous: Option<String>,
+    /// The branch moved to a commit that does not contain the previous one (force-push).
+    pub forced: bool,
+}
+
+/// A git branch the specs are read from (implemented by `git::GitSource`).
+/// Blocking: called off the async runtime.
+pub trait SpecRevisions: Send {
+    /// How the source is shown (its URL without credentials, branch and path).
+    fn name(&self) -> String;
+    /// The spec path inside the tree (part of the fingerprint).
+    fn spec_path(&self) -> &str;
+    /// The commit the mirror holds now, if any.
+    fn current(&self) -> Option<String>;
+    /// Fetches the tracked branch.
+    fn fetch(&mut self) -> Result<Revision, super::error::BoxError>;
+    /// The spec files in `commit`'s tree.
+    fn read_specs(&self, commit: &str) -> Result<Vec<Source>, super::error::BoxError>;
+    /// Where `passwordFile` and `passwordEnv` may point.
+    fn secrets(&self) -> &SecretPolicy;
+}
+
+/// Where each run reads the desired state from.
+#[derive(Clone)]
+pub enum DesiredSource {
+    /// A directory of spec files, as it is on disk.
+    Dir(Arc<DirSource>),
+    /// A branch of a git remote: each run fetches, then reads the specs from
+    /// the fetched commit's tree.
+    Git(Arc<Mutex<dyn SpecRevisions>>),
+}
+
+impl std::fmt::Debug for DesiredSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DesiredSource::Dir(d) => f.debug_tuple("Dir").field(&d.path).finish(),
+            DesiredSource::Git(_) => f.write_str("Git"),
+        }
+    }
+}
+
+impl DesiredSource {
+    /// Loads the desired state (blocking work runs off the async runtime).
+    pub async fn load(&self) -> Desired {
+        let this = self.clone();
+        let joined = tokio::task::spawn_blocking(move || match this {
+            DesiredSource::Dir(dir) => dir.load(),
+            DesiredSource::Git(git) => {
+                let mut git = git.lock().unwrap_or_else(|p| p.into_inner());
+                load_git(&mut *git)
+            }
+        })
+        .await;
+        joined
+            .unwrap_or_else(|e| Desired { error: Some(format!("loading the specs failed: {e}")), ..Default::default() })
+    }
+}
+
+/// A spec directory, with the last load kept: when no file's name or bytes
+/// changed, the next load reuses it instead of parsing again (reading and
+/// hashing 10k extensions' files takes under a millisecond; parsing them
+/// tens). When some files changed, only those are parsed again.
+#[derive(Debug)]
+pub struct DirSource {
+    pub path: PathBuf,
+    /// Where `passwordFile` and `passwordEnv` may point.
+    pub secrets: SecretPolicy,
+    last: Mutex<Option<Desired>>,
+    /// Each file's content hash and parse outcome, by displayed name.
+    files: Mutex<HashMap<String, (u64, FileOutcome)>>,
+}
+
+impl DirSource {
+    /// A directory with the default secret policy (its `secrets/`, `EXT_*`).
+    pub fn new(path: PathBuf) -> Self {
+        let secrets = SecretPolicy::for_spec_dir(&path);
+        Self::with_secrets(path, secrets)
+    }
+
+    pub fn with_secrets(path: PathBuf, secrets: SecretPolicy) -> Self {
+        DirSource { path, secrets, last: Default::default(), files: Default::default() }
+    }
+
+    /// Loads the directory, reusing the last load when nothing changed and
+    /// the last parse of every file whose bytes did not change.
+    pub fn load(&self) -> Desired {
+        let (sources, mut diagnostics) = read_dir_sources(&self.path);
+        let fp = fingerprint(&sources, &diagnostics);
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(d) = last.as_ref().filter(|d| d.fingerprint == Some(fp)) {
+            return d.clone();
+        }
+        let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        let hashes: Vec<u64> = sources.iter().map(|(_, _, content)| Fingerprint::of(content)).collect();
+        let changed: Vec<Source> = sources
+            .iter()
+            .zip(&hashes)
+            .filter(|((shown, _, _), h)| files.get(shown).is_none_or(|(old, _)| old != *h))
+            .map(|(source, _)| source.clone())
+            .collect();
+        let mut parsed: HashMap<String, FileOutcome> = changed
+            .iter()
+            .map(|(shown, _, _)| shown.clone())
+            .zip(spec::load::parse_sources(&changed, &self.secrets))
+            .collect();
+        let mut next = HashMap::with_capacity(sources.len());
+        let mut outcomes = Vec::with_capacity(sources.len());
+        for ((shown, _, _), h) in sources.iter().zip(hashes) {
+            let outcome = match parsed.remove(shown) {
+                Some(o) => o,
+                None => files.remove(shown).map(|(_, o)| o).unwrap_or_default(),
+            };
+            next.insert(shown.clone(), (h, outcome.clone()));
+            outcomes.push((shown.clone(), outcome));
+        }
+        *files = next;
+        let mut loaded = spec::load::assemble(outcomes);
+        diagnostics.append(&mut loaded.diagnostics);
+        let d = Desired {
+            set: loaded.set,
+            diagnostics,
+            source: SourceInfo { source: self.path.display().to_string(), revision: None },
+            fingerprint: Some(fp),
+            ..Default::default()
+        };
+        *last = Some(d.clone());
+        d
+    }
+}
+
+fn read_dir_sources(dir: &Path) -> (Vec<Source>, Vec<Diagnostic>) {
+    let (sources, mut diagnostics) = spec::load::read_paths(&[dir.to_path_buf()], &LoadOptions::for_dir(dir));
+    if !dir.is_dir() {
+        diagnostics.push(Diagnostic::error(
+            "io-error",
+            Location { file: dir.display().to_string(), line: 1, column: 1 },
+            "",
+            format!("the spec directory {} does not exist", dir.display()),
+        ));
+    }
+    (sources, diagnostics)
+}
+
+/// What a load depends on: every file's name and bytes (or read error),
+/// and the diagnostics of reading.
+fn fingerprint(sources: &[Source], diagnostics: &[Diagnostic]) -> u64 {
+    let mut h = Fingerprint::new();
+    for (shown, _, content) in sources {
+        h.add(shown).add(content);
+    }
+    for d in diagnostics {
+        h.add(&d.message);
+    }
+    h.finish()
+}
+
+/// Size and modification time of every `passwordFile` the set reads: a
+/// changed secret file must re-render even when no spec file changed.
+pub fn secret_files_fingerprint(set: &DesiredSet) -> u64 {
+    let mut h = Fingerprint::new();
+    for ext in set.extensions.iter() {
+        if let spec::Secret::PasswordFile { dir, path } = &ext.secret {
+            let path = dir.join(path);
+            h.add(&path);
+            match std::fs::metadata(&path) {
+                Ok(m) => h.add((m.len(), m.modified().ok())),
+                Err(e) => h.add(e.kind()),
+            };
+        }
+    }
+    h.finish()
+}
+
+/// Fetches the tracked branch and loads the specs of the fetched commit.
+/// When the fetch fails, the mirror's last commit is not used either: the
+/// run records the failure and changes nothing.
+pub fn load_git(git: &mut dyn SpecRevisions) -> Desired {
+    let source_name = git.name();
+    let fetched = match git.fetch() {
+        Ok(f) => f,
+        Err(e) => {
+            return Desired {
+                error: Some(e.to_string()),
+                source: SourceInfo { source: source_name, revision: git.current() },
+                ..Default::default()
+            };
+        }
+    };
+    let warning = fetched.forced.then(|| {
+        format!(
+            "the branch was force-pushed: {} is not a descendant of {}",
+            short(&fetched.commit),
+            fetched.previous.as_deref().map(short).unwrap_or("?")
+        )
+    });
+    let source = SourceInfo { source: source_name, revision: Some(fetched.commit.clone()) };
+    match git.read_specs(&fetched.commit) {
+        Ok(files) => {
+            let loaded = spec::load::load_sources(files, git.secrets());
+            Desired {
+                set: loaded.set,
+                diagnostics: loaded.diagnostics,
+                source,
+                error: None,
+                warning,
+                subject: Some(fetched.subject.clone()),
+                fingerprint: Some(Fingerprint::of((&fetched.commit, git.spec_path()))),
+            }
+        }
+        Err(e) => Desired { error: Some(e.to_string()), source, warning, ..Default::default() },
+    }
+}
+
+fn short(commit: &str) -> &str {
+    commit.get(..10).unwrap_or(commit)
+}
+
+/// Loads a spec directory, diagnostics relative to it (no cache kept: the
+/// one-shot commands).
+pub fn load_dir(dir: &Path) -> Desired {
+    load_dir_with(dir, &SecretPolicy::for_spec_dir(dir))
+}
+
+/// [`load_dir`] with the operator's secret policy: the daemon's
+/// [`DirSource`] load, once.
+pub fn load_dir_with(dir: &Path, secrets: &SecretPolicy) -> Desired {
+    DirSource::with_secrets(dir.to_path_buf(), secrets.clone()).load()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn team(numbers: &[&str]) -> String {
+        let mut s =
+            String::from("defaults: {context: from-internal, transport: transport-udp, codecs: [ulaw]}\nextensions:\n");
+        for n in numbers {
+            s.push_str(&format!("  - {{extension: \"{n}\", md5Cred: 0123456789abcdef0123456789abcdef}}\n"));
+        }
+        s
+    }
+
+    /// Whatever changes between loads, the cached load equals a fresh one.
+    #[test]
+    fn a_cached_directory_load_equals_a_fresh_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let src = DirSource::new(dir.path().to_path_buf());
+        let same = |src: &DirSource| {
+            let (cached, fresh) = (src.load(), load_dir(dir.path()));
+            assert_eq!(cached.set, fresh.set);
+            assert_eq!(cached.diagnostics, fresh.diagnostics);
+            assert_eq!(cached.fingerprint, fresh.fingerprint);
+            cached.set.extensions.iter().map(|e| e.extension.clone()).collect::<Vec<_>>()
+        };
+        std::fs::write(dir.path().join("a.yaml"), team(&["1001", "1002"])).expect("write");
+        std::fs::write(dir.path().join("b.yaml"), team(&["2001"])).expect("write");
+        assert_eq!(same(&src), ["1001", "1002", "2001"]);
+        assert_eq!(same(&src), ["1001", "1002", "2001"], "unchanged");
+        std::fs::write(dir.path().join("b.yaml"), team(&["2001", "2002"])).expect("write");
+        assert_eq!(same(&src), ["1001", "1002", "2001", "2002"], "one file changed");
+        std::fs::write(dir.path().join("b.yaml"), team(&["1001"])).expect("write");
+        assert_eq!(same(&src), ["1001", "1002"], "a duplicate across files: b.yaml is refused");
+        assert!(src.load().diagnostics.iter().any(|d| d.code == "duplicate-extension"));
+        std::fs::remove_file(dir.path().join("b.yaml")).expect("remove");
+        assert_eq!(same(&src), ["1001", "1002"], "a file removed");
+        std::fs::write(dir.path().join("a.yaml"), "extensions: [").expect("write");
+        assert!(same(&src).is_empty(), "a broken file contributes nothing");
+    }
+}
