@@ -389,11 +389,12 @@ async fn run(State(state): State<AppState>, viewer: Viewer, PageDb(db): PageDb, 
     let Some(run) = or_page!(db.run(n).await.map_err(internal)) else {
         return error_page(StatusCode::NOT_FOUND, "Not found", &format!("There is no run {n}."));
     };
-    let diagnostics: Vec<Value> = run
-        .diagnostics
-        .as_array()
-        .map(|a| a.iter().map(|d| json!({"file": d["file"], "line": d["line"], "column": d["column"], "field": d["field"], "message": d["message"]})).collect())
-        .unwrap_or_default();
+    // The run's diagnostics as stored (`diag::Diagnostic`'s JSON); a row
+    // that does not read as one is left out rather than failing the page.
+    let diagnostics: Vec<super::views::DiagnosticLine> = match &run.diagnostics {
+        Value::Array(items) => items.iter().filter_map(|d| serde_json::from_value(d.clone()).ok()).collect(),
+        _ => Vec::new(),
+    };
     page(
         StatusCode::OK,
         "run.html",
@@ -936,6 +937,18 @@ mod tests {
         let f = form_fields(&h, body.as_bytes());
         assert_eq!(f["csrf"], "tok");
         assert_eq!(f["file"], "extension,name\r\n1,A\r\n");
+    }
+
+    #[test]
+    fn a_stored_diagnostic_reads_as_the_run_page_lists_it() {
+        let loc = crate::diag::Location { file: "team.yaml".into(), line: 3, column: 7 };
+        let d = crate::diag::Diagnostic::error("unknown-codec", loc, "extensions[0].codecs", "unknown codec g7299");
+        let line: super::super::views::DiagnosticLine =
+            serde_json::from_value(serde_json::to_value(&d).expect("json")).expect("reads");
+        assert_eq!(
+            (line.file.as_str(), line.line, line.column, line.field.as_str(), line.message.as_str()),
+            ("team.yaml", 3, 7, "extensions[0].codecs", "unknown codec g7299")
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@ use crate::asterisk::{Contact, EndpointDetail};
 use crate::db::calls::ExtensionCallStats;
 use crate::db::{ExtensionRecord, RunSummary};
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
 
@@ -205,4 +205,15 @@ pub struct LiveStatusView {
     /// Only when Asterisk is not configured: `"not configured"`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub asterisk: Option<&'static str>,
+}
+
+/// One diagnostic of a stored run, as the run page lists it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct DiagnosticLine {
+    pub file: String,
+    pub line: u32,
+    pub column: u32,
+    pub field: String,
+    pub message: String,
 }
