@@ -211,6 +211,12 @@ async fn create_edit_and_delete_through_the_browser() {
     // Runs, a run's diff, calls, overview.
     s.goto("/ui/runs").await;
     s.shot("runs").await;
+    // Times for people: `2026-12-01 16:58:40 UTC`, not RFC 3339 with nanoseconds.
+    let started = s.c.find(Locator::Css("table time")).await.expect("a <time> in the runs list");
+    let shown = started.text().await.expect("its text");
+    assert!(chrono::NaiveDateTime::parse_from_str(&shown, "%Y-%m-%d %H:%M:%S UTC").is_ok(), "{shown}");
+    let exact = started.attr("datetime").await.expect("attribute").expect("a datetime");
+    assert!(chrono::DateTime::parse_from_rfc3339(&exact).is_ok(), "{exact}");
     // The newest run that applied something (a periodic no-op run may be newer).
     s.c.find(Locator::XPath("//tr[.//span[normalize-space()='applied']]//a"))
         .await

@@ -484,3 +484,56 @@ async fn rows_applied_before_profiles_migrate_as_nat_with_their_qualify_frequenc
         admin.close().await;
     }
 }
+
+/// The HTTP side's counting and paging queries (`db::read`) say what the
+/// full list says, declared-only extensions included, on both backends.
+#[tokio::test]
+async fn counts_and_pages_agree_with_the_full_list() {
+    use asterisk_gitops::status::{ExtensionState, Reset, StatusUpdate, SyncState};
+    on_both(|db| async move {
+        let set = desired();
+        db.commit_run(&run(Outcome::Applied, &["1001", "1002"]), &rows(&set), &[], &Default::default())
+            .await
+            .expect("commits");
+        let (more, _) = load_file(
+            "more.yaml",
+            &asterisk_gitops::spec::SecretPolicy::for_spec_dir(Path::new(".")),
+            "extensions:\n  - {extension: \"1003\", displayName: Late Comer, context: c, transport: t, codecs: [ulaw], md5Cred: 281036cc5c24788fe74c0ae5d9c07baf}\n",
+        );
+        let late = more[0].0.clone();
+        let states = StatusUpdate {
+            reset: Reset::Nothing,
+            states: vec![
+                ExtensionState { number: "1003".into(), state: SyncState::Pending, reason: None, declared: Some(&late) },
+                ExtensionState { number: "1002".into(), state: SyncState::Failed, reason: Some("refused".into()), declared: None },
+            ],
+            only_new: false,
+        };
+        db.set_states(&states).await.expect("states");
+        let all = db.extensions().await.expect("list");
+        assert_eq!(all.iter().map(|r| r.number.as_str()).collect::<Vec<_>>(), ["1001", "1002", "1003"]);
+
+        let counts = db.sync_counts().await.expect("counts");
+        assert_eq!(counts.get("synced"), Some(&1), "{counts:?}");
+        assert_eq!(counts.get("failed"), Some(&1), "{counts:?}");
+        assert_eq!(counts.get("pending"), Some(&1), "{counts:?}");
+        assert_eq!(db.count_extensions_among(&["1001", "1003", "9999"]).await.expect("count"), 2);
+
+        let page = db.extensions_page(None, 1, 2).await.expect("page");
+        assert_eq!(page.total, 3);
+        assert_eq!(page.records, all[1..].to_vec(), "the same records as the full list");
+        let failed = db.extensions_page(Some("failed"), 0, 10).await.expect("page");
+        assert_eq!((failed.total, failed.records.len()), (1, 1));
+        assert_eq!(failed.records[0].last_error.as_deref(), Some("refused"));
+        let all_of_them = db.extensions_page(None, 0, usize::MAX).await.expect("page");
+        assert_eq!(all_of_them.records, all);
+
+        // Search candidates: a superset of what matches, never missing one.
+        let sales = db.extensions_matching("SALES").await.expect("search").expect("pre-filtered");
+        assert_eq!(sales.iter().map(|r| r.number.as_str()).collect::<Vec<_>>(), ["1001"], "a label value");
+        let late = db.extensions_matching("comer").await.expect("search").expect("pre-filtered");
+        assert_eq!(late.iter().map(|r| r.number.as_str()).collect::<Vec<_>>(), ["1003"], "a declared copy");
+        assert!(db.extensions_matching("ü").await.expect("search").is_none(), "not pre-filtered: the caller loads all");
+    })
+    .await;
+}

@@ -629,3 +629,260 @@ async fn api_edits_are_checked_with_the_configured_secret_policy() {
     stop.send(()).expect("stop");
     task.await.expect("joins").expect("serve ends cleanly");
 }
+
+/// Every path a route is registered under anywhere in src/http/ (the
+/// routers' sources), with `{id}` filled in.
+fn every_registered_path() -> Vec<String> {
+    let mut paths = std::collections::BTreeSet::new();
+    let dir = crate::support::repo_root().join("src/http");
+    for entry in std::fs::read_dir(&dir).expect("src/http") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|e| e == "rs") {
+            let text = std::fs::read_to_string(&path).expect("source");
+            for part in text.split(".route(\"").skip(1) {
+                paths.insert(part.split('"').next().expect("a path").replace("{id}", "1001"));
+            }
+        }
+    }
+    paths.into_iter().collect()
+}
+
+/// Regression (issue #15): a write route once sat in the read router and
+/// relied on its handler's own read-only check. With `--read-only` the
+/// router must not know any route that takes a POST, PUT, DELETE or PATCH
+/// (404 or 405, never the 403 of a write handler's own refusal), so this
+/// fails as soon as a write route is registered outside the write router.
+#[tokio::test]
+async fn with_read_only_no_registered_path_takes_a_write_not_even_to_refuse_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let paths = every_registered_path();
+    for known in [
+        "/extensions",
+        "/extensions/1001",
+        "/extensions/import",
+        "/reconcile",
+        "/hooks/git",
+        "/ui/extensions",
+        "/ui/extensions/1001",
+        "/ui/extensions/1001/delete",
+        "/ui/import",
+        "/ui/import/preview",
+    ] {
+        assert!(paths.iter().any(|p| p == known), "{known} is among the registered paths: {paths:?}");
+    }
+    // The enumeration reaches the write routes: without read-only, each
+    // write path answers from its handler (not the router's 404/405).
+    let (writable, _rx) = state(dir.path());
+    for (method, path) in [
+        ("POST", "/extensions"),
+        ("PUT", "/extensions/1001"),
+        ("DELETE", "/extensions/1001"),
+        ("POST", "/ui/extensions"),
+        ("POST", "/ui/import/preview"),
+        ("POST", "/reconcile"),
+    ] {
+        let req = Request::builder().method(method).uri(path).body(Body::empty()).expect("request");
+        let status = app(writable.clone()).oneshot(req).await.expect("response").status();
+        assert!(
+            ![StatusCode::NOT_FOUND, StatusCode::METHOD_NOT_ALLOWED].contains(&status),
+            "{method} {path} is routed when writable ({status})"
+        );
+    }
+    for anonymous_read in [true, false] {
+        let (mut state, mut rx) = state(dir.path());
+        state.read_only = true;
+        state.anonymous_read = anonymous_read;
+        for path in &paths {
+            // Sign-in stays when reading needs a session; it writes no spec.
+            if !anonymous_read && (path == "/ui/signin" || path == "/ui/signout") {
+                continue;
+            }
+            for method in ["POST", "PUT", "DELETE", "PATCH"] {
+                let req = Request::builder()
+                    .method(method)
+                    .uri(path.as_str())
+                    .header("authorization", format!("Bearer {TOKEN}"))
+                    .header("content-type", "application/x-www-form-urlencoded")
+                    .body(Body::from("extension=1001&csrf=x"))
+                    .expect("request");
+                let status = app(state.clone()).oneshot(req).await.expect("response").status();
+                assert!(
+                    [StatusCode::NOT_FOUND, StatusCode::METHOD_NOT_ALLOWED].contains(&status),
+                    "{method} {path} (anonymousRead: {anonymous_read}) answered {status}: a write route is registered in read-only mode"
+                );
+            }
+        }
+        assert!(rx.try_recv().is_err(), "no reconcile was asked for");
+    }
+    assert!(dir_snapshot(dir.path()).is_empty(), "nothing written");
+}
+
+/// PUT answers the whole extension as its file now declares it, like a
+/// create does, not only the fields it changed (it once said `"extension": null`).
+#[tokio::test]
+async fn put_answers_the_whole_extension_without_its_secret() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hand = "defaults: {context: from-internal, transport: transport-udp, codecs: [ulaw]}\nextensions:\n  - extension: \"1002\"\n    displayName: Intern\n    md5Cred: 0123456789abcdef0123456789abcdef\n    maxContacts: 2\n";
+    std::fs::write(dir.path().join("sales.yaml"), hand).expect("write");
+    let (state, _rx) = state(dir.path());
+    let (status, body) =
+        call(&state, "PUT", "/extensions/1002", Some(r#"{"displayName":"Junior"}"#), Some(TOKEN)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let e = &body["extension"];
+    assert_eq!(e["extension"], "1002", "{body}");
+    assert_eq!(e["displayName"], "Junior", "{body}");
+    assert_eq!(e["maxContacts"], 2, "the fields the body did not name are there too: {body}");
+    assert_eq!(e["secret"], "md5Cred", "{body}");
+    assert!(!body.to_string().contains("0123456789abcdef0123456789abcdef"), "no hash in the answer: {body}");
+}
+
+/// A SQLite state database holding `specs` as applied by one run, and
+/// `noops` runs after it that changed nothing.
+async fn applied_db(dir: &Path, specs: &str, noops: usize) -> asterisk_gitops::db::Db {
+    use asterisk_gitops::reconcile::{AppliedRow, Outcome, RunRecord};
+    let db = asterisk_gitops::db::Db::connect(
+        &format!("sqlite://{}/state/test.db", dir.display()),
+        &asterisk_gitops::db::Retry::default(),
+    )
+    .await
+    .expect("sqlite");
+    let (exts, diags) = asterisk_gitops::spec::load::load_file(
+        "team.yaml",
+        &asterisk_gitops::spec::SecretPolicy::for_spec_dir(dir),
+        specs,
+    );
+    assert!(diags.iter().all(|d| !d.is_error()), "{diags:?}");
+    let rows: Vec<AppliedRow> = exts
+        .into_iter()
+        .map(|(e, _)| AppliedRow {
+            extension: std::borrow::Cow::Owned(e),
+            secret_md5: "0123456789abcdef0123456789abcdef".into(),
+        })
+        .collect();
+    let run = |outcome: Outcome| RunRecord {
+        trigger: Trigger::Cli,
+        revision: Some("0123abcd".into()),
+        subject: None,
+        started_at: chrono::Utc::now(),
+        finished_at: chrono::Utc::now(),
+        outcome,
+        plan: Some(Default::default()),
+        error: None,
+        diagnostics: vec![],
+        reloaded: outcome == Outcome::Applied,
+        warning: None,
+        reasons: vec![],
+        rollback_failed: false,
+    };
+    db.commit_run(&run(Outcome::Applied), &rows, &[], &Default::default()).await.expect("applied");
+    for _ in 0..noops {
+        db.commit_run(&run(Outcome::NoOp), &[], &[], &Default::default()).await.expect("no-op");
+    }
+    db
+}
+
+const TEAM: &str = "defaults: {context: from-internal, transport: transport-udp, codecs: [ulaw]}\nextensions:\n  - {extension: \"1001\", displayName: Ann, labels: {team: sales}, md5Cred: 0123456789abcdef0123456789abcdef}\n  - {extension: \"1002\", displayName: Bob, md5Cred: 0123456789abcdef0123456789abcdef}\n  - {extension: \"1003\", displayName: Cy, md5Cred: 0123456789abcdef0123456789abcdef}\n";
+
+/// Reads name the number `extension`, as the seed's body and the writes do;
+/// `number` stays beside it (deprecated, for one release).
+#[tokio::test]
+async fn extension_reads_name_the_number_extension_and_keep_number_as_an_alias() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut state, _rx) = state(dir.path());
+    state.live.db = Some(applied_db(dir.path(), TEAM, 0).await);
+    let (status, list) = call(&state, "GET", "/extensions", None, None).await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    let items = list.as_array().expect("a list");
+    assert_eq!(items.len(), 3);
+    for item in items {
+        assert_eq!(item["extension"], item["number"], "{item}");
+        assert!(item["extension"].as_str().is_some_and(|n| n.starts_with("100")), "{item}");
+    }
+    let (status, one) = call(&state, "GET", "/extensions/1002", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!((one["extension"].as_str(), one["number"].as_str()), (Some("1002"), Some("1002")), "{one}");
+}
+
+/// Paging, search and the counts come from the database's queries and say
+/// what the full list says.
+#[tokio::test]
+async fn list_pages_and_status_counts_agree_with_the_full_list() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut state, _rx) = state(dir.path());
+    state.live.db = Some(applied_db(dir.path(), TEAM, 0).await);
+    let req = Request::builder().uri("/extensions?limit=1&offset=1").body(Body::empty()).expect("request");
+    let resp = app(state.clone()).oneshot(req).await.expect("response");
+    assert_eq!(resp.headers().get("x-total-count").and_then(|v| v.to_str().ok()), Some("3"));
+    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+    let page: Value = serde_json::from_slice(&bytes).expect("json");
+    assert_eq!(
+        page.as_array().map(|a| a.iter().map(|e| e["extension"].clone()).collect::<Vec<_>>()),
+        Some(vec![json!("1002")])
+    );
+    let (_, found) = call(&state, "GET", "/extensions?q=sales", None, None).await;
+    assert_eq!(found.as_array().map(Vec::len), Some(1), "a label value matches: {found}");
+    let (_, found) = call(&state, "GET", "/extensions?q=team", None, None).await;
+    assert_eq!(found.as_array().map(Vec::len), Some(0), "a label's key does not: {found}");
+    let (_, found) = call(&state, "GET", "/extensions?q=BOB&sync=synced", None, None).await;
+    assert_eq!(found.as_array().map(|a| a[0]["extension"].clone()), Some(json!("1002")), "{found}");
+    let (_, none) = call(&state, "GET", "/extensions?sync=failed", None, None).await;
+    assert_eq!(none, json!([]));
+
+    let (status, st) = call(&state, "GET", "/status", None, None).await;
+    assert_eq!(status, StatusCode::OK, "{st}");
+    assert_eq!(st["extensions"], 3, "{st}");
+    assert_eq!(st["notSynced"], 0, "{st}");
+    assert_eq!(st["sync"]["synced"], 3, "{st}");
+    assert_eq!(st["sync"]["failed"], 0, "every state is listed: {st}");
+    assert_eq!(st["asterisk"], json!({"configured": false, "reachable": null}), "{st}");
+    assert_eq!(st["conditions"][0]["type"], "Ready", "{st}");
+    let (_, metrics) = call(&state, "GET", "/metrics", None, None).await;
+    let text = metrics.as_str().expect("text");
+    assert!(text.contains("asterisk_gitops_extensions{status=\"synced\"} 3\n"), "{text}");
+    assert!(text.contains("asterisk_gitops_extensions{status=\"pending\"} 0\n"), "{text}");
+}
+
+/// With no Asterisk configured (the README's embedded default) the live
+/// status answers the extension's applied state, and says so.
+#[tokio::test]
+async fn live_status_without_asterisk_answers_the_applied_state() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut state, _rx) = state(dir.path());
+    state.live.db = Some(applied_db(dir.path(), TEAM, 0).await);
+    let (status, body) = call(&state, "GET", "/extensions/1001/status", None, None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["extension"], "1001");
+    assert_eq!(body["asterisk"], "not configured", "{body}");
+    assert_eq!(body["sync"]["status"], "synced", "{body}");
+    assert_eq!(body["sync"]["revision"], "0123abcd", "{body}");
+    assert_eq!(body["softphone"]["username"], "1001", "{body}");
+    assert!(body["registered"].is_null(), "not known without Asterisk: {body}");
+    let (status, _) = call(&state, "GET", "/extensions/4242/status", None, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+/// The overview and the runs page: timestamps for people (no nanoseconds),
+/// drift not yet checked said in words, and runs that changed nothing
+/// counted rather than listed (all of them one click away).
+#[tokio::test]
+async fn ui_pages_show_readable_times_named_unknowns_and_collapse_no_op_runs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut state, _rx) = state(dir.path());
+    state.reconcile = None;
+    state.live.db = Some(applied_db(dir.path(), TEAM, 7).await);
+    let (status, _, overview) = form(&state, "GET", "/ui", "", None).await;
+    assert_eq!(status, StatusCode::OK, "{overview}");
+    assert!(overview.contains("id=\"drift\">not checked yet<"), "{overview}");
+    assert!(!overview.contains(">?<"), "no bare question mark: {overview}");
+    let (_, _, runs) = form(&state, "GET", "/ui/runs", "", None).await;
+    let rows = runs.matches("href=\"/ui/runs/").count();
+    assert_eq!(rows, 1, "only the run that applied is listed: {runs}");
+    assert!(runs.contains("7 runs that changed nothing not listed"), "{runs}");
+    assert!(runs.contains("href=\"/ui/runs?all=1\""), "{runs}");
+    let time = runs.split("<time datetime=\"").nth(1).and_then(|r| r.split("</time>").next()).expect("a <time>");
+    let (attr, shown) = time.split_once("\">").expect("attribute and text");
+    assert!(chrono::DateTime::parse_from_rfc3339(attr).is_ok(), "{attr}");
+    assert!(chrono::NaiveDateTime::parse_from_str(shown, "%Y-%m-%d %H:%M:%S UTC").is_ok(), "{shown}");
+    let (_, _, all) = form(&state, "GET", "/ui/runs?all=1", "", None).await;
+    assert_eq!(all.matches("href=\"/ui/runs/").count(), 8, "{all}");
+}

@@ -16,6 +16,7 @@
 //! together or not at all ([`Db::commit_run`]).
 
 pub mod calls;
+pub mod read;
 
 use crate::plan::{self, Fields};
 use crate::reconcile::{AppliedRow, Outcome, RunRecord, StateStore};

@@ -1,6 +1,9 @@
-//! JSON routes: the seed's extension contract (write side), the git
-//! webhook, manual reconcile, health.
+//! JSON write routes: the seed's extension contract (write side), CSV
+//! import, the git webhook, manual reconcile. Registered only through
+//! `http::write_router` (never with `--read-only`); each handler takes a
+//! [`Writer`] (or, the webhook, checks its signature).
 
+use super::auth::{Database, Writer};
 use super::{ApiError, AppState, Detail};
 use crate::reconcile::Trigger;
 use crate::secret::md5_cred;
@@ -13,23 +16,17 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
+use axum::routing::post;
 use serde_json::{Map, Value, json};
 
-pub fn router(state: AppState) -> axum::Router<AppState> {
-    // Read-only: no route that takes a POST, PUT or DELETE is registered,
-    // the webhook included (a read-only daemon following git fetches on
-    // its interval).
-    let mut r = axum::Router::new().route("/healthz", get(|| async { "ok" }));
-    if !state.read_only {
-        r = r
-            .route("/hooks/git", post(webhook))
-            .route("/extensions", post(create))
-            .route("/extensions/import", post(import))
-            .route("/extensions/{id}", axum::routing::put(update).delete(delete))
-            .route("/reconcile", post(reconcile));
-    }
-    r
+/// The JSON API's write routes (see `http::write_router`).
+pub fn router() -> axum::Router<AppState> {
+    axum::Router::new()
+        .route("/hooks/git", post(webhook))
+        .route("/extensions", post(create))
+        .route("/extensions/import", post(import))
+        .route("/extensions/{id}", axum::routing::put(update).delete(delete))
+        .route("/reconcile", post(reconcile))
 }
 
 const SECRET_FIELDS: [&str; 4] = ["password", "md5Cred", "passwordEnv", "passwordFile"];
@@ -153,10 +150,6 @@ async fn run_edit(state: &AppState, op: EditOp, author: crate::writeback::Author
     Ok(done)
 }
 
-fn auth(state: &AppState, headers: &HeaderMap) -> Result<crate::writeback::Author, ApiError> {
-    state.authenticate(headers.get("authorization").and_then(|v| v.to_str().ok()))
-}
-
 /// Checks an entry by the spec's own rules (with the defaults of the file it
 /// lands in: none for a new file).
 fn check_entry(entry: &ExtensionEntry, defaults: &Defaults) -> Result<(), ApiError> {
@@ -170,12 +163,14 @@ fn check_entry(entry: &ExtensionEntry, defaults: &Defaults) -> Result<(), ApiErr
     }
 }
 
-/// Creates an extension from body fields (the JSON API's body, or the UI's form).
-/// Every edit, from the API or the UI, goes through here first.
+/// Every edit, from the API or the UI, goes through here first: the
+/// extractors refuse in read-only mode, and so does this, should a write
+/// route ever be registered there.
 fn writable(state: &AppState) -> Result<(), ApiError> {
     if state.read_only { Err(ApiError::Forbidden("this server is read-only".into())) } else { Ok(()) }
 }
 
+/// Creates an extension from body fields (the JSON API's body, or the UI's form).
 pub(crate) async fn create_entry(
     state: &AppState,
     map: Map<String, Value>,
@@ -223,6 +218,29 @@ pub(crate) async fn update_entry(
     Ok((patch, done))
 }
 
+/// The entry of `number` as its spec file now declares it, from the files
+/// edits land in (the spec directory, or the write-back's clone).
+async fn written_entry(state: &AppState, number: &str) -> Result<Option<ExtensionEntry>, ApiError> {
+    let dir = match state.writeback.target() {
+        crate::writeback::Target::Dir(dir) => dir.clone(),
+        crate::writeback::Target::Remote(r) => r.work_dir.join(&r.path),
+    };
+    let number = number.to_string();
+    tokio::task::spawn_blocking(move || {
+        let (sources, _) = crate::spec::load::read_paths(&[dir], &crate::spec::load::LoadOptions::default());
+        sources.into_iter().find_map(|(shown, _, text)| {
+            let text = String::from_utf8(text.ok()?).ok()?;
+            // Only files that can hold the entry are parsed.
+            if !text.contains(&number) {
+                return None;
+            }
+            crate::spec::edit::find_entry(&shown, &text, &number).ok()
+        })
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("read task: {e}")))
+}
+
 pub(crate) async fn delete_entry(
     state: &AppState,
     id: &str,
@@ -233,32 +251,38 @@ pub(crate) async fn delete_entry(
     run_edit(state, EditOp::Delete(id.to_string()), author).await
 }
 
-async fn create(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<impl IntoResponse, ApiError> {
-    let author = auth(&state, &headers)?;
+async fn create(
+    State(state): State<AppState>,
+    Writer(author): Writer,
+    body: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
     let map = parse_body(&body)?;
     let (entry, done) = create_entry(&state, map, author).await?;
     Ok((StatusCode::CREATED, Json(json!({"extension": entry_view(&entry), "change": commit_view(&done)}))))
 }
 
+/// Answers the whole extension as its file now declares it (the same
+/// shape as a create's answer), not only the fields the body changed.
 async fn update(
     State(state): State<AppState>,
+    Writer(author): Writer,
     Path(id): Path<String>,
-    headers: HeaderMap,
     body: Bytes,
 ) -> Result<impl IntoResponse, ApiError> {
-    let author = auth(&state, &headers)?;
     check::extension_number(&id).map_err(|e| ApiError::NotFound(e.to_string()))?;
     let map = parse_body(&body)?;
     let (patch, done) = update_entry(&state, &id, map, author).await?;
-    Ok(Json(json!({"extension": entry_view(&patch), "change": commit_view(&done)})))
+    let mut entry = written_entry(&state, &id).await?.unwrap_or(patch);
+    // The number the entry is found under, should a hand-written file spell it otherwise.
+    entry.extension.get_or_insert_with(|| id.clone());
+    Ok(Json(json!({"extension": entry_view(&entry), "change": commit_view(&done)})))
 }
 
 async fn delete(
     State(state): State<AppState>,
+    Writer(author): Writer,
     Path(id): Path<String>,
-    headers: HeaderMap,
 ) -> Result<impl IntoResponse, ApiError> {
-    let author = auth(&state, &headers)?;
     let done = delete_entry(&state, &id, author).await?;
     Ok(Json(json!({"deleted": id, "change": commit_view(&done)})))
 }
@@ -294,13 +318,8 @@ pub(crate) async fn import_plan(state: &AppState, csv_text: &str) -> Result<Impo
             diags.iter().map(Detail::from).collect(),
         )
     })?;
-    let existing: std::collections::HashSet<String> = super::read::db(state)?
-        .extensions()
-        .await
-        .map_err(super::read::internal)?
-        .into_iter()
-        .map(|r| r.number)
-        .collect();
+    let existing: std::collections::HashSet<String> =
+        Database::of(state)?.extensions().await.map_err(super::read::internal)?.into_iter().map(|r| r.number).collect();
     let taken: Vec<Detail> = parsed
         .entries
         .iter()
@@ -373,11 +392,10 @@ pub(crate) async fn import_apply(
 /// `POST /extensions/import[?dryRun=true]`: the body is a CSV file.
 async fn import(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Writer(author): Writer,
     axum::extract::Query(query): axum::extract::Query<std::collections::HashMap<String, String>>,
     body: Bytes,
 ) -> Result<axum::response::Response, ApiError> {
-    let author = auth(&state, &headers)?;
     let text = String::from_utf8_lossy(&body);
     let dry = query.get("dryRun").is_some_and(|v| v == "true" || v == "1");
     if dry {
@@ -393,8 +411,7 @@ async fn import(
     Ok((StatusCode::CREATED, Json(v)).into_response())
 }
 
-async fn reconcile(State(state): State<AppState>, headers: HeaderMap) -> Result<impl IntoResponse, ApiError> {
-    auth(&state, &headers)?;
+async fn reconcile(State(state): State<AppState>, Writer(_): Writer) -> Result<impl IntoResponse, ApiError> {
     match &state.reconcile {
         Some(h) => {
             h.trigger(Trigger::Manual);
@@ -413,11 +430,11 @@ async fn webhook(
         return Err(ApiError::NotFound("the webhook is off: set ASTERISK_GITOPS_WEBHOOK_SECRET".into()));
     };
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
-    crate::webhook::verify(&header, &body, secret.expose().as_bytes()).map_err(|e| {
+    super::webhook::verify(&header, &body, secret.expose().as_bytes()).map_err(|e| {
         tracing::warn!(reason = %e, "webhook refused");
         ApiError::Unauthorized
     })?;
-    let branch = crate::webhook::pushed_branch(&body).map_err(|e| ApiError::BadRequest(e.to_string(), Vec::new()))?;
+    let branch = super::webhook::pushed_branch(&body).map_err(|e| ApiError::BadRequest(e.to_string(), Vec::new()))?;
     match (branch, &state.branch) {
         (Some(b), Some(tracked)) if b == *tracked => {
             if let Some(h) = &state.reconcile {

@@ -5,13 +5,23 @@
 //! `{error, message, details: [{file, line, field, message}]}` with the right
 //! status; internal errors are logged and never sent.
 //!
+//! Routes come in three routers: the reads (`read::router`, `ui::read_router`,
+//! behind the [`auth::Viewer`] check), the sign-in pages, and
+//! [`write_router`]: every route that writes, registered only when the
+//! server is not read-only. Handlers name what they need as extractors
+//! ([`auth::Writer`], [`auth::FormWrite`], [`auth::Database`]) instead of
+//! checking for themselves.
+//!
 //! Architecture invariant: no response carries a password or an md5 hash.
 //! Passwords are write-only: one arriving in a body is turned into md5Cred
 //! before anything is written.
 
 pub mod api;
+pub mod auth;
 pub mod read;
 pub mod ui;
+pub mod views;
+pub mod webhook;
 
 use crate::config::SecretString;
 use crate::diag::Diagnostic;
@@ -68,7 +78,7 @@ pub struct Live {
     pub registrations: Arc<std::sync::RwLock<read::Registrations>>,
     pub calls: Option<Arc<crate::calls::CallLogStats>>,
     /// The UI's signed-in sessions.
-    pub sessions: Arc<ui::Sessions>,
+    pub sessions: Arc<auth::Sessions>,
     /// Where phones register (`sipServer`), for the softphone settings.
     pub sip_server: Option<String>,
 }
@@ -175,11 +185,24 @@ pub fn app(state: AppState) -> axum::Router {
     let reads = read::router()
         .merge(ui::read_router())
         .layer(axum::middleware::from_fn_with_state(state.clone(), require_reader));
-    api::router(state.clone())
-        .merge(reads)
-        .merge(ui::write_router(&state))
+    let mut router = axum::Router::new()
+        .route("/healthz", axum::routing::get(|| async { "ok" }))
         .route("/readyz", axum::routing::get(read::readyz))
-        .with_state(state)
+        .merge(reads)
+        .merge(ui::signin_router(&state));
+    // Read-only: no route that takes a POST, PUT or DELETE is registered,
+    // the webhook included (a read-only daemon following git fetches on
+    // its interval).
+    if !state.read_only {
+        router = router.merge(write_router());
+    }
+    router.with_state(state)
+}
+
+/// Every route that writes: the JSON API's edits, import, manual
+/// reconcile and webhook, and the UI's forms.
+pub fn write_router() -> axum::Router<AppState> {
+    api::router().merge(ui::write_router())
 }
 
 /// Lets a read through when reads are anonymous, or when it carries a valid
@@ -192,12 +215,9 @@ async fn require_reader(
 ) -> Response {
     // The read routes serve only GET (and HEAD): anything else gets its 405
     // from the router, not a sign-in redirect.
-    if state.anonymous_read || !matches!(*req.method(), axum::http::Method::GET | axum::http::Method::HEAD) {
-        return next.run(req).await;
-    }
-    let bearer = req.headers().get("authorization").and_then(|v| v.to_str().ok());
-    let signed_in = ui::signed_in(&state, req.headers());
-    if signed_in || (bearer.is_some() && state.authenticate(bearer).is_ok()) {
+    if !matches!(*req.method(), axum::http::Method::GET | axum::http::Method::HEAD)
+        || auth::Viewer::of(&state, req.headers()).may_read(&state)
+    {
         return next.run(req).await;
     }
     if req.uri().path().starts_with("/ui") || req.uri().path() == "/" {

@@ -5,8 +5,17 @@
 //! Lists are served from the database (the applied state) and a snapshot of
 //! the registrations that a background task refreshes over AMI
 //! ([`Registrations`]), so listing 10k extensions never waits on Asterisk;
-//! only `/extensions/:id/status` asks Asterisk live (503 when it cannot).
+//! only `/extensions/:id/status` asks Asterisk live (503 when it cannot
+//! reach it; the applied state and `asterisk: "not configured"` when none is
+//! configured). Counts and pages come from the database's own queries
+//! (`db::read`), not from every row loaded per request. Every answer is a
+//! typed view (`views`), which the UI renders from too.
 
+use super::auth::Database;
+use super::views::{
+    AsteriskView, CallLoggerView, Condition, DatabaseView, DriftItem, ExtensionView, LiveStatusView, ReadyView,
+    RegistrationSummary, SoftphoneSettings, StatusView, SyncView,
+};
 use super::{ApiError, AppState};
 use crate::asterisk::{Contact, EndpointDetail};
 use crate::db::calls::CallFilter;
@@ -17,8 +26,8 @@ use axum::extract::{Path, Query, State};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde::Deserialize;
+use serde_json::json;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -77,12 +86,11 @@ async fn openapi() -> impl IntoResponse {
 
 /// Prometheus text format: runs by outcome, the run duration histogram,
 /// drift, extensions, registered endpoints, Asterisk up, call events.
-async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+async fn metrics(State(state): State<AppState>, Database(db): Database) -> Result<impl IntoResponse, ApiError> {
     use std::fmt::Write;
     const BUCKETS_MS: [i64; 9] = [10, 50, 100, 250, 500, 1000, 2500, 5000, 10000];
-    let db = db(&state)?;
     let stats = db.run_stats(&BUCKETS_MS).await.map_err(internal)?;
-    let extensions = db.extensions().await.map_err(internal)?;
+    let counts = db.sync_counts().await.map_err(internal)?;
     let mut out = String::new();
     let _ = writeln!(out, "# HELP asterisk_gitops_runs_total Reconcile runs, by outcome.");
     let _ = writeln!(out, "# TYPE asterisk_gitops_runs_total counter");
@@ -111,7 +119,7 @@ async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, Api
     }
     let _ = writeln!(out, "# HELP asterisk_gitops_extensions Managed extensions, by sync status.");
     let _ = writeln!(out, "# TYPE asterisk_gitops_extensions gauge");
-    for (status, n) in sync_counts(&extensions) {
+    for (status, n) in every_state(&counts) {
         let _ = writeln!(out, "asterisk_gitops_extensions{{status=\"{status}\"}} {n}");
     }
     let reconciling = db.status().await.map_err(internal)?.is_some_and(|r| r.reconciling);
@@ -154,21 +162,19 @@ async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, Api
     Ok(([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], out))
 }
 
-/// How many extensions are in each sync state (every state, 0 included).
-pub(crate) fn sync_counts(extensions: &[ExtensionRecord]) -> Vec<(&'static str, usize)> {
-    SyncState::ALL
-        .iter()
-        .map(|s| (s.as_str(), extensions.iter().filter(|e| e.sync_status == s.as_str()).count()))
-        .collect()
+/// How many extensions are in each sync state (every state, 0 included),
+/// from the database's counts of the states that occur.
+fn every_state(counts: &BTreeMap<String, i64>) -> Vec<(&'static str, i64)> {
+    SyncState::ALL.iter().map(|s| (s.as_str(), counts.get(s.as_str()).copied().unwrap_or(0))).collect()
 }
 
 /// A run under way for longer than this is shown as stalled.
 pub const STALLED_AFTER: chrono::TimeDelta = chrono::TimeDelta::minutes(10);
 
 /// `GET /extensions.csv`: the applied (and declared) extensions as our CSV; no secret.
-async fn list_csv(State(state): State<AppState>) -> Result<axum::response::Response, ApiError> {
+async fn list_csv(Database(db): Database) -> Result<axum::response::Response, ApiError> {
     use axum::response::IntoResponse;
-    let records = db(&state)?.extensions().await.map_err(internal)?;
+    let records = db.extensions().await.map_err(internal)?;
     let rows: Vec<crate::import::csv::ExportRow> = records.iter().map(export_row).collect();
     let body = crate::import::csv::export_rows(&rows);
     Ok((
@@ -210,32 +216,11 @@ fn export_row(r: &crate::db::ExtensionRecord) -> crate::import::csv::ExportRow {
     }
 }
 
-pub(crate) fn db(state: &AppState) -> Result<&Db, ApiError> {
-    state.live.db.as_ref().ok_or_else(|| ApiError::Unavailable("the state database is not connected".into()))
-}
-
 pub(crate) fn internal(e: impl std::fmt::Display) -> ApiError {
     ApiError::Internal(e.to_string())
 }
 
-/// The registration summary of one extension.
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct RegistrationSummary {
-    /// `None` when Asterisk's registrations are not known (not configured or unreachable).
-    registered: Option<bool>,
-    contacts: usize,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct ExtensionView<'a> {
-    #[serde(flatten)]
-    record: &'a ExtensionRecord,
-    registration: RegistrationSummary,
-}
-
-fn registration(regs: &Registrations, known: bool, number: &str) -> RegistrationSummary {
+pub(crate) fn registration(regs: &Registrations, known: bool, number: &str) -> RegistrationSummary {
     let (n, alive) = regs.of(number);
     RegistrationSummary { registered: known.then_some(alive), contacts: n }
 }
@@ -257,6 +242,7 @@ struct ListQuery {
     offset: Option<usize>,
 }
 
+/// Whether a search for `q` finds `r`.
 pub(crate) fn matches(r: &ExtensionRecord, q: &str) -> bool {
     let q = q.to_lowercase();
     r.number.contains(&q)
@@ -267,6 +253,7 @@ pub(crate) fn matches(r: &ExtensionRecord, q: &str) -> bool {
 
 async fn list(
     State(state): State<AppState>,
+    Database(db): Database,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text(), Vec::new()))?;
@@ -276,71 +263,111 @@ async fn list(
         let known: Vec<&str> = SyncState::ALL.iter().map(SyncState::as_str).collect();
         return Err(ApiError::BadRequest(format!("sync {s:?} is not one of {}", known.join(", ")), Vec::new()));
     }
-    let all = db(&state)?.extensions().await.map_err(internal)?;
+    let page = page_of(&db, query.q.as_deref(), query.sync.as_deref(), query.offset.unwrap_or(0), query.limit).await?;
     let (regs, known) = registrations(&state);
-    let filtered: Vec<&ExtensionRecord> = all
-        .iter()
-        .filter(|r| query.q.as_deref().is_none_or(|q| matches(r, q)))
-        .filter(|r| query.sync.as_deref().is_none_or(|s| r.sync_status == s))
-        .collect();
-    let total = filtered.len();
-    let offset = query.offset.unwrap_or(0);
-    let limit = query.limit.unwrap_or(usize::MAX);
-    let page: Vec<ExtensionView> = filtered
-        .into_iter()
-        .skip(offset)
-        .take(limit)
-        .map(|r| ExtensionView { record: r, registration: registration(&regs, known, &r.number) })
-        .collect();
-    let mut resp = Json(page).into_response();
-    if let Ok(v) = total.to_string().parse() {
+    let views: Vec<ExtensionView> = page.records.iter().map(|r| extension_view(r, &regs, known)).collect();
+    let mut resp = Json(views).into_response();
+    if let Ok(v) = page.total.to_string().parse() {
         resp.headers_mut().insert("x-total-count", v);
     }
     Ok(resp)
 }
 
-async fn one(State(state): State<AppState>, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
+/// One page of the extensions matching `q` (see [`matches`]) in state
+/// `sync`: paged by the database; a search the database can pre-filter
+/// loads only its candidates, any other loads every row.
+pub(crate) async fn page_of(
+    db: &Db,
+    q: Option<&str>,
+    sync: Option<&str>,
+    offset: usize,
+    limit: Option<usize>,
+) -> Result<crate::db::read::ExtensionPage, ApiError> {
+    let limit = limit.unwrap_or(usize::MAX);
+    let Some(q) = q.filter(|q| !q.is_empty()) else {
+        return db.extensions_page(sync, offset, limit).await.map_err(internal);
+    };
+    let candidates = match db.extensions_matching(q).await.map_err(internal)? {
+        Some(c) => c,
+        None => db.extensions().await.map_err(internal)?,
+    };
+    let matching: Vec<ExtensionRecord> =
+        candidates.into_iter().filter(|r| matches(r, q)).filter(|r| sync.is_none_or(|s| r.sync_status == s)).collect();
+    let total = matching.len();
+    Ok(crate::db::read::ExtensionPage { total, records: matching.into_iter().skip(offset).take(limit).collect() })
+}
+
+pub(crate) fn extension_view<'a>(r: &'a ExtensionRecord, regs: &Registrations, known: bool) -> ExtensionView<'a> {
+    ExtensionView { extension: &r.number, record: r, registration: registration(regs, known, &r.number) }
+}
+
+async fn one(
+    State(state): State<AppState>,
+    Database(db): Database,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
     let record =
-        db(&state)?.extension(&id).await.map_err(internal)?.ok_or_else(|| {
+        db.extension(&id).await.map_err(internal)?.ok_or_else(|| {
             ApiError::NotFound(format!("extension {id} is not applied (is it declared and reconciled?)"))
         })?;
     let (regs, known) = registrations(&state);
-    let view = ExtensionView { record: &record, registration: registration(&regs, known, &id) };
-    Ok(Json(serde_json::to_value(view).map_err(internal)?))
-}
-
-/// What a softphone needs to register; never the password.
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct SoftphoneSettings<'a> {
-    /// `host[:port]` from the `sipServer` setting; `None` when not configured.
-    server: Option<&'a str>,
-    username: &'a str,
-    auth_username: &'a str,
-    transport: &'a str,
+    Ok(Json(serde_json::to_value(extension_view(&record, &regs, known)).map_err(internal)?))
 }
 
 /// Where Asterisk's view differs from what was applied.
-pub(crate) fn drift(record: &ExtensionRecord, live: &EndpointDetail) -> Vec<Value> {
-    let mut out = Vec::new();
-    let mut field = |name: &str, applied: Value, asterisk: Value| {
-        if applied != asterisk {
-            out.push(json!({"field": name, "applied": applied, "asterisk": asterisk}));
-        }
-    };
-    field("context", json!(record.context), json!(live.context));
-    field("transport", json!(record.transport), json!(live.transport));
-    field("codecs", json!(record.codecs), json!(live.codecs));
-    out
+pub(crate) fn drift(record: &ExtensionRecord, live: &EndpointDetail) -> Vec<DriftItem> {
+    [
+        DriftItem::differs("context", json!(record.context), json!(live.context)),
+        DriftItem::differs("transport", json!(record.transport), json!(live.transport)),
+        DriftItem::differs("codecs", json!(record.codecs), json!(live.codecs)),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
 }
 
-async fn live_status(State(state): State<AppState>, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
-    let record = db(&state)?.extension(&id).await.map_err(internal)?;
-    let asterisk = state
-        .live
-        .asterisk
-        .as_ref()
-        .ok_or_else(|| ApiError::Unavailable("Asterisk is not configured (--ami-addr): no live status".into()))?;
+/// The drift of an extension from its record and Asterisk's endpoint, when
+/// Asterisk was asked.
+pub(crate) fn drift_of(record: Option<&ExtensionRecord>, detail: Option<&EndpointDetail>) -> Vec<DriftItem> {
+    match (record, detail) {
+        (Some(r), Some(d)) => drift(r, d),
+        (Some(_), None) => vec![DriftItem::note("endpoint", "applied but not loaded by Asterisk")],
+        (None, Some(_)) => vec![DriftItem::note("endpoint", "in Asterisk but not managed")],
+        (None, None) => Vec::new(),
+    }
+}
+
+async fn live_status(
+    State(state): State<AppState>,
+    Database(db): Database,
+    Path(id): Path<String>,
+) -> Result<Json<LiveStatusView>, ApiError> {
+    let record = db.extension(&id).await.map_err(internal)?;
+    let Some(asterisk) = state.live.asterisk.as_ref() else {
+        // The embedded default: no Asterisk to ask, so the applied state alone.
+        let Some(r) = &record else {
+            return Err(ApiError::NotFound(format!(
+                "extension {id} is not applied (and Asterisk is not configured, so it was not looked for there)"
+            )));
+        };
+        let calls_today = db.extension_call_stats(&id, today_start()).await.map_err(internal)?;
+        return Ok(Json(LiveStatusView {
+            extension: id.clone(),
+            registered: None,
+            contacts: Vec::new(),
+            endpoint: None,
+            sync: Some(SyncView::from(r)),
+            drift: Vec::new(),
+            softphone: Some(SoftphoneSettings {
+                server: state.live.sip_server.clone(),
+                username: id.clone(),
+                auth_username: id,
+                transport: r.transport.clone(),
+            }),
+            calls_today,
+            asterisk: Some("not configured"),
+        }));
+    };
     let detail = asterisk
         .endpoint(&id)
         .await
@@ -355,29 +382,25 @@ async fn live_status(State(state): State<AppState>, Path(id): Path<String>) -> R
         .into_iter()
         .filter(|c| c.endpoint == id)
         .collect();
-    let drift = match (&record, &detail) {
-        (Some(r), Some(d)) => drift(r, d),
-        (Some(_), None) => vec![json!({"field": "endpoint", "message": "applied but not loaded by Asterisk"})],
-        (None, Some(_)) => vec![json!({"field": "endpoint", "message": "in Asterisk but not managed"})],
-        (None, None) => Vec::new(),
-    };
-    let calls_today = db(&state)?.extension_call_stats(&id, today_start()).await.map_err(internal)?;
+    let drift = drift_of(record.as_ref(), detail.as_ref());
+    let calls_today = db.extension_call_stats(&id, today_start()).await.map_err(internal)?;
     let softphone = detail.as_ref().map(|d| SoftphoneSettings {
-        username: &id,
-        auth_username: if d.auth.is_empty() { &id } else { &d.auth },
-        transport: &d.transport,
-        server: state.live.sip_server.as_deref(),
+        username: id.clone(),
+        auth_username: if d.auth.is_empty() { id.clone() } else { d.auth.clone() },
+        transport: d.transport.clone(),
+        server: state.live.sip_server.clone(),
     });
-    Ok(Json(json!({
-        "extension": id,
-        "registered": contacts.iter().any(Contact::alive),
-        "contacts": contacts,
-        "endpoint": detail,
-        "sync": record.as_ref().map(|r| json!({"status": r.sync_status, "lastError": r.last_error, "runId": r.sync_run_id, "since": r.sync_since, "appliedAt": r.applied_at, "revision": r.revision})),
-        "drift": drift,
-        "softphone": softphone,
-        "callsToday": calls_today,
-    })))
+    Ok(Json(LiveStatusView {
+        registered: Some(contacts.iter().any(Contact::alive)),
+        extension: id,
+        contacts,
+        endpoint: detail,
+        sync: record.as_ref().map(SyncView::from),
+        drift,
+        softphone,
+        calls_today,
+        asterisk: None,
+    }))
 }
 
 #[derive(Deserialize)]
@@ -387,17 +410,17 @@ struct RunsQuery {
 }
 
 async fn runs(
-    State(state): State<AppState>,
+    Database(db): Database,
     query: Result<Query<RunsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::BadRequest(e.body_text(), Vec::new()))?;
-    let runs = db(&state)?.runs(q.limit.unwrap_or(50).clamp(1, 500)).await.map_err(internal)?;
+    let runs = db.runs(q.limit.unwrap_or(50).clamp(1, 500)).await.map_err(internal)?;
     Ok(Json(runs))
 }
 
-async fn run(State(state): State<AppState>, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
+async fn run(Database(db): Database, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
     let n: i64 = id.parse().map_err(|_| ApiError::BadRequest(format!("run id {id:?} is not a number"), Vec::new()))?;
-    let run = db(&state)?.run(n).await.map_err(internal)?.ok_or_else(|| ApiError::NotFound(format!("no run {n}")))?;
+    let run = db.run(n).await.map_err(internal)?.ok_or_else(|| ApiError::NotFound(format!("no run {n}")))?;
     Ok(Json(run))
 }
 
@@ -416,9 +439,9 @@ struct CallsQuery {
 
 /// The calls happening now, oldest first, each with its legs (parties),
 /// `state` (`ringing`, `up`) and `durationSeconds` so far.
-async fn active_calls(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+async fn active_calls(Database(db): Database) -> Result<impl IntoResponse, ApiError> {
     let now = Utc::now();
-    let calls = db(&state)?.active_calls().await.map_err(internal)?;
+    let calls = db.active_calls().await.map_err(internal)?;
     let out: Vec<_> = calls
         .into_iter()
         .map(|c| {
@@ -432,12 +455,9 @@ async fn active_calls(State(state): State<AppState>) -> Result<impl IntoResponse
 }
 
 /// One call by its id (`channelId`: Asterisk's linkedid), with its legs.
-async fn one_call(State(state): State<AppState>, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
-    let (call, legs) = db(&state)?
-        .call_with_legs(&id)
-        .await
-        .map_err(internal)?
-        .ok_or_else(|| ApiError::NotFound(format!("no call {id}")))?;
+async fn one_call(Database(db): Database, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
+    let (call, legs) =
+        db.call_with_legs(&id).await.map_err(internal)?.ok_or_else(|| ApiError::NotFound(format!("no call {id}")))?;
     let mut v = serde_json::to_value(&call).unwrap_or_default();
     v["legs"] = serde_json::to_value(&legs).unwrap_or_default();
     Ok(Json(v))
@@ -483,7 +503,7 @@ fn calls_csv(calls: &[crate::db::calls::CallRecord]) -> String {
 }
 
 async fn calls(
-    State(state): State<AppState>,
+    Database(db): Database,
     query: Result<Query<CallsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::BadRequest(e.body_text(), Vec::new()))?;
@@ -504,7 +524,7 @@ async fn calls(
         limit,
         cursor: q.cursor,
     };
-    let calls = db(&state)?.calls(&filter).await.map_err(internal)?;
+    let calls = db.calls(&filter).await.map_err(internal)?;
     match q.format.as_deref() {
         None | Some("json") => {}
         Some("csv") => {
@@ -523,84 +543,120 @@ async fn calls(
     Ok(Json(json!({"calls": calls, "nextCursor": next})).into_response())
 }
 
-pub(crate) async fn readyz(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
-    if db(&state)?.ping().await {
-        Ok("ready")
-    } else {
-        Err(ApiError::Unavailable("the state database is unreachable".into()))
-    }
+pub(crate) async fn readyz(Database(db): Database) -> Result<impl IntoResponse, ApiError> {
+    if db.ping().await { Ok("ready") } else { Err(ApiError::Unavailable("the state database is unreachable".into())) }
 }
 
-async fn status(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
-    Ok(Json(status_json(&state).await?))
+async fn status(State(state): State<AppState>, Database(db): Database) -> Result<Json<StatusView>, ApiError> {
+    Ok(Json(status_view(&state, &db).await?))
 }
 
-/// What /status answers (and the UI's overview shows).
-pub(crate) async fn status_json(state: &AppState) -> Result<Value, ApiError> {
-    let db = db(state)?;
+/// What /status answers (and the UI's overview shows): counts from the
+/// database, never every row.
+pub(crate) async fn status_view(state: &AppState, db: &Db) -> Result<StatusView, ApiError> {
+    use std::sync::atomic::Ordering::Relaxed;
     let database = db.ping().await;
     let record = db.status().await.map_err(internal)?;
     let runs = db.runs(5).await.map_err(internal)?;
-    let extensions = db.extensions().await.map_err(internal)?;
-    let failed = extensions.iter().filter(|e| e.sync_status != "synced").count();
-    let by_state: serde_json::Map<String, Value> =
-        sync_counts(&extensions).into_iter().map(|(k, n)| (k.to_string(), Value::from(n))).collect();
+    let counts = db.sync_counts().await.map_err(internal)?;
+    let extensions: i64 = counts.values().sum();
+    let not_synced = extensions - counts.get(SyncState::Synced.as_str()).copied().unwrap_or(0);
+    let by_state: BTreeMap<String, i64> = every_state(&counts).into_iter().map(|(k, n)| (k.to_string(), n)).collect();
     let (regs, known) = registrations(state);
     // Only managed extensions count, and only with a live contact.
-    let registered = known.then(|| extensions.iter().filter(|e| regs.of(&e.number).1).count());
+    let registered = if known {
+        let alive: Vec<&str> =
+            regs.by_endpoint.iter().filter(|(_, c)| c.iter().any(Contact::alive)).map(|(n, _)| n.as_str()).collect();
+        Some(db.count_extensions_among(&alive).await.map_err(internal)?)
+    } else {
+        None
+    };
     let last = match &state.reconcile {
         Some(h) => h.last.read().await.clone(),
         None => None,
     };
     let drift = last.as_ref().map(|r| r.record.plan.as_ref().map_or(0, |p| p.drift.len()));
     let asterisk = match &state.live.asterisk {
-        None => json!({"configured": false, "reachable": null}),
+        None => AsteriskView { configured: false, reachable: None, ..Default::default() },
         Some(a) => match a.version().await {
-            Ok(v) => {
-                json!({"configured": true, "reachable": true, "version": v.asterisk_version, "startup": v.startup, "lastReload": v.last_reload})
-            }
-            Err(e) => json!({"configured": true, "reachable": false, "error": e.to_string()}),
+            Ok(v) => AsteriskView {
+                configured: true,
+                reachable: Some(true),
+                version: Some(v.asterisk_version),
+                startup: Some(v.startup),
+                last_reload: Some(v.last_reload),
+                error: None,
+            },
+            Err(e) => AsteriskView {
+                configured: true,
+                reachable: Some(false),
+                error: Some(e.to_string()),
+                ..Default::default()
+            },
         },
     };
-    let calls = state.live.calls.as_ref().map(|c| {
-        json!({"connected": c.connected.load(std::sync::atomic::Ordering::Relaxed),
-               "events": c.events.load(std::sync::atomic::Ordering::Relaxed)})
-    });
+    let call_logger = state
+        .live
+        .calls
+        .as_ref()
+        .map(|c| CallLoggerView { connected: c.connected.load(Relaxed), events: c.events.load(Relaxed) });
     let active_calls = db.active_call_count().await.map_err(internal)?;
     let reconciling = record.as_ref().is_some_and(|r| r.reconciling);
     let since = record.as_ref().and_then(|r| r.reconciling_since).filter(|_| reconciling);
     let stalled = since.is_some_and(|t| Utc::now() - t > STALLED_AFTER);
     let conditions = record.as_ref().map(|r| {
-        json!([
-            {"type": "Ready", "status": r.ready, "reason": r.ready_reason, "message": r.ready_message, "lastTransitionTime": r.updated_at},
-            if reconciling {
-                json!({"type": "Reconciling", "status": "True", "reason": if stalled { "Stalled" } else { "Progressing" },
-                       "message": format!("step: {}", r.reconciling_step.as_deref().unwrap_or("starting")),
-                       "step": r.reconciling_step, "lastTransitionTime": since})
-            } else {
-                json!({"type": "Reconciling", "status": "False", "reason": "Idle", "message": "", "lastTransitionTime": r.updated_at})
+        let ready = Condition {
+            kind: "Ready",
+            status: r.ready.clone(),
+            reason: r.ready_reason.clone(),
+            message: r.ready_message.clone(),
+            step: None,
+            last_transition_time: Some(r.updated_at),
+        };
+        let reconcile = if reconciling {
+            Condition {
+                kind: "Reconciling",
+                status: "True".into(),
+                reason: if stalled { "Stalled" } else { "Progressing" }.into(),
+                message: format!("step: {}", r.reconciling_step.as_deref().unwrap_or("starting")),
+                step: Some(r.reconciling_step.clone()),
+                last_transition_time: since,
             }
-        ])
+        } else {
+            Condition {
+                kind: "Reconciling",
+                status: "False".into(),
+                reason: "Idle".into(),
+                message: String::new(),
+                step: None,
+                last_transition_time: Some(r.updated_at),
+            }
+        };
+        vec![ready, reconcile]
     });
-    Ok(json!({
-        "ready": record.as_ref().map(|r| json!({"status": r.ready, "reason": r.ready_reason, "message": r.ready_message})),
-        "reconciling": reconciling,
-        "reconcilingStep": record.as_ref().and_then(|r| r.reconciling_step.clone()).filter(|_| reconciling),
-        "reconcilingSince": since,
-        "stalled": stalled,
-        "conditions": conditions,
-        "sync": by_state,
-        "lastAppliedRevision": record.as_ref().and_then(|r| r.last_applied_revision.clone()),
-        "lastAttemptedRevision": record.as_ref().and_then(|r| r.last_attempted_revision.clone()),
-        "extensions": extensions.len(),
-        "activeCalls": active_calls,
-        "notSynced": failed,
-        "registered": registered,
-        "drift": drift,
-        "lastRuns": runs,
-        "database": {"backend": db.backend(), "reachable": database},
-        "asterisk": asterisk,
-        "callLogger": calls,
-        "updatedAt": record.as_ref().map(|r| r.updated_at),
-    }))
+    Ok(StatusView {
+        ready: record.as_ref().map(|r| ReadyView {
+            status: r.ready.clone(),
+            reason: r.ready_reason.clone(),
+            message: r.ready_message.clone(),
+        }),
+        reconciling,
+        reconciling_step: record.as_ref().and_then(|r| r.reconciling_step.clone()).filter(|_| reconciling),
+        reconciling_since: since,
+        stalled,
+        conditions,
+        sync: by_state,
+        last_applied_revision: record.as_ref().and_then(|r| r.last_applied_revision.clone()),
+        last_attempted_revision: record.as_ref().and_then(|r| r.last_attempted_revision.clone()),
+        extensions,
+        active_calls,
+        not_synced,
+        registered,
+        drift,
+        last_runs: runs,
+        database: DatabaseView { backend: db.backend(), reachable: database },
+        asterisk,
+        call_logger,
+        updated_at: record.as_ref().map(|r| r.updated_at),
+    })
 }

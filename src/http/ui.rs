@@ -10,13 +10,17 @@
 //! In read-only mode the write routes do not exist and no page shows an
 //! edit control. Writes go through the same functions as the JSON API, so
 //! a password typed into the form is committed as md5Cred, never as text.
+//! Pages render from the same typed views the JSON API serialises
+//! (`views`), never from its JSON by string keys.
 
-use super::read::{db, drift, internal, registrations};
+use super::auth::{COOKIE, Database, Editor, FormWrite, Session, SessionForm, Viewer, cookie_value};
+use super::read::{internal, registrations};
 use super::{ApiError, AppState};
+use crate::db::Db;
 use crate::db::calls::CallFilter;
-use crate::writeback::Author;
 use axum::Form;
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
@@ -27,7 +31,6 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq;
 
-const COOKIE: &str = "ag_session";
 const SESSION_TTL: Duration = Duration::from_secs(8 * 3600);
 const PAGE: usize = 500;
 
@@ -52,6 +55,9 @@ fn env() -> &'static Environment<'static> {
             "disabled" => "muted",
             _ => "bad",
         });
+        // A timestamp for people: `2026-12-01 16:58:40 UTC` in a `<time>`
+        // element carrying the exact RFC 3339 value.
+        env.add_filter("when", |v: minijinja::Value| when(&v));
         for (name, text) in [
             ("base.html", include_str!("../../templates/ui/base.html")),
             ("overview.html", include_str!("../../templates/ui/overview.html")),
@@ -78,15 +84,24 @@ fn env() -> &'static Environment<'static> {
     })
 }
 
-/// Signed-in sessions, in memory (a restart signs everyone out).
-#[derive(Default)]
-pub struct Sessions(Mutex<HashMap<String, Session>>);
-
-#[derive(Clone)]
-struct Session {
-    user: Author,
-    csrf: String,
-    expires: Instant,
+/// A timestamp as a page shows it (see the `when` filter); what is not one
+/// is shown as it is, escaped.
+fn when(v: &minijinja::Value) -> minijinja::Value {
+    if v.is_none() || v.is_undefined() {
+        return minijinja::Value::from("");
+    }
+    let text = v.to_string();
+    match chrono::DateTime::parse_from_rfc3339(&text) {
+        Ok(t) => {
+            let t = t.with_timezone(&chrono::Utc);
+            minijinja::Value::from_safe_string(format!(
+                "<time datetime=\"{}\">{}</time>",
+                t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                t.format("%Y-%m-%d %H:%M:%S UTC")
+            ))
+        }
+        Err(_) => minijinja::Value::from(text),
+    }
 }
 
 fn random_token() -> String {
@@ -98,47 +113,23 @@ fn random_token() -> String {
     hex::encode(b)
 }
 
-/// Who is looking at a page.
-struct Viewer {
-    session: Option<Session>,
-}
+/// The state database for a page; the error page when there is none.
+struct PageDb(Db);
 
-impl Viewer {
-    fn of(state: &AppState, headers: &HeaderMap) -> Viewer {
-        let id = cookie_value(headers, COOKIE);
-        let session = id.and_then(|id| {
-            let mut map = state.live.sessions.0.lock().unwrap_or_else(|p| p.into_inner());
-            map.retain(|_, s| s.expires > Instant::now());
-            map.get(&id).cloned()
-        });
-        Viewer { session }
-    }
+impl FromRequestParts<AppState> for PageDb {
+    type Rejection = Response;
 
-    fn can_write(&self, state: &AppState) -> bool {
-        !state.read_only && self.session.is_some()
-    }
-
-    /// The author of a write, if the form's CSRF token is the session's.
-    fn writer(&self, form: &HashMap<String, String>) -> Result<Author, Box<Response>> {
-        let Some(s) = &self.session else { return Err(Box::new(Redirect::to("/ui/signin").into_response())) };
-        let sent = form.get("csrf").map(String::as_bytes).unwrap_or_default();
-        if s.csrf.is_empty() || !bool::from(sent.ct_eq(s.csrf.as_bytes())) {
-            return Err(Box::new(error_page(
-                StatusCode::FORBIDDEN,
-                "Forbidden",
-                "The form expired or did not come from this site: reload it and try again.",
-            )));
-        }
-        Ok(s.user.clone())
+    async fn from_request_parts(_: &mut Parts, state: &AppState) -> Result<Self, Response> {
+        Database::of(state).map(PageDb).map_err(api_error_page)
     }
 }
 
 fn base(state: &AppState, viewer: &Viewer, notice: Option<&str>) -> minijinja::Value {
     context! {
         read_only => state.read_only,
-        user => viewer.session.as_ref().map(|s| s.user.name.clone()),
-        csrf => viewer.session.as_ref().map(|s| s.csrf.clone()).unwrap_or_default(),
-        can_write => viewer.can_write(state),
+        user => viewer.user(),
+        csrf => viewer.csrf(),
+        can_write => viewer.can_write(),
         git => state.branch.is_some(),
         notice => notice,
     }
@@ -164,7 +155,7 @@ fn page(status: StatusCode, name: &str, ctx: minijinja::Value) -> Response {
     }
 }
 
-fn error_page(status: StatusCode, title: &str, message: &str) -> Response {
+pub(crate) fn error_page(status: StatusCode, title: &str, message: &str) -> Response {
     page(status, "error.html", context! { title => title, message => message, read_only => true })
 }
 
@@ -199,86 +190,95 @@ pub fn read_router() -> axum::Router<AppState> {
         .route("/ui/calls/active", get(active_calls))
 }
 
-/// Sign-in, and the forms that write (each checks read-only mode, its
-/// session and CSRF token). In read-only mode only sign-in remains, and
-/// only when reading needs it: no route that writes is registered.
-pub fn write_router(state: &AppState) -> axum::Router<AppState> {
+/// Sign-in and sign-out: they change no spec and no Asterisk, only who is
+/// signed in. In read-only mode they remain only when reading needs a
+/// session.
+pub fn signin_router(state: &AppState) -> axum::Router<AppState> {
     let mut r = axum::Router::new();
     if !state.read_only || !state.anonymous_read {
         r = r.route("/ui/signin", get(signin_form).post(signin)).route("/ui/signout", post(signout));
     }
-    if !state.read_only {
-        r = r
-            .route("/ui/extensions", post(create))
-            .route("/ui/extensions/{id}", post(update))
-            .route("/ui/extensions/new", get(new_form))
-            .route("/ui/extensions/{id}/edit", get(edit_form))
-            .route("/ui/extensions/{id}/delete", get(delete_form).post(delete))
-            .route("/ui/import", get(import_form).post(import_confirm))
-            .route("/ui/import/preview", post(import_preview));
-    }
     r
 }
 
-/// Whether the request carries a live session (for the anonymous-read check).
-pub fn signed_in(state: &AppState, headers: &HeaderMap) -> bool {
-    Viewer::of(state, headers).session.is_some()
+/// The pages and forms that write (see `http::write_router`): each takes an
+/// [`Editor`] (a page) or a [`FormWrite`] (a post, with its CSRF token).
+pub fn write_router() -> axum::Router<AppState> {
+    axum::Router::new()
+        .route("/ui/extensions", post(create))
+        .route("/ui/extensions/{id}", post(update))
+        .route("/ui/extensions/new", get(new_form))
+        .route("/ui/extensions/{id}/edit", get(edit_form))
+        .route("/ui/extensions/{id}/delete", get(delete_form).post(delete))
+        .route("/ui/import", get(import_form).post(import_confirm))
+        .route("/ui/import/preview", post(import_preview))
 }
 
-async fn overview(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let viewer = Viewer::of(&state, &headers);
-    let st = or_page!(super::read::status_json(&state).await);
+async fn overview(State(state): State<AppState>, viewer: Viewer, PageDb(db): PageDb) -> Response {
+    let st = or_page!(super::read::status_view(&state, &db).await);
+    let database =
+        format!("{} ({})", st.database.backend, if st.database.reachable { "reachable" } else { "unreachable" });
+    let (noop_runs, runs) = split_runs(st.last_runs);
     let ctx = context! {
         ..base(&state, &viewer, None),
         ..context! {
-            ready => st["ready"]["status"].as_str(),
-            ready_reason => st["ready"]["message"].as_str(),
-            extensions => st["extensions"].as_u64(),
-            not_synced => st["notSynced"].as_u64(),
-            by_state => minijinja::Value::from_serialize(&st["sync"]),
-            reconciling => st["reconciling"].as_bool().unwrap_or(false),
-            reconciling_step => st["reconcilingStep"].as_str(),
-            stalled => st["stalled"].as_bool().unwrap_or(false),
-            registered => st["registered"].as_u64(),
-            drift => st["drift"].as_u64(),
-            asterisk_up => st["asterisk"]["reachable"].as_bool().unwrap_or(false),
-            asterisk_configured => st["asterisk"]["configured"].as_bool().unwrap_or(false),
-            asterisk_version => st["asterisk"]["version"].as_str(),
-            revision => st["lastAppliedRevision"].as_str(),
-            last_sync => st["updatedAt"].as_str(),
-            database => format!("{} ({})", st["database"]["backend"].as_str().unwrap_or("?"),
-                if st["database"]["reachable"].as_bool().unwrap_or(false) { "reachable" } else { "unreachable" }),
-            runs => minijinja::Value::from_serialize(&st["lastRuns"]),
-            active_calls => st["activeCalls"].as_i64(),
+            ready => st.ready.as_ref().map(|r| r.status.clone()),
+            ready_reason => st.ready.as_ref().map(|r| r.message.clone()),
+            extensions => st.extensions,
+            not_synced => st.not_synced,
+            by_state => st.sync,
+            reconciling => st.reconciling,
+            reconciling_step => st.reconciling_step,
+            stalled => st.stalled,
+            registered => st.registered,
+            drift => st.drift,
+            asterisk_up => st.asterisk.reachable.unwrap_or(false),
+            asterisk_configured => st.asterisk.configured,
+            asterisk_version => st.asterisk.version,
+            revision => st.last_applied_revision,
+            last_sync => st.updated_at,
+            database => database,
+            runs => runs,
+            noop_runs => noop_runs,
+            active_calls => st.active_calls,
         }
     };
     page(StatusCode::OK, "overview.html", ctx)
 }
 
-async fn list(State(state): State<AppState>, headers: HeaderMap, Query(q): Query<HashMap<String, String>>) -> Response {
-    let viewer = Viewer::of(&state, &headers);
-    let db = or_page!(db(&state));
-    let all = or_page!(db.extensions().await.map_err(internal));
+/// Runs for a page: the ones that changed or failed something in full, and
+/// how many in between changed nothing (shown as a count, with a link to
+/// all), so quiet resyncs do not crowd out the runs that mattered.
+fn split_runs(runs: Vec<crate::db::RunSummary>) -> (usize, Vec<crate::db::RunSummary>) {
+    let total = runs.len();
+    let kept: Vec<_> = runs.into_iter().filter(|r| !is_quiet(r)).collect();
+    (total - kept.len(), kept)
+}
+
+/// A run that found nothing to do and did nothing.
+fn is_quiet(r: &crate::db::RunSummary) -> bool {
+    r.outcome == crate::reconcile::Outcome::NoOp.as_str()
+        && r.creates == 0
+        && r.updates == 0
+        && r.deletes == 0
+        && !r.reloaded
+        && r.error.is_none()
+        && r.warning.is_none()
+}
+
+async fn list(
+    State(state): State<AppState>,
+    viewer: Viewer,
+    PageDb(db): PageDb,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
     let query = q.get("q").map(|s| s.trim().to_string()).unwrap_or_default();
     let offset: usize = q.get("offset").and_then(|o| o.parse().ok()).unwrap_or(0);
     let (regs, known) = registrations(&state);
     let sync = q.get("sync").map(|s| s.trim().to_string()).filter(|s| crate::status::SyncState::parse(s).is_some());
-    let matching: Vec<_> = all
-        .iter()
-        .filter(|r| query.is_empty() || super::read::matches(r, &query))
-        .filter(|r| sync.as_deref().is_none_or(|s| r.sync_status == s))
-        .collect();
-    let total = matching.len();
-    let rows: Vec<Value> = matching
-        .iter()
-        .skip(offset)
-        .take(PAGE)
-        .map(|r| {
-            let mut v = serde_json::to_value(r).unwrap_or(Value::Null);
-            v["registered"] = if known { Value::Bool(regs.of(&r.number).1) } else { Value::Null };
-            v
-        })
-        .collect();
+    let found = or_page!(super::read::page_of(&db, Some(&query), sync.as_deref(), offset, Some(PAGE)).await);
+    let total = found.total;
+    let rows: Vec<_> = found.records.iter().map(|r| super::read::extension_view(r, &regs, known)).collect();
     let shown = rows.len();
     let next_url = (offset + shown < total).then(|| {
         let mut url = format!("/ui/extensions?offset={}", offset + shown);
@@ -314,12 +314,11 @@ fn percent(s: &str) -> String {
 
 async fn status(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    viewer: Viewer,
+    PageDb(db): PageDb,
     Path(id): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    let viewer = Viewer::of(&state, &headers);
-    let db = or_page!(db(&state));
     let record = or_page!(db.extension(&id).await.map_err(internal));
     let (mut contacts, mut endpoint, mut live_error) = (Vec::new(), None, None);
     match &state.live.asterisk {
@@ -339,21 +338,10 @@ async fn status(
             &format!("Extension {id} is neither applied nor in Asterisk."),
         );
     }
-    let drift: Vec<String> = match (&record, &endpoint) {
-        (Some(r), Some(d)) => drift(r, d)
-            .iter()
-            .map(|d| {
-                format!(
-                    "{}: applied {} but Asterisk has {}",
-                    d["field"].as_str().unwrap_or(""),
-                    d["applied"],
-                    d["asterisk"]
-                )
-            })
-            .collect(),
-        (Some(_), None) if live_error.is_none() => vec!["applied but not loaded by Asterisk".into()],
-        (None, Some(_)) => vec!["in Asterisk but not managed here".into()],
-        _ => Vec::new(),
+    let drift: Vec<String> = if live_error.is_some() {
+        Vec::new()
+    } else {
+        super::read::drift_of(record.as_ref(), endpoint.as_ref()).iter().map(|d| d.text()).collect()
     };
     let auth_username =
         endpoint.as_ref().map(|e| e.auth.clone()).filter(|a| !a.is_empty()).unwrap_or_else(|| id.clone());
@@ -376,27 +364,37 @@ async fn status(
     page(StatusCode::OK, "status.html", ctx)
 }
 
-async fn runs(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let viewer = Viewer::of(&state, &headers);
-    let db = or_page!(db(&state));
-    let runs = or_page!(db.runs(100).await.map_err(internal));
-    page(StatusCode::OK, "runs.html", context! { ..base(&state, &viewer, None), ..context! { runs => runs } })
+/// The last 100 runs; those that changed nothing are counted, not listed,
+/// unless `?all=1`.
+async fn runs(
+    State(state): State<AppState>,
+    viewer: Viewer,
+    PageDb(db): PageDb,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let all = or_page!(db.runs(100).await.map_err(internal));
+    let show_all = q.get("all").is_some_and(|v| v == "1" || v == "true");
+    let (noop_runs, runs) = if show_all { (0, all) } else { split_runs(all) };
+    page(
+        StatusCode::OK,
+        "runs.html",
+        context! { ..base(&state, &viewer, None), ..context! { runs => runs, noop_runs => noop_runs, show_all => show_all } },
+    )
 }
 
-async fn run(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    let viewer = Viewer::of(&state, &headers);
+async fn run(State(state): State<AppState>, viewer: Viewer, PageDb(db): PageDb, Path(id): Path<String>) -> Response {
     let Ok(n) = id.parse::<i64>() else {
         return error_page(StatusCode::NOT_FOUND, "Not found", &format!("There is no run {id}."));
     };
-    let db = or_page!(db(&state));
     let Some(run) = or_page!(db.run(n).await.map_err(internal)) else {
         return error_page(StatusCode::NOT_FOUND, "Not found", &format!("There is no run {n}."));
     };
-    let diagnostics: Vec<Value> = run
-        .diagnostics
-        .as_array()
-        .map(|a| a.iter().map(|d| json!({"file": d["file"], "line": d["line"], "column": d["column"], "field": d["field"], "message": d["message"]})).collect())
-        .unwrap_or_default();
+    // The run's diagnostics as stored (`diag::Diagnostic`'s JSON); a row
+    // that does not read as one is left out rather than failing the page.
+    let diagnostics: Vec<super::views::DiagnosticLine> = match &run.diagnostics {
+        Value::Array(items) => items.iter().filter_map(|d| serde_json::from_value(d.clone()).ok()).collect(),
+        _ => Vec::new(),
+    };
     page(
         StatusCode::OK,
         "run.html",
@@ -406,15 +404,14 @@ async fn run(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<S
 
 async fn calls(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    viewer: Viewer,
+    PageDb(db): PageDb,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    let viewer = Viewer::of(&state, &headers);
     let extension = q.get("extension").map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
     let direction = q.get("direction").cloned().filter(|d| ["inbound", "outbound", "internal"].contains(&d.as_str()));
     let filter =
         CallFilter { extension: extension.clone(), direction: direction.clone(), limit: 200, ..Default::default() };
-    let db = or_page!(db(&state));
     let calls = or_page!(db.calls(&filter).await.map_err(internal));
     let mut csv_url = "/calls?format=csv&limit=1000".to_string();
     if let Some(e) = &extension {
@@ -433,9 +430,7 @@ async fn calls(
 }
 
 /// The calls happening now; the page refreshes itself every 5 s (no JavaScript).
-async fn active_calls(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let viewer = Viewer::of(&state, &headers);
-    let db = or_page!(db(&state));
+async fn active_calls(State(state): State<AppState>, viewer: Viewer, PageDb(db): PageDb) -> Response {
     let now = chrono::Utc::now();
     let calls = or_page!(db.active_calls().await.map_err(internal));
     let rows: Vec<Value> = calls
@@ -467,17 +462,6 @@ async fn active_calls(State(state): State<AppState>, headers: HeaderMap) -> Resp
 /// token: a short-lived cookie and the same value in the form.
 const PRE_COOKIE: &str = "ag_signin";
 
-fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|c| c.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.to_string())
-}
-
 fn signin_page(state: &AppState, viewer: &Viewer, status: StatusCode, error: Option<String>) -> Response {
     let token = random_token();
     let ctx = context! { ..base(state, viewer, None), ..context! { error => error, signin_csrf => token.clone() } };
@@ -489,17 +473,16 @@ fn signin_page(state: &AppState, viewer: &Viewer, status: StatusCode, error: Opt
     r
 }
 
-async fn signin_form(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let viewer = Viewer::of(&state, &headers);
+async fn signin_form(State(state): State<AppState>, viewer: Viewer) -> Response {
     signin_page(&state, &viewer, StatusCode::OK, None)
 }
 
 async fn signin(
     State(state): State<AppState>,
+    viewer: Viewer,
     headers: HeaderMap,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
-    let viewer = Viewer::of(&state, &headers);
     let expected = cookie_value(&headers, PRE_COOKIE).unwrap_or_default();
     let sent = form.get("csrf").map(String::as_str).unwrap_or_default();
     if expected.is_empty() || !bool::from(sent.as_bytes().ct_eq(expected.as_bytes())) {
@@ -542,15 +525,7 @@ async fn signin(
     r
 }
 
-async fn signout(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    Form(form): Form<HashMap<String, String>>,
-) -> Response {
-    let viewer = Viewer::of(&state, &headers);
-    if let Err(r) = viewer.writer(&form) {
-        return *r;
-    }
+async fn signout(State(state): State<AppState>, SessionForm { viewer }: SessionForm) -> Response {
     if let Some(s) = &viewer.session {
         state.live.sessions.0.lock().unwrap_or_else(|p| p.into_inner()).retain(|_, v| v.csrf != s.csrf);
     }
@@ -685,14 +660,7 @@ fn form_page(
     page(status, "form.html", ctx)
 }
 
-async fn new_form(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    if state.read_only {
-        return read_only_page();
-    }
-    let viewer = Viewer::of(&state, &headers);
-    if viewer.session.is_none() {
-        return Redirect::to("/ui/signin").into_response();
-    }
+async fn new_form(State(state): State<AppState>, Editor(viewer): Editor) -> Response {
     form_page(&state, &viewer, StatusCode::OK, None, json!({}), None)
 }
 
@@ -706,25 +674,7 @@ fn echo(form: &HashMap<String, String>) -> Value {
     v
 }
 
-/// What a write route answers in read-only mode (it is not even
-/// registered then; this holds if it ever is).
-fn read_only_page() -> Response {
-    error_page(StatusCode::FORBIDDEN, "Read-only", "This server is read-only.")
-}
-
-async fn create(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    Form(form): Form<HashMap<String, String>>,
-) -> Response {
-    if state.read_only {
-        return read_only_page();
-    }
-    let viewer = Viewer::of(&state, &headers);
-    let author = match viewer.writer(&form) {
-        Ok(a) => a,
-        Err(r) => return *r,
-    };
+async fn create(State(state): State<AppState>, FormWrite { viewer, author, form }: FormWrite) -> Response {
     let number = form.get("extension").map(|s| s.trim().to_string()).unwrap_or_default();
     let created = match super::api::check_fields(body_of(&form, false)) {
         Ok(body) => super::api::create_entry(&state, body, author).await,
@@ -740,15 +690,12 @@ async fn create(
     }
 }
 
-async fn edit_form(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    if state.read_only {
-        return read_only_page();
-    }
-    let viewer = Viewer::of(&state, &headers);
-    if viewer.session.is_none() {
-        return Redirect::to("/ui/signin").into_response();
-    }
-    let db = or_page!(db(&state));
+async fn edit_form(
+    State(state): State<AppState>,
+    Editor(viewer): Editor,
+    PageDb(db): PageDb,
+    Path(id): Path<String>,
+) -> Response {
     let Some(record) = or_page!(db.extension(&id).await.map_err(internal)) else {
         return error_page(StatusCode::NOT_FOUND, "Not found", &format!("Extension {id} is not applied."));
     };
@@ -766,18 +713,9 @@ async fn edit_form(State(state): State<AppState>, headers: HeaderMap, Path(id): 
 
 async fn update(
     State(state): State<AppState>,
-    headers: HeaderMap,
     Path(id): Path<String>,
-    Form(form): Form<HashMap<String, String>>,
+    FormWrite { viewer, author, form }: FormWrite,
 ) -> Response {
-    if state.read_only {
-        return read_only_page();
-    }
-    let viewer = Viewer::of(&state, &headers);
-    let author = match viewer.writer(&form) {
-        Ok(a) => a,
-        Err(r) => return *r,
-    };
     let updated = match super::api::check_fields(body_of(&form, true)) {
         Ok(body) => super::api::update_entry(&state, &id, body, author).await,
         Err(e) => Err(e),
@@ -789,31 +727,15 @@ async fn update(
     }
 }
 
-async fn delete_form(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    if state.read_only {
-        return read_only_page();
-    }
-    let viewer = Viewer::of(&state, &headers);
-    if viewer.session.is_none() {
-        return Redirect::to("/ui/signin").into_response();
-    }
+async fn delete_form(State(state): State<AppState>, Editor(viewer): Editor, Path(id): Path<String>) -> Response {
     page(StatusCode::OK, "delete.html", context! { ..base(&state, &viewer, None), ..context! { number => id } })
 }
 
 async fn delete(
     State(state): State<AppState>,
-    headers: HeaderMap,
     Path(id): Path<String>,
-    Form(form): Form<HashMap<String, String>>,
+    FormWrite { author, .. }: FormWrite,
 ) -> Response {
-    if state.read_only {
-        return read_only_page();
-    }
-    let viewer = Viewer::of(&state, &headers);
-    let author = match viewer.writer(&form) {
-        Ok(a) => a,
-        Err(r) => return *r,
-    };
     match super::api::delete_entry(&state, &id, author).await {
         Ok(_) => Redirect::to("/ui/extensions").into_response(),
         Err(e) => api_error_page(e),
@@ -822,7 +744,7 @@ async fn delete(
 
 /// The fields of a `multipart/form-data` body (a file field's content as
 /// text), or of a urlencoded one. Bounded by axum's body limit.
-fn form_fields(headers: &HeaderMap, body: &[u8]) -> HashMap<String, String> {
+pub(crate) fn form_fields(headers: &HeaderMap, body: &[u8]) -> HashMap<String, String> {
     let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
     let Some(boundary) = ct
         .strip_prefix("multipart/form-data")
@@ -854,14 +776,7 @@ fn import_page(state: &AppState, viewer: &Viewer, status: StatusCode, extra: min
     page(status, "import.html", context! { ..base(state, viewer, None), ..extra })
 }
 
-async fn import_form(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    if state.read_only {
-        return read_only_page();
-    }
-    let viewer = Viewer::of(&state, &headers);
-    if viewer.session.is_none() {
-        return Redirect::to("/ui/signin").into_response();
-    }
+async fn import_form(State(state): State<AppState>, Editor(viewer): Editor) -> Response {
     import_page(&state, &viewer, StatusCode::OK, context! {})
 }
 
@@ -889,15 +804,7 @@ fn import_errors(state: &AppState, viewer: &Viewer, e: ApiError) -> Response {
 }
 
 /// Upload → the plan, and a confirm button; nothing is written.
-async fn import_preview(State(state): State<AppState>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
-    if state.read_only {
-        return read_only_page();
-    }
-    let viewer = Viewer::of(&state, &headers);
-    let form = form_fields(&headers, &body);
-    if let Err(r) = viewer.writer(&form) {
-        return *r;
-    }
+async fn import_preview(State(state): State<AppState>, FormWrite { viewer, form, .. }: FormWrite) -> Response {
     let csv = csv_of(&form);
     match super::api::import_plan(&state, &csv).await {
         Ok(plan) => {
@@ -927,17 +834,8 @@ async fn import_preview(State(state): State<AppState>, headers: HeaderMap, body:
 }
 
 /// Confirm → one commit.
-async fn import_confirm(State(state): State<AppState>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
-    if state.read_only {
-        return read_only_page();
-    }
-    let viewer = Viewer::of(&state, &headers);
-    let form = form_fields(&headers, &body);
-    let author = match viewer.writer(&form) {
-        Ok(a) => a,
-        Err(r) => return *r,
-    };
-    let csrf = viewer.session.as_ref().map(|s| s.csrf.clone()).unwrap_or_default();
+async fn import_confirm(State(state): State<AppState>, FormWrite { viewer, author, form }: FormWrite) -> Response {
+    let csrf = viewer.csrf().to_string();
     let Some(csv) = form.get("import").and_then(|id| take_import(id, &csrf)) else {
         return import_page(
             &state,
@@ -1039,6 +937,18 @@ mod tests {
         let f = form_fields(&h, body.as_bytes());
         assert_eq!(f["csrf"], "tok");
         assert_eq!(f["file"], "extension,name\r\n1,A\r\n");
+    }
+
+    #[test]
+    fn a_stored_diagnostic_reads_as_the_run_page_lists_it() {
+        let loc = crate::diag::Location { file: "team.yaml".into(), line: 3, column: 7 };
+        let d = crate::diag::Diagnostic::error("unknown-codec", loc, "extensions[0].codecs", "unknown codec g7299");
+        let line: super::super::views::DiagnosticLine =
+            serde_json::from_value(serde_json::to_value(&d).expect("json")).expect("reads");
+        assert_eq!(
+            (line.file.as_str(), line.line, line.column, line.field.as_str(), line.message.as_str()),
+            ("team.yaml", 3, 7, "extensions[0].codecs", "unknown codec g7299")
+        );
     }
 
     #[test]
