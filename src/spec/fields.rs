@@ -1,0 +1,383 @@
+//! The one table of an extension's fields, and every list of field names
+//! derived from it.
+//!
+//! A field appears in many places: the spec's keys (an entry's and the
+//! `defaults`'), the plan's field names, the template's view of an
+//! endpoint, the `extensions` table's columns, the UI form, our CSV. Each
+//! of those lists is computed here from [`FIELDS`] at compile time, so
+//! adding a field is one row here plus the code that gives it a meaning
+//! (its check in `resolve`, its value in the plan, the view, the row);
+//! `tests::every_field_reaches_every_place_it_names` and the tests beside
+//! each consumer fail when one of those is forgotten.
+
+/// How a field's value is written in a spec file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A string.
+    Text,
+    /// A list, or a comma-separated string (`StringList`).
+    List,
+    /// A non-negative integer.
+    Number,
+    /// `true` or `false`.
+    Flag,
+    /// One of the four ways to give the secret (exactly one per entry).
+    Secret,
+    /// Free-form `name: value` labels.
+    Labels,
+    /// Extra pjsip options by object type (`ExtraOptions`).
+    Options,
+}
+
+/// One field of an extension and every name it goes by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Field {
+    /// The spec's key (YAML and JSON, camelCase): `displayName`.
+    pub key: &'static str,
+    pub kind: Kind,
+    /// Whether a file's `defaults` may set it.
+    pub defaults: bool,
+    /// The name the plan compares it under (`plan::Fields`); the four
+    /// secret fields share `secret` (kind and md5 hash), given once.
+    pub plan: Option<&'static str>,
+    /// The `extensions` table's column holding it (the four secret fields
+    /// share `secret_kind`, given once; the hash is `secret_md5`).
+    pub column: Option<&'static str>,
+    /// The keys it gives the template's view of an endpoint (`render`).
+    pub view: &'static [&'static str],
+    /// Whether the UI's form edits it (under [`Field::key`]).
+    pub form: bool,
+    /// Whether it is a column of our CSV (`import::csv`, under [`Field::key`]).
+    pub csv: bool,
+    /// A value a spec file may give it, as YAML (for the tests that walk the table).
+    pub sample: &'static str,
+}
+
+const fn field(key: &'static str, kind: Kind) -> Field {
+    Field { key, kind, defaults: false, plan: None, column: None, view: &[], form: false, csv: false, sample: "" }
+}
+
+impl Field {
+    const fn defaults(mut self) -> Self {
+        self.defaults = true;
+        self
+    }
+    const fn plan(mut self, name: &'static str) -> Self {
+        self.plan = Some(name);
+        self
+    }
+    const fn column(mut self, name: &'static str) -> Self {
+        self.column = Some(name);
+        self
+    }
+    const fn view(mut self, keys: &'static [&'static str]) -> Self {
+        self.view = keys;
+        self
+    }
+    const fn form(mut self) -> Self {
+        self.form = true;
+        self
+    }
+    const fn csv(mut self) -> Self {
+        self.csv = true;
+        self
+    }
+    const fn sample(mut self, yaml: &'static str) -> Self {
+        self.sample = yaml;
+        self
+    }
+}
+
+/// The plan's name for the secret's fingerprint (kind and md5 hash).
+pub const SECRET: &str = "secret";
+
+use Kind::*;
+
+/// Every field an extension entry may have, in the order the schema
+/// documents them (and our CSV and the plan list them).
+pub const FIELDS: &[Field] = &[
+    field("extension", Text).column("number").view(&["extension"]).form().csv().sample("\"1001\""),
+    field("displayName", Text).plan("displayName").column("display_name").form().csv().sample("Front Desk"),
+    field("context", Text)
+        .defaults()
+        .plan("context")
+        .column("context")
+        .view(&["context"])
+        .form()
+        .csv()
+        .sample("internal"),
+    field("transport", Text)
+        .defaults()
+        .plan("transport")
+        .column("transport")
+        .view(&["transport"])
+        .form()
+        .csv()
+        .sample("transport-udp"),
+    field("codecs", List)
+        .defaults()
+        .plan("codecs")
+        .column("codecs")
+        .view(&["codecs"])
+        .form()
+        .csv()
+        .sample("[ulaw, alaw]"),
+    field("password", Secret)
+        .plan(SECRET)
+        .column("secret_kind")
+        .view(&["auth_type", "password", "md5_cred"])
+        .form()
+        .csv()
+        .sample("s3cret-Pw-1"),
+    field("md5Cred", Secret).csv().sample("0123456789abcdef0123456789abcdef"),
+    field("passwordEnv", Secret).sample("EXT_1001"),
+    field("passwordFile", Secret).sample("1001.password"),
+    field("maxContacts", Number)
+        .defaults()
+        .plan("maxContacts")
+        .column("max_contacts")
+        .view(&["max_contacts"])
+        .csv()
+        .sample("2"),
+    field("qualifyFrequency", Number)
+        .defaults()
+        .plan("qualifyFrequency")
+        .column("qualify_frequency")
+        .view(&["qualify_frequency"])
+        .form()
+        .csv()
+        .sample("30"),
+    field("callerId", Text).plan("callerId").column("caller_id").view(&["callerid"]).csv().sample("'\"Desk\" <1001>'"),
+    field("mailboxes", List).plan("mailboxes").column("mailboxes").view(&["mailboxes"]).csv().sample("1001@default"),
+    field("dtmfMode", Text)
+        .defaults()
+        .plan("dtmfMode")
+        .column("dtmf_mode")
+        .view(&["dtmf_mode"])
+        .csv()
+        .sample("rfc4733"),
+    field("profile", Text)
+        .defaults()
+        .plan("profile")
+        .column("profile")
+        .view(&["profile", "webrtc"])
+        .form()
+        .csv()
+        .sample("lan"),
+    field("directMedia", Flag)
+        .defaults()
+        .plan("directMedia")
+        .column("direct_media")
+        .view(&["direct_media"])
+        .csv()
+        .sample("true"),
+    field("rtpSymmetric", Flag)
+        .defaults()
+        .plan("rtpSymmetric")
+        .column("rtp_symmetric")
+        .view(&["rtp_symmetric"])
+        .csv()
+        .sample("true"),
+    field("forceRport", Flag)
+        .defaults()
+        .plan("forceRport")
+        .column("force_rport")
+        .view(&["force_rport"])
+        .csv()
+        .sample("false"),
+    field("rewriteContact", Flag)
+        .defaults()
+        .plan("rewriteContact")
+        .column("rewrite_contact")
+        .view(&["rewrite_contact"])
+        .csv()
+        .sample("true"),
+    field("enabled", Flag).defaults().plan("enabled").column("enabled").csv().sample("false"),
+    field("labels", Labels).defaults().plan("labels").column("labels").sample("{team: sales}"),
+    field("options", Options)
+        .defaults()
+        .plan("options")
+        .column("options")
+        .view(&["endpoint_options", "aor_options", "auth_options"])
+        .form()
+        .sample("{endpoint: {timers: required}}"),
+];
+
+/// Which list of names to derive.
+#[derive(Clone, Copy)]
+enum Which {
+    Entry,
+    Defaults,
+    Secrets,
+    Plan,
+    Columns,
+    View,
+    Form,
+    Csv,
+}
+
+/// The `j`th name `list` takes from one field, if it takes that many.
+const fn name_of(f: &Field, list: Which, j: usize) -> Option<&'static str> {
+    match list {
+        Which::Entry if j == 0 => Some(f.key),
+        Which::Defaults if j == 0 && f.defaults => Some(f.key),
+        Which::Secrets if j == 0 && matches!(f.kind, Secret) => Some(f.key),
+        Which::Plan if j == 0 => f.plan,
+        Which::Columns if j == 0 => f.column,
+        Which::View if j < f.view.len() => Some(f.view[j]),
+        Which::Form if j == 0 && f.form => Some(f.key),
+        Which::Csv if j == 0 && f.csv => Some(f.key),
+        _ => None,
+    }
+}
+
+const fn count(list: Which) -> usize {
+    let (mut i, mut n) = (0, 0);
+    while i < FIELDS.len() {
+        let mut j = 0;
+        while name_of(&FIELDS[i], list, j).is_some() {
+            j += 1;
+        }
+        n += j;
+        i += 1;
+    }
+    n
+}
+
+const fn names<const N: usize>(list: Which) -> [&'static str; N] {
+    let mut out = [""; N];
+    let (mut i, mut n) = (0, 0);
+    while i < FIELDS.len() {
+        let mut j = 0;
+        while let Some(name) = name_of(&FIELDS[i], list, j) {
+            out[n] = name;
+            n += 1;
+            j += 1;
+        }
+        i += 1;
+    }
+    out
+}
+
+/// Every key an entry may have.
+pub const ENTRY_KEYS: &[&str] = &names::<{ count(Which::Entry) }>(Which::Entry);
+/// The keys a file's `defaults` may have.
+pub const DEFAULTS_KEYS: &[&str] = &names::<{ count(Which::Defaults) }>(Which::Defaults);
+/// The four keys that give the secret.
+pub const SECRET_KEYS: &[&str] = &names::<{ count(Which::Secrets) }>(Which::Secrets);
+/// Every field name the plan compares (`plan::desired_fields`).
+pub const PLAN_NAMES: &[&str] = &names::<{ count(Which::Plan) }>(Which::Plan);
+/// The `extensions` table's columns that hold a field (`db`); the table's
+/// own (`secret_md5`, `fields`, `spec_hash`, …) come after them.
+pub const COLUMNS: &[&str] = &names::<{ count(Which::Columns) }>(Which::Columns);
+/// The keys of the template's view of an endpoint (`render`).
+pub const VIEW_KEYS: &[&str] = &names::<{ count(Which::View) }>(Which::View);
+/// The fields the UI's form edits, as the JSON API names them.
+pub const FORM_KEYS: &[&str] = &names::<{ count(Which::Form) }>(Which::Form);
+/// Our CSV's columns besides options, in export order (`import::csv`).
+pub const CSV_COLUMNS: &[&str] = &names::<{ count(Which::Csv) }>(Which::Csv);
+
+/// The field with this spec key.
+pub fn get(key: &str) -> Option<&'static Field> {
+    FIELDS.iter().find(|f| f.key == key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_derived_lists_are_what_the_modules_used_to_spell_out() {
+        assert_eq!(ENTRY_KEYS.len(), FIELDS.len());
+        assert_eq!(SECRET_KEYS, ["password", "md5Cred", "passwordEnv", "passwordFile"]);
+        assert_eq!(
+            CSV_COLUMNS,
+            [
+                "extension",
+                "displayName",
+                "context",
+                "transport",
+                "codecs",
+                "password",
+                "md5Cred",
+                "maxContacts",
+                "qualifyFrequency",
+                "callerId",
+                "mailboxes",
+                "dtmfMode",
+                "profile",
+                "directMedia",
+                "rtpSymmetric",
+                "forceRport",
+                "rewriteContact",
+                "enabled",
+            ]
+        );
+        assert!(!DEFAULTS_KEYS.contains(&"extension") && DEFAULTS_KEYS.contains(&"options"));
+        assert!(PLAN_NAMES.contains(&SECRET) && !PLAN_NAMES.contains(&"extension"));
+    }
+
+    #[test]
+    fn names_are_unique_in_every_list() {
+        for list in [ENTRY_KEYS, DEFAULTS_KEYS, PLAN_NAMES, COLUMNS, VIEW_KEYS, FORM_KEYS, CSV_COLUMNS] {
+            let mut seen = std::collections::BTreeSet::new();
+            for name in list {
+                assert!(!name.is_empty() && seen.insert(*name), "{name:?} twice in {list:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_field_has_a_sample_and_every_stored_field_a_plan_name() {
+        for f in FIELDS {
+            assert!(!f.sample.is_empty(), "{}: no sample", f.key);
+            // What the plan does not compare, the database need not keep, and the reverse.
+            assert!(f.plan.is_some() || f.column.is_none() || f.key == "extension", "{}", f.key);
+        }
+    }
+
+    #[test]
+    fn every_field_is_read_from_a_file_and_written_back() {
+        // Each field alone on an entry (or in `defaults`), as a spec file writes it:
+        // the loader reads it into the entry, and the entry serialises it under its key.
+        for f in FIELDS {
+            let yaml = format!("extensions:\n  - {}: {}\n", f.key, f.sample);
+            let (_, entries) = crate::spec::load::raw_entries("f.yaml", &yaml).expect("a spec file");
+            let (entry, _) = entries.first().expect("one entry");
+            let json = serde_json::to_value(entry).expect("serialises");
+            assert!(json.get(f.key).is_some_and(|v| !v.is_null()), "{}: not read from {yaml:?}: {json}", f.key);
+            if f.defaults {
+                let yaml = format!("defaults:\n  {}: {}\nextensions: []\n", f.key, f.sample);
+                let (defaults, _) = crate::spec::load::raw_entries("f.yaml", &yaml).expect("a spec file");
+                let json = serde_json::to_value(&defaults).expect("serialises");
+                assert!(json.get(f.key).is_some_and(|v| !v.is_null()), "{}: not read from {yaml:?}: {json}", f.key);
+            }
+        }
+    }
+
+    #[test]
+    fn the_schema_has_every_field_and_no_other() {
+        let schema = serde_json::to_value(schemars::schema_for!(crate::spec::ExtensionEntry)).expect("schema");
+        let mut properties: Vec<&str> =
+            schema["properties"].as_object().expect("properties").keys().map(String::as_str).collect();
+        properties.sort();
+        let mut keys = ENTRY_KEYS.to_vec();
+        keys.sort();
+        assert_eq!(properties, keys);
+        let schema = serde_json::to_value(schemars::schema_for!(crate::spec::Defaults)).expect("schema");
+        let mut properties: Vec<&str> =
+            schema["properties"].as_object().expect("properties").keys().map(String::as_str).collect();
+        properties.sort();
+        let mut keys = DEFAULTS_KEYS.to_vec();
+        keys.sort();
+        assert_eq!(properties, keys);
+    }
+
+    #[test]
+    fn the_ui_form_has_an_input_for_every_form_field() {
+        let form = include_str!("../../templates/ui/form.html");
+        for key in FORM_KEYS {
+            assert!(form.contains(&format!("name=\"{key}\"")), "templates/ui/form.html has no input {key}");
+        }
+    }
+}
