@@ -70,6 +70,11 @@ impl Field {
         self.column = Some(name);
         self
     }
+    /// Compared by the plan under its key, and kept in `column`.
+    const fn stored(self, column: &'static str) -> Self {
+        let key = self.key;
+        self.plan(key).column(column)
+    }
     const fn view(mut self, keys: &'static [&'static str]) -> Self {
         self.view = keys;
         self
@@ -97,111 +102,45 @@ use Kind::*;
 /// documents them (and our CSV and the plan list them).
 pub const FIELDS: &[Field] = &[
     field("extension", Text).column("number").view(&["extension"]).form().csv().sample("\"1001\""),
-    field("displayName", Text).plan("displayName").column("display_name").form().csv().sample("Front Desk"),
-    field("context", Text)
-        .defaults()
-        .plan("context")
-        .column("context")
-        .view(&["context"])
-        .form()
-        .csv()
-        .sample("internal"),
-    field("transport", Text)
-        .defaults()
-        .plan("transport")
-        .column("transport")
-        .view(&["transport"])
-        .form()
-        .csv()
-        .sample("transport-udp"),
-    field("codecs", List)
-        .defaults()
-        .plan("codecs")
-        .column("codecs")
-        .view(&["codecs"])
-        .form()
-        .csv()
-        .sample("[ulaw, alaw]"),
-    field("password", Secret)
-        .plan(SECRET)
-        .column("secret_kind")
-        .view(&["auth_type", "password", "md5_cred"])
-        .form()
-        .csv()
-        .sample("s3cret-Pw-1"),
+    field("displayName", Text).stored("display_name").form().csv().sample("Front Desk"),
+    field("context", Text).defaults().stored("context").view(&["context"]).form().csv().sample("internal"),
+    field("transport", Text).defaults().stored("transport").view(&["transport"]).form().csv().sample("udp"),
+    field("codecs", List).defaults().stored("codecs").view(&["codecs"]).form().csv().sample("[ulaw, alaw]"),
+    field("password", Secret).stored("secret_kind").plan(SECRET).view(AUTH_VIEW).form().csv().sample("s3cret-Pw-1"),
     field("md5Cred", Secret).csv().sample("0123456789abcdef0123456789abcdef"),
     field("passwordEnv", Secret).sample("EXT_1001"),
     field("passwordFile", Secret).sample("1001.password"),
-    field("maxContacts", Number)
-        .defaults()
-        .plan("maxContacts")
-        .column("max_contacts")
-        .view(&["max_contacts"])
-        .csv()
-        .sample("2"),
+    field("maxContacts", Number).defaults().stored("max_contacts").view(&["max_contacts"]).csv().sample("2"),
     field("qualifyFrequency", Number)
         .defaults()
-        .plan("qualifyFrequency")
-        .column("qualify_frequency")
-        .view(&["qualify_frequency"])
+        .stored("qualify_frequency")
+        .view(QUALIFY_VIEW)
         .form()
         .csv()
         .sample("30"),
-    field("callerId", Text).plan("callerId").column("caller_id").view(&["callerid"]).csv().sample("'\"Desk\" <1001>'"),
-    field("mailboxes", List).plan("mailboxes").column("mailboxes").view(&["mailboxes"]).csv().sample("1001@default"),
-    field("dtmfMode", Text)
-        .defaults()
-        .plan("dtmfMode")
-        .column("dtmf_mode")
-        .view(&["dtmf_mode"])
-        .csv()
-        .sample("rfc4733"),
-    field("profile", Text)
-        .defaults()
-        .plan("profile")
-        .column("profile")
-        .view(&["profile", "webrtc"])
-        .form()
-        .csv()
-        .sample("lan"),
-    field("directMedia", Flag)
-        .defaults()
-        .plan("directMedia")
-        .column("direct_media")
-        .view(&["direct_media"])
-        .csv()
-        .sample("true"),
-    field("rtpSymmetric", Flag)
-        .defaults()
-        .plan("rtpSymmetric")
-        .column("rtp_symmetric")
-        .view(&["rtp_symmetric"])
-        .csv()
-        .sample("true"),
-    field("forceRport", Flag)
-        .defaults()
-        .plan("forceRport")
-        .column("force_rport")
-        .view(&["force_rport"])
-        .csv()
-        .sample("false"),
-    field("rewriteContact", Flag)
-        .defaults()
-        .plan("rewriteContact")
-        .column("rewrite_contact")
-        .view(&["rewrite_contact"])
-        .csv()
-        .sample("true"),
-    field("enabled", Flag).defaults().plan("enabled").column("enabled").csv().sample("false"),
-    field("labels", Labels).defaults().plan("labels").column("labels").sample("{team: sales}"),
+    field("callerId", Text).stored("caller_id").view(&["callerid"]).csv().sample("'\"Desk\" <1001>'"),
+    field("mailboxes", List).stored("mailboxes").view(&["mailboxes"]).csv().sample("1001@default"),
+    field("dtmfMode", Text).defaults().stored("dtmf_mode").view(&["dtmf_mode"]).csv().sample("rfc4733"),
+    field("profile", Text).defaults().stored("profile").view(&["profile", "webrtc"]).form().csv().sample("lan"),
+    field("directMedia", Flag).defaults().stored("direct_media").view(&["direct_media"]).csv().sample("true"),
+    field("rtpSymmetric", Flag).defaults().stored("rtp_symmetric").view(&["rtp_symmetric"]).csv().sample("true"),
+    field("forceRport", Flag).defaults().stored("force_rport").view(&["force_rport"]).csv().sample("false"),
+    field("rewriteContact", Flag).defaults().stored("rewrite_contact").view(&["rewrite_contact"]).csv().sample("true"),
+    field("enabled", Flag).defaults().stored("enabled").csv().sample("false"),
+    field("labels", Labels).defaults().stored("labels").sample("{team: sales}"),
     field("options", Options)
         .defaults()
-        .plan("options")
-        .column("options")
-        .view(&["endpoint_options", "aor_options", "auth_options"])
+        .stored("options")
+        .view(OPTIONS_VIEW)
         .form()
         .sample("{endpoint: {timers: required}}"),
 ];
+
+/// The view keys of the secret: what the auth section needs of it.
+const AUTH_VIEW: &[&str] = &["auth_type", "password", "md5_cred"];
+const QUALIFY_VIEW: &[&str] = &["qualify_frequency"];
+/// The extra options, one list per object type.
+const OPTIONS_VIEW: &[&str] = &["endpoint_options", "aor_options", "auth_options"];
 
 /// Which list of names to derive.
 #[derive(Clone, Copy)]

@@ -46,17 +46,50 @@ pub struct SpecFile {
     pub extensions: Vec<ExtensionEntry>,
 }
 
-/// The fields an entry and a file's `defaults` share word for word,
-/// written once: each of the two structs is its own fields, then these,
-/// then its labels (the schema's order, so it is kept).
+/// The fields an entry and a file's `defaults` share, written once (the
+/// three whose description differs take it as a parameter). Each struct
+/// gives its own fields in the groups between them, so the schema keeps
+/// its order: head, context/transport/codecs, secrets,
+/// maxContacts/qualifyFrequency, callerId/mailboxes, the profile and NAT
+/// flags through options, then labels.
 macro_rules! spec_struct {
     (
         $(#[$meta:meta])*
-        pub struct $name:ident { { $($head:tt)* } { $($end:tt)* } }
+        pub struct $name:ident {
+            { $($head:tt)* }
+            context: $context:literal,
+            codecs: $codecs:literal,
+            { $($secret:tt)* }
+            max_contacts: $max_contacts:literal,
+            { $($caller:tt)* }
+            { $($end:tt)* }
+        }
     ) => {
         $(#[$meta])*
         pub struct $name {
             $($head)*
+            #[doc = $context]
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            #[schemars(pattern(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,79}$"))]
+            pub context: Option<String>,
+            /// Name of a pjsip transport section defined by the operator (pjsip `transport`).
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            #[schemars(pattern(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,79}$"))]
+            pub transport: Option<String>,
+            #[doc = $codecs]
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            #[schemars(schema_with = "codecs_schema")]
+            pub codecs: Option<StringList>,
+            $($secret)*
+            #[doc = $max_contacts]
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            #[schemars(range(min = 1, max = 100))]
+            pub max_contacts: Option<u32>,
+            /// Seconds between qualify OPTIONS to each contact (pjsip aor `qualify_frequency`): tells a live phone from a dead one. Default 60; 0 turns qualifying off.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            #[schemars(range(min = 0, max = 86400))]
+            pub qualify_frequency: Option<u32>,
+            $($caller)*
             /// How DTMF is sent (pjsip `dtmf_mode`). Asterisk's default, rfc4733, applies when absent.
             #[serde(default, skip_serializing_if = "Option::is_none")]
             #[schemars(schema_with = "dtmf_schema")]
@@ -94,26 +127,13 @@ spec_struct! {
     #[serde(rename_all = "camelCase", deny_unknown_fields)]
     pub struct Defaults {
         {
-            /// Dialplan context for calls from these extensions (pjsip `context`).
-            #[serde(default, skip_serializing_if = "Option::is_none")]
-            #[schemars(pattern(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,79}$"))]
-            pub context: Option<String>,
-            /// Name of a pjsip transport section defined by the operator (pjsip `transport`).
-            #[serde(default, skip_serializing_if = "Option::is_none")]
-            #[schemars(pattern(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,79}$"))]
-            pub transport: Option<String>,
-            /// Allowed codecs, in order of preference: a list, or a comma-separated string.
-            #[serde(default, skip_serializing_if = "Option::is_none")]
-            #[schemars(schema_with = "codecs_schema")]
-            pub codecs: Option<StringList>,
-            /// Most contacts (registered devices) the extension may have at once. Default 1.
-            #[serde(default, skip_serializing_if = "Option::is_none")]
-            #[schemars(range(min = 1, max = 100))]
-            pub max_contacts: Option<u32>,
-            /// Seconds between qualify OPTIONS to each contact (pjsip aor `qualify_frequency`): tells a live phone from a dead one. Default 60; 0 turns qualifying off.
-            #[serde(default, skip_serializing_if = "Option::is_none")]
-            #[schemars(range(min = 0, max = 86400))]
-            pub qualify_frequency: Option<u32>,
+        }
+        context: " Dialplan context for calls from these extensions (pjsip `context`).",
+        codecs: " Allowed codecs, in order of preference: a list, or a comma-separated string.",
+        {
+        }
+        max_contacts: " Most contacts (registered devices) the extension may have at once. Default 1.",
+        {
         }
         {
             /// Free-form labels (department, email, …), merged under each entry's own. Stored, never rendered.
@@ -145,18 +165,10 @@ spec_struct! {
             #[serde(default, skip_serializing_if = "Option::is_none")]
             #[schemars(pattern(r#"^[^\u0000-\u001f\u007f-\u009f\[\];#"<>]*$"#), length(max = 128))]
             pub display_name: Option<String>,
-            /// Dialplan context for calls from this extension (pjsip `context`).
-            #[serde(default, skip_serializing_if = "Option::is_none")]
-            #[schemars(pattern(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,79}$"))]
-            pub context: Option<String>,
-            /// Name of a pjsip transport section defined by the operator (pjsip `transport`).
-            #[serde(default, skip_serializing_if = "Option::is_none")]
-            #[schemars(pattern(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,79}$"))]
-            pub transport: Option<String>,
-            /// Allowed codecs, in order of preference: a list, or a comma-separated string (`"ulaw,alaw,g729"`).
-            #[serde(default, skip_serializing_if = "Option::is_none")]
-            #[schemars(schema_with = "codecs_schema")]
-            pub codecs: Option<StringList>,
+        }
+        context: " Dialplan context for calls from this extension (pjsip `context`).",
+        codecs: " Allowed codecs, in order of preference: a list, or a comma-separated string (`\"ulaw,alaw,g729\"`).",
+        {
             /// Plain-text SIP password. Accepted for compatibility; `validate` warns and `--strict` refuses it.
             #[serde(default, skip_serializing_if = "Option::is_none")]
             #[schemars(pattern(r"^[^\u0000-\u001f\u007f-\u009f\[\];#]+$"), length(max = 128))]
@@ -173,14 +185,9 @@ spec_struct! {
             #[serde(default, skip_serializing_if = "Option::is_none")]
             #[schemars(pattern(r"^[^\u0000-\u001f\u007f-\u009f\[\];#]+$"), length(max = 128))]
             pub password_file: Option<String>,
-            /// Most contacts (registered devices) at once (pjsip aor `max_contacts`). Default 1. A phone that registers again (after a crash, on a new port) replaces its oldest contact (`remove_existing = yes`).
-            #[serde(default, skip_serializing_if = "Option::is_none")]
-            #[schemars(range(min = 1, max = 100))]
-            pub max_contacts: Option<u32>,
-            /// Seconds between qualify OPTIONS to each contact (pjsip aor `qualify_frequency`): tells a live phone from a dead one. Default 60; 0 turns qualifying off.
-            #[serde(default, skip_serializing_if = "Option::is_none")]
-            #[schemars(range(min = 0, max = 86400))]
-            pub qualify_frequency: Option<u32>,
+        }
+        max_contacts: " Most contacts (registered devices) at once (pjsip aor `max_contacts`). Default 1. A phone that registers again (after a crash, on a new port) replaces its oldest contact (`remove_existing = yes`).",
+        {
             /// Caller id presented for calls from this extension, e.g. `"Front Desk" <1001>`. Overrides displayName.
             #[serde(default, skip_serializing_if = "Option::is_none")]
             #[schemars(pattern(r"^[^\u0000-\u001f\u007f-\u009f\[\];#]*$"), length(max = 128))]
