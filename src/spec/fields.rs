@@ -6,9 +6,12 @@
 //! endpoint, the `extensions` table's columns, the UI form, our CSV. Each
 //! of those lists is computed here from [`FIELDS`] at compile time, so
 //! adding a field is one row here plus the code that gives it a meaning
-//! (its check in `resolve`, its value in the plan, the view, the row);
-//! `tests::every_field_reaches_every_place_it_names` and the tests beside
-//! each consumer fail when one of those is forgotten.
+//! (how `load` reads it, its check in `resolve`, its value in the plan,
+//! the view and the row). A test fails for each place that is forgotten:
+//! here (read from a file, in the schema, an input of the UI form),
+//! `plan` (a plan name `desired_fields` gives), `render` (a view key the
+//! endpoint answers), `import::csv` (a column read and exported) and
+//! `tests/db.rs` (a column written and read back).
 
 /// How a field's value is written in a spec file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -294,22 +297,24 @@ mod tests {
         }
     }
 
+    /// The property names of `T`'s JSON Schema, sorted.
+    fn properties<T: schemars::JsonSchema>() -> Vec<String> {
+        let schema = serde_json::to_value(schemars::schema_for!(T)).expect("schema");
+        let mut names: Vec<String> = schema["properties"].as_object().expect("properties").keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    fn sorted(keys: &[&str]) -> Vec<String> {
+        let mut keys: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+        keys.sort();
+        keys
+    }
+
     #[test]
     fn the_schema_has_every_field_and_no_other() {
-        let schema = serde_json::to_value(schemars::schema_for!(crate::spec::ExtensionEntry)).expect("schema");
-        let mut properties: Vec<&str> =
-            schema["properties"].as_object().expect("properties").keys().map(String::as_str).collect();
-        properties.sort();
-        let mut keys = ENTRY_KEYS.to_vec();
-        keys.sort();
-        assert_eq!(properties, keys);
-        let schema = serde_json::to_value(schemars::schema_for!(crate::spec::Defaults)).expect("schema");
-        let mut properties: Vec<&str> =
-            schema["properties"].as_object().expect("properties").keys().map(String::as_str).collect();
-        properties.sort();
-        let mut keys = DEFAULTS_KEYS.to_vec();
-        keys.sort();
-        assert_eq!(properties, keys);
+        assert_eq!(properties::<crate::spec::ExtensionEntry>(), sorted(ENTRY_KEYS));
+        assert_eq!(properties::<crate::spec::Defaults>(), sorted(DEFAULTS_KEYS));
     }
 
     #[test]
