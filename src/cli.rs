@@ -604,7 +604,7 @@ fn validate(global: &GlobalArgs, args: ValidateArgs) -> anyhow::Result<ExitCode>
     }
     // The template too: every option name it writes must be one Asterisk knows.
     let (template_problems, _) =
-        crate::catalogue::check_templates(settings.templates.as_deref(), &crate::catalogue::Catalogue::asterisk22());
+        crate::render::check_templates(settings.templates.as_deref(), &crate::catalogue::Catalogue::asterisk22());
     diagnostics.extend(template_problems);
     let failed = diagnostics.iter().any(|d| d.is_error() || args.strict);
     let out = diag::format_all(&diagnostics, args.format, loaded.set.extensions.len());

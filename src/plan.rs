@@ -74,29 +74,10 @@ impl Serialize for Fields {
 }
 
 /// The field that holds the secret's fingerprint (kind and md5 hash).
-pub const SECRET_FIELD: &str = "secret";
+pub const SECRET_FIELD: &str = crate::spec::fields::SECRET;
 
 /// Every field name [`desired_fields`] produces.
-pub const FIELD_NAMES: &[&str] = &[
-    "displayName",
-    "context",
-    "transport",
-    "codecs",
-    SECRET_FIELD,
-    "maxContacts",
-    "qualifyFrequency",
-    "callerId",
-    "mailboxes",
-    "dtmfMode",
-    "profile",
-    "directMedia",
-    "rtpSymmetric",
-    "forceRport",
-    "rewriteContact",
-    "enabled",
-    "labels",
-    "options",
-];
+pub const FIELD_NAMES: &[&str] = crate::spec::fields::PLAN_NAMES;
 
 /// The static name of a field read back from storage; `None` if unknown.
 pub fn field_name(name: &str) -> Option<&'static str> {
@@ -917,7 +898,33 @@ fn describe_drift(d: &Drift) -> String {
             "the managed file differs from what the applied specs render (edited by hand?)".into()
         }
         Drift::Unmanaged { endpoint } => format!("{endpoint} is in Asterisk but not managed here (left alone)"),
-        Drift::ObjectDiffers { .. } | Drift::Orphaned { .. } => crate::status::describe_drift(d),
+        Drift::ObjectDiffers { .. } | Drift::Orphaned { .. } => drift_reason(d),
+    }
+}
+
+/// One line a person reads: what drifted (an extension's state's reason,
+/// a run's repairs; `status::describe_drift`).
+pub fn drift_reason(d: &Drift) -> String {
+    match d {
+        Drift::MissingFromAsterisk { extension } => format!("{extension} is missing from Asterisk"),
+        Drift::DiffersInAsterisk { extension, fields } => {
+            let what: Vec<String> = fields
+                .iter()
+                .map(|f| match (&f.from, &f.to) {
+                    (Some(held), Some(applied)) => format!("{} is {held:?} in Asterisk, {applied:?} applied", f.field),
+                    _ => f.field.to_string(),
+                })
+                .collect();
+            format!("{extension} differs in Asterisk: {}", what.join(", "))
+        }
+        Drift::ManagedFileEdited => "the managed file was edited by hand".into(),
+        Drift::Unmanaged { endpoint } => format!("{endpoint} is in Asterisk but not managed"),
+        Drift::ObjectDiffers { extension, object_type: kind, differences } => {
+            format!("{extension}: its {kind} differs in Asterisk from what was pushed: {}", differences.join("; "))
+        }
+        Drift::Orphaned { object_type: kind, id } => {
+            format!("{kind} {id} is in the daemon's astdb family but no spec declares it")
+        }
     }
 }
 
@@ -950,6 +957,18 @@ mod tests {
     }
 
     const TWO: &str = "defaults: {context: from-internal, transport: transport-udp, codecs: [ulaw]}\nextensions:\n  - {extension: \"1001\", md5Cred: 0123456789abcdef0123456789abcdef}\n  - {extension: \"1002\", md5Cred: 0123456789abcdef0123456789abcdef, displayName: Two}\n";
+
+    #[test]
+    fn desired_fields_gives_every_plan_name_of_the_field_table() {
+        let (exts, diags) = crate::spec::load::load_for_test(
+            "t.yaml",
+            "extensions:\n  - {extension: \"1\", context: c, transport: t, codecs: ulaw, md5Cred: 0123456789abcdef0123456789abcdef}\n",
+        );
+        assert!(diags.is_empty(), "{diags:?}");
+        let got: BTreeSet<&str> = desired_fields(&exts[0], "x").keys().collect();
+        assert_eq!(got, FIELD_NAMES.iter().copied().collect::<BTreeSet<_>>());
+        assert!(FIELD_NAMES.iter().all(|n| field_name(n) == Some(*n)));
+    }
 
     #[test]
     fn options_are_compared_as_asterisk_normalises_them() {

@@ -10,7 +10,7 @@
 //! and `#`; and the finished text is checked line by line
 //! ([`check_structure`]) before anyone may write it.
 
-use crate::secret::{AuthCredential, SecretError, SecretSource, credential};
+use crate::secret::{AuthCredential, SecretError, SecretSource};
 use crate::spec::{DesiredSet, Extension, check};
 use minijinja::value::{Enumerator, Object, ObjectRepr};
 use minijinja::{Environment, Error as TemplateError, ErrorKind, UndefinedBehavior, Value};
@@ -71,29 +71,8 @@ pub struct Renderer {
     catalogue: std::sync::RwLock<(Arc<crate::catalogue::Catalogue>, Vec<crate::diag::Diagnostic>)>,
 }
 
-const VIEW_FIELDS: &[&str] = &[
-    "extension",
-    "context",
-    "transport",
-    "codecs",
-    "callerid",
-    "mailboxes",
-    "dtmf_mode",
-    "direct_media",
-    "rtp_symmetric",
-    "force_rport",
-    "rewrite_contact",
-    "profile",
-    "webrtc",
-    "auth_type",
-    "password",
-    "md5_cred",
-    "max_contacts",
-    "qualify_frequency",
-    "endpoint_options",
-    "aor_options",
-    "auth_options",
-];
+/// The keys of an endpoint in the template (`spec::fields`, each field's `view`).
+const VIEW_FIELDS: &[&str] = crate::spec::fields::VIEW_KEYS;
 
 /// The `extensions` sequence the template iterates: the enabled extensions
 /// of the set, each with its resolved credential. Handed to minijinja as a
@@ -214,7 +193,7 @@ impl Renderer {
         }
         // Every option name the template writes must be one Asterisk knows.
         let committed = crate::catalogue::Catalogue::asterisk22();
-        let (unknown, check_output) = crate::catalogue::check_templates(templates, &committed);
+        let (unknown, check_output) = check_templates(templates, &committed);
         if !unknown.is_empty() {
             return Err(RenderError::UnknownOptions(unknown));
         }
@@ -231,7 +210,7 @@ impl Renderer {
     /// that it does not know: while that is not empty, every render fails
     /// with it, so nothing Asterisk would refuse is written.
     pub fn use_catalogue(&self, catalogue: Arc<crate::catalogue::Catalogue>) -> Vec<crate::diag::Diagnostic> {
-        let (unknown, _) = crate::catalogue::check_templates(self.templates.as_deref(), &catalogue);
+        let (unknown, _) = check_templates(self.templates.as_deref(), &catalogue);
         let mut slot = self.catalogue.write().unwrap_or_else(|p| p.into_inner());
         *slot = (catalogue, unknown.clone());
         unknown
@@ -280,6 +259,49 @@ impl Renderer {
         }
         Ok(text)
     }
+}
+
+/// An extension's credential, as its auth section gets it: resolved by
+/// `secret`, then refused if a password could break out of its line.
+pub fn credential(ext: &Extension, secrets: &dyn SecretSource) -> Result<AuthCredential, SecretError> {
+    let credential = crate::secret::credential(ext, secrets)?;
+    if let AuthCredential::UserPass(password) = &credential {
+        // The value is never part of the error: only why it is refused.
+        check::line_safe(password, check::MAX_TEXT).map_err(|reason| SecretError::Unsafe {
+            extension: ext.extension.clone(),
+            origin: crate::secret::origin(&ext.secret),
+            reason: crate::secret::redact_reason(&reason.to_string()),
+        })?;
+    }
+    Ok(credential)
+}
+
+/// Checks every template file the renderer may use against `catalogue`:
+/// the built-in one, or every `*.j2` in `dir` (the main template may
+/// include or extend the others). Returns the problems (file:line, the
+/// option) and whether some option name is computed, so the rendered
+/// output must be checked too.
+pub fn check_templates(
+    dir: Option<&Path>,
+    catalogue: &crate::catalogue::Catalogue,
+) -> (Vec<crate::diag::Diagnostic>, bool) {
+    let mut files: Vec<(String, String)> = Vec::new();
+    match dir {
+        None => files.push(("templates/pjsip_gitops.conf.j2 (built in)".into(), DEFAULT_TEMPLATE.into())),
+        Some(dir) => {
+            let mut paths: Vec<_> = std::fs::read_dir(dir)
+                .map(|rd| rd.filter_map(Result::ok).map(|e| e.path()).collect())
+                .unwrap_or_default();
+            paths.retain(|p| p.extension().is_some_and(|e| e == "j2"));
+            paths.sort();
+            for p in paths {
+                if let Ok(text) = std::fs::read_to_string(&p) {
+                    files.push((p.display().to_string(), text));
+                }
+            }
+        }
+    }
+    crate::catalogue::check_template_files(&files, catalogue)
 }
 
 /// The `options` of enabled extensions that `catalogue` (the one learnt
@@ -354,6 +376,57 @@ pub fn check_structure(text: &str) -> Result<(), RenderError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_endpoint_answers_every_view_key_of_the_field_table() {
+        let (exts, diags) = crate::spec::load::load_for_test(
+            "t.yaml",
+            "extensions:\n  - {extension: \"1\", context: c, transport: t, codecs: ulaw, md5Cred: 0123456789abcdef0123456789abcdef}\n",
+        );
+        assert!(diags.is_empty(), "{diags:?}");
+        let md5 = AuthCredential::Md5("0123456789abcdef0123456789abcdef".into());
+        let endpoint = Arc::new(Endpoint(Arc::new(Endpoints { set: Arc::new(exts), items: vec![(0, md5)] }), 0));
+        for key in VIEW_FIELDS {
+            assert!(endpoint.get_value(&Value::from(*key)).is_some(), "the view has no {key}");
+        }
+        assert!(endpoint.get_value(&Value::from("no_such_key")).is_none());
+    }
+
+    #[test]
+    fn options_merge_over_defaults_option_by_option_and_render_after_the_named_fields() {
+        let (exts, diags) = crate::spec::load::load_for_test(
+            "o.yaml",
+            &format!(
+                "{}  options:\n    endpoint: {{timers: required, language: en}}\n    aor: {{minimum_expiration: 120}}\nextensions:\n  - extension: \"1001\"\n    md5Cred: 0123456789abcdef0123456789abcdef\n    options:\n      endpoint: {{language: fr, send_pai: true}}\n      auth: {{realm: example.com}}\n",
+                "defaults:\n  context: c\n  transport: t\n  codecs: [ulaw]\n"
+            ),
+        );
+        assert!(diags.is_empty(), "{diags:?}");
+        let o = &exts[0].options;
+        assert_eq!(o.endpoint.get("language").map(String::as_str), Some("fr"), "the entry's own wins");
+        assert_eq!(o.endpoint.get("timers").map(String::as_str), Some("required"));
+        assert_eq!(o.endpoint.get("send_pai").map(String::as_str), Some("yes"), "YAML true is written yes");
+        assert_eq!(o.aor.get("minimum_expiration").map(String::as_str), Some("120"));
+        let text = Renderer::new(None)
+            .expect("renderer")
+            .render(&crate::spec::DesiredSet::new(exts), &Default::default(), &crate::secret::ProcessSecrets)
+            .expect("renders");
+        let endpoint = text.split("type = auth").next().expect("an endpoint section");
+        assert!(
+            endpoint.contains("webrtc")
+                || endpoint.contains("rewrite_contact = yes\nlanguage = fr\nsend_pai = yes\ntimers = required\n"),
+            "{text}"
+        );
+        assert!(text.contains("md5_cred = 0123456789abcdef0123456789abcdef\nrealm = example.com\n"), "{text}");
+        assert!(text.contains("qualify_frequency = 60\nminimum_expiration = 120\n"), "{text}");
+    }
+
+    #[test]
+    fn the_built_in_template_uses_only_known_options() {
+        let (diags, dynamic) = check_templates(None, &crate::catalogue::Catalogue::asterisk22());
+        assert!(diags.is_empty(), "{diags:?}");
+        assert!(dynamic, "the spec's `options` are written by name: the output is checked as well");
+    }
 
     #[test]
     fn a_learnt_catalogue_that_lacks_an_option_the_template_writes_stops_every_render() {

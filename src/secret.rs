@@ -4,10 +4,125 @@
 //! Architecture invariant: no error, log line or `Debug` output of this
 //! module contains a secret's value; errors name the extension and where
 //! the secret was looked for, never what was found.
+//!
+//! A leaf: it uses nothing else of the crate, so every layer may use it.
+//! The static rules for where a secret may be named ([`file_path`],
+//! [`reserved_env`]) and where a `passwordFile` really points
+//! ([`contained`]) live here, beside the code that reads it.
 
-use crate::spec::{Extension, Secret, check};
 use md5::{Digest as _, Md5};
-use std::path::Path;
+use std::fmt;
+use std::path::{Component, Path, PathBuf};
+
+/// The secret an extension authenticates with.
+///
+/// `Debug` never prints a password: this type may end up in a log line.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Secret {
+    /// A plain-text password (seed compatible; flagged by `--strict`).
+    Password(String),
+    /// md5("EXTENSION:REALM:PASSWORD"), lower-case hex.
+    Md5Cred(String),
+    /// The password is in this environment variable at render time.
+    PasswordEnv(String),
+    /// The password is in the file `path` (relative, no `..`) under the
+    /// secrets directory `dir` at render time; it must resolve inside `dir`
+    /// (see [`contained`]). `dir` is empty until the loader sets it.
+    PasswordFile { dir: PathBuf, path: PathBuf },
+}
+
+impl Secret {
+    /// The field name that declares this kind of secret.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Secret::Password(_) => "password",
+            Secret::Md5Cred(_) => "md5Cred",
+            Secret::PasswordEnv(_) => "passwordEnv",
+            Secret::PasswordFile { .. } => "passwordFile",
+        }
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Secret::Password(_) => f.write_str("Password(<redacted>)"),
+            Secret::Md5Cred(_) => f.write_str("Md5Cred(<redacted>)"),
+            Secret::PasswordEnv(name) => f.debug_tuple("PasswordEnv").field(name).finish(),
+            Secret::PasswordFile { dir, path } => {
+                f.debug_struct("PasswordFile").field("dir", dir).field("path", path).finish()
+            }
+        }
+    }
+}
+
+/// Why a `passwordEnv` or `passwordFile` may not be used. The texts name
+/// the variable or the path, never a secret's value.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Refused {
+    #[error("{0:?} is absolute: write a path relative to the secrets directory (secrets.dir in the config file)")]
+    AbsolutePath(String),
+    #[error("{0:?} contains `..`: a passwordFile stays inside the secrets directory")]
+    ParentDir(String),
+    #[error("{0:?} is absolute: write a path relative to the secrets directory")]
+    RootComponent(String),
+    #[error(
+        "passwordEnv {0:?} is one of the daemon's own variables (ASTERISK_GITOPS_*, DATABASE_URL): \
+         a spec file may not read it"
+    )]
+    ReservedEnv(String),
+    #[error(
+        "passwordEnv {name:?} does not match the allowed pattern {pattern:?} (secrets.envPattern in the config file)"
+    )]
+    EnvPattern { name: String, pattern: String },
+    #[error("{0}")]
+    Unresolvable(String),
+}
+
+/// The rules a `passwordFile` path meets whatever the configuration:
+/// relative, with no `..` and no root or drive prefix.
+pub fn file_path(path: &str) -> Result<(), Refused> {
+    let p = Path::new(path);
+    if p.is_absolute() || path.starts_with('/') || path.starts_with('\\') {
+        return Err(Refused::AbsolutePath(path.to_string()));
+    }
+    for c in p.components() {
+        match c {
+            Component::ParentDir => return Err(Refused::ParentDir(path.to_string())),
+            Component::RootDir | Component::Prefix(_) => return Err(Refused::RootComponent(path.to_string())),
+            Component::CurDir | Component::Normal(_) => {}
+        }
+    }
+    Ok(())
+}
+
+/// The daemon's own variables: never a `passwordEnv`, whatever the pattern.
+pub fn reserved_env(name: &str) -> Result<(), Refused> {
+    if name.starts_with("ASTERISK_GITOPS_") || name == "DATABASE_URL" {
+        Err(Refused::ReservedEnv(name.to_string()))
+    } else {
+        Ok(())
+    }
+}
+
+/// `dir/relative` with symlinks resolved, if it lies inside `dir` (also
+/// resolved); an error of kind `PermissionDenied` if it leads outside,
+/// `NotFound` if it does not exist.
+pub fn contained(dir: &Path, relative: &Path) -> std::io::Result<PathBuf> {
+    if let Err(e) = file_path(&relative.to_string_lossy()) {
+        return Err(std::io::Error::new(std::io::ErrorKind::PermissionDenied, e.to_string()));
+    }
+    let real = std::fs::canonicalize(dir.join(relative))?;
+    let base = std::fs::canonicalize(dir)?;
+    if real.starts_with(&base) && real != base {
+        Ok(real)
+    } else {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!("{} leads outside the secrets directory {} (a symlink?)", relative.display(), dir.display()),
+        ))
+    }
+}
 
 /// The realm Asterisk uses for digest auth unless configured otherwise.
 pub const DEFAULT_REALM: &str = "asterisk";
@@ -59,7 +174,7 @@ impl SecretSource for ProcessSecrets {
     /// loaded; the file system may have changed since): a path that leads
     /// out of `dir` is refused, never read.
     fn file(&self, dir: &Path, path: &Path) -> std::io::Result<String> {
-        std::fs::read_to_string(crate::spec::policy::contained(dir, path)?)
+        std::fs::read_to_string(contained(dir, path)?)
     }
 }
 
@@ -97,29 +212,31 @@ pub enum SecretError {
     Unsafe { extension: String, origin: String, reason: String },
 }
 
+/// What a secret belongs to: the extension number it authenticates, and
+/// the secret itself (`spec::Extension` is one).
+pub trait Owner {
+    fn number(&self) -> &str;
+    fn secret(&self) -> &Secret;
+}
+
 /// Resolves an extension's secret into what its auth section needs.
 /// A missing or empty secret is an error, never an empty password.
-pub fn credential(ext: &Extension, source: &dyn SecretSource) -> Result<AuthCredential, SecretError> {
-    let extension = ext.extension.clone();
-    let checked = |password: String, origin: String| -> Result<AuthCredential, SecretError> {
-        // The value is never part of the error: only why it is refused.
-        check::line_safe(&password, check::MAX_TEXT).map_err(|reason| SecretError::Unsafe {
-            extension: ext.extension.clone(),
-            origin,
-            reason: redact_reason(&reason),
-        })?;
-        Ok(AuthCredential::UserPass(password))
-    };
-    match &ext.secret {
-        Secret::Password(p) => checked(p.clone(), "password".into()),
+///
+/// The value is not checked against pjsip.conf's line rules here (this
+/// module is a leaf and knows no spec rule): the renderer checks every
+/// credential it prints (`render::credential`, [`SecretError::Unsafe`]).
+pub fn credential(owner: &(impl Owner + ?Sized), source: &dyn SecretSource) -> Result<AuthCredential, SecretError> {
+    let extension = owner.number().to_string();
+    match owner.secret() {
+        Secret::Password(p) => Ok(AuthCredential::UserPass(p.clone())),
         Secret::Md5Cred(h) => Ok(AuthCredential::Md5(h.clone())),
-        Secret::PasswordEnv(name) if crate::spec::policy::reserved_env(name).is_err() => {
+        Secret::PasswordEnv(name) if reserved_env(name).is_err() => {
             Err(SecretError::NotAllowed { extension, field: "passwordEnv", name: name.clone() })
         }
         Secret::PasswordEnv(name) => match source.env(name) {
             None => Err(SecretError::EnvMissing { extension, name: name.clone() }),
             Some(v) if v.is_empty() => Err(SecretError::EnvEmpty { extension, name: name.clone() }),
-            Some(v) => checked(v, format!("environment variable {name}")),
+            Some(v) => Ok(AuthCredential::UserPass(v)),
         },
         Secret::PasswordFile { dir, path } => {
             let shown = dir.join(path).display().to_string();
@@ -134,14 +251,24 @@ pub fn credential(ext: &Extension, source: &dyn SecretSource) -> Result<AuthCred
             if password.is_empty() {
                 return Err(SecretError::FileEmpty { extension, path: shown });
             }
-            checked(password, format!("file {shown}"))
+            Ok(AuthCredential::UserPass(password))
         }
+    }
+}
+
+/// Where a plain password came from, for [`SecretError::Unsafe`]: the
+/// field, the variable or the file, never the value.
+pub fn origin(secret: &Secret) -> String {
+    match secret {
+        Secret::Password(_) | Secret::Md5Cred(_) => "password".into(),
+        Secret::PasswordEnv(name) => format!("environment variable {name}"),
+        Secret::PasswordFile { dir, path } => format!("file {}", dir.join(path).display()),
     }
 }
 
 /// `line_safe` reasons name a character class or a length, never the value;
 /// this keeps it that way even if that function changes.
-fn redact_reason(reason: &str) -> String {
+pub fn redact_reason(reason: &str) -> String {
     if reason.contains("characters long") { "it is too long".into() } else { reason.to_string() }
 }
 

@@ -221,30 +221,8 @@ pub fn drift_extension(d: &Drift) -> Option<&str> {
     }
 }
 
-/// One line a person reads: what drifted.
-pub fn describe_drift(d: &Drift) -> String {
-    match d {
-        Drift::MissingFromAsterisk { extension } => format!("{extension} is missing from Asterisk"),
-        Drift::DiffersInAsterisk { extension, fields } => {
-            let what: Vec<String> = fields
-                .iter()
-                .map(|f| match (&f.from, &f.to) {
-                    (Some(held), Some(applied)) => format!("{} is {held:?} in Asterisk, {applied:?} applied", f.field),
-                    _ => f.field.to_string(),
-                })
-                .collect();
-            format!("{extension} differs in Asterisk: {}", what.join(", "))
-        }
-        Drift::ManagedFileEdited => "the managed file was edited by hand".into(),
-        Drift::Unmanaged { endpoint } => format!("{endpoint} is in Asterisk but not managed"),
-        Drift::ObjectDiffers { extension, object_type: kind, differences } => {
-            format!("{extension}: its {kind} differs in Asterisk from what was pushed: {}", differences.join("; "))
-        }
-        Drift::Orphaned { object_type: kind, id } => {
-            format!("{kind} {id} is in the daemon's astdb family but no spec declares it")
-        }
-    }
-}
+/// Defined beside `Drift` in `plan`; kept here, where the states use it.
+pub use crate::plan::drift_reason as describe_drift;
 
 /// The states after a run whose specs did not validate: extensions
 /// declared in the files that did validate but never applied are pending;

@@ -534,6 +534,44 @@ async fn counts_and_pages_agree_with_the_full_list() {
         let late = db.extensions_matching("comer").await.expect("search").expect("pre-filtered");
         assert_eq!(late.iter().map(|r| r.number.as_str()).collect::<Vec<_>>(), ["1003"], "a declared copy");
         assert!(db.extensions_matching("ü").await.expect("search").is_none(), "not pre-filtered: the caller loads all");
+
+/// Every column of the field table (`spec::fields::COLUMNS`) is written
+/// with the run and read back as the extension declared it: a field added
+/// to the table but not bound, or not read, fails here.
+#[tokio::test]
+async fn every_stored_field_of_the_field_table_round_trips() {
+    on_both(|db| async move {
+        let yaml = "extensions:\n  - {extension: \"1001\", displayName: Desk, context: c, transport: t, codecs: [ulaw, alaw], \
+                    md5Cred: 0123456789abcdef0123456789abcdef, maxContacts: 3, qualifyFrequency: 30, callerId: '\"Front\" <1001>', \
+                    mailboxes: 1001@default, dtmfMode: info, profile: lan, directMedia: true, rtpSymmetric: true, \
+                    forceRport: false, rewriteContact: true, enabled: false, labels: {team: a}, \
+                    options: {endpoint: {timers: required}}}\n";
+        let (exts, diags) =
+            load_file("all.yaml", &asterisk_gitops::spec::SecretPolicy::for_spec_dir(Path::new(".")), yaml);
+        assert!(diags.is_empty(), "{diags:?}");
+        let set = DesiredSet::new(exts.into_iter().map(|(e, _)| e).collect());
+        db.commit_run(&run(Outcome::Applied, &["1001"]), &rows(&set), &[], &Default::default()).await.expect("commits");
+        let back = db.extension("1001").await.expect("query").expect("row");
+        let back = serde_json::to_value(back).expect("json");
+        let declared =
+            serde_json::to_value(asterisk_gitops::db::ExtensionRecord::declared(&set.extensions[0])).expect("json");
+        for column in asterisk_gitops::spec::fields::COLUMNS {
+            let mut key = String::new();
+            let mut upper = false;
+            for c in column.chars() {
+                match c {
+                    '_' => upper = true,
+                    c if upper => {
+                        key.push(c.to_ascii_uppercase());
+                        upper = false;
+                    }
+                    c => key.push(c),
+                }
+            }
+            let stored = &back[&key];
+            assert!(!stored.is_null() && stored != &serde_json::json!([]), "{column} ({key}) was not stored: {back}");
+            assert_eq!(stored, &declared[&key], "{column} ({key})");
+        }
     })
     .await;
 }

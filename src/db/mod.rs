@@ -20,13 +20,14 @@ pub mod read;
 
 use crate::plan::{self, Fields};
 use crate::reconcile::{AppliedRow, Outcome, RunRecord, StateStore};
-use crate::spec::Extension;
+use crate::spec::{Extension, fields};
 use crate::status::{Reset, StatusUpdate, Step, SyncState};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::types::Json;
 use sqlx::{PgPool, Row, SqlitePool};
 use std::collections::BTreeMap;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 /// Expands `$body` once per backend, with `$pool` bound to the concrete pool.
@@ -308,7 +309,7 @@ impl Db {
     /// Every applied extension, by number.
     pub async fn extensions(&self) -> Result<Vec<ExtensionRecord>, DbError> {
         let rows = on_pool!(self, pool => {
-            let rows = sqlx::query(&format!("{SELECT_EXTENSIONS} ORDER BY e.number")).fetch_all(pool).await?;
+            let rows = sqlx::query(&format!("{} ORDER BY e.number", *SELECT_EXTENSIONS)).fetch_all(pool).await?;
             rows.iter().map(ExtensionRecord::from_row).collect::<Result<Vec<_>, sqlx::Error>>()
         })?;
         let mut rows = rows;
@@ -361,7 +362,7 @@ impl Db {
     /// One applied extension.
     pub async fn extension(&self, number: &str) -> Result<Option<ExtensionRecord>, DbError> {
         let row = on_pool!(self, pool => {
-            let row = sqlx::query(&format!("{SELECT_EXTENSIONS} WHERE e.number = $1"))
+            let row = sqlx::query(&format!("{} WHERE e.number = $1", *SELECT_EXTENSIONS))
                 .bind(number)
                 .fetch_optional(pool)
                 .await?;
@@ -411,32 +412,20 @@ impl Db {
             }
             // 27 columns a row; 400 rows stay under both backends' bind limits.
             for chunk in upserts.chunks(400) {
-                let mut qb = sqlx::QueryBuilder::new(format!("INSERT INTO extensions ({EXTENSION_COLUMNS}) "));
+                let mut qb = sqlx::QueryBuilder::new(format!("INSERT INTO extensions ({}) ", *EXTENSION_COLUMNS));
                 qb.push_values(chunk, |mut b, row| {
                     let e = &row.extension;
                     let row_fields = row.fields();
                     let fields: BTreeMap<&str, &str> = row_fields.iter().collect();
-                    let labels: BTreeMap<&str, &str> = e.labels.iter().collect();
-                    b.push_bind(e.extension.clone())
-                        .push_bind(e.display_name.clone())
-                        .push_bind(e.context.clone())
-                        .push_bind(e.transport.clone())
-                        .push_bind(e.codecs.join(","))
-                        .push_bind(e.secret.kind())
-                        .push_bind(row.secret_md5.clone())
-                        .push_bind(i64::from(e.max_contacts))
-                        .push_bind(e.effective_caller_id())
-                        .push_bind(Some(e.mailboxes.join(",")).filter(|m| !m.is_empty()))
-                        .push_bind(e.dtmf_mode.clone())
-                        .push_bind(e.profile.name())
-                        .push_bind(i64::from(e.qualify_frequency))
-                        .push_bind(e.direct_media)
-                        .push_bind(e.rtp_symmetric)
-                        .push_bind(e.force_rport)
-                        .push_bind(e.rewrite_contact)
-                        .push_bind(e.enabled)
-                        .push_bind(Json(serde_json::to_value(&labels).unwrap_or_default()))
-                        .push_bind(e.options.summary())
+                    for column in fields::COLUMNS {
+                        match stored(column, e) {
+                            Stored::Text(v) => b.push_bind(v),
+                            Stored::Int(v) => b.push_bind(v),
+                            Stored::Flag(v) => b.push_bind(v),
+                            Stored::Json(v) => b.push_bind(Json(v)),
+                        };
+                    }
+                    b.push_bind(row.secret_md5.clone())
                         .push_bind(Json(serde_json::to_value(&fields).unwrap_or_default()))
                         .push_bind(spec_hash(&row_fields))
                         .push_bind(e.origin.file.clone())
@@ -445,18 +434,7 @@ impl Db {
                         .push_bind("synced")
                         .push_bind(None::<String>);
                 });
-                qb.push(
-                    " ON CONFLICT (number) DO UPDATE SET display_name = excluded.display_name, context = excluded.context, \
-                     transport = excluded.transport, codecs = excluded.codecs, secret_kind = excluded.secret_kind, \
-                     secret_md5 = excluded.secret_md5, max_contacts = excluded.max_contacts, caller_id = excluded.caller_id, \
-                     mailboxes = excluded.mailboxes, dtmf_mode = excluded.dtmf_mode, profile = excluded.profile, \
-                     qualify_frequency = excluded.qualify_frequency, direct_media = excluded.direct_media, \
-                     rtp_symmetric = excluded.rtp_symmetric, force_rport = excluded.force_rport, \
-                     rewrite_contact = excluded.rewrite_contact, enabled = excluded.enabled, labels = excluded.labels, \
-                     options = excluded.options, fields = excluded.fields, spec_hash = excluded.spec_hash, source_file = excluded.source_file, \
-                     revision = excluded.revision, applied_at = excluded.applied_at, sync_status = excluded.sync_status, \
-                     last_error = excluded.last_error",
-                );
+                qb.push(&*UPSERT_SET);
                 qb.build().execute(&mut *tx).await?;
             }
             let id: i64 = sqlx::query_scalar(
@@ -655,17 +633,75 @@ fn spec_hash(fields: &Fields) -> String {
 /// An `extension_status` row: number, status, reason, run id, declared copy, since.
 type StatusRow = (String, String, Option<String>, Option<i64>, Option<Json<serde_json::Value>>, DateTime<Utc>);
 
-/// The applied rows with their sync state (no status row: synced).
-const SELECT_EXTENSIONS: &str = "SELECT e.number, e.display_name, e.context, e.transport, e.codecs, e.secret_kind, \
-     e.max_contacts, e.caller_id, e.mailboxes, e.dtmf_mode, e.profile, e.qualify_frequency, e.direct_media, e.rtp_symmetric, \
-     e.force_rport, e.rewrite_contact, e.enabled, e.labels, e.options, e.spec_hash, e.source_file, e.revision, \
-     e.applied_at, COALESCE(s.status, 'synced') AS sync_status, s.reason AS last_error, s.run_id AS sync_run_id, \
-     s.since AS sync_since FROM extensions e LEFT JOIN extension_status s ON s.number = e.number";
+/// The `extensions` table's own columns, after the fields' (`spec::fields::COLUMNS`).
+const OWN_COLUMNS: &[&str] =
+    &["secret_md5", "fields", "spec_hash", "source_file", "revision", "applied_at", "sync_status", "last_error"];
 
-const EXTENSION_COLUMNS: &str = "number, display_name, context, transport, codecs, secret_kind, secret_md5, max_contacts, \
-     caller_id, mailboxes, dtmf_mode, profile, qualify_frequency, direct_media, rtp_symmetric, force_rport, rewrite_contact, \
-     enabled, labels, options, fields, \
-     spec_hash, source_file, revision, applied_at, sync_status, last_error";
+/// The columns a row is written with, in bind order.
+static EXTENSION_COLUMNS: LazyLock<String> =
+    LazyLock::new(|| fields::COLUMNS.iter().chain(OWN_COLUMNS).copied().collect::<Vec<_>>().join(", "));
+
+/// What an upsert of an existing number sets: every column but the number.
+static UPSERT_SET: LazyLock<String> = LazyLock::new(|| {
+    let set: Vec<String> = fields::COLUMNS
+        .iter()
+        .chain(OWN_COLUMNS)
+        .filter(|c| **c != "number")
+        .map(|c| format!("{c} = excluded.{c}"))
+        .collect();
+    format!(" ON CONFLICT (number) DO UPDATE SET {}", set.join(", "))
+});
+
+/// The applied rows with their sync state (no status row: synced).
+static SELECT_EXTENSIONS: LazyLock<String> = LazyLock::new(|| {
+    let columns: Vec<String> = fields::COLUMNS.iter().map(|c| format!("e.{c}")).collect();
+    format!(
+        "SELECT {}, e.spec_hash, e.source_file, e.revision, \
+         e.applied_at, COALESCE(s.status, 'synced') AS sync_status, s.reason AS last_error, s.run_id AS sync_run_id, \
+         s.since AS sync_since FROM extensions e LEFT JOIN extension_status s ON s.number = e.number",
+        columns.join(", ")
+    )
+});
+
+/// A field's value as its column holds it.
+enum Stored {
+    Text(Option<String>),
+    Int(i64),
+    Flag(Option<bool>),
+    Json(serde_json::Value),
+}
+
+/// The value of the field stored in `column` (one of `spec::fields::COLUMNS`).
+/// A column without an arm here is written NULL: the round-trip test in
+/// `tests/db.rs` fails for it.
+fn stored(column: &str, e: &Extension) -> Stored {
+    let text = |s: &str| Stored::Text(Some(s.to_string()));
+    match column {
+        "number" => text(&e.extension),
+        "display_name" => Stored::Text(e.display_name.clone()),
+        "context" => text(&e.context),
+        "transport" => text(&e.transport),
+        "codecs" => text(&e.codecs.join(",")),
+        "secret_kind" => text(e.secret.kind()),
+        "max_contacts" => Stored::Int(i64::from(e.max_contacts)),
+        "qualify_frequency" => Stored::Int(i64::from(e.qualify_frequency)),
+        "caller_id" => Stored::Text(e.effective_caller_id()),
+        "mailboxes" => Stored::Text(Some(e.mailboxes.join(",")).filter(|m| !m.is_empty())),
+        "dtmf_mode" => Stored::Text(e.dtmf_mode.clone()),
+        "profile" => text(e.profile.name()),
+        "direct_media" => Stored::Flag(e.direct_media),
+        "rtp_symmetric" => Stored::Flag(e.rtp_symmetric),
+        "force_rport" => Stored::Flag(e.force_rport),
+        "rewrite_contact" => Stored::Flag(e.rewrite_contact),
+        "enabled" => Stored::Flag(Some(e.enabled)),
+        "labels" => {
+            let labels: BTreeMap<&str, &str> = e.labels.iter().collect();
+            Stored::Json(serde_json::to_value(&labels).unwrap_or_default())
+        }
+        "options" => text(&e.options.summary()),
+        _ => Stored::Text(None),
+    }
+}
 
 /// One applied extension as the database holds it. No secret value: only
 /// the secret's kind (the md5 hash is not read back out).

@@ -372,7 +372,7 @@ pub(crate) async fn import_plan(state: &AppState, csv_text: &str) -> Result<Impo
         _ => "import.yaml".into(),
     };
     let text = crate::import::csv::to_yaml(&parsed.entries, "an upload to POST /extensions/import")
-        .map_err(ApiError::Internal)?;
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
     Ok(ImportPlan { file, text, numbers, changes, ignored: parsed.ignored })
 }
 

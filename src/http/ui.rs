@@ -578,17 +578,7 @@ fn body_of(form: &HashMap<String, String>, editing: bool) -> Map<String, Value> 
 }
 
 /// The fields the form edits, as the JSON API names them.
-const FORM_FIELDS: &[&str] = &[
-    "extension",
-    "displayName",
-    "password",
-    "context",
-    "transport",
-    "codecs",
-    "profile",
-    "qualifyFrequency",
-    "options",
-];
+const FORM_FIELDS: &[&str] = crate::spec::fields::FORM_KEYS;
 
 /// The form's options box: one `name = value` a line for the endpoint,
 /// `aor.name = value` or `auth.name = value` for the others. A line that

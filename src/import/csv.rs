@@ -131,26 +131,7 @@ const BULK: &[(&str, &str)] = &[
 const BULK_IGNORED_QUIETLY: &[&str] = &["tech", "disallow", "description", "devicetype", "user", "dial", "id"];
 
 /// Our CSV's columns besides options, in export order.
-pub const COLUMNS: &[&str] = &[
-    "extension",
-    "displayName",
-    "context",
-    "transport",
-    "codecs",
-    "password",
-    "md5Cred",
-    "maxContacts",
-    "qualifyFrequency",
-    "callerId",
-    "mailboxes",
-    "dtmfMode",
-    "profile",
-    "directMedia",
-    "rtpSymmetric",
-    "forceRport",
-    "rewriteContact",
-    "enabled",
-];
+pub const COLUMNS: &[&str] = crate::spec::fields::CSV_COLUMNS;
 
 /// The entries a CSV file declares, each checked; every problem at once.
 /// A password is hashed into md5Cred with `realm`.
@@ -396,10 +377,13 @@ fn field(v: &str) -> String {
     if v.contains([',', '"', '\n', '\r']) { format!("\"{}\"", v.replace('"', "\"\"")) } else { v.to_string() }
 }
 
+/// How many of [`COLUMNS`] an export writes: all but the two secrets.
+const EXPORTED: usize = COLUMNS.len() - 2;
+
 /// One extension's values for our CSV, in [`COLUMNS`] order without the
 /// secrets, and its options by `type.name`.
 pub struct ExportRow {
-    pub values: [String; 16],
+    pub values: [String; EXPORTED],
     pub options: std::collections::BTreeMap<String, String>,
 }
 
@@ -458,9 +442,9 @@ pub fn export_rows(rows: &[ExportRow]) -> String {
 }
 
 /// A spec file of imported entries (no defaults: each row says it all).
-pub fn to_yaml(entries: &[(ExtensionEntry, u32)], source: &str) -> Result<String, String> {
+pub fn to_yaml(entries: &[(ExtensionEntry, u32)], source: &str) -> Result<String, serde_yaml::Error> {
     let spec = crate::spec::SpecFile { defaults: None, extensions: entries.iter().map(|(e, _)| e.clone()).collect() };
-    let body = serde_yaml::to_string(&spec).map_err(|e| e.to_string())?;
+    let body = serde_yaml::to_string(&spec)?;
     Ok(format!(
         "{}# Imported from {source}; passwords were hashed into md5Cred.\n{body}",
         crate::spec::edit::schema_line(0)
@@ -470,6 +454,17 @@ pub fn to_yaml(entries: &[(ExtensionEntry, u32)], source: &str) -> Result<String
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_csv_field_of_the_field_table_is_a_column_read_and_exported() {
+        let header = COLUMNS.join(",");
+        let parsed = entries("x.csv", &format!("{header}\r\n"), "asterisk").expect("every column is known");
+        assert!(matches!(parsed.kind, Kind::Ours) && parsed.ignored.is_empty());
+        let exported = export_rows(&[]);
+        let want: Vec<&str> =
+            COLUMNS.iter().copied().filter(|c| !crate::spec::fields::SECRET_KEYS.contains(c)).collect();
+        assert_eq!(exported.trim_end(), want.join(","));
+    }
 
     #[test]
     fn quotes_line_breaks_and_crlf() {

@@ -191,7 +191,7 @@ fn entries_of(sections: &[Section], opts: &ImportOptions) -> (Vec<ExtensionEntry
                 used.insert(("aor".into(), name.clone()));
                 entries.push(entry);
             }
-            Err(reason) => skipped.push(skip(s, kind, reason)),
+            Err(reason) => skipped.push(skip(s, kind, reason.to_string())),
         }
     }
     for ((kind, name), s) in &objects {
@@ -221,41 +221,85 @@ fn entries_of(sections: &[Section], opts: &ImportOptions) -> (Vec<ExtensionEntry
     (entries, skipped)
 }
 
+/// Why an endpoint with its auth and aor cannot become a spec entry.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Unimportable {
+    #[error("its name is not an extension number (digits only)")]
+    NotANumber,
+    #[error("{key} = {value}: the spec names an extension's auth and aor after it")]
+    OtherName { key: &'static str, value: String },
+    #[error("no `{0}`: the spec gives each extension an auth and an aor of its name")]
+    NoLink(&'static str),
+    #[error("no auth section [{0}] of its own")]
+    NoAuth(String),
+    #[error("no aor section [{0}] of its own")]
+    NoAor(String),
+    #[error("{kind} option {key} is given more than once; the spec holds one value an option")]
+    Repeated { kind: &'static str, key: String },
+    #[error("allow = {0}: the spec lists codecs one by one")]
+    AllowAll(String),
+    #[error("{key} = {value} is not a boolean")]
+    NotBool { key: String, value: String },
+    #[error("no codec allowed (allow = …): the spec needs at least one")]
+    NoCodec,
+    #[error("no transport: the spec names the transport of each extension")]
+    NoTransport,
+    #[error("{key} = {value} beside webrtc = yes: Asterisk would set {want}")]
+    Implied { key: String, value: String, want: &'static str },
+    #[error("auth username = {0}: the spec's username is the extension number")]
+    Username(String),
+    #[error("its auth sets no username: the spec's username is the extension number")]
+    NoUsername,
+    #[error("auth_type = {0} without a credential the spec can carry")]
+    NoCredential(String),
+    #[error("{key} = {value} is not a number")]
+    NotANumberValue { key: &'static str, value: String },
+    #[error("max_contacts = {0}: the spec takes 1 to {max}", max = check::MAX_CONTACTS)]
+    Contacts(u32),
+    #[error("the spec would refuse it: {}", .0.join("; "))]
+    Refused(Vec<String>),
+}
+
+fn not_a_number(key: &'static str, value: &str) -> Unimportable {
+    Unimportable::NotANumberValue { key, value: value.to_string() }
+}
+
 /// Options of each type read into fields; the rest go to `options`.
 fn endpoint_entry(
     ep: &Section,
     auth: Option<&Section>,
     aor: Option<&Section>,
     default_realm: &str,
-) -> Result<ExtensionEntry, String> {
+) -> Result<ExtensionEntry, Unimportable> {
     let name = ep.name.clone();
     if check::extension_number(&name).is_err() {
-        return Err("its name is not an extension number (digits only)".into());
+        return Err(Unimportable::NotANumber);
     }
     for key in ["auth", "aors"] {
         match ep.get(key) {
             Some(v) if v == name => {}
-            Some(v) => return Err(format!("{key} = {v}: the spec names an extension's auth and aor after it")),
-            None => return Err(format!("no `{key}`: the spec gives each extension an auth and an aor of its name")),
+            Some(v) => return Err(Unimportable::OtherName { key, value: v.to_string() }),
+            None => return Err(Unimportable::NoLink(key)),
         }
     }
-    let Some(auth) = auth else { return Err(format!("no auth section [{name}] of its own")) };
-    let Some(aor) = aor else { return Err(format!("no aor section [{name}] of its own")) };
+    let Some(auth) = auth else { return Err(Unimportable::NoAuth(name)) };
+    let Some(aor) = aor else { return Err(Unimportable::NoAor(name)) };
     let mut e = ExtensionEntry { extension: Some(name.clone()), ..Default::default() };
     let mut options = ExtraOptions::default();
     let mut seen_once: BTreeMap<(&str, String), String> = BTreeMap::new();
-    let mut put = |kind: &'static str, key: &str, value: &str, options: &mut ExtraOptions| -> Result<(), String> {
-        if let Some(prev) = seen_once.insert((kind, key.to_string()), value.to_string())
-            && prev != value
-            && MULTI.contains(&key)
-        {
-            return Err(format!("{kind} option {key} is given more than once; the spec holds one value an option"));
-        }
-        if let Some(m) = options.get_mut(kind) {
-            m.insert(key.to_string(), value.to_string());
-        }
-        Ok(())
-    };
+    let mut put =
+        |kind: &'static str, key: &str, value: &str, options: &mut ExtraOptions| -> Result<(), Unimportable> {
+            if let Some(prev) = seen_once.insert((kind, key.to_string()), value.to_string())
+                && prev != value
+                && MULTI.contains(&key)
+            {
+                return Err(Unimportable::Repeated { kind, key: key.to_string() });
+            }
+            if let Some(m) = options.get_mut(kind) {
+                m.insert(key.to_string(), value.to_string());
+            }
+            Ok(())
+        };
 
     // The endpoint.
     let mut codecs: Vec<String> = Vec::new();
@@ -280,7 +324,7 @@ fn endpoint_entry(
             "allow" => {
                 for c in v.split(',').map(str::trim).filter(|c| !c.is_empty()) {
                     if c.eq_ignore_ascii_case("all") || c.starts_with('!') {
-                        return Err(format!("allow = {c}: the spec lists codecs one by one"));
+                        return Err(Unimportable::AllowAll(c.to_string()));
                     }
                     let c = c.to_ascii_lowercase();
                     if !codecs.contains(&c) {
@@ -293,11 +337,13 @@ fn endpoint_entry(
             "mailboxes" => e.mailboxes = Some(StringList::Comma(v.to_string())),
             "dtmf_mode" => e.dtmf_mode = Some(v.to_ascii_lowercase()),
             "direct_media" | "rtp_symmetric" | "force_rport" | "rewrite_contact" => {
-                let b = crate::catalogue::parse_bool(v).ok_or_else(|| format!("{} = {v} is not a boolean", s.key))?;
+                let b = crate::catalogue::parse_bool(v)
+                    .ok_or_else(|| Unimportable::NotBool { key: s.key.clone(), value: v.to_string() })?;
                 flags.insert(flag_name(&s.key), b);
             }
             "webrtc" => {
-                webrtc = crate::catalogue::parse_bool(v).ok_or_else(|| format!("webrtc = {v} is not a boolean"))?
+                webrtc = crate::catalogue::parse_bool(v)
+                    .ok_or_else(|| Unimportable::NotBool { key: "webrtc".into(), value: v.to_string() })?
             }
             key => {
                 if Profile::Webrtc.implies().iter().any(|(k, _)| *k == key) {
@@ -308,12 +354,12 @@ fn endpoint_entry(
         }
     }
     if codecs.is_empty() {
-        return Err("no codec allowed (allow = …): the spec needs at least one".into());
+        return Err(Unimportable::NoCodec);
     }
     e.codecs = Some(StringList::List(codecs));
     e.context = Some(e.context.unwrap_or_else(|| "default".into()));
     if e.transport.is_none() {
-        return Err("no transport: the spec names the transport of each extension".into());
+        return Err(Unimportable::NoTransport);
     }
     let nat: BTreeMap<&str, bool> = Profile::Nat.sets().iter().map(|(k, v)| (flag_name(k), *v == "yes")).collect();
     let chosen = if webrtc {
@@ -321,7 +367,7 @@ fn endpoint_entry(
         for (k, v) in &implied_seen {
             let want = Profile::Webrtc.implies().iter().find(|(n, _)| n == k).map(|(_, v)| *v).unwrap_or_default();
             if profile::normalise(v) != want {
-                return Err(format!("{k} = {v} beside webrtc = yes: Asterisk would set {want}"));
+                return Err(Unimportable::Implied { key: k.clone(), value: v.clone(), want });
             }
             options.endpoint.remove(k);
         }
@@ -348,20 +394,20 @@ fn endpoint_entry(
             "type" => {}
             "auth_type" => auth_type = v.to_ascii_lowercase(),
             "username" if v == name => {}
-            "username" => return Err(format!("auth username = {v}: the spec's username is the extension number")),
+            "username" => return Err(Unimportable::Username(v.to_string())),
             "password" => password = Some(v.to_string()),
             "md5_cred" => md5 = Some(v.to_ascii_lowercase()),
             key => put("auth", key, v, &mut options)?,
         }
     }
     if auth.get("username").is_none() {
-        return Err("its auth sets no username: the spec's username is the extension number".into());
+        return Err(Unimportable::NoUsername);
     }
     let realm = options.auth.get("realm").cloned().unwrap_or_else(|| default_realm.to_string());
     e.md5_cred = Some(match (auth_type.as_str(), password, md5) {
         ("userpass", Some(p), _) if !p.is_empty() => crate::secret::md5_cred(&name, &realm, &p),
         ("md5", _, Some(h)) => h,
-        (t, _, _) => return Err(format!("auth_type = {t} without a credential the spec can carry")),
+        (t, _, _) => return Err(Unimportable::NoCredential(t.to_string())),
     });
 
     // The aor.
@@ -372,16 +418,14 @@ fn endpoint_entry(
         let v = s.value.as_str();
         match s.key.as_str() {
             "type" => {}
-            "max_contacts" => max_contacts = v.parse().map_err(|_| format!("max_contacts = {v} is not a number"))?,
-            "qualify_frequency" => {
-                qualify = v.parse().map_err(|_| format!("qualify_frequency = {v} is not a number"))?
-            }
+            "max_contacts" => max_contacts = v.parse().map_err(|_| not_a_number("max_contacts", v))?,
+            "qualify_frequency" => qualify = v.parse().map_err(|_| not_a_number("qualify_frequency", v))?,
             "remove_existing" => remove_existing = v.to_string(),
             key => put("aor", key, v, &mut options)?,
         }
     }
     if max_contacts == 0 || max_contacts > check::MAX_CONTACTS {
-        return Err(format!("max_contacts = {max_contacts}: the spec takes 1 to {}", check::MAX_CONTACTS));
+        return Err(Unimportable::Contacts(max_contacts));
     }
     e.max_contacts = Some(max_contacts);
     e.qualify_frequency = Some(qualify);
@@ -395,7 +439,7 @@ fn endpoint_entry(
     let errors: Vec<String> =
         diags.iter().filter(|d| d.is_error()).map(|d| format!("{}: {}", d.field, d.message)).collect();
     if !errors.is_empty() {
-        return Err(format!("the spec would refuse it: {}", errors.join("; ")));
+        return Err(Unimportable::Refused(errors));
     }
     Ok(e)
 }

@@ -43,8 +43,67 @@ pub mod pattern {
     pub const LABEL_KEY: &str = r"^[A-Za-z0-9][A-Za-z0-9_.\-/]{0,62}$";
 }
 
-/// Why a value is refused; the text completes "… is not allowed: <reason>".
-pub fn line_safe(value: &str, max: usize) -> Result<(), String> {
+/// Why a value is refused. The line rules' texts ([`line_safe`]) complete
+/// "… is not allowed: <reason>" and never quote the value (it may be a
+/// password); the others name the value to help fix it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Invalid {
+    #[error("it contains a line break, which would start a new line in pjsip.conf")]
+    LineBreak,
+    #[error("it contains the control character U+{code:04X}", code = code_point(.0))]
+    Control(char),
+    #[error("it contains '{0}', which pjsip.conf reads as {meaning}", meaning = special_meaning(.0))]
+    Special(char),
+    #[error("it is {len} characters long; at most {max} are allowed")]
+    TooLong { len: usize, max: usize },
+    #[error("an extension number must not be empty")]
+    EmptyNumber,
+    #[error("an extension number has at most {MAX_EXTENSION} digits")]
+    NumberTooLong,
+    #[error("{0:?} is not an extension number: use digits only, e.g. \"1001\"")]
+    NotANumber(String),
+    #[error(
+        "{0:?} is not a plain identifier: use letters, digits, '_', '.' and '-', starting with a letter or digit, at most {MAX_IDENT} characters"
+    )]
+    NotAnIdentifier(String),
+    #[error("it contains '{0}', which would break the caller id (\"Name\" <1001>)")]
+    BreaksCallerId(char),
+    #[error(
+        "md5Cred must be 32 hexadecimal digits: md5(\"EXTENSION:REALM:PASSWORD\"), as printed by `asterisk-gitops hash-password`"
+    )]
+    NotMd5,
+    #[error("{0:?} is not an environment variable name")]
+    NotAnEnvName(String),
+    #[error("{0:?} is not a mailbox: use MAILBOX@CONTEXT, e.g. 1001@default")]
+    NotAMailbox(String),
+    #[error("{0:?} is not a label name: letters, digits, '_', '.', '-', '/'")]
+    NotALabelName(String),
+    #[error("a label value must not contain control characters or line breaks")]
+    LabelControl,
+    #[error("unknown codec {value:?}{}; Asterisk would drop the whole endpoint", hint(.suggestion.as_deref()))]
+    UnknownCodec { value: String, suggestion: Option<&'static str> },
+    #[error("unknown dtmfMode {0:?}: use one of {modes}", modes = DTMF_MODES.join(", "))]
+    UnknownDtmfMode(String),
+}
+
+fn code_point(c: &char) -> u32 {
+    u32::from(*c)
+}
+
+fn special_meaning(c: &char) -> &'static str {
+    match c {
+        ';' => "the start of a comment",
+        '#' => "the start of a directive (#include, #exec)",
+        _ => "part of a section header",
+    }
+}
+
+fn hint(suggestion: Option<&str>) -> String {
+    suggestion.map(|c| format!(" (did you mean {c:?}?)")).unwrap_or_default()
+}
+
+/// Whether `value` can stay on its `key = value` line in pjsip.conf.
+pub fn line_safe(value: &str, max: usize) -> Result<(), Invalid> {
     // Fast path for the common case, printable ASCII: one pass over the bytes.
     // The renderer calls this for every value it prints.
     if value.len() <= max && value.bytes().all(|b| (0x20..0x7f).contains(&b) && !matches!(b, b'[' | b']' | b';' | b'#'))
@@ -53,78 +112,61 @@ pub fn line_safe(value: &str, max: usize) -> Result<(), String> {
     }
     if let Some(c) = value.chars().find(|c| c.is_control()) {
         return Err(match c {
-            '\n' | '\r' => "it contains a line break, which would start a new line in pjsip.conf".into(),
-            _ => format!("it contains the control character U+{:04X}", c as u32),
+            '\n' | '\r' => Invalid::LineBreak,
+            _ => Invalid::Control(c),
         });
     }
     if let Some(c) = value.chars().find(|c| matches!(c, '[' | ']' | ';' | '#')) {
-        return Err(format!(
-            "it contains '{c}', which pjsip.conf reads as {}",
-            match c {
-                ';' => "the start of a comment",
-                '#' => "the start of a directive (#include, #exec)",
-                _ => "part of a section header",
-            }
-        ));
+        return Err(Invalid::Special(c));
     }
     let len = value.chars().count();
     if len > max {
-        return Err(format!("it is {len} characters long; at most {max} are allowed"));
+        return Err(Invalid::TooLong { len, max });
     }
     Ok(())
 }
 
-pub fn extension_number(value: &str) -> Result<(), String> {
+pub fn extension_number(value: &str) -> Result<(), Invalid> {
     if value.is_empty() {
-        return Err("an extension number must not be empty".into());
+        return Err(Invalid::EmptyNumber);
     }
     if value.len() > MAX_EXTENSION {
-        return Err(format!("an extension number has at most {MAX_EXTENSION} digits"));
+        return Err(Invalid::NumberTooLong);
     }
     if !value.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(format!("{value:?} is not an extension number: use digits only, e.g. \"1001\""));
+        return Err(Invalid::NotANumber(value.to_string()));
     }
     Ok(())
 }
 
 /// A context or transport name: letters, digits, `_`, `.`, `-`.
-pub fn identifier(value: &str) -> Result<(), String> {
+pub fn identifier(value: &str) -> Result<(), Invalid> {
     let ok = !value.is_empty()
         && value.len() <= MAX_IDENT
         && value.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
         && value.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "{value:?} is not a plain identifier: use letters, digits, '_', '.' and '-', starting with a letter or digit, at most {MAX_IDENT} characters"
-        ))
-    }
+    if ok { Ok(()) } else { Err(Invalid::NotAnIdentifier(value.to_string())) }
 }
 
-pub fn display_name(value: &str) -> Result<(), String> {
+pub fn display_name(value: &str) -> Result<(), Invalid> {
     line_safe(value, MAX_TEXT)?;
-    if let Some(c) = value.chars().find(|c| matches!(c, '"' | '<' | '>')) {
-        return Err(format!("it contains '{c}', which would break the caller id (\"Name\" <1001>)"));
-    }
-    Ok(())
-}
-
-pub fn md5_cred(value: &str) -> Result<(), String> {
-    if value.len() == 32 && value.bytes().all(|b| b.is_ascii_hexdigit()) {
-        Ok(())
-    } else {
-        Err("md5Cred must be 32 hexadecimal digits: md5(\"EXTENSION:REALM:PASSWORD\"), as printed by `asterisk-gitops hash-password`".into())
+    match value.chars().find(|c| matches!(c, '"' | '<' | '>')) {
+        Some(c) => Err(Invalid::BreaksCallerId(c)),
+        None => Ok(()),
     }
 }
 
-pub fn env_name(value: &str) -> Result<(), String> {
+pub fn md5_cred(value: &str) -> Result<(), Invalid> {
+    if value.len() == 32 && value.bytes().all(|b| b.is_ascii_hexdigit()) { Ok(()) } else { Err(Invalid::NotMd5) }
+}
+
+pub fn env_name(value: &str) -> Result<(), Invalid> {
     let ok = value.bytes().next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
         && value.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
-    if ok { Ok(()) } else { Err(format!("{value:?} is not an environment variable name")) }
+    if ok { Ok(()) } else { Err(Invalid::NotAnEnvName(value.to_string())) }
 }
 
-pub fn mailbox(value: &str) -> Result<(), String> {
+pub fn mailbox(value: &str) -> Result<(), Invalid> {
     let (user, domain) = match value.split_once('@') {
         Some((u, d)) => (u, Some(d)),
         None => (value, None),
@@ -135,44 +177,39 @@ pub fn mailbox(value: &str) -> Result<(), String> {
     if part(user, b"+") && domain.is_none_or(|d| part(d, b"")) && value.len() <= MAX_IDENT {
         Ok(())
     } else {
-        Err(format!("{value:?} is not a mailbox: use MAILBOX@CONTEXT, e.g. 1001@default"))
+        Err(Invalid::NotAMailbox(value.to_string()))
     }
 }
 
-pub fn label_key(value: &str) -> Result<(), String> {
+pub fn label_key(value: &str) -> Result<(), Invalid> {
     let ok = !value.is_empty()
         && value.len() <= 63
         && value.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
         && value.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-/".contains(&b));
-    if ok { Ok(()) } else { Err(format!("{value:?} is not a label name: letters, digits, '_', '.', '-', '/'")) }
+    if ok { Ok(()) } else { Err(Invalid::NotALabelName(value.to_string())) }
 }
 
-pub fn label_value(value: &str) -> Result<(), String> {
+pub fn label_value(value: &str) -> Result<(), Invalid> {
     if value.chars().any(|c| c.is_control()) {
-        return Err("a label value must not contain control characters or line breaks".into());
+        return Err(Invalid::LabelControl);
     }
     let len = value.chars().count();
     if len > MAX_LABEL {
-        return Err(format!("it is {len} characters long; at most {MAX_LABEL} are allowed"));
+        return Err(Invalid::TooLong { len, max: MAX_LABEL });
     }
     Ok(())
 }
 
-pub fn codec(value: &str) -> Result<(), String> {
+pub fn codec(value: &str) -> Result<(), Invalid> {
     if KNOWN_CODECS.contains(&value) {
         Ok(())
     } else {
-        let hint = closest(value, KNOWN_CODECS).map(|c| format!(" (did you mean {c:?}?)")).unwrap_or_default();
-        Err(format!("unknown codec {value:?}{hint}; Asterisk would drop the whole endpoint"))
+        Err(Invalid::UnknownCodec { value: value.to_string(), suggestion: closest(value, KNOWN_CODECS) })
     }
 }
 
-pub fn dtmf_mode(value: &str) -> Result<(), String> {
-    if DTMF_MODES.contains(&value) {
-        Ok(())
-    } else {
-        Err(format!("unknown dtmfMode {value:?}: use one of {}", DTMF_MODES.join(", ")))
-    }
+pub fn dtmf_mode(value: &str) -> Result<(), Invalid> {
+    if DTMF_MODES.contains(&value) { Ok(()) } else { Err(Invalid::UnknownDtmfMode(value.to_string())) }
 }
 
 /// The candidate nearest to `word` by edit distance, if it is near enough
@@ -224,13 +261,19 @@ mod tests {
 
     #[test]
     fn identifiers_and_numbers() {
-        assert!(identifier("transport-udp").is_ok());
-        assert!(identifier("from internal").is_err());
-        assert!(identifier("-x").is_err());
-        assert!(extension_number("1001").is_ok());
-        assert!(extension_number("10a1").is_err());
-        assert!(extension_number("").is_err());
-        assert!(mailbox("1001@default").is_ok());
-        assert!(mailbox("1001@").is_err());
+        type Check = fn(&str) -> Result<(), Invalid>;
+        let cases: [(Check, &str, bool); 8] = [
+            (identifier, "transport-udp", true),
+            (identifier, "from internal", false),
+            (identifier, "-x", false),
+            (extension_number, "1001", true),
+            (extension_number, "10a1", false),
+            (extension_number, "", false),
+            (mailbox, "1001@default", true),
+            (mailbox, "1001@", false),
+        ];
+        for (check, value, ok) in cases {
+            assert_eq!(check(value).is_ok(), ok, "{value:?}");
+        }
     }
 }

@@ -16,50 +16,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 /// Fields an entry may have, in the order the schema documents them.
-pub const ENTRY_FIELDS: &[&str] = &[
-    "extension",
-    "displayName",
-    "context",
-    "transport",
-    "codecs",
-    "password",
-    "md5Cred",
-    "passwordEnv",
-    "passwordFile",
-    "maxContacts",
-    "qualifyFrequency",
-    "callerId",
-    "mailboxes",
-    "dtmfMode",
-    "profile",
-    "directMedia",
-    "rtpSymmetric",
-    "forceRport",
-    "rewriteContact",
-    "enabled",
-    "labels",
-    "options",
-];
+pub const ENTRY_FIELDS: &[&str] = super::fields::ENTRY_KEYS;
 
-const SECRET_FIELDS: &[&str] = &["password", "md5Cred", "passwordEnv", "passwordFile"];
+const SECRET_FIELDS: &[&str] = super::fields::SECRET_KEYS;
 
 /// Fields `defaults` may have.
-pub const DEFAULTS_FIELDS: &[&str] = &[
-    "context",
-    "transport",
-    "codecs",
-    "maxContacts",
-    "qualifyFrequency",
-    "dtmfMode",
-    "profile",
-    "directMedia",
-    "rtpSymmetric",
-    "forceRport",
-    "rewriteContact",
-    "enabled",
-    "labels",
-    "options",
-];
+pub const DEFAULTS_FIELDS: &[&str] = super::fields::DEFAULTS_KEYS;
 
 #[derive(Clone, Debug, Default)]
 pub struct LoadOptions {
@@ -291,6 +253,14 @@ fn collect(dir: &Path, files: &mut Vec<PathBuf>, diags: &mut Vec<Diagnostic>, op
 /// entry's `extension` field) and its diagnostics. `secrets` says where a
 /// `passwordFile` or `passwordEnv` may point; a `passwordFile` is taken
 /// relative to its directory.
+/// Loads one file's text under the default policy of the current
+/// directory, for unit tests: the extensions and every diagnostic.
+#[cfg(test)]
+pub(crate) fn load_for_test(file: &str, text: &str) -> (Vec<Extension>, Vec<Diagnostic>) {
+    let (exts, diags) = load_file(file, &SecretPolicy::for_spec_dir(Path::new(".")), text);
+    (exts.into_iter().map(|(e, _)| e).collect(), diags)
+}
+
 pub fn load_file(file: &str, secrets: &SecretPolicy, text: &str) -> (Vec<(Extension, Pos)>, Vec<Diagnostic>) {
     let mut r = Reader { file, diags: Vec::new(), option_pos: Vec::new() };
     let root = match yaml::parse(text) {
@@ -610,12 +580,23 @@ impl Reader<'_> {
         map: &[(&Scalar, &Node)],
         prefix: &str,
     ) -> (ExtensionEntry, Vec<(&'static str, Pos)>, Vec<&'static str>) {
+        self.read_fields(map, prefix, ENTRY_FIELDS)
+    }
+
+    /// The fields of one mapping that `allowed` names, as an entry; any
+    /// other key is reported as unknown, with the nearest allowed one.
+    fn read_fields(
+        &mut self,
+        map: &[(&Scalar, &Node)],
+        prefix: &str,
+        allowed: &'static [&'static str],
+    ) -> (ExtensionEntry, Vec<(&'static str, Pos)>, Vec<&'static str>) {
         let mut e = ExtensionEntry::default();
         let mut positions = Vec::with_capacity(map.len());
         let mut failed = Vec::new();
         for (key, value) in map {
-            let Some(name) = ENTRY_FIELDS.iter().find(|f| **f == key.text) else {
-                self.unknown_field(key, &key.text, prefix, ENTRY_FIELDS);
+            let Some(name) = allowed.iter().find(|f| **f == key.text) else {
+                self.unknown_field(key, &key.text, prefix, allowed);
                 continue;
             };
             positions.push((*name, value.pos()));
@@ -644,7 +625,10 @@ impl Reader<'_> {
                 "rewriteContact" => e.rewrite_contact = self.boolean(value, f),
                 "enabled" => e.enabled = self.boolean(value, f),
                 "options" => e.options = self.options(value, f),
-                _ => e.labels = self.labels(value, f),
+                "labels" => e.labels = self.labels(value, f),
+                // A key of the field table this reader does not know yet:
+                // `fields::tests` fails for it.
+                _ => {}
             }
             if self.diags.len() > before {
                 failed.push(*name);
@@ -653,39 +637,26 @@ impl Reader<'_> {
         (e, positions, failed)
     }
 
+    /// A file's `defaults`: read as an entry's fields, only the ones
+    /// `defaults` may have allowed.
     fn read_defaults(&mut self, map: &[(&Scalar, &Node)]) -> (Defaults, Vec<(&'static str, Pos)>, Vec<&'static str>) {
-        let mut d = Defaults::default();
-        let mut positions = Vec::with_capacity(map.len());
-        let mut failed = Vec::new();
-        for (key, value) in map {
-            let Some(name) = DEFAULTS_FIELDS.iter().find(|f| **f == key.text) else {
-                self.unknown_field(key, &key.text, "defaults", DEFAULTS_FIELDS);
-                continue;
-            };
-            positions.push((*name, value.pos()));
-            let field = join("defaults", name);
-            let f = field.as_str();
-            let before = self.diags.len();
-            match *name {
-                "context" => d.context = self.string(value, f),
-                "transport" => d.transport = self.string(value, f),
-                "codecs" => d.codecs = self.string_list(value, f),
-                "maxContacts" => d.max_contacts = self.number(value, f),
-                "qualifyFrequency" => d.qualify_frequency = self.number(value, f),
-                "dtmfMode" => d.dtmf_mode = self.string(value, f),
-                "profile" => d.profile = self.string(value, f),
-                "directMedia" => d.direct_media = self.boolean(value, f),
-                "rtpSymmetric" => d.rtp_symmetric = self.boolean(value, f),
-                "forceRport" => d.force_rport = self.boolean(value, f),
-                "rewriteContact" => d.rewrite_contact = self.boolean(value, f),
-                "enabled" => d.enabled = self.boolean(value, f),
-                "options" => d.options = self.options(value, f),
-                _ => d.labels = self.labels(value, f),
-            }
-            if self.diags.len() > before {
-                failed.push(*name);
-            }
-        }
+        let (e, positions, failed) = self.read_fields(map, "defaults", DEFAULTS_FIELDS);
+        let d = Defaults {
+            context: e.context,
+            transport: e.transport,
+            codecs: e.codecs,
+            max_contacts: e.max_contacts,
+            qualify_frequency: e.qualify_frequency,
+            dtmf_mode: e.dtmf_mode,
+            profile: e.profile,
+            direct_media: e.direct_media,
+            rtp_symmetric: e.rtp_symmetric,
+            force_rport: e.force_rport,
+            rewrite_contact: e.rewrite_contact,
+            enabled: e.enabled,
+            options: e.options,
+            labels: e.labels,
+        };
         (d, positions, failed)
     }
 }

@@ -14,6 +14,7 @@
 
 pub mod check;
 pub mod edit;
+pub mod fields;
 pub mod load;
 pub mod options;
 pub mod policy;
@@ -24,8 +25,9 @@ pub mod yaml;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::fmt;
 
+/// Defined by `secret` (a leaf), re-exported where the spec model is.
+pub use crate::secret::Secret;
 pub use load::{LoadOptions, load_paths};
 pub use options::ExtraOptions;
 pub use policy::SecretPolicy;
@@ -44,155 +46,164 @@ pub struct SpecFile {
     pub extensions: Vec<ExtensionEntry>,
 }
 
-/// Values applied to every entry of the file that does not set them itself.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Defaults {
-    /// Dialplan context for calls from these extensions (pjsip `context`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(pattern(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,79}$"))]
-    pub context: Option<String>,
-    /// Name of a pjsip transport section defined by the operator (pjsip `transport`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(pattern(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,79}$"))]
-    pub transport: Option<String>,
-    /// Allowed codecs, in order of preference: a list, or a comma-separated string.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "codecs_schema")]
-    pub codecs: Option<StringList>,
-    /// Most contacts (registered devices) the extension may have at once. Default 1.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 100))]
-    pub max_contacts: Option<u32>,
-    /// Seconds between qualify OPTIONS to each contact (pjsip aor `qualify_frequency`): tells a live phone from a dead one. Default 60; 0 turns qualifying off.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0, max = 86400))]
-    pub qualify_frequency: Option<u32>,
-    /// How DTMF is sent (pjsip `dtmf_mode`). Asterisk's default, rfc4733, applies when absent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "dtmf_schema")]
-    pub dtmf_mode: Option<String>,
-    /// Named set of endpoint options (see the README's "Profiles"): `nat` (the default: rewrite_contact, rtp_symmetric, force_rport yes, direct_media no), `lan` (none of those written: Asterisk's defaults hold), `webrtc` (`webrtc = yes`: DTLS-SRTP, ICE, AVPF, rtcp-mux; needs `transport` naming the operator's WebSocket transport, on the entry or in `defaults` next to `profile: webrtc`). Explicit fields (directMedia, rtpSymmetric, forceRport, rewriteContact) override it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "profile_schema")]
-    pub profile: Option<String>,
-    /// Let media flow directly between phones (pjsip `direct_media`). Overrides the profile's value: `nat` writes no; `lan` and `webrtc` leave Asterisk's yes (encrypted webrtc media never flows directly anyway).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub direct_media: Option<bool>,
-    /// Send RTP back to where it came from, for phones behind NAT (pjsip `rtp_symmetric`). Overrides the profile's value: `nat` writes yes; `lan` and `webrtc` leave Asterisk's no.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rtp_symmetric: Option<bool>,
-    /// Answer SIP to the source port, for phones behind NAT (pjsip `force_rport`). Overrides the profile's value: `nat` writes yes; `lan` and `webrtc` leave Asterisk's yes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub force_rport: Option<bool>,
-    /// Rewrite the contact with the packet's source address, for phones behind NAT (pjsip `rewrite_contact`). Overrides the profile's value: `nat` writes yes; `lan` and `webrtc` leave Asterisk's no.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rewrite_contact: Option<bool>,
-    /// When false, the extension is kept in the database but not configured in Asterisk. Default true.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub enabled: Option<bool>,
-    /// Extra PJSIP options by object type (`endpoint`, `aor`, `auth`) for what no field names: `{endpoint: {pickup_group: "1", timers: required}}`. Each name must be an option Asterisk knows for that type, each value one its type allows; options a field or the profile writes are refused. On `defaults`, merged under each entry's own, option by option.
-    #[serde(default, skip_serializing_if = "ExtraOptions::is_empty")]
-    pub options: ExtraOptions,
-    /// Free-form labels (department, email, …), merged under each entry's own. Stored, never rendered.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    #[schemars(schema_with = "labels_schema")]
-    pub labels: BTreeMap<String, String>,
+/// The fields an entry and a file's `defaults` share, written once (the
+/// three whose description differs take it as a parameter). Each struct
+/// gives its own fields in the groups between them, so the schema keeps
+/// its order: head, context/transport/codecs, secrets,
+/// maxContacts/qualifyFrequency, callerId/mailboxes, the profile and NAT
+/// flags through options, then labels.
+macro_rules! spec_struct {
+    (
+        $(#[$meta:meta])*
+        pub struct $name:ident {
+            { $($head:tt)* }
+            context: $context:literal,
+            codecs: $codecs:literal,
+            { $($secret:tt)* }
+            max_contacts: $max_contacts:literal,
+            { $($caller:tt)* }
+            { $($end:tt)* }
+        }
+    ) => {
+        $(#[$meta])*
+        pub struct $name {
+            $($head)*
+            #[doc = $context]
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            #[schemars(pattern(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,79}$"))]
+            pub context: Option<String>,
+            /// Name of a pjsip transport section defined by the operator (pjsip `transport`).
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            #[schemars(pattern(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,79}$"))]
+            pub transport: Option<String>,
+            #[doc = $codecs]
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            #[schemars(schema_with = "codecs_schema")]
+            pub codecs: Option<StringList>,
+            $($secret)*
+            #[doc = $max_contacts]
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            #[schemars(range(min = 1, max = 100))]
+            pub max_contacts: Option<u32>,
+            /// Seconds between qualify OPTIONS to each contact (pjsip aor `qualify_frequency`): tells a live phone from a dead one. Default 60; 0 turns qualifying off.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            #[schemars(range(min = 0, max = 86400))]
+            pub qualify_frequency: Option<u32>,
+            $($caller)*
+            /// How DTMF is sent (pjsip `dtmf_mode`). Asterisk's default, rfc4733, applies when absent.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            #[schemars(schema_with = "dtmf_schema")]
+            pub dtmf_mode: Option<String>,
+            /// Named set of endpoint options (see the README's "Profiles"): `nat` (the default: rewrite_contact, rtp_symmetric, force_rport yes, direct_media no), `lan` (none of those written: Asterisk's defaults hold), `webrtc` (`webrtc = yes`: DTLS-SRTP, ICE, AVPF, rtcp-mux; needs `transport` naming the operator's WebSocket transport, on the entry or in `defaults` next to `profile: webrtc`). Explicit fields (directMedia, rtpSymmetric, forceRport, rewriteContact) override it.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            #[schemars(schema_with = "profile_schema")]
+            pub profile: Option<String>,
+            /// Let media flow directly between phones (pjsip `direct_media`). Overrides the profile's value: `nat` writes no; `lan` and `webrtc` leave Asterisk's yes (encrypted webrtc media never flows directly anyway).
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub direct_media: Option<bool>,
+            /// Send RTP back to where it came from, for phones behind NAT (pjsip `rtp_symmetric`). Overrides the profile's value: `nat` writes yes; `lan` and `webrtc` leave Asterisk's no.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub rtp_symmetric: Option<bool>,
+            /// Answer SIP to the source port, for phones behind NAT (pjsip `force_rport`). Overrides the profile's value: `nat` writes yes; `lan` and `webrtc` leave Asterisk's yes.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub force_rport: Option<bool>,
+            /// Rewrite the contact with the packet's source address, for phones behind NAT (pjsip `rewrite_contact`). Overrides the profile's value: `nat` writes yes; `lan` and `webrtc` leave Asterisk's no.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub rewrite_contact: Option<bool>,
+            /// When false, the extension is kept in the database but not configured in Asterisk. Default true.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub enabled: Option<bool>,
+            /// Extra PJSIP options by object type (`endpoint`, `aor`, `auth`) for what no field names: `{endpoint: {pickup_group: "1", timers: required}}`. Each name must be an option Asterisk knows for that type, each value one its type allows; options a field or the profile writes are refused. On `defaults`, merged under each entry's own, option by option.
+            #[serde(default, skip_serializing_if = "ExtraOptions::is_empty")]
+            pub options: ExtraOptions,
+            $($end)*
+        }
+    };
 }
 
-/// One extension as written: a PJSIP endpoint, its auth and its aor.
-///
-/// Exactly one of `password`, `md5Cred`, `passwordEnv`, `passwordFile` is required.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-#[schemars(extend("oneOf" = [
-    {"required": ["password"]},
-    {"required": ["md5Cred"]},
-    {"required": ["passwordEnv"]},
-    {"required": ["passwordFile"]}
-]))]
-pub struct ExtensionEntry {
-    /// The extension number: digits only, quoted (`"1001"`). Also the SIP username and the section name.
-    #[schemars(required, pattern(r"^[0-9]{1,20}$"))]
-    pub extension: Option<String>,
-    /// The person or desk behind the extension; becomes the caller id `"Name" <1001>` unless `callerId` is set.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(pattern(r#"^[^\u0000-\u001f\u007f-\u009f\[\];#"<>]*$"#), length(max = 128))]
-    pub display_name: Option<String>,
-    /// Dialplan context for calls from this extension (pjsip `context`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(pattern(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,79}$"))]
-    pub context: Option<String>,
-    /// Name of a pjsip transport section defined by the operator (pjsip `transport`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(pattern(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,79}$"))]
-    pub transport: Option<String>,
-    /// Allowed codecs, in order of preference: a list, or a comma-separated string (`"ulaw,alaw,g729"`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "codecs_schema")]
-    pub codecs: Option<StringList>,
-    /// Plain-text SIP password. Accepted for compatibility; `validate` warns and `--strict` refuses it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(pattern(r"^[^\u0000-\u001f\u007f-\u009f\[\];#]+$"), length(max = 128))]
-    pub password: Option<String>,
-    /// md5("EXTENSION:REALM:PASSWORD") in hex, as printed by `asterisk-gitops hash-password`. Opens this account only.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(pattern(r"^[0-9a-fA-F]{32}$"))]
-    pub md5_cred: Option<String>,
-    /// Name of an environment variable holding the password, read when the config is rendered. It must match the config file's `secrets.envPattern` (default `EXT_*`); the daemon's own variables (`ASTERISK_GITOPS_*`, `DATABASE_URL`) are refused.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(pattern(r"^[A-Za-z_][A-Za-z0-9_]*$"))]
-    pub password_env: Option<String>,
-    /// Path of a file holding the password, relative to the secrets directory (the config file's `secrets.dir`, default the spec directory's `secrets/`), read when rendering. No absolute path, no `..`, no symlink leading out of that directory.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(pattern(r"^[^\u0000-\u001f\u007f-\u009f\[\];#]+$"), length(max = 128))]
-    pub password_file: Option<String>,
-    /// Most contacts (registered devices) at once (pjsip aor `max_contacts`). Default 1. A phone that registers again (after a crash, on a new port) replaces its oldest contact (`remove_existing = yes`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 100))]
-    pub max_contacts: Option<u32>,
-    /// Seconds between qualify OPTIONS to each contact (pjsip aor `qualify_frequency`): tells a live phone from a dead one. Default 60; 0 turns qualifying off.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0, max = 86400))]
-    pub qualify_frequency: Option<u32>,
-    /// Caller id presented for calls from this extension, e.g. `"Front Desk" <1001>`. Overrides displayName.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(pattern(r"^[^\u0000-\u001f\u007f-\u009f\[\];#]*$"), length(max = 128))]
-    pub caller_id: Option<String>,
-    /// Voicemail boxes for message-waiting indication (pjsip `mailboxes`): `1001@default`; a list or a comma string.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "mailboxes_schema")]
-    pub mailboxes: Option<StringList>,
-    /// How DTMF is sent (pjsip `dtmf_mode`). Asterisk's default, rfc4733, applies when absent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "dtmf_schema")]
-    pub dtmf_mode: Option<String>,
-    /// Named set of endpoint options (see the README's "Profiles"): `nat` (the default: rewrite_contact, rtp_symmetric, force_rport yes, direct_media no), `lan` (none of those written: Asterisk's defaults hold), `webrtc` (`webrtc = yes`: DTLS-SRTP, ICE, AVPF, rtcp-mux; needs `transport` naming the operator's WebSocket transport, on the entry or in `defaults` next to `profile: webrtc`). Explicit fields (directMedia, rtpSymmetric, forceRport, rewriteContact) override it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "profile_schema")]
-    pub profile: Option<String>,
-    /// Let media flow directly between phones (pjsip `direct_media`). Overrides the profile's value: `nat` writes no; `lan` and `webrtc` leave Asterisk's yes (encrypted webrtc media never flows directly anyway).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub direct_media: Option<bool>,
-    /// Send RTP back to where it came from, for phones behind NAT (pjsip `rtp_symmetric`). Overrides the profile's value: `nat` writes yes; `lan` and `webrtc` leave Asterisk's no.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rtp_symmetric: Option<bool>,
-    /// Answer SIP to the source port, for phones behind NAT (pjsip `force_rport`). Overrides the profile's value: `nat` writes yes; `lan` and `webrtc` leave Asterisk's yes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub force_rport: Option<bool>,
-    /// Rewrite the contact with the packet's source address, for phones behind NAT (pjsip `rewrite_contact`). Overrides the profile's value: `nat` writes yes; `lan` and `webrtc` leave Asterisk's no.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rewrite_contact: Option<bool>,
-    /// When false, the extension is kept in the database but not configured in Asterisk. Default true.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub enabled: Option<bool>,
-    /// Extra PJSIP options by object type (`endpoint`, `aor`, `auth`) for what no field names: `{endpoint: {pickup_group: "1", timers: required}}`. Each name must be an option Asterisk knows for that type, each value one its type allows; options a field or the profile writes are refused. On `defaults`, merged under each entry's own, option by option.
-    #[serde(default, skip_serializing_if = "ExtraOptions::is_empty")]
-    pub options: ExtraOptions,
-    /// Free-form labels (department, email, …). Stored and shown, never rendered into Asterisk's config.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    #[schemars(schema_with = "labels_schema")]
-    pub labels: BTreeMap<String, String>,
+spec_struct! {
+    /// Values applied to every entry of the file that does not set them itself.
+    #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+    #[serde(rename_all = "camelCase", deny_unknown_fields)]
+    pub struct Defaults {
+        {
+        }
+        context: " Dialplan context for calls from these extensions (pjsip `context`).",
+        codecs: " Allowed codecs, in order of preference: a list, or a comma-separated string.",
+        {
+        }
+        max_contacts: " Most contacts (registered devices) the extension may have at once. Default 1.",
+        {
+        }
+        {
+            /// Free-form labels (department, email, …), merged under each entry's own. Stored, never rendered.
+            #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+            #[schemars(schema_with = "labels_schema")]
+            pub labels: BTreeMap<String, String>,
+        }
+    }
+}
+
+spec_struct! {
+    /// One extension as written: a PJSIP endpoint, its auth and its aor.
+    ///
+    /// Exactly one of `password`, `md5Cred`, `passwordEnv`, `passwordFile` is required.
+    #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+    #[serde(rename_all = "camelCase", deny_unknown_fields)]
+    #[schemars(extend("oneOf" = [
+        {"required": ["password"]},
+        {"required": ["md5Cred"]},
+        {"required": ["passwordEnv"]},
+        {"required": ["passwordFile"]}
+    ]))]
+    pub struct ExtensionEntry {
+        {
+            /// The extension number: digits only, quoted (`"1001"`). Also the SIP username and the section name.
+            #[schemars(required, pattern(r"^[0-9]{1,20}$"))]
+            pub extension: Option<String>,
+            /// The person or desk behind the extension; becomes the caller id `"Name" <1001>` unless `callerId` is set.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            #[schemars(pattern(r#"^[^\u0000-\u001f\u007f-\u009f\[\];#"<>]*$"#), length(max = 128))]
+            pub display_name: Option<String>,
+        }
+        context: " Dialplan context for calls from this extension (pjsip `context`).",
+        codecs: " Allowed codecs, in order of preference: a list, or a comma-separated string (`\"ulaw,alaw,g729\"`).",
+        {
+            /// Plain-text SIP password. Accepted for compatibility; `validate` warns and `--strict` refuses it.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            #[schemars(pattern(r"^[^\u0000-\u001f\u007f-\u009f\[\];#]+$"), length(max = 128))]
+            pub password: Option<String>,
+            /// md5("EXTENSION:REALM:PASSWORD") in hex, as printed by `asterisk-gitops hash-password`. Opens this account only.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            #[schemars(pattern(r"^[0-9a-fA-F]{32}$"))]
+            pub md5_cred: Option<String>,
+            /// Name of an environment variable holding the password, read when the config is rendered. It must match the config file's `secrets.envPattern` (default `EXT_*`); the daemon's own variables (`ASTERISK_GITOPS_*`, `DATABASE_URL`) are refused.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            #[schemars(pattern(r"^[A-Za-z_][A-Za-z0-9_]*$"))]
+            pub password_env: Option<String>,
+            /// Path of a file holding the password, relative to the secrets directory (the config file's `secrets.dir`, default the spec directory's `secrets/`), read when rendering. No absolute path, no `..`, no symlink leading out of that directory.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            #[schemars(pattern(r"^[^\u0000-\u001f\u007f-\u009f\[\];#]+$"), length(max = 128))]
+            pub password_file: Option<String>,
+        }
+        max_contacts: " Most contacts (registered devices) at once (pjsip aor `max_contacts`). Default 1. A phone that registers again (after a crash, on a new port) replaces its oldest contact (`remove_existing = yes`).",
+        {
+            /// Caller id presented for calls from this extension, e.g. `"Front Desk" <1001>`. Overrides displayName.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            #[schemars(pattern(r"^[^\u0000-\u001f\u007f-\u009f\[\];#]*$"), length(max = 128))]
+            pub caller_id: Option<String>,
+            /// Voicemail boxes for message-waiting indication (pjsip `mailboxes`): `1001@default`; a list or a comma string.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            #[schemars(schema_with = "mailboxes_schema")]
+            pub mailboxes: Option<StringList>,
+        }
+        {
+            /// Free-form labels (department, email, …). Stored and shown, never rendered into Asterisk's config.
+            #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+            #[schemars(schema_with = "labels_schema")]
+            pub labels: BTreeMap<String, String>,
+        }
+    }
 }
 
 /// A list of names, written either as a YAML/JSON list or as the seed's
@@ -212,48 +223,6 @@ impl StringList {
             StringList::Comma(s) => s.split(',').collect(),
         };
         raw.into_iter().map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect()
-    }
-}
-
-/// The secret an extension authenticates with.
-///
-/// `Debug` never prints a password: this type may end up in a log line.
-#[derive(Clone, PartialEq, Eq)]
-pub enum Secret {
-    /// A plain-text password (seed compatible; flagged by `--strict`).
-    Password(String),
-    /// md5("EXTENSION:REALM:PASSWORD"), lower-case hex.
-    Md5Cred(String),
-    /// The password is in this environment variable at render time.
-    PasswordEnv(String),
-    /// The password is in the file `path` (relative, no `..`) under the
-    /// secrets directory `dir` at render time; it must resolve inside `dir`
-    /// (see [`policy`]). `dir` is empty until the loader sets it.
-    PasswordFile { dir: std::path::PathBuf, path: std::path::PathBuf },
-}
-
-impl Secret {
-    /// The field name that declares this kind of secret.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Secret::Password(_) => "password",
-            Secret::Md5Cred(_) => "md5Cred",
-            Secret::PasswordEnv(_) => "passwordEnv",
-            Secret::PasswordFile { .. } => "passwordFile",
-        }
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Secret::Password(_) => f.write_str("Password(<redacted>)"),
-            Secret::Md5Cred(_) => f.write_str("Md5Cred(<redacted>)"),
-            Secret::PasswordEnv(name) => f.debug_tuple("PasswordEnv").field(name).finish(),
-            Secret::PasswordFile { dir, path } => {
-                f.debug_struct("PasswordFile").field("dir", dir).field("path", path).finish()
-            }
-        }
     }
 }
 
@@ -329,6 +298,15 @@ pub struct Extension {
     /// Extra options, defaults merged, each checked (`options`).
     pub options: ExtraOptions,
     pub origin: Origin,
+}
+
+impl crate::secret::Owner for Extension {
+    fn number(&self) -> &str {
+        &self.extension
+    }
+    fn secret(&self) -> &Secret {
+        &self.secret
+    }
 }
 
 impl Extension {

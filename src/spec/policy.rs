@@ -19,7 +19,11 @@
 //! configuration and are checked by `resolve` (so the HTTP API refuses
 //! them too); the configured ones by [`SecretPolicy`] while loading.
 
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
+
+/// The static rules and the symlink check live in `secret` (a leaf), beside
+/// the code that reads a secret; re-exported here, where the spec uses them.
+pub use crate::secret::{Refused as PolicyError, contained, file_path, reserved_env};
 
 /// The default `secrets.envPattern`.
 pub const DEFAULT_ENV_PATTERN: &str = "EXT_*";
@@ -41,14 +45,11 @@ impl SecretPolicy {
 
     /// Whether the configured pattern allows this variable (the reserved
     /// names are refused by [`reserved_env`] before this is asked).
-    pub fn check_env(&self, name: &str) -> Result<(), String> {
+    pub fn check_env(&self, name: &str) -> Result<(), PolicyError> {
         if glob(&self.env_pattern, name) {
             Ok(())
         } else {
-            Err(format!(
-                "passwordEnv {name:?} does not match the allowed pattern {:?} (secrets.envPattern in the config file)",
-                self.env_pattern
-            ))
+            Err(PolicyError::EnvPattern { name: name.to_string(), pattern: self.env_pattern.clone() })
         }
     }
 
@@ -56,66 +57,12 @@ impl SecretPolicy {
     /// and whether it stays inside the secrets directory once symlinks are
     /// followed. A file that does not exist yet is not an error here (the
     /// render says it is missing); one that leads outside is.
-    pub fn check_file(&self, relative: &Path) -> Result<(), String> {
+    pub fn check_file(&self, relative: &Path) -> Result<(), PolicyError> {
         match contained(&self.dir, relative) {
             Ok(_) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(PolicyError::Unresolvable(e.to_string())),
         }
-    }
-}
-
-/// The rules a `passwordFile` path meets whatever the configuration:
-/// relative, with no `..` and no root or drive prefix.
-pub fn file_path(path: &str) -> Result<(), String> {
-    let p = Path::new(path);
-    if p.is_absolute() || path.starts_with('/') || path.starts_with('\\') {
-        return Err(format!(
-            "{path:?} is absolute: write a path relative to the secrets directory (secrets.dir in the config file)"
-        ));
-    }
-    for c in p.components() {
-        match c {
-            Component::ParentDir => {
-                return Err(format!("{path:?} contains `..`: a passwordFile stays inside the secrets directory"));
-            }
-            Component::RootDir | Component::Prefix(_) => {
-                return Err(format!("{path:?} is absolute: write a path relative to the secrets directory"));
-            }
-            Component::CurDir | Component::Normal(_) => {}
-        }
-    }
-    Ok(())
-}
-
-/// The daemon's own variables: never a `passwordEnv`, whatever the pattern.
-pub fn reserved_env(name: &str) -> Result<(), String> {
-    if name.starts_with("ASTERISK_GITOPS_") || name == "DATABASE_URL" {
-        Err(format!(
-            "passwordEnv {name:?} is one of the daemon's own variables (ASTERISK_GITOPS_*, DATABASE_URL): \
-             a spec file may not read it"
-        ))
-    } else {
-        Ok(())
-    }
-}
-
-/// `dir/relative` with symlinks resolved, if it lies inside `dir` (also
-/// resolved); an error of kind `PermissionDenied` if it leads outside,
-/// `NotFound` if it does not exist.
-pub fn contained(dir: &Path, relative: &Path) -> std::io::Result<PathBuf> {
-    if let Err(e) = file_path(&relative.to_string_lossy()) {
-        return Err(std::io::Error::new(std::io::ErrorKind::PermissionDenied, e));
-    }
-    let real = std::fs::canonicalize(dir.join(relative))?;
-    let base = std::fs::canonicalize(dir)?;
-    if real.starts_with(&base) && real != base {
-        Ok(real)
-    } else {
-        Err(std::io::Error::new(
-            std::io::ErrorKind::PermissionDenied,
-            format!("{} leads outside the secrets directory {} (a symlink?)", relative.display(), dir.display()),
-        ))
     }
 }
 
@@ -165,14 +112,14 @@ mod tests {
 
     #[test]
     fn paths_stay_relative_and_inside() {
-        assert!(file_path("3001.password").is_ok());
-        assert!(file_path("lobby/3001.password").is_ok());
-        assert!(file_path("/etc/hostname").is_err());
-        assert!(file_path("../outside.txt").is_err());
-        assert!(file_path("a/../../b").is_err());
-        assert!(reserved_env("ASTERISK_GITOPS_ADMIN_TOKEN").is_err());
-        assert!(reserved_env("DATABASE_URL").is_err());
-        assert!(reserved_env("EXT_1001").is_ok());
+        let paths = [("3001.password", true), ("lobby/3001.password", true), ("/etc/hostname", false)];
+        let more = [("../outside.txt", false), ("a/../../b", false)];
+        for (path, ok) in paths.into_iter().chain(more) {
+            assert_eq!(file_path(path).is_ok(), ok, "{path}");
+        }
+        for (name, ok) in [("ASTERISK_GITOPS_ADMIN_TOKEN", false), ("DATABASE_URL", false), ("EXT_1001", true)] {
+            assert_eq!(reserved_env(name).is_ok(), ok, "{name}");
+        }
     }
 
     #[test]
@@ -188,7 +135,7 @@ mod tests {
         assert!(policy.check_file(Path::new("inside.txt")).is_ok());
         assert!(policy.check_file(Path::new("ok-link.txt")).is_ok());
         assert!(policy.check_file(Path::new("missing.txt")).is_ok(), "missing is the render's error");
-        let err = policy.check_file(Path::new("link.txt")).expect_err("leads outside");
+        let err = policy.check_file(Path::new("link.txt")).expect_err("leads outside").to_string();
         assert!(err.contains("outside the secrets directory"), "{err}");
         let e = contained(&secrets, Path::new("link.txt")).expect_err("refused");
         assert_eq!(e.kind(), std::io::ErrorKind::PermissionDenied);

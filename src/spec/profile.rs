@@ -292,9 +292,7 @@ mod tests {
     use crate::diag::Diagnostic;
 
     fn load(yaml: &str) -> (Vec<Extension>, Vec<Diagnostic>) {
-        let policy = crate::spec::SecretPolicy::for_spec_dir(std::path::Path::new("."));
-        let (exts, diags) = crate::spec::load::load_file("p.yaml", &policy, yaml);
-        (exts.into_iter().map(|(e, _)| e).collect(), diags)
+        crate::spec::load::load_for_test("p.yaml", yaml)
     }
 
     const MD5: &str = "md5Cred: 0123456789abcdef0123456789abcdef";

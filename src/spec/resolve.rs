@@ -60,22 +60,32 @@ impl Locator {
         list.iter().find(|(name, _)| *name == field).map(|(_, p)| *p).unwrap_or(self.entry)
     }
 
-    fn error(&self, code: &'static str, field: &str, from: From, message: impl Into<String>) -> Diagnostic {
-        Diagnostic::error(code, self.location(self.pos_of(field, from)), self.field_path(field, from), message)
+    fn error(&self, code: &'static str, field: &str, from: From, message: impl std::fmt::Display) -> Diagnostic {
+        Diagnostic::error(
+            code,
+            self.location(self.pos_of(field, from)),
+            self.field_path(field, from),
+            message.to_string(),
+        )
     }
 
     /// An error at one option (`options.endpoint.timers`), on the entry or in the defaults.
-    fn option_error(&self, code: &'static str, key: &str, from: From, message: impl Into<String>) -> Diagnostic {
+    fn option_error(&self, code: &'static str, key: &str, from: From, message: impl std::fmt::Display) -> Diagnostic {
         let list = match from {
             From::Entry => &self.options,
             From::Defaults => &self.defaults_options,
         };
         let pos = list.iter().find(|(k, _)| k == key).map(|(_, p)| *p).unwrap_or_else(|| self.pos_of("options", from));
-        Diagnostic::error(code, self.location(pos), self.field_path(&format!("options.{key}"), from), message)
+        Diagnostic::error(
+            code,
+            self.location(pos),
+            self.field_path(&format!("options.{key}"), from),
+            message.to_string(),
+        )
     }
 
-    fn entry_error(&self, code: &'static str, message: impl Into<String>) -> Diagnostic {
-        Diagnostic::error(code, self.location(self.entry), self.prefix.clone(), message)
+    fn entry_error(&self, code: &'static str, message: impl std::fmt::Display) -> Diagnostic {
+        Diagnostic::error(code, self.location(self.entry), self.prefix.clone(), message.to_string())
     }
 }
 
@@ -323,14 +333,15 @@ fn resolve_options(
             .map(|(n, v)| (n, v, From::Defaults));
         for (name, value, from) in mine.chain(inherited) {
             let key = format!("{kind}.{name}");
-            if let Err((code, message)) = super::options::check_option(&catalogue, &types, kind, name, value) {
+            if let Err(refused) = super::options::check_option(&catalogue, &types, kind, name, value) {
+                let code = refused.code();
                 let hint = if code == "unknown-option" {
                     let known: Vec<&str> = catalogue.names(kind).collect();
                     check::closest(name, &known).map(|c| format!(" (did you mean `{c}`?)")).unwrap_or_default()
                 } else {
                     String::new()
                 };
-                diags.push(at.option_error(code, &key, from, format!("{message}{hint}")));
+                diags.push(at.option_error(code, &key, from, format!("{refused}{hint}")));
                 continue;
             }
             if let Some(why) = super::options::reserved(kind, name, profile) {
@@ -404,14 +415,14 @@ fn resolve_secret(entry: &ExtensionEntry, at: &Locator, diags: &mut Vec<Diagnost
         ));
         return None;
     }
-    let mut refuse = |field: &str, e: String| {
+    let mut refuse = |field: &str, e: &dyn std::fmt::Display| {
         diags.push(at.error("unsafe-value", field, From::Entry, format!("{field} is not allowed: {e}")));
     };
     if let Some(p) = &entry.password {
         if p.is_empty() {
-            refuse("password", "it is empty".into());
+            refuse("password", &"it is empty");
         } else if let Err(e) = check::line_safe(p, check::MAX_TEXT) {
-            refuse("password", e);
+            refuse("password", &e);
         } else {
             diags.push(Diagnostic::warning(
                 "plaintext-password",
@@ -441,9 +452,9 @@ fn resolve_secret(entry: &ExtensionEntry, at: &Locator, diags: &mut Vec<Diagnost
     }
     let path = entry.password_file.as_deref().unwrap_or_default();
     if path.is_empty() {
-        refuse("passwordFile", "it is empty".into());
+        refuse("passwordFile", &"it is empty");
     } else if let Err(e) = check::line_safe(path, check::MAX_TEXT) {
-        refuse("passwordFile", e);
+        refuse("passwordFile", &e);
     } else if let Err(e) = super::policy::file_path(path) {
         diags.push(at.error("secret-not-allowed", "passwordFile", From::Entry, e));
     }
