@@ -534,6 +534,9 @@ async fn counts_and_pages_agree_with_the_full_list() {
         let late = db.extensions_matching("comer").await.expect("search").expect("pre-filtered");
         assert_eq!(late.iter().map(|r| r.number.as_str()).collect::<Vec<_>>(), ["1003"], "a declared copy");
         assert!(db.extensions_matching("ü").await.expect("search").is_none(), "not pre-filtered: the caller loads all");
+    })
+    .await;
+}
 
 /// Every column of the field table (`spec::fields::COLUMNS`) is written
 /// with the run and read back as the extension declared it: a field added
