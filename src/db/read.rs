@@ -99,7 +99,7 @@ impl Db {
         let mut out = Vec::with_capacity(numbers.len());
         for chunk in numbers.chunks(500) {
             let rows = super::on_pool!(self, pool => {
-                let mut qb = sqlx::QueryBuilder::new(format!("{SELECT_EXTENSIONS} WHERE e.number IN ("));
+                let mut qb = sqlx::QueryBuilder::new(format!("{} WHERE e.number IN (", *SELECT_EXTENSIONS));
                 let mut sep = qb.separated(", ");
                 for n in chunk {
                     sep.push_bind(n.as_str());
