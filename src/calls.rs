@@ -30,7 +30,7 @@
 
 pub mod cel;
 
-use crate::asterisk::ari::{Ari, AriError, Channel, ContinueTo, Event, parse_time};
+use crate::asterisk::ari::{Ari, AriError, Channel, Event, parse_time};
 use crate::db::Db;
 use crate::db::calls::CallStart;
 use chrono::Utc;
@@ -41,38 +41,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
-/// How the logger behaves.
-#[derive(Clone, Debug)]
-pub struct CallLogConfig {
-    /// Where `continue` sends the channel (default: the next priority).
-    pub continue_to: ContinueTo,
-    /// Contexts whose callers are our extensions (default `from-internal`).
-    pub internal_contexts: Vec<String>,
-    /// A number dialled from an internal context with at most this many
-    /// digits (and only digits) is an internal call; longer is outbound
-    /// (default 6, so `1002` is internal and `998901234567` outbound).
-    pub internal_max_digits: usize,
-    /// A call still open after this long is closed as `unknown`.
-    pub stale_after: Duration,
-    /// Parallel workers (channels are spread over them by id).
-    pub workers: usize,
-    /// Whether the Stasis app records calls (`false` when CEL logs every
-    /// call: the app then only hands Stasis calls back to the dialplan).
-    pub record: bool,
-}
-
-impl Default for CallLogConfig {
-    fn default() -> Self {
-        CallLogConfig {
-            continue_to: ContinueTo::default(),
-            internal_contexts: vec!["from-internal".into()],
-            internal_max_digits: 6,
-            stale_after: Duration::from_secs(4 * 3600),
-            workers: 8,
-            record: true,
-        }
-    }
-}
+/// How the logger behaves: a setting, owned by `config`.
+pub use crate::config::CallLogConfig;
 
 /// Counters, for /metrics and benchmarks.
 #[derive(Debug, Default)]

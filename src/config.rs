@@ -8,30 +8,11 @@
 //! never prints them.
 
 use serde::Deserialize;
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// A secret string: usable, never printed.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
-pub struct SecretString(String);
-
-impl SecretString {
-    pub fn new(s: impl Into<String>) -> Self {
-        SecretString(s.into())
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for SecretString {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
+pub use crate::secret::{SecretString, redact_url};
 
 /// The config file, as written. Every field is optional.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -284,7 +265,50 @@ pub struct AriSettings {
     pub password: SecretString,
     pub app: String,
     pub timeout: Duration,
-    pub calls: crate::calls::CallLogConfig,
+    pub calls: CallLogConfig,
+}
+
+/// How the call loggers behave (the `ari:` section's call settings, which
+/// the CEL logger uses too).
+#[derive(Clone, Debug)]
+pub struct CallLogConfig {
+    /// Where `continue` sends the channel (default: the next priority).
+    pub continue_to: ContinueTo,
+    /// Contexts whose callers are our extensions (default `from-internal`).
+    pub internal_contexts: Vec<String>,
+    /// A number dialled from an internal context with at most this many
+    /// digits (and only digits) is an internal call; longer is outbound
+    /// (default 6, so `1002` is internal and `998901234567` outbound).
+    pub internal_max_digits: usize,
+    /// A call still open after this long is closed as `unknown`.
+    pub stale_after: Duration,
+    /// Parallel workers (channels are spread over them by id).
+    pub workers: usize,
+    /// Whether the Stasis app records calls (`false` when CEL logs every
+    /// call: the app then only hands Stasis calls back to the dialplan).
+    pub record: bool,
+}
+
+impl Default for CallLogConfig {
+    fn default() -> Self {
+        CallLogConfig {
+            continue_to: ContinueTo::default(),
+            internal_contexts: vec!["from-internal".into()],
+            internal_max_digits: 6,
+            stale_after: Duration::from_secs(4 * 3600),
+            workers: 8,
+            record: true,
+        }
+    }
+}
+
+/// Where the call logger's `continue` sends a channel (config
+/// `ari.continueContext` etc.); all `None` means the next priority.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ContinueTo {
+    pub context: Option<String>,
+    pub extension: Option<String>,
+    pub priority: Option<i64>,
 }
 
 #[derive(Clone, Debug)]
@@ -327,7 +351,7 @@ pub struct Settings {
     pub call_log: CallSource,
     /// How calls are classified and closed (the `ari:` section's call
     /// settings, which the CEL logger uses too).
-    pub calls: crate::calls::CallLogConfig,
+    pub calls: CallLogConfig,
     pub reconcile: ReconcileSettings,
     pub git: Option<GitSettings>,
     pub webhook_secret: Option<SecretString>,
@@ -417,9 +441,9 @@ impl Settings {
         };
 
         let ari_file = file.ari.unwrap_or_default();
-        let calls_defaults = crate::calls::CallLogConfig::default();
-        let calls_cfg = crate::calls::CallLogConfig {
-            continue_to: crate::asterisk::ari::ContinueTo {
+        let calls_defaults = CallLogConfig::default();
+        let calls_cfg = CallLogConfig {
+            continue_to: ContinueTo {
                 context: ari_file.continue_context.clone(),
                 extension: ari_file.continue_extension.clone(),
                 priority: ari_file.continue_priority,
@@ -446,7 +470,7 @@ impl Settings {
                     "ari",
                     "ASTERISK_GITOPS_ARI_PASSWORD or ari.password / ari.passwordFile in the config file",
                 )?;
-                let calls = crate::calls::CallLogConfig { record: true, ..calls_cfg.clone() };
+                let calls = CallLogConfig { record: true, ..calls_cfg.clone() };
                 let timeout = Duration::from_secs_f64(ari_file.timeout.unwrap_or(5.0).clamp(0.1, 600.0));
                 let app = ari_file.app.unwrap_or_else(|| "callcenter".into());
                 Some(AriSettings { url, user, password, app, timeout, calls })
@@ -512,7 +536,7 @@ impl Settings {
                     committer_name: g.committer_name.unwrap_or_else(|| "asterisk-gitops".into()),
                     committer_email: g.committer_email.unwrap_or_else(|| "asterisk-gitops@localhost".into()),
                     ssh_key: g.ssh_key,
-                    token: env("ASTERISK_GITOPS_GIT_TOKEN").map(SecretString).or(not_blank(g.token, "git.token")?),
+                    token: env("ASTERISK_GITOPS_GIT_TOKEN").map(SecretString::new).or(not_blank(g.token, "git.token")?),
                 })
             }
         };
@@ -533,10 +557,7 @@ impl Settings {
         };
         let managed_file_group = match file.managed_file_group.as_deref() {
             None => None,
-            Some(g) => Some(
-                crate::managed::group_id(g)
-                    .map_err(|message| ConfigError::Invalid { what: "managedFileGroup", message })?,
-            ),
+            Some(g) => Some(group_id(g).map_err(|message| ConfigError::Invalid { what: "managedFileGroup", message })?),
         };
 
         let target_text = flags.apply_target.or(file.apply.and_then(|a| a.target)).unwrap_or_else(|| "file".into());
@@ -571,10 +592,10 @@ impl Settings {
             sip_server: file.sip_server,
             git,
             webhook_secret: env("ASTERISK_GITOPS_WEBHOOK_SECRET")
-                .map(SecretString)
+                .map(SecretString::new)
                 .or(not_blank(file.webhook_secret, "webhookSecret")?),
             admin_token: env("ASTERISK_GITOPS_ADMIN_TOKEN")
-                .map(SecretString)
+                .map(SecretString::new)
                 .or(not_blank(file.admin_token, "adminToken")?),
             spec_dir,
             secrets,
@@ -622,7 +643,7 @@ fn secret_from(
     hint: &str,
 ) -> Result<SecretString, ConfigError> {
     if let Some(v) = env {
-        return Ok(SecretString(v));
+        return Ok(SecretString::new(v));
     }
     if let Some(v) = file_value {
         return Ok(v);
@@ -636,7 +657,7 @@ fn secret_from(
         if first.is_empty() {
             return Err(ConfigError::Invalid { what, message: format!("the secret file {} is empty", path.display()) });
         }
-        return Ok(SecretString(first));
+        return Ok(SecretString::new(first));
     }
     Err(ConfigError::Invalid { what, message: format!("no secret configured: set {hint}") })
 }
@@ -656,20 +677,21 @@ fn not_blank(value: Option<SecretString>, what: &'static str) -> Result<Option<S
     }
 }
 
-/// `scheme://user:password@host/db` → `scheme://user:***@host/db`.
-pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
-    let (authority, tail) = match rest.find('/') {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
-    };
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _)) => format!("{scheme}://{user}:***@{host}{tail}"),
-            None => url.to_string(),
-        },
-        None => url.to_string(),
+/// A group name (looked up in /etc/group) or a numeric gid, as a gid.
+pub fn group_id(group: &str) -> Result<u32, String> {
+    if let Ok(gid) = group.parse::<u32>() {
+        return Ok(gid);
     }
+    let text = std::fs::read_to_string("/etc/group").map_err(|e| format!("cannot read /etc/group: {e}"))?;
+    text.lines()
+        .filter_map(|l| {
+            let mut parts = l.split(':');
+            let name = parts.next()?;
+            let gid = parts.nth(1)?.parse::<u32>().ok()?;
+            (name == group).then_some(gid)
+        })
+        .next()
+        .ok_or_else(|| format!("no group {group:?} in /etc/group (write a group name or a numeric gid)"))
 }
 
 #[cfg(test)]
@@ -777,7 +799,7 @@ mod tests {
         assert_eq!(ari.app, "callcenter");
         assert_eq!(ari.calls.internal_max_digits, 6);
         assert_eq!(ari.calls.stale_after, Duration::from_secs(14400));
-        assert_eq!(ari.calls.continue_to, crate::asterisk::ari::ContinueTo::default());
+        assert_eq!(ari.calls.continue_to, ContinueTo::default());
     }
 
     #[test]

@@ -185,7 +185,7 @@ fn desired_from_sources(
 /// run records the failure and changes nothing.
 pub fn load_git(git: &mut GitSource) -> Desired {
     let cfg = git.config().clone();
-    let source_name = format!("{} ({}:{})", crate::config::redact_url(&cfg.url), cfg.branch, cfg.path);
+    let source_name = format!("{} ({}:{})", crate::secret::redact_url(&cfg.url), cfg.branch, cfg.path);
     let fetched = match git.fetch() {
         Ok(f) => f,
         Err(e) => {

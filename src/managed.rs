@@ -61,22 +61,8 @@ pub fn write_atomic_as(path: &Path, bytes: &[u8], mode: u32, group: Option<u32>)
     result
 }
 
-/// A group name (looked up in /etc/group) or a numeric gid, as a gid.
-pub fn group_id(group: &str) -> Result<u32, String> {
-    if let Ok(gid) = group.parse::<u32>() {
-        return Ok(gid);
-    }
-    let text = std::fs::read_to_string("/etc/group").map_err(|e| format!("cannot read /etc/group: {e}"))?;
-    text.lines()
-        .filter_map(|l| {
-            let mut parts = l.split(':');
-            let name = parts.next()?;
-            let gid = parts.nth(1)?.parse::<u32>().ok()?;
-            (name == group).then_some(gid)
-        })
-        .next()
-        .ok_or_else(|| format!("no group {group:?} in /etc/group (write a group name or a numeric gid)"))
-}
+/// A group name or a numeric gid, as a gid (`config` resolves `managedFileGroup`).
+pub use crate::config::group_id;
 
 fn parent_dir(path: &Path) -> PathBuf {
     match path.parent() {

@@ -13,9 +13,9 @@ pub mod api;
 pub mod read;
 pub mod ui;
 
-use crate::config::SecretString;
 use crate::daemon::LoopHandle;
 use crate::diag::Diagnostic;
+use crate::secret::SecretString;
 use crate::writeback::{Author, WriteBack};
 use axum::Json;
 use axum::http::StatusCode;
