@@ -370,28 +370,70 @@ pub struct Settings {
     pub apply_target: ApplyTarget,
 }
 
-/// What the command line (flags, with their environment variables) said;
-/// `None` where it said nothing.
-#[derive(Clone, Debug, Default)]
+/// What the command line said: the flags shared by the commands that need
+/// them (each with its environment variable), parsed by clap straight into
+/// this type (`cli::GlobalArgs` flattens it); `None` where it said nothing.
+/// Each overrides the config file, which overrides the built-in defaults.
+#[derive(Clone, Debug, Default, clap::Args)]
 pub struct Overrides {
+    /// Directory holding the extension spec files (*.yaml, *.yml, searched recursively) [default: ./extensions.d].
+    #[arg(long, global = true, env = "ASTERISK_GITOPS_SPEC_DIR", value_name = "DIR")]
     pub spec_dir: Option<PathBuf>,
+    /// Directory for the daemon's state: the SQLite database, the managed file, the git mirror [default: ./state].
+    #[arg(long, global = true, env = "ASTERISK_GITOPS_STATE_DIR", value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
+    /// sqlite://… or postgres://… [default: SQLite in the state directory].
+    #[arg(long, global = true, env = "DATABASE_URL", value_name = "URL", hide_env_values = true)]
     pub database_url: Option<String>,
+    /// The managed pjsip file, included from pjsip.conf [default: STATE_DIR/pjsip_gitops.conf].
+    #[arg(long, global = true, env = "ASTERISK_GITOPS_MANAGED_FILE", value_name = "PATH")]
     pub managed_file: Option<PathBuf>,
+    /// Use pjsip_gitops.conf.j2 from DIR instead of the built-in template.
+    #[arg(long, global = true, env = "ASTERISK_GITOPS_TEMPLATES", value_name = "DIR")]
     pub templates: Option<PathBuf>,
+    /// Address the HTTP API and UI listen on [default: 127.0.0.1:8080].
+    #[arg(long, global = true, env = "ASTERISK_GITOPS_LISTEN", value_name = "ADDR")]
     pub listen: Option<String>,
-    pub read_only: Option<bool>,
+    /// Asterisk's AMI, HOST:PORT [default: not configured].
+    #[arg(long, global = true, env = "ASTERISK_GITOPS_AMI_ADDR", value_name = "HOST:PORT")]
     pub ami_addr: Option<String>,
+    /// The AMI user (its secret: ASTERISK_GITOPS_AMI_SECRET or the config file).
+    #[arg(long, global = true, env = "ASTERISK_GITOPS_AMI_USER", value_name = "NAME")]
     pub ami_user: Option<String>,
+    /// Asterisk's ARI base URL, e.g. http://127.0.0.1:8088 [default: not configured].
+    #[arg(long, global = true, env = "ASTERISK_GITOPS_ARI_URL", value_name = "URL")]
     pub ari_url: Option<String>,
+    /// The ARI user (its password: ASTERISK_GITOPS_ARI_PASSWORD or the config file).
+    #[arg(long, global = true, env = "ASTERISK_GITOPS_ARI_USER", value_name = "NAME")]
     pub ari_user: Option<String>,
-    pub allow_mass_delete: Option<bool>,
-    pub git_url: Option<String>,
-    pub git_branch: Option<String>,
-    pub git_path: Option<String>,
-    pub git_interval: Option<f64>,
-    /// `file` or `ari` (`--apply-target`, ASTERISK_GITOPS_APPLY_TARGET).
+    /// How changes reach Asterisk: `file` (the managed file and a reload) or `ari` (pushed through ARI's dynamic configuration, no reload) [default: file].
+    #[arg(long, global = true, env = "ASTERISK_GITOPS_APPLY_TARGET", value_name = "file|ari")]
     pub apply_target: Option<String>,
+    /// Serve no write routes and no edit controls.
+    #[arg(long, global = true, env = "ASTERISK_GITOPS_READ_ONLY")]
+    pub read_only: bool,
+    /// Follow a git remote instead of reading the spec directory as it is (file://, https://, ssh://).
+    #[arg(long, global = true, env = "ASTERISK_GITOPS_GIT_URL", value_name = "URL")]
+    pub git_url: Option<String>,
+    /// The branch to follow [default: main].
+    #[arg(long, global = true, env = "ASTERISK_GITOPS_GIT_BRANCH", value_name = "NAME")]
+    pub git_branch: Option<String>,
+    /// The spec directory inside the repository [default: extensions.d].
+    #[arg(long, global = true, env = "ASTERISK_GITOPS_GIT_PATH", value_name = "DIR")]
+    pub git_path: Option<String>,
+    /// Seconds between fetches when no webhook arrives [default: 60].
+    #[arg(long, global = true, env = "ASTERISK_GITOPS_GIT_INTERVAL", value_name = "SECS")]
+    pub git_interval: Option<f64>,
+}
+
+/// How log lines are written (`--log-format`, ASTERISK_GITOPS_LOG_FORMAT).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines; coloured only when standard error is a terminal.
+    #[default]
+    Text,
+    /// One JSON object a line (`timestamp`, `level`, `message`, the fields, `target`), never coloured.
+    Json,
 }
 
 /// Reads a variable; unset and empty are the same.
@@ -511,7 +553,7 @@ impl Settings {
             self_heal: r.self_heal.unwrap_or(defaults.self_heal),
             prune_max_share: share,
             prune_max_count: r.prune_max_count,
-            allow_mass_delete: flags.allow_mass_delete.or(r.allow_mass_delete).unwrap_or(false),
+            allow_mass_delete: r.allow_mass_delete.unwrap_or(false),
         };
 
         let g = file.git.unwrap_or_default();
@@ -608,7 +650,7 @@ impl Settings {
             templates: flags.templates.or(file.templates),
             listen,
             realm: file.realm.unwrap_or_else(|| crate::secret::DEFAULT_REALM.into()),
-            read_only: flags.read_only.or(file.read_only).unwrap_or(false),
+            read_only: flags.read_only || file.read_only.unwrap_or(false),
             call_log,
             calls: calls_cfg,
             ami,
