@@ -429,10 +429,12 @@ pub struct Overrides {
 /// How log lines are written (`--log-format`, ASTERISK_GITOPS_LOG_FORMAT).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
-    /// Human-readable lines; coloured only when standard error is a terminal.
+    // Plain comments, not doc comments: clap would list them as the values'
+    // help and turn every command's short --help into the long one.
+    // Human-readable lines; coloured only when standard error is a terminal.
     #[default]
     Text,
-    /// One JSON object a line (`timestamp`, `level`, `message`, the fields, `target`), never coloured.
+    // One JSON object a line (`timestamp`, `level`, `message`, the fields, `target`), never coloured.
     Json,
 }
 
