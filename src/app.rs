@@ -326,13 +326,13 @@ pub async fn run(
     tracing::info!(
         listen = %listen,
         ui = %format!("http://{listen}/ui"),
-        specs = %settings.git.as_ref().map(|g| format!("git {} ({}:{})", crate::config::redact_url(&g.url), g.branch, g.path)).unwrap_or_else(|| settings.spec_dir.display().to_string()),
+        specs = %settings.git.as_ref().map(|g| format!("git {} ({}:{})", crate::secret::redact_url(&g.url), g.branch, g.path)).unwrap_or_else(|| settings.spec_dir.display().to_string()),
         managed_file = %settings.managed_file.display(),
         database = %settings.database_url_redacted(),
         asterisk = %settings.ami.as_ref().map(|a| format!("AMI {} as {}", a.addr, a.user)).unwrap_or_else(|| "not configured".into()),
         call_log = %match (settings.call_log, &settings.ari, &settings.ami) {
             (crate::config::CallSource::Cel, _, Some(a)) => format!("every call, from CEL over AMI {}", a.addr),
-            (crate::config::CallSource::Stasis, Some(a), _) => format!("Stasis calls, ARI {} app {}", crate::config::redact_url(&a.url), a.app),
+            (crate::config::CallSource::Stasis, Some(a), _) => format!("Stasis calls, ARI {} app {}", crate::secret::redact_url(&a.url), a.app),
             _ => "off (no AMI or ARI configured)".into(),
         },
         read_only = settings.read_only,

@@ -30,7 +30,7 @@
 
 pub mod cel;
 
-use crate::asterisk::ari::{Ari, AriError, Channel, ContinueTo, Event, parse_time};
+use crate::asterisk::ari::{Ari, AriError, Channel, Event, parse_time};
 use crate::db::Db;
 use crate::db::calls::CallStart;
 use chrono::Utc;
@@ -41,38 +41,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
-/// How the logger behaves.
-#[derive(Clone, Debug)]
-pub struct CallLogConfig {
-    /// Where `continue` sends the channel (default: the next priority).
-    pub continue_to: ContinueTo,
-    /// Contexts whose callers are our extensions (default `from-internal`).
-    pub internal_contexts: Vec<String>,
-    /// A number dialled from an internal context with at most this many
-    /// digits (and only digits) is an internal call; longer is outbound
-    /// (default 6, so `1002` is internal and `998901234567` outbound).
-    pub internal_max_digits: usize,
-    /// A call still open after this long is closed as `unknown`.
-    pub stale_after: Duration,
-    /// Parallel workers (channels are spread over them by id).
-    pub workers: usize,
-    /// Whether the Stasis app records calls (`false` when CEL logs every
-    /// call: the app then only hands Stasis calls back to the dialplan).
-    pub record: bool,
-}
-
-impl Default for CallLogConfig {
-    fn default() -> Self {
-        CallLogConfig {
-            continue_to: ContinueTo::default(),
-            internal_contexts: vec!["from-internal".into()],
-            internal_max_digits: 6,
-            stale_after: Duration::from_secs(4 * 3600),
-            workers: 8,
-            record: true,
-        }
-    }
-}
+/// How the logger behaves: a setting, owned by `config`.
+pub use crate::config::CallLogConfig;
 
 /// Counters, for /metrics and benchmarks.
 #[derive(Debug, Default)]
@@ -307,7 +277,7 @@ pub(crate) fn spawn_stale_sweeper(
 }
 
 /// Runs the logger until `stop` turns true.
-pub async fn run(db: Db, ari: Ari, cfg: CallLogConfig, stats: Arc<CallLogStats>, mut stop: watch::Receiver<bool>) {
+pub async fn run(db: Db, ari: Ari, cfg: CallLogConfig, stats: Arc<CallLogStats>, stop: watch::Receiver<bool>) {
     let workers = cfg.workers.max(1);
     let shared = Arc::new(Shared { db, ari, cfg, stats });
     let mut senders = Vec::with_capacity(workers);
@@ -332,17 +302,116 @@ pub async fn run(db: Db, ari: Ari, cfg: CallLogConfig, stats: Arc<CallLogStats>,
         tasks.push(spawn_stale_sweeper(shared.db.clone(), shared.cfg.stale_after, stop.clone()));
     }
 
+    let feed = AriFeed(shared.clone());
+    pump(&feed, &shared.stats, senders, tasks, stop).await;
+}
+
+/// The Stasis app's events socket, as [`pump`] reads it.
+struct AriFeed(Arc<Shared>);
+
+impl Feed for AriFeed {
+    type Conn = crate::asterisk::ari::AriEvents;
+    type Item = Event;
+
+    async fn connect(&self) -> Result<Self::Conn, String> {
+        self.0.ari.events().await.map_err(|e| e.to_string())
+    }
+
+    fn unavailable(&self, error: &str, retry_in: Duration) {
+        tracing::warn!(error = %error, retry_in_ms = retry_in.as_millis() as u64, app = self.0.ari.app(), "ARI events unavailable; calls are not being logged");
+    }
+
+    fn connected(&self, _senders: &[mpsc::Sender<Event>]) {
+        tracing::info!(app = self.0.ari.app(), "ARI events connected; logging calls");
+        let shared = self.0.clone();
+        tokio::spawn(async move { resync(&shared).await });
+    }
+
+    async fn next(&self, events: &mut Self::Conn) -> Read<Event> {
+        let stats = &self.0.stats;
+        match events.next_text().await {
+            None => {
+                tracing::warn!("ARI events socket closed; reconnecting");
+                Read::Ended
+            }
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "ARI events socket failed; reconnecting");
+                Read::Ended
+            }
+            Some(Ok(text)) => {
+                stats.events.fetch_add(1, Ordering::Relaxed);
+                match Event::parse(&text) {
+                    Ok(ev) => match ev.channel() {
+                        Some(ch) => Read::Item(ch.id.clone(), ev),
+                        None => {
+                            stats.events_handled.fetch_add(1, Ordering::Relaxed);
+                            Read::Skip
+                        }
+                    },
+                    Err(e) => {
+                        stats.errors.fetch_add(1, Ordering::Relaxed);
+                        stats.events_handled.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(error = %e, "unreadable ARI event skipped");
+                        Read::Skip
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// What a call logger's event source gives [`pump`] next.
+pub(crate) enum Read<T> {
+    /// An item for the worker of this key (a channel id, a linkedid).
+    Item(String, T),
+    /// Nothing to hand on (counted and logged by the source).
+    Skip,
+    /// The connection ended (logged by the source): connect again.
+    Ended,
+}
+
+/// An event source of a call logger: the ARI events socket (the Stasis
+/// app) or CEL over AMI. Each names itself in its log lines.
+pub(crate) trait Feed {
+    type Conn: Send;
+    type Item: Send + 'static;
+    fn connect(&self) -> impl Future<Output = Result<Self::Conn, String>> + Send;
+    /// Logs a failed connect; the next try is in `retry_in`.
+    fn unavailable(&self, error: &str, retry_in: Duration);
+    /// Called after each connect: logs it and starts the resync, which
+    /// may queue to the workers through `senders`.
+    fn connected(&self, senders: &[mpsc::Sender<Self::Item>]);
+    fn next(&self, conn: &mut Self::Conn) -> impl Future<Output = Read<Self::Item>> + Send;
+}
+
+/// The loop both loggers share: connects to `feed` (again after a failure,
+/// with a back-off from 200 ms doubling to 30 s), hands each item to its
+/// key's worker (so one channel's or one call's events stay in order)
+/// until `stop` turns true, then closes the workers' queues and waits for
+/// `tasks` (the workers and the sweeper).
+pub(crate) async fn pump<F: Feed>(
+    feed: &F,
+    stats: &CallLogStats,
+    senders: Vec<mpsc::Sender<F::Item>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let workers = senders.len().max(1);
     let mut backoff = crate::reconcile::Backoff::new(EVENTS_BACKOFF);
     'connect: loop {
         if *stop.borrow() {
             break;
         }
-        let mut events = match shared.ari.events().await {
-            Ok(ev) => ev,
+        let connected = tokio::select! {
+            _ = stop.wait_for(|s| *s) => break 'connect,
+            r = feed.connect() => r,
+        };
+        let mut conn = match connected {
+            Ok(c) => c,
             Err(e) => {
-                shared.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
+                stats.connect_failures.fetch_add(1, Ordering::Relaxed);
                 let delay = backoff.fail();
-                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, app = shared.ari.app(), "ARI events unavailable; calls are not being logged");
+                feed.unavailable(&e, delay);
                 tokio::select! {
                     _ = stop.wait_for(|s| *s) => break 'connect,
                     _ = tokio::time::sleep(delay) => {}
@@ -351,51 +420,26 @@ pub async fn run(db: Db, ari: Ari, cfg: CallLogConfig, stats: Arc<CallLogStats>,
             }
         };
         backoff.reset();
-        shared.stats.connected.store(true, Ordering::Relaxed);
-        tracing::info!(app = shared.ari.app(), "ARI events connected; logging calls");
-        {
-            let shared = shared.clone();
-            tokio::spawn(async move { resync(&shared).await });
-        }
+        stats.connected.store(true, Ordering::Relaxed);
+        feed.connected(&senders);
         loop {
             let next = tokio::select! {
                 _ = stop.wait_for(|s| *s) => break 'connect,
-                n = events.next_text() => n,
+                n = feed.next(&mut conn) => n,
             };
             match next {
-                None => {
-                    tracing::warn!("ARI events socket closed; reconnecting");
-                    break;
-                }
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "ARI events socket failed; reconnecting");
-                    break;
-                }
-                Some(Ok(text)) => {
-                    shared.stats.events.fetch_add(1, Ordering::Relaxed);
-                    match Event::parse(&text) {
-                        Ok(ev) => {
-                            let Some(ch) = ev.channel() else {
-                                shared.stats.events_handled.fetch_add(1, Ordering::Relaxed);
-                                continue;
-                            };
-                            let i = worker_of(&ch.id, workers);
-                            if senders[i].send(ev).await.is_err() {
-                                break 'connect;
-                            }
-                        }
-                        Err(e) => {
-                            shared.stats.errors.fetch_add(1, Ordering::Relaxed);
-                            shared.stats.events_handled.fetch_add(1, Ordering::Relaxed);
-                            tracing::warn!(error = %e, "unreadable ARI event skipped");
-                        }
+                Read::Item(key, item) => {
+                    if senders[worker_of(&key, workers)].send(item).await.is_err() {
+                        break 'connect;
                     }
                 }
+                Read::Skip => {}
+                Read::Ended => break,
             }
         }
-        shared.stats.connected.store(false, Ordering::Relaxed);
+        stats.connected.store(false, Ordering::Relaxed);
     }
-    shared.stats.connected.store(false, Ordering::Relaxed);
+    stats.connected.store(false, Ordering::Relaxed);
     drop(senders);
     for t in tasks {
         let _ = t.await;

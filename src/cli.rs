@@ -4,7 +4,7 @@
 //! Exit codes: 0 success; 1 failure (invalid specs, a failed run); 2 usage
 //! error (clap's own, and ours for bad arguments).
 
-use crate::config::{self, FileConfig, Overrides, Settings};
+use crate::config::{self, FileConfig, LogFormat, Overrides, Settings};
 use crate::diag::{self, Format};
 use crate::render::{Renderer, SourceInfo};
 use crate::secret::{self, ProcessSecrets};
@@ -41,54 +41,19 @@ pub struct GlobalArgs {
     /// Config file (YAML).
     #[arg(long, global = true, env = "ASTERISK_GITOPS_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Directory holding the extension spec files (*.yaml, *.yml, searched recursively) [default: ./extensions.d].
-    #[arg(long, global = true, env = "ASTERISK_GITOPS_SPEC_DIR", value_name = "DIR")]
-    pub spec_dir: Option<PathBuf>,
-    /// Directory for the daemon's state: the SQLite database, the managed file, the git mirror [default: ./state].
-    #[arg(long, global = true, env = "ASTERISK_GITOPS_STATE_DIR", value_name = "DIR")]
-    pub state_dir: Option<PathBuf>,
-    /// sqlite://… or postgres://… [default: SQLite in the state directory].
-    #[arg(long, global = true, env = "DATABASE_URL", value_name = "URL", hide_env_values = true)]
-    pub database_url: Option<String>,
-    /// The managed pjsip file, included from pjsip.conf [default: STATE_DIR/pjsip_gitops.conf].
-    #[arg(long, global = true, env = "ASTERISK_GITOPS_MANAGED_FILE", value_name = "PATH")]
-    pub managed_file: Option<PathBuf>,
-    /// Use pjsip_gitops.conf.j2 from DIR instead of the built-in template.
-    #[arg(long, global = true, env = "ASTERISK_GITOPS_TEMPLATES", value_name = "DIR")]
-    pub templates: Option<PathBuf>,
-    /// Address the HTTP API and UI listen on [default: 127.0.0.1:8080].
-    #[arg(long, global = true, env = "ASTERISK_GITOPS_LISTEN", value_name = "ADDR")]
-    pub listen: Option<String>,
-    /// Asterisk's AMI, HOST:PORT [default: not configured].
-    #[arg(long, global = true, env = "ASTERISK_GITOPS_AMI_ADDR", value_name = "HOST:PORT")]
-    pub ami_addr: Option<String>,
-    /// The AMI user (its secret: ASTERISK_GITOPS_AMI_SECRET or the config file).
-    #[arg(long, global = true, env = "ASTERISK_GITOPS_AMI_USER", value_name = "NAME")]
-    pub ami_user: Option<String>,
-    /// Asterisk's ARI base URL, e.g. http://127.0.0.1:8088 [default: not configured].
-    #[arg(long, global = true, env = "ASTERISK_GITOPS_ARI_URL", value_name = "URL")]
-    pub ari_url: Option<String>,
-    /// The ARI user (its password: ASTERISK_GITOPS_ARI_PASSWORD or the config file).
-    #[arg(long, global = true, env = "ASTERISK_GITOPS_ARI_USER", value_name = "NAME")]
-    pub ari_user: Option<String>,
-    /// How changes reach Asterisk: `file` (the managed file and a reload) or `ari` (pushed through ARI's dynamic configuration, no reload) [default: file].
-    #[arg(long, global = true, env = "ASTERISK_GITOPS_APPLY_TARGET", value_name = "file|ari")]
-    pub apply_target: Option<String>,
-    /// Serve no write routes and no edit controls.
-    #[arg(long, global = true, env = "ASTERISK_GITOPS_READ_ONLY")]
-    pub read_only: bool,
-    /// Follow a git remote instead of reading the spec directory as it is (file://, https://, ssh://).
-    #[arg(long, global = true, env = "ASTERISK_GITOPS_GIT_URL", value_name = "URL")]
-    pub git_url: Option<String>,
-    /// The branch to follow [default: main].
-    #[arg(long, global = true, env = "ASTERISK_GITOPS_GIT_BRANCH", value_name = "NAME")]
-    pub git_branch: Option<String>,
-    /// The spec directory inside the repository [default: extensions.d].
-    #[arg(long, global = true, env = "ASTERISK_GITOPS_GIT_PATH", value_name = "DIR")]
-    pub git_path: Option<String>,
-    /// Seconds between fetches when no webhook arrives [default: 60].
-    #[arg(long, global = true, env = "ASTERISK_GITOPS_GIT_INTERVAL", value_name = "SECS")]
-    pub git_interval: Option<f64>,
+    /// The settings' flags, parsed straight into what `Settings::resolve` takes.
+    #[command(flatten)]
+    pub overrides: Overrides,
+    /// Log lines as `text` (for people; coloured only on a terminal) or `json` (one object a line, for log shippers).
+    #[arg(
+        long,
+        global = true,
+        env = "ASTERISK_GITOPS_LOG_FORMAT",
+        value_name = "text|json",
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
 }
 
 impl GlobalArgs {
@@ -98,26 +63,7 @@ impl GlobalArgs {
             Some(path) => FileConfig::load(path)?,
             None => FileConfig::default(),
         };
-        let flags = Overrides {
-            spec_dir: self.spec_dir.clone(),
-            state_dir: self.state_dir.clone(),
-            database_url: self.database_url.clone(),
-            managed_file: self.managed_file.clone(),
-            templates: self.templates.clone(),
-            listen: self.listen.clone(),
-            read_only: self.read_only.then_some(true),
-            ami_addr: self.ami_addr.clone(),
-            ami_user: self.ami_user.clone(),
-            ari_url: self.ari_url.clone(),
-            ari_user: self.ari_user.clone(),
-            allow_mass_delete: None,
-            apply_target: self.apply_target.clone(),
-            git_url: self.git_url.clone(),
-            git_branch: self.git_branch.clone(),
-            git_path: self.git_path.clone(),
-            git_interval: self.git_interval,
-        };
-        Ok(Settings::resolve(flags, file, &config::process_env)?)
+        Ok(Settings::resolve(self.overrides.clone(), file, &config::process_env)?)
     }
 }
 
@@ -316,38 +262,56 @@ pub struct HashPasswordArgs {
 /// their connections. They are held at `debug` whatever the filter says.
 const NEVER_TRACE: &[&str] = &["tungstenite", "tokio_tungstenite", "hyper", "hyper_util", "reqwest", "h2"];
 
-/// Installs the process's log subscriber, as the binary does: `filter` in
-/// `EnvFilter` syntax (`ASTERISK_GITOPS_LOG`), the `log` crate bridged in
-/// (libraries that log through it, such as tungstenite, are captured), no
-/// colour unless writing to a terminal, and [`NEVER_TRACE`] capped at
-/// `debug` so no secret reaches a log at any level.
+/// Installs the process's log subscriber as text lines; see [`init_logging_as`].
 pub fn init_logging<W>(filter: &str, writer: W) -> Result<(), String>
 where
     W: for<'a> tracing_subscriber::fmt::MakeWriter<'a> + Send + Sync + 'static,
 {
+    init_logging_as(LogFormat::Text, filter, writer)
+}
+
+/// Installs the process's log subscriber, as the binary does: `filter` in
+/// `EnvFilter` syntax (`ASTERISK_GITOPS_LOG`), the `log` crate bridged in
+/// (libraries that log through it, such as tungstenite, are captured), and
+/// [`NEVER_TRACE`] capped at `debug` so no secret reaches a log at any
+/// level. `Text` is coloured only when standard error is a terminal (not a
+/// file, a pipe or journald); `Json` writes one object a line, with
+/// `level` and `message` at the top, and is never coloured.
+pub fn init_logging_as<W>(format: LogFormat, filter: &str, writer: W) -> Result<(), String>
+where
+    W: for<'a> tracing_subscriber::fmt::MakeWriter<'a> + Send + Sync + 'static,
+{
     use std::io::IsTerminal;
-    let mut filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|e| {
+    let (mut env_filter, bad_filter) = match tracing_subscriber::EnvFilter::try_new(filter) {
+        Ok(f) => (f, None),
+        Err(e) => (tracing_subscriber::EnvFilter::new("info"), Some(e.to_string())),
+    };
+    if let (Some(e), LogFormat::Text) = (&bad_filter, format) {
         eprintln!("warning: ASTERISK_GITOPS_LOG: {e}; logging at info");
-        tracing_subscriber::EnvFilter::new("info")
-    });
+    }
     for target in NEVER_TRACE {
         if let Ok(d) = format!("{target}=debug").parse() {
-            filter = filter.add_directive(d);
+            env_filter = env_filter.add_directive(d);
         }
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(writer)
-        .try_init()
-        .map_err(|e| e.to_string())
+    let builder = tracing_subscriber::fmt().with_env_filter(env_filter).with_writer(writer);
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).with_ansi(false).try_init(),
+    }
+    .map_err(|e| e.to_string())?;
+    if let (Some(e), LogFormat::Json) = (bad_filter, format) {
+        // A plain line would break the one-object-a-line stream.
+        tracing::warn!(error = %e, "ASTERISK_GITOPS_LOG cannot be read; logging at info");
+    }
+    Ok(())
 }
 
 /// Runs the command line; the binary's whole `main`.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = std::env::var("ASTERISK_GITOPS_LOG").unwrap_or_else(|_| "info".into());
-    let _ = init_logging(&filter, std::io::stderr);
+    let _ = init_logging_as(cli.global.log_format, &filter, std::io::stderr);
     match run(cli) {
         Ok(code) => code,
         Err(e) => {

@@ -8,30 +8,11 @@
 //! never prints them.
 
 use serde::Deserialize;
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// A secret string: usable, never printed.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
-pub struct SecretString(String);
-
-impl SecretString {
-    pub fn new(s: impl Into<String>) -> Self {
-        SecretString(s.into())
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for SecretString {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
+pub use crate::secret::{SecretString, redact_url};
 
 /// The config file, as written. Every field is optional.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -284,7 +265,50 @@ pub struct AriSettings {
     pub password: SecretString,
     pub app: String,
     pub timeout: Duration,
-    pub calls: crate::calls::CallLogConfig,
+    pub calls: CallLogConfig,
+}
+
+/// How the call loggers behave (the `ari:` section's call settings, which
+/// the CEL logger uses too).
+#[derive(Clone, Debug)]
+pub struct CallLogConfig {
+    /// Where `continue` sends the channel (default: the next priority).
+    pub continue_to: ContinueTo,
+    /// Contexts whose callers are our extensions (default `from-internal`).
+    pub internal_contexts: Vec<String>,
+    /// A number dialled from an internal context with at most this many
+    /// digits (and only digits) is an internal call; longer is outbound
+    /// (default 6, so `1002` is internal and `998901234567` outbound).
+    pub internal_max_digits: usize,
+    /// A call still open after this long is closed as `unknown`.
+    pub stale_after: Duration,
+    /// Parallel workers (channels are spread over them by id).
+    pub workers: usize,
+    /// Whether the Stasis app records calls (`false` when CEL logs every
+    /// call: the app then only hands Stasis calls back to the dialplan).
+    pub record: bool,
+}
+
+impl Default for CallLogConfig {
+    fn default() -> Self {
+        CallLogConfig {
+            continue_to: ContinueTo::default(),
+            internal_contexts: vec!["from-internal".into()],
+            internal_max_digits: 6,
+            stale_after: Duration::from_secs(4 * 3600),
+            workers: 8,
+            record: true,
+        }
+    }
+}
+
+/// Where the call logger's `continue` sends a channel (config
+/// `ari.continueContext` etc.); all `None` means the next priority.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ContinueTo {
+    pub context: Option<String>,
+    pub extension: Option<String>,
+    pub priority: Option<i64>,
 }
 
 #[derive(Clone, Debug)]
@@ -327,7 +351,7 @@ pub struct Settings {
     pub call_log: CallSource,
     /// How calls are classified and closed (the `ari:` section's call
     /// settings, which the CEL logger uses too).
-    pub calls: crate::calls::CallLogConfig,
+    pub calls: CallLogConfig,
     pub reconcile: ReconcileSettings,
     pub git: Option<GitSettings>,
     pub webhook_secret: Option<SecretString>,
@@ -346,28 +370,72 @@ pub struct Settings {
     pub apply_target: ApplyTarget,
 }
 
-/// What the command line (flags, with their environment variables) said;
-/// `None` where it said nothing.
-#[derive(Clone, Debug, Default)]
+/// What the command line said: the flags shared by the commands that need
+/// them (each with its environment variable), parsed by clap straight into
+/// this type (`cli::GlobalArgs` flattens it); `None` where it said nothing.
+/// Each overrides the config file, which overrides the built-in defaults.
+#[derive(Clone, Debug, Default, clap::Args)]
 pub struct Overrides {
+    /// Directory holding the extension spec files (*.yaml, *.yml, searched recursively) [default: ./extensions.d].
+    #[arg(long, global = true, env = "ASTERISK_GITOPS_SPEC_DIR", value_name = "DIR")]
     pub spec_dir: Option<PathBuf>,
+    /// Directory for the daemon's state: the SQLite database, the managed file, the git mirror [default: ./state].
+    #[arg(long, global = true, env = "ASTERISK_GITOPS_STATE_DIR", value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
+    /// sqlite://… or postgres://… [default: SQLite in the state directory].
+    #[arg(long, global = true, env = "DATABASE_URL", value_name = "URL", hide_env_values = true)]
     pub database_url: Option<String>,
+    /// The managed pjsip file, included from pjsip.conf [default: STATE_DIR/pjsip_gitops.conf].
+    #[arg(long, global = true, env = "ASTERISK_GITOPS_MANAGED_FILE", value_name = "PATH")]
     pub managed_file: Option<PathBuf>,
+    /// Use pjsip_gitops.conf.j2 from DIR instead of the built-in template.
+    #[arg(long, global = true, env = "ASTERISK_GITOPS_TEMPLATES", value_name = "DIR")]
     pub templates: Option<PathBuf>,
+    /// Address the HTTP API and UI listen on [default: 127.0.0.1:8080].
+    #[arg(long, global = true, env = "ASTERISK_GITOPS_LISTEN", value_name = "ADDR")]
     pub listen: Option<String>,
-    pub read_only: Option<bool>,
+    /// Asterisk's AMI, HOST:PORT [default: not configured].
+    #[arg(long, global = true, env = "ASTERISK_GITOPS_AMI_ADDR", value_name = "HOST:PORT")]
     pub ami_addr: Option<String>,
+    /// The AMI user (its secret: ASTERISK_GITOPS_AMI_SECRET or the config file).
+    #[arg(long, global = true, env = "ASTERISK_GITOPS_AMI_USER", value_name = "NAME")]
     pub ami_user: Option<String>,
+    /// Asterisk's ARI base URL, e.g. http://127.0.0.1:8088 [default: not configured].
+    #[arg(long, global = true, env = "ASTERISK_GITOPS_ARI_URL", value_name = "URL")]
     pub ari_url: Option<String>,
+    /// The ARI user (its password: ASTERISK_GITOPS_ARI_PASSWORD or the config file).
+    #[arg(long, global = true, env = "ASTERISK_GITOPS_ARI_USER", value_name = "NAME")]
     pub ari_user: Option<String>,
-    pub allow_mass_delete: Option<bool>,
-    pub git_url: Option<String>,
-    pub git_branch: Option<String>,
-    pub git_path: Option<String>,
-    pub git_interval: Option<f64>,
-    /// `file` or `ari` (`--apply-target`, ASTERISK_GITOPS_APPLY_TARGET).
+    /// How changes reach Asterisk: `file` (the managed file and a reload) or `ari` (pushed through ARI's dynamic configuration, no reload) [default: file].
+    #[arg(long, global = true, env = "ASTERISK_GITOPS_APPLY_TARGET", value_name = "file|ari")]
     pub apply_target: Option<String>,
+    /// Serve no write routes and no edit controls.
+    #[arg(long, global = true, env = "ASTERISK_GITOPS_READ_ONLY")]
+    pub read_only: bool,
+    /// Follow a git remote instead of reading the spec directory as it is (file://, https://, ssh://).
+    #[arg(long, global = true, env = "ASTERISK_GITOPS_GIT_URL", value_name = "URL")]
+    pub git_url: Option<String>,
+    /// The branch to follow [default: main].
+    #[arg(long, global = true, env = "ASTERISK_GITOPS_GIT_BRANCH", value_name = "NAME")]
+    pub git_branch: Option<String>,
+    /// The spec directory inside the repository [default: extensions.d].
+    #[arg(long, global = true, env = "ASTERISK_GITOPS_GIT_PATH", value_name = "DIR")]
+    pub git_path: Option<String>,
+    /// Seconds between fetches when no webhook arrives [default: 60].
+    #[arg(long, global = true, env = "ASTERISK_GITOPS_GIT_INTERVAL", value_name = "SECS")]
+    pub git_interval: Option<f64>,
+}
+
+/// How log lines are written (`--log-format`, ASTERISK_GITOPS_LOG_FORMAT).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    // Plain comments, not doc comments: clap would list them as the values'
+    // help and turn every command's short --help into the long one.
+    // Human-readable lines; coloured only when standard error is a terminal.
+    #[default]
+    Text,
+    // One JSON object a line (`timestamp`, `level`, `message`, the fields, `target`), never coloured.
+    Json,
 }
 
 /// Reads a variable; unset and empty are the same.
@@ -417,9 +485,9 @@ impl Settings {
         };
 
         let ari_file = file.ari.unwrap_or_default();
-        let calls_defaults = crate::calls::CallLogConfig::default();
-        let calls_cfg = crate::calls::CallLogConfig {
-            continue_to: crate::asterisk::ari::ContinueTo {
+        let calls_defaults = CallLogConfig::default();
+        let calls_cfg = CallLogConfig {
+            continue_to: ContinueTo {
                 context: ari_file.continue_context.clone(),
                 extension: ari_file.continue_extension.clone(),
                 priority: ari_file.continue_priority,
@@ -446,7 +514,7 @@ impl Settings {
                     "ari",
                     "ASTERISK_GITOPS_ARI_PASSWORD or ari.password / ari.passwordFile in the config file",
                 )?;
-                let calls = crate::calls::CallLogConfig { record: true, ..calls_cfg.clone() };
+                let calls = CallLogConfig { record: true, ..calls_cfg.clone() };
                 let timeout = Duration::from_secs_f64(ari_file.timeout.unwrap_or(5.0).clamp(0.1, 600.0));
                 let app = ari_file.app.unwrap_or_else(|| "callcenter".into());
                 Some(AriSettings { url, user, password, app, timeout, calls })
@@ -487,7 +555,7 @@ impl Settings {
             self_heal: r.self_heal.unwrap_or(defaults.self_heal),
             prune_max_share: share,
             prune_max_count: r.prune_max_count,
-            allow_mass_delete: flags.allow_mass_delete.or(r.allow_mass_delete).unwrap_or(false),
+            allow_mass_delete: r.allow_mass_delete.unwrap_or(false),
         };
 
         let g = file.git.unwrap_or_default();
@@ -512,7 +580,7 @@ impl Settings {
                     committer_name: g.committer_name.unwrap_or_else(|| "asterisk-gitops".into()),
                     committer_email: g.committer_email.unwrap_or_else(|| "asterisk-gitops@localhost".into()),
                     ssh_key: g.ssh_key,
-                    token: env("ASTERISK_GITOPS_GIT_TOKEN").map(SecretString).or(not_blank(g.token, "git.token")?),
+                    token: env("ASTERISK_GITOPS_GIT_TOKEN").map(SecretString::new).or(not_blank(g.token, "git.token")?),
                 })
             }
         };
@@ -534,8 +602,7 @@ impl Settings {
         let managed_file_group = match file.managed_file_group.as_deref() {
             None => None,
             Some(g) => Some(
-                crate::managed::group_id(g)
-                    .map_err(|e| ConfigError::Invalid { what: "managedFileGroup", message: e.to_string() })?,
+                group_id(g).map_err(|e| ConfigError::Invalid { what: "managedFileGroup", message: e.to_string() })?,
             ),
         };
 
@@ -571,10 +638,10 @@ impl Settings {
             sip_server: file.sip_server,
             git,
             webhook_secret: env("ASTERISK_GITOPS_WEBHOOK_SECRET")
-                .map(SecretString)
+                .map(SecretString::new)
                 .or(not_blank(file.webhook_secret, "webhookSecret")?),
             admin_token: env("ASTERISK_GITOPS_ADMIN_TOKEN")
-                .map(SecretString)
+                .map(SecretString::new)
                 .or(not_blank(file.admin_token, "adminToken")?),
             spec_dir,
             secrets,
@@ -587,7 +654,7 @@ impl Settings {
             templates: flags.templates.or(file.templates),
             listen,
             realm: file.realm.unwrap_or_else(|| crate::secret::DEFAULT_REALM.into()),
-            read_only: flags.read_only.or(file.read_only).unwrap_or(false),
+            read_only: flags.read_only || file.read_only.unwrap_or(false),
             call_log,
             calls: calls_cfg,
             ami,
@@ -622,7 +689,7 @@ fn secret_from(
     hint: &str,
 ) -> Result<SecretString, ConfigError> {
     if let Some(v) = env {
-        return Ok(SecretString(v));
+        return Ok(SecretString::new(v));
     }
     if let Some(v) = file_value {
         return Ok(v);
@@ -636,7 +703,7 @@ fn secret_from(
         if first.is_empty() {
             return Err(ConfigError::Invalid { what, message: format!("the secret file {} is empty", path.display()) });
         }
-        return Ok(SecretString(first));
+        return Ok(SecretString::new(first));
     }
     Err(ConfigError::Invalid { what, message: format!("no secret configured: set {hint}") })
 }
@@ -656,20 +723,30 @@ fn not_blank(value: Option<SecretString>, what: &'static str) -> Result<Option<S
     }
 }
 
-/// `scheme://user:password@host/db` → `scheme://user:***@host/db`.
-pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
-    let (authority, tail) = match rest.find('/') {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
-    };
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _)) => format!("{scheme}://{user}:***@{host}{tail}"),
-            None => url.to_string(),
-        },
-        None => url.to_string(),
+/// Why a managed file group is not a group.
+#[derive(Debug, thiserror::Error)]
+pub enum GroupError {
+    #[error("cannot read /etc/group: {0}")]
+    ReadGroups(#[source] std::io::Error),
+    #[error("no group {0:?} in /etc/group (write a group name or a numeric gid)")]
+    Unknown(String),
+}
+
+/// A group name (looked up in /etc/group) or a numeric gid, as a gid.
+pub fn group_id(group: &str) -> Result<u32, GroupError> {
+    if let Ok(gid) = group.parse::<u32>() {
+        return Ok(gid);
     }
+    let text = std::fs::read_to_string("/etc/group").map_err(GroupError::ReadGroups)?;
+    text.lines()
+        .filter_map(|l| {
+            let mut parts = l.split(':');
+            let name = parts.next()?;
+            let gid = parts.nth(1)?.parse::<u32>().ok()?;
+            (name == group).then_some(gid)
+        })
+        .next()
+        .ok_or_else(|| GroupError::Unknown(group.to_string()))
 }
 
 #[cfg(test)]
@@ -777,7 +854,7 @@ mod tests {
         assert_eq!(ari.app, "callcenter");
         assert_eq!(ari.calls.internal_max_digits, 6);
         assert_eq!(ari.calls.stale_after, Duration::from_secs(14400));
-        assert_eq!(ari.calls.continue_to, crate::asterisk::ari::ContinueTo::default());
+        assert_eq!(ari.calls.continue_to, ContinueTo::default());
     }
 
     #[test]

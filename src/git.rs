@@ -7,7 +7,7 @@
 //!
 //! Everything here is blocking (git2); async callers use `spawn_blocking`.
 
-use crate::config::SecretString;
+use crate::secret::SecretString;
 use git2::{Cred, CredentialType, FetchOptions, FetchPrune, Oid, RemoteCallbacks, Repository};
 use std::path::{Path, PathBuf};
 
@@ -39,6 +39,34 @@ pub struct GitSourceConfig {
     pub token: Option<SecretString>,
     /// A private key file for ssh remotes.
     pub ssh_key: Option<PathBuf>,
+}
+
+/// The credential callback for a remote, shared by the mirror's fetches and
+/// the write-back's clone, fetches and pushes: the ssh key when the remote
+/// asks for one, the token (as the password, user `x-access-token` unless
+/// the URL names one) for https, else git's defaults. libgit2 asks again
+/// after a rejected credential; the fourth ask gives up rather than loop.
+pub fn credentials(token: Option<SecretString>, ssh_key: Option<PathBuf>) -> RemoteCallbacks<'static> {
+    let mut callbacks = RemoteCallbacks::new();
+    let mut tries = 0;
+    callbacks.credentials(move |_url, username, allowed| {
+        tries += 1;
+        if tries > 3 {
+            return Err(git2::Error::from_str("credentials rejected"));
+        }
+        if allowed.contains(CredentialType::SSH_KEY)
+            && let Some(key) = &ssh_key
+        {
+            return Cred::ssh_key(username.unwrap_or("git"), None, key, None);
+        }
+        if allowed.contains(CredentialType::USER_PASS_PLAINTEXT)
+            && let Some(token) = &token
+        {
+            return Cred::userpass_plaintext(username.unwrap_or("x-access-token"), token.expose());
+        }
+        Cred::default()
+    });
+    callbacks
 }
 
 /// A fetched commit.
@@ -319,28 +347,7 @@ impl GitSource {
     fn fetch_branch(&self) -> Result<Fetched, GitError> {
         let previous = self.repo.refname_to_id(&self.tracking_ref()).ok();
         let mut remote = self.repo.find_remote("origin").map_err(|e| self.fetch_error(e))?;
-        let mut callbacks = RemoteCallbacks::new();
-        let token = self.cfg.token.clone();
-        let key = self.cfg.ssh_key.clone();
-        let mut tries = 0;
-        callbacks.credentials(move |_url, username, allowed| {
-            // libgit2 asks again after a rejected credential; give up rather than loop.
-            tries += 1;
-            if tries > 3 {
-                return Err(git2::Error::from_str("credentials rejected"));
-            }
-            if allowed.contains(CredentialType::SSH_KEY)
-                && let Some(key) = &key
-            {
-                return Cred::ssh_key(username.unwrap_or("git"), None, key, None);
-            }
-            if allowed.contains(CredentialType::USER_PASS_PLAINTEXT)
-                && let Some(token) = &token
-            {
-                return Cred::userpass_plaintext(username.unwrap_or("x-access-token"), token.expose());
-            }
-            Cred::default()
-        });
+        let callbacks = credentials(self.cfg.token.clone(), self.cfg.ssh_key.clone());
         let mut options = FetchOptions::new();
         options.remote_callbacks(callbacks);
         options.prune(FetchPrune::On);
@@ -366,7 +373,7 @@ impl GitSource {
     }
 
     fn fetch_error(&self, e: git2::Error) -> GitError {
-        GitError::Fetch { url: crate::config::redact_url(&self.cfg.url), message: e.message().to_string() }
+        GitError::Fetch { url: crate::secret::redact_url(&self.cfg.url), message: e.message().to_string() }
     }
 
     /// The first line of a commit's message.
@@ -435,7 +442,7 @@ pub type SpecSource = (String, PathBuf, Result<Vec<u8>, String>);
 impl crate::reconcile::SpecRevisions for GitSource {
     fn name(&self) -> String {
         let cfg = self.config();
-        format!("{} ({}:{})", crate::config::redact_url(&cfg.url), cfg.branch, cfg.path)
+        format!("{} ({}:{})", crate::secret::redact_url(&cfg.url), cfg.branch, cfg.path)
     }
     fn spec_path(&self) -> &str {
         &self.config().path

@@ -61,31 +61,8 @@ pub fn write_atomic_as(path: &Path, bytes: &[u8], mode: u32, group: Option<u32>)
     result
 }
 
-/// Why a managed file group is not a group.
-#[derive(Debug, thiserror::Error)]
-pub enum GroupError {
-    #[error("cannot read /etc/group: {0}")]
-    ReadGroups(#[source] std::io::Error),
-    #[error("no group {0:?} in /etc/group (write a group name or a numeric gid)")]
-    Unknown(String),
-}
-
-/// A group name (looked up in /etc/group) or a numeric gid, as a gid.
-pub fn group_id(group: &str) -> Result<u32, GroupError> {
-    if let Ok(gid) = group.parse::<u32>() {
-        return Ok(gid);
-    }
-    let text = std::fs::read_to_string("/etc/group").map_err(GroupError::ReadGroups)?;
-    text.lines()
-        .filter_map(|l| {
-            let mut parts = l.split(':');
-            let name = parts.next()?;
-            let gid = parts.nth(1)?.parse::<u32>().ok()?;
-            (name == group).then_some(gid)
-        })
-        .next()
-        .ok_or_else(|| GroupError::Unknown(group.to_string()))
-}
+/// A group name or a numeric gid, as a gid (`config` resolves `managedFileGroup`).
+pub use crate::config::{GroupError, group_id};
 
 fn parent_dir(path: &Path) -> PathBuf {
     match path.parent() {

@@ -22,7 +22,7 @@
 use crate::diag::Diagnostic;
 use crate::spec::edit::{self, EditError};
 use crate::spec::{self, ExtensionEntry, LoadOptions, SecretPolicy};
-use git2::{Cred, CredentialType, PushOptions, RemoteCallbacks, Repository, Signature};
+use git2::{PushOptions, RemoteCallbacks, Repository, Signature};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -248,7 +248,7 @@ pub struct RemoteTarget {
     pub mode: Mode,
     /// The committer (the author is the user who made the edit).
     pub committer: Author,
-    pub token: Option<crate::config::SecretString>,
+    pub token: Option<crate::secret::SecretString>,
     pub ssh_key: Option<PathBuf>,
     /// Called just before each push (tests use it to push from elsewhere first).
     #[doc(hidden)]
@@ -258,7 +258,7 @@ pub struct RemoteTarget {
 impl std::fmt::Debug for RemoteTarget {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RemoteTarget")
-            .field("url", &crate::config::redact_url(&self.url))
+            .field("url", &crate::secret::redact_url(&self.url))
             .field("branch", &self.branch)
             .field("path", &self.path)
             .field("mode", &self.mode)
@@ -281,28 +281,7 @@ const PUSH_ATTEMPTS: usize = 4;
 
 impl RemoteTarget {
     fn callbacks(&self) -> RemoteCallbacks<'static> {
-        let token = self.token.clone();
-        let key = self.ssh_key.clone();
-        let mut callbacks = RemoteCallbacks::new();
-        let mut tries = 0;
-        callbacks.credentials(move |_url, username, allowed| {
-            tries += 1;
-            if tries > 3 {
-                return Err(git2::Error::from_str("credentials rejected"));
-            }
-            if allowed.contains(CredentialType::SSH_KEY)
-                && let Some(key) = &key
-            {
-                return Cred::ssh_key(username.unwrap_or("git"), None, key, None);
-            }
-            if allowed.contains(CredentialType::USER_PASS_PLAINTEXT)
-                && let Some(token) = &token
-            {
-                return Cred::userpass_plaintext(username.unwrap_or("x-access-token"), token.expose());
-            }
-            Cred::default()
-        });
-        callbacks
+        crate::git::credentials(self.token.clone(), self.ssh_key.clone())
     }
 
     fn open_clone(&self) -> Result<Repository, WriteError> {
@@ -323,7 +302,7 @@ impl RemoteTarget {
             .fetch_options(fo)
             .clone(&self.url, &self.work_dir)
             .map_err(|e| {
-                WriteError::Git(format!("cannot clone {}: {}", crate::config::redact_url(&self.url), e.message()))
+                WriteError::Git(format!("cannot clone {}: {}", crate::secret::redact_url(&self.url), e.message()))
             })?;
         Ok(repo)
     }

@@ -2,7 +2,7 @@
 //! stand-in's ARI answering byte for byte like the capture, and the client
 //! against it (REST, the events WebSocket, wrong password, refused port).
 
-use crate::asterisk::captured_standin;
+use crate::support::asterisk::captured_standin;
 use asterisk_gitops::asterisk::ari::{
     Ari, AriConfig, AriError, AsteriskInfo, ContinueTo, EndpointState, Event, parse_time,
 };

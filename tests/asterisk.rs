@@ -4,7 +4,7 @@
 
 use asterisk_gitops::asterisk::ami::{AmiError, parse_session};
 use asterisk_gitops::asterisk::{AmiConfig, Asterisk, Contact, Endpoint, EndpointDetail, parse_allow};
-use asterisk_standin::{ContactInfo, StandIn, StandInConfig};
+use asterisk_standin::{ContactInfo, StandIn};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -99,21 +99,7 @@ fn every_transcript_parses_with_every_field_right() {
     assert!(parse_allow("()").is_empty());
 }
 
-/// A stand-in loaded with the captured configuration.
-pub(crate) async fn captured_standin() -> (StandIn, tempfile::TempDir) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    for f in ["pjsip.conf", "pjsip_gitops.conf"] {
-        std::fs::copy(crate::support::fixture("asterisk/config").join(f), dir.path().join(f)).expect("copy config");
-    }
-    let s = StandIn::start(StandInConfig {
-        pjsip_conf: dir.path().join("pjsip.conf"),
-        user: "gitops".into(),
-        secret: "gitops-secret".into(),
-    })
-    .await
-    .expect("stand-in starts");
-    (s, dir)
-}
+pub(crate) use crate::support::asterisk::captured_standin;
 
 /// Plays the capture's client side: login (events off), one action as a1, logoff as bye.
 async fn session(s: &StandIn, action: &str, secret: &str) -> String {

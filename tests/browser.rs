@@ -8,7 +8,7 @@
 //! them). Without them the test says so loudly and passes, except under
 //! CI=true, where it fails.
 
-use crate::web::{Daemon, TOKEN, WITHIN, wait};
+use crate::support::web::{Daemon, TOKEN, WITHIN, wait};
 use asterisk_standin::ContactInfo;
 use fantoccini::{Client, ClientBuilder, Locator};
 use std::path::PathBuf;
@@ -304,7 +304,7 @@ async fn a_csv_import_through_the_browser_shows_the_plan_before_one_commit() {
     let dir = tempfile::tempdir().expect("tmp");
 
     // A bad codec row: reported by line, nothing written.
-    let good = crate::import::bulk_handler_csv(25);
+    let good = crate::support::bulk_handler_csv(25);
     let bad = good.replace(
         "transport-udp,ulaw&alaw,all,rfc4733,1,60,20003@",
         "transport-udp,ulaw&nosuchcodec,all,rfc4733,1,60,20003@",

@@ -1,7 +1,7 @@
 //! The call logger against the stand-in playing calls through its Stasis
 //! app, on SQLite always and on PostgreSQL when DATABASE_URL points at one.
 
-use crate::db::{on_both, sqlite};
+use crate::support::db::{on_both, sqlite};
 use asterisk_gitops::asterisk::ari::{Ari, AriConfig};
 use asterisk_gitops::calls::{CallLogConfig, CallLogStats, run};
 use asterisk_gitops::config::SecretString;

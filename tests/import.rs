@@ -13,10 +13,7 @@ fn text(o: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
 
-/// A Bulk Handler extensions export of `n` rows numbered from 20000.
-pub(crate) fn bulk_handler_csv(n: usize) -> String {
-    asterisk_gitops::estate::bulk_handler_csv(20_000, n)
-}
+pub(crate) use crate::support::bulk_handler_csv;
 
 #[test]
 fn a_thousand_row_bulk_handler_export_imports_and_a_bad_codec_row_changes_nothing() {

@@ -42,5 +42,8 @@ mod browser;
 // A real Asterisk 22 (built from source) with sipp phones: end to end, faults, contracts.
 mod real;
 
+// The daemon's log lines on a pipe: no colour codes; --log-format json.
+mod logs;
+
 // The fuzzers' committed corpus, replayed through each entry point, and the findings as regression tests.
 mod fuzz_corpus;

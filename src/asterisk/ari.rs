@@ -16,7 +16,7 @@
 //! `main/stasis_channels.c`: `type`, `timestamp`, `cause`, `cause_txt`,
 //! `channel`.
 
-use crate::config::SecretString;
+use crate::secret::SecretString;
 use base64::Engine;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -182,13 +182,8 @@ pub fn parse_time(s: &str) -> Option<chrono::DateTime<chrono::Utc>> {
         .map(|t| t.with_timezone(&chrono::Utc))
 }
 
-/// Where `continue` sends the channel; all `None` means the next priority.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ContinueTo {
-    pub context: Option<String>,
-    pub extension: Option<String>,
-    pub priority: Option<i64>,
-}
+/// Where `continue` sends the channel: a setting, owned by `config`.
+pub use crate::config::ContinueTo;
 
 /// The REST client.
 #[derive(Clone)]

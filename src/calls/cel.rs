@@ -33,7 +33,7 @@
 //! `unknown` when they do not say it was answered. Its end events, when
 //! they do arrive, replace `unknown`.
 
-use super::{CallLogConfig, CallLogStats, direction, worker_of};
+use super::{CallLogConfig, CallLogStats, Feed, Read, direction, worker_of};
 use crate::asterisk::ami::{AmiClient, AmiConfig, Message};
 use crate::asterisk::cel::{CelEvent, CelStream};
 use crate::db::Db;
@@ -313,70 +313,57 @@ pub async fn run(db: Db, ami: AmiConfig, cfg: CallLogConfig, stats: Arc<CallLogS
     // The sweeper: never open forever.
     tasks.push(super::spawn_stale_sweeper(shared.db.clone(), shared.cfg.stale_after, stop.clone()));
 
-    let mut stop = stop;
-    let mut backoff = crate::reconcile::Backoff::new(super::EVENTS_BACKOFF);
-    'connect: loop {
-        if *stop.borrow() {
-            break;
-        }
-        let connect = CelStream::connect(&ami.addr, &ami.user, &ami.secret, ami.timeout);
-        let connected = tokio::select! {
-            _ = stop.wait_for(|s| *s) => break 'connect,
-            r = connect => r,
-        };
-        let mut stream = match connected {
-            Ok(s) => s,
-            Err(e) => {
-                shared.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
-                let delay = backoff.fail();
-                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "AMI unavailable for CEL; calls are not being logged");
-                tokio::select! {
-                    _ = stop.wait_for(|s| *s) => break 'connect,
-                    _ = tokio::time::sleep(delay) => {}
-                }
-                continue;
+    let feed = CelFeed { ami, shared: shared.clone() };
+    super::pump(&feed, &shared.stats, senders, tasks, stop).await;
+}
+
+/// CEL over its own AMI connection, as [`super::pump`] reads it.
+struct CelFeed {
+    ami: AmiConfig,
+    shared: Arc<Shared>,
+}
+
+impl Feed for CelFeed {
+    type Conn = CelStream;
+    type Item = Item;
+
+    async fn connect(&self) -> Result<CelStream, String> {
+        let ami = &self.ami;
+        CelStream::connect(&ami.addr, &ami.user, &ami.secret, ami.timeout).await.map_err(|e| e.to_string())
+    }
+
+    fn unavailable(&self, error: &str, retry_in: Duration) {
+        tracing::warn!(error = %error, retry_in_ms = retry_in.as_millis() as u64, "AMI unavailable for CEL; calls are not being logged");
+    }
+
+    fn connected(&self, senders: &[mpsc::Sender<Item>]) {
+        tracing::info!(addr = %self.ami.addr, "CEL events connected; logging every call");
+        tokio::spawn(resync(AmiConfig { events: false, ..self.ami.clone() }, self.shared.clone(), senders.to_vec()));
+    }
+
+    async fn next(&self, stream: &mut CelStream) -> Read<Item> {
+        match stream.next().await {
+            Ok(None) => {
+                tracing::warn!("the CEL connection was closed; reconnecting");
+                Read::Ended
             }
-        };
-        backoff.reset();
-        shared.stats.connected.store(true, Ordering::Relaxed);
-        tracing::info!(addr = %ami.addr, "CEL events connected; logging every call");
-        tokio::spawn(resync(AmiConfig { events: false, ..ami.clone() }, shared.clone(), senders.clone()));
-        loop {
-            let next = tokio::select! {
-                _ = stop.wait_for(|s| *s) => break 'connect,
-                n = stream.next() => n,
-            };
-            match next {
-                Ok(None) => {
-                    tracing::warn!("the CEL connection was closed; reconnecting");
-                    break;
+            Err(e) => {
+                tracing::warn!(error = %e, "the CEL connection failed; reconnecting");
+                Read::Ended
+            }
+            Ok(Some(m)) => match CelEvent::from_message(&m) {
+                Ok(None) => Read::Skip,
+                Ok(Some(ev)) => {
+                    self.shared.stats.events.fetch_add(1, Ordering::Relaxed);
+                    Read::Item(ev.linkedid.clone(), Item::Event(ev))
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "the CEL connection failed; reconnecting");
-                    break;
+                    self.shared.stats.errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(error = %e, "unreadable CEL event skipped");
+                    Read::Skip
                 }
-                Ok(Some(m)) => match CelEvent::from_message(&m) {
-                    Ok(None) => {}
-                    Ok(Some(ev)) => {
-                        shared.stats.events.fetch_add(1, Ordering::Relaxed);
-                        let i = worker_of(&ev.linkedid, workers);
-                        if senders[i].send(Item::Event(ev)).await.is_err() {
-                            break 'connect;
-                        }
-                    }
-                    Err(e) => {
-                        shared.stats.errors.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(error = %e, "unreadable CEL event skipped");
-                    }
-                },
-            }
+            },
         }
-        shared.stats.connected.store(false, Ordering::Relaxed);
-    }
-    shared.stats.connected.store(false, Ordering::Relaxed);
-    drop(senders);
-    for t in tasks {
-        let _ = t.await;
     }
 }
 

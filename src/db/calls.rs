@@ -10,7 +10,7 @@
 use super::{Db, DbError, on_pool};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::Row;
+use sqlx::FromRow;
 
 /// A call as StasisStart describes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -23,7 +23,7 @@ pub struct CallStart {
     pub start_time: DateTime<Utc>,
 }
 
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, PartialEq, Eq, sqlx::FromRow)]
 #[serde(rename_all = "camelCase")]
 pub struct CallRecord {
     pub id: i64,
@@ -75,33 +75,6 @@ pub fn disposition(answered: bool, cause: Option<i64>) -> &'static str {
 
 const CALL_COLUMNS: &str = "id, channel_id, extension, caller, callee, direction, start_time, answer_time, end_time, \
      duration_seconds, hangup_cause, disposition, answered_by, hangup_by, transfers, source";
-
-/// Reads a `calls` row (a macro: the row type differs per backend).
-macro_rules! call_row {
-    ($r:expr) => {{
-        let r = $r;
-        (|| -> Result<CallRecord, sqlx::Error> {
-            Ok(CallRecord {
-                id: r.try_get("id")?,
-                channel_id: r.try_get("channel_id")?,
-                extension: r.try_get("extension")?,
-                caller: r.try_get("caller")?,
-                callee: r.try_get("callee")?,
-                direction: r.try_get("direction")?,
-                start_time: r.try_get("start_time")?,
-                answer_time: r.try_get("answer_time")?,
-                end_time: r.try_get("end_time")?,
-                duration_seconds: r.try_get("duration_seconds")?,
-                hangup_cause: r.try_get("hangup_cause")?,
-                disposition: r.try_get("disposition")?,
-                answered_by: r.try_get("answered_by")?,
-                hangup_by: r.try_get("hangup_by")?,
-                transfers: r.try_get("transfers")?,
-                source: r.try_get("source")?,
-            })
-        })()
-    }};
-}
 
 impl Db {
     /// Creates the call's row; `false` when it already existed.
@@ -255,7 +228,7 @@ impl Db {
             qb.push(" ORDER BY id DESC LIMIT ").push_bind(limit);
             let rows = qb.build().fetch_all(pool).await?;
             rows.iter()
-                .map(|r| call_row!(r))
+                .map(CallRecord::from_row)
                 .collect::<Result<Vec<_>, sqlx::Error>>()
         })?;
         Ok(rows)
@@ -280,7 +253,7 @@ pub struct LegStart {
 }
 
 /// One leg as stored.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, PartialEq, Eq, sqlx::FromRow)]
 #[serde(rename_all = "camelCase")]
 pub struct Leg {
     pub linkedid: String,
@@ -410,33 +383,6 @@ pub struct ExtensionCallStats {
 
 const LEG_COLUMNS: &str = "linkedid, uniqueid, channel, extension, role, caller, dialled, start_time, answer_time, \
      end_time, talk_seconds, hangup_cause, hangup_source, dial_status, transferred_at, transfer_to";
-
-/// Reads a `call_legs` row (a macro: the row type differs per backend).
-macro_rules! leg_row {
-    ($r:expr) => {{
-        let r = $r;
-        (|| -> Result<Leg, sqlx::Error> {
-            Ok(Leg {
-                linkedid: r.try_get("linkedid")?,
-                uniqueid: r.try_get("uniqueid")?,
-                channel: r.try_get("channel")?,
-                extension: r.try_get("extension")?,
-                role: r.try_get("role")?,
-                caller: r.try_get("caller")?,
-                dialled: r.try_get("dialled")?,
-                start_time: r.try_get("start_time")?,
-                answer_time: r.try_get("answer_time")?,
-                end_time: r.try_get("end_time")?,
-                talk_seconds: r.try_get("talk_seconds")?,
-                hangup_cause: r.try_get("hangup_cause")?,
-                hangup_source: r.try_get("hangup_source")?,
-                dial_status: r.try_get("dial_status")?,
-                transferred_at: r.try_get("transferred_at")?,
-                transfer_to: r.try_get("transfer_to")?,
-            })
-        })()
-    }};
-}
 
 impl Db {
     /// Creates the call's row from CEL (source `cel`); `false` when it
@@ -572,7 +518,7 @@ impl Db {
                 .bind(linkedid)
                 .fetch_all(pool)
                 .await?;
-            rows.iter().map(|r| leg_row!(r)).collect::<Result<Vec<_>, sqlx::Error>>()
+            rows.iter().map(Leg::from_row).collect::<Result<Vec<_>, sqlx::Error>>()
         })?;
         Ok(legs)
     }
@@ -689,7 +635,7 @@ impl Db {
                 .bind(linkedid)
                 .fetch_optional(pool)
                 .await?;
-            row.as_ref().map(|r| call_row!(r)).transpose()
+            row.as_ref().map(CallRecord::from_row).transpose()
         })?;
         let Some(call) = row else { return Ok(None) };
         let legs = self.legs(linkedid).await?;
@@ -702,7 +648,7 @@ impl Db {
                 .bind(limit)
                 .fetch_all(pool)
                 .await?;
-            rows.iter().map(|r| call_row!(r)).collect::<Result<Vec<_>, sqlx::Error>>()
+            rows.iter().map(CallRecord::from_row).collect::<Result<Vec<_>, sqlx::Error>>()
         })?;
         Ok(rows)
     }

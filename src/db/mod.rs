@@ -25,7 +25,7 @@ use crate::status::{Reset, StatusUpdate, Step, SyncState};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::types::Json;
-use sqlx::{PgPool, Row, SqlitePool};
+use sqlx::{FromRow, PgPool, Row, SqlitePool};
 use std::collections::BTreeMap;
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -179,7 +179,7 @@ impl Db {
     /// that a newer version migrated. SQLite files and their directory are
     /// created if missing.
     pub async fn connect(url: &str, retry: &Retry) -> Result<Db, DbError> {
-        let shown = crate::config::redact_url(url);
+        let shown = crate::secret::redact_url(url);
         let mut backoff =
             crate::reconcile::Backoff::new(crate::reconcile::BackoffConfig::new(retry.first_delay, retry.max_delay));
         let mut attempt = 0;
@@ -242,7 +242,7 @@ impl Db {
                 .await?;
             Ok(Db::Postgres(pool))
         } else {
-            Err(DbError::Unsupported(crate::config::redact_url(url)))
+            Err(DbError::Unsupported(crate::secret::redact_url(url)))
         }
     }
 
@@ -557,20 +557,7 @@ impl Db {
             )
             .fetch_optional(pool)
             .await?;
-            row.map(|r| -> Result<StatusRecord, sqlx::Error> {
-                Ok(StatusRecord {
-                    ready: r.try_get("ready")?,
-                    ready_reason: r.try_get("ready_reason")?,
-                    ready_message: r.try_get("ready_message")?,
-                    reconciling: r.try_get("reconciling")?,
-                    reconciling_step: r.try_get("reconciling_step")?,
-                    reconciling_since: r.try_get("reconciling_since")?,
-                    last_applied_revision: r.try_get("last_applied_revision")?,
-                    last_attempted_revision: r.try_get("last_attempted_revision")?,
-                    last_run_id: r.try_get("last_run_id")?,
-                    updated_at: r.try_get("updated_at")?,
-                })
-            })
+            row.as_ref().map(StatusRecord::from_row)
             .transpose()
         })?;
         Ok(row)
@@ -853,7 +840,7 @@ impl ExtensionRecord {
 const RUN_COLUMNS: &str = "id, trigger, revision, subject, started_at, finished_at, duration_ms, outcome, creates, \
      updates, deletes, reloaded, error, warning, reasons";
 
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, PartialEq, sqlx::FromRow)]
 #[serde(rename_all = "camelCase")]
 pub struct RunSummary {
     pub id: i64,
@@ -871,39 +858,8 @@ pub struct RunSummary {
     pub error: Option<String>,
     pub warning: Option<String>,
     /// Why the run did what it did (see `RunRecord::reasons`).
+    #[sqlx(json)]
     pub reasons: Vec<String>,
-}
-
-impl RunSummary {
-    fn from_row<R: Row>(r: &R) -> Result<Self, sqlx::Error>
-    where
-        for<'a> &'a str: sqlx::ColumnIndex<R>,
-        for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
-        for<'a> Option<String>: sqlx::Decode<'a, R::Database>,
-        for<'a> i64: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
-        for<'a> bool: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
-        for<'a> DateTime<Utc>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
-        for<'a> Json<Vec<String>>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
-    {
-        let reasons: Json<Vec<String>> = r.try_get("reasons")?;
-        Ok(RunSummary {
-            id: r.try_get("id")?,
-            trigger: r.try_get("trigger")?,
-            revision: r.try_get("revision")?,
-            subject: r.try_get("subject")?,
-            started_at: r.try_get("started_at")?,
-            finished_at: r.try_get("finished_at")?,
-            duration_ms: r.try_get("duration_ms")?,
-            outcome: r.try_get("outcome")?,
-            creates: r.try_get("creates")?,
-            updates: r.try_get("updates")?,
-            deletes: r.try_get("deletes")?,
-            reloaded: r.try_get("reloaded")?,
-            error: r.try_get("error")?,
-            warning: r.try_get("warning")?,
-            reasons: reasons.0,
-        })
-    }
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -927,7 +883,7 @@ pub struct RunStats {
 }
 
 /// Flux-style status: the Ready condition, and the revisions.
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, PartialEq, sqlx::FromRow)]
 #[serde(rename_all = "camelCase")]
 pub struct StatusRecord {
     pub ready: String,

@@ -23,9 +23,9 @@ pub mod ui;
 pub mod views;
 pub mod webhook;
 
-use crate::config::SecretString;
 use crate::diag::Diagnostic;
 use crate::reconcile::LoopHandle;
+use crate::secret::SecretString;
 use crate::writeback::{Author, WriteBack};
 use axum::Json;
 use axum::http::StatusCode;

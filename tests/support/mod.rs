@@ -3,6 +3,11 @@
 
 use std::path::PathBuf;
 
+pub mod asterisk;
+pub mod db;
+pub mod real;
+pub mod web;
+
 /// The repository root (where Cargo.toml is).
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -30,4 +35,9 @@ pub async fn serve(settings: asterisk_gitops::config::Settings) -> Served {
         let _ = stopped.await;
     }));
     (addr, stop, task)
+}
+
+/// A Bulk Handler extensions export of `n` rows numbered from 20000.
+pub fn bulk_handler_csv(n: usize) -> String {
+    asterisk_gitops::estate::bulk_handler_csv(20_000, n)
 }
