@@ -3,9 +3,9 @@
 //!
 //!     DATABASE_URL=postgres://postgres@127.0.0.1:5432/test cargo bench --bench db
 
+use asterisk_gitops::core::spec::{self, LoadOptions};
 use asterisk_gitops::db::{Db, Retry};
 use asterisk_gitops::reconcile::{AppliedRow, Outcome, RunRecord, Trigger};
-use asterisk_gitops::spec::{self, LoadOptions};
 
 fn main() {
     divan::main();

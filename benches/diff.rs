@@ -5,9 +5,9 @@
 //!
 //!     cargo bench --bench diff
 
-use asterisk_gitops::plan::masked_diff;
+use asterisk_gitops::core::plan::masked_diff;
+use asterisk_gitops::core::render::{Renderer, SourceInfo};
 use asterisk_gitops::reconcile::load_dir;
-use asterisk_gitops::render::{Renderer, SourceInfo};
 use asterisk_gitops::secret::ProcessSecrets;
 
 fn main() {

@@ -5,12 +5,12 @@
 //!
 //!     cargo bench --bench reconcile
 
+use asterisk_gitops::asterisk::managed::ManagedFile;
 use asterisk_gitops::asterisk::{AmiConfig, Asterisk};
+use asterisk_gitops::core::render::Renderer;
 use asterisk_gitops::db::{Db, Retry};
-use asterisk_gitops::managed::ManagedFile;
 use asterisk_gitops::reconcile::{DirSource, load_dir};
 use asterisk_gitops::reconcile::{Outcome, PruneGuard, Reconciler, Trigger};
-use asterisk_gitops::render::Renderer;
 use asterisk_gitops::secret::ProcessSecrets;
 use std::path::Path;
 use std::sync::Arc;

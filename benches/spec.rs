@@ -4,9 +4,9 @@
 //!
 //! Figures and the machine they were measured on: BENCHMARKS.md.
 
-use asterisk_gitops::render::{Renderer, SourceInfo};
+use asterisk_gitops::core::render::{Renderer, SourceInfo};
+use asterisk_gitops::core::spec::{self, LoadOptions};
 use asterisk_gitops::secret::ProcessSecrets;
-use asterisk_gitops::spec::{self, LoadOptions};
 use std::path::PathBuf;
 use std::sync::OnceLock;
 

@@ -8,11 +8,11 @@
 //!     BENCH_N=1000 cargo bench --bench verify_real
 use asterisk_gitops::asterisk::Asterisk as Client;
 use asterisk_gitops::asterisk::ami::AmiConfig;
-use asterisk_gitops::plan::{Action, Change, Plan};
+use asterisk_gitops::core::plan::{Action, Change, Plan};
+use asterisk_gitops::core::render::{Renderer, SourceInfo};
+use asterisk_gitops::core::spec::{self, LoadOptions};
 use asterisk_gitops::reconcile::verify;
-use asterisk_gitops::render::{Renderer, SourceInfo};
 use asterisk_gitops::secret::{AuthCredential, ProcessSecrets, credential, md5_cred};
-use asterisk_gitops::spec::{self, LoadOptions};
 use asterisk_real::{Asterisk, Options};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

@@ -35,7 +35,7 @@ fn commit_all(repo: &Repository, message: &str) {
 
 async fn webhook(addr: std::net::SocketAddr) -> u16 {
     let body = r#"{"ref":"refs/heads/main"}"#;
-    let sig = asterisk_gitops::webhook::github_signature(body.as_bytes(), HOOK.as_bytes());
+    let sig = asterisk_gitops::http::webhook::github_signature(body.as_bytes(), HOOK.as_bytes());
     let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let req = format!(
         "POST /hooks/git HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nX-Hub-Signature-256: {sig}\r\nContent-Length: {}\r\n\r\n{body}",

@@ -212,7 +212,7 @@ fn push(repo: &Repository) -> Result<bool, git2::Error> {
     }
     let url = origin.url().unwrap_or_default().to_string();
     let bare = Repository::open(url.strip_prefix("file://").unwrap_or(&url))?;
-    let moved = asterisk_gitops::writeback::move_branch_if_unmoved(&bare, "main", head, from, "soak: ops edit");
+    let moved = asterisk_gitops::git::writeback::move_branch_if_unmoved(&bare, "main", head, from, "soak: ops edit");
     if let Ok(mut r) = bare.find_reference(&staging) {
         let _ = r.delete();
     }
@@ -544,7 +544,7 @@ async fn run(
                 }
                 *lock(&shared.ops) = names;
                 let body = r#"{"ref":"refs/heads/main"}"#;
-                let sig = asterisk_gitops::webhook::github_signature(body.as_bytes(), HOOK.as_bytes());
+                let sig = asterisk_gitops::http::webhook::github_signature(body.as_bytes(), HOOK.as_bytes());
                 let start = Instant::now();
                 let status = http
                     .post(format!("{base}/hooks/git"))
@@ -616,7 +616,7 @@ async fn run(
 
     // Let the daemon catch up: one more webhook, then wait for the state.
     let body = r#"{"ref":"refs/heads/main"}"#;
-    let sig = asterisk_gitops::webhook::github_signature(body.as_bytes(), HOOK.as_bytes());
+    let sig = asterisk_gitops::http::webhook::github_signature(body.as_bytes(), HOOK.as_bytes());
     let _ = http.post(format!("{base}/hooks/git")).header("X-Hub-Signature-256", sig).body(body).send().await;
     let expected = expected_state(shared);
     let pool = sqlx::PgPool::connect(db_url).await.map_err(|e| e.to_string())?;
@@ -805,8 +805,8 @@ fn branch_state(bare: &Path) -> Result<BTreeMap<String, Option<String>>, String>
             sources.push((name.clone(), PathBuf::from(&name), Ok(blob.content().to_vec())));
         }
     }
-    let policy = asterisk_gitops::spec::SecretPolicy::for_spec_dir(Path::new("extensions.d"));
-    let loaded = asterisk_gitops::spec::load::load_sources(sources, &policy);
+    let policy = asterisk_gitops::core::spec::SecretPolicy::for_spec_dir(Path::new("extensions.d"));
+    let loaded = asterisk_gitops::core::spec::load::load_sources(sources, &policy);
     if loaded.has_errors() {
         return Err(format!("the branch does not validate: {:?}", loaded.diagnostics));
     }

@@ -2,16 +2,16 @@
 //! Asterisk port, the renderer, the reconciler, the HTTP state; and `serve`,
 //! which runs the reconcile loop and the HTTP server until SIGINT/SIGTERM.
 
-use crate::apply::AriTarget;
+use crate::asterisk::ari_config::AriTarget;
+use crate::asterisk::managed::ManagedFile;
 use crate::asterisk::{AmiConfig, Asterisk};
 use crate::config::Settings;
+use crate::core::render::Renderer;
 use crate::db::{Db, Retry};
+use crate::git::writeback::{Author, Target, WriteBack};
 use crate::http::{AppState, TokenEntry};
-use crate::managed::ManagedFile;
 use crate::reconcile::{self, Backoff, BackoffConfig, DesiredSource, LoopConfig, LoopHandle, PruneGuard, Reconciler};
-use crate::render::Renderer;
 use crate::secret::ProcessSecrets;
-use crate::writeback::{Author, Target, WriteBack};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,9 +37,10 @@ pub fn reconciler(settings: &Settings, db: Db) -> anyhow::Result<DaemonReconcile
     // With the ari target the reconciler's file is the record of what was
     // pushed, in the state directory: Asterisk must not read it.
     let (managed_path, live) = match (settings.apply_target, &settings.ari) {
-        (crate::config::ApplyTarget::Ari, Some(ari)) => {
-            (settings.state_dir.join(crate::apply::RECORD_FILE), Some(crate::apply::LiveTarget::new(ari_client(ari)?)))
-        }
+        (crate::config::ApplyTarget::Ari, Some(ari)) => (
+            settings.state_dir.join(crate::asterisk::ari_config::RECORD_FILE),
+            Some(crate::asterisk::ari_config::LiveTarget::new(ari_client(ari)?)),
+        ),
         _ => (settings.managed_file.clone(), None),
     };
     let managed = ManagedFile::new(&managed_path).with_group(settings.managed_file_group);
@@ -199,12 +200,12 @@ pub async fn run(
                 ssh_key: g.ssh_key.clone(),
             })?
             .with_secrets(settings.secrets.clone());
-            let target = Target::Remote(crate::writeback::RemoteTarget {
+            let target = Target::Remote(crate::git::writeback::RemoteTarget {
                 url: g.url.clone(),
                 branch: g.branch.clone(),
                 path: g.path.clone(),
                 work_dir: settings.state_dir.join("git/work"),
-                mode: if g.review { crate::writeback::Mode::Review } else { crate::writeback::Mode::Direct },
+                mode: if g.review { crate::git::writeback::Mode::Review } else { crate::git::writeback::Mode::Direct },
                 committer: Author { name: g.committer_name.clone(), email: g.committer_email.clone() },
                 token: g.token.clone(),
                 ssh_key: g.ssh_key.clone(),
@@ -413,13 +414,13 @@ async fn learn_once(
     ari: &crate::asterisk::ari::Ari,
     ami: &Asterisk,
     dir: &std::path::Path,
-) -> anyhow::Result<Option<(String, crate::catalogue::Catalogue, std::path::PathBuf)>> {
+) -> anyhow::Result<Option<(String, crate::core::catalogue::Catalogue, std::path::PathBuf)>> {
     let version = ari.info().await?.system.version;
     let safe: String =
         version.chars().map(|c| if c.is_ascii_alphanumeric() || ".-_".contains(c) { c } else { '_' }).collect();
     let path = dir.join(format!("asterisk-{safe}.txt"));
     if let Ok(text) = std::fs::read_to_string(&path) {
-        return Ok(Some((version, crate::catalogue::Catalogue::parse(&text), path)));
+        return Ok(Some((version, crate::core::catalogue::Catalogue::parse(&text), path)));
     }
     let Some(first) = ami.endpoints().await?.into_iter().next() else { return Ok(None) };
     let Some(detail) = ami.endpoint(&first.name).await? else { return Ok(None) };
@@ -429,13 +430,13 @@ async fn learn_once(
     for (kind, id) in [("endpoint", first.name.as_str()), ("aor", aor.as_str()), ("auth", auth.as_str())] {
         listed.insert(kind.to_string(), ari.option_names(kind, id).await?);
     }
-    let catalogue = crate::catalogue::Catalogue::from_listed(&listed);
+    let catalogue = crate::core::catalogue::Catalogue::from_listed(&listed);
     std::fs::create_dir_all(dir)?;
     let header = format!(
         "Option names Asterisk {version} knows for res_pjsip endpoints, aors and auths,\n\
          learnt by asterisk-gitops through ARI's dynamic configuration; delete to learn again."
     );
-    crate::managed::write_atomic(&path, catalogue.to_text(&header).as_bytes())?;
+    crate::asterisk::managed::write_atomic(&path, catalogue.to_text(&header).as_bytes())?;
     Ok(Some((version, catalogue, path)))
 }
 

@@ -5,10 +5,10 @@
 //! error (clap's own, and ours for bad arguments).
 
 use crate::config::{self, FileConfig, LogFormat, Overrides, Settings};
-use crate::diag::{self, Format};
-use crate::render::{Renderer, SourceInfo};
+use crate::core::diag::{self, Format};
+use crate::core::render::{Renderer, SourceInfo};
+use crate::core::spec::{self, LoadOptions, check};
 use crate::secret::{self, ProcessSecrets};
-use crate::spec::{self, LoadOptions, check};
 use clap::{Args, Parser, Subcommand};
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
@@ -373,7 +373,7 @@ fn import_csv(args: ImportCsvArgs) -> anyhow::Result<ExitCode> {
     let yaml = csv::to_yaml(&parsed.entries, args.file.file_name().and_then(|n| n.to_str()).unwrap_or("a CSV file"))
         .map_err(anyhow::Error::msg)?;
     std::fs::create_dir_all(&args.out)?;
-    crate::managed::write_atomic(&path, yaml.as_bytes())?;
+    crate::asterisk::managed::write_atomic(&path, yaml.as_bytes())?;
     let kind = match parsed.kind {
         csv::Kind::Ours => "asterisk-gitops CSV",
         csv::Kind::BulkHandler => "FreePBX Bulk Handler export",
@@ -396,7 +396,7 @@ fn export_csv(global: &GlobalArgs, args: ExportCsvArgs) -> anyhow::Result<ExitCo
     }
     let text = crate::import::csv::export(&loaded.set.extensions);
     match args.output {
-        Some(out) => crate::managed::write_atomic(&out, text.as_bytes())?,
+        Some(out) => crate::asterisk::managed::write_atomic(&out, text.as_bytes())?,
         None => std::io::stdout().lock().write_all(text.as_bytes())?,
     }
     Ok(ExitCode::SUCCESS)
@@ -408,7 +408,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Validate(args) => validate(&cli.global, args),
         Command::Render(args) => render(&cli.global, args),
         Command::Schema => {
-            print!("{}", crate::schema::spec_schema_text());
+            print!("{}", crate::core::schema::spec_schema_text());
             Ok(ExitCode::SUCCESS)
         }
         Command::HashPassword(args) => hash_password(args),
@@ -450,9 +450,9 @@ async fn plan(global: &GlobalArgs, args: PlanArgs) -> anyhow::Result<ExitCode> {
     let reconciler = crate::app::reconciler(&settings, db)?;
     let (p, _) = reconciler.plan(&desired).await.map_err(|e| anyhow::anyhow!(e))?;
     let out = match args.format {
-        PlanFormat::Text => crate::plan::to_text(&p),
+        PlanFormat::Text => crate::core::plan::to_text(&p),
         PlanFormat::Json => format!("{}\n", serde_json::to_string_pretty(&p)?),
-        PlanFormat::Markdown => crate::plan::to_markdown(&p),
+        PlanFormat::Markdown => crate::core::plan::to_markdown(&p),
     };
     std::io::stdout().write_all(out.as_bytes())?;
     let pending = p.has_changes() || (settings.reconcile.self_heal && p.has_healable_drift());
@@ -477,7 +477,7 @@ async fn apply(global: &GlobalArgs, args: ApplyArgs) -> anyhow::Result<ExitCode>
         return Ok(ExitCode::FAILURE);
     }
     let (p, _) = reconciler.plan(&desired).await.map_err(|e| anyhow::anyhow!(e))?;
-    print!("{}", crate::plan::to_text(&p));
+    print!("{}", crate::core::plan::to_text(&p));
     if !(p.has_changes() || (settings.reconcile.self_heal && p.has_healable_drift())) {
         println!("Nothing to do.");
         return Ok(ExitCode::SUCCESS);
@@ -502,7 +502,7 @@ async fn apply(global: &GlobalArgs, args: ApplyArgs) -> anyhow::Result<ExitCode>
     println!(
         "{}: {}{}",
         r.outcome.as_str(),
-        r.plan.as_ref().map(crate::plan::summary).unwrap_or_default(),
+        r.plan.as_ref().map(crate::core::plan::summary).unwrap_or_default(),
         r.error.as_deref().map(|e| format!("\nerror: {e}")).unwrap_or_default()
     );
     if let Some(a) = &reconciler.asterisk {
@@ -567,8 +567,10 @@ fn validate(global: &GlobalArgs, args: ValidateArgs) -> anyhow::Result<ExitCode>
         }
     }
     // The template too: every option name it writes must be one Asterisk knows.
-    let (template_problems, _) =
-        crate::render::check_templates(settings.templates.as_deref(), &crate::catalogue::Catalogue::asterisk22());
+    let (template_problems, _) = crate::core::render::check_templates(
+        settings.templates.as_deref(),
+        &crate::core::catalogue::Catalogue::asterisk22(),
+    );
     diagnostics.extend(template_problems);
     let failed = diagnostics.iter().any(|d| d.is_error() || args.strict);
     let out = diag::format_all(&diagnostics, args.format, loaded.set.extensions.len());
@@ -593,7 +595,7 @@ fn render(global: &GlobalArgs, args: RenderArgs) -> anyhow::Result<ExitCode> {
     let text = renderer.render(&loaded.set, &info, &ProcessSecrets)?;
     match args.output {
         None => std::io::stdout().write_all(text.as_bytes())?,
-        Some(file) => crate::managed::write_atomic(&file, text.as_bytes())?,
+        Some(file) => crate::asterisk::managed::write_atomic(&file, text.as_bytes())?,
     }
     Ok(ExitCode::SUCCESS)
 }

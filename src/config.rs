@@ -360,7 +360,7 @@ pub struct Settings {
     pub anonymous_read: bool,
     pub sip_server: Option<String>,
     /// Where spec files may take secrets from.
-    pub secrets: crate::spec::SecretPolicy,
+    pub secrets: crate::core::spec::SecretPolicy,
     /// Whether the config file set `secrets.dir` (otherwise a directory
     /// given to `validate` or `render` brings its own `secrets/`).
     pub secrets_dir_configured: bool,
@@ -587,7 +587,8 @@ impl Settings {
 
         let spec_dir = flags.spec_dir.or(file.spec_dir).unwrap_or_else(|| PathBuf::from("extensions.d"));
         let secrets_file = file.secrets.unwrap_or_default();
-        let env_pattern = secrets_file.env_pattern.unwrap_or_else(|| crate::spec::policy::DEFAULT_ENV_PATTERN.into());
+        let env_pattern =
+            secrets_file.env_pattern.unwrap_or_else(|| crate::core::spec::policy::DEFAULT_ENV_PATTERN.into());
         if env_pattern.is_empty() || !env_pattern.bytes().all(|b| b.is_ascii_alphanumeric() || b"_*?".contains(&b)) {
             return Err(ConfigError::Invalid {
                 what: "secrets.envPattern",
@@ -595,7 +596,7 @@ impl Settings {
             });
         }
         let secrets_dir_configured = secrets_file.dir.is_some();
-        let secrets = crate::spec::SecretPolicy {
+        let secrets = crate::core::spec::SecretPolicy {
             dir: secrets_file.dir.unwrap_or_else(|| spec_dir.join("secrets")),
             env_pattern,
         };
@@ -666,11 +667,12 @@ impl Settings {
     /// The secret policy for loading `paths` (the command line's): the
     /// configured one, except that without `secrets.dir` one directory
     /// given brings its own `secrets/`.
-    pub fn secret_policy_for(&self, paths: &[PathBuf]) -> crate::spec::SecretPolicy {
+    pub fn secret_policy_for(&self, paths: &[PathBuf]) -> crate::core::spec::SecretPolicy {
         match paths {
-            [dir] if !self.secrets_dir_configured && dir.is_dir() => {
-                crate::spec::SecretPolicy { dir: dir.join("secrets"), env_pattern: self.secrets.env_pattern.clone() }
-            }
+            [dir] if !self.secrets_dir_configured && dir.is_dir() => crate::core::spec::SecretPolicy {
+                dir: dir.join("secrets"),
+                env_pattern: self.secrets.env_pattern.clone(),
+            },
             _ => self.secrets.clone(),
         }
     }

@@ -8,9 +8,9 @@
 //! the property does not hold. Not part of the daemon's API.
 
 use crate::asterisk::{ami, ari};
-use crate::render::{Renderer, SourceInfo};
+use crate::core::render::{Renderer, SourceInfo};
+use crate::core::spec::SecretPolicy;
 use crate::secret::SecretSource;
-use crate::spec::SecretPolicy;
 use std::path::{Path, PathBuf};
 
 /// One target: bytes in; returns, or panics on a finding.
@@ -51,7 +51,7 @@ pub fn spec(data: &[u8]) {
     let policy =
         SecretPolicy { dir: PathBuf::from("/nonexistent/asterisk-gitops-fuzz/secrets"), env_pattern: "EXT_*".into() };
     let source = || ("fuzz.yaml".to_string(), PathBuf::from("fuzz.yaml"), Ok(data.to_vec()));
-    let loaded = crate::spec::load::load_sources([source()], &policy);
+    let loaded = crate::core::spec::load::load_sources([source()], &policy);
     for d in &loaded.diagnostics {
         assert_eq!(d.location.file, "fuzz.yaml", "a diagnostic names another file: {d:?}");
         assert!(d.location.line >= 1 && d.location.column >= 1, "a diagnostic without a place: {d:?}");
@@ -61,7 +61,7 @@ pub fn spec(data: &[u8]) {
         assert!(loaded.set.extensions.is_empty(), "a file with errors contributed extensions");
         return;
     }
-    let again = crate::spec::load::load_sources([source()], &policy);
+    let again = crate::core::spec::load::load_sources([source()], &policy);
     assert_eq!(again.set, loaded.set, "loading the same bytes twice differs");
     assert_eq!(again.diagnostics, loaded.diagnostics, "loading the same bytes twice differs");
     let info = SourceInfo { source: "fuzz".into(), revision: None };
@@ -158,37 +158,40 @@ pub fn webhook(data: &[u8]) {
         .collect();
     let lookup = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
     let right_hmac = |hex_sig: &str| hex::decode(hex_sig.trim()).is_ok_and(|sig| sig == hmac(body, WEBHOOK_SECRET));
-    match crate::webhook::verify(&lookup, body, WEBHOOK_SECRET) {
+    match crate::http::webhook::verify(&lookup, body, WEBHOOK_SECRET) {
         Ok(forge) => {
             let genuine = match forge {
-                crate::webhook::Forge::GitHub => {
+                crate::http::webhook::Forge::GitHub => {
                     lookup("x-hub-signature-256").and_then(|s| s.strip_prefix("sha256=").map(right_hmac)) == Some(true)
                 }
-                crate::webhook::Forge::Gitea => {
+                crate::http::webhook::Forge::Gitea => {
                     lookup("x-hub-signature-256").is_none()
                         && lookup("x-gitea-signature").is_some_and(|s| right_hmac(&s))
                 }
-                crate::webhook::Forge::GitLab => {
+                crate::http::webhook::Forge::GitLab => {
                     lookup("x-hub-signature-256").is_none()
                         && lookup("x-gitea-signature").is_none()
                         && lookup("x-gitlab-token").is_some_and(|t| t.as_bytes() == WEBHOOK_SECRET)
                 }
             };
             assert!(genuine, "accepted a request without the right signature ({forge:?})");
-            let _ = crate::webhook::pushed_branch(body);
+            let _ = crate::http::webhook::pushed_branch(body);
         }
         Err(_) => {
-            let _ = crate::webhook::pushed_branch(body);
+            let _ = crate::http::webhook::pushed_branch(body);
         }
     }
-    let good = crate::webhook::github_signature(body, WEBHOOK_SECRET);
+    let good = crate::http::webhook::github_signature(body, WEBHOOK_SECRET);
     let signed = |name: &str| if name == "x-hub-signature-256" { Some(good.clone()) } else { None };
     assert_eq!(
-        crate::webhook::verify(&signed, body, WEBHOOK_SECRET),
-        Ok(crate::webhook::Forge::GitHub),
+        crate::http::webhook::verify(&signed, body, WEBHOOK_SECRET),
+        Ok(crate::http::webhook::Forge::GitHub),
         "the right signature was refused"
     );
-    assert!(crate::webhook::verify(&signed, body, b"another-secret").is_err(), "a signature for another secret passed");
+    assert!(
+        crate::http::webhook::verify(&signed, body, b"another-secret").is_err(),
+        "a signature for another secret passed"
+    );
 }
 
 /// Headers and body of a fuzzed request: split at the first empty line

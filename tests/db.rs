@@ -3,11 +3,11 @@
 //! missing PostgreSQL fails the run instead of skipping).
 
 use crate::support::db::{drop_pg, on_both, pg_url, postgres, replace_db, sqlite, uuid_ish};
+use asterisk_gitops::core::plan::{self, Action, Change, Plan};
+use asterisk_gitops::core::spec::{DesiredSet, load::load_file};
 use asterisk_gitops::db::calls::{CallFilter, CallStart};
 use asterisk_gitops::db::{Db, DbError, Retry};
-use asterisk_gitops::plan::{self, Action, Change, Plan};
 use asterisk_gitops::reconcile::{AppliedRow, Outcome, RunRecord, Trigger};
-use asterisk_gitops::spec::{DesiredSet, load::load_file};
 use chrono::{Duration as ChronoDuration, Utc};
 use std::path::Path;
 use std::time::Duration;
@@ -15,7 +15,8 @@ use std::time::Duration;
 const SPECS: &str = "defaults: {context: from-internal, transport: transport-udp, codecs: [ulaw, alaw]}\nextensions:\n  - {extension: \"1001\", displayName: Test User, password: Plaintext-Secret-42, labels: {department: sales}}\n  - {extension: \"1002\", md5Cred: 281036cc5c24788fe74c0ae5d9c07baf, mailboxes: 1002@default}\n";
 
 fn desired() -> DesiredSet {
-    let (exts, _) = load_file("sales.yaml", &asterisk_gitops::spec::SecretPolicy::for_spec_dir(Path::new(".")), SPECS);
+    let (exts, _) =
+        load_file("sales.yaml", &asterisk_gitops::core::spec::SecretPolicy::for_spec_dir(Path::new(".")), SPECS);
     DesiredSet::new(exts.into_iter().map(|(e, _)| e).collect())
 }
 
@@ -24,10 +25,10 @@ fn rows(set: &DesiredSet) -> Vec<AppliedRow<'static>> {
         .iter()
         .map(|e| {
             let md5 = match &e.secret {
-                asterisk_gitops::spec::Secret::Password(p) => {
+                asterisk_gitops::core::spec::Secret::Password(p) => {
                     asterisk_gitops::secret::md5_cred(&e.extension, "asterisk", p)
                 }
-                asterisk_gitops::spec::Secret::Md5Cred(h) => h.clone(),
+                asterisk_gitops::core::spec::Secret::Md5Cred(h) => h.clone(),
                 _ => String::new(),
             };
             AppliedRow { secret_md5: md5, extension: std::borrow::Cow::Owned(e.clone()) }
@@ -260,7 +261,7 @@ async fn a_plaintext_password_is_nowhere_in_the_database() {
         let set = desired();
         let mut r = run(Outcome::Applied, &["1001", "1002"]);
         let (_, diags) =
-            load_file("sales.yaml", &asterisk_gitops::spec::SecretPolicy::for_spec_dir(Path::new(".")), SPECS);
+            load_file("sales.yaml", &asterisk_gitops::core::spec::SecretPolicy::for_spec_dir(Path::new(".")), SPECS);
         r.diagnostics = diags;
         db.commit_run(&r, &rows(&set), &[], &Default::default()).await.expect("commits");
         let all = dump(&db).await;
@@ -409,7 +410,7 @@ async fn rows_applied_before_profiles_migrate_as_nat_with_their_qualify_frequenc
 /// full list says, declared-only extensions included, on both backends.
 #[tokio::test]
 async fn counts_and_pages_agree_with_the_full_list() {
-    use asterisk_gitops::status::{ExtensionState, Reset, StatusUpdate, SyncState};
+    use asterisk_gitops::core::status::{ExtensionState, Reset, StatusUpdate, SyncState};
     on_both(|db| async move {
         let set = desired();
         db.commit_run(&run(Outcome::Applied, &["1001", "1002"]), &rows(&set), &[], &Default::default())
@@ -417,7 +418,7 @@ async fn counts_and_pages_agree_with_the_full_list() {
             .expect("commits");
         let (more, _) = load_file(
             "more.yaml",
-            &asterisk_gitops::spec::SecretPolicy::for_spec_dir(Path::new(".")),
+            &asterisk_gitops::core::spec::SecretPolicy::for_spec_dir(Path::new(".")),
             "extensions:\n  - {extension: \"1003\", displayName: Late Comer, context: c, transport: t, codecs: [ulaw], md5Cred: 281036cc5c24788fe74c0ae5d9c07baf}\n",
         );
         let late = more[0].0.clone();
@@ -470,7 +471,7 @@ async fn every_stored_field_of_the_field_table_round_trips() {
                     forceRport: false, rewriteContact: true, enabled: false, labels: {team: a}, \
                     options: {endpoint: {timers: required}}}\n";
         let (exts, diags) =
-            load_file("all.yaml", &asterisk_gitops::spec::SecretPolicy::for_spec_dir(Path::new(".")), yaml);
+            load_file("all.yaml", &asterisk_gitops::core::spec::SecretPolicy::for_spec_dir(Path::new(".")), yaml);
         assert!(diags.is_empty(), "{diags:?}");
         let set = DesiredSet::new(exts.into_iter().map(|(e, _)| e).collect());
         db.commit_run(&run(Outcome::Applied, &["1001"]), &rows(&set), &[], &Default::default()).await.expect("commits");
@@ -478,7 +479,7 @@ async fn every_stored_field_of_the_field_table_round_trips() {
         let back = serde_json::to_value(back).expect("json");
         let declared =
             serde_json::to_value(asterisk_gitops::db::ExtensionRecord::declared(&set.extensions[0])).expect("json");
-        for column in asterisk_gitops::spec::fields::COLUMNS {
+        for column in asterisk_gitops::core::spec::fields::COLUMNS {
             let mut key = String::new();
             let mut upper = false;
             for c in column.chars() {

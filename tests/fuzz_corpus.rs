@@ -66,9 +66,9 @@ fn the_seeds_exercise_the_accepting_paths() {
     let seed = |t: &str, n: &str| {
         std::fs::read(crate::support::repo_root().join("fuzz/corpus").join(t).join(n)).expect("seed")
     };
-    let loaded = asterisk_gitops::spec::load::load_sources(
+    let loaded = asterisk_gitops::core::spec::load::load_sources(
         [("good.yaml".to_string(), "good.yaml".into(), Ok(seed("spec", "good.yaml")))],
-        &asterisk_gitops::spec::SecretPolicy::for_spec_dir(std::path::Path::new("/nonexistent")),
+        &asterisk_gitops::core::spec::SecretPolicy::for_spec_dir(std::path::Path::new("/nonexistent")),
     );
     assert!(!loaded.has_errors(), "{:?}", loaded.diagnostics);
     assert_eq!(loaded.set.extensions.len(), 3);
@@ -85,7 +85,7 @@ fn the_seeds_exercise_the_accepting_paths() {
     let sig = head.lines().find_map(|l| l.strip_prefix("X-Hub-Signature-256: ")).expect("signed").to_string();
     let header = |n: &str| (n == "x-hub-signature-256").then(|| sig.clone());
     assert_eq!(
-        asterisk_gitops::webhook::verify(&header, body.as_bytes(), fuzzing::WEBHOOK_SECRET),
-        Ok(asterisk_gitops::webhook::Forge::GitHub)
+        asterisk_gitops::http::webhook::verify(&header, body.as_bytes(), fuzzing::WEBHOOK_SECRET),
+        Ok(asterisk_gitops::http::webhook::Forge::GitHub)
     );
 }

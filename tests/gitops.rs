@@ -124,7 +124,7 @@ impl Daemon {
 
     async fn webhook(&self) -> u16 {
         let body = r#"{"ref":"refs/heads/main"}"#;
-        let sig = asterisk_gitops::webhook::github_signature(body.as_bytes(), HOOK.as_bytes());
+        let sig = asterisk_gitops::http::webhook::github_signature(body.as_bytes(), HOOK.as_bytes());
         http(
             self.addr,
             "POST",

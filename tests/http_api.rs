@@ -2,10 +2,10 @@
 //! with `oneshot` (no socket), against real spec files on disk.
 
 use asterisk_gitops::config::SecretString;
+use asterisk_gitops::git::writeback::{Author, Target, WriteBack};
 use asterisk_gitops::http::{AppState, TokenEntry, app};
 use asterisk_gitops::reconcile::LoopHandle;
 use asterisk_gitops::reconcile::Trigger;
-use asterisk_gitops::writeback::{Author, Target, WriteBack};
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
@@ -25,7 +25,7 @@ fn state(dir: &Path) -> (AppState, tokio::sync::mpsc::Receiver<Trigger>) {
         spec_dir: dir.to_path_buf(),
         writeback: Arc::new(WriteBack::new(
             Target::Dir(dir.to_path_buf()),
-            asterisk_gitops::spec::SecretPolicy::for_spec_dir(dir),
+            asterisk_gitops::core::spec::SecretPolicy::for_spec_dir(dir),
         )),
         realm: "asterisk".into(),
         tokens: Arc::new(vec![TokenEntry::new(admin, TOKEN)]),
@@ -167,7 +167,11 @@ async fn put_changes_only_the_given_fields_and_leaves_a_hand_written_file_alone(
     assert_eq!(e.max_contacts, 2, "absent fields keep their value");
     assert_eq!(
         e.secret,
-        asterisk_gitops::spec::Secret::Md5Cred(asterisk_gitops::secret::md5_cred("1002", "asterisk", "New-Pass-1"))
+        asterisk_gitops::core::spec::Secret::Md5Cred(asterisk_gitops::secret::md5_cred(
+            "1002",
+            "asterisk",
+            "New-Pass-1"
+        ))
     );
     assert!(!text.contains("New-Pass-1"));
 
@@ -206,11 +210,11 @@ async fn webhooks_must_be_signed_and_only_the_tracked_branch_triggers() {
     assert_eq!(send(None, push).await, StatusCode::UNAUTHORIZED);
     assert_eq!(send(Some("sha256=00".into()), push).await, StatusCode::UNAUTHORIZED);
     assert!(rx.try_recv().is_err(), "nothing triggered");
-    let sig = asterisk_gitops::webhook::github_signature(push, b"hook-secret");
+    let sig = asterisk_gitops::http::webhook::github_signature(push, b"hook-secret");
     assert_eq!(send(Some(sig), push).await, StatusCode::ACCEPTED);
     assert_eq!(rx.try_recv().ok(), Some(Trigger::Webhook));
     let other = br#"{"ref":"refs/heads/feature"}"#;
-    let sig = asterisk_gitops::webhook::github_signature(other, b"hook-secret");
+    let sig = asterisk_gitops::http::webhook::github_signature(other, b"hook-secret");
     assert_eq!(send(Some(sig), other).await, StatusCode::OK);
     assert!(rx.try_recv().is_err(), "another branch triggers nothing");
 }
@@ -746,9 +750,9 @@ async fn applied_db(dir: &Path, specs: &str, noops: usize) -> asterisk_gitops::d
     )
     .await
     .expect("sqlite");
-    let (exts, diags) = asterisk_gitops::spec::load::load_file(
+    let (exts, diags) = asterisk_gitops::core::spec::load::load_file(
         "team.yaml",
-        &asterisk_gitops::spec::SecretPolicy::for_spec_dir(dir),
+        &asterisk_gitops::core::spec::SecretPolicy::for_spec_dir(dir),
         specs,
     );
     assert!(diags.iter().all(|d| !d.is_error()), "{diags:?}");

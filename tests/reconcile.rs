@@ -1,13 +1,13 @@
 //! The reconcile loop end to end: real spec files, a real SQLite database,
 //! the managed file on disk, and the Asterisk stand-in loading it.
 
+use asterisk_gitops::asterisk::managed::ManagedFile;
 use asterisk_gitops::asterisk::{AmiConfig, Asterisk};
+use asterisk_gitops::core::plan::{Action, Drift};
+use asterisk_gitops::core::render::Renderer;
 use asterisk_gitops::db::{Db, Retry};
-use asterisk_gitops::managed::ManagedFile;
-use asterisk_gitops::plan::{Action, Drift};
 use asterisk_gitops::reconcile::{self, BackoffConfig, DesiredSource, LoopConfig, LoopHandle};
 use asterisk_gitops::reconcile::{Outcome, PruneGuard, Reconciler, RunReport, Trigger};
-use asterisk_gitops::render::Renderer;
 use asterisk_gitops::secret::ProcessSecrets;
 use asterisk_standin::{StandIn, StandInConfig};
 use std::path::{Path, PathBuf};
@@ -292,11 +292,11 @@ async fn an_object_asterisk_drops_fails_verification_and_is_rolled_back() {
     // An operator template that adds a codec Asterisk does not have: Asterisk
     // answers "Module Reloaded" and silently drops the endpoint.
     let tpl = tempfile::tempdir().expect("tempdir");
-    let text = asterisk_gitops::render::DEFAULT_TEMPLATE.replace(
+    let text = asterisk_gitops::core::render::DEFAULT_TEMPLATE.replace(
         "type = endpoint\n",
         "type = endpoint\n{% if e.extension == \"1002\" %}allow = nosuchcodec\n{% endif %}",
     );
-    std::fs::write(tpl.path().join(asterisk_gitops::render::TEMPLATE_NAME), text).expect("template");
+    std::fs::write(tpl.path().join(asterisk_gitops::core::render::TEMPLATE_NAME), text).expect("template");
     let r = rig_with(Some(tpl.path())).await;
     r.write("team.yaml", &team(&[("1001", "Ann")]));
     assert_eq!(r.run().await.record.outcome, Outcome::Applied);
@@ -479,7 +479,7 @@ fn killed_mid_apply_the_next_start_converges_and_no_half_written_file_exists() {
                     || text.ends_with("max_contacts = 2\n"),
                 "a managed file is whole or absent"
             );
-            assert!(asterisk_gitops::render::check_structure(&text).is_ok());
+            assert!(asterisk_gitops::core::render::check_structure(&text).is_ok());
         }
     }
     // The next start converges.

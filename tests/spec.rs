@@ -2,12 +2,12 @@
 //! the JSON Schema, rendering (snapshots and a property test), and the CLI.
 
 use crate::support::{fixture, repo_root};
-use asterisk_gitops::diag::Severity;
-use asterisk_gitops::render::{self, Line, Renderer, SourceInfo};
+use asterisk_gitops::core::diag::Severity;
+use asterisk_gitops::core::render::{self, Line, Renderer, SourceInfo};
+use asterisk_gitops::core::spec::load::{Loaded, load_file};
+use asterisk_gitops::core::spec::resolve::Locator;
+use asterisk_gitops::core::spec::{self, Defaults, DesiredSet, ExtensionEntry, LoadOptions, StringList};
 use asterisk_gitops::secret::{ProcessSecrets, SecretSource};
-use asterisk_gitops::spec::load::{Loaded, load_file};
-use asterisk_gitops::spec::resolve::Locator;
-use asterisk_gitops::spec::{self, Defaults, DesiredSet, ExtensionEntry, LoadOptions, StringList};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -148,7 +148,8 @@ fn a_duplicate_names_both_places() {
 #[test]
 fn diagnostics_never_echo_a_secret() {
     let text = "extensions:\n  - extension: \"1\"\n    context: a\n    transport: b\n    codecs: ulaw\n    password: 98765432\n";
-    let (_, diags) = load_file("t.yaml", &asterisk_gitops::spec::SecretPolicy::for_spec_dir(Path::new(".")), text);
+    let (_, diags) =
+        load_file("t.yaml", &asterisk_gitops::core::spec::SecretPolicy::for_spec_dir(Path::new(".")), text);
     assert_eq!(diags.len(), 1, "{diags:?}");
     assert_eq!(diags[0].code, "wrong-type");
     assert!(!diags[0].message.contains("98765432"), "{}", diags[0].message);
@@ -157,7 +158,8 @@ fn diagnostics_never_echo_a_secret() {
 #[test]
 fn every_diagnostic_names_a_field_or_is_about_the_whole_file() {
     let text = "defaults:\n  context: 1\n  colour: red\nextensions:\n  - extension: \"1\"\n    transport: t\n    codecs: [ulaw, ulaw]\n    md5Cred: xyz\n";
-    let (exts, diags) = load_file("t.yaml", &asterisk_gitops::spec::SecretPolicy::for_spec_dir(Path::new(".")), text);
+    let (exts, diags) =
+        load_file("t.yaml", &asterisk_gitops::core::spec::SecretPolicy::for_spec_dir(Path::new(".")), text);
     assert!(exts.is_empty());
     let summary: Vec<(u32, u32, &str, &str)> =
         diags.iter().map(|d| (d.location.line, d.location.column, d.code, d.field.as_str())).collect();
@@ -280,7 +282,7 @@ fn hash_password_reads_stdin_and_matches_the_captured_md5_cred() {
 // ---------------------------------------------------------------- schema
 
 fn schema_validator() -> jsonschema::Validator {
-    jsonschema::validator_for(&asterisk_gitops::schema::spec_schema()).expect("the schema compiles")
+    jsonschema::validator_for(&asterisk_gitops::core::schema::spec_schema()).expect("the schema compiles")
 }
 
 fn yaml_to_json(text: &str) -> serde_json::Value {
@@ -290,10 +292,11 @@ fn yaml_to_json(text: &str) -> serde_json::Value {
 
 #[test]
 fn the_committed_schema_is_current() {
-    let committed = std::fs::read_to_string(repo_root().join(asterisk_gitops::schema::SCHEMA_PATH)).unwrap_or_default();
-    let current = asterisk_gitops::schema::spec_schema_text();
+    let committed =
+        std::fs::read_to_string(repo_root().join(asterisk_gitops::core::schema::SCHEMA_PATH)).unwrap_or_default();
+    let current = asterisk_gitops::core::schema::spec_schema_text();
     if committed != current && std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
-        std::fs::write(repo_root().join(asterisk_gitops::schema::SCHEMA_PATH), &current).expect("write schema");
+        std::fs::write(repo_root().join(asterisk_gitops::core::schema::SCHEMA_PATH), &current).expect("write schema");
         return;
     }
     assert!(
@@ -416,7 +419,8 @@ extensions:
     codecs: [ulaw]
     md5Cred: 281036cc5c24788fe74c0ae5d9c07baf
 "#;
-    let (exts, _) = load_file("capture.yaml", &asterisk_gitops::spec::SecretPolicy::for_spec_dir(Path::new(".")), yaml);
+    let (exts, _) =
+        load_file("capture.yaml", &asterisk_gitops::core::spec::SecretPolicy::for_spec_dir(Path::new(".")), yaml);
     let set = DesiredSet::new(exts.into_iter().map(|(e, _)| e).collect());
     let ours = Renderer::new(None)
         .expect("template")
@@ -628,7 +632,7 @@ mod property {
         fn yaml_files_with_arbitrary_values_never_render_a_second_section(e in entry()) {
             let file = spec::SpecFile { defaults: None, extensions: vec![e] };
             let text = serde_yaml::to_string(&file).expect("serializes");
-            let (exts, _) = load_file("p.yaml", &asterisk_gitops::spec::SecretPolicy::for_spec_dir(Path::new(".")), &text);
+            let (exts, _) = load_file("p.yaml", &asterisk_gitops::core::spec::SecretPolicy::for_spec_dir(Path::new(".")), &text);
             let set = DesiredSet::new(exts.into_iter().map(|(e, _)| e).collect());
             let mut secrets = MapSecrets::default();
             secrets.env.insert("P".into(), "pw".into());
@@ -644,10 +648,10 @@ mod property {
 #[test]
 fn a_template_with_a_misspelt_option_is_refused_by_validate_and_render_before_anything_is_written() {
     let tpl = tempfile::tempdir().expect("tempdir");
-    let base = asterisk_gitops::render::DEFAULT_TEMPLATE;
+    let base = asterisk_gitops::core::render::DEFAULT_TEMPLATE;
     let line = base.lines().position(|l| l.trim_start().starts_with("rewrite_contact =")).expect("the option") + 1;
     let text = base.replacen("rewrite_contact =", "rewrite_contacts =", 1);
-    std::fs::write(tpl.path().join(asterisk_gitops::render::TEMPLATE_NAME), text).expect("write");
+    std::fs::write(tpl.path().join(asterisk_gitops::core::render::TEMPLATE_NAME), text).expect("write");
     let env = [("EXT_2001_PASSWORD", "a"), ("EXT_2002_PASSWORD", "b"), ("EXT_2003_PASSWORD", "c")];
 
     let out =

@@ -47,3 +47,6 @@ mod logs;
 
 // The fuzzers' committed corpus, replayed through each entry point, and the findings as regression tests.
 mod fuzz_corpus;
+
+// The architecture invariants of ARCHITECTURE.md (no import cycle, layering, a core without I/O).
+mod architecture;

@@ -2,8 +2,10 @@
 //! local repository, and a bare "remote" over file:// with other clones
 //! pushing at the same time.
 
-use asterisk_gitops::spec::{ExtensionEntry, SecretPolicy, StringList};
-use asterisk_gitops::writeback::{Author, EditOp, Mode, RemoteTarget, Target, WriteBack, WriteError, apply_to_dir};
+use asterisk_gitops::core::spec::{ExtensionEntry, SecretPolicy, StringList};
+use asterisk_gitops::git::writeback::{
+    Author, EditOp, Mode, RemoteTarget, Target, WriteBack, WriteError, apply_to_dir,
+};
 use git2::{Repository, Signature};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

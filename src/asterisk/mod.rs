@@ -11,9 +11,11 @@
 
 pub mod ami;
 pub mod ari;
+pub mod ari_config;
 pub mod cel;
+pub mod managed;
 
-use crate::plan::ObservedEndpoint;
+use crate::core::plan::ObservedEndpoint;
 use crate::reconcile::{AsteriskControl, Backoff, BackoffConfig};
 pub use ami::{AmiClient, AmiConfig, AmiError, Message};
 use serde::Serialize;
@@ -198,9 +200,9 @@ impl EndpointDetail {
             force_rport: yes_no(ep.get("ForceRport")),
             rewrite_contact: yes_no(ep.get("RewriteContact")),
             device_state: text(ep, "DeviceState"),
-            profile_options: crate::spec::profile::OPTIONS
+            profile_options: crate::core::spec::profile::OPTIONS
                 .iter()
-                .filter_map(|o| ep.get(o.ami).map(|v| (o.name, crate::spec::profile::normalise(v))))
+                .filter_map(|o| ep.get(o.ami).map(|v| (o.name, crate::core::spec::profile::normalise(v))))
                 .collect(),
             ..Default::default()
         };
@@ -526,7 +528,7 @@ impl AsteriskControl for Asterisk {
 
     async fn endpoint(&self, name: &str) -> Result<Option<ObservedEndpoint>, AmiError> {
         Ok(Asterisk::endpoint(self, name).await?.map(|d| ObservedEndpoint {
-            options: Some(Box::new(crate::plan::EndpointOptions {
+            options: Some(Box::new(crate::core::plan::EndpointOptions {
                 callerid: d.callerid,
                 dtmf_mode: d.dtmf_mode,
                 mailboxes: d.mailboxes,

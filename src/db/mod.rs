@@ -18,10 +18,10 @@
 pub mod calls;
 pub mod read;
 
-use crate::plan::{self, Fields};
+use crate::core::plan::{self, Fields};
+use crate::core::spec::{Extension, fields};
+use crate::core::status::{Reset, StatusUpdate, Step, SyncState};
 use crate::reconcile::{AppliedRow, Outcome, RunRecord, StateStore};
-use crate::spec::{Extension, fields};
-use crate::status::{Reset, StatusUpdate, Step, SyncState};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::types::Json;
@@ -297,7 +297,7 @@ impl Db {
                 let mut fields: Fields = map.into_iter().filter_map(|(k, v)| plan::field_name(&k).map(|k| (k, v))).collect();
                 // Rows applied before profiles existed were nat (the only behaviour then).
                 if fields.get("profile").is_none() {
-                    fields.insert("profile", crate::spec::Profile::Nat.name().to_string());
+                    fields.insert("profile", crate::core::spec::Profile::Nat.name().to_string());
                 }
                 out.insert(n, fields);
             }
@@ -749,11 +749,11 @@ fn options_from_summary(s: &str) -> BTreeMap<String, String> {
 }
 
 fn nat() -> String {
-    crate::spec::Profile::Nat.name().to_string()
+    crate::core::spec::Profile::Nat.name().to_string()
 }
 
 fn default_qualify() -> i64 {
-    i64::from(crate::spec::resolve::DEFAULT_QUALIFY_FREQUENCY)
+    i64::from(crate::core::spec::resolve::DEFAULT_QUALIFY_FREQUENCY)
 }
 
 impl ExtensionRecord {

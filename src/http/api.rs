@@ -5,12 +5,12 @@
 
 use super::auth::{Database, Writer};
 use super::{ApiError, AppState, Detail};
+use crate::core::spec::load::ENTRY_FIELDS;
+use crate::core::spec::resolve::Locator;
+use crate::core::spec::{Defaults, ExtensionEntry, check, resolve};
+use crate::git::writeback::{Committed, EditOp, WriteError};
 use crate::reconcile::Trigger;
 use crate::secret::md5_cred;
-use crate::spec::load::ENTRY_FIELDS;
-use crate::spec::resolve::Locator;
-use crate::spec::{Defaults, ExtensionEntry, check, resolve};
-use crate::writeback::{Committed, EditOp, WriteError};
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -138,7 +138,7 @@ fn write_error(e: WriteError) -> ApiError {
     }
 }
 
-async fn run_edit(state: &AppState, op: EditOp, author: crate::writeback::Author) -> Result<Committed, ApiError> {
+async fn run_edit(state: &AppState, op: EditOp, author: crate::git::writeback::Author) -> Result<Committed, ApiError> {
     let wb = state.writeback.clone();
     let done = tokio::task::spawn_blocking(move || wb.apply(&op, &author))
         .await
@@ -174,7 +174,7 @@ fn writable(state: &AppState) -> Result<(), ApiError> {
 pub(crate) async fn create_entry(
     state: &AppState,
     map: Map<String, Value>,
-    author: crate::writeback::Author,
+    author: crate::git::writeback::Author,
 ) -> Result<(ExtensionEntry, Committed), ApiError> {
     writable(state)?;
     let mut entry: ExtensionEntry = serde_json::from_value(Value::Object(map.clone()))
@@ -191,7 +191,7 @@ pub(crate) async fn update_entry(
     state: &AppState,
     id: &str,
     map: Map<String, Value>,
-    author: crate::writeback::Author,
+    author: crate::git::writeback::Author,
 ) -> Result<(ExtensionEntry, Committed), ApiError> {
     writable(state)?;
     check::extension_number(id).map_err(|e| ApiError::NotFound(e.to_string()))?;
@@ -222,19 +222,20 @@ pub(crate) async fn update_entry(
 /// edits land in (the spec directory, or the write-back's clone).
 async fn written_entry(state: &AppState, number: &str) -> Result<Option<ExtensionEntry>, ApiError> {
     let dir = match state.writeback.target() {
-        crate::writeback::Target::Dir(dir) => dir.clone(),
-        crate::writeback::Target::Remote(r) => r.work_dir.join(&r.path),
+        crate::git::writeback::Target::Dir(dir) => dir.clone(),
+        crate::git::writeback::Target::Remote(r) => r.work_dir.join(&r.path),
     };
     let number = number.to_string();
     tokio::task::spawn_blocking(move || {
-        let (sources, _) = crate::spec::load::read_paths(&[dir], &crate::spec::load::LoadOptions::default());
+        let (sources, _) =
+            crate::core::spec::load::read_paths(&[dir], &crate::core::spec::load::LoadOptions::default());
         sources.into_iter().find_map(|(shown, _, text)| {
             let text = String::from_utf8(text.ok()?).ok()?;
             // Only files that can hold the entry are parsed.
             if !text.contains(&number) {
                 return None;
             }
-            crate::spec::edit::find_entry(&shown, &text, &number).ok()
+            crate::core::spec::edit::find_entry(&shown, &text, &number).ok()
         })
     })
     .await
@@ -244,7 +245,7 @@ async fn written_entry(state: &AppState, number: &str) -> Result<Option<Extensio
 pub(crate) async fn delete_entry(
     state: &AppState,
     id: &str,
-    author: crate::writeback::Author,
+    author: crate::git::writeback::Author,
 ) -> Result<Committed, ApiError> {
     writable(state)?;
     check::extension_number(id).map_err(|e| ApiError::NotFound(e.to_string()))?;
@@ -292,7 +293,7 @@ pub(crate) struct ImportPlan {
     pub file: String,
     pub text: String,
     pub numbers: Vec<String>,
-    pub changes: Vec<crate::plan::Change>,
+    pub changes: Vec<crate::core::plan::Change>,
     pub ignored: Vec<String>,
 }
 
@@ -310,7 +311,7 @@ impl ImportPlan {
 /// plans it: every bad cell and every number that already exists is an
 /// error by line and column, and nothing is written.
 pub(crate) async fn import_plan(state: &AppState, csv_text: &str) -> Result<ImportPlan, ApiError> {
-    use crate::plan::{Action, Change, FieldChange, SECRET_FIELD};
+    use crate::core::plan::{Action, Change, FieldChange, SECRET_FIELD};
     const SHOWN: &str = "upload.csv";
     let parsed = crate::import::csv::entries(SHOWN, csv_text, &state.realm).map_err(|diags| {
         ApiError::BadRequest(
@@ -345,7 +346,7 @@ pub(crate) async fn import_plan(state: &AppState, csv_text: &str) -> Result<Impo
     for (entry, _) in &parsed.entries {
         let (ext, _) = resolve(entry, &Defaults::default(), &Locator::default());
         let Some(ext) = ext else { continue };
-        let fields = crate::plan::desired_fields(&ext, "")
+        let fields = crate::core::plan::desired_fields(&ext, "")
             .iter()
             .filter(|(_, v)| !v.is_empty())
             .map(|(k, v)| {
@@ -360,7 +361,7 @@ pub(crate) async fn import_plan(state: &AppState, csv_text: &str) -> Result<Impo
             extension: ext.extension.clone(),
             action: Action::Create,
             fields,
-            profile: Some(crate::spec::profile::Expansion::of(&ext)),
+            profile: Some(crate::core::spec::profile::Expansion::of(&ext)),
         });
         numbers.push(ext.extension.clone());
     }
@@ -380,7 +381,7 @@ pub(crate) async fn import_plan(state: &AppState, csv_text: &str) -> Result<Impo
 pub(crate) async fn import_apply(
     state: &AppState,
     csv_text: &str,
-    author: crate::writeback::Author,
+    author: crate::git::writeback::Author,
 ) -> Result<(ImportPlan, Committed), ApiError> {
     writable(state)?;
     let plan = import_plan(state, csv_text).await?;

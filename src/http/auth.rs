@@ -21,7 +21,7 @@
 
 use super::{ApiError, AppState};
 use crate::db::Db;
-use crate::writeback::Author;
+use crate::git::writeback::Author;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};

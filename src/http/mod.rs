@@ -23,10 +23,10 @@ pub mod ui;
 pub mod views;
 pub mod webhook;
 
-use crate::diag::Diagnostic;
+use crate::core::diag::Diagnostic;
+use crate::git::writeback::{Author, WriteBack};
 use crate::reconcile::LoopHandle;
 use crate::secret::SecretString;
-use crate::writeback::{Author, WriteBack};
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};

@@ -18,9 +18,9 @@ use super::views::{
 };
 use super::{ApiError, AppState};
 use crate::asterisk::{Contact, EndpointDetail};
+use crate::core::status::SyncState;
 use crate::db::calls::CallFilter;
 use crate::db::{Db, ExtensionRecord};
-use crate::status::SyncState;
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::response::IntoResponse;
@@ -63,7 +63,7 @@ pub fn router() -> axum::Router<AppState> {
         .route("/calls/active", get(active_calls))
         .route("/calls/{id}", get(one_call))
         .route("/metrics", get(metrics))
-        .route("/schema", get(|| async { Json(crate::schema::spec_schema()) }))
+        .route("/schema", get(|| async { Json(crate::core::schema::spec_schema()) }))
         .route("/openapi.json", get(openapi))
 }
 

@@ -275,7 +275,8 @@ async fn list(
     let query = q.get("q").map(|s| s.trim().to_string()).unwrap_or_default();
     let offset: usize = q.get("offset").and_then(|o| o.parse().ok()).unwrap_or(0);
     let (regs, known) = registrations(&state);
-    let sync = q.get("sync").map(|s| s.trim().to_string()).filter(|s| crate::status::SyncState::parse(s).is_some());
+    let sync =
+        q.get("sync").map(|s| s.trim().to_string()).filter(|s| crate::core::status::SyncState::parse(s).is_some());
     let found = or_page!(super::read::page_of(&db, Some(&query), sync.as_deref(), offset, Some(PAGE)).await);
     let total = found.total;
     let rows: Vec<_> = found.records.iter().map(|r| super::read::extension_view(r, &regs, known)).collect();
@@ -292,7 +293,7 @@ async fn list(
         }
         url
     });
-    let states: Vec<&str> = crate::status::SyncState::ALL.iter().map(|s| s.as_str()).collect();
+    let states: Vec<&str> = crate::core::status::SyncState::ALL.iter().map(|s| s.as_str()).collect();
     let ctx = context! {
         ..base(&state, &viewer, None),
         ..context! { extensions => rows, q => query, sync => sync, states => states, total => total, shown => shown, next_url => next_url }
@@ -578,7 +579,7 @@ fn body_of(form: &HashMap<String, String>, editing: bool) -> Map<String, Value> 
 }
 
 /// The fields the form edits, as the JSON API names them.
-const FORM_FIELDS: &[&str] = crate::spec::fields::FORM_KEYS;
+const FORM_FIELDS: &[&str] = crate::core::spec::fields::FORM_KEYS;
 
 /// The form's options box: one `name = value` a line for the endpoint,
 /// `aor.name = value` or `auth.name = value` for the others. A line that
@@ -589,7 +590,7 @@ fn options_of_text(text: &str) -> Value {
     for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
         let (key, value) = line.split_once('=').map(|(k, v)| (k.trim(), v.trim())).unwrap_or((line, ""));
         let (kind, name) = match key.split_once('.') {
-            Some((k, n)) if crate::spec::options::KINDS.contains(&k) => (k, n.trim()),
+            Some((k, n)) if crate::core::spec::options::KINDS.contains(&k) => (k, n.trim()),
             _ => ("endpoint", key),
         };
         if let Value::Object(m) = kinds.entry(kind.to_string()).or_insert_with(|| Value::Object(Map::new())) {
@@ -645,7 +646,7 @@ fn form_page(
     let ctx = context! {
         ..base(state, viewer, None),
         ..context! { editing => editing.is_some(), number => editing, form => form, errors => errors, error => message, action => action,
-                     profiles => crate::spec::Profile::ALL.map(crate::spec::Profile::name) }
+                     profiles => crate::core::spec::Profile::ALL.map(crate::core::spec::Profile::name) }
     };
     page(status, "form.html", ctx)
 }
@@ -931,8 +932,9 @@ mod tests {
 
     #[test]
     fn a_stored_diagnostic_reads_as_the_run_page_lists_it() {
-        let loc = crate::diag::Location { file: "team.yaml".into(), line: 3, column: 7 };
-        let d = crate::diag::Diagnostic::error("unknown-codec", loc, "extensions[0].codecs", "unknown codec g7299");
+        let loc = crate::core::diag::Location { file: "team.yaml".into(), line: 3, column: 7 };
+        let d =
+            crate::core::diag::Diagnostic::error("unknown-codec", loc, "extensions[0].codecs", "unknown codec g7299");
         let line: super::super::views::DiagnosticLine =
             serde_json::from_value(serde_json::to_value(&d).expect("json")).expect("reads");
         assert_eq!(

@@ -7,10 +7,10 @@
 //! row is reported by line and column (the header's name) and the whole
 //! file is refused, so nothing changes. A password becomes `md5Cred`.
 
-use crate::diag::{Diagnostic, Location};
-use crate::spec::resolve::Locator;
-use crate::spec::yaml::Pos;
-use crate::spec::{Defaults, Extension, ExtensionEntry, StringList};
+use crate::core::diag::{Diagnostic, Location};
+use crate::core::spec::resolve::Locator;
+use crate::core::spec::yaml::Pos;
+use crate::core::spec::{Defaults, Extension, ExtensionEntry, StringList};
 use std::collections::BTreeSet;
 
 /// One CSV record: its fields and the line it starts on.
@@ -131,7 +131,7 @@ const BULK: &[(&str, &str)] = &[
 const BULK_IGNORED_QUIETLY: &[&str] = &["tech", "disallow", "description", "devicetype", "user", "dial", "id"];
 
 /// Our CSV's columns besides options, in export order.
-pub const COLUMNS: &[&str] = crate::spec::fields::CSV_COLUMNS;
+pub const COLUMNS: &[&str] = crate::core::spec::fields::CSV_COLUMNS;
 
 /// The entries a CSV file declares, each checked; every problem at once.
 /// A password is hashed into md5Cred with `realm`.
@@ -178,11 +178,11 @@ pub fn entries(file: &str, text: &str, realm: &str) -> Result<Parsed, Vec<Diagno
             },
             Kind::Ours => {
                 if COLUMNS.contains(&n.as_str())
-                    || n.split_once('.').is_some_and(|(k, _)| crate::spec::options::KINDS.contains(&k))
+                    || n.split_once('.').is_some_and(|(k, _)| crate::core::spec::options::KINDS.contains(&k))
                 {
                     Some(n.clone())
                 } else {
-                    let hint = crate::spec::check::closest(n, COLUMNS)
+                    let hint = crate::core::spec::check::closest(n, COLUMNS)
                         .map(|c| format!(" (did you mean `{c}`?)"))
                         .unwrap_or_default();
                     diags.push(Diagnostic::error(
@@ -243,7 +243,7 @@ pub fn entries(file: &str, text: &str, realm: &str) -> Result<Parsed, Vec<Diagno
         }
         let (entry, locator, failed) = read_row(file, row, &names, &columns, kind);
         let mut row_diags = failed;
-        let (_, resolved) = crate::spec::resolve(&entry, &Defaults::default(), &locator);
+        let (_, resolved) = crate::core::spec::resolve(&entry, &Defaults::default(), &locator);
         row_diags.extend(resolved.into_iter().filter(|d| d.is_error()).map(|mut d| {
             // Name the CSV column the field came from.
             let field = d.field.clone();
@@ -308,7 +308,7 @@ fn read_row(
             }
             continue;
         }
-        let Some(field) = crate::spec::load::ENTRY_FIELDS.iter().find(|f| **f == target) else { continue };
+        let Some(field) = crate::core::spec::load::ENTRY_FIELDS.iter().find(|f| **f == target) else { continue };
         fields.push((field, pos));
         let number = |diags: &mut Vec<Diagnostic>| match v.parse::<u32>() {
             Ok(n) => Some(n),
@@ -322,7 +322,7 @@ fn read_row(
                 None
             }
         };
-        let boolean = |diags: &mut Vec<Diagnostic>| match crate::catalogue::parse_bool(v) {
+        let boolean = |diags: &mut Vec<Diagnostic>| match crate::core::catalogue::parse_bool(v) {
             Some(b) => Some(b),
             None => {
                 diags.push(Diagnostic::error(
@@ -443,11 +443,12 @@ pub fn export_rows(rows: &[ExportRow]) -> String {
 
 /// A spec file of imported entries (no defaults: each row says it all).
 pub fn to_yaml(entries: &[(ExtensionEntry, u32)], source: &str) -> Result<String, serde_yaml::Error> {
-    let spec = crate::spec::SpecFile { defaults: None, extensions: entries.iter().map(|(e, _)| e.clone()).collect() };
+    let spec =
+        crate::core::spec::SpecFile { defaults: None, extensions: entries.iter().map(|(e, _)| e.clone()).collect() };
     let body = serde_yaml::to_string(&spec)?;
     Ok(format!(
         "{}# Imported from {source}; passwords were hashed into md5Cred.\n{body}",
-        crate::spec::edit::schema_line(0)
+        crate::core::spec::edit::schema_line(0)
     ))
 }
 
@@ -462,7 +463,7 @@ mod tests {
         assert!(matches!(parsed.kind, Kind::Ours) && parsed.ignored.is_empty());
         let exported = export_rows(&[]);
         let want: Vec<&str> =
-            COLUMNS.iter().copied().filter(|c| !crate::spec::fields::SECRET_KEYS.contains(c)).collect();
+            COLUMNS.iter().copied().filter(|c| !crate::core::spec::fields::SECRET_KEYS.contains(c)).collect();
         assert_eq!(exported.trim_end(), want.join(","));
     }
 
@@ -509,8 +510,8 @@ mod tests {
         let p = entries("ours.csv", csv, "asterisk").expect("imports");
         assert_eq!(p.kind, Kind::Ours);
         let yaml = to_yaml(&p.entries, "ours.csv").expect("yaml");
-        let policy = crate::spec::SecretPolicy::for_spec_dir(std::path::Path::new("."));
-        let (exts, diags) = crate::spec::load::load_file("x.yaml", &policy, &yaml);
+        let policy = crate::core::spec::SecretPolicy::for_spec_dir(std::path::Path::new("."));
+        let (exts, diags) = crate::core::spec::load::load_file("x.yaml", &policy, &yaml);
         assert!(diags.is_empty(), "{diags:?}");
         let out = export(&exts.into_iter().map(|(e, _)| e).collect::<Vec<_>>());
         assert!(out.starts_with("extension,displayName,context,transport,codecs,maxContacts"), "{out}");

@@ -12,7 +12,7 @@
 //! same configuration twice writes the same bytes.
 
 use super::conf::{self, Place, Section};
-use crate::spec::{Defaults, ExtensionEntry, ExtraOptions, Profile, SpecFile, StringList, check, profile};
+use crate::core::spec::{Defaults, ExtensionEntry, ExtraOptions, Profile, SpecFile, StringList, check, profile};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
@@ -93,7 +93,7 @@ pub fn to_yaml(f: &Imported) -> Result<String, ImportError> {
     let body = serde_yaml::to_string(&f.spec).map_err(|e| ImportError::Serialize(e.to_string()))?;
     Ok(format!(
         "{}# Imported by `asterisk-gitops import pjsip` from {}.\n# Passwords were hashed into md5Cred; no plain-text password is kept.\n{body}",
-        crate::spec::edit::schema_line(0),
+        crate::core::spec::edit::schema_line(0),
         Path::new(&f.source).file_name().and_then(|n| n.to_str()).unwrap_or("the configuration"),
     ))
 }
@@ -337,12 +337,12 @@ fn endpoint_entry(
             "mailboxes" => e.mailboxes = Some(StringList::Comma(v.to_string())),
             "dtmf_mode" => e.dtmf_mode = Some(v.to_ascii_lowercase()),
             "direct_media" | "rtp_symmetric" | "force_rport" | "rewrite_contact" => {
-                let b = crate::catalogue::parse_bool(v)
+                let b = crate::core::catalogue::parse_bool(v)
                     .ok_or_else(|| Unimportable::NotBool { key: s.key.clone(), value: v.to_string() })?;
                 flags.insert(flag_name(&s.key), b);
             }
             "webrtc" => {
-                webrtc = crate::catalogue::parse_bool(v)
+                webrtc = crate::core::catalogue::parse_bool(v)
                     .ok_or_else(|| Unimportable::NotBool { key: "webrtc".into(), value: v.to_string() })?
             }
             key => {
@@ -434,8 +434,8 @@ fn endpoint_entry(
     e.options = options;
 
     // Judged by the spec's own rules, so every written entry loads.
-    let at = crate::spec::resolve::Locator { file: ep.at.file.clone(), ..Default::default() };
-    let (_, diags) = crate::spec::resolve(&e, &Defaults::default(), &at);
+    let at = crate::core::spec::resolve::Locator { file: ep.at.file.clone(), ..Default::default() };
+    let (_, diags) = crate::core::spec::resolve(&e, &Defaults::default(), &at);
     let errors: Vec<String> =
         diags.iter().filter(|d| d.is_error()).map(|d| format!("{}: {}", d.field, d.message)).collect();
     if !errors.is_empty() {
@@ -489,7 +489,7 @@ fn with_defaults(mut entries: Vec<ExtensionEntry>) -> SpecFile {
     if !any_webrtc || d.profile.as_deref() == Some("webrtc") {
         shared!(transport);
     }
-    for kind in crate::spec::options::KINDS {
+    for kind in crate::core::spec::options::KINDS {
         let first: Vec<(String, String)> =
             entries[0].options.get(kind).into_iter().flatten().map(|(k, v)| (k.clone(), v.clone())).collect();
         for (k, v) in first {
@@ -538,8 +538,8 @@ mod tests {
         let (out, yaml) = run(CONF);
         assert_eq!(out.extensions(), 2, "{yaml}");
         assert!(!yaml.contains("s3cret"), "no plain-text password: {yaml}");
-        let policy = crate::spec::SecretPolicy::for_spec_dir(Path::new("."));
-        let (exts, diags) = crate::spec::load::load_file("pjsip.yaml", &policy, &yaml);
+        let policy = crate::core::spec::SecretPolicy::for_spec_dir(Path::new("."));
+        let (exts, diags) = crate::core::spec::load::load_file("pjsip.yaml", &policy, &yaml);
         assert!(diags.is_empty(), "{diags:?}\n{yaml}");
         let one = &exts[0].0;
         assert_eq!(one.profile, Profile::Nat, "the four NAT flags as nat writes them");
@@ -547,7 +547,7 @@ mod tests {
         assert_eq!(one.qualify_frequency, 30);
         assert_eq!(
             one.secret,
-            crate::spec::Secret::Md5Cred(crate::secret::md5_cred("1001", "pbx.example.com", "s3cret-one")),
+            crate::core::spec::Secret::Md5Cred(crate::secret::md5_cred("1001", "pbx.example.com", "s3cret-one")),
             "hashed with the global default_realm"
         );
         assert_eq!(one.options.endpoint.get("timers").map(String::as_str), Some("required"));
@@ -592,8 +592,8 @@ mod tests {
             [3002]\ntype = auth\nusername = 3002\npassword = x\n[3002]\ntype = aor\nmax_contacts = 1\n\
             [3003]\ntype = endpoint\nallow = all\ntransport = t\nauth = 3003\naors = 3003\n[3003]\ntype = auth\nusername = 3003\npassword = x\n[3003]\ntype = aor\nmax_contacts = 1\n";
         let (out, yaml) = run(conf);
-        let policy = crate::spec::SecretPolicy::for_spec_dir(Path::new("."));
-        let (exts, diags) = crate::spec::load::load_file("pjsip.yaml", &policy, &yaml);
+        let policy = crate::core::spec::SecretPolicy::for_spec_dir(Path::new("."));
+        let (exts, diags) = crate::core::spec::load::load_file("pjsip.yaml", &policy, &yaml);
         assert!(diags.is_empty(), "{diags:?}\n{yaml}");
         let e: Vec<(&str, Profile)> = exts.iter().map(|(e, _)| (e.extension.as_str(), e.profile)).collect();
         assert_eq!(e, [("3001", Profile::Webrtc), ("3002", Profile::Lan)], "{yaml}");

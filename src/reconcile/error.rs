@@ -19,7 +19,7 @@ pub enum RunError {
     #[error("the specs have {errors} error(s); the last good config stays in force")]
     Validate { errors: usize },
     #[error("render: {0}")]
-    Render(#[source] crate::render::RenderError),
+    Render(#[source] crate::core::render::RenderError),
     /// A secret the specs name could not be read for its md5 hash.
     #[error("render: {0}")]
     ResolveSecret(#[source] crate::secret::SecretError),

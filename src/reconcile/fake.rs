@@ -5,8 +5,8 @@
 
 use super::ports::{AsteriskControl, ConfigFile, LiveApply, LiveRun, StateStore};
 use super::{AppliedRow, Outcome, RunRecord};
-use crate::plan::{Drift, Fields, ObservedEndpoint};
-use crate::status::{StatusUpdate, Step};
+use crate::core::plan::{Drift, Fields, ObservedEndpoint};
+use crate::core::status::{StatusUpdate, Step};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -44,10 +44,10 @@ pub use run::{
 pub use scheduler::{LoopConfig, LoopHandle, MAX_SETTLE, jitter, run_loop, watch};
 pub use source::{Desired, DesiredSource, DirSource, Fingerprint, Revision, SpecRevisions, load_dir, load_dir_with};
 
-use crate::diag::Diagnostic;
-use crate::plan::{self, Fields, Plan};
-use crate::spec::Extension;
-pub use crate::status::{Reset, Step, SyncState};
+use crate::core::diag::Diagnostic;
+use crate::core::plan::{self, Fields, Plan};
+use crate::core::spec::Extension;
+pub use crate::core::status::{Reset, Step, SyncState};
 use serde::Serialize;
 use std::time::Duration;
 

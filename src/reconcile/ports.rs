@@ -6,8 +6,8 @@
 //! in memory for the unit tests of the reconcile rules.
 
 use super::{AppliedRow, RunRecord};
-use crate::plan::{Drift, Fields, ObservedEndpoint};
-use crate::status::{StatusUpdate, Step};
+use crate::core::plan::{Drift, Fields, ObservedEndpoint};
+use crate::core::status::{StatusUpdate, Step};
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::path::Path;

@@ -5,7 +5,7 @@
 
 use super::fake::{FakeAsterisk, FakeLive, FakeStore, MemFile, Script};
 use super::{Outcome, PruneGuard, Reconciler, RunReport, Trigger, load_dir};
-use crate::render::Renderer;
+use crate::core::render::Renderer;
 use crate::secret::{ProcessSecrets, SecretSource};
 use std::collections::BTreeSet;
 use std::path::Path;

@@ -157,7 +157,7 @@ async fn run_one<S: StateStore, A: AsteriskControl, L: LiveApply>(
     let _enter = span.enter();
     let r = &report.record;
     let (creates, updates, deletes) = r.plan.as_ref().map_or((0, 0, 0), |p| {
-        use crate::plan::Action;
+        use crate::core::plan::Action;
         (p.count(Action::Create), p.count(Action::Update), p.count(Action::Delete))
     });
     let ms = report.duration.as_secs_f64() * 1000.0;

@@ -4,10 +4,10 @@
 //! implements), turned into a [`Desired`]. The daemon, the CLI and the
 //! benchmarks load through here: one load path.
 
-use crate::diag::{Diagnostic, Location};
-use crate::render::SourceInfo;
-use crate::spec::load::{FileOutcome, Source};
-use crate::spec::{self, DesiredSet, LoadOptions, SecretPolicy};
+use crate::core::diag::{Diagnostic, Location};
+use crate::core::render::SourceInfo;
+use crate::core::spec::load::{FileOutcome, Source};
+use crate::core::spec::{self, DesiredSet, LoadOptions, SecretPolicy};
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};

@@ -116,8 +116,8 @@ async fn adopt(build: &asterisk_real::Build, name: &str, conf: &str, ids: &[Stri
         !yaml.lines().any(|l| l.trim_start().trim_start_matches("- ").starts_with("password:")),
         "no plain-text password in the spec"
     );
-    let policy = asterisk_gitops::spec::SecretPolicy::for_spec_dir(&ast.dir().join("x"));
-    let (exts, diags) = asterisk_gitops::spec::load::load_file("imported.yaml", &policy, &yaml);
+    let policy = asterisk_gitops::core::spec::SecretPolicy::for_spec_dir(&ast.dir().join("x"));
+    let (exts, diags) = asterisk_gitops::core::spec::load::load_file("imported.yaml", &policy, &yaml);
     assert!(diags.is_empty(), "{diags:?}");
     assert!(exts.iter().all(|(e, _)| e.secret.kind() == "md5Cred"), "every secret is an md5Cred");
 

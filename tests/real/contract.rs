@@ -560,13 +560,13 @@ async fn the_credential_asterisk_holds_is_compared_as_a_digest() {
 }
 
 /// What `PJSIPShowEndpoint` reports for every option of the profile table
-/// (src/spec/profile.rs): Asterisk's defaults for an endpoint that sets
+/// (src/core/spec/profile.rs): Asterisk's defaults for an endpoint that sets
 /// none, nat's four flags, and everything `webrtc = yes` implies. The
 /// stand-in answers the same; verification relies on it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn endpoint_detail_reports_each_profiles_options() {
-    use asterisk_gitops::spec::Profile;
-    use asterisk_gitops::spec::profile::{OPTIONS, resolve_flags};
+    use asterisk_gitops::core::spec::Profile;
+    use asterisk_gitops::core::spec::profile::{OPTIONS, resolve_flags};
     let managed = format!(
         "{}{}{}",
         endpoint("1001", ""),
@@ -583,7 +583,7 @@ async fn endpoint_detail_reports_each_profiles_options() {
             OPTIONS.iter().map(|o| (o.name, o.asterisk_default.to_string())).collect();
         assert_eq!(held("1001").await, defaults, "{}: Asterisk's defaults", b.label());
         let mut nat = defaults.clone();
-        for (i, (_, name)) in asterisk_gitops::spec::profile::OVERRIDES.iter().enumerate() {
+        for (i, (_, name)) in asterisk_gitops::core::spec::profile::OVERRIDES.iter().enumerate() {
             let flag = resolve_flags(Profile::Nat, [None; 4])[i].expect("nat writes each flag");
             nat.insert(name, if flag { "yes" } else { "no" }.to_string());
         }
@@ -617,7 +617,7 @@ async fn the_daemon_learns_its_asterisks_option_catalogue_and_caches_it_per_vers
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
     assert!(name.starts_with("asterisk-22.") && name.ends_with(".txt"), "named by the version: {name}");
     let learnt = std::fs::read_to_string(&path).expect("read");
-    let canonical = |t: &str| asterisk_gitops::catalogue::Catalogue::parse(t).to_text("");
+    let canonical = |t: &str| asterisk_gitops::core::catalogue::Catalogue::parse(t).to_text("");
     let committed =
         std::fs::read_to_string(crate::support::repo_root().join("catalogue/asterisk-22.txt")).expect("read");
     assert_eq!(canonical(&learnt), canonical(&committed), "learnt from this Asterisk = the committed catalogue");

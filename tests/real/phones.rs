@@ -179,7 +179,7 @@ async fn a_softphone_that_goes_silent_turns_unreachable_within_two_qualify_perio
     let ast = asterisk(&build, "bs-silent-seed").await;
     let d = Daemon::start(&ast, Store::Sqlite, Source::Dir, "").await;
     create(&d, &ast, SEED_BODY, "1001").await;
-    let period = Duration::from_secs(asterisk_gitops::spec::resolve::DEFAULT_QUALIFY_FREQUENCY.into());
+    let period = Duration::from_secs(asterisk_gitops::core::spec::resolve::DEFAULT_QUALIFY_FREQUENCY.into());
     assert_eq!(qualify_frequency(&ast, "1001").await, Some(period.as_secs().to_string()));
     // The acceptance's bound: unreachable within two qualify periods. (Its
     // coming back takes another period: the short-qualify test shows that.)

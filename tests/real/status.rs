@@ -15,14 +15,14 @@ const LIVE: Duration = Duration::from_secs(30);
 /// extension whose display name says "Broken": Asterisk drops it.
 fn breaking_template() -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
-    let base = asterisk_gitops::render::DEFAULT_TEMPLATE;
+    let base = asterisk_gitops::core::render::DEFAULT_TEMPLATE;
     let changed = base.replacen(
         "type = endpoint\n",
         "type = endpoint\n{% if e.callerid and \"Broken\" in e.callerid %}allow = nosuchcodec\n{% endif %}",
         1,
     );
     assert_ne!(base, changed, "the template's endpoint section moved: update this test");
-    std::fs::write(dir.path().join(asterisk_gitops::render::TEMPLATE_NAME), changed).expect("write template");
+    std::fs::write(dir.path().join(asterisk_gitops::core::render::TEMPLATE_NAME), changed).expect("write template");
     dir
 }
 

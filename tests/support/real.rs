@@ -212,7 +212,7 @@ impl Daemon {
     /// Signs and posts a GitHub push webhook for main.
     pub(crate) async fn webhook(&self) -> u16 {
         let body = r#"{"ref":"refs/heads/main"}"#;
-        let sig = asterisk_gitops::webhook::github_signature(body.as_bytes(), HOOK.as_bytes());
+        let sig = asterisk_gitops::http::webhook::github_signature(body.as_bytes(), HOOK.as_bytes());
         let resp = self
             .http
             .post(format!("http://{}/hooks/git", self.addr))

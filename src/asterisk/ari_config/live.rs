@@ -450,7 +450,7 @@ fn same_value(key: &str, want: &str, held: &str) -> bool {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::apply::sections;
+    use crate::asterisk::ari_config::sections;
     use std::sync::Mutex;
 
     /// Asterisk's dynamic configuration as far as the pusher relies on it:

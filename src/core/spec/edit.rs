@@ -9,7 +9,7 @@
 
 use super::load::raw_entries;
 use super::{ExtensionEntry, yaml};
-use crate::diag::Diagnostic;
+use crate::core::diag::Diagnostic;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EditError {
@@ -119,7 +119,7 @@ pub fn append_entry(file: &str, text: &str, entry: &ExtensionEntry) -> Result<St
 fn syntax(file: &str, e: &yaml::SyntaxError) -> Diagnostic {
     Diagnostic::error(
         "yaml-syntax",
-        crate::diag::Location { file: file.into(), line: e.pos.line, column: e.pos.column },
+        crate::core::diag::Location { file: file.into(), line: e.pos.line, column: e.pos.column },
         "",
         e.message.clone(),
     )
@@ -245,7 +245,7 @@ fn splice(text: &str, start: usize, end: usize, with: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::load::load_file;
+    use crate::core::spec::load::load_file;
     use std::path::Path;
 
     const FILE: &str = "# Sales floor — hand written\ndefaults:\n  context: from-internal   # everyone\n  transport: transport-udp\n  codecs: [ulaw]\n\nextensions:\n  # the boss\n  - extension: \"1001\"\n    displayName: Boss\n    md5Cred: 0123456789abcdef0123456789abcdef\n\n  # the intern\n  - extension: \"1002\"\n    displayName: Intern   # temporary\n    md5Cred: 0123456789abcdef0123456789abcdef\n  - extension: \"1003\"\n    md5Cred: 0123456789abcdef0123456789abcdef\n# trailing comment\n";
@@ -260,7 +260,7 @@ mod tests {
     }
 
     fn numbers(text: &str) -> Vec<String> {
-        let (exts, diags) = load_file("t.yaml", &crate::spec::SecretPolicy::for_spec_dir(Path::new(".")), text);
+        let (exts, diags) = load_file("t.yaml", &crate::core::spec::SecretPolicy::for_spec_dir(Path::new(".")), text);
         assert!(diags.iter().all(|d| !d.is_error()), "{diags:?}\n{text}");
         exts.into_iter().map(|(e, _)| e.extension).collect()
     }
@@ -315,7 +315,7 @@ mod tests {
         let mut e = entry("2001", "Agent \"Q\" #1");
         e.context = Some("from-internal".into());
         e.transport = Some("transport-udp".into());
-        e.codecs = Some(crate::spec::StringList::List(vec!["ulaw".into()]));
+        e.codecs = Some(crate::core::spec::StringList::List(vec!["ulaw".into()]));
         let text = new_file(&e, 0).expect("serializes");
         assert!(text.starts_with("# yaml-language-server: $schema=../schema/extensions.schema.json\n"));
         assert_eq!(find_entry("n.yaml", &text, "2001").expect("found"), e);

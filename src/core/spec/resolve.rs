@@ -10,7 +10,7 @@ use super::check;
 use super::profile::{self, Profile};
 use super::yaml::Pos;
 use super::{Defaults, Extension, ExtensionEntry, Origin, Secret, StringList};
-use crate::diag::{Diagnostic, Location};
+use crate::core::diag::{Diagnostic, Location};
 use std::collections::BTreeMap;
 
 /// Where the fields of one entry (and of its file's defaults) stand, so a
@@ -319,8 +319,8 @@ fn resolve_options(
     at: &Locator,
     diags: &mut Vec<Diagnostic>,
 ) -> super::ExtraOptions {
-    let catalogue = crate::catalogue::Catalogue::asterisk22();
-    let types = crate::catalogue::ValueTypes::asterisk22();
+    let catalogue = crate::core::catalogue::Catalogue::asterisk22();
+    let types = crate::core::catalogue::ValueTypes::asterisk22();
     let mut out = super::ExtraOptions::default();
     for kind in super::options::KINDS {
         let mine = entry.options.get(kind).into_iter().flatten().map(|(n, v)| (n, v, From::Entry));

@@ -10,8 +10,8 @@
 //! and `#`; and the finished text is checked line by line
 //! ([`check_structure`]) before anyone may write it.
 
+use crate::core::spec::{DesiredSet, Extension, check};
 use crate::secret::{AuthCredential, SecretError, SecretSource};
-use crate::spec::{DesiredSet, Extension, check};
 use minijinja::value::{Enumerator, Object, ObjectRepr};
 use minijinja::{Environment, Error as TemplateError, ErrorKind, UndefinedBehavior, Value};
 use std::path::{Path, PathBuf};
@@ -20,7 +20,7 @@ use std::sync::Arc;
 /// The template the renderer starts from.
 pub const TEMPLATE_NAME: &str = "pjsip_gitops.conf.j2";
 /// The built-in copy of `templates/pjsip_gitops.conf.j2`.
-pub const DEFAULT_TEMPLATE: &str = include_str!("../templates/pjsip_gitops.conf.j2");
+pub const DEFAULT_TEMPLATE: &str = include_str!("../../templates/pjsip_gitops.conf.j2");
 
 #[derive(Debug, thiserror::Error)]
 pub enum RenderError {
@@ -35,10 +35,10 @@ pub enum RenderError {
     Structure { line: usize },
     /// The template emits option names Asterisk does not know (see `catalogue`).
     #[error("{}", unknown_options_text(.0))]
-    UnknownOptions(Vec<crate::diag::Diagnostic>),
+    UnknownOptions(Vec<crate::core::diag::Diagnostic>),
 }
 
-fn unknown_options_text(d: &[crate::diag::Diagnostic]) -> String {
+fn unknown_options_text(d: &[crate::core::diag::Diagnostic]) -> String {
     let each: Vec<String> =
         d.iter().map(|d| format!("{}:{}: {}", d.location.file, d.location.line, d.message)).collect();
     format!("the managed file would set an option Asterisk does not know; nothing was rendered: {}", each.join("; "))
@@ -68,11 +68,11 @@ pub struct Renderer {
     /// The catalogue option names are checked against (the committed
     /// Asterisk 22 one, until the daemon learns its Asterisk's), and what the
     /// templates write that it does not know (then every render fails).
-    catalogue: std::sync::RwLock<(Arc<crate::catalogue::Catalogue>, Vec<crate::diag::Diagnostic>)>,
+    catalogue: std::sync::RwLock<(Arc<crate::core::catalogue::Catalogue>, Vec<crate::core::diag::Diagnostic>)>,
 }
 
 /// The keys of an endpoint in the template (`spec::fields`, each field's `view`).
-const VIEW_FIELDS: &[&str] = crate::spec::fields::VIEW_KEYS;
+const VIEW_FIELDS: &[&str] = crate::core::spec::fields::VIEW_KEYS;
 
 /// The `extensions` sequence the template iterates: the enabled extensions
 /// of the set, each with its resolved credential. Handed to minijinja as a
@@ -192,7 +192,7 @@ impl Renderer {
             }
         }
         // Every option name the template writes must be one Asterisk knows.
-        let committed = crate::catalogue::Catalogue::asterisk22();
+        let committed = crate::core::catalogue::Catalogue::asterisk22();
         let (unknown, check_output) = check_templates(templates, &committed);
         if !unknown.is_empty() {
             return Err(RenderError::UnknownOptions(unknown));
@@ -209,7 +209,10 @@ impl Renderer {
     /// daemon learnt from its Asterisk). Returns what the templates write
     /// that it does not know: while that is not empty, every render fails
     /// with it, so nothing Asterisk would refuse is written.
-    pub fn use_catalogue(&self, catalogue: Arc<crate::catalogue::Catalogue>) -> Vec<crate::diag::Diagnostic> {
+    pub fn use_catalogue(
+        &self,
+        catalogue: Arc<crate::core::catalogue::Catalogue>,
+    ) -> Vec<crate::core::diag::Diagnostic> {
         let (unknown, _) = check_templates(self.templates.as_deref(), &catalogue);
         let mut slot = self.catalogue.write().unwrap_or_else(|p| p.into_inner());
         *slot = (catalogue, unknown.clone());
@@ -252,7 +255,7 @@ impl Renderer {
         let text = String::from_utf8(out).map_err(|_| RenderError::Template("output is not UTF-8".into()))?;
         check_structure(&text)?;
         if self.check_output {
-            let unknown = crate::catalogue::check_rendered(&text, &catalogue);
+            let unknown = crate::core::catalogue::check_rendered(&text, &catalogue);
             if !unknown.is_empty() {
                 return Err(RenderError::UnknownOptions(unknown));
             }
@@ -283,8 +286,8 @@ pub fn credential(ext: &Extension, secrets: &dyn SecretSource) -> Result<AuthCre
 /// output must be checked too.
 pub fn check_templates(
     dir: Option<&Path>,
-    catalogue: &crate::catalogue::Catalogue,
-) -> (Vec<crate::diag::Diagnostic>, bool) {
+    catalogue: &crate::core::catalogue::Catalogue,
+) -> (Vec<crate::core::diag::Diagnostic>, bool) {
     let mut files: Vec<(String, String)> = Vec::new();
     match dir {
         None => files.push(("templates/pjsip_gitops.conf.j2 (built in)".into(), DEFAULT_TEMPLATE.into())),
@@ -301,20 +304,23 @@ pub fn check_templates(
             }
         }
     }
-    crate::catalogue::check_template_files(&files, catalogue)
+    crate::core::catalogue::check_template_files(&files, catalogue)
 }
 
 /// The `options` of enabled extensions that `catalogue` (the one learnt
 /// from the Asterisk the daemon talks to) does not know, at the entry that
 /// sets them. The loader checked them against the committed catalogue.
-fn unknown_extra_options(set: &DesiredSet, catalogue: &crate::catalogue::Catalogue) -> Vec<crate::diag::Diagnostic> {
+fn unknown_extra_options(
+    set: &DesiredSet,
+    catalogue: &crate::core::catalogue::Catalogue,
+) -> Vec<crate::core::diag::Diagnostic> {
     let mut out = Vec::new();
     for e in set.extensions.iter().filter(|e| e.enabled && !e.options.is_empty()) {
         for (kind, name, _) in e.options.iter() {
             if catalogue.knows(kind, name) == Some(false) {
-                out.push(crate::diag::Diagnostic::error(
+                out.push(crate::core::diag::Diagnostic::error(
                     "unknown-option",
-                    crate::diag::Location { file: e.origin.file.clone(), line: e.origin.line, column: 1 },
+                    crate::core::diag::Location { file: e.origin.file.clone(), line: e.origin.line, column: 1 },
                     format!("options.{kind}.{name}"),
                     format!(
                         "extension {}: `{name}` is not an option the Asterisk this daemon talks to knows for an {kind} (its learnt catalogue); Asterisk would refuse the whole object",
@@ -379,7 +385,7 @@ mod tests {
 
     #[test]
     fn an_endpoint_answers_every_view_key_of_the_field_table() {
-        let (exts, diags) = crate::spec::load::load_for_test(
+        let (exts, diags) = crate::core::spec::load::load_for_test(
             "t.yaml",
             "extensions:\n  - {extension: \"1\", context: c, transport: t, codecs: ulaw, md5Cred: 0123456789abcdef0123456789abcdef}\n",
         );
@@ -394,7 +400,7 @@ mod tests {
 
     #[test]
     fn options_merge_over_defaults_option_by_option_and_render_after_the_named_fields() {
-        let (exts, diags) = crate::spec::load::load_for_test(
+        let (exts, diags) = crate::core::spec::load::load_for_test(
             "o.yaml",
             &format!(
                 "{}  options:\n    endpoint: {{timers: required, language: en}}\n    aor: {{minimum_expiration: 120}}\nextensions:\n  - extension: \"1001\"\n    md5Cred: 0123456789abcdef0123456789abcdef\n    options:\n      endpoint: {{language: fr, send_pai: true}}\n      auth: {{realm: example.com}}\n",
@@ -409,7 +415,7 @@ mod tests {
         assert_eq!(o.aor.get("minimum_expiration").map(String::as_str), Some("120"));
         let text = Renderer::new(None)
             .expect("renderer")
-            .render(&crate::spec::DesiredSet::new(exts), &Default::default(), &crate::secret::ProcessSecrets)
+            .render(&crate::core::spec::DesiredSet::new(exts), &Default::default(), &crate::secret::ProcessSecrets)
             .expect("renders");
         let endpoint = text.split("type = auth").next().expect("an endpoint section");
         assert!(
@@ -423,7 +429,7 @@ mod tests {
 
     #[test]
     fn the_built_in_template_uses_only_known_options() {
-        let (diags, dynamic) = check_templates(None, &crate::catalogue::Catalogue::asterisk22());
+        let (diags, dynamic) = check_templates(None, &crate::core::catalogue::Catalogue::asterisk22());
         assert!(diags.is_empty(), "{diags:?}");
         assert!(dynamic, "the spec's `options` are written by name: the output is checked as well");
     }
@@ -434,35 +440,36 @@ mod tests {
         let set = DesiredSet::default();
         let secrets = crate::secret::ProcessSecrets;
         assert!(r.render(&set, &SourceInfo::default(), &secrets).is_ok());
-        let without: String = crate::catalogue::ASTERISK_22
+        let without: String = crate::core::catalogue::ASTERISK_22
             .lines()
             .filter(|l| *l != "rewrite_contact")
             .map(|l| format!("{l}\n"))
             .collect();
-        let unknown = r.use_catalogue(Arc::new(crate::catalogue::Catalogue::parse(&without)));
+        let unknown = r.use_catalogue(Arc::new(crate::core::catalogue::Catalogue::parse(&without)));
         assert_eq!(unknown.len(), 1, "{unknown:?}");
         assert_eq!(unknown[0].field, "rewrite_contact");
         let err = r.render(&set, &SourceInfo::default(), &secrets).expect_err("refused");
         assert!(err.to_string().contains("rewrite_contact"), "{err}");
         assert!(
-            r.use_catalogue(Arc::new(crate::catalogue::Catalogue::parse(crate::catalogue::ASTERISK_22))).is_empty()
+            r.use_catalogue(Arc::new(crate::core::catalogue::Catalogue::parse(crate::core::catalogue::ASTERISK_22)))
+                .is_empty()
         );
         assert!(r.render(&set, &SourceInfo::default(), &secrets).is_ok(), "a catalogue that knows it lets it through");
     }
 
     #[test]
     fn an_option_the_learnt_catalogue_lacks_stops_the_render_naming_the_entry() {
-        let policy = crate::spec::SecretPolicy::for_spec_dir(Path::new("."));
+        let policy = crate::core::spec::SecretPolicy::for_spec_dir(Path::new("."));
         let yaml = "extensions:\n  - extension: \"1001\"\n    context: c\n    transport: t\n    codecs: ulaw\n    md5Cred: 0123456789abcdef0123456789abcdef\n    options: {endpoint: {timers: required}}\n";
-        let (exts, diags) = crate::spec::load::load_file("team.yaml", &policy, yaml);
+        let (exts, diags) = crate::core::spec::load::load_file("team.yaml", &policy, yaml);
         assert!(diags.is_empty(), "{diags:?}");
         let set = DesiredSet::new(exts.into_iter().map(|(e, _)| e).collect());
         let r = Renderer::new(None).expect("renderer");
         let secrets = crate::secret::ProcessSecrets;
         assert!(r.render(&set, &SourceInfo::default(), &secrets).expect("renders").contains("timers = required\n"));
         let without: String =
-            crate::catalogue::ASTERISK_22.lines().filter(|l| *l != "timers").map(|l| format!("{l}\n")).collect();
-        assert!(r.use_catalogue(Arc::new(crate::catalogue::Catalogue::parse(&without))).is_empty());
+            crate::core::catalogue::ASTERISK_22.lines().filter(|l| *l != "timers").map(|l| format!("{l}\n")).collect();
+        assert!(r.use_catalogue(Arc::new(crate::core::catalogue::Catalogue::parse(&without))).is_empty());
         let err = r.render(&set, &SourceInfo::default(), &secrets).expect_err("refused").to_string();
         assert!(err.contains("team.yaml:2") && err.contains("timers"), "{err}");
     }

@@ -289,10 +289,10 @@ fn yes_no(b: bool) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::diag::Diagnostic;
+    use crate::core::diag::Diagnostic;
 
     fn load(yaml: &str) -> (Vec<Extension>, Vec<Diagnostic>) {
-        crate::spec::load::load_for_test("p.yaml", yaml)
+        crate::core::spec::load::load_for_test("p.yaml", yaml)
     }
 
     const MD5: &str = "md5Cred: 0123456789abcdef0123456789abcdef";

@@ -7,6 +7,8 @@
 //!
 //! Everything here is blocking (git2); async callers use `spawn_blocking`.
 
+pub mod writeback;
+
 use crate::secret::SecretString;
 use git2::{Cred, CredentialType, FetchOptions, FetchPrune, Oid, RemoteCallbacks, Repository};
 use std::path::{Path, PathBuf};
@@ -257,7 +259,7 @@ pub struct GitSource {
     cfg: GitSourceConfig,
     repo: Repository,
     /// Where `passwordFile` and `passwordEnv` of the fetched specs may point.
-    secrets: crate::spec::SecretPolicy,
+    secrets: crate::core::spec::SecretPolicy,
 }
 
 impl std::fmt::Debug for GitSource {
@@ -300,7 +302,7 @@ impl GitSource {
         // only the daemon's user reads it.
         private_dir(&cfg.mirror_dir)
             .map_err(|e| GitError::Mirror { path: cfg.mirror_dir.clone(), message: e.to_string() })?;
-        Ok(GitSource { cfg, repo, secrets: crate::spec::SecretPolicy::for_spec_dir(Path::new(".")) })
+        Ok(GitSource { cfg, repo, secrets: crate::core::spec::SecretPolicy::for_spec_dir(Path::new(".")) })
     }
 
     pub fn config(&self) -> &GitSourceConfig {
@@ -309,12 +311,12 @@ impl GitSource {
 
     /// Sets the secret policy the fetched specs are loaded with (default:
     /// `./secrets`, `EXT_*`).
-    pub fn with_secrets(mut self, secrets: crate::spec::SecretPolicy) -> Self {
+    pub fn with_secrets(mut self, secrets: crate::core::spec::SecretPolicy) -> Self {
         self.secrets = secrets;
         self
     }
 
-    pub fn secrets(&self) -> &crate::spec::SecretPolicy {
+    pub fn secrets(&self) -> &crate::core::spec::SecretPolicy {
         &self.secrets
     }
 
@@ -390,7 +392,7 @@ impl GitSource {
 
     /// The spec files (`*.yaml`, `*.yml`, recursively, hidden ones skipped)
     /// under the configured path in `commit`, as (repository-relative path,
-    /// path, content) for [`crate::spec::load::load_sources`].
+    /// path, content) for [`crate::core::spec::load::load_sources`].
     pub fn read_specs(&self, commit: &str) -> Result<Vec<SpecSource>, GitError> {
         let c = self.find_commit(commit)?;
         let read = |e: git2::Error| GitError::Read { commit: commit.to_string(), message: e.message().to_string() };
@@ -457,7 +459,7 @@ impl crate::reconcile::SpecRevisions for GitSource {
     fn read_specs(&self, commit: &str) -> Result<Vec<SpecSource>, crate::reconcile::error::BoxError> {
         Ok(GitSource::read_specs(self, commit)?)
     }
-    fn secrets(&self) -> &crate::spec::SecretPolicy {
+    fn secrets(&self) -> &crate::core::spec::SecretPolicy {
         GitSource::secrets(self)
     }
 }
@@ -544,7 +546,7 @@ mod tests {
         let files = src.read_specs(&f.commit).expect("reads");
         let names: Vec<&str> = files.iter().map(|(n, _, _)| n.as_str()).collect();
         assert_eq!(names, ["extensions.d/a.yaml"]);
-        let loaded = crate::spec::load::load_sources(files, src.secrets());
+        let loaded = crate::core::spec::load::load_sources(files, src.secrets());
         assert_eq!(loaded.set.extensions.len(), 1);
         {
             use std::os::unix::fs::PermissionsExt;

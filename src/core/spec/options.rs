@@ -12,7 +12,7 @@
 //! named fields; verification compares each with what Asterisk reports
 //! ([`same_value`]).
 
-use crate::catalogue::{Catalogue, ValueType, ValueTypes};
+use crate::core::catalogue::{Catalogue, ValueType, ValueTypes};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -174,7 +174,7 @@ pub enum OptionError {
     #[error("the value is not allowed: {0}")]
     Unsafe(super::check::Invalid),
     #[error("{kind} option {name}: {reason}")]
-    BadValue { kind: String, name: String, reason: crate::catalogue::ValueError },
+    BadValue { kind: String, name: String, reason: crate::core::catalogue::ValueError },
 }
 
 impl OptionError {
@@ -303,8 +303,8 @@ pub fn same_value(kind: &str, name: &str, want: &str, held: &str, types: &ValueT
     }
     match types.get(kind, name) {
         Some(ValueType::Bool) => {
-            return crate::catalogue::parse_bool(w).is_some()
-                && crate::catalogue::parse_bool(w) == crate::catalogue::parse_bool(h);
+            return crate::core::catalogue::parse_bool(w).is_some()
+                && crate::core::catalogue::parse_bool(w) == crate::core::catalogue::parse_bool(h);
         }
         Some(ValueType::Uint | ValueType::Number) => {
             return matches!((w.parse::<f64>(), h.parse::<f64>()), (Ok(a), Ok(b)) if (a - b).abs() < 1e-9);
@@ -376,11 +376,11 @@ mod tests {
 
 #[cfg(test)]
 mod load_tests {
-    use crate::diag::Diagnostic;
-    use crate::spec::Extension;
+    use crate::core::diag::Diagnostic;
+    use crate::core::spec::Extension;
 
     fn load(yaml: &str) -> (Vec<Extension>, Vec<Diagnostic>) {
-        crate::spec::load::load_for_test("o.yaml", yaml)
+        crate::core::spec::load::load_for_test("o.yaml", yaml)
     }
 
     const HEAD: &str = "defaults:\n  context: c\n  transport: t\n  codecs: [ulaw]\n";

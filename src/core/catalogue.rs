@@ -12,16 +12,16 @@
 //! does (fact 17). Sections of other types (transports, identifies) are not
 //! checked. Pure: no I/O except reading template files.
 
-use crate::diag::{Diagnostic, Location};
+use crate::core::diag::{Diagnostic, Location};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, OnceLock};
 
 /// The committed catalogue of Asterisk 22.
-pub const ASTERISK_22: &str = include_str!("../catalogue/asterisk-22.txt");
+pub const ASTERISK_22: &str = include_str!("../../catalogue/asterisk-22.txt");
 
 /// The value types of the options Asterisk 22 declares one for
 /// (`catalogue/asterisk-22-types.txt`, from res_pjsip's option registrations).
-pub const ASTERISK_22_TYPES: &str = include_str!("../catalogue/asterisk-22-types.txt");
+pub const ASTERISK_22_TYPES: &str = include_str!("../../catalogue/asterisk-22-types.txt");
 
 /// What values an option takes, where Asterisk declares it.
 #[derive(Clone, Debug, PartialEq, Eq)]

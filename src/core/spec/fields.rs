@@ -284,13 +284,13 @@ mod tests {
         // the loader reads it into the entry, and the entry serialises it under its key.
         for f in FIELDS {
             let yaml = format!("extensions:\n  - {}: {}\n", f.key, f.sample);
-            let (_, entries) = crate::spec::load::raw_entries("f.yaml", &yaml).expect("a spec file");
+            let (_, entries) = crate::core::spec::load::raw_entries("f.yaml", &yaml).expect("a spec file");
             let (entry, _) = entries.first().expect("one entry");
             let json = serde_json::to_value(entry).expect("serialises");
             assert!(json.get(f.key).is_some_and(|v| !v.is_null()), "{}: not read from {yaml:?}: {json}", f.key);
             if f.defaults {
                 let yaml = format!("defaults:\n  {}: {}\nextensions: []\n", f.key, f.sample);
-                let (defaults, _) = crate::spec::load::raw_entries("f.yaml", &yaml).expect("a spec file");
+                let (defaults, _) = crate::core::spec::load::raw_entries("f.yaml", &yaml).expect("a spec file");
                 let json = serde_json::to_value(&defaults).expect("serialises");
                 assert!(json.get(f.key).is_some_and(|v| !v.is_null()), "{}: not read from {yaml:?}: {json}", f.key);
             }
@@ -313,13 +313,13 @@ mod tests {
 
     #[test]
     fn the_schema_has_every_field_and_no_other() {
-        assert_eq!(properties::<crate::spec::ExtensionEntry>(), sorted(ENTRY_KEYS));
-        assert_eq!(properties::<crate::spec::Defaults>(), sorted(DEFAULTS_KEYS));
+        assert_eq!(properties::<crate::core::spec::ExtensionEntry>(), sorted(ENTRY_KEYS));
+        assert_eq!(properties::<crate::core::spec::Defaults>(), sorted(DEFAULTS_KEYS));
     }
 
     #[test]
     fn the_ui_form_has_an_input_for_every_form_field() {
-        let form = include_str!("../../templates/ui/form.html");
+        let form = include_str!("../../../templates/ui/form.html");
         for key in FORM_KEYS {
             assert!(form.contains(&format!("name=\"{key}\"")), "templates/ui/form.html has no input {key}");
         }

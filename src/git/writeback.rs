@@ -19,9 +19,9 @@
 //! not validate; a failed validation restores the files as they were.
 //! Blocking (git2, files): call from `spawn_blocking`, one edit at a time.
 
-use crate::diag::Diagnostic;
-use crate::spec::edit::{self, EditError};
-use crate::spec::{self, ExtensionEntry, LoadOptions, SecretPolicy};
+use crate::core::diag::Diagnostic;
+use crate::core::spec::edit::{self, EditError};
+use crate::core::spec::{self, ExtensionEntry, LoadOptions, SecretPolicy};
 use git2::{PushOptions, RemoteCallbacks, Repository, Signature};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -172,7 +172,7 @@ pub fn apply_to_dir(spec_dir: &Path, op: &EditOp, secrets: &SecretPolicy) -> Res
     };
     let path = spec_dir.join(&rel);
     match &after {
-        Some(text) => crate::managed::write_atomic(&path, text.as_bytes())?,
+        Some(text) => crate::asterisk::managed::write_atomic(&path, text.as_bytes())?,
         None => std::fs::remove_file(&path)?,
     }
     let check = spec::load_paths(&[spec_dir.to_path_buf()], &options);
@@ -180,7 +180,7 @@ pub fn apply_to_dir(spec_dir: &Path, op: &EditOp, secrets: &SecretPolicy) -> Res
         check.diagnostics.into_iter().filter(|d| d.is_error() && !loaded.diagnostics.contains(d)).collect();
     if !new_errors.is_empty() {
         match &before {
-            Some(text) => crate::managed::write_atomic(&path, text.as_bytes())?,
+            Some(text) => crate::asterisk::managed::write_atomic(&path, text.as_bytes())?,
             None => std::fs::remove_file(&path)?,
         }
         return Err(WriteError::Invalid(new_errors));

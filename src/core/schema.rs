@@ -2,7 +2,7 @@
 //! $schema=…`), CI and the API. A committed copy lives in
 //! `schema/extensions.schema.json`; a test keeps it equal to this output.
 
-use crate::spec::SpecFile;
+use crate::core::spec::SpecFile;
 use schemars::generate::SchemaSettings;
 use serde_json::Value;
 

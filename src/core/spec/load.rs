@@ -11,7 +11,7 @@ use super::SecretPolicy;
 use super::resolve::{Locator, resolve};
 use super::yaml::{self, Node, Pos, Scalar, ScalarKind};
 use super::{Defaults, DesiredSet, Extension, ExtensionEntry, StringList};
-use crate::diag::{Diagnostic, Location};
+use crate::core::diag::{Diagnostic, Location};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 

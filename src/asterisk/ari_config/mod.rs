@@ -137,8 +137,8 @@ pub async fn drift<D: DynamicConfig>(
     target: &LiveTarget<D>,
     record: &str,
     astdb_keys: &[String],
-) -> Vec<crate::plan::Drift> {
-    use crate::plan::Drift;
+) -> Vec<crate::core::plan::Drift> {
+    use crate::core::plan::Drift;
     let Ok(sections) = sections::parse(record) else { return Vec::new() };
     let pushed = sections::by_id(sections);
     let mut out = Vec::new();
@@ -228,7 +228,7 @@ impl<D: DynamicConfig> crate::reconcile::LiveApply for LiveTarget<D> {
     ) -> Result<LiveRun, ApplyError> {
         push(self, record, rendered, asked, orphans).await
     }
-    async fn drift(&self, record: &str, astdb_keys: &[String]) -> Vec<crate::plan::Drift> {
+    async fn drift(&self, record: &str, astdb_keys: &[String]) -> Vec<crate::core::plan::Drift> {
         drift(self, record, astdb_keys).await
     }
     fn sweep_starts(&self) -> bool {
@@ -312,7 +312,7 @@ mod tests {
 
     #[tokio::test]
     async fn drift_reads_back_a_batch_reports_changed_missing_and_orphaned_objects_and_heals_orphans() {
-        use crate::plan::Drift;
+        use crate::core::plan::Drift;
         let t = LiveTarget::new(Fake::default());
         let text = rendered(&[("1001", "a"), ("1002", "a")]);
         push(&t, None, &text, &BTreeSet::new(), &[]).await.expect("pushes");

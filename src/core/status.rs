@@ -9,8 +9,8 @@
 //! for the extensions that are not plainly synced, so a run at 100k that
 //! changes nothing writes nothing here. Pure: no I/O.
 
-use crate::plan::{Action, Drift, Plan};
-use crate::spec::{DesiredSet, Extension};
+use crate::core::plan::{Action, Drift, Plan};
+use crate::core::spec::{DesiredSet, Extension};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -222,7 +222,7 @@ pub fn drift_extension(d: &Drift) -> Option<&str> {
 }
 
 /// Defined beside `Drift` in `plan`; kept here, where the states use it.
-pub use crate::plan::drift_reason as describe_drift;
+pub use crate::core::plan::drift_reason as describe_drift;
 
 /// The states after a run whose specs did not validate: extensions
 /// declared in the files that did validate but never applied are pending;

@@ -8,8 +8,8 @@
 //! Secrets appear in a plan only as "changed": never a password, never an
 //! md5 hash.
 
-use crate::spec::profile::{Expansion, Source};
-use crate::spec::{DesiredSet, Extension};
+use crate::core::spec::profile::{Expansion, Source};
+use crate::core::spec::{DesiredSet, Extension};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -74,10 +74,10 @@ impl Serialize for Fields {
 }
 
 /// The field that holds the secret's fingerprint (kind and md5 hash).
-pub const SECRET_FIELD: &str = crate::spec::fields::SECRET;
+pub const SECRET_FIELD: &str = crate::core::spec::fields::SECRET;
 
 /// Every field name [`desired_fields`] produces.
-pub const FIELD_NAMES: &[&str] = crate::spec::fields::PLAN_NAMES;
+pub const FIELD_NAMES: &[&str] = crate::core::spec::fields::PLAN_NAMES;
 
 /// The static name of a field read back from storage; `None` if unknown.
 pub fn field_name(name: &str) -> Option<&'static str> {
@@ -159,7 +159,7 @@ impl EndpointOptions {
     /// another value, as `name: Asterisk has X, the file sets Y`. Values are
     /// compared as Asterisk normalises them (booleans, quoted caller ids,
     /// case, spaces in lists).
-    pub fn mismatches(&self, ext: &crate::spec::Extension) -> Vec<String> {
+    pub fn mismatches(&self, ext: &crate::core::spec::Extension) -> Vec<String> {
         let mut out = Vec::new();
         let mut check = |name: &str, held: &str, set: &str, same: bool| {
             if !same {
@@ -182,7 +182,7 @@ impl EndpointOptions {
         // Every option of the profile table: what the file writes, what
         // Asterisk derives from it (webrtc) and Asterisk's defaults for the
         // rest (a profile switch must have taken them back).
-        for (opt, want, source) in crate::spec::profile::expected(ext) {
+        for (opt, want, source) in crate::core::spec::profile::expected(ext) {
             let held = self.profile_options.get(opt.name).map(String::as_str).unwrap_or("unset");
             let set = match source {
                 Source::Explicit | Source::Profile => want.clone(),
@@ -192,7 +192,7 @@ impl EndpointOptions {
             check(opt.name, held, &set, held == want);
         }
         if let Some(held) = &self.auth_type {
-            let want = if matches!(ext.secret, crate::spec::Secret::Md5Cred(_)) { "md5" } else { "userpass" };
+            let want = if matches!(ext.secret, crate::core::spec::Secret::Md5Cred(_)) { "md5" } else { "userpass" };
             check("auth_type", held, want, held.eq_ignore_ascii_case(want));
         }
         if let Some(held) = self.max_contacts {
@@ -200,8 +200,12 @@ impl EndpointOptions {
         }
         if let Some(held) = self.remove_existing {
             // `remove_existing = yes` unless the spec's options say otherwise.
-            let want =
-                ext.options.aor.get("remove_existing").and_then(|v| crate::catalogue::parse_bool(v)).unwrap_or(true);
+            let want = ext
+                .options
+                .aor
+                .get("remove_existing")
+                .and_then(|v| crate::core::catalogue::parse_bool(v))
+                .unwrap_or(true);
             check("remove_existing", &show(Some(held)), &show(Some(want)), held == want);
         }
         if let Some(held) = self.qualify_frequency {
@@ -212,9 +216,9 @@ impl EndpointOptions {
         // profile table is compared above. An option Asterisk's detail does
         // not print (the ACLs' deny/permit, an aor's contact) cannot be
         // compared; everything else it prints, so a refused value shows.
-        let types = crate::catalogue::ValueTypes::asterisk22();
+        let types = crate::core::catalogue::ValueTypes::asterisk22();
         for (kind, name, want) in ext.options.iter() {
-            if (kind == "endpoint" && crate::spec::profile::option(name).is_some())
+            if (kind == "endpoint" && crate::core::spec::profile::option(name).is_some())
                 || (kind, name) == ("aor", "remove_existing")
             {
                 continue;
@@ -224,9 +228,9 @@ impl EndpointOptions {
             if !event_seen {
                 continue;
             }
-            let key = format!("{kind}/{}", crate::spec::options::ami_key(name));
+            let key = format!("{kind}/{}", crate::core::spec::options::ami_key(name));
             let Some(held) = self.reported.get(&key) else { continue };
-            let same = crate::spec::options::same_value(kind, name, want, held, &types);
+            let same = crate::core::spec::options::same_value(kind, name, want, held, &types);
             check(&format!("{kind} {name}"), held, want, same);
         }
         out
@@ -291,7 +295,7 @@ pub struct Change {
     /// What the extension's profile expands to (creates and updates; not
     /// for creates past the first [`MAX_LISTED_CHANGES`]).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub profile: Option<crate::spec::profile::Expansion>,
+    pub profile: Option<crate::core::spec::profile::Expansion>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -947,11 +951,11 @@ pub fn summary(p: &Plan) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::load::load_file;
+    use crate::core::spec::load::load_file;
     use std::path::Path;
 
     fn set(yaml: &str) -> DesiredSet {
-        let (exts, diags) = load_file("t.yaml", &crate::spec::SecretPolicy::for_spec_dir(Path::new(".")), yaml);
+        let (exts, diags) = load_file("t.yaml", &crate::core::spec::SecretPolicy::for_spec_dir(Path::new(".")), yaml);
         assert!(diags.iter().all(|d| !d.is_error()), "{diags:?}");
         DesiredSet::new(exts.into_iter().map(|(e, _)| e).collect())
     }
@@ -960,7 +964,7 @@ mod tests {
 
     #[test]
     fn desired_fields_gives_every_plan_name_of_the_field_table() {
-        let (exts, diags) = crate::spec::load::load_for_test(
+        let (exts, diags) = crate::core::spec::load::load_for_test(
             "t.yaml",
             "extensions:\n  - {extension: \"1\", context: c, transport: t, codecs: ulaw, md5Cred: 0123456789abcdef0123456789abcdef}\n",
         );
@@ -1075,7 +1079,7 @@ mod tests {
     /// What Asterisk 22 reports for the profile table's options: its
     /// defaults (the captured endpoint), with `set` (AMI spelling) on top.
     fn held_options(set: &[(&str, &str)]) -> BTreeMap<&'static str, String> {
-        use crate::spec::profile::{OPTIONS, normalise};
+        use crate::core::spec::profile::{OPTIONS, normalise};
         OPTIONS
             .iter()
             .map(|o| {
@@ -1114,8 +1118,12 @@ mod tests {
         );
         // webrtc: what Asterisk derives from webrtc = yes is verified too.
         let webrtc = s.get("2003").expect("2003");
-        let implied: Vec<(&str, &str)> =
-            crate::spec::Profile::Webrtc.sets().iter().chain(crate::spec::Profile::Webrtc.implies()).copied().collect();
+        let implied: Vec<(&str, &str)> = crate::core::spec::Profile::Webrtc
+            .sets()
+            .iter()
+            .chain(crate::core::spec::Profile::Webrtc.implies())
+            .copied()
+            .collect();
         assert_eq!(base(held_options(&implied)).mismatches(webrtc), Vec::<String>::new());
         // Asterisk kept the endpoint without webrtc (refused or ignored): the run fails on each option.
         let refused = base(held_options(&[])).mismatches(webrtc);
