@@ -73,9 +73,23 @@ impl std::fmt::Debug for Message {
     }
 }
 
-/// Parses one message's lines. `Err` with the offending line (truncated,
-/// never logged raw) when a line is not `Key: Value`.
-pub fn parse_lines<'a>(lines: impl IntoIterator<Item = &'a str>) -> Result<Message, String> {
+/// Why bytes from AMI are not a message. The offending line is never kept
+/// (it may hold a secret): only its length.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("not a `Key: Value` line ({0} bytes)")]
+    NotKeyValue(usize),
+    #[error("a line longer than {MAX_LINE} bytes")]
+    LineTooLong,
+    #[error("a message of more than {MAX_LINES} lines")]
+    TooManyLines,
+    #[error("a message of more than {MAX_MESSAGE} bytes")]
+    MessageTooLarge,
+}
+
+/// Parses one message's lines. `Err` with the offending line's length
+/// when a line is not `Key: Value`.
+pub fn parse_lines<'a>(lines: impl IntoIterator<Item = &'a str>) -> Result<Message, FrameError> {
     let mut m = Message::default();
     for line in lines {
         let line = line.trim_end_matches(['\r', '\n']);
@@ -83,14 +97,14 @@ pub fn parse_lines<'a>(lines: impl IntoIterator<Item = &'a str>) -> Result<Messa
             Some((k, v)) if !k.is_empty() && !k.contains(' ') => {
                 m.fields.push((k.to_string(), v.strip_prefix(' ').unwrap_or(v).to_string()));
             }
-            _ => return Err(format!("not a `Key: Value` line ({} bytes)", line.len())),
+            _ => return Err(FrameError::NotKeyValue(line.len())),
         }
     }
     Ok(m)
 }
 
 /// Splits a whole captured session into its banner and messages.
-pub fn parse_session(bytes: &str) -> Result<(String, Vec<Message>), String> {
+pub fn parse_session(bytes: &str) -> Result<(String, Vec<Message>), FrameError> {
     let mut parts = bytes.splitn(2, "\r\n");
     let banner = parts.next().unwrap_or("").to_string();
     let rest = parts.next().unwrap_or("");
@@ -131,7 +145,7 @@ impl Framer {
     /// Feeds bytes read from the socket; pushes every message they
     /// complete onto `out`, in order. Messages completed before an error
     /// are still pushed.
-    pub fn feed(&mut self, mut bytes: &[u8], out: &mut Vec<Message>) -> Result<(), String> {
+    pub fn feed(&mut self, mut bytes: &[u8], out: &mut Vec<Message>) -> Result<(), FrameError> {
         while !bytes.is_empty() {
             let (chunk, ended) = match bytes.iter().position(|b| *b == b'\n') {
                 Some(i) => (&bytes[..i], true),
@@ -139,7 +153,7 @@ impl Framer {
             };
             bytes = &bytes[(chunk.len() + usize::from(ended))..];
             if self.line.len() + chunk.len() > MAX_LINE {
-                return Err(format!("a line longer than {MAX_LINE} bytes"));
+                return Err(FrameError::LineTooLong);
             }
             self.line.extend_from_slice(chunk);
             if ended {
@@ -154,7 +168,7 @@ impl Framer {
         !self.line.is_empty() || !self.lines.is_empty()
     }
 
-    fn end_line(&mut self, out: &mut Vec<Message>) -> Result<(), String> {
+    fn end_line(&mut self, out: &mut Vec<Message>) -> Result<(), FrameError> {
         let mut line = std::mem::take(&mut self.line);
         while line.last() == Some(&b'\r') {
             line.pop();
@@ -168,11 +182,11 @@ impl Framer {
             return Ok(());
         }
         if self.lines.len() >= MAX_LINES {
-            return Err(format!("a message of more than {MAX_LINES} lines"));
+            return Err(FrameError::TooManyLines);
         }
         self.bytes += line.len();
         if self.bytes > MAX_MESSAGE {
-            return Err(format!("a message of more than {MAX_MESSAGE} bytes"));
+            return Err(FrameError::MessageTooLarge);
         }
         self.lines.push(match String::from_utf8(line) {
             Ok(s) => s,
@@ -448,7 +462,7 @@ async fn read_loop(
             dispatch(msg, &pending, &events);
         }
         if let Err(e) = framed {
-            fail_all(AmiError::Protocol(e));
+            fail_all(AmiError::Protocol(e.to_string()));
             return;
         }
     }
@@ -526,7 +540,7 @@ mod tests {
         assert!(parse_lines(["garbage without a colon"]).is_err());
     }
 
-    fn frame(chunks: &[&[u8]]) -> (Vec<Message>, Result<(), String>) {
+    fn frame(chunks: &[&[u8]]) -> (Vec<Message>, Result<(), FrameError>) {
         let mut framer = Framer::default();
         let mut out = Vec::new();
         for c in chunks {
@@ -564,9 +578,9 @@ mod tests {
             }
             assert!(fed <= MAX_LINE, "still buffering after {fed} bytes");
         };
-        assert!(err.contains("longer than"), "{err}");
+        assert!(err.to_string().contains("longer than"), "{err}");
         let many: Vec<u8> = (0..=MAX_LINES).flat_map(|i| format!("K{i}: v\r\n").into_bytes()).collect();
-        assert!(frame(&[&many]).1.is_err_and(|e| e.contains("lines")));
+        assert!(frame(&[&many]).1.is_err_and(|e| e.to_string().contains("lines")));
     }
 
     #[test]

@@ -209,7 +209,7 @@ impl CelStream {
             let mut out = Vec::new();
             let r = self.framer.feed(&self.buf[..n], &mut out);
             self.queue.extend(out);
-            r.map_err(AmiError::Protocol)?;
+            r.map_err(|e| AmiError::Protocol(e.to_string()))?;
         }
     }
 
