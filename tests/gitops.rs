@@ -3,8 +3,8 @@
 //! once, a force-push and an unreachable remote are reported, and an API
 //! edit becomes a commit on the remote that the daemon then applies.
 
-use asterisk_gitops::config::{AmiFileConfig, FileConfig, Overrides, SecretString, Settings};
-use asterisk_standin::{StandIn, StandInConfig};
+use asterisk_gitops::config::{FileConfig, Overrides, SecretString, Settings};
+use asterisk_standin::StandIn;
 use git2::{Repository, Signature};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -91,19 +91,9 @@ impl Daemon {
         commit_push(&bob, &[("extensions.d/team.yaml", &team(&["1001", "1002"]))], "Seed the team", false);
 
         let ast = dir.path().join("asterisk");
-        std::fs::create_dir_all(&ast).expect("mkdir");
-        let conf = asterisk_standin::write_operator_conf(&ast, "pjsip_gitops.conf").expect("conf");
-        let standin =
-            StandIn::start(StandInConfig { pjsip_conf: conf, user: "gitops".into(), secret: "gitops-secret".into() })
-                .await
-                .expect("stand-in");
+        let (standin, ami) = crate::support::web::standin_in(&ast).await;
         let file = FileConfig {
-            ami: Some(AmiFileConfig {
-                addr: Some(standin.ami_addr.to_string()),
-                user: Some("gitops".into()),
-                secret: Some(SecretString::new("gitops-secret")),
-                ..Default::default()
-            }),
+            ami: Some(ami),
             webhook_secret: Some(SecretString::new(HOOK)),
             admin_token: Some(SecretString::new(TOKEN)),
             ..Default::default()

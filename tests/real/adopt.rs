@@ -126,7 +126,14 @@ async fn adopt(build: &asterisk_real::Build, name: &str, conf: &str, ids: &[Stri
     let text = std::fs::read_to_string(&pjsip_conf).expect("pjsip.conf");
     assert!(text.contains(conf), "the sections are in pjsip.conf");
     std::fs::write(&pjsip_conf, text.replace(conf, "")).expect("rewrite pjsip.conf");
-    let d = Daemon::start(&ast, Store::Sqlite, Source::Dir, &yaml).await;
+    // AMI answers Reload once the reload is done: 1-8 s at 10k extensions on a quiet machine,
+    // more beside other tests, past the 5 s default for one action.
+    let d = Daemon::start_with(&ast, Store::Sqlite, Source::Dir, &yaml, |file| {
+        if let Some(ami) = file.ami.as_mut() {
+            ami.timeout = Some(30.0);
+        }
+    })
+    .await;
     let run = d.run_where("the run adopting the configuration", |r| r["outcome"] == "applied").await;
     assert_eq!(run["creates"].as_u64(), Some(ids.len() as u64), "{}", run["error"]);
     let last = ids.last().expect("ids").clone();

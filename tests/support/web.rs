@@ -34,19 +34,9 @@ impl Daemon {
         )
         .expect("write");
         let ast = dir.path().join("asterisk");
-        std::fs::create_dir_all(&ast).expect("mkdir");
-        let conf = asterisk_standin::write_operator_conf(&ast, "pjsip_gitops.conf").expect("conf");
-        let standin =
-            StandIn::start(StandInConfig { pjsip_conf: conf, user: "gitops".into(), secret: "gitops-secret".into() })
-                .await
-                .expect("stand-in");
+        let (standin, ami) = standin_in(&ast).await;
         let file = FileConfig {
-            ami: Some(AmiFileConfig {
-                addr: Some(standin.ami_addr.to_string()),
-                user: Some("gitops".into()),
-                secret: Some(SecretString::new("gitops-secret")),
-                ..Default::default()
-            }),
+            ami: Some(ami),
             ari: Some(AriFileConfig {
                 url: Some(standin.ari_url()),
                 user: Some("gitops".into()),
@@ -135,4 +125,22 @@ where
         assert!(tokio::time::Instant::now() < deadline, "timed out after {WITHIN:?} waiting for {what}");
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+}
+
+/// A stand-in Asterisk with the operator's pjsip.conf in `dir`, and the
+/// `ami:` section of a config file that reaches it.
+pub async fn standin_in(dir: &std::path::Path) -> (StandIn, AmiFileConfig) {
+    std::fs::create_dir_all(dir).expect("mkdir");
+    let conf = asterisk_standin::write_operator_conf(dir, "pjsip_gitops.conf").expect("conf");
+    let standin =
+        StandIn::start(StandInConfig { pjsip_conf: conf, user: "gitops".into(), secret: "gitops-secret".into() })
+            .await
+            .expect("stand-in");
+    let ami = AmiFileConfig {
+        addr: Some(standin.ami_addr.to_string()),
+        user: Some("gitops".into()),
+        secret: Some(SecretString::new("gitops-secret")),
+        ..Default::default()
+    };
+    (standin, ami)
 }
