@@ -15,6 +15,9 @@
 //! cargo bench --bench import
 //! BENCH_REAL=0 cargo bench --bench import     # the import figures only
 //! ```
+#[path = "support/mod.rs"]
+mod support;
+
 use asterisk_gitops::asterisk::Asterisk as Client;
 use asterisk_gitops::asterisk::ami::AmiConfig;
 use asterisk_gitops::config::{AmiFileConfig, FileConfig, Overrides, SecretString, Settings};
@@ -170,17 +173,7 @@ async fn bulk_run(build: &asterisk_real::Build, n: usize, run: usize) -> (Durati
     }
     let live = posted.elapsed();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let tried = Instant::now();
-    let reload = loop {
-        let t = Instant::now();
-        match probe.reload().await {
-            Ok(()) => break t.elapsed(),
-            Err(e) => {
-                assert!(tried.elapsed() < Duration::from_secs(120), "no reload accepted in 2 minutes: {e}");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-    };
+    let reload = support::accepted_reload(&probe).await;
     let _ = stop.send(());
     let _ = task.await;
     probe.close().await;

@@ -12,6 +12,9 @@
 //!
 //!     cargo bench --bench real_asterisk            # N=10000
 //!     BENCH_N=1000 cargo bench --bench real_asterisk
+#[path = "support/mod.rs"]
+mod support;
+
 use asterisk_gitops::asterisk::Asterisk as Client;
 use asterisk_gitops::asterisk::ami::AmiConfig;
 use asterisk_gitops::config::{AmiFileConfig, FileConfig, Overrides, SecretString, Settings};
@@ -134,17 +137,7 @@ async fn one_run(build: &asterisk_real::Build, n: usize, run: usize) -> (Duratio
     // live before Asterisk's reload has finished, and Asterisk refuses a
     // reload while one is running ("The previous reload command didn't
     // finish yet"): try until one is accepted, and time that one.
-    let tried = Instant::now();
-    let reload = loop {
-        let t = Instant::now();
-        match probe.reload().await {
-            Ok(()) => break t.elapsed(),
-            Err(e) => {
-                assert!(tried.elapsed() < Duration::from_secs(120), "no reload accepted in 2 minutes: {e}");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-    };
+    let reload = support::accepted_reload(&probe).await;
 
     let _ = stop.send(());
     let _ = task.await;

@@ -1,4 +1,5 @@
 //! What the benchmarks share (each includes this with `#[path]`).
+#![allow(dead_code)] // each benchmark uses some of these
 
 use asterisk_gitops::db::{Db, Retry};
 
@@ -18,6 +19,25 @@ pub async fn database(dir: &std::path::Path, name: &str) -> (Db, String) {
         _ => {
             let url = format!("sqlite://{}/calls.db", dir.display());
             (Db::connect(&url, &Retry::default()).await.expect("sqlite"), "SQLite".into())
+        }
+    }
+}
+
+/// Asterisk's own reload of what is loaded, through AMI, timed. Asterisk
+/// refuses a reload while one is running ("The previous reload command
+/// didn't finish yet"): this tries until one is accepted (for up to 2
+/// minutes) and times that one.
+pub async fn accepted_reload(probe: &asterisk_gitops::asterisk::Asterisk) -> std::time::Duration {
+    use std::time::{Duration, Instant};
+    let tried = Instant::now();
+    loop {
+        let t = Instant::now();
+        match probe.reload().await {
+            Ok(()) => return t.elapsed(),
+            Err(e) => {
+                assert!(tried.elapsed() < Duration::from_secs(120), "no reload accepted in 2 minutes: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
         }
     }
 }
