@@ -312,7 +312,10 @@ pub async fn run(
     };
     let state = AppState {
         spec_dir: settings.spec_dir.clone(),
-        writeback: Arc::new(WriteBack::new(target, settings.secrets.clone())),
+        writeback: Arc::new(match &source {
+            DesiredSource::Dir(dir) => WriteBack::new(target, settings.secrets.clone()).with_cache(dir.clone()),
+            DesiredSource::Git(_) => WriteBack::new(target, settings.secrets.clone()),
+        }),
         realm: settings.realm.clone(),
         tokens: Arc::new(tokens(&settings)),
         webhook_secret: settings.webhook_secret.clone(),

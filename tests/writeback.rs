@@ -4,7 +4,7 @@
 
 use asterisk_gitops::core::spec::{ExtensionEntry, SecretPolicy, StringList};
 use asterisk_gitops::git::writeback::{
-    Author, EditOp, Mode, RemoteTarget, Target, WriteBack, WriteError, apply_to_dir,
+    Author, EditOp, Mode, RemoteTarget, Target, WriteBack, WriteError, apply_to_cached_dir, apply_to_dir,
 };
 use git2::{Repository, Signature};
 use std::path::{Path, PathBuf};
@@ -319,4 +319,48 @@ fn a_spec_dir_in_a_local_repository_gets_local_commits() {
     let head = repo.head().expect("head").peel_to_commit().expect("commit");
     assert_eq!(head.summary(), Some("Add extension 2002 (Local)"));
     assert!(head.tree().expect("tree").get_path(Path::new("extensions.d/2002.yaml")).is_ok());
+}
+
+/// Through the daemon's cached spec directory (what the API uses with a
+/// directory source), every edit gives what it gives through fresh loads:
+/// the same answers, the same files, and a cache that then loads what a
+/// fresh load of the directory would.
+#[test]
+fn edits_through_the_daemons_cached_directory_match_edits_through_fresh_loads() {
+    let (fresh, cached) = (tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir"));
+    for d in [&fresh, &cached] {
+        std::fs::write(d.path().join("sales.yaml"), HAND_WRITTEN).expect("write");
+    }
+    let cache = asterisk_gitops::reconcile::DirSource::with_secrets(cached.path().to_path_buf(), policy(cached.path()));
+    let _ = cache.load();
+    let mut bad = entry("1002", "Intern");
+    bad.codecs = Some(StringList::Comma("ulaw,nosuchcodec".into()));
+    let ops = [
+        EditOp::Update("1002".into(), entry("1002", "Junior")),
+        EditOp::Create(entry("1001", "Twin")),
+        EditOp::Update("1002".into(), bad),
+        EditOp::Create(entry("2001", "New Agent")),
+        EditOp::Update("2001".into(), entry("2001", "Renamed")),
+        EditOp::Delete("1001".into()),
+        EditOp::Delete("2001".into()),
+        EditOp::Delete("9999".into()),
+    ];
+    for op in &ops {
+        let a = apply_to_dir(fresh.path(), op, &policy(fresh.path()));
+        let b = apply_to_cached_dir(&cache, op);
+        assert_eq!(format!("{a:?}"), format!("{b:?}"), "{}: the same answer", op.summary());
+        for f in ["sales.yaml", "2001.yaml"] {
+            assert_eq!(
+                std::fs::read_to_string(fresh.path().join(f)).ok(),
+                std::fs::read_to_string(cached.path().join(f)).ok(),
+                "{}: {f}",
+                op.summary()
+            );
+        }
+        let (now, again) =
+            (cache.load(), asterisk_gitops::reconcile::load_dir_with(cached.path(), &policy(cached.path())));
+        assert_eq!(now.set, again.set, "{}: the cache loads what is on disk", op.summary());
+        assert_eq!(now.diagnostics, again.diagnostics, "{}", op.summary());
+    }
+    assert!(cache.load().set.get("1002").is_some_and(|e| e.display_name.as_deref() == Some("Junior")));
 }

@@ -22,6 +22,7 @@
 use crate::core::diag::Diagnostic;
 use crate::core::spec::edit::{self, EditError};
 use crate::core::spec::{self, ExtensionEntry, LoadOptions, SecretPolicy};
+use crate::reconcile::DirSource;
 use git2::{PushOptions, RemoteCallbacks, Repository, Signature};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -112,7 +113,25 @@ pub struct Author {
 /// back if it does not validate.
 pub fn apply_to_dir(spec_dir: &Path, op: &EditOp, secrets: &SecretPolicy) -> Result<Vec<PathBuf>, WriteError> {
     let options = LoadOptions { display_base: Some(spec_dir.to_path_buf()), secrets: Some(secrets.clone()) };
-    let loaded = spec::load_paths(&[spec_dir.to_path_buf()], &options);
+    apply_to_dir_with(spec_dir, op, &|| spec::load_paths(&[spec_dir.to_path_buf()], &options))
+}
+
+/// [`apply_to_dir`] with the daemon's spec directory cache (its
+/// `reconcile::DirSource`, with the same secret policy): the loads before
+/// and after the edit parse only the files whose bytes changed.
+pub fn apply_to_cached_dir(cache: &DirSource, op: &EditOp) -> Result<Vec<PathBuf>, WriteError> {
+    apply_to_dir_with(&cache.path, op, &|| {
+        let (d, files) = cache.load_with_files();
+        spec::load::Loaded { set: d.set, diagnostics: d.diagnostics, files: files.to_vec() }
+    })
+}
+
+fn apply_to_dir_with(
+    spec_dir: &Path,
+    op: &EditOp,
+    load: &dyn Fn() -> spec::load::Loaded,
+) -> Result<Vec<PathBuf>, WriteError> {
+    let loaded = load();
     let existing = loaded.set.get(op.number()).map(|e| e.origin.file.clone());
     let declared_somewhere = existing.is_some() || declared_in_invalid_file(spec_dir, &loaded.files, op.number());
     let (rel, before, after): (PathBuf, Option<String>, Option<String>) = match op {
@@ -175,7 +194,7 @@ pub fn apply_to_dir(spec_dir: &Path, op: &EditOp, secrets: &SecretPolicy) -> Res
         Some(text) => crate::asterisk::managed::write_atomic(&path, text.as_bytes())?,
         None => std::fs::remove_file(&path)?,
     }
-    let check = spec::load_paths(&[spec_dir.to_path_buf()], &options);
+    let check = load();
     let new_errors: Vec<Diagnostic> =
         check.diagnostics.into_iter().filter(|d| d.is_error() && !loaded.diagnostics.contains(d)).collect();
     if !new_errors.is_empty() {
@@ -571,6 +590,8 @@ pub struct WriteBack {
     target: Target,
     secrets: SecretPolicy,
     lock: std::sync::Mutex<()>,
+    /// For a `Dir` target: the daemon's cache of the spec directory.
+    cache: Option<Arc<DirSource>>,
 }
 
 impl WriteBack {
@@ -578,7 +599,14 @@ impl WriteBack {
     /// policy the daemon loads the specs with (`config::Settings::secrets`),
     /// so the API accepts exactly what the next reconcile will.
     pub fn new(target: Target, secrets: SecretPolicy) -> Self {
-        WriteBack { target, secrets, lock: std::sync::Mutex::new(()) }
+        WriteBack { target, secrets, lock: std::sync::Mutex::new(()), cache: None }
+    }
+
+    /// Validates edits of a `Dir` target through `cache` (the reconcile
+    /// loop's own `DirSource` of that directory, with the same policy).
+    pub fn with_cache(mut self, cache: Arc<DirSource>) -> Self {
+        self.cache = Some(cache);
+        self
     }
 
     /// The secret policy edits are validated with.
@@ -598,7 +626,10 @@ impl WriteBack {
         let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         match &self.target {
             Target::Dir(dir) => {
-                let changed = apply_to_dir(dir, op, &self.secrets)?;
+                let changed = match &self.cache {
+                    Some(cache) if cache.path == *dir => apply_to_cached_dir(cache, op)?,
+                    _ => apply_to_dir(dir, op, &self.secrets)?,
+                };
                 let commit = commit_local(dir, &changed, op, author)?;
                 Ok(Committed { commit: commit.unwrap_or_default(), branch: None, compare_url: None })
             }

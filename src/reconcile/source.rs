@@ -143,7 +143,7 @@ pub struct DirSource {
     pub path: PathBuf,
     /// Where `passwordFile` and `passwordEnv` may point.
     pub secrets: SecretPolicy,
-    last: Mutex<Option<Desired>>,
+    last: Mutex<Option<(Desired, Arc<Vec<String>>)>>,
     /// Each file's content hash and parse outcome, by displayed name.
     files: Mutex<HashMap<String, (u64, FileOutcome)>>,
 }
@@ -162,10 +162,17 @@ impl DirSource {
     /// Loads the directory, reusing the last load when nothing changed and
     /// the last parse of every file whose bytes did not change.
     pub fn load(&self) -> Desired {
+        self.load_with_files().0
+    }
+
+    /// [`load`](DirSource::load), and the files it read (as diagnostics
+    /// show them): what the API's write-back validates an edit with, so
+    /// an edit at 10k extensions parses one file, not all of them twice.
+    pub fn load_with_files(&self) -> (Desired, Arc<Vec<String>>) {
         let (sources, mut diagnostics) = read_dir_sources(&self.path);
         let fp = fingerprint(&sources, &diagnostics);
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(d) = last.as_ref().filter(|d| d.fingerprint == Some(fp)) {
+        if let Some(d) = last.as_ref().filter(|(d, _)| d.fingerprint == Some(fp)) {
             return d.clone();
         }
         let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
@@ -201,8 +208,9 @@ impl DirSource {
             fingerprint: Some(fp),
             ..Default::default()
         };
-        *last = Some(d.clone());
-        d
+        let files = Arc::new(loaded.files);
+        *last = Some((d.clone(), files.clone()));
+        (d, files)
     }
 }
 
