@@ -344,10 +344,24 @@ pub async fn run(
         "asterisk-gitops is running"
     );
 
+    // The ari target on a large estate: its pushed objects are read back in
+    // the background, not by every run (`asterisk::ari_config::sweep`).
+    let sweeper = reconciler.live.is_some().then(|| {
+        let (rec, triggers, stop) = (reconciler.clone(), handle.triggers.clone(), stopped(stop_rx.clone()));
+        tokio::spawn(async move {
+            if let Some(live) = &rec.live {
+                let wake = || {
+                    let _ = triggers.try_send(reconcile::Trigger::Drift);
+                };
+                crate::asterisk::ari_config::sweep::sweep(live, rec.asterisk.as_ref(), Default::default(), wake, stop)
+                    .await;
+            }
+        })
+    });
     let http = axum::serve(listener, crate::http::app(state)).with_graceful_shutdown(stopped(stop_rx.clone()));
     let looped = reconcile::run_loop(reconciler.clone(), source, loop_cfg, handle, rx, stopped(stop_rx.clone()));
     let (http_result, ()) = tokio::join!(http, looped);
-    for task in [refresher, call_logger, stasis_passthrough, learner].into_iter().flatten() {
+    for task in [refresher, call_logger, stasis_passthrough, learner, sweeper].into_iter().flatten() {
         let _ = task.await;
     }
     if let Some(a) = &reconciler.asterisk {

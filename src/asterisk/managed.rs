@@ -172,6 +172,10 @@ impl crate::reconcile::ConfigFile for ManagedFile {
     fn restore_previous(&self) -> std::io::Result<bool> {
         ManagedFile::restore_previous(self)
     }
+    fn replace(&self, text: &str) -> std::io::Result<()> {
+        std::fs::create_dir_all(parent_dir(&self.path))?;
+        self.write_file(&self.path, text.as_bytes())
+    }
 }
 
 fn read_optional(path: &Path) -> std::io::Result<Option<String>> {

@@ -27,7 +27,7 @@
 pub mod backoff;
 pub mod error;
 #[cfg(test)]
-mod fake;
+pub(crate) mod fake;
 pub mod ports;
 #[cfg(test)]
 mod rules;
@@ -62,6 +62,8 @@ pub enum Trigger {
     Webhook,
     Retry,
     Cli,
+    /// The ari target's background read-back found drift.
+    Drift,
 }
 
 impl Trigger {
@@ -74,6 +76,7 @@ impl Trigger {
             Trigger::Webhook => "webhook",
             Trigger::Retry => "retry",
             Trigger::Cli => "cli",
+            Trigger::Drift => "drift",
         }
     }
 }

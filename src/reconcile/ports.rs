@@ -70,6 +70,12 @@ pub trait ConfigFile: Send + Sync {
     /// Puts what the last write replaced back; `false` when there was
     /// nothing (the file is then emptied of sections).
     fn restore_previous(&self) -> std::io::Result<bool>;
+    /// Replaces it with `text` without keeping what it held (the ari
+    /// target's record, which nothing rolls back to: at 10k extensions
+    /// keeping it doubles what each run writes).
+    fn replace(&self, text: &str) -> std::io::Result<()> {
+        self.write(text)
+    }
 }
 
 /// What one run's pushes came to (the ari target).
@@ -110,6 +116,30 @@ pub trait LiveApply: Send + Sync {
     fn sweep_starts(&self) -> bool;
     /// Whether a run with nothing to change reads Asterisk's endpoint list.
     fn lists_endpoints(&self) -> bool;
+    /// The record of `rendered` in the one form the target keeps it (its
+    /// objects by id, comments dropped): what a run compares with the
+    /// record and writes. With `remember`, the target keeps the objects
+    /// read, so that [`excerpt`](LiveApply::excerpt) and
+    /// [`splice`](LiveApply::splice) of this record need no second reading.
+    fn canonical(&self, rendered: &str, remember: bool) -> Result<String, Self::Error> {
+        let _ = remember;
+        Ok(rendered.to_string())
+    }
+    /// The objects of `ids` in the remembered record whose fingerprint is
+    /// `record`, as a record of their own; `None` when that record is not
+    /// the one remembered (the run then takes the whole way).
+    fn excerpt(&self, record: u64, ids: &BTreeSet<String>) -> Option<String> {
+        let _ = (record, ids);
+        None
+    }
+    /// The remembered record `record` with the objects of `ids` replaced by
+    /// those `part` holds (a record of just those ids; an id it lacks is
+    /// gone): the new whole record, remembered in its place. `None` when
+    /// `record` is not the one remembered.
+    fn splice(&self, record: u64, ids: &BTreeSet<String>, part: &str) -> Option<String> {
+        let _ = (record, ids, part);
+        None
+    }
 }
 
 /// No live target: the managed file is written and reloaded.

@@ -120,6 +120,12 @@ pub struct LiveTarget<D> {
     pub(crate) sweep_starts: std::sync::atomic::AtomicBool,
     /// Drift checks so far.
     pub(crate) checks: std::sync::atomic::AtomicUsize,
+    /// The last whole record read or made (see `super::canonical`).
+    pub(crate) known: std::sync::Mutex<Option<super::Known>>,
+    /// Whether a background `sweep` reads the estate back.
+    pub(crate) sweeper: std::sync::atomic::AtomicBool,
+    /// What the sweeper found, for the next run.
+    pub(crate) found: std::sync::Mutex<Vec<crate::core::plan::Drift>>,
 }
 
 /// What pushing one extension did.
@@ -149,6 +155,9 @@ impl<D: DynamicConfig> LiveTarget<D> {
             last_delete_down: Default::default(),
             sweep_starts: std::sync::atomic::AtomicBool::new(false),
             checks: Default::default(),
+            known: Default::default(),
+            sweeper: Default::default(),
+            found: Default::default(),
         }
     }
 
@@ -463,6 +472,8 @@ pub(crate) mod tests {
         pub log: Mutex<Vec<String>>,
         /// Answer nothing (as an unreachable ARI).
         pub down: std::sync::atomic::AtomicBool,
+        /// Take any option (the built-in template's), with no default.
+        pub lenient: bool,
     }
 
     fn unreachable(fake: &Fake) -> Result<(), AriError> {
@@ -504,7 +515,7 @@ pub(crate) mod tests {
                 if k == "disallow" {
                     continue;
                 }
-                if !defaults.iter().any(|(d, _)| d == k) || v.contains("nosuchcodec") {
+                if (!self.lenient && !defaults.iter().any(|(d, _)| d == k)) || v.contains("nosuchcodec") {
                     return Err(AriError::Status {
                         what: format!("PUT {kind} {id}"),
                         status: 400,

@@ -12,6 +12,7 @@
 
 pub mod live;
 pub mod sections;
+pub mod sweep;
 
 pub use crate::reconcile::LiveRun;
 pub use live::{DynamicConfig, LiveTarget, PushError, Pushed};
@@ -116,6 +117,141 @@ pub async fn push<D: DynamicConfig>(
     Ok(run)
 }
 
+/// A whole record the target keeps in memory: its fingerprint and its
+/// objects by id. A run that changes a few extensions of a large estate
+/// takes their objects from here and splices the pushed ones back, instead
+/// of reading and writing every object of the estate (see
+/// `reconcile::run`'s delta runs).
+pub struct Known {
+    hash: u64,
+    groups: BTreeMap<String, Vec<Section>>,
+}
+
+impl Known {
+    pub(crate) fn groups(&self) -> &BTreeMap<String, Vec<Section>> {
+        &self.groups
+    }
+}
+
+/// Whether a background [`sweep`] reads this target's estate back (then
+/// runs do not: see `sweep`).
+fn swept<D>(target: &LiveTarget<D>) -> bool {
+    target.sweeper.load(std::sync::atomic::Ordering::Relaxed)
+        && lock_known(target).as_ref().is_some_and(|k| k.groups.len() > DRIFT_BATCH)
+}
+
+/// The keys of our astdb family (as `DBGetTree` lists them) whose id the
+/// remembered record does not hold.
+pub(crate) fn orphans<D>(target: &LiveTarget<D>, astdb_keys: &[String]) -> Vec<crate::core::plan::Drift> {
+    let known = lock_known(target);
+    let Some(k) = known.as_ref() else { return Vec::new() };
+    orphans_of(&k.groups, astdb_keys)
+}
+
+fn orphans_of(pushed: &BTreeMap<String, Vec<Section>>, astdb_keys: &[String]) -> Vec<crate::core::plan::Drift> {
+    let prefix = format!("/{ASTDB_FAMILY}/");
+    let mut out = Vec::new();
+    for key in astdb_keys {
+        let Some((kind, id)) = key.strip_prefix(&prefix).and_then(|rest| rest.split_once('/')) else { continue };
+        if !pushed.contains_key(id) && !kind.is_empty() && !id.is_empty() {
+            out.push(crate::core::plan::Drift::Orphaned { object_type: kind.to_string(), id: id.to_string() });
+        }
+    }
+    out
+}
+
+/// What the sweeper found, each finding read back once more now (a push
+/// since may have repaired it): what still differs.
+async fn recheck<D: DynamicConfig>(target: &LiveTarget<D>) -> Vec<crate::core::plan::Drift> {
+    use crate::core::plan::Drift;
+    let found = std::mem::take(&mut *target.found.lock().unwrap_or_else(|p| p.into_inner()));
+    let mut ids = BTreeSet::new();
+    let mut orphans = Vec::new();
+    for d in found {
+        match d {
+            Drift::MissingFromAsterisk { extension } | Drift::ObjectDiffers { extension, .. } => {
+                ids.insert(extension);
+            }
+            Drift::Orphaned { object_type, id } => orphans.push((object_type, id)),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    for id in ids {
+        let sections = lock_known(target).as_ref().and_then(|k| k.groups.get(&id).cloned());
+        let Some(sections) = sections else { continue };
+        if let Some(drift) = sweep::read_back(target, &id, &sections).await {
+            out.extend(drift);
+        }
+    }
+    for (kind, id) in orphans {
+        let ours = lock_known(target).as_ref().is_some_and(|k| k.groups.contains_key(&id));
+        if !ours && matches!(target.client.get(&kind, &id).await, Ok(Some(_))) {
+            out.push(Drift::Orphaned { object_type: kind, id });
+        }
+    }
+    out
+}
+
+fn fingerprint(text: &str) -> u64 {
+    crate::reconcile::Fingerprint::of(text)
+}
+
+fn lock_known<D>(target: &LiveTarget<D>) -> std::sync::MutexGuard<'_, Option<Known>> {
+    target.known.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The record of `rendered` in its one form: its objects by id (ids in
+/// order, each id's sections as rendered), comments dropped, under
+/// [`RECORD_HEADER`]. Equal objects, equal text, so a record compares
+/// with a rendering as text. With `remember`, the objects are kept for
+/// [`excerpt`] and [`splice`].
+pub fn canonical<D>(target: &LiveTarget<D>, rendered: &str, remember: bool) -> Result<String, ApplyError> {
+    let groups = sections::by_id(sections::parse(rendered).map_err(ApplyError::Unreadable)?);
+    let text = sections::write(RECORD_HEADER, &groups);
+    if remember {
+        *lock_known(target) = Some(Known { hash: fingerprint(&text), groups });
+    }
+    Ok(text)
+}
+
+/// The objects of `ids` in the remembered record `record` (its
+/// fingerprint), as a record of their own.
+pub fn excerpt<D>(target: &LiveTarget<D>, record: u64, ids: &BTreeSet<String>) -> Option<String> {
+    let known = lock_known(target);
+    let k = known.as_ref().filter(|k| k.hash == record)?;
+    let part: BTreeMap<String, Vec<Section>> =
+        ids.iter().filter_map(|id| k.groups.get(id).map(|g| (id.clone(), g.clone()))).collect();
+    Some(sections::write(RECORD_HEADER, &part))
+}
+
+/// The remembered record `record` with the objects of `ids` replaced by
+/// those of `part` (an id `part` lacks is gone; objects of other ids in
+/// `part` are ignored): the new whole record, remembered in its place.
+pub fn splice<D>(target: &LiveTarget<D>, record: u64, ids: &BTreeSet<String>, part: &str) -> Option<String> {
+    let mut known = lock_known(target);
+    let k = known.as_mut().filter(|k| k.hash == record)?;
+    let new = match sections::parse(part) {
+        Ok(s) => sections::by_id(s),
+        Err(e) => {
+            tracing::warn!("a pushed part of the record is unreadable ({e}); the next run reads the whole record");
+            *known = None;
+            return None;
+        }
+    };
+    for id in ids {
+        k.groups.remove(id);
+    }
+    for (id, g) in new {
+        if ids.contains(&id) {
+            k.groups.insert(id, g);
+        }
+    }
+    let text = sections::write(RECORD_HEADER, &k.groups);
+    k.hash = fingerprint(&text);
+    Some(text)
+}
+
 /// The astdb family the sorcery wizard stores pushed objects under
 /// (`examples/asterisk/sorcery.conf.snippet`).
 pub const ASTDB_FAMILY: &str = "asterisk-gitops";
@@ -139,16 +275,12 @@ pub async fn drift<D: DynamicConfig>(
     astdb_keys: &[String],
 ) -> Vec<crate::core::plan::Drift> {
     use crate::core::plan::Drift;
+    if swept(target) {
+        return recheck(target).await;
+    }
     let Ok(sections) = sections::parse(record) else { return Vec::new() };
     let pushed = sections::by_id(sections);
-    let mut out = Vec::new();
-    let prefix = format!("/{ASTDB_FAMILY}/");
-    for key in astdb_keys {
-        let Some((kind, id)) = key.strip_prefix(&prefix).and_then(|rest| rest.split_once('/')) else { continue };
-        if !pushed.contains_key(id) && !kind.is_empty() && !id.is_empty() {
-            out.push(Drift::Orphaned { object_type: kind.to_string(), id: id.to_string() });
-        }
-    }
+    let mut out = orphans_of(&pushed, astdb_keys);
     let start = target.cursor.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let batch: Vec<&String> = pushed
         .range::<String, _>((std::ops::Bound::Excluded(&start), std::ops::Bound::Unbounded))
@@ -199,7 +331,7 @@ pub const ORPHAN_SCAN_EVERY: usize = 100;
 /// Whether the next drift check lists the astdb family for orphans (not
 /// the first after a start: the record's size is not known yet).
 pub fn sweep_starts<D>(target: &LiveTarget<D>) -> bool {
-    target.sweep_starts.load(std::sync::atomic::Ordering::Relaxed)
+    target.sweep_starts.load(std::sync::atomic::Ordering::Relaxed) && !swept(target)
 }
 
 /// Whether the next drift check reads Asterisk's whole endpoint list
@@ -210,7 +342,7 @@ pub fn sweep_starts<D>(target: &LiveTarget<D>) -> bool {
 /// a start); the batch read-back finds missing and changed objects in
 /// between. A small estate (at most one batch) has it every time.
 pub fn lists_endpoints<D>(target: &LiveTarget<D>) -> bool {
-    sweep_starts(target) || target.checks.load(std::sync::atomic::Ordering::Relaxed) == 0
+    !swept(target) && (sweep_starts(target) || target.checks.load(std::sync::atomic::Ordering::Relaxed) == 0)
 }
 
 /// The reconciler's port for a live target.
@@ -236,6 +368,15 @@ impl<D: DynamicConfig> crate::reconcile::LiveApply for LiveTarget<D> {
     }
     fn lists_endpoints(&self) -> bool {
         lists_endpoints(self)
+    }
+    fn canonical(&self, rendered: &str, remember: bool) -> Result<String, ApplyError> {
+        canonical(self, rendered, remember)
+    }
+    fn excerpt(&self, record: u64, ids: &BTreeSet<String>) -> Option<String> {
+        excerpt(self, record, ids)
+    }
+    fn splice(&self, record: u64, ids: &BTreeSet<String>, part: &str) -> Option<String> {
+        splice(self, record, ids, part)
     }
 }
 
@@ -360,5 +501,166 @@ mod tests {
         assert!(run.failures["1001"].contains("unreachable"), "{:?}", run.failures);
         assert!(run.failures["1003"].starts_with("not pushed: "), "{:?}", run.failures);
         assert_eq!(t.client.requests(), ["PUT auth 1001"], "one request, not one per object");
+    }
+
+    mod delta {
+        use super::*;
+        use crate::core::render::Renderer;
+        use crate::reconcile::fake::{FakeAsterisk, FakeStore, MemFile};
+        use crate::reconcile::{DirSource, Outcome, PruneGuard, Reconciler, RunReport, Trigger};
+        use std::sync::Arc;
+
+        type Rec = Reconciler<FakeStore, FakeAsterisk, LiveTarget<Fake>>;
+
+        fn rig() -> (Rec, Arc<MemFile>) {
+            let file = Arc::new(MemFile::default());
+            let rec = Reconciler {
+                store: FakeStore::default(),
+                asterisk: None,
+                managed: Box::new(file.clone()),
+                renderer: Arc::new(Renderer::new(None).expect("the built-in template")),
+                secrets: Arc::new(crate::secret::ProcessSecrets),
+                realm: "asterisk".into(),
+                prune: PruneGuard { max_share: 0.9, max_count: None, allow_mass_delete: false },
+                self_heal: true,
+                live: Some(LiveTarget::new(Fake { lenient: true, ..Default::default() })),
+                settled: Default::default(),
+            };
+            (rec, file)
+        }
+
+        /// A spec file of `(number, context, codecs)`.
+        fn team(entries: &[(u32, &str, &str)]) -> String {
+            let mut s = String::from("defaults: {transport: transport-udp}\nextensions:\n");
+            for (n, context, codecs) in entries {
+                s.push_str(&format!(
+                    "  - {{extension: \"{n}\", context: {context}, codecs: [{codecs}], md5Cred: 0123456789abcdef0123456789abcdef}}\n"
+                ));
+            }
+            s
+        }
+
+        fn is_delta(r: &RunReport) -> bool {
+            r.record.reasons.iter().any(|x| x.starts_with("delta run"))
+        }
+
+        /// What a whole run records and pushes for what `src` loads now:
+        /// the record, and the objects by (type, id).
+        type Objects = BTreeMap<(String, String), Vec<(String, String)>>;
+
+        fn whole(rec: &Rec, src: &DirSource) -> (String, Objects) {
+            let d = src.load();
+            let rendered = rec.renderer.render(&d.set, &d.source, &crate::secret::ProcessSecrets).expect("renders");
+            let text = canonical(&LiveTarget::new(Fake::default()), &rendered, false).expect("canonical");
+            let objects = sections::parse(&text)
+                .expect("parses")
+                .into_iter()
+                .map(|s| ((s.kind.clone(), s.id.clone()), s.fields))
+                .collect();
+            (text, objects)
+        }
+
+        /// Asterisk holds exactly the objects a whole run would push, each
+        /// with every field as rendered.
+        fn holds(rec: &Rec, want: &Objects, step: &str) {
+            let fake = &rec.live.as_ref().expect("live").client;
+            let held = fake.objects.lock().unwrap().clone();
+            assert_eq!(held.keys().collect::<Vec<_>>(), want.keys().collect::<Vec<_>>(), "{step}: the objects");
+            for (key, fields) in want {
+                let attrs: crate::asterisk::ari::Attributes =
+                    held[key].iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+                let off = live::mismatches(fields, &attrs);
+                assert!(off.is_empty(), "{step}: {key:?} differs: {off:?}");
+            }
+        }
+
+        /// Edit after edit, a delta run leaves the record and Asterisk
+        /// exactly as a whole run over the same specs would, touching only
+        /// the extensions whose specs changed; a refused one falls back to
+        /// whole runs until it is fixed.
+        #[tokio::test]
+        async fn delta_runs_record_and_push_exactly_what_a_whole_run_would() {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let src = DirSource::new(dir.path().to_path_buf());
+            let (rec, file) = rig();
+            let fake = || &rec.live.as_ref().expect("live").client;
+            let mut a: Vec<(u32, &str, &str)> = (1001..=1030).map(|n| (n, "from-internal", "ulaw")).collect();
+            let b: Vec<(u32, &str, &str)> = (2001..=2010).map(|n| (n, "sales", "alaw")).collect();
+            std::fs::write(dir.path().join("b.yaml"), team(&b)).expect("write");
+            let write_a = |a: &[(u32, &str, &str)]| std::fs::write(dir.path().join("a.yaml"), team(a)).expect("write");
+            write_a(&a);
+            let r = rec.run(Trigger::Manual, src.load()).await;
+            assert_eq!(r.record.outcome, Outcome::Applied, "{:?}", r.record.error);
+            assert!(!is_delta(&r), "the first run takes the whole way");
+            let (text, objects) = whole(&rec, &src);
+            assert_eq!(file.text().as_deref(), Some(text.as_str()), "the first record");
+            holds(&rec, &objects, "first run");
+            fake().requests();
+
+            // (what changes, the ids it touches)
+            type Edit = Box<dyn Fn(&mut Vec<(u32, &'static str, &'static str)>)>;
+            let edits: Vec<(&str, Edit, &[&str])> = vec![
+                ("one context", Box::new(|a| a[4].1 = "support"), &["1005"]),
+                ("one added", Box::new(|a| a.push((1031, "from-internal", "ulaw"))), &["1031"]),
+                ("one deleted", Box::new(|a| a.retain(|e| e.0 != 1002)), &["1002"]),
+                (
+                    "three codecs",
+                    Box::new(|a| {
+                        for e in a.iter_mut().filter(|e| [1010, 1011, 1012].contains(&e.0)) {
+                            e.2 = "ulaw, alaw";
+                        }
+                    }),
+                    &["1010", "1011", "1012"],
+                ),
+                ("one added before the others", Box::new(|a| a.insert(0, (1000, "from-internal", "g722"))), &["1000"]),
+            ];
+            for (step, edit, touched) in edits {
+                edit(&mut a);
+                write_a(&a);
+                let r = rec.run(Trigger::FileChange, src.load()).await;
+                assert_eq!(r.record.outcome, Outcome::Applied, "{step}: {:?}", r.record.error);
+                assert!(is_delta(&r), "{step}: a delta run: {:?}", r.record.reasons);
+                let (text, objects) = whole(&rec, &src);
+                assert_eq!(file.text().as_deref(), Some(text.as_str()), "{step}: the record a whole run would write");
+                holds(&rec, &objects, step);
+                let requests = fake().requests();
+                assert!(!requests.is_empty(), "{step}: something was pushed");
+                for req in &requests {
+                    assert!(touched.iter().any(|id| req.ends_with(&format!(" {id}"))), "{step}: {req} touches another");
+                }
+                let plan = r.record.plan.as_ref().expect("a plan");
+                let asked: BTreeSet<&str> = plan.changes.iter().map(|c| c.extension.as_str()).collect();
+                assert_eq!(asked, touched.iter().copied().collect(), "{step}: the plan's changes");
+                assert_eq!(
+                    plan.unchanged
+                        + plan.changes.iter().filter(|c| c.extension != "1002" || step != "one deleted").count(),
+                    a.len() + b.len(),
+                    "{step}: every other extension counts as unchanged"
+                );
+            }
+
+            // A value Asterisk refuses: that extension fails alone; the runs after take the whole way until it is fixed.
+            a[0].1 = "nosuchcodec-here";
+            a[3].1 = "support";
+            write_a(&a);
+            let r = rec.run(Trigger::FileChange, src.load()).await;
+            assert_eq!(r.record.outcome, Outcome::Degraded, "{:?}", r.record.error);
+            assert!(is_delta(&r));
+            a[0].1 = "from-internal";
+            a[1].1 = "support";
+            write_a(&a);
+            let r = rec.run(Trigger::FileChange, src.load()).await;
+            assert_eq!(r.record.outcome, Outcome::Applied, "{:?}", r.record.error);
+            assert!(!is_delta(&r), "after a refusal the next run takes the whole way");
+            let (text, objects) = whole(&rec, &src);
+            assert_eq!(file.text().as_deref(), Some(text.as_str()), "the record after the fix");
+            holds(&rec, &objects, "after the fix");
+            // And the run after that is a delta run again.
+            a[2].1 = "support";
+            write_a(&a);
+            let r = rec.run(Trigger::FileChange, src.load()).await;
+            assert!(is_delta(&r), "{:?}", r.record.reasons);
+            assert_eq!(file.text().as_deref(), Some(whole(&rec, &src).0.as_str()));
+        }
     }
 }

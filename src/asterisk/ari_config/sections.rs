@@ -108,9 +108,13 @@ pub fn write(header: &str, groups: &BTreeMap<String, Vec<Section>>) -> String {
     let mut out = String::from(header);
     for sections in groups.values() {
         for s in sections {
-            out.push_str(&format!("\n[{}]\ntype = {}\n", s.id, s.kind));
+            for part in ["\n[", &s.id, "]\ntype = ", &s.kind, "\n"] {
+                out.push_str(part);
+            }
             for (k, v) in &s.fields {
-                out.push_str(&format!("{k} = {v}\n"));
+                for part in [k.as_str(), " = ", v, "\n"] {
+                    out.push_str(part);
+                }
             }
         }
     }
