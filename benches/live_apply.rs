@@ -15,6 +15,7 @@
 //!
 //!     cargo bench --bench live_apply            # N=10000
 //!     BENCH_N=1000 cargo bench --bench live_apply
+//!     BENCH_TARGETS=ari BENCH_RUNS=1 cargo bench --bench live_apply   # a quick look
 use asterisk_gitops::asterisk::Asterisk as Client;
 use asterisk_gitops::asterisk::ami::AmiConfig;
 use asterisk_gitops::config::{
@@ -44,9 +45,17 @@ fn main() {
             std::process::exit(1);
         }
     };
+    // BENCH_LOG=asterisk_gitops=debug: the daemon's own step timings on stderr.
+    if let Ok(filter) = std::env::var("BENCH_LOG") {
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
-    let mut all: Vec<(&str, Vec<Figures>)> = vec![("file", Vec::new()), ("ari", Vec::new())];
-    for run in 0..RUNS {
+    // BENCH_TARGETS=ari (or file) and BENCH_RUNS=1 for a quick look; the figures in BENCHMARKS.md are both, three runs.
+    let targets = std::env::var("BENCH_TARGETS").unwrap_or_else(|_| "file,ari".into());
+    let runs: usize = std::env::var("BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(RUNS);
+    let mut all: Vec<(&str, Vec<Figures>)> =
+        ["file", "ari"].into_iter().filter(|t| targets.split(',').any(|x| x == *t)).map(|t| (t, Vec::new())).collect();
+    for run in 0..runs {
         for (target, figures) in all.iter_mut() {
             let f = rt.block_on(one_run(&build, n, run, target));
             println!(
@@ -68,7 +77,7 @@ fn main() {
             v[v.len() / 2]
         };
         println!(
-            "{n} extensions, {target}, median of {RUNS}: cold apply {:.2} s; saved → live {:.1} ms; API PUT → live {:.1} ms; no-op run {:.0} ms (the first {:.0} ms)",
+            "{n} extensions, {target}, median of {runs}: cold apply {:.2} s; saved → live {:.1} ms; API PUT → live {:.1} ms; no-op run {:.0} ms (the first {:.0} ms)",
             median(|f| f.cold).as_secs_f64(),
             ms(median(|f| f.saved)),
             ms(median(|f| f.api)),

@@ -624,6 +624,13 @@ impl WriteBack {
         // A panic in another edit poisons the lock but leaves no half-edit
         // behind (files are replaced atomically), so carry on.
         let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let started = std::time::Instant::now();
+        let done = self.apply_locked(op, author);
+        tracing::debug!(took_ms = started.elapsed().as_secs_f64() * 1000.0, ok = done.is_ok(), "edit written back");
+        done
+    }
+
+    fn apply_locked(&self, op: &EditOp, author: &Author) -> Result<Committed, WriteError> {
         match &self.target {
             Target::Dir(dir) => {
                 let changed = match &self.cache {

@@ -594,8 +594,10 @@ impl<S: StateStore, A: AsteriskControl, L: LiveApply> Reconciler<S, A, L> {
             reasons,
             rollback_failed,
         };
+        let committing = Instant::now();
         let run_id = match self.store.commit(&record, &upserts, &deletes, &states).await {
             Ok(id) => {
+                tracing::debug!(took_ms = ms(committing.elapsed()), "recorded");
                 let signature = self.remember_commit(&upserts, &deletes).await;
                 self.after_commit(&desired, next, record.outcome, signature).await;
                 Some(id)
@@ -671,6 +673,7 @@ impl<S: StateStore, A: AsteriskControl, L: LiveApply> Reconciler<S, A, L> {
         }
         let diagnostics = desired.diagnostics.clone();
         // 2–3. Plan: from the settled cache, or the whole way.
+        let planning = Instant::now();
         let secret_files = secret_files_fingerprint(&desired.set);
         let applied_sig = self.store.applied_signature().await.ok();
         let mut settled = false;
@@ -707,6 +710,18 @@ impl<S: StateStore, A: AsteriskControl, L: LiveApply> Reconciler<S, A, L> {
             }
         };
         let Planned { plan: p, rendered, md5s, observed, delta, .. } = planned;
+        let planned_at = Instant::now();
+        tracing::debug!(
+            how = if settled {
+                "settled"
+            } else if delta.is_some() {
+                "delta"
+            } else {
+                "whole"
+            },
+            took_ms = ms(planning.elapsed()),
+            "planned"
+        );
         let heal = self.self_heal && p.has_healable_drift();
         let mut applied = self
             .apply_plan(ApplyInput {
@@ -718,6 +733,7 @@ impl<S: StateStore, A: AsteriskControl, L: LiveApply> Reconciler<S, A, L> {
                 delta: delta.as_ref(),
             })
             .await;
+        tracing::debug!(took_ms = ms(planned_at.elapsed()), "applied");
         if let Some(d) = &delta {
             applied.reasons.insert(
                 0,
@@ -926,6 +942,7 @@ impl<S: StateStore, A: AsteriskControl, L: LiveApply> Reconciler<S, A, L> {
             Err(e) => return out.failed(RunError::Push(boxed(e))),
         };
         let took = started.elapsed();
+        let recording = Instant::now();
         // The whole record: a delta run's part spliced into the remembered one.
         let record = match delta {
             Some(d) => live.splice(d.record, &d.ids, &run.record),
@@ -947,6 +964,7 @@ impl<S: StateStore, A: AsteriskControl, L: LiveApply> Reconciler<S, A, L> {
                 );
             }
         }
+        tracing::debug!(push_ms = ms(took), record_ms = ms(recording.elapsed()), "pushed");
         out.reasons.push(format!(
             "pushed through ARI (no reload): {} extension(s) live and verified from Asterisk's answers, {} refused; {} request(s) in {} ms",
             run.pushed.len(),
@@ -1214,6 +1232,10 @@ fn reload_reason(p: &Plan, heal: bool, repairs: &[String]) -> String {
         why.push(format!("repairing drift: {}", list(repairs)));
     }
     format!("reloaded: {}", why.join("; "))
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
 }
 
 /// The ids of a record's `[id]` headers (a live target's record form).

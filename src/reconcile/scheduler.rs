@@ -27,7 +27,7 @@ impl Default for LoopConfig {
     fn default() -> Self {
         LoopConfig {
             interval: Duration::from_secs(30),
-            debounce: Duration::from_millis(50),
+            debounce: Duration::from_millis(20),
             backoff: BackoffConfig::new(Duration::from_secs(1), Duration::from_secs(300)),
         }
     }
@@ -149,7 +149,9 @@ async fn run_one<S: StateStore, A: AsteriskControl, L: LiveApply>(
 ) -> RunReport {
     use tracing::Instrument;
     let span = tracing::info_span!("reconcile", trigger = trigger.as_str(), revision = tracing::field::Empty);
+    let loading = std::time::Instant::now();
     let desired = source.load().instrument(span.clone()).await;
+    span.in_scope(|| tracing::debug!(took_ms = loading.elapsed().as_secs_f64() * 1000.0, "specs loaded"));
     if let Some(rev) = &desired.source.revision {
         span.record("revision", rev.as_str());
     }
