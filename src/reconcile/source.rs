@@ -170,13 +170,14 @@ impl DirSource {
     /// an edit at 10k extensions parses one file, not all of them twice.
     pub fn load_with_files(&self) -> (Desired, Arc<Vec<String>>) {
         let (sources, mut diagnostics) = read_dir_sources(&self.path);
-        let fp = fingerprint(&sources, &diagnostics);
+        // Each file's bytes are hashed once: the load's fingerprint is made of those.
+        let hashes: Vec<u64> = sources.iter().map(|(_, _, content)| Fingerprint::of(content)).collect();
+        let fp = fingerprint(&sources, &hashes, &diagnostics);
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(d) = last.as_ref().filter(|(d, _)| d.fingerprint == Some(fp)) {
             return d.clone();
         }
         let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
-        let hashes: Vec<u64> = sources.iter().map(|(_, _, content)| Fingerprint::of(content)).collect();
         let changed: Vec<Source> = sources
             .iter()
             .zip(&hashes)
@@ -229,9 +230,9 @@ fn read_dir_sources(dir: &Path) -> (Vec<Source>, Vec<Diagnostic>) {
 
 /// What a load depends on: every file's name and bytes (or read error),
 /// and the diagnostics of reading.
-fn fingerprint(sources: &[Source], diagnostics: &[Diagnostic]) -> u64 {
+fn fingerprint(sources: &[Source], hashes: &[u64], diagnostics: &[Diagnostic]) -> u64 {
     let mut h = Fingerprint::new();
-    for (shown, _, content) in sources {
+    for ((shown, _, _), content) in sources.iter().zip(hashes) {
         h.add(shown).add(content);
     }
     for d in diagnostics {
