@@ -201,7 +201,7 @@ pub struct AriFileConfig {
 pub struct ReconcileFileConfig {
     /// Seconds between periodic resyncs (default 30, jittered ±10%).
     pub interval: Option<f64>,
-    /// Milliseconds the spec directory must be quiet before a run (default 50;
+    /// Milliseconds the spec directory must be quiet before a run (default 20;
     /// a longer burst, such as a `git pull`, is waited out, up to 2 s).
     pub debounce_ms: Option<u64>,
     /// Repair drift in Asterisk and hand edits of the managed file (default true).
@@ -325,7 +325,7 @@ impl Default for ReconcileSettings {
     fn default() -> Self {
         ReconcileSettings {
             interval: Duration::from_secs(30),
-            debounce: Duration::from_millis(50),
+            debounce: Duration::from_millis(20),
             self_heal: true,
             prune_max_share: 0.3,
             prune_max_count: None,
