@@ -94,6 +94,14 @@ async fn an_object_in_astdb_and_in_the_file_is_astdbs_and_dbdel_hands_it_back_wi
     // With astdb holding a copy, an ARI PUT is an update (200) of that copy.
     let answer = a.put_object("endpoint", "1001", &[("callerid".into(), "\"Put\" <1001>".into())]).await.expect("PUT");
     assert!(answer.contains(&("context".into(), "from-internal".into())), "an update keeps the other fields");
+    // Asterisk now stores its own JSON of the endpoint (every option): too
+    // long for one AMI line, so it cannot be written back with DBPut.
+    let get = Message::action("DBGet").with("Family", "asterisk-gitops/endpoint").with("Key", "1001");
+    let (_, got) = m.request_list(get).await.expect("DBGet");
+    let stored = got.iter().find_map(|e| e.get("Val")).unwrap_or_default().to_string();
+    assert!(stored.len() > 1024 && stored.contains("\"callerid\":\"\\\"Put\\\" <1001>\""), "{} bytes", stored.len());
+    let long = m.request(put("endpoint", &stored)).await;
+    assert!(format!("{long:?}").contains("line too long"), "{long:?}");
     m.request(put("aor", r#"{"max_contacts":"1"}"#)).await.expect("DBPut aor");
     m.request(put("auth", r#"{"auth_type":"userpass","username":"1001","password":"pw1001"}"#)).await.expect("auth");
 
@@ -293,6 +301,83 @@ async fn file_to_ari_and_back_with_phones_registered_throughout_loses_no_registr
     for p in &phones {
         let uri = format!("sip:{}@127.0.0.1:{}", p.extension, p.port);
         assert_eq!(contacts(&ast, &p.extension).await, [uri], "still registered at the end");
+    }
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_whose_file_copy_asterisk_refuses_keeps_its_astdb_copy_and_the_next_start_finishes() {
+    let Some(build) = require("real::handover::refused_file_copy") else { return };
+    let ast = Asterisk::start(&build, Options::live("handover-refused").expect("snippet")).await.expect("starts");
+    let ids = ["2001", "2002"];
+    let team: Vec<(&str, &str)> = ids.iter().map(|i| (*i, "Agent")).collect();
+    let mut d = Daemon::start_with(&ast, Store::Sqlite, Source::Dir, &spec(&team), |f| {
+        f.apply = Some(asterisk_gitops::config::ApplyFileConfig { target: Some("ari".into()) });
+    })
+    .await;
+    for id in ids {
+        wait("pushed", LIVE, || async { astdb(&ast).await.contains(&format!("/asterisk-gitops/endpoint/{id}")) }).await;
+    }
+    let phones: Vec<sipp::Phone> = ids.iter().map(|i| sipp::Phone::new(i, &format!("pw{i}"))).collect();
+    for p in &phones {
+        assert!(p.register_for(ast.sip_addr(), 3600).await.ok(), "sipp registers");
+    }
+    let registered: Vec<Vec<String>> = {
+        let mut v = Vec::new();
+        for id in ids {
+            v.push(contacts(&ast, id).await);
+        }
+        v
+    };
+    let before = d.last_run_id().await;
+    d.halt().await;
+    // The record says 2002's endpoint has a codec Asterisk does not know:
+    // written into the managed file, Asterisk refuses that copy.
+    let record_path = d.settings.state_dir.join("ari-pushed.conf");
+    let record = std::fs::read_to_string(&record_path).expect("the record");
+    let broken = record.replacen("[2002]\ntype = endpoint\n", "[2002]\ntype = endpoint\nallow = nosuchcodec\n", 1);
+    assert_ne!(broken, record, "the record's shape changed: update this test");
+    std::fs::write(&record_path, broken).expect("write");
+
+    d.settings.apply_target = ApplyTarget::File;
+    d.start_again().await;
+    let run = d
+        .run_where("the hand-over back to file", |r| {
+            r["id"].as_i64().is_some_and(|id| id > before) && r["reasons"].to_string().contains("hand-over ari → file")
+        })
+        .await;
+    assert_eq!(run["outcome"], "failed", "{run:#}");
+    let error = run["error"].as_str().unwrap_or_default();
+    assert!(error.contains("endpoint 2002") && error.contains("put back"), "{run:#}");
+    assert!(!error.contains("2001"), "2001 moved: {run:#}");
+    assert_eq!(option(&ast, "2002", "callerid").await.as_deref(), Some("\"Agent\" <2002>"), "astdb's copy serves");
+    let db = astdb(&ast).await;
+    assert!(db.contains("/asterisk-gitops/endpoint/2002"), "{db}");
+    assert!(!db.contains("2001") && !db.contains("/aor/2002") && !db.contains("/auth/2002"), "the rest moved:\n{db}");
+    assert!(record_path.exists(), "the record stays while astdb holds some of it");
+
+    // The first run on file writes the managed file as rendered; the next
+    // start finishes the hand-over.
+    let handover = run["id"].as_i64().unwrap_or_default();
+    let next = d
+        .run_where("the first run on file", |r| {
+            r["id"].as_i64().is_some_and(|id| id > handover) && r["outcome"] == "applied"
+        })
+        .await;
+    let after = next["id"].as_i64().unwrap_or_default();
+    d.halt().await;
+    d.start_again().await;
+    let run = d
+        .run_where("the second hand-over", |r| {
+            r["id"].as_i64().is_some_and(|id| id > after) && r["reasons"].to_string().contains("hand-over ari → file")
+        })
+        .await;
+    assert_eq!(run["outcome"], "applied", "{run:#}");
+    assert!(!astdb(&ast).await.contains("/asterisk-gitops/"), "astdb's copies are gone");
+    assert!(!record_path.exists(), "and the record with them");
+    assert_eq!(codecs(&ast, "2002").await.as_deref(), Some("(ulaw|alaw)"), "the file's 2002");
+    for (id, was) in ids.iter().zip(&registered) {
+        assert_eq!(&contacts(&ast, id).await, was, "{id} still registered");
     }
     d.stop().await;
 }

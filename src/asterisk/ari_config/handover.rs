@@ -72,28 +72,52 @@ pub fn family(kind: &str) -> String {
     format!("{ASTDB_FAMILY}/{kind}")
 }
 
+/// The longest value one AMI `DBPut` can carry: Asterisk reads an AMI line
+/// into 1,024 bytes (`main/manager.c`, `inbuf`) and answers a longer one
+/// "Failed to parse message: line too long"; `Val: ` and CRLF take 7.
+pub const MAX_DBPUT_VALUE: usize = 1_000;
+
 /// The JSON res_sorcery_astdb stores for an object: its options as strings,
-/// in the order written. `disallow = all` is left out: an object astdb
-/// creates starts with no codec, so `allow` alone gives the same list (and
-/// a JSON object holds a name once; a repeated option keeps its last value
-/// until the ARI `PUT` right after writes the object in Asterisk's form).
-pub fn astdb_json(fields: &[(String, String)]) -> String {
+/// in the order written, and whether options had to be left out so it fits
+/// one AMI line ([`MAX_DBPUT_VALUE`]; the template writes the options an
+/// extension needs to work first, and the ARI `PUT` right after sets every
+/// option). `disallow = all` is left out: an object astdb creates starts
+/// with no codec, so `allow` alone gives the same list (and a JSON object
+/// holds a name once; a repeated option keeps its last value until that
+/// `PUT` writes the object in Asterisk's form).
+pub fn astdb_json(fields: &[(String, String)]) -> (String, bool) {
     let mut out = String::from("{");
-    let mut first = true;
+    let mut trimmed = false;
     for (k, v) in fields {
         if k == "disallow" && v == "all" {
             continue;
         }
-        if !first {
-            out.push(',');
+        let pair = format!(
+            "{}{}:{}",
+            if out.len() > 1 { "," } else { "" },
+            serde_json::Value::String(k.clone()),
+            serde_json::Value::String(v.clone())
+        );
+        if out.len() + pair.len() + 1 > MAX_DBPUT_VALUE {
+            trimmed = true;
+            continue;
         }
-        first = false;
-        out.push_str(&serde_json::Value::String(k.clone()).to_string());
-        out.push(':');
-        out.push_str(&serde_json::Value::String(v.clone()).to_string());
+        out.push_str(&pair);
     }
     out.push('}');
-    out
+    (out, trimmed)
+}
+
+/// The options of a value res_sorcery_astdb stored (a JSON object of
+/// strings), for an ARI `PUT`; `None` when it is not one.
+pub fn astdb_fields(value: &str) -> Option<Vec<(String, String)>> {
+    let serde_json::Value::Object(map) = serde_json::from_str(value).ok()? else { return None };
+    map.into_iter()
+        .map(|(k, v)| match v {
+            serde_json::Value::String(s) => Some((k, s)),
+            _ => None,
+        })
+        .collect()
 }
 
 /// The comment lines before a config text's first section (its header).
@@ -268,7 +292,11 @@ async fn copy_into_astdb<D: DynamicConfig>(
     objects: &[&Section],
 ) -> Result<(), String> {
     for s in objects {
-        ami.db_put(&family(&s.kind), id, &astdb_json(&s.fields))
+        let (json, trimmed) = astdb_json(&s.fields);
+        if trimmed {
+            tracing::info!(id, kind = %s.kind, "an object too long for one AMI line is written into astdb in part; the ARI PUT right after completes it");
+        }
+        ami.db_put(&family(&s.kind), id, &json)
             .await
             .map_err(|e| format!("could not write {} {id} into astdb: {e}", s.kind))?;
     }
@@ -300,6 +328,10 @@ pub async fn to_file<D: DynamicConfig>(
     }
     let held = objects_of(&ami.astdb_keys(ASTDB_FAMILY).await?);
     if held.is_empty() {
+        // A record of objects Asterisk does not hold describes nothing: a
+        // later start on `ari` must not take it for what astdb holds.
+        std::fs::remove_file(record.path())
+            .map_err(|source| HandoverError::Write { path: record.path().display().to_string(), source })?;
         return Ok(None);
     }
     let mut out = Handover { direction: "ari → file", ..Default::default() };
@@ -379,11 +411,13 @@ async fn switch_to_file<D: DynamicConfig>(ami: &Asterisk, ari: &D, kind: &str, i
                 Err(e) => format!("could not look it up after removing its astdb copy ({e})"),
                 _ => "the managed file's copy did not load (see Asterisk's log)".to_string(),
             };
-            if let Some(v) = value {
-                ami.db_put(&fam, id, &v)
-                    .await
-                    .map_err(|e| format!("{why}; putting the astdb copy back failed: {e}"))?;
-            }
+            // Put back through ARI (Asterisk's own JSON of an endpoint is
+            // some 6 KB: too long for an AMI DBPut): with neither copy
+            // found, the PUT creates it in astdb again, every option as it was.
+            let Some(fields) = value.as_deref().and_then(astdb_fields) else {
+                return Err(format!("{why}; its astdb value could not be read back to put it back"));
+            };
+            ari.put(kind, id, &fields).await.map_err(|e| format!("{why}; putting the astdb copy back failed: {e}"))?;
             Err(format!("{why}; its astdb copy was put back"))
         }
     }
@@ -396,12 +430,31 @@ mod tests {
     #[test]
     fn the_astdb_json_keeps_the_written_order_and_quotes_values() {
         let f = |k: &str, v: &str| (k.to_string(), v.to_string());
-        let json =
+        let (json, trimmed) =
             astdb_json(&[f("context", "a"), f("disallow", "all"), f("allow", "ulaw,alaw"), f("callerid", "\"T\" <1>")]);
         assert_eq!(json, r#"{"context":"a","allow":"ulaw,alaw","callerid":"\"T\" <1>"}"#);
+        assert!(!trimmed);
         let v: serde_json::Value = serde_json::from_str(&json).expect("valid JSON");
         assert_eq!(v["callerid"], "\"T\" <1>");
-        assert_eq!(astdb_json(&[]), "{}");
+        assert_eq!(astdb_json(&[]), ("{}".to_string(), false));
+        let back = astdb_fields(&json).expect("read back");
+        assert_eq!(back.len(), 3);
+        assert!(back.contains(&f("callerid", "\"T\" <1>")));
+        assert_eq!(astdb_fields("[1]"), None);
+        assert_eq!(astdb_fields(r#"{"a":1}"#), None);
+    }
+
+    #[test]
+    fn an_object_too_long_for_one_ami_line_is_written_in_part_first_options_first() {
+        let f = |k: &str, v: String| (k.to_string(), v);
+        let fields = vec![
+            f("context", "from-internal".into()),
+            f("set_var", "x".repeat(MAX_DBPUT_VALUE)),
+            f("aors", "1001".into()),
+        ];
+        let (json, trimmed) = astdb_json(&fields);
+        assert!(trimmed && json.len() <= MAX_DBPUT_VALUE, "{json}");
+        assert_eq!(json, r#"{"context":"from-internal","aors":"1001"}"#, "the long option left out");
     }
 
     #[test]
