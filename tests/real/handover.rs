@@ -381,3 +381,33 @@ async fn an_object_whose_file_copy_asterisk_refuses_keeps_its_astdb_copy_and_the
     }
     d.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_astdb_wizard_nothing_is_handed_over_and_the_file_stays_in_force() {
+    let Some(build) = require("real::handover::without_astdb_wizard") else { return };
+    // Step 1 of the procedure forgotten: Asterisk's sorcery.conf as it ships.
+    let ast = Asterisk::start(&build, Options::named("handover-no-astdb")).await.expect("Asterisk starts");
+    let mut d = Daemon::start_with(&ast, Store::Sqlite, Source::Dir, &spec(&[("2001", "Agent")]), |_| {}).await;
+    wait("2001 live", LIVE, || async { endpoint(&ast, "2001").await.is_some() }).await;
+    let phone = sipp::Phone::new("2001", "pw2001");
+    assert!(phone.register_for(ast.sip_addr(), 3600).await.ok(), "sipp registers");
+    let managed = std::fs::read_to_string(ast.managed_file()).expect("managed");
+
+    let before = d.last_run_id().await;
+    d.halt().await;
+    d.settings.apply_target = ApplyTarget::Ari;
+    d.start_again().await;
+    let run = d
+        .run_where("the hand-over to ari", |r| {
+            r["id"].as_i64().is_some_and(|id| id > before) && r["reasons"].to_string().contains("hand-over file → ari")
+        })
+        .await;
+    assert_eq!(run["outcome"], "failed", "{run:#}");
+    assert!(run["error"].to_string().contains("is the astdb wizard first in sorcery.conf?"), "{run:#}");
+    assert_eq!(run["reloaded"], false, "{run:#}");
+    assert_eq!(std::fs::read_to_string(ast.managed_file()).expect("managed"), managed, "the file is untouched");
+    assert!(!astdb(&ast).await.contains("/asterisk-gitops/"), "no copy left in astdb");
+    assert_eq!(option(&ast, "2001", "callerid").await.as_deref(), Some("\"Agent\" <2001>"));
+    assert_eq!(contacts(&ast, "2001").await.len(), 1, "still registered");
+    d.stop().await;
+}

@@ -301,7 +301,15 @@ async fn copy_into_astdb<D: DynamicConfig>(
             .map_err(|e| format!("could not write {} {id} into astdb: {e}", s.kind))?;
     }
     for s in objects {
-        let answer = ari.put(&s.kind, id, &s.fields).await.map_err(|e| format!("ARI refused {} {id}: {e}", s.kind))?;
+        let answer = ari.put(&s.kind, id, &s.fields).await.map_err(|e| {
+            // 403 with a copy in astdb: no astdb wizard for the type.
+            let hint = if matches!(e, crate::asterisk::ari::AriError::Status { status: 403, .. }) {
+                " (is the astdb wizard first in sorcery.conf? examples/asterisk/sorcery.conf.snippet; Asterisk must be restarted with it)"
+            } else {
+                ""
+            };
+            format!("ARI refused {} {id}: {e}{hint}", s.kind)
+        })?;
         let off = mismatches(&s.fields, &answer);
         if !off.is_empty() {
             return Err(format!("{} {id} is not as the file defines it: {}", s.kind, off.join("; ")));
