@@ -178,6 +178,7 @@ pub async fn run(
         }
     };
     let reconciler = Arc::new(reconciler(&settings, db.clone())?);
+    hand_over(&settings, &reconciler).await;
     let (source, target, interval) = match &settings.git {
         None => {
             std::fs::create_dir_all(&settings.spec_dir).ok();
@@ -370,6 +371,74 @@ pub async fn run(
     db.close().await;
     tracing::info!("asterisk-gitops stopped");
     http_result.map_err(Into::into)
+}
+
+/// Hands a running installation over between the apply targets before the
+/// first run (`asterisk::ari_config::handover`): with `ari`, the extensions
+/// the managed file still defines move into the astdb wizard; with `file`,
+/// what the record says was pushed moves back into the managed file. What it
+/// did is recorded as a run of its own (trigger `startup`, no plan).
+pub async fn hand_over(settings: &Settings, reconciler: &DaemonReconciler) {
+    use crate::asterisk::ari_config::{RECORD_FILE, handover};
+    let (Some(ami), Some(ari)) = (&reconciler.asterisk, &settings.ari) else { return };
+    let started_at = chrono::Utc::now();
+    let done = match (settings.apply_target, &reconciler.live) {
+        (crate::config::ApplyTarget::Ari, Some(live)) => {
+            let managed = ManagedFile::new(&settings.managed_file).with_group(settings.managed_file_group);
+            handover::to_ari(ami, &live.client, &managed, reconciler.managed.as_ref()).await
+        }
+        (crate::config::ApplyTarget::File, _) => {
+            let client = match ari_client(ari) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "no ARI client: no hand-over from the ari target checked");
+                    return;
+                }
+            };
+            let record = ManagedFile::new(settings.state_dir.join(RECORD_FILE));
+            handover::to_file(ami, &client, reconciler.managed.as_ref(), &record).await
+        }
+        _ => return,
+    };
+    let (outcome, error, reasons, reloaded) = match done {
+        Ok(None) => return,
+        Ok(Some(h)) => {
+            let error = (!h.failures.is_empty())
+                .then(|| h.failures.iter().map(|(id, why)| format!("{id}: {why}")).collect::<Vec<_>>().join("; "));
+            tracing::info!(
+                direction = h.direction,
+                handed = h.handed.len(),
+                failed = h.failures.len(),
+                reloaded = h.reloaded,
+                "hand-over between the apply targets"
+            );
+            let outcome = if error.is_none() { reconcile::Outcome::Applied } else { reconcile::Outcome::Failed };
+            (outcome, error, h.reasons, h.reloaded)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "the hand-over between the apply targets could not start");
+            (reconcile::Outcome::Failed, Some(e.to_string()), vec![format!("hand-over not done: {e}")], false)
+        }
+    };
+    let run = reconcile::RunRecord {
+        trigger: reconcile::Trigger::Startup,
+        revision: None,
+        subject: None,
+        started_at,
+        finished_at: chrono::Utc::now(),
+        outcome,
+        plan: None,
+        error,
+        diagnostics: Vec::new(),
+        reloaded,
+        warning: None,
+        reasons,
+        rollback_failed: false,
+    };
+    use crate::reconcile::StateStore as _;
+    if let Err(e) = reconciler.store.commit(&run, &[], &[], &Default::default()).await {
+        tracing::error!(error = %e, "could not record the hand-over");
+    }
 }
 
 /// An ARI client for the configured Asterisk (the call logger and the

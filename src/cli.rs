@@ -476,6 +476,7 @@ async fn apply(global: &GlobalArgs, args: ApplyArgs) -> anyhow::Result<ExitCode>
         eprintln!("error: Asterisk is not ready (waited up to {}s, --wait-for-asterisk): {e}", wait.as_secs());
         return Ok(ExitCode::FAILURE);
     }
+    crate::app::hand_over(&settings, &reconciler).await;
     let (p, _) = reconciler.plan(&desired).await.map_err(|e| anyhow::anyhow!(e))?;
     print!("{}", crate::core::plan::to_text(&p));
     if !(p.has_changes() || (settings.reconcile.self_heal && p.has_healable_drift())) {

@@ -22,7 +22,7 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::{Mutex, broadcast, mpsc, oneshot};
 
 /// Keys whose values are never shown (AuthDetail, Login).
-const SECRET_KEYS: &[&str] = &["password", "md5cred", "secret", "passworddigest", "oauthsecret", "refreshtoken"];
+const SECRET_KEYS: &[&str] = &["password", "md5cred", "secret", "passworddigest", "oauthsecret", "refreshtoken", "val"];
 
 /// One AMI message: its `Key: Value` lines, in order.
 #[derive(Clone, Default, PartialEq, Eq)]

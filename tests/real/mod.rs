@@ -12,6 +12,7 @@ mod calls;
 mod contract;
 mod e2e;
 mod faults;
+mod handover;
 mod live;
 mod options;
 mod phones;

@@ -10,6 +10,7 @@
 //! between two pushes is repaired from (the rows are only written once the
 //! pushes are done, so the next run pushes again: PUT is idempotent).
 
+pub mod handover;
 pub mod live;
 pub mod sections;
 pub mod sweep;
