@@ -14,7 +14,13 @@
 //!   Dial status;
 //! - `CHAN_END`: the leg's end;
 //! - `BLINDTRANSFER` / `ATTENDEDTRANSFER`: the transferring leg; legs that
-//!   start later are the call's `transfer` legs;
+//!   start later are the call's `transfer` legs, and so are, for an
+//!   attended transfer, the consulted target's legs that are still up;
+//! - `PICKUP`: the picker's channel (its own call so far, dialling `*8`)
+//!   joins the picked-up call as its `pickup` leg, answering it; the
+//!   picker's own row goes (one call, answered by the one who picked up).
+//!   Handled by the worker of the picker's call, so after its start and
+//!   before its end; a call already completed is completed again;
 //! - `LINKEDID_END`: the last channel of the call is gone: the row is
 //!   completed from its legs (`db::calls::outcome`).
 //!
@@ -120,15 +126,25 @@ struct Shared {
 impl Shared {
     async fn start_leg(&self, l: LegSeen<'_>) -> Result<(), crate::db::DbError> {
         let first = l.uniqueid == l.linkedid;
+        // A Local channel pair is plumbing (an attended transfer's
+        // consultation, a Dial through the dialplan), not a party: the
+        // channel it dials is the leg. Only a call that starts with one
+        // records it (its caller).
+        if !first && l.channel.starts_with("Local/") {
+            return Ok(());
+        }
         if first {
             let dir = direction(l.context, l.exten, &self.cfg);
             let caller = blank(l.caller);
             let callee = blank(l.exten);
+            // An inbound call's callee is the extension it rings (its first
+            // callee leg, below); the number dialled stays on the caller's leg.
+            let inbound = dir == "inbound";
             let c = CallStart {
                 channel_id: l.linkedid.to_string(),
-                extension: if dir == "inbound" { callee.clone() } else { caller.clone() },
+                extension: if inbound { None } else { caller.clone() },
                 caller,
-                callee,
+                callee: if inbound { None } else { callee },
                 direction: dir.into(),
                 start_time: l.at,
             };
@@ -144,12 +160,18 @@ impl Shared {
         } else {
             "callee"
         };
+        let extension = extension_of_channel(l.channel);
+        if role == "callee"
+            && let Some(ext) = &extension
+        {
+            self.db.inbound_call_rings(l.linkedid, ext).await?;
+        }
         self.db
             .leg_started(&LegStart {
                 linkedid: l.linkedid.to_string(),
                 uniqueid: l.uniqueid.to_string(),
                 channel: l.channel.to_string(),
-                extension: extension_of_channel(l.channel),
+                extension,
                 role: role.into(),
                 caller: blank(l.caller),
                 dialled: blank(l.exten).filter(|e| e != "s"),
@@ -214,9 +236,36 @@ impl Shared {
                 self.db.leg_hung_up(&e.uniqueid, e.extra_i64("hangupcause"), source, dial).await?
             }
             "CHAN_END" => self.db.leg_ended(&e.uniqueid, e.at).await?,
-            "BLINDTRANSFER" | "ATTENDEDTRANSFER" => {
-                let to = e.extra_str("extension").or_else(|| e.extra_str("transfer_target_channel_name"));
-                self.db.leg_transferred(&e.uniqueid, e.at, to).await?
+            "BLINDTRANSFER" => self.db.leg_transferred(&e.uniqueid, e.at, e.extra_str("extension")).await?,
+            "ATTENDEDTRANSFER" => {
+                // The transferer consulted the target first: the target's
+                // legs started before this event, as callees; they are the
+                // call's transfer legs. The target is named by its channel
+                // (a Local channel for the DTMF feature, the phone's own
+                // for a REFER with Replaces).
+                let to = e.extra_str("transfer_target_channel_name").and_then(extension_of_channel);
+                self.db.leg_transferred(&e.uniqueid, e.at, to.as_deref()).await?;
+                self.db.consulted_legs_are_transfers(&e.linkedid, &e.uniqueid).await?
+            }
+            "PICKUP" => {
+                let (Some(picker), Some(name)) =
+                    (e.extra_str("pickup_channel_uniqueid"), e.extra_str("pickup_channel"))
+                else {
+                    return Ok(());
+                };
+                let leg = LegStart {
+                    linkedid: e.linkedid.clone(),
+                    uniqueid: picker.to_string(),
+                    channel: name.to_string(),
+                    extension: extension_of_channel(name),
+                    role: "pickup".into(),
+                    caller: None,
+                    dialled: None,
+                    start_time: e.at,
+                };
+                if self.db.leg_picked_up(&leg).await? {
+                    tracing::debug!(linkedid = %e.linkedid, "a pickup merged the picker's call into this one");
+                }
             }
             "LINKEDID_END" if self.db.cel_call_ended(&e.linkedid, e.at).await? => {
                 self.stats.calls_completed.fetch_add(1, Ordering::Relaxed);
@@ -356,7 +405,15 @@ impl Feed for CelFeed {
                 Ok(None) => Read::Skip,
                 Ok(Some(ev)) => {
                     self.shared.stats.events.fetch_add(1, Ordering::Relaxed);
-                    Read::Item(ev.linkedid.clone(), Item::Event(ev))
+                    // A pickup moves the picker's channel out of its own call
+                    // (its linkedid, its first channel's uniqueid) into the
+                    // picked-up one: handled by the picker's call's worker,
+                    // after that call's start and before its end.
+                    let key = match (ev.name.as_str(), ev.extra_str("pickup_channel_uniqueid")) {
+                        ("PICKUP", Some(picker)) if !picker.is_empty() => picker.to_string(),
+                        _ => ev.linkedid.clone(),
+                    };
+                    Read::Item(key, Item::Event(ev))
                 }
                 Err(e) => {
                     self.shared.stats.errors.fetch_add(1, Ordering::Relaxed);

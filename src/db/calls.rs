@@ -244,8 +244,9 @@ pub struct LegStart {
     pub channel: String,
     /// The endpoint the channel belongs to (`PJSIP/1002-0000000a` → `1002`).
     pub extension: Option<String>,
-    /// `caller` (the call's first channel), `callee`, or `transfer` (a
-    /// channel the call reached after a transfer).
+    /// `caller` (the call's first channel), `callee`, `transfer` (a
+    /// channel the call reached by a transfer) or `pickup` (the channel
+    /// that picked the call up).
     pub role: String,
     pub caller: Option<String>,
     pub dialled: Option<String>,
@@ -439,6 +440,10 @@ impl Db {
                 .bind(uniqueid)
                 .fetch_optional(pool)
                 .await)?;
+            // Not a leg (a Local channel): a party answers the call, not plumbing.
+            if by.is_none() {
+                return Ok(());
+            }
             on_pool!(self, pool => sqlx::query(
                 "UPDATE calls SET answer_time = $1, answered_by = $2, updated_at = $3 WHERE channel_id = $4 AND answer_time IS NULL",
             )
@@ -500,6 +505,87 @@ impl Db {
         Ok(())
     }
 
+    /// An attended transfer completed by `transferer`: the callee legs that
+    /// started after it and are still up (the consulted target) become the
+    /// call's `transfer` legs.
+    pub async fn consulted_legs_are_transfers(&self, linkedid: &str, transferer: &str) -> Result<(), DbError> {
+        on_pool!(self, pool => sqlx::query(
+            "UPDATE call_legs SET role = 'transfer' WHERE linkedid = $1 AND role = 'callee' AND uniqueid <> $2 \
+             AND end_time IS NULL AND start_time >= (SELECT start_time FROM call_legs WHERE uniqueid = $2)",
+        )
+        .bind(linkedid)
+        .bind(transferer)
+        .execute(pool)
+        .await
+        .map(drop))?;
+        Ok(())
+    }
+
+    /// An inbound call rings `ext` (its first callee leg): the call's
+    /// callee and the extension it belongs to, once.
+    pub async fn inbound_call_rings(&self, linkedid: &str, ext: &str) -> Result<(), DbError> {
+        on_pool!(self, pool => sqlx::query(
+            "UPDATE calls SET callee = COALESCE(callee, $1), extension = COALESCE(extension, $1) \
+             WHERE channel_id = $2 AND direction = 'inbound' AND source = 'cel'",
+        )
+        .bind(ext)
+        .bind(linkedid)
+        .execute(pool)
+        .await
+        .map(drop))?;
+        Ok(())
+    }
+
+    /// A pickup (CEL `PICKUP`): the picker's channel `l.uniqueid` becomes
+    /// the `pickup` leg of call `l.linkedid`, answering it (from the pickup
+    /// on, as Asterisk answers the picker); the call the picker had made
+    /// (dialling the pickup code) is no call of its own and goes once it
+    /// has no leg left. A call already completed is completed again with
+    /// its leg. `false` when the leg was already there.
+    pub async fn leg_picked_up(&self, l: &LegStart) -> Result<bool, DbError> {
+        let before: Option<(String,)> = on_pool!(self, pool => sqlx::query_as("SELECT linkedid FROM call_legs WHERE uniqueid = $1")
+            .bind(&l.uniqueid)
+            .fetch_optional(pool)
+            .await)?;
+        if before.as_ref().is_some_and(|(b,)| b == &l.linkedid) {
+            return Ok(false);
+        }
+        on_pool!(self, pool => sqlx::query(
+            "INSERT INTO call_legs (linkedid, uniqueid, channel, extension, role, start_time, answer_time) \
+             VALUES ($1, $2, $3, $4, 'pickup', $5, $5) \
+             ON CONFLICT (uniqueid) DO UPDATE SET linkedid = $1, role = 'pickup', \
+             answer_time = COALESCE(call_legs.answer_time, $5)",
+        )
+        .bind(&l.linkedid)
+        .bind(&l.uniqueid)
+        .bind(&l.channel)
+        .bind(&l.extension)
+        .bind(l.start_time)
+        .execute(pool)
+        .await
+        .map(drop))?;
+        let own = before.map(|(b,)| b).unwrap_or_else(|| l.uniqueid.clone());
+        on_pool!(self, pool => sqlx::query(
+            "DELETE FROM calls WHERE channel_id IN ($1, $2) AND channel_id <> $3 \
+             AND NOT EXISTS (SELECT 1 FROM call_legs WHERE call_legs.linkedid = calls.channel_id)",
+        )
+        .bind(&own)
+        .bind(&l.uniqueid)
+        .bind(&l.linkedid)
+        .execute(pool)
+        .await
+        .map(drop))?;
+        self.leg_answered(&l.linkedid, &l.uniqueid, l.start_time).await?;
+        let ended: Option<(Option<DateTime<Utc>>,)> = on_pool!(self, pool => sqlx::query_as("SELECT end_time FROM calls WHERE channel_id = $1")
+            .bind(&l.linkedid)
+            .fetch_optional(pool)
+            .await)?;
+        if let Some((Some(at),)) = ended {
+            self.complete(&l.linkedid, at, true).await?;
+        }
+        Ok(true)
+    }
+
     /// Whether any leg of the call transferred it.
     pub async fn call_was_transferred(&self, linkedid: &str) -> Result<bool, DbError> {
         let n: (i64,) = on_pool!(self, pool => sqlx::query_as(
@@ -528,6 +614,11 @@ impl Db {
     /// disposition; each leg's talk time. A row closed as `unknown` is
     /// provisional: this replaces it. `false` when it was already complete.
     pub async fn cel_call_ended(&self, linkedid: &str, at: DateTime<Utc>) -> Result<bool, DbError> {
+        self.complete(linkedid, at, false).await
+    }
+
+    /// `cel_call_ended`; `again`: also a call already complete (its legs changed).
+    async fn complete(&self, linkedid: &str, at: DateTime<Utc>, again: bool) -> Result<bool, DbError> {
         let legs = self.legs(linkedid).await?;
         let o = outcome(linkedid, &legs);
         let duration = match (o.answered, o.answer_time) {
@@ -554,7 +645,7 @@ impl Db {
         let done = on_pool!(self, pool => sqlx::query(
             "UPDATE calls SET end_time = $1, answer_time = COALESCE(answer_time, $2), answered_by = COALESCE(answered_by, $3), \
              duration_seconds = $4, hangup_cause = $5, hangup_by = $6, disposition = $7, transfers = $8, updated_at = $9 \
-             WHERE channel_id = $10 AND (end_time IS NULL OR disposition = 'unknown')",
+             WHERE channel_id = $10 AND ($11 OR end_time IS NULL OR disposition = 'unknown')",
         )
         .bind(at)
         .bind(o.answer_time)
@@ -566,6 +657,7 @@ impl Db {
         .bind(o.transfers)
         .bind(now)
         .bind(linkedid)
+        .bind(again)
         .execute(pool)
         .await
         .map(|r| r.rows_affected() == 1))?;
