@@ -305,9 +305,15 @@ impl Shared {
                 // call's transfer legs. The target is named by its channel
                 // (a Local channel for the DTMF feature, the phone's own
                 // for a REFER with Replaces).
-                let to = e.extra_str("transfer_target_channel_name").and_then(extension_of_channel);
-                b.leg_transferred(&e.uniqueid, e.at, to.as_deref()).await?;
-                b.consulted_legs_are_transfers(&e.linkedid, &e.uniqueid).await?
+                // Asterisk 22 may say `N/A` for it (the target already
+                // moved): then the consulted leg names it.
+                let consulted = b.consulted_legs_are_transfers(&e.linkedid, &e.uniqueid).await?;
+                let to = e
+                    .extra_str("transfer_target_channel_name")
+                    .filter(|n| n.contains('/') && *n != "N/A")
+                    .and_then(extension_of_channel)
+                    .or(consulted);
+                b.leg_transferred(&e.uniqueid, e.at, to.as_deref()).await?
             }
             "PICKUP" => {
                 let (Some(picker), Some(name)) =

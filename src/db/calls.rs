@@ -671,8 +671,12 @@ impl CelBatch {
 
     /// An attended transfer completed by `transferer`: the callee legs that
     /// started after it and are still up (the consulted target) become the
-    /// call's `transfer` legs.
-    pub async fn consulted_legs_are_transfers(&mut self, linkedid: &str, transferer: &str) -> Result<(), DbError> {
+    /// call's `transfer` legs. Returns the first one's extension.
+    pub async fn consulted_legs_are_transfers(
+        &mut self,
+        linkedid: &str,
+        transferer: &str,
+    ) -> Result<Option<String>, DbError> {
         on_tx!(self, pool => sqlx::query(
             "UPDATE call_legs SET role = 'transfer' WHERE linkedid = $1 AND role = 'callee' AND uniqueid <> $2 \
              AND end_time IS NULL AND start_time >= (SELECT start_time FROM call_legs WHERE uniqueid = $2)",
@@ -682,7 +686,13 @@ impl CelBatch {
         .execute(pool)
         .await
         .map(drop))?;
-        Ok(())
+        let first: Option<(Option<String>,)> = on_tx!(self, pool => sqlx::query_as(
+            "SELECT extension FROM call_legs WHERE linkedid = $1 AND role = 'transfer' ORDER BY start_time, id LIMIT 1",
+        )
+        .bind(linkedid)
+        .fetch_optional(pool)
+        .await)?;
+        Ok(first.and_then(|(e,)| e))
     }
 
     /// An inbound call rings `ext` (its first callee leg): the call's
