@@ -14,14 +14,23 @@
 //!   Dial status;
 //! - `CHAN_END`: the leg's end;
 //! - `BLINDTRANSFER` / `ATTENDEDTRANSFER`: the transferring leg; legs that
-//!   start later are the call's `transfer` legs;
+//!   start later are the call's `transfer` legs, and so are, for an
+//!   attended transfer, the consulted target's legs that are still up;
+//! - `PICKUP`: the picker's channel (its own call so far, dialling `*8`)
+//!   joins the picked-up call as its `pickup` leg, answering it; the
+//!   picker's own row goes (one call, answered by the one who picked up).
+//!   Handled by the worker of the picker's call, so after its start and
+//!   before its end; a call already completed is completed again;
 //! - `LINKEDID_END`: the last channel of the call is gone: the row is
 //!   completed from its legs (`db::calls::outcome`).
 //!
 //! Exactly once: every write is keyed (the call by linkedid, a leg by
 //! uniqueid) and only fills what is still empty, so a replayed or
 //! duplicated event changes nothing. Events of one call are handled in
-//! order by one worker (calls are spread over workers by linkedid).
+//! order by one worker (calls are spread over workers by linkedid). A
+//! worker writes what queued up for it (up to [`BATCH`] items) in one
+//! transaction (`db::calls::CelBatch`), in order; a batch that fails is
+//! rolled back and its items written one by one.
 //!
 //! While the logger is not connected (AMI down, the daemon restarting)
 //! Asterisk's events are lost, so after every connect it lists the live
@@ -37,7 +46,7 @@ use super::{CallLogConfig, CallLogStats, Feed, Read, direction, worker_of};
 use crate::asterisk::ami::{AmiClient, AmiConfig, Message};
 use crate::asterisk::cel::{CelEvent, CelStream};
 use crate::db::Db;
-use crate::db::calls::{CallStart, LegStart, extension_of_channel};
+use crate::db::calls::{CallStart, CelBatch, LegStart, extension_of_channel};
 use chrono::{DateTime, Utc};
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -111,6 +120,29 @@ struct LegSeen<'a> {
     at: DateTime<Utc>,
 }
 
+/// One transaction's writes, and what it did (counted once it commits).
+struct Batch {
+    db: CelBatch,
+    created: u64,
+    completed: u64,
+}
+
+impl std::ops::Deref for Batch {
+    type Target = CelBatch;
+    fn deref(&self) -> &CelBatch {
+        &self.db
+    }
+}
+
+impl std::ops::DerefMut for Batch {
+    fn deref_mut(&mut self) -> &mut CelBatch {
+        &mut self.db
+    }
+}
+
+/// At most this many queued items go into one transaction.
+const BATCH: usize = 256;
+
 struct Shared {
     db: Db,
     cfg: CallLogConfig,
@@ -118,74 +150,123 @@ struct Shared {
 }
 
 impl Shared {
-    async fn start_leg(&self, l: LegSeen<'_>) -> Result<(), crate::db::DbError> {
+    /// Writes a worker's queued items in one transaction, in order; when
+    /// that fails, each on its own, so one bad event loses only itself.
+    async fn write(&self, items: &[Item]) {
+        let Err(e) = self.write_batch(items).await else { return };
+        if items.len() > 1 {
+            tracing::warn!(error = %e, events = items.len(), "a batch of call events failed; writing them one by one");
+            for item in items {
+                if let Err(e) = self.write_batch(std::slice::from_ref(item)).await {
+                    self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(error = %e, "call event not recorded");
+                }
+            }
+        } else {
+            self.stats.errors.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(error = %e, "call event not recorded");
+        }
+    }
+
+    async fn write_batch(&self, items: &[Item]) -> Result<(), crate::db::DbError> {
+        let mut b = Batch { db: self.db.cel_batch().await?, created: 0, completed: 0 };
+        for item in items {
+            self.handle(&mut b, item).await?;
+        }
+        let (created, completed) = (b.created, b.completed);
+        b.db.commit().await?;
+        self.stats.calls_created.fetch_add(created, Ordering::Relaxed);
+        self.stats.calls_completed.fetch_add(completed, Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn start_leg(&self, b: &mut Batch, l: LegSeen<'_>) -> Result<(), crate::db::DbError> {
         let first = l.uniqueid == l.linkedid;
+        // A Local channel pair is plumbing (an attended transfer's
+        // consultation, a Dial through the dialplan), not a party: the
+        // channel it dials is the leg. Only a call that starts with one
+        // records it (its caller).
+        if !first && l.channel.starts_with("Local/") {
+            return Ok(());
+        }
         if first {
             let dir = direction(l.context, l.exten, &self.cfg);
             let caller = blank(l.caller);
             let callee = blank(l.exten);
+            // An inbound call's callee is the extension it rings (its first
+            // callee leg, below); the number dialled stays on the caller's leg.
+            let inbound = dir == "inbound";
             let c = CallStart {
                 channel_id: l.linkedid.to_string(),
-                extension: if dir == "inbound" { callee.clone() } else { caller.clone() },
+                extension: if inbound { None } else { caller.clone() },
                 caller,
-                callee,
+                callee: if inbound { None } else { callee },
                 direction: dir.into(),
                 start_time: l.at,
             };
-            if self.db.cel_call_started(&c).await? {
-                self.stats.calls_created.fetch_add(1, Ordering::Relaxed);
+            if b.cel_call_started(&c).await? {
+                b.created += 1;
                 tracing::info!(linkedid = l.linkedid, caller = l.caller, exten = l.exten, "call record created");
             }
         }
         let role = if first {
             "caller"
-        } else if self.db.call_was_transferred(l.linkedid).await? {
+        } else if b.call_was_transferred(l.linkedid).await? {
             "transfer"
         } else {
             "callee"
         };
-        self.db
-            .leg_started(&LegStart {
-                linkedid: l.linkedid.to_string(),
-                uniqueid: l.uniqueid.to_string(),
-                channel: l.channel.to_string(),
-                extension: extension_of_channel(l.channel),
-                role: role.into(),
-                caller: blank(l.caller),
-                dialled: blank(l.exten).filter(|e| e != "s"),
-                start_time: l.at,
-            })
-            .await?;
+        let extension = extension_of_channel(l.channel);
+        if role == "callee"
+            && let Some(ext) = &extension
+        {
+            b.inbound_call_rings(l.linkedid, ext).await?;
+        }
+        b.leg_started(&LegStart {
+            linkedid: l.linkedid.to_string(),
+            uniqueid: l.uniqueid.to_string(),
+            channel: l.channel.to_string(),
+            extension,
+            role: role.into(),
+            caller: blank(l.caller),
+            dialled: blank(l.exten).filter(|e| e != "s"),
+            start_time: l.at,
+        })
+        .await?;
         Ok(())
     }
 
-    async fn handle(&self, item: Item) -> Result<(), crate::db::DbError> {
+    async fn handle(&self, b: &mut Batch, item: &Item) -> Result<(), crate::db::DbError> {
         match item {
-            Item::Event(e) => self.event(e).await,
+            Item::Event(e) => self.event(b, e).await,
             Item::Live(c) => {
-                self.start_leg(LegSeen {
-                    linkedid: &c.linkedid,
-                    uniqueid: &c.uniqueid,
-                    channel: &c.channel,
-                    caller: &c.caller_number,
-                    exten: &c.exten,
-                    context: &c.context,
-                    at: c.start_time,
-                })
+                self.start_leg(
+                    b,
+                    LegSeen {
+                        linkedid: &c.linkedid,
+                        uniqueid: &c.uniqueid,
+                        channel: &c.channel,
+                        caller: &c.caller_number,
+                        exten: &c.exten,
+                        context: &c.context,
+                        at: c.start_time,
+                    },
+                )
                 .await?;
                 if c.up {
-                    self.db.leg_answered(&c.linkedid, &c.uniqueid, Utc::now()).await?;
+                    b.leg_answered(&c.linkedid, &c.uniqueid, Utc::now()).await?;
                 }
                 Ok(())
             }
             Item::Gone { linkedid, at } => {
-                let legs = self.db.legs(&linkedid).await?;
-                let o = crate::db::calls::outcome(&linkedid, &legs);
+                let (linkedid, at) = (linkedid.as_str(), *at);
+                let legs = b.legs(linkedid).await?;
+                let o = crate::db::calls::outcome(linkedid, &legs);
                 if o.answered {
-                    if self.db.cel_call_ended(&linkedid, at).await? {
-                        self.stats.calls_completed.fetch_add(1, Ordering::Relaxed);
+                    if b.cel_call_ended(linkedid, at).await? {
+                        b.completed += 1;
                     }
-                } else if self.db.close_call_unknown(&linkedid, at).await? {
+                } else if b.close_call_unknown(linkedid, at).await? {
                     tracing::warn!(linkedid = %linkedid, "call ended while the logger was not connected; closed as unknown");
                 }
                 Ok(())
@@ -193,33 +274,69 @@ impl Shared {
         }
     }
 
-    async fn event(&self, e: CelEvent) -> Result<(), crate::db::DbError> {
+    async fn event(&self, b: &mut Batch, e: &CelEvent) -> Result<(), crate::db::DbError> {
         match e.name.as_str() {
             "CHAN_START" => {
-                self.start_leg(LegSeen {
-                    linkedid: &e.linkedid,
-                    uniqueid: &e.uniqueid,
-                    channel: &e.channel,
-                    caller: &e.caller_number,
-                    exten: &e.exten,
-                    context: &e.context,
-                    at: e.at,
-                })
+                self.start_leg(
+                    b,
+                    LegSeen {
+                        linkedid: &e.linkedid,
+                        uniqueid: &e.uniqueid,
+                        channel: &e.channel,
+                        caller: &e.caller_number,
+                        exten: &e.exten,
+                        context: &e.context,
+                        at: e.at,
+                    },
+                )
                 .await?
             }
-            "ANSWER" => self.db.leg_answered(&e.linkedid, &e.uniqueid, e.at).await?,
+            "ANSWER" => b.leg_answered(&e.linkedid, &e.uniqueid, e.at).await?,
             "HANGUP" => {
                 let source = e.extra_str("hangupsource").filter(|s| !s.is_empty());
                 let dial = e.extra_str("dialstatus").filter(|s| !s.is_empty());
-                self.db.leg_hung_up(&e.uniqueid, e.extra_i64("hangupcause"), source, dial).await?
+                b.leg_hung_up(&e.uniqueid, e.extra_i64("hangupcause"), source, dial).await?
             }
-            "CHAN_END" => self.db.leg_ended(&e.uniqueid, e.at).await?,
-            "BLINDTRANSFER" | "ATTENDEDTRANSFER" => {
-                let to = e.extra_str("extension").or_else(|| e.extra_str("transfer_target_channel_name"));
-                self.db.leg_transferred(&e.uniqueid, e.at, to).await?
+            "CHAN_END" => b.leg_ended(&e.uniqueid, e.at).await?,
+            "BLINDTRANSFER" => b.leg_transferred(&e.uniqueid, e.at, e.extra_str("extension")).await?,
+            "ATTENDEDTRANSFER" => {
+                // The transferer consulted the target first: the target's
+                // legs started before this event, as callees; they are the
+                // call's transfer legs. The target is named by its channel
+                // (a Local channel for the DTMF feature, the phone's own
+                // for a REFER with Replaces).
+                // Asterisk 22 may say `N/A` for it (the target already
+                // moved): then the consulted leg names it.
+                let consulted = b.consulted_legs_are_transfers(&e.linkedid, &e.uniqueid).await?;
+                let to = e
+                    .extra_str("transfer_target_channel_name")
+                    .filter(|n| n.contains('/') && *n != "N/A")
+                    .and_then(extension_of_channel)
+                    .or(consulted);
+                b.leg_transferred(&e.uniqueid, e.at, to.as_deref()).await?
             }
-            "LINKEDID_END" if self.db.cel_call_ended(&e.linkedid, e.at).await? => {
-                self.stats.calls_completed.fetch_add(1, Ordering::Relaxed);
+            "PICKUP" => {
+                let (Some(picker), Some(name)) =
+                    (e.extra_str("pickup_channel_uniqueid"), e.extra_str("pickup_channel"))
+                else {
+                    return Ok(());
+                };
+                let leg = LegStart {
+                    linkedid: e.linkedid.clone(),
+                    uniqueid: picker.to_string(),
+                    channel: name.to_string(),
+                    extension: extension_of_channel(name),
+                    role: "pickup".into(),
+                    caller: None,
+                    dialled: None,
+                    start_time: e.at,
+                };
+                if b.leg_picked_up(&leg).await? {
+                    tracing::debug!(linkedid = %e.linkedid, "a pickup merged the picker's call into this one");
+                }
+            }
+            "LINKEDID_END" if b.cel_call_ended(&e.linkedid, e.at).await? => {
+                b.completed += 1;
                 tracing::debug!(linkedid = %e.linkedid, "call record completed");
             }
             _ => {}
@@ -293,20 +410,25 @@ pub async fn run(db: Db, ami: AmiConfig, cfg: CallLogConfig, stats: Arc<CallLogS
         senders.push(tx);
         let shared = shared.clone();
         tasks.push(tokio::spawn(async move {
+            let mut items = Vec::with_capacity(BATCH);
             while let Some(item) = rx.recv().await {
-                let stamped = match &item {
-                    Item::Event(e) => Some(e.at),
-                    _ => None,
-                };
-                if let Err(e) = shared.handle(item).await {
-                    shared.stats.errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(error = %e, "call event not recorded");
+                // What queued meanwhile goes into the same transaction.
+                items.push(item);
+                while items.len() < BATCH {
+                    match rx.try_recv() {
+                        Ok(item) => items.push(item),
+                        Err(_) => break,
+                    }
                 }
-                if let Some(at) = stamped {
-                    let lag = (Utc::now() - at).num_microseconds().unwrap_or(0).max(0) as u64;
-                    shared.stats.lag_max_micros.fetch_max(lag, Ordering::Relaxed);
-                    shared.stats.lag_sum_micros.fetch_add(lag, Ordering::Relaxed);
-                    shared.stats.events_handled.fetch_add(1, Ordering::Relaxed);
+                shared.write(&items).await;
+                let now = Utc::now();
+                for item in items.drain(..) {
+                    if let Item::Event(e) = item {
+                        let lag = (now - e.at).num_microseconds().unwrap_or(0).max(0) as u64;
+                        shared.stats.lag_max_micros.fetch_max(lag, Ordering::Relaxed);
+                        shared.stats.lag_sum_micros.fetch_add(lag, Ordering::Relaxed);
+                        shared.stats.events_handled.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
             }
         }));
@@ -356,7 +478,15 @@ impl Feed for CelFeed {
                 Ok(None) => Read::Skip,
                 Ok(Some(ev)) => {
                     self.shared.stats.events.fetch_add(1, Ordering::Relaxed);
-                    Read::Item(ev.linkedid.clone(), Item::Event(ev))
+                    // A pickup moves the picker's channel out of its own call
+                    // (its linkedid, its first channel's uniqueid) into the
+                    // picked-up one: handled by the picker's call's worker,
+                    // after that call's start and before its end.
+                    let key = match (ev.name.as_str(), ev.extra_str("pickup_channel_uniqueid")) {
+                        ("PICKUP", Some(picker)) if !picker.is_empty() => picker.to_string(),
+                        _ => ev.linkedid.clone(),
+                    };
+                    Read::Item(key, Item::Event(ev))
                 }
                 Err(e) => {
                     self.shared.stats.errors.fetch_add(1, Ordering::Relaxed);

@@ -244,8 +244,9 @@ pub struct LegStart {
     pub channel: String,
     /// The endpoint the channel belongs to (`PJSIP/1002-0000000a` → `1002`).
     pub extension: Option<String>,
-    /// `caller` (the call's first channel), `callee`, or `transfer` (a
-    /// channel the call reached after a transfer).
+    /// `caller` (the call's first channel), `callee`, `transfer` (a
+    /// channel the call reached by a transfer) or `pickup` (the channel
+    /// that picked the call up).
     pub role: String,
     pub caller: Option<String>,
     pub dialled: Option<String>,
@@ -385,132 +386,6 @@ const LEG_COLUMNS: &str = "linkedid, uniqueid, channel, extension, role, caller,
      end_time, talk_seconds, hangup_cause, hangup_source, dial_status, transferred_at, transfer_to";
 
 impl Db {
-    /// Creates the call's row from CEL (source `cel`); `false` when it
-    /// already existed (a replay, or the Stasis app's row for the same call).
-    pub async fn cel_call_started(&self, c: &CallStart) -> Result<bool, DbError> {
-        let done = on_pool!(self, pool => sqlx::query(
-            "INSERT INTO calls (channel_id, extension, caller, callee, direction, start_time, updated_at, source) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, 'cel') ON CONFLICT (channel_id) DO NOTHING",
-        )
-        .bind(&c.channel_id)
-        .bind(&c.extension)
-        .bind(&c.caller)
-        .bind(&c.callee)
-        .bind(&c.direction)
-        .bind(c.start_time)
-        .bind(Utc::now())
-        .execute(pool)
-        .await
-        .map(|r| r.rows_affected() == 1))?;
-        Ok(done)
-    }
-
-    /// Records a leg, once (by uniqueid).
-    pub async fn leg_started(&self, l: &LegStart) -> Result<bool, DbError> {
-        let done = on_pool!(self, pool => sqlx::query(
-            "INSERT INTO call_legs (linkedid, uniqueid, channel, extension, role, caller, dialled, start_time) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (uniqueid) DO NOTHING",
-        )
-        .bind(&l.linkedid)
-        .bind(&l.uniqueid)
-        .bind(&l.channel)
-        .bind(&l.extension)
-        .bind(&l.role)
-        .bind(&l.caller)
-        .bind(&l.dialled)
-        .bind(l.start_time)
-        .execute(pool)
-        .await
-        .map(|r| r.rows_affected() == 1))?;
-        Ok(done)
-    }
-
-    /// A leg was answered (once). When it is not the caller's, the call is
-    /// answered by it (once: the first answer counts).
-    pub async fn leg_answered(&self, linkedid: &str, uniqueid: &str, at: DateTime<Utc>) -> Result<(), DbError> {
-        on_pool!(self, pool => sqlx::query("UPDATE call_legs SET answer_time = $1 WHERE uniqueid = $2 AND answer_time IS NULL")
-            .bind(at)
-            .bind(uniqueid)
-            .execute(pool)
-            .await
-            .map(drop))?;
-        if linkedid != uniqueid {
-            let by: Option<(Option<String>,)> = on_pool!(self, pool => sqlx::query_as("SELECT extension FROM call_legs WHERE uniqueid = $1")
-                .bind(uniqueid)
-                .fetch_optional(pool)
-                .await)?;
-            on_pool!(self, pool => sqlx::query(
-                "UPDATE calls SET answer_time = $1, answered_by = $2, updated_at = $3 WHERE channel_id = $4 AND answer_time IS NULL",
-            )
-            .bind(at)
-            .bind(by.and_then(|(e,)| e))
-            .bind(Utc::now())
-            .bind(linkedid)
-            .execute(pool)
-            .await
-            .map(drop))?;
-        }
-        Ok(())
-    }
-
-    /// A leg's hang-up (CEL `HANGUP`: cause, source, dial status).
-    pub async fn leg_hung_up(
-        &self,
-        uniqueid: &str,
-        cause: Option<i64>,
-        source: Option<&str>,
-        dial_status: Option<&str>,
-    ) -> Result<(), DbError> {
-        on_pool!(self, pool => sqlx::query(
-            "UPDATE call_legs SET hangup_cause = COALESCE($1, hangup_cause), hangup_source = COALESCE($2, hangup_source), \
-             dial_status = COALESCE($3, dial_status) WHERE uniqueid = $4",
-        )
-        .bind(cause)
-        .bind(source)
-        .bind(dial_status)
-        .bind(uniqueid)
-        .execute(pool)
-        .await
-        .map(drop))?;
-        Ok(())
-    }
-
-    /// A leg's channel is gone (CEL `CHAN_END`).
-    pub async fn leg_ended(&self, uniqueid: &str, at: DateTime<Utc>) -> Result<(), DbError> {
-        on_pool!(self, pool => sqlx::query("UPDATE call_legs SET end_time = $1 WHERE uniqueid = $2 AND end_time IS NULL")
-            .bind(at)
-            .bind(uniqueid)
-            .execute(pool)
-            .await
-            .map(drop))?;
-        Ok(())
-    }
-
-    /// A leg transferred the call (CEL `BLINDTRANSFER`/`ATTENDEDTRANSFER`).
-    pub async fn leg_transferred(&self, uniqueid: &str, at: DateTime<Utc>, to: Option<&str>) -> Result<(), DbError> {
-        on_pool!(self, pool => sqlx::query(
-            "UPDATE call_legs SET transferred_at = COALESCE(transferred_at, $1), transfer_to = COALESCE($2, transfer_to) WHERE uniqueid = $3",
-        )
-        .bind(at)
-        .bind(to)
-        .bind(uniqueid)
-        .execute(pool)
-        .await
-        .map(drop))?;
-        Ok(())
-    }
-
-    /// Whether any leg of the call transferred it.
-    pub async fn call_was_transferred(&self, linkedid: &str) -> Result<bool, DbError> {
-        let n: (i64,) = on_pool!(self, pool => sqlx::query_as(
-            "SELECT COUNT(*) FROM call_legs WHERE linkedid = $1 AND transferred_at IS NOT NULL",
-        )
-        .bind(linkedid)
-        .fetch_one(pool)
-        .await)?;
-        Ok(n.0 > 0)
-    }
-
     /// The legs of one call, in the order they started.
     pub async fn legs(&self, linkedid: &str) -> Result<Vec<Leg>, DbError> {
         let legs = on_pool!(self, pool => {
@@ -521,55 +396,6 @@ impl Db {
             rows.iter().map(Leg::from_row).collect::<Result<Vec<_>, sqlx::Error>>()
         })?;
         Ok(legs)
-    }
-
-    /// Completes the call from its legs (CEL `LINKEDID_END`), once: end
-    /// time, talk time, the cause that explains it, who hung up, the
-    /// disposition; each leg's talk time. A row closed as `unknown` is
-    /// provisional: this replaces it. `false` when it was already complete.
-    pub async fn cel_call_ended(&self, linkedid: &str, at: DateTime<Utc>) -> Result<bool, DbError> {
-        let legs = self.legs(linkedid).await?;
-        let o = outcome(linkedid, &legs);
-        let duration = match (o.answered, o.answer_time) {
-            (true, Some(a)) => Some((at - a).num_seconds().max(0)),
-            (true, None) => None,
-            (false, _) => Some(0),
-        };
-        let now = Utc::now();
-        for l in &legs {
-            let talk = match (l.answer_time, l.end_time.or(Some(at))) {
-                (Some(a), Some(e)) if l.uniqueid != linkedid || others_answered(&legs, linkedid) => {
-                    (e.min(at) - a).num_seconds().max(0)
-                }
-                _ => 0,
-            };
-            on_pool!(self, pool => sqlx::query("UPDATE call_legs SET talk_seconds = $1, end_time = COALESCE(end_time, $2) WHERE uniqueid = $3")
-                .bind(talk)
-                .bind(at)
-                .bind(&l.uniqueid)
-                .execute(pool)
-                .await
-                .map(drop))?;
-        }
-        let done = on_pool!(self, pool => sqlx::query(
-            "UPDATE calls SET end_time = $1, answer_time = COALESCE(answer_time, $2), answered_by = COALESCE(answered_by, $3), \
-             duration_seconds = $4, hangup_cause = $5, hangup_by = $6, disposition = $7, transfers = $8, updated_at = $9 \
-             WHERE channel_id = $10 AND (end_time IS NULL OR disposition = 'unknown')",
-        )
-        .bind(at)
-        .bind(o.answer_time)
-        .bind(&o.answered_by)
-        .bind(duration)
-        .bind(o.hangup_cause)
-        .bind(&o.hangup_by)
-        .bind(o.disposition)
-        .bind(o.transfers)
-        .bind(now)
-        .bind(linkedid)
-        .execute(pool)
-        .await
-        .map(|r| r.rows_affected() == 1))?;
-        Ok(done)
     }
 
     /// Linkedids of the calls logged from CEL that are still open.
@@ -651,6 +477,365 @@ impl Db {
             rows.iter().map(CallRecord::from_row).collect::<Result<Vec<_>, sqlx::Error>>()
         })?;
         Ok(rows)
+    }
+}
+
+/// The CEL logger's writes, in one transaction: a worker's queued events
+/// (`calls::cel`) are written by one `CelBatch` and committed together,
+/// in their order; a batch that fails is rolled back whole.
+pub struct CelBatch {
+    tx: BatchTx,
+}
+
+enum BatchTx {
+    Sqlite(sqlx::Transaction<'static, sqlx::Sqlite>),
+    Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
+}
+
+/// Expands `$body` once per backend, with `$conn` the batch's connection.
+macro_rules! on_tx {
+    ($b:expr, $conn:ident => $body:expr) => {
+        match &mut $b.tx {
+            BatchTx::Sqlite(t) => {
+                let $conn = &mut **t;
+                $body
+            }
+            BatchTx::Postgres(t) => {
+                let $conn = &mut **t;
+                $body
+            }
+        }
+    };
+}
+
+impl Db {
+    /// Starts a batch of CEL writes. SQLite's is `BEGIN IMMEDIATE`: a batch
+    /// reads before it writes, and a deferred one would then fail (busy)
+    /// when another worker's batch wrote in between, instead of waiting.
+    pub async fn cel_batch(&self) -> Result<CelBatch, DbError> {
+        let tx = match self {
+            Db::Sqlite(pool) => BatchTx::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?),
+            Db::Postgres(pool) => BatchTx::Postgres(pool.begin().await?),
+        };
+        Ok(CelBatch { tx })
+    }
+}
+
+impl CelBatch {
+    /// Writes the batch.
+    pub async fn commit(self) -> Result<(), DbError> {
+        match self.tx {
+            BatchTx::Sqlite(t) => t.commit().await?,
+            BatchTx::Postgres(t) => t.commit().await?,
+        }
+        Ok(())
+    }
+
+    /// Closes the call as `unknown` (it ended while the logger was away), once.
+    pub async fn close_call_unknown(&mut self, channel_id: &str, at: DateTime<Utc>) -> Result<bool, DbError> {
+        let done = on_tx!(self, pool => sqlx::query(
+            "UPDATE calls SET end_time = $1, disposition = 'unknown', updated_at = $2 WHERE channel_id = $3 AND end_time IS NULL",
+        )
+        .bind(at)
+        .bind(Utc::now())
+        .bind(channel_id)
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected() == 1))?;
+        Ok(done)
+    }
+
+    /// Creates the call's row from CEL (source `cel`); `false` when it
+    /// already existed (a replay, or the Stasis app's row for the same call).
+    pub async fn cel_call_started(&mut self, c: &CallStart) -> Result<bool, DbError> {
+        let done = on_tx!(self, pool => sqlx::query(
+            "INSERT INTO calls (channel_id, extension, caller, callee, direction, start_time, updated_at, source) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'cel') ON CONFLICT (channel_id) DO NOTHING",
+        )
+        .bind(&c.channel_id)
+        .bind(&c.extension)
+        .bind(&c.caller)
+        .bind(&c.callee)
+        .bind(&c.direction)
+        .bind(c.start_time)
+        .bind(Utc::now())
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected() == 1))?;
+        Ok(done)
+    }
+
+    /// Records a leg, once (by uniqueid).
+    pub async fn leg_started(&mut self, l: &LegStart) -> Result<bool, DbError> {
+        let done = on_tx!(self, pool => sqlx::query(
+            "INSERT INTO call_legs (linkedid, uniqueid, channel, extension, role, caller, dialled, start_time) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (uniqueid) DO NOTHING",
+        )
+        .bind(&l.linkedid)
+        .bind(&l.uniqueid)
+        .bind(&l.channel)
+        .bind(&l.extension)
+        .bind(&l.role)
+        .bind(&l.caller)
+        .bind(&l.dialled)
+        .bind(l.start_time)
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected() == 1))?;
+        Ok(done)
+    }
+
+    /// A leg was answered (once). When it is not the caller's, the call is
+    /// answered by it (once: the first answer counts).
+    pub async fn leg_answered(&mut self, linkedid: &str, uniqueid: &str, at: DateTime<Utc>) -> Result<(), DbError> {
+        on_tx!(self, pool => sqlx::query("UPDATE call_legs SET answer_time = $1 WHERE uniqueid = $2 AND answer_time IS NULL")
+            .bind(at)
+            .bind(uniqueid)
+            .execute(pool)
+            .await
+            .map(drop))?;
+        if linkedid != uniqueid {
+            let by: Option<(Option<String>,)> = on_tx!(self, pool => sqlx::query_as("SELECT extension FROM call_legs WHERE uniqueid = $1")
+                .bind(uniqueid)
+                .fetch_optional(pool)
+                .await)?;
+            // Not a leg (a Local channel): a party answers the call, not plumbing.
+            if by.is_none() {
+                return Ok(());
+            }
+            on_tx!(self, pool => sqlx::query(
+                "UPDATE calls SET answer_time = $1, answered_by = $2, updated_at = $3 WHERE channel_id = $4 AND answer_time IS NULL",
+            )
+            .bind(at)
+            .bind(by.and_then(|(e,)| e))
+            .bind(Utc::now())
+            .bind(linkedid)
+            .execute(pool)
+            .await
+            .map(drop))?;
+        }
+        Ok(())
+    }
+
+    /// A leg's hang-up (CEL `HANGUP`: cause, source, dial status).
+    pub async fn leg_hung_up(
+        &mut self,
+        uniqueid: &str,
+        cause: Option<i64>,
+        source: Option<&str>,
+        dial_status: Option<&str>,
+    ) -> Result<(), DbError> {
+        on_tx!(self, pool => sqlx::query(
+            "UPDATE call_legs SET hangup_cause = COALESCE($1, hangup_cause), hangup_source = COALESCE($2, hangup_source), \
+             dial_status = COALESCE($3, dial_status) WHERE uniqueid = $4",
+        )
+        .bind(cause)
+        .bind(source)
+        .bind(dial_status)
+        .bind(uniqueid)
+        .execute(pool)
+        .await
+        .map(drop))?;
+        Ok(())
+    }
+
+    /// A leg's channel is gone (CEL `CHAN_END`).
+    pub async fn leg_ended(&mut self, uniqueid: &str, at: DateTime<Utc>) -> Result<(), DbError> {
+        on_tx!(self, pool => sqlx::query("UPDATE call_legs SET end_time = $1 WHERE uniqueid = $2 AND end_time IS NULL")
+            .bind(at)
+            .bind(uniqueid)
+            .execute(pool)
+            .await
+            .map(drop))?;
+        Ok(())
+    }
+
+    /// A leg transferred the call (CEL `BLINDTRANSFER`/`ATTENDEDTRANSFER`).
+    pub async fn leg_transferred(
+        &mut self,
+        uniqueid: &str,
+        at: DateTime<Utc>,
+        to: Option<&str>,
+    ) -> Result<(), DbError> {
+        on_tx!(self, pool => sqlx::query(
+            "UPDATE call_legs SET transferred_at = COALESCE(transferred_at, $1), transfer_to = COALESCE($2, transfer_to) WHERE uniqueid = $3",
+        )
+        .bind(at)
+        .bind(to)
+        .bind(uniqueid)
+        .execute(pool)
+        .await
+        .map(drop))?;
+        Ok(())
+    }
+
+    /// An attended transfer completed by `transferer`: the callee legs that
+    /// started after it and are still up (the consulted target) become the
+    /// call's `transfer` legs. Returns the first one's extension.
+    pub async fn consulted_legs_are_transfers(
+        &mut self,
+        linkedid: &str,
+        transferer: &str,
+    ) -> Result<Option<String>, DbError> {
+        on_tx!(self, pool => sqlx::query(
+            "UPDATE call_legs SET role = 'transfer' WHERE linkedid = $1 AND role = 'callee' AND uniqueid <> $2 \
+             AND end_time IS NULL AND start_time >= (SELECT start_time FROM call_legs WHERE uniqueid = $2)",
+        )
+        .bind(linkedid)
+        .bind(transferer)
+        .execute(pool)
+        .await
+        .map(drop))?;
+        let first: Option<(Option<String>,)> = on_tx!(self, pool => sqlx::query_as(
+            "SELECT extension FROM call_legs WHERE linkedid = $1 AND role = 'transfer' ORDER BY start_time, id LIMIT 1",
+        )
+        .bind(linkedid)
+        .fetch_optional(pool)
+        .await)?;
+        Ok(first.and_then(|(e,)| e))
+    }
+
+    /// An inbound call rings `ext` (its first callee leg): the call's
+    /// callee and the extension it belongs to, once.
+    pub async fn inbound_call_rings(&mut self, linkedid: &str, ext: &str) -> Result<(), DbError> {
+        on_tx!(self, pool => sqlx::query(
+            "UPDATE calls SET callee = COALESCE(callee, $1), extension = COALESCE(extension, $1) \
+             WHERE channel_id = $2 AND direction = 'inbound' AND source = 'cel'",
+        )
+        .bind(ext)
+        .bind(linkedid)
+        .execute(pool)
+        .await
+        .map(drop))?;
+        Ok(())
+    }
+
+    /// A pickup (CEL `PICKUP`): the picker's channel `l.uniqueid` becomes
+    /// the `pickup` leg of call `l.linkedid`, answering it (from the pickup
+    /// on, as Asterisk answers the picker); the call the picker had made
+    /// (dialling the pickup code) is no call of its own and goes once it
+    /// has no leg left. A call already completed is completed again with
+    /// its leg. `false` when the leg was already there.
+    pub async fn leg_picked_up(&mut self, l: &LegStart) -> Result<bool, DbError> {
+        let before: Option<(String,)> = on_tx!(self, pool => sqlx::query_as("SELECT linkedid FROM call_legs WHERE uniqueid = $1")
+            .bind(&l.uniqueid)
+            .fetch_optional(pool)
+            .await)?;
+        if before.as_ref().is_some_and(|(b,)| b == &l.linkedid) {
+            return Ok(false);
+        }
+        on_tx!(self, pool => sqlx::query(
+            "INSERT INTO call_legs (linkedid, uniqueid, channel, extension, role, start_time, answer_time) \
+             VALUES ($1, $2, $3, $4, 'pickup', $5, $5) \
+             ON CONFLICT (uniqueid) DO UPDATE SET linkedid = $1, role = 'pickup', \
+             answer_time = COALESCE(call_legs.answer_time, $5)",
+        )
+        .bind(&l.linkedid)
+        .bind(&l.uniqueid)
+        .bind(&l.channel)
+        .bind(&l.extension)
+        .bind(l.start_time)
+        .execute(pool)
+        .await
+        .map(drop))?;
+        let own = before.map(|(b,)| b).unwrap_or_else(|| l.uniqueid.clone());
+        on_tx!(self, pool => sqlx::query(
+            "DELETE FROM calls WHERE channel_id IN ($1, $2) AND channel_id <> $3 \
+             AND NOT EXISTS (SELECT 1 FROM call_legs WHERE call_legs.linkedid = calls.channel_id)",
+        )
+        .bind(&own)
+        .bind(&l.uniqueid)
+        .bind(&l.linkedid)
+        .execute(pool)
+        .await
+        .map(drop))?;
+        self.leg_answered(&l.linkedid, &l.uniqueid, l.start_time).await?;
+        let ended: Option<(Option<DateTime<Utc>>,)> = on_tx!(self, pool => sqlx::query_as("SELECT end_time FROM calls WHERE channel_id = $1")
+            .bind(&l.linkedid)
+            .fetch_optional(pool)
+            .await)?;
+        if let Some((Some(at),)) = ended {
+            self.complete(&l.linkedid, at, true).await?;
+        }
+        Ok(true)
+    }
+
+    /// Whether any leg of the call transferred it.
+    pub async fn call_was_transferred(&mut self, linkedid: &str) -> Result<bool, DbError> {
+        let n: (i64,) = on_tx!(self, pool => sqlx::query_as(
+            "SELECT COUNT(*) FROM call_legs WHERE linkedid = $1 AND transferred_at IS NOT NULL",
+        )
+        .bind(linkedid)
+        .fetch_one(pool)
+        .await)?;
+        Ok(n.0 > 0)
+    }
+
+    /// The legs of one call, in the order they started.
+    pub async fn legs(&mut self, linkedid: &str) -> Result<Vec<Leg>, DbError> {
+        let legs = on_tx!(self, pool => {
+            let rows = sqlx::query(&format!("SELECT {LEG_COLUMNS} FROM call_legs WHERE linkedid = $1 ORDER BY start_time, id"))
+                .bind(linkedid)
+                .fetch_all(pool)
+                .await?;
+            rows.iter().map(Leg::from_row).collect::<Result<Vec<_>, sqlx::Error>>()
+        })?;
+        Ok(legs)
+    }
+
+    /// Completes the call from its legs (CEL `LINKEDID_END`), once: end
+    /// time, talk time, the cause that explains it, who hung up, the
+    /// disposition; each leg's talk time. A row closed as `unknown` is
+    /// provisional: this replaces it. `false` when it was already complete.
+    pub async fn cel_call_ended(&mut self, linkedid: &str, at: DateTime<Utc>) -> Result<bool, DbError> {
+        self.complete(linkedid, at, false).await
+    }
+
+    /// `cel_call_ended`; `again`: also a call already complete (its legs changed).
+    async fn complete(&mut self, linkedid: &str, at: DateTime<Utc>, again: bool) -> Result<bool, DbError> {
+        let legs = self.legs(linkedid).await?;
+        let o = outcome(linkedid, &legs);
+        let duration = match (o.answered, o.answer_time) {
+            (true, Some(a)) => Some((at - a).num_seconds().max(0)),
+            (true, None) => None,
+            (false, _) => Some(0),
+        };
+        let now = Utc::now();
+        for l in &legs {
+            let talk = match (l.answer_time, l.end_time.or(Some(at))) {
+                (Some(a), Some(e)) if l.uniqueid != linkedid || others_answered(&legs, linkedid) => {
+                    (e.min(at) - a).num_seconds().max(0)
+                }
+                _ => 0,
+            };
+            on_tx!(self, pool => sqlx::query("UPDATE call_legs SET talk_seconds = $1, end_time = COALESCE(end_time, $2) WHERE uniqueid = $3")
+                .bind(talk)
+                .bind(at)
+                .bind(&l.uniqueid)
+                .execute(pool)
+                .await
+                .map(drop))?;
+        }
+        let done = on_tx!(self, pool => sqlx::query(
+            "UPDATE calls SET end_time = $1, answer_time = COALESCE(answer_time, $2), answered_by = COALESCE(answered_by, $3), \
+             duration_seconds = $4, hangup_cause = $5, hangup_by = $6, disposition = $7, transfers = $8, updated_at = $9 \
+             WHERE channel_id = $10 AND ($11 OR end_time IS NULL OR disposition = 'unknown')",
+        )
+        .bind(at)
+        .bind(o.answer_time)
+        .bind(&o.answered_by)
+        .bind(duration)
+        .bind(o.hangup_cause)
+        .bind(&o.hangup_by)
+        .bind(o.disposition)
+        .bind(o.transfers)
+        .bind(now)
+        .bind(linkedid)
+        .bind(again)
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected() == 1))?;
+        Ok(done)
     }
 }
 

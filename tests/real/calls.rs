@@ -39,11 +39,15 @@ async fn calls_since(d: &Daemon, mark: chrono::DateTime<chrono::Utc>) -> Vec<Val
 /// Waits for the one call placed since `mark` to be complete; returns it
 /// with its legs (`GET /calls/:id`), and checks it is the only one.
 async fn the_call_since(d: &Daemon, mark: chrono::DateTime<chrono::Utc>, what: &str) -> Value {
-    wait(&format!("{what}: its row complete"), LIVE, || async {
+    let deadline = tokio::time::Instant::now() + LIVE;
+    loop {
         let calls = calls_since(d, mark).await;
-        calls.len() == 1 && calls[0]["endTime"].is_string() && calls[0]["disposition"] != "unknown"
-    })
-    .await;
+        if calls.len() == 1 && calls[0]["endTime"].is_string() && calls[0]["disposition"] != "unknown" {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{what}: no one complete row within {LIVE:?}: {calls:#?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let calls = calls_since(d, mark).await;
     assert_eq!(calls.len(), 1, "{what}: exactly one row: {calls:#?}");
     let id = calls[0]["channelId"].as_str().unwrap_or_default().to_string();
@@ -364,5 +368,242 @@ async fn a_hundred_concurrent_calls_make_a_hundred_rows_across_a_daemon_restart(
     for c in calls.iter().filter(|c| c["disposition"] == "busy") {
         assert_eq!(c["hangupCause"], 17, "{label}: {c:#}");
     }
+    d.stop().await;
+}
+
+/// The channels Asterisk has now (`core show channels concise`): (name, state).
+async fn channels(ast: &asterisk_real::Asterisk) -> Vec<(String, String)> {
+    ast.cli("core show channels concise")
+        .await
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split('!').collect();
+            (f.len() > 4).then(|| (f[0].to_string(), f[4].to_string()))
+        })
+        .collect()
+}
+
+/// Waits for a channel of `ext` (`PJSIP/ext-…`) in one of `states` (`|`
+/// between them); returns its name.
+async fn channel_of(ast: &asterisk_real::Asterisk, ext: &str, state: &str) -> String {
+    let prefix = format!("PJSIP/{ext}-");
+    let deadline = tokio::time::Instant::now() + LIVE;
+    let mut seen = std::collections::BTreeSet::new();
+    loop {
+        let now = channels(ast).await;
+        seen.extend(now.iter().cloned());
+        if let Some((n, _)) = now.iter().find(|(n, s)| n.starts_with(&prefix) && state.split('|').any(|w| w == s)) {
+            return n.clone();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no channel of {ext} {state} within {LIVE:?}: {seen:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// An AMI action as the tests' own user ([`asterisk_real::TEST_AMI_USER`]); its response.
+async fn ami_action(ast: &asterisk_real::Asterisk, action: asterisk_gitops::asterisk::Message) -> String {
+    let client = asterisk_gitops::asterisk::AmiClient::connect(asterisk_gitops::asterisk::ami::AmiConfig {
+        addr: ast.ami_addr().to_string(),
+        user: asterisk_real::TEST_AMI_USER.into(),
+        secret: ast.ami_secret.clone(),
+        timeout: Duration::from_secs(10),
+        events: false,
+    })
+    .await
+    .expect("AMI login as the test user");
+    let r = client.request(action).await.expect("AMI answers");
+    client.logoff().await;
+    format!("{}: {}", r.get("Response").unwrap_or(""), r.get("Message").unwrap_or(""))
+}
+
+/// Every CEL event Asterisk sends, as `NAME uniqueid linkedid channel extra`
+/// lines: printed when an assertion fails, so a failure shows what Asterisk said.
+fn cel_trace(ast: &asterisk_real::Asterisk) -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (addr, secret, out) = (ast.ami_addr().to_string(), ast.ami_secret.clone(), seen.clone());
+    tokio::spawn(async move {
+        let Ok(mut s) = asterisk_gitops::asterisk::cel::CelStream::connect(
+            &addr,
+            asterisk_real::TEST_AMI_USER,
+            &secret,
+            Duration::from_secs(10),
+        )
+        .await
+        else {
+            return;
+        };
+        while let Ok(Some(m)) = s.next().await {
+            if let Ok(Some(e)) = asterisk_gitops::asterisk::cel::CelEvent::from_message(&m) {
+                let line = format!("{} {} {} {} {} {}", e.name, e.uniqueid, e.linkedid, e.channel, e.exten, e.extra);
+                if let Ok(mut v) = out.lock() {
+                    v.push(line);
+                }
+            }
+        }
+    });
+    seen
+}
+
+fn trace(t: &std::sync::Mutex<Vec<String>>) -> String {
+    t.lock().map(|v| v.join("\n")).unwrap_or_default()
+}
+
+/// Prints the CEL trace when the test fails (a wait that timed out included).
+struct TraceOnPanic(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl Drop for TraceOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() || std::env::var_os("CEL_TRACE").is_some() {
+            eprintln!("CEL events Asterisk sent:\n{}", trace(&self.0));
+        }
+    }
+}
+
+/// An attended transfer (the core feature, *2 on the transferer's keypad),
+/// a group pickup (*8) and a call from the
+/// carrier into `from-trunk`: each one row, with its legs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attended_transfer_pickup_and_inbound_calls_make_one_row_each() {
+    let Some(build) = require("real::calls::attended_transfer_pickup_and_inbound_calls_make_one_row_each") else {
+        return;
+    };
+    let Some(store) = Store::both().await.pop() else { return };
+    let label = store.label();
+    let ast = asterisk(&build, &format!("calls-kinds-{label}")).await;
+    let cel = cel_trace(&ast);
+    let _trace = TraceOnPanic(cel.clone());
+    // One pickup group (the dialplan snippet's *8).
+    let specs = spec(&["1001", "1002", "1003"]).replace(
+        "qualifyFrequency: 0}",
+        r#"qualifyFrequency: 0, options: {endpoint: {call_group: "1", pickup_group: "1"}}}"#,
+    );
+    let d = Daemon::start(&ast, store, Source::Dir, &specs).await;
+    wait("1001..1003 live", LIVE, || async {
+        endpoint(&ast, "1001").await.is_some()
+            && endpoint(&ast, "1002").await.is_some()
+            && endpoint(&ast, "1003").await.is_some()
+    })
+    .await;
+    let (a, b, c) =
+        (sipp::Phone::new("1001", PASSWORD), sipp::Phone::new("1002", PASSWORD), sipp::Phone::new("1003", PASSWORD));
+    for p in [&a, &b, &c] {
+        let r = p.register(ast.sip_addr()).await;
+        assert!(r.ok(), "{label}: {} registers:\n{}", p.extension, r.log);
+    }
+
+    // Attended: 1001 → 1002; 1002 presses *2 1003 (AMI's Atxfer queues
+    // exactly those digits on 1002's channel), talks to 1003, hangs up:
+    // 1001 and 1003 talk, until 1003 hangs up.
+    let mark = chrono::Utc::now();
+    let transferer = b.answer();
+    let target = c.answer_and_hang_up();
+    let placing = {
+        let (a, at) = (a.clone(), ast.sip_addr());
+        tokio::spawn(async move { a.call_until_hung_up(at, "1002").await })
+    };
+    let chan_1002 = channel_of(&ast, "1002", "Up").await;
+    let r = ami_action(
+        &ast,
+        asterisk_gitops::asterisk::Message::action("Atxfer").with("Channel", &chan_1002).with("Exten", "1003"),
+    )
+    .await;
+    assert!(r.starts_with("Success"), "{label}: Atxfer: {r}");
+    channel_of(&ast, "1003", "Up").await;
+    let r = ami_action(&ast, asterisk_gitops::asterisk::Message::action("Hangup").with("Channel", &chan_1002)).await;
+    assert!(r.starts_with("Success"), "{label}: 1002 hangs up: {r}");
+    assert!(transferer.done(LIVE).await.ok(), "{label}: 1002's call ended");
+    let t = target.done(LIVE).await;
+    assert!(t.ok(), "{label}: 1003 talked and hung up:\n{}", t.log);
+    let placed = placing.await.expect("joins");
+    assert!(placed.ok(), "{label}: 1001 stayed on until 1003 hung up:\n{}", placed.log);
+    let call = the_call_since(&d, mark, "attended transfer").await;
+    let events = trace(&cel);
+    assert_eq!(
+        (&call["caller"], &call["callee"], &call["direction"], &call["disposition"], &call["answeredBy"]),
+        (
+            &Value::from("1001"),
+            &Value::from("1002"),
+            &Value::from("internal"),
+            &Value::from("answered"),
+            &Value::from("1002")
+        ),
+        "{label}: {call:#}\n{events}"
+    );
+    assert_eq!(
+        (&call["transfers"], &call["hangupCause"], &call["hangupBy"]),
+        (&Value::from(1), &Value::from(16), &Value::from("1003")),
+        "{label}: {call:#}\n{events}"
+    );
+    assert_eq!(
+        legs(&call),
+        [leg("1001", "caller", true), leg("1002", "callee", true), leg("1003", "transfer", true)],
+        "{label}: {call:#}\n{events}"
+    );
+    assert_eq!(call["legs"][1]["transferTo"], "1003", "{label}: {call:#}\n{events}");
+
+    // Pickup: 1001 → 1002, which rings; 1003 dials *8 and has the call.
+    let mark = chrono::Utc::now();
+    let ringing = b.ring();
+    let placing = {
+        let (a, at) = (a.clone(), ast.sip_addr());
+        tokio::spawn(async move { a.call_until_hung_up(at, "1002").await })
+    };
+    // The dialled channel is Down until the phone's 180, then Ringing;
+    // a pickup takes either.
+    channel_of(&ast, "1002", "Down|Ringing").await;
+    let picked = c.call(ast.sip_addr(), "*8", Duration::from_millis(1500)).await;
+    assert!(picked.ok(), "{label}: 1003 picked up:\n{}", picked.log);
+    let placed = placing.await.expect("joins");
+    assert!(placed.ok(), "{label}: 1001 talked to 1003:\n{}", placed.log);
+    let rang = ringing.done(LIVE).await;
+    assert!(rang.ok(), "{label}: 1002 stopped ringing:\n{}", rang.log);
+    let call = the_call_since(&d, mark, "pickup").await;
+    let events = trace(&cel);
+    assert_eq!(
+        (&call["caller"], &call["callee"], &call["disposition"], &call["answeredBy"], &call["hangupBy"]),
+        (
+            &Value::from("1001"),
+            &Value::from("1002"),
+            &Value::from("answered"),
+            &Value::from("1003"),
+            &Value::from("1003")
+        ),
+        "{label}: {call:#}\n{events}"
+    );
+    assert_eq!(call["hangupCause"], 16, "{label}: {call:#}\n{events}");
+    assert_eq!(
+        legs(&call),
+        [leg("1001", "caller", true), leg("1002", "callee", false), leg("1003", "pickup", true)],
+        "{label}: {call:#}\n{events}"
+    );
+
+    // Inbound: the carrier calls the DID 998712001002 from 998901112233; 1002 answers.
+    let mark = chrono::Utc::now();
+    let answering = b.answer();
+    let placed =
+        sipp::call_in_from(ast.trunk_port, ast.sip_addr(), "998901112233", "998712001002", Duration::from_millis(1500))
+            .await;
+    assert!(placed.ok(), "{label}: the inbound call:\n{}", placed.log);
+    assert!(answering.done(LIVE).await.ok(), "{label}: 1002 answered");
+    let call = the_call_since(&d, mark, "inbound").await;
+    let events = trace(&cel);
+    assert_eq!(
+        (&call["caller"], &call["callee"], &call["direction"], &call["disposition"], &call["answeredBy"]),
+        (
+            &Value::from("998901112233"),
+            &Value::from("1002"),
+            &Value::from("inbound"),
+            &Value::from("answered"),
+            &Value::from("1002")
+        ),
+        "{label}: {call:#}\n{events}"
+    );
+    assert_eq!(
+        (&call["extension"], &call["hangupBy"], &call["hangupCause"]),
+        (&Value::from("1002"), &Value::from("trunk"), &Value::from(16)),
+        "{label}: {call:#}\n{events}"
+    );
+    assert_eq!(legs(&call), [leg("trunk", "caller", true), leg("1002", "callee", true)], "{label}: {call:#}\n{events}");
+    assert_eq!(call["legs"][0]["dialled"], "998712001002", "{label}: the DID on the carrier's leg: {call:#}");
     d.stop().await;
 }

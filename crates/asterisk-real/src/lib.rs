@@ -39,6 +39,11 @@ use tokio::process::{Child, Command};
 pub const AMI_USER: &str = "asterisk-gitops";
 /// The ARI user the instance defines (from `examples/asterisk/ari.conf.snippet`).
 pub const ARI_USER: &str = "asterisk-gitops";
+/// A second AMI user the instance defines for tests only (same secret as
+/// the daemon's, `write = system,call`): the call actions (`Atxfer`,
+/// `Hangup`) a test uses to act as a phone's keypad, which the daemon's
+/// least-privilege user may not.
+pub const TEST_AMI_USER: &str = "asterisk-real-test";
 /// The SIP realm Asterisk uses by default (md5Cred is hashed with it).
 pub const REALM: &str = "asterisk";
 
@@ -387,7 +392,13 @@ impl Asterisk {
             let f = "examples/asterisk/http.conf.snippet";
             http = must_replace(&http, "bindaddr = 127.0.0.1", &format!("bindaddr = {}", ns.ip), f)?;
         }
-        w("manager.conf", manager)?;
+        // The tests' own AMI user (TEST_AMI_USER), beside the daemon's.
+        let test_user = format!(
+            "\n[{TEST_AMI_USER}]\nsecret = {}\ndeny = 0.0.0.0/0.0.0.0\npermit = {}/255.255.255.255\nread = system,call\nwrite = system,call\n",
+            self.ami_secret,
+            opts.netns.as_ref().map_or(Ipv4Addr::LOCALHOST, |ns| ns.client),
+        );
+        w("manager.conf", manager + &test_user)?;
         w("http.conf", http)?;
         let f = "examples/asterisk/ari.conf.snippet";
         w("ari.conf", must_replace(&read_example(f)?, "CHANGE-ME-long-random-password", &self.ari_password, f)?)?;
@@ -397,8 +408,10 @@ impl Asterisk {
                 "; The carrier the dialplan dials outbound numbers through (a sipp in tests).\n\
                  [trunk]\ntype = endpoint\ncontext = from-trunk\ndisallow = all\nallow = ulaw,alaw\n\
                  transport = transport-udp\naors = trunk\n\n\
-                 [trunk]\ntype = aor\ncontact = sip:{}\n\n",
-                SocketAddr::new(self.ip(), self.trunk_port)
+                 [trunk]\ntype = aor\ncontact = sip:{addr}\n\n\
+                 ; Calls from the carrier come from that port (a sipp \"provider\" in tests).\n\
+                 [trunk]\ntype = identify\nendpoint = trunk\nmatch = {addr}\n\n",
+                addr = SocketAddr::new(self.ip(), self.trunk_port)
             )
         } else {
             String::new()
@@ -415,7 +428,13 @@ impl Asterisk {
         )?;
         w("cel.conf", read_example("examples/asterisk/cel.conf.snippet")?)?;
         let dialplan = read_example("templates/extensions.conf.snippet")?;
-        w("extensions.conf", format!("[general]\nstatic = yes\nwriteprotect = yes\n\n{dialplan}\n[from-trunk]\n"))?;
+        w("extensions.conf", format!("[general]\nstatic = yes\nwriteprotect = yes\n\n{dialplan}"))?;
+        // This build has no sound packages: the attended transfer's prompt
+        // ("pbx-transfer") would fail it, so it plays none.
+        let features = read_example("examples/asterisk/features.conf.snippet")?;
+        let features =
+            must_replace(&features, "[general]\n", "[general]\ntransferannouncesound =\n", "features.conf.snippet")?;
+        w("features.conf", features)?;
         // Read by res_pjsip_config_wizard; absent, it logs an error per reload.
         w("pjsip_wizard.conf", String::new())?;
         if !opts.sorcery.is_empty() {

@@ -96,6 +96,14 @@ impl Phone {
         finish(c, log, Duration::from_secs(60)).await
     }
 
+    /// Calls `dial` and stays on (answering re-INVITEs) until Asterisk
+    /// hangs up on it (`call_until_bye.xml`): another party ends the call.
+    pub async fn call_until_hung_up(&self, server: SocketAddr, dial: &str) -> Outcome {
+        let (mut c, log) = self.sipp("call_until_bye", server);
+        c.args(["-key", "dial", dial]);
+        finish(c, log, Duration::from_secs(90)).await
+    }
+
     /// Places `n` calls to `dial` from this phone, `rate` a second, each
     /// held for `hold` once answered (`call.xml` with `-m n -l n -r rate`);
     /// Ok when every one succeeded.
@@ -154,6 +162,12 @@ impl Phone {
         play_at("answer_refer", self.ip, self.port, &["-key", "refer_to", refer_to])
     }
 
+    /// Starts a phone that answers one call and hangs it up itself once 5 s
+    /// pass without a re-INVITE (`answer_hangup.xml`).
+    pub fn answer_and_hang_up(&self) -> Answering {
+        play_at("answer_hangup", self.ip, self.port, &[])
+    }
+
     fn sipp(&self, name: &str, server: SocketAddr) -> (Command, PathBuf) {
         self.sipp_calls(name, server, true)
     }
@@ -163,6 +177,15 @@ impl Phone {
         c.arg(server.to_string()).args(["-s", &self.extension, "-au", &self.extension, "-ap", &self.password]);
         (c, log)
     }
+}
+
+/// A call from the carrier: from local `port` (the trunk's, which its
+/// identify section matches, so not challenged), caller id `from`, to the
+/// DID `dial`, held for `hold` once answered (`call_in.xml`).
+pub async fn call_in_from(port: u16, server: SocketAddr, from: &str, dial: &str, hold: Duration) -> Outcome {
+    let (mut c, log) = base("call_in", IpAddr::V4(Ipv4Addr::LOCALHOST), port);
+    c.arg(server.to_string()).args(["-s", from, "-key", "dial", dial, "-d", &hold.as_millis().to_string()]);
+    finish(c, log, hold + Duration::from_secs(40)).await
 }
 
 /// A sipp answering every call on `port` until dropped (a carrier on `trunk_port`).
@@ -234,7 +257,10 @@ fn base(name: &str, ip: IpAddr, port: u16) -> (Command, PathBuf) {
         name,
         ip,
         port,
-        !matches!(name, "answer" | "busy" | "ring" | "answer_refer" | "answer_many" | "busy_many" | "ring_many"),
+        !matches!(
+            name,
+            "answer" | "busy" | "ring" | "answer_refer" | "answer_hangup" | "answer_many" | "busy_many" | "ring_many"
+        ),
     )
 }
 
