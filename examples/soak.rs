@@ -477,14 +477,24 @@ async fn run(
                 let resp = req.bearer_auth(TOKEN).send().await;
                 let status = resp.as_ref().map(|r| r.status().as_u16()).unwrap_or(0);
                 let ok = (200..300).contains(&status);
-                if let Ok(r) = resp {
-                    let _ = r.bytes().await;
-                }
+                let body = match resp {
+                    Ok(r) => r.bytes().await.unwrap_or_default(),
+                    Err(_) => Default::default(),
+                };
                 shared.record(start, t0, "write", op, ok);
                 if ok {
                     lock(&shared.api).insert(n, after);
                 } else {
-                    shared.failed(format!("{op} → {status}"));
+                    // The daemon's reason, so the report says why a write was refused.
+                    let why: String = serde_json::from_slice::<serde_json::Value>(&body)
+                        .ok()
+                        .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(|m| m.chars().take(160).collect()))
+                        .unwrap_or_default();
+                    shared.failed(if why.is_empty() {
+                        format!("{op} → {status}")
+                    } else {
+                        format!("{op} → {status}: {why}")
+                    });
                 }
                 tokio::time::sleep(Duration::from_millis(700)).await;
             }

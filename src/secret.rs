@@ -293,6 +293,34 @@ impl std::fmt::Debug for SecretString {
     }
 }
 
+/// Every URL in a message (a word with `://`, e.g. in a libgit2 error)
+/// through [`redact_url`]; the rest of the message as it is.
+pub fn redact_urls_in(text: &str) -> String {
+    if !text.contains("://") {
+        return text.to_string();
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find(|c: char| !c.is_whitespace()) {
+        out.push_str(&rest[..start]);
+        rest = &rest[start..];
+        let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
+        let word = &rest[..end];
+        // Quotes and brackets around a URL stay outside it.
+        let lead = word.len() - word.trim_start_matches(['\'', '"', '(', '<', '[']).len();
+        let (open, url) = word.split_at(lead);
+        out.push_str(open);
+        if url.contains("://") {
+            out.push_str(&redact_url(url))
+        } else {
+            out.push_str(url)
+        }
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// `scheme://user:password@host/db` → `scheme://user:***@host/db`, for
 /// logs, errors and status.
 pub fn redact_url(url: &str) -> String {
@@ -313,6 +341,16 @@ pub fn redact_url(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn passwords_in_urls_inside_a_message_are_redacted() {
+        let m = "cannot fetch 'https://bot:s3cr3t-token@git.example.com/pbx.git': reference 'refs/x' not found";
+        let r = redact_urls_in(m);
+        assert!(!r.contains("s3cr3t-token"), "{r}");
+        assert_eq!(r, "cannot fetch 'https://bot:***@git.example.com/pbx.git': reference 'refs/x' not found");
+        assert_eq!(redact_urls_in("push  rejected:\tfile:///tmp/r  x"), "push  rejected:\tfile:///tmp/r  x");
+        assert_eq!(redact_urls_in("(ssh://u:pw@h)"), "(ssh://u:***@h)");
+    }
 
     #[test]
     fn md5_cred_matches_the_capture() {

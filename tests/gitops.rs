@@ -263,6 +263,31 @@ async fn an_unreachable_remote_keeps_the_last_good_config() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_edit_the_remote_cannot_take_is_a_503_that_says_why() {
+    let d = Daemon::start().await;
+    let moved = d.dir.path().join("moved.git");
+    std::fs::rename(&d.bare, &moved).expect("take the remote away");
+    let body = r#"{"extension":"1006","password":"Gone2025pw","displayName":"Nobody","context":"from-internal","transport":"transport-udp","codecs":"ulaw"}"#;
+    let (status, resp) = http(
+        d.addr,
+        "POST",
+        "/extensions",
+        &[("Authorization", format!("Bearer {TOKEN}")), ("Content-Type", "application/json".into())],
+        body,
+    )
+    .await;
+    assert_eq!(status, 503, "{resp}");
+    // The body gives the write-back's reason (the same text the log gets at warn), no secret.
+    let json: serde_json::Value = serde_json::from_str(&resp).expect("a JSON body");
+    let message = json["message"].as_str().unwrap_or_default();
+    assert!(message.starts_with("git: "), "{resp}");
+    assert!(message.contains("pbx.git"), "the reason names the remote it could not reach: {resp}");
+    assert!(!resp.contains("Gone2025pw"), "{resp}");
+    std::fs::rename(&moved, &d.bare).expect("bring it back");
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_api_edit_becomes_a_commit_that_the_daemon_applies() {
     let d = Daemon::start().await;
     let body = r#"{"extension":"1005","password":"Soundz2025","displayName":"Test User","context":"from-internal","transport":"transport-udp","codecs":"ulaw,alaw,g729"}"#;

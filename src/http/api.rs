@@ -134,16 +134,43 @@ fn write_error(e: WriteError) -> ApiError {
         ),
         WriteError::Edit(e) => ApiError::Conflict(format!("the spec file cannot be edited safely: {e}")),
         WriteError::Io(e) => ApiError::Internal(e.to_string()),
-        WriteError::Git(m) => ApiError::Unavailable(format!("git: {m}")),
+        WriteError::Git(m) => ApiError::Unavailable(format!("git: {}", crate::secret::redact_urls_in(&m))),
+    }
+}
+
+/// Says in the daemon's log why the write-back refused an edit the API
+/// answers 503 or 409 to (the client's own mistakes, 400 and 404, are not
+/// logged): the same reason the response body gives, URLs redacted.
+fn log_refusal(op: &EditOp, e: &WriteError) {
+    match e {
+        WriteError::Git(m) => tracing::warn!(
+            number = op.number(),
+            edit = %op.summary(),
+            reason = %crate::secret::redact_urls_in(m),
+            "the write-back could not push the edit; nothing was written (503)"
+        ),
+        WriteError::Conflict(m) => tracing::info!(
+            number = op.number(),
+            edit = %op.summary(),
+            reason = %crate::secret::redact_urls_in(m),
+            "the write-back refused the edit (409)"
+        ),
+        _ => {}
     }
 }
 
 async fn run_edit(state: &AppState, op: EditOp, author: crate::git::writeback::Author) -> Result<Committed, ApiError> {
     let wb = state.writeback.clone();
-    let done = tokio::task::spawn_blocking(move || wb.apply(&op, &author))
-        .await
-        .map_err(|e| ApiError::Internal(format!("edit task: {e}")))?
-        .map_err(write_error)?;
+    let done = tokio::task::spawn_blocking(move || {
+        let done = wb.apply(&op, &author);
+        if let Err(e) = &done {
+            log_refusal(&op, e);
+        }
+        done
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("edit task: {e}")))?
+    .map_err(write_error)?;
     if let Some(h) = &state.reconcile {
         h.trigger(Trigger::Manual);
     }
