@@ -275,7 +275,6 @@ pub async fn drift<D: DynamicConfig>(
     record: &str,
     astdb_keys: &[String],
 ) -> Vec<crate::core::plan::Drift> {
-    use crate::core::plan::Drift;
     if swept(target) {
         return recheck(target).await;
     }
@@ -290,29 +289,11 @@ pub async fn drift<D: DynamicConfig>(
         .take(DRIFT_BATCH.min(pushed.len()))
         .collect();
     let mut last = None;
-    'ids: for id in batch {
-        for s in &pushed[id] {
-            match target.client.get(&s.kind, id).await {
-                Ok(None) => {
-                    out.push(Drift::MissingFromAsterisk { extension: id.clone() });
-                    last = Some(id);
-                    continue 'ids;
-                }
-                Ok(Some(held)) => {
-                    let differences = live::mismatches(&s.fields, &held);
-                    if !differences.is_empty() {
-                        out.push(Drift::ObjectDiffers {
-                            extension: id.clone(),
-                            object_type: s.kind.clone(),
-                            differences,
-                        });
-                    }
-                }
-                Err(e) => {
-                    tracing::debug!("reading back pushed objects stopped: {e}");
-                    break 'ids;
-                }
-            }
+    for id in batch {
+        match sweep::read_back(target, id, &pushed[id]).await {
+            Some(drift) => out.extend(drift),
+            // ARI stopped answering: the run's own Asterisk check says so.
+            None => break,
         }
         last = Some(id);
     }

@@ -60,8 +60,10 @@ fn next_after<D>(target: &LiveTarget<D>, cursor: &str) -> (Option<(String, Vec<S
     (next, groups.len())
 }
 
-/// Reads the objects of one extension back: what differs from `sections`.
-/// `None` when ARI did not answer.
+/// Reads the objects of one extension back: what differs from `sections`
+/// (a missing object is the whole extension missing). `None` when ARI did
+/// not answer. Runs on small estates and the sweeper on large ones both
+/// read back through here.
 pub(crate) async fn read_back<D: DynamicConfig>(
     target: &LiveTarget<D>,
     id: &str,
@@ -82,7 +84,7 @@ pub(crate) async fn read_back<D: DynamicConfig>(
                 }
             }
             Err(e) => {
-                tracing::debug!("the background read-back stopped: {e}");
+                tracing::debug!("reading back pushed objects stopped: {e}");
                 return None;
             }
         }
