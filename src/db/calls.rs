@@ -159,15 +159,9 @@ impl Db {
 
     /// Closes one open call as "unknown" (its channel is gone and its end was missed).
     pub async fn close_call_unknown(&self, channel_id: &str, at: DateTime<Utc>) -> Result<bool, DbError> {
-        let done = on_pool!(self, pool => sqlx::query(
-            "UPDATE calls SET end_time = $1, disposition = 'unknown', updated_at = $2 WHERE channel_id = $3 AND end_time IS NULL",
-        )
-        .bind(at)
-        .bind(Utc::now())
-        .bind(channel_id)
-        .execute(pool)
-        .await
-        .map(|r| r.rows_affected() == 1))?;
+        let mut b = self.cel_batch().await?;
+        let done = b.close_call_unknown(channel_id, at).await?;
+        b.commit().await?;
         Ok(done)
     }
 
