@@ -8,9 +8,10 @@
 //!
 //!     cargo bench --bench handover                 # N=1000
 //!     BENCH_N=10000 cargo bench --bench handover
-use asterisk_gitops::config::{
-    AmiFileConfig, ApplyTarget, AriFileConfig, FileConfig, Overrides, SecretString, Settings,
-};
+#[path = "support/mod.rs"]
+mod support;
+
+use asterisk_gitops::config::{ApplyTarget, Settings};
 use asterisk_real::{Asterisk, Options};
 use std::time::{Duration, Instant};
 
@@ -67,32 +68,12 @@ async fn one_run(build: &asterisk_real::Build, n: usize) {
     let dir = tempfile::tempdir().expect("tempdir");
     let specs = dir.path().join("extensions.d");
     asterisk_gitops::estate::write(&specs, n).expect("estate");
-    let file = FileConfig {
-        ami: Some(AmiFileConfig {
-            addr: Some(ast.ami_addr().to_string()),
-            user: Some(asterisk_real::AMI_USER.into()),
-            secret: Some(SecretString::new(&ast.ami_secret)),
-            timeout: Some(60.0),
-            ..Default::default()
-        }),
-        ari: Some(AriFileConfig {
-            url: Some(ast.ari_url()),
-            user: Some(asterisk_real::ARI_USER.into()),
-            password: Some(SecretString::new(&ast.ari_password)),
-            timeout: Some(30.0),
-            ..Default::default()
-        }),
-        admin_token: Some(SecretString::new(TOKEN)),
-        ..Default::default()
-    };
-    let flags = Overrides {
-        state_dir: Some(dir.path().join("state")),
-        spec_dir: Some(specs.clone()),
-        managed_file: Some(ast.managed_file()),
-        ..Default::default()
-    };
-    let mut settings = Settings::resolve(flags, file, &|_| None).expect("settings");
-    settings.reconcile.interval = Duration::from_secs(3600);
+    let mut settings = support::daemon_settings(
+        &ast,
+        &dir.path().join("state"),
+        &specs,
+        support::DaemonOptions { ari: true, token: Some(TOKEN), ..Default::default() },
+    );
     let http = reqwest::Client::new();
 
     let s = serve(&settings).await;

@@ -20,7 +20,6 @@ mod support;
 
 use asterisk_gitops::asterisk::Asterisk as Client;
 use asterisk_gitops::asterisk::ami::AmiConfig;
-use asterisk_gitops::config::{AmiFileConfig, FileConfig, Overrides, SecretString, Settings};
 use asterisk_gitops::import::{csv, pjsip};
 use asterisk_real::{Asterisk, Options};
 use std::time::{Duration, Instant};
@@ -119,25 +118,12 @@ async fn bulk_run(build: &asterisk_real::Build, n: usize, run: usize) -> (Durati
     let dir = tempfile::tempdir().expect("tempdir");
     let specs = dir.path().join("extensions.d");
     asterisk_gitops::estate::write(&specs, n).expect("estate");
-    let file = FileConfig {
-        ami: Some(AmiFileConfig {
-            addr: Some(ast.ami_addr().to_string()),
-            user: Some(asterisk_real::AMI_USER.into()),
-            secret: Some(SecretString::new(&ast.ami_secret)),
-            timeout: Some(60.0),
-            ..Default::default()
-        }),
-        admin_token: Some(SecretString::new(TOKEN)),
-        ..Default::default()
-    };
-    let flags = Overrides {
-        state_dir: Some(dir.path().join("state")),
-        spec_dir: Some(specs.clone()),
-        managed_file: Some(ast.managed_file()),
-        ..Default::default()
-    };
-    let mut settings = Settings::resolve(flags, file, &|_| None).expect("settings");
-    settings.reconcile.interval = Duration::from_secs(3600);
+    let settings = support::daemon_settings(
+        &ast,
+        &dir.path().join("state"),
+        &specs,
+        support::DaemonOptions { token: Some(TOKEN), ..Default::default() },
+    );
     let probe = client(&ast);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");

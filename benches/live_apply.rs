@@ -16,11 +16,11 @@
 //!     cargo bench --bench live_apply            # N=10000
 //!     BENCH_N=1000 cargo bench --bench live_apply
 //!     BENCH_TARGETS=ari BENCH_RUNS=1 cargo bench --bench live_apply   # a quick look
+#[path = "support/mod.rs"]
+mod support;
+
 use asterisk_gitops::asterisk::Asterisk as Client;
 use asterisk_gitops::asterisk::ami::AmiConfig;
-use asterisk_gitops::config::{
-    AmiFileConfig, ApplyFileConfig, AriFileConfig, FileConfig, Overrides, SecretString, Settings,
-};
 use asterisk_real::{Asterisk, Options};
 use std::time::{Duration, Instant};
 
@@ -151,33 +151,12 @@ async fn one_run(build: &asterisk_real::Build, n: usize, run: usize, target: &st
     let dir = tempfile::tempdir().expect("tempdir");
     let specs = dir.path().join("extensions.d");
     asterisk_gitops::estate::write(&specs, n).expect("estate");
-    let file = FileConfig {
-        ami: Some(AmiFileConfig {
-            addr: Some(ast.ami_addr().to_string()),
-            user: Some(asterisk_real::AMI_USER.into()),
-            secret: Some(SecretString::new(&ast.ami_secret)),
-            timeout: Some(60.0),
-            ..Default::default()
-        }),
-        ari: Some(AriFileConfig {
-            url: Some(ast.ari_url()),
-            user: Some(asterisk_real::ARI_USER.into()),
-            password: Some(SecretString::new(&ast.ari_password)),
-            timeout: Some(30.0),
-            ..Default::default()
-        }),
-        apply: Some(ApplyFileConfig { target: Some(target.into()) }),
-        admin_token: Some(SecretString::new(TOKEN)),
-        ..Default::default()
-    };
-    let flags = Overrides {
-        state_dir: Some(dir.path().join("state")),
-        spec_dir: Some(specs.clone()),
-        managed_file: Some(ast.managed_file()),
-        ..Default::default()
-    };
-    let mut settings = Settings::resolve(flags, file, &|_| None).expect("settings");
-    settings.reconcile.interval = Duration::from_secs(3600);
+    let settings = support::daemon_settings(
+        &ast,
+        &dir.path().join("state"),
+        &specs,
+        support::DaemonOptions { ari: true, target: Some(target), token: Some(TOKEN) },
+    );
     let probe = client(&ast);
     let last = (100_000 + n - 1).to_string();
 

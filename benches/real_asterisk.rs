@@ -17,7 +17,6 @@ mod support;
 
 use asterisk_gitops::asterisk::Asterisk as Client;
 use asterisk_gitops::asterisk::ami::AmiConfig;
-use asterisk_gitops::config::{AmiFileConfig, FileConfig, Overrides, SecretString, Settings};
 use asterisk_real::{Asterisk, Options};
 use std::time::{Duration, Instant};
 
@@ -78,24 +77,7 @@ async fn one_run(build: &asterisk_real::Build, n: usize, run: usize) -> (Duratio
     let dir = tempfile::tempdir().expect("tempdir");
     let specs = dir.path().join("extensions.d");
     asterisk_gitops::estate::write(&specs, n).expect("estate");
-    let file = FileConfig {
-        ami: Some(AmiFileConfig {
-            addr: Some(ast.ami_addr().to_string()),
-            user: Some(asterisk_real::AMI_USER.into()),
-            secret: Some(SecretString::new(&ast.ami_secret)),
-            timeout: Some(60.0),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let flags = Overrides {
-        state_dir: Some(dir.path().join("state")),
-        spec_dir: Some(specs.clone()),
-        managed_file: Some(ast.managed_file()),
-        ..Default::default()
-    };
-    let mut settings = Settings::resolve(flags, file, &|_| None).expect("settings");
-    settings.reconcile.interval = Duration::from_secs(3600);
+    let settings = support::daemon_settings(&ast, &dir.path().join("state"), &specs, support::DaemonOptions::default());
     let probe = client(&ast);
     let last = (100_000 + n - 1).to_string();
 

@@ -41,3 +41,56 @@ pub async fn accepted_reload(probe: &asterisk_gitops::asterisk::Asterisk) -> std
         }
     }
 }
+
+/// What a benchmark's daemon talks to besides AMI.
+#[derive(Clone, Copy, Default)]
+pub struct DaemonOptions<'a> {
+    /// Configure ARI too.
+    pub ari: bool,
+    /// `apply.target` (`file` or `ari`); `None`: the default.
+    pub target: Option<&'a str>,
+    /// The admin token for the API's writes; `None`: no writes.
+    pub token: Option<&'a str>,
+}
+
+/// The settings of a `serve` against a real Asterisk `ast`: its AMI (and
+/// ARI), the spec directory `specs`, state under `state`, the managed file
+/// Asterisk includes, and no periodic resync during the measurement.
+pub fn daemon_settings(
+    ast: &asterisk_real::Asterisk,
+    state: &std::path::Path,
+    specs: &std::path::Path,
+    o: DaemonOptions<'_>,
+) -> asterisk_gitops::config::Settings {
+    use asterisk_gitops::config::{
+        AmiFileConfig, ApplyFileConfig, AriFileConfig, FileConfig, Overrides, SecretString, Settings,
+    };
+    let file = FileConfig {
+        ami: Some(AmiFileConfig {
+            addr: Some(ast.ami_addr().to_string()),
+            user: Some(asterisk_real::AMI_USER.into()),
+            secret: Some(SecretString::new(&ast.ami_secret)),
+            timeout: Some(60.0),
+            ..Default::default()
+        }),
+        ari: o.ari.then(|| AriFileConfig {
+            url: Some(ast.ari_url()),
+            user: Some(asterisk_real::ARI_USER.into()),
+            password: Some(SecretString::new(&ast.ari_password)),
+            timeout: Some(30.0),
+            ..Default::default()
+        }),
+        apply: o.target.map(|t| ApplyFileConfig { target: Some(t.into()) }),
+        admin_token: o.token.map(SecretString::new),
+        ..Default::default()
+    };
+    let flags = Overrides {
+        state_dir: Some(state.to_path_buf()),
+        spec_dir: Some(specs.to_path_buf()),
+        managed_file: Some(ast.managed_file()),
+        ..Default::default()
+    };
+    let mut settings = Settings::resolve(flags, file, &|_| None).expect("settings");
+    settings.reconcile.interval = std::time::Duration::from_secs(3600);
+    settings
+}
