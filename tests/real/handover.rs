@@ -9,6 +9,7 @@ use asterisk_gitops::asterisk::ari::{Ari, AriConfig};
 use asterisk_gitops::asterisk::{AmiClient, AmiConfig, Message};
 use asterisk_gitops::config::{ApplyTarget, SecretString};
 use asterisk_real::{AMI_USER, ARI_USER, Asterisk, Options, require, sipp};
+use serde_json::Value;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -192,6 +193,18 @@ async fn polls_past(seen: &Seen, more: usize) {
     wait("the poller to go on", LIVE, || async { seen.polls.load(Ordering::Relaxed) >= target }).await;
 }
 
+/// Starts the daemon again on `target` (same state directory) and waits for
+/// its hand-over run (`direction`: "file → ari" or "ari → file") after run `after`.
+async fn restarted_on(d: &mut Daemon, target: ApplyTarget, after: i64, direction: &str) -> Value {
+    d.settings.apply_target = target;
+    d.start_again().await;
+    let needle = format!("hand-over {direction}");
+    d.run_where(&format!("the {needle}"), |r| {
+        r["id"].as_i64().is_some_and(|id| id > after) && r["reasons"].to_string().contains(&needle)
+    })
+    .await
+}
+
 async fn last_reload(ast: &Asterisk) -> String {
     ari(ast).info().await.expect("ARI /asterisk/info").status.last_reload_time
 }
@@ -221,13 +234,7 @@ async fn file_to_ari_and_back_with_phones_registered_throughout_loses_no_registr
     // file → ari: the same state directory, the new target.
     let before = d.last_run_id().await;
     d.halt().await;
-    d.settings.apply_target = ApplyTarget::Ari;
-    d.start_again().await;
-    let run = d
-        .run_where("the hand-over to ari", |r| {
-            r["id"].as_i64().is_some_and(|id| id > before) && r["reasons"].to_string().contains("hand-over file → ari")
-        })
-        .await;
+    let run = restarted_on(&mut d, ApplyTarget::Ari, before, "file → ari").await;
     assert_eq!(run["outcome"], "applied", "{run:#}");
     assert_eq!(run["reloaded"], true, "one reload empties the file: {run:#}");
     assert!(run["reasons"].to_string().contains("4 extension(s) copied into astdb"), "{run:#}");
@@ -266,13 +273,7 @@ async fn file_to_ari_and_back_with_phones_registered_throughout_loses_no_registr
     // ari → file.
     let before = d.last_run_id().await;
     d.halt().await;
-    d.settings.apply_target = ApplyTarget::File;
-    d.start_again().await;
-    let run = d
-        .run_where("the hand-over back to file", |r| {
-            r["id"].as_i64().is_some_and(|id| id > before) && r["reasons"].to_string().contains("hand-over ari → file")
-        })
-        .await;
+    let run = restarted_on(&mut d, ApplyTarget::File, before, "ari → file").await;
     assert_eq!(run["outcome"], "applied", "{run:#}");
     assert!(run["reasons"].to_string().contains("4 extension(s) written into the managed file"), "{run:#}");
     let handover = run["id"].as_i64().unwrap_or_default();
@@ -339,13 +340,7 @@ async fn an_object_whose_file_copy_asterisk_refuses_keeps_its_astdb_copy_and_the
     assert_ne!(broken, record, "the record's shape changed: update this test");
     std::fs::write(&record_path, broken).expect("write");
 
-    d.settings.apply_target = ApplyTarget::File;
-    d.start_again().await;
-    let run = d
-        .run_where("the hand-over back to file", |r| {
-            r["id"].as_i64().is_some_and(|id| id > before) && r["reasons"].to_string().contains("hand-over ari → file")
-        })
-        .await;
+    let run = restarted_on(&mut d, ApplyTarget::File, before, "ari → file").await;
     assert_eq!(run["outcome"], "failed", "{run:#}");
     let error = run["error"].as_str().unwrap_or_default();
     assert!(error.contains("endpoint 2002") && error.contains("put back"), "{run:#}");
@@ -366,12 +361,7 @@ async fn an_object_whose_file_copy_asterisk_refuses_keeps_its_astdb_copy_and_the
         .await;
     let after = next["id"].as_i64().unwrap_or_default();
     d.halt().await;
-    d.start_again().await;
-    let run = d
-        .run_where("the second hand-over", |r| {
-            r["id"].as_i64().is_some_and(|id| id > after) && r["reasons"].to_string().contains("hand-over ari → file")
-        })
-        .await;
+    let run = restarted_on(&mut d, ApplyTarget::File, after, "ari → file").await;
     assert_eq!(run["outcome"], "applied", "{run:#}");
     assert!(!astdb(&ast).await.contains("/asterisk-gitops/"), "astdb's copies are gone");
     assert!(!record_path.exists(), "and the record with them");
@@ -395,13 +385,7 @@ async fn without_the_astdb_wizard_nothing_is_handed_over_and_the_file_stays_in_f
 
     let before = d.last_run_id().await;
     d.halt().await;
-    d.settings.apply_target = ApplyTarget::Ari;
-    d.start_again().await;
-    let run = d
-        .run_where("the hand-over to ari", |r| {
-            r["id"].as_i64().is_some_and(|id| id > before) && r["reasons"].to_string().contains("hand-over file → ari")
-        })
-        .await;
+    let run = restarted_on(&mut d, ApplyTarget::Ari, before, "file → ari").await;
     assert_eq!(run["outcome"], "failed", "{run:#}");
     assert!(run["error"].to_string().contains("is the astdb wizard first in sorcery.conf?"), "{run:#}");
     assert_eq!(run["reloaded"], false, "{run:#}");
