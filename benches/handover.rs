@@ -19,13 +19,7 @@ const TOKEN: &str = "bench-admin-token-0123456789";
 
 fn main() {
     let n: usize = std::env::var("BENCH_N").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000);
-    let build = match asterisk_real::build() {
-        Ok(b) => b,
-        Err(e) => {
-            eprintln!("no real Asterisk to benchmark: {e}");
-            std::process::exit(1);
-        }
-    };
+    let build = support::real_asterisk();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     rt.block_on(one_run(&build, n));
 }

@@ -74,13 +74,7 @@ fn main() {
     if std::env::var("BENCH_REAL").is_ok_and(|v| v == "0") {
         return;
     }
-    let build = match asterisk_real::build() {
-        Ok(b) => b,
-        Err(e) => {
-            eprintln!("no real Asterisk to benchmark: {e}");
-            std::process::exit(1);
-        }
-    };
+    let build = support::real_asterisk();
     if let Ok(filter) = std::env::var("ASTERISK_GITOPS_LOG") {
         let _ = asterisk_gitops::cli::init_logging(&filter, std::io::stderr);
     }

@@ -38,13 +38,7 @@ struct Figures {
 
 fn main() {
     let n: usize = std::env::var("BENCH_N").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
-    let build = match asterisk_real::build() {
-        Ok(b) => b,
-        Err(e) => {
-            eprintln!("no real Asterisk to benchmark: {e}");
-            std::process::exit(1);
-        }
-    };
+    let build = support::real_asterisk();
     // BENCH_LOG=asterisk_gitops=debug: the daemon's own step timings on stderr.
     if let Ok(filter) = std::env::var("BENCH_LOG") {
         tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();

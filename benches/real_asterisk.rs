@@ -24,13 +24,7 @@ const RUNS: usize = 3;
 
 fn main() {
     let n: usize = std::env::var("BENCH_N").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
-    let build = match asterisk_real::build() {
-        Ok(b) => b,
-        Err(e) => {
-            eprintln!("no real Asterisk to benchmark: {e}");
-            std::process::exit(1);
-        }
-    };
+    let build = support::real_asterisk();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     let mut cold = Vec::new();
     let mut change = Vec::new();

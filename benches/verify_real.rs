@@ -6,6 +6,9 @@
 //!
 //!     cargo bench --bench verify_real                  # N=10000
 //!     BENCH_N=1000 cargo bench --bench verify_real
+#[path = "support/mod.rs"]
+mod support;
+
 use asterisk_gitops::asterisk::Asterisk as Client;
 use asterisk_gitops::asterisk::ami::AmiConfig;
 use asterisk_gitops::core::plan::{Action, Change, Plan};
@@ -19,13 +22,7 @@ use std::time::{Duration, Instant};
 
 fn main() {
     let n: usize = std::env::var("BENCH_N").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
-    let build = match asterisk_real::build() {
-        Ok(b) => b,
-        Err(e) => {
-            eprintln!("no real Asterisk to benchmark: {e}");
-            std::process::exit(1);
-        }
-    };
+    let build = support::real_asterisk();
     let dir = tempfile::tempdir().expect("tempdir");
     asterisk_gitops::estate::write(dir.path(), n).expect("estate");
     let loaded = spec::load_paths(&[dir.path().to_path_buf()], &LoadOptions::for_dir(dir.path()));

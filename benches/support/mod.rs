@@ -94,3 +94,15 @@ pub fn daemon_settings(
     settings.reconcile.interval = std::time::Duration::from_secs(3600);
     settings
 }
+
+/// The real Asterisk the benchmarks run against (built by
+/// `scripts/build-asterisk.sh`); without one the benchmark says why and exits 1.
+pub fn real_asterisk() -> asterisk_real::Build {
+    match asterisk_real::build() {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("no real Asterisk to benchmark: {e}");
+            std::process::exit(1);
+        }
+    }
+}
