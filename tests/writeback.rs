@@ -364,3 +364,44 @@ fn edits_through_the_daemons_cached_directory_match_edits_through_fresh_loads() 
     }
     assert!(cache.load().set.get("1002").is_some_and(|e| e.display_name.as_deref() == Some("Junior")));
 }
+
+/// The soak's refused writes: libgit2's file:// push lists the remote's refs
+/// and then resolves each, so a ref another writer deletes in between failed
+/// the push with "reference '…' not found" (a 503 that changed nothing).
+/// Here another writer creates and deletes staging refs on the remote the
+/// whole time; every edit must still land.
+#[test]
+fn refs_deleted_on_the_remote_while_pushing_do_not_fail_the_edit() {
+    let remote = Remote::new();
+    let wb = WriteBack::new(Target::Remote(remote.target(Mode::Direct)), default_policy());
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let churn = {
+        let (bare, stop) = (remote.bare.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let repo = Repository::open_bare(&bare).expect("remote");
+            let head = repo.find_reference("refs/heads/main").and_then(|r| r.peel_to_commit()).expect("head").id();
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(mut r) = repo.reference(&format!("refs/other-writer/push/{n}"), head, true, "stage") {
+                    let _ = r.delete();
+                }
+                n += 1;
+            }
+            n
+        })
+    };
+    let mut failures = Vec::new();
+    for i in 0..60 {
+        if let Err(e) = wb.apply(&EditOp::Create(entry(&format!("{}", 6000 + i), "Agent")), &alice()) {
+            failures.push(format!("{}: {e}", 6000 + i));
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let churned = churn.join().expect("churn");
+    assert!(churned > 100, "the remote's refs hardly changed ({churned}): the test proves nothing");
+    assert!(failures.is_empty(), "{} of 60 edits failed, e.g. {}", failures.len(), failures[0]);
+    for i in 0..60 {
+        let path = format!("extensions.d/{}.yaml", 6000 + i);
+        assert!(remote.file_at("main", &path).is_some(), "{path} is on main");
+    }
+}

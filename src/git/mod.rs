@@ -229,7 +229,7 @@ fn loose_objects(objects: &Path, limit: usize) -> Vec<(Oid, PathBuf)> {
     out
 }
 
-/// Fetches, trying again (up to 3 times) when a ref vanished while the
+/// Fetches, trying again (up to [`VANISHED_REF_RETRIES`] times) when a ref vanished while the
 /// remote's refs were read. libgit2's file:// transport lists every ref of
 /// the remote and then resolves each, so another writer deleting a ref in
 /// between (the write-back's and the soak test's short-lived staging refs)
@@ -243,18 +243,25 @@ pub(crate) fn fetch_retrying(
     let mut tries = 0;
     loop {
         match remote.fetch(refspecs, Some(options), None) {
-            Err(e)
-                if tries < 3
-                    && e.class() == git2::ErrorClass::Reference
-                    // libgit2 reports it as a generic error of the reference class.
-                    && (e.code() == git2::ErrorCode::NotFound || e.message().ends_with("not found")) =>
-            {
+            Err(e) if tries < VANISHED_REF_RETRIES && ref_vanished(&e) => {
                 tracing::debug!(error = %e.message(), "a ref vanished while fetching; fetching again");
                 tries += 1;
             }
             other => return other,
         }
     }
+}
+
+/// How many times a fetch or a push is tried again after a ref vanished.
+pub(crate) const VANISHED_REF_RETRIES: usize = 8;
+
+/// Whether `e` is libgit2's "reference '…' not found" for a ref of the
+/// remote that another writer deleted while this fetch or push listed them
+/// (see [`fetch_retrying`]): worth trying again, nothing was changed.
+pub(crate) fn ref_vanished(e: &git2::Error) -> bool {
+    e.class() == git2::ErrorClass::Reference
+        // libgit2 reports it as a generic error of the reference class.
+        && (e.code() == git2::ErrorCode::NotFound || e.message().ends_with("not found"))
 }
 
 /// A local bare mirror of one remote branch.

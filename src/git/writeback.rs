@@ -427,8 +427,24 @@ impl RemoteTarget {
         Ok(moved?.err())
     }
 
-    /// Pushes; `Ok(Some(reason))` when the remote rejected the update.
+    /// Pushes; `Ok(Some(reason))` when the remote rejected the update. Like
+    /// a fetch, a push lists the remote's refs first, so a ref another
+    /// writer deleted meanwhile fails it with "not found": it is tried again
+    /// (the soak's refused writes, BENCHMARKS.md).
     fn push(&self, repo: &Repository, refspec: &str) -> Result<Option<String>, WriteError> {
+        let mut tries = 0;
+        loop {
+            match self.push_once(repo, refspec) {
+                Err(e) if tries < crate::git::VANISHED_REF_RETRIES && crate::git::ref_vanished(&e) => {
+                    tracing::debug!(error = %e.message(), "a ref vanished while pushing; pushing again");
+                    tries += 1;
+                }
+                other => return other.map_err(WriteError::from),
+            }
+        }
+    }
+
+    fn push_once(&self, repo: &Repository, refspec: &str) -> Result<Option<String>, git2::Error> {
         let mut remote = repo.find_remote("origin")?;
         let rejected = std::rc::Rc::new(std::cell::RefCell::new(None));
         let mut callbacks = self.callbacks();
@@ -447,7 +463,7 @@ impl RemoteTarget {
             Err(e) if e.code() == git2::ErrorCode::NotFastForward || e.message().contains("fast-forward") => {
                 Ok(Some(e.message().to_string()))
             }
-            Err(e) => Err(e.into()),
+            Err(e) => Err(e),
         }
     }
 }
