@@ -360,8 +360,14 @@ pub async fn run(
         })
     });
     let http = axum::serve(listener, crate::http::app(state)).with_graceful_shutdown(stopped(stop_rx.clone()));
-    let looped = reconcile::run_loop(reconciler.clone(), source, loop_cfg, handle, rx, stopped(stop_rx.clone()));
-    let (http_result, ()) = tokio::join!(http, looped);
+    // A task of its own: a run's blocking steps (`block_in_place`) then
+    // never hold up the HTTP server's accept loop.
+    let looped =
+        tokio::spawn(reconcile::run_loop(reconciler.clone(), source, loop_cfg, handle, rx, stopped(stop_rx.clone())));
+    let (http_result, looped) = tokio::join!(http, looped);
+    if let Err(e) = looped {
+        tracing::error!(error = %e, "the reconcile loop ended abnormally");
+    }
     for task in [refresher, call_logger, stasis_passthrough, learner, sweeper].into_iter().flatten() {
         let _ = task.await;
     }

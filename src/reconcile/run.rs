@@ -64,6 +64,17 @@ struct Planned {
     delta: Option<Delta>,
 }
 
+/// Runs `f`, blocking work (rendering, planning, writing a large file),
+/// without holding up the runtime's other tasks: on a multi-threaded
+/// runtime the worker hands its queue to another first (`block_in_place`);
+/// elsewhere (a current-thread runtime, the unit tests) it just runs.
+pub(crate) fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 /// How many extensions whose specs changed a delta run takes at most;
 /// past this the run takes the whole way (rendering 10k takes about 70 ms,
 /// a thousand about 7).
@@ -329,25 +340,31 @@ impl<S: StateStore, A: AsteriskControl, L: LiveApply> Reconciler<S, A, L> {
     /// the next run that has nothing to change. Otherwise the list is read
     /// and compared. Errors say which step failed.
     async fn full_plan(&self, desired: &Desired, applied_sig: Option<&str>) -> Result<Planned, RunError> {
-        let (rendered, md5s) = self.render(desired)?;
-        // A live target compares and records its objects, in their one form.
-        let rendered = match &self.live {
-            Some(live) => live.canonical(&rendered, true).map_err(|e| RunError::Push(boxed(e)))?,
-            None => rendered,
-        };
+        let (rendered, md5s) = blocking(|| -> Result<_, RunError> {
+            let (rendered, md5s) = self.render(desired)?;
+            // A live target compares and records its objects, in their one form.
+            let rendered = match &self.live {
+                Some(live) => live.canonical(&rendered, true).map_err(|e| RunError::Push(boxed(e)))?,
+                None => rendered,
+            };
+            Ok((rendered, md5s))
+        })?;
         let applied = self.applied_rows(applied_sig).await?;
-        let current = self
-            .managed
-            .read()
-            .map_err(|source| RunError::ReadManagedFile { path: self.managed.path().to_path_buf(), source })?;
-        let mut plan = plan::plan(&PlanInput {
-            desired: &desired.set,
-            secret_md5: &md5s,
-            applied: &applied,
-            observed: &Observed::NotListed,
-            current_file: current.as_deref(),
-            rendered: &rendered,
-        });
+        let (current, mut plan) = blocking(|| -> Result<_, RunError> {
+            let current = self
+                .managed
+                .read()
+                .map_err(|source| RunError::ReadManagedFile { path: self.managed.path().to_path_buf(), source })?;
+            let plan = plan::plan(&PlanInput {
+                desired: &desired.set,
+                secret_md5: &md5s,
+                applied: &applied,
+                observed: &Observed::NotListed,
+                current_file: current.as_deref(),
+                rendered: &rendered,
+            });
+            Ok((current, plan))
+        })?;
         let observed = match &self.asterisk {
             None => Observed::NotConfigured,
             Some(a) if plan.has_changes() => match a.ping().await {
@@ -943,27 +960,35 @@ impl<S: StateStore, A: AsteriskControl, L: LiveApply> Reconciler<S, A, L> {
         };
         let took = started.elapsed();
         let recording = Instant::now();
-        // The whole record: a delta run's part spliced into the remembered one.
-        let record = match delta {
-            Some(d) => live.splice(d.record, &d.ids, &run.record),
-            None => Some(run.record.clone()),
-        };
-        match record {
-            Some(record) if delta.is_some() || current.as_deref() != Some(record.as_str()) => {
-                match self.managed.replace(&record) {
-                    Ok(()) => out.record = Some(Fingerprint::of(record.as_str())),
-                    // Asterisk holds the pushes; without the record the next run pushes them again.
-                    Err(e) => tracing::warn!("writing the record of what was pushed failed: {e}"),
+        // Splicing and writing the record (6 MB at 10k) is blocking work:
+        // on a runtime worker it held up every other task for 40–200 ms.
+        out.record = blocking(|| {
+            // The whole record: a delta run's part spliced into the remembered one.
+            let record = match delta {
+                Some(d) => live.splice(d.record, &d.ids, &run.record),
+                None => Some(run.record.clone()),
+            };
+            match record {
+                Some(record) if delta.is_some() || current.as_deref() != Some(record.as_str()) => {
+                    match self.managed.replace(&record) {
+                        Ok(()) => Some(Fingerprint::of(record.as_str())),
+                        // Asterisk holds the pushes; without the record the next run pushes them again.
+                        Err(e) => {
+                            tracing::warn!("writing the record of what was pushed failed: {e}");
+                            out.record
+                        }
+                    }
+                }
+                Some(record) => Some(Fingerprint::of(record.as_str())),
+                None => {
+                    // The remembered record moved under the run: the next one reads the whole file.
+                    tracing::warn!(
+                        "the remembered record of what was pushed changed during the run; the next run takes the whole way"
+                    );
+                    out.record
                 }
             }
-            Some(record) => out.record = Some(Fingerprint::of(record.as_str())),
-            None => {
-                // The remembered record moved under the run: the next one reads the whole file.
-                tracing::warn!(
-                    "the remembered record of what was pushed changed during the run; the next run takes the whole way"
-                );
-            }
-        }
+        });
         tracing::debug!(push_ms = ms(took), record_ms = ms(recording.elapsed()), "pushed");
         out.reasons.push(format!(
             "pushed through ARI (no reload): {} extension(s) live and verified from Asterisk's answers, {} refused; {} request(s) in {} ms",
