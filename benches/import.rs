@@ -9,11 +9,13 @@
 //!   extensions posted to `POST /extensions/import` as a Bulk Handler CSV,
 //!   timed from the request to the last of them live in Asterisk (seen
 //!   through AMI, `PJSIPShowEndpoint`); beside it, in the same run,
-//!   Asterisk's own `Reload` of res_pjsip (fact 21).
+//!   Asterisk's own `Reload` of res_pjsip (fact 21). The same with the ari
+//!   target (astdb wizard first, no reload).
 //!
 //! ```text
 //! cargo bench --bench import
 //! BENCH_REAL=0 cargo bench --bench import     # the import figures only
+//! BENCH_TARGETS=ari BENCH_RUNS=1 cargo bench --bench import
 //! ```
 #[path = "support/mod.rs"]
 mod support;
@@ -79,22 +81,42 @@ fn main() {
         let _ = asterisk_gitops::cli::init_logging(&filter, std::io::stderr);
     }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
-    let mut live = Vec::new();
-    let mut reload = Vec::new();
     let runs: usize = std::env::var("BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
-    for run in 0..runs {
-        let (l, r) = rt.block_on(bulk_run(&build, n, run));
-        println!("run {}: 1,000 imported → live {:.0} ms; Asterisk's own reload {:.0} ms", run + 1, ms(l), ms(r));
-        live.push(l);
-        reload.push(r);
+    let targets = std::env::var("BENCH_TARGETS").unwrap_or_else(|_| "file,ari".into());
+    for target in targets.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+        let mut live = Vec::new();
+        let mut reload = Vec::new();
+        for run in 0..runs {
+            let (l, r) = rt.block_on(bulk_run(&build, n, run, target));
+            match r {
+                Some(r) => println!(
+                    "run {} {target}: 1,000 imported → live {:.0} ms; Asterisk's own reload {:.0} ms",
+                    run + 1,
+                    ms(l),
+                    ms(r)
+                ),
+                None => println!("run {} {target}: 1,000 imported → live {:.0} ms (no reload)", run + 1, ms(l)),
+            }
+            live.push(l);
+            reload.extend(r);
+        }
+        let l = median(live);
+        match reload.is_empty() {
+            true => println!(
+                "{n} + 1,000 extensions, {target}, median of {runs}: POST /extensions/import → the last live {:.2} s",
+                l.as_secs_f64()
+            ),
+            false => {
+                let r = median(reload);
+                println!(
+                    "{n} + 1,000 extensions, {target}, median of {runs}: POST /extensions/import → the last live {:.2} s; Asterisk's own reload {:.2} s (ratio {:.2})",
+                    l.as_secs_f64(),
+                    r.as_secs_f64(),
+                    l.as_secs_f64() / r.as_secs_f64()
+                );
+            }
+        }
     }
-    let (l, r) = (median(live), median(reload));
-    println!(
-        "{n} + 1,000 extensions, median of {runs}: POST /extensions/import → the last live {:.2} s; Asterisk's own reload {:.2} s (ratio {:.2})",
-        l.as_secs_f64(),
-        r.as_secs_f64(),
-        l.as_secs_f64() / r.as_secs_f64()
-    );
 }
 
 fn client(ast: &Asterisk) -> Client {
@@ -107,8 +129,12 @@ fn client(ast: &Asterisk) -> Client {
     })
 }
 
-async fn bulk_run(build: &asterisk_real::Build, n: usize, run: usize) -> (Duration, Duration) {
-    let ast = Asterisk::start(build, Options::named(&format!("bench-import-{run}"))).await.expect("Asterisk starts");
+/// The import's time to live, and (with the file target) Asterisk's own
+/// reload of the same estate measured after it.
+async fn bulk_run(build: &asterisk_real::Build, n: usize, run: usize, target: &str) -> (Duration, Option<Duration>) {
+    let name = format!("bench-import-{target}-{run}");
+    let opts = if target == "ari" { Options::live(&name).expect("sorcery snippet") } else { Options::named(&name) };
+    let ast = Asterisk::start(build, opts).await.expect("Asterisk starts");
     let dir = tempfile::tempdir().expect("tempdir");
     let specs = dir.path().join("extensions.d");
     asterisk_gitops::estate::write(&specs, n).expect("estate");
@@ -116,7 +142,7 @@ async fn bulk_run(build: &asterisk_real::Build, n: usize, run: usize) -> (Durati
         &ast,
         &dir.path().join("state"),
         &specs,
-        support::DaemonOptions { token: Some(TOKEN), ..Default::default() },
+        support::DaemonOptions { ari: target == "ari", target: Some(target), token: Some(TOKEN) },
     );
     let probe = client(&ast);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -153,7 +179,10 @@ async fn bulk_run(build: &asterisk_real::Build, n: usize, run: usize) -> (Durati
     }
     let live = posted.elapsed();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let reload = support::accepted_reload(&probe).await;
+    let reload = match target {
+        "ari" => None,
+        _ => Some(support::accepted_reload(&probe).await),
+    };
     let _ = stop.send(());
     let _ = task.await;
     probe.close().await;
