@@ -16,9 +16,9 @@ pub mod sections;
 pub mod sweep;
 
 pub use crate::reconcile::LiveRun;
+use futures_util::StreamExt;
 pub use live::{DynamicConfig, LiveTarget, PushError, Pushed};
 use sections::{Section, SectionError};
-use futures_util::StreamExt;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Why nothing could be pushed.
