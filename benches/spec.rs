@@ -54,3 +54,31 @@ fn render_only(bencher: divan::Bencher, n: usize) {
     let renderer = Renderer::new(None).expect("template");
     bencher.bench(|| renderer.render(&loaded.set, &SourceInfo::default(), &ProcessSecrets).expect("renders"));
 }
+
+/// The daemon's cached directory (`reconcile::DirSource`) loaded again after
+/// one extension in one file changed: what a saved file costs before its run
+/// can plan (the files are read and hashed, the changed one parsed, the set
+/// assembled).
+#[divan::bench(args = SIZES, sample_count = 10)]
+fn dir_reload_one_file_changed(bencher: divan::Bencher, n: usize) {
+    let dir = estate(n).join("..").join(format!("reload-{n}"));
+    if !dir.exists() {
+        asterisk_gitops::estate::write(&dir, n).expect("write estate");
+    }
+    let source = asterisk_gitops::reconcile::DirSource::new(dir.clone());
+    assert_eq!(source.load().set.extensions.len(), n);
+    let path = dir.join("sales/0000.yaml");
+    let text = std::fs::read_to_string(&path).expect("read");
+    let mut round = 0u64;
+    bencher
+        .with_inputs(|| {
+            round += 1;
+            let changed = text.replacen("displayName: Agent 100000\n", &format!("displayName: Agent {round}\n"), 1);
+            std::fs::write(&path, changed).expect("write");
+        })
+        .bench_local_values(|()| {
+            let d = source.load();
+            assert_eq!(d.set.extensions.len(), n);
+            d
+        });
+}
