@@ -448,6 +448,37 @@ async fn live_status(
     }))
 }
 
+/// One extension's contacts on every node (asked all at once, each bounded
+/// by [`LIVE_WAIT`]), for the UI's extension page.
+pub(crate) async fn registrations_per_node(state: &AppState, id: &str) -> Vec<NodeRegistrationView> {
+    let asks = state.live.nodes.iter().map(|n| async move {
+        match tokio::time::timeout(LIVE_WAIT, n.asterisk.contacts()).await {
+            Ok(Ok(c)) => {
+                let contacts: Vec<Contact> = c.into_iter().filter(|c| c.endpoint == id).collect();
+                NodeRegistrationView {
+                    node: n.name.clone(),
+                    registered: Some(contacts.iter().any(Contact::alive)),
+                    contacts,
+                    error: None,
+                }
+            }
+            Ok(Err(e)) => NodeRegistrationView {
+                node: n.name.clone(),
+                registered: None,
+                contacts: Vec::new(),
+                error: Some(e.to_string()),
+            },
+            Err(_) => NodeRegistrationView {
+                node: n.name.clone(),
+                registered: None,
+                contacts: Vec::new(),
+                error: Some(format!("no answer within {} s", LIVE_WAIT.as_secs())),
+            },
+        }
+    });
+    futures_util::future::join_all(asks).await
+}
+
 /// The longest a read route waits for one node's answer.
 const LIVE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 

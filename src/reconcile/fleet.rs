@@ -205,3 +205,99 @@ impl<A: AsteriskControl + 'static, L: LiveApply + 'static> Followers for Fleet<A
         ok
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::render::Renderer;
+    use crate::reconcile::fake::{FakeAsterisk, MemFile, Script};
+    use crate::reconcile::{NoLive, PruneGuard, load_dir};
+
+    fn follower(
+        name: &str,
+        script: Script,
+        renderer: &Arc<Renderer>,
+    ) -> (Follower<FakeAsterisk, NoLive>, Arc<MemFile>) {
+        let file = Arc::new(MemFile::default());
+        let reconciler = Reconciler {
+            store: NodeStore::default(),
+            asterisk: Some(FakeAsterisk::new(file.clone(), script)),
+            managed: Box::new(file.clone()),
+            renderer: renderer.clone(),
+            secrets: Arc::new(crate::secret::ProcessSecrets),
+            realm: "asterisk".into(),
+            prune: PruneGuard { max_share: 0.3, max_count: None, allow_mass_delete: false },
+            self_heal: true,
+            live: None,
+            settled: Default::default(),
+        };
+        (Follower { name: name.into(), reconciler }, file)
+    }
+
+    fn lead(outcome: Outcome) -> RunReport {
+        let now = chrono::Utc::now();
+        RunReport {
+            record: RunRecord {
+                trigger: Trigger::Manual,
+                revision: None,
+                subject: None,
+                started_at: now,
+                finished_at: now,
+                outcome,
+                plan: None,
+                error: outcome.is_failure().then(|| "the lead's failure".to_string()),
+                diagnostics: Vec::new(),
+                reloaded: false,
+                warning: None,
+                reasons: Vec::new(),
+                rollback_failed: false,
+            },
+            run_id: None,
+            duration: Default::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_canary_rule_skips_a_node_that_is_down_and_stops_at_one_that_fails() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            dir.path().join("team.yaml"),
+            "defaults: {context: from-internal, transport: transport-udp, codecs: [ulaw]}\nextensions:\n  - extension: \"1001\"\n    md5Cred: 0123456789abcdef0123456789abcdef\n",
+        )
+        .expect("write");
+        let desired = load_dir(dir.path());
+        let renderer = Arc::new(Renderer::new(None).expect("the built-in template"));
+        let (b, b_file) = follower("b", Script { down: true, ..Default::default() }, &renderer);
+        let (c, c_file) = follower("c", Script::default(), &renderer);
+        let refused = Script { refused: ["1001".to_string()].into(), ..Default::default() };
+        let (d, _) = follower("d", refused, &renderer);
+        let (e, e_file) = follower("e", Script::default(), &renderer);
+        let fleet = Fleet { lead: "a".into(), followers: vec![b, c, d, e], applies: Default::default() };
+
+        let ok = fleet.follow(&Trigger::Manual, &desired, &lead(Outcome::Applied), true).await;
+        assert!(!ok, "a node that answered and failed asks for a retry");
+        let applies = fleet.applies.read().expect("lock").clone();
+        let outcome = |n: &str| applies.get(n).map(|a| a.outcome.clone()).unwrap_or_default();
+        assert_eq!(
+            [outcome("a"), outcome("b"), outcome("c"), outcome("d"), outcome("e")],
+            ["applied", "unreachable", "applied", "failed", "skipped"],
+            "{applies:#?}"
+        );
+        assert!(b_file.text().is_none(), "the node that is down is not written");
+        assert!(c_file.text().is_some_and(|t| t.contains("[1001]")), "the node after it is");
+        assert!(e_file.text().is_none(), "the node after a failure is not touched");
+        assert!(applies["e"].error.as_deref().is_some_and(|e| e.contains("d failed")), "{applies:#?}");
+
+        // The canary failing while it answers: nobody after it is touched.
+        let (f, f_file) = follower("f", Script::default(), &renderer);
+        let fleet = Fleet { lead: "a".into(), followers: vec![f], applies: Default::default() };
+        assert!(fleet.follow(&Trigger::Manual, &desired, &lead(Outcome::Failed), true).await);
+        assert_eq!(fleet.applies.read().expect("lock")["f"].outcome, "skipped");
+        assert!(f_file.text().is_none());
+        // The canary down: the next node goes on.
+        assert!(fleet.follow(&Trigger::Manual, &desired, &lead(Outcome::Failed), false).await);
+        let applies = fleet.applies.read().expect("lock").clone();
+        assert_eq!((applies["a"].outcome.as_str(), applies["f"].outcome.as_str()), ("unreachable", "applied"));
+        assert!(f_file.text().is_some_and(|t| t.contains("[1001]")));
+    }
+}
