@@ -489,7 +489,9 @@ async fn apply(global: &GlobalArgs, args: ApplyArgs) -> anyhow::Result<ExitCode>
     crate::app::hand_over(&settings, &reconciler).await;
     let (p, _) = reconciler.plan(&desired).await.map_err(|e| anyhow::anyhow!(e))?;
     print!("{}", crate::core::plan::to_text(&p));
-    if !(p.has_changes() || (settings.reconcile.self_heal && p.has_healable_drift())) {
+    // With `nodes:` the plan is the first node's; the others are applied after it.
+    let fleet = settings.nodes.len() > 1;
+    if !fleet && !(p.has_changes() || (settings.reconcile.self_heal && p.has_healable_drift())) {
         println!("Nothing to do.");
         return Ok(ExitCode::SUCCESS);
     }
@@ -508,6 +510,7 @@ async fn apply(global: &GlobalArgs, args: ApplyArgs) -> anyhow::Result<ExitCode>
         }
     }
     drop(p); // the run plans again; two 100k plans at once would double the peak memory
+    let for_followers = fleet.then(|| desired.clone());
     let report = reconciler.run(crate::reconcile::Trigger::Cli, desired).await;
     let r = &report.record;
     println!(
@@ -516,11 +519,40 @@ async fn apply(global: &GlobalArgs, args: ApplyArgs) -> anyhow::Result<ExitCode>
         r.plan.as_ref().map(crate::core::plan::summary).unwrap_or_default(),
         r.error.as_deref().map(|e| format!("\nerror: {e}")).unwrap_or_default()
     );
+    // The other nodes in turn (the canary rule, `reconcile::fleet`); this
+    // process has no record of what they hold, so each gets everything.
+    let mut every_node = true;
+    if let Some(desired) = for_followers {
+        use crate::reconcile::AsteriskControl as _;
+        use crate::reconcile::fleet::Followers as _;
+        let fleet = crate::app::fleet(&settings, &reconciler)?;
+        let lead_reachable = match &reconciler.asterisk {
+            Some(a) if r.outcome.is_failure() => a.ping().await.is_ok(),
+            _ => true,
+        };
+        fleet.follow(&crate::reconcile::Trigger::Cli, &desired, &report, lead_reachable).await;
+        let applies = fleet.applies.read().map(|a| a.clone()).unwrap_or_default();
+        for node in &settings.nodes {
+            let Some(a) = applies.get(&node.name) else { continue };
+            every_node &= matches!(a.outcome.as_str(), "applied" | "noop");
+            println!(
+                "node {}: {}{}",
+                node.name,
+                a.outcome,
+                a.error.as_deref().map(|e| format!(" ({e})")).unwrap_or_default()
+            );
+        }
+        for f in &fleet.followers {
+            if let Some(a) = &f.reconciler.asterisk {
+                a.close().await;
+            }
+        }
+    }
     if let Some(a) = &reconciler.asterisk {
         a.close().await;
     }
     Ok(match r.outcome {
-        crate::reconcile::Outcome::Applied | crate::reconcile::Outcome::NoOp => ExitCode::SUCCESS,
+        crate::reconcile::Outcome::Applied | crate::reconcile::Outcome::NoOp if every_node => ExitCode::SUCCESS,
         _ => ExitCode::FAILURE,
     })
 }

@@ -49,9 +49,10 @@ async fn node_status(d: &Daemon, name: &str) -> Value {
     st["nodes"].as_array().and_then(|n| n.iter().find(|n| n["name"] == name).cloned()).unwrap_or(Value::Null)
 }
 
-/// `asterisk-gitops status --json` on a config file naming the three nodes.
-fn cli_status(dir: &std::path::Path, nodes: &[(&str, &Asterisk)]) -> (Option<i32>, Value) {
-    let mut yaml = format!("stateDir: {}\nnodes:\n", dir.join("cli-state").display());
+/// A config file naming the nodes, for the command line.
+fn cli_config(dir: &std::path::Path, nodes: &[(&str, &Asterisk)]) -> std::path::PathBuf {
+    let mut yaml =
+        format!("stateDir: {}\nspecDir: {}\nnodes:\n", dir.join("cli-state").display(), dir.join("specs").display());
     for (name, ast) in nodes {
         yaml.push_str(&format!(
             "  - name: {name}\n    ami: {{addr: '{}', user: {AMI_USER}, secret: '{}', timeout: 2}}\n    managedFile: {}\n",
@@ -62,12 +63,24 @@ fn cli_status(dir: &std::path::Path, nodes: &[(&str, &Asterisk)]) -> (Option<i32
     }
     let path = dir.join("cli.yaml");
     std::fs::write(&path, yaml).expect("write config");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_asterisk-gitops"))
-        .args(["--config", path.to_str().expect("utf-8 path"), "status", "--json"])
+    path
+}
+
+fn cli(config: &std::path::Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_asterisk-gitops"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
         .env_remove("ASTERISK_GITOPS_AMI_ADDR")
         .env_remove("ASTERISK_GITOPS_ARI_URL")
+        .env_remove("DATABASE_URL")
         .output()
-        .expect("runs");
+        .expect("runs")
+}
+
+/// `asterisk-gitops status --json` on a config file naming the three nodes.
+fn cli_status(dir: &std::path::Path, nodes: &[(&str, &Asterisk)]) -> (Option<i32>, Value) {
+    let out = cli(&cli_config(dir, nodes), &["status", "--json"]);
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     for (_, ast) in nodes {
         assert!(!stdout.contains(&ast.ami_secret), "status printed an AMI secret");
@@ -182,4 +195,16 @@ async fn three_nodes_get_every_change_and_one_down_holds_no_other_back() {
         assert!(!seen.contains(&ast.ami_secret) && !seen.contains(&ast.ari_password), "a secret in a response");
     }
     d.stop().await;
+
+    // `apply` with the daemon stopped: the first node, then the others in turn.
+    let specs = tmp.path().join("specs");
+    std::fs::create_dir_all(&specs).expect("mkdir");
+    std::fs::write(specs.join("team.yaml"), team(&["1001", "1002", "1003"])).expect("write");
+    let out = cli(&cli_config(tmp.path(), &[("a", &a), ("b", &b), ("c", &c)]), &["apply", "--yes"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("node b: applied") && stdout.contains("node c: applied"), "{stdout}");
+    for ast in [&a, &b, &c] {
+        assert!(endpoint(ast, "1003").await.is_some(), "1003 applied on every node:\n{stdout}");
+    }
 }
