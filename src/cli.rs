@@ -491,7 +491,7 @@ async fn apply(global: &GlobalArgs, args: ApplyArgs) -> anyhow::Result<ExitCode>
     print!("{}", crate::core::plan::to_text(&p));
     // With `nodes:` the plan is the first node's; the others are applied after it.
     let fleet = settings.nodes.len() > 1;
-    if !fleet && !(p.has_changes() || (settings.reconcile.self_heal && p.has_healable_drift())) {
+    if !(fleet || p.has_changes() || (settings.reconcile.self_heal && p.has_healable_drift())) {
         println!("Nothing to do.");
         return Ok(ExitCode::SUCCESS);
     }
