@@ -138,6 +138,32 @@ async fn metrics(State(state): State<AppState>, Database(db): Database) -> Resul
             let _ = writeln!(out, "asterisk_gitops_registered_endpoints {registered}");
         }
     }
+    if state.live.nodes.len() > 1 {
+        // Per node (`nodes:`), from each node's registrations snapshot; the
+        // names are letters, digits, `.`, `-` and `_` (config checks), safe as label values.
+        let _ =
+            writeln!(out, "# HELP asterisk_gitops_node_up Whether the node's last AMI read of registrations worked.");
+        let _ = writeln!(out, "# TYPE asterisk_gitops_node_up gauge");
+        let snapshots: Vec<(&str, Registrations)> = state
+            .live
+            .nodes
+            .iter()
+            .map(|n| (n.name.as_str(), n.registrations.read().map(|r| r.clone()).unwrap_or_default()))
+            .collect();
+        for (name, regs) in &snapshots {
+            let up = regs.read_at.is_some() && regs.error.is_none();
+            let _ = writeln!(out, "asterisk_gitops_node_up{{node=\"{name}\"}} {}", u8::from(up));
+        }
+        let _ = writeln!(
+            out,
+            "# HELP asterisk_gitops_node_registered_endpoints Endpoints with a live contact on the node."
+        );
+        let _ = writeln!(out, "# TYPE asterisk_gitops_node_registered_endpoints gauge");
+        for (name, regs) in snapshots.iter().filter(|(_, r)| r.read_at.is_some()) {
+            let registered = regs.by_endpoint.values().filter(|c| c.iter().any(Contact::alive)).count();
+            let _ = writeln!(out, "asterisk_gitops_node_registered_endpoints{{node=\"{name}\"}} {registered}");
+        }
+    }
     if let Some(c) = &state.live.calls {
         use std::sync::atomic::Ordering::Relaxed;
         let _ = writeln!(out, "# HELP asterisk_gitops_call_events_total ARI events read by the call logger.");

@@ -139,6 +139,11 @@ async fn three_nodes_get_every_change_and_one_down_holds_no_other_back() {
         assert!(tokio::time::Instant::now() < deadline, "node b's registrations never counted the phone: {s:#}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    let (_, metrics) = d.get("/metrics").await;
+    let metrics = metrics.as_str().unwrap_or_default().to_string();
+    assert!(metrics.contains("asterisk_gitops_node_registered_endpoints{node=\"b\"} 1"), "{metrics}");
+    assert!(metrics.contains("asterisk_gitops_node_registered_endpoints{node=\"a\"} 0"), "{metrics}");
+    assert!(metrics.contains("asterisk_gitops_node_up{node=\"c\"} 1"), "{metrics}");
     for n in ["a", "c"] {
         let s = node_status(&d, n).await;
         assert_eq!((s["reachable"].as_bool(), s["registrations"].as_u64()), (Some(true), Some(0)), "{s:#}");
