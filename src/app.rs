@@ -18,16 +18,68 @@ use std::time::Duration;
 /// The daemon's reconciler: the database, AMI and, with `apply.target: ari`, ARI.
 pub type DaemonReconciler = Reconciler<Db, Asterisk, AriTarget>;
 
-/// The Asterisk port, when AMI is configured.
+/// The Asterisk port, when AMI is configured (the first node's with `nodes:`).
 pub fn asterisk(settings: &Settings) -> Option<Asterisk> {
-    settings.ami.as_ref().map(|a| {
-        Asterisk::new(AmiConfig {
-            addr: a.addr.clone(),
-            user: a.user.clone(),
-            secret: a.secret.expose().to_string(),
-            timeout: a.timeout,
-            events: false,
-        })
+    settings.ami.as_ref().map(node_asterisk)
+}
+
+/// The Asterisk port of one AMI.
+pub fn node_asterisk(a: &crate::config::AmiSettings) -> Asterisk {
+    Asterisk::new(AmiConfig {
+        addr: a.addr.clone(),
+        user: a.user.clone(),
+        secret: a.secret.expose().to_string(),
+        timeout: a.timeout,
+        events: false,
+    })
+}
+
+/// The nodes after the first (`nodes:`), each with a reconciler of its
+/// own that follows the lead's runs (`reconcile::fleet`): its AMI, its
+/// managed file, or with the ari target its ARI and its record under its
+/// state directory. The renderer is the lead's (one catalogue).
+pub fn fleet(
+    settings: &Settings,
+    lead: &DaemonReconciler,
+) -> anyhow::Result<reconcile::fleet::Fleet<Asterisk, AriTarget>> {
+    let mut followers = Vec::new();
+    for node in settings.nodes.iter().skip(1) {
+        let (managed_path, live) = match (settings.apply_target, &node.ari) {
+            (crate::config::ApplyTarget::Ari, Some(ari)) => {
+                state_dir(&node.state_dir)?;
+                (
+                    node.state_dir.join(crate::asterisk::ari_config::RECORD_FILE),
+                    Some(crate::asterisk::ari_config::LiveTarget::new(ari_client(ari)?)),
+                )
+            }
+            _ => {
+                if let Some(dir) = node.managed_file.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    state_dir(dir)?;
+                }
+                (node.managed_file.clone(), None)
+            }
+        };
+        let managed = ManagedFile::new(&managed_path).with_group(settings.managed_file_group);
+        followers.push(reconcile::fleet::Follower {
+            name: node.name.clone(),
+            reconciler: Reconciler {
+                store: Default::default(),
+                asterisk: Some(node_asterisk(&node.ami)),
+                managed: Box::new(managed),
+                renderer: lead.renderer.clone(),
+                secrets: lead.secrets.clone(),
+                realm: settings.realm.clone(),
+                prune: lead.prune.clone(),
+                self_heal: settings.reconcile.self_heal,
+                live,
+                settled: Default::default(),
+            },
+        });
+    }
+    Ok(reconcile::fleet::Fleet {
+        lead: settings.nodes.first().map(|n| n.name.clone()).unwrap_or_else(|| "default".into()),
+        followers,
+        applies: Default::default(),
     })
 }
 
@@ -178,6 +230,7 @@ pub async fn run(
         }
     };
     let reconciler = Arc::new(reconciler(&settings, db.clone())?);
+    let fleet = Arc::new(fleet(&settings, &reconciler)?);
     hand_over(&settings, &reconciler).await;
     let (source, target, interval) = match &settings.git {
         None => {
@@ -239,11 +292,36 @@ pub async fn run(
             .then(|| Arc::new(crate::calls::CallLogStats::default())),
         sessions: Default::default(),
         sip_server: settings.sip_server.clone(),
+        nodes: Default::default(),
+        applies: fleet.applies.clone(),
     };
-    let refresher = live
-        .asterisk
-        .clone()
-        .map(|a| tokio::spawn(refresh_registrations(a, live.registrations.clone(), stopped(stop_rx.clone()))));
+    // Every node, the first one the lead's own connection and snapshot.
+    let nodes: Vec<crate::http::NodeLive> = settings
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| match (i, &live.asterisk) {
+            (0, Some(a)) => crate::http::NodeLive {
+                name: n.name.clone(),
+                asterisk: a.clone(),
+                registrations: live.registrations.clone(),
+            },
+            _ => crate::http::NodeLive {
+                name: n.name.clone(),
+                asterisk: Arc::new(node_asterisk(&n.ami)),
+                registrations: Default::default(),
+            },
+        })
+        .collect();
+    let live = crate::http::Live { nodes: Arc::new(nodes), ..live };
+    // One refresher per node: a node that does not answer never holds the others' back.
+    let refreshers: Vec<_> = live
+        .nodes
+        .iter()
+        .map(|n| {
+            tokio::spawn(refresh_registrations(n.asterisk.clone(), n.registrations.clone(), stopped(stop_rx.clone())))
+        })
+        .collect();
     // The options this Asterisk knows, learnt through ARI and cached per
     // version, replace the committed Asterisk 22 catalogue once known.
     let learner = match (&settings.ari, &live.asterisk) {
@@ -362,17 +440,32 @@ pub async fn run(
     let http = axum::serve(listener, crate::http::app(state)).with_graceful_shutdown(stopped(stop_rx.clone()));
     // A task of its own: a run's blocking steps (`block_in_place`) then
     // never hold up the HTTP server's accept loop.
-    let looped =
-        tokio::spawn(reconcile::run_loop(reconciler.clone(), source, loop_cfg, handle, rx, stopped(stop_rx.clone())));
+    let looped = tokio::spawn(reconcile::run_loop_with(
+        reconciler.clone(),
+        fleet.clone(),
+        source,
+        loop_cfg,
+        handle,
+        rx,
+        stopped(stop_rx.clone()),
+    ));
     let (http_result, looped) = tokio::join!(http, looped);
     if let Err(e) = looped {
         tracing::error!(error = %e, "the reconcile loop ended abnormally");
     }
-    for task in [refresher, call_logger, stasis_passthrough, learner, sweeper].into_iter().flatten() {
+    for task in refreshers {
+        let _ = task.await;
+    }
+    for task in [call_logger, stasis_passthrough, learner, sweeper].into_iter().flatten() {
         let _ = task.await;
     }
     if let Some(a) = &reconciler.asterisk {
         a.close().await;
+    }
+    for f in &fleet.followers {
+        if let Some(a) = &f.reconciler.asterisk {
+            a.close().await;
+        }
     }
     db.close().await;
     tracing::info!("asterisk-gitops stopped");

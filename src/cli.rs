@@ -96,8 +96,11 @@ pub enum Command {
     /// Run the daemon: reconcile on file changes, periodically and on
     /// request; serve the HTTP API. Stops cleanly on SIGINT/SIGTERM.
     Serve,
-    /// Print what the live Asterisk reports: version, endpoints, registrations.
-    Status,
+    /// Print what the live Asterisk reports: every node's reachability,
+    /// version and registrations, then (one node) its endpoints.
+    ///
+    /// Exits 0 when every node answered, 1 when one did not.
+    Status(StatusArgs),
     /// Print the md5Cred for an extension's password, to paste into a spec file.
     ///
     /// md5Cred = md5("EXTENSION:REALM:PASSWORD"). It is not the password, but
@@ -243,6 +246,13 @@ pub struct ApplyArgs {
     /// asterisk`); 0 does not wait.
     #[arg(long, value_name = "SECS", default_value_t = 60)]
     pub wait_for_asterisk: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Print the nodes as JSON (name, reachable, version, registrations, error).
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -423,7 +433,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             runtime()?.block_on(crate::app::serve(settings, crate::app::shutdown_signal()))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Status => runtime()?.block_on(status(&cli.global)),
+        Command::Status(args) => runtime()?.block_on(status(&cli.global, args)),
     }
 }
 
@@ -479,7 +489,9 @@ async fn apply(global: &GlobalArgs, args: ApplyArgs) -> anyhow::Result<ExitCode>
     crate::app::hand_over(&settings, &reconciler).await;
     let (p, _) = reconciler.plan(&desired).await.map_err(|e| anyhow::anyhow!(e))?;
     print!("{}", crate::core::plan::to_text(&p));
-    if !(p.has_changes() || (settings.reconcile.self_heal && p.has_healable_drift())) {
+    // With `nodes:` the plan is the first node's; the others are applied after it.
+    let fleet = settings.nodes.len() > 1;
+    if !(fleet || p.has_changes() || (settings.reconcile.self_heal && p.has_healable_drift())) {
         println!("Nothing to do.");
         return Ok(ExitCode::SUCCESS);
     }
@@ -498,6 +510,7 @@ async fn apply(global: &GlobalArgs, args: ApplyArgs) -> anyhow::Result<ExitCode>
         }
     }
     drop(p); // the run plans again; two 100k plans at once would double the peak memory
+    let for_followers = fleet.then(|| desired.clone());
     let report = reconciler.run(crate::reconcile::Trigger::Cli, desired).await;
     let r = &report.record;
     println!(
@@ -506,17 +519,115 @@ async fn apply(global: &GlobalArgs, args: ApplyArgs) -> anyhow::Result<ExitCode>
         r.plan.as_ref().map(crate::core::plan::summary).unwrap_or_default(),
         r.error.as_deref().map(|e| format!("\nerror: {e}")).unwrap_or_default()
     );
+    // The other nodes in turn (the canary rule, `reconcile::fleet`); this
+    // process has no record of what they hold, so each gets everything.
+    let mut every_node = true;
+    if let Some(desired) = for_followers {
+        use crate::reconcile::AsteriskControl as _;
+        use crate::reconcile::fleet::Followers as _;
+        let fleet = crate::app::fleet(&settings, &reconciler)?;
+        let lead_reachable = match &reconciler.asterisk {
+            Some(a) if r.outcome.is_failure() => a.ping().await.is_ok(),
+            _ => true,
+        };
+        fleet.follow(&crate::reconcile::Trigger::Cli, &desired, &report, lead_reachable).await;
+        let applies = fleet.applies.read().map(|a| a.clone()).unwrap_or_default();
+        for node in &settings.nodes {
+            let Some(a) = applies.get(&node.name) else { continue };
+            every_node &= matches!(a.outcome.as_str(), "applied" | "noop");
+            println!(
+                "node {}: {}{}",
+                node.name,
+                a.outcome,
+                a.error.as_deref().map(|e| format!(" ({e})")).unwrap_or_default()
+            );
+        }
+        for f in &fleet.followers {
+            if let Some(a) = &f.reconciler.asterisk {
+                a.close().await;
+            }
+        }
+    }
     if let Some(a) = &reconciler.asterisk {
         a.close().await;
     }
     Ok(match r.outcome {
-        crate::reconcile::Outcome::Applied | crate::reconcile::Outcome::NoOp => ExitCode::SUCCESS,
+        crate::reconcile::Outcome::Applied | crate::reconcile::Outcome::NoOp if every_node => ExitCode::SUCCESS,
         _ => ExitCode::FAILURE,
     })
 }
 
-async fn status(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
+/// One node as `status` reports it.
+#[derive(serde::Serialize)]
+struct NodeStatus {
+    name: String,
+    addr: String,
+    reachable: bool,
+    version: Option<String>,
+    /// Endpoints with a live contact.
+    registrations: Option<usize>,
+    contacts: Option<usize>,
+    error: Option<String>,
+}
+
+async fn node_status(name: &str, asterisk: &crate::asterisk::Asterisk, wait: std::time::Duration) -> NodeStatus {
+    let ask = async {
+        let version = asterisk.version().await?;
+        let contacts = asterisk.contacts().await?;
+        Ok::<_, crate::asterisk::AmiError>((version, contacts))
+    };
+    let (reachable, version, registrations, contacts, error) = match tokio::time::timeout(wait, ask).await {
+        Ok(Ok((v, c))) => {
+            let alive: std::collections::BTreeSet<&str> =
+                c.iter().filter(|c| c.alive()).map(|c| c.endpoint.as_str()).collect();
+            (true, Some(v.asterisk_version), Some(alive.len()), Some(c.len()), None)
+        }
+        Ok(Err(e)) => (false, None, None, None, Some(e.to_string())),
+        Err(_) => (false, None, None, None, Some(format!("no answer within {} s", wait.as_secs_f64()))),
+    };
+    NodeStatus {
+        name: name.to_string(),
+        addr: asterisk.addr().to_string(),
+        reachable,
+        version,
+        registrations,
+        contacts,
+        error,
+    }
+}
+
+async fn status(global: &GlobalArgs, args: StatusArgs) -> anyhow::Result<ExitCode> {
     let settings = global.settings()?;
+    if settings.nodes.is_empty() {
+        eprintln!("error: no Asterisk configured: set --ami-addr, --ami-user and ASTERISK_GITOPS_AMI_SECRET");
+        return Ok(ExitCode::from(2));
+    }
+    if settings.nodes_configured || args.json {
+        // Every node at once, each bounded: one that does not answer holds no other back.
+        let nodes: Vec<_> = settings.nodes.iter().map(|n| (n, crate::app::node_asterisk(&n.ami))).collect();
+        let asks = nodes.iter().map(|(n, a)| node_status(&n.name, a, n.ami.timeout * 2));
+        let report = futures_util::future::join_all(asks).await;
+        for (_, a) in &nodes {
+            a.close().await;
+        }
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "nodes": report }))?);
+        } else {
+            println!("{:<16} {:<24} {:<10} {:<12} {:<14} ERROR", "NODE", "AMI", "REACHABLE", "VERSION", "REGISTERED");
+            for n in &report {
+                println!(
+                    "{:<16} {:<24} {:<10} {:<12} {:<14} {}",
+                    n.name,
+                    n.addr,
+                    if n.reachable { "yes" } else { "no" },
+                    n.version.as_deref().unwrap_or("-"),
+                    n.registrations.map(|r| r.to_string()).unwrap_or_else(|| "-".into()),
+                    n.error.as_deref().unwrap_or("")
+                );
+            }
+        }
+        return Ok(if report.iter().all(|n| n.reachable) { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+    }
     let Some(asterisk) = crate::app::asterisk(&settings) else {
         eprintln!("error: no Asterisk configured: set --ami-addr, --ami-user and ASTERISK_GITOPS_AMI_SECRET");
         return Ok(ExitCode::from(2));

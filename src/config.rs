@@ -58,6 +58,41 @@ pub struct FileConfig {
     pub managed_file_group: Option<String>,
     /// How desired objects reach Asterisk (`apply.target`).
     pub apply: Option<ApplyFileConfig>,
+    /// Several Asterisk servers, each with its name, AMI, ARI and managed
+    /// file (instead of the top-level `ami`/`ari`, which are one node).
+    pub nodes: Option<Vec<NodeFileConfig>>,
+    /// The line of each `nodes:` entry in the file (from [`FileConfig::load`]),
+    /// for errors; empty when the config did not come from a file.
+    #[serde(skip)]
+    pub node_lines: Vec<u32>,
+}
+
+/// One Asterisk server of `nodes:`, as written.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NodeFileConfig {
+    /// The node's name (letters, digits, `.`, `-`, `_`; unique).
+    pub name: String,
+    pub ami: Option<AmiFileConfig>,
+    pub ari: Option<AriFileConfig>,
+    /// The managed pjsip file this node's Asterisk includes (the `file`
+    /// target). Default: the top-level `managedFile` for the first node,
+    /// `<stateDir>/nodes/<name>/pjsip_gitops.conf` for the others.
+    pub managed_file: Option<PathBuf>,
+}
+
+/// One Asterisk server the daemon manages, resolved.
+#[derive(Clone, Debug)]
+pub struct NodeSettings {
+    pub name: String,
+    pub ami: AmiSettings,
+    pub ari: Option<AriSettings>,
+    /// The managed file (the `file` target).
+    pub managed_file: PathBuf,
+    /// Where this node's own state lives (the ari target's record): the
+    /// state directory itself for the first node, `<stateDir>/nodes/<name>`
+    /// for the others.
+    pub state_dir: PathBuf,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -227,13 +262,41 @@ pub enum ConfigError {
 impl FileConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
-        serde_yaml::from_str(&text).map_err(|e| ConfigError::Parse {
+        let mut file: FileConfig = serde_yaml::from_str(&text).map_err(|e| ConfigError::Parse {
             path: path.into(),
             message: match e.location() {
                 Some(l) => format!("line {}, column {}: {e}", l.line(), l.column()),
                 None => e.to_string(),
             },
+        })?;
+        file.node_lines = node_lines(&text);
+        Ok(file)
+    }
+}
+
+/// The line of each entry of the top-level `nodes:` list (read again with
+/// the spec parser, which keeps positions; serde_yaml keeps none).
+fn node_lines(text: &str) -> Vec<u32> {
+    use crate::core::spec::yaml::Node;
+    let Ok(Some(Node::Map(entries, _))) = crate::core::spec::yaml::parse(text) else { return Vec::new() };
+    entries
+        .iter()
+        .find_map(|(k, v)| match (k, v) {
+            (Node::Scalar(k), Node::Seq(items, _)) if k.text == "nodes" => {
+                Some(items.iter().map(|i| i.pos().line).collect())
+            }
+            _ => None,
         })
+        .unwrap_or_default()
+}
+
+impl NodeFileConfig {
+    /// `nodes[i]` (line N of the config file) for messages.
+    fn place(i: usize, lines: &[u32]) -> String {
+        match lines.get(i) {
+            Some(line) => format!("nodes[{i}] (line {line})"),
+            None => format!("nodes[{i}]"),
+        }
     }
 }
 
@@ -368,6 +431,13 @@ pub struct Settings {
     pub managed_file_group: Option<u32>,
     /// How desired objects reach Asterisk (`apply.target`, `--apply-target`).
     pub apply_target: ApplyTarget,
+    /// The Asterisk servers managed, the first one the canary: the
+    /// `nodes:` list, or the top-level `ami`/`ari` as one node named
+    /// `default`; empty without AMI. `ami`, `ari` and `managed_file` above
+    /// are the first node's.
+    pub nodes: Vec<NodeSettings>,
+    /// Whether the config file has `nodes:` (else the one node is the top-level `ami`/`ari`).
+    pub nodes_configured: bool,
 }
 
 /// What the command line said: the flags shared by the commands that need
@@ -455,36 +525,37 @@ impl Settings {
             .database_url
             .or(file.database_url)
             .unwrap_or_else(|| format!("sqlite://{}?mode=rwc", state_dir.join("asterisk-gitops.db").display()));
-        let managed_file =
-            flags.managed_file.or(file.managed_file).unwrap_or_else(|| state_dir.join("pjsip_gitops.conf"));
+        let managed_file = flags
+            .managed_file
+            .clone()
+            .or(file.managed_file.clone())
+            .unwrap_or_else(|| state_dir.join("pjsip_gitops.conf"));
         let listen_text = flags.listen.or(file.listen).unwrap_or_else(|| "127.0.0.1:8080".into());
         let listen = listen_text.parse().map_err(|e| ConfigError::Invalid {
             what: "listen",
             message: format!("{listen_text:?} is not an address like 127.0.0.1:8080 ({e})"),
         })?;
 
-        let ami_file = file.ami.unwrap_or_default();
-        let ami_addr = flags.ami_addr.or(ami_file.addr);
-        let ami = match ami_addr {
-            None => None,
-            Some(addr) => {
-                let user = flags.ami_user.or(ami_file.user).ok_or(ConfigError::Invalid {
-                    what: "ami",
-                    message: "an AMI address is set but no user (--ami-user or ASTERISK_GITOPS_AMI_USER)".into(),
-                })?;
-                let secret = secret_from(
-                    env("ASTERISK_GITOPS_AMI_SECRET"),
-                    not_blank(ami_file.secret, "ami.secret")?,
-                    ami_file.secret_file.as_deref(),
-                    "ami",
-                    "ASTERISK_GITOPS_AMI_SECRET or ami.secret / ami.secretFile in the config file",
-                )?;
-                let timeout = Duration::from_secs_f64(ami_file.timeout.unwrap_or(5.0).clamp(0.1, 600.0));
-                Some(AmiSettings { addr, user, secret, timeout })
-            }
+        let has_nodes = file.nodes.is_some();
+        if has_nodes
+            && (file.ami.is_some() || file.ari.is_some() || flags.ami_addr.is_some() || flags.ari_url.is_some())
+        {
+            return Err(ConfigError::Invalid {
+                what: "nodes",
+                message: "both `nodes:` and a top-level ami/ari (or --ami-addr / --ari-url) are given: \
+                          write every Asterisk as a node, or use the top-level ami/ari alone"
+                    .into(),
+            });
+        }
+        let node_files = file.nodes.unwrap_or_default();
+        if has_nodes && node_files.is_empty() {
+            return Err(ConfigError::Invalid { what: "nodes", message: "`nodes:` is empty: list at least one".into() });
+        }
+        // The call settings live in the `ari:` section (the first node's with `nodes:`).
+        let ari_file = match node_files.first() {
+            Some(n) => n.ari.clone().unwrap_or_default(),
+            None => file.ari.unwrap_or_default(),
         };
-
-        let ari_file = file.ari.unwrap_or_default();
         let calls_defaults = CallLogConfig::default();
         let calls_cfg = CallLogConfig {
             continue_to: ContinueTo {
@@ -500,25 +571,92 @@ impl Settings {
                 .unwrap_or(calls_defaults.stale_after),
             ..calls_defaults
         };
-        let ari = match flags.ari_url.or(ari_file.url) {
-            None => None,
-            Some(url) => {
-                let user = flags.ari_user.or(ari_file.user).ok_or(ConfigError::Invalid {
-                    what: "ari",
-                    message: "an ARI URL is set but no user (--ari-user or ASTERISK_GITOPS_ARI_USER)".into(),
-                })?;
-                let password = secret_from(
-                    env("ASTERISK_GITOPS_ARI_PASSWORD"),
-                    not_blank(ari_file.password, "ari.password")?,
-                    ari_file.password_file.as_deref(),
-                    "ari",
-                    "ASTERISK_GITOPS_ARI_PASSWORD or ari.password / ari.passwordFile in the config file",
-                )?;
-                let calls = CallLogConfig { record: true, ..calls_cfg.clone() };
-                let timeout = Duration::from_secs_f64(ari_file.timeout.unwrap_or(5.0).clamp(0.1, 600.0));
-                let app = ari_file.app.unwrap_or_else(|| "callcenter".into());
-                Some(AriSettings { url, user, password, app, timeout, calls })
+
+        let (ami, ari, managed_file, nodes) = if has_nodes {
+            let mut nodes: Vec<NodeSettings> = Vec::new();
+            for (i, n) in node_files.into_iter().enumerate() {
+                let place = NodeFileConfig::place(i, &file.node_lines);
+                let name = n.name.trim().to_string();
+                if name.is_empty()
+                    || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+                    || name.starts_with('.')
+                {
+                    return Err(ConfigError::Invalid {
+                        what: "nodes",
+                        message: format!(
+                            "{place}: name {:?} must be non-empty letters, digits, `-`, `_` or `.` (not starting with `.`)",
+                            n.name
+                        ),
+                    });
+                }
+                if let Some(j) = nodes.iter().position(|o| o.name == name) {
+                    return Err(ConfigError::Invalid {
+                        what: "nodes",
+                        message: format!(
+                            "{place}: name {name:?} is already the name of {}",
+                            NodeFileConfig::place(j, &file.node_lines)
+                        ),
+                    });
+                }
+                let Some(ami_file) = n.ami.filter(|a| a.addr.is_some()) else {
+                    return Err(ConfigError::Invalid {
+                        what: "nodes",
+                        message: format!("{place} ({name}): no ami.addr: every node needs its AMI"),
+                    });
+                };
+                let secret_hint = format!("nodes[{i}].ami.secret or .secretFile in the config file");
+                let ami = resolve_ami(None, None, ami_file, None, &secret_hint)?
+                    .ok_or_else(|| ConfigError::Invalid { what: "nodes", message: format!("{place}: no ami") })?;
+                let password_hint = format!("nodes[{i}].ari.password or .passwordFile in the config file");
+                let ari = resolve_ari(None, None, n.ari.unwrap_or_default(), None, &calls_cfg, &password_hint)?;
+                let (managed_file, node_state) = if i == 0 {
+                    (n.managed_file.or(flags.managed_file.clone()).or(file.managed_file.clone()), state_dir.clone())
+                } else {
+                    let dir = state_dir.join("nodes").join(&name);
+                    (n.managed_file, dir)
+                };
+                let managed_file = managed_file.unwrap_or_else(|| node_state.join("pjsip_gitops.conf"));
+                if let Some(j) = nodes.iter().position(|o| o.managed_file == managed_file) {
+                    return Err(ConfigError::Invalid {
+                        what: "nodes",
+                        message: format!(
+                            "{place} ({name}): managedFile {} is already {}'s: each node needs a file of its own",
+                            managed_file.display(),
+                            nodes[j].name
+                        ),
+                    });
+                }
+                nodes.push(NodeSettings { name, ami, ari, managed_file, state_dir: node_state });
             }
+            let first = &nodes[0];
+            (Some(first.ami.clone()), first.ari.clone(), first.managed_file.clone(), nodes)
+        } else {
+            let ami = resolve_ami(
+                flags.ami_addr,
+                flags.ami_user,
+                file.ami.unwrap_or_default(),
+                env("ASTERISK_GITOPS_AMI_SECRET"),
+                "ASTERISK_GITOPS_AMI_SECRET or ami.secret / ami.secretFile in the config file",
+            )?;
+            let ari = resolve_ari(
+                flags.ari_url,
+                flags.ari_user,
+                ari_file,
+                env("ASTERISK_GITOPS_ARI_PASSWORD"),
+                &calls_cfg,
+                "ASTERISK_GITOPS_ARI_PASSWORD or ari.password / ari.passwordFile in the config file",
+            )?;
+            let nodes = ami
+                .iter()
+                .map(|a| NodeSettings {
+                    name: "default".into(),
+                    ami: a.clone(),
+                    ari: ari.clone(),
+                    managed_file: managed_file.clone(),
+                    state_dir: state_dir.clone(),
+                })
+                .collect();
+            (ami, ari, managed_file, nodes)
         };
 
         let call_log = match (file.call_log, &ami, &ari) {
@@ -612,6 +750,12 @@ impl Settings {
             what: "apply.target",
             message: format!("{target_text:?}: use file or ari"),
         })?;
+        if let Some(n) = nodes.iter().find(|n| apply_target == ApplyTarget::Ari && n.ari.is_none()) {
+            return Err(ConfigError::Invalid {
+                what: "apply.target",
+                message: format!("ari pushes through ARI, which node {} has no `ari:` for", n.name),
+            });
+        }
         if apply_target == ApplyTarget::Ari && ari.is_none() {
             return Err(ConfigError::Invalid {
                 what: "apply.target",
@@ -661,6 +805,8 @@ impl Settings {
             ami,
             ari,
             reconcile,
+            nodes,
+            nodes_configured: has_nodes,
         })
     }
 
@@ -681,6 +827,58 @@ impl Settings {
     pub fn database_url_redacted(&self) -> String {
         redact_url(&self.database_url)
     }
+}
+
+/// An `ami:` section (with the flags and the environment's secret over
+/// it), resolved; `None` without an address.
+fn resolve_ami(
+    addr_flag: Option<String>,
+    user_flag: Option<String>,
+    ami_file: AmiFileConfig,
+    env_secret: Option<String>,
+    hint: &str,
+) -> Result<Option<AmiSettings>, ConfigError> {
+    let Some(addr) = addr_flag.or(ami_file.addr) else { return Ok(None) };
+    let user = user_flag.or(ami_file.user).ok_or(ConfigError::Invalid {
+        what: "ami",
+        message: "an AMI address is set but no user (--ami-user or ASTERISK_GITOPS_AMI_USER)".into(),
+    })?;
+    let secret = secret_from(
+        env_secret,
+        not_blank(ami_file.secret, "ami.secret")?,
+        ami_file.secret_file.as_deref(),
+        "ami",
+        hint,
+    )?;
+    let timeout = Duration::from_secs_f64(ami_file.timeout.unwrap_or(5.0).clamp(0.1, 600.0));
+    Ok(Some(AmiSettings { addr, user, secret, timeout }))
+}
+
+/// An `ari:` section, resolved; `None` without a URL.
+fn resolve_ari(
+    url_flag: Option<String>,
+    user_flag: Option<String>,
+    ari_file: AriFileConfig,
+    env_password: Option<String>,
+    calls: &CallLogConfig,
+    hint: &str,
+) -> Result<Option<AriSettings>, ConfigError> {
+    let Some(url) = url_flag.or(ari_file.url) else { return Ok(None) };
+    let user = user_flag.or(ari_file.user).ok_or(ConfigError::Invalid {
+        what: "ari",
+        message: "an ARI URL is set but no user (--ari-user or ASTERISK_GITOPS_ARI_USER)".into(),
+    })?;
+    let password = secret_from(
+        env_password,
+        not_blank(ari_file.password, "ari.password")?,
+        ari_file.password_file.as_deref(),
+        "ari",
+        hint,
+    )?;
+    let calls = CallLogConfig { record: true, ..calls.clone() };
+    let timeout = Duration::from_secs_f64(ari_file.timeout.unwrap_or(5.0).clamp(0.1, 600.0));
+    let app = ari_file.app.unwrap_or_else(|| "callcenter".into());
+    Ok(Some(AriSettings { url, user, password, app, timeout, calls }))
 }
 
 fn secret_from(
@@ -875,6 +1073,81 @@ mod tests {
         let file: FileConfig = serde_yaml::from_str("webhookSecret: s3cret-of-the-hook\n").expect("parses");
         let s = Settings::resolve(Overrides::default(), file, &no_env).expect("resolves");
         assert_eq!(s.webhook_secret.map(|w| w.expose().to_string()).as_deref(), Some("s3cret-of-the-hook"));
+    }
+
+    const TWO_NODES: &str = "nodes:\n  - name: a\n    ami: {addr: '127.0.0.1:5038', user: u, secret: sa}\n    managedFile: /tmp/a.conf\n  - name: b\n    ami: {addr: '127.0.0.1:5039', user: u, secret: sb}\n    ari: {url: 'http://127.0.0.1:8089', user: u, password: pb}\n";
+
+    fn load_text(text: &str) -> Result<Settings, ConfigError> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("asterisk-gitops.yaml");
+        std::fs::write(&path, text).expect("write");
+        Settings::resolve(Overrides::default(), FileConfig::load(&path)?, &no_env)
+    }
+
+    #[test]
+    fn nodes_resolve_in_order_the_first_one_standing_for_the_top_level() {
+        let s = load_text(TWO_NODES).expect("resolves");
+        assert!(s.nodes_configured);
+        let names: Vec<_> = s.nodes.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, ["a", "b"]);
+        assert_eq!(s.ami.as_ref().map(|a| a.addr.as_str()), Some("127.0.0.1:5038"));
+        assert_eq!(s.managed_file, PathBuf::from("/tmp/a.conf"));
+        assert_eq!(s.nodes[1].managed_file, PathBuf::from("state/nodes/b/pjsip_gitops.conf"));
+        assert_eq!(s.nodes[1].ami.secret.expose(), "sb");
+        assert!(s.nodes[1].ari.is_some() && s.nodes[0].ari.is_none());
+        assert!(!format!("{:?}", s.nodes).contains("sb"), "no secret in Debug");
+        // Without `nodes:`, the top-level AMI is one node named `default`.
+        let file: FileConfig =
+            serde_yaml::from_str("ami: {addr: '127.0.0.1:5038', user: u, secret: s}\n").expect("parses");
+        let s = Settings::resolve(Overrides::default(), file, &no_env).expect("resolves");
+        assert!(!s.nodes_configured);
+        assert_eq!(s.nodes.len(), 1);
+        assert_eq!(s.nodes[0].name, "default");
+        assert_eq!(s.nodes[0].managed_file, s.managed_file);
+    }
+
+    #[test]
+    fn duplicate_or_empty_node_names_are_refused_with_their_line() {
+        let dup = TWO_NODES.replace("name: b", "name: a");
+        let err = load_text(&dup).expect_err("duplicate");
+        assert!(
+            err.to_string().contains("nodes[1] (line 5)") && err.to_string().contains("nodes[0] (line 2)"),
+            "{err}"
+        );
+        let empty = TWO_NODES.replace("name: b", "name: ''");
+        let err = load_text(&empty).expect_err("empty name");
+        assert!(
+            err.to_string().contains("nodes[1] (line 5)") && err.to_string().contains("must be non-empty"),
+            "{err}"
+        );
+        let slash = TWO_NODES.replace("name: b", "name: ../b");
+        assert!(load_text(&slash).is_err(), "a name is a directory name");
+        let same_file = TWO_NODES.replace("    ari:", "    managedFile: /tmp/a.conf\n    ari:");
+        let err = load_text(&same_file).expect_err("shared managed file");
+        assert!(err.to_string().contains("already a's"), "{err}");
+        let no_ami = "nodes:\n  - name: a\n";
+        assert!(load_text(no_ami).expect_err("no ami").to_string().contains("no ami.addr"));
+        assert!(load_text("nodes: []\n").expect_err("empty list").to_string().contains("empty"));
+    }
+
+    #[test]
+    fn nodes_and_a_top_level_ami_or_ari_are_refused_together() {
+        for extra in [
+            "ami: {addr: '127.0.0.1:5040', user: u, secret: s}\n",
+            "ari: {url: 'http://127.0.0.1:8088', user: u, password: p}\n",
+        ] {
+            let err = load_text(&format!("{TWO_NODES}{extra}")).expect_err(extra);
+            assert!(err.to_string().contains("both `nodes:` and a top-level ami/ari"), "{err}");
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.yaml");
+        std::fs::write(&path, TWO_NODES).expect("write");
+        let flags = Overrides { ami_addr: Some("127.0.0.1:5041".into()), ..Default::default() };
+        let err = Settings::resolve(flags, FileConfig::load(&path).expect("loads"), &no_env).expect_err("flag too");
+        assert!(err.to_string().contains("both `nodes:`"), "{err}");
+        // The ari target needs ARI on every node.
+        let err = load_text(&format!("{TWO_NODES}apply: {{target: ari}}\n")).expect_err("node a has no ari");
+        assert!(err.to_string().contains("node a has no `ari:`"), "{err}");
     }
 
     #[test]

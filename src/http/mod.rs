@@ -81,6 +81,21 @@ pub struct Live {
     pub sessions: Arc<auth::Sessions>,
     /// Where phones register (`sipServer`), for the softphone settings.
     pub sip_server: Option<String>,
+    /// Every Asterisk server managed (`nodes:`, or the one AMI as
+    /// `default`), the first one being `asterisk` and `registrations` above.
+    pub nodes: Arc<Vec<NodeLive>>,
+    /// How the last run went on each node.
+    pub applies: crate::reconcile::fleet::NodeApplies,
+}
+
+/// One Asterisk server, as the read routes see it.
+#[derive(Clone)]
+pub struct NodeLive {
+    pub name: String,
+    /// Its own AMI connection, apart from the reconcilers'.
+    pub asterisk: Arc<crate::asterisk::Asterisk>,
+    /// Refreshed in the background (see `app::refresh_registrations`).
+    pub registrations: Arc<std::sync::RwLock<read::Registrations>>,
 }
 
 impl AppState {

@@ -13,8 +13,8 @@
 
 use super::auth::Database;
 use super::views::{
-    AsteriskView, CallLoggerView, Condition, DatabaseView, DriftItem, ExtensionView, LiveStatusView, ReadyView,
-    RegistrationSummary, SoftphoneSettings, StatusView, SyncView,
+    AsteriskView, CallLoggerView, Condition, DatabaseView, DriftItem, ExtensionView, LiveStatusView,
+    NodeRegistrationView, NodeView, ReadyView, RegistrationSummary, SoftphoneSettings, StatusView, SyncView,
 };
 use super::{ApiError, AppState};
 use crate::asterisk::{Contact, EndpointDetail};
@@ -136,6 +136,32 @@ async fn metrics(State(state): State<AppState>, Database(db): Database) -> Resul
             let _ = writeln!(out, "# HELP asterisk_gitops_registered_endpoints Endpoints with at least one contact.");
             let _ = writeln!(out, "# TYPE asterisk_gitops_registered_endpoints gauge");
             let _ = writeln!(out, "asterisk_gitops_registered_endpoints {registered}");
+        }
+    }
+    if state.live.nodes.len() > 1 {
+        // Per node (`nodes:`), from each node's registrations snapshot; the
+        // names are letters, digits, `.`, `-` and `_` (config checks), safe as label values.
+        let _ =
+            writeln!(out, "# HELP asterisk_gitops_node_up Whether the node's last AMI read of registrations worked.");
+        let _ = writeln!(out, "# TYPE asterisk_gitops_node_up gauge");
+        let snapshots: Vec<(&str, Registrations)> = state
+            .live
+            .nodes
+            .iter()
+            .map(|n| (n.name.as_str(), n.registrations.read().map(|r| r.clone()).unwrap_or_default()))
+            .collect();
+        for (name, regs) in &snapshots {
+            let up = regs.read_at.is_some() && regs.error.is_none();
+            let _ = writeln!(out, "asterisk_gitops_node_up{{node=\"{name}\"}} {}", u8::from(up));
+        }
+        let _ = writeln!(
+            out,
+            "# HELP asterisk_gitops_node_registered_endpoints Endpoints with a live contact on the node."
+        );
+        let _ = writeln!(out, "# TYPE asterisk_gitops_node_registered_endpoints gauge");
+        for (name, regs) in snapshots.iter().filter(|(_, r)| r.read_at.is_some()) {
+            let registered = regs.by_endpoint.values().filter(|c| c.iter().any(Contact::alive)).count();
+            let _ = writeln!(out, "asterisk_gitops_node_registered_endpoints{{node=\"{name}\"}} {registered}");
         }
     }
     if let Some(c) = &state.live.calls {
@@ -365,23 +391,67 @@ async fn live_status(
                 transport: r.transport.clone(),
             }),
             calls_today,
+            nodes: Vec::new(),
             asterisk: Some("not configured"),
         }));
     };
-    let detail = asterisk
-        .endpoint(&id)
-        .await
-        .map_err(|e| ApiError::Unavailable(format!("Asterisk is unreachable for a live status: {e}")))?;
+    // Every node at once, each with a bounded wait: one that does not
+    // answer is reported and holds no other back. The endpoint is the first
+    // answering node's (the canary's when it answers).
+    let fallback;
+    let nodes: Vec<(&str, &crate::asterisk::Asterisk)> = if state.live.nodes.is_empty() {
+        fallback = [("default", asterisk.as_ref())];
+        fallback.to_vec()
+    } else {
+        state.live.nodes.iter().map(|n| (n.name.as_str(), n.asterisk.as_ref())).collect()
+    };
+    let asks = nodes.iter().map(|(name, a)| {
+        let id = id.as_str();
+        async move {
+            let ask = async {
+                let detail = a.endpoint(id).await?;
+                let contacts: Vec<Contact> = a.contacts().await?.into_iter().filter(|c| c.endpoint == id).collect();
+                Ok::<_, crate::asterisk::AmiError>((detail, contacts))
+            };
+            let answer = match tokio::time::timeout(LIVE_WAIT, ask).await {
+                Ok(Ok(a)) => Ok(a),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err(format!("no answer within {} s", LIVE_WAIT.as_secs())),
+            };
+            (name.to_string(), answer)
+        }
+    });
+    let answers = futures_util::future::join_all(asks).await;
+    let mut detail = None;
+    let mut contacts: Vec<Contact> = Vec::new();
+    let mut per_node = Vec::new();
+    let mut first_error = None;
+    for (node, answer) in answers {
+        match answer {
+            Ok((d, c)) => {
+                if detail.is_none() {
+                    detail = d;
+                }
+                per_node.push(NodeRegistrationView {
+                    node,
+                    registered: Some(c.iter().any(Contact::alive)),
+                    contacts: c.clone(),
+                    error: None,
+                });
+                contacts.extend(c);
+            }
+            Err(e) => {
+                first_error.get_or_insert_with(|| e.clone());
+                per_node.push(NodeRegistrationView { node, registered: None, contacts: Vec::new(), error: Some(e) });
+            }
+        }
+    }
+    if let (Some(e), false) = (&first_error, per_node.iter().any(|n| n.registered.is_some())) {
+        return Err(ApiError::Unavailable(format!("Asterisk is unreachable for a live status: {e}")));
+    }
     if record.is_none() && detail.is_none() {
         return Err(ApiError::NotFound(format!("extension {id} is neither applied nor in Asterisk")));
     }
-    let contacts: Vec<Contact> = asterisk
-        .contacts()
-        .await
-        .map_err(|e| ApiError::Unavailable(format!("Asterisk is unreachable for a live status: {e}")))?
-        .into_iter()
-        .filter(|c| c.endpoint == id)
-        .collect();
     let drift = drift_of(record.as_ref(), detail.as_ref());
     let calls_today = db.extension_call_stats(&id, today_start()).await.map_err(internal)?;
     let softphone = detail.as_ref().map(|d| SoftphoneSettings {
@@ -399,8 +469,72 @@ async fn live_status(
         drift,
         softphone,
         calls_today,
+        nodes: per_node,
         asterisk: None,
     }))
+}
+
+/// One extension's contacts on every node (asked all at once, each bounded
+/// by [`LIVE_WAIT`]), for the UI's extension page.
+pub(crate) async fn registrations_per_node(state: &AppState, id: &str) -> Vec<NodeRegistrationView> {
+    let asks = state.live.nodes.iter().map(|n| async move {
+        match tokio::time::timeout(LIVE_WAIT, n.asterisk.contacts()).await {
+            Ok(Ok(c)) => {
+                let contacts: Vec<Contact> = c.into_iter().filter(|c| c.endpoint == id).collect();
+                NodeRegistrationView {
+                    node: n.name.clone(),
+                    registered: Some(contacts.iter().any(Contact::alive)),
+                    contacts,
+                    error: None,
+                }
+            }
+            Ok(Err(e)) => NodeRegistrationView {
+                node: n.name.clone(),
+                registered: None,
+                contacts: Vec::new(),
+                error: Some(e.to_string()),
+            },
+            Err(_) => NodeRegistrationView {
+                node: n.name.clone(),
+                registered: None,
+                contacts: Vec::new(),
+                error: Some(format!("no answer within {} s", LIVE_WAIT.as_secs())),
+            },
+        }
+    });
+    futures_util::future::join_all(asks).await
+}
+
+/// The longest a read route waits for one node's answer.
+const LIVE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Every node's reachability and version (asked all at once, each bounded
+/// by [`LIVE_WAIT`]), its registrations from the last snapshot and its last run.
+pub(crate) async fn node_views(state: &AppState) -> Vec<NodeView> {
+    let applies = state.live.applies.read().map(|a| a.clone()).unwrap_or_default();
+    let asks = state.live.nodes.iter().map(|n| {
+        let last_apply = applies.get(&n.name).cloned();
+        async move {
+            let (reachable, version, error) = match tokio::time::timeout(LIVE_WAIT, n.asterisk.version()).await {
+                Ok(Ok(v)) => (true, Some(v.asterisk_version), None),
+                Ok(Err(e)) => (false, None, Some(e.to_string())),
+                Err(_) => (false, None, Some(format!("no answer within {} s", LIVE_WAIT.as_secs()))),
+            };
+            let regs = n.registrations.read().map(|r| r.clone()).unwrap_or_default();
+            let registrations =
+                regs.read_at.map(|_| regs.by_endpoint.values().filter(|c| c.iter().any(Contact::alive)).count());
+            NodeView {
+                name: n.name.clone(),
+                reachable,
+                version,
+                registrations,
+                registrations_read_at: regs.read_at,
+                error,
+                last_apply,
+            }
+        }
+    });
+    futures_util::future::join_all(asks).await
 }
 
 #[derive(Deserialize)]
@@ -595,6 +729,7 @@ pub(crate) async fn status_view(state: &AppState, db: &Db) -> Result<StatusView,
             },
         },
     };
+    let nodes = node_views(state).await;
     let call_logger = state
         .live
         .calls
@@ -656,6 +791,7 @@ pub(crate) async fn status_view(state: &AppState, db: &Db) -> Result<StatusView,
         last_runs: runs,
         database: DatabaseView { backend: db.backend(), reachable: database },
         asterisk,
+        nodes,
         call_logger,
         updated_at: record.as_ref().map(|r| r.updated_at),
     })

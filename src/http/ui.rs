@@ -241,6 +241,7 @@ async fn overview(State(state): State<AppState>, viewer: Viewer, PageDb(db): Pag
             runs => runs,
             noop_runs => noop_runs,
             active_calls => st.active_calls,
+            nodes => if st.nodes.len() > 1 { st.nodes } else { Vec::new() },
         }
     };
     page(StatusCode::OK, "overview.html", ctx)
@@ -347,6 +348,9 @@ async fn status(
     let auth_username =
         endpoint.as_ref().map(|e| e.auth.clone()).filter(|a| !a.is_empty()).unwrap_or_else(|| id.clone());
     let calls_today = or_page!(db.extension_call_stats(&id, super::read::today_start()).await.map_err(internal));
+    // With several nodes, the registration on each.
+    let nodes =
+        if state.live.nodes.len() > 1 { super::read::registrations_per_node(&state, &id).await } else { Vec::new() };
     let notice = q.get("saved").map(|_| "Saved. The change is in the spec files; Asterisk gets it on the next reconcile (this page shows Synced then).");
     let ctx = context! {
         ..base(&state, &viewer, notice),
@@ -360,6 +364,7 @@ async fn status(
             auth_username => auth_username,
             sip_server => state.live.sip_server.clone(),
             calls_today => calls_today,
+            nodes => nodes,
         }
     };
     page(StatusCode::OK, "status.html", ctx)

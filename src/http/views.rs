@@ -111,8 +111,39 @@ pub struct StatusView {
     pub last_runs: Vec<RunSummary>,
     pub database: DatabaseView,
     pub asterisk: AsteriskView,
+    /// Every Asterisk server managed (`nodes:`, or the one AMI as `default`).
+    pub nodes: Vec<NodeView>,
     pub call_logger: Option<CallLoggerView>,
     pub updated_at: Option<DateTime<Utc>>,
+}
+
+/// One Asterisk server in `/status`.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeView {
+    pub name: String,
+    /// Whether it answered AMI just now (asked with a bounded wait, all nodes at once).
+    pub reachable: bool,
+    pub version: Option<String>,
+    /// Endpoints with a live contact on it, from the last registrations read
+    /// (every 10 s); `None` before one succeeded.
+    pub registrations: Option<usize>,
+    pub registrations_read_at: Option<DateTime<Utc>>,
+    /// Why it did not answer (never a secret).
+    pub error: Option<String>,
+    /// How the last run went on it (`None` before one).
+    pub last_apply: Option<crate::reconcile::fleet::NodeApply>,
+}
+
+/// One extension's registration on one node.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeRegistrationView {
+    pub node: String,
+    /// `None` when the node did not answer.
+    pub registered: Option<bool>,
+    pub contacts: Vec<Contact>,
+    pub error: Option<String>,
 }
 
 /// One place where Asterisk's view differs from what was applied.
@@ -202,6 +233,8 @@ pub struct LiveStatusView {
     pub drift: Vec<DriftItem>,
     pub softphone: Option<SoftphoneSettings>,
     pub calls_today: ExtensionCallStats,
+    /// Its registration on each node (`registered` above: on any of them).
+    pub nodes: Vec<NodeRegistrationView>,
     /// Only when Asterisk is not configured: `"not configured"`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub asterisk: Option<&'static str>,

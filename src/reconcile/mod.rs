@@ -28,6 +28,7 @@ pub mod backoff;
 pub mod error;
 #[cfg(test)]
 pub(crate) mod fake;
+pub mod fleet;
 pub mod ports;
 #[cfg(test)]
 mod rules;
@@ -41,7 +42,7 @@ pub use ports::{AsteriskControl, ConfigFile, LiveApply, LiveRun, NoLive, StateSt
 pub use run::{
     APPLIED_CACHE_MAX_AGE, Reconciler, Settled, SettledCache, VERIFY_CONCURRENCY, VERIFY_DETAIL_LIMIT, Verdict, verify,
 };
-pub use scheduler::{LoopConfig, LoopHandle, MAX_SETTLE, jitter, run_loop, watch};
+pub use scheduler::{LoopConfig, LoopHandle, MAX_SETTLE, jitter, run_loop, run_loop_with, watch};
 pub use source::{Desired, DesiredSource, DirSource, Fingerprint, Revision, SpecRevisions, load_dir, load_dir_with};
 
 use crate::core::diag::Diagnostic;

@@ -81,18 +81,47 @@ pub async fn run_loop<S, A, L>(
     source: DesiredSource,
     cfg: LoopConfig,
     handle: LoopHandle,
-    mut rx: mpsc::Receiver<Trigger>,
+    rx: mpsc::Receiver<Trigger>,
     shutdown: impl std::future::Future<Output = ()>,
 ) where
     S: StateStore + 'static,
     A: AsteriskControl + 'static,
     L: LiveApply + 'static,
 {
+    run_loop_with(reconciler, Arc::new(super::fleet::Alone), source, cfg, handle, rx, shutdown).await
+}
+
+/// [`run_loop`] with followers (`nodes:`): after each run of `reconciler`
+/// (the lead), `followers` reconcile the other nodes with the same specs.
+pub async fn run_loop_with<S, A, L, F>(
+    reconciler: Arc<Reconciler<S, A, L>>,
+    followers: Arc<F>,
+    source: DesiredSource,
+    cfg: LoopConfig,
+    handle: LoopHandle,
+    mut rx: mpsc::Receiver<Trigger>,
+    shutdown: impl std::future::Future<Output = ()>,
+) where
+    S: StateStore + 'static,
+    A: AsteriskControl + 'static,
+    L: LiveApply + 'static,
+    F: super::fleet::Followers + 'static,
+{
     tokio::pin!(shutdown);
     let mut next = Trigger::Startup;
     loop {
-        let report = run_one(&reconciler, &source, next.clone()).await;
-        let failed = report.record.outcome.is_failure();
+        let (report, desired) = run_one(&reconciler, &source, next.clone(), followers.any()).await;
+        let mut failed = report.record.outcome.is_failure();
+        if let Some(desired) = desired {
+            let lead_reachable = match (&reconciler.asterisk, failed) {
+                (Some(a), true) => a.ping().await.is_ok(),
+                _ => true,
+            };
+            let followed = followers.follow(&next, &desired, &report, lead_reachable).await;
+            // The lead unreachable but the others applied: no back-off for
+            // them; the lead converges at the next periodic run.
+            failed = (failed && lead_reachable) || !followed;
+        }
         let failures = if failed {
             handle.failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1
         } else {
@@ -146,7 +175,8 @@ async fn run_one<S: StateStore, A: AsteriskControl, L: LiveApply>(
     reconciler: &Reconciler<S, A, L>,
     source: &DesiredSource,
     trigger: Trigger,
-) -> RunReport {
+    keep: bool,
+) -> (RunReport, Option<super::source::Desired>) {
     use tracing::Instrument;
     let span = tracing::info_span!("reconcile", trigger = trigger.as_str(), revision = tracing::field::Empty);
     let loading = std::time::Instant::now();
@@ -155,6 +185,7 @@ async fn run_one<S: StateStore, A: AsteriskControl, L: LiveApply>(
     if let Some(rev) = &desired.source.revision {
         span.record("revision", rev.as_str());
     }
+    let kept = keep.then(|| desired.clone());
     let report = reconciler.run(trigger, desired).instrument(span.clone()).await;
     let _enter = span.enter();
     let r = &report.record;
@@ -184,7 +215,7 @@ async fn run_one<S: StateStore, A: AsteriskControl, L: LiveApply>(
         ),
     }
     drop(_enter);
-    report
+    (report, kept)
 }
 
 #[cfg(test)]

@@ -3,7 +3,8 @@
 //! the HTTP API, faults, and contract tests that run one body on the
 //! stand-in and on the real Asterisk; and a real softphone (baresip), also
 //! behind NAT in network namespaces (`phones.rs`); and `apply.target: ari`
-//! on an Asterisk with the astdb sorcery wizard (`live.rs`). Under CI=true a missing
+//! on an Asterisk with the astdb sorcery wizard (`live.rs`); one daemon on
+//! three Asterisk servers (`nodes.rs`). Under CI=true a missing
 //! Asterisk, sipp, baresip or network namespaces fails them; locally they
 //! print SKIPPED.
 
@@ -14,6 +15,7 @@ mod e2e;
 mod faults;
 mod handover;
 mod live;
+mod nodes;
 mod options;
 mod phones;
 mod profiles;

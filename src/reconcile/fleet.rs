@@ -1,0 +1,303 @@
+//! Several Asterisk servers (`nodes:`): the first node is the lead, whose
+//! reconciler records in the store as a single Asterisk always did; the
+//! others follow it, each through a reconciler of its own (its Asterisk,
+//! its managed file or ARI record) over a [`NodeStore`].
+//!
+//! The canary rule: after each lead run the followers are reconciled in
+//! the order listed, one at a time, with the same desired set. A node that
+//! does not answer is skipped (reported, never waited for: its AMI actions
+//! time out) and the next one goes on; a node that answers and fails (a
+//! refused definition, a failed verification, rolled back) stops the
+//! rollout: the nodes after it are not touched and say so. The lead failing
+//! while it answers stops every follower. An unreachable or skipped node
+//! converges at a later run (the periodic resync or any trigger).
+
+use super::ports::{AsteriskControl, LiveApply, StateStore};
+use super::run::Reconciler;
+use super::source::Desired;
+use super::{AppliedRow, Outcome, RunRecord, RunReport, Trigger};
+use crate::core::plan::Fields;
+use crate::core::status::{StatusUpdate, Step};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+/// The applied rows of one follower, in memory: they start empty at each
+/// start of the daemon, so a follower's first run applies everything once
+/// (its managed file rewritten with the same content, or each object pushed
+/// again), and no node's state depends on another's record.
+#[derive(Debug, Default)]
+pub struct NodeStore {
+    applied: Mutex<BTreeMap<String, Fields>>,
+    version: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl StateStore for NodeStore {
+    type Error = std::convert::Infallible;
+    async fn applied(&self) -> Result<BTreeMap<String, Fields>, Self::Error> {
+        Ok(lock(&self.applied).clone())
+    }
+    async fn applied_signature(&self) -> Result<String, Self::Error> {
+        Ok(self.version.load(Ordering::Relaxed).to_string())
+    }
+    async fn commit(
+        &self,
+        _run: &RunRecord,
+        upserts: &[AppliedRow<'_>],
+        deletes: &[String],
+        _states: &StatusUpdate<'_>,
+    ) -> Result<i64, Self::Error> {
+        if upserts.is_empty() && deletes.is_empty() {
+            return Ok(0);
+        }
+        let mut applied = lock(&self.applied);
+        for u in upserts {
+            applied.insert(u.extension.extension.clone(), u.fields());
+        }
+        for d in deletes {
+            applied.remove(d);
+        }
+        Ok(self.version.fetch_add(1, Ordering::Relaxed) as i64 + 1)
+    }
+    async fn progress(&self, _step: Step) -> Result<(), Self::Error> {
+        Ok(())
+    }
+    async fn mark(&self, _states: &StatusUpdate<'_>) -> Result<(), Self::Error> {
+        Ok(())
+    }
+}
+
+/// How the last run went on one node.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeApply {
+    /// A run's outcome (`applied`, `unchanged`, `failed`, …), or
+    /// `unreachable` (skipped: it did not answer) or `skipped` (not
+    /// touched: the canary rule stopped before it).
+    pub outcome: String,
+    pub error: Option<String>,
+    pub revision: Option<String>,
+    pub reloaded: bool,
+    pub at: chrono::DateTime<chrono::Utc>,
+}
+
+/// The last run per node, by name (the HTTP side reads it).
+pub type NodeApplies = Arc<RwLock<BTreeMap<String, NodeApply>>>;
+
+/// What the loop runs after each lead run.
+pub trait Followers: Send + Sync {
+    /// Whether there is anyone to follow (else the loop keeps no copy of the desired set).
+    fn any(&self) -> bool;
+    /// Reconciles the followers after the lead's run; `false` when one
+    /// that answered failed (the loop then retries with back-off).
+    fn follow(
+        &self,
+        trigger: &Trigger,
+        desired: &Desired,
+        lead: &RunReport,
+        lead_reachable: bool,
+    ) -> impl Future<Output = bool> + Send;
+}
+
+/// No followers: one Asterisk.
+pub struct Alone;
+
+impl Followers for Alone {
+    fn any(&self) -> bool {
+        false
+    }
+    async fn follow(&self, _: &Trigger, _: &Desired, _: &RunReport, _: bool) -> bool {
+        true
+    }
+}
+
+/// One follower: a node's name and its reconciler.
+pub struct Follower<A, L> {
+    pub name: String,
+    pub reconciler: Reconciler<NodeStore, A, L>,
+}
+
+/// The nodes after the lead, and where every node's last run is told.
+pub struct Fleet<A, L> {
+    pub lead: String,
+    pub followers: Vec<Follower<A, L>>,
+    pub applies: NodeApplies,
+}
+
+impl<A, L> Fleet<A, L> {
+    fn note(&self, name: &str, apply: NodeApply) {
+        if let Ok(mut w) = self.applies.write() {
+            w.insert(name.to_string(), apply);
+        }
+    }
+}
+
+fn from_record(r: &RunRecord) -> NodeApply {
+    NodeApply {
+        outcome: r.outcome.as_str().to_string(),
+        error: r.error.clone(),
+        revision: r.revision.clone(),
+        reloaded: r.reloaded,
+        at: r.finished_at,
+    }
+}
+
+fn not_run(outcome: &str, why: String, revision: Option<String>) -> NodeApply {
+    NodeApply { outcome: outcome.into(), error: Some(why), revision, reloaded: false, at: chrono::Utc::now() }
+}
+
+impl<A: AsteriskControl + 'static, L: LiveApply + 'static> Followers for Fleet<A, L> {
+    fn any(&self) -> bool {
+        !self.followers.is_empty()
+    }
+
+    async fn follow(&self, trigger: &Trigger, desired: &Desired, lead: &RunReport, lead_reachable: bool) -> bool {
+        let revision = desired.source.revision.clone();
+        let lead_record = &lead.record;
+        let mut stop = match lead_record.outcome {
+            Outcome::Invalid | Outcome::Blocked => {
+                Some(format!("not applied: {}", lead_record.error.as_deref().unwrap_or("the run was refused")))
+            }
+            o if o.is_failure() && lead_reachable => Some(format!(
+                "not applied: the canary {} failed ({})",
+                self.lead,
+                lead_record.error.as_deref().unwrap_or("")
+            )),
+            _ => None,
+        };
+        if lead_reachable || !lead_record.outcome.is_failure() {
+            self.note(&self.lead, from_record(lead_record));
+        } else {
+            self.note(
+                &self.lead,
+                not_run("unreachable", lead_record.error.clone().unwrap_or_default(), revision.clone()),
+            );
+        }
+        let mut ok = true;
+        for f in &self.followers {
+            if let Some(why) = &stop {
+                let outcome = if lead_record.outcome == Outcome::Invalid { "invalid" } else { "skipped" };
+                self.note(&f.name, not_run(outcome, why.clone(), revision.clone()));
+                continue;
+            }
+            if let Some(a) = &f.reconciler.asterisk
+                && let Err(e) = a.ping().await
+            {
+                tracing::warn!(node = %f.name, error = %e, "node unreachable: skipped, the next one goes on");
+                self.note(&f.name, not_run("unreachable", format!("Asterisk is unreachable ({e})"), revision.clone()));
+                continue;
+            }
+            let report = f.reconciler.run(trigger.clone(), desired.clone()).await;
+            let r = &report.record;
+            tracing::info!(node = %f.name, outcome = r.outcome.as_str(), reloaded = r.reloaded, error = r.error.as_deref().unwrap_or(""), "node reconciled");
+            self.note(&f.name, from_record(r));
+            if r.outcome.is_failure() {
+                ok = false;
+                stop = Some(format!("not applied: {} failed before it ({})", f.name, r.error.as_deref().unwrap_or("")));
+            }
+        }
+        ok
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::render::Renderer;
+    use crate::reconcile::fake::{FakeAsterisk, MemFile, Script};
+    use crate::reconcile::{NoLive, PruneGuard, load_dir};
+
+    fn follower(
+        name: &str,
+        script: Script,
+        renderer: &Arc<Renderer>,
+    ) -> (Follower<FakeAsterisk, NoLive>, Arc<MemFile>) {
+        let file = Arc::new(MemFile::default());
+        let reconciler = Reconciler {
+            store: NodeStore::default(),
+            asterisk: Some(FakeAsterisk::new(file.clone(), script)),
+            managed: Box::new(file.clone()),
+            renderer: renderer.clone(),
+            secrets: Arc::new(crate::secret::ProcessSecrets),
+            realm: "asterisk".into(),
+            prune: PruneGuard { max_share: 0.3, max_count: None, allow_mass_delete: false },
+            self_heal: true,
+            live: None,
+            settled: Default::default(),
+        };
+        (Follower { name: name.into(), reconciler }, file)
+    }
+
+    fn lead(outcome: Outcome) -> RunReport {
+        let now = chrono::Utc::now();
+        RunReport {
+            record: RunRecord {
+                trigger: Trigger::Manual,
+                revision: None,
+                subject: None,
+                started_at: now,
+                finished_at: now,
+                outcome,
+                plan: None,
+                error: outcome.is_failure().then(|| "the lead's failure".to_string()),
+                diagnostics: Vec::new(),
+                reloaded: false,
+                warning: None,
+                reasons: Vec::new(),
+                rollback_failed: false,
+            },
+            run_id: None,
+            duration: Default::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_canary_rule_skips_a_node_that_is_down_and_stops_at_one_that_fails() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            dir.path().join("team.yaml"),
+            "defaults: {context: from-internal, transport: transport-udp, codecs: [ulaw]}\nextensions:\n  - extension: \"1001\"\n    md5Cred: 0123456789abcdef0123456789abcdef\n",
+        )
+        .expect("write");
+        let desired = load_dir(dir.path());
+        let renderer = Arc::new(Renderer::new(None).expect("the built-in template"));
+        let (b, b_file) = follower("b", Script { down: true, ..Default::default() }, &renderer);
+        let (c, c_file) = follower("c", Script::default(), &renderer);
+        let refused = Script { refused: ["1001".to_string()].into(), ..Default::default() };
+        let (d, _) = follower("d", refused, &renderer);
+        let (e, e_file) = follower("e", Script::default(), &renderer);
+        let fleet = Fleet { lead: "a".into(), followers: vec![b, c, d, e], applies: Default::default() };
+
+        let ok = fleet.follow(&Trigger::Manual, &desired, &lead(Outcome::Applied), true).await;
+        assert!(!ok, "a node that answered and failed asks for a retry");
+        let applies = fleet.applies.read().expect("lock").clone();
+        let outcome = |n: &str| applies.get(n).map(|a| a.outcome.clone()).unwrap_or_default();
+        assert_eq!(
+            [outcome("a"), outcome("b"), outcome("c"), outcome("d"), outcome("e")],
+            ["applied", "unreachable", "applied", "failed", "skipped"],
+            "{applies:#?}"
+        );
+        assert!(b_file.text().is_none(), "the node that is down is not written");
+        assert!(c_file.text().is_some_and(|t| t.contains("[1001]")), "the node after it is");
+        assert!(e_file.text().is_none(), "the node after a failure is not touched");
+        assert!(applies["e"].error.as_deref().is_some_and(|e| e.contains("d failed")), "{applies:#?}");
+
+        // The canary failing while it answers: nobody after it is touched.
+        let (f, f_file) = follower("f", Script::default(), &renderer);
+        let fleet = Fleet { lead: "a".into(), followers: vec![f], applies: Default::default() };
+        assert!(fleet.follow(&Trigger::Manual, &desired, &lead(Outcome::Failed), true).await);
+        assert_eq!(fleet.applies.read().expect("lock")["f"].outcome, "skipped");
+        assert!(f_file.text().is_none());
+        // The canary down: the next node goes on.
+        assert!(fleet.follow(&Trigger::Manual, &desired, &lead(Outcome::Failed), false).await);
+        let applies = fleet.applies.read().expect("lock").clone();
+        assert_eq!((applies["a"].outcome.as_str(), applies["f"].outcome.as_str()), ("unreachable", "applied"));
+        assert!(f_file.text().is_some_and(|t| t.contains("[1001]")));
+    }
+}

@@ -1,0 +1,215 @@
+//! `nodes:`: one daemon managing three real Asterisk servers. An extension
+//! goes live on all of them; a phone registered on one shows there only;
+//! one server stopped is reported unreachable while a change still reaches
+//! the others (the canary rule: an unreachable node is skipped), and it
+//! converges when it is back; `asterisk-gitops status` lists every node.
+
+use super::{Daemon, Source, Store, asterisk, endpoint, wait};
+use asterisk_gitops::config::{AmiFileConfig, AriFileConfig, NodeFileConfig, SecretString};
+use asterisk_real::{AMI_USER, ARI_USER, Asterisk, require, sipp};
+use serde_json::Value;
+use std::time::Duration;
+
+const LIVE: Duration = Duration::from_secs(30);
+
+fn team(entries: &[&str]) -> String {
+    let mut s = String::from(
+        "defaults: {context: from-internal, transport: transport-udp, codecs: [ulaw, alaw]}\nextensions:\n",
+    );
+    for n in entries {
+        let md5 = asterisk_gitops::secret::md5_cred(n, "asterisk", &format!("Node-Pass-{n}"));
+        s.push_str(&format!("  - extension: \"{n}\"\n    displayName: Agent {n}\n    md5Cred: {md5}\n"));
+    }
+    s
+}
+
+fn node(name: &str, ast: &Asterisk) -> NodeFileConfig {
+    NodeFileConfig {
+        name: name.into(),
+        ami: Some(AmiFileConfig {
+            addr: Some(ast.ami_addr().to_string()),
+            user: Some(AMI_USER.into()),
+            secret: Some(SecretString::new(&ast.ami_secret)),
+            ..Default::default()
+        }),
+        ari: Some(AriFileConfig {
+            url: Some(ast.ari_url()),
+            user: Some(ARI_USER.into()),
+            password: Some(SecretString::new(&ast.ari_password)),
+            ..Default::default()
+        }),
+        managed_file: Some(ast.managed_file()),
+    }
+}
+
+/// The `nodes` entry of `/status` named `name`.
+async fn node_status(d: &Daemon, name: &str) -> Value {
+    let (code, st) = d.get("/status").await;
+    assert_eq!(code, 200, "{st}");
+    st["nodes"].as_array().and_then(|n| n.iter().find(|n| n["name"] == name).cloned()).unwrap_or(Value::Null)
+}
+
+/// A config file naming the nodes, for the command line.
+fn cli_config(dir: &std::path::Path, nodes: &[(&str, &Asterisk)]) -> std::path::PathBuf {
+    let mut yaml =
+        format!("stateDir: {}\nspecDir: {}\nnodes:\n", dir.join("cli-state").display(), dir.join("specs").display());
+    for (name, ast) in nodes {
+        yaml.push_str(&format!(
+            "  - name: {name}\n    ami: {{addr: '{}', user: {AMI_USER}, secret: '{}', timeout: 2}}\n    managedFile: {}\n",
+            ast.ami_addr(),
+            ast.ami_secret,
+            ast.managed_file().display()
+        ));
+    }
+    let path = dir.join("cli.yaml");
+    std::fs::write(&path, yaml).expect("write config");
+    path
+}
+
+fn cli(config: &std::path::Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_asterisk-gitops"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env_remove("ASTERISK_GITOPS_AMI_ADDR")
+        .env_remove("ASTERISK_GITOPS_ARI_URL")
+        .env_remove("DATABASE_URL")
+        .output()
+        .expect("runs")
+}
+
+/// `asterisk-gitops status --json` on a config file naming the three nodes.
+fn cli_status(dir: &std::path::Path, nodes: &[(&str, &Asterisk)]) -> (Option<i32>, Value) {
+    let out = cli(&cli_config(dir, nodes), &["status", "--json"]);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    for (_, ast) in nodes {
+        assert!(!stdout.contains(&ast.ami_secret), "status printed an AMI secret");
+    }
+    let json = serde_json::from_str(&stdout).unwrap_or_else(|e| {
+        panic!("status --json prints JSON ({e}): {stdout}\n{}", String::from_utf8_lossy(&out.stderr))
+    });
+    (out.status.code(), json)
+}
+
+fn cli_node<'a>(json: &'a Value, name: &str) -> &'a Value {
+    json["nodes"].as_array().and_then(|n| n.iter().find(|n| n["name"] == name)).unwrap_or(&Value::Null)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_get_every_change_and_one_down_holds_no_other_back() {
+    let Some(build) = require("real::nodes::three_nodes") else { return };
+    let a = asterisk(&build, "node-a").await;
+    let mut b = asterisk(&build, "node-b").await;
+    let c = asterisk(&build, "node-c").await;
+    // PostgreSQL when there is one (CI), else SQLite.
+    let store = Store::both().await.pop().expect("SQLite at least");
+    let nodes = vec![node("a", &a), node("b", &b), node("c", &c)];
+    let d = Daemon::start_with(&a, store, Source::Dir, &team(&["1001"]), |f| {
+        f.ami = None;
+        f.ari = None;
+        f.nodes = Some(nodes);
+    })
+    .await;
+
+    // Created → live on all three.
+    for ast in [&a, &b, &c] {
+        wait("1001 live on every node", LIVE, || async { endpoint(ast, "1001").await.is_some() }).await;
+    }
+
+    // A phone registered on node b shows as registered on b only.
+    let phone = sipp::Phone::new("1001", "Node-Pass-1001");
+    let reg = phone.register(b.sip_addr()).await;
+    assert!(reg.ok(), "1001 registers on node b:\n{}", reg.log);
+    // Alive: a sipp on the phone's port answers node b's qualify OPTIONS.
+    let _alive = phone.answer();
+    let (code, st) = d.get("/extensions/1001/status").await;
+    assert_eq!(code, 200, "{st:#}");
+    assert_eq!(st["registered"], true, "registered on any node: {st:#}");
+    let on = |n: &str| {
+        st["nodes"].as_array().and_then(|l| l.iter().find(|x| x["node"] == n)).map(|x| x["registered"].clone())
+    };
+    assert_eq!((on("a"), on("b"), on("c")), (Some(false.into()), Some(true.into()), Some(false.into())), "{st:#}");
+    // The registrations snapshot of node b counts it, a's and c's do not.
+    let deadline = tokio::time::Instant::now() + LIVE;
+    loop {
+        let s = node_status(&d, "b").await;
+        if s["registrations"] == 1 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "node b's registrations never counted the phone: {s:#}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (_, metrics) = d.get("/metrics").await;
+    let metrics = metrics.as_str().unwrap_or_default().to_string();
+    assert!(metrics.contains("asterisk_gitops_node_registered_endpoints{node=\"b\"} 1"), "{metrics}");
+    assert!(metrics.contains("asterisk_gitops_node_registered_endpoints{node=\"a\"} 0"), "{metrics}");
+    assert!(metrics.contains("asterisk_gitops_node_up{node=\"c\"} 1"), "{metrics}");
+    for n in ["a", "c"] {
+        let s = node_status(&d, n).await;
+        assert_eq!((s["reachable"].as_bool(), s["registrations"].as_u64()), (Some(true), Some(0)), "{s:#}");
+        assert!(s["version"].as_str().is_some_and(|v| v.starts_with("22.")), "{s:#}");
+    }
+
+    // Node b stopped: reported unreachable, with the reason and no secret;
+    // a change still reaches a and c.
+    b.stop().await;
+    std::fs::write(d.specs.join("team.yaml"), team(&["1001", "1002"])).expect("write");
+    for ast in [&a, &c] {
+        wait("1002 live on the nodes that answer", LIVE, || async { endpoint(ast, "1002").await.is_some() }).await;
+    }
+    let down = node_status(&d, "b").await;
+    assert_eq!(down["reachable"], false, "{down:#}");
+    assert!(down["error"].as_str().is_some_and(|e| !e.is_empty() && !e.contains(&b.ami_secret)), "{down:#}");
+    wait("node b's last run says it was skipped as unreachable", LIVE, || async {
+        node_status(&d, "b").await["lastApply"]["outcome"] == "unreachable"
+    })
+    .await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (code, json) = cli_status(tmp.path(), &[("a", &a), ("b", &b), ("c", &c)]);
+    assert_eq!(code, Some(1), "a node down: exit 1: {json:#}");
+    assert_eq!(cli_node(&json, "b")["reachable"], false, "{json:#}");
+    assert_eq!(cli_node(&json, "a")["reachable"], true, "{json:#}");
+    assert!(cli_node(&json, "c")["version"].as_str().is_some_and(|v| v.starts_with("22.")), "{json:#}");
+
+    // Back: it converges at the next run.
+    b.start_again().await.expect("node b starts again");
+    // Asked for a run until one reaches it (the first may find its AMI
+    // client still pausing between reconnects).
+    let deadline = tokio::time::Instant::now() + LIVE;
+    while endpoint(&b, "1002").await.is_none() {
+        assert!(tokio::time::Instant::now() < deadline, "1002 never reached node b once it was back");
+        assert_eq!(d.call("POST", "/reconcile", None).await.0, 202);
+        let asked = tokio::time::Instant::now();
+        wait("a run after the ask", LIVE, || async {
+            node_status(&d, "b").await["lastApply"]["at"]
+                .as_str()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .is_some_and(|t| t.with_timezone(&chrono::Utc) > chrono::Utc::now() - asked.elapsed())
+        })
+        .await;
+    }
+    let back = node_status(&d, "b").await;
+    assert_eq!(back["lastApply"]["outcome"], "applied", "{back:#}");
+    let (code, json) = cli_status(tmp.path(), &[("a", &a), ("b", &b), ("c", &c)]);
+    assert_eq!(code, Some(0), "every node answers: {json:#}");
+    for n in ["a", "b", "c"] {
+        assert_eq!(cli_node(&json, n)["reachable"], true, "{json:#}");
+    }
+    let seen = d.seen.lock().expect("lock").join("\n");
+    for ast in [&a, &b, &c] {
+        assert!(!seen.contains(&ast.ami_secret) && !seen.contains(&ast.ari_password), "a secret in a response");
+    }
+    d.stop().await;
+
+    // `apply` with the daemon stopped: the first node, then the others in turn.
+    let specs = tmp.path().join("specs");
+    std::fs::create_dir_all(&specs).expect("mkdir");
+    std::fs::write(specs.join("team.yaml"), team(&["1001", "1002", "1003"])).expect("write");
+    let out = cli(&cli_config(tmp.path(), &[("a", &a), ("b", &b), ("c", &c)]), &["apply", "--yes"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("node b: applied") && stdout.contains("node c: applied"), "{stdout}");
+    for ast in [&a, &b, &c] {
+        assert!(endpoint(ast, "1003").await.is_some(), "1003 applied on every node:\n{stdout}");
+    }
+}
