@@ -33,7 +33,17 @@ pub fn asterisk(settings: &Settings) -> Option<Asterisk> {
 
 /// Builds the reconciler over an open database.
 pub fn reconciler(settings: &Settings, db: Db) -> anyhow::Result<DaemonReconciler> {
-    let renderer = Renderer::new(settings.templates.as_deref())?;
+    reconciler_on(settings, db, Arc::new(Renderer::new(settings.templates.as_deref())?))
+}
+
+/// Builds a reconciler over `store` with `renderer` (`serve` builds one per
+/// leadership term, over the fenced store, sharing the renderer the
+/// catalogue learner updates).
+pub fn reconciler_on<S: reconcile::StateStore>(
+    settings: &Settings,
+    store: S,
+    renderer: Arc<Renderer>,
+) -> anyhow::Result<Reconciler<S, Asterisk, AriTarget>> {
     // With the ari target the reconciler's file is the record of what was
     // pushed, in the state directory: Asterisk must not read it.
     let (managed_path, live) = match (settings.apply_target, &settings.ari) {
@@ -50,10 +60,10 @@ pub fn reconciler(settings: &Settings, db: Db) -> anyhow::Result<DaemonReconcile
         tracing::info!(removed = n, "removed temporary files an interrupted write left behind");
     }
     Ok(Reconciler {
-        store: db,
+        store,
         asterisk: asterisk(settings),
         managed: Box::new(managed),
-        renderer: Arc::new(renderer),
+        renderer,
         secrets: Arc::new(ProcessSecrets),
         realm: settings.realm.clone(),
         prune: PruneGuard {
@@ -177,8 +187,12 @@ pub async fn run(
             }
         }
     };
-    let reconciler = Arc::new(reconciler(&settings, db.clone())?);
-    hand_over(&settings, &reconciler).await;
+    // Built once: a bad template stops the start here, on every replica;
+    // each leadership term's reconciler shares it (and what it learns).
+    let renderer = Arc::new(Renderer::new(settings.templates.as_deref())?);
+    if let (crate::config::ApplyTarget::Ari, Some(ari)) = (settings.apply_target, &settings.ari) {
+        ari_client(ari)?;
+    }
     let (source, target, interval) = match &settings.git {
         None => {
             std::fs::create_dir_all(&settings.spec_dir).ok();
@@ -231,7 +245,10 @@ pub async fn run(
     };
     let loop_cfg = LoopConfig { interval, debounce: settings.reconcile.debounce, ..LoopConfig::default() };
 
+    let listen = listener.local_addr()?;
+    let (role_tx, role_rx) = tokio::sync::watch::channel(crate::db::leader::Role::Follower);
     let live = crate::http::Live {
+        leader: Some(role_rx.clone()),
         db: Some(db.clone()),
         asterisk: asterisk(&settings).map(Arc::new),
         registrations: Default::default(),
@@ -252,65 +269,14 @@ pub async fn run(
             Some(tokio::spawn(learn_catalogue(
                 client,
                 ami.clone(),
-                reconciler.renderer.clone(),
+                renderer.clone(),
                 settings.state_dir.join("catalogue"),
                 stopped(stop_rx.clone()),
             )))
         }
         _ => None,
     };
-    let call_logger = match (settings.call_log, &live.calls) {
-        (crate::config::CallSource::Stasis, Some(stats)) => match &settings.ari {
-            Some(ari) => {
-                let client = ari_client(ari)?;
-                Some(tokio::spawn(crate::calls::run(
-                    db.clone(),
-                    client,
-                    ari.calls.clone(),
-                    stats.clone(),
-                    stop_rx.clone(),
-                )))
-            }
-            None => None,
-        },
-        (crate::config::CallSource::Cel, Some(stats)) => match &settings.ami {
-            Some(a) => {
-                let ami = AmiConfig {
-                    addr: a.addr.clone(),
-                    user: a.user.clone(),
-                    secret: a.secret.expose().to_string(),
-                    timeout: a.timeout,
-                    events: false,
-                };
-                Some(tokio::spawn(crate::calls::cel::run(
-                    db.clone(),
-                    ami,
-                    settings.calls.clone(),
-                    stats.clone(),
-                    stop_rx.clone(),
-                )))
-            }
-            None => None,
-        },
-        _ => None,
-    };
-    // With CEL logging every call, the Stasis app (when ARI is configured)
-    // only hands calls that enter Stasis() back to the dialplan, so they
-    // are not logged twice and never stay stuck in Stasis.
-    let stasis_passthrough = match (settings.call_log, &settings.ari) {
-        (crate::config::CallSource::Cel, Some(ari)) => {
-            let client = ari_client(ari)?;
-            let cfg = crate::calls::CallLogConfig { record: false, ..ari.calls.clone() };
-            Some(tokio::spawn(crate::calls::run(
-                db.clone(),
-                client,
-                cfg,
-                Arc::new(crate::calls::CallLogStats::default()),
-                stop_rx.clone(),
-            )))
-        }
-        _ => None,
-    };
+    let live_calls = live.calls.clone();
     let state = AppState {
         spec_dir: settings.spec_dir.clone(),
         writeback: Arc::new(match &source {
@@ -326,7 +292,6 @@ pub async fn run(
         anonymous_read: settings.anonymous_read,
         live,
     };
-    let listen = listener.local_addr()?;
 
     tracing::info!(
         listen = %listen,
@@ -345,11 +310,180 @@ pub async fn run(
         "asterisk-gitops is running"
     );
 
+    let instance_id = settings.instance_id.clone().unwrap_or_else(|| crate::db::leader::default_instance_id(&listen));
+    let election = tokio::spawn(crate::db::leader::elect(
+        db.clone(),
+        settings.database_url.clone(),
+        instance_id,
+        role_tx,
+        stopped(stop_rx.clone()),
+    ));
+    let leading =
+        Leading { settings: settings.clone(), db: db.clone(), renderer, source, loop_cfg, handle, calls: live_calls };
+    let http = axum::serve(listener, crate::http::app(state)).with_graceful_shutdown(stopped(stop_rx.clone()));
+    let led = lead(leading, role_rx, rx, stopped(stop_rx.clone()));
+    let (http_result, ()) = tokio::join!(http, led);
+    for task in [refresher, learner].into_iter().flatten() {
+        let _ = task.await;
+    }
+    let _ = election.await;
+    db.close().await;
+    tracing::info!("asterisk-gitops stopped");
+    http_result.map_err(Into::into)
+}
+
+/// What a leadership term needs to start the leader's work.
+struct Leading {
+    settings: Settings,
+    db: Db,
+    renderer: Arc<Renderer>,
+    source: DesiredSource,
+    loop_cfg: LoopConfig,
+    handle: LoopHandle,
+    calls: Option<Arc<crate::calls::CallLogStats>>,
+}
+
+/// The leader's work while this replica leads in `epoch`: the hand-over
+/// and the reconcile loop (one task), the call loggers, the ari target's
+/// sweeper, and the listener for the followers' run requests.
+struct Term {
+    epoch: i64,
+    triggers: tokio::sync::mpsc::Sender<reconcile::Trigger>,
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    reconciler: Arc<Reconciler<crate::db::leader::Fenced, Asterisk, AriTarget>>,
+}
+
+impl Term {
+    /// Ends the term. `at_once` (leadership lost): every task is aborted
+    /// where it stands, the run under way included, so nothing more is
+    /// written as leader; otherwise (shutdown) the run under way finishes.
+    async fn end(self, at_once: bool) {
+        let _ = self.stop.send(true);
+        if at_once {
+            for t in &self.tasks {
+                t.abort();
+            }
+        }
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        if let Some(a) = &self.reconciler.asterisk {
+            a.close().await;
+        }
+    }
+}
+
+/// Follows this replica's role until `shutdown`: starts the leader's work
+/// when it takes the lead, ends it at once when it loses it. Triggers (the
+/// spec watcher, API writes, webhooks, `POST /reconcile`) go to the term's
+/// reconcile loop; on a follower, a write's or webhook's is passed to the
+/// leader through the database (`db::leader`), and a file change is the
+/// leader's own watcher's to see.
+async fn lead(
+    leading: Leading,
+    mut role: tokio::sync::watch::Receiver<crate::db::leader::Role>,
+    mut triggers: tokio::sync::mpsc::Receiver<reconcile::Trigger>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    use crate::db::leader::Role;
+    tokio::pin!(shutdown);
+    let mut term: Option<Term> = None;
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            changed = role.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                let now = *role.borrow_and_update();
+                match now {
+                    Role::Leader { epoch } if term.as_ref().map(|t| t.epoch) != Some(epoch) => {
+                        if let Some(old) = term.take() {
+                            old.end(true).await;
+                        }
+                        term = start_term(&leading, epoch, role.clone());
+                    }
+                    Role::Leader { .. } => {}
+                    Role::Follower => {
+                        if let Some(old) = term.take() {
+                            tracing::warn!(epoch = old.epoch, "no longer the leader: the run under way and the call loggers stop");
+                            old.end(true).await;
+                        }
+                    }
+                }
+            }
+            t = triggers.recv() => match (t, &term) {
+                (None, _) => break,
+                (Some(t), Some(term)) => {
+                    let _ = term.triggers.try_send(t);
+                }
+                (Some(t @ (reconcile::Trigger::Manual | reconcile::Trigger::Webhook)), None) => {
+                    if let Err(e) = leading.db.notify_leader(t.as_str()).await {
+                        tracing::warn!(error = %e, "cannot ask the leader for a run; it will see the change at its next resync");
+                    }
+                }
+                (Some(_), None) => {}
+            },
+        }
+    }
+    if let Some(t) = term.take() {
+        t.end(false).await;
+    }
+}
+
+/// Starts the leader's work for `epoch`; `None` (logged) when its
+/// reconciler cannot be built.
+fn start_term(
+    leading: &Leading,
+    epoch: i64,
+    role: tokio::sync::watch::Receiver<crate::db::leader::Role>,
+) -> Option<Term> {
+    let settings = &leading.settings;
+    let store = crate::db::leader::Fenced::new(leading.db.clone(), epoch, role);
+    let reconciler = match reconciler_on(settings, store, leading.renderer.clone()) {
+        Ok(r) => Arc::new(r),
+        Err(e) => {
+            tracing::error!(epoch, error = %e, "leading, but the reconciler cannot be built: nothing is reconciled");
+            return None;
+        }
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let mut tasks = Vec::new();
+    {
+        let (rec, settings, source, cfg, handle, stop) = (
+            reconciler.clone(),
+            settings.clone(),
+            leading.source.clone(),
+            leading.loop_cfg.clone(),
+            leading.handle.clone(),
+            stopped(stop_rx.clone()),
+        );
+        tasks.push(tokio::spawn(async move {
+            hand_over(&settings, &rec).await;
+            reconcile::run_loop(rec, source, cfg, handle, rx, stop).await;
+        }));
+    }
+    {
+        let (db, triggers, stop) = (leading.db.clone(), tx.clone(), stopped(stop_rx.clone()));
+        tasks.push(tokio::spawn(async move {
+            let on = |asked: &str| {
+                let t = if asked == "webhook" { reconcile::Trigger::Webhook } else { reconcile::Trigger::Manual };
+                let _ = triggers.try_send(t);
+            };
+            db.listen_for_triggers(on, stop).await;
+        }));
+    }
+    tasks.extend(call_loggers(settings, &leading.db, leading.calls.as_ref(), &stop_rx));
     // The ari target on a large estate: its pushed objects are read back in
     // the background, not by every run (`asterisk::ari_config::sweep`).
-    let sweeper = reconciler.live.is_some().then(|| {
-        let (rec, triggers, stop) = (reconciler.clone(), handle.triggers.clone(), stopped(stop_rx.clone()));
-        tokio::spawn(async move {
+    if reconciler.live.is_some() {
+        let (rec, triggers, stop) = (reconciler.clone(), tx.clone(), stopped(stop_rx.clone()));
+        tasks.push(tokio::spawn(async move {
             if let Some(live) = &rec.live {
                 let wake = || {
                     let _ = triggers.try_send(reconcile::Trigger::Drift);
@@ -357,20 +491,75 @@ pub async fn run(
                 crate::asterisk::ari_config::sweep::sweep(live, rec.asterisk.as_ref(), Default::default(), wake, stop)
                     .await;
             }
-        })
-    });
-    let http = axum::serve(listener, crate::http::app(state)).with_graceful_shutdown(stopped(stop_rx.clone()));
-    let looped = reconcile::run_loop(reconciler.clone(), source, loop_cfg, handle, rx, stopped(stop_rx.clone()));
-    let (http_result, ()) = tokio::join!(http, looped);
-    for task in [refresher, call_logger, stasis_passthrough, learner, sweeper].into_iter().flatten() {
-        let _ = task.await;
+        }));
     }
-    if let Some(a) = &reconciler.asterisk {
-        a.close().await;
+    Some(Term { epoch, triggers: tx, stop: stop_tx, tasks, reconciler })
+}
+
+/// The call loggers the leader runs: CEL over AMI (or the Stasis app with
+/// `callLog: stasis`), and with CEL and ARI the Stasis app that only hands
+/// calls back to the dialplan.
+fn call_loggers(
+    settings: &Settings,
+    db: &Db,
+    stats: Option<&Arc<crate::calls::CallLogStats>>,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut out = Vec::new();
+    let Some(stats) = stats else { return out };
+    let client = |ari| match ari_client(ari) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::error!(error = %e, "no ARI client: the Stasis app does not run");
+            None
+        }
+    };
+    match (settings.call_log, &settings.ari, &settings.ami) {
+        (crate::config::CallSource::Stasis, Some(ari), _) => {
+            if let Some(c) = client(ari) {
+                out.push(tokio::spawn(crate::calls::run(
+                    db.clone(),
+                    c,
+                    ari.calls.clone(),
+                    stats.clone(),
+                    stop.clone(),
+                )));
+            }
+        }
+        (crate::config::CallSource::Cel, _, Some(a)) => {
+            let ami = AmiConfig {
+                addr: a.addr.clone(),
+                user: a.user.clone(),
+                secret: a.secret.expose().to_string(),
+                timeout: a.timeout,
+                events: false,
+            };
+            out.push(tokio::spawn(crate::calls::cel::run(
+                db.clone(),
+                ami,
+                settings.calls.clone(),
+                stats.clone(),
+                stop.clone(),
+            )));
+            // With CEL logging every call, the Stasis app (when ARI is
+            // configured) only hands calls that enter Stasis() back to the
+            // dialplan, so they are not logged twice and never stay stuck.
+            if let Some(ari) = &settings.ari
+                && let Some(c) = client(ari)
+            {
+                let cfg = crate::calls::CallLogConfig { record: false, ..ari.calls.clone() };
+                out.push(tokio::spawn(crate::calls::run(
+                    db.clone(),
+                    c,
+                    cfg,
+                    Arc::new(crate::calls::CallLogStats::default()),
+                    stop.clone(),
+                )));
+            }
+        }
+        _ => {}
     }
-    db.close().await;
-    tracing::info!("asterisk-gitops stopped");
-    http_result.map_err(Into::into)
+    out
 }
 
 /// Hands a running installation over between the apply targets before the
@@ -378,7 +567,7 @@ pub async fn run(
 /// the managed file still defines move into the astdb wizard; with `file`,
 /// what the record says was pushed moves back into the managed file. What it
 /// did is recorded as a run of its own (trigger `startup`, no plan).
-pub async fn hand_over(settings: &Settings, reconciler: &DaemonReconciler) {
+pub async fn hand_over<S: reconcile::StateStore>(settings: &Settings, reconciler: &Reconciler<S, Asterisk, AriTarget>) {
     use crate::asterisk::ari_config::{RECORD_FILE, handover};
     let (Some(ami), Some(ari)) = (&reconciler.asterisk, &settings.ari) else { return };
     let started_at = chrono::Utc::now();
@@ -435,7 +624,6 @@ pub async fn hand_over(settings: &Settings, reconciler: &DaemonReconciler) {
         reasons,
         rollback_failed: false,
     };
-    use crate::reconcile::StateStore as _;
     if let Err(e) = reconciler.store.commit(&run, &[], &[], &Default::default()).await {
         tracing::error!(error = %e, "could not record the hand-over");
     }

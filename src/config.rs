@@ -337,6 +337,8 @@ impl Default for ReconcileSettings {
 /// Everything the daemon and the commands run with, resolved.
 #[derive(Clone, Debug)]
 pub struct Settings {
+    /// This replica's name for leader election (`--instance-id`); `None`: host:pid and the listen address.
+    pub instance_id: Option<String>,
     pub spec_dir: PathBuf,
     pub state_dir: PathBuf,
     pub database_url: String,
@@ -424,6 +426,9 @@ pub struct Overrides {
     /// Seconds between fetches when no webhook arrives [default: 60].
     #[arg(long, global = true, env = "ASTERISK_GITOPS_GIT_INTERVAL", value_name = "SECS")]
     pub git_interval: Option<f64>,
+    /// This replica's name among the `serve` replicas on one PostgreSQL, as /status shows the leader's [default: host:pid listen-address].
+    #[arg(long, global = true, env = "ASTERISK_GITOPS_INSTANCE_ID", value_name = "NAME")]
+    pub instance_id: Option<String>,
 }
 
 /// How log lines are written (`--log-format`, ASTERISK_GITOPS_LOG_FORMAT).
@@ -634,6 +639,7 @@ impl Settings {
             users.push(UserToken { name: u.name, email: u.email, sha256 });
         }
         Ok(Settings {
+            instance_id: flags.instance_id.map(|s| s.trim().to_string()).filter(|s| !s.is_empty()),
             users,
             anonymous_read: file.anonymous_read.unwrap_or(true),
             sip_server: file.sip_server,

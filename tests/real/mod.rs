@@ -13,6 +13,7 @@ mod contract;
 mod e2e;
 mod faults;
 mod handover;
+mod leader;
 mod live;
 mod options;
 mod phones;
