@@ -311,22 +311,26 @@ pub async fn run(
     );
 
     let instance_id = settings.instance_id.clone().unwrap_or_else(|| crate::db::leader::default_instance_id(&listen));
+    // The lock is released only once the leader's work has ended (below):
+    // a standby must not start while this replica's last run finishes.
+    let (release_tx, release_rx) = tokio::sync::watch::channel(false);
     let election = tokio::spawn(crate::db::leader::elect(
         db.clone(),
         settings.database_url.clone(),
         instance_id,
         role_tx,
-        stopped(stop_rx.clone()),
+        stopped(release_rx),
     ));
     let leading =
         Leading { settings: settings.clone(), db: db.clone(), renderer, source, loop_cfg, handle, calls: live_calls };
     let http = axum::serve(listener, crate::http::app(state)).with_graceful_shutdown(stopped(stop_rx.clone()));
     let led = lead(leading, role_rx, rx, stopped(stop_rx.clone()));
     let (http_result, ()) = tokio::join!(http, led);
+    let _ = release_tx.send(true);
+    let _ = election.await;
     for task in [refresher, learner].into_iter().flatten() {
         let _ = task.await;
     }
-    let _ = election.await;
     db.close().await;
     tracing::info!("asterisk-gitops stopped");
     http_result.map_err(Into::into)
