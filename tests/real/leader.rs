@@ -189,6 +189,11 @@ impl Pair {
     async fn start(&self, ast: &Asterisk, db: &Database) -> (Replica, Replica) {
         let a = self.replica("replica-a", ast, db).await;
         a.wait_leading(LIVE).await;
+        // Its start-up run recorded: whatever the test does next is a run of its own.
+        wait("replica-a's first run", LIVE, || async {
+            a.call("GET", "/runs?limit=1", None).await.1.as_array().is_some_and(|r| !r.is_empty())
+        })
+        .await;
         let b = self.replica("replica-b", ast, db).await;
         wait("replica-b answers", LIVE, || async { b.call("GET", "/readyz", None).await.0 == 200 }).await;
         (a, b)
