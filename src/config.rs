@@ -777,6 +777,16 @@ mod tests {
         assert_eq!(s.secrets.dir, PathBuf::from("extensions.d/secrets"));
         assert_eq!(s.secrets.env_pattern, "EXT_*");
         assert_eq!(s.managed_file_group, None);
+        assert_eq!(s.instance_id, None, "host:pid and the listen address, chosen by serve");
+    }
+
+    #[test]
+    fn the_instance_id_is_taken_trimmed_and_a_blank_one_is_the_default() {
+        let named = Overrides { instance_id: Some(" pbx-a ".into()), ..Default::default() };
+        let s = Settings::resolve(named, FileConfig::default(), &no_env).expect("resolves");
+        assert_eq!(s.instance_id.as_deref(), Some("pbx-a"));
+        let blank = Overrides { instance_id: Some("  ".into()), ..Default::default() };
+        assert_eq!(Settings::resolve(blank, FileConfig::default(), &no_env).expect("resolves").instance_id, None);
     }
 
     #[test]

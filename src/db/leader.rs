@@ -28,6 +28,7 @@ use crate::core::status::{StatusUpdate, Step};
 use crate::reconcile::{AppliedRow, RunRecord, StateStore};
 use chrono::{DateTime, Utc};
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -281,8 +282,6 @@ async fn campaign(url: &str, instance_id: &str, role: &watch::Sender<Role>) {
     }
 }
 
-use std::future::Future;
-
 /// The state store a leader's runs write through: [`Db`], with every write
 /// refused once this replica no longer leads in `epoch`, and each commit
 /// checking the epoch in its own transaction.
@@ -336,5 +335,18 @@ impl StateStore for Fenced {
     async fn mark(&self, states: &StatusUpdate<'_>) -> Result<(), DbError> {
         self.still_leading()?;
         self.db.mark(states).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_instance_id_names_the_host_the_process_and_the_address() {
+        let id = default_instance_id(&"127.0.0.1:8080".parse().expect("addr"));
+        let pid = std::process::id().to_string();
+        assert!(id.ends_with(&format!(":{pid} 127.0.0.1:8080")), "{id}");
+        assert!(!id.starts_with(':'), "a host name first: {id}");
     }
 }
