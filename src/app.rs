@@ -292,9 +292,11 @@ pub async fn run(
         anonymous_read: settings.anonymous_read,
         live,
     };
+    let instance_id = settings.instance_id.clone().unwrap_or_else(|| crate::db::leader::default_instance_id(&listen));
 
     tracing::info!(
         listen = %listen,
+        instance = %instance_id,
         ui = %format!("http://{listen}/ui"),
         specs = %settings.git.as_ref().map(|g| format!("git {} ({}:{})", crate::secret::redact_url(&g.url), g.branch, g.path)).unwrap_or_else(|| settings.spec_dir.display().to_string()),
         managed_file = %settings.managed_file.display(),
@@ -310,7 +312,6 @@ pub async fn run(
         "asterisk-gitops is running"
     );
 
-    let instance_id = settings.instance_id.clone().unwrap_or_else(|| crate::db::leader::default_instance_id(&listen));
     // The lock is released only once the leader's work has ended (below):
     // a standby must not start while this replica's last run finishes.
     let (release_tx, release_rx) = tokio::sync::watch::channel(false);

@@ -52,9 +52,10 @@ struct Replica {
 }
 
 impl Replica {
-    async fn start(id: &str, ast: &Asterisk, db: &Database, specs: &Path, state: &Path) -> Replica {
+    async fn start(id: &str, ast: &Asterisk, db: &Database, specs: &Path, state: &Path, extra: &[String]) -> Replica {
         let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_asterisk-gitops"));
         c.args(["serve", "--log-format", "json", "--listen", "127.0.0.1:0", "--instance-id", id])
+            .args(extra)
             .arg("--spec-dir")
             .arg(specs)
             .arg("--state-dir")
@@ -168,6 +169,8 @@ impl Replica {
 struct Pair {
     dir: tempfile::TempDir,
     specs: PathBuf,
+    /// Passed to both (a git remote, a config file).
+    extra: Vec<String>,
 }
 
 impl Pair {
@@ -178,11 +181,31 @@ impl Pair {
         if !yaml.is_empty() {
             std::fs::write(specs.join("team.yaml"), yaml).expect("write specs");
         }
-        Pair { dir, specs }
+        Pair { dir, specs, extra: Vec::new() }
+    }
+
+    /// Both replicas following the branch main of a bare repository (its
+    /// first commit pushed by `bob`), resyncing only every 10 minutes: a
+    /// change reaches the leader by a trigger, not by a poll.
+    fn on_git() -> (Pair, git2::Repository) {
+        let mut pair = Pair::new("");
+        let bare = pair.dir.path().join("pbx.git");
+        git2::Repository::init_bare(&bare).expect("bare");
+        let bob = git2::Repository::init(pair.dir.path().join("bob")).expect("bob");
+        bob.remote("origin", &format!("file://{}", bare.display())).expect("remote");
+        super::e2e::push(&bob, "extensions: []\n", "Start");
+        let config = pair.dir.path().join("config.yaml");
+        std::fs::write(&config, "reconcile:\n  interval: 600\n").expect("config");
+        pair.extra = ["--git-url", &format!("file://{}", bare.display()), "--git-interval", "600", "--config"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([config.display().to_string()])
+            .collect();
+        (pair, bob)
     }
 
     async fn replica(&self, id: &str, ast: &Asterisk, db: &Database) -> Replica {
-        Replica::start(id, ast, db, &self.specs, &self.dir.path().join(format!("state-{id}"))).await
+        Replica::start(id, ast, db, &self.specs, &self.dir.path().join(format!("state-{id}")), &self.extra).await
     }
 
     /// `a` started first and leading, then `b` (a follower).
@@ -238,6 +261,37 @@ async fn one_replica_leads_and_a_write_through_the_follower_is_applied_by_the_le
     assert!(a.runs_logged() >= 1, "the leader ran:\n{}", a.log());
     assert_eq!(b.runs_logged(), 0, "the follower never reconciles:\n{}", b.log());
     pool.close().await;
+    a.stop().await;
+    b.stop().await;
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_git_remote_a_write_through_the_follower_is_committed_and_the_leader_applies_that_revision() {
+    let Some(build) = require("real::leader::git_write_through_the_follower") else { return };
+    let Some(db) = Database::create().await else { return };
+    let ast = asterisk(&build, "leader-git").await;
+    let (pair, _bob) = Pair::on_git();
+    let (a, b) = pair.start(&ast, &db).await;
+
+    let (status, body) = b.call("POST", "/extensions", Some(SEED_BODY)).await;
+    assert_eq!(status, 201, "{body}");
+    let commit = body["change"]["commit"].as_str().expect("the write's commit").to_string();
+    // The run carrying that revision: the leader's, asked for by the
+    // follower (trigger manual; the resync is 10 minutes away).
+    let deadline = tokio::time::Instant::now() + LIVE;
+    let run = loop {
+        let (_, runs) = b.call("GET", "/runs?limit=50", None).await;
+        if let Some(r) = runs.as_array().and_then(|r| r.iter().find(|r| r["revision"] == commit.as_str())).cloned() {
+            break r;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no run of {commit} within {LIVE:?}: {runs:#}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!((&run["outcome"], &run["trigger"]), (&Value::from("applied"), &Value::from("manual")), "{run:#}");
+    assert!(endpoint(&ast, "1001").await.is_some(), "1001 is live");
+    assert_eq!(b.call("GET", "/extensions/1001", None).await.1["syncStatus"], "synced");
+    assert_eq!(b.runs_logged(), 0, "the follower never reconciles:\n{}", b.log());
     a.stop().await;
     b.stop().await;
     db.drop_db().await;
