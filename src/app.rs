@@ -38,9 +38,10 @@ pub fn node_asterisk(a: &crate::config::AmiSettings) -> Asterisk {
 /// own that follows the lead's runs (`reconcile::fleet`): its AMI, its
 /// managed file, or with the ari target its ARI and its record under its
 /// state directory. The renderer is the lead's (one catalogue).
-pub fn fleet(
+pub fn fleet<S: reconcile::StateStore>(
     settings: &Settings,
-    lead: &DaemonReconciler,
+    lead: &Reconciler<S, Asterisk, AriTarget>,
+    applies: reconcile::fleet::NodeApplies,
 ) -> anyhow::Result<reconcile::fleet::Fleet<Asterisk, AriTarget>> {
     let mut followers = Vec::new();
     for node in settings.nodes.iter().skip(1) {
@@ -79,13 +80,23 @@ pub fn fleet(
     Ok(reconcile::fleet::Fleet {
         lead: settings.nodes.first().map(|n| n.name.clone()).unwrap_or_else(|| "default".into()),
         followers,
-        applies: Default::default(),
+        applies,
     })
 }
 
 /// Builds the reconciler over an open database.
 pub fn reconciler(settings: &Settings, db: Db) -> anyhow::Result<DaemonReconciler> {
-    let renderer = Renderer::new(settings.templates.as_deref())?;
+    reconciler_on(settings, db, Arc::new(Renderer::new(settings.templates.as_deref())?))
+}
+
+/// Builds a reconciler over `store` with `renderer` (`serve` builds one per
+/// leadership term, over the fenced store, sharing the renderer the
+/// catalogue learner updates).
+pub fn reconciler_on<S: reconcile::StateStore>(
+    settings: &Settings,
+    store: S,
+    renderer: Arc<Renderer>,
+) -> anyhow::Result<Reconciler<S, Asterisk, AriTarget>> {
     // With the ari target the reconciler's file is the record of what was
     // pushed, in the state directory: Asterisk must not read it.
     let (managed_path, live) = match (settings.apply_target, &settings.ari) {
@@ -102,10 +113,10 @@ pub fn reconciler(settings: &Settings, db: Db) -> anyhow::Result<DaemonReconcile
         tracing::info!(removed = n, "removed temporary files an interrupted write left behind");
     }
     Ok(Reconciler {
-        store: db,
+        store,
         asterisk: asterisk(settings),
         managed: Box::new(managed),
-        renderer: Arc::new(renderer),
+        renderer,
         secrets: Arc::new(ProcessSecrets),
         realm: settings.realm.clone(),
         prune: PruneGuard {
@@ -229,9 +240,12 @@ pub async fn run(
             }
         }
     };
-    let reconciler = Arc::new(reconciler(&settings, db.clone())?);
-    let fleet = Arc::new(fleet(&settings, &reconciler)?);
-    hand_over(&settings, &reconciler).await;
+    // Built once: a bad template stops the start here, on every replica;
+    // each leadership term's reconciler shares it (and what it learns).
+    let renderer = Arc::new(Renderer::new(settings.templates.as_deref())?);
+    if let (crate::config::ApplyTarget::Ari, Some(ari)) = (settings.apply_target, &settings.ari) {
+        ari_client(ari)?;
+    }
     let (source, target, interval) = match &settings.git {
         None => {
             std::fs::create_dir_all(&settings.spec_dir).ok();
@@ -284,7 +298,10 @@ pub async fn run(
     };
     let loop_cfg = LoopConfig { interval, debounce: settings.reconcile.debounce, ..LoopConfig::default() };
 
+    let listen = listener.local_addr()?;
+    let (role_tx, role_rx) = tokio::sync::watch::channel(crate::db::leader::Role::Follower);
     let live = crate::http::Live {
+        leader: Some(role_rx.clone()),
         db: Some(db.clone()),
         asterisk: asterisk(&settings).map(Arc::new),
         registrations: Default::default(),
@@ -293,7 +310,7 @@ pub async fn run(
         sessions: Default::default(),
         sip_server: settings.sip_server.clone(),
         nodes: Default::default(),
-        applies: fleet.applies.clone(),
+        applies: Default::default(),
     };
     // Every node, the first one the lead's own connection and snapshot.
     let nodes: Vec<crate::http::NodeLive> = settings
@@ -330,65 +347,14 @@ pub async fn run(
             Some(tokio::spawn(learn_catalogue(
                 client,
                 ami.clone(),
-                reconciler.renderer.clone(),
+                renderer.clone(),
                 settings.state_dir.join("catalogue"),
                 stopped(stop_rx.clone()),
             )))
         }
         _ => None,
     };
-    let call_logger = match (settings.call_log, &live.calls) {
-        (crate::config::CallSource::Stasis, Some(stats)) => match &settings.ari {
-            Some(ari) => {
-                let client = ari_client(ari)?;
-                Some(tokio::spawn(crate::calls::run(
-                    db.clone(),
-                    client,
-                    ari.calls.clone(),
-                    stats.clone(),
-                    stop_rx.clone(),
-                )))
-            }
-            None => None,
-        },
-        (crate::config::CallSource::Cel, Some(stats)) => match &settings.ami {
-            Some(a) => {
-                let ami = AmiConfig {
-                    addr: a.addr.clone(),
-                    user: a.user.clone(),
-                    secret: a.secret.expose().to_string(),
-                    timeout: a.timeout,
-                    events: false,
-                };
-                Some(tokio::spawn(crate::calls::cel::run(
-                    db.clone(),
-                    ami,
-                    settings.calls.clone(),
-                    stats.clone(),
-                    stop_rx.clone(),
-                )))
-            }
-            None => None,
-        },
-        _ => None,
-    };
-    // With CEL logging every call, the Stasis app (when ARI is configured)
-    // only hands calls that enter Stasis() back to the dialplan, so they
-    // are not logged twice and never stay stuck in Stasis.
-    let stasis_passthrough = match (settings.call_log, &settings.ari) {
-        (crate::config::CallSource::Cel, Some(ari)) => {
-            let client = ari_client(ari)?;
-            let cfg = crate::calls::CallLogConfig { record: false, ..ari.calls.clone() };
-            Some(tokio::spawn(crate::calls::run(
-                db.clone(),
-                client,
-                cfg,
-                Arc::new(crate::calls::CallLogStats::default()),
-                stop_rx.clone(),
-            )))
-        }
-        _ => None,
-    };
+    let live_calls = live.calls.clone();
     let state = AppState {
         spec_dir: settings.spec_dir.clone(),
         writeback: Arc::new(match &source {
@@ -404,10 +370,11 @@ pub async fn run(
         anonymous_read: settings.anonymous_read,
         live,
     };
-    let listen = listener.local_addr()?;
+    let instance_id = settings.instance_id.clone().unwrap_or_else(|| crate::db::leader::default_instance_id(&listen));
 
     tracing::info!(
         listen = %listen,
+        instance = %instance_id,
         ui = %format!("http://{listen}/ui"),
         specs = %settings.git.as_ref().map(|g| format!("git {} ({}:{})", crate::secret::redact_url(&g.url), g.branch, g.path)).unwrap_or_else(|| settings.spec_dir.display().to_string()),
         managed_file = %settings.managed_file.display(),
@@ -423,11 +390,208 @@ pub async fn run(
         "asterisk-gitops is running"
     );
 
+    // The lock is released only once the leader's work has ended (below):
+    // a standby must not start while this replica's last run finishes.
+    let (release_tx, release_rx) = tokio::sync::watch::channel(false);
+    let election = tokio::spawn(crate::db::leader::elect(
+        db.clone(),
+        settings.database_url.clone(),
+        instance_id,
+        role_tx,
+        stopped(release_rx),
+    ));
+    let leading = Leading {
+        settings: settings.clone(),
+        db: db.clone(),
+        renderer,
+        source,
+        loop_cfg,
+        handle,
+        calls: live_calls,
+        applies: state.live.applies.clone(),
+    };
+    let http = axum::serve(listener, crate::http::app(state)).with_graceful_shutdown(stopped(stop_rx.clone()));
+    let led = lead(leading, role_rx, rx, stopped(stop_rx.clone()));
+    let (http_result, ()) = tokio::join!(http, led);
+    let _ = release_tx.send(true);
+    let _ = election.await;
+    for task in refreshers.into_iter().chain(learner) {
+        let _ = task.await;
+    }
+    db.close().await;
+    tracing::info!("asterisk-gitops stopped");
+    http_result.map_err(Into::into)
+}
+
+/// What a leadership term needs to start the leader's work.
+struct Leading {
+    settings: Settings,
+    db: Db,
+    renderer: Arc<Renderer>,
+    source: DesiredSource,
+    loop_cfg: LoopConfig,
+    handle: LoopHandle,
+    calls: Option<Arc<crate::calls::CallLogStats>>,
+    /// Where every node's last run is told (`/status`'s `nodes`).
+    applies: reconcile::fleet::NodeApplies,
+}
+
+/// The leader's work while this replica leads in `epoch`: the hand-over
+/// and the reconcile loop (one task), the call loggers, the ari target's
+/// sweeper, and the listener for the followers' run requests.
+struct Term {
+    epoch: i64,
+    triggers: tokio::sync::mpsc::Sender<reconcile::Trigger>,
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    reconciler: Arc<Reconciler<crate::db::leader::Fenced, Asterisk, AriTarget>>,
+    /// The nodes after the first (`nodes:`), applied to after each run.
+    fleet: Arc<reconcile::fleet::Fleet<Asterisk, AriTarget>>,
+}
+
+impl Term {
+    /// Ends the term. `at_once` (leadership lost): every task is aborted
+    /// where it stands, the run under way included, so nothing more is
+    /// written as leader; otherwise (shutdown) the run under way finishes.
+    async fn end(self, at_once: bool) {
+        let _ = self.stop.send(true);
+        if at_once {
+            for t in &self.tasks {
+                t.abort();
+            }
+        }
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        if let Some(a) = &self.reconciler.asterisk {
+            a.close().await;
+        }
+        for f in &self.fleet.followers {
+            if let Some(a) = &f.reconciler.asterisk {
+                a.close().await;
+            }
+        }
+    }
+}
+
+/// Follows this replica's role until `shutdown`: starts the leader's work
+/// when it takes the lead, ends it at once when it loses it. Triggers (the
+/// spec watcher, API writes, webhooks, `POST /reconcile`) go to the term's
+/// reconcile loop; on a follower, a write's or webhook's is passed to the
+/// leader through the database (`db::leader`), and a file change is the
+/// leader's own watcher's to see.
+async fn lead(
+    leading: Leading,
+    mut role: tokio::sync::watch::Receiver<crate::db::leader::Role>,
+    mut triggers: tokio::sync::mpsc::Receiver<reconcile::Trigger>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    use crate::db::leader::Role;
+    tokio::pin!(shutdown);
+    let mut term: Option<Term> = None;
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            changed = role.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                let now = *role.borrow_and_update();
+                match now {
+                    Role::Leader { epoch } if term.as_ref().map(|t| t.epoch) != Some(epoch) => {
+                        if let Some(old) = term.take() {
+                            old.end(true).await;
+                        }
+                        term = start_term(&leading, epoch, role.clone());
+                    }
+                    Role::Leader { .. } => {}
+                    Role::Follower => {
+                        if let Some(old) = term.take() {
+                            tracing::warn!(epoch = old.epoch, "no longer the leader: the run under way and the call loggers stop");
+                            old.end(true).await;
+                        }
+                    }
+                }
+            }
+            t = triggers.recv() => match (t, &term) {
+                (None, _) => break,
+                (Some(t), Some(term)) => {
+                    let _ = term.triggers.try_send(t);
+                }
+                (Some(t @ (reconcile::Trigger::Manual | reconcile::Trigger::Webhook)), None) => {
+                    if let Err(e) = leading.db.notify_leader(t.as_str()).await {
+                        tracing::warn!(error = %e, "cannot ask the leader for a run; it will see the change at its next resync");
+                    }
+                }
+                (Some(_), None) => {}
+            },
+        }
+    }
+    if let Some(t) = term.take() {
+        t.end(false).await;
+    }
+}
+
+/// Starts the leader's work for `epoch`; `None` (logged) when its
+/// reconciler cannot be built.
+fn start_term(
+    leading: &Leading,
+    epoch: i64,
+    role: tokio::sync::watch::Receiver<crate::db::leader::Role>,
+) -> Option<Term> {
+    let settings = &leading.settings;
+    let store = crate::db::leader::Fenced::new(leading.db.clone(), epoch, role);
+    let reconciler = match reconciler_on(settings, store, leading.renderer.clone()) {
+        Ok(r) => Arc::new(r),
+        Err(e) => {
+            tracing::error!(epoch, error = %e, "leading, but the reconciler cannot be built: nothing is reconciled");
+            return None;
+        }
+    };
+    let fleet = match fleet(settings, &reconciler, leading.applies.clone()) {
+        Ok(f) => Arc::new(f),
+        Err(e) => {
+            tracing::error!(epoch, error = %e, "leading, but the other nodes' reconcilers cannot be built: nothing is reconciled");
+            return None;
+        }
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let mut tasks = Vec::new();
+    {
+        let (rec, fleet, settings, source, cfg, handle, stop) = (
+            reconciler.clone(),
+            fleet.clone(),
+            settings.clone(),
+            leading.source.clone(),
+            leading.loop_cfg.clone(),
+            leading.handle.clone(),
+            stopped(stop_rx.clone()),
+        );
+        tasks.push(tokio::spawn(async move {
+            hand_over(&settings, &rec).await;
+            reconcile::run_loop_with(rec, fleet, source, cfg, handle, rx, stop).await;
+        }));
+    }
+    {
+        let (db, triggers, stop) = (leading.db.clone(), tx.clone(), stopped(stop_rx.clone()));
+        tasks.push(tokio::spawn(async move {
+            let on = |asked: &str| {
+                let t = if asked == "webhook" { reconcile::Trigger::Webhook } else { reconcile::Trigger::Manual };
+                let _ = triggers.try_send(t);
+            };
+            db.listen_for_triggers(on, stop).await;
+        }));
+    }
+    tasks.extend(call_loggers(settings, &leading.db, leading.calls.as_ref(), &stop_rx));
     // The ari target on a large estate: its pushed objects are read back in
     // the background, not by every run (`asterisk::ari_config::sweep`).
-    let sweeper = reconciler.live.is_some().then(|| {
-        let (rec, triggers, stop) = (reconciler.clone(), handle.triggers.clone(), stopped(stop_rx.clone()));
-        tokio::spawn(async move {
+    if reconciler.live.is_some() {
+        let (rec, triggers, stop) = (reconciler.clone(), tx.clone(), stopped(stop_rx.clone()));
+        tasks.push(tokio::spawn(async move {
             if let Some(live) = &rec.live {
                 let wake = || {
                     let _ = triggers.try_send(reconcile::Trigger::Drift);
@@ -435,41 +599,75 @@ pub async fn run(
                 crate::asterisk::ari_config::sweep::sweep(live, rec.asterisk.as_ref(), Default::default(), wake, stop)
                     .await;
             }
-        })
-    });
-    let http = axum::serve(listener, crate::http::app(state)).with_graceful_shutdown(stopped(stop_rx.clone()));
-    // A task of its own: a run's blocking steps (`block_in_place`) then
-    // never hold up the HTTP server's accept loop.
-    let looped = tokio::spawn(reconcile::run_loop_with(
-        reconciler.clone(),
-        fleet.clone(),
-        source,
-        loop_cfg,
-        handle,
-        rx,
-        stopped(stop_rx.clone()),
-    ));
-    let (http_result, looped) = tokio::join!(http, looped);
-    if let Err(e) = looped {
-        tracing::error!(error = %e, "the reconcile loop ended abnormally");
+        }));
     }
-    for task in refreshers {
-        let _ = task.await;
-    }
-    for task in [call_logger, stasis_passthrough, learner, sweeper].into_iter().flatten() {
-        let _ = task.await;
-    }
-    if let Some(a) = &reconciler.asterisk {
-        a.close().await;
-    }
-    for f in &fleet.followers {
-        if let Some(a) = &f.reconciler.asterisk {
-            a.close().await;
+    Some(Term { epoch, triggers: tx, stop: stop_tx, tasks, reconciler, fleet })
+}
+
+/// The call loggers the leader runs: CEL over AMI (or the Stasis app with
+/// `callLog: stasis`), and with CEL and ARI the Stasis app that only hands
+/// calls back to the dialplan.
+fn call_loggers(
+    settings: &Settings,
+    db: &Db,
+    stats: Option<&Arc<crate::calls::CallLogStats>>,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut out = Vec::new();
+    let Some(stats) = stats else { return out };
+    let client = |ari| match ari_client(ari) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::error!(error = %e, "no ARI client: the Stasis app does not run");
+            None
         }
+    };
+    match (settings.call_log, &settings.ari, &settings.ami) {
+        (crate::config::CallSource::Stasis, Some(ari), _) => {
+            if let Some(c) = client(ari) {
+                out.push(tokio::spawn(crate::calls::run(
+                    db.clone(),
+                    c,
+                    ari.calls.clone(),
+                    stats.clone(),
+                    stop.clone(),
+                )));
+            }
+        }
+        (crate::config::CallSource::Cel, _, Some(a)) => {
+            let ami = AmiConfig {
+                addr: a.addr.clone(),
+                user: a.user.clone(),
+                secret: a.secret.expose().to_string(),
+                timeout: a.timeout,
+                events: false,
+            };
+            out.push(tokio::spawn(crate::calls::cel::run(
+                db.clone(),
+                ami,
+                settings.calls.clone(),
+                stats.clone(),
+                stop.clone(),
+            )));
+            // With CEL logging every call, the Stasis app (when ARI is
+            // configured) only hands calls that enter Stasis() back to the
+            // dialplan, so they are not logged twice and never stay stuck.
+            if let Some(ari) = &settings.ari
+                && let Some(c) = client(ari)
+            {
+                let cfg = crate::calls::CallLogConfig { record: false, ..ari.calls.clone() };
+                out.push(tokio::spawn(crate::calls::run(
+                    db.clone(),
+                    c,
+                    cfg,
+                    Arc::new(crate::calls::CallLogStats::default()),
+                    stop.clone(),
+                )));
+            }
+        }
+        _ => {}
     }
-    db.close().await;
-    tracing::info!("asterisk-gitops stopped");
-    http_result.map_err(Into::into)
+    out
 }
 
 /// Hands a running installation over between the apply targets before the
@@ -477,7 +675,7 @@ pub async fn run(
 /// the managed file still defines move into the astdb wizard; with `file`,
 /// what the record says was pushed moves back into the managed file. What it
 /// did is recorded as a run of its own (trigger `startup`, no plan).
-pub async fn hand_over(settings: &Settings, reconciler: &DaemonReconciler) {
+pub async fn hand_over<S: reconcile::StateStore>(settings: &Settings, reconciler: &Reconciler<S, Asterisk, AriTarget>) {
     use crate::asterisk::ari_config::{RECORD_FILE, handover};
     let (Some(ami), Some(ari)) = (&reconciler.asterisk, &settings.ari) else { return };
     let started_at = chrono::Utc::now();
@@ -534,7 +732,6 @@ pub async fn hand_over(settings: &Settings, reconciler: &DaemonReconciler) {
         reasons,
         rollback_failed: false,
     };
-    use crate::reconcile::StateStore as _;
     if let Err(e) = reconciler.store.commit(&run, &[], &[], &Default::default()).await {
         tracing::error!(error = %e, "could not record the hand-over");
     }

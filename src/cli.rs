@@ -525,7 +525,7 @@ async fn apply(global: &GlobalArgs, args: ApplyArgs) -> anyhow::Result<ExitCode>
     if let Some(desired) = for_followers {
         use crate::reconcile::AsteriskControl as _;
         use crate::reconcile::fleet::Followers as _;
-        let fleet = crate::app::fleet(&settings, &reconciler)?;
+        let fleet = crate::app::fleet(&settings, &reconciler, Default::default())?;
         let lead_reachable = match &reconciler.asterisk {
             Some(a) if r.outcome.is_failure() => a.ping().await.is_ok(),
             _ => true,

@@ -400,6 +400,8 @@ impl Default for ReconcileSettings {
 /// Everything the daemon and the commands run with, resolved.
 #[derive(Clone, Debug)]
 pub struct Settings {
+    /// This replica's name for leader election (`--instance-id`); `None`: host:pid and the listen address.
+    pub instance_id: Option<String>,
     pub spec_dir: PathBuf,
     pub state_dir: PathBuf,
     pub database_url: String,
@@ -494,6 +496,9 @@ pub struct Overrides {
     /// Seconds between fetches when no webhook arrives [default: 60].
     #[arg(long, global = true, env = "ASTERISK_GITOPS_GIT_INTERVAL", value_name = "SECS")]
     pub git_interval: Option<f64>,
+    /// This replica's name among the `serve` replicas on one PostgreSQL, as /status shows the leader's [default: host:pid listen-address].
+    #[arg(long, global = true, env = "ASTERISK_GITOPS_INSTANCE_ID", value_name = "NAME")]
+    pub instance_id: Option<String>,
 }
 
 /// How log lines are written (`--log-format`, ASTERISK_GITOPS_LOG_FORMAT).
@@ -778,6 +783,7 @@ impl Settings {
             users.push(UserToken { name: u.name, email: u.email, sha256 });
         }
         Ok(Settings {
+            instance_id: flags.instance_id.map(|s| s.trim().to_string()).filter(|s| !s.is_empty()),
             users,
             anonymous_read: file.anonymous_read.unwrap_or(true),
             sip_server: file.sip_server,
@@ -969,6 +975,16 @@ mod tests {
         assert_eq!(s.secrets.dir, PathBuf::from("extensions.d/secrets"));
         assert_eq!(s.secrets.env_pattern, "EXT_*");
         assert_eq!(s.managed_file_group, None);
+        assert_eq!(s.instance_id, None, "host:pid and the listen address, chosen by serve");
+    }
+
+    #[test]
+    fn the_instance_id_is_taken_trimmed_and_a_blank_one_is_the_default() {
+        let named = Overrides { instance_id: Some(" pbx-a ".into()), ..Default::default() };
+        let s = Settings::resolve(named, FileConfig::default(), &no_env).expect("resolves");
+        assert_eq!(s.instance_id.as_deref(), Some("pbx-a"));
+        let blank = Overrides { instance_id: Some("  ".into()), ..Default::default() };
+        assert_eq!(Settings::resolve(blank, FileConfig::default(), &no_env).expect("resolves").instance_id, None);
     }
 
     #[test]

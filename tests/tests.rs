@@ -18,6 +18,9 @@ mod http_api;
 // The state store on SQLite, and on PostgreSQL when DATABASE_URL points at one.
 mod db;
 
+// Leader election between serve replicas, and fencing, on the state store.
+mod leader;
+
 // AMI: the captured transcripts, the stand-in, faults and recovery.
 mod asterisk;
 

@@ -16,6 +16,7 @@
 //! together or not at all ([`Db::commit_run`]).
 
 pub mod calls;
+pub mod leader;
 pub mod read;
 
 use crate::core::plan::{self, Fields};
@@ -130,6 +131,10 @@ pub enum DbError {
     Unsupported(String),
     #[error("database: {0}")]
     Query(#[from] sqlx::Error),
+    #[error(
+        "this daemon no longer leads (its epoch {epoch} was superseded or its lock connection lost): the write was refused"
+    )]
+    Fenced { epoch: i64 },
 }
 
 /// A connection pool to one of the two backends.
@@ -383,6 +388,23 @@ impl Db {
         deletes: &[String],
         states: &StatusUpdate<'_>,
     ) -> Result<i64, DbError> {
+        self.commit_run_fenced(None, run, upserts, deletes, states).await
+    }
+
+    /// [`commit_run`](Db::commit_run), and with `fence` the leader's epoch
+    /// checked first in the same transaction (`leader::Fenced`): a commit
+    /// of a leader that was superseded is refused with
+    /// [`DbError::Fenced`] and writes nothing. The check updates the
+    /// leader row, so a new leader's take-over waits for this commit (or
+    /// this commit for it, and then finds the epoch changed).
+    pub async fn commit_run_fenced(
+        &self,
+        fence: Option<i64>,
+        run: &RunRecord,
+        upserts: &[AppliedRow<'_>],
+        deletes: &[String],
+        states: &StatusUpdate<'_>,
+    ) -> Result<i64, DbError> {
         let (creates, updates, deletes_n) = run.plan.as_ref().map_or((0, 0, 0), |p| {
             (
                 p.count(plan::Action::Create) as i64,
@@ -401,6 +423,16 @@ impl Db {
         let now = Utc::now();
         let id: i64 = on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
+            if let Some(epoch) = fence {
+                let held = sqlx::query("UPDATE leader SET epoch = epoch WHERE id = 1 AND epoch = $1")
+                    .bind(epoch)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                if held == 0 {
+                    return Err(DbError::Fenced { epoch });
+                }
+            }
             for chunk in deletes.chunks(500) {
                 let mut qb = sqlx::QueryBuilder::new("DELETE FROM extensions WHERE number IN (");
                 let mut sep = qb.separated(", ");

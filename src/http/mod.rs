@@ -71,6 +71,9 @@ pub struct AppState {
 /// The live parts the read routes use; each may be absent (tests, `plan`).
 #[derive(Clone, Default)]
 pub struct Live {
+    /// This replica's role among the `serve` replicas on one database
+    /// (`db::leader`); `None` (tests, `plan`): a process of its own, leading.
+    pub leader: Option<tokio::sync::watch::Receiver<crate::db::leader::Role>>,
     pub db: Option<crate::db::Db>,
     /// Its own AMI connection, apart from the reconciler's.
     pub asterisk: Option<Arc<crate::asterisk::Asterisk>>,

@@ -122,6 +122,9 @@ async fn metrics(State(state): State<AppState>, Database(db): Database) -> Resul
     for (status, n) in every_state(&counts) {
         let _ = writeln!(out, "asterisk_gitops_extensions{{status=\"{status}\"}} {n}");
     }
+    let _ = writeln!(out, "# HELP asterisk_gitops_leader Whether this replica leads (reconciles and logs calls).");
+    let _ = writeln!(out, "# TYPE asterisk_gitops_leader gauge");
+    let _ = writeln!(out, "asterisk_gitops_leader {}", u8::from(is_leader(&state)));
     let reconciling = db.status().await.map_err(internal)?.is_some_and(|r| r.reconciling);
     let _ = writeln!(out, "# HELP asterisk_gitops_reconciling Whether a reconcile run is under way.");
     let _ = writeln!(out, "# TYPE asterisk_gitops_reconciling gauge");
@@ -685,12 +688,18 @@ async fn status(State(state): State<AppState>, Database(db): Database) -> Result
     Ok(Json(status_view(&state, &db).await?))
 }
 
+/// Whether this replica leads (`db::leader`); a process without an election leads.
+pub(crate) fn is_leader(state: &AppState) -> bool {
+    state.live.leader.as_ref().is_none_or(|r| r.borrow().is_leader())
+}
+
 /// What /status answers (and the UI's overview shows): counts from the
 /// database, never every row.
 pub(crate) async fn status_view(state: &AppState, db: &Db) -> Result<StatusView, ApiError> {
     use std::sync::atomic::Ordering::Relaxed;
     let database = db.ping().await;
     let record = db.status().await.map_err(internal)?;
+    let leader = db.leader().await.map_err(internal)?;
     let runs = db.runs(5).await.map_err(internal)?;
     let counts = db.sync_counts().await.map_err(internal)?;
     let extensions: i64 = counts.values().sum();
@@ -770,6 +779,10 @@ pub(crate) async fn status_view(state: &AppState, db: &Db) -> Result<StatusView,
         vec![ready, reconcile]
     });
     Ok(StatusView {
+        leader: is_leader(state),
+        leader_id: leader.as_ref().map(|l| l.instance_id.clone()),
+        leader_since: leader.as_ref().map(|l| l.since),
+        leader_epoch: leader.as_ref().map(|l| l.epoch),
         ready: record.as_ref().map(|r| ReadyView {
             status: r.ready.clone(),
             reason: r.ready_reason.clone(),

@@ -91,6 +91,14 @@ pub struct CallLoggerView {
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StatusView {
+    /// Whether this replica leads (reconciles, logs calls); with SQLite always.
+    pub leader: bool,
+    /// The leading replica's instance id, as it recorded itself when it took over.
+    pub leader_id: Option<String>,
+    /// When that replica took over.
+    pub leader_since: Option<DateTime<Utc>>,
+    /// The leader's fencing epoch (incremented at each take-over).
+    pub leader_epoch: Option<i64>,
     pub ready: Option<ReadyView>,
     pub reconciling: bool,
     pub reconciling_step: Option<String>,

@@ -173,7 +173,7 @@ async fn a_git_push_and_its_webhook_reach_a_real_asterisk() {
     d.stop().await;
 }
 
-fn push(repo: &git2::Repository, text: &str, message: &str) -> String {
+pub(crate) fn push(repo: &git2::Repository, text: &str, message: &str) -> String {
     let root = repo.workdir().expect("workdir").to_path_buf();
     std::fs::create_dir_all(root.join("extensions.d")).expect("mkdir");
     std::fs::write(root.join("extensions.d/team.yaml"), text).expect("write");

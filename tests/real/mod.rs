@@ -14,6 +14,7 @@ mod contract;
 mod e2e;
 mod faults;
 mod handover;
+mod leader;
 mod live;
 mod nodes;
 mod options;
