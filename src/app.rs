@@ -2,8 +2,8 @@
 //! Asterisk port, the renderer, the reconciler, the HTTP state; and `serve`,
 //! which runs the reconcile loop and the HTTP server until SIGINT/SIGTERM.
 
-use crate::asterisk::ari_config::AriTarget;
 use crate::asterisk::managed::ManagedFile;
+use crate::asterisk::target::Live;
 use crate::asterisk::{AmiConfig, Asterisk};
 use crate::config::Settings;
 use crate::core::render::Renderer;
@@ -15,8 +15,9 @@ use crate::secret::ProcessSecrets;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// The daemon's reconciler: the database, AMI and, with `apply.target: ari`, ARI.
-pub type DaemonReconciler = Reconciler<Db, Asterisk, AriTarget>;
+/// The daemon's reconciler: the database, AMI and, with `apply.target: ari`
+/// or `realtime`, its live target.
+pub type DaemonReconciler = Reconciler<Db, Asterisk, Live>;
 
 /// The Asterisk port, when AMI is configured.
 pub fn asterisk(settings: &Settings) -> Option<Asterisk> {
@@ -39,7 +40,11 @@ pub fn reconciler(settings: &Settings, db: Db) -> anyhow::Result<DaemonReconcile
     let (managed_path, live) = match (settings.apply_target, &settings.ari) {
         (crate::config::ApplyTarget::Ari, Some(ari)) => (
             settings.state_dir.join(crate::asterisk::ari_config::RECORD_FILE),
-            Some(crate::asterisk::ari_config::LiveTarget::new(ari_client(ari)?)),
+            Some(Live::Ari(crate::asterisk::ari_config::LiveTarget::new(ari_client(ari)?))),
+        ),
+        (crate::config::ApplyTarget::Realtime, ari) => (
+            settings.state_dir.join(crate::asterisk::realtime::RECORD_FILE),
+            Some(Live::Realtime(realtime_target(settings, ari)?)),
         ),
         _ => (settings.managed_file.clone(), None),
     };
@@ -65,6 +70,19 @@ pub fn reconciler(settings: &Settings, db: Db) -> anyhow::Result<DaemonReconcile
         live,
         settled: Default::default(),
     })
+}
+
+/// The realtime target: its database (the URL is a secret: never printed)
+/// and, with ARI configured, Asterisk's validation and view of its objects.
+fn realtime_target(
+    settings: &Settings,
+    ari: &Option<crate::config::AriSettings>,
+) -> anyhow::Result<crate::asterisk::realtime::RealtimeTarget> {
+    let Some(url) = &settings.realtime_database_url else {
+        anyhow::bail!("apply.target realtime without a realtime database URL");
+    };
+    let client = ari.as_ref().map(ari_client).transpose()?;
+    Ok(crate::asterisk::realtime::RealtimeTarget::new(url, client)?)
 }
 
 /// Creates the state directory (database, git mirror, by default the
@@ -178,6 +196,13 @@ pub async fn run(
         }
     };
     let reconciler = Arc::new(reconciler(&settings, db.clone())?);
+    if let Some(rt) = reconciler.live.as_ref().and_then(Live::realtime) {
+        // At start: the tables must exist (each run checks the columns it writes).
+        match rt.store().schema().await {
+            Ok(_) => tracing::info!("the realtime tables are there"),
+            Err(e) => tracing::error!(error = %e, "the realtime target cannot write yet"),
+        }
+    }
     hand_over(&settings, &reconciler).await;
     let (source, target, interval) = match &settings.git {
         None => {
@@ -347,10 +372,10 @@ pub async fn run(
 
     // The ari target on a large estate: its pushed objects are read back in
     // the background, not by every run (`asterisk::ari_config::sweep`).
-    let sweeper = reconciler.live.is_some().then(|| {
+    let sweeper = reconciler.live.as_ref().and_then(Live::ari).is_some().then(|| {
         let (rec, triggers, stop) = (reconciler.clone(), handle.triggers.clone(), stopped(stop_rx.clone()));
         tokio::spawn(async move {
-            if let Some(live) = &rec.live {
+            if let Some(live) = rec.live.as_ref().and_then(Live::ari) {
                 let wake = || {
                     let _ = triggers.try_send(reconcile::Trigger::Drift);
                 };
@@ -383,7 +408,7 @@ pub async fn hand_over(settings: &Settings, reconciler: &DaemonReconciler) {
     let (Some(ami), Some(ari)) = (&reconciler.asterisk, &settings.ari) else { return };
     let started_at = chrono::Utc::now();
     let done = match (settings.apply_target, &reconciler.live) {
-        (crate::config::ApplyTarget::Ari, Some(live)) => {
+        (crate::config::ApplyTarget::Ari, Some(Live::Ari(live))) => {
             let managed = ManagedFile::new(&settings.managed_file).with_group(settings.managed_file_group);
             handover::to_ari(ami, &live.client, &managed, reconciler.managed.as_ref()).await
         }

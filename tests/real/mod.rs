@@ -3,7 +3,8 @@
 //! the HTTP API, faults, and contract tests that run one body on the
 //! stand-in and on the real Asterisk; and a real softphone (baresip), also
 //! behind NAT in network namespaces (`phones.rs`); and `apply.target: ari`
-//! on an Asterisk with the astdb sorcery wizard (`live.rs`). Under CI=true a missing
+//! on an Asterisk with the astdb sorcery wizard (`live.rs`); `apply.target:
+//! realtime` on an Asterisk reading PostgreSQL (`realtime.rs`). Under CI=true a missing
 //! Asterisk, sipp, baresip or network namespaces fails them; locally they
 //! print SKIPPED.
 
@@ -17,6 +18,7 @@ mod live;
 mod options;
 mod phones;
 mod profiles;
+mod realtime;
 mod status;
 
 // The harness (a daemon on a real Asterisk, waits, Asterisk's own view) is
