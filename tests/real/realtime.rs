@@ -209,6 +209,11 @@ async fn the_realtime_target_leaves_foreign_rows_alone_heals_its_own_and_fails_o
     assert_eq!(db.value("ps_endpoints", "2003", "id").await, None, "nothing of 2003 written");
     assert_eq!(db.value("ps_auths", "2003", "id").await, None, "nothing of 2003 written");
     assert!(endpoint(&ast, "2001").await.is_some(), "2001 live");
+    for table in ["ps_endpoints", "ps_auths", "ps_aors"] {
+        let sql = format!("select count(*) from {table} where id like 'asterisk-gitops-scratch-%'");
+        let left: i64 = sqlx::query_scalar(&sql).fetch_one(&db.pool).await.expect("count");
+        assert_eq!(left, 0, "no scratch object left in {table}");
+    }
 
     // 2002 and 2003 taken out of the specs: 2002's foreign row stays as it is.
     let before = d.last_run_id().await;
