@@ -293,7 +293,7 @@ impl crate::reconcile::LiveApply for RealtimeTarget {
             gone.sort();
             writes.push(Write { id: id.to_string(), rows, gone });
         }
-        let committed = self.store.write(&writes).await?;
+        let committed = self.store.write(&schema, &writes).await?;
         run.requests = committed.statements;
         for (id, why) in committed.conflicts {
             run.failures.insert(id, why);

@@ -135,12 +135,11 @@ impl Store {
     /// set is NULL), the types it no longer has deleted, the inventory
     /// kept with them. An extension with a row the inventory does not hold
     /// is a conflict and is not written at all. All or nothing.
-    pub(crate) async fn write(&self, writes: &[Write]) -> Result<Committed, RealtimeError> {
+    pub(crate) async fn write(&self, schema: &Schema, writes: &[Write]) -> Result<Committed, RealtimeError> {
         let mut out = Committed::default();
         if writes.is_empty() {
             return Ok(out);
         }
-        let schema = self.schema().await?;
         let mut tx = self.pool.begin().await.map_err(|e| self.err(e))?;
         sqlx::query("select pg_advisory_xact_lock($1)")
             .bind(WRITE_LOCK)
@@ -388,9 +387,11 @@ mod tests {
     #[tokio::test]
     async fn a_failure_in_the_middle_commits_nothing_and_only_inventory_rows_are_changed() {
         let Some((store, pool, name)) = fresh().await else { return };
+        let schema = store.schema().await.expect("the tables");
         // The second row is too long for Asterisk's callerid column: the statement fails after the first row.
         let long = "x".repeat(80);
-        let err = store.write(&[write("3001", "a", "ok"), write("3002", "a", &long)]).await.expect_err("too long");
+        let err =
+            store.write(&schema, &[write("3001", "a", "ok"), write("3002", "a", &long)]).await.expect_err("too long");
         assert!(err.to_string().contains("realtime database"), "{err}");
         assert_eq!(count(&pool, "select count(*) from ps_endpoints").await, 0, "no row written");
         assert_eq!(count(&pool, "select count(*) from asterisk_gitops_realtime").await, 0, "no inventory row");
@@ -400,7 +401,7 @@ mod tests {
             .execute(&pool)
             .await
             .expect("insert");
-        let done = store.write(&[write("3001", "a", "ok"), write("3002", "a", "ok")]).await.expect("writes");
+        let done = store.write(&schema, &[write("3001", "a", "ok"), write("3002", "a", "ok")]).await.expect("writes");
         assert_eq!(done.conflicts.keys().collect::<Vec<_>>(), ["3002"]);
         assert!(done.conflicts["3002"].contains("did not write"), "{:?}", done.conflicts);
         let theirs: String = sqlx::query_scalar("select context from ps_endpoints where id = '3002'")
@@ -414,7 +415,7 @@ mod tests {
         let gone =
             Write { id: "3001".into(), rows: Vec::new(), gone: vec!["endpoint".into(), "aor".into(), "auth".into()] };
         let stray = Write { id: "3999".into(), rows: Vec::new(), gone: vec!["endpoint".into()] };
-        store.write(&[gone, stray]).await.expect("deletes");
+        store.write(&schema, &[gone, stray]).await.expect("deletes");
         assert_eq!(count(&pool, "select count(*) from ps_endpoints where id = '3001'").await, 0);
         assert_eq!(count(&pool, "select count(*) from ps_endpoints where id = '3999'").await, 1, "never ours");
         assert_eq!(count(&pool, "select count(*) from asterisk_gitops_realtime").await, 0);
