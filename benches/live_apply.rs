@@ -16,6 +16,7 @@
 //!     cargo bench --bench live_apply            # N=10000
 //!     BENCH_N=1000 cargo bench --bench live_apply
 //!     BENCH_TARGETS=ari BENCH_RUNS=1 cargo bench --bench live_apply   # a quick look
+//!     BENCH_TARGETS=realtime DATABASE_URL=postgres://… cargo bench --bench live_apply
 #[path = "support/mod.rs"]
 mod support;
 
@@ -47,8 +48,11 @@ fn main() {
     // BENCH_TARGETS=ari (or file) and BENCH_RUNS=1 for a quick look; the figures in BENCHMARKS.md are both, three runs.
     let targets = std::env::var("BENCH_TARGETS").unwrap_or_else(|_| "file,ari".into());
     let runs: usize = std::env::var("BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(RUNS);
-    let mut all: Vec<(&str, Vec<Figures>)> =
-        ["file", "ari"].into_iter().filter(|t| targets.split(',').any(|x| x == *t)).map(|t| (t, Vec::new())).collect();
+    let mut all: Vec<(&str, Vec<Figures>)> = ["file", "ari", "realtime"]
+        .into_iter()
+        .filter(|t| targets.split(',').any(|x| x == *t))
+        .map(|t| (t, Vec::new()))
+        .collect();
     for run in 0..runs {
         for (target, figures) in all.iter_mut() {
             let f = rt.block_on(one_run(&build, n, run, target));
@@ -180,8 +184,17 @@ async fn recorded_after(http: &reqwest::Client, base: &str, before: i64) {
 
 async fn one_run(build: &asterisk_real::Build, n: usize, run: usize, target: &str) -> Figures {
     // The file target runs on Asterisk as it ships (file objects only); ari needs the astdb wizard.
+    // realtime: Asterisk reads a fresh PostgreSQL database (DATABASE_URL's server) made by `realtime init`.
     let name = format!("bench-live-{target}-{run}");
-    let opts = if target == "ari" { Options::live(&name).expect("sorcery snippet") } else { Options::named(&name) };
+    let realtime_url = if target == "realtime" { Some(realtime_database(&name).await) } else { None };
+    let opts = match (target, &realtime_url) {
+        ("ari", _) => Options::live(&name).expect("sorcery snippet"),
+        (_, Some(url)) => {
+            Options::realtime(&name, asterisk_real::RealtimeDb::from_url(url).expect("a postgres:// URL"))
+                .expect("realtime snippets")
+        }
+        _ => Options::named(&name),
+    };
     let ast = Asterisk::start(build, opts).await.expect("Asterisk starts");
     let dir = tempfile::tempdir().expect("tempdir");
     let specs = dir.path().join("extensions.d");
@@ -190,8 +203,13 @@ async fn one_run(build: &asterisk_real::Build, n: usize, run: usize, target: &st
         &ast,
         &dir.path().join("state"),
         &specs,
-        support::DaemonOptions { ari: true, target: Some(target), token: Some(TOKEN) },
+        support::DaemonOptions { ari: true, target: (target != "realtime").then_some(target), token: Some(TOKEN) },
     );
+    let mut settings = settings;
+    if let Some(url) = &realtime_url {
+        settings.apply_target = asterisk_gitops::config::ApplyTarget::Realtime;
+        settings.realtime_database_url = Some(asterisk_gitops::config::SecretString::new(url));
+    }
     let probe = client(&ast);
     let last = (100_000 + n - 1).to_string();
 
@@ -251,6 +269,26 @@ async fn one_run(build: &asterisk_real::Build, n: usize, run: usize, target: &st
     let _ = task.await;
     probe.close().await;
     Figures { cold, saved, api, noop_first, noop }
+}
+
+/// A fresh database on DATABASE_URL's server with the realtime tables (`realtime init`'s DDL).
+async fn realtime_database(name: &str) -> String {
+    let server =
+        std::env::var("DATABASE_URL").expect("the realtime target's benchmark needs DATABASE_URL (PostgreSQL)");
+    let db = format!("bench_rt_{}_{}", std::process::id(), name.replace('-', "_"));
+    let admin = sqlx::PgPool::connect(&server).await.expect("PostgreSQL answers");
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).execute(&admin).await.expect("drop");
+    sqlx::query(&format!("CREATE DATABASE {db}")).execute(&admin).await.expect("create database");
+    admin.close().await;
+    let base = server.rsplit_once('/').map_or(server.as_str(), |(b, _)| b);
+    let url = format!("{base}/{db}");
+    let store = asterisk_gitops::asterisk::realtime::store::Store::lazy(&asterisk_gitops::config::SecretString::new(
+        url.clone(),
+    ))
+    .expect("a pool");
+    store.init().await.expect("realtime init");
+    store.pool().close().await;
+    url
 }
 
 async fn noop_run(http: &reqwest::Client, base: &str) -> Duration {

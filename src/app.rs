@@ -2,8 +2,8 @@
 //! Asterisk port, the renderer, the reconciler, the HTTP state; and `serve`,
 //! which runs the reconcile loop and the HTTP server until SIGINT/SIGTERM.
 
-use crate::asterisk::ari_config::AriTarget;
 use crate::asterisk::managed::ManagedFile;
+use crate::asterisk::target::Live;
 use crate::asterisk::{AmiConfig, Asterisk};
 use crate::config::Settings;
 use crate::core::render::Renderer;
@@ -15,8 +15,9 @@ use crate::secret::ProcessSecrets;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// The daemon's reconciler: the database, AMI and, with `apply.target: ari`, ARI.
-pub type DaemonReconciler = Reconciler<Db, Asterisk, AriTarget>;
+/// The daemon's reconciler: the database, AMI and, with `apply.target: ari`
+/// or `realtime`, its live target.
+pub type DaemonReconciler = Reconciler<Db, Asterisk, Live>;
 
 /// The Asterisk port, when AMI is configured (the first node's with `nodes:`).
 pub fn asterisk(settings: &Settings) -> Option<Asterisk> {
@@ -40,17 +41,23 @@ pub fn node_asterisk(a: &crate::config::AmiSettings) -> Asterisk {
 /// state directory. The renderer is the lead's (one catalogue).
 pub fn fleet<S: reconcile::StateStore>(
     settings: &Settings,
-    lead: &Reconciler<S, Asterisk, AriTarget>,
+    lead: &Reconciler<S, Asterisk, Live>,
     applies: reconcile::fleet::NodeApplies,
-) -> anyhow::Result<reconcile::fleet::Fleet<Asterisk, AriTarget>> {
+) -> anyhow::Result<reconcile::fleet::Fleet<Asterisk, Live>> {
     let mut followers = Vec::new();
-    for node in settings.nodes.iter().skip(1) {
+    // With the realtime target one commit serves every node: nothing is
+    // applied to the others (they read the same tables).
+    let others = match settings.apply_target {
+        crate::config::ApplyTarget::Realtime => &[][..],
+        _ => settings.nodes.get(1..).unwrap_or_default(),
+    };
+    for node in others {
         let (managed_path, live) = match (settings.apply_target, &node.ari) {
             (crate::config::ApplyTarget::Ari, Some(ari)) => {
                 state_dir(&node.state_dir)?;
                 (
                     node.state_dir.join(crate::asterisk::ari_config::RECORD_FILE),
-                    Some(crate::asterisk::ari_config::LiveTarget::new(ari_client(ari)?)),
+                    Some(Live::Ari(crate::asterisk::ari_config::LiveTarget::new(ari_client(ari)?))),
                 )
             }
             _ => {
@@ -96,13 +103,17 @@ pub fn reconciler_on<S: reconcile::StateStore>(
     settings: &Settings,
     store: S,
     renderer: Arc<Renderer>,
-) -> anyhow::Result<Reconciler<S, Asterisk, AriTarget>> {
+) -> anyhow::Result<Reconciler<S, Asterisk, Live>> {
     // With the ari target the reconciler's file is the record of what was
     // pushed, in the state directory: Asterisk must not read it.
     let (managed_path, live) = match (settings.apply_target, &settings.ari) {
         (crate::config::ApplyTarget::Ari, Some(ari)) => (
             settings.state_dir.join(crate::asterisk::ari_config::RECORD_FILE),
-            Some(crate::asterisk::ari_config::LiveTarget::new(ari_client(ari)?)),
+            Some(Live::Ari(crate::asterisk::ari_config::LiveTarget::new(ari_client(ari)?))),
+        ),
+        (crate::config::ApplyTarget::Realtime, ari) => (
+            settings.state_dir.join(crate::asterisk::realtime::RECORD_FILE),
+            Some(Live::Realtime(realtime_target(settings, ari)?)),
         ),
         _ => (settings.managed_file.clone(), None),
     };
@@ -128,6 +139,19 @@ pub fn reconciler_on<S: reconcile::StateStore>(
         live,
         settled: Default::default(),
     })
+}
+
+/// The realtime target: its database (the URL is a secret: never printed)
+/// and, with ARI configured, Asterisk's validation and view of its objects.
+fn realtime_target(
+    settings: &Settings,
+    ari: &Option<crate::config::AriSettings>,
+) -> anyhow::Result<crate::asterisk::realtime::RealtimeTarget> {
+    let Some(url) = &settings.realtime_database_url else {
+        anyhow::bail!("apply.target realtime without a realtime database URL");
+    };
+    let client = ari.as_ref().map(ari_client).transpose()?;
+    Ok(crate::asterisk::realtime::RealtimeTarget::new(url, client)?)
 }
 
 /// Creates the state directory (database, git mirror, by default the
@@ -444,9 +468,9 @@ struct Term {
     triggers: tokio::sync::mpsc::Sender<reconcile::Trigger>,
     stop: tokio::sync::watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
-    reconciler: Arc<Reconciler<crate::db::leader::Fenced, Asterisk, AriTarget>>,
+    reconciler: Arc<Reconciler<crate::db::leader::Fenced, Asterisk, Live>>,
     /// The nodes after the first (`nodes:`), applied to after each run.
-    fleet: Arc<reconcile::fleet::Fleet<Asterisk, AriTarget>>,
+    fleet: Arc<reconcile::fleet::Fleet<Asterisk, Live>>,
 }
 
 impl Term {
@@ -572,6 +596,13 @@ fn start_term(
             stopped(stop_rx.clone()),
         );
         tasks.push(tokio::spawn(async move {
+            if let Some(rt) = rec.live.as_ref().and_then(Live::realtime) {
+                // At the start of a term: the tables must exist (each run checks the columns it writes).
+                match rt.store().schema().await {
+                    Ok(_) => tracing::info!("the realtime tables are there"),
+                    Err(e) => tracing::error!(error = %e, "the realtime target cannot write yet"),
+                }
+            }
             hand_over(&settings, &rec).await;
             reconcile::run_loop_with(rec, fleet, source, cfg, handle, rx, stop).await;
         }));
@@ -589,10 +620,10 @@ fn start_term(
     tasks.extend(call_loggers(settings, &leading.db, leading.calls.as_ref(), &stop_rx));
     // The ari target on a large estate: its pushed objects are read back in
     // the background, not by every run (`asterisk::ari_config::sweep`).
-    if reconciler.live.is_some() {
+    if reconciler.live.as_ref().and_then(Live::ari).is_some() {
         let (rec, triggers, stop) = (reconciler.clone(), tx.clone(), stopped(stop_rx.clone()));
         tasks.push(tokio::spawn(async move {
-            if let Some(live) = &rec.live {
+            if let Some(live) = rec.live.as_ref().and_then(Live::ari) {
                 let wake = || {
                     let _ = triggers.try_send(reconcile::Trigger::Drift);
                 };
@@ -675,12 +706,12 @@ fn call_loggers(
 /// the managed file still defines move into the astdb wizard; with `file`,
 /// what the record says was pushed moves back into the managed file. What it
 /// did is recorded as a run of its own (trigger `startup`, no plan).
-pub async fn hand_over<S: reconcile::StateStore>(settings: &Settings, reconciler: &Reconciler<S, Asterisk, AriTarget>) {
+pub async fn hand_over<S: reconcile::StateStore>(settings: &Settings, reconciler: &Reconciler<S, Asterisk, Live>) {
     use crate::asterisk::ari_config::{RECORD_FILE, handover};
     let (Some(ami), Some(ari)) = (&reconciler.asterisk, &settings.ari) else { return };
     let started_at = chrono::Utc::now();
     let done = match (settings.apply_target, &reconciler.live) {
-        (crate::config::ApplyTarget::Ari, Some(live)) => {
+        (crate::config::ApplyTarget::Ari, Some(Live::Ari(live))) => {
             let managed = ManagedFile::new(&settings.managed_file).with_group(settings.managed_file_group);
             handover::to_ari(ami, &live.client, &managed, reconciler.managed.as_ref()).await
         }

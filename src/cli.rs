@@ -118,6 +118,22 @@ pub enum Command {
     /// Write the declared extensions out in another form.
     #[command(subcommand)]
     Export(ExportCommand),
+    /// The realtime apply target's database.
+    #[command(subcommand)]
+    Realtime(RealtimeCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RealtimeCommand {
+    /// Create Asterisk 22's realtime tables (ps_endpoints, ps_auths,
+    /// ps_aors, with the columns Asterisk's own migrations give them) and
+    /// the daemon's inventory, where they do not exist. Tables that exist
+    /// are left as they are.
+    ///
+    /// The database is the realtime target's: ASTERISK_GITOPS_REALTIME_DATABASE_URL,
+    /// else `apply.realtime.databaseUrl`, else the daemon's own PostgreSQL
+    /// (`--database-url`, DATABASE_URL).
+    Init,
 }
 
 #[derive(Debug, Subcommand)]
@@ -434,7 +450,28 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Status(args) => runtime()?.block_on(status(&cli.global, args)),
+        Command::Realtime(RealtimeCommand::Init) => runtime()?.block_on(realtime_init(&cli.global)),
     }
+}
+
+/// `realtime init`: the realtime target's tables, created where missing.
+async fn realtime_init(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
+    let file = match &global.config {
+        Some(path) => FileConfig::load(path)?,
+        None => FileConfig::default(),
+    };
+    let flags = config::Overrides { apply_target: Some("realtime".into()), ..global.overrides.clone() };
+    let settings = Settings::resolve(flags, file, &config::process_env)?;
+    let Some(url) = &settings.realtime_database_url else { anyhow::bail!("no realtime database URL") };
+    let target = crate::asterisk::realtime::store::Store::lazy(url)?;
+    target.init().await?;
+    target.schema().await?;
+    println!(
+        "the realtime tables (ps_endpoints, ps_auths, ps_aors) and the inventory ({}) are in {}",
+        crate::asterisk::realtime::INVENTORY,
+        secret::redact_url(url.expose())
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -98,8 +98,19 @@ pub struct NodeSettings {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ApplyFileConfig {
-    /// `file` (the managed file and a reload; the default) or `ari`.
+    /// `file` (the managed file and a reload; the default), `ari` or `realtime`.
     pub target: Option<String>,
+    /// The `realtime` target's database (`apply.realtime`).
+    pub realtime: Option<RealtimeFileConfig>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RealtimeFileConfig {
+    /// The PostgreSQL database holding Asterisk's `ps_endpoints`,
+    /// `ps_auths` and `ps_aors` (or ASTERISK_GITOPS_REALTIME_DATABASE_URL);
+    /// default: the daemon's own PostgreSQL database.
+    pub database_url: Option<SecretString>,
 }
 
 /// How desired objects reach Asterisk.
@@ -111,6 +122,10 @@ pub enum ApplyTarget {
     /// Each changed extension's auth, aor and endpoint pushed through ARI's
     /// dynamic configuration into the astdb sorcery wizard: no reload.
     Ari,
+    /// Each changed extension's rows written into Asterisk's realtime
+    /// tables (`ps_endpoints`, `ps_auths`, `ps_aors`) in PostgreSQL, in one
+    /// transaction per run: no reload, no push.
+    Realtime,
 }
 
 impl ApplyTarget {
@@ -118,6 +133,7 @@ impl ApplyTarget {
         match s.trim() {
             "file" => Some(ApplyTarget::File),
             "ari" => Some(ApplyTarget::Ari),
+            "realtime" => Some(ApplyTarget::Realtime),
             _ => None,
         }
     }
@@ -126,6 +142,7 @@ impl ApplyTarget {
         match self {
             ApplyTarget::File => "file",
             ApplyTarget::Ari => "ari",
+            ApplyTarget::Realtime => "realtime",
         }
     }
 }
@@ -440,6 +457,9 @@ pub struct Settings {
     pub nodes: Vec<NodeSettings>,
     /// Whether the config file has `nodes:` (else the one node is the top-level `ami`/`ari`).
     pub nodes_configured: bool,
+    /// The realtime tables' database (`apply.realtime.databaseUrl`, or the
+    /// daemon's own PostgreSQL); `None` unless the target is `realtime`.
+    pub realtime_database_url: Option<SecretString>,
 }
 
 /// What the command line said: the flags shared by the commands that need
@@ -478,8 +498,8 @@ pub struct Overrides {
     /// The ARI user (its password: ASTERISK_GITOPS_ARI_PASSWORD or the config file).
     #[arg(long, global = true, env = "ASTERISK_GITOPS_ARI_USER", value_name = "NAME")]
     pub ari_user: Option<String>,
-    /// How changes reach Asterisk: `file` (the managed file and a reload) or `ari` (pushed through ARI's dynamic configuration, no reload) [default: file].
-    #[arg(long, global = true, env = "ASTERISK_GITOPS_APPLY_TARGET", value_name = "file|ari")]
+    /// How changes reach Asterisk: `file` (the managed file and a reload), `ari` (pushed through ARI's dynamic configuration, no reload) or `realtime` (rows in Asterisk's realtime tables in PostgreSQL) [default: file].
+    #[arg(long, global = true, env = "ASTERISK_GITOPS_APPLY_TARGET", value_name = "file|ari|realtime")]
     pub apply_target: Option<String>,
     /// Serve no write routes and no edit controls.
     #[arg(long, global = true, env = "ASTERISK_GITOPS_READ_ONLY")]
@@ -750,10 +770,11 @@ impl Settings {
             ),
         };
 
-        let target_text = flags.apply_target.or(file.apply.and_then(|a| a.target)).unwrap_or_else(|| "file".into());
+        let apply_file = file.apply.unwrap_or_default();
+        let target_text = flags.apply_target.or(apply_file.target).unwrap_or_else(|| "file".into());
         let apply_target = ApplyTarget::parse(&target_text).ok_or_else(|| ConfigError::Invalid {
             what: "apply.target",
-            message: format!("{target_text:?}: use file or ari"),
+            message: format!("{target_text:?}: use file, ari or realtime"),
         })?;
         if let Some(n) = nodes.iter().find(|n| apply_target == ApplyTarget::Ari && n.ari.is_none()) {
             return Err(ConfigError::Invalid {
@@ -761,6 +782,15 @@ impl Settings {
                 message: format!("ari pushes through ARI, which node {} has no `ari:` for", n.name),
             });
         }
+        let realtime_database_url = if apply_target == ApplyTarget::Realtime {
+            Some(realtime_url(
+                env("ASTERISK_GITOPS_REALTIME_DATABASE_URL"),
+                apply_file.realtime.and_then(|r| r.database_url),
+                &database_url,
+            )?)
+        } else {
+            None
+        };
         if apply_target == ApplyTarget::Ari && ari.is_none() {
             return Err(ConfigError::Invalid {
                 what: "apply.target",
@@ -799,6 +829,7 @@ impl Settings {
             secrets_dir_configured,
             managed_file_group,
             apply_target,
+            realtime_database_url,
             state_dir,
             database_url,
             managed_file,
@@ -885,6 +916,32 @@ fn resolve_ari(
     let timeout = Duration::from_secs_f64(ari_file.timeout.unwrap_or(5.0).clamp(0.1, 600.0));
     let app = ari_file.app.unwrap_or_else(|| "callcenter".into());
     Ok(Some(AriSettings { url, user, password, app, timeout, calls }))
+}
+
+/// The realtime target's database: the variable, the config file, else the
+/// daemon's own database when that is PostgreSQL.
+fn realtime_url(env: Option<String>, file: Option<SecretString>, own: &str) -> Result<SecretString, ConfigError> {
+    let what = "apply.realtime.databaseUrl";
+    let url = match env.map(SecretString::new).or(file) {
+        Some(url) => url,
+        None if own.starts_with("postgres://") || own.starts_with("postgresql://") => {
+            SecretString::new(own.to_string())
+        }
+        None => {
+            return Err(ConfigError::Invalid {
+                what,
+                message: "the realtime target writes Asterisk's tables in PostgreSQL and the daemon's own database is not PostgreSQL: set apply.realtime.databaseUrl or ASTERISK_GITOPS_REALTIME_DATABASE_URL".into(),
+            });
+        }
+    };
+    let text = url.expose().trim();
+    if !(text.starts_with("postgres://") || text.starts_with("postgresql://")) {
+        return Err(ConfigError::Invalid {
+            what,
+            message: format!("{}: the realtime tables live in PostgreSQL (postgres://…)", redact_url(text)),
+        });
+    }
+    Ok(url)
 }
 
 fn secret_from(
@@ -1044,7 +1101,26 @@ mod tests {
         assert_eq!(Settings::resolve(flags, file, &no_env).expect("resolves").apply_target, ApplyTarget::Ari);
         let flags = Overrides { apply_target: Some("reload".into()), ..Default::default() };
         let err = Settings::resolve(flags, FileConfig::default(), &no_env).expect_err("unknown target");
-        assert!(err.to_string().contains("\"reload\": use file or ari"), "{err}");
+        assert!(err.to_string().contains("\"reload\": use file, ari or realtime"), "{err}");
+    }
+
+    #[test]
+    fn the_realtime_target_takes_its_own_url_or_the_daemons_postgresql_and_never_sqlite() {
+        let flags = || Overrides { apply_target: Some("realtime".into()), ..Default::default() };
+        let err = Settings::resolve(flags(), FileConfig::default(), &no_env).expect_err("SQLite and no URL");
+        assert!(err.to_string().contains("apply.realtime.databaseUrl"), "{err}");
+        let own = Overrides { database_url: Some("postgres://gitops:pw1@db/gitops".into()), ..flags() };
+        let s = Settings::resolve(own, FileConfig::default(), &no_env).expect("resolves");
+        assert_eq!(s.realtime_database_url.expect("set").expose(), "postgres://gitops:pw1@db/gitops");
+        let file: FileConfig =
+            serde_yaml::from_str("apply: {realtime: {databaseUrl: 'postgres://rt:pw2@db/asterisk'}}\n")
+                .expect("parses");
+        let s = Settings::resolve(flags(), file, &no_env).expect("resolves");
+        assert_eq!(s.realtime_database_url.as_ref().expect("set").expose(), "postgres://rt:pw2@db/asterisk");
+        assert!(!format!("{s:?}").contains("pw2"), "the URL is never printed");
+        let env = |k: &str| (k == "ASTERISK_GITOPS_REALTIME_DATABASE_URL").then(|| "mysql://rt:pw3@db/x".to_string());
+        let err = Settings::resolve(flags(), FileConfig::default(), &env).expect_err("not PostgreSQL");
+        assert!(err.to_string().contains("PostgreSQL") && !err.to_string().contains("pw3"), "{err}");
     }
 
     #[test]

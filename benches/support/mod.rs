@@ -80,7 +80,7 @@ pub fn daemon_settings(
             timeout: Some(30.0),
             ..Default::default()
         }),
-        apply: o.target.map(|t| ApplyFileConfig { target: Some(t.into()) }),
+        apply: o.target.map(|t| ApplyFileConfig { target: Some(t.into()), ..Default::default() }),
         admin_token: o.token.map(SecretString::new),
         ..Default::default()
     };

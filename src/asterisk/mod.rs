@@ -14,6 +14,8 @@ pub mod ari;
 pub mod ari_config;
 pub mod cel;
 pub mod managed;
+pub mod realtime;
+pub mod target;
 
 use crate::core::plan::ObservedEndpoint;
 use crate::reconcile::{AsteriskControl, Backoff, BackoffConfig};

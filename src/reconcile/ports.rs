@@ -113,6 +113,10 @@ pub trait LiveApply: Send + Sync {
     /// Drift in what was pushed: a batch read back, and the keys of the
     /// astdb family no record holds.
     fn drift(&self, record: &str, astdb_keys: &[String]) -> impl Future<Output = Vec<Drift>> + Send;
+    /// How a run's reasons say the changes reached Asterisk.
+    fn applied_how(&self) -> &'static str {
+        "pushed through ARI (no reload)"
+    }
     /// Whether the next drift check lists the astdb family for orphans.
     fn sweep_starts(&self) -> bool;
     /// Whether a run with nothing to change reads Asterisk's endpoint list.

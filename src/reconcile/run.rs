@@ -991,7 +991,8 @@ impl<S: StateStore, A: AsteriskControl, L: LiveApply> Reconciler<S, A, L> {
         });
         tracing::debug!(push_ms = ms(took), record_ms = ms(recording.elapsed()), "pushed");
         out.reasons.push(format!(
-            "pushed through ARI (no reload): {} extension(s) live and verified from Asterisk's answers, {} refused; {} request(s) in {} ms",
+            "{}: {} extension(s) live and verified from Asterisk's answers, {} refused; {} request(s) in {} ms",
+            live.applied_how(),
             run.pushed.len(),
             run.failures.len(),
             run.requests,

@@ -313,7 +313,7 @@ async fn an_object_whose_file_copy_asterisk_refuses_keeps_its_astdb_copy_and_the
     let ids = ["2001", "2002"];
     let team: Vec<(&str, &str)> = ids.iter().map(|i| (*i, "Agent")).collect();
     let mut d = Daemon::start_with(&ast, Store::Sqlite, Source::Dir, &spec(&team), |f| {
-        f.apply = Some(asterisk_gitops::config::ApplyFileConfig { target: Some("ari".into()) });
+        f.apply = Some(asterisk_gitops::config::ApplyFileConfig { target: Some("ari".into()), ..Default::default() });
     })
     .await;
     for id in ids {

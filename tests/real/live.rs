@@ -15,7 +15,7 @@ const LIVE: Duration = Duration::from_secs(30);
 const MD5: &str = "0123456789abcdef0123456789abcdef";
 
 fn ari_target(f: &mut FileConfig) {
-    f.apply = Some(ApplyFileConfig { target: Some("ari".into()) });
+    f.apply = Some(ApplyFileConfig { target: Some("ari".into()), ..Default::default() });
 }
 
 async fn live_asterisk(build: &asterisk_real::Build, name: &str) -> Asterisk {

@@ -4,7 +4,8 @@
 //! stand-in and on the real Asterisk; and a real softphone (baresip), also
 //! behind NAT in network namespaces (`phones.rs`); and `apply.target: ari`
 //! on an Asterisk with the astdb sorcery wizard (`live.rs`); one daemon on
-//! three Asterisk servers (`nodes.rs`). Under CI=true a missing
+//! three Asterisk servers (`nodes.rs`); `apply.target: realtime` on an
+//! Asterisk reading PostgreSQL (`realtime.rs`). Under CI=true a missing
 //! Asterisk, sipp, baresip or network namespaces fails them; locally they
 //! print SKIPPED.
 
@@ -20,6 +21,7 @@ mod nodes;
 mod options;
 mod phones;
 mod profiles;
+mod realtime;
 mod status;
 
 // The harness (a daemon on a real Asterisk, waits, Asterisk's own view) is

@@ -171,6 +171,42 @@ pub struct Options {
     /// 20, a range of this size from 40000 up, shared by instances that ask
     /// for as many (Asterisk tries another port when one is taken).
     pub rtp_ports: u16,
+    /// Read PJSIP endpoints, auths and aors from this PostgreSQL database
+    /// (`apply.target: realtime`): res_pgsql.conf, extconfig.conf and
+    /// sorcery.conf from `examples/asterisk/*realtime*` and its neighbours.
+    pub realtime: Option<RealtimeDb>,
+}
+
+/// A PostgreSQL database Asterisk reads its realtime tables from.
+#[derive(Clone, Debug)]
+pub struct RealtimeDb {
+    pub host: String,
+    pub port: u16,
+    pub dbname: String,
+    pub user: String,
+    pub password: String,
+}
+
+impl RealtimeDb {
+    /// From a `postgres://user[:password]@host[:port]/dbname` URL.
+    pub fn from_url(url: &str) -> Option<RealtimeDb> {
+        let rest = url.strip_prefix("postgres://").or_else(|| url.strip_prefix("postgresql://"))?;
+        let (auth, rest) = rest.rsplit_once('@')?;
+        let (user, password) = auth.split_once(':').unwrap_or((auth, ""));
+        let (hostport, dbname) = rest.split_once('/')?;
+        let dbname = dbname.split('?').next()?;
+        let (host, port) = match hostport.rsplit_once(':') {
+            Some((h, p)) => (h, p.parse().ok()?),
+            None => (hostport, 5432),
+        };
+        Some(RealtimeDb {
+            host: host.into(),
+            port,
+            dbname: dbname.into(),
+            user: user.into(),
+            password: password.into(),
+        })
+    }
 }
 
 /// Where an instance runs when it is not on loopback: inside the network
@@ -206,7 +242,17 @@ impl Options {
             trunk: true,
             netns: None,
             rtp_ports: 20,
+            realtime: None,
         }
+    }
+
+    /// An instance set up for the realtime target, reading `db`.
+    pub fn realtime(name: &str, db: RealtimeDb) -> std::io::Result<Options> {
+        Ok(Options {
+            sorcery: read_example("examples/asterisk/sorcery.conf.realtime.snippet")?,
+            realtime: Some(db),
+            ..Options::named(name)
+        })
     }
 }
 
@@ -439,6 +485,21 @@ impl Asterisk {
         w("pjsip_wizard.conf", String::new())?;
         if !opts.sorcery.is_empty() {
             w("sorcery.conf", opts.sorcery.clone())?;
+        }
+        if let Some(db) = &opts.realtime {
+            w("extconfig.conf", read_example("examples/asterisk/extconfig.conf.snippet")?)?;
+            let f = "examples/asterisk/res_pgsql.conf.snippet";
+            let mut pg = read_example(f)?;
+            for (from, to) in [
+                ("dbhost = 127.0.0.1", format!("dbhost = {}", db.host)),
+                ("dbport = 5432", format!("dbport = {}", db.port)),
+                ("dbname = asterisk", format!("dbname = {}", db.dbname)),
+                ("dbuser = asterisk", format!("dbuser = {}", db.user)),
+                ("dbpass = CHANGE-ME-database-password", format!("dbpass = {}", db.password)),
+            ] {
+                pg = must_replace(&pg, from, &to, f)?;
+            }
+            w("res_pgsql.conf", pg)?;
         }
         std::fs::write(self.managed_file(), &opts.managed)?;
         Ok(())

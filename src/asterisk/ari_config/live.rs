@@ -343,6 +343,36 @@ impl<D: DynamicConfig> LiveTarget<D> {
         Ok(d)
     }
 
+    /// Asterisk's own validation of one object without touching any object
+    /// of `id`: the fields PUT on a scratch object (an endpoint's pointing at
+    /// a scratch auth that never exists), deleted at once. A refusal names
+    /// the field Asterisk refuses (tried one by one) and never a secret.
+    pub async fn validate(&self, kind: &str, id: &str, fields: &[(String, String)]) -> Result<(), PushError> {
+        let scratch = scratch_id();
+        let mut sent: Vec<(String, String)> = fields.to_vec();
+        if kind == "endpoint" && !sent.iter().any(|(k, _)| k == "auth") {
+            sent.insert(0, ("auth".into(), scratch.clone()));
+        }
+        match self.client.put(kind, &scratch, &sent).await {
+            Ok(_) => {
+                if let Err(e) = self.client.delete(kind, &scratch).await {
+                    tracing::warn!(kind, id = scratch, "deleting a scratch object failed: {e}");
+                }
+                Ok(())
+            }
+            // Valid, but no wizard stored it (Asterisk validates before it
+            // creates): with the realtime wizard first, res_config_pgsql's
+            // INSERT fails on Asterisk's own schema (it does not quote the
+            // `100rel` column), so the scratch object never reaches a table.
+            Err(AriError::Status { status: 403, .. }) => Ok(()),
+            Err(AriError::Status { status: 400, message, .. }) => {
+                let culprit = self.culprit(kind, fields).await;
+                Err(PushError::Refused { kind: kind.to_string(), id: id.to_string(), message, culprit })
+            }
+            Err(e) => Err(PushError::Put { kind: kind.to_string(), id: id.to_string(), source: e }),
+        }
+    }
+
     /// Which field of a refused object Asterisk refuses (it does not say):
     /// each field alone on a scratch object, deleted afterwards.
     async fn culprit(&self, kind: &str, fields: &[(String, String)]) -> Option<String> {
@@ -356,6 +386,8 @@ impl<D: DynamicConfig> LiveTarget<D> {
             }
             match self.client.put(kind, &id, &one).await {
                 Ok(_) => created = true,
+                // Valid, stored nowhere (see `validate`).
+                Err(AriError::Status { status: 403, .. }) => {}
                 Err(AriError::Status { status: 400, .. }) => {
                     found = Some(shown(k, v));
                     break;

@@ -243,10 +243,21 @@ fn lock_known<D>(target: &LiveTarget<D>) -> std::sync::MutexGuard<'_, Option<Kno
 /// with a rendering as text. With `remember`, the objects are kept for
 /// [`excerpt`] and [`splice`].
 pub fn canonical<D>(target: &LiveTarget<D>, rendered: &str, remember: bool) -> Result<String, ApplyError> {
-    let groups = sections::by_id(sections::parse(rendered).map_err(ApplyError::Unreadable)?);
-    let text = sections::write(RECORD_HEADER, &groups);
+    canonical_in(&target.known, RECORD_HEADER, rendered, remember).map_err(ApplyError::Unreadable)
+}
+
+/// [`canonical`] for any live target that keeps a [`Known`] record (the
+/// realtime target too), under its own `header`.
+pub fn canonical_in(
+    known: &std::sync::Mutex<Option<Known>>,
+    header: &str,
+    rendered: &str,
+    remember: bool,
+) -> Result<String, SectionError> {
+    let groups = sections::by_id(sections::parse(rendered)?);
+    let text = sections::write(header, &groups);
     if remember {
-        *lock_known(target) = Some(Known { hash: fingerprint(&text), groups });
+        *known.lock().unwrap_or_else(|p| p.into_inner()) = Some(Known { hash: fingerprint(&text), groups });
     }
     Ok(text)
 }
@@ -254,18 +265,39 @@ pub fn canonical<D>(target: &LiveTarget<D>, rendered: &str, remember: bool) -> R
 /// The objects of `ids` in the remembered record `record` (its
 /// fingerprint), as a record of their own.
 pub fn excerpt<D>(target: &LiveTarget<D>, record: u64, ids: &BTreeSet<String>) -> Option<String> {
-    let known = lock_known(target);
+    excerpt_in(&target.known, RECORD_HEADER, record, ids)
+}
+
+/// [`excerpt`] of any [`Known`] record.
+pub fn excerpt_in(
+    known: &std::sync::Mutex<Option<Known>>,
+    header: &str,
+    record: u64,
+    ids: &BTreeSet<String>,
+) -> Option<String> {
+    let known = known.lock().unwrap_or_else(|p| p.into_inner());
     let k = known.as_ref().filter(|k| k.hash == record)?;
     let part: BTreeMap<String, Vec<Section>> =
         ids.iter().filter_map(|id| k.groups.get(id).map(|g| (id.clone(), g.clone()))).collect();
-    Some(sections::write(RECORD_HEADER, &part))
+    Some(sections::write(header, &part))
 }
 
 /// The remembered record `record` with the objects of `ids` replaced by
 /// those of `part` (an id `part` lacks is gone; objects of other ids in
 /// `part` are ignored): the new whole record, remembered in its place.
 pub fn splice<D>(target: &LiveTarget<D>, record: u64, ids: &BTreeSet<String>, part: &str) -> Option<String> {
-    let mut known = lock_known(target);
+    splice_in(&target.known, RECORD_HEADER, record, ids, part)
+}
+
+/// [`splice`] into any [`Known`] record.
+pub fn splice_in(
+    known: &std::sync::Mutex<Option<Known>>,
+    header: &str,
+    record: u64,
+    ids: &BTreeSet<String>,
+    part: &str,
+) -> Option<String> {
+    let mut known = known.lock().unwrap_or_else(|p| p.into_inner());
     let k = known.as_mut().filter(|k| k.hash == record)?;
     let new = match sections::parse(part) {
         Ok(s) => sections::by_id(s),
@@ -283,7 +315,7 @@ pub fn splice<D>(target: &LiveTarget<D>, record: u64, ids: &BTreeSet<String>, pa
             k.groups.insert(id, g);
         }
     }
-    let text = sections::write(RECORD_HEADER, &k.groups);
+    let text = sections::write(header, &k.groups);
     k.hash = fingerprint(&text);
     Some(text)
 }
