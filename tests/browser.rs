@@ -354,6 +354,8 @@ async fn a_csv_import_through_the_browser_shows_the_plan_before_one_commit() {
     assert!(control.endpoints().contains(&"20024".to_string()));
     let all = s.seen.join("\n");
     assert!(!all.contains("Pw-2000"), "no password on any page");
+    // Without the session's close chromedriver's kill left this Chromium running.
+    s.c.close().await.expect("close");
     d.stop().await;
 }
 
