@@ -53,22 +53,8 @@ pub async fn push<D: DynamicConfig>(
     asked: &BTreeSet<String>,
     orphans: &[(String, String)],
 ) -> Result<LiveRun, ApplyError> {
-    let new = sections::by_id(sections::parse(rendered).map_err(ApplyError::Unreadable)?);
-    let old = match record.map(sections::parse) {
-        None => BTreeMap::new(),
-        Some(Ok(s)) => sections::by_id(s),
-        Some(Err(e)) => {
-            tracing::warn!("the record of what was pushed is unreadable ({e}); every object is pushed again");
-            BTreeMap::new()
-        }
-    };
-    let none: Vec<Section> = Vec::new();
-    let mut ids: BTreeSet<&str> = asked.iter().map(String::as_str).collect();
-    for id in new.keys().chain(old.keys()) {
-        if !sections::same(old.get(id).unwrap_or(&none), new.get(id).unwrap_or(&none)) {
-            ids.insert(id);
-        }
-    }
+    let sections::Changes { new, old, ids } =
+        sections::changes(record, rendered, asked, "pushed").map_err(ApplyError::Unreadable)?;
     let mut run = LiveRun::default();
     // Extensions are independent (each has its own auth, aor and endpoint,
     // pushed in order by `LiveTarget::push`), so several are in flight at
@@ -81,8 +67,9 @@ pub async fn push<D: DynamicConfig>(
     let work: Vec<(String, Vec<Section>, Vec<Section>)> = ids
         .into_iter()
         .map(|id| {
-            let of = |m: &BTreeMap<String, Vec<Section>>| m.get(id).cloned().unwrap_or_default();
-            (id.to_string(), of(&old), of(&new))
+            let of = |m: &BTreeMap<String, Vec<Section>>| m.get(&id).cloned().unwrap_or_default();
+            let (before, after) = (of(&old), of(&new));
+            (id, before, after)
         })
         .collect();
     let down = &down;

@@ -9,7 +9,7 @@
 //! the line, so a template the ari target cannot push is refused before
 //! anything is pushed. Pure: no I/O.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// One `[id]` section with its `type`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -177,4 +177,44 @@ mod tests {
         assert!(!same(&a, &c));
         assert!(!same(&a, &a[..1]));
     }
+}
+
+/// What a live target's run has to do: the objects of the rendering
+/// (`new`) and of the record of what was applied before (`old`), by id, and
+/// the ids to apply: `asked`, and every id whose objects differ between the
+/// two.
+#[derive(Debug, Default)]
+pub struct Changes {
+    pub new: BTreeMap<String, Vec<Section>>,
+    pub old: BTreeMap<String, Vec<Section>>,
+    pub ids: BTreeSet<String>,
+}
+
+/// [`Changes`] between `record` and `rendered`. An unreadable record counts
+/// as empty, so every object is applied again (`applied` names what the
+/// record holds in the warning: "pushed", "written"); an unreadable
+/// rendering is the error, and nothing is applied.
+pub fn changes(
+    record: Option<&str>,
+    rendered: &str,
+    asked: &BTreeSet<String>,
+    applied: &str,
+) -> Result<Changes, SectionError> {
+    let new = by_id(parse(rendered)?);
+    let old = match record.map(parse) {
+        None => BTreeMap::new(),
+        Some(Ok(s)) => by_id(s),
+        Some(Err(e)) => {
+            tracing::warn!("the record of what was {applied} is unreadable ({e}); every object is {applied} again");
+            BTreeMap::new()
+        }
+    };
+    let none: Vec<Section> = Vec::new();
+    let mut ids = asked.clone();
+    for id in new.keys().chain(old.keys()) {
+        if !same(old.get(id).unwrap_or(&none), new.get(id).unwrap_or(&none)) {
+            ids.insert(id.clone());
+        }
+    }
+    Ok(Changes { new, old, ids })
 }

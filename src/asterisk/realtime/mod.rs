@@ -233,31 +233,18 @@ impl crate::reconcile::LiveApply for RealtimeTarget {
         asked: &BTreeSet<String>,
         orphans: &[(String, String)],
     ) -> Result<LiveRun, RealtimeError> {
-        let new = sections::by_id(sections::parse(rendered).map_err(RealtimeError::Unreadable)?);
-        let old = match record.map(sections::parse) {
-            None => BTreeMap::new(),
-            Some(Ok(s)) => sections::by_id(s),
-            Some(Err(e)) => {
-                tracing::warn!("the record of what was written is unreadable ({e}); every object is written again");
-                BTreeMap::new()
-            }
-        };
+        let sections::Changes { new, old, mut ids } =
+            sections::changes(record, rendered, asked, "written").map_err(RealtimeError::Unreadable)?;
         let none: Vec<Section> = Vec::new();
-        let mut ids: BTreeSet<&str> = asked.iter().map(String::as_str).collect();
-        for id in new.keys().chain(old.keys()) {
-            if !sections::same(old.get(id).unwrap_or(&none), new.get(id).unwrap_or(&none)) {
-                ids.insert(id);
-            }
-        }
         for (_, id) in orphans {
             if !new.contains_key(id) {
-                ids.insert(id);
+                ids.insert(id.clone());
             }
         }
         let schema = self.store.schema().await?;
         // Every column the objects to write set must exist: else nothing is written.
         for id in &ids {
-            for s in new.get(*id).unwrap_or(&none) {
+            for s in new.get(id).unwrap_or(&none) {
                 let Some(table) = table_of(&s.kind) else { continue };
                 for (k, _) in &s.fields {
                     if schema.column(table, k).is_none() {
@@ -274,7 +261,7 @@ impl crate::reconcile::LiveApply for RealtimeTarget {
         let mut run = LiveRun::default();
         let mut writes: Vec<Write> = Vec::new();
         for id in &ids {
-            let objects = new.get(*id).unwrap_or(&none);
+            let objects = new.get(id).unwrap_or(&none);
             let rows: Result<Vec<_>, String> =
                 objects.iter().map(|s| row(&schema, s).map(|r| (s.kind.clone(), r))).collect();
             let rows = match rows {
