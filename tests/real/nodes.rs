@@ -5,8 +5,8 @@
 //! converges when it is back; `asterisk-gitops status` lists every node.
 
 use super::{Daemon, Source, Store, asterisk, endpoint, wait};
-use asterisk_gitops::config::{AmiFileConfig, AriFileConfig, NodeFileConfig, SecretString};
-use asterisk_real::{AMI_USER, ARI_USER, Asterisk, require, sipp};
+use asterisk_gitops::config::NodeFileConfig;
+use asterisk_real::{AMI_USER, Asterisk, require, sipp};
 use serde_json::Value;
 use std::time::Duration;
 
@@ -26,18 +26,8 @@ fn team(entries: &[&str]) -> String {
 fn node(name: &str, ast: &Asterisk) -> NodeFileConfig {
     NodeFileConfig {
         name: name.into(),
-        ami: Some(AmiFileConfig {
-            addr: Some(ast.ami_addr().to_string()),
-            user: Some(AMI_USER.into()),
-            secret: Some(SecretString::new(&ast.ami_secret)),
-            ..Default::default()
-        }),
-        ari: Some(AriFileConfig {
-            url: Some(ast.ari_url()),
-            user: Some(ARI_USER.into()),
-            password: Some(SecretString::new(&ast.ari_password)),
-            ..Default::default()
-        }),
+        ami: Some(crate::support::real::ami_config(ast)),
+        ari: Some(crate::support::real::ari_config(ast)),
         managed_file: Some(ast.managed_file()),
     }
 }

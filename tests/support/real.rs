@@ -63,6 +63,26 @@ pub(crate) enum Source {
     Git { url: String },
 }
 
+/// The `ami:` section for `ast`, as the README says.
+pub(crate) fn ami_config(ast: &Asterisk) -> AmiFileConfig {
+    AmiFileConfig {
+        addr: Some(ast.ami_addr().to_string()),
+        user: Some(AMI_USER.into()),
+        secret: Some(SecretString::new(&ast.ami_secret)),
+        ..Default::default()
+    }
+}
+
+/// The `ari:` section for `ast`, as the README says.
+pub(crate) fn ari_config(ast: &Asterisk) -> AriFileConfig {
+    AriFileConfig {
+        url: Some(ast.ari_url()),
+        user: Some(ARI_USER.into()),
+        password: Some(SecretString::new(&ast.ari_password)),
+        ..Default::default()
+    }
+}
+
 /// `serve` on a real Asterisk, with AMI and ARI configured as the README says.
 pub(crate) struct Daemon {
     pub(crate) _dir: tempfile::TempDir,
@@ -101,18 +121,8 @@ impl Daemon {
             std::fs::write(specs.join("team.yaml"), specs_yaml).expect("write specs");
         }
         let mut file = FileConfig {
-            ami: Some(AmiFileConfig {
-                addr: Some(ast.ami_addr().to_string()),
-                user: Some(AMI_USER.into()),
-                secret: Some(SecretString::new(&ast.ami_secret)),
-                ..Default::default()
-            }),
-            ari: Some(AriFileConfig {
-                url: Some(ast.ari_url()),
-                user: Some(ARI_USER.into()),
-                password: Some(SecretString::new(&ast.ari_password)),
-                ..Default::default()
-            }),
+            ami: Some(ami_config(ast)),
+            ari: Some(ari_config(ast)),
             admin_token: Some(SecretString::new(TOKEN)),
             webhook_secret: Some(SecretString::new(HOOK)),
             sip_server: Some(ast.sip_addr().to_string()),
