@@ -64,15 +64,16 @@ struct Planned {
     delta: Option<Delta>,
 }
 
-/// Runs `f`, blocking work (rendering, planning, writing a large file),
-/// without holding up the runtime's other tasks: on a multi-threaded
-/// runtime the worker hands its queue to another first (`block_in_place`);
-/// elsewhere (a current-thread runtime, the unit tests) it just runs.
+/// Runs `f`, a run's blocking work (rendering, planning, splicing and
+/// writing the record), where it stands, on the run's own task. Not under
+/// `tokio::task::block_in_place`: that was tried, and it retires runtime
+/// workers as blocking threads that later exit, and a child process started
+/// from such a thread with `PR_SET_PDEATHSIG` (the test harness's Asterisk,
+/// sipp and baresip) was killed with it: the hundred-calls test lost its
+/// sipp mid-call. Moving this work off the runtime needs owned inputs
+/// (`spawn_blocking`); this marks where.
 pub(crate) fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    match tokio::runtime::Handle::try_current() {
-        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
-        _ => f(),
-    }
+    f()
 }
 
 /// How many extensions whose specs changed a delta run takes at most;
