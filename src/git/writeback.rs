@@ -313,17 +313,33 @@ impl RemoteTarget {
         if let Ok(repo) = Repository::open(&self.work_dir) {
             return Ok(repo);
         }
-        std::fs::create_dir_all(&self.work_dir)?;
-        let mut fo = git2::FetchOptions::new();
-        fo.remote_callbacks(self.callbacks());
-        let repo = git2::build::RepoBuilder::new()
-            .branch(&self.branch)
-            .fetch_options(fo)
-            .clone(&self.url, &self.work_dir)
-            .map_err(|e| {
-                WriteError::Git(format!("cannot clone {}: {}", crate::secret::redact_url(&self.url), e.message()))
-            })?;
-        Ok(repo)
+        // A clone lists the remote's refs too: one that vanishes meanwhile
+        // fails it (see `git::fetch_retrying`), so it is tried again afresh.
+        let mut tries = 0;
+        loop {
+            std::fs::create_dir_all(&self.work_dir)?;
+            let mut fo = git2::FetchOptions::new();
+            fo.remote_callbacks(self.callbacks());
+            match git2::build::RepoBuilder::new()
+                .branch(&self.branch)
+                .fetch_options(fo)
+                .clone(&self.url, &self.work_dir)
+            {
+                Ok(repo) => return Ok(repo),
+                Err(e) if tries < crate::git::VANISHED_REF_RETRIES && crate::git::ref_vanished(&e) => {
+                    tracing::debug!(error = %e.message(), "a ref vanished while cloning; cloning again");
+                    let _ = std::fs::remove_dir_all(&self.work_dir);
+                    tries += 1;
+                }
+                Err(e) => {
+                    return Err(WriteError::Git(format!(
+                        "cannot clone {}: {}",
+                        crate::secret::redact_url(&self.url),
+                        e.message()
+                    )));
+                }
+            }
+        }
     }
 
     /// Resets the working clone to the remote branch's head.
