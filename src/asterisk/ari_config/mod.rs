@@ -105,18 +105,7 @@ pub async fn push<D: DynamicConfig>(
             }
         }
     }
-    run.record = if run.failures.is_empty() {
-        rendered.to_string()
-    } else {
-        let mut groups = new;
-        for id in run.failures.keys() {
-            match old.get(id) {
-                Some(s) => groups.insert(id.clone(), s.clone()),
-                None => groups.remove(id),
-            };
-        }
-        sections::write(RECORD_HEADER, &groups)
-    };
+    run.record = sections::record_after(new, &old, rendered, &run.failures, RECORD_HEADER);
     Ok(run)
 }
 

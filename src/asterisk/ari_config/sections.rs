@@ -218,3 +218,24 @@ pub fn changes(
     }
     Ok(Changes { new, old, ids })
 }
+
+/// The record a run leaves: `rendered` when nothing `failed`, else the
+/// objects of `new` with each failed id as `old` had it (or gone).
+pub fn record_after(
+    mut new: BTreeMap<String, Vec<Section>>,
+    old: &BTreeMap<String, Vec<Section>>,
+    rendered: &str,
+    failed: &BTreeMap<String, String>,
+    header: &str,
+) -> String {
+    if failed.is_empty() {
+        return rendered.to_string();
+    }
+    for id in failed.keys() {
+        match old.get(id) {
+            Some(s) => new.insert(id.clone(), s.clone()),
+            None => new.remove(id),
+        };
+    }
+    write(header, &new)
+}
