@@ -15,6 +15,7 @@ mod contract;
 mod e2e;
 mod faults;
 mod handover;
+mod harness;
 mod leader;
 mod live;
 mod nodes;

@@ -211,8 +211,7 @@ impl Baresip {
             .stdout(log.try_clone()?)
             .stderr(log)
             .kill_on_drop(true);
-        crate::die_with_parent(&mut c);
-        let mut child = c.spawn()?;
+        let mut child = crate::spawn_for_process(c)?;
         self.stdin = child.stdin.take();
         self.child = Some(child);
         self.starts += 1;

@@ -533,8 +533,7 @@ impl Asterisk {
             std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("log/console.log"))?;
         let mut c = self.command_in(true);
         c.args(["-f", "-n"]).stdout(console.try_clone()?).stderr(console).kill_on_drop(true);
-        die_with_parent(&mut c);
-        self.child = Some(c.spawn()?);
+        self.child = Some(spawn_for_process(c)?);
         Ok(())
     }
 
@@ -689,12 +688,18 @@ impl Drop for Asterisk {
     }
 }
 
-/// Makes the child get SIGKILL when the thread that started it ends (the
-/// test's runtime), so a test process killed outright (a timeout, ^C twice,
-/// a SIGKILLed flake hunt) leaves no Asterisk or softphone running: the
-/// kill-on-drop above needs the process to unwind. `ip netns exec` keeps the
-/// setting, it execs the program in place.
-pub(crate) fn die_with_parent(c: &mut tokio::process::Command) {
+/// Starts `c` so that the child gets SIGKILL when this test process ends,
+/// also when it is killed outright (a timeout, ^C twice, a SIGKILLed flake
+/// hunt) and cannot run the kill-on-drop: `PR_SET_PDEATHSIG`, set between
+/// fork and exec. That signal follows the *thread* that forked the child,
+/// not the process, so the fork happens on one thread of this crate's that
+/// lives as long as the process ([`spawner`]): forked from a test's runtime
+/// worker, a sipp or an Asterisk was killed whenever that worker thread
+/// ended (tokio retires workers, e.g. around `block_in_place`, and
+/// `spawn_blocking` threads end when idle). The child is registered with
+/// the caller's runtime, as `Command::spawn` there would. `ip netns exec`
+/// keeps the setting: it execs the program in place.
+pub fn spawn_for_process(mut c: Command) -> std::io::Result<Child> {
     // SAFETY: prctl is async-signal-safe and touches only the child's own
     // state between fork and exec.
     unsafe {
@@ -706,4 +711,37 @@ pub(crate) fn die_with_parent(c: &mut tokio::process::Command) {
             }
         });
     }
+    let runtime = tokio::runtime::Handle::try_current()
+        .map_err(|e| std::io::Error::other(format!("a child process is started from a tokio runtime: {e}")))?;
+    let (reply, answer) = std::sync::mpsc::channel();
+    spawner()
+        .send(SpawnJob { command: c, runtime, reply })
+        .map_err(|_| std::io::Error::other("the spawner thread is gone"))?;
+    answer.recv().map_err(|_| std::io::Error::other("the spawner thread is gone"))?
+}
+
+struct SpawnJob {
+    command: Command,
+    runtime: tokio::runtime::Handle,
+    reply: std::sync::mpsc::Sender<std::io::Result<Child>>,
+}
+
+/// The one thread every child is forked from; it never ends before the
+/// process does.
+fn spawner() -> &'static std::sync::mpsc::Sender<SpawnJob> {
+    static SPAWNER: OnceLock<std::sync::mpsc::Sender<SpawnJob>> = OnceLock::new();
+    SPAWNER.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<SpawnJob>();
+        let started = std::thread::Builder::new().name("asterisk-real spawner".into()).spawn(move || {
+            for mut job in rx {
+                let _in_runtime = job.runtime.enter();
+                let _ = job.reply.send(job.command.spawn());
+            }
+        });
+        if let Err(e) = started {
+            // The jobs sent to `tx` then fail with "the spawner thread is gone".
+            eprintln!("asterisk-real: cannot start the spawner thread: {e}");
+        }
+        tx
+    })
 }

@@ -206,7 +206,7 @@ fn answer_at(ip: IpAddr, port: u16) -> Answering {
 fn play_at(name: &str, ip: IpAddr, port: u16, args: &[&str]) -> Answering {
     let (mut c, log) = base(name, ip, port);
     c.args(args);
-    match c.spawn() {
+    match crate::spawn_for_process(c) {
         Ok(child) => Answering { child: Some(child), log, port },
         Err(e) => panic!("cannot start sipp: {e}"),
     }
@@ -285,7 +285,6 @@ fn base_calls(name: &str, ip: IpAddr, port: u16, one_call: bool) -> (Command, Pa
     if one_call {
         c.args(["-m", "1"]);
     }
-    crate::die_with_parent(&mut c);
     (c, log)
 }
 
@@ -300,8 +299,8 @@ fn read_logs(log: &std::path::Path) -> String {
     s
 }
 
-async fn finish(mut c: Command, log: PathBuf, within: Duration) -> Outcome {
-    let code = match c.spawn() {
+async fn finish(c: Command, log: PathBuf, within: Duration) -> Outcome {
+    let code = match crate::spawn_for_process(c) {
         Ok(mut child) => match tokio::time::timeout(within, child.wait()).await {
             Ok(Ok(status)) => status.code(),
             _ => {
