@@ -291,6 +291,12 @@ fn private_dir(dir: &Path) -> std::io::Result<()> {
 impl GitSource {
     /// Opens the mirror, creating it (bare, empty) on first use.
     pub fn open(cfg: GitSourceConfig) -> Result<Self, GitError> {
+        // libgit2 keeps every commit and tree it parses in a per-repository
+        // cache that is only trimmed past 256 MB; the mirror is open for the
+        // daemon's whole life and reads each new revision once, so the cache
+        // only grows (a step each time its table doubles). Nothing here reads
+        // an object twice in a way that matters: no cache (process-wide).
+        git2::opts::enable_caching(false);
         let mirror =
             |e: git2::Error| GitError::Mirror { path: cfg.mirror_dir.clone(), message: e.message().to_string() };
         let repo = match Repository::open_bare(&cfg.mirror_dir) {
