@@ -113,3 +113,44 @@ async fn with_sqlite_the_one_daemon_leads_at_once() {
     let _ = stop_tx.send(true);
     let _ = e.await;
 }
+
+/// The lock connection has PostgreSQL notice a peer gone silent within
+/// seconds (keepalives, user timeout), so a partition that leaves its
+/// socket open cannot keep the lock for the system's two hours: the
+/// connection the election opens carries those settings.
+#[tokio::test]
+async fn the_lock_connection_lets_postgresql_notice_a_silent_peer_within_seconds() {
+    use sqlx::Connection;
+    let Some((db, server, name)) = postgres().await else { return };
+    let url = crate::support::db::replace_db(&server, &name);
+    let opts = asterisk_gitops::db::leader::lock_connect_options(&url, "keepalive-test").expect("options");
+    let mut conn = sqlx::PgConnection::connect_with(&opts).await.expect("connect");
+    let mut got = Vec::new();
+    for setting in ["tcp_keepalives_idle", "tcp_keepalives_interval", "tcp_keepalives_count", "tcp_user_timeout"] {
+        let v: String =
+            sqlx::query_scalar("SELECT current_setting($1)").bind(setting).fetch_one(&mut conn).await.expect("setting");
+        got.push((setting, v));
+    }
+    // Over TCP PostgreSQL reports what the socket has (on a Unix socket,
+    // where none of this applies, it says 0).
+    let unix = url.contains("host=/") || url.contains("%2F");
+    let app: String =
+        sqlx::query_scalar("SELECT current_setting('application_name')").fetch_one(&mut conn).await.expect("name");
+    drop(conn);
+    drop_pg(db, &server, &name).await;
+    assert_eq!(app, format!("{APPLICATION_NAME} keepalive-test"));
+    if unix {
+        eprintln!("SKIPPED the keepalive settings check: the database is reached over a Unix socket");
+        return;
+    }
+    assert_eq!(
+        got,
+        vec![
+            ("tcp_keepalives_idle", "2".to_string()),
+            ("tcp_keepalives_interval", "1".to_string()),
+            ("tcp_keepalives_count", "2".to_string()),
+            ("tcp_user_timeout", "4000".to_string()),
+        ],
+        "the lock connection's socket settings"
+    );
+}

@@ -198,16 +198,37 @@ pub async fn elect(
     let _ = role.send(Role::Follower);
 }
 
-async fn campaign(url: &str, instance_id: &str, role: &watch::Sender<Role>) {
-    use sqlx::Connection;
-    let shown = crate::secret::redact_url(url);
+/// What the lock connection asks of PostgreSQL's side of its TCP socket
+/// (session settings any user may set, given at connect): keepalive probes
+/// after 2 s without traffic, 1 s apart, the peer dead after 2 unanswered,
+/// and sent data unacknowledged for 4 s ends the connection too. A network
+/// partition that leaves the socket open then frees the lock within about
+/// 4 s, where the system defaults (2 hours of idle) kept it and no standby
+/// could lead; the leader, pinging every [`POLL`] with [`QUERY_TIMEOUT`],
+/// has stepped down by then. Ignored on a Unix socket.
+pub const LOCK_SOCKET_SETTINGS: [(&str, &str); 4] = [
+    ("tcp_keepalives_idle", "2"),
+    ("tcp_keepalives_interval", "1"),
+    ("tcp_keepalives_count", "2"),
+    ("tcp_user_timeout", "4000"),
+];
+
+/// The lock connection's options: `url`'s, with `application_name`
+/// ([`APPLICATION_NAME`] and the instance id) and [`LOCK_SOCKET_SETTINGS`].
+pub fn lock_connect_options(url: &str, instance_id: &str) -> Result<sqlx::postgres::PgConnectOptions, sqlx::Error> {
     // PostgreSQL keeps application_name to 63 bytes.
     let mut name = format!("{APPLICATION_NAME} {instance_id}");
     while name.len() > 63 {
         name.pop();
     }
-    let opts = match url.parse::<sqlx::postgres::PgConnectOptions>() {
-        Ok(o) => o.application_name(&name),
+    Ok(url.parse::<sqlx::postgres::PgConnectOptions>()?.application_name(&name).options(LOCK_SOCKET_SETTINGS))
+}
+
+async fn campaign(url: &str, instance_id: &str, role: &watch::Sender<Role>) {
+    use sqlx::Connection;
+    let shown = crate::secret::redact_url(url);
+    let opts = match lock_connect_options(url, instance_id) {
+        Ok(o) => o,
         Err(e) => {
             tracing::error!(url = %shown, error = %e, "the database URL does not parse: this replica never leads");
             return std::future::pending().await;
