@@ -45,14 +45,13 @@ pub fn fleet<S: reconcile::StateStore>(
     applies: reconcile::fleet::NodeApplies,
 ) -> anyhow::Result<reconcile::fleet::Fleet<Asterisk, Live>> {
     let mut followers = Vec::new();
-    // With the realtime target one commit serves every node: nothing is
-    // applied to the others (they read the same tables).
-    let others = match settings.apply_target {
-        crate::config::ApplyTarget::Realtime => &[][..],
-        _ => settings.nodes.get(1..).unwrap_or_default(),
-    };
-    for node in others {
+    // With the realtime target one commit serves every node: the others
+    // (they read the same tables) are only verified, through their AMI, and
+    // their reconcilers never run (`reconcile::fleet`).
+    let shared_tables = settings.apply_target == crate::config::ApplyTarget::Realtime;
+    for node in settings.nodes.get(1..).unwrap_or_default() {
         let (managed_path, live) = match (settings.apply_target, &node.ari) {
+            (crate::config::ApplyTarget::Realtime, _) => (node.managed_file.clone(), None),
             (crate::config::ApplyTarget::Ari, Some(ari)) => {
                 state_dir(&node.state_dir)?;
                 (
@@ -88,6 +87,8 @@ pub fn fleet<S: reconcile::StateStore>(
         lead: settings.nodes.first().map(|n| n.name.clone()).unwrap_or_else(|| "default".into()),
         followers,
         applies,
+        shared_tables,
+        pending: Default::default(),
     })
 }
 
