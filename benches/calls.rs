@@ -46,7 +46,7 @@ async fn bench() {
     .expect("client");
     let stats = Arc::new(CallLogStats::default());
     let (stop, rx) = tokio::sync::watch::channel(false);
-    let task = tokio::spawn(run(db.clone(), ari, CallLogConfig::default(), stats.clone(), rx));
+    let task = tokio::spawn(run(db.clone(), "default", ari, CallLogConfig::default(), stats.clone(), rx));
     let c = s.control();
     while !c.app_connected("callcenter") {
         tokio::time::sleep(Duration::from_millis(10)).await;

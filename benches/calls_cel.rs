@@ -139,7 +139,7 @@ async fn bench() {
         timeout: Duration::from_secs(10),
         events: false,
     };
-    let task = tokio::spawn(cel::run(db.clone(), ami, CallLogConfig::default(), stats.clone(), stop_rx));
+    let task = tokio::spawn(cel::run(db.clone(), "default", ami, CallLogConfig::default(), stats.clone(), stop_rx));
     while !stats.connected.load(Ordering::Relaxed) {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -181,7 +181,7 @@ async fn bench() {
         && c.answered_by.as_deref() == Some("1002")
         && c.hangup_cause == Some(16)
         && c.hangup_by.as_deref() == Some("1001")));
-    let legs = db.legs("bench-0.0").await.expect("legs");
+    let legs = db.legs(Some("default"), "bench-0.0").await.expect("legs");
     assert_eq!(legs.len(), 2);
     let _ = stop.send(true);
     let _ = task.await;

@@ -47,7 +47,7 @@ async fn bench() {
         timeout: Duration::from_secs(10),
         events: false,
     };
-    let task = tokio::spawn(cel::run(db.clone(), ami, CallLogConfig::default(), stats.clone(), stop_rx));
+    let task = tokio::spawn(cel::run(db.clone(), "default", ami, CallLogConfig::default(), stats.clone(), stop_rx));
     while !stats.connected.load(Ordering::Relaxed) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

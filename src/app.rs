@@ -45,14 +45,13 @@ pub fn fleet<S: reconcile::StateStore>(
     applies: reconcile::fleet::NodeApplies,
 ) -> anyhow::Result<reconcile::fleet::Fleet<Asterisk, Live>> {
     let mut followers = Vec::new();
-    // With the realtime target one commit serves every node: nothing is
-    // applied to the others (they read the same tables).
-    let others = match settings.apply_target {
-        crate::config::ApplyTarget::Realtime => &[][..],
-        _ => settings.nodes.get(1..).unwrap_or_default(),
-    };
-    for node in others {
+    // With the realtime target one commit serves every node: the others
+    // (they read the same tables) are only verified, through their AMI, and
+    // their reconcilers never run (`reconcile::fleet`).
+    let shared_tables = settings.apply_target == crate::config::ApplyTarget::Realtime;
+    for node in settings.nodes.get(1..).unwrap_or_default() {
         let (managed_path, live) = match (settings.apply_target, &node.ari) {
+            (crate::config::ApplyTarget::Realtime, _) => (node.managed_file.clone(), None),
             (crate::config::ApplyTarget::Ari, Some(ari)) => {
                 state_dir(&node.state_dir)?;
                 (
@@ -88,6 +87,8 @@ pub fn fleet<S: reconcile::StateStore>(
         lead: settings.nodes.first().map(|n| n.name.clone()).unwrap_or_else(|| "default".into()),
         followers,
         applies,
+        shared_tables,
+        pending: Default::default(),
     })
 }
 
@@ -346,11 +347,13 @@ pub async fn run(
                 name: n.name.clone(),
                 asterisk: a.clone(),
                 registrations: live.registrations.clone(),
+                calls: live.calls.clone(),
             },
             _ => crate::http::NodeLive {
                 name: n.name.clone(),
                 asterisk: Arc::new(node_asterisk(&n.ami)),
                 registrations: Default::default(),
+                calls: live.calls.as_ref().map(|_| Arc::default()),
             },
         })
         .collect();
@@ -432,6 +435,7 @@ pub async fn run(
         loop_cfg,
         handle,
         calls: live_calls,
+        nodes: state.live.nodes.clone(),
         applies: state.live.applies.clone(),
     };
     let http = axum::serve(listener, crate::http::app(state)).with_graceful_shutdown(stopped(stop_rx.clone()));
@@ -456,6 +460,8 @@ struct Leading {
     loop_cfg: LoopConfig,
     handle: LoopHandle,
     calls: Option<Arc<crate::calls::CallLogStats>>,
+    /// Every node, with its call logger's counters.
+    nodes: Arc<Vec<crate::http::NodeLive>>,
     /// Where every node's last run is told (`/status`'s `nodes`).
     applies: reconcile::fleet::NodeApplies,
 }
@@ -617,7 +623,7 @@ fn start_term(
             db.listen_for_triggers(on, stop).await;
         }));
     }
-    tasks.extend(call_loggers(settings, &leading.db, leading.calls.as_ref(), &stop_rx));
+    tasks.extend(call_loggers(settings, &leading.db, leading.calls.as_ref(), &leading.nodes, &stop_rx));
     // The ari target on a large estate: its pushed objects are read back in
     // the background, not by every run (`asterisk::ari_config::sweep`).
     if reconciler.live.as_ref().and_then(Live::ari).is_some() {
@@ -635,13 +641,17 @@ fn start_term(
     Some(Term { epoch, triggers: tx, stop: stop_tx, tasks, reconciler, fleet })
 }
 
-/// The call loggers the leader runs: CEL over AMI (or the Stasis app with
-/// `callLog: stasis`), and with CEL and ARI the Stasis app that only hands
-/// calls back to the dialplan.
+/// The call loggers the leader runs: one CEL logger per node (its AMI;
+/// or the Stasis app on the first node's ARI with `callLog: stasis`), and
+/// with CEL, on each node with ARI, the Stasis app that only hands calls
+/// back to the dialplan. Calls are keyed by (node, linkedid); the rows from
+/// before that are claimed for the first node before its logger starts.
+/// Each node's logger counts in its `NodeLive::calls` (`/status` nodes[]).
 fn call_loggers(
     settings: &Settings,
     db: &Db,
     stats: Option<&Arc<crate::calls::CallLogStats>>,
+    nodes: &[crate::http::NodeLive],
     stop: &tokio::sync::watch::Receiver<bool>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let mut out = Vec::new();
@@ -653,52 +663,64 @@ fn call_loggers(
             None
         }
     };
+    let first = settings.nodes.first().map_or("default", |n| n.name.as_str()).to_string();
     match (settings.call_log, &settings.ari, &settings.ami) {
         (crate::config::CallSource::Stasis, Some(ari), _) => {
             if let Some(c) = client(ari) {
-                out.push(tokio::spawn(crate::calls::run(
-                    db.clone(),
-                    c,
-                    ari.calls.clone(),
-                    stats.clone(),
-                    stop.clone(),
-                )));
+                let (db, cfg, stats, stop) = (db.clone(), ari.calls.clone(), stats.clone(), stop.clone());
+                out.push(tokio::spawn(async move {
+                    claim_calls(&db, &first).await;
+                    crate::calls::run(db, &first, c, cfg, stats, stop).await
+                }));
             }
         }
-        (crate::config::CallSource::Cel, _, Some(a)) => {
-            let ami = AmiConfig {
-                addr: a.addr.clone(),
-                user: a.user.clone(),
-                secret: a.secret.expose().to_string(),
-                timeout: a.timeout,
-                events: false,
-            };
-            out.push(tokio::spawn(crate::calls::cel::run(
-                db.clone(),
-                ami,
-                settings.calls.clone(),
-                stats.clone(),
-                stop.clone(),
-            )));
-            // With CEL logging every call, the Stasis app (when ARI is
-            // configured) only hands calls that enter Stasis() back to the
-            // dialplan, so they are not logged twice and never stay stuck.
-            if let Some(ari) = &settings.ari
-                && let Some(c) = client(ari)
-            {
-                let cfg = crate::calls::CallLogConfig { record: false, ..ari.calls.clone() };
-                out.push(tokio::spawn(crate::calls::run(
-                    db.clone(),
-                    c,
-                    cfg,
-                    Arc::new(crate::calls::CallLogStats::default()),
-                    stop.clone(),
-                )));
+        (crate::config::CallSource::Cel, _, Some(_)) => {
+            for (i, node) in settings.nodes.iter().enumerate() {
+                let a = &node.ami;
+                let ami = AmiConfig {
+                    addr: a.addr.clone(),
+                    user: a.user.clone(),
+                    secret: a.secret.expose().to_string(),
+                    timeout: a.timeout,
+                    events: false,
+                };
+                let stats = nodes.get(i).and_then(|n| n.calls.clone()).unwrap_or_else(|| stats.clone());
+                let (db_, name, cfg, stop_) = (db.clone(), node.name.clone(), settings.calls.clone(), stop.clone());
+                out.push(tokio::spawn(async move {
+                    if i == 0 {
+                        claim_calls(&db_, &name).await;
+                    }
+                    crate::calls::cel::run(db_, &name, ami, cfg, stats, stop_).await
+                }));
+                // With CEL logging every call, the Stasis app (where ARI is
+                // configured) only hands calls that enter Stasis() back to the
+                // dialplan, so they are not logged twice and never stay stuck.
+                if let Some(ari) = &node.ari
+                    && let Some(c) = client(ari)
+                {
+                    let cfg = crate::calls::CallLogConfig { record: false, ..ari.calls.clone() };
+                    let (db, name, stop) = (db.clone(), node.name.clone(), stop.clone());
+                    out.push(tokio::spawn(
+                        async move { crate::calls::run(db, &name, c, cfg, Arc::default(), stop).await },
+                    ));
+                }
             }
         }
         _ => {}
     }
     out
+}
+
+/// Names the calls logged before calls were keyed per node after `first`
+/// (`Db::claim_calls`): a failure is logged and leaves them unnamed.
+async fn claim_calls(db: &Db, first: &str) {
+    match db.claim_calls(first).await {
+        Ok(0) => {}
+        Ok(n) => {
+            tracing::info!(node = first, calls = n, "calls logged before calls were kept per node are the first node's")
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot name the calls logged before calls were kept per node"),
+    }
 }
 
 /// Hands a running installation over between the apply targets before the

@@ -79,11 +79,12 @@ pub fn direction(context: &str, exten: &str, cfg: &CallLogConfig) -> &'static st
     }
 }
 
-fn call_start(channel: &Channel, cfg: &CallLogConfig) -> CallStart {
+fn call_start(node: &str, channel: &Channel, cfg: &CallLogConfig) -> CallStart {
     let dir = direction(&channel.dialplan.context, &channel.dialplan.exten, cfg);
     let caller = Some(channel.caller.number.clone()).filter(|s| !s.is_empty());
     let callee = Some(channel.dialplan.exten.clone()).filter(|s| !s.is_empty());
     CallStart {
+        node: node.to_string(),
         channel_id: channel.id.clone(),
         // Whose call it is: the calling extension, or the dialled one for an inbound call.
         extension: if dir == "inbound" { callee.clone() } else { caller.clone() },
@@ -116,6 +117,8 @@ impl Worker {
 
 struct Shared {
     db: Db,
+    /// The Asterisk whose ARI this is: its calls are keyed by (node, channel id).
+    node: String,
     ari: Ari,
     cfg: CallLogConfig,
     stats: Arc<CallLogStats>,
@@ -124,7 +127,7 @@ struct Shared {
 impl Shared {
     /// Creates the row from the channel if it is missing; true if it was.
     async fn ensure_row(&self, channel: &Channel) -> Result<bool, crate::db::DbError> {
-        let created = self.db.call_started(&call_start(channel, &self.cfg)).await?;
+        let created = self.db.call_started(&call_start(&self.node, channel, &self.cfg)).await?;
         if created {
             self.stats.calls_created.fetch_add(1, Ordering::Relaxed);
             tracing::info!(channel_id = %channel.id, caller = %channel.caller.number, exten = %channel.dialplan.exten, "call record created");
@@ -133,9 +136,9 @@ impl Shared {
     }
 
     async fn end(&self, channel: &Channel, at: chrono::DateTime<Utc>, cause: Option<i64>) -> anyhow::Result<()> {
-        let mut done = self.db.call_ended(&channel.id, at, cause).await?;
+        let mut done = self.db.call_ended(&self.node, &channel.id, at, cause).await?;
         if !done && self.ensure_row(channel).await? {
-            done = self.db.call_ended(&channel.id, at, cause).await?;
+            done = self.db.call_ended(&self.node, &channel.id, at, cause).await?;
         }
         if done {
             self.stats.calls_completed.fetch_add(1, Ordering::Relaxed);
@@ -181,8 +184,8 @@ impl Shared {
             }
             Event::ChannelStateChange { timestamp, channel } if channel.state == "Up" => {
                 let t = at(&timestamp);
-                if !self.db.call_answered(&channel.id, t).await? && self.ensure_row(&channel).await? {
-                    self.db.call_answered(&channel.id, t).await?;
+                if !self.db.call_answered(&self.node, &channel.id, t).await? && self.ensure_row(&channel).await? {
+                    self.db.call_answered(&self.node, &channel.id, t).await?;
                 }
             }
             Event::ChannelStateChange { .. } | Event::Other { .. } => {}
@@ -224,7 +227,7 @@ async fn resync(shared: &Shared) {
         return;
     }
     let since = Utc::now() - chrono::Duration::from_std(shared.cfg.stale_after).unwrap_or(chrono::Duration::hours(4));
-    let open = match shared.db.open_calls(since).await {
+    let open = match shared.db.open_calls(&shared.node, since).await {
         Ok(o) => o,
         Err(e) => {
             tracing::warn!(error = %e, "cannot list open calls after connecting to ARI");
@@ -235,7 +238,7 @@ async fn resync(shared: &Shared) {
         match shared.ari.subscribe_channel(&id).await {
             Ok(()) => {}
             Err(AriError::Status { status: 404 | 422, .. }) => {
-                match shared.db.close_call_unknown(&id, Utc::now()).await {
+                match shared.db.close_call_unknown(&shared.node, &id, Utc::now()).await {
                     Ok(true) => {
                         tracing::warn!(channel_id = %id, "call ended while ARI was not connected; closed as unknown")
                     }
@@ -256,6 +259,7 @@ async fn resync(shared: &Shared) {
 /// Both loggers run one.
 pub(crate) fn spawn_stale_sweeper(
     db: Db,
+    node: String,
     stale_after: Duration,
     mut stop: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
@@ -267,19 +271,26 @@ pub(crate) fn spawn_stale_sweeper(
                 _ = tokio::time::sleep(every) => {}
             }
             let cutoff = Utc::now() - chrono::Duration::from_std(stale_after).unwrap_or(chrono::Duration::hours(4));
-            match db.close_stale_calls(cutoff).await {
+            match db.close_stale_calls(&node, cutoff).await {
                 Ok(0) => {}
-                Ok(n) => tracing::warn!(calls = n, "calls open too long closed as unknown"),
+                Ok(n) => tracing::warn!(node = %node, calls = n, "calls open too long closed as unknown"),
                 Err(e) => tracing::warn!(error = %e, "cannot close stale calls"),
             }
         }
     })
 }
 
-/// Runs the logger until `stop` turns true.
-pub async fn run(db: Db, ari: Ari, cfg: CallLogConfig, stats: Arc<CallLogStats>, stop: watch::Receiver<bool>) {
+/// Runs the logger on `node`'s ARI until `stop` turns true.
+pub async fn run(
+    db: Db,
+    node: &str,
+    ari: Ari,
+    cfg: CallLogConfig,
+    stats: Arc<CallLogStats>,
+    stop: watch::Receiver<bool>,
+) {
     let workers = cfg.workers.max(1);
-    let shared = Arc::new(Shared { db, ari, cfg, stats });
+    let shared = Arc::new(Shared { db, node: node.to_string(), ari, cfg, stats });
     let mut senders = Vec::with_capacity(workers);
     let mut tasks = Vec::with_capacity(workers + 1);
     for _ in 0..workers {
@@ -299,7 +310,7 @@ pub async fn run(db: Db, ari: Ari, cfg: CallLogConfig, stats: Arc<CallLogStats>,
     }
     // The sweeper: never open forever (the CEL logger has its own).
     if shared.cfg.record {
-        tasks.push(spawn_stale_sweeper(shared.db.clone(), shared.cfg.stale_after, stop.clone()));
+        tasks.push(spawn_stale_sweeper(shared.db.clone(), shared.node.clone(), shared.cfg.stale_after, stop.clone()));
     }
 
     let feed = AriFeed(shared.clone());

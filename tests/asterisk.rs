@@ -426,7 +426,8 @@ async fn log_probe() {
     .expect("db");
     let (stop, rx) = tokio::sync::watch::channel(false);
     let stats = std::sync::Arc::new(asterisk_gitops::calls::CallLogStats::default());
-    let task = tokio::spawn(asterisk_gitops::calls::run(db.clone(), ari, Default::default(), stats.clone(), rx));
+    let task =
+        tokio::spawn(asterisk_gitops::calls::run(db.clone(), "default", ari, Default::default(), stats.clone(), rx));
     let c = s.control();
     while !c.app_connected("callcenter") {
         tokio::time::sleep(Duration::from_millis(10)).await;

@@ -49,7 +49,7 @@ impl Logger {
         .expect("client");
         let (stop, rx) = tokio::sync::watch::channel(false);
         let stats = Arc::new(CallLogStats::default());
-        let task = tokio::spawn(run(db.clone(), ari, cfg, stats.clone(), rx));
+        let task = tokio::spawn(run(db.clone(), "default", ari, cfg, stats.clone(), rx));
         let c = s.control();
         wait("the logger to connect", || {
             let c = c.clone();
@@ -328,7 +328,7 @@ async fn a_reconnect_or_a_restart_in_the_middle_of_a_call_loses_nothing() {
         })
         .expect("client");
         let stats = Arc::new(CallLogStats::default());
-        let task = tokio::spawn(run(db.clone(), ari, CallLogConfig::default(), stats.clone(), rx));
+        let task = tokio::spawn(run(db.clone(), "default", ari, CallLogConfig::default(), stats.clone(), rx));
         wait("the logger to fail to connect twice", || async {
             stats.connect_failures.load(std::sync::atomic::Ordering::Relaxed) >= 2
         })

@@ -276,6 +276,7 @@ async fn calls_are_recorded_exactly_once() {
     on_both(|db| async move {
         let start = Utc::now() - ChronoDuration::seconds(60);
         let c = CallStart {
+            node: "default".into(),
             channel_id: "1700000000.42".into(),
             extension: Some("1001".into()),
             caller: Some("1001".into()),
@@ -286,11 +287,15 @@ async fn calls_are_recorded_exactly_once() {
         assert!(db.call_started(&c).await.expect("insert"));
         assert!(!db.call_started(&c).await.expect("duplicate"), "a replayed StasisStart adds nothing");
         let answered = start + ChronoDuration::seconds(5);
-        assert!(db.call_answered(&c.channel_id, answered).await.expect("answer"));
-        assert!(!db.call_answered(&c.channel_id, answered + ChronoDuration::seconds(1)).await.expect("again"));
+        assert!(db.call_answered("default", &c.channel_id, answered).await.expect("answer"));
+        assert!(
+            !db.call_answered("default", &c.channel_id, answered + ChronoDuration::seconds(1)).await.expect("again")
+        );
         let end = answered + ChronoDuration::seconds(42);
-        assert!(db.call_ended(&c.channel_id, end, Some(16)).await.expect("end"));
-        assert!(!db.call_ended(&c.channel_id, end + ChronoDuration::seconds(9), Some(17)).await.expect("again"));
+        assert!(db.call_ended("default", &c.channel_id, end, Some(16)).await.expect("end"));
+        assert!(
+            !db.call_ended("default", &c.channel_id, end + ChronoDuration::seconds(9), Some(17)).await.expect("again")
+        );
         let calls = db.calls(&CallFilter { limit: 10, ..Default::default() }).await.expect("list");
         assert_eq!(calls.len(), 1);
         let call = &calls[0];
@@ -303,7 +308,7 @@ async fn calls_are_recorded_exactly_once() {
         let stale =
             CallStart { channel_id: "stale.1".into(), start_time: Utc::now() - ChronoDuration::hours(5), ..c.clone() };
         db.call_started(&stale).await.expect("insert");
-        assert_eq!(db.close_stale_calls(Utc::now() - ChronoDuration::hours(4)).await.expect("close"), 1);
+        assert_eq!(db.close_stale_calls("default", Utc::now() - ChronoDuration::hours(4)).await.expect("close"), 1);
         let filtered = db
             .calls(&CallFilter { extension: Some("1001".into()), limit: 1, ..Default::default() })
             .await
@@ -320,6 +325,98 @@ async fn calls_are_recorded_exactly_once() {
             .await
             .expect("list");
         assert!(none.is_empty());
+    })
+    .await;
+}
+
+/// Two Asterisk servers without `systemname` hand out the same uniqueids
+/// (`<epoch>.<counter>`, the counter from 0 in each process): one call on
+/// each with the same linkedid and leg uniqueids is two calls, each its
+/// node's, read, completed and swept apart.
+#[tokio::test]
+async fn the_same_linkedid_on_two_nodes_is_two_calls() {
+    use asterisk_gitops::db::calls::LegStart;
+    on_both(|db| async move {
+        let start = Utc::now() - ChronoDuration::seconds(30);
+        let linkedid = "1733100000.0";
+        for node in ["a", "b"] {
+            let mut b = db.cel_batch(node).await.expect("batch");
+            let call = CallStart {
+                node: node.into(),
+                channel_id: linkedid.into(),
+                extension: Some("1001".into()),
+                caller: Some("1001".into()),
+                callee: Some("1002".into()),
+                direction: "internal".into(),
+                start_time: start,
+            };
+            assert!(b.cel_call_started(&call).await.expect("call"), "{node}: a row of its own");
+            assert!(!b.cel_call_started(&call).await.expect("again"), "{node}: once");
+            for (uid, ext, role) in [(linkedid, "1001", "caller"), ("1733100000.1", "1002", "callee")] {
+                let leg = LegStart {
+                    linkedid: linkedid.into(),
+                    uniqueid: uid.into(),
+                    channel: format!("PJSIP/{ext}-00000000"),
+                    extension: Some(ext.into()),
+                    role: role.into(),
+                    caller: Some("1001".into()),
+                    dialled: Some("1002".into()),
+                    start_time: start,
+                };
+                assert!(b.leg_started(&leg).await.expect("leg"), "{node}: leg {uid} of its own");
+            }
+            b.commit().await.expect("commit");
+        }
+        // Node a's call is answered and ends; node b's stays open.
+        let mut b = db.cel_batch("a").await.expect("batch");
+        b.leg_answered(linkedid, "1733100000.1", start + ChronoDuration::seconds(2)).await.expect("answer");
+        b.leg_hung_up(linkedid, Some(16), Some("PJSIP/1001-00000000"), Some("ANSWER")).await.expect("hangup");
+        assert!(b.cel_call_ended(linkedid, start + ChronoDuration::seconds(12)).await.expect("end"));
+        b.commit().await.expect("commit");
+
+        let all = db.calls(&CallFilter { limit: 10, ..Default::default() }).await.expect("list");
+        let mut seen: Vec<(Option<&str>, &str, Option<&str>)> =
+            all.iter().map(|c| (c.node.as_deref(), c.channel_id.as_str(), c.disposition.as_deref())).collect();
+        seen.sort();
+        assert_eq!(seen, [(Some("a"), linkedid, Some("answered")), (Some("b"), linkedid, None)]);
+        let on_b = db.calls(&CallFilter { node: Some("b".into()), limit: 10, ..Default::default() }).await.expect("b");
+        assert_eq!(on_b.iter().map(|c| c.node.as_deref()).collect::<Vec<_>>(), [Some("b")]);
+        let by_leg = db
+            .calls(&CallFilter {
+                node: Some("a".into()),
+                extension: Some("1002".into()),
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .expect("a, 1002");
+        assert_eq!(by_leg.len(), 1, "{by_leg:?}");
+        let (call, legs) = db.call_with_legs(Some("a"), linkedid).await.expect("read").expect("a's call");
+        assert_eq!((call.answered_by.as_deref(), legs.len()), (Some("1002"), 2));
+        assert!(legs.iter().all(|l| l.end_time.is_some()), "a's legs ended: {legs:?}");
+        let b_legs = db.legs(Some("b"), linkedid).await.expect("b's legs");
+        assert!(b_legs.iter().all(|l| l.answer_time.is_none() && l.end_time.is_none()), "{b_legs:?}");
+        assert!(db.open_cel_calls("a").await.expect("open a").is_empty());
+        assert_eq!(db.open_cel_calls("b").await.expect("open b"), [linkedid]);
+        // The sweeper of node a closes none of node b's calls.
+        assert_eq!(db.close_stale_calls("a", Utc::now()).await.expect("sweep a"), 0);
+        assert_eq!(db.close_stale_calls("b", Utc::now()).await.expect("sweep b"), 1);
+
+        // A row from before calls were logged per node (node NULL) is the
+        // first node's once the daemon claims it, and only once.
+        let insert = "INSERT INTO calls (channel_id, direction, start_time, updated_at, source) \
+                      VALUES ('1700000000.7', 'internal', $1, $1, 'cel')";
+        match &db {
+            Db::Sqlite(p) => sqlx::query(insert).bind(start).execute(p).await.map(drop),
+            Db::Postgres(p) => sqlx::query(insert).bind(start).execute(p).await.map(drop),
+        }
+        .expect("an old row");
+        let old = db.call_with_legs(None, "1700000000.7").await.expect("read").expect("the old row");
+        assert_eq!(old.0.node, None);
+        assert_eq!(db.claim_calls("a").await.expect("claim"), 1);
+        assert_eq!(db.claim_calls("a").await.expect("claim again"), 0);
+        let old = db.call_with_legs(Some("a"), "1700000000.7").await.expect("read").expect("now a's");
+        assert_eq!(old.0.node.as_deref(), Some("a"));
     })
     .await;
 }

@@ -145,6 +145,9 @@ const BATCH: usize = 256;
 
 struct Shared {
     db: Db,
+    /// The Asterisk whose CEL this logger reads: its calls are keyed by
+    /// (node, linkedid), as linkedids repeat across servers.
+    node: String,
     cfg: CallLogConfig,
     stats: Arc<CallLogStats>,
 }
@@ -169,7 +172,7 @@ impl Shared {
     }
 
     async fn write_batch(&self, items: &[Item]) -> Result<(), crate::db::DbError> {
-        let mut b = Batch { db: self.db.cel_batch().await?, created: 0, completed: 0 };
+        let mut b = Batch { db: self.db.cel_batch(&self.node).await?, created: 0, completed: 0 };
         for item in items {
             self.handle(&mut b, item).await?;
         }
@@ -197,6 +200,7 @@ impl Shared {
             // callee leg, below); the number dialled stays on the caller's leg.
             let inbound = dir == "inbound";
             let c = CallStart {
+                node: self.node.clone(),
                 channel_id: l.linkedid.to_string(),
                 extension: if inbound { None } else { caller.clone() },
                 caller,
@@ -206,7 +210,7 @@ impl Shared {
             };
             if b.cel_call_started(&c).await? {
                 b.created += 1;
-                tracing::info!(linkedid = l.linkedid, caller = l.caller, exten = l.exten, "call record created");
+                tracing::info!(node = %self.node, linkedid = l.linkedid, caller = l.caller, exten = l.exten, "call record created");
             }
         }
         let role = if first {
@@ -267,7 +271,7 @@ impl Shared {
                         b.completed += 1;
                     }
                 } else if b.close_call_unknown(linkedid, at).await? {
-                    tracing::warn!(linkedid = %linkedid, "call ended while the logger was not connected; closed as unknown");
+                    tracing::warn!(node = %self.node, linkedid = %linkedid, "call ended while the logger was not connected; closed as unknown");
                 }
                 Ok(())
             }
@@ -379,7 +383,7 @@ async fn resync(ami: AmiConfig, shared: Arc<Shared>, senders: Vec<mpsc::Sender<I
             return;
         }
     }
-    let open = match shared.db.open_cel_calls().await {
+    let open = match shared.db.open_cel_calls(&shared.node).await {
         Ok(o) => o,
         Err(e) => {
             tracing::warn!(error = %e, "cannot list open calls after connecting for CEL");
@@ -388,7 +392,8 @@ async fn resync(ami: AmiConfig, shared: Arc<Shared>, senders: Vec<mpsc::Sender<I
     };
     for linkedid in open.into_iter().filter(|l| !ids.contains(l)) {
         // Only calls that started before the listing: a newer one is simply not listed yet.
-        let started = shared.db.legs(&linkedid).await.ok().and_then(|l| l.iter().map(|l| l.start_time).min());
+        let started =
+            shared.db.legs(Some(&shared.node), &linkedid).await.ok().and_then(|l| l.iter().map(|l| l.start_time).min());
         if started.is_some_and(|s| s >= listed_at) {
             continue;
         }
@@ -399,10 +404,17 @@ async fn resync(ami: AmiConfig, shared: Arc<Shared>, senders: Vec<mpsc::Sender<I
     }
 }
 
-/// Runs the CEL call logger until `stop` turns true.
-pub async fn run(db: Db, ami: AmiConfig, cfg: CallLogConfig, stats: Arc<CallLogStats>, stop: watch::Receiver<bool>) {
+/// Runs the CEL call logger of `node` (its AMI) until `stop` turns true.
+pub async fn run(
+    db: Db,
+    node: &str,
+    ami: AmiConfig,
+    cfg: CallLogConfig,
+    stats: Arc<CallLogStats>,
+    stop: watch::Receiver<bool>,
+) {
     let workers = cfg.workers.max(1);
-    let shared = Arc::new(Shared { db, cfg, stats });
+    let shared = Arc::new(Shared { db, node: node.to_string(), cfg, stats });
     let mut senders = Vec::with_capacity(workers);
     let mut tasks = Vec::with_capacity(workers + 1);
     for _ in 0..workers {
@@ -434,7 +446,12 @@ pub async fn run(db: Db, ami: AmiConfig, cfg: CallLogConfig, stats: Arc<CallLogS
         }));
     }
     // The sweeper: never open forever.
-    tasks.push(super::spawn_stale_sweeper(shared.db.clone(), shared.cfg.stale_after, stop.clone()));
+    tasks.push(super::spawn_stale_sweeper(
+        shared.db.clone(),
+        shared.node.clone(),
+        shared.cfg.stale_after,
+        stop.clone(),
+    ));
 
     let feed = CelFeed { ami, shared: shared.clone() };
     super::pump(&feed, &shared.stats, senders, tasks, stop).await;
@@ -456,11 +473,11 @@ impl Feed for CelFeed {
     }
 
     fn unavailable(&self, error: &str, retry_in: Duration) {
-        tracing::warn!(error = %error, retry_in_ms = retry_in.as_millis() as u64, "AMI unavailable for CEL; calls are not being logged");
+        tracing::warn!(node = %self.shared.node, error = %error, retry_in_ms = retry_in.as_millis() as u64, "AMI unavailable for CEL; calls are not being logged");
     }
 
     fn connected(&self, senders: &[mpsc::Sender<Item>]) {
-        tracing::info!(addr = %self.ami.addr, "CEL events connected; logging every call");
+        tracing::info!(node = %self.shared.node, addr = %self.ami.addr, "CEL events connected; logging every call");
         tokio::spawn(resync(AmiConfig { events: false, ..self.ami.clone() }, self.shared.clone(), senders.to_vec()));
     }
 

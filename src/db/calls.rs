@@ -2,7 +2,11 @@
 //! Asterisk's linkedid, with its legs in `call_legs`), or, without CEL, one
 //! per call that entered the Stasis app (keyed by its channel id).
 //!
-//! Exactly once: the row is created with `ON CONFLICT (channel_id) DO
+//! A call is keyed by (node, linkedid) and a leg by (node, uniqueid): a
+//! uniqueid is `<epoch>.<counter>` unless asterisk.conf sets `systemname`,
+//! so two Asterisk servers hand out the same ones.
+//!
+//! Exactly once: the row is created with `ON CONFLICT (node, channel_id) DO
 //! NOTHING`, so a duplicated StasisStart (or a replay after a reconnect)
 //! never makes a second row; answer and completion only fill what is still
 //! empty, so an event arriving twice or late changes nothing twice.
@@ -15,6 +19,8 @@ use sqlx::FromRow;
 /// A call as StasisStart describes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CallStart {
+    /// The Asterisk it is on (`nodes:`; `default` with one Asterisk).
+    pub node: String,
     pub channel_id: String,
     pub extension: Option<String>,
     pub caller: Option<String>,
@@ -27,6 +33,9 @@ pub struct CallStart {
 #[serde(rename_all = "camelCase")]
 pub struct CallRecord {
     pub id: i64,
+    /// The Asterisk the call was on; `None` for a row written before calls
+    /// were logged per node and not yet claimed (`Db::claim_calls`).
+    pub node: Option<String>,
     pub channel_id: String,
     pub extension: Option<String>,
     pub caller: Option<String>,
@@ -51,6 +60,7 @@ pub struct CallRecord {
 /// Filters for listing calls; `cursor` is the id of the last call of the previous page.
 #[derive(Clone, Debug, Default)]
 pub struct CallFilter {
+    pub node: Option<String>,
     pub extension: Option<String>,
     pub direction: Option<String>,
     pub since: Option<DateTime<Utc>>,
@@ -73,7 +83,7 @@ pub fn disposition(answered: bool, cause: Option<i64>) -> &'static str {
     }
 }
 
-const CALL_COLUMNS: &str = "id, channel_id, extension, caller, callee, direction, start_time, answer_time, end_time, \
+const CALL_COLUMNS: &str = "id, node, channel_id, extension, caller, callee, direction, start_time, answer_time, end_time, \
      duration_seconds, hangup_cause, disposition, answered_by, hangup_by, transfers, source";
 
 impl Db {
@@ -81,8 +91,8 @@ impl Db {
     pub async fn call_started(&self, c: &CallStart) -> Result<bool, DbError> {
         let now = Utc::now();
         let done = on_pool!(self, pool => sqlx::query(
-            "INSERT INTO calls (channel_id, extension, caller, callee, direction, start_time, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (channel_id) DO NOTHING",
+            "INSERT INTO calls (channel_id, extension, caller, callee, direction, start_time, updated_at, node) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (node, channel_id) DO NOTHING",
         )
         .bind(&c.channel_id)
         .bind(&c.extension)
@@ -91,6 +101,7 @@ impl Db {
         .bind(&c.direction)
         .bind(c.start_time)
         .bind(now)
+        .bind(&c.node)
         .execute(pool)
         .await
         .map(|r| r.rows_affected() == 1))?;
@@ -99,12 +110,13 @@ impl Db {
 
     /// Sets the answer time, once. An answer that arrives after the end
     /// (events out of order) still counts: duration and disposition follow.
-    pub async fn call_answered(&self, channel_id: &str, at: DateTime<Utc>) -> Result<bool, DbError> {
+    pub async fn call_answered(&self, node: &str, channel_id: &str, at: DateTime<Utc>) -> Result<bool, DbError> {
         type Row = (Option<DateTime<Utc>>, Option<DateTime<Utc>>, Option<String>);
         let row: Option<Row> = on_pool!(self, pool => sqlx::query_as(
-            "SELECT answer_time, end_time, disposition FROM calls WHERE channel_id = $1",
+            "SELECT answer_time, end_time, disposition FROM calls WHERE channel_id = $1 AND node = $2",
         )
         .bind(channel_id)
+        .bind(node)
         .fetch_optional(pool)
         .await)?;
         let Some((None, end, disposition)) = row else { return Ok(false) };
@@ -114,13 +126,14 @@ impl Db {
         let disposition = end.map(|_| "answered");
         let done = on_pool!(self, pool => sqlx::query(
             "UPDATE calls SET answer_time = $1, duration_seconds = COALESCE($2, duration_seconds), \
-             disposition = COALESCE($3, disposition), updated_at = $4 WHERE channel_id = $5 AND answer_time IS NULL",
+             disposition = COALESCE($3, disposition), updated_at = $4 WHERE channel_id = $5 AND node = $6 AND answer_time IS NULL",
         )
         .bind(at)
         .bind(duration)
         .bind(disposition)
         .bind(Utc::now())
         .bind(channel_id)
+        .bind(node)
         .execute(pool)
         .await
         .map(|r| r.rows_affected() == 1))?;
@@ -131,11 +144,18 @@ impl Db {
     /// cause, and the disposition that follows from them ([`disposition`]).
     /// A row closed as `unknown` (its channel seemed gone, or it stayed open
     /// too long) is provisional: the real end replaces it.
-    pub async fn call_ended(&self, channel_id: &str, at: DateTime<Utc>, cause: Option<i64>) -> Result<bool, DbError> {
+    pub async fn call_ended(
+        &self,
+        node: &str,
+        channel_id: &str,
+        at: DateTime<Utc>,
+        cause: Option<i64>,
+    ) -> Result<bool, DbError> {
         let open: Option<(Option<DateTime<Utc>>,)> = on_pool!(self, pool => sqlx::query_as(
-            "SELECT answer_time FROM calls WHERE channel_id = $1 AND (end_time IS NULL OR disposition = 'unknown')",
+            "SELECT answer_time FROM calls WHERE channel_id = $1 AND node = $2 AND (end_time IS NULL OR disposition = 'unknown')",
         )
         .bind(channel_id)
+        .bind(node)
         .fetch_optional(pool)
         .await)?;
         let Some((answer,)) = open else { return Ok(false) };
@@ -143,7 +163,7 @@ impl Db {
         let disposition = disposition(answer.is_some(), cause);
         let done = on_pool!(self, pool => sqlx::query(
             "UPDATE calls SET end_time = $1, duration_seconds = $2, hangup_cause = COALESCE($3, hangup_cause), \
-             disposition = $4, updated_at = $5 WHERE channel_id = $6 AND (end_time IS NULL OR disposition = 'unknown')",
+             disposition = $4, updated_at = $5 WHERE channel_id = $6 AND node = $7 AND (end_time IS NULL OR disposition = 'unknown')",
         )
         .bind(at)
         .bind(duration)
@@ -151,6 +171,7 @@ impl Db {
         .bind(disposition)
         .bind(Utc::now())
         .bind(channel_id)
+        .bind(node)
         .execute(pool)
         .await
         .map(|r| r.rows_affected() == 1))?;
@@ -158,33 +179,35 @@ impl Db {
     }
 
     /// Closes one open call as "unknown" (its channel is gone and its end was missed).
-    pub async fn close_call_unknown(&self, channel_id: &str, at: DateTime<Utc>) -> Result<bool, DbError> {
-        let mut b = self.cel_batch().await?;
+    pub async fn close_call_unknown(&self, node: &str, channel_id: &str, at: DateTime<Utc>) -> Result<bool, DbError> {
+        let mut b = self.cel_batch(node).await?;
         let done = b.close_call_unknown(channel_id, at).await?;
         b.commit().await?;
         Ok(done)
     }
 
-    /// Channel ids of calls still open that started after `since`.
-    pub async fn open_calls(&self, since: DateTime<Utc>) -> Result<Vec<String>, DbError> {
+    /// Channel ids of `node`'s calls still open that started after `since`.
+    pub async fn open_calls(&self, node: &str, since: DateTime<Utc>) -> Result<Vec<String>, DbError> {
         let rows: Vec<(String,)> = on_pool!(self, pool => sqlx::query_as(
-            "SELECT channel_id FROM calls WHERE end_time IS NULL AND start_time >= $1 ORDER BY id",
+            "SELECT channel_id FROM calls WHERE end_time IS NULL AND start_time >= $1 AND node = $2 ORDER BY id",
         )
         .bind(since)
+        .bind(node)
         .fetch_all(pool)
         .await)?;
         Ok(rows.into_iter().map(|(c,)| c).collect())
     }
 
-    /// Closes calls still open after `older_than` as "unknown"; returns how many.
-    pub async fn close_stale_calls(&self, older_than: DateTime<Utc>) -> Result<u64, DbError> {
+    /// Closes `node`'s calls still open after `older_than` as "unknown"; returns how many.
+    pub async fn close_stale_calls(&self, node: &str, older_than: DateTime<Utc>) -> Result<u64, DbError> {
         let now = Utc::now();
         let n = on_pool!(self, pool => sqlx::query(
-            "UPDATE calls SET end_time = $1, disposition = 'unknown', updated_at = $2 WHERE end_time IS NULL AND start_time < $3",
+            "UPDATE calls SET end_time = $1, disposition = 'unknown', updated_at = $2 WHERE end_time IS NULL AND start_time < $3 AND node = $4",
         )
         .bind(now)
         .bind(now)
         .bind(older_than)
+        .bind(node)
         .execute(pool)
         .await
         .map(|r| r.rows_affected()))?;
@@ -203,9 +226,12 @@ impl Db {
                     .push_bind(e.clone())
                     .push(" OR callee = ")
                     .push_bind(e.clone())
-                    .push(" OR channel_id IN (SELECT linkedid FROM call_legs WHERE extension = ")
+                    .push(" OR (node, channel_id) IN (SELECT node, linkedid FROM call_legs WHERE extension = ")
                     .push_bind(e.clone())
                     .push("))");
+            }
+            if let Some(n) = &f.node {
+                qb.push(" AND node = ").push_bind(n.clone());
             }
             if let Some(d) = &f.direction {
                 qb.push(" AND direction = ").push_bind(d.clone());
@@ -380,26 +406,44 @@ const LEG_COLUMNS: &str = "linkedid, uniqueid, channel, extension, role, caller,
      end_time, talk_seconds, hangup_cause, hangup_source, dial_status, transferred_at, transfer_to";
 
 impl Db {
-    /// The legs of one call, in the order they started.
-    pub async fn legs(&self, linkedid: &str) -> Result<Vec<Leg>, DbError> {
+    /// The legs of one call of `node` (`None`: a row from before calls were
+    /// logged per node), in the order they started.
+    pub async fn legs(&self, node: Option<&str>, linkedid: &str) -> Result<Vec<Leg>, DbError> {
+        let of_node = if node.is_some() { "node = $2" } else { "node IS NULL" };
         let legs = on_pool!(self, pool => {
-            let rows = sqlx::query(&format!("SELECT {LEG_COLUMNS} FROM call_legs WHERE linkedid = $1 ORDER BY start_time, id"))
-                .bind(linkedid)
-                .fetch_all(pool)
-                .await?;
+            let sql = format!("SELECT {LEG_COLUMNS} FROM call_legs WHERE linkedid = $1 AND {of_node} ORDER BY start_time, id");
+            let mut q = sqlx::query(&sql).bind(linkedid);
+            if let Some(n) = node {
+                q = q.bind(n);
+            }
+            let rows = q.fetch_all(pool).await?;
             rows.iter().map(Leg::from_row).collect::<Result<Vec<_>, sqlx::Error>>()
         })?;
         Ok(legs)
     }
 
-    /// Linkedids of the calls logged from CEL that are still open.
-    pub async fn open_cel_calls(&self) -> Result<Vec<String>, DbError> {
+    /// Linkedids of `node`'s calls logged from CEL that are still open.
+    pub async fn open_cel_calls(&self, node: &str) -> Result<Vec<String>, DbError> {
         let rows: Vec<(String,)> = on_pool!(self, pool => sqlx::query_as(
-            "SELECT channel_id FROM calls WHERE end_time IS NULL AND source = 'cel' ORDER BY id",
+            "SELECT channel_id FROM calls WHERE end_time IS NULL AND source = 'cel' AND node = $1 ORDER BY id",
         )
+        .bind(node)
         .fetch_all(pool)
         .await)?;
         Ok(rows.into_iter().map(|(c,)| c).collect())
+    }
+
+    /// Names the calls and legs written before calls were logged per node
+    /// (node NULL) after `node`, the first node: only its CEL was logged
+    /// then. Returns how many calls it named; once done, it finds none.
+    pub async fn claim_calls(&self, node: &str) -> Result<u64, DbError> {
+        let n = on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let n = sqlx::query("UPDATE calls SET node = $1 WHERE node IS NULL").bind(node).execute(&mut *tx).await?.rows_affected();
+            sqlx::query("UPDATE call_legs SET node = $1 WHERE node IS NULL").bind(node).execute(&mut *tx).await?;
+            tx.commit().await.map(|()| n)
+        })?;
+        Ok(n)
     }
 
     /// The calls happening now (not ended), oldest first, with their legs.
@@ -407,7 +451,7 @@ impl Db {
         let calls = self.calls_where(" AND end_time IS NULL", 1000).await?;
         let mut out = Vec::with_capacity(calls.len());
         for call in calls.into_iter().rev() {
-            let legs = self.legs(&call.channel_id).await?;
+            let legs = self.legs(call.node.as_deref(), &call.channel_id).await?;
             let state = if call.answer_time.is_some() { "up" } else { "ringing" };
             out.push(ActiveCall { call, state, legs });
         }
@@ -433,7 +477,7 @@ impl Db {
                     COUNT(DISTINCT CASE WHEN l.answer_time IS NOT NULL THEN l.linkedid END), \
                     COUNT(DISTINCT CASE WHEN l.role <> 'caller' AND l.answer_time IS NULL AND c.disposition IN ('no answer', 'busy') THEN l.linkedid END), \
                     CAST(SUM(COALESCE(l.talk_seconds, 0)) AS BIGINT) \
-             FROM call_legs l JOIN calls c ON c.channel_id = l.linkedid \
+             FROM call_legs l JOIN calls c ON c.channel_id = l.linkedid AND c.node = l.node \
              WHERE l.extension = $1 AND l.start_time >= $2",
         )
         .bind(ext)
@@ -448,17 +492,26 @@ impl Db {
         })
     }
 
-    /// One call by its linkedid (its `channelId`), with its legs.
-    pub async fn call_with_legs(&self, linkedid: &str) -> Result<Option<(CallRecord, Vec<Leg>)>, DbError> {
+    /// One call by its linkedid (its `channelId`) on `node`, with its legs;
+    /// without a node, the newest call of that linkedid on any node
+    /// (linkedids repeat across Asterisk servers).
+    pub async fn call_with_legs(
+        &self,
+        node: Option<&str>,
+        linkedid: &str,
+    ) -> Result<Option<(CallRecord, Vec<Leg>)>, DbError> {
+        let of_node = if node.is_some() { " AND node = $2" } else { "" };
         let row = on_pool!(self, pool => {
-            let row = sqlx::query(&format!("SELECT {CALL_COLUMNS} FROM calls WHERE channel_id = $1"))
-                .bind(linkedid)
-                .fetch_optional(pool)
-                .await?;
+            let sql = format!("SELECT {CALL_COLUMNS} FROM calls WHERE channel_id = $1{of_node} ORDER BY id DESC LIMIT 1");
+            let mut q = sqlx::query(&sql).bind(linkedid);
+            if let Some(n) = node {
+                q = q.bind(n);
+            }
+            let row = q.fetch_optional(pool).await?;
             row.as_ref().map(CallRecord::from_row).transpose()
         })?;
         let Some(call) = row else { return Ok(None) };
-        let legs = self.legs(linkedid).await?;
+        let legs = self.legs(call.node.as_deref(), linkedid).await?;
         Ok(Some((call, legs)))
     }
 
@@ -479,6 +532,8 @@ impl Db {
 /// in their order; a batch that fails is rolled back whole.
 pub struct CelBatch {
     tx: BatchTx,
+    /// The node whose calls it writes: every call and leg it names is that node's.
+    node: String,
 }
 
 enum BatchTx {
@@ -506,12 +561,13 @@ impl Db {
     /// Starts a batch of CEL writes. SQLite's is `BEGIN IMMEDIATE`: a batch
     /// reads before it writes, and a deferred one would then fail (busy)
     /// when another worker's batch wrote in between, instead of waiting.
-    pub async fn cel_batch(&self) -> Result<CelBatch, DbError> {
+    /// Every call and leg it reads or writes is `node`'s.
+    pub async fn cel_batch(&self, node: &str) -> Result<CelBatch, DbError> {
         let tx = match self {
             Db::Sqlite(pool) => BatchTx::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?),
             Db::Postgres(pool) => BatchTx::Postgres(pool.begin().await?),
         };
-        Ok(CelBatch { tx })
+        Ok(CelBatch { tx, node: node.to_string() })
     }
 }
 
@@ -528,11 +584,12 @@ impl CelBatch {
     /// Closes the call as `unknown` (it ended while the logger was away), once.
     pub async fn close_call_unknown(&mut self, channel_id: &str, at: DateTime<Utc>) -> Result<bool, DbError> {
         let done = on_tx!(self, pool => sqlx::query(
-            "UPDATE calls SET end_time = $1, disposition = 'unknown', updated_at = $2 WHERE channel_id = $3 AND end_time IS NULL",
+            "UPDATE calls SET end_time = $1, disposition = 'unknown', updated_at = $2 WHERE channel_id = $3 AND node = $4 AND end_time IS NULL",
         )
         .bind(at)
         .bind(Utc::now())
         .bind(channel_id)
+        .bind(&self.node)
         .execute(pool)
         .await
         .map(|r| r.rows_affected() == 1))?;
@@ -543,8 +600,8 @@ impl CelBatch {
     /// already existed (a replay, or the Stasis app's row for the same call).
     pub async fn cel_call_started(&mut self, c: &CallStart) -> Result<bool, DbError> {
         let done = on_tx!(self, pool => sqlx::query(
-            "INSERT INTO calls (channel_id, extension, caller, callee, direction, start_time, updated_at, source) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, 'cel') ON CONFLICT (channel_id) DO NOTHING",
+            "INSERT INTO calls (channel_id, extension, caller, callee, direction, start_time, updated_at, source, node) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'cel', $8) ON CONFLICT (node, channel_id) DO NOTHING",
         )
         .bind(&c.channel_id)
         .bind(&c.extension)
@@ -553,6 +610,7 @@ impl CelBatch {
         .bind(&c.direction)
         .bind(c.start_time)
         .bind(Utc::now())
+        .bind(&self.node)
         .execute(pool)
         .await
         .map(|r| r.rows_affected() == 1))?;
@@ -562,8 +620,8 @@ impl CelBatch {
     /// Records a leg, once (by uniqueid).
     pub async fn leg_started(&mut self, l: &LegStart) -> Result<bool, DbError> {
         let done = on_tx!(self, pool => sqlx::query(
-            "INSERT INTO call_legs (linkedid, uniqueid, channel, extension, role, caller, dialled, start_time) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (uniqueid) DO NOTHING",
+            "INSERT INTO call_legs (linkedid, uniqueid, channel, extension, role, caller, dialled, start_time, node) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (node, uniqueid) DO NOTHING",
         )
         .bind(&l.linkedid)
         .bind(&l.uniqueid)
@@ -573,6 +631,7 @@ impl CelBatch {
         .bind(&l.caller)
         .bind(&l.dialled)
         .bind(l.start_time)
+        .bind(&self.node)
         .execute(pool)
         .await
         .map(|r| r.rows_affected() == 1))?;
@@ -582,15 +641,17 @@ impl CelBatch {
     /// A leg was answered (once). When it is not the caller's, the call is
     /// answered by it (once: the first answer counts).
     pub async fn leg_answered(&mut self, linkedid: &str, uniqueid: &str, at: DateTime<Utc>) -> Result<(), DbError> {
-        on_tx!(self, pool => sqlx::query("UPDATE call_legs SET answer_time = $1 WHERE uniqueid = $2 AND answer_time IS NULL")
+        on_tx!(self, pool => sqlx::query("UPDATE call_legs SET answer_time = $1 WHERE uniqueid = $2 AND node = $3 AND answer_time IS NULL")
             .bind(at)
             .bind(uniqueid)
+            .bind(&self.node)
             .execute(pool)
             .await
             .map(drop))?;
         if linkedid != uniqueid {
-            let by: Option<(Option<String>,)> = on_tx!(self, pool => sqlx::query_as("SELECT extension FROM call_legs WHERE uniqueid = $1")
+            let by: Option<(Option<String>,)> = on_tx!(self, pool => sqlx::query_as("SELECT extension FROM call_legs WHERE uniqueid = $1 AND node = $2")
                 .bind(uniqueid)
+                .bind(&self.node)
                 .fetch_optional(pool)
                 .await)?;
             // Not a leg (a Local channel): a party answers the call, not plumbing.
@@ -598,12 +659,13 @@ impl CelBatch {
                 return Ok(());
             }
             on_tx!(self, pool => sqlx::query(
-                "UPDATE calls SET answer_time = $1, answered_by = $2, updated_at = $3 WHERE channel_id = $4 AND answer_time IS NULL",
+                "UPDATE calls SET answer_time = $1, answered_by = $2, updated_at = $3 WHERE channel_id = $4 AND node = $5 AND answer_time IS NULL",
             )
             .bind(at)
             .bind(by.and_then(|(e,)| e))
             .bind(Utc::now())
             .bind(linkedid)
+            .bind(&self.node)
             .execute(pool)
             .await
             .map(drop))?;
@@ -621,12 +683,13 @@ impl CelBatch {
     ) -> Result<(), DbError> {
         on_tx!(self, pool => sqlx::query(
             "UPDATE call_legs SET hangup_cause = COALESCE($1, hangup_cause), hangup_source = COALESCE($2, hangup_source), \
-             dial_status = COALESCE($3, dial_status) WHERE uniqueid = $4",
+             dial_status = COALESCE($3, dial_status) WHERE uniqueid = $4 AND node = $5",
         )
         .bind(cause)
         .bind(source)
         .bind(dial_status)
         .bind(uniqueid)
+        .bind(&self.node)
         .execute(pool)
         .await
         .map(drop))?;
@@ -635,9 +698,10 @@ impl CelBatch {
 
     /// A leg's channel is gone (CEL `CHAN_END`).
     pub async fn leg_ended(&mut self, uniqueid: &str, at: DateTime<Utc>) -> Result<(), DbError> {
-        on_tx!(self, pool => sqlx::query("UPDATE call_legs SET end_time = $1 WHERE uniqueid = $2 AND end_time IS NULL")
+        on_tx!(self, pool => sqlx::query("UPDATE call_legs SET end_time = $1 WHERE uniqueid = $2 AND node = $3 AND end_time IS NULL")
             .bind(at)
             .bind(uniqueid)
+            .bind(&self.node)
             .execute(pool)
             .await
             .map(drop))?;
@@ -652,11 +716,12 @@ impl CelBatch {
         to: Option<&str>,
     ) -> Result<(), DbError> {
         on_tx!(self, pool => sqlx::query(
-            "UPDATE call_legs SET transferred_at = COALESCE(transferred_at, $1), transfer_to = COALESCE($2, transfer_to) WHERE uniqueid = $3",
+            "UPDATE call_legs SET transferred_at = COALESCE(transferred_at, $1), transfer_to = COALESCE($2, transfer_to) WHERE uniqueid = $3 AND node = $4",
         )
         .bind(at)
         .bind(to)
         .bind(uniqueid)
+        .bind(&self.node)
         .execute(pool)
         .await
         .map(drop))?;
@@ -672,18 +737,20 @@ impl CelBatch {
         transferer: &str,
     ) -> Result<Option<String>, DbError> {
         on_tx!(self, pool => sqlx::query(
-            "UPDATE call_legs SET role = 'transfer' WHERE linkedid = $1 AND role = 'callee' AND uniqueid <> $2 \
-             AND end_time IS NULL AND start_time >= (SELECT start_time FROM call_legs WHERE uniqueid = $2)",
+            "UPDATE call_legs SET role = 'transfer' WHERE linkedid = $1 AND node = $3 AND role = 'callee' AND uniqueid <> $2 \
+             AND end_time IS NULL AND start_time >= (SELECT start_time FROM call_legs WHERE uniqueid = $2 AND node = $3)",
         )
         .bind(linkedid)
         .bind(transferer)
+        .bind(&self.node)
         .execute(pool)
         .await
         .map(drop))?;
         let first: Option<(Option<String>,)> = on_tx!(self, pool => sqlx::query_as(
-            "SELECT extension FROM call_legs WHERE linkedid = $1 AND role = 'transfer' ORDER BY start_time, id LIMIT 1",
+            "SELECT extension FROM call_legs WHERE linkedid = $1 AND node = $2 AND role = 'transfer' ORDER BY start_time, id LIMIT 1",
         )
         .bind(linkedid)
+        .bind(&self.node)
         .fetch_optional(pool)
         .await)?;
         Ok(first.and_then(|(e,)| e))
@@ -694,10 +761,11 @@ impl CelBatch {
     pub async fn inbound_call_rings(&mut self, linkedid: &str, ext: &str) -> Result<(), DbError> {
         on_tx!(self, pool => sqlx::query(
             "UPDATE calls SET callee = COALESCE(callee, $1), extension = COALESCE(extension, $1) \
-             WHERE channel_id = $2 AND direction = 'inbound' AND source = 'cel'",
+             WHERE channel_id = $2 AND node = $3 AND direction = 'inbound' AND source = 'cel'",
         )
         .bind(ext)
         .bind(linkedid)
+        .bind(&self.node)
         .execute(pool)
         .await
         .map(drop))?;
@@ -711,17 +779,18 @@ impl CelBatch {
     /// has no leg left. A call already completed is completed again with
     /// its leg. `false` when the leg was already there.
     pub async fn leg_picked_up(&mut self, l: &LegStart) -> Result<bool, DbError> {
-        let before: Option<(String,)> = on_tx!(self, pool => sqlx::query_as("SELECT linkedid FROM call_legs WHERE uniqueid = $1")
+        let before: Option<(String,)> = on_tx!(self, pool => sqlx::query_as("SELECT linkedid FROM call_legs WHERE uniqueid = $1 AND node = $2")
             .bind(&l.uniqueid)
+            .bind(&self.node)
             .fetch_optional(pool)
             .await)?;
         if before.as_ref().is_some_and(|(b,)| b == &l.linkedid) {
             return Ok(false);
         }
         on_tx!(self, pool => sqlx::query(
-            "INSERT INTO call_legs (linkedid, uniqueid, channel, extension, role, start_time, answer_time) \
-             VALUES ($1, $2, $3, $4, 'pickup', $5, $5) \
-             ON CONFLICT (uniqueid) DO UPDATE SET linkedid = $1, role = 'pickup', \
+            "INSERT INTO call_legs (linkedid, uniqueid, channel, extension, role, start_time, answer_time, node) \
+             VALUES ($1, $2, $3, $4, 'pickup', $5, $5, $6) \
+             ON CONFLICT (node, uniqueid) DO UPDATE SET linkedid = $1, role = 'pickup', \
              answer_time = COALESCE(call_legs.answer_time, $5)",
         )
         .bind(&l.linkedid)
@@ -729,23 +798,26 @@ impl CelBatch {
         .bind(&l.channel)
         .bind(&l.extension)
         .bind(l.start_time)
+        .bind(&self.node)
         .execute(pool)
         .await
         .map(drop))?;
         let own = before.map(|(b,)| b).unwrap_or_else(|| l.uniqueid.clone());
         on_tx!(self, pool => sqlx::query(
-            "DELETE FROM calls WHERE channel_id IN ($1, $2) AND channel_id <> $3 \
-             AND NOT EXISTS (SELECT 1 FROM call_legs WHERE call_legs.linkedid = calls.channel_id)",
+            "DELETE FROM calls WHERE channel_id IN ($1, $2) AND channel_id <> $3 AND node = $4 \
+             AND NOT EXISTS (SELECT 1 FROM call_legs WHERE call_legs.linkedid = calls.channel_id AND call_legs.node = calls.node)",
         )
         .bind(&own)
         .bind(&l.uniqueid)
         .bind(&l.linkedid)
+        .bind(&self.node)
         .execute(pool)
         .await
         .map(drop))?;
         self.leg_answered(&l.linkedid, &l.uniqueid, l.start_time).await?;
-        let ended: Option<(Option<DateTime<Utc>>,)> = on_tx!(self, pool => sqlx::query_as("SELECT end_time FROM calls WHERE channel_id = $1")
+        let ended: Option<(Option<DateTime<Utc>>,)> = on_tx!(self, pool => sqlx::query_as("SELECT end_time FROM calls WHERE channel_id = $1 AND node = $2")
             .bind(&l.linkedid)
+            .bind(&self.node)
             .fetch_optional(pool)
             .await)?;
         if let Some((Some(at),)) = ended {
@@ -757,9 +829,10 @@ impl CelBatch {
     /// Whether any leg of the call transferred it.
     pub async fn call_was_transferred(&mut self, linkedid: &str) -> Result<bool, DbError> {
         let n: (i64,) = on_tx!(self, pool => sqlx::query_as(
-            "SELECT COUNT(*) FROM call_legs WHERE linkedid = $1 AND transferred_at IS NOT NULL",
+            "SELECT COUNT(*) FROM call_legs WHERE linkedid = $1 AND node = $2 AND transferred_at IS NOT NULL",
         )
         .bind(linkedid)
+        .bind(&self.node)
         .fetch_one(pool)
         .await)?;
         Ok(n.0 > 0)
@@ -768,8 +841,9 @@ impl CelBatch {
     /// The legs of one call, in the order they started.
     pub async fn legs(&mut self, linkedid: &str) -> Result<Vec<Leg>, DbError> {
         let legs = on_tx!(self, pool => {
-            let rows = sqlx::query(&format!("SELECT {LEG_COLUMNS} FROM call_legs WHERE linkedid = $1 ORDER BY start_time, id"))
+            let rows = sqlx::query(&format!("SELECT {LEG_COLUMNS} FROM call_legs WHERE linkedid = $1 AND node = $2 ORDER BY start_time, id"))
                 .bind(linkedid)
+                .bind(&self.node)
                 .fetch_all(pool)
                 .await?;
             rows.iter().map(Leg::from_row).collect::<Result<Vec<_>, sqlx::Error>>()
@@ -802,10 +876,11 @@ impl CelBatch {
                 }
                 _ => 0,
             };
-            on_tx!(self, pool => sqlx::query("UPDATE call_legs SET talk_seconds = $1, end_time = COALESCE(end_time, $2) WHERE uniqueid = $3")
+            on_tx!(self, pool => sqlx::query("UPDATE call_legs SET talk_seconds = $1, end_time = COALESCE(end_time, $2) WHERE uniqueid = $3 AND node = $4")
                 .bind(talk)
                 .bind(at)
                 .bind(&l.uniqueid)
+                .bind(&self.node)
                 .execute(pool)
                 .await
                 .map(drop))?;
@@ -813,7 +888,7 @@ impl CelBatch {
         let done = on_tx!(self, pool => sqlx::query(
             "UPDATE calls SET end_time = $1, answer_time = COALESCE(answer_time, $2), answered_by = COALESCE(answered_by, $3), \
              duration_seconds = $4, hangup_cause = $5, hangup_by = $6, disposition = $7, transfers = $8, updated_at = $9 \
-             WHERE channel_id = $10 AND ($11 OR end_time IS NULL OR disposition = 'unknown')",
+             WHERE channel_id = $10 AND node = $12 AND ($11 OR end_time IS NULL OR disposition = 'unknown')",
         )
         .bind(at)
         .bind(o.answer_time)
@@ -826,6 +901,7 @@ impl CelBatch {
         .bind(now)
         .bind(linkedid)
         .bind(again)
+        .bind(&self.node)
         .execute(pool)
         .await
         .map(|r| r.rows_affected() == 1))?;

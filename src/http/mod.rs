@@ -99,6 +99,9 @@ pub struct NodeLive {
     pub asterisk: Arc<crate::asterisk::Asterisk>,
     /// Refreshed in the background (see `app::refresh_registrations`).
     pub registrations: Arc<std::sync::RwLock<read::Registrations>>,
+    /// Its call logger's counters (CEL over its AMI), when calls are logged;
+    /// the first node's are `Live::calls`.
+    pub calls: Option<Arc<crate::calls::CallLogStats>>,
 }
 
 impl AppState {

@@ -166,6 +166,14 @@ async fn metrics(State(state): State<AppState>, Database(db): Database) -> Resul
             let registered = regs.by_endpoint.values().filter(|c| c.iter().any(Contact::alive)).count();
             let _ = writeln!(out, "asterisk_gitops_node_registered_endpoints{{node=\"{name}\"}} {registered}");
         }
+        let _ = writeln!(out, "# HELP asterisk_gitops_node_call_log_up Whether the node's call logger is connected.");
+        let _ = writeln!(out, "# TYPE asterisk_gitops_node_call_log_up gauge");
+        for n in state.live.nodes.iter() {
+            if let Some(c) = &n.calls {
+                let up = c.connected.load(std::sync::atomic::Ordering::Relaxed);
+                let _ = writeln!(out, "asterisk_gitops_node_call_log_up{{node=\"{}\"}} {}", n.name, u8::from(up));
+            }
+        }
     }
     if let Some(c) = &state.live.calls {
         use std::sync::atomic::Ordering::Relaxed;
@@ -526,6 +534,10 @@ pub(crate) async fn node_views(state: &AppState) -> Vec<NodeView> {
             let regs = n.registrations.read().map(|r| r.clone()).unwrap_or_default();
             let registrations =
                 regs.read_at.map(|_| regs.by_endpoint.values().filter(|c| c.iter().any(Contact::alive)).count());
+            let call_logger = n.calls.as_ref().map(|c| CallLoggerView {
+                connected: c.connected.load(std::sync::atomic::Ordering::Relaxed),
+                events: c.events.load(std::sync::atomic::Ordering::Relaxed),
+            });
             NodeView {
                 name: n.name.clone(),
                 reachable,
@@ -534,6 +546,7 @@ pub(crate) async fn node_views(state: &AppState) -> Vec<NodeView> {
                 registrations_read_at: regs.read_at,
                 error,
                 last_apply,
+                call_logger,
             }
         }
     });
@@ -564,6 +577,8 @@ async fn run(Database(db): Database, Path(id): Path<String>) -> Result<impl Into
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CallsQuery {
+    /// Only the calls of this node (`nodes:`; `default` with one Asterisk).
+    node: Option<String>,
     extension: Option<String>,
     direction: Option<String>,
     since: Option<DateTime<Utc>>,
@@ -591,10 +606,26 @@ async fn active_calls(Database(db): Database) -> Result<impl IntoResponse, ApiEr
     Ok(Json(json!({"count": out.len(), "calls": out})))
 }
 
-/// One call by its id (`channelId`: Asterisk's linkedid), with its legs.
-async fn one_call(Database(db): Database, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
-    let (call, legs) =
-        db.call_with_legs(&id).await.map_err(internal)?.ok_or_else(|| ApiError::NotFound(format!("no call {id}")))?;
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OneCallQuery {
+    node: Option<String>,
+}
+
+/// One call by its id (`channelId`: Asterisk's linkedid), with its legs;
+/// `?node=` names the node (a linkedid repeats across Asterisk servers;
+/// without it, the newest call of that id).
+async fn one_call(
+    Database(db): Database,
+    Path(id): Path<String>,
+    query: Result<Query<OneCallQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::BadRequest(e.body_text(), Vec::new()))?;
+    let (call, legs) = db
+        .call_with_legs(q.node.as_deref(), &id)
+        .await
+        .map_err(internal)?
+        .ok_or_else(|| ApiError::NotFound(format!("no call {id}")))?;
     let mut v = serde_json::to_value(&call).unwrap_or_default();
     v["legs"] = serde_json::to_value(&legs).unwrap_or_default();
     Ok(Json(v))
@@ -610,7 +641,7 @@ fn csv_field(s: &str) -> String {
 
 fn calls_csv(calls: &[crate::db::calls::CallRecord]) -> String {
     let mut out = String::from(
-        "id,channelId,extension,caller,callee,direction,startTime,answerTime,endTime,durationSeconds,hangupCause,disposition,answeredBy,hangupBy,transfers\r\n",
+        "id,channelId,extension,caller,callee,direction,startTime,answerTime,endTime,durationSeconds,hangupCause,disposition,answeredBy,hangupBy,transfers,node\r\n",
     );
     let t = |d: Option<DateTime<Utc>>| d.map(|d| d.to_rfc3339()).unwrap_or_default();
     let o = |s: &Option<String>| csv_field(s.as_deref().unwrap_or(""));
@@ -632,6 +663,7 @@ fn calls_csv(calls: &[crate::db::calls::CallRecord]) -> String {
             o(&c.answered_by),
             o(&c.hangup_by),
             c.transfers.to_string(),
+            o(&c.node),
         ];
         out.push_str(&row.join(","));
         out.push_str("\r\n");
@@ -654,6 +686,7 @@ async fn calls(
     }
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     let filter = CallFilter {
+        node: q.node,
         extension: q.extension,
         direction: q.direction,
         since: q.since,

@@ -419,8 +419,14 @@ async fn calls(
 ) -> Response {
     let extension = q.get("extension").map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
     let direction = q.get("direction").cloned().filter(|d| ["inbound", "outbound", "internal"].contains(&d.as_str()));
-    let filter =
-        CallFilter { extension: extension.clone(), direction: direction.clone(), limit: 200, ..Default::default() };
+    let node = q.get("node").map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
+    let filter = CallFilter {
+        node: node.clone(),
+        extension: extension.clone(),
+        direction: direction.clone(),
+        limit: 200,
+        ..Default::default()
+    };
     let calls = or_page!(db.calls(&filter).await.map_err(internal));
     let mut csv_url = "/calls?format=csv&limit=1000".to_string();
     if let Some(e) = &extension {
@@ -431,9 +437,14 @@ async fn calls(
         csv_url.push_str("&direction=");
         csv_url.push_str(d);
     }
+    if let Some(n) = &node {
+        csv_url.push_str("&node=");
+        csv_url.push_str(&percent(n));
+    }
+    let nodes: Vec<String> = state.live.nodes.iter().map(|n| n.name.clone()).collect();
     let ctx = context! {
         ..base(&state, &viewer, None),
-        ..context! { calls => calls, extension => extension.unwrap_or_default(), direction => direction.unwrap_or_default(), call_logger => state.live.calls.is_some(), csv_url => csv_url }
+        ..context! { calls => calls, extension => extension.unwrap_or_default(), direction => direction.unwrap_or_default(), node => node.unwrap_or_default(), nodes => nodes, call_logger => state.live.calls.is_some(), csv_url => csv_url }
     };
     page(StatusCode::OK, "calls.html", ctx)
 }

@@ -141,6 +141,8 @@ pub struct NodeView {
     pub error: Option<String>,
     /// How the last run went on it (`None` before one).
     pub last_apply: Option<crate::reconcile::fleet::NodeApply>,
+    /// Its call logger (CEL over its AMI), when calls are logged.
+    pub call_logger: Option<CallLoggerView>,
 }
 
 /// One extension's registration on one node.

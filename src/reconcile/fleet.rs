@@ -11,15 +11,23 @@
 //! rollout: the nodes after it are not touched and say so. The lead failing
 //! while it answers stops every follower. An unreachable or skipped node
 //! converges at a later run (the periodic resync or any trigger).
+//!
+//! With `apply.target: realtime` ([`Fleet::shared_tables`]) one commit
+//! serves every node: the followers are not applied to but verified, each
+//! on its own (none stops another): the extensions the lead's run changed
+//! are read back through each node's AMI (`run::verify`). A node that does
+//! not answer is reported unreachable and keeps those extensions pending,
+//! verified at the first run it answers again. The lead failing (its commit
+//! not made) verifies nobody.
 
 use super::ports::{AsteriskControl, LiveApply, StateStore};
 use super::run::Reconciler;
 use super::source::Desired;
 use super::{AppliedRow, Outcome, RunRecord, RunReport, Trigger};
-use crate::core::plan::Fields;
+use crate::core::plan::{Action, Change, Fields, Plan};
 use crate::core::status::{StatusUpdate, Step};
 use serde::Serialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -128,6 +136,12 @@ pub struct Fleet<A, L> {
     pub lead: String,
     pub followers: Vec<Follower<A, L>>,
     pub applies: NodeApplies,
+    /// Every node reads the lead's tables (`apply.target: realtime`): the
+    /// followers are verified, never applied to.
+    pub shared_tables: bool,
+    /// With shared tables: per follower, the extensions changed since it
+    /// was last verified (it was down, or its verification failed).
+    pub pending: Mutex<BTreeMap<String, BTreeSet<String>>>,
 }
 
 impl<A, L> Fleet<A, L> {
@@ -152,6 +166,81 @@ fn not_run(outcome: &str, why: String, revision: Option<String>) -> NodeApply {
     NodeApply { outcome: outcome.into(), error: Some(why), revision, reloaded: false, at: chrono::Utc::now() }
 }
 
+impl<A: AsteriskControl + 'static, L: LiveApply + 'static> Fleet<A, L> {
+    /// Shared tables: each follower verified on its own, the lead's changes
+    /// and what was pending for it read back through its AMI.
+    async fn verify_followers(&self, desired: &Desired, lead: &RunRecord, revision: Option<String>) -> bool {
+        let stop = lead.outcome.is_failure().then(|| {
+            format!("not verified: the run on {} failed ({})", self.lead, lead.error.as_deref().unwrap_or(""))
+        });
+        let changed: Vec<&str> =
+            lead.plan.iter().flat_map(|p| p.changes.iter().map(|c| c.extension.as_str())).collect();
+        let mut ok = true;
+        for f in &self.followers {
+            let ids = {
+                let mut pending = lock(&self.pending);
+                let mine = pending.entry(f.name.clone()).or_default();
+                if stop.is_none() {
+                    mine.extend(changed.iter().map(|c| c.to_string()));
+                }
+                mine.clone()
+            };
+            if let Some(why) = &stop {
+                let outcome = if lead.outcome == Outcome::Invalid { "invalid" } else { "skipped" };
+                self.note(&f.name, not_run(outcome, why.clone(), revision.clone()));
+                continue;
+            }
+            let Some(a) = &f.reconciler.asterisk else { continue };
+            if let Err(e) = a.ping().await {
+                tracing::warn!(node = %f.name, error = %e, pending = ids.len(), "node unreachable: verified when it answers again");
+                self.note(&f.name, not_run("unreachable", format!("Asterisk is unreachable ({e})"), revision.clone()));
+                continue;
+            }
+            let plan = Plan {
+                changes: ids
+                    .iter()
+                    .map(|id| Change {
+                        extension: id.clone(),
+                        action: if desired.set.get(id).is_some() { Action::Update } else { Action::Delete },
+                        fields: Vec::new(),
+                        profile: None,
+                    })
+                    .collect(),
+                ..Default::default()
+            };
+            let (outcome, error) = if ids.is_empty() {
+                ("noop", None)
+            } else {
+                match super::run::verify(a, &desired.set, &plan, None).await {
+                    Ok(_) => {
+                        let mut pending = lock(&self.pending);
+                        if let Some(mine) = pending.get_mut(&f.name) {
+                            mine.retain(|id| !ids.contains(id));
+                        }
+                        ("applied", None)
+                    }
+                    Err(v) => {
+                        ok = false;
+                        ("failed", Some(v.message))
+                    }
+                }
+            };
+            tracing::info!(node = %f.name, outcome, verified = ids.len(), error = error.as_deref().unwrap_or(""), "node verified");
+            self.note(
+                &f.name,
+                NodeApply {
+                    outcome: outcome.into(),
+                    error,
+                    revision: revision.clone(),
+                    reloaded: false,
+                    at: chrono::Utc::now(),
+                },
+            );
+        }
+        ok
+    }
+}
+
 impl<A: AsteriskControl + 'static, L: LiveApply + 'static> Followers for Fleet<A, L> {
     fn any(&self) -> bool {
         !self.followers.is_empty()
@@ -160,6 +249,10 @@ impl<A: AsteriskControl + 'static, L: LiveApply + 'static> Followers for Fleet<A
     async fn follow(&self, trigger: &Trigger, desired: &Desired, lead: &RunReport, lead_reachable: bool) -> bool {
         let revision = desired.source.revision.clone();
         let lead_record = &lead.record;
+        if self.shared_tables {
+            self.note(&self.lead, from_record(lead_record));
+            return self.verify_followers(desired, lead_record, revision).await;
+        }
         let mut stop = match lead_record.outcome {
             Outcome::Invalid | Outcome::Blocked => {
                 Some(format!("not applied: {}", lead_record.error.as_deref().unwrap_or("the run was refused")))
@@ -272,7 +365,13 @@ mod tests {
         let refused = Script { refused: ["1001".to_string()].into(), ..Default::default() };
         let (d, _) = follower("d", refused, &renderer);
         let (e, e_file) = follower("e", Script::default(), &renderer);
-        let fleet = Fleet { lead: "a".into(), followers: vec![b, c, d, e], applies: Default::default() };
+        let fleet = Fleet {
+            lead: "a".into(),
+            followers: vec![b, c, d, e],
+            applies: Default::default(),
+            shared_tables: false,
+            pending: Default::default(),
+        };
 
         let ok = fleet.follow(&Trigger::Manual, &desired, &lead(Outcome::Applied), true).await;
         assert!(!ok, "a node that answered and failed asks for a retry");
@@ -290,7 +389,13 @@ mod tests {
 
         // The canary failing while it answers: nobody after it is touched.
         let (f, f_file) = follower("f", Script::default(), &renderer);
-        let fleet = Fleet { lead: "a".into(), followers: vec![f], applies: Default::default() };
+        let fleet = Fleet {
+            lead: "a".into(),
+            followers: vec![f],
+            applies: Default::default(),
+            shared_tables: false,
+            pending: Default::default(),
+        };
         assert!(fleet.follow(&Trigger::Manual, &desired, &lead(Outcome::Failed), true).await);
         assert_eq!(fleet.applies.read().expect("lock")["f"].outcome, "skipped");
         assert!(f_file.text().is_none());
@@ -299,5 +404,73 @@ mod tests {
         let applies = fleet.applies.read().expect("lock").clone();
         assert_eq!((applies["a"].outcome.as_str(), applies["f"].outcome.as_str()), ("unreachable", "applied"));
         assert!(f_file.text().is_some_and(|t| t.contains("[1001]")));
+    }
+
+    #[tokio::test]
+    async fn with_shared_tables_each_node_is_verified_and_one_down_catches_up_when_back() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            dir.path().join("team.yaml"),
+            "defaults: {context: from-internal, transport: transport-udp, codecs: [ulaw]}\nextensions:\n  - extension: \"1001\"\n    md5Cred: 0123456789abcdef0123456789abcdef\n",
+        )
+        .expect("write");
+        let desired = load_dir(dir.path());
+        let renderer = Arc::new(Renderer::new(None).expect("the built-in template"));
+        let (b, b_file) = follower("b", Script { down: true, ..Default::default() }, &renderer);
+        let (c, c_file) = follower("c", Script::default(), &renderer);
+        let fleet = Fleet {
+            lead: "a".into(),
+            followers: vec![b, c],
+            applies: Default::default(),
+            shared_tables: true,
+            pending: Default::default(),
+        };
+        // What a node reads from the shared tables.
+        let reads_the_row = |i: usize| {
+            let a = fleet.followers[i].reconciler.asterisk.as_ref().expect("an Asterisk");
+            lock(&a.loaded).insert(
+                "1001".into(),
+                crate::core::plan::ObservedEndpoint {
+                    name: "1001".into(),
+                    transport: Some("transport-udp".into()),
+                    context: Some("from-internal".into()),
+                    codecs: None,
+                    options: None,
+                },
+            );
+        };
+        let outcome =
+            |n: &str| fleet.applies.read().expect("lock").get(n).map(|a| a.outcome.clone()).unwrap_or_default();
+        let mut created = lead(Outcome::Applied);
+        created.record.plan = Some(Plan {
+            changes: vec![Change {
+                extension: "1001".into(),
+                action: Action::Create,
+                fields: Vec::new(),
+                profile: None,
+            }],
+            ..Default::default()
+        });
+        reads_the_row(1);
+        assert!(fleet.follow(&Trigger::Manual, &desired, &created, true).await, "a node down is no failure");
+        assert_eq!([outcome("a"), outcome("b"), outcome("c")], ["applied", "unreachable", "applied"]);
+        assert!(b_file.text().is_none() && c_file.text().is_none(), "nothing is applied to a follower");
+
+        // b answers again but does not find 1001: its verification fails, the
+        // next run (nothing changed) verifies it again.
+        let b_asterisk = fleet.followers[0].reconciler.asterisk.as_ref().expect("an Asterisk");
+        lock(&b_asterisk.script).down = false;
+        let quiet = lead(Outcome::NoOp);
+        assert!(!fleet.follow(&Trigger::Manual, &desired, &quiet, true).await, "a node that answers wrong retries");
+        assert_eq!([outcome("b"), outcome("c")], ["failed", "noop"]);
+        reads_the_row(0);
+        assert!(fleet.follow(&Trigger::Manual, &desired, &quiet, true).await);
+        assert_eq!(outcome("b"), "applied", "what changed while it was down is verified once it answers");
+        assert!(fleet.follow(&Trigger::Manual, &desired, &quiet, true).await);
+        assert_eq!(outcome("b"), "noop", "and then nothing is pending");
+
+        // The lead's commit failing verifies nobody.
+        assert!(fleet.follow(&Trigger::Manual, &desired, &lead(Outcome::Failed), true).await);
+        assert_eq!([outcome("b"), outcome("c")], ["skipped", "skipped"]);
     }
 }

@@ -10,7 +10,7 @@ use serde_json::Value;
 use std::time::Duration;
 
 const LIVE: Duration = Duration::from_secs(30);
-const PASSWORD: &str = "Calls2026";
+pub(crate) const PASSWORD: &str = "Calls2026";
 
 /// A spec with the given extensions, md5Cred from [`PASSWORD`]. Not
 /// qualified: a sipp phone answers OPTIONS only while a scenario runs on its

@@ -203,3 +203,122 @@ async fn three_nodes_get_every_change_and_one_down_holds_no_other_back() {
         assert!(endpoint(ast, "1003").await.is_some(), "1003 applied on every node:\n{stdout}");
     }
 }
+
+/// The calls placed since `mark`, as `/calls` lists them (with `query` added).
+async fn calls_since(d: &Daemon, mark: chrono::DateTime<chrono::Utc>, query: &str) -> Vec<Value> {
+    let since = mark.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let (code, body) = d.get(&format!("/calls?since={since}&limit=100{query}")).await;
+    assert_eq!(code, 200, "{body}");
+    body["calls"].as_array().cloned().unwrap_or_default()
+}
+
+/// Calls per node: two Asterisks without `systemname`, so their uniqueids
+/// (and linkedids) are `<epoch>.<counter>`, the counter from 0 in each
+/// process, and repeat across them; one daemon with both as nodes. A call
+/// placed on each node at the same moment is one row each, `node` saying
+/// where, its legs its own; rounds go on until both nodes gave their calls
+/// the same linkedid (the same second, the counters in step), which must
+/// still be two rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_are_logged_per_node_even_when_both_give_the_same_linkedid() {
+    use super::calls::{PASSWORD, spec};
+    let Some(build) = require("real::nodes::calls_are_logged_per_node_even_when_both_give_the_same_linkedid") else {
+        return;
+    };
+    let plain = |name: &str| asterisk_real::Options { systemname: false, ..asterisk_real::Options::named(name) };
+    let a = Asterisk::start(&build, plain("calls-node-a")).await.expect("node a starts");
+    let b = Asterisk::start(&build, plain("calls-node-b")).await.expect("node b starts");
+    let store = Store::both().await.pop().expect("SQLite at least");
+    let d = Daemon::start_with(&a, store, Source::Dir, &spec(&["1001", "1002"]), |f| {
+        f.ami = None;
+        f.ari = None;
+        f.nodes = Some(vec![node("a", &a), node("b", &b)]);
+    })
+    .await;
+    for ast in [&a, &b] {
+        wait("1001 and 1002 live on both nodes", LIVE, || async {
+            endpoint(ast, "1001").await.is_some() && endpoint(ast, "1002").await.is_some()
+        })
+        .await;
+    }
+    wait("both nodes' call loggers connected", LIVE, || async {
+        node_status(&d, "a").await["callLogger"]["connected"] == true
+            && node_status(&d, "b").await["callLogger"]["connected"] == true
+    })
+    .await;
+    // One caller and one callee per node, each a phone of its own.
+    let phones =
+        |ast: &Asterisk| (sipp::Phone::new("1001", PASSWORD), sipp::Phone::new("1002", PASSWORD), ast.sip_addr());
+    let (on_a, on_b) = (phones(&a), phones(&b));
+    for (caller, callee, server) in [&on_a, &on_b] {
+        for p in [caller, callee] {
+            let r = p.register(*server).await;
+            assert!(r.ok(), "{} registers:\n{}", p.extension, r.log);
+        }
+    }
+
+    let mut same = None;
+    for round in 1..=6 {
+        // Both calls early in one second, so their channels are made in the
+        // same second on both nodes: an alignment, not a wait for anything.
+        let ms = u64::from(chrono::Utc::now().timestamp_subsec_millis());
+        if ms > 200 {
+            tokio::time::sleep(Duration::from_millis(1050 - ms)).await;
+        }
+        let mark = chrono::Utc::now();
+        let answering = [on_a.1.answer(), on_b.1.answer()];
+        let hold = Duration::from_millis(500);
+        let (ca, cb) = tokio::join!(on_a.0.call(on_a.2, "1002", hold), on_b.0.call(on_b.2, "1002", hold));
+        assert!(ca.ok() && cb.ok(), "round {round}: both calls placed:\n{}\n{}", ca.log, cb.log);
+        for ans in answering {
+            assert!(ans.done(Duration::from_secs(20)).await.ok(), "round {round}: 1002 answered");
+        }
+        let deadline = tokio::time::Instant::now() + LIVE;
+        let rows = loop {
+            let rows = calls_since(&d, mark, "").await;
+            if rows.len() >= 2 && rows.iter().all(|c| c["disposition"] == "answered") {
+                break rows;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "round {round}: two complete rows: {rows:#?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let mut nodes: Vec<&str> = rows.iter().filter_map(|c| c["node"].as_str()).collect();
+        nodes.sort();
+        assert_eq!(nodes, ["a", "b"], "round {round}: one row per node: {rows:#?}");
+        let id = |n: &str| {
+            rows.iter().find(|c| c["node"] == n).and_then(|c| c["channelId"].as_str()).unwrap_or_default().to_string()
+        };
+        let (id_a, id_b) = (id("a"), id("b"));
+        for (n, id) in [("a", &id_a), ("b", &id_b)] {
+            let only = calls_since(&d, mark, &format!("&node={n}")).await;
+            assert_eq!(only.len(), 1, "round {round}: ?node={n}: {only:#?}");
+            assert_eq!((only[0]["node"].as_str(), only[0]["channelId"].as_str()), (Some(n), Some(id.as_str())));
+            let (code, call) = d.get(&format!("/calls/{id}?node={n}")).await;
+            assert_eq!(code, 200, "{call}");
+            assert_eq!((call["node"].as_str(), call["answeredBy"].as_str()), (Some(n), Some("1002")), "{call:#}");
+            assert_eq!(call["legs"].as_array().map(Vec::len), Some(2), "round {round}: node {n}'s own legs: {call:#}");
+        }
+        let (code, csv) = d
+            .get(&format!(
+                "/calls?format=csv&node=b&since={}",
+                mark.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+            ))
+            .await;
+        assert_eq!(code, 200);
+        let csv = csv.as_str().unwrap_or_default().to_string();
+        assert!(csv.lines().next().is_some_and(|h| h.ends_with(",node")), "{csv}");
+        assert_eq!(csv.lines().count(), 2, "the header and node b's call: {csv}");
+        assert!(csv.lines().nth(1).is_some_and(|l| l.ends_with(",b")), "{csv}");
+        eprintln!("round {round}: node a's call {id_a}, node b's {id_b}");
+        if id_a == id_b {
+            same = Some(id_a);
+            break;
+        }
+    }
+    assert!(same.is_some(), "the two nodes never gave their calls the same linkedid (see the rounds above)");
+    let page =
+        reqwest::get(format!("http://{}/ui/calls?node=b", d.addr)).await.expect("page").text().await.expect("text");
+    assert!(page.contains(r#"<td class="hide-narrow node">b</td>"#), "the calls page shows the node:\n{page}");
+    assert!(!page.contains(r#"<td class="hide-narrow node">a</td>"#), "?node=b shows node b's calls only:\n{page}");
+    d.stop().await;
+}

@@ -255,3 +255,119 @@ async fn the_realtime_target_leaves_foreign_rows_alone_heals_its_own_and_fails_o
     d.stop().await;
     db.drop().await;
 }
+
+/// The `nodes` entry of `/status` named `name`.
+async fn node_status(d: &Daemon, name: &str) -> Value {
+    let (code, st) = d.get("/status").await;
+    assert_eq!(code, 200, "{st}");
+    st["nodes"].as_array().and_then(|n| n.iter().find(|n| n["name"] == name).cloned()).unwrap_or(Value::Null)
+}
+
+/// Waits for node `name`'s last run, one that ended after `after`, to say
+/// one of `outcomes`. With shared tables a node's `noop` follows only a
+/// verification that passed: what changed stays pending for a node until
+/// it is verified (`failed` or `unreachable` until then), so a later run
+/// with nothing new may already have replaced the `applied`.
+async fn node_run_after(d: &Daemon, name: &str, after: chrono::DateTime<chrono::Utc>, outcomes: &[&str]) -> Value {
+    let deadline = tokio::time::Instant::now() + LIVE;
+    loop {
+        let s = node_status(d, name).await;
+        let at = s["lastApply"]["at"].as_str().and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
+        if at.is_some_and(|t| t > after) && outcomes.iter().any(|o| s["lastApply"]["outcome"] == *o) {
+            return s;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "node {name}: no run after {after} ending {outcomes:?}: {s:#}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Three Asterisks reading one realtime database, one daemon naming them
+/// as nodes: one commit serves all three, each verified through its own
+/// AMI; one stopped is reported unreachable and holds no other back, and
+/// once started again it is verified with what changed meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_on_one_realtime_database_are_each_verified() {
+    let Some(build) = require("real::realtime::three_nodes_on_one_realtime_database_are_each_verified") else {
+        return;
+    };
+    let db = RealtimeDatabase::create().await;
+    db.init();
+    let a = realtime_asterisk(&build, "rt-node-a", &db).await;
+    let mut b = realtime_asterisk(&build, "rt-node-b", &db).await;
+    let c = realtime_asterisk(&build, "rt-node-c", &db).await;
+    let node = |name: &str, ast: &Asterisk| asterisk_gitops::config::NodeFileConfig {
+        name: name.into(),
+        ami: Some(crate::support::real::ami_config(ast)),
+        ari: Some(crate::support::real::ari_config(ast)),
+        managed_file: Some(ast.managed_file()),
+    };
+    let nodes = vec![node("a", &a), node("b", &b), node("c", &c)];
+    let d = Daemon::start_with(&a, Store::Sqlite, Source::Dir, "", |f| {
+        realtime_target(&db.url)(f);
+        f.ami = None;
+        f.ari = None;
+        f.nodes = Some(nodes);
+    })
+    .await;
+    d.run_where("the first run", |_| true).await;
+
+    // Created through the API: one commit, live on all three, each verified.
+    let (before, asked) = (d.last_run_id().await, chrono::Utc::now());
+    let (status, body) = d.call("POST", "/extensions", Some(SEED_BODY)).await;
+    assert_eq!(status, 201, "{body}");
+    run_after(&d, before, "applied", "the run creating 1001").await;
+    for ast in [&a, &b, &c] {
+        assert!(endpoint(ast, "1001").await.is_some(), "{}: PJSIPShowEndpoint finds 1001", ast.name);
+    }
+    for n in ["b", "c"] {
+        let s = node_run_after(&d, n, asked, &["applied", "noop"]).await;
+        assert_eq!(s["lastApply"]["reloaded"], false, "{s:#}");
+    }
+    assert_eq!(db.inventory().await.len(), 3, "one set of rows for the three nodes");
+
+    // Node b stopped: a change still goes live on a and c; b is reported.
+    b.stop().await;
+    let (before, asked) = (d.last_run_id().await, chrono::Utc::now());
+    let (status, body) = d.call("PUT", "/extensions/1001", Some(r#"{"displayName":"Desk Two"}"#)).await;
+    assert_eq!(status, 200, "{body}");
+    run_after(&d, before, "applied", "the run updating 1001 with b down").await;
+    for ast in [&a, &c] {
+        assert_eq!(attribute(ast, "endpoint", "1001", "callerid").await.as_deref(), Some("\"Desk Two\" <1001>"));
+    }
+    node_run_after(&d, "c", asked, &["applied", "noop"]).await;
+    let down = node_run_after(&d, "b", asked, &["unreachable"]).await;
+    assert_eq!(down["reachable"], false, "{down:#}");
+    assert!(down["error"].as_str().is_some_and(|e| !e.contains(&b.ami_secret)), "{down:#}");
+
+    // Started again: it reads the same tables, and the next run verifies
+    // the change it missed. Asked for a run until one reaches it (its AMI
+    // client may still be pausing between reconnects).
+    b.start_again().await.expect("node b starts again");
+    let deadline = tokio::time::Instant::now() + LIVE;
+    loop {
+        let asked = chrono::Utc::now();
+        assert_eq!(d.call("POST", "/reconcile", None).await.0, 202);
+        let deadline_run = tokio::time::Instant::now() + LIVE;
+        let s = loop {
+            let s = node_status(&d, "b").await;
+            let at = s["lastApply"]["at"].as_str().and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
+            if at.is_some_and(|t| t > asked) {
+                break s;
+            }
+            assert!(tokio::time::Instant::now() < deadline_run, "no run reached node b after the ask: {s:#}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        if s["lastApply"]["outcome"] == "applied" || s["lastApply"]["outcome"] == "noop" {
+            assert_eq!(s["reachable"], true, "{s:#}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "node b never converged once back: {s:#}");
+    }
+    assert_eq!(attribute(&b, "endpoint", "1001", "callerid").await.as_deref(), Some("\"Desk Two\" <1001>"));
+    let seen = d.seen.lock().expect("lock").join("\n");
+    for ast in [&a, &b, &c] {
+        assert!(!seen.contains(&ast.ami_secret) && !seen.contains(&ast.ari_password), "a secret in a response");
+    }
+    d.stop().await;
+    db.drop().await;
+}

@@ -175,6 +175,11 @@ pub struct Options {
     /// (`apply.target: realtime`): res_pgsql.conf, extconfig.conf and
     /// sorcery.conf from `examples/asterisk/*realtime*` and its neighbours.
     pub realtime: Option<RealtimeDb>,
+    /// Set `systemname` in asterisk.conf (default true): uniqueids (and so
+    /// linkedids) are then `<name>-<epoch>.<counter>`; without it they are
+    /// `<epoch>.<counter>`, the counter from 0 in each process
+    /// (`main/channel_internal_api.c`), so two instances hand out the same.
+    pub systemname: bool,
 }
 
 /// A PostgreSQL database Asterisk reads its realtime tables from.
@@ -243,6 +248,7 @@ impl Options {
             netns: None,
             rtp_ports: 20,
             realtime: None,
+            systemname: true,
         }
     }
 
@@ -389,7 +395,7 @@ impl Asterisk {
                  [options]\n\
                  verbose = 3\n\
                  nocolor = yes\n\
-                 systemname = {name}\n",
+                 {systemname}",
                 etc = etc.display(),
                 moddir = prefix.join("lib/asterisk/modules").display(),
                 lib = d.join("lib").display(),
@@ -400,7 +406,7 @@ impl Asterisk {
                 run = d.join("run").display(),
                 log = d.join("log").display(),
                 sbin = prefix.join("sbin").display(),
-                name = self.name,
+                systemname = if opts.systemname { format!("systemname = {}\n", self.name) } else { String::new() },
             ),
         )?;
         w(
