@@ -83,6 +83,38 @@ fn a_created_extension_gets_its_own_file_and_deleting_it_removes_the_file() {
 }
 
 #[test]
+fn a_bulk_create_refuses_numbers_declared_in_a_valid_or_an_invalid_file_and_writes_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("sales.yaml"), HAND_WRITTEN).expect("write");
+    // A file with an error contributes no extension to the set, but its numbers are still taken.
+    let broken =
+        "extensions:\n  - {extension: \"4001\", codecs: [nosuchcodec], md5Cred: 0123456789abcdef0123456789abcdef}\n";
+    std::fs::write(dir.path().join("broken.yaml"), broken).expect("write");
+    let bulk = |numbers: &[&str]| {
+        let mut text =
+            String::from("defaults: {context: from-internal, transport: transport-udp, codecs: [ulaw]}\nextensions:\n");
+        for n in numbers {
+            text.push_str(&format!("  - {{extension: \"{n}\", md5Cred: 0123456789abcdef0123456789abcdef}}\n"));
+        }
+        EditOp::CreateFile {
+            file: "import.yaml".into(),
+            text,
+            numbers: numbers.iter().map(|n| n.to_string()).collect(),
+        }
+    };
+    for (numbers, taken) in [(&["5001", "1002"][..], "1002"), (&["5001", "4001"][..], "4001")] {
+        let err = apply_to_dir(dir.path(), &bulk(numbers), &policy(dir.path())).expect_err("taken");
+        assert!(
+            matches!(err, WriteError::Conflict(ref m) if m.contains("already exist") && m.contains(taken) && !m.contains("5001")),
+            "{err:?}"
+        );
+        assert!(!dir.path().join("import.yaml").exists(), "nothing written for {taken}");
+    }
+    let changed = apply_to_dir(dir.path(), &bulk(&["5001", "5002"]), &policy(dir.path())).expect("new numbers import");
+    assert_eq!(changed, [PathBuf::from("import.yaml")]);
+}
+
+#[test]
 fn an_edit_that_would_not_validate_changes_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("sales.yaml"), HAND_WRITTEN).expect("write");

@@ -1,8 +1,10 @@
 //! Pushing one extension's objects through ARI's dynamic configuration.
 //!
 //! Order: an endpoint that goes is deleted first; then auth, aor (and any
-//! other type) are PUT, the endpoint last; then the auth and aor that go.
-//! So an endpoint never points at an auth or aor Asterisk does not hold.
+//! other type) are PUT, at once (they do not name each other), the
+//! endpoint only once every one of them is answered and verified; then the
+//! auth and aor that go, at once. So an endpoint never points at an auth
+//! or aor Asterisk does not hold.
 //!
 //! Asterisk's answer to a PUT is every attribute of the object as it now
 //! holds it: that answer is the verification (every field the rendering
@@ -111,8 +113,6 @@ pub struct LiveTarget<D> {
     defaults: tokio::sync::Mutex<BTreeMap<String, BTreeMap<String, String>>>,
     /// The last id a drift check read back: the next one goes on after it.
     pub(crate) cursor: std::sync::Mutex<String>,
-    /// Whether the last `delete_one` failed because ARI did not answer.
-    last_delete_down: std::sync::atomic::AtomicBool,
     /// Whether the next drift check lists the astdb family for orphans
     /// (`DBGetTree` sends every value, about 6 KB an endpoint: 20 s and
     /// more at 10k, so a large estate is listed once every
@@ -146,13 +146,31 @@ fn down(e: &AriError) -> bool {
     matches!(e, AriError::Unreachable { .. } | AriError::Timeout { .. } | AriError::Unauthorized)
 }
 
+/// Whether a push failed because ARI is not answering.
+fn says_down(e: &PushError) -> bool {
+    match e {
+        PushError::Put { source, .. } | PushError::Delete { source, .. } | PushError::LearnDefaults { source, .. } => {
+            down(source)
+        }
+        _ => false,
+    }
+}
+
+/// Keeps the failure a push reports when several requests of one stage
+/// fail: ARI not answering over a refusal (it stops the run's other
+/// pushes), else the first.
+fn first_failure(kept: &mut Option<PushError>, e: PushError) {
+    if kept.as_ref().is_none_or(|k| !says_down(k) && says_down(&e)) {
+        *kept = Some(e);
+    }
+}
+
 impl<D: DynamicConfig> LiveTarget<D> {
     pub fn new(client: D) -> Self {
         LiveTarget {
             client,
             defaults: Default::default(),
             cursor: Default::default(),
-            last_delete_down: Default::default(),
             sweep_starts: std::sync::atomic::AtomicBool::new(false),
             checks: Default::default(),
             known: Default::default(),
@@ -166,7 +184,6 @@ impl<D: DynamicConfig> LiveTarget<D> {
     pub async fn push(&self, id: &str, old: &[Section], new: &[Section]) -> Pushed {
         let mut requests = 0;
         let mut done: Vec<Undo> = Vec::new();
-        let is_down = std::sync::atomic::AtomicBool::new(false);
         let old_of = |kind: &str| old.iter().find(|s| s.kind == kind);
         let mut gone: Vec<String> =
             old.iter().map(|s| s.kind.clone()).filter(|k| !new.iter().any(|s| s.kind == *k)).collect();
@@ -186,65 +203,42 @@ impl<D: DynamicConfig> LiveTarget<D> {
         let result: Result<(), PushError> = async {
             for kind in &endpoint_first {
                 requests += 1;
-                self.delete_one(kind, id).await.inspect_err(|_| self.note_down(&is_down))?;
+                self.delete_one(kind, id).await?;
                 done.push(Undo::Recreate(old_of(kind).cloned()));
             }
-            for s in &puts {
-                let before = old_of(&s.kind);
-                let mut fields = s.fields.clone();
-                let removed: Vec<&str> = before
-                    .map(|b| {
-                        b.fields
-                            .iter()
-                            .map(|(k, _)| k.as_str())
-                            .filter(|k| !s.fields.iter().any(|(f, _)| f == k))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                if !removed.is_empty() {
-                    let defaults = self.defaults(&s.kind).await?;
-                    for k in removed {
-                        if let Some(v) = defaults.get(k) {
-                            fields.push((k.to_string(), v.clone()));
-                        }
+            // The auth and aor (and any other type) are independent of
+            // each other: PUT at once, and the endpoint only once every one
+            // of them is in place.
+            let (first, last): (Vec<&Section>, Vec<&Section>) = puts.iter().partition(|s| s.kind != "endpoint");
+            for stage in [first, last] {
+                let answers =
+                    futures_util::future::join_all(stage.iter().map(|s| self.put_one(id, s, old_of(&s.kind)))).await;
+                let mut failed = None;
+                for (s, (put, verdict)) in stage.iter().zip(answers) {
+                    requests += 1;
+                    if put {
+                        done.push(Undo::Put { kind: s.kind.clone(), before: old_of(&s.kind).cloned() });
+                    }
+                    if let Err(e) = verdict {
+                        first_failure(&mut failed, e);
                     }
                 }
-                requests += 1;
-                let answer = match self.client.put(&s.kind, id, &fields).await {
-                    Ok(a) => a,
-                    Err(AriError::Status { status: 400, message, .. }) => {
-                        let which = self.culprit(&s.kind, &s.fields).await;
-                        return Err(PushError::Refused {
-                            kind: s.kind.clone(),
-                            id: id.to_string(),
-                            message,
-                            culprit: which,
-                        });
-                    }
-                    Err(AriError::Status { status: 403, message, .. }) => {
-                        return Err(PushError::NotWritable { kind: s.kind.clone(), id: id.to_string(), message });
-                    }
-                    Err(e) => {
-                        if down(&e) {
-                            is_down.store(true, std::sync::atomic::Ordering::Relaxed);
-                        }
-                        return Err(PushError::Put { kind: s.kind.clone(), id: id.to_string(), source: e });
-                    }
-                };
-                done.push(Undo::Put { kind: s.kind.clone(), before: before.cloned() });
-                let off = mismatches(&s.fields, &answer);
-                if !off.is_empty() {
-                    return Err(PushError::NotAsRendered {
-                        kind: s.kind.clone(),
-                        id: id.to_string(),
-                        differences: off,
-                    });
+                if let Some(e) = failed {
+                    return Err(e);
                 }
             }
-            for kind in &rest {
+            // The auth and aor that go, once the endpoint no longer names them.
+            let deletes = futures_util::future::join_all(rest.iter().map(|kind| self.delete_one(kind, id))).await;
+            let mut failed = None;
+            for (kind, answer) in rest.iter().zip(deletes) {
                 requests += 1;
-                self.delete_one(kind, id).await.inspect_err(|_| self.note_down(&is_down))?;
-                done.push(Undo::Recreate(old_of(kind).cloned()));
+                match answer {
+                    Ok(()) => done.push(Undo::Recreate(old_of(kind).cloned())),
+                    Err(e) => first_failure(&mut failed, e),
+                }
+            }
+            if let Some(e) = failed {
+                return Err(e);
             }
             Ok(())
         }
@@ -252,27 +246,56 @@ impl<D: DynamicConfig> LiveTarget<D> {
         match result {
             Ok(()) => Pushed::Done { requests },
             Err(reason) => {
-                let down = is_down.load(std::sync::atomic::Ordering::Relaxed) || self.last_down();
+                let down = says_down(&reason);
                 let undone = if down { "ARI is not answering".into() } else { self.undo(id, done).await };
                 Pushed::Failed { reason: format!("{reason}; {undone}"), down }
             }
         }
     }
 
-    /// After a failed `delete_one`: whether it was ARI not answering.
-    fn note_down(&self, flag: &std::sync::atomic::AtomicBool) {
-        if self.last_down() {
-            flag.store(true, std::sync::atomic::Ordering::Relaxed);
+    /// PUTs one object of `id` (from `before`, as the record has it, to
+    /// `s`) and verifies Asterisk's answer. Whether the PUT went through
+    /// (so it is to be undone on a failure), and the verdict.
+    async fn put_one(&self, id: &str, s: &Section, before: Option<&Section>) -> (bool, Result<(), PushError>) {
+        let mut fields = s.fields.clone();
+        let removed: Vec<&str> = before
+            .map(|b| {
+                b.fields.iter().map(|(k, _)| k.as_str()).filter(|k| !s.fields.iter().any(|(f, _)| f == k)).collect()
+            })
+            .unwrap_or_default();
+        if !removed.is_empty() {
+            let defaults = match self.defaults(&s.kind).await {
+                Ok(d) => d,
+                Err(e) => return (false, Err(e)),
+            };
+            for k in removed {
+                if let Some(v) = defaults.get(k) {
+                    fields.push((k.to_string(), v.clone()));
+                }
+            }
         }
-    }
-
-    fn last_down(&self) -> bool {
-        self.last_delete_down.load(std::sync::atomic::Ordering::Relaxed)
+        let (kind, id_) = (s.kind.clone(), id.to_string());
+        let answer = match self.client.put(&s.kind, id, &fields).await {
+            Ok(a) => a,
+            Err(AriError::Status { status: 400, message, .. }) => {
+                let culprit = self.culprit(&s.kind, &s.fields).await;
+                return (false, Err(PushError::Refused { kind, id: id_, message, culprit }));
+            }
+            Err(AriError::Status { status: 403, message, .. }) => {
+                return (false, Err(PushError::NotWritable { kind, id: id_, message }));
+            }
+            Err(e) => return (false, Err(PushError::Put { kind, id: id_, source: e })),
+        };
+        let off = mismatches(&s.fields, &answer);
+        if off.is_empty() {
+            (true, Ok(()))
+        } else {
+            (true, Err(PushError::NotAsRendered { kind, id: id_, differences: off }))
+        }
     }
 
     pub(crate) async fn delete_one(&self, kind: &str, id: &str) -> Result<(), PushError> {
         let answer = self.client.delete(kind, id).await;
-        self.last_delete_down.store(answer.as_ref().is_err_and(down), std::sync::atomic::Ordering::Relaxed);
         match answer {
             Ok(_) => Ok(()),
             Err(AriError::Status { status: 403, message, .. }) => {
@@ -635,6 +658,21 @@ pub(crate) mod tests {
         };
         assert!(t.client.get("auth", "1002").is_none() && t.client.get("aor", "1002").is_none());
         assert_eq!(t.client.count(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_refused_aor_stops_the_push_before_the_endpoint_and_takes_the_auth_back() {
+        let t = LiveTarget::new(Fake::default());
+        let mut new = ext("1002", "");
+        new[2].fields.push(("bogus_option".into(), "1".into()));
+        let Pushed::Failed { reason, down: false } = t.push("1002", &[], &new).await else { panic!("refused") };
+        assert!(reason.contains("refused aor 1002"), "{reason}");
+        assert!(reason.contains("the field it refuses: bogus_option = 1"), "{reason}");
+        let requests = t.client.requests();
+        assert!(!requests.iter().any(|r| r == "PUT endpoint 1002"), "no endpoint without its aor: {requests:?}");
+        assert_eq!(&requests[..2], ["PUT auth 1002", "PUT aor 1002"], "auth and aor at once");
+        assert!(requests.contains(&"DELETE auth 1002".to_string()), "the auth is taken back: {requests:?}");
+        assert_eq!(t.client.count(), 0, "nothing of 1002 is left, nor a scratch object");
     }
 
     #[tokio::test]

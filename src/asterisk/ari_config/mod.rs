@@ -39,8 +39,12 @@ pub const RECORD_FILE: &str = "ari-pushed.conf";
 pub const RECORD_HEADER: &str = "; Pushed to Asterisk through ARI by asterisk-gitops (apply.target: ari).\n\
 ; A record of what Asterisk holds in its astdb wizard, kept by the daemon: Asterisk never reads this file.\n";
 
-/// How many extensions a run pushes at once (see [`push`]).
-pub const PUSHES_IN_FLIGHT: usize = 4;
+/// How many extensions a run pushes at once (see [`push`]); each has up
+/// to two requests in flight (its auth and aor). Asterisk spends about a
+/// millisecond of CPU on each object it takes, so enough requests wait to
+/// keep both of its cores busy: `cargo bench --bench ari_push` measured 8
+/// against 4, 1 and 16 (BENCHMARKS.md, session 9).
+pub const PUSHES_IN_FLIGHT: usize = 8;
 
 /// Pushes, a few extensions at a time, every id in `asked` (the plan's
 /// changes and the drift to repair) and every id whose sections differ
@@ -75,7 +79,9 @@ pub async fn push<D: DynamicConfig>(
     let down = &down;
     let pushes = futures_util::stream::iter(work)
         .map(move |(id, before, after)| async move { push_one(target, down, id, &before, &after).await });
-    let results: Vec<(String, Pushed)> = pushes.buffered(PUSHES_IN_FLIGHT).collect().await;
+    // Unordered: an ordered buffer counts the answers it holds back behind a
+    // slow head, and starts no new push until the head is answered.
+    let results: Vec<(String, Pushed)> = pushes.buffer_unordered(PUSHES_IN_FLIGHT).collect().await;
     for (id, pushed) in results {
         match pushed {
             Pushed::Done { requests } => {
@@ -525,7 +531,11 @@ mod tests {
         assert_eq!(run.failures.len(), 3);
         assert!(run.failures["1001"].contains("unreachable"), "{:?}", run.failures);
         assert!(run.failures["1003"].starts_with("not pushed: "), "{:?}", run.failures);
-        assert_eq!(t.client.requests(), ["PUT auth 1001"], "one request, not one per object");
+        assert_eq!(
+            t.client.requests(),
+            ["PUT auth 1001", "PUT aor 1001"],
+            "the first extension's first requests (auth and aor at once), not one per object"
+        );
     }
 
     mod delta {
