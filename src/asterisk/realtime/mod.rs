@@ -284,6 +284,8 @@ impl crate::reconcile::LiveApply for RealtimeTarget {
     ) -> Result<LiveRun, RealtimeError> {
         let sections::Changes { new, old, mut ids } =
             sections::changes(record, rendered, asked, "written").map_err(RealtimeError::Unreadable)?;
+        let started = std::time::Instant::now();
+        let ms = |t: std::time::Instant| t.elapsed().as_secs_f64() * 1000.0;
         let none: Vec<Section> = Vec::new();
         for (_, id) in orphans {
             if !new.contains_key(id) {
@@ -299,6 +301,7 @@ impl crate::reconcile::LiveApply for RealtimeTarget {
                 return Err(missing);
             }
         }
+        let checked = std::time::Instant::now();
         let mut run = LiveRun::default();
         let mut writes: Vec<Write> = Vec::new();
         for id in &ids {
@@ -322,7 +325,16 @@ impl crate::reconcile::LiveApply for RealtimeTarget {
             writes.push(Write { id: id.to_string(), rows, gone });
         }
         // A failed write may be the tables changing under remembered columns.
+        let validated = std::time::Instant::now();
         let committed = self.store.write(&schema, &writes).await.inspect_err(|_| self.forget_schema())?;
+        tracing::debug!(
+            columns_ms = checked.duration_since(started).as_secs_f64() * 1000.0,
+            validate_ms = validated.duration_since(checked).as_secs_f64() * 1000.0,
+            write_ms = ms(validated),
+            extensions = writes.len(),
+            "realtime rows committed"
+        );
+        let verifying = std::time::Instant::now();
         run.requests = committed.statements;
         for (id, why) in committed.conflicts {
             run.failures.insert(id, why);
@@ -346,18 +358,21 @@ impl crate::reconcile::LiveApply for RealtimeTarget {
                 }
             }
         }
+        tracing::debug!(verify_ms = ms(verifying), "realtime rows read back through ARI");
         run.record = sections::record_after(new, &old, rendered, &run.failures, RECORD_HEADER);
         Ok(run)
     }
 
     async fn drift(&self, record: &str, _astdb_keys: &[String]) -> Vec<Drift> {
         self.checks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let started = std::time::Instant::now();
         let Ok(sections) = sections::parse(record) else { return Vec::new() };
         let recorded = sections::by_id(sections);
         let drift = match self.schema(false).await {
             Ok(schema) => self.store.drift(&schema, &recorded).await,
             Err(e) => Err(e),
         };
+        tracing::debug!(took_ms = started.elapsed().as_secs_f64() * 1000.0, "realtime rows compared with the record");
         match drift {
             Ok(d) => d,
             Err(e) => {
