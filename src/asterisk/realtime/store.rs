@@ -291,7 +291,7 @@ impl Store {
                     }
                     continue;
                 };
-                let want = match super::row(&schema, s) {
+                let want = match super::row(schema, s) {
                     Ok(r) => r,
                     Err(_) => continue,
                 };
