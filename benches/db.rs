@@ -21,7 +21,7 @@ fn rows(n: usize) -> Vec<AppliedRow<'static>> {
         .iter()
         .map(|e| {
             let md5 = "0123456789abcdef0123456789abcdef".to_string();
-            AppliedRow { secret_md5: md5, extension: std::borrow::Cow::Owned(e.clone()) }
+            AppliedRow { secret_md5: md5, extension: std::borrow::Cow::Owned((**e).clone()) }
         })
         .collect()
 }

@@ -34,7 +34,7 @@ fn main() {
         .extensions
         .iter()
         .map(|e| {
-            let h = match credential(e, &ProcessSecrets).expect("credential") {
+            let h = match credential(&**e, &ProcessSecrets).expect("credential") {
                 AuthCredential::Md5(h) => h,
                 AuthCredential::UserPass(p) => md5_cred(&e.extension, "asterisk", &p),
             };

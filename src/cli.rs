@@ -420,7 +420,8 @@ fn export_csv(global: &GlobalArgs, args: ExportCsvArgs) -> anyhow::Result<ExitCo
         print!("{}", diag::format_all(&loaded.diagnostics, Format::Text, loaded.set.extensions.len()));
         return Ok(ExitCode::FAILURE);
     }
-    let text = crate::import::csv::export(&loaded.set.extensions);
+    let extensions: Vec<_> = loaded.set.extensions.iter().map(|e| (**e).clone()).collect();
+    let text = crate::import::csv::export(&extensions);
     match args.output {
         Some(out) => crate::asterisk::managed::write_atomic(&out, text.as_bytes())?,
         None => std::io::stdout().lock().write_all(text.as_bytes())?,

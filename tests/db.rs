@@ -31,7 +31,7 @@ fn rows(set: &DesiredSet) -> Vec<AppliedRow<'static>> {
                 asterisk_gitops::core::spec::Secret::Md5Cred(h) => h.clone(),
                 _ => String::new(),
             };
-            AppliedRow { secret_md5: md5, extension: std::borrow::Cow::Owned(e.clone()) }
+            AppliedRow { secret_md5: md5, extension: std::borrow::Cow::Owned((**e).clone()) }
         })
         .collect()
 }

@@ -81,7 +81,7 @@ const VIEW_FIELDS: &[&str] = crate::core::spec::fields::VIEW_KEYS;
 /// than the rendering itself.
 #[derive(Debug)]
 struct Endpoints {
-    set: Arc<Vec<Extension>>,
+    set: Arc<Vec<Arc<Extension>>>,
     /// (index into `set`, credential) for each enabled extension.
     items: Vec<(usize, AuthCredential)>,
 }
@@ -391,7 +391,10 @@ mod tests {
         );
         assert!(diags.is_empty(), "{diags:?}");
         let md5 = AuthCredential::Md5("0123456789abcdef0123456789abcdef".into());
-        let endpoint = Arc::new(Endpoint(Arc::new(Endpoints { set: Arc::new(exts), items: vec![(0, md5)] }), 0));
+        let endpoint = Arc::new(Endpoint(
+            Arc::new(Endpoints { set: Arc::new(exts.into_iter().map(Arc::new).collect()), items: vec![(0, md5)] }),
+            0,
+        ));
         for key in VIEW_FIELDS {
             assert!(endpoint.get_value(&Value::from(*key)).is_some(), "the view has no {key}");
         }

@@ -190,7 +190,8 @@ fn changed_ids(before: &DesiredSet, after: &DesiredSet, max: usize) -> Option<BT
         let id = match (a.get(i), b.get(j)) {
             (Some(x), Some(y)) if x.extension == y.extension => {
                 (i, j) = (i + 1, j + 1);
-                if x == y {
+                // A file that did not change shares its extensions with the last load.
+                if Arc::ptr_eq(x, y) || x == y {
                     continue;
                 }
                 &y.extension
@@ -450,7 +451,7 @@ impl<S: StateStore, A: AsteriskControl, L: LiveApply> Reconciler<S, A, L> {
         let rendered = self.renderer.render(&desired.set, &desired.source, &secrets).map_err(RunError::Render)?;
         let mut md5s = BTreeMap::new();
         for ext in desired.set.extensions.iter() {
-            let hash = match credential(ext, &secrets).map_err(RunError::ResolveSecret)? {
+            let hash = match credential(&**ext, &secrets).map_err(RunError::ResolveSecret)? {
                 AuthCredential::Md5(h) => h,
                 AuthCredential::UserPass(p) => md5_cred(&ext.extension, &self.realm, &p),
             };

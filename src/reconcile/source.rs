@@ -145,7 +145,7 @@ pub struct DirSource {
     pub secrets: SecretPolicy,
     last: Mutex<Option<(Desired, Arc<Vec<String>>)>>,
     /// Each file's content hash and parse outcome, by displayed name.
-    files: Mutex<HashMap<String, (u64, FileOutcome)>>,
+    files: Mutex<HashMap<String, (u64, Arc<FileOutcome>)>>,
 }
 
 impl DirSource {
@@ -193,7 +193,7 @@ impl DirSource {
         let mut outcomes = Vec::with_capacity(sources.len());
         for ((shown, _, _), h) in sources.iter().zip(hashes) {
             let outcome = match parsed.remove(shown) {
-                Some(o) => o,
+                Some(o) => Arc::new(o),
                 None => files.remove(shown).map(|(_, o)| o).unwrap_or_default(),
             };
             next.insert(shown.clone(), (h, outcome.clone()));
@@ -352,5 +352,87 @@ mod tests {
         assert_eq!(same(&src), ["1001", "1002"], "a file removed");
         std::fs::write(dir.path().join("a.yaml"), "extensions: [").expect("write");
         assert!(same(&src).is_empty(), "a broken file contributes nothing");
+    }
+    /// A sequence of edits, additions, deletions and renames across files:
+    /// after each, the cached (incremental) load equals a fresh full load,
+    /// and the extensions of the files whose bytes did not change are the
+    /// very ones of the load before (shared, not parsed or copied again).
+    #[test]
+    fn an_incremental_load_equals_a_full_one_through_edits_additions_deletions_and_renames() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let src = DirSource::new(dir.path().to_path_buf());
+        let write = |name: &str, numbers: &[&str]| {
+            let path = dir.path().join(name);
+            std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+            std::fs::write(path, team(numbers)).expect("write");
+        };
+        let numbers = |d: &Desired| d.set.extensions.iter().map(|e| e.extension.clone()).collect::<Vec<_>>();
+        let mut before = src.load();
+        let step = |before: &mut Desired, what: &str, unchanged: &[&str]| {
+            let (cached, fresh) = (src.load(), load_dir(dir.path()));
+            assert_eq!(cached.set, fresh.set, "{what}");
+            assert_eq!(cached.diagnostics, fresh.diagnostics, "{what}");
+            assert_eq!(cached.fingerprint, fresh.fingerprint, "{what}");
+            for n in unchanged {
+                let (old, new) = (before.set.get_shared(n), cached.set.get_shared(n));
+                assert!(
+                    old.zip(new).is_some_and(|(a, b)| Arc::ptr_eq(a, b)),
+                    "{what}: {n} was copied or parsed again, not shared"
+                );
+            }
+            *before = cached.clone();
+            numbers(&cached)
+        };
+        write("b.yaml", &["2001", "2002"]);
+        write("a.yaml", &["1001", "1003"]);
+        write("team/c.yaml", &["3001"]);
+        assert_eq!(step(&mut before, "three files", &[]), ["1001", "1003", "2001", "2002", "3001"]);
+        write("a.yaml", &["1001", "1002", "1003"]);
+        assert_eq!(
+            step(&mut before, "an entry added", &["2001", "2002", "3001"]),
+            ["1001", "1002", "1003", "2001", "2002", "3001"]
+        );
+        std::fs::write(dir.path().join("b.yaml"), team(&["2001", "2002"]).replace("ulaw", "alaw")).expect("write");
+        assert_eq!(
+            step(&mut before, "a file's defaults edited", &["1001", "3001"]),
+            ["1001", "1002", "1003", "2001", "2002", "3001"]
+        );
+        assert_eq!(before.set.get("2001").map(|e| e.codecs.clone()), Some(vec!["alaw".to_string()]));
+        std::fs::rename(dir.path().join("team/c.yaml"), dir.path().join("0.yaml")).expect("rename");
+        assert_eq!(
+            step(&mut before, "a file renamed", &["1001", "2001"]),
+            ["1001", "1002", "1003", "2001", "2002", "3001"]
+        );
+        assert_eq!(before.set.get("3001").map(|e| e.origin.file.clone()), Some("0.yaml".to_string()));
+        write("d.yaml", &["0999", "4001"]);
+        assert_eq!(
+            step(&mut before, "a file added", &["1001", "2001", "3001"]),
+            ["0999", "1001", "1002", "1003", "2001", "2002", "3001", "4001"]
+        );
+        write("a.yaml", &["1001", "1003"]);
+        assert_eq!(
+            step(&mut before, "an entry deleted", &["0999", "2001", "3001"]),
+            ["0999", "1001", "1003", "2001", "2002", "3001", "4001"]
+        );
+        write("e.yaml", &["4001"]);
+        assert_eq!(
+            step(&mut before, "a duplicate in a new file: the new file is refused", &["0999", "4001"]),
+            ["0999", "1001", "1003", "2001", "2002", "3001", "4001"]
+        );
+        std::fs::remove_file(dir.path().join("d.yaml")).expect("remove");
+        assert_eq!(
+            step(&mut before, "the first declaration's file deleted: the other now counts", &["1001"]),
+            ["1001", "1003", "2001", "2002", "3001", "4001"]
+        );
+        std::fs::write(dir.path().join("a.yaml"), "extensions: [").expect("write");
+        assert_eq!(
+            step(&mut before, "a broken file contributes nothing", &["2001", "3001"]),
+            ["2001", "2002", "3001", "4001"]
+        );
+        std::fs::remove_file(dir.path().join("a.yaml")).expect("remove");
+        assert_eq!(
+            step(&mut before, "the broken file deleted", &["2001", "3001", "4001"]),
+            ["2001", "2002", "3001", "4001"]
+        );
     }
 }

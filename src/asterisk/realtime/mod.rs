@@ -93,7 +93,16 @@ pub struct RealtimeTarget {
     accepted: std::sync::Mutex<BTreeSet<(String, String, String)>>,
     /// Drift checks so far.
     checks: std::sync::atomic::AtomicUsize,
+    /// The tables' columns as last read, and when (see [`SCHEMA_MAX_AGE`]).
+    schema: std::sync::Mutex<Option<(std::sync::Arc<Schema>, std::time::Instant)>>,
 }
+
+/// How long the tables' columns, once read, serve the runs that follow
+/// (information_schema answers in tens of milliseconds, on every run of a
+/// one-extension change before it). A run whose objects set a column the
+/// remembered columns lack reads them again before it refuses; a failed
+/// write forgets them.
+pub const SCHEMA_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(300);
 
 impl RealtimeTarget {
     /// A target over the realtime database at `url` (connected lazily: a
@@ -105,7 +114,26 @@ impl RealtimeTarget {
             known: Default::default(),
             accepted: Default::default(),
             checks: Default::default(),
+            schema: Default::default(),
         })
+    }
+
+    /// The tables' columns: the remembered ones unless `fresh` or too old.
+    async fn schema(&self, fresh: bool) -> Result<std::sync::Arc<Schema>, RealtimeError> {
+        if !fresh {
+            let cached = self.schema.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((schema, _)) = cached.as_ref().filter(|(_, at)| at.elapsed() < SCHEMA_MAX_AGE) {
+                return Ok(schema.clone());
+            }
+        }
+        let read = std::time::Instant::now();
+        let schema = std::sync::Arc::new(self.store.schema().await.inspect_err(|_| self.forget_schema())?);
+        *self.schema.lock().unwrap_or_else(|p| p.into_inner()) = Some((schema.clone(), read));
+        Ok(schema)
+    }
+
+    fn forget_schema(&self) {
+        *self.schema.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
     /// The store (for `realtime init` and the start-up check).
@@ -210,6 +238,27 @@ fn row(schema: &Schema, s: &Section) -> Result<BTreeMap<String, String>, String>
     Ok(out)
 }
 
+/// `Err(MissingColumn)` for the first column that an object of `ids` sets
+/// and its table lacks.
+fn missing_column(
+    schema: &Schema,
+    ids: &BTreeSet<String>,
+    new: &BTreeMap<String, Vec<Section>>,
+) -> Result<(), RealtimeError> {
+    for s in ids.iter().filter_map(|id| new.get(id)).flatten() {
+        let Some(table) = table_of(&s.kind) else { continue };
+        if let Some((k, _)) = s.fields.iter().find(|(k, _)| schema.column(table, k).is_none()) {
+            return Err(RealtimeError::MissingColumn {
+                table: table.to_string(),
+                column: k.clone(),
+                kind: s.kind.clone(),
+                id: s.id.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// What a run writes for one extension.
 pub(crate) struct Write {
     pub(crate) id: String,
@@ -235,29 +284,24 @@ impl crate::reconcile::LiveApply for RealtimeTarget {
     ) -> Result<LiveRun, RealtimeError> {
         let sections::Changes { new, old, mut ids } =
             sections::changes(record, rendered, asked, "written").map_err(RealtimeError::Unreadable)?;
+        let started = std::time::Instant::now();
+        let ms = |t: std::time::Instant| t.elapsed().as_secs_f64() * 1000.0;
         let none: Vec<Section> = Vec::new();
         for (_, id) in orphans {
             if !new.contains_key(id) {
                 ids.insert(id.clone());
             }
         }
-        let schema = self.store.schema().await?;
-        // Every column the objects to write set must exist: else nothing is written.
-        for id in &ids {
-            for s in new.get(id).unwrap_or(&none) {
-                let Some(table) = table_of(&s.kind) else { continue };
-                for (k, _) in &s.fields {
-                    if schema.column(table, k).is_none() {
-                        return Err(RealtimeError::MissingColumn {
-                            table: table.to_string(),
-                            column: k.clone(),
-                            kind: s.kind.clone(),
-                            id: s.id.clone(),
-                        });
-                    }
-                }
+        // Every column the objects to write set must exist: else nothing is
+        // written. Remembered columns that lack one are read again first.
+        let mut schema = self.schema(false).await?;
+        if let Err(missing) = missing_column(&schema, &ids, &new) {
+            schema = self.schema(true).await?;
+            if missing_column(&schema, &ids, &new).is_err() {
+                return Err(missing);
             }
         }
+        let checked = std::time::Instant::now();
         let mut run = LiveRun::default();
         let mut writes: Vec<Write> = Vec::new();
         for id in &ids {
@@ -280,7 +324,17 @@ impl crate::reconcile::LiveApply for RealtimeTarget {
             gone.sort();
             writes.push(Write { id: id.to_string(), rows, gone });
         }
-        let committed = self.store.write(&schema, &writes).await?;
+        // A failed write may be the tables changing under remembered columns.
+        let validated = std::time::Instant::now();
+        let committed = self.store.write(&schema, &writes).await.inspect_err(|_| self.forget_schema())?;
+        tracing::debug!(
+            columns_ms = checked.duration_since(started).as_secs_f64() * 1000.0,
+            validate_ms = validated.duration_since(checked).as_secs_f64() * 1000.0,
+            write_ms = ms(validated),
+            extensions = writes.len(),
+            "realtime rows committed"
+        );
+        let verifying = std::time::Instant::now();
         run.requests = committed.statements;
         for (id, why) in committed.conflicts {
             run.failures.insert(id, why);
@@ -304,15 +358,22 @@ impl crate::reconcile::LiveApply for RealtimeTarget {
                 }
             }
         }
+        tracing::debug!(verify_ms = ms(verifying), "realtime rows read back through ARI");
         run.record = sections::record_after(new, &old, rendered, &run.failures, RECORD_HEADER);
         Ok(run)
     }
 
     async fn drift(&self, record: &str, _astdb_keys: &[String]) -> Vec<Drift> {
         self.checks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let started = std::time::Instant::now();
         let Ok(sections) = sections::parse(record) else { return Vec::new() };
         let recorded = sections::by_id(sections);
-        match self.store.drift(&recorded).await {
+        let drift = match self.schema(false).await {
+            Ok(schema) => self.store.drift(&schema, &recorded).await,
+            Err(e) => Err(e),
+        };
+        tracing::debug!(took_ms = started.elapsed().as_secs_f64() * 1000.0, "realtime rows compared with the record");
+        match drift {
             Ok(d) => d,
             Err(e) => {
                 // The next run that writes reports a database that is down.
@@ -353,5 +414,56 @@ impl crate::reconcile::LiveApply for RealtimeTarget {
 
     fn splice(&self, record: u64, ids: &BTreeSet<String>, part: &str) -> Option<String> {
         splice_in(&self.known, RECORD_HEADER, record, ids, part)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reconcile::LiveApply;
+
+    fn rendered(id: &str, column: &str, value: &str) -> String {
+        format!("[{id}]\ntype = endpoint\ncontext = default\n{column} = {value}\n")
+    }
+
+    /// The columns are read once and remembered; a run whose object sets a
+    /// column they lack reads them again (a column added since is found),
+    /// and a write that fails forgets them (a column dropped since is then
+    /// reported as missing, with nothing written).
+    #[tokio::test]
+    async fn remembered_columns_are_read_again_when_an_object_sets_one_they_lack_or_a_write_fails() {
+        let Some((store, pool, name)) = store::tests::fresh().await else { return };
+        let target = RealtimeTarget {
+            store,
+            ..RealtimeTarget::new(&SecretString::new("postgres://x/y"), None).expect("a target")
+        };
+        let asked = BTreeSet::new();
+        let run = target.push_changes(None, &rendered("3001", "language", "en"), &asked, &[]).await.expect("written");
+        assert_eq!(run.pushed.iter().collect::<Vec<_>>(), ["3001"], "{:?}", run.failures);
+
+        sqlx::query("alter table ps_endpoints add column x_added varchar(40)").execute(&pool).await.expect("alter");
+        let record = run.record;
+        let run = target.push_changes(Some(&record), &rendered("3001", "x_added", "yes"), &asked, &[]).await;
+        assert!(run.is_ok_and(|r| r.failures.is_empty()), "the added column is found");
+        let held: Option<String> = sqlx::query_scalar("select x_added from ps_endpoints where id = '3001'")
+            .fetch_one(&pool)
+            .await
+            .expect("row");
+        assert_eq!(held.as_deref(), Some("yes"));
+
+        sqlx::query("alter table ps_endpoints drop column x_added").execute(&pool).await.expect("alter");
+        let again = rendered("3002", "x_added", "no");
+        let failed = target.push_changes(None, &again, &asked, &[]).await.map(|_| ()).expect_err("the column is gone");
+        assert!(matches!(failed, RealtimeError::Database { .. }), "{failed}");
+        let refused = target.push_changes(None, &again, &asked, &[]).await.map(|_| ()).expect_err("read again");
+        assert!(matches!(&refused, RealtimeError::MissingColumn { column, .. } if column == "x_added"), "{refused}");
+        let rows: i64 = sqlx::query_scalar("select count(*) from ps_endpoints where id = '3002'")
+            .fetch_one(&pool)
+            .await
+            .expect("count");
+        assert_eq!(rows, 0, "nothing written");
+        pool.close().await;
+        target.store.pool().close().await;
+        store::tests::drop_db(&name).await;
     }
 }

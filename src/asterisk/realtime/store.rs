@@ -251,8 +251,11 @@ impl Store {
     /// (`MissingFromAsterisk`) or differs from the record
     /// (`ObjectDiffers`), and inventory rows no record holds (`Orphaned`).
     /// Rows the inventory does not hold are never looked at.
-    pub async fn drift(&self, recorded: &BTreeMap<String, Vec<Section>>) -> Result<Vec<Drift>, RealtimeError> {
-        let schema = self.schema().await?;
+    pub async fn drift(
+        &self,
+        schema: &Schema,
+        recorded: &BTreeMap<String, Vec<Section>>,
+    ) -> Result<Vec<Drift>, RealtimeError> {
         let mut out = Vec::new();
         let mut missing = BTreeSet::new();
         for (kind, table) in TABLES {
@@ -288,7 +291,7 @@ impl Store {
                     }
                     continue;
                 };
-                let want = match super::row(&schema, s) {
+                let want = match super::row(schema, s) {
                     Ok(r) => r,
                     Err(_) => continue,
                 };
@@ -343,12 +346,12 @@ fn same(col: Option<&Column>, got: &str, want: &str) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// A fresh database on the PostgreSQL of DATABASE_URL, initialised;
     /// `None` (skipped) without one, a failure under CI=true.
-    async fn fresh() -> Option<(Store, PgPool, String)> {
+    pub(crate) async fn fresh() -> Option<(Store, PgPool, String)> {
         let Ok(server) = std::env::var("DATABASE_URL") else {
             assert!(std::env::var("CI").is_err(), "CI=true needs DATABASE_URL (PostgreSQL)");
             eprintln!("SKIPPED: no DATABASE_URL");
@@ -424,7 +427,7 @@ mod tests {
         drop_db(&name).await;
     }
 
-    async fn drop_db(name: &str) {
+    pub(crate) async fn drop_db(name: &str) {
         let Ok(server) = std::env::var("DATABASE_URL") else { return };
         if let Ok(admin) = PgPool::connect(&server).await {
             let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&admin).await;

@@ -14,6 +14,7 @@ use super::{Defaults, DesiredSet, Extension, ExtensionEntry, StringList};
 use crate::core::diag::{Diagnostic, Location};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Fields an entry may have, in the order the schema documents them.
 pub const ENTRY_FIELDS: &[&str] = super::fields::ENTRY_KEYS;
@@ -102,7 +103,7 @@ pub fn read_paths(paths: &[PathBuf], options: &LoadOptions) -> (Vec<Source>, Vec
 pub fn load_sources(sources: impl IntoIterator<Item = Source>, secrets: &SecretPolicy) -> Loaded {
     let sources: Vec<_> = sources.into_iter().collect();
     let parsed = parse_sources(&sources, secrets);
-    assemble(sources.iter().map(|(shown, _, _)| shown.clone()).zip(parsed))
+    assemble(sources.iter().map(|(shown, _, _)| shown.clone()).zip(parsed.into_iter().map(Arc::new)))
 }
 
 /// Parses files on up to as many threads as there are cores; results in order.
@@ -123,45 +124,54 @@ fn default_policy(paths: &[PathBuf]) -> SecretPolicy {
 
 /// The second half of [`load_sources`]: parsed files, in file order, into
 /// the desired set, checking duplicates across files. A caller that kept
-/// the outcomes of unchanged files (the daemon) parses only the changed ones.
-pub fn assemble(parsed: impl IntoIterator<Item = (String, FileOutcome)>) -> Loaded {
+/// the outcomes of unchanged files (the daemon) parses only the changed ones,
+/// and hands the others back shared: assembling copies pointers, never an
+/// extension.
+pub fn assemble(parsed: impl IntoIterator<Item = (String, Arc<FileOutcome>)>) -> Loaded {
+    let parsed: Vec<(String, Arc<FileOutcome>)> = parsed.into_iter().collect();
     let mut loaded = Loaded::default();
-    let mut extensions = Vec::new();
-    let mut seen: HashMap<String, Location> = HashMap::new();
-    for (shown, (file_extensions, mut diags)) in parsed {
+    let mut extensions = Vec::with_capacity(parsed.iter().map(|(_, o)| o.0.len()).sum());
+    // The first place each number is declared: (file index, position).
+    let mut seen: HashMap<&str, (usize, Pos)> = HashMap::with_capacity(extensions.capacity());
+    for (index, (shown, outcome)) in parsed.iter().enumerate() {
+        let (file_extensions, file_diags) = &**outcome;
         loaded.files.push(shown.clone());
-        let file_ok = !diags.iter().any(Diagnostic::is_error);
+        let mut diags = file_diags.clone();
         // Duplicates are checked even across files with errors, so a
         // reviewer sees every collision in one run.
-        for (ext, pos) in file_extensions.iter().map(|(e, p)| (e, *p)) {
-            let here = Location { file: shown.clone(), line: pos.line, column: pos.column };
-            match seen.get(&ext.extension) {
-                Some(first) => diags.push(
+        for (ext, pos) in file_extensions {
+            match seen.get(ext.extension.as_str()) {
+                Some((file, first)) => diags.push(
                     Diagnostic::error(
                         "duplicate-extension",
-                        here,
+                        Location { file: shown.clone(), line: pos.line, column: pos.column },
                         "extension",
                         format!("extension {} is declared twice", ext.extension),
                     )
-                    .with_related(first.clone()),
+                    .with_related(Location {
+                        file: parsed[*file].0.clone(),
+                        line: first.line,
+                        column: first.column,
+                    }),
                 ),
                 None => {
-                    seen.insert(ext.extension.clone(), here);
+                    seen.insert(&ext.extension, (index, *pos));
                 }
             }
         }
-        let file_ok = file_ok && !diags.iter().any(Diagnostic::is_error);
-        if file_ok {
-            extensions.extend(file_extensions.into_iter().map(|(e, _)| e));
+        if !diags.iter().any(Diagnostic::is_error) {
+            extensions.extend(file_extensions.iter().map(|(e, _)| e.clone()));
         }
         loaded.diagnostics.append(&mut diags);
     }
-    loaded.set = DesiredSet::new(extensions);
+    loaded.set = DesiredSet::shared(extensions);
     loaded
 }
 
 /// One file's extensions (with where each entry starts) and diagnostics.
-pub type FileOutcome = (Vec<(Extension, Pos)>, Vec<Diagnostic>);
+/// The extensions are shared: a cached file's outcome goes into every
+/// later load as pointers.
+pub type FileOutcome = (Vec<(Arc<Extension>, Pos)>, Vec<Diagnostic>);
 
 fn parse_source(shown: &str, content: &Result<Vec<u8>, String>, secrets: &SecretPolicy) -> FileOutcome {
     let bytes = match content {
@@ -182,7 +192,8 @@ fn parse_source(shown: &str, content: &Result<Vec<u8>, String>, secrets: &Secret
             return (Vec::new(), vec![d]);
         }
     };
-    load_file(shown, secrets, text)
+    let (extensions, diagnostics) = load_file(shown, secrets, text);
+    (extensions.into_iter().map(|(e, pos)| (Arc::new(e), pos)).collect(), diagnostics)
 }
 
 /// `f` over `items` on up to as many threads as there are cores, results in order.

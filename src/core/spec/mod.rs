@@ -322,23 +322,37 @@ impl Extension {
 
 /// The extensions a set of spec files declares, sorted by number.
 ///
-/// Shared (`Arc`) because the renderer hands it to minijinja, which needs
-/// owned data, and cloning 100k extensions would double the peak memory.
+/// Shared twice over: the list (`Arc`) because the renderer hands it to
+/// minijinja, which needs owned data, and cloning 100k extensions would
+/// double the peak memory; each extension (`Arc<Extension>`) because a
+/// reload of one changed file builds the next set from the cached files'
+/// extensions, and moving pointers is what keeps that load from costing
+/// time in proportion to the estate (BENCHMARKS.md, "Session 9").
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct DesiredSet {
-    pub extensions: std::sync::Arc<Vec<Extension>>,
+    pub extensions: std::sync::Arc<Vec<std::sync::Arc<Extension>>>,
 }
 
 impl DesiredSet {
     /// Sorts by number; the rest of the program relies on that order.
-    pub fn new(mut extensions: Vec<Extension>) -> Self {
+    pub fn new(extensions: Vec<Extension>) -> Self {
+        Self::shared(extensions.into_iter().map(std::sync::Arc::new).collect())
+    }
+
+    /// [`new`](DesiredSet::new) over extensions already shared. The sort
+    /// is stable and finds runs already in order, so a list made of a few
+    /// sorted files is merged, not sorted afresh.
+    pub fn shared(mut extensions: Vec<std::sync::Arc<Extension>>) -> Self {
         extensions.sort_by(|a, b| a.extension.cmp(&b.extension));
         DesiredSet { extensions: std::sync::Arc::new(extensions) }
     }
-}
 
-impl DesiredSet {
     pub fn get(&self, number: &str) -> Option<&Extension> {
+        self.get_shared(number).map(|e| &**e)
+    }
+
+    /// The extension of `number`, as the set shares it.
+    pub fn get_shared(&self, number: &str) -> Option<&std::sync::Arc<Extension>> {
         self.extensions.binary_search_by(|e| e.extension.as_str().cmp(number)).ok().map(|i| &self.extensions[i])
     }
 }
