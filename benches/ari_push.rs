@@ -24,6 +24,14 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 /// utime + stime of a process, in seconds (`/proc/PID/stat`, 100 ticks a second).
+/// Runs one pass; with the CPU seconds Asterisk (`pid`) and this process
+/// (`me`) spent during it.
+async fn with_cpu<T>(pid: &str, me: &str, pass: impl std::future::Future<Output = T>) -> (T, f64, f64) {
+    let (a0, m0) = (cpu_seconds(pid), cpu_seconds(me));
+    let out = pass.await;
+    (out, cpu_seconds(pid) - a0, cpu_seconds(me) - m0)
+}
+
 fn cpu_seconds(pid: &str) -> f64 {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return f64::NAN };
     // The command name may hold spaces: the fields after it follow the last ')'.
@@ -139,9 +147,7 @@ fn main() {
         println!("{n} extensions, {objects} objects: raw PUTs, then DELETEs, no order per extension, per level:");
         for &k in &levels {
             for create in [true, false] {
-                let (a0, m0) = (cpu_seconds(&pid), cpu_seconds(&me));
-                let wall = raw_all(&ari, &groups, create, k).await;
-                let (a, m) = (cpu_seconds(&pid) - a0, cpu_seconds(&me) - m0);
+                let (wall, a, m) = with_cpu(&pid, &me, raw_all(&ari, &groups, create, k)).await;
                 let s = wall.as_secs_f64();
                 println!(
                     "  {k:>2} in flight, {}: {s:.2} s, {:.0} requests/s; Asterisk CPU {a:.2} s ({:.0} % of one core), this process {m:.2} s",
@@ -155,9 +161,8 @@ fn main() {
         println!("{n} extensions, {objects} objects, pushed into an empty astdb wizard and deleted, per level:");
         for &k in &levels {
             for create in [true, false] {
-                let (a0, m0) = (cpu_seconds(&pid), cpu_seconds(&me));
-                let (wall, requests, failed) = push_all(&target, &groups, create, k).await;
-                let (a, m) = (cpu_seconds(&pid) - a0, cpu_seconds(&me) - m0);
+                let ((wall, requests, failed), a, m) =
+                    with_cpu(&pid, &me, push_all(&target, &groups, create, k)).await;
                 let s = wall.as_secs_f64();
                 println!(
                     "  {k:>2} in flight, {}: {s:.2} s, {:.0} requests/s ({requests} requests, {failed} failed); Asterisk CPU {a:.2} s ({:.0} % of one core), this process {m:.2} s",

@@ -350,8 +350,9 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn the_canary_rule_skips_a_node_that_is_down_and_stops_at_one_that_fails() {
+    /// A spec directory declaring 1001 (kept alive by the caller), its
+    /// desired set, and the built-in template.
+    fn one_extension() -> (tempfile::TempDir, Desired, Arc<Renderer>) {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(
             dir.path().join("team.yaml"),
@@ -359,7 +360,12 @@ mod tests {
         )
         .expect("write");
         let desired = load_dir(dir.path());
-        let renderer = Arc::new(Renderer::new(None).expect("the built-in template"));
+        (dir, desired, Arc::new(Renderer::new(None).expect("the built-in template")))
+    }
+
+    #[tokio::test]
+    async fn the_canary_rule_skips_a_node_that_is_down_and_stops_at_one_that_fails() {
+        let (_dir, desired, renderer) = one_extension();
         let (b, b_file) = follower("b", Script { down: true, ..Default::default() }, &renderer);
         let (c, c_file) = follower("c", Script::default(), &renderer);
         let refused = Script { refused: ["1001".to_string()].into(), ..Default::default() };
@@ -408,14 +414,7 @@ mod tests {
 
     #[tokio::test]
     async fn with_shared_tables_each_node_is_verified_and_one_down_catches_up_when_back() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::write(
-            dir.path().join("team.yaml"),
-            "defaults: {context: from-internal, transport: transport-udp, codecs: [ulaw]}\nextensions:\n  - extension: \"1001\"\n    md5Cred: 0123456789abcdef0123456789abcdef\n",
-        )
-        .expect("write");
-        let desired = load_dir(dir.path());
-        let renderer = Arc::new(Renderer::new(None).expect("the built-in template"));
+        let (_dir, desired, renderer) = one_extension();
         let (b, b_file) = follower("b", Script { down: true, ..Default::default() }, &renderer);
         let (c, c_file) = follower("c", Script::default(), &renderer);
         let fleet = Fleet {
