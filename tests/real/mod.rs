@@ -5,7 +5,8 @@
 //! behind NAT in network namespaces (`phones.rs`); and `apply.target: ari`
 //! on an Asterisk with the astdb sorcery wizard (`live.rs`); one daemon on
 //! three Asterisk servers (`nodes.rs`); `apply.target: realtime` on an
-//! Asterisk reading PostgreSQL (`realtime.rs`). Under CI=true a missing
+//! Asterisk reading PostgreSQL, and three on one database (`realtime.rs`);
+//! the harness's own process handling (`harness.rs`). Under CI=true a missing
 //! Asterisk, sipp, baresip or network namespaces fails them; locally they
 //! print SKIPPED.
 
