@@ -26,13 +26,19 @@ pub fn asterisk(settings: &Settings) -> Option<Asterisk> {
 
 /// The Asterisk port of one AMI.
 pub fn node_asterisk(a: &crate::config::AmiSettings) -> Asterisk {
-    Asterisk::new(AmiConfig {
+    Asterisk::new(ami_config(a))
+}
+
+/// The AMI client settings of one configured AMI (no events: the CEL logger
+/// asks for its own).
+fn ami_config(a: &crate::config::AmiSettings) -> AmiConfig {
+    AmiConfig {
         addr: a.addr.clone(),
         user: a.user.clone(),
         secret: a.secret.expose().to_string(),
         timeout: a.timeout,
         events: false,
-    })
+    }
 }
 
 /// The nodes after the first (`nodes:`), each with a reconciler of its
@@ -676,14 +682,7 @@ fn call_loggers(
         }
         (crate::config::CallSource::Cel, _, Some(_)) => {
             for (i, node) in settings.nodes.iter().enumerate() {
-                let a = &node.ami;
-                let ami = AmiConfig {
-                    addr: a.addr.clone(),
-                    user: a.user.clone(),
-                    secret: a.secret.expose().to_string(),
-                    timeout: a.timeout,
-                    events: false,
-                };
+                let ami = ami_config(&node.ami);
                 let stats = nodes.get(i).and_then(|n| n.calls.clone()).unwrap_or_else(|| stats.clone());
                 let (db_, name, cfg, stop_) = (db.clone(), node.name.clone(), settings.calls.clone(), stop.clone());
                 out.push(tokio::spawn(async move {
