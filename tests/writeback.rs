@@ -6,6 +6,7 @@ use asterisk_gitops::core::spec::{ExtensionEntry, SecretPolicy, StringList};
 use asterisk_gitops::git::writeback::{
     Author, EditOp, Mode, RemoteTarget, Target, WriteBack, WriteError, apply_to_cached_dir, apply_to_dir,
 };
+use asterisk_gitops::git::{GitSource, GitSourceConfig};
 use git2::{Repository, Signature};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -436,4 +437,69 @@ fn refs_deleted_on_the_remote_while_pushing_do_not_fail_the_edit() {
         let path = format!("extensions.d/{}.yaml", 6000 + i);
         assert!(remote.file_at("main", &path).is_some(), "{path} is on main");
     }
+}
+
+/// libgit2 writes one pack per push to a file:// remote and does no
+/// housekeeping, so after each push the write-back merges the remote's small
+/// packs as a git host would (the soak's remote had 3,000 packs after 30
+/// minutes, and every fetch and push slowed with them). Another reader
+/// fetching the whole time never fails, and every edit is on the branch.
+#[test]
+fn pushes_to_a_file_remote_keep_its_packs_few_while_others_fetch_it() {
+    let remote = Remote::new();
+    let wb = WriteBack::new(Target::Remote(remote.target(Mode::Direct)), default_policy());
+    let small_packs = |bare: &Path| {
+        std::fs::read_dir(bare.join("objects/pack"))
+            .expect("pack dir")
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "pack"))
+            .count()
+    };
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // The daemon's own mirror is the other reader: it fetches the remote
+    // and reads every spec file of what it fetched, the whole time.
+    let reader = {
+        let (url, dir, stop) = (remote.url(), remote.dir.path().join("mirror.git"), stop.clone());
+        std::thread::spawn(move || {
+            let mut mirror = GitSource::open(GitSourceConfig {
+                url,
+                branch: "main".into(),
+                path: "extensions.d".into(),
+                mirror_dir: dir,
+                token: None,
+                ssh_key: None,
+            })
+            .expect("the mirror opens");
+            let (mut fetches, mut failures) = (0u64, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match mirror.fetch().map_err(|e| e.to_string()).and_then(|f| {
+                    let files = mirror.read_specs(&f.commit).map_err(|e| e.to_string())?;
+                    if files.is_empty() { Err(format!("no spec files at {}", f.commit)) } else { Ok(()) }
+                }) {
+                    Ok(()) => fetches += 1,
+                    Err(e) => failures.push(e),
+                }
+            }
+            (fetches, failures)
+        })
+    };
+    let mut most = 0;
+    for i in 0..60 {
+        wb.apply(&EditOp::Create(entry(&format!("{}", 7000 + i), "Agent")), &alice()).expect("each create lands");
+        most = most.max(small_packs(&remote.bare));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (fetches, failures) = reader.join().expect("reader");
+    // One pack per push without the merge: 61 here.
+    assert!(
+        most <= asterisk_gitops::git::MAX_PACKS + 2,
+        "{most} packs in the remote at the most (the seed's, then one per push until merged)"
+    );
+    assert!(fetches > 10, "the reader fetched only {fetches} times: the test proves nothing");
+    assert!(failures.is_empty(), "{} of the reader's fetches failed, e.g. {}", failures.len(), failures[0]);
+    for i in 0..60 {
+        let path = format!("extensions.d/{}.yaml", 7000 + i);
+        assert!(remote.file_at("main", &path).is_some(), "{path} is on main");
+    }
+    assert_eq!(remote.log("main").len(), 61, "seed + 60 creates");
 }

@@ -406,6 +406,9 @@ impl RemoteTarget {
             };
             match pushed {
                 None => {
+                    if let Some(path) = local_remote_path(&self.url) {
+                        compact_remote(&path);
+                    }
                     return Ok(Committed {
                         commit: commit.clone(),
                         compare_url: if self.mode == Mode::Review {
@@ -519,6 +522,22 @@ pub fn move_branch_if_unmoved(
             Ok(Err(format!("the branch moved: {}", e.message())))
         }
         Err(e) => Err(e),
+    }
+}
+
+/// Merges a `file://` remote's small packs after a push, as a git host
+/// does after receiving one (`git receive-pack` runs `git gc --auto`).
+/// libgit2 pushes to a file:// remote in-process and writes one pack per
+/// push, with no housekeeping: the soak's remote had 3,000 packs after 30
+/// minutes, and every fetch and push, opening that repository, looked
+/// objects up in all of them (writes slowed with the history, and the
+/// mapped pack indexes made the RSS peaks; BENCHMARKS.md). Readers of the
+/// remote (the mirror, other clones) are safe meanwhile: the merged pack is
+/// in place before the old ones go, and libgit2 treats a pack that vanished
+/// as one without the object, then looks again in the new list.
+fn compact_remote(path: &Path) {
+    if let Err(e) = crate::git::compact(path) {
+        tracing::warn!(error = %e.message(), "cannot compact the file:// remote's packs after pushing");
     }
 }
 
