@@ -55,8 +55,8 @@ async fn push_all(
     let results: Vec<Pushed> = futures_util::stream::iter(groups.iter())
         .map(|(id, g)| async move {
             match create {
-                true => target.push(id, &[], g).await,
-                false => target.push(id, g, &[]).await,
+                true => target.push(id, &[], g, false).await,
+                false => target.push(id, g, &[], false).await,
             }
         })
         .buffer_unordered(in_flight)

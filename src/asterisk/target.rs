@@ -52,11 +52,12 @@ impl LiveApply for Live {
         record: Option<&str>,
         rendered: &str,
         asked: &BTreeSet<String>,
+        repair: &BTreeSet<String>,
         orphans: &[(String, String)],
     ) -> Result<LiveRun, LiveError> {
         match self {
-            Live::Ari(t) => Ok(t.push_changes(record, rendered, asked, orphans).await?),
-            Live::Realtime(t) => Ok(t.push_changes(record, rendered, asked, orphans).await?),
+            Live::Ari(t) => Ok(t.push_changes(record, rendered, asked, repair, orphans).await?),
+            Live::Realtime(t) => Ok(t.push_changes(record, rendered, asked, repair, orphans).await?),
         }
     }
     async fn drift(&self, record: &str, astdb_keys: &[String]) -> Vec<Drift> {

@@ -254,6 +254,7 @@ impl LiveApply for FakeLive {
         record: Option<&str>,
         rendered: &str,
         asked: &BTreeSet<String>,
+        _repair: &BTreeSet<String>,
         _orphans: &[(String, String)],
     ) -> Result<LiveRun, FakeError> {
         self.pushes.fetch_add(1, Ordering::Relaxed);

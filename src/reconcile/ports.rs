@@ -102,12 +102,16 @@ pub trait LiveApply: Send + Sync {
     fn astdb_family(&self) -> &str;
     /// Pushes every id in `asked` and every id whose sections differ
     /// between `record` (what was pushed before) and `rendered`, and
-    /// deletes `orphans` (type, id). Errors only when nothing was pushed.
+    /// deletes `orphans` (type, id). `repair` (a subset of `asked`): the ids
+    /// whose drift is repaired, every object pushed again; of the others,
+    /// a target may leave alone an object the record holds as rendered.
+    /// Errors only when nothing was pushed.
     fn push_changes(
         &self,
         record: Option<&str>,
         rendered: &str,
         asked: &BTreeSet<String>,
+        repair: &BTreeSet<String>,
         orphans: &[(String, String)],
     ) -> impl Future<Output = Result<LiveRun, Self::Error>> + Send;
     /// Drift in what was pushed: a batch read back, and the keys of the
@@ -160,6 +164,7 @@ impl LiveApply for NoLive {
         &self,
         _: Option<&str>,
         _: &str,
+        _: &BTreeSet<String>,
         _: &BTreeSet<String>,
         _: &[(String, String)],
     ) -> Result<LiveRun, Self::Error> {

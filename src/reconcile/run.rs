@@ -945,9 +945,11 @@ impl<S: StateStore, A: AsteriskControl, L: LiveApply> Reconciler<S, A, L> {
             return out.failed(RunError::Internal("nothing rendered and no record of what was pushed"));
         };
         let mut asked: BTreeSet<String> = p.changes.iter().map(|c| c.extension.clone()).collect();
+        let mut repair = BTreeSet::new();
         let mut orphans = Vec::new();
         if heal {
-            asked.extend(p.drift.iter().filter_map(status::drift_extension).map(str::to_string));
+            repair.extend(p.drift.iter().filter_map(status::drift_extension).map(str::to_string));
+            asked.extend(repair.iter().cloned());
             for d in &p.drift {
                 if let plan::Drift::Orphaned { object_type: kind, id } = d {
                     orphans.push((kind.clone(), id.clone()));
@@ -956,7 +958,7 @@ impl<S: StateStore, A: AsteriskControl, L: LiveApply> Reconciler<S, A, L> {
         }
         self.progress(Step::Writing).await;
         let started = Instant::now();
-        let run = match live.push_changes(current.as_deref(), &text, &asked, &orphans).await {
+        let run = match live.push_changes(current.as_deref(), &text, &asked, &repair, &orphans).await {
             Ok(run) => run,
             Err(e) => return out.failed(RunError::Push(boxed(e))),
         };

@@ -180,8 +180,10 @@ impl<D: DynamicConfig> LiveTarget<D> {
     }
 
     /// Pushes one extension from `old` (what was pushed before, as the
-    /// record says) to `new` (what renders now; empty: delete it).
-    pub async fn push(&self, id: &str, old: &[Section], new: &[Section]) -> Pushed {
+    /// record says) to `new` (what renders now; empty: delete it). Unless
+    /// `whole`, an object of `new` that `old` holds with the same fields is
+    /// left alone (Asterisk has it as recorded; drift repairs push whole).
+    pub async fn push(&self, id: &str, old: &[Section], new: &[Section], whole: bool) -> Pushed {
         let mut requests = 0;
         let mut done: Vec<Undo> = Vec::new();
         let old_of = |kind: &str| old.iter().find(|s| s.kind == kind);
@@ -196,7 +198,8 @@ impl<D: DynamicConfig> LiveTarget<D> {
             }
         }
         gone.sort_by_key(|k| std::cmp::Reverse(rank(k)));
-        let mut puts: Vec<&Section> = new.iter().collect();
+        let unchanged = |s: &Section| old_of(&s.kind).is_some_and(|o| o.fields == s.fields);
+        let mut puts: Vec<&Section> = new.iter().filter(|s| whole || !unchanged(s)).collect();
         puts.sort_by_key(|s| rank(&s.kind));
         let (endpoint_first, rest): (Vec<String>, Vec<String>) = gone.into_iter().partition(|k| k == "endpoint");
 
@@ -629,10 +632,10 @@ pub(crate) mod tests {
     async fn a_create_pushes_auth_and_aor_before_the_endpoint_and_a_delete_takes_the_endpoint_first() {
         let t = LiveTarget::new(Fake::default());
         let new = ext("1001", "allow = ulaw,alaw\n");
-        assert_eq!(t.push("1001", &[], &new).await, Pushed::Done { requests: 3 });
+        assert_eq!(t.push("1001", &[], &new, false).await, Pushed::Done { requests: 3 });
         assert_eq!(t.client.requests(), ["PUT auth 1001", "PUT aor 1001", "PUT endpoint 1001"]);
         assert_eq!(t.client.get("endpoint", "1001").unwrap()["allow"], "(ulaw|alaw)");
-        assert_eq!(t.push("1001", &new, &[]).await, Pushed::Done { requests: 3 });
+        assert_eq!(t.push("1001", &new, &[], false).await, Pushed::Done { requests: 3 });
         assert_eq!(t.client.requests(), ["DELETE endpoint 1001", "DELETE aor 1001", "DELETE auth 1001"]);
         assert_eq!(t.client.count(), 0);
     }
@@ -641,11 +644,11 @@ pub(crate) mod tests {
     async fn a_refused_value_fails_with_the_field_and_puts_back_what_the_push_changed() {
         let t = LiveTarget::new(Fake::default());
         let old = ext("1001", "allow = ulaw\n");
-        t.push("1001", &[], &old).await;
+        t.push("1001", &[], &old, false).await;
         let mut bad = ext("1001", "allow = ulaw,nosuchcodec\n");
         bad[2].fields[0].1 = "5".into(); // the aor changes too, and must be put back
         t.client.requests();
-        let Pushed::Failed { reason, down: false } = t.push("1001", &old, &bad).await else { panic!("refused") };
+        let Pushed::Failed { reason, down: false } = t.push("1001", &old, &bad, false).await else { panic!("refused") };
         assert!(reason.contains("failed field value validation"), "{reason}");
         assert!(reason.contains("the field it refuses: allow = ulaw,nosuchcodec"), "{reason}");
         assert!(reason.contains("put back"), "{reason}");
@@ -653,7 +656,7 @@ pub(crate) mod tests {
         assert_eq!(t.client.get("endpoint", "1001").unwrap()["allow"], "(ulaw)");
         assert_eq!(t.client.count(), 3, "the scratch object is gone");
         // A create refused at the endpoint leaves no auth or aor behind.
-        let Pushed::Failed { .. } = t.push("1002", &[], &ext("1002", "bogus_option = 1\n")).await else {
+        let Pushed::Failed { .. } = t.push("1002", &[], &ext("1002", "bogus_option = 1\n"), false).await else {
             panic!("refused")
         };
         assert!(t.client.get("auth", "1002").is_none() && t.client.get("aor", "1002").is_none());
@@ -665,7 +668,7 @@ pub(crate) mod tests {
         let t = LiveTarget::new(Fake::default());
         let mut new = ext("1002", "");
         new[2].fields.push(("bogus_option".into(), "1".into()));
-        let Pushed::Failed { reason, down: false } = t.push("1002", &[], &new).await else { panic!("refused") };
+        let Pushed::Failed { reason, down: false } = t.push("1002", &[], &new, false).await else { panic!("refused") };
         assert!(reason.contains("refused aor 1002"), "{reason}");
         assert!(reason.contains("the field it refuses: bogus_option = 1"), "{reason}");
         let requests = t.client.requests();
@@ -676,13 +679,31 @@ pub(crate) mod tests {
     }
 
     #[tokio::test]
+    async fn an_update_puts_only_the_objects_that_changed_and_a_repair_puts_them_all() {
+        let t = LiveTarget::new(Fake::default());
+        let old = ext("1001", "callerid = \"A\" <1001>\n");
+        t.push("1001", &[], &old, false).await;
+        t.client.requests();
+        let new = ext("1001", "callerid = \"B\" <1001>\n");
+        assert_eq!(t.push("1001", &old, &new, false).await, Pushed::Done { requests: 1 });
+        assert_eq!(t.client.requests(), ["PUT endpoint 1001"], "the unchanged auth and aor are left alone");
+        assert_eq!(t.client.get("endpoint", "1001").unwrap()["callerid"], "\"B\" <1001>");
+        // Drift: Asterisk lost the auth; the record still holds it as rendered.
+        t.client.delete("auth", "1001").await.unwrap();
+        t.client.requests();
+        assert_eq!(t.push("1001", &new, &new, true).await, Pushed::Done { requests: 3 });
+        assert_eq!(t.client.requests(), ["PUT auth 1001", "PUT aor 1001", "PUT endpoint 1001"]);
+        assert!(t.client.get("auth", "1001").is_some(), "the repair put the auth back");
+    }
+
+    #[tokio::test]
     async fn a_field_the_new_rendering_drops_goes_back_to_asterisks_default() {
         let t = LiveTarget::new(Fake::default());
         let old = ext("1001", "callerid = \"A\" <1001>\ndirect_media = no\n");
-        t.push("1001", &[], &old).await;
+        t.push("1001", &[], &old, false).await;
         assert_eq!(t.client.get("endpoint", "1001").unwrap()["direct_media"], "false");
         let new = ext("1001", "");
-        assert!(matches!(t.push("1001", &old, &new).await, Pushed::Done { .. }));
+        assert!(matches!(t.push("1001", &old, &new, false).await, Pushed::Done { .. }));
         let e = t.client.get("endpoint", "1001").unwrap();
         assert_eq!((e["callerid"].as_str(), e["direct_media"].as_str()), ("", "true"));
         assert_eq!(t.client.count(), 3, "the scratch endpoint for the defaults is gone");

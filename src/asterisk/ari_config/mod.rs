@@ -48,13 +48,18 @@ pub const PUSHES_IN_FLIGHT: usize = 8;
 
 /// Pushes, a few extensions at a time, every id in `asked` (the plan's
 /// changes and the drift to repair) and every id whose sections differ
-/// between `record` (what was pushed before) and `rendered`. Errors only
-/// when the rendering cannot be read as objects: then nothing was pushed.
+/// between `record` (what was pushed before) and `rendered`. Of an id that
+/// changed and is not in `repair`, only the objects that differ from the
+/// record go (a changed caller id: the endpoint alone, not its unchanged
+/// auth and aor); an id in `repair`, or asked for with nothing changed,
+/// has every object pushed again. Errors only when the rendering cannot be
+/// read as objects: then nothing was pushed.
 pub async fn push<D: DynamicConfig>(
     target: &LiveTarget<D>,
     record: Option<&str>,
     rendered: &str,
     asked: &BTreeSet<String>,
+    repair: &BTreeSet<String>,
     orphans: &[(String, String)],
 ) -> Result<LiveRun, ApplyError> {
     let sections::Changes { new, old, ids } =
@@ -68,17 +73,18 @@ pub async fn push<D: DynamicConfig>(
     let down: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
     // Owned, so the stream's closure takes no borrowed argument (rustc
     // cannot prove such a future `Send`, rust-lang/rust#102211).
-    let work: Vec<(String, Vec<Section>, Vec<Section>)> = ids
+    let work: Vec<(String, Vec<Section>, Vec<Section>, bool)> = ids
         .into_iter()
         .map(|id| {
             let of = |m: &BTreeMap<String, Vec<Section>>| m.get(&id).cloned().unwrap_or_default();
             let (before, after) = (of(&old), of(&new));
-            (id, before, after)
+            let whole = repair.contains(&id) || sections::same(&before, &after);
+            (id, before, after, whole)
         })
         .collect();
     let down = &down;
     let pushes = futures_util::stream::iter(work)
-        .map(move |(id, before, after)| async move { push_one(target, down, id, &before, &after).await });
+        .map(move |(id, before, after, whole)| async move { push_one(target, down, id, &before, &after, whole).await });
     // Unordered: an ordered buffer counts the answers it holds back behind a
     // slow head, and starts no new push until the head is answered.
     let results: Vec<(String, Pushed)> = pushes.buffer_unordered(PUSHES_IN_FLIGHT).collect().await;
@@ -123,12 +129,13 @@ async fn push_one<D: DynamicConfig>(
     id: String,
     before: &[Section],
     after: &[Section],
+    whole: bool,
 ) -> (String, Pushed) {
     let known_down = down.lock().unwrap_or_else(|p| p.into_inner()).clone();
     if let Some(why) = known_down {
         return (id, Pushed::Failed { reason: format!("not pushed: {why}"), down: true });
     }
-    let pushed = target.push(&id, before, after).await;
+    let pushed = target.push(&id, before, after, whole).await;
     if let Pushed::Failed { reason, down: true } = &pushed {
         down.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert_with(|| reason.clone());
     }
@@ -387,9 +394,10 @@ impl<D: DynamicConfig> crate::reconcile::LiveApply for LiveTarget<D> {
         record: Option<&str>,
         rendered: &str,
         asked: &BTreeSet<String>,
+        repair: &BTreeSet<String>,
         orphans: &[(String, String)],
     ) -> Result<LiveRun, ApplyError> {
-        push(self, record, rendered, asked, orphans).await
+        push(self, record, rendered, asked, repair, orphans).await
     }
     async fn drift(&self, record: &str, astdb_keys: &[String]) -> Vec<crate::core::plan::Drift> {
         drift(self, record, astdb_keys).await
@@ -430,13 +438,13 @@ mod tests {
     async fn only_the_extensions_whose_objects_changed_are_pushed_and_a_refused_one_keeps_its_old_record() {
         let t = LiveTarget::new(Fake::default());
         let first = rendered(&[("1001", "a"), ("1002", "a")]);
-        let run = push(&t, None, &first, &BTreeSet::new(), &[]).await.expect("pushes");
+        let run = push(&t, None, &first, &BTreeSet::new(), &BTreeSet::new(), &[]).await.expect("pushes");
         assert_eq!(run.pushed.len(), 2);
         assert_eq!(run.record, first, "all pushed: the record is the rendering");
         t.client.requests();
         // 1002 changes, 1003 is new and refused, 1001 is as before.
         let second = rendered(&[("1001", "a"), ("1002", "b"), ("1003", "nosuchcodec")]);
-        let run = push(&t, Some(&first), &second, &BTreeSet::new(), &[]).await.expect("pushes");
+        let run = push(&t, Some(&first), &second, &BTreeSet::new(), &BTreeSet::new(), &[]).await.expect("pushes");
         assert_eq!(run.pushed.iter().collect::<Vec<_>>(), ["1002"]);
         assert!(run.failures["1003"].contains("refused endpoint 1003"), "{:?}", run.failures);
         assert!(t.client.requests().iter().all(|r| !r.contains("1001")), "1001 was not touched");
@@ -446,11 +454,11 @@ mod tests {
         // Asked for (drift), an unchanged extension is pushed again; gone from the rendering, deleted.
         let third = rendered(&[("1001", "a")]);
         let asked: BTreeSet<String> = ["1001".to_string()].into();
-        let run = push(&t, Some(&run.record), &third, &asked, &[]).await.expect("pushes");
+        let run = push(&t, Some(&run.record), &third, &asked, &asked, &[]).await.expect("pushes");
         assert_eq!(run.pushed.iter().collect::<Vec<_>>(), ["1001", "1002"]);
         assert!(t.client.get("endpoint", "1002").is_none());
         assert!(
-            push(&t, None, "junk\n", &BTreeSet::new(), &[]).await.is_err(),
+            push(&t, None, "junk\n", &BTreeSet::new(), &BTreeSet::new(), &[]).await.is_err(),
             "an unreadable rendering pushes nothing"
         );
     }
@@ -487,12 +495,12 @@ mod tests {
         use crate::core::plan::Drift;
         let t = LiveTarget::new(Fake::default());
         let text = rendered(&[("1001", "a"), ("1002", "a")]);
-        push(&t, None, &text, &BTreeSet::new(), &[]).await.expect("pushes");
+        push(&t, None, &text, &BTreeSet::new(), &BTreeSet::new(), &[]).await.expect("pushes");
         // Someone changes 1001's context through ARI, deletes 1002's aor, and pushes 9999.
         t.client.set("endpoint", "1001", "context", "elsewhere");
         t.client.objects.lock().unwrap().remove(&("aor".to_string(), "1002".to_string()));
         let stray = "[9999]\ntype = endpoint\ncontext = x\n";
-        push(&t, None, stray, &BTreeSet::new(), &[]).await.expect("pushes");
+        push(&t, None, stray, &BTreeSet::new(), &BTreeSet::new(), &[]).await.expect("pushes");
         let keys: Vec<String> =
             ["/asterisk-gitops/endpoint/1001", "/asterisk-gitops/endpoint/9999", "/other/endpoint/7"]
                 .iter()
@@ -514,7 +522,8 @@ mod tests {
         );
         // Healed: the differing and missing ones pushed again, the orphan deleted.
         let asked: BTreeSet<String> = ["1001".to_string(), "1002".to_string()].into();
-        let run = push(&t, Some(&text), &text, &asked, &[("endpoint".into(), "9999".into())]).await.expect("heals");
+        let run =
+            push(&t, Some(&text), &text, &asked, &asked, &[("endpoint".into(), "9999".into())]).await.expect("heals");
         assert!(run.failures.is_empty(), "{:?}", run.failures);
         assert!(t.client.get("endpoint", "9999").is_none());
         assert_eq!(t.client.get("endpoint", "1001").unwrap()["context"], "a");
@@ -526,7 +535,7 @@ mod tests {
         let t = LiveTarget::new(Fake::default());
         t.client.down.store(true, std::sync::atomic::Ordering::Relaxed);
         let text = rendered(&[("1001", "a"), ("1002", "a"), ("1003", "a")]);
-        let run = push(&t, None, &text, &BTreeSet::new(), &[]).await.expect("runs");
+        let run = push(&t, None, &text, &BTreeSet::new(), &BTreeSet::new(), &[]).await.expect("runs");
         assert!(run.pushed.is_empty());
         assert_eq!(run.failures.len(), 3);
         assert!(run.failures["1001"].contains("unreachable"), "{:?}", run.failures);

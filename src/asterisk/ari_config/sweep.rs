@@ -175,7 +175,7 @@ mod tests {
     async fn the_sweeper_finds_drift_in_the_background_and_the_run_reports_what_still_differs() {
         let t = std::sync::Arc::new(LiveTarget::new(Fake::default()));
         let text = canonical(&*t, &rendered(DRIFT_BATCH + 20), true).expect("canonical");
-        push(&*t, None, &text, &BTreeSet::new(), &[]).await.expect("pushes");
+        push(&*t, None, &text, &BTreeSet::new(), &BTreeSet::new(), &[]).await.expect("pushes");
         let (woke, mut wakes) = tokio::sync::mpsc::unbounded_channel();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let pace = Pace { each: Duration::from_millis(1), pass: Duration::ZERO, orphan_scan: Duration::ZERO };

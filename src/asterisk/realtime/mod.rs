@@ -280,6 +280,8 @@ impl crate::reconcile::LiveApply for RealtimeTarget {
         record: Option<&str>,
         rendered: &str,
         asked: &BTreeSet<String>,
+        // Rows are written in one transaction, unchanged ones included.
+        _repair: &BTreeSet<String>,
         orphans: &[(String, String)],
     ) -> Result<LiveRun, RealtimeError> {
         let sections::Changes { new, old, mut ids } =
@@ -438,12 +440,17 @@ mod tests {
             ..RealtimeTarget::new(&SecretString::new("postgres://x/y"), None).expect("a target")
         };
         let asked = BTreeSet::new();
-        let run = target.push_changes(None, &rendered("3001", "language", "en"), &asked, &[]).await.expect("written");
+        let run = target
+            .push_changes(None, &rendered("3001", "language", "en"), &asked, &BTreeSet::new(), &[])
+            .await
+            .expect("written");
         assert_eq!(run.pushed.iter().collect::<Vec<_>>(), ["3001"], "{:?}", run.failures);
 
         sqlx::query("alter table ps_endpoints add column x_added varchar(40)").execute(&pool).await.expect("alter");
         let record = run.record;
-        let run = target.push_changes(Some(&record), &rendered("3001", "x_added", "yes"), &asked, &[]).await;
+        let run = target
+            .push_changes(Some(&record), &rendered("3001", "x_added", "yes"), &asked, &BTreeSet::new(), &[])
+            .await;
         assert!(run.is_ok_and(|r| r.failures.is_empty()), "the added column is found");
         let held: Option<String> = sqlx::query_scalar("select x_added from ps_endpoints where id = '3001'")
             .fetch_one(&pool)
@@ -453,9 +460,14 @@ mod tests {
 
         sqlx::query("alter table ps_endpoints drop column x_added").execute(&pool).await.expect("alter");
         let again = rendered("3002", "x_added", "no");
-        let failed = target.push_changes(None, &again, &asked, &[]).await.map(|_| ()).expect_err("the column is gone");
+        let failed = target
+            .push_changes(None, &again, &asked, &BTreeSet::new(), &[])
+            .await
+            .map(|_| ())
+            .expect_err("the column is gone");
         assert!(matches!(failed, RealtimeError::Database { .. }), "{failed}");
-        let refused = target.push_changes(None, &again, &asked, &[]).await.map(|_| ()).expect_err("read again");
+        let refused =
+            target.push_changes(None, &again, &asked, &BTreeSet::new(), &[]).await.map(|_| ()).expect_err("read again");
         assert!(matches!(&refused, RealtimeError::MissingColumn { column, .. } if column == "x_added"), "{refused}");
         let rows: i64 = sqlx::query_scalar("select count(*) from ps_endpoints where id = '3002'")
             .fetch_one(&pool)
