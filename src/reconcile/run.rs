@@ -405,16 +405,28 @@ impl<S: StateStore, A: AsteriskControl, L: LiveApply> Reconciler<S, A, L> {
         if base.secret_files != secret_files {
             return None;
         }
+        let t0 = Instant::now();
         let ids = changed_ids(&base.set, &desired.set, DELTA_MAX)?;
         if ids.is_empty() {
             return None;
         }
+        let t_ids = t0.elapsed();
         let excerpt = live.excerpt(base.record, &ids)?;
+        let t_excerpt = t0.elapsed();
         let applied = self.applied_rows(applied_sig).await.ok()?;
+        let t_applied = t0.elapsed();
         let part = DesiredSet::new(ids.iter().filter_map(|id| desired.set.get(id).cloned()).collect());
         let part_desired = Desired { set: part, source: desired.source.clone(), ..Default::default() };
         let (rendered, md5s) = self.render(&part_desired).ok()?;
         let rendered = live.canonical(&rendered, false).ok()?;
+        let t_render = t0.elapsed();
+        tracing::debug!(
+            ids_ms = t_ids.as_secs_f64() * 1000.0,
+            excerpt_ms = (t_excerpt - t_ids).as_secs_f64() * 1000.0,
+            applied_ms = (t_applied - t_excerpt).as_secs_f64() * 1000.0,
+            render_ms = (t_render - t_applied).as_secs_f64() * 1000.0,
+            "delta plan steps"
+        );
         let foreign = section_ids(&rendered).find(|id| !ids.contains(*id));
         if let Some(id) = foreign {
             tracing::debug!(id, "the rendering of some extensions holds objects of another: the whole way");
@@ -694,7 +706,13 @@ impl<S: StateStore, A: AsteriskControl, L: LiveApply> Reconciler<S, A, L> {
         // 2–3. Plan: from the settled cache, or the whole way.
         let planning = Instant::now();
         let secret_files = secret_files_fingerprint(&desired.set);
+        let fingerprinted = planning.elapsed();
         let applied_sig = self.store.applied_signature().await.ok();
+        tracing::debug!(
+            secret_files_ms = fingerprinted.as_secs_f64() * 1000.0,
+            signature_ms = (planning.elapsed() - fingerprinted).as_secs_f64() * 1000.0,
+            "plan inputs read"
+        );
         let mut settled = false;
         let planned = match self.settled_plan(desired, secret_files, applied_sig.as_deref()).await {
             Some(p) => {
