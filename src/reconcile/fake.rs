@@ -242,6 +242,8 @@ impl AsteriskControl for FakeAsterisk {
 pub struct FakeLive {
     pub refused: BTreeSet<String>,
     pub pushes: AtomicUsize,
+    /// Tables other nodes read too (see `LiveApply::commits_without_asterisk`).
+    pub shared: bool,
 }
 
 impl LiveApply for FakeLive {
@@ -289,5 +291,8 @@ impl LiveApply for FakeLive {
     }
     fn lists_endpoints(&self) -> bool {
         true
+    }
+    fn commits_without_asterisk(&self) -> bool {
+        self.shared
     }
 }

@@ -347,6 +347,7 @@ mod tests {
             },
             run_id: None,
             duration: Default::default(),
+            unreachable: None,
         }
     }
 
