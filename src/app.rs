@@ -95,6 +95,9 @@ pub fn fleet<S: reconcile::StateStore>(
         applies,
         shared_tables,
         pending: Default::default(),
+        // A connection of its own to the first node, opened only when its run
+        // committed without reaching it (shared tables).
+        lead_asterisk: settings.nodes.first().filter(|_| shared_tables).map(|n| node_asterisk(&n.ami)),
     })
 }
 
