@@ -14,8 +14,9 @@
 //!
 //! With `apply.target: realtime` ([`Fleet::shared_tables`]) one commit
 //! serves every node: the followers are not applied to but verified, each
-//! on its own (none stops another): the extensions the lead's run changed
-//! are read back through each node's AMI (`run::verify`). A node that does
+//! on its own and all at once (none stops or waits for another): the
+//! extensions the lead's run changed are read back through each node's AMI
+//! (`run::verify`). A node that does
 //! not answer is reported unreachable and keeps those extensions pending,
 //! verified at the first run it answers again. The lead's run commits
 //! without its Asterisk too (`LiveApply::commits_without_asterisk`): the
@@ -191,11 +192,13 @@ impl<A: AsteriskControl + 'static, L: LiveApply + 'static> Fleet<A, L> {
         }
         let changed: Vec<&str> =
             record.plan.iter().flat_map(|p| p.changes.iter().map(|c| c.extension.as_str())).collect();
-        let mut ok = true;
+        // Every node at once, each over its own AMI: the loop (the next
+        // change's run) waits for the slowest node, not for their sum.
+        let mut checks = Vec::new();
         let lead_pending = lock(&self.pending).get(&self.lead).is_some_and(|p| !p.is_empty());
         match (&self.lead_asterisk, &lead.unreachable) {
             (Some(a), why) if why.is_some() || lead_pending => {
-                ok &= self.verify_node(&self.lead, a, &changed, desired, &revision).await;
+                checks.push(self.verify_node(&self.lead, a, &changed, desired, &revision));
             }
             (None, Some(why)) => self
                 .note(&self.lead, not_run("unreachable", format!("Asterisk is unreachable ({why})"), revision.clone())),
@@ -203,10 +206,10 @@ impl<A: AsteriskControl + 'static, L: LiveApply + 'static> Fleet<A, L> {
         }
         for f in &self.followers {
             if let Some(a) = &f.reconciler.asterisk {
-                ok &= self.verify_node(&f.name, a, &changed, desired, &revision).await;
+                checks.push(self.verify_node(&f.name, a, &changed, desired, &revision));
             }
         }
-        ok
+        futures_util::future::join_all(checks).await.into_iter().all(|ok| ok)
     }
 
     /// One node with shared tables: `changed` added to what is pending for
@@ -502,6 +505,25 @@ mod tests {
         // The lead's commit failing verifies nobody.
         assert!(fleet.follow(&Trigger::Manual, &desired, &lead(Outcome::Failed), true).await);
         assert_eq!([outcome("b"), outcome("c")], ["skipped", "skipped"]);
+    }
+
+    /// With shared tables the nodes are verified at once: two followers
+    /// whose pings answer only together are both verified.
+    #[tokio::test]
+    async fn with_shared_tables_the_nodes_are_verified_at_once() {
+        let (_dir, desired, renderer) = one_extension();
+        let meet = Script { meet: Some(Arc::new(tokio::sync::Barrier::new(2))), ..Default::default() };
+        let (b, _) = follower("b", meet.clone(), &renderer);
+        let (c, _) = follower("c", meet, &renderer);
+        let fleet = shared(None, vec![b, c]);
+        for f in &fleet.followers {
+            reads_the_row(f.reconciler.asterisk.as_ref().expect("an Asterisk"));
+        }
+        let created = creating_1001();
+        let followed = fleet.follow(&Trigger::Manual, &desired, &created, true);
+        let ok = tokio::time::timeout(std::time::Duration::from_secs(10), followed).await;
+        assert_eq!(ok, Ok(true), "one after the other, b's ping would wait for c's forever");
+        assert_eq!([outcome_of(&fleet, "b"), outcome_of(&fleet, "c")], ["applied", "applied"]);
     }
 
     /// The lead's run committed without reaching its Asterisk: the lead is
