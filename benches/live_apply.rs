@@ -37,6 +37,9 @@ const TOKEN: &str = "bench-admin-token-0123456789";
 #[derive(Clone, Copy, Debug)]
 struct Figures {
     cold: Duration,
+    /// With several nodes: serve's start → the cold apply verified on every
+    /// node through its AMI (zero with one node).
+    verified: Duration,
     saved: Duration,
     api: Duration,
     noop_first: Duration,
@@ -69,9 +72,10 @@ fn main() {
             let nodes = if *target == "realtime" { nodes } else { 1 };
             let f = rt.block_on(one_run(&build, n, run, target, nodes));
             println!(
-                "run {} {label:>4}: cold apply {:.2} s; saved → live {:.1} ms; API PUT → live {:.1} ms; no-op run {:.0} ms (the first {:.0} ms)",
+                "run {} {label:>4}: cold apply {:.2} s{}; saved → live {:.1} ms; API PUT → live {:.1} ms; no-op run {:.0} ms (the first {:.0} ms)",
                 run + 1,
                 f.cold.as_secs_f64(),
+                on_every_node(f.verified),
                 ms(f.saved),
                 ms(f.api),
                 ms(f.noop),
@@ -87,14 +91,23 @@ fn main() {
             v[v.len() / 2]
         };
         println!(
-            "{n} extensions, {label}, median of {runs}: cold apply {:.2} s; saved → live {:.1} ms; API PUT → live {:.1} ms; no-op run {:.0} ms (the first {:.0} ms)",
+            "{n} extensions, {label}, median of {runs}: cold apply {:.2} s{}; saved → live {:.1} ms; API PUT → live {:.1} ms; no-op run {:.0} ms (the first {:.0} ms)",
             median(|f| f.cold).as_secs_f64(),
+            on_every_node(median(|f| f.verified)),
             ms(median(|f| f.saved)),
             ms(median(|f| f.api)),
             ms(median(|f| f.noop)),
             ms(median(|f| f.noop_first))
         );
     }
+}
+
+/// The cold apply's verification on every node, when there are several.
+fn on_every_node(verified: Duration) -> String {
+    if verified.is_zero() {
+        return String::new();
+    }
+    format!(" (verified on every node {:.2} s)", verified.as_secs_f64())
 }
 
 fn ms(d: Duration) -> f64 {
@@ -215,6 +228,37 @@ async fn recorded_after(http: &reqwest::Client, base: &str, before: i64) {
 
 /// One run of the figures, on `nodes` Asterisks (more than one: the
 /// realtime target's `nodes:`, all reading one database).
+/// With several nodes: waits until every node's last apply (`GET /status`)
+/// is a verification that passed (`applied` or `noop`) made no earlier than
+/// the newest recorded run finished. The loop verifies the other nodes after
+/// a run is recorded (after a cold apply every extension on each node), and
+/// a change made before that is done would wait for it in the figure.
+async fn nodes_verified(http: &reqwest::Client, base: &str) {
+    let t = Instant::now();
+    let at = |v: &serde_json::Value| v.as_str().and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok());
+    let newest = runs(http, base).await.into_iter().max_by_key(|r| r["id"].as_i64().unwrap_or(0));
+    let Some(finished) = newest.as_ref().and_then(|r| at(&r["finishedAt"])) else {
+        panic!("no recorded run to wait after: {newest:?}")
+    };
+    loop {
+        let status: serde_json::Value = match http.get(format!("{base}/status")).send().await {
+            Ok(r) => r.json().await.unwrap_or_default(),
+            Err(_) => serde_json::Value::Null,
+        };
+        let nodes = status["nodes"].as_array().cloned().unwrap_or_default();
+        let done = |n: &serde_json::Value| {
+            let last = &n["lastApply"];
+            (last["outcome"] == "applied" || last["outcome"] == "noop")
+                && at(&last["at"]).is_some_and(|a| a >= finished)
+        };
+        if !nodes.is_empty() && nodes.iter().all(done) {
+            return;
+        }
+        assert!(t.elapsed() < Duration::from_secs(600), "the nodes were not all verified in 10 minutes: {status:#}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn one_run(build: &asterisk_real::Build, n: usize, run: usize, target: &str, nodes: usize) -> Figures {
     // The file target runs on Asterisk as it ships (file objects only); ari needs the astdb wizard.
     // realtime: Asterisk reads a fresh PostgreSQL database (DATABASE_URL's server) made by `realtime init`.
@@ -276,6 +320,11 @@ async fn one_run(build: &asterisk_real::Build, n: usize, run: usize, target: &st
     while !runs(&http, &base).await.iter().any(|r| r["outcome"] == "applied") {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let mut verified = Duration::ZERO;
+    if nodes > 1 {
+        nodes_verified(&http, &base).await;
+        verified = started.elapsed();
+    }
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     // One extension changed: saved → live.
@@ -289,6 +338,9 @@ async fn one_run(build: &asterisk_real::Build, n: usize, run: usize, target: &st
         .expect("write");
     let saved = watch.seen(saved_at).await;
     recorded_after(&http, &base, before).await;
+    if nodes > 1 {
+        nodes_verified(&http, &base).await;
+    }
 
     // API PUT → live.
     let before = last_id(&http, &base).await;
@@ -305,6 +357,9 @@ async fn one_run(build: &asterisk_real::Build, n: usize, run: usize, target: &st
     assert!(resp.status().is_success(), "PUT answered {}", resp.status());
     let api = watch.seen(put_at).await;
     recorded_after(&http, &base, before).await;
+    if nodes > 1 {
+        nodes_verified(&http, &base).await;
+    }
 
     // No-op runs, by the daemon's own clock: one, and the next.
     let noop_first = noop_run(&http, &base).await;
@@ -315,7 +370,7 @@ async fn one_run(build: &asterisk_real::Build, n: usize, run: usize, target: &st
     for probe in probes {
         probe.close().await;
     }
-    Figures { cold, saved, api, noop_first, noop }
+    Figures { cold, verified, saved, api, noop_first, noop }
 }
 
 /// A fresh database on DATABASE_URL's server with the realtime tables (`realtime init`'s DDL).
