@@ -142,7 +142,7 @@ async fn bulk_run(build: &asterisk_real::Build, n: usize, run: usize, target: &s
         &ast,
         &dir.path().join("state"),
         &specs,
-        support::DaemonOptions { ari: target == "ari", target: Some(target), token: Some(TOKEN) },
+        support::DaemonOptions { ari: target == "ari", target: Some(target), token: Some(TOKEN), ..Default::default() },
     );
     let probe = client(&ast);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");

@@ -13,10 +13,16 @@
 //!
 //! Three runs.
 //!
+//! `BENCH_NODES=3` with the realtime target: three Asterisks reading the one
+//! realtime database and one `serve` naming them in `nodes:`; every figure
+//! is then until the change is live on ALL of them (each watched through
+//! its own AMI), and the no-op runs include verifying every node.
+//!
 //!     cargo bench --bench live_apply            # N=10000
 //!     BENCH_N=1000 cargo bench --bench live_apply
 //!     BENCH_TARGETS=ari BENCH_RUNS=1 cargo bench --bench live_apply   # a quick look
 //!     BENCH_TARGETS=realtime DATABASE_URL=postgres://… cargo bench --bench live_apply
+//!     BENCH_TARGETS=realtime BENCH_NODES=3 DATABASE_URL=postgres://… cargo bench --bench live_apply
 #[path = "support/mod.rs"]
 mod support;
 
@@ -31,6 +37,9 @@ const TOKEN: &str = "bench-admin-token-0123456789";
 #[derive(Clone, Copy, Debug)]
 struct Figures {
     cold: Duration,
+    /// With several nodes: serve's start → the cold apply verified on every
+    /// node through its AMI (zero with one node).
+    verified: Duration,
     saved: Duration,
     api: Duration,
     noop_first: Duration,
@@ -48,18 +57,25 @@ fn main() {
     // BENCH_TARGETS=ari (or file) and BENCH_RUNS=1 for a quick look; the figures in BENCHMARKS.md are both, three runs.
     let targets = std::env::var("BENCH_TARGETS").unwrap_or_else(|_| "file,ari".into());
     let runs: usize = std::env::var("BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(RUNS);
-    let mut all: Vec<(&str, Vec<Figures>)> = ["file", "ari", "realtime"]
+    // BENCH_NODES=3: the realtime target's fleet (the other targets have one node here).
+    let nodes: usize = std::env::var("BENCH_NODES").ok().and_then(|v| v.parse().ok()).unwrap_or(1).max(1);
+    let mut all: Vec<(&str, String, Vec<Figures>)> = ["file", "ari", "realtime"]
         .into_iter()
         .filter(|t| targets.split(',').any(|x| x == *t))
-        .map(|t| (t, Vec::new()))
+        .map(|t| {
+            let nodes = if t == "realtime" { nodes } else { 1 };
+            (t, if nodes > 1 { format!("{t} on {nodes} nodes") } else { t.to_string() }, Vec::new())
+        })
         .collect();
     for run in 0..runs {
-        for (target, figures) in all.iter_mut() {
-            let f = rt.block_on(one_run(&build, n, run, target));
+        for (target, label, figures) in all.iter_mut() {
+            let nodes = if *target == "realtime" { nodes } else { 1 };
+            let f = rt.block_on(one_run(&build, n, run, target, nodes));
             println!(
-                "run {} {target:>4}: cold apply {:.2} s; saved → live {:.1} ms; API PUT → live {:.1} ms; no-op run {:.0} ms (the first {:.0} ms)",
+                "run {} {label:>4}: cold apply {:.2} s{}; saved → live {:.1} ms; API PUT → live {:.1} ms; no-op run {:.0} ms (the first {:.0} ms)",
                 run + 1,
                 f.cold.as_secs_f64(),
+                on_every_node(f.verified),
                 ms(f.saved),
                 ms(f.api),
                 ms(f.noop),
@@ -68,21 +84,30 @@ fn main() {
             figures.push(f);
         }
     }
-    for (target, figures) in &all {
+    for (_, label, figures) in &all {
         let median = |pick: fn(&Figures) -> Duration| {
             let mut v: Vec<Duration> = figures.iter().map(pick).collect();
             v.sort();
             v[v.len() / 2]
         };
         println!(
-            "{n} extensions, {target}, median of {runs}: cold apply {:.2} s; saved → live {:.1} ms; API PUT → live {:.1} ms; no-op run {:.0} ms (the first {:.0} ms)",
+            "{n} extensions, {label}, median of {runs}: cold apply {:.2} s{}; saved → live {:.1} ms; API PUT → live {:.1} ms; no-op run {:.0} ms (the first {:.0} ms)",
             median(|f| f.cold).as_secs_f64(),
+            on_every_node(median(|f| f.verified)),
             ms(median(|f| f.saved)),
             ms(median(|f| f.api)),
             ms(median(|f| f.noop)),
             ms(median(|f| f.noop_first))
         );
     }
+}
+
+/// The cold apply's verification on every node, when there are several.
+fn on_every_node(verified: Duration) -> String {
+    if verified.is_zero() {
+        return String::new();
+    }
+    format!(" (verified on every node {:.2} s)", verified.as_secs_f64())
 }
 
 fn ms(d: Duration) -> f64 {
@@ -100,6 +125,25 @@ fn ami(ast: &Asterisk) -> AmiConfig {
         secret: ast.ami_secret.clone(),
         timeout: Duration::from_secs(60),
         events: false,
+    }
+}
+
+/// Watches each of `nodes` until it reports `callerid` for `id` ([`Probe`]
+/// on each); [`Probes::seen`] says when the last of them saw it.
+struct Probes(Vec<Probe>);
+
+impl Probes {
+    fn start(nodes: &[Asterisk], id: &str, callerid: &str) -> Probes {
+        Probes(nodes.iter().map(|ast| Probe::start(ast, id, callerid)).collect())
+    }
+
+    /// How long after `since` the last node was seen with the change.
+    async fn seen(self, since: Instant) -> Duration {
+        let mut last = Duration::ZERO;
+        for p in self.0 {
+            last = last.max(p.seen(since).await);
+        }
+        last
     }
 }
 
@@ -182,38 +226,81 @@ async fn recorded_after(http: &reqwest::Client, base: &str, before: i64) {
     }
 }
 
-async fn one_run(build: &asterisk_real::Build, n: usize, run: usize, target: &str) -> Figures {
+/// One run of the figures, on `nodes` Asterisks (more than one: the
+/// realtime target's `nodes:`, all reading one database).
+/// With several nodes: waits until every node's last apply (`GET /status`)
+/// is a verification that passed (`applied` or `noop`) made no earlier than
+/// the newest recorded run finished. The loop verifies the other nodes after
+/// a run is recorded (after a cold apply every extension on each node), and
+/// a change made before that is done would wait for it in the figure.
+async fn nodes_verified(http: &reqwest::Client, base: &str) {
+    let t = Instant::now();
+    let at = |v: &serde_json::Value| v.as_str().and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok());
+    let newest = runs(http, base).await.into_iter().max_by_key(|r| r["id"].as_i64().unwrap_or(0));
+    let Some(finished) = newest.as_ref().and_then(|r| at(&r["finishedAt"])) else {
+        panic!("no recorded run to wait after: {newest:?}")
+    };
+    loop {
+        let status: serde_json::Value = match http.get(format!("{base}/status")).send().await {
+            Ok(r) => r.json().await.unwrap_or_default(),
+            Err(_) => serde_json::Value::Null,
+        };
+        let nodes = status["nodes"].as_array().cloned().unwrap_or_default();
+        let done = |n: &serde_json::Value| {
+            let last = &n["lastApply"];
+            (last["outcome"] == "applied" || last["outcome"] == "noop")
+                && at(&last["at"]).is_some_and(|a| a >= finished)
+        };
+        if !nodes.is_empty() && nodes.iter().all(done) {
+            return;
+        }
+        assert!(t.elapsed() < Duration::from_secs(600), "the nodes were not all verified in 10 minutes: {status:#}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn one_run(build: &asterisk_real::Build, n: usize, run: usize, target: &str, nodes: usize) -> Figures {
     // The file target runs on Asterisk as it ships (file objects only); ari needs the astdb wizard.
     // realtime: Asterisk reads a fresh PostgreSQL database (DATABASE_URL's server) made by `realtime init`.
     let name = format!("bench-live-{target}-{run}");
     let realtime_url = if target == "realtime" { Some(realtime_database(&name).await) } else { None };
-    let opts = match (target, &realtime_url) {
-        ("ari", _) => Options::live(&name).expect("sorcery snippet"),
-        (_, Some(url)) => {
-            Options::realtime(&name, asterisk_real::RealtimeDb::from_url(url).expect("a postgres:// URL"))
-                .expect("realtime snippets")
-        }
-        _ => Options::named(&name),
-    };
-    let ast = Asterisk::start(build, opts).await.expect("Asterisk starts");
+    let mut fleet = Vec::new();
+    for i in 0..nodes {
+        let name = if nodes > 1 { format!("{name}-{}", i + 1) } else { name.clone() };
+        let opts = match (target, &realtime_url) {
+            ("ari", _) => Options::live(&name).expect("sorcery snippet"),
+            (_, Some(url)) => {
+                Options::realtime(&name, asterisk_real::RealtimeDb::from_url(url).expect("a postgres:// URL"))
+                    .expect("realtime snippets")
+            }
+            _ => Options::named(&name),
+        };
+        fleet.push(Asterisk::start(build, opts).await.expect("Asterisk starts"));
+    }
+    let ast = &fleet[0];
     let dir = tempfile::tempdir().expect("tempdir");
     let specs = dir.path().join("extensions.d");
     asterisk_gitops::estate::write(&specs, n).expect("estate");
     let settings = support::daemon_settings(
-        &ast,
+        ast,
         &dir.path().join("state"),
         &specs,
-        support::DaemonOptions { ari: true, target: (target != "realtime").then_some(target), token: Some(TOKEN) },
+        support::DaemonOptions {
+            ari: true,
+            target: (target != "realtime").then_some(target),
+            token: Some(TOKEN),
+            nodes: if nodes > 1 { &fleet } else { &[] },
+        },
     );
     let mut settings = settings;
     if let Some(url) = &realtime_url {
         settings.apply_target = asterisk_gitops::config::ApplyTarget::Realtime;
         settings.realtime_database_url = Some(asterisk_gitops::config::SecretString::new(url));
     }
-    let probe = client(&ast);
+    let probes: Vec<Client> = fleet.iter().map(client).collect();
     let last = (100_000 + n - 1).to_string();
 
-    // Cold apply: from serve's start to the last extension live.
+    // Cold apply: from serve's start to the last extension live (on every node).
     let started = Instant::now();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let base = format!("http://{}", listener.local_addr().expect("addr"));
@@ -221,15 +308,22 @@ async fn one_run(build: &asterisk_real::Build, n: usize, run: usize, target: &st
     let task = tokio::spawn(asterisk_gitops::app::run(settings, listener, async {
         let _ = stopped.await;
     }));
-    while !matches!(probe.endpoint(&last).await, Ok(Some(_))) {
-        assert!(started.elapsed() < Duration::from_secs(600), "cold apply did not finish in 10 minutes");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    for probe in &probes {
+        while !matches!(probe.endpoint(&last).await, Ok(Some(_))) {
+            assert!(started.elapsed() < Duration::from_secs(600), "cold apply did not finish in 10 minutes");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
     let cold = started.elapsed();
     let http = reqwest::Client::new();
     // Let the first run record itself and settle.
     while !runs(&http, &base).await.iter().any(|r| r["outcome"] == "applied") {
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut verified = Duration::ZERO;
+    if nodes > 1 {
+        nodes_verified(&http, &base).await;
+        verified = started.elapsed();
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
 
@@ -238,17 +332,20 @@ async fn one_run(build: &asterisk_real::Build, n: usize, run: usize, target: &st
     let path = specs.join("sales/0000.yaml");
     let text = std::fs::read_to_string(&path).expect("read");
     let renamed = format!("Agent 100000 moved {run}");
-    let watch = Probe::start(&ast, "100000", &renamed);
+    let watch = Probes::start(&fleet, "100000", &renamed);
     let saved_at = Instant::now();
     std::fs::write(&path, text.replacen("displayName: Agent 100000\n", &format!("displayName: {renamed}\n"), 1))
         .expect("write");
     let saved = watch.seen(saved_at).await;
     recorded_after(&http, &base, before).await;
+    if nodes > 1 {
+        nodes_verified(&http, &base).await;
+    }
 
     // API PUT → live.
     let before = last_id(&http, &base).await;
     let renamed = format!("Agent 100001 put {run}");
-    let watch = Probe::start(&ast, "100001", &renamed);
+    let watch = Probes::start(&fleet, "100001", &renamed);
     let put_at = Instant::now();
     let resp = http
         .put(format!("{base}/extensions/100001"))
@@ -260,6 +357,9 @@ async fn one_run(build: &asterisk_real::Build, n: usize, run: usize, target: &st
     assert!(resp.status().is_success(), "PUT answered {}", resp.status());
     let api = watch.seen(put_at).await;
     recorded_after(&http, &base, before).await;
+    if nodes > 1 {
+        nodes_verified(&http, &base).await;
+    }
 
     // No-op runs, by the daemon's own clock: one, and the next.
     let noop_first = noop_run(&http, &base).await;
@@ -267,8 +367,10 @@ async fn one_run(build: &asterisk_real::Build, n: usize, run: usize, target: &st
 
     let _ = stop.send(());
     let _ = task.await;
-    probe.close().await;
-    Figures { cold, saved, api, noop_first, noop }
+    for probe in probes {
+        probe.close().await;
+    }
+    Figures { cold, verified, saved, api, noop_first, noop }
 }
 
 /// A fresh database on DATABASE_URL's server with the realtime tables (`realtime init`'s DDL).

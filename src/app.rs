@@ -95,6 +95,9 @@ pub fn fleet<S: reconcile::StateStore>(
         applies,
         shared_tables,
         pending: Default::default(),
+        // A connection of its own to the first node, opened only when its run
+        // committed without reaching it (shared tables).
+        lead_asterisk: settings.nodes.first().filter(|_| shared_tables).map(|n| node_asterisk(&n.ami)),
     })
 }
 
@@ -149,7 +152,8 @@ pub fn reconciler_on<S: reconcile::StateStore>(
 }
 
 /// The realtime target: its database (the URL is a secret: never printed)
-/// and, with ARI configured, Asterisk's validation and view of its objects.
+/// and the nodes that read it, with the ARI of each that offers one, for
+/// Asterisk's validation and view of its objects (`ari` without `nodes:`).
 fn realtime_target(
     settings: &Settings,
     ari: &Option<crate::config::AriSettings>,
@@ -157,8 +161,14 @@ fn realtime_target(
     let Some(url) = &settings.realtime_database_url else {
         anyhow::bail!("apply.target realtime without a realtime database URL");
     };
-    let client = ari.as_ref().map(ari_client).transpose()?;
-    Ok(crate::asterisk::realtime::RealtimeTarget::new(url, client)?)
+    let mut nodes = Vec::new();
+    for node in &settings.nodes {
+        nodes.push((node.name.clone(), node.ari.as_ref().map(ari_client).transpose()?));
+    }
+    if nodes.is_empty() {
+        nodes.push(("default".to_string(), ari.as_ref().map(ari_client).transpose()?));
+    }
+    Ok(crate::asterisk::realtime::RealtimeTarget::new(url, nodes)?)
 }
 
 /// Creates the state directory (database, git mirror, by default the

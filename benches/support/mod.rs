@@ -51,6 +51,9 @@ pub struct DaemonOptions<'a> {
     pub target: Option<&'a str>,
     /// The admin token for the API's writes; `None`: no writes.
     pub token: Option<&'a str>,
+    /// `nodes:` instead of the top-level ami/ari: each of these Asterisks a
+    /// node named after it, in this order (empty: `ast` alone).
+    pub nodes: &'a [asterisk_real::Asterisk],
 }
 
 /// The settings of a `serve` against a real Asterisk `ast`: its AMI (and
@@ -63,23 +66,39 @@ pub fn daemon_settings(
     o: DaemonOptions<'_>,
 ) -> asterisk_gitops::config::Settings {
     use asterisk_gitops::config::{
-        AmiFileConfig, ApplyFileConfig, AriFileConfig, FileConfig, Overrides, SecretString, Settings,
+        AmiFileConfig, ApplyFileConfig, AriFileConfig, FileConfig, NodeFileConfig, Overrides, SecretString, Settings,
     };
-    let file = FileConfig {
-        ami: Some(AmiFileConfig {
-            addr: Some(ast.ami_addr().to_string()),
-            user: Some(asterisk_real::AMI_USER.into()),
-            secret: Some(SecretString::new(&ast.ami_secret)),
-            timeout: Some(60.0),
-            ..Default::default()
-        }),
-        ari: o.ari.then(|| AriFileConfig {
+    let ami = |ast: &asterisk_real::Asterisk| AmiFileConfig {
+        addr: Some(ast.ami_addr().to_string()),
+        user: Some(asterisk_real::AMI_USER.into()),
+        secret: Some(SecretString::new(&ast.ami_secret)),
+        timeout: Some(60.0),
+        ..Default::default()
+    };
+    let ari = |ast: &asterisk_real::Asterisk| {
+        o.ari.then(|| AriFileConfig {
             url: Some(ast.ari_url()),
             user: Some(asterisk_real::ARI_USER.into()),
             password: Some(SecretString::new(&ast.ari_password)),
             timeout: Some(30.0),
             ..Default::default()
-        }),
+        })
+    };
+    let nodes: Vec<NodeFileConfig> = o
+        .nodes
+        .iter()
+        .map(|n| NodeFileConfig {
+            name: n.name.clone(),
+            ami: Some(ami(n)),
+            ari: ari(n),
+            managed_file: Some(n.managed_file()),
+        })
+        .collect();
+    let alone = nodes.is_empty();
+    let file = FileConfig {
+        ami: alone.then(|| ami(ast)),
+        ari: if alone { ari(ast) } else { None },
+        nodes: (!alone).then_some(nodes),
         apply: o.target.map(|t| ApplyFileConfig { target: Some(t.into()), ..Default::default() }),
         admin_token: o.token.map(SecretString::new),
         ..Default::default()

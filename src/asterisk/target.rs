@@ -78,6 +78,12 @@ impl LiveApply for Live {
             Live::Realtime(t) => t.sweep_starts(),
         }
     }
+    fn commits_without_asterisk(&self) -> bool {
+        match self {
+            Live::Ari(t) => t.commits_without_asterisk(),
+            Live::Realtime(t) => t.commits_without_asterisk(),
+        }
+    }
     fn lists_endpoints(&self) -> bool {
         match self {
             Live::Ari(t) => t.lists_endpoints(),

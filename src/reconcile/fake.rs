@@ -136,6 +136,9 @@ impl ConfigFile for Arc<MemFile> {
 pub struct Script {
     /// Answers nothing at all.
     pub down: bool,
+    /// A ping answers only once every fake sharing this barrier is pinged
+    /// at the same time (a test that they are asked at once).
+    pub meet: Option<Arc<tokio::sync::Barrier>>,
     /// Which reloads (1-based, counted over the fake's life) fail.
     pub failing_reloads: BTreeSet<usize>,
     /// Ids whose new definition Asterisk refuses on a reload: it keeps the
@@ -233,7 +236,10 @@ impl AsteriskControl for FakeAsterisk {
         Ok(())
     }
     async fn ping(&self) -> Result<(), FakeError> {
-        self.up().map(drop)
+        if let Some(meet) = self.up()?.meet {
+            meet.wait().await;
+        }
+        Ok(())
     }
 }
 
@@ -242,6 +248,8 @@ impl AsteriskControl for FakeAsterisk {
 pub struct FakeLive {
     pub refused: BTreeSet<String>,
     pub pushes: AtomicUsize,
+    /// Tables other nodes read too (see `LiveApply::commits_without_asterisk`).
+    pub shared: bool,
 }
 
 impl LiveApply for FakeLive {
@@ -290,5 +298,8 @@ impl LiveApply for FakeLive {
     }
     fn lists_endpoints(&self) -> bool {
         true
+    }
+    fn commits_without_asterisk(&self) -> bool {
+        self.shared
     }
 }

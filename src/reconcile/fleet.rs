@@ -14,11 +14,15 @@
 //!
 //! With `apply.target: realtime` ([`Fleet::shared_tables`]) one commit
 //! serves every node: the followers are not applied to but verified, each
-//! on its own (none stops another): the extensions the lead's run changed
-//! are read back through each node's AMI (`run::verify`). A node that does
+//! on its own and all at once (none stops or waits for another): the
+//! extensions the lead's run changed are read back through each node's AMI
+//! (`run::verify`). A node that does
 //! not answer is reported unreachable and keeps those extensions pending,
-//! verified at the first run it answers again. The lead failing (its commit
-//! not made) verifies nobody.
+//! verified at the first run it answers again. The lead's run commits
+//! without its Asterisk too (`LiveApply::commits_without_asterisk`): the
+//! lead is then verified as a follower is, unreachable with the changes
+//! pending until it answers. The lead failing (its commit not made)
+//! verifies nobody.
 
 use super::ports::{AsteriskControl, LiveApply, StateStore};
 use super::run::Reconciler;
@@ -139,9 +143,12 @@ pub struct Fleet<A, L> {
     /// Every node reads the lead's tables (`apply.target: realtime`): the
     /// followers are verified, never applied to.
     pub shared_tables: bool,
-    /// With shared tables: per follower, the extensions changed since it
+    /// With shared tables: per node, the extensions changed since it
     /// was last verified (it was down, or its verification failed).
     pub pending: Mutex<BTreeMap<String, BTreeSet<String>>>,
+    /// With shared tables: the lead's Asterisk, to verify it as a follower
+    /// is when its run committed without reaching it.
+    pub lead_asterisk: Option<A>,
 }
 
 impl<A, L> Fleet<A, L> {
@@ -167,76 +174,99 @@ fn not_run(outcome: &str, why: String, revision: Option<String>) -> NodeApply {
 }
 
 impl<A: AsteriskControl + 'static, L: LiveApply + 'static> Fleet<A, L> {
-    /// Shared tables: each follower verified on its own, the lead's changes
-    /// and what was pending for it read back through its AMI.
-    async fn verify_followers(&self, desired: &Desired, lead: &RunRecord, revision: Option<String>) -> bool {
-        let stop = lead.outcome.is_failure().then(|| {
-            format!("not verified: the run on {} failed ({})", self.lead, lead.error.as_deref().unwrap_or(""))
-        });
-        let changed: Vec<&str> =
-            lead.plan.iter().flat_map(|p| p.changes.iter().map(|c| c.extension.as_str())).collect();
-        let mut ok = true;
-        for f in &self.followers {
-            let ids = {
-                let mut pending = lock(&self.pending);
-                let mine = pending.entry(f.name.clone()).or_default();
-                if stop.is_none() {
-                    mine.extend(changed.iter().map(|c| c.to_string()));
-                }
-                mine.clone()
-            };
-            if let Some(why) = &stop {
-                let outcome = if lead.outcome == Outcome::Invalid { "invalid" } else { "skipped" };
-                self.note(&f.name, not_run(outcome, why.clone(), revision.clone()));
-                continue;
+    /// Shared tables: each node verified on its own. A follower has the
+    /// lead's changes and what was pending for it read back through its
+    /// AMI; so has the lead when its run did not reach its Asterisk (the
+    /// commit went ahead without it) or it missed changes before, else its
+    /// run's own verification stands.
+    async fn verify_nodes(&self, desired: &Desired, lead: &RunReport, revision: Option<String>) -> bool {
+        let record = &lead.record;
+        if record.outcome.is_failure() {
+            self.note(&self.lead, from_record(record));
+            let why =
+                format!("not verified: the run on {} failed ({})", self.lead, record.error.as_deref().unwrap_or(""));
+            for f in &self.followers {
+                self.note(&f.name, not_run("skipped", why.clone(), revision.clone()));
             }
-            let Some(a) = &f.reconciler.asterisk else { continue };
-            if let Err(e) = a.ping().await {
-                tracing::warn!(node = %f.name, error = %e, pending = ids.len(), "node unreachable: verified when it answers again");
-                self.note(&f.name, not_run("unreachable", format!("Asterisk is unreachable ({e})"), revision.clone()));
-                continue;
-            }
-            let plan = Plan {
-                changes: ids
-                    .iter()
-                    .map(|id| Change {
-                        extension: id.clone(),
-                        action: if desired.set.get(id).is_some() { Action::Update } else { Action::Delete },
-                        fields: Vec::new(),
-                        profile: None,
-                    })
-                    .collect(),
-                ..Default::default()
-            };
-            let (outcome, error) = if ids.is_empty() {
-                ("noop", None)
-            } else {
-                match super::run::verify(a, &desired.set, &plan, None).await {
-                    Ok(_) => {
-                        let mut pending = lock(&self.pending);
-                        if let Some(mine) = pending.get_mut(&f.name) {
-                            mine.retain(|id| !ids.contains(id));
-                        }
-                        ("applied", None)
-                    }
-                    Err(v) => {
-                        ok = false;
-                        ("failed", Some(v.message))
-                    }
-                }
-            };
-            tracing::info!(node = %f.name, outcome, verified = ids.len(), error = error.as_deref().unwrap_or(""), "node verified");
-            self.note(
-                &f.name,
-                NodeApply {
-                    outcome: outcome.into(),
-                    error,
-                    revision: revision.clone(),
-                    reloaded: false,
-                    at: chrono::Utc::now(),
-                },
-            );
+            return true;
         }
+        let changed: Vec<&str> =
+            record.plan.iter().flat_map(|p| p.changes.iter().map(|c| c.extension.as_str())).collect();
+        // Every node at once, each over its own AMI: the loop (the next
+        // change's run) waits for the slowest node, not for their sum.
+        let mut checks = Vec::new();
+        let lead_pending = lock(&self.pending).get(&self.lead).is_some_and(|p| !p.is_empty());
+        match (&self.lead_asterisk, &lead.unreachable) {
+            (Some(a), why) if why.is_some() || lead_pending => {
+                checks.push(self.verify_node(&self.lead, a, &changed, desired, &revision));
+            }
+            (None, Some(why)) => self
+                .note(&self.lead, not_run("unreachable", format!("Asterisk is unreachable ({why})"), revision.clone())),
+            _ => self.note(&self.lead, from_record(record)),
+        }
+        for f in &self.followers {
+            if let Some(a) = &f.reconciler.asterisk {
+                checks.push(self.verify_node(&f.name, a, &changed, desired, &revision));
+            }
+        }
+        futures_util::future::join_all(checks).await.into_iter().all(|ok| ok)
+    }
+
+    /// One node with shared tables: `changed` added to what is pending for
+    /// it, then, if it answers, all of that verified through its AMI
+    /// (`run::verify`); what passes is no longer pending. `false` when it
+    /// answered and failed.
+    async fn verify_node(
+        &self,
+        name: &str,
+        a: &A,
+        changed: &[&str],
+        desired: &Desired,
+        revision: &Option<String>,
+    ) -> bool {
+        let ids = {
+            let mut pending = lock(&self.pending);
+            let mine = pending.entry(name.to_string()).or_default();
+            mine.extend(changed.iter().map(|c| c.to_string()));
+            mine.clone()
+        };
+        if let Err(e) = a.ping().await {
+            tracing::warn!(node = %name, error = %e, pending = ids.len(), "node unreachable: verified when it answers again");
+            self.note(name, not_run("unreachable", format!("Asterisk is unreachable ({e})"), revision.clone()));
+            return true;
+        }
+        let plan = Plan {
+            changes: ids
+                .iter()
+                .map(|id| Change {
+                    extension: id.clone(),
+                    action: if desired.set.get(id).is_some() { Action::Update } else { Action::Delete },
+                    fields: Vec::new(),
+                    profile: None,
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let mut ok = true;
+        let (outcome, error) = if ids.is_empty() {
+            ("noop", None)
+        } else {
+            match super::run::verify(a, &desired.set, &plan, None).await {
+                Ok(_) => {
+                    if let Some(mine) = lock(&self.pending).get_mut(name) {
+                        mine.retain(|id| !ids.contains(id));
+                    }
+                    ("applied", None)
+                }
+                Err(v) => {
+                    ok = false;
+                    ("failed", Some(v.message))
+                }
+            }
+        };
+        tracing::info!(node = %name, outcome, verified = ids.len(), error = error.as_deref().unwrap_or(""), "node verified");
+        let at = chrono::Utc::now();
+        self.note(name, NodeApply { outcome: outcome.into(), error, revision: revision.clone(), reloaded: false, at });
         ok
     }
 }
@@ -250,8 +280,7 @@ impl<A: AsteriskControl + 'static, L: LiveApply + 'static> Followers for Fleet<A
         let revision = desired.source.revision.clone();
         let lead_record = &lead.record;
         if self.shared_tables {
-            self.note(&self.lead, from_record(lead_record));
-            return self.verify_followers(desired, lead_record, revision).await;
+            return self.verify_nodes(desired, lead, revision).await;
         }
         let mut stop = match lead_record.outcome {
             Outcome::Invalid | Outcome::Blocked => {
@@ -347,6 +376,7 @@ mod tests {
             },
             run_id: None,
             duration: Default::default(),
+            unreachable: None,
         }
     }
 
@@ -377,6 +407,7 @@ mod tests {
             applies: Default::default(),
             shared_tables: false,
             pending: Default::default(),
+            lead_asterisk: None,
         };
 
         let ok = fleet.follow(&Trigger::Manual, &desired, &lead(Outcome::Applied), true).await;
@@ -401,6 +432,7 @@ mod tests {
             applies: Default::default(),
             shared_tables: false,
             pending: Default::default(),
+            lead_asterisk: None,
         };
         assert!(fleet.follow(&Trigger::Manual, &desired, &lead(Outcome::Failed), true).await);
         assert_eq!(fleet.applies.read().expect("lock")["f"].outcome, "skipped");
@@ -412,57 +444,59 @@ mod tests {
         assert!(f_file.text().is_some_and(|t| t.contains("[1001]")));
     }
 
+    /// A fleet on shared tables (the realtime target).
+    fn shared(
+        lead_asterisk: Option<FakeAsterisk>,
+        followers: Vec<Follower<FakeAsterisk, NoLive>>,
+    ) -> Fleet<FakeAsterisk, NoLive> {
+        let (applies, pending) = Default::default();
+        Fleet { lead: "a".into(), followers, applies, shared_tables: true, pending, lead_asterisk }
+    }
+
+    /// What a node reads from the shared tables once 1001 is committed.
+    fn reads_the_row(a: &FakeAsterisk) {
+        let seen = crate::core::plan::ObservedEndpoint {
+            name: "1001".into(),
+            transport: Some("transport-udp".into()),
+            context: Some("from-internal".into()),
+            codecs: None,
+            options: None,
+        };
+        lock(&a.loaded).insert("1001".into(), seen);
+    }
+
+    /// The lead's run that created 1001.
+    fn creating_1001() -> RunReport {
+        let mut created = lead(Outcome::Applied);
+        let create = Change { extension: "1001".into(), action: Action::Create, fields: Vec::new(), profile: None };
+        created.record.plan = Some(Plan { changes: vec![create], ..Default::default() });
+        created
+    }
+
+    fn outcome_of(fleet: &Fleet<FakeAsterisk, NoLive>, n: &str) -> String {
+        fleet.applies.read().expect("lock").get(n).map(|a| a.outcome.clone()).unwrap_or_default()
+    }
+
     #[tokio::test]
     async fn with_shared_tables_each_node_is_verified_and_one_down_catches_up_when_back() {
         let (_dir, desired, renderer) = one_extension();
         let (b, b_file) = follower("b", Script { down: true, ..Default::default() }, &renderer);
         let (c, c_file) = follower("c", Script::default(), &renderer);
-        let fleet = Fleet {
-            lead: "a".into(),
-            followers: vec![b, c],
-            applies: Default::default(),
-            shared_tables: true,
-            pending: Default::default(),
-        };
-        // What a node reads from the shared tables.
-        let reads_the_row = |i: usize| {
-            let a = fleet.followers[i].reconciler.asterisk.as_ref().expect("an Asterisk");
-            lock(&a.loaded).insert(
-                "1001".into(),
-                crate::core::plan::ObservedEndpoint {
-                    name: "1001".into(),
-                    transport: Some("transport-udp".into()),
-                    context: Some("from-internal".into()),
-                    codecs: None,
-                    options: None,
-                },
-            );
-        };
-        let outcome =
-            |n: &str| fleet.applies.read().expect("lock").get(n).map(|a| a.outcome.clone()).unwrap_or_default();
-        let mut created = lead(Outcome::Applied);
-        created.record.plan = Some(Plan {
-            changes: vec![Change {
-                extension: "1001".into(),
-                action: Action::Create,
-                fields: Vec::new(),
-                profile: None,
-            }],
-            ..Default::default()
-        });
-        reads_the_row(1);
-        assert!(fleet.follow(&Trigger::Manual, &desired, &created, true).await, "a node down is no failure");
+        let fleet = shared(None, vec![b, c]);
+        let node = |i: usize| fleet.followers[i].reconciler.asterisk.as_ref().expect("an Asterisk");
+        let outcome = |n: &str| outcome_of(&fleet, n);
+        reads_the_row(node(1));
+        assert!(fleet.follow(&Trigger::Manual, &desired, &creating_1001(), true).await, "a node down is no failure");
         assert_eq!([outcome("a"), outcome("b"), outcome("c")], ["applied", "unreachable", "applied"]);
         assert!(b_file.text().is_none() && c_file.text().is_none(), "nothing is applied to a follower");
 
         // b answers again but does not find 1001: its verification fails, the
         // next run (nothing changed) verifies it again.
-        let b_asterisk = fleet.followers[0].reconciler.asterisk.as_ref().expect("an Asterisk");
-        lock(&b_asterisk.script).down = false;
+        lock(&node(0).script).down = false;
         let quiet = lead(Outcome::NoOp);
         assert!(!fleet.follow(&Trigger::Manual, &desired, &quiet, true).await, "a node that answers wrong retries");
         assert_eq!([outcome("b"), outcome("c")], ["failed", "noop"]);
-        reads_the_row(0);
+        reads_the_row(node(0));
         assert!(fleet.follow(&Trigger::Manual, &desired, &quiet, true).await);
         assert_eq!(outcome("b"), "applied", "what changed while it was down is verified once it answers");
         assert!(fleet.follow(&Trigger::Manual, &desired, &quiet, true).await);
@@ -471,5 +505,58 @@ mod tests {
         // The lead's commit failing verifies nobody.
         assert!(fleet.follow(&Trigger::Manual, &desired, &lead(Outcome::Failed), true).await);
         assert_eq!([outcome("b"), outcome("c")], ["skipped", "skipped"]);
+    }
+
+    /// With shared tables the nodes are verified at once: two followers
+    /// whose pings answer only together are both verified.
+    #[tokio::test]
+    async fn with_shared_tables_the_nodes_are_verified_at_once() {
+        let (_dir, desired, renderer) = one_extension();
+        let meet = Script { meet: Some(Arc::new(tokio::sync::Barrier::new(2))), ..Default::default() };
+        let (b, _) = follower("b", meet.clone(), &renderer);
+        let (c, _) = follower("c", meet, &renderer);
+        let fleet = shared(None, vec![b, c]);
+        for f in &fleet.followers {
+            reads_the_row(f.reconciler.asterisk.as_ref().expect("an Asterisk"));
+        }
+        let created = creating_1001();
+        let followed = fleet.follow(&Trigger::Manual, &desired, &created, true);
+        let ok = tokio::time::timeout(std::time::Duration::from_secs(10), followed).await;
+        assert_eq!(ok, Ok(true), "one after the other, b's ping would wait for c's forever");
+        assert_eq!([outcome_of(&fleet, "b"), outcome_of(&fleet, "c")], ["applied", "applied"]);
+    }
+
+    /// The lead's run committed without reaching its Asterisk: the lead is
+    /// reported unreachable with the change pending, the others verified,
+    /// and the lead verified through its AMI once it answers.
+    #[tokio::test]
+    async fn with_shared_tables_the_lead_down_holds_nobody_back_and_is_verified_once_back() {
+        let (_dir, desired, renderer) = one_extension();
+        let (b, _) = follower("b", Script::default(), &renderer);
+        let (c, _) = follower("c", Script::default(), &renderer);
+        let down = Script { down: true, ..Default::default() };
+        let fleet = shared(Some(FakeAsterisk::new(Arc::new(MemFile::default()), down)), vec![b, c]);
+        let outcome = |n: &str| outcome_of(&fleet, n);
+        for f in &fleet.followers {
+            reads_the_row(f.reconciler.asterisk.as_ref().expect("an Asterisk"));
+        }
+        let mut created = creating_1001();
+        created.unreachable = Some("connection refused".into());
+        assert!(fleet.follow(&Trigger::Manual, &desired, &created, false).await, "the lead down is no failure");
+        assert_eq!([outcome("a"), outcome("b"), outcome("c")], ["unreachable", "applied", "applied"]);
+        let a = fleet.lead_asterisk.as_ref().expect("the lead's Asterisk");
+        let pending = |n: &str| lock(&fleet.pending).get(n).cloned().unwrap_or_default();
+        assert_eq!(pending("a").into_iter().collect::<Vec<_>>(), ["1001"], "the change waits for the lead");
+
+        // Back, but not finding 1001 yet: failed, still pending.
+        lock(&a.script).down = false;
+        let quiet = lead(Outcome::NoOp);
+        assert!(!fleet.follow(&Trigger::Manual, &desired, &quiet, true).await, "a lead that answers wrong retries");
+        assert_eq!(outcome("a"), "failed");
+        reads_the_row(a);
+        assert!(fleet.follow(&Trigger::Manual, &desired, &quiet, true).await);
+        assert_eq!(outcome("a"), "applied", "what it missed is verified through its AMI once it answers");
+        assert!(pending("a").is_empty(), "and nothing is pending for it");
+        assert!(pending("b").is_empty() && pending("c").is_empty(), "nor for the others");
     }
 }

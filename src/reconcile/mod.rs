@@ -212,6 +212,9 @@ pub struct RunReport {
     pub record: RunRecord,
     pub run_id: Option<i64>,
     pub duration: Duration,
+    /// Why the run's Asterisk did not answer, when it did not (with
+    /// `nodes:` the first node is then reported `unreachable`).
+    pub unreachable: Option<String>,
 }
 
 #[cfg(test)]

@@ -91,6 +91,9 @@ pub struct LiveRun {
     pub record: String,
     /// Requests sent.
     pub requests: usize,
+    /// What the target could not do and why (Asterisk's validation skipped:
+    /// no node's ARI answers), for the run's reasons.
+    pub notes: Vec<String>,
 }
 
 /// A live apply target (`apply.target: ari`): changes reach Asterisk one
@@ -123,6 +126,13 @@ pub trait LiveApply: Send + Sync {
     }
     /// Whether the next drift check lists the astdb family for orphans.
     fn sweep_starts(&self) -> bool;
+    /// Whether a run may commit while its Asterisk (the first node) does
+    /// not answer: the realtime tables that several nodes read, where one
+    /// commit serves them all and each node is verified on its own
+    /// (`reconcile::fleet`). Otherwise such a run writes nothing.
+    fn commits_without_asterisk(&self) -> bool {
+        false
+    }
     /// Whether a run with nothing to change reads Asterisk's endpoint list.
     fn lists_endpoints(&self) -> bool;
     /// The record of `rendered` in the one form the target keeps it (its

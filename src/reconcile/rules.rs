@@ -75,6 +75,8 @@ struct Case {
     script: Script,
     /// A live target refusing these ids (`None`: the managed file and reloads).
     live: Option<&'static [&'static str]>,
+    /// The live target's tables are read by other nodes too.
+    shared: bool,
     outcome: Outcome,
     error: Option<&'static str>,
     /// Reloads during the second run.
@@ -106,6 +108,7 @@ fn cases() -> Vec<Case> {
         after: Some(at(&two, "from-internal")),
         script: Script::default(),
         live: None,
+        shared: false,
         outcome: Outcome::Failed,
         error: None,
         reloads: 2,
@@ -181,6 +184,25 @@ fn cases() -> Vec<Case> {
             ..base("an unreachable Asterisk changes nothing")
         },
         Case {
+            script: Script { down: true, ..Default::default() },
+            live: Some(&[]),
+            error: Some("Asterisk is unreachable (connection refused); nothing was changed"),
+            reloads: 0,
+            loaded: None,
+            ..base("an unreachable Asterisk changes nothing with a live target of its own")
+        },
+        Case {
+            script: Script { down: true, ..Default::default() },
+            live: Some(&[]),
+            shared: true,
+            outcome: Outcome::Applied,
+            reloads: 0,
+            file: two.clone(),
+            loaded: None,
+            upserts: s(&["1002"]),
+            ..base("tables other nodes read are committed while this Asterisk is unreachable")
+        },
+        Case {
             after: None,
             outcome: Outcome::Invalid,
             error: Some("the specs have 1 error(s); the last good config stays in force"),
@@ -212,9 +234,11 @@ fn cases() -> Vec<Case> {
 async fn the_reconcile_rules() {
     for case in cases() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let live = case
-            .live
-            .map(|refused| FakeLive { refused: refused.iter().map(|s| s.to_string()).collect(), ..Default::default() });
+        let live = case.live.map(|refused| FakeLive {
+            refused: refused.iter().map(|s| s.to_string()).collect(),
+            shared: case.shared,
+            ..Default::default()
+        });
         let (rec, file) = rig(live, Arc::new(ProcessSecrets));
         let first = run(&rec, dir.path(), &spec(&at(&case.before, "from-internal"))).await;
         assert_eq!(first.record.outcome, Outcome::Applied, "{}: the first run: {:?}", case.name, first.record.error);
@@ -228,6 +252,7 @@ async fn the_reconcile_rules() {
         let report = run(&rec, dir.path(), &text).await;
         let r = &report.record;
         assert_eq!(r.outcome, case.outcome, "{}: {:?}", case.name, r.error);
+        assert_eq!(report.unreachable.is_some(), case.script.down, "{}: the report says Asterisk answered", case.name);
         match case.error {
             Some(want) => {
                 let got = r.error.as_deref().unwrap_or("");
@@ -257,7 +282,9 @@ async fn the_reconcile_rules() {
             case.name
         );
         if let Some(live) = &rec.live {
-            assert_eq!(live.pushes.load(Ordering::Relaxed), 2, "{}: one push a run", case.name);
+            // A run that may not commit without Asterisk pushes nothing.
+            let pushes = if case.script.down && !case.shared { 1 } else { 2 };
+            assert_eq!(live.pushes.load(Ordering::Relaxed), pushes, "{}: one push a run", case.name);
         }
         assert_eq!(committed.upserts, case.upserts, "{}: rows written", case.name);
         assert_eq!(committed.deletes, case.deletes, "{}: rows deleted", case.name);

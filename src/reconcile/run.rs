@@ -278,6 +278,8 @@ struct Stepped<'d> {
     diagnostics: Vec<Diagnostic>,
     states: StatusUpdate<'d>,
     next: NextBaseline,
+    /// Why Asterisk did not answer the run, when it did not.
+    unreachable: Option<String>,
 }
 
 /// What a rollback did: in words, and whether Asterisk holds the previous
@@ -444,13 +446,21 @@ impl<S: StateStore, A: AsteriskControl, L: LiveApply> Reconciler<S, A, L> {
         });
         plan.unchanged += desired.set.extensions.len() - part_desired.set.extensions.len();
         plan.applied_before = applied.len();
+        // The pushes find an ARI that does not answer; Asterisk's whole list
+        // is for the runs with nothing to change. A commit that does not
+        // need Asterisk asks whether it answers, so the run can say.
+        let observed = match &self.asterisk {
+            Some(a) if live.commits_without_asterisk() => match a.ping().await {
+                Ok(()) => Observed::NotListed,
+                Err(e) => Observed::Unreachable { reason: e.to_string() },
+            },
+            _ => Observed::NotListed,
+        };
         Some(Planned {
             plan,
             rendered: Some(rendered),
             md5s: Some(md5s),
-            // The pushes find an ARI that does not answer; Asterisk's whole
-            // list is for the runs with nothing to change.
-            observed: Observed::NotListed,
+            observed,
             applied_count: applied.len(),
             delta: Some(Delta { ids, record: base.record, excerpt }),
         })
@@ -602,7 +612,7 @@ impl<S: StateStore, A: AsteriskControl, L: LiveApply> Reconciler<S, A, L> {
         let started = Instant::now();
         let started_at = chrono::Utc::now();
         self.progress(Step::Planning).await;
-        let Stepped { applied, plan, diagnostics, states, next } = self.step(&desired).await;
+        let Stepped { applied, plan, diagnostics, states, next, unreachable } = self.step(&desired).await;
         self.progress(Step::Recording).await;
         let Applied { result, refused, reasons, reloaded, rollback_failed, upserts, deletes, .. } = applied;
         let (outcome, error) = match result {
@@ -649,7 +659,7 @@ impl<S: StateStore, A: AsteriskControl, L: LiveApply> Reconciler<S, A, L> {
                 None
             }
         };
-        RunReport { record, run_id, duration: started.elapsed() }
+        RunReport { record, run_id, duration: started.elapsed(), unreachable }
     }
 
     /// Says which step the run is in (the Reconciling condition). A store
@@ -681,6 +691,7 @@ impl<S: StateStore, A: AsteriskControl, L: LiveApply> Reconciler<S, A, L> {
             diagnostics,
             states,
             next: NextBaseline::Clear,
+            unreachable: None,
         };
         // 0. The source must be readable: otherwise nothing changes.
         if let Some(e) = &desired.error {
@@ -817,15 +828,19 @@ impl<S: StateStore, A: AsteriskControl, L: LiveApply> Reconciler<S, A, L> {
             healed: heal,
             observed: matches!(observed, Observed::Endpoints { .. }),
         });
+        let unreachable = match observed {
+            Observed::Unreachable { reason } => Some(reason),
+            _ => None,
+        };
         // The plan moves into the record (at 100k extensions a copy would cost hundreds of MB).
-        Stepped { applied, plan: Some(p), diagnostics, states, next }
+        Stepped { applied, plan: Some(p), diagnostics, states, next, unreachable }
     }
 
     /// Steps 4–8 of a run: guard, write, reload, verify, and the rows to
     /// record; `reasons` say why the run did what it did.
     async fn apply_plan<'d>(&self, input: ApplyInput<'_, 'd>) -> Applied<'d> {
         let ApplyInput { desired, plan: p, rendered, md5s, observed, .. } = input;
-        let out = Applied::default();
+        let mut out = Applied::default();
         // 4. Prune guard.
         if let Some(why) = self.prune.check(p.count(Action::Delete), p.applied_before) {
             return out.reason("nothing written: the prune guard stopped the run").failed(RunError::PruneGuard(why));
@@ -852,9 +867,16 @@ impl<S: StateStore, A: AsteriskControl, L: LiveApply> Reconciler<S, A, L> {
             return out.reason(why).ended(Outcome::NoOp);
         }
         if let Observed::Unreachable { reason } = observed {
-            return out
-                .reason("nothing written: Asterisk is unreachable")
-                .failed(RunError::Unreachable { reason: reason.clone() });
+            // Tables that other nodes read too: the commit serves them, and
+            // this Asterisk is verified when it answers again (`fleet`).
+            if !self.live.as_ref().is_some_and(|l| l.commits_without_asterisk()) {
+                return out
+                    .reason("nothing written: Asterisk is unreachable")
+                    .failed(RunError::Unreachable { reason: reason.clone() });
+            }
+            out.reasons.push(format!(
+                "Asterisk is unreachable ({reason}): committed for the other nodes reading the same tables; this one is verified when it answers again"
+            ));
         }
         // What is about to be applied is pending until the commit says what came of it.
         let pending: Vec<status::ExtensionState<'_>> = p
@@ -876,7 +898,6 @@ impl<S: StateStore, A: AsteriskControl, L: LiveApply> Reconciler<S, A, L> {
         if let Some(live) = &self.live {
             return self.apply_live(live, input, heal, out).await;
         }
-        let mut out = out;
         // 6. Write the file if its content changes.
         if p.file_changed {
             // A settled plan never changes the file, so a changed file always comes with its text.
@@ -1020,6 +1041,7 @@ impl<S: StateStore, A: AsteriskControl, L: LiveApply> Reconciler<S, A, L> {
             run.requests,
             took.as_millis()
         ));
+        out.reasons.extend(run.notes);
         (out.upserts, out.deletes) = rows(desired, p, md5s, &run.failures);
         if run.failures.is_empty() {
             return out.ended(Outcome::Applied);

@@ -114,6 +114,7 @@ pub async fn run_loop_with<S, A, L, F>(
         let mut failed = report.record.outcome.is_failure();
         if let Some(desired) = desired {
             let lead_reachable = match (&reconciler.asterisk, failed) {
+                _ if report.unreachable.is_some() => false,
                 (Some(a), true) => a.ping().await.is_ok(),
                 _ => true,
             };

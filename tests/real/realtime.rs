@@ -281,6 +281,70 @@ async fn node_run_after(d: &Daemon, name: &str, after: chrono::DateTime<chrono::
     }
 }
 
+/// Three Asterisks (`{prefix}-a`, `-b`, `-c`) reading one fresh realtime
+/// database, and a daemon naming them as nodes a, b and c (a first), its
+/// first run done.
+async fn three_nodes(build: &asterisk_real::Build, prefix: &str) -> (RealtimeDatabase, [Asterisk; 3], Daemon) {
+    let db = RealtimeDatabase::create().await;
+    db.init();
+    let mut nodes = Vec::new();
+    for n in ["a", "b", "c"] {
+        nodes.push(realtime_asterisk(build, &format!("{prefix}-{n}"), &db).await);
+    }
+    let Ok(asterisks) = <[Asterisk; 3]>::try_from(nodes) else { panic!("three Asterisks") };
+    let node = |name: &str, ast: &Asterisk| asterisk_gitops::config::NodeFileConfig {
+        name: name.into(),
+        ami: Some(crate::support::real::ami_config(ast)),
+        ari: Some(crate::support::real::ari_config(ast)),
+        managed_file: Some(ast.managed_file()),
+    };
+    let [a, b, c] = &asterisks;
+    let nodes = vec![node("a", a), node("b", b), node("c", c)];
+    let d = Daemon::start_with(a, Store::Sqlite, Source::Dir, "", |f| {
+        realtime_target(&db.url)(f);
+        f.ami = None;
+        f.ari = None;
+        f.nodes = Some(nodes);
+    })
+    .await;
+    d.run_where("the first run", |_| true).await;
+    (db, asterisks, d)
+}
+
+/// Node `name`, started again, is verified: a run is asked for until one
+/// reaches it and it says `applied` or `noop` (its AMI client may still be
+/// pausing between reconnects).
+async fn verified_once_back(d: &Daemon, name: &str) {
+    let deadline = tokio::time::Instant::now() + LIVE;
+    loop {
+        let asked = chrono::Utc::now();
+        assert_eq!(d.call("POST", "/reconcile", None).await.0, 202);
+        let deadline_run = tokio::time::Instant::now() + LIVE;
+        let s = loop {
+            let s = node_status(d, name).await;
+            let at = s["lastApply"]["at"].as_str().and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
+            if at.is_some_and(|t| t > asked) {
+                break s;
+            }
+            assert!(tokio::time::Instant::now() < deadline_run, "no run reached node {name} after the ask: {s:#}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        if s["lastApply"]["outcome"] == "applied" || s["lastApply"]["outcome"] == "noop" {
+            assert_eq!(s["reachable"], true, "{s:#}");
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "node {name} never converged once back: {s:#}");
+    }
+}
+
+/// No response of `d` carried a node's AMI secret or ARI password.
+fn no_node_secret_seen(d: &Daemon, nodes: &[Asterisk]) {
+    let seen = d.seen.lock().expect("lock").join("\n");
+    for ast in nodes {
+        assert!(!seen.contains(&ast.ami_secret) && !seen.contains(&ast.ari_password), "a secret in a response");
+    }
+}
+
 /// Three Asterisks reading one realtime database, one daemon naming them
 /// as nodes: one commit serves all three, each verified through its own
 /// AMI; one stopped is reported unreachable and holds no other back, and
@@ -290,33 +354,14 @@ async fn three_nodes_on_one_realtime_database_are_each_verified() {
     let Some(build) = require("real::realtime::three_nodes_on_one_realtime_database_are_each_verified") else {
         return;
     };
-    let db = RealtimeDatabase::create().await;
-    db.init();
-    let a = realtime_asterisk(&build, "rt-node-a", &db).await;
-    let mut b = realtime_asterisk(&build, "rt-node-b", &db).await;
-    let c = realtime_asterisk(&build, "rt-node-c", &db).await;
-    let node = |name: &str, ast: &Asterisk| asterisk_gitops::config::NodeFileConfig {
-        name: name.into(),
-        ami: Some(crate::support::real::ami_config(ast)),
-        ari: Some(crate::support::real::ari_config(ast)),
-        managed_file: Some(ast.managed_file()),
-    };
-    let nodes = vec![node("a", &a), node("b", &b), node("c", &c)];
-    let d = Daemon::start_with(&a, Store::Sqlite, Source::Dir, "", |f| {
-        realtime_target(&db.url)(f);
-        f.ami = None;
-        f.ari = None;
-        f.nodes = Some(nodes);
-    })
-    .await;
-    d.run_where("the first run", |_| true).await;
+    let (db, mut nodes, d) = three_nodes(&build, "rt-node").await;
 
     // Created through the API: one commit, live on all three, each verified.
     let (before, asked) = (d.last_run_id().await, chrono::Utc::now());
     let (status, body) = d.call("POST", "/extensions", Some(SEED_BODY)).await;
     assert_eq!(status, 201, "{body}");
     run_after(&d, before, "applied", "the run creating 1001").await;
-    for ast in [&a, &b, &c] {
+    for ast in &nodes {
         assert!(endpoint(ast, "1001").await.is_some(), "{}: PJSIPShowEndpoint finds 1001", ast.name);
     }
     for n in ["b", "c"] {
@@ -326,48 +371,65 @@ async fn three_nodes_on_one_realtime_database_are_each_verified() {
     assert_eq!(db.inventory().await.len(), 3, "one set of rows for the three nodes");
 
     // Node b stopped: a change still goes live on a and c; b is reported.
-    b.stop().await;
+    nodes[1].stop().await;
     let (before, asked) = (d.last_run_id().await, chrono::Utc::now());
     let (status, body) = d.call("PUT", "/extensions/1001", Some(r#"{"displayName":"Desk Two"}"#)).await;
     assert_eq!(status, 200, "{body}");
     run_after(&d, before, "applied", "the run updating 1001 with b down").await;
-    for ast in [&a, &c] {
+    for ast in [&nodes[0], &nodes[2]] {
         assert_eq!(attribute(ast, "endpoint", "1001", "callerid").await.as_deref(), Some("\"Desk Two\" <1001>"));
     }
     node_run_after(&d, "c", asked, &["applied", "noop"]).await;
     let down = node_run_after(&d, "b", asked, &["unreachable"]).await;
     assert_eq!(down["reachable"], false, "{down:#}");
-    assert!(down["error"].as_str().is_some_and(|e| !e.contains(&b.ami_secret)), "{down:#}");
+    assert!(down["error"].as_str().is_some_and(|e| !e.contains(&nodes[1].ami_secret)), "{down:#}");
 
     // Started again: it reads the same tables, and the next run verifies
-    // the change it missed. Asked for a run until one reaches it (its AMI
-    // client may still be pausing between reconnects).
-    b.start_again().await.expect("node b starts again");
-    let deadline = tokio::time::Instant::now() + LIVE;
-    loop {
-        let asked = chrono::Utc::now();
-        assert_eq!(d.call("POST", "/reconcile", None).await.0, 202);
-        let deadline_run = tokio::time::Instant::now() + LIVE;
-        let s = loop {
-            let s = node_status(&d, "b").await;
-            let at = s["lastApply"]["at"].as_str().and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
-            if at.is_some_and(|t| t > asked) {
-                break s;
-            }
-            assert!(tokio::time::Instant::now() < deadline_run, "no run reached node b after the ask: {s:#}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
-        if s["lastApply"]["outcome"] == "applied" || s["lastApply"]["outcome"] == "noop" {
-            assert_eq!(s["reachable"], true, "{s:#}");
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "node b never converged once back: {s:#}");
+    // the change it missed.
+    nodes[1].start_again().await.expect("node b starts again");
+    verified_once_back(&d, "b").await;
+    assert_eq!(attribute(&nodes[1], "endpoint", "1001", "callerid").await.as_deref(), Some("\"Desk Two\" <1001>"));
+    no_node_secret_seen(&d, &nodes);
+    d.stop().await;
+    db.drop().await;
+}
+
+/// The FIRST node stopped (the one whose run commits): the create is still
+/// committed, live on the other two (through their AMI) and verified
+/// there; the first is reported unreachable with the change pending, and
+/// once started again it is verified and converges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_node_down_holds_no_commit_back_and_is_verified_once_back() {
+    let Some(build) = require("real::realtime::the_first_node_down_holds_no_commit_back_and_is_verified_once_back")
+    else {
+        return;
+    };
+    let (db, mut nodes, d) = three_nodes(&build, "rt-first").await;
+    nodes[0].stop().await;
+
+    let (before, asked) = (d.last_run_id().await, chrono::Utc::now());
+    let (status, body) = d.call("POST", "/extensions", Some(SEED_BODY)).await;
+    assert_eq!(status, 201, "{body}");
+    let run = run_after(&d, before, "applied", "the run creating 1001 with the first node down").await;
+    assert!(run["reasons"].to_string().contains("Asterisk is unreachable"), "the run says it went ahead: {run:#}");
+    assert_eq!(db.inventory().await.len(), 3, "committed: the three rows of 1001");
+    for ast in &nodes[1..] {
+        assert!(endpoint(ast, "1001").await.is_some(), "{}: PJSIPShowEndpoint finds 1001", ast.name);
     }
-    assert_eq!(attribute(&b, "endpoint", "1001", "callerid").await.as_deref(), Some("\"Desk Two\" <1001>"));
-    let seen = d.seen.lock().expect("lock").join("\n");
-    for ast in [&a, &b, &c] {
-        assert!(!seen.contains(&ast.ami_secret) && !seen.contains(&ast.ari_password), "a secret in a response");
+    for n in ["b", "c"] {
+        node_run_after(&d, n, asked, &["applied", "noop"]).await;
     }
+    let down = node_run_after(&d, "a", asked, &["unreachable"]).await;
+    assert_eq!(down["reachable"], false, "{down:#}");
+    assert!(down["error"].as_str().is_some_and(|e| !e.contains(&nodes[0].ami_secret)), "{down:#}");
+
+    // Started again: verified with the change it missed, through its AMI.
+    nodes[0].start_again().await.expect("node a starts again");
+    verified_once_back(&d, "a").await;
+    assert!(endpoint(&nodes[0], "1001").await.is_some(), "a: PJSIPShowEndpoint finds 1001");
+    let e1001 = d.get("/extensions/1001").await.1;
+    assert_eq!(e1001["syncStatus"], "synced", "{e1001:#}");
+    no_node_secret_seen(&d, &nodes);
     d.stop().await;
     db.drop().await;
 }

@@ -16,15 +16,21 @@
 //! (ARI's dynamic configuration GET reads through sorcery) is compared with
 //! the rendering.
 //!
+//! Every node reads the same tables, so Asterisk's checks are asked of any
+//! node's ARI: the one that answered last, else the next that answers. With
+//! several nodes none answering holds no commit back: the checks are
+//! skipped, the run's reasons say so, and each node is verified through its
+//! AMI (`reconcile::fleet`).
+//!
 //! Architecture invariant: only rows the inventory names are updated or
 //! deleted (never a blind `DELETE`), and the inventory changes in the same
 //! transaction as the rows.
 
 pub mod store;
 
-use crate::asterisk::ari::Ari;
+use crate::asterisk::ari::{Ari, AriError, Attributes};
 use crate::asterisk::ari_config::sections::{self, Section, SectionError};
-use crate::asterisk::ari_config::{Known, LiveTarget, canonical_in, excerpt_in, live, splice_in};
+use crate::asterisk::ari_config::{Known, LiveTarget, PushError, canonical_in, excerpt_in, live, splice_in};
 use crate::core::plan::Drift;
 use crate::reconcile::LiveRun;
 use crate::secret::SecretString;
@@ -83,11 +89,77 @@ pub enum RealtimeError {
     },
 }
 
+/// One node's ARI, for Asterisk's validation and view of the rows.
+struct NodeAri {
+    node: String,
+    target: LiveTarget<Ari>,
+}
+
+/// One run's asking of the nodes' ARIs: once none answers, the rest of the
+/// run asks none (a node that does not answer may take its timeout).
+#[derive(Default)]
+struct Asking {
+    /// Why each node that did not answer did not, by node.
+    down: std::sync::Mutex<BTreeMap<String, String>>,
+    /// Set once no node's ARI answered a request.
+    none: std::sync::atomic::AtomicBool,
+    /// Extensions committed without Asterisk's validation, and without its read-back.
+    unvalidated: std::sync::atomic::AtomicUsize,
+    unread: std::sync::atomic::AtomicUsize,
+}
+
+impl Asking {
+    fn not_answered(&self, node: &str, e: &AriError) {
+        self.down.lock().unwrap_or_else(|p| p.into_inner()).entry(node.to_string()).or_insert_with(|| e.to_string());
+    }
+
+    /// Why no node's ARI answers.
+    fn why(&self) -> String {
+        let down = self.down.lock().unwrap_or_else(|p| p.into_inner());
+        if down.is_empty() {
+            return "no node offers ARI".to_string();
+        }
+        let each: Vec<String> = down.iter().map(|(node, e)| format!("{node}: {e}")).collect();
+        format!("no node's ARI answers ({})", each.join("; "))
+    }
+
+    /// The run's reasons for what was skipped.
+    fn notes(&self) -> Vec<String> {
+        let count = |n: &std::sync::atomic::AtomicUsize| n.load(std::sync::atomic::Ordering::Relaxed);
+        let mut out = Vec::new();
+        if count(&self.unvalidated) > 0 {
+            out.push(format!(
+                "{} extension(s) committed without Asterisk's validation of a scratch object: {}",
+                count(&self.unvalidated),
+                self.why()
+            ));
+        }
+        if count(&self.unread) > 0 {
+            out.push(format!(
+                "{} extension(s) not read back through ARI after the commit: {}",
+                count(&self.unread),
+                self.why()
+            ));
+        }
+        out
+    }
+}
+
+/// Whether an ARI did not answer at all (as opposed to answering no).
+fn unanswered(e: &AriError) -> bool {
+    matches!(e, AriError::Unreachable { .. } | AriError::Timeout { .. })
+}
+
 /// The realtime target of a daemon.
 pub struct RealtimeTarget {
     pub(crate) store: store::Store,
-    /// Asterisk's validation (scratch objects) and its view after the commit; `None` without ARI.
-    ari: Option<LiveTarget<Ari>>,
+    /// The ARI of each node that offers one, in the nodes' order: Asterisk's
+    /// validation (scratch objects) and its view after the commit.
+    aris: Vec<NodeAri>,
+    /// The index in `aris` of the one that answered last (asked first).
+    answering: std::sync::atomic::AtomicUsize,
+    /// How many nodes read the tables (with or without ARI).
+    nodes: usize,
     known: std::sync::Mutex<Option<Known>>,
     /// (type, option, value) Asterisk accepted on a scratch object.
     accepted: std::sync::Mutex<BTreeSet<(String, String, String)>>,
@@ -106,11 +178,18 @@ pub const SCHEMA_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(3
 
 impl RealtimeTarget {
     /// A target over the realtime database at `url` (connected lazily: a
-    /// database that is down is an error of the runs, not of the start).
-    pub fn new(url: &SecretString, ari: Option<Ari>) -> Result<Self, RealtimeError> {
+    /// database that is down is an error of the runs, not of the start),
+    /// read by `nodes` (each one's name and ARI, if it offers one; the first
+    /// node first).
+    pub fn new(url: &SecretString, nodes: Vec<(String, Option<Ari>)>) -> Result<Self, RealtimeError> {
         Ok(RealtimeTarget {
             store: store::Store::lazy(url)?,
-            ari: ari.map(LiveTarget::new),
+            nodes: nodes.len(),
+            aris: nodes
+                .into_iter()
+                .filter_map(|(node, ari)| ari.map(|a| NodeAri { node, target: LiveTarget::new(a) }))
+                .collect(),
+            answering: Default::default(),
             known: Default::default(),
             accepted: Default::default(),
             checks: Default::default(),
@@ -141,10 +220,65 @@ impl RealtimeTarget {
         &self.store
     }
 
+    /// The nodes' ARIs to ask in turn: the one that answered last first;
+    /// none once no node answered in this run.
+    fn in_turn<'a>(&'a self, asking: &Asking) -> impl Iterator<Item = (usize, &'a NodeAri)> + 'a {
+        let first = self.answering.load(std::sync::atomic::Ordering::Relaxed);
+        let n = if asking.none.load(std::sync::atomic::Ordering::Relaxed) { 0 } else { self.aris.len() };
+        (0..n).map(move |k| (first + k) % n).filter_map(|i| self.aris.get(i).map(|a| (i, a)))
+    }
+
+    fn answered(&self, i: usize) {
+        self.answering.store(i, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// No node's ARI answered: with other nodes reading the tables the
+    /// check is skipped (`Ok`), with one node it fails (`Err`, why).
+    fn none_answers(&self, asking: &Asking) -> Result<(), String> {
+        asking.none.store(true, std::sync::atomic::Ordering::Relaxed);
+        if self.nodes > 1 || self.aris.is_empty() { Ok(()) } else { Err(asking.why()) }
+    }
+
+    /// Asterisk's validation of one object on a scratch object, on the ARI
+    /// that answered last or the next that answers; `Ok(false)`: skipped
+    /// (see [`none_answers`](Self::none_answers)).
+    async fn validate_on_any(
+        &self,
+        asking: &Asking,
+        kind: &str,
+        id: &str,
+        sent: &[(String, String)],
+    ) -> Result<bool, String> {
+        for (i, ari) in self.in_turn(asking) {
+            match ari.target.validate(kind, id, sent).await {
+                Err(PushError::Put { source, .. }) if unanswered(&source) => asking.not_answered(&ari.node, &source),
+                answer => {
+                    self.answered(i);
+                    return answer.map(|()| true).map_err(|e| e.to_string());
+                }
+            }
+        }
+        self.none_answers(asking).map(|()| false)
+    }
+
+    /// Asterisk's view of one object, on the ARI that answered last or the
+    /// next that answers; `Ok(None)`: skipped (see [`none_answers`](Self::none_answers)).
+    async fn get_on_any(&self, asking: &Asking, kind: &str, id: &str) -> Result<Option<Option<Attributes>>, String> {
+        for (i, ari) in self.in_turn(asking) {
+            match ari.target.client.get_object(kind, id).await {
+                Err(e) if unanswered(&e) => asking.not_answered(&ari.node, &e),
+                answer => {
+                    self.answered(i);
+                    return answer.map(Some).map_err(|e| format!("reading {kind} {id} back through ARI: {e}"));
+                }
+            }
+        }
+        self.none_answers(asking).map(|()| None)
+    }
+
     /// Asterisk's validation of the objects of `id`, on scratch objects:
     /// only the (option, value) pairs not accepted before.
-    async fn validate(&self, id: &str, objects: &[Section]) -> Result<(), String> {
-        let Some(ari) = &self.ari else { return Ok(()) };
+    async fn validate(&self, asking: &Asking, id: &str, objects: &[Section]) -> Result<(), String> {
         for s in objects {
             let fresh: Vec<(String, String)> = {
                 let accepted = self.accepted.lock().unwrap_or_else(|p| p.into_inner());
@@ -171,7 +305,10 @@ impl RealtimeTarget {
                     sent.push((k.to_string(), stand_in.to_string()));
                 }
             }
-            ari.validate(&s.kind, id, &sent).await.map_err(|e| e.to_string())?;
+            if !self.validate_on_any(asking, &s.kind, id, &sent).await? {
+                asking.unvalidated.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return Ok(());
+            }
             let mut accepted = self.accepted.lock().unwrap_or_else(|p| p.into_inner());
             for (k, v) in fresh {
                 accepted.insert((s.kind.clone(), k, v));
@@ -182,12 +319,15 @@ impl RealtimeTarget {
 
     /// Asterisk's own view of `id`'s objects after the commit (ARI GET,
     /// through sorcery: it reads the realtime row), compared with the
-    /// rendering. `Ok` without ARI.
-    async fn verify(&self, id: &str, objects: &[Section]) -> Result<(), String> {
-        let Some(ari) = &self.ari else { return Ok(()) };
+    /// rendering. `Ok` when skipped (no node's ARI answers).
+    async fn verify(&self, asking: &Asking, id: &str, objects: &[Section]) -> Result<(), String> {
         for s in objects {
-            match ari.client.get_object(&s.kind, id).await {
-                Ok(Some(held)) => {
+            match self.get_on_any(asking, &s.kind, id).await? {
+                None => {
+                    asking.unread.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    return Ok(());
+                }
+                Some(Some(held)) => {
                     let off = live::mismatches(&s.fields, &held);
                     if !off.is_empty() {
                         return Err(format!(
@@ -197,14 +337,13 @@ impl RealtimeTarget {
                         ));
                     }
                 }
-                Ok(None) => {
+                Some(None) => {
                     return Err(format!(
                         "Asterisk cannot find {} {id} after the commit: it refuses the row (its log says why) or does not read {} (sorcery.conf, extconfig.conf)",
                         s.kind,
                         table_of(&s.kind).unwrap_or("its table")
                     ));
                 }
-                Err(e) => return Err(format!("reading {} {id} back through ARI: {e}", s.kind)),
             }
         }
         Ok(())
@@ -305,6 +444,7 @@ impl crate::reconcile::LiveApply for RealtimeTarget {
         }
         let checked = std::time::Instant::now();
         let mut run = LiveRun::default();
+        let asking = Asking::default();
         let mut writes: Vec<Write> = Vec::new();
         for id in &ids {
             let objects = new.get(id).unwrap_or(&none);
@@ -317,7 +457,7 @@ impl crate::reconcile::LiveApply for RealtimeTarget {
                     continue;
                 }
             };
-            if let Err(why) = self.validate(id, objects).await {
+            if let Err(why) = self.validate(&asking, id, objects).await {
                 run.failures.insert(id.to_string(), why);
                 continue;
             }
@@ -346,7 +486,7 @@ impl crate::reconcile::LiveApply for RealtimeTarget {
         for batch in written.chunks(8) {
             let mut checks = Vec::with_capacity(batch.len());
             for w in batch {
-                checks.push(self.verify(&w.id, new.get(&w.id).unwrap_or(&none)));
+                checks.push(self.verify(&asking, &w.id, new.get(&w.id).unwrap_or(&none)));
             }
             let verdicts = futures_util::future::join_all(checks).await;
             for (w, verdict) in batch.iter().zip(verdicts) {
@@ -361,6 +501,7 @@ impl crate::reconcile::LiveApply for RealtimeTarget {
             }
         }
         tracing::debug!(verify_ms = ms(verifying), "realtime rows read back through ARI");
+        run.notes = asking.notes();
         run.record = sections::record_after(new, &old, rendered, &run.failures, RECORD_HEADER);
         Ok(run)
     }
@@ -391,6 +532,12 @@ impl crate::reconcile::LiveApply for RealtimeTarget {
 
     fn sweep_starts(&self) -> bool {
         false
+    }
+
+    /// Several nodes read the tables: a commit serves the others while the
+    /// first does not answer.
+    fn commits_without_asterisk(&self) -> bool {
+        self.nodes > 1
     }
 
     /// A small estate has Asterisk's endpoint list read on every check; a
@@ -437,7 +584,7 @@ mod tests {
         let Some((store, pool, name)) = store::tests::fresh().await else { return };
         let target = RealtimeTarget {
             store,
-            ..RealtimeTarget::new(&SecretString::new("postgres://x/y"), None).expect("a target")
+            ..RealtimeTarget::new(&SecretString::new("postgres://x/y"), Vec::new()).expect("a target")
         };
         let asked = BTreeSet::new();
         let run = target

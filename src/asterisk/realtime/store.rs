@@ -147,31 +147,48 @@ impl Store {
             .await
             .map_err(|e| self.err(e))?;
         out.statements += 1;
-        // Conflicts: rows of ids about to be written that the inventory does not hold.
+        // Conflicts: rows of ids about to be written that the inventory does
+        // not hold, in every table at once (one round trip, not one a table).
+        let mut selects = Vec::new();
+        let mut binds: Vec<(&str, Vec<String>)> = Vec::new();
         for (kind, table) in TABLES {
             let ids: Vec<String> =
                 writes.iter().filter(|w| w.rows.iter().any(|(k, _)| k == kind)).map(|w| w.id.clone()).collect();
             if ids.is_empty() {
                 continue;
             }
-            let sql = format!(
-                "select t.id::text from {} t where t.id = any($1) and not exists \
-                 (select 1 from {} i where i.object_type = $2 and i.id = t.id)",
+            let (n_ids, n_kind) = (2 * binds.len() + 1, 2 * binds.len() + 2);
+            selects.push(format!(
+                "select ${n_kind}::text, t.id::text from {} t where t.id = any(${n_ids}) and not exists \
+                 (select 1 from {} i where i.object_type = ${n_kind} and i.id = t.id)",
                 ident(table),
                 ident(INVENTORY)
-            );
-            let foreign: Vec<String> =
-                sqlx::query_scalar(&sql).bind(&ids).bind(kind).fetch_all(&mut *tx).await.map_err(|e| self.err(e))?;
-            out.statements += 1;
-            for id in foreign {
-                out.conflicts.entry(id.clone()).or_insert_with(|| {
-                    format!(
-                        "{table} already holds a row {id} that asterisk-gitops did not write (it is not in its inventory {INVENTORY}): that row is left alone; delete it, or add ({kind}, {id}) to the inventory to hand it over"
-                    )
-                });
+            ));
+            binds.push((kind, ids));
+        }
+        let mut foreign: Vec<(String, String)> = Vec::new();
+        if !selects.is_empty() {
+            let sql = selects.join(" union all ");
+            let mut q = sqlx::query_as(&sql);
+            for (kind, ids) in &binds {
+                q = q.bind(ids).bind(*kind);
             }
+            foreign = q.fetch_all(&mut *tx).await.map_err(|e| self.err(e))?;
+            out.statements += 1;
+        }
+        // An id foreign in several tables is reported for the first of them.
+        foreign.sort_by_key(|(kind, _)| TABLES.iter().position(|(k, _)| k == kind));
+        for (kind, id) in foreign {
+            let table = super::table_of(&kind).unwrap_or("its table");
+            out.conflicts.entry(id.clone()).or_insert_with(|| {
+                format!(
+                    "{table} already holds a row {id} that asterisk-gitops did not write (it is not in its inventory {INVENTORY}): that row is left alone; delete it, or add ({kind}, {id}) to the inventory to hand it over"
+                )
+            });
         }
         let writes: Vec<&Write> = writes.iter().filter(|w| !out.conflicts.contains_key(&w.id)).collect();
+        // The inventory rows of what is written, for every table at once at the end.
+        let mut inventory: Vec<(&str, String)> = Vec::new();
         for (kind, table) in TABLES {
             let columns: Vec<(&String, &Column)> =
                 schema.tables.get(table).into_iter().flatten().filter(|(c, _)| c.as_str() != "id").collect();
@@ -206,18 +223,8 @@ impl Store {
                     q = q.bind(chunk.iter().map(|(_, r)| r.get(*name).cloned()).collect::<Vec<Option<String>>>());
                 }
                 q.execute(&mut *tx).await.map_err(|e| self.err(e))?;
-                let ids: Vec<String> = chunk.iter().map(|(id, _)| id.to_string()).collect();
-                sqlx::query(&format!(
-                    "insert into {} (object_type, id) select $1, unnest($2::text[]) \
-                     on conflict (object_type, id) do update set written_at = now()",
-                    ident(INVENTORY)
-                ))
-                .bind(kind)
-                .bind(&ids)
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| self.err(e))?;
-                out.statements += 2;
+                inventory.extend(chunk.iter().map(|(id, _)| (kind, id.to_string())));
+                out.statements += 1;
             }
             let gone: Vec<String> =
                 writes.iter().filter(|w| w.gone.iter().any(|g| g == kind)).map(|w| w.id.clone()).collect();
@@ -242,6 +249,20 @@ impl Store {
                     .map_err(|e| self.err(e))?;
                 out.statements += 2;
             }
+        }
+        for chunk in inventory.chunks(ROWS_PER_STATEMENT) {
+            let (kinds, ids): (Vec<&str>, Vec<String>) = chunk.iter().cloned().unzip();
+            sqlx::query(&format!(
+                "insert into {} (object_type, id) select unnest($1::text[]), unnest($2::text[]) \
+                 on conflict (object_type, id) do update set written_at = now()",
+                ident(INVENTORY)
+            ))
+            .bind(&kinds)
+            .bind(&ids)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.err(e))?;
+            out.statements += 1;
         }
         tx.commit().await.map_err(|e| self.err(e))?;
         Ok(out)
@@ -404,9 +425,16 @@ pub(crate) mod tests {
             .execute(&pool)
             .await
             .expect("insert");
-        let done = store.write(&schema, &[write("3001", "a", "ok"), write("3002", "a", "ok")]).await.expect("writes");
-        assert_eq!(done.conflicts.keys().collect::<Vec<_>>(), ["3002"]);
-        assert!(done.conflicts["3002"].contains("did not write"), "{:?}", done.conflicts);
+        sqlx::query("insert into ps_aors (id, max_contacts) values ('3003', 1)").execute(&pool).await.expect("insert");
+        let writes = [write("3001", "a", "ok"), write("3002", "a", "ok"), write("3003", "a", "ok")];
+        let done = store.write(&schema, &writes).await.expect("writes");
+        assert_eq!(done.conflicts.keys().collect::<Vec<_>>(), ["3002", "3003"], "a foreign row in any table");
+        assert!(done.conflicts["3002"].contains("ps_endpoints already holds a row 3002"), "{:?}", done.conflicts);
+        assert!(done.conflicts["3003"].contains("ps_aors already holds a row 3003"), "{:?}", done.conflicts);
+        // The lock, one conflict check for every table, an upsert per table written (endpoint, aor),
+        // the auth rows gone with their inventory rows, one inventory upsert (9 when each table had its own).
+        assert_eq!(done.statements, 7, "round trips");
+        assert_eq!(count(&pool, "select count(*) from ps_endpoints where id = '3003'").await, 0, "3003 not written");
         let theirs: String = sqlx::query_scalar("select context from ps_endpoints where id = '3002'")
             .fetch_one(&pool)
             .await
