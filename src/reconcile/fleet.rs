@@ -185,8 +185,10 @@ impl<A: AsteriskControl + 'static, L: LiveApply + 'static> Fleet<A, L> {
             self.note(&self.lead, from_record(record));
             let why =
                 format!("not verified: the run on {} failed ({})", self.lead, record.error.as_deref().unwrap_or(""));
+            // As on separate tables: an invalid revision is the followers' outcome too.
+            let outcome = if record.outcome == Outcome::Invalid { "invalid" } else { "skipped" };
             for f in &self.followers {
-                self.note(&f.name, not_run("skipped", why.clone(), revision.clone()));
+                self.note(&f.name, not_run(outcome, why.clone(), revision.clone()));
             }
             return true;
         }
