@@ -138,14 +138,25 @@ impl DesiredSource {
 /// changed, the next load reuses it instead of parsing again (reading and
 /// hashing 10k extensions' files takes under a millisecond; parsing them
 /// tens). When some files changed, only those are parsed again.
+///
+/// Two versions are kept (of the whole load and of each file's parse):
+/// while an edit is written, the API's validation (the directory as it will
+/// be), a load warming the cache during the quiet period (perhaps the file
+/// as it was) and the run (as it is) can alternate between the old bytes
+/// and the new, and with one version each of them parsed again what the
+/// one before had just put out.
 #[derive(Debug)]
 pub struct DirSource {
     pub path: PathBuf,
     /// Where `passwordFile` and `passwordEnv` may point.
     pub secrets: SecretPolicy,
-    last: Mutex<Option<(Desired, Arc<Vec<String>>)>>,
-    /// Each file's content hash and parse outcome, by displayed name.
-    files: Mutex<HashMap<String, (u64, Arc<FileOutcome>)>>,
+    /// The last loads, the newest first (at most [`KEPT`]).
+    last: Mutex<Vec<(Desired, Arc<Vec<String>>)>>,
+    /// Each file's content hashes and parse outcomes, by displayed name,
+    /// the newest first (at most [`KEPT`] each).
+    files: Mutex<ParsedFiles>,
+    /// How many files this source has parsed (tests tell a cache hit by it).
+    parsed: std::sync::atomic::AtomicUsize,
 }
 
 impl DirSource {
@@ -156,7 +167,7 @@ impl DirSource {
     }
 
     pub fn with_secrets(path: PathBuf, secrets: SecretPolicy) -> Self {
-        DirSource { path, secrets, last: Default::default(), files: Default::default() }
+        DirSource { path, secrets, last: Default::default(), files: Default::default(), parsed: Default::default() }
     }
 
     /// Loads the directory, reusing the last load when nothing changed and
@@ -169,21 +180,48 @@ impl DirSource {
     /// show them): what the API's write-back validates an edit with, so
     /// an edit at 10k extensions parses one file, not all of them twice.
     pub fn load_with_files(&self) -> (Desired, Arc<Vec<String>>) {
-        let (sources, mut diagnostics) = read_dir_sources(&self.path);
+        let (sources, diagnostics) = read_dir_sources(&self.path);
+        self.assemble(sources, diagnostics)
+    }
+
+    /// The directory as it would load with the file `rel` (relative to
+    /// it) holding `content` (`None`: removed), without touching the disk:
+    /// what the API's write-back validates an edit with before writing it.
+    /// The edited file's parse is kept, so the load after the file is
+    /// written with those bytes (the run's) parses nothing.
+    pub fn load_as_if(&self, rel: &Path, content: Option<&[u8]>) -> (Desired, Arc<Vec<String>>) {
+        let (mut sources, diagnostics) = read_dir_sources(&self.path);
+        let path = self.path.join(rel);
+        spec::load::override_source(&mut sources, path, rel.display().to_string(), content);
+        self.assemble(sources, diagnostics)
+    }
+
+    /// How many files this source has parsed since it was made.
+    pub fn files_parsed(&self) -> usize {
+        self.parsed.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn assemble(&self, sources: Vec<Source>, mut diagnostics: Vec<Diagnostic>) -> (Desired, Arc<Vec<String>>) {
         // Each file's bytes are hashed once: the load's fingerprint is made of those.
         let hashes: Vec<u64> = sources.iter().map(|(_, _, content)| Fingerprint::of(content)).collect();
         let fp = fingerprint(&sources, &hashes, &diagnostics);
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(d) = last.as_ref().filter(|(d, _)| d.fingerprint == Some(fp)) {
-            return d.clone();
+        if let Some(i) = last.iter().position(|(d, _)| d.fingerprint == Some(fp)) {
+            let hit = last.remove(i);
+            last.insert(0, hit.clone());
+            return hit;
         }
         let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        let cached = |files: &ParsedFiles, shown: &str, h: u64| {
+            files.get(shown).and_then(|v| v.iter().find(|(old, _)| *old == h).map(|(_, o)| o.clone()))
+        };
         let changed: Vec<Source> = sources
             .iter()
             .zip(&hashes)
-            .filter(|((shown, _, _), h)| files.get(shown).is_none_or(|(old, _)| old != *h))
+            .filter(|((shown, _, _), h)| cached(&files, shown, **h).is_none())
             .map(|(source, _)| source.clone())
             .collect();
+        self.parsed.fetch_add(changed.len(), std::sync::atomic::Ordering::Relaxed);
         let mut parsed: HashMap<String, FileOutcome> = changed
             .iter()
             .map(|(shown, _, _)| shown.clone())
@@ -194,9 +232,14 @@ impl DirSource {
         for ((shown, _, _), h) in sources.iter().zip(hashes) {
             let outcome = match parsed.remove(shown) {
                 Some(o) => Arc::new(o),
-                None => files.remove(shown).map(|(_, o)| o).unwrap_or_default(),
+                None => cached(&files, shown, h).unwrap_or_default(),
             };
-            next.insert(shown.clone(), (h, outcome.clone()));
+            // This version first, then the newest other one kept.
+            let mut versions = vec![(h, outcome.clone())];
+            if let Some(older) = files.remove(shown) {
+                versions.extend(older.into_iter().filter(|(old, _)| *old != h).take(KEPT - 1));
+            }
+            next.insert(shown.clone(), versions);
             outcomes.push((shown.clone(), outcome));
         }
         *files = next;
@@ -210,10 +253,17 @@ impl DirSource {
             ..Default::default()
         };
         let files = Arc::new(loaded.files);
-        *last = Some((d.clone(), files.clone()));
+        last.insert(0, (d.clone(), files.clone()));
+        last.truncate(KEPT);
         (d, files)
     }
 }
+
+/// Each file's kept versions: (content hash, parse outcome), the newest first.
+type ParsedFiles = HashMap<String, Vec<(u64, Arc<FileOutcome>)>>;
+
+/// How many versions of the load, and of each file's parse, are kept.
+const KEPT: usize = 2;
 
 fn read_dir_sources(dir: &Path) -> (Vec<Source>, Vec<Diagnostic>) {
     let (sources, mut diagnostics) = spec::load::read_paths(&[dir.to_path_buf()], &LoadOptions::for_dir(dir));
@@ -325,6 +375,39 @@ mod tests {
             s.push_str(&format!("  - {{extension: \"{n}\", md5Cred: 0123456789abcdef0123456789abcdef}}\n"));
         }
         s
+    }
+
+    /// An edit validated as if written, then the directory loaded as it
+    /// still is (a warm-up during the quiet period), then as written (the
+    /// run): each version is parsed once, and every load equals a fresh one.
+    #[test]
+    fn an_edit_validated_before_it_is_written_is_parsed_once_however_the_loads_alternate() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("a.yaml"), team(&["1001"])).expect("write");
+        std::fs::write(dir.path().join("b.yaml"), team(&["2001"])).expect("write");
+        let src = DirSource::new(dir.path().to_path_buf());
+        let numbers = |d: &Desired| d.set.extensions.iter().map(|e| e.extension.clone()).collect::<Vec<_>>();
+        assert_eq!(numbers(&src.load()), ["1001", "2001"]);
+        assert_eq!(src.files_parsed(), 2);
+        let edited = team(&["2001", "2002"]);
+        let (as_if, _) = src.load_as_if(Path::new("b.yaml"), Some(edited.as_bytes()));
+        assert_eq!(numbers(&as_if), ["1001", "2001", "2002"]);
+        assert_eq!(src.files_parsed(), 3, "the edited file parsed once");
+        assert_eq!(numbers(&src.load()), ["1001", "2001"], "the disk still holds the old file");
+        assert_eq!(src.files_parsed(), 3, "the old version was parsed again");
+        std::fs::write(dir.path().join("b.yaml"), &edited).expect("write");
+        let written = src.load();
+        assert_eq!(src.files_parsed(), 3, "the written version was parsed again");
+        assert_eq!(written.set, as_if.set);
+        assert_eq!(written.fingerprint, as_if.fingerprint);
+        assert_eq!(written.set, load_dir(dir.path()).set);
+        // A new file and a removed one, as if: neither is on the disk.
+        let (added, _) = src.load_as_if(Path::new("c.yaml"), Some(team(&["3001"]).as_bytes()));
+        assert_eq!(numbers(&added), ["1001", "2001", "2002", "3001"]);
+        let (removed, _) = src.load_as_if(Path::new("a.yaml"), None);
+        assert_eq!(numbers(&removed), ["2001", "2002"]);
+        assert_eq!(numbers(&src.load()), ["1001", "2001", "2002"]);
+        assert!(!dir.path().join("c.yaml").exists() && dir.path().join("a.yaml").exists());
     }
 
     /// Whatever changes between loads, the cached load equals a fresh one.

@@ -96,6 +96,19 @@ pub fn read_paths(paths: &[PathBuf], options: &LoadOptions) -> (Vec<Source>, Vec
     (sources, diagnostics)
 }
 
+/// `sources` (in [`read_paths`]' order) with the file at `path` holding
+/// `content` instead of what was read (`None`: as if it were not there);
+/// a file not among them is added in its sorted place.
+pub fn override_source(sources: &mut Vec<Source>, path: PathBuf, shown: String, content: Option<&[u8]>) {
+    let at = sources.binary_search_by(|(_, p, _)| p.as_path().cmp(&path));
+    match (at, content) {
+        (Ok(i), Some(bytes)) => sources[i].2 = Ok(bytes.to_vec()),
+        (Ok(i), None) => drop(sources.remove(i)),
+        (Err(i), Some(bytes)) => sources.insert(i, (shown, path, Ok(bytes.to_vec()))),
+        (Err(_), None) => {}
+    }
+}
+
 /// Loads spec files given as (displayed name, path, content). Used for a
 /// directory on disk and for a tree read straight out of a git commit.
 /// Files are parsed in parallel; duplicates are checked afterwards, in
