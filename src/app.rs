@@ -398,6 +398,10 @@ pub async fn run(
         _ => None,
     };
     let live_calls = live.calls.clone();
+    if let DesiredSource::Dir(dir) = &source {
+        let dir = dir.path.clone();
+        tokio::task::spawn_blocking(move || crate::git::writeback::warm_up(&dir));
+    }
     let state = AppState {
         spec_dir: settings.spec_dir.clone(),
         writeback: Arc::new(match &source {

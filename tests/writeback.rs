@@ -354,6 +354,80 @@ fn a_spec_dir_in_a_local_repository_gets_local_commits() {
     assert!(head.tree().expect("tree").get_path(Path::new("extensions.d/2002.yaml")).is_ok());
 }
 
+/// A refused edit is checked before anything is written: the file is not
+/// replaced and put back (a watcher, or a reader, would see the invalid
+/// version for a moment), it is never touched, through fresh loads or
+/// through the daemon's cache.
+#[test]
+fn a_refused_edit_never_writes_the_file_even_for_a_moment() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("sales.yaml");
+    std::fs::write(&file, HAND_WRITTEN).expect("write");
+    let stamp = || {
+        let m = std::fs::metadata(&file).expect("stat");
+        (m.ino(), m.mtime(), m.mtime_nsec(), m.ctime_nsec())
+    };
+    let before = stamp();
+    let mut bad = entry("1002", "Intern");
+    bad.codecs = Some(StringList::Comma("ulaw,nosuchcodec".into()));
+    let fresh = apply_to_dir(dir.path(), &EditOp::Update("1002".into(), bad.clone()), &policy(dir.path()));
+    assert!(matches!(fresh, Err(WriteError::Invalid(_))), "{fresh:?}");
+    assert_eq!(stamp(), before, "the refused edit replaced the file (fresh loads)");
+    let cache = asterisk_gitops::reconcile::DirSource::with_secrets(dir.path().to_path_buf(), policy(dir.path()));
+    let wb = WriteBack::new(Target::Dir(dir.path().to_path_buf()), policy(dir.path())).with_cache(Arc::new(cache));
+    let called = std::sync::atomic::AtomicBool::new(false);
+    let cached = wb.apply_then(&EditOp::Update("1002".into(), bad), &alice(), &|| {
+        called.store(true, std::sync::atomic::Ordering::SeqCst);
+    });
+    assert!(matches!(cached, Err(WriteError::Invalid(_))), "{cached:?}");
+    assert_eq!(stamp(), before, "the refused edit replaced the file (the daemon's cache)");
+    assert!(!called.load(std::sync::atomic::Ordering::SeqCst), "a refused edit asked for a run");
+    assert_eq!(std::fs::read_to_string(&file).expect("read"), HAND_WRITTEN);
+}
+
+/// The API asks for its run from `apply_then`'s callback: by then the
+/// edited file is on disk (what the run reads), and the local commit is
+/// not made yet (it is made while the run goes).
+#[test]
+fn the_run_is_asked_for_once_the_file_is_written_before_the_local_commit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let repo = Repository::init(dir.path()).expect("init");
+    let specs = dir.path().join("extensions.d");
+    std::fs::create_dir(&specs).expect("mkdir");
+    std::fs::write(specs.join("sales.yaml"), HAND_WRITTEN).expect("write");
+    let mut index = repo.index().expect("index");
+    index.add_path(Path::new("extensions.d/sales.yaml")).expect("add");
+    let tree = repo.find_tree(index.write_tree().expect("tree")).expect("tree");
+    let sig = Signature::now("Bob Admin", "bob@example.com").expect("sig");
+    let seed = repo.commit(Some("HEAD"), &sig, &sig, "seed", &tree, &[]).expect("commit");
+    let cache = Arc::new(asterisk_gitops::reconcile::DirSource::with_secrets(specs.clone(), policy(&specs)));
+    let wb = WriteBack::new(Target::Dir(specs.clone()), policy(&specs)).with_cache(cache.clone());
+    let seen = std::sync::Mutex::new(None);
+    let done = wb
+        .apply_then(&EditOp::Update("1002".into(), entry("1002", "Junior")), &alice(), &|| {
+            let text = std::fs::read_to_string(specs.join("sales.yaml")).expect("read");
+            let head = repo.head().expect("head").peel_to_commit().expect("commit").id();
+            let parsed = cache.files_parsed();
+            let loaded = cache.load();
+            *seen.lock().expect("lock") = Some((
+                text.contains("Junior"),
+                head,
+                loaded.set.get("1002").and_then(|e| e.display_name.clone()),
+                cache.files_parsed() - parsed,
+            ));
+        })
+        .expect("commits");
+    let (edited, head, name, parsed) = seen.lock().expect("lock").take().expect("the callback was called");
+    assert!(edited, "the file did not hold the edit when the run was asked for");
+    assert_eq!(head, seed, "the commit was made before the run was asked for");
+    assert_eq!(name.as_deref(), Some("Junior"), "the run's load did not see the edit");
+    assert_eq!(parsed, 0, "the run's load parsed the edited file again: the validation's parse was not kept");
+    let head = repo.head().expect("head").peel_to_commit().expect("commit");
+    assert_eq!(head.id().to_string(), done.commit);
+    assert_eq!(head.summary(), Some("Update extension 1002"));
+}
+
 /// Through the daemon's cached spec directory (what the API uses with a
 /// directory source), every edit gives what it gives through fresh loads:
 /// the same answers, the same files, and a cache that then loads what a

@@ -161,8 +161,18 @@ fn log_refusal(op: &EditOp, e: &WriteError) {
 
 async fn run_edit(state: &AppState, op: EditOp, author: crate::git::writeback::Author) -> Result<Committed, ApiError> {
     let wb = state.writeback.clone();
-    let done = tokio::task::spawn_blocking(move || {
-        let done = wb.apply(&op, &author);
+    // The run is asked for as soon as the edit is where the run reads it
+    // (the file written; a remote's commit pushed), not after the local
+    // commit: the change goes live meanwhile.
+    let handle = state.reconcile.clone();
+    tracing::debug!(number = op.number(), "edit asked");
+    tokio::task::spawn_blocking(move || {
+        let asked = || {
+            if let Some(h) = &handle {
+                h.trigger(Trigger::Manual);
+            }
+        };
+        let done = wb.apply_then(&op, &author, &asked);
         if let Err(e) = &done {
             log_refusal(&op, e);
         }
@@ -170,11 +180,7 @@ async fn run_edit(state: &AppState, op: EditOp, author: crate::git::writeback::A
     })
     .await
     .map_err(|e| ApiError::Internal(format!("edit task: {e}")))?
-    .map_err(write_error)?;
-    if let Some(h) = &state.reconcile {
-        h.trigger(Trigger::Manual);
-    }
-    Ok(done)
+    .map_err(write_error)
 }
 
 /// Checks an entry by the spec's own rules (with the defaults of the file it
