@@ -108,6 +108,7 @@ pub async fn run_loop_with<S, A, L, F>(
     F: super::fleet::Followers + 'static,
 {
     tokio::pin!(shutdown);
+    let warm = Warm::start(&source);
     let mut next = Trigger::Startup;
     loop {
         let (report, desired) = run_one(&reconciler, &source, next.clone(), followers.any()).await;
@@ -147,6 +148,7 @@ pub async fn run_loop_with<S, A, L, F>(
                         // it asks, so the quiet period would only delay it
                         // (the watcher sees that edit's own file first).
                         let settle_by = tokio::time::Instant::now() + MAX_SETTLE;
+                        warm.poke();
                         loop {
                             let quiet = tokio::time::sleep(cfg.debounce);
                             tokio::select! {
@@ -158,7 +160,10 @@ pub async fn run_loop_with<S, A, L, F>(
                                         t = asked;
                                         break;
                                     }
-                                    Some(_) if tokio::time::Instant::now() < settle_by => continue,
+                                    Some(_) if tokio::time::Instant::now() < settle_by => {
+                                        warm.poke();
+                                        continue;
+                                    }
                                     Some(_) => break,
                                 },
                             }
@@ -169,6 +174,46 @@ pub async fn run_loop_with<S, A, L, F>(
                 }
             },
         };
+    }
+}
+
+/// Parses a spec directory's changed files while the quiet period runs,
+/// so the run that follows finds them parsed (its load reads and hashes
+/// the files, and reuses a parse only for the very bytes it read: a file
+/// still being written when warmed is parsed again by the run). One load
+/// at a time; pokes while one is under way ask for one more after it.
+/// Nothing for a git source: its run fetches first.
+struct Warm(Option<(Arc<tokio::sync::Notify>, tokio::task::JoinHandle<()>)>);
+
+impl Warm {
+    fn start(source: &DesiredSource) -> Warm {
+        let DesiredSource::Dir(dir) = source else { return Warm(None) };
+        let (dir, poke) = (dir.clone(), Arc::new(tokio::sync::Notify::new()));
+        let poked = poke.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                poked.notified().await;
+                let dir = dir.clone();
+                let warming = std::time::Instant::now();
+                let _ = tokio::task::spawn_blocking(move || drop(dir.load())).await;
+                tracing::debug!(took_ms = warming.elapsed().as_secs_f64() * 1000.0, "specs warmed");
+            }
+        });
+        Warm(Some((poke, task)))
+    }
+
+    fn poke(&self) {
+        if let Some((poke, _)) = &self.0 {
+            poke.notify_one();
+        }
+    }
+}
+
+impl Drop for Warm {
+    fn drop(&mut self) {
+        if let Some((_, task)) = &self.0 {
+            task.abort();
+        }
     }
 }
 
@@ -222,6 +267,43 @@ async fn run_one<S: StateStore, A: AsteriskControl, L: LiveApply>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A save poked while the quiet period runs is parsed then: the run's
+    /// load after it parses nothing; a file changed again is parsed again.
+    #[tokio::test]
+    async fn a_saved_file_is_parsed_during_the_quiet_period_and_the_run_reuses_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("team.yaml");
+        let team = |name: &str| {
+            format!(
+                "defaults: {{context: from-internal, transport: transport-udp, codecs: [ulaw]}}\nextensions:\n  - {{extension: \"1001\", displayName: {name}, md5Cred: 0123456789abcdef0123456789abcdef}}\n"
+            )
+        };
+        std::fs::write(&file, team("First")).expect("write");
+        let src = Arc::new(super::super::source::DirSource::new(dir.path().to_path_buf()));
+        let warm = Warm::start(&DesiredSource::Dir(src.clone()));
+        let parsed = |n: usize| {
+            let src = src.clone();
+            async move {
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+                while src.files_parsed() < n {
+                    assert!(tokio::time::Instant::now() < deadline, "the warm load did not parse the file");
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+        };
+        warm.poke();
+        parsed(1).await;
+        let d = src.load();
+        assert_eq!(src.files_parsed(), 1, "the run's load parsed the file again");
+        assert_eq!(d.set.get("1001").and_then(|e| e.display_name.clone()).as_deref(), Some("First"));
+        std::fs::write(&file, team("Second")).expect("write");
+        warm.poke();
+        parsed(2).await;
+        let d = src.load();
+        assert_eq!(src.files_parsed(), 2, "the run's load parsed the changed file again");
+        assert_eq!(d.set.get("1001").and_then(|e| e.display_name.clone()).as_deref(), Some("Second"));
+    }
 
     #[test]
     fn jitter_stays_within_ten_percent() {
