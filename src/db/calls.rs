@@ -277,6 +277,9 @@ pub struct LegStart {
 #[derive(Clone, Debug, Serialize, PartialEq, Eq, sqlx::FromRow)]
 #[serde(rename_all = "camelCase")]
 pub struct Leg {
+    /// The Asterisk the leg is on (`nodes:`; `default` with one Asterisk;
+    /// `None` for a row from before calls were logged per node).
+    pub node: Option<String>,
     pub linkedid: String,
     pub uniqueid: String,
     pub channel: String,
@@ -402,7 +405,7 @@ pub struct ExtensionCallStats {
     pub talk_seconds: i64,
 }
 
-const LEG_COLUMNS: &str = "linkedid, uniqueid, channel, extension, role, caller, dialled, start_time, answer_time, \
+const LEG_COLUMNS: &str = "node, linkedid, uniqueid, channel, extension, role, caller, dialled, start_time, answer_time, \
      end_time, talk_seconds, hangup_cause, hangup_source, dial_status, transferred_at, transfer_to";
 
 impl Db {
@@ -920,6 +923,7 @@ mod tests {
     fn leg(uid: &str, ext: &str, answered: bool, cause: i64, source: &str, dial: &str) -> Leg {
         let t = Utc::now();
         Leg {
+            node: Some("default".into()),
             linkedid: "a.1".into(),
             uniqueid: uid.into(),
             channel: format!("PJSIP/{ext}-00000001"),

@@ -174,6 +174,29 @@ async fn metrics(State(state): State<AppState>, Database(db): Database) -> Resul
                 let _ = writeln!(out, "asterisk_gitops_node_call_log_up{{node=\"{}\"}} {}", n.name, u8::from(up));
             }
         }
+        // The call logger's counters of every node (the unlabelled ones
+        // below are the first node's, as with one Asterisk).
+        type Counter = (&'static str, &'static str, fn(&crate::calls::CallLogStats) -> u64);
+        let counters: [Counter; 3] = [
+            ("call_events_total", "Events read by the node's call logger.", |c| {
+                c.events.load(std::sync::atomic::Ordering::Relaxed)
+            }),
+            ("call_events_handled_total", "Events the node's call logger is done with (recorded or skipped).", |c| {
+                c.events_handled.load(std::sync::atomic::Ordering::Relaxed)
+            }),
+            ("call_log_connect_failures_total", "Failed attempts of the node's call logger to connect.", |c| {
+                c.connect_failures.load(std::sync::atomic::Ordering::Relaxed)
+            }),
+        ];
+        for (name, help, value) in counters {
+            let _ = writeln!(out, "# HELP asterisk_gitops_node_{name} {help}");
+            let _ = writeln!(out, "# TYPE asterisk_gitops_node_{name} counter");
+            for n in state.live.nodes.iter() {
+                if let Some(c) = &n.calls {
+                    let _ = writeln!(out, "asterisk_gitops_node_{name}{{node=\"{}\"}} {}", n.name, value(c));
+                }
+            }
+        }
     }
     if let Some(c) = &state.live.calls {
         use std::sync::atomic::Ordering::Relaxed;

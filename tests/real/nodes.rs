@@ -297,6 +297,9 @@ async fn calls_are_logged_per_node_even_when_both_give_the_same_linkedid() {
             assert_eq!(code, 200, "{call}");
             assert_eq!((call["node"].as_str(), call["answeredBy"].as_str()), (Some(n), Some("1002")), "{call:#}");
             assert_eq!(call["legs"].as_array().map(Vec::len), Some(2), "round {round}: node {n}'s own legs: {call:#}");
+            let leg_nodes: Vec<&str> =
+                call["legs"].as_array().into_iter().flatten().filter_map(|l| l["node"].as_str()).collect();
+            assert_eq!(leg_nodes, [n, n], "round {round}: each leg says its node: {call:#}");
         }
         let (code, csv) = d
             .get(&format!(
@@ -316,6 +319,19 @@ async fn calls_are_logged_per_node_even_when_both_give_the_same_linkedid() {
         }
     }
     assert!(same.is_some(), "the two nodes never gave their calls the same linkedid (see the rounds above)");
+    // Each node's call logger counts its own events in /metrics.
+    let (_, metrics) = d.get("/metrics").await;
+    let metrics = metrics.as_str().unwrap_or_default().to_string();
+    let counter = |name: &str, n: &str| -> Option<u64> {
+        let key = format!("asterisk_gitops_node_{name}{{node=\"{n}\"}} ");
+        metrics.lines().find_map(|l| l.strip_prefix(key.as_str())).and_then(|v| v.trim().parse().ok())
+    };
+    for n in ["a", "b"] {
+        let read = counter("call_events_total", n);
+        assert!(read.is_some_and(|v| v > 0), "node {n}'s call events counted: {read:?}\n{metrics}");
+        assert!(counter("call_events_handled_total", n).is_some_and(|v| v > 0), "node {n}: {metrics}");
+        assert!(counter("call_log_connect_failures_total", n).is_some(), "node {n}: {metrics}");
+    }
     let page =
         reqwest::get(format!("http://{}/ui/calls?node=b", d.addr)).await.expect("page").text().await.expect("text");
     assert!(page.contains(r#"<td class="hide-narrow node">b</td>"#), "the calls page shows the node:\n{page}");
