@@ -38,6 +38,7 @@ fn reconciler(rt: &tokio::runtime::Runtime, dir: &Path, asterisk: Option<Asteris
         self_heal: true,
         live: None,
         settled: Default::default(),
+        beside: None,
     }
 }
 

@@ -86,6 +86,7 @@ pub fn fleet<S: reconcile::StateStore>(
                 self_heal: settings.reconcile.self_heal,
                 live,
                 settled: Default::default(),
+                beside: None,
             },
         });
     }
@@ -146,9 +147,21 @@ pub fn reconciler_on<S: reconcile::StateStore>(
             allow_mass_delete: settings.reconcile.allow_mass_delete,
         },
         self_heal: settings.reconcile.self_heal,
+        beside: matches!(live, Some(Live::Realtime(_))).then(|| beside_list(settings)).flatten(),
         live,
         settled: Default::default(),
     })
+}
+
+/// With the realtime target: Asterisk's endpoint list read beside the loop
+/// (a large estate's list, one realtime query per endpoint), on an AMI
+/// connection of its own so that it waits behind no run.
+fn beside_list(settings: &Settings) -> Option<reconcile::run::BesideList> {
+    let ami = Arc::new(asterisk(settings)?);
+    Some(reconcile::run::BesideList::new(move || {
+        let ami = ami.clone();
+        Box::pin(async move { crate::reconcile::AsteriskControl::endpoints(&*ami).await.map_err(|e| e.to_string()) })
+    }))
 }
 
 /// The realtime target: its database (the URL is a secret: never printed)

@@ -70,6 +70,7 @@ async fn rig_with(templates: Option<&Path>) -> Rig {
         self_heal: true,
         live: None,
         settled: Default::default(),
+        beside: None,
     };
     Rig { dir, spec, managed, standin, rec }
 }
@@ -642,6 +643,7 @@ async fn a_foreign_or_truncated_managed_file_at_20k_is_planned_as_drift() {
         self_heal: true,
         live: None,
         settled: Default::default(),
+        beside: None,
     };
     let first = rec.run(Trigger::Cli, reconcile::load_dir(&spec)).await;
     assert_eq!(outcome(&first), (Outcome::Applied, None));

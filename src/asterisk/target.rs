@@ -78,6 +78,18 @@ impl LiveApply for Live {
             Live::Realtime(t) => t.sweep_starts(),
         }
     }
+    fn lists_endpoints_beside(&self) -> bool {
+        match self {
+            Live::Ari(t) => t.lists_endpoints_beside(),
+            Live::Realtime(t) => t.lists_endpoints_beside(),
+        }
+    }
+    fn endpoints_listed(&self) {
+        match self {
+            Live::Ari(t) => t.endpoints_listed(),
+            Live::Realtime(t) => t.endpoints_listed(),
+        }
+    }
     fn commits_without_asterisk(&self) -> bool {
         match self {
             Live::Ari(t) => t.commits_without_asterisk(),

@@ -170,7 +170,7 @@ impl FakeAsterisk {
 }
 
 /// The endpoint sections of a rendered file (name, context, transport).
-fn endpoints_of(text: &str) -> Vec<ObservedEndpoint> {
+pub fn endpoints_of(text: &str) -> Vec<ObservedEndpoint> {
     let mut out: Vec<ObservedEndpoint> = Vec::new();
     let mut section: Option<String> = None;
     let mut is_endpoint = false;
@@ -250,6 +250,10 @@ pub struct FakeLive {
     pub pushes: AtomicUsize,
     /// Tables other nodes read too (see `LiveApply::commits_without_asterisk`).
     pub shared: bool,
+    /// Asterisk's endpoint list read beside the loop, until one is compared
+    /// (see `LiveApply::lists_endpoints_beside`), as a large realtime estate.
+    pub beside: bool,
+    pub listed: std::sync::atomic::AtomicBool,
 }
 
 impl LiveApply for FakeLive {
@@ -297,7 +301,13 @@ impl LiveApply for FakeLive {
         false
     }
     fn lists_endpoints(&self) -> bool {
-        true
+        !self.beside || !self.listed.load(Ordering::Relaxed)
+    }
+    fn lists_endpoints_beside(&self) -> bool {
+        self.beside
+    }
+    fn endpoints_listed(&self) {
+        self.listed.store(true, Ordering::Relaxed);
     }
     fn commits_without_asterisk(&self) -> bool {
         self.shared

@@ -354,6 +354,7 @@ mod tests {
             self_heal: true,
             live: None,
             settled: Default::default(),
+            beside: None,
         };
         (Follower { name: name.into(), reconciler }, file)
     }

@@ -135,6 +135,16 @@ pub trait LiveApply: Send + Sync {
     }
     /// Whether a run with nothing to change reads Asterisk's endpoint list.
     fn lists_endpoints(&self) -> bool;
+    /// Whether that list, when [`lists_endpoints`](LiveApply::lists_endpoints)
+    /// asks for it, is read beside the loop rather than in a run (see
+    /// `run::BesideList`): a large realtime estate, where every listed
+    /// endpoint is a realtime query (6 s at 10k, which held up the first
+    /// run after a start or a take-over).
+    fn lists_endpoints_beside(&self) -> bool {
+        false
+    }
+    /// Told each time a run has compared an endpoint list of Asterisk's.
+    fn endpoints_listed(&self) {}
     /// The record of `rendered` in the one form the target keeps it (its
     /// objects by id, comments dropped): what a run compares with the
     /// record and writes. With `remember`, the target keeps the objects

@@ -41,6 +41,7 @@ fn rig(live: Option<FakeLive>, secrets: Arc<dyn SecretSource + Send + Sync>) -> 
         self_heal: true,
         live,
         settled: Default::default(),
+        beside: None,
     };
     (rec, file)
 }
@@ -323,4 +324,79 @@ async fn a_run_reads_each_secret_once() {
         crate::secret::md5_cred("1001", "asterisk", "pw-1"),
         "hashed from the same reading"
     );
+}
+
+/// A large realtime estate's endpoint list is read beside the loop: the run
+/// that asks for it goes on without it; a list begun before a run that
+/// changed something is read again; a list still true is compared (here it
+/// shows an endpoint no spec declares); once one is compared, no more are read.
+#[tokio::test]
+async fn an_endpoint_list_read_beside_the_loop_is_compared_only_while_still_true() {
+    use super::plan::Drift;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let live = FakeLive { beside: true, ..Default::default() };
+    let (mut rec, file) = rig(Some(live), Arc::new(ProcessSecrets));
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let reads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    rec.beside = Some(super::run::BesideList::new({
+        let (gate, reads, file) = (gate.clone(), reads.clone(), file.clone());
+        move || {
+            let (gate, file) = (gate.clone(), file.clone());
+            reads.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async move {
+                gate.notified().await;
+                let mut endpoints: std::collections::BTreeMap<_, _> =
+                    super::fake::endpoints_of(&file.text().unwrap_or_default())
+                        .into_iter()
+                        .map(|e| (e.name.clone(), e))
+                        .collect();
+                endpoints.insert(
+                    "9999".to_string(),
+                    super::plan::ObservedEndpoint { name: "9999".into(), ..Default::default() },
+                );
+                Ok(endpoints)
+            })
+        }
+    }));
+    let ready = |rec: &Rec| rec.beside.as_ref().is_some_and(super::run::BesideList::ready);
+    let until_ready = async |rec: &Rec| {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !ready(rec) {
+            assert!(tokio::time::Instant::now() < deadline, "the reading never finished");
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    };
+    let unmanaged = |r: &RunReport| {
+        r.record.plan.as_ref().is_some_and(|p| p.drift.contains(&Drift::Unmanaged { endpoint: "9999".into() }))
+    };
+    let two = spec(&[("1001".to_string(), "from-internal"), ("1002".to_string(), "from-internal")]);
+    let three = spec(&[
+        ("1001".to_string(), "from-internal"),
+        ("1002".to_string(), "from-internal"),
+        ("1003".to_string(), "from-internal"),
+    ]);
+    let count = || reads.load(Ordering::SeqCst);
+
+    let applied = run(&rec, dir.path(), &two).await;
+    assert_eq!(applied.record.outcome, Outcome::Applied, "{:?}", applied.record.error);
+    let asked = run(&rec, dir.path(), &two).await;
+    assert_eq!(asked.record.outcome, Outcome::NoOp, "{:?}", asked.record.error);
+    assert!(!unmanaged(&asked), "the run waited for the list");
+    assert_eq!(count(), 1, "the run with nothing to change did not start a reading");
+    // A run that changes something while the list is being read: stale.
+    let changed = run(&rec, dir.path(), &three).await;
+    assert_eq!(changed.record.outcome, Outcome::Applied, "{:?}", changed.record.error);
+    gate.notify_one();
+    until_ready(&rec).await;
+    let stale = run(&rec, dir.path(), &three).await;
+    assert_eq!(stale.record.outcome, Outcome::NoOp, "{:?}", stale.record.error);
+    assert!(!unmanaged(&stale), "a list begun before a run's changes was compared");
+    assert_eq!(count(), 2, "the stale list was not read again");
+    gate.notify_one();
+    until_ready(&rec).await;
+    let compared = run(&rec, dir.path(), &three).await;
+    assert!(unmanaged(&compared), "the list still true was not compared: {:?}", compared.record.plan);
+    let fourth = run(&rec, dir.path(), &three).await;
+    assert!(!ready(&rec));
+    assert_eq!(count(), 2, "a list was read again after one was compared: {:?}", fourth.record.plan);
 }

@@ -45,6 +45,86 @@ pub struct Reconciler<S, A, L = NoLive> {
     pub live: Option<L>,
     /// What the last run that found nothing to change saw (see [`Settled`]).
     pub settled: SettledCache,
+    /// Where Asterisk's endpoint list is read beside the loop, when the live
+    /// target asks for that (`LiveApply::lists_endpoints_beside`); `None`:
+    /// in the run.
+    pub beside: Option<BesideList>,
+}
+
+/// The endpoint list as Asterisk gives it, or why not.
+pub type EndpointList = Result<BTreeMap<String, ObservedEndpoint>, String>;
+
+type ListEndpoints = dyn Fn() -> futures_util::future::BoxFuture<'static, EndpointList> + Send + Sync;
+
+/// Asterisk's endpoint list read beside the reconcile loop, on a connection
+/// of its own: a run that wants it starts the reading and goes on without
+/// it (`Observed::NotListed`); a later run compares it, provided no run
+/// changed anything since the reading began (else it is read again). With
+/// 10,000 realtime endpoints the reading takes about 6 s, and in a run it
+/// held up the first run after every start and take-over.
+pub struct BesideList {
+    list: Arc<ListEndpoints>,
+    slot: Arc<std::sync::Mutex<Reading>>,
+    /// Runs that changed something so far.
+    changes: std::sync::atomic::AtomicU64,
+}
+
+enum Reading {
+    Idle,
+    /// Under way since the given change count.
+    Running(u64),
+    /// Done: begun at the given change count.
+    Ready(u64, EndpointList),
+}
+
+impl BesideList {
+    pub fn new(
+        list: impl Fn() -> futures_util::future::BoxFuture<'static, EndpointList> + Send + Sync + 'static,
+    ) -> Self {
+        BesideList {
+            list: Arc::new(list),
+            slot: Arc::new(std::sync::Mutex::new(Reading::Idle)),
+            changes: Default::default(),
+        }
+    }
+
+    /// The list, when one is ready that began after the last change; else
+    /// starts a reading (unless one is under way) and answers `None`.
+    fn take_or_start(&self) -> Option<BTreeMap<String, ObservedEndpoint>> {
+        let now = self.changes.load(std::sync::atomic::Ordering::SeqCst);
+        let mut slot = self.slot.lock().unwrap_or_else(|p| p.into_inner());
+        match std::mem::replace(&mut *slot, Reading::Idle) {
+            Reading::Ready(at, Ok(endpoints)) if at == now => return Some(endpoints),
+            Reading::Ready(_, Err(e)) => tracing::debug!("reading the endpoint list beside the loop failed: {e}"),
+            Reading::Running(at) => {
+                *slot = Reading::Running(at);
+                return None;
+            }
+            _ => {}
+        }
+        *slot = Reading::Running(now);
+        let (reading, done) = ((self.list)(), self.slot.clone());
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let answer = reading.await;
+            tracing::debug!(took_ms = ms(started.elapsed()), ok = answer.is_ok(), "endpoint list read beside the loop");
+            let mut slot = done.lock().unwrap_or_else(|p| p.into_inner());
+            if let Reading::Running(at) = *slot {
+                *slot = Reading::Ready(at, answer);
+            }
+        });
+        None
+    }
+
+    /// A run changed something: a list begun before it is stale.
+    fn changed(&self) {
+        self.changes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether a reading has finished (and is not yet taken).
+    pub fn ready(&self) -> bool {
+        matches!(*self.slot.lock().unwrap_or_else(|p| p.into_inner()), Reading::Ready(..))
+    }
 }
 
 /// Secret hashes (md5Cred) by extension number.
@@ -592,15 +672,33 @@ impl<S: StateStore, A: AsteriskControl, L: LiveApply> Reconciler<S, A, L> {
     }
 
     async fn observe(&self) -> Observed {
-        match &self.asterisk {
-            None => Observed::NotConfigured,
-            // A live target on a large estate: the list once a sweep (see `LiveApply::lists_endpoints`).
-            Some(a) if self.live.as_ref().is_some_and(|l| !l.lists_endpoints()) => match a.ping().await {
+        let Some(a) = &self.asterisk else { return Observed::NotConfigured };
+        let not_listed = || async move {
+            match a.ping().await {
                 Ok(()) => Observed::NotListed,
                 Err(e) => Observed::Unreachable { reason: e.to_string() },
-            },
-            Some(a) => match a.endpoints().await {
-                Ok(endpoints) => Observed::Endpoints { endpoints },
+            }
+        };
+        match &self.live {
+            // A live target on a large estate: the list once a sweep (see `LiveApply::lists_endpoints`).
+            Some(l) if !l.lists_endpoints() => not_listed().await,
+            // Read beside the loop: a list ready and still true, or none this run.
+            Some(l) if l.lists_endpoints_beside() && self.beside.is_some() => {
+                match self.beside.as_ref().and_then(BesideList::take_or_start) {
+                    Some(endpoints) => {
+                        l.endpoints_listed();
+                        Observed::Endpoints { endpoints }
+                    }
+                    None => not_listed().await,
+                }
+            }
+            _ => match a.endpoints().await {
+                Ok(endpoints) => {
+                    if let Some(l) = &self.live {
+                        l.endpoints_listed();
+                    }
+                    Observed::Endpoints { endpoints }
+                }
                 Err(e) => Observed::Unreachable { reason: e.to_string() },
             },
         }
@@ -620,6 +718,13 @@ impl<S: StateStore, A: AsteriskControl, L: LiveApply> Reconciler<S, A, L> {
             Some(Ok(outcome)) => (outcome, refused),
             Some(Err(e)) => (e.outcome(), Some(e.to_string())),
         };
+        // Anything but a run with nothing to do may have changed what
+        // Asterisk lists (a failed run, part of its changes).
+        if outcome != Outcome::NoOp
+            && let Some(b) = &self.beside
+        {
+            b.changed();
+        }
         let mut record = RunRecord {
             trigger,
             revision: desired.source.revision.clone(),

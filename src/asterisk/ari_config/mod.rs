@@ -569,6 +569,7 @@ mod tests {
                 self_heal: true,
                 live: Some(LiveTarget::new(Fake { lenient: true, ..Default::default() })),
                 settled: Default::default(),
+                beside: None,
             };
             (rec, file)
         }

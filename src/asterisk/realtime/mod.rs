@@ -163,8 +163,8 @@ pub struct RealtimeTarget {
     known: std::sync::Mutex<Option<Known>>,
     /// (type, option, value) Asterisk accepted on a scratch object.
     accepted: std::sync::Mutex<BTreeSet<(String, String, String)>>,
-    /// Drift checks so far.
-    checks: std::sync::atomic::AtomicUsize,
+    /// Whether a run has compared Asterisk's endpoint list since the start.
+    listed: std::sync::atomic::AtomicBool,
     /// The tables' columns as last read, and when (see [`SCHEMA_MAX_AGE`]).
     schema: std::sync::Mutex<Option<(std::sync::Arc<Schema>, std::time::Instant)>>,
 }
@@ -177,6 +177,16 @@ pub struct RealtimeTarget {
 pub const SCHEMA_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(300);
 
 impl RealtimeTarget {
+    /// An estate small enough to have Asterisk's endpoint list read on
+    /// every check (no more extensions than one drift batch).
+    fn small(&self) -> bool {
+        self.known
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_some_and(|k| k.groups().len() <= crate::asterisk::ari_config::DRIFT_BATCH)
+    }
+
     /// A target over the realtime database at `url` (connected lazily: a
     /// database that is down is an error of the runs, not of the start),
     /// read by `nodes` (each one's name and ARI, if it offers one; the first
@@ -192,7 +202,7 @@ impl RealtimeTarget {
             answering: Default::default(),
             known: Default::default(),
             accepted: Default::default(),
-            checks: Default::default(),
+            listed: Default::default(),
             schema: Default::default(),
         })
     }
@@ -507,7 +517,6 @@ impl crate::reconcile::LiveApply for RealtimeTarget {
     }
 
     async fn drift(&self, record: &str, _astdb_keys: &[String]) -> Vec<Drift> {
-        self.checks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let started = std::time::Instant::now();
         let Ok(sections) = sections::parse(record) else { return Vec::new() };
         let recorded = sections::by_id(sections);
@@ -541,16 +550,19 @@ impl crate::reconcile::LiveApply for RealtimeTarget {
     }
 
     /// A small estate has Asterisk's endpoint list read on every check; a
-    /// large one (each listed endpoint a realtime query) on the first
-    /// check after a start only: the rows are read back from the database.
+    /// large one (each listed endpoint a realtime query) until one list has
+    /// been compared after a start, and read beside the loop: every check
+    /// reads the rows back from the database.
     fn lists_endpoints(&self) -> bool {
-        let small = self
-            .known
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .is_some_and(|k| k.groups().len() <= crate::asterisk::ari_config::DRIFT_BATCH);
-        small || self.checks.load(std::sync::atomic::Ordering::Relaxed) == 0
+        self.small() || !self.listed.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn lists_endpoints_beside(&self) -> bool {
+        !self.small()
+    }
+
+    fn endpoints_listed(&self) {
+        self.listed.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn canonical(&self, rendered: &str, remember: bool) -> Result<String, RealtimeError> {
