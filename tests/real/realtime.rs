@@ -433,3 +433,49 @@ async fn the_first_node_down_holds_no_commit_back_and_is_verified_once_back() {
     d.stop().await;
     db.drop().await;
 }
+
+/// A daemon with no record of what it wrote (a replica that never led, a
+/// state directory lost) over tables that already hold its rows writes
+/// again only the rows that differ from the rendering: the others keep
+/// their row version (PostgreSQL's `xmin`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_no_record_of_its_own_only_the_rows_that_differ_are_written_again() {
+    let Some(build) = require("real::realtime::with_no_record_of_its_own_only_the_rows_that_differ") else {
+        return;
+    };
+    let db = RealtimeDatabase::create().await;
+    db.init();
+    let ast = realtime_asterisk(&build, "rt-norecord", &db).await;
+    let specs = format!(
+        "defaults:\n  context: from-internal\n  transport: transport-udp\n  codecs: [ulaw]\nextensions:\n  - extension: \"3001\"\n    md5Cred: {MD5}\n  - extension: \"3002\"\n    md5Cred: {MD5}\n"
+    );
+    let mut d = Daemon::start_with(&ast, Store::Sqlite, Source::Dir, &specs, realtime_target(&db.url)).await;
+    d.run_where("the first run, applied", |r| r["outcome"] == "applied").await;
+    wait("3001 and 3002 live", LIVE, || async {
+        endpoint(&ast, "3001").await.is_some() && endpoint(&ast, "3002").await.is_some()
+    })
+    .await;
+    d.halt().await;
+    let record = d.settings.state_dir.join(asterisk_gitops::asterisk::realtime::RECORD_FILE);
+    std::fs::remove_file(&record).unwrap_or_else(|e| panic!("{}: {e}", record.display()));
+    db.exec("update ps_endpoints set context = 'elsewhere' where id = '3002'").await;
+    let versions = async || {
+        let mut v = Vec::new();
+        for table in ["ps_endpoints", "ps_auths", "ps_aors"] {
+            v.push((table, db.value(table, "3001", "xmin").await));
+        }
+        v
+    };
+    let before = versions().await;
+    assert!(before.iter().all(|(_, x)| x.is_some()), "{before:?}");
+    d.start_again().await;
+    wait("3002's row written again as rendered", LIVE, || async {
+        db.value("ps_endpoints", "3002", "context").await == Some(Some("from-internal".into()))
+    })
+    .await;
+    assert_eq!(versions().await, before, "3001's rows, already as rendered, were written again");
+    assert!(record.exists(), "the record was not written again");
+    assert!(endpoint(&ast, "3001").await.is_some() && endpoint(&ast, "3002").await.is_some());
+    d.stop().await;
+    db.drop().await;
+}
