@@ -671,6 +671,24 @@ fn start_term(
             }
         }));
     }
+    // And one for every other node's ari target (`nodes:`): each has its own
+    // objects, read back through its own ARI.
+    for i in 0..fleet.followers.len() {
+        if fleet.followers[i].reconciler.live.as_ref().and_then(Live::ari).is_none() {
+            continue;
+        }
+        let (fleet, triggers, stop) = (fleet.clone(), tx.clone(), stopped(stop_rx.clone()));
+        tasks.push(tokio::spawn(async move {
+            let Some(follower) = fleet.followers.get(i) else { return };
+            if let Some(live) = follower.reconciler.live.as_ref().and_then(Live::ari) {
+                let wake = || {
+                    let _ = triggers.try_send(reconcile::Trigger::Drift);
+                };
+                let asterisk = follower.reconciler.asterisk.as_ref();
+                crate::asterisk::ari_config::sweep::sweep(live, asterisk, Default::default(), wake, stop).await;
+            }
+        }));
+    }
     Some(Term { epoch, triggers: tx, stop: stop_tx, tasks, reconciler, fleet })
 }
 

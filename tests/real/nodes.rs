@@ -338,3 +338,58 @@ async fn calls_are_logged_per_node_even_when_both_give_the_same_linkedid() {
     assert!(!page.contains(r#"<td class="hide-narrow node">a</td>"#), "?node=b shows node b's calls only:\n{page}");
     d.stop().await;
 }
+
+/// With the ari target and `nodes:` on a large estate (more than one drift
+/// batch), every node's pushed objects are read back in the background,
+/// not only the first node's: an object changed on node b behind the
+/// daemon's back wakes a run (trigger `drift`) that puts it back. No
+/// periodic run could find it (the interval is an hour), and nobody asks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_large_ari_estate_a_change_on_the_second_node_is_found_in_the_background_and_repaired() {
+    use asterisk_gitops::asterisk::ari::{Ari, AriConfig};
+    use asterisk_gitops::config::{ApplyFileConfig, ReconcileFileConfig, SecretString};
+    let Some(build) = require("real::nodes::on_a_large_ari_estate_a_change_on_the_second_node") else { return };
+    let live = |name: &str| asterisk_real::Options::live(name).expect("the astdb sorcery snippet");
+    let a = Asterisk::start(&build, live("sweep-node-a")).await.expect("node a starts");
+    let b = Asterisk::start(&build, live("sweep-node-b")).await.expect("node b starts");
+    let numbers: Vec<String> = (4000..4120).map(|n| n.to_string()).collect();
+    let refs: Vec<&str> = numbers.iter().map(String::as_str).collect();
+    let d = Daemon::start_with(&a, Store::Sqlite, Source::Dir, &team(&refs), |f| {
+        f.ami = None;
+        f.ari = None;
+        f.nodes = Some(vec![node("a", &a), node("b", &b)]);
+        f.apply = Some(ApplyFileConfig { target: Some("ari".into()), ..Default::default() });
+        f.reconcile = Some(ReconcileFileConfig { interval: Some(3600.0), ..Default::default() });
+    })
+    .await;
+    for ast in [&a, &b] {
+        wait("all 120 live on both nodes", LIVE, || async { endpoint(ast, "4119").await.is_some() }).await;
+    }
+    wait("node b's first run recorded", LIVE, || async {
+        node_status(&d, "b").await["lastApply"]["outcome"].as_str().is_some_and(|o| o != "skipped")
+    })
+    .await;
+    let ari = Ari::new(AriConfig {
+        url: b.ari_url(),
+        user: asterisk_real::ARI_USER.into(),
+        password: SecretString::new(&b.ari_password),
+        app: "callcenter".into(),
+        timeout: Duration::from_secs(5),
+    })
+    .expect("an ARI client");
+    let before = d.last_run_id().await;
+    let changed = vec![("callerid".to_string(), "\"Changed Behind\" <4000>".to_string())];
+    ari.put_object("endpoint", "4000", &changed).await.expect("PUT 4000 on node b");
+    assert!(endpoint(&b, "4000").await.is_some_and(|e| e.contains("Changed Behind")), "the change took on node b");
+    // A whole pass over 120 extensions takes at least a minute (sweep::PASS_MIN).
+    wait("4000 on node b as pushed again", Duration::from_secs(180), || async {
+        endpoint(&b, "4000").await.is_some_and(|e| !e.contains("Changed Behind") && e.contains("Agent 4000"))
+    })
+    .await;
+    let runs = d.runs().await;
+    assert!(
+        runs.iter().any(|r| r["id"].as_i64().is_some_and(|id| id > before) && r["trigger"] == "drift"),
+        "the repair came from a run the background read-back woke: {runs:#?}"
+    );
+    d.stop().await;
+}
