@@ -382,7 +382,11 @@ pub(crate) mod tests {
             return None;
         }
         let admin = PgPool::connect(&server).await.expect("PostgreSQL answers");
-        let name = format!("agt_rtu_{}_{}", std::process::id(), chrono::Utc::now().timestamp_micros());
+        // Tests run in parallel threads of one process: the clock alone gave
+        // two of them the same name in the same microsecond (seen once).
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("agt_rtu_{}_{}_{n}", std::process::id(), chrono::Utc::now().timestamp_micros());
         sqlx::query(&format!("CREATE DATABASE {name}")).execute(&admin).await.expect("create database");
         admin.close().await;
         let (base, _) = server.rsplit_once('/').expect("a database in the URL");
