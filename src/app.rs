@@ -673,8 +673,8 @@ fn start_term(
     }
     // And one for every other node's ari target (`nodes:`): each has its own
     // objects, read back through its own ARI.
-    for i in 0..fleet.followers.len() {
-        if fleet.followers[i].reconciler.live.as_ref().and_then(Live::ari).is_none() {
+    for (i, follower) in fleet.followers.iter().enumerate() {
+        if follower.reconciler.live.as_ref().and_then(Live::ari).is_none() {
             continue;
         }
         let (fleet, triggers, stop) = (fleet.clone(), tx.clone(), stopped(stop_rx.clone()));

@@ -16,7 +16,8 @@
 //! [`WriteError::Conflict`] and nothing is lost or half-written.
 //!
 //! Architecture invariant: nothing is committed or left on disk that does
-//! not validate; a failed validation restores the files as they were.
+//! not validate; an edit is validated before it is written, so a refused
+//! one never touches a file.
 //! Blocking (git2, files): call from `spawn_blocking`, one edit at a time.
 
 use crate::core::diag::Diagnostic;
@@ -107,21 +108,18 @@ pub struct Author {
 }
 
 /// Applies `op` to the spec files under `spec_dir`; returns the files it
-/// changed (relative to `spec_dir`). Validates the whole directory after the
-/// edit, with `secrets` (the policy the daemon loads the result with: the
-/// configured `secrets.dir` / `secrets.envPattern`), and puts every file
-/// back if it does not validate.
+/// changed (relative to `spec_dir`). Validates the whole directory as the
+/// edit would leave it, with `secrets` (the policy the daemon loads the
+/// result with: the configured `secrets.dir` / `secrets.envPattern`), and
+/// writes nothing if it does not validate.
 pub fn apply_to_dir(spec_dir: &Path, op: &EditOp, secrets: &SecretPolicy) -> Result<Vec<PathBuf>, WriteError> {
     let options = LoadOptions { display_base: Some(spec_dir.to_path_buf()), secrets: Some(secrets.clone()) };
     apply_to_dir_with(spec_dir, op, &|edit: Option<Edited>| {
-        let (mut sources, mut diagnostics) = spec::load::read_paths(&[spec_dir.to_path_buf()], &options);
-        if let Some((rel, content)) = edit {
-            spec::load::override_source(&mut sources, spec_dir.join(rel), rel.display().to_string(), content);
-        }
-        let mut loaded = spec::load::load_sources(sources, secrets);
-        diagnostics.append(&mut loaded.diagnostics);
-        loaded.diagnostics = diagnostics;
-        loaded
+        spec::load::load_paths_edited(&[spec_dir.to_path_buf()], &options, |sources| {
+            if let Some((rel, content)) = edit {
+                spec::load::override_source(sources, spec_dir.join(rel), rel.display().to_string(), content);
+            }
+        })
     })
 }
 

@@ -63,7 +63,7 @@ type ListEndpoints = dyn Fn() -> futures_util::future::BoxFuture<'static, Endpoi
 /// 10,000 realtime endpoints the reading takes about 6 s, and in a run it
 /// held up the first run after every start and take-over.
 pub struct BesideList {
-    list: Arc<ListEndpoints>,
+    list: Box<ListEndpoints>,
     slot: Arc<std::sync::Mutex<Reading>>,
     /// Runs that changed something so far.
     changes: std::sync::atomic::AtomicU64,
@@ -82,7 +82,7 @@ impl BesideList {
         list: impl Fn() -> futures_util::future::BoxFuture<'static, EndpointList> + Send + Sync + 'static,
     ) -> Self {
         BesideList {
-            list: Arc::new(list),
+            list: Box::new(list),
             slot: Arc::new(std::sync::Mutex::new(Reading::Idle)),
             changes: Default::default(),
         }
@@ -679,19 +679,17 @@ impl<S: StateStore, A: AsteriskControl, L: LiveApply> Reconciler<S, A, L> {
                 Err(e) => Observed::Unreachable { reason: e.to_string() },
             }
         };
-        match &self.live {
+        match (&self.live, &self.beside) {
             // A live target on a large estate: the list once a sweep (see `LiveApply::lists_endpoints`).
-            Some(l) if !l.lists_endpoints() => not_listed().await,
+            (Some(l), _) if !l.lists_endpoints() => not_listed().await,
             // Read beside the loop: a list ready and still true, or none this run.
-            Some(l) if l.lists_endpoints_beside() && self.beside.is_some() => {
-                match self.beside.as_ref().and_then(BesideList::take_or_start) {
-                    Some(endpoints) => {
-                        l.endpoints_listed();
-                        Observed::Endpoints { endpoints }
-                    }
-                    None => not_listed().await,
+            (Some(l), Some(beside)) if l.lists_endpoints_beside() => match beside.take_or_start() {
+                Some(endpoints) => {
+                    l.endpoints_listed();
+                    Observed::Endpoints { endpoints }
                 }
-            }
+                None => not_listed().await,
+            },
             _ => match a.endpoints().await {
                 Ok(endpoints) => {
                     if let Some(l) = &self.live {

@@ -181,7 +181,7 @@ impl DirSource {
     /// an edit at 10k extensions parses one file, not all of them twice.
     pub fn load_with_files(&self) -> (Desired, Arc<Vec<String>>) {
         let (sources, diagnostics) = read_dir_sources(&self.path);
-        self.assemble(sources, diagnostics)
+        self.load_from(sources, diagnostics)
     }
 
     /// The directory as it would load with the file `rel` (relative to
@@ -193,7 +193,7 @@ impl DirSource {
         let (mut sources, diagnostics) = read_dir_sources(&self.path);
         let path = self.path.join(rel);
         spec::load::override_source(&mut sources, path, rel.display().to_string(), content);
-        self.assemble(sources, diagnostics)
+        self.load_from(sources, diagnostics)
     }
 
     /// How many files this source has parsed since it was made.
@@ -201,7 +201,9 @@ impl DirSource {
         self.parsed.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    fn assemble(&self, sources: Vec<Source>, mut diagnostics: Vec<Diagnostic>) -> (Desired, Arc<Vec<String>>) {
+    /// The load of `sources` as read (parsing only the files whose bytes
+    /// no kept version has).
+    fn load_from(&self, sources: Vec<Source>, mut diagnostics: Vec<Diagnostic>) -> (Desired, Arc<Vec<String>>) {
         // Each file's bytes are hashed once: the load's fingerprint is made of those.
         let hashes: Vec<u64> = sources.iter().map(|(_, _, content)| Fingerprint::of(content)).collect();
         let fp = fingerprint(&sources, &hashes, &diagnostics);

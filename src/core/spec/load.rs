@@ -61,7 +61,15 @@ pub type Source = (String, PathBuf, Result<Vec<u8>, String>);
 
 /// Loads every spec file under `paths` (directories recursively, or files).
 pub fn load_paths(paths: &[PathBuf], options: &LoadOptions) -> Loaded {
-    let (sources, mut diagnostics) = read_paths(paths, options);
+    load_paths_edited(paths, options, |_| {})
+}
+
+/// [`load_paths`] with the files as read changed by `edit` before they are
+/// parsed: the write-back validates an edit not yet written that way
+/// ([`override_source`]).
+pub fn load_paths_edited(paths: &[PathBuf], options: &LoadOptions, edit: impl FnOnce(&mut Vec<Source>)) -> Loaded {
+    let (mut sources, mut diagnostics) = read_paths(paths, options);
+    edit(&mut sources);
     let policy = options.secrets.clone().unwrap_or_else(|| default_policy(paths));
     let mut loaded = load_sources(sources, &policy);
     diagnostics.append(&mut loaded.diagnostics);
