@@ -90,16 +90,11 @@ pub fn fleet<S: reconcile::StateStore>(
             },
         });
     }
-    Ok(reconcile::fleet::Fleet {
-        lead: settings.nodes.first().map(|n| n.name.clone()).unwrap_or_else(|| "default".into()),
-        followers,
-        applies,
-        shared_tables,
-        pending: Default::default(),
-        // A connection of its own to the first node, opened only when its run
-        // committed without reaching it (shared tables).
-        lead_asterisk: settings.nodes.first().filter(|_| shared_tables).map(|n| node_asterisk(&n.ami)),
-    })
+    let lead_name = settings.nodes.first().map(|n| n.name.clone()).unwrap_or_else(|| "default".into());
+    // A connection of its own to the first node, opened only when its run
+    // committed without reaching it (shared tables).
+    let lead_asterisk = settings.nodes.first().filter(|_| shared_tables).map(|n| node_asterisk(&n.ami));
+    Ok(reconcile::fleet::Fleet::new(lead_name, followers, applies, shared_tables, lead_asterisk))
 }
 
 /// Builds the reconciler over an open database.
@@ -657,6 +652,8 @@ fn start_term(
         }));
     }
     tasks.extend(call_loggers(settings, &leading.db, leading.calls.as_ref(), &leading.nodes, &stop_rx));
+    // Realtime: each node's verification in a task of its own, off the loop.
+    tasks.extend(fleet.verify_in_background(stop_rx.clone(), leading.loop_cfg.backoff));
     // The ari target on a large estate: its pushed objects are read back in
     // the background, not by every run (`asterisk::ari_config::sweep`).
     if reconciler.live.as_ref().and_then(Live::ari).is_some() {

@@ -146,6 +146,10 @@ pub struct Script {
     pub refused: BTreeSet<String>,
     /// Ids Asterisk loads with another context than the file sets.
     pub wrong_context: BTreeSet<String>,
+    /// An endpoint lookup meets the test at this barrier twice: once when
+    /// it is asked (the test knows a verification is under way), once
+    /// before it answers (the test has acted meanwhile).
+    pub lookup_gate: Option<Arc<tokio::sync::Barrier>>,
 }
 
 /// An Asterisk that loads the endpoints of the managed file on reload.
@@ -209,7 +213,10 @@ impl AsteriskControl for FakeAsterisk {
         Ok(lock(&self.loaded).clone())
     }
     async fn endpoint(&self, name: &str) -> Result<Option<ObservedEndpoint>, FakeError> {
-        self.up()?;
+        if let Some(gate) = self.up()?.lookup_gate {
+            gate.wait().await;
+            gate.wait().await;
+        }
         Ok(lock(&self.loaded).get(name).cloned())
     }
     async fn reload(&self) -> Result<(), FakeError> {

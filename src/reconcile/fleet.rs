@@ -14,15 +14,24 @@
 //!
 //! With `apply.target: realtime` ([`Fleet::shared_tables`]) one commit
 //! serves every node: the followers are not applied to but verified, each
-//! on its own and all at once (none stops or waits for another): the
-//! extensions the lead's run changed are read back through each node's AMI
-//! (`run::verify`). A node that does
-//! not answer is reported unreachable and keeps those extensions pending,
-//! verified at the first run it answers again. The lead's run commits
-//! without its Asterisk too (`LiveApply::commits_without_asterisk`): the
-//! lead is then verified as a follower is, unreachable with the changes
-//! pending until it answers. The lead failing (its commit not made)
-//! verifies nobody.
+//! on its own (none stops or waits for another): the extensions the lead's
+//! run changed are added to what is pending for each node and read back
+//! through its AMI (`run::verify`). A node that does not answer is reported
+//! unreachable and keeps them pending, verified once it answers again. The
+//! lead's run commits without its Asterisk too
+//! (`LiveApply::commits_without_asterisk`): the lead is then verified as a
+//! follower is, unreachable with the changes pending until it answers. The
+//! lead failing (its commit not made) verifies nobody.
+//!
+//! In the daemon ([`Fleet::verify_in_background`]) each node has a task of
+//! its own for that, and the loop only hands it the run's changes: a
+//! verification (at 10k on realtime a cold apply's takes tens of seconds
+//! per node) never holds the next change's run back. A node whose
+//! verification fails retries on its own, with back-off; one that is down
+//! is tried again at the next run. Each change is tagged with the run
+//! ([`Round`]) that made it, so one changed again while a verification is
+//! under way stays pending until a verification that read the newer set.
+//! `asterisk-gitops apply` and the unit tests verify inline instead.
 
 use super::ports::{AsteriskControl, LiveApply, StateStore};
 use super::run::Reconciler;
@@ -31,7 +40,7 @@ use super::{AppliedRow, Outcome, RunRecord, RunReport, Trigger};
 use crate::core::plan::{Action, Change, Fields, Plan};
 use crate::core::status::{StatusUpdate, Step};
 use serde::Serialize;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -143,15 +152,77 @@ pub struct Fleet<A, L> {
     /// Every node reads the lead's tables (`apply.target: realtime`): the
     /// followers are verified, never applied to.
     pub shared_tables: bool,
-    /// With shared tables: per node, the extensions changed since it
-    /// was last verified (it was down, or its verification failed).
-    pub pending: Mutex<BTreeMap<String, BTreeSet<String>>>,
+    /// With shared tables: per node, the extensions changed since it was
+    /// last verified (it was down, its verification failed or is under
+    /// way), each with the [`Round`] that last changed it.
+    pub pending: Mutex<BTreeMap<String, BTreeMap<String, u64>>>,
     /// With shared tables: the lead's Asterisk, to verify it as a follower
     /// is when its run committed without reaching it.
     pub lead_asterisk: Option<A>,
+    /// The last round handed to the nodes' verifiers.
+    rounds: tokio::sync::watch::Sender<Option<Arc<Round>>>,
+    /// Rounds counted so far.
+    seq: AtomicU64,
+    /// Whether the verifiers run as tasks ([`Fleet::verify_in_background`]).
+    background: std::sync::atomic::AtomicBool,
+}
+
+/// With shared tables: one lead run's outcome as the nodes' verifiers take
+/// it: the set to verify against, and whether the lead is verified too.
+#[derive(Debug)]
+pub struct Round {
+    desired: Desired,
+    revision: Option<String>,
+    seq: u64,
+    lead: bool,
 }
 
 impl<A, L> Fleet<A, L> {
+    /// `lead` and `followers`, every node's last run told in `applies`;
+    /// with `shared_tables` the followers (and the lead through
+    /// `lead_asterisk`, when its run did not reach it) are verified only.
+    pub fn new(
+        lead: String,
+        followers: Vec<Follower<A, L>>,
+        applies: NodeApplies,
+        shared_tables: bool,
+        lead_asterisk: Option<A>,
+    ) -> Self {
+        Fleet {
+            lead,
+            followers,
+            applies,
+            shared_tables,
+            pending: Default::default(),
+            lead_asterisk,
+            rounds: tokio::sync::watch::Sender::new(None),
+            seq: AtomicU64::new(0),
+            background: Default::default(),
+        }
+    }
+
+    /// Node `k` of those verified with shared tables: the lead first (when
+    /// it has an Asterisk of its own here), then the followers in order.
+    fn verified_node(&self, k: usize) -> Option<(bool, &str, &A)> {
+        let lead = self.lead_asterisk.as_ref().map(|a| (true, self.lead.as_str(), a));
+        let followers =
+            self.followers.iter().filter_map(|f| f.reconciler.asterisk.as_ref().map(|a| (false, f.name.as_str(), a)));
+        lead.into_iter().chain(followers).nth(k)
+    }
+
+    fn verified_nodes(&self) -> usize {
+        usize::from(self.lead_asterisk.is_some())
+            + self.followers.iter().filter(|f| f.reconciler.asterisk.is_some()).count()
+    }
+
+    /// The ids pending for `name` that `round` knows of.
+    fn pending_in(&self, name: &str, round: &Round) -> Vec<String> {
+        lock(&self.pending)
+            .get(name)
+            .map(|m| m.iter().filter(|(_, seq)| **seq <= round.seq).map(|(id, _)| id.clone()).collect())
+            .unwrap_or_default()
+    }
+
     fn note(&self, name: &str, apply: NodeApply) {
         if let Ok(mut w) = self.applies.write() {
             w.insert(name.to_string(), apply);
@@ -174,12 +245,13 @@ fn not_run(outcome: &str, why: String, revision: Option<String>) -> NodeApply {
 }
 
 impl<A: AsteriskControl + 'static, L: LiveApply + 'static> Fleet<A, L> {
-    /// Shared tables: each node verified on its own. A follower has the
-    /// lead's changes and what was pending for it read back through its
-    /// AMI; so has the lead when its run did not reach its Asterisk (the
-    /// commit went ahead without it) or it missed changes before, else its
-    /// run's own verification stands.
-    async fn verify_nodes(&self, desired: &Desired, lead: &RunReport, revision: Option<String>) -> bool {
+    /// Shared tables: the round that verifies the lead's run, its changes
+    /// added to what is pending for each node it verifies. Every follower
+    /// is verified; so is the lead when its run did not reach its Asterisk
+    /// (the commit went ahead without it) or it missed changes before, else
+    /// its run's own verification stands. `None` when the lead's run failed:
+    /// nobody is verified (each node told why).
+    fn next_round(&self, desired: &Desired, lead: &RunReport, revision: Option<String>) -> Option<Round> {
         let record = &lead.record;
         if record.outcome.is_failure() {
             self.note(&self.lead, from_record(record));
@@ -190,86 +262,196 @@ impl<A: AsteriskControl + 'static, L: LiveApply + 'static> Fleet<A, L> {
             for f in &self.followers {
                 self.note(&f.name, not_run(outcome, why.clone(), revision.clone()));
             }
-            return true;
+            return None;
         }
-        let changed: Vec<&str> =
-            record.plan.iter().flat_map(|p| p.changes.iter().map(|c| c.extension.as_str())).collect();
-        // Every node at once, each over its own AMI: the loop (the next
-        // change's run) waits for the slowest node, not for their sum.
-        let mut checks = Vec::new();
-        let lead_pending = lock(&self.pending).get(&self.lead).is_some_and(|p| !p.is_empty());
-        match (&self.lead_asterisk, &lead.unreachable) {
-            (Some(a), why) if why.is_some() || lead_pending => {
-                checks.push(self.verify_node(&self.lead, a, &changed, desired, &revision));
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut pending = lock(&self.pending);
+        let lead_pending = pending.get(&self.lead).is_some_and(|p| !p.is_empty());
+        let lead_verified = match (&self.lead_asterisk, &lead.unreachable) {
+            (Some(_), why) => why.is_some() || lead_pending,
+            (None, Some(why)) => {
+                self.note(
+                    &self.lead,
+                    not_run("unreachable", format!("Asterisk is unreachable ({why})"), revision.clone()),
+                );
+                false
             }
-            (None, Some(why)) => self
-                .note(&self.lead, not_run("unreachable", format!("Asterisk is unreachable ({why})"), revision.clone())),
-            _ => self.note(&self.lead, from_record(record)),
+            (None, None) => false,
+        };
+        if !lead_verified && lead.unreachable.is_none() {
+            self.note(&self.lead, from_record(record));
         }
-        for f in &self.followers {
-            if let Some(a) = &f.reconciler.asterisk {
-                checks.push(self.verify_node(&f.name, a, &changed, desired, &revision));
-            }
+        let changed = record.plan.iter().flat_map(|p| p.changes.iter().map(|c| c.extension.as_str()));
+        let verified = (0..self.verified_nodes()).filter_map(|k| self.verified_node(k));
+        for (_, name, _) in verified.filter(|(is_lead, _, _)| !is_lead || lead_verified) {
+            pending.entry(name.to_string()).or_default().extend(changed.clone().map(|c| (c.to_string(), seq)));
         }
-        futures_util::future::join_all(checks).await.into_iter().all(|ok| ok)
+        Some(Round { desired: desired.clone(), revision, seq, lead: lead_verified })
     }
 
-    /// One node with shared tables: `changed` added to what is pending for
-    /// it, then, if it answers, all of that verified through its AMI
-    /// (`run::verify`); what passes is no longer pending. `false` when it
-    /// answered and failed.
-    async fn verify_node(
-        &self,
-        name: &str,
-        a: &A,
-        changed: &[&str],
-        desired: &Desired,
-        revision: &Option<String>,
-    ) -> bool {
-        let ids = {
-            let mut pending = lock(&self.pending);
-            let mine = pending.entry(name.to_string()).or_default();
-            mine.extend(changed.iter().map(|c| c.to_string()));
-            mine.clone()
-        };
-        if let Err(e) = a.ping().await {
-            tracing::warn!(node = %name, error = %e, pending = ids.len(), "node unreachable: verified when it answers again");
-            self.note(name, not_run("unreachable", format!("Asterisk is unreachable ({e})"), revision.clone()));
-            return true;
+    /// Whether node `name` answers; if not, it is reported unreachable,
+    /// what is pending for it kept for when it answers again.
+    async fn reached(&self, name: &str, a: &A, round: &Round) -> bool {
+        match a.ping().await {
+            Ok(()) => true,
+            Err(e) => {
+                let pending = lock(&self.pending).get(name).map_or(0, BTreeMap::len);
+                tracing::warn!(node = %name, error = %e, pending, "node unreachable: verified when it answers again");
+                self.note(
+                    name,
+                    not_run("unreachable", format!("Asterisk is unreachable ({e})"), round.revision.clone()),
+                );
+                false
+            }
         }
+    }
+
+    /// Node `name`, which answered: what is pending for it (as far as
+    /// `round` knows) verified through its AMI (`run::verify`); what passes
+    /// is no longer pending. `false` when it failed.
+    async fn check(&self, name: &str, a: &A, round: &Round) -> bool {
+        let ids = self.pending_in(name, round);
+        let set = &round.desired.set;
         let plan = Plan {
             changes: ids
                 .iter()
                 .map(|id| Change {
                     extension: id.clone(),
-                    action: if desired.set.get(id).is_some() { Action::Update } else { Action::Delete },
+                    action: if set.get(id).is_some() { Action::Update } else { Action::Delete },
                     fields: Vec::new(),
                     profile: None,
                 })
                 .collect(),
             ..Default::default()
         };
-        let mut ok = true;
         let (outcome, error) = if ids.is_empty() {
             ("noop", None)
         } else {
-            match super::run::verify(a, &desired.set, &plan, None).await {
-                Ok(_) => {
-                    if let Some(mine) = lock(&self.pending).get_mut(name) {
-                        mine.retain(|id| !ids.contains(id));
-                    }
-                    ("applied", None)
-                }
-                Err(v) => {
-                    ok = false;
-                    ("failed", Some(v.message))
-                }
+            let failed = match super::run::verify(a, set, &plan, None).await {
+                Ok(_) => BTreeMap::new(),
+                Err(v) if v.by_extension.is_empty() => BTreeMap::from([(String::new(), v.message)]),
+                Err(v) => v.by_extension,
+            };
+            let mut pending = lock(&self.pending);
+            let mine = pending.entry(name.to_string()).or_default();
+            // What passed is settled; what failed stays pending, but one
+            // changed again since `round` (during this verification) is no
+            // failure: it is read against the newer set next.
+            let wrong: Vec<&str> = failed
+                .iter()
+                .filter(|(id, _)| id.is_empty() || mine.get(*id).is_some_and(|seq| *seq <= round.seq))
+                .map(|(_, why)| why.as_str())
+                .collect();
+            let whole = failed.contains_key("");
+            mine.retain(|id, seq| *seq > round.seq || whole || failed.contains_key(id));
+            if wrong.is_empty() {
+                ("applied", None)
+            } else {
+                let more = wrong.len().saturating_sub(5);
+                let shown = wrong.iter().take(5).copied().collect::<Vec<_>>().join("; ");
+                let more = if more > 0 { format!(" (and {more} more)") } else { String::new() };
+                let message = if whole { shown } else { format!("verification failed: {shown}{more}") };
+                ("failed", Some(message))
             }
         };
+        let ok = error.is_none();
         tracing::info!(node = %name, outcome, verified = ids.len(), error = error.as_deref().unwrap_or(""), "node verified");
-        let at = chrono::Utc::now();
-        self.note(name, NodeApply { outcome: outcome.into(), error, revision: revision.clone(), reloaded: false, at });
+        let (revision, at) = (round.revision.clone(), chrono::Utc::now());
+        self.note(name, NodeApply { outcome: outcome.into(), error, revision, reloaded: false, at });
         ok
+    }
+
+    /// Shared tables, inline: every node of `round` at once, each over its
+    /// own AMI (the caller waits for the slowest, not for their sum).
+    /// `false` when one answered and failed.
+    async fn verify_inline(&self, round: &Round) -> bool {
+        let checks =
+            (0..self.verified_nodes()).filter_map(|k| self.verified_node(k)).filter_map(|(is_lead, name, a)| {
+                let asked = !is_lead || round.lead || !self.pending_in(name, round).is_empty();
+                asked.then_some(async move { !self.reached(name, a, round).await || self.check(name, a, round).await })
+            });
+        futures_util::future::join_all(checks).await.into_iter().all(|ok| ok)
+    }
+}
+
+impl<A, L> Fleet<A, L>
+where
+    A: AsteriskControl + Send + Sync + 'static,
+    L: LiveApply + Send + Sync + 'static,
+{
+    /// With shared tables: one task per node that verifies each round the
+    /// loop hands it (the loop no longer waits for any), until `stop` says
+    /// `true`. A node that answers and fails is verified again after
+    /// `backoff` (doubling) without waiting for a run. No tasks (and the
+    /// rounds verified inline) for separate tables.
+    pub fn verify_in_background(
+        self: &Arc<Self>,
+        stop: tokio::sync::watch::Receiver<bool>,
+        backoff: super::backoff::BackoffConfig,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
+        if !self.shared_tables {
+            return Vec::new();
+        }
+        self.background.store(true, Ordering::Relaxed);
+        (0..self.verified_nodes())
+            .map(|k| tokio::spawn(self.clone().verifier(k, self.rounds.subscribe(), stop.clone(), backoff)))
+            .collect()
+    }
+
+    /// Node `k`'s verifier: waits for a round (or its retry), then, once the
+    /// node answers, verifies against the newest round there is by then.
+    async fn verifier(
+        self: Arc<Self>,
+        k: usize,
+        mut rounds: tokio::sync::watch::Receiver<Option<Arc<Round>>>,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+        backoff: super::backoff::BackoffConfig,
+    ) {
+        let Some((is_lead, name, a)) = self.verified_node(k) else { return };
+        let mut failures = super::backoff::Backoff::new(backoff);
+        let mut retrying = false;
+        loop {
+            let retry = async {
+                match retrying {
+                    true => tokio::time::sleep(failures.next_delay()).await,
+                    false => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => return,
+                changed = rounds.changed() => if changed.is_err() { return },
+                () = retry => {}
+            }
+            let Some(round) = rounds.borrow_and_update().clone() else { continue };
+            if is_lead && !round.lead && self.pending_in(name, &round).is_empty() {
+                continue;
+            }
+            let verified = async {
+                if !self.reached(name, a, &round).await {
+                    return None;
+                }
+                // The newest round once it answered: a ping that took long
+                // verifies what was changed meanwhile too.
+                let round = rounds.borrow_and_update().clone().unwrap_or(round);
+                Some(self.check(name, a, &round).await)
+            };
+            let verified = tokio::select! {
+                _ = stop.wait_for(|s| *s) => return,
+                v = verified => v,
+            };
+            retrying = match verified {
+                Some(false) => {
+                    tracing::info!(node = %name, retry_in_ms = failures.fail().as_millis() as u64, "node verification failed: retrying");
+                    true
+                }
+                // Down: tried again at the next run (the periodic one at the latest).
+                None => false,
+                Some(true) => {
+                    failures = super::backoff::Backoff::new(backoff);
+                    false
+                }
+            };
+        }
     }
 }
 
@@ -282,7 +464,13 @@ impl<A: AsteriskControl + 'static, L: LiveApply + 'static> Followers for Fleet<A
         let revision = desired.source.revision.clone();
         let lead_record = &lead.record;
         if self.shared_tables {
-            return self.verify_nodes(desired, lead, revision).await;
+            let Some(round) = self.next_round(desired, lead, revision) else { return true };
+            if self.background.load(Ordering::Relaxed) {
+                // The verifiers take it from here (and retry on their own).
+                self.rounds.send_replace(Some(Arc::new(round)));
+                return true;
+            }
+            return self.verify_inline(&round).await;
         }
         let mut stop = match lead_record.outcome {
             Outcome::Invalid | Outcome::Blocked => {
@@ -404,14 +592,7 @@ mod tests {
         let refused = Script { refused: ["1001".to_string()].into(), ..Default::default() };
         let (d, _) = follower("d", refused, &renderer);
         let (e, e_file) = follower("e", Script::default(), &renderer);
-        let fleet = Fleet {
-            lead: "a".into(),
-            followers: vec![b, c, d, e],
-            applies: Default::default(),
-            shared_tables: false,
-            pending: Default::default(),
-            lead_asterisk: None,
-        };
+        let fleet = Fleet::new("a".into(), vec![b, c, d, e], Default::default(), false, None);
 
         let ok = fleet.follow(&Trigger::Manual, &desired, &lead(Outcome::Applied), true).await;
         assert!(!ok, "a node that answered and failed asks for a retry");
@@ -429,14 +610,7 @@ mod tests {
 
         // The canary failing while it answers: nobody after it is touched.
         let (f, f_file) = follower("f", Script::default(), &renderer);
-        let fleet = Fleet {
-            lead: "a".into(),
-            followers: vec![f],
-            applies: Default::default(),
-            shared_tables: false,
-            pending: Default::default(),
-            lead_asterisk: None,
-        };
+        let fleet = Fleet::new("a".into(), vec![f], Default::default(), false, None);
         assert!(fleet.follow(&Trigger::Manual, &desired, &lead(Outcome::Failed), true).await);
         assert_eq!(fleet.applies.read().expect("lock")["f"].outcome, "skipped");
         assert!(f_file.text().is_none());
@@ -452,8 +626,7 @@ mod tests {
         lead_asterisk: Option<FakeAsterisk>,
         followers: Vec<Follower<FakeAsterisk, NoLive>>,
     ) -> Fleet<FakeAsterisk, NoLive> {
-        let (applies, pending) = Default::default();
-        Fleet { lead: "a".into(), followers, applies, shared_tables: true, pending, lead_asterisk }
+        Fleet::new("a".into(), followers, Default::default(), true, lead_asterisk)
     }
 
     /// What a node reads from the shared tables once 1001 is committed.
@@ -548,8 +721,10 @@ mod tests {
         assert!(fleet.follow(&Trigger::Manual, &desired, &created, false).await, "the lead down is no failure");
         assert_eq!([outcome("a"), outcome("b"), outcome("c")], ["unreachable", "applied", "applied"]);
         let a = fleet.lead_asterisk.as_ref().expect("the lead's Asterisk");
-        let pending = |n: &str| lock(&fleet.pending).get(n).cloned().unwrap_or_default();
-        assert_eq!(pending("a").into_iter().collect::<Vec<_>>(), ["1001"], "the change waits for the lead");
+        let pending = |n: &str| -> Vec<String> {
+            lock(&fleet.pending).get(n).map(|p| p.keys().cloned().collect()).unwrap_or_default()
+        };
+        assert_eq!(pending("a"), ["1001"], "the change waits for the lead");
 
         // Back, but not finding 1001 yet: failed, still pending.
         lock(&a.script).down = false;
@@ -561,5 +736,163 @@ mod tests {
         assert_eq!(outcome("a"), "applied", "what it missed is verified through its AMI once it answers");
         assert!(pending("a").is_empty(), "and nothing is pending for it");
         assert!(pending("b").is_empty() && pending("c").is_empty(), "nor for the others");
+    }
+
+    /// Waits (10 s at most) for node `n`'s last run to be told as `outcome`
+    /// for `revision`.
+    async fn told(fleet: &Fleet<FakeAsterisk, NoLive>, n: &str, outcome: &str, revision: &str) {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let now = fleet.applies.read().expect("lock").get(n).cloned();
+            if now.as_ref().is_some_and(|a| a.outcome == outcome && a.revision.as_deref() == Some(revision)) {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "node {n}: never {outcome} for {revision}: {now:#?}");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+
+    /// In the daemon each node is verified by a task of its own: the loop
+    /// goes on while a node's verification is under way, a change made
+    /// meanwhile is verified by it too, and a node that answers wrong
+    /// retries without waiting for a run.
+    #[tokio::test]
+    async fn in_the_background_a_slow_node_holds_no_run_back_and_one_that_answers_wrong_retries_on_its_own() {
+        let (_dir, mut desired, renderer) = one_extension();
+        let gate = Arc::new(tokio::sync::Barrier::new(2));
+        let (b, _) = follower("b", Script { meet: Some(gate.clone()), ..Default::default() }, &renderer);
+        let (c, _) = follower("c", Script::default(), &renderer);
+        let fleet = Arc::new(shared(None, vec![b, c]));
+        let (stop_tx, stop) = tokio::sync::watch::channel(false);
+        let ms = std::time::Duration::from_millis;
+        let tasks = fleet.verify_in_background(stop, crate::reconcile::backoff::BackoffConfig::new(ms(10), ms(50)));
+        assert_eq!(tasks.len(), 2, "one verifier per node");
+        let node = |i: usize| fleet.followers[i].reconciler.asterisk.as_ref().expect("an Asterisk");
+        let pending = |n: &str| -> Vec<(String, u64)> {
+            lock(&fleet.pending).get(n).map(|p| p.clone().into_iter().collect()).unwrap_or_default()
+        };
+        reads_the_row(node(0));
+
+        // b's ping is held: the run's follow returns all the same. c does
+        // not find 1001 yet: failed.
+        desired.source.revision = Some("r1".into());
+        let created = creating_1001();
+        let followed = fleet.follow(&Trigger::Manual, &desired, &created, true);
+        assert_eq!(tokio::time::timeout(ms(10_000), followed).await, Ok(true), "the loop does not wait for b");
+        told(&fleet, "c", "failed", "r1").await;
+
+        // 1001 changed again while b is still held: pending for it from the second round.
+        desired.source.revision = Some("r2".into());
+        assert!(fleet.follow(&Trigger::Manual, &desired, &creating_1001(), true).await);
+        assert_eq!(pending("b"), [("1001".to_string(), 2)]);
+
+        // c finds it now: verified by its own retry, no run asked for.
+        reads_the_row(node(1));
+        told(&fleet, "c", "applied", "r2").await;
+        assert!(pending("c").is_empty(), "{:?}", pending("c"));
+
+        // b answers: verified against the newest round, and nothing is left.
+        assert_eq!(fleet.applies.read().expect("lock").get("b"), None, "b was held all along");
+        lock(&node(0).script).meet = None;
+        gate.wait().await;
+        told(&fleet, "b", "applied", "r2").await;
+        assert!(pending("b").is_empty(), "{:?}", pending("b"));
+
+        let _ = stop_tx.send(true);
+        for t in tasks {
+            assert!(tokio::time::timeout(ms(10_000), t).await.is_ok_and(|r| r.is_ok()), "a verifier stops when told");
+        }
+    }
+
+    /// A spec directory (kept alive by the caller) declaring `ids` in
+    /// `context`, and its desired set.
+    fn declaring(ids: &[&str], context: &str) -> (tempfile::TempDir, Desired) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut yaml =
+            format!("defaults: {{context: {context}, transport: transport-udp, codecs: [ulaw]}}\nextensions:\n");
+        for id in ids {
+            yaml.push_str(&format!("  - extension: \"{id}\"\n    md5Cred: 0123456789abcdef0123456789abcdef\n"));
+        }
+        std::fs::write(dir.path().join("team.yaml"), yaml).expect("write");
+        let desired = load_dir(dir.path());
+        (dir, desired)
+    }
+
+    /// What a node reads from the shared tables: `id` in `context`.
+    fn reads(a: &FakeAsterisk, id: &str, context: &str) {
+        let seen = crate::core::plan::ObservedEndpoint {
+            name: id.into(),
+            transport: Some("transport-udp".into()),
+            context: Some(context.into()),
+            codecs: None,
+            options: None,
+        };
+        lock(&a.loaded).insert(id.into(), seen);
+    }
+
+    /// 1001 changed again while a node's verification of the first change
+    /// is under way: the node already reads the newer row, which is no
+    /// failure of the first round (the second verifies it).
+    #[tokio::test]
+    async fn a_change_made_again_during_a_verification_is_no_failure_and_the_next_round_verifies_it() {
+        let (_d1, mut first) = declaring(&["1001"], "from-internal");
+        let (_d2, mut second) = declaring(&["1001"], "from-sales");
+        first.source.revision = Some("r1".into());
+        second.source.revision = Some("r2".into());
+        let renderer = Arc::new(Renderer::new(None).expect("the built-in template"));
+        let gate = Arc::new(tokio::sync::Barrier::new(2));
+        let (b, _) = follower("b", Script { lookup_gate: Some(gate.clone()), ..Default::default() }, &renderer);
+        let fleet = Arc::new(shared(None, vec![b]));
+        let node = fleet.followers[0].reconciler.asterisk.as_ref().expect("an Asterisk");
+        let (stop_tx, stop) = tokio::sync::watch::channel(false);
+        let ms = std::time::Duration::from_millis;
+        let tasks = fleet.verify_in_background(stop, crate::reconcile::backoff::BackoffConfig::new(ms(10), ms(50)));
+
+        // The first round's lookup of 1001 is held at the gate; meanwhile the
+        // second round changes 1001, and the node reads the newer row.
+        assert!(fleet.follow(&Trigger::Manual, &first, &creating_1001(), true).await);
+        gate.wait().await;
+        assert!(fleet.follow(&Trigger::Manual, &second, &creating_1001(), true).await);
+        reads(node, "1001", "from-sales");
+        gate.wait().await;
+        told(&fleet, "b", "applied", "r1").await;
+        let pending: Vec<(String, u64)> = lock(&fleet.pending)["b"].clone().into_iter().collect();
+        assert_eq!(pending, [("1001".to_string(), 2)], "still pending, for the second round");
+
+        // The second round's verification (held at the gate too) passes.
+        gate.wait().await;
+        gate.wait().await;
+        told(&fleet, "b", "applied", "r2").await;
+        assert!(lock(&fleet.pending)["b"].is_empty());
+        let _ = stop_tx.send(true);
+        for t in tasks {
+            assert!(tokio::time::timeout(ms(10_000), t).await.is_ok_and(|r| r.is_ok()), "a verifier stops when told");
+        }
+    }
+
+    /// A verification that fails for one extension settles the others: only
+    /// the one that failed is pending, and read again.
+    #[tokio::test]
+    async fn a_failed_verification_keeps_only_what_failed_pending() {
+        let (_dir, mut desired) = declaring(&["1001", "1002", "1003"], "from-internal");
+        desired.source.revision = Some("r1".into());
+        let renderer = Arc::new(Renderer::new(None).expect("the built-in template"));
+        let (b, _) = follower("b", Script::default(), &renderer);
+        let fleet = shared(None, vec![b]);
+        let node = fleet.followers[0].reconciler.asterisk.as_ref().expect("an Asterisk");
+        reads(node, "1001", "from-internal");
+        reads(node, "1002", "somewhere-else");
+        reads(node, "1003", "from-internal");
+        let mut created = lead(Outcome::Applied);
+        let create =
+            |id: &str| Change { extension: id.into(), action: Action::Create, fields: Vec::new(), profile: None };
+        created.record.plan =
+            Some(Plan { changes: vec![create("1001"), create("1002"), create("1003")], ..Default::default() });
+        assert!(!fleet.follow(&Trigger::Manual, &desired, &created, true).await, "1002 is wrong on b");
+        let told = fleet.applies.read().expect("lock")["b"].clone();
+        assert_eq!(told.outcome, "failed");
+        assert!(told.error.as_deref().is_some_and(|e| e.contains("endpoint 1002") && !e.contains("1001")), "{told:?}");
+        let pending: Vec<String> = lock(&fleet.pending)["b"].keys().cloned().collect();
+        assert_eq!(pending, ["1002"], "the two that passed are settled");
     }
 }
