@@ -638,6 +638,7 @@ fn start_term(
                 }
             }
             hand_over(&settings, &rec).await;
+            hand_over_followers(&settings, &fleet).await;
             reconcile::run_loop_with(rec, fleet, source, cfg, handle, rx, stop).await;
         }));
     }
@@ -768,32 +769,19 @@ async fn claim_calls(db: &Db, first: &str) {
 /// first run (`asterisk::ari_config::handover`): with `ari`, the extensions
 /// the managed file still defines move into the astdb wizard; with `file`,
 /// what the record says was pushed moves back into the managed file. What it
-/// did is recorded as a run of its own (trigger `startup`, no plan).
+/// did is recorded as a run of its own (trigger `startup`, no plan). The
+/// other nodes (`nodes:`) are handed over by [`hand_over_followers`].
 pub async fn hand_over<S: reconcile::StateStore>(settings: &Settings, reconciler: &Reconciler<S, Asterisk, Live>) {
-    use crate::asterisk::ari_config::{RECORD_FILE, handover};
     let (Some(ami), Some(ari)) = (&reconciler.asterisk, &settings.ari) else { return };
     let started_at = chrono::Utc::now();
-    let done = match (settings.apply_target, &reconciler.live) {
-        (crate::config::ApplyTarget::Ari, Some(Live::Ari(live))) => {
-            let managed = ManagedFile::new(&settings.managed_file).with_group(settings.managed_file_group);
-            handover::to_ari(ami, &live.client, &managed, reconciler.managed.as_ref()).await
-        }
-        (crate::config::ApplyTarget::File, _) => {
-            let client = match ari_client(ari) {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(error = %e, "no ARI client: no hand-over from the ari target checked");
-                    return;
-                }
-            };
-            let record = ManagedFile::new(settings.state_dir.join(RECORD_FILE));
-            handover::to_file(ami, &client, reconciler.managed.as_ref(), &record).await
-        }
-        _ => return,
+    let node = NodeFiles {
+        managed_file: &settings.managed_file,
+        state_dir: &settings.state_dir,
+        group: settings.managed_file_group,
     };
+    let Some(done) = hand_over_node(settings.apply_target, ami, ari, node, reconciler).await else { return };
     let (outcome, error, reasons, reloaded) = match done {
-        Ok(None) => return,
-        Ok(Some(h)) => {
+        Ok(h) => {
             let error = (!h.failures.is_empty())
                 .then(|| h.failures.iter().map(|(id, why)| format!("{id}: {why}")).collect::<Vec<_>>().join("; "));
             tracing::info!(
@@ -828,6 +816,97 @@ pub async fn hand_over<S: reconcile::StateStore>(settings: &Settings, reconciler
     };
     if let Err(e) = reconciler.store.commit(&run, &[], &[], &Default::default()).await {
         tracing::error!(error = %e, "could not record the hand-over");
+    }
+}
+
+/// Where one node's files live, for its hand-over.
+#[derive(Clone, Copy)]
+struct NodeFiles<'a> {
+    managed_file: &'a std::path::Path,
+    state_dir: &'a std::path::Path,
+    group: Option<u32>,
+}
+
+/// One node's hand-over (see [`hand_over`]) through its AMI and ARI, with
+/// its managed file and its record under its state directory; `None` when
+/// there was nothing to hand over (or no ARI client to check with).
+async fn hand_over_node<S: reconcile::StateStore>(
+    target: crate::config::ApplyTarget,
+    ami: &Asterisk,
+    ari: &crate::config::AriSettings,
+    node: NodeFiles<'_>,
+    reconciler: &Reconciler<S, Asterisk, Live>,
+) -> Option<Result<crate::asterisk::ari_config::handover::Handover, crate::asterisk::ari_config::handover::HandoverError>>
+{
+    use crate::asterisk::ari_config::{RECORD_FILE, handover};
+    let done = match (target, &reconciler.live) {
+        (crate::config::ApplyTarget::Ari, Some(Live::Ari(live))) => {
+            let managed = ManagedFile::new(node.managed_file).with_group(node.group);
+            handover::to_ari(ami, &live.client, &managed, reconciler.managed.as_ref()).await
+        }
+        (crate::config::ApplyTarget::File, _) => {
+            let client = match ari_client(ari) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "no ARI client: no hand-over from the ari target checked");
+                    return None;
+                }
+            };
+            let record = ManagedFile::new(node.state_dir.join(RECORD_FILE));
+            handover::to_file(ami, &client, reconciler.managed.as_ref(), &record).await
+        }
+        _ => return None,
+    };
+    done.transpose()
+}
+
+/// The other nodes' hand-overs (`nodes:` after the first), each as the
+/// first node's ([`hand_over`]) with its own AMI, ARI, managed file and
+/// record, one after the other before the first run. Each is logged and
+/// told as the node's last apply (`/status` `nodes[]`); a follower's runs
+/// are not recorded, and its first run then applies everything anyway.
+pub async fn hand_over_followers(settings: &Settings, fleet: &reconcile::fleet::Fleet<Asterisk, Live>) {
+    for (node, follower) in settings.nodes.get(1..).unwrap_or_default().iter().zip(&fleet.followers) {
+        let (Some(ami), Some(ari)) = (&follower.reconciler.asterisk, &node.ari) else { continue };
+        let files = NodeFiles {
+            managed_file: &node.managed_file,
+            state_dir: &node.state_dir,
+            group: settings.managed_file_group,
+        };
+        let Some(done) = hand_over_node(settings.apply_target, ami, ari, files, &follower.reconciler).await else {
+            continue;
+        };
+        let (outcome, error, reloaded) = match done {
+            Ok(h) => {
+                let error = (!h.failures.is_empty())
+                    .then(|| h.failures.iter().map(|(id, why)| format!("{id}: {why}")).collect::<Vec<_>>().join("; "));
+                tracing::info!(
+                    node = %node.name,
+                    direction = h.direction,
+                    handed = h.handed.len(),
+                    failed = h.failures.len(),
+                    reloaded = h.reloaded,
+                    reasons = %h.reasons.join("; "),
+                    "hand-over between the apply targets"
+                );
+                let outcome = if error.is_none() { "applied" } else { "failed" };
+                (outcome, error.map(|e| format!("hand-over {}: {e}", h.direction)), h.reloaded)
+            }
+            Err(e) => {
+                tracing::error!(node = %node.name, error = %e, "the hand-over between the apply targets could not start");
+                ("failed", Some(format!("hand-over not done: {e}")), false)
+            }
+        };
+        let apply = reconcile::fleet::NodeApply {
+            outcome: outcome.into(),
+            error,
+            revision: None,
+            reloaded,
+            at: chrono::Utc::now(),
+        };
+        if let Ok(mut w) = fleet.applies.write() {
+            w.insert(node.name.clone(), apply);
+        }
     }
 }
 

@@ -564,6 +564,7 @@ async fn apply(global: &GlobalArgs, args: ApplyArgs) -> anyhow::Result<ExitCode>
         use crate::reconcile::AsteriskControl as _;
         use crate::reconcile::fleet::Followers as _;
         let fleet = crate::app::fleet(&settings, &reconciler, Default::default())?;
+        crate::app::hand_over_followers(&settings, &fleet).await;
         let lead_reachable = match &reconciler.asterisk {
             Some(a) if r.outcome.is_failure() => a.ping().await.is_ok(),
             _ => true,

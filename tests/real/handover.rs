@@ -395,3 +395,85 @@ async fn without_the_astdb_wizard_nothing_is_handed_over_and_the_file_stays_in_f
     assert_eq!(contacts(&ast, "2001").await.len(), 1, "still registered");
     d.stop().await;
 }
+
+/// `nodes:` entry `name` for `ast`.
+fn node(name: &str, ast: &Asterisk) -> asterisk_gitops::config::NodeFileConfig {
+    asterisk_gitops::config::NodeFileConfig {
+        name: name.into(),
+        ami: Some(crate::support::real::ami_config(ast)),
+        ari: Some(crate::support::real::ari_config(ast)),
+        managed_file: Some(ast.managed_file()),
+    }
+}
+
+/// With two nodes (`nodes:`), the second is handed over too, with its own
+/// files: on `file → ari` its managed file moves into its astdb (without
+/// it, its first run's ARI PUTs are refused: the file holds the objects),
+/// and on `ari → file` what its own record says was pushed moves back
+/// into its managed file (without it, astdb's copies would win every
+/// lookup). A phone registered on it stays registered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_two_nodes_the_second_is_handed_over_too_with_its_own_files() {
+    let Some(build) = require("real::handover::with_two_nodes") else { return };
+    let a = Asterisk::start(&build, Options::live("handover-node-a").expect("snippet")).await.expect("a starts");
+    let b = Asterisk::start(&build, Options::live("handover-node-b").expect("snippet")).await.expect("b starts");
+    let ids = ["2101", "2102"];
+    let team: Vec<(&str, &str)> = ids.iter().map(|i| (*i, "Agent")).collect();
+    let mut d = Daemon::start_with(&a, Store::Sqlite, Source::Dir, &spec(&team), |f| {
+        f.ami = None;
+        f.ari = None;
+        f.nodes = Some(vec![node("a", &a), node("b", &b)]);
+    })
+    .await;
+    for ast in [&a, &b] {
+        for id in ids {
+            wait("the file target's extensions live on both", LIVE, || async { endpoint(ast, id).await.is_some() })
+                .await;
+        }
+    }
+    let b_state = d.settings.nodes.get(1).map(|n| n.state_dir.clone()).expect("node b's state directory");
+    let phone = sipp::Phone::new("2101", "pw2101");
+    let reg = phone.register_for(b.sip_addr(), 3600).await;
+    assert!(reg.ok(), "sipp registers on b:\n{}", reg.log);
+    let contact = contacts(&b, "2101").await;
+    assert_eq!(contact.len(), 1, "{contact:?}");
+
+    // file → ari: b's managed file emptied into b's astdb.
+    let before = d.last_run_id().await;
+    d.halt().await;
+    restarted_on(&mut d, ApplyTarget::Ari, before, "file → ari").await;
+    wait("node b's managed file handed into its astdb", LIVE, || async {
+        let db = astdb(&b).await;
+        ids.iter().all(|id| db.contains(&format!("/asterisk-gitops/endpoint/{id}")))
+            && !std::fs::read_to_string(b.managed_file()).unwrap_or_default().contains('[')
+    })
+    .await;
+    wait("node b on ari: its first run pushed what it holds", LIVE, || async {
+        let (_, st) = d.get("/status").await;
+        let b = st["nodes"].as_array().and_then(|n| n.iter().find(|n| n["name"] == "b").cloned());
+        b.is_some_and(|b| b["lastApply"]["outcome"] == "applied" || b["lastApply"]["outcome"] == "noop")
+    })
+    .await;
+    assert!(b_state.join("ari-pushed.conf").exists(), "node b's own record of what it pushed");
+    for id in ids {
+        assert_eq!(option(&b, id, "callerid").await, Some(format!("\"Agent\" <{id}>")), "{id} on b");
+    }
+    assert_eq!(contacts(&b, "2101").await, contact, "the contact on b survived");
+
+    // ari → file: b's astdb copies back into b's managed file.
+    let before = d.last_run_id().await;
+    d.halt().await;
+    restarted_on(&mut d, ApplyTarget::File, before, "ari → file").await;
+    wait("node b's astdb handed back into its managed file", LIVE, || async {
+        let managed = std::fs::read_to_string(b.managed_file()).unwrap_or_default();
+        !astdb(&b).await.contains("/asterisk-gitops/") && ids.iter().all(|id| managed.contains(&format!("[{id}]")))
+    })
+    .await;
+    wait("node b's record gone with its astdb copies", LIVE, || async { !b_state.join("ari-pushed.conf").exists() })
+        .await;
+    for id in ids {
+        assert_eq!(option(&b, id, "callerid").await, Some(format!("\"Agent\" <{id}>")), "{id} on b");
+    }
+    assert_eq!(contacts(&b, "2101").await, contact, "the contact on b survived both hand-overs");
+    d.stop().await;
+}
