@@ -53,20 +53,38 @@ struct Replica {
 
 impl Replica {
     async fn start(id: &str, ast: &Asterisk, db: &Database, specs: &Path, state: &Path, extra: &[String]) -> Replica {
+        let mut args: Vec<String> = vec!["--managed-file".into(), ast.managed_file().display().to_string()];
+        args.extend(["--ami-addr".into(), ast.ami_addr().to_string(), "--ami-user".into(), AMI_USER.into()]);
+        args.extend(["--ari-url".into(), ast.ari_url(), "--ari-user".into(), ARI_USER.into()]);
+        args.extend(extra.iter().cloned());
+        let secrets =
+            [("ASTERISK_GITOPS_AMI_SECRET", &ast.ami_secret), ("ASTERISK_GITOPS_ARI_PASSWORD", &ast.ari_password)];
+        Replica::spawn(id, db, specs, state, &args, &secrets).await
+    }
+
+    /// A replica whose Asterisk servers are all named in the config file
+    /// among `extra` (`nodes:`).
+    async fn start_on_nodes(id: &str, db: &Database, specs: &Path, state: &Path, extra: &[String]) -> Replica {
+        Replica::spawn(id, db, specs, state, extra, &[]).await
+    }
+
+    async fn spawn(
+        id: &str,
+        db: &Database,
+        specs: &Path,
+        state: &Path,
+        args: &[String],
+        secrets: &[(&str, &String)],
+    ) -> Replica {
         let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_asterisk-gitops"));
         c.args(["serve", "--log-format", "json", "--listen", "127.0.0.1:0", "--instance-id", id])
-            .args(extra)
+            .args(args)
             .arg("--spec-dir")
             .arg(specs)
             .arg("--state-dir")
             .arg(state)
-            .arg("--managed-file")
-            .arg(ast.managed_file())
-            .args(["--ami-addr", &ast.ami_addr().to_string(), "--ami-user", AMI_USER])
-            .args(["--ari-url", &ast.ari_url(), "--ari-user", ARI_USER])
+            .envs(secrets.iter().map(|(k, v)| (*k, v.as_str())))
             .env("DATABASE_URL", &db.url)
-            .env("ASTERISK_GITOPS_AMI_SECRET", &ast.ami_secret)
-            .env("ASTERISK_GITOPS_ARI_PASSWORD", &ast.ari_password)
             .env("ASTERISK_GITOPS_ADMIN_TOKEN", TOKEN)
             .env("ASTERISK_GITOPS_LOG", "info")
             .stdin(std::process::Stdio::null())
@@ -451,6 +469,132 @@ async fn a_leader_whose_lock_connection_is_terminated_stops_reconciling_and_the_
     assert_eq!(a.runs_logged(), a_runs, "the deposed leader ran nothing more:\n{}", a.log());
     pool.close().await;
     a.stop().await;
+    b.stop().await;
+    db.drop_db().await;
+}
+
+/// Issue 17's whole picture: three real Asterisks reading one realtime
+/// PostgreSQL database (also the daemons' own), two `serve` replicas naming
+/// them in `nodes:`. A create through the follower is live on all three;
+/// the leader killed with SIGKILL in the middle of a 1,000-extension run is
+/// replaced, and the new leader finishes: every extension on every node,
+/// the rows written once, one applied run, every node verified.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_realtime_nodes_and_two_daemons_a_killed_leader_is_replaced_and_every_node_gets_every_change() {
+    let Some(build) = require("real::leader::three_realtime_nodes_and_two_daemons") else { return };
+    let Some(db) = Database::create().await else { return };
+    let init = std::process::Command::new(env!("CARGO_BIN_EXE_asterisk-gitops"))
+        .args(["realtime", "init"])
+        .env("DATABASE_URL", &db.url)
+        .output()
+        .expect("runs the binary");
+    assert!(init.status.success(), "realtime init: {}", String::from_utf8_lossy(&init.stderr));
+    let mut nodes = Vec::new();
+    for n in ["a", "b", "c"] {
+        let rt = asterisk_real::RealtimeDb::from_url(&db.url).expect("a postgres:// URL");
+        let opts = asterisk_real::Options::realtime(&format!("fleet-rt-{n}"), rt).expect("the realtime snippets");
+        nodes.push(Asterisk::start(&build, opts).await.unwrap_or_else(|e| panic!("Asterisk {n} starts: {e}")));
+    }
+    let mut pair = Pair::new("");
+    let mut yaml = String::from("apply: {target: realtime}\nnodes:\n");
+    for (name, ast) in ["a", "b", "c"].iter().zip(&nodes) {
+        yaml.push_str(&format!(
+            "  - name: {name}\n    ami: {{addr: '{}', user: {AMI_USER}, secret: '{}', timeout: 5}}\n    managedFile: {}\n",
+            ast.ami_addr(),
+            ast.ami_secret,
+            ast.managed_file().display()
+        ));
+    }
+    let config = pair.dir.path().join("config.yaml");
+    std::fs::write(&config, yaml).expect("config");
+    pair.extra = vec!["--config".into(), config.display().to_string()];
+    let state = |id: &str| pair.dir.path().join(format!("state-{id}"));
+    let mut a = Replica::start_on_nodes("replica-a", &db, &pair.specs, &state("a"), &pair.extra).await;
+    a.wait_leading(LIVE).await;
+    wait("replica-a's first run", LIVE, || async {
+        a.call("GET", "/runs?limit=1", None).await.1.as_array().is_some_and(|r| !r.is_empty())
+    })
+    .await;
+    let b = Replica::start_on_nodes("replica-b", &db, &pair.specs, &state("b"), &pair.extra).await;
+    wait("replica-b answers", LIVE, || async { b.call("GET", "/readyz", None).await.0 == 200 }).await;
+    let epoch = a.status().await["leaderEpoch"].as_i64().expect("epoch");
+
+    // A create through the follower: live on all three, one set of rows.
+    let (code, body) = b.call("POST", "/extensions", Some(SEED_BODY)).await;
+    assert_eq!(code, 201, "{body}");
+    for ast in &nodes {
+        wait("1001 live on every node", LIVE, || async { endpoint(ast, "1001").await.is_some() }).await;
+    }
+
+    // 1,000 extensions moved in at once; the leader killed while it runs them.
+    const N: usize = 1000;
+    let staging = pair.dir.path().join("staging");
+    asterisk_gitops::estate::write(&staging, N).expect("estate");
+    let mark = chrono::Utc::now();
+    for entry in std::fs::read_dir(&staging).expect("staging") {
+        let entry = entry.expect("entry");
+        std::fs::rename(entry.path(), pair.specs.join(entry.file_name())).expect("move in");
+    }
+    wait("the leader's run of the change is under way", LIVE, || async {
+        let s = a.status().await;
+        s["reconciling"] == true
+            && s["reconcilingSince"]
+                .as_str()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .is_some_and(|t| t >= mark)
+    })
+    .await;
+    a.sigkill().await;
+
+    // The other daemon leads (a new epoch) and finishes on every node.
+    b.wait_leading(Duration::from_secs(10)).await;
+    let sb = b.status().await;
+    assert_eq!(sb["leaderId"], "replica-b", "{sb:#}");
+    assert!(sb["leaderEpoch"].as_i64().is_some_and(|e| e > epoch), "a new epoch: {sb:#}");
+    wait(&format!("{} extensions synced", N + 1), Duration::from_secs(120), || async {
+        let s = b.status().await;
+        s["extensions"] == (N + 1) as i64 && s["notSynced"] == 0
+    })
+    .await;
+    let last = (100_000 + N - 1).to_string();
+    for ast in &nodes {
+        wait("the change's last extension on every node", LIVE, || async { endpoint(ast, &last).await.is_some() })
+            .await;
+    }
+    let pool = db.pool().await;
+    let rows: Vec<(String, i64)> =
+        sqlx::query_as("select object_type::text, count(*) from asterisk_gitops_realtime group by 1 order by 1")
+            .fetch_all(&pool)
+            .await
+            .expect("the inventory");
+    let every = (N + 1) as i64;
+    assert_eq!(rows, [("aor".into(), every), ("auth".into(), every), ("endpoint".into(), every)], "one row each");
+    let endpoints: i64 = sqlx::query_scalar("select count(*) from ps_endpoints").fetch_one(&pool).await.expect("count");
+    assert_eq!(endpoints, every, "no endpoint row twice or left out");
+    let applied: Vec<(i64, i64)> =
+        sqlx::query_as("SELECT creates, deletes FROM reconcile_runs WHERE outcome = 'applied' AND creates >= $1")
+            .bind(N as i64)
+            .fetch_all(&pool)
+            .await
+            .expect("runs");
+    assert_eq!(applied, [(N as i64, 0)], "one applied run created the {N}");
+    pool.close().await;
+
+    // Every node verified by the new leader, each reachable.
+    wait("every node verified by the new leader", Duration::from_secs(120), || async {
+        let s = b.status().await;
+        let nodes = s["nodes"].as_array().cloned().unwrap_or_default();
+        nodes.len() == 3
+            && nodes.iter().all(|n| {
+                n["reachable"] == true
+                    && (n["lastApply"]["outcome"] == "applied" || n["lastApply"]["outcome"] == "noop")
+            })
+    })
+    .await;
+    let log = b.log();
+    for ast in &nodes {
+        assert!(!log.contains(&ast.ami_secret), "an AMI secret in replica-b's log");
+    }
     b.stop().await;
     db.drop_db().await;
 }
