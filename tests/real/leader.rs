@@ -495,7 +495,7 @@ async fn three_realtime_nodes_and_two_daemons_a_killed_leader_is_replaced_and_ev
         let opts = asterisk_real::Options::realtime(&format!("fleet-rt-{n}"), rt).expect("the realtime snippets");
         nodes.push(Asterisk::start(&build, opts).await.unwrap_or_else(|e| panic!("Asterisk {n} starts: {e}")));
     }
-    let mut pair = Pair::new("");
+    let mut pair = Pair::new(&super::calls::spec(&["2101", "2102"]));
     let mut yaml = String::from("apply: {target: realtime}\nnodes:\n");
     for (name, ast) in ["a", "b", "c"].iter().zip(&nodes) {
         yaml.push_str(&format!(
@@ -526,7 +526,31 @@ async fn three_realtime_nodes_and_two_daemons_a_killed_leader_is_replaced_and_ev
         wait("1001 live on every node", LIVE, || async { endpoint(ast, "1001").await.is_some() }).await;
     }
 
-    // 1,000 extensions moved in at once; the leader killed while it runs them.
+    // A call on node b, answered and in the log (the leader's CEL logger on b).
+    for id in ["2101", "2102"] {
+        wait("2101, 2102 live on node b", LIVE, || async { endpoint(&nodes[1], id).await.is_some() }).await;
+    }
+    let (caller, callee) = (sipp::Phone::new("2101", "Calls2026"), sipp::Phone::new("2102", "Calls2026"));
+    for p in [&caller, &callee] {
+        assert!(p.register(nodes[1].sip_addr()).await.ok(), "{} registers on node b", p.extension);
+    }
+    let since = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let calls = || async {
+        b.call("GET", &format!("/calls?since={since}&limit=100"), None).await.1["calls"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    };
+    let answering = callee.answer();
+    let at = nodes[1].sip_addr();
+    let placing = tokio::spawn(async move { caller.call(at, "2102", Duration::from_secs(15)).await });
+    wait("the call's row, answered", LIVE, || async {
+        calls().await.first().is_some_and(|c| c["answeredBy"] == "2102")
+    })
+    .await;
+
+    // 1,000 extensions moved in at once; the leader killed while it runs
+    // them, the call still up.
     const N: usize = 1000;
     let staging = pair.dir.path().join("staging");
     asterisk_gitops::estate::write(&staging, N).expect("estate");
@@ -544,6 +568,8 @@ async fn three_realtime_nodes_and_two_daemons_a_killed_leader_is_replaced_and_ev
                 .is_some_and(|t| t >= mark)
     })
     .await;
+    let up = calls().await;
+    assert!(up.first().is_some_and(|c| c["endTime"].is_null()), "the call is still up as the leader dies: {up:#?}");
     a.sigkill().await;
 
     // The other daemon leads (a new epoch) and finishes on every node.
@@ -551,9 +577,9 @@ async fn three_realtime_nodes_and_two_daemons_a_killed_leader_is_replaced_and_ev
     let sb = b.status().await;
     assert_eq!(sb["leaderId"], "replica-b", "{sb:#}");
     assert!(sb["leaderEpoch"].as_i64().is_some_and(|e| e > epoch), "a new epoch: {sb:#}");
-    wait(&format!("{} extensions synced", N + 1), Duration::from_secs(120), || async {
+    wait(&format!("{} extensions synced", N + 3), Duration::from_secs(120), || async {
         let s = b.status().await;
-        s["extensions"] == (N + 1) as i64 && s["notSynced"] == 0
+        s["extensions"] == (N + 3) as i64 && s["notSynced"] == 0
     })
     .await;
     let last = (100_000 + N - 1).to_string();
@@ -567,7 +593,7 @@ async fn three_realtime_nodes_and_two_daemons_a_killed_leader_is_replaced_and_ev
             .fetch_all(&pool)
             .await
             .expect("the inventory");
-    let every = (N + 1) as i64;
+    let every = (N + 3) as i64;
     assert_eq!(rows, [("aor".into(), every), ("auth".into(), every), ("endpoint".into(), every)], "one row each");
     let endpoints: i64 = sqlx::query_scalar("select count(*) from ps_endpoints").fetch_one(&pool).await.expect("count");
     assert_eq!(endpoints, every, "no endpoint row twice or left out");
@@ -591,6 +617,22 @@ async fn three_realtime_nodes_and_two_daemons_a_killed_leader_is_replaced_and_ev
             })
     })
     .await;
+    // The call completes, logged exactly once, on node b.
+    let placed = placing.await.expect("joins");
+    assert!(placed.ok(), "the call completes:\n{}", placed.log);
+    assert!(answering.done(Duration::from_secs(20)).await.ok());
+    wait("the call completed in the log", LIVE, || async {
+        calls().await.first().is_some_and(|c| c["endTime"].is_string() && c["disposition"] != "unknown")
+    })
+    .await;
+    let rows = calls().await;
+    assert_eq!(rows.len(), 1, "exactly one row: {rows:#?}");
+    assert_eq!(
+        (&rows[0]["node"], &rows[0]["caller"], &rows[0]["callee"], &rows[0]["disposition"]),
+        (&Value::from("b"), &Value::from("2101"), &Value::from("2102"), &Value::from("answered")),
+        "{:#}",
+        rows[0]
+    );
     let log = b.log();
     for ast in &nodes {
         assert!(!log.contains(&ast.ami_secret), "an AMI secret in replica-b's log");
