@@ -267,6 +267,32 @@ async fn nodes_verified(http: &reqwest::Client, base: &str) {
     }
 }
 
+/// Extension `id` renamed to `renamed` in its spec file (the first file of
+/// the generated estate): the save → live on every Asterisk of `fleet`,
+/// returned once the daemon has recorded the run.
+async fn saved_live(
+    http: &reqwest::Client,
+    base: &str,
+    fleet: &[Asterisk],
+    specs: &std::path::Path,
+    id: &str,
+    renamed: &str,
+) -> Duration {
+    let before = last_id(http, base).await;
+    let path = specs.join("sales/0000.yaml");
+    let text = std::fs::read_to_string(&path).expect("read");
+    let watch = Probes::start(fleet, id, renamed);
+    let saved_at = Instant::now();
+    std::fs::write(
+        &path,
+        text.replacen(&format!("displayName: Agent {id}\n"), &format!("displayName: {renamed}\n"), 1),
+    )
+    .expect("write");
+    let seen = watch.seen(saved_at).await;
+    recorded_after(http, base, before).await;
+    seen
+}
+
 async fn one_run(build: &asterisk_real::Build, n: usize, run: usize, target: &str, nodes: usize) -> Figures {
     // The file target runs on Asterisk as it ships (file objects only); ari needs the astdb wizard.
     // realtime: Asterisk reads a fresh PostgreSQL database (DATABASE_URL's server) made by `realtime init`.
@@ -332,32 +358,14 @@ async fn one_run(build: &asterisk_real::Build, n: usize, run: usize, target: &st
     if nodes > 1 {
         // A change while every node still verifies the cold apply (their
         // verifiers run beside the loop, so it should not wait for them).
-        let before = last_id(&http, &base).await;
-        let path = specs.join("sales/0000.yaml");
-        let text = std::fs::read_to_string(&path).expect("read");
-        let renamed = format!("Agent 100002 early {run}");
-        let watch = Probes::start(&fleet, "100002", &renamed);
-        let saved_at = Instant::now();
-        std::fs::write(&path, text.replacen("displayName: Agent 100002\n", &format!("displayName: {renamed}\n"), 1))
-            .expect("write");
-        during = watch.seen(saved_at).await;
-        recorded_after(&http, &base, before).await;
+        during = saved_live(&http, &base, &fleet, &specs, "100002", &format!("Agent 100002 early {run}")).await;
         nodes_verified(&http, &base).await;
         verified = started.elapsed();
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     // One extension changed: saved → live.
-    let before = last_id(&http, &base).await;
-    let path = specs.join("sales/0000.yaml");
-    let text = std::fs::read_to_string(&path).expect("read");
-    let renamed = format!("Agent 100000 moved {run}");
-    let watch = Probes::start(&fleet, "100000", &renamed);
-    let saved_at = Instant::now();
-    std::fs::write(&path, text.replacen("displayName: Agent 100000\n", &format!("displayName: {renamed}\n"), 1))
-        .expect("write");
-    let saved = watch.seen(saved_at).await;
-    recorded_after(&http, &base, before).await;
+    let saved = saved_live(&http, &base, &fleet, &specs, "100000", &format!("Agent 100000 moved {run}")).await;
     if nodes > 1 {
         nodes_verified(&http, &base).await;
     }

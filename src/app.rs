@@ -782,8 +782,7 @@ pub async fn hand_over<S: reconcile::StateStore>(settings: &Settings, reconciler
     let Some(done) = hand_over_node(settings.apply_target, ami, ari, node, reconciler).await else { return };
     let (outcome, error, reasons, reloaded) = match done {
         Ok(h) => {
-            let error = (!h.failures.is_empty())
-                .then(|| h.failures.iter().map(|(id, why)| format!("{id}: {why}")).collect::<Vec<_>>().join("; "));
+            let error = h.failures_told();
             tracing::info!(
                 direction = h.direction,
                 handed = h.handed.len(),
@@ -878,8 +877,7 @@ pub async fn hand_over_followers(settings: &Settings, fleet: &reconcile::fleet::
         };
         let (outcome, error, reloaded) = match done {
             Ok(h) => {
-                let error = (!h.failures.is_empty())
-                    .then(|| h.failures.iter().map(|(id, why)| format!("{id}: {why}")).collect::<Vec<_>>().join("; "));
+                let error = h.failures_told();
                 tracing::info!(
                     node = %node.name,
                     direction = h.direction,

@@ -241,6 +241,120 @@ impl Pair {
     }
 }
 
+/// `n` generated extensions moved into the spec directory at once (so the
+/// watcher sees the change whole); returns once `leader`'s run of them is
+/// under way (its Reconciling step began after the move).
+async fn a_large_change_under_way(pair: &Pair, leader: &Replica, n: usize) {
+    let staging = pair.dir.path().join("staging");
+    asterisk_gitops::estate::write(&staging, n).expect("estate");
+    let mark = chrono::Utc::now();
+    for entry in std::fs::read_dir(&staging).expect("staging") {
+        let entry = entry.expect("entry");
+        std::fs::rename(entry.path(), pair.specs.join(entry.file_name())).expect("move in");
+    }
+    wait("the leader's run of the change is under way", LIVE, || async {
+        let s = leader.status().await;
+        s["reconciling"] == true
+            && s["reconcilingSince"]
+                .as_str()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .is_some_and(|t| t >= mark)
+    })
+    .await;
+}
+
+/// `b` leads within 10 s, in an epoch after `epoch`, and then holds
+/// `extensions` extensions, every one synced.
+async fn took_over_and_synced(b: &Replica, epoch: i64, extensions: usize) {
+    b.wait_leading(Duration::from_secs(10)).await;
+    let sb = b.status().await;
+    assert_eq!(sb["leaderId"], b.id, "{sb:#}");
+    assert!(sb["leaderEpoch"].as_i64().is_some_and(|e| e > epoch), "a new epoch: {sb:#}");
+    wait(&format!("{extensions} extensions synced"), Duration::from_secs(120), || async {
+        let s = b.status().await;
+        s["extensions"] == extensions as i64 && s["notSynced"] == 0
+    })
+    .await;
+}
+
+/// (creates, deletes) of every applied run that created at least `creates`.
+async fn applied_runs_creating(db: &Database, creates: usize) -> Vec<(i64, i64)> {
+    let pool = db.pool().await;
+    let rows =
+        sqlx::query_as("SELECT creates, deletes FROM reconcile_runs WHERE outcome = 'applied' AND creates >= $1")
+            .bind(creates as i64)
+            .fetch_all(&pool)
+            .await
+            .expect("runs");
+    pool.close().await;
+    rows
+}
+
+/// The calls `r` lists that started at or after `since`.
+async fn calls_since(r: &Replica, since: &str) -> Vec<Value> {
+    r.call("GET", &format!("/calls?since={since}&limit=100"), None).await.1["calls"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// A call from 2101 to 2102 placed on `at` (both registered there), held
+/// for `hold`, answered; `since` is when it was placed.
+struct UpCall {
+    placing: tokio::task::JoinHandle<sipp::Outcome>,
+    answering: sipp::Answering,
+    since: String,
+}
+
+impl UpCall {
+    /// Places the call and returns once `logger`'s log has it answered.
+    async fn place(at: std::net::SocketAddr, logger: &Replica, hold: Duration) -> UpCall {
+        let (caller, callee) = (sipp::Phone::new("2101", "Calls2026"), sipp::Phone::new("2102", "Calls2026"));
+        for p in [&caller, &callee] {
+            assert!(p.register(at).await.ok(), "{} registers", p.extension);
+        }
+        let since = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        let answering = callee.answer();
+        let placing = tokio::spawn(async move { caller.call(at, "2102", hold).await });
+        let call = UpCall { placing, answering, since };
+        wait("the call's row, answered", LIVE, || async {
+            call.rows(logger).await.first().is_some_and(|c| c["answeredBy"] == "2102")
+        })
+        .await;
+        call
+    }
+
+    /// The calls `r` lists since the call was placed.
+    async fn rows(&self, r: &Replica) -> Vec<Value> {
+        calls_since(r, &self.since).await
+    }
+
+    /// Waits for the call to complete and for `r`'s log to say so; the log
+    /// holds it exactly once, answered, hung up by the caller: that row.
+    async fn completed_once(self, r: &Replica) -> Value {
+        let UpCall { placing, answering, since } = self;
+        let placed = placing.await.expect("joins");
+        assert!(placed.ok(), "the call completes:\n{}", placed.log);
+        assert!(answering.done(Duration::from_secs(20)).await.ok());
+        wait("the call completed in the log", LIVE, || async {
+            calls_since(r, &since)
+                .await
+                .first()
+                .is_some_and(|c| c["endTime"].is_string() && c["disposition"] != "unknown")
+        })
+        .await;
+        let rows = calls_since(r, &since).await;
+        assert_eq!(rows.len(), 1, "exactly one row: {rows:#?}");
+        let call = rows[0].clone();
+        assert_eq!(
+            (&call["caller"], &call["callee"], &call["disposition"], &call["hangupBy"]),
+            (&Value::from("2101"), &Value::from("2102"), &Value::from("answered"), &Value::from("2101")),
+            "{call:#}"
+        );
+        call
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_replica_leads_and_a_write_through_the_follower_is_applied_by_the_leader() {
     let Some(build) = require("real::leader::one_replica_leads") else { return };
@@ -324,37 +438,13 @@ async fn the_leader_killed_in_the_middle_of_a_run_is_replaced_and_nothing_is_app
     let (mut a, b) = pair.start(&ast, &db).await;
     let epoch = a.status().await["leaderEpoch"].as_i64().expect("epoch");
 
-    // A change of N extensions at once (moved in, so the watcher sees it whole).
+    // A change of N extensions at once; its run under way: kill the leader.
     const N: usize = 1000;
-    let staging = pair.dir.path().join("staging");
-    asterisk_gitops::estate::write(&staging, N).expect("estate");
-    let mark = chrono::Utc::now();
-    for entry in std::fs::read_dir(&staging).expect("staging") {
-        let entry = entry.expect("entry");
-        std::fs::rename(entry.path(), pair.specs.join(entry.file_name())).expect("move in");
-    }
-    // That run is under way (its Reconciling step, since after the move): kill the leader.
-    wait("the leader's run of the change is under way", LIVE, || async {
-        let s = a.status().await;
-        s["reconciling"] == true
-            && s["reconcilingSince"]
-                .as_str()
-                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-                .is_some_and(|t| t >= mark)
-    })
-    .await;
+    a_large_change_under_way(&pair, &a, N).await;
     a.sigkill().await;
 
     // The follower takes over (a new epoch), finishes, every extension live.
-    b.wait_leading(Duration::from_secs(10)).await;
-    let sb = b.status().await;
-    assert_eq!(sb["leaderId"], "replica-b", "{sb:#}");
-    assert!(sb["leaderEpoch"].as_i64().is_some_and(|e| e > epoch), "a new epoch: {sb:#}");
-    wait(&format!("{N} extensions synced"), Duration::from_secs(120), || async {
-        let s = b.status().await;
-        s["extensions"] == N as i64 && s["notSynced"] == 0
-    })
-    .await;
+    took_over_and_synced(&b, epoch, N).await;
     let listed = ast.cli("pjsip show endpoints").await;
     let names: std::collections::BTreeSet<&str> = listed
         .lines()
@@ -366,14 +456,7 @@ async fn the_leader_killed_in_the_middle_of_a_run_is_replaced_and_nothing_is_app
     assert_eq!(held, N, "Asterisk holds every extension of the change");
     // Exactly one run applied the creates (the killed one never committed, or
     // committed and the new leader found nothing to do): nothing twice.
-    let pool = db.pool().await;
-    let rows: Vec<(i64, i64)> =
-        sqlx::query_as("SELECT creates, deletes FROM reconcile_runs WHERE outcome = 'applied' AND creates > 0")
-            .fetch_all(&pool)
-            .await
-            .expect("runs");
-    assert_eq!(rows, [(N as i64, 0)], "one applied run created the {N}");
-    pool.close().await;
+    assert_eq!(applied_runs_creating(&db, 1).await, [(N as i64, 0)], "one applied run created the {N}");
     b.stop().await;
     db.drop_db().await;
 }
@@ -389,44 +472,11 @@ async fn a_call_up_while_the_leader_changes_is_logged_once_and_completed() {
         endpoint(&ast, "2101").await.is_some() && endpoint(&ast, "2102").await.is_some()
     })
     .await;
-    let (caller, callee) = (sipp::Phone::new("2101", "Calls2026"), sipp::Phone::new("2102", "Calls2026"));
-    for p in [&caller, &callee] {
-        assert!(p.register(ast.sip_addr()).await.ok(), "{} registers", p.extension);
-    }
-    let mark = chrono::Utc::now();
-    let since = mark.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-    let calls = || async {
-        b.call("GET", &format!("/calls?since={since}&limit=100"), None).await.1["calls"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-    };
-    let answering = callee.answer();
-    let at = ast.sip_addr();
-    let placing = tokio::spawn(async move { caller.call(at, "2102", Duration::from_secs(8)).await });
     // Answered, in the log (the leader's CEL logger), then the leader dies.
-    wait("the call's row, answered", LIVE, || async {
-        calls().await.first().is_some_and(|c| c["answeredBy"] == "2102")
-    })
-    .await;
+    let up = UpCall::place(ast.sip_addr(), &b, Duration::from_secs(8)).await;
     a.sigkill().await;
     b.wait_leading(Duration::from_secs(10)).await;
-
-    let placed = placing.await.expect("joins");
-    assert!(placed.ok(), "the call completes:\n{}", placed.log);
-    assert!(answering.done(Duration::from_secs(20)).await.ok());
-    wait("the call completed in the log", LIVE, || async {
-        calls().await.first().is_some_and(|c| c["endTime"].is_string() && c["disposition"] != "unknown")
-    })
-    .await;
-    let rows = calls().await;
-    assert_eq!(rows.len(), 1, "exactly one row: {rows:#?}");
-    let call = &rows[0];
-    assert_eq!(
-        (&call["caller"], &call["callee"], &call["disposition"], &call["hangupBy"]),
-        (&Value::from("2101"), &Value::from("2102"), &Value::from("answered"), &Value::from("2101")),
-        "{call:#}"
-    );
+    let call = up.completed_once(&b).await;
     let (_, detail) = b.call("GET", &format!("/calls/{}", call["channelId"].as_str().unwrap_or_default()), None).await;
     assert_eq!(detail["legs"].as_array().map(Vec::len), Some(2), "one leg per channel, none twice: {detail:#}");
     b.stop().await;
@@ -530,58 +580,18 @@ async fn three_realtime_nodes_and_two_daemons_a_killed_leader_is_replaced_and_ev
     for id in ["2101", "2102"] {
         wait("2101, 2102 live on node b", LIVE, || async { endpoint(&nodes[1], id).await.is_some() }).await;
     }
-    let (caller, callee) = (sipp::Phone::new("2101", "Calls2026"), sipp::Phone::new("2102", "Calls2026"));
-    for p in [&caller, &callee] {
-        assert!(p.register(nodes[1].sip_addr()).await.ok(), "{} registers on node b", p.extension);
-    }
-    let since = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-    let calls = || async {
-        b.call("GET", &format!("/calls?since={since}&limit=100"), None).await.1["calls"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-    };
-    let answering = callee.answer();
-    let at = nodes[1].sip_addr();
-    let placing = tokio::spawn(async move { caller.call(at, "2102", Duration::from_secs(15)).await });
-    wait("the call's row, answered", LIVE, || async {
-        calls().await.first().is_some_and(|c| c["answeredBy"] == "2102")
-    })
-    .await;
+    let up = UpCall::place(nodes[1].sip_addr(), &b, Duration::from_secs(15)).await;
 
     // 1,000 extensions moved in at once; the leader killed while it runs
     // them, the call still up.
     const N: usize = 1000;
-    let staging = pair.dir.path().join("staging");
-    asterisk_gitops::estate::write(&staging, N).expect("estate");
-    let mark = chrono::Utc::now();
-    for entry in std::fs::read_dir(&staging).expect("staging") {
-        let entry = entry.expect("entry");
-        std::fs::rename(entry.path(), pair.specs.join(entry.file_name())).expect("move in");
-    }
-    wait("the leader's run of the change is under way", LIVE, || async {
-        let s = a.status().await;
-        s["reconciling"] == true
-            && s["reconcilingSince"]
-                .as_str()
-                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-                .is_some_and(|t| t >= mark)
-    })
-    .await;
-    let up = calls().await;
-    assert!(up.first().is_some_and(|c| c["endTime"].is_null()), "the call is still up as the leader dies: {up:#?}");
+    a_large_change_under_way(&pair, &a, N).await;
+    let rows = up.rows(&b).await;
+    assert!(rows.first().is_some_and(|c| c["endTime"].is_null()), "the call is still up as the leader dies: {rows:#?}");
     a.sigkill().await;
 
     // The other daemon leads (a new epoch) and finishes on every node.
-    b.wait_leading(Duration::from_secs(10)).await;
-    let sb = b.status().await;
-    assert_eq!(sb["leaderId"], "replica-b", "{sb:#}");
-    assert!(sb["leaderEpoch"].as_i64().is_some_and(|e| e > epoch), "a new epoch: {sb:#}");
-    wait(&format!("{} extensions synced", N + 3), Duration::from_secs(120), || async {
-        let s = b.status().await;
-        s["extensions"] == (N + 3) as i64 && s["notSynced"] == 0
-    })
-    .await;
+    took_over_and_synced(&b, epoch, N + 3).await;
     let last = (100_000 + N - 1).to_string();
     for ast in &nodes {
         wait("the change's last extension on every node", LIVE, || async { endpoint(ast, &last).await.is_some() })
@@ -597,13 +607,7 @@ async fn three_realtime_nodes_and_two_daemons_a_killed_leader_is_replaced_and_ev
     assert_eq!(rows, [("aor".into(), every), ("auth".into(), every), ("endpoint".into(), every)], "one row each");
     let endpoints: i64 = sqlx::query_scalar("select count(*) from ps_endpoints").fetch_one(&pool).await.expect("count");
     assert_eq!(endpoints, every, "no endpoint row twice or left out");
-    let applied: Vec<(i64, i64)> =
-        sqlx::query_as("SELECT creates, deletes FROM reconcile_runs WHERE outcome = 'applied' AND creates >= $1")
-            .bind(N as i64)
-            .fetch_all(&pool)
-            .await
-            .expect("runs");
-    assert_eq!(applied, [(N as i64, 0)], "one applied run created the {N}");
+    assert_eq!(applied_runs_creating(&db, N).await, [(N as i64, 0)], "one applied run created the {N}");
     pool.close().await;
 
     // Every node verified by the new leader, each reachable.
@@ -618,21 +622,8 @@ async fn three_realtime_nodes_and_two_daemons_a_killed_leader_is_replaced_and_ev
     })
     .await;
     // The call completes, logged exactly once, on node b.
-    let placed = placing.await.expect("joins");
-    assert!(placed.ok(), "the call completes:\n{}", placed.log);
-    assert!(answering.done(Duration::from_secs(20)).await.ok());
-    wait("the call completed in the log", LIVE, || async {
-        calls().await.first().is_some_and(|c| c["endTime"].is_string() && c["disposition"] != "unknown")
-    })
-    .await;
-    let rows = calls().await;
-    assert_eq!(rows.len(), 1, "exactly one row: {rows:#?}");
-    assert_eq!(
-        (&rows[0]["node"], &rows[0]["caller"], &rows[0]["callee"], &rows[0]["disposition"]),
-        (&Value::from("b"), &Value::from("2101"), &Value::from("2102"), &Value::from("answered")),
-        "{:#}",
-        rows[0]
-    );
+    let call = up.completed_once(&b).await;
+    assert_eq!(call["node"], "b", "{call:#}");
     let log = b.log();
     for ast in &nodes {
         assert!(!log.contains(&ast.ami_secret), "an AMI secret in replica-b's log");

@@ -54,6 +54,14 @@ pub struct Handover {
     pub reasons: Vec<String>,
 }
 
+impl Handover {
+    /// What was left as it was, in one line (`id: why; …`), if anything.
+    pub fn failures_told(&self) -> Option<String> {
+        (!self.failures.is_empty())
+            .then(|| self.failures.iter().map(|(id, why)| format!("{id}: {why}")).collect::<Vec<_>>().join("; "))
+    }
+}
+
 /// Why a hand-over could not start (nothing was changed).
 #[derive(Debug, thiserror::Error)]
 pub enum HandoverError {
