@@ -201,18 +201,20 @@ impl<A, L> Fleet<A, L> {
         }
     }
 
-    /// Node `k` of those verified with shared tables: the lead first (when
-    /// it has an Asterisk of its own here), then the followers in order.
-    fn verified_node(&self, k: usize) -> Option<(bool, &str, &A)> {
+    /// The nodes verified with shared tables: the lead first (when it has
+    /// an Asterisk of its own here), then the followers in order.
+    fn verified(&self) -> impl Iterator<Item = (bool, &str, &A)> {
         let lead = self.lead_asterisk.as_ref().map(|a| (true, self.lead.as_str(), a));
         let followers =
             self.followers.iter().filter_map(|f| f.reconciler.asterisk.as_ref().map(|a| (false, f.name.as_str(), a)));
-        lead.into_iter().chain(followers).nth(k)
+        lead.into_iter().chain(followers)
     }
 
-    fn verified_nodes(&self) -> usize {
-        usize::from(self.lead_asterisk.is_some())
-            + self.followers.iter().filter(|f| f.reconciler.asterisk.is_some()).count()
+    /// Whether `round` asks node `name` for a verification: a follower
+    /// always; the lead when its run did not verify itself or it still has
+    /// changes pending.
+    fn asks(&self, is_lead: bool, name: &str, round: &Round) -> bool {
+        !is_lead || round.lead || !self.pending_in(name, round).is_empty()
     }
 
     /// The ids pending for `name` that `round` knows of.
@@ -282,8 +284,7 @@ impl<A: AsteriskControl + 'static, L: LiveApply + 'static> Fleet<A, L> {
             self.note(&self.lead, from_record(record));
         }
         let changed = record.plan.iter().flat_map(|p| p.changes.iter().map(|c| c.extension.as_str()));
-        let verified = (0..self.verified_nodes()).filter_map(|k| self.verified_node(k));
-        for (_, name, _) in verified.filter(|(is_lead, _, _)| !is_lead || lead_verified) {
+        for (_, name, _) in self.verified().filter(|(is_lead, _, _)| !is_lead || lead_verified) {
             pending.entry(name.to_string()).or_default().extend(changed.clone().map(|c| (c.to_string(), seq)));
         }
         Some(Round { desired: desired.clone(), revision, seq, lead: lead_verified })
@@ -327,31 +328,33 @@ impl<A: AsteriskControl + 'static, L: LiveApply + 'static> Fleet<A, L> {
         let (outcome, error) = if ids.is_empty() {
             ("noop", None)
         } else {
-            let failed = match super::run::verify(a, set, &plan, None).await {
-                Ok(_) => BTreeMap::new(),
-                Err(v) if v.by_extension.is_empty() => BTreeMap::from([(String::new(), v.message)]),
-                Err(v) => v.by_extension,
-            };
-            let mut pending = lock(&self.pending);
-            let mine = pending.entry(name.to_string()).or_default();
-            // What passed is settled; what failed stays pending, but one
-            // changed again since `round` (during this verification) is no
-            // failure: it is read against the newer set next.
-            let wrong: Vec<&str> = failed
-                .iter()
-                .filter(|(id, _)| id.is_empty() || mine.get(*id).is_some_and(|seq| *seq <= round.seq))
-                .map(|(_, why)| why.as_str())
-                .collect();
-            let whole = failed.contains_key("");
-            mine.retain(|id, seq| *seq > round.seq || whole || failed.contains_key(id));
-            if wrong.is_empty() {
-                ("applied", None)
-            } else {
-                let more = wrong.len().saturating_sub(5);
-                let shown = wrong.iter().take(5).copied().collect::<Vec<_>>().join("; ");
-                let more = if more > 0 { format!(" (and {more} more)") } else { String::new() };
-                let message = if whole { shown } else { format!("verification failed: {shown}{more}") };
-                ("failed", Some(message))
+            match super::run::verify(a, set, &plan, None).await {
+                Ok(_) => {
+                    // What was changed again since `round` stays pending.
+                    if let Some(mine) = lock(&self.pending).get_mut(name) {
+                        mine.retain(|_, seq| *seq > round.seq);
+                    }
+                    ("applied", None)
+                }
+                // Nothing known per extension: everything stays pending.
+                Err(v) if v.by_extension.is_empty() => ("failed", Some(v.message)),
+                Err(v) => {
+                    let mut pending = lock(&self.pending);
+                    let mine = pending.entry(name.to_string()).or_default();
+                    // One changed again since `round` (during this
+                    // verification) is no failure: it is read against the
+                    // newer set next. What passed is settled.
+                    let wrong: BTreeMap<String, String> = v
+                        .by_extension
+                        .into_iter()
+                        .filter(|(id, _)| mine.get(id).is_some_and(|seq| *seq <= round.seq))
+                        .collect();
+                    mine.retain(|id, seq| *seq > round.seq || wrong.contains_key(id));
+                    match wrong.is_empty() {
+                        true => ("applied", None),
+                        false => ("failed", Some(super::run::failure_message(&wrong))),
+                    }
+                }
             }
         };
         let ok = error.is_none();
@@ -365,11 +368,10 @@ impl<A: AsteriskControl + 'static, L: LiveApply + 'static> Fleet<A, L> {
     /// own AMI (the caller waits for the slowest, not for their sum).
     /// `false` when one answered and failed.
     async fn verify_inline(&self, round: &Round) -> bool {
-        let checks =
-            (0..self.verified_nodes()).filter_map(|k| self.verified_node(k)).filter_map(|(is_lead, name, a)| {
-                let asked = !is_lead || round.lead || !self.pending_in(name, round).is_empty();
-                asked.then_some(async move { !self.reached(name, a, round).await || self.check(name, a, round).await })
-            });
+        let checks = self
+            .verified()
+            .filter(|(is_lead, name, _)| self.asks(*is_lead, name, round))
+            .map(|(_, name, a)| async move { !self.reached(name, a, round).await || self.check(name, a, round).await });
         futures_util::future::join_all(checks).await.into_iter().all(|ok| ok)
     }
 }
@@ -393,7 +395,7 @@ where
             return Vec::new();
         }
         self.background.store(true, Ordering::Relaxed);
-        (0..self.verified_nodes())
+        (0..self.verified().count())
             .map(|k| tokio::spawn(self.clone().verifier(k, self.rounds.subscribe(), stop.clone(), backoff)))
             .collect()
     }
@@ -407,7 +409,7 @@ where
         mut stop: tokio::sync::watch::Receiver<bool>,
         backoff: super::backoff::BackoffConfig,
     ) {
-        let Some((is_lead, name, a)) = self.verified_node(k) else { return };
+        let Some((is_lead, name, a)) = self.verified().nth(k) else { return };
         let mut failures = super::backoff::Backoff::new(backoff);
         let mut retrying = false;
         loop {
@@ -423,7 +425,7 @@ where
                 () = retry => {}
             }
             let Some(round) = rounds.borrow_and_update().clone() else { continue };
-            if is_lead && !round.lead && self.pending_in(name, &round).is_empty() {
+            if !self.asks(is_lead, name, &round) {
                 continue;
             }
             let verified = async {
@@ -447,7 +449,7 @@ where
                 // Down: tried again at the next run (the periodic one at the latest).
                 None => false,
                 Some(true) => {
-                    failures = super::backoff::Backoff::new(backoff);
+                    failures.reset();
                     false
                 }
             };

@@ -1370,10 +1370,16 @@ pub async fn verify<A: AsteriskControl>(
         }
         Ok(what.join(", "))
     } else {
-        let shown: Vec<&str> = problems.values().take(5).map(String::as_str).collect();
-        let more = if problems.len() > 5 { format!(" (and {} more)", problems.len() - 5) } else { String::new() };
-        Err(Verdict { message: format!("verification failed: {}{more}", shown.join("; ")), by_extension: problems })
+        Err(Verdict { message: failure_message(&problems), by_extension: problems })
     }
+}
+
+/// A failed verification in one line: the first five extensions' problems,
+/// and how many more there are.
+pub(crate) fn failure_message(problems: &BTreeMap<String, String>) -> String {
+    let shown: Vec<&str> = problems.values().take(5).map(String::as_str).collect();
+    let more = if problems.len() > 5 { format!(" (and {} more)", problems.len() - 5) } else { String::new() };
+    format!("verification failed: {}{more}", shown.join("; "))
 }
 
 /// Why verification failed: the whole message, and each extension's part.
