@@ -5,6 +5,7 @@
 //! registered throughout.
 
 use super::{Daemon, Source, Store, codecs, contacts, endpoint, reloads, wait};
+use crate::support::real::node_config;
 use asterisk_gitops::asterisk::ari::{Ari, AriConfig};
 use asterisk_gitops::asterisk::{AmiClient, AmiConfig, Message};
 use asterisk_gitops::config::{ApplyTarget, SecretString};
@@ -396,16 +397,6 @@ async fn without_the_astdb_wizard_nothing_is_handed_over_and_the_file_stays_in_f
     d.stop().await;
 }
 
-/// `nodes:` entry `name` for `ast`.
-fn node(name: &str, ast: &Asterisk) -> asterisk_gitops::config::NodeFileConfig {
-    asterisk_gitops::config::NodeFileConfig {
-        name: name.into(),
-        ami: Some(crate::support::real::ami_config(ast)),
-        ari: Some(crate::support::real::ari_config(ast)),
-        managed_file: Some(ast.managed_file()),
-    }
-}
-
 /// With two nodes (`nodes:`), the second is handed over too, with its own
 /// files: on `file → ari` its managed file moves into its astdb (without
 /// it, its first run's ARI PUTs are refused: the file holds the objects),
@@ -422,7 +413,7 @@ async fn with_two_nodes_the_second_is_handed_over_too_with_its_own_files() {
     let mut d = Daemon::start_with(&a, Store::Sqlite, Source::Dir, &spec(&team), |f| {
         f.ami = None;
         f.ari = None;
-        f.nodes = Some(vec![node("a", &a), node("b", &b)]);
+        f.nodes = Some(vec![node_config("a", &a), node_config("b", &b)]);
     })
     .await;
     for ast in [&a, &b] {

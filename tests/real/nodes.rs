@@ -5,7 +5,7 @@
 //! converges when it is back; `asterisk-gitops status` lists every node.
 
 use super::{Daemon, Source, Store, asterisk, endpoint, wait};
-use asterisk_gitops::config::NodeFileConfig;
+use crate::support::real::node_config as node;
 use asterisk_real::{AMI_USER, Asterisk, require, sipp};
 use serde_json::Value;
 use std::time::Duration;
@@ -21,15 +21,6 @@ fn team(entries: &[&str]) -> String {
         s.push_str(&format!("  - extension: \"{n}\"\n    displayName: Agent {n}\n    md5Cred: {md5}\n"));
     }
     s
-}
-
-fn node(name: &str, ast: &Asterisk) -> NodeFileConfig {
-    NodeFileConfig {
-        name: name.into(),
-        ami: Some(crate::support::real::ami_config(ast)),
-        ari: Some(crate::support::real::ari_config(ast)),
-        managed_file: Some(ast.managed_file()),
-    }
 }
 
 /// The `nodes` entry of `/status` named `name`.

@@ -292,12 +292,7 @@ async fn three_nodes(build: &asterisk_real::Build, prefix: &str) -> (RealtimeDat
         nodes.push(realtime_asterisk(build, &format!("{prefix}-{n}"), &db).await);
     }
     let Ok(asterisks) = <[Asterisk; 3]>::try_from(nodes) else { panic!("three Asterisks") };
-    let node = |name: &str, ast: &Asterisk| asterisk_gitops::config::NodeFileConfig {
-        name: name.into(),
-        ami: Some(crate::support::real::ami_config(ast)),
-        ari: Some(crate::support::real::ari_config(ast)),
-        managed_file: Some(ast.managed_file()),
-    };
+    let node = crate::support::real::node_config;
     let [a, b, c] = &asterisks;
     let nodes = vec![node("a", a), node("b", b), node("c", c)];
     let d = Daemon::start_with(a, Store::Sqlite, Source::Dir, "", |f| {

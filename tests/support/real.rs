@@ -83,6 +83,16 @@ pub(crate) fn ari_config(ast: &Asterisk) -> AriFileConfig {
     }
 }
 
+/// The `nodes:` entry `name` for `ast`: its AMI, ARI and managed file.
+pub(crate) fn node_config(name: &str, ast: &Asterisk) -> asterisk_gitops::config::NodeFileConfig {
+    asterisk_gitops::config::NodeFileConfig {
+        name: name.into(),
+        ami: Some(ami_config(ast)),
+        ari: Some(ari_config(ast)),
+        managed_file: Some(ast.managed_file()),
+    }
+}
+
 /// `serve` on a real Asterisk, with AMI and ARI configured as the README says.
 pub(crate) struct Daemon {
     pub(crate) _dir: tempfile::TempDir,
