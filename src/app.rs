@@ -775,6 +775,7 @@ pub async fn hand_over<S: reconcile::StateStore>(settings: &Settings, reconciler
     let (Some(ami), Some(ari)) = (&reconciler.asterisk, &settings.ari) else { return };
     let started_at = chrono::Utc::now();
     let node = NodeFiles {
+        name: settings.nodes.first().map_or("default", |n| n.name.as_str()),
         managed_file: &settings.managed_file,
         state_dir: &settings.state_dir,
         group: settings.managed_file_group,
@@ -783,20 +784,10 @@ pub async fn hand_over<S: reconcile::StateStore>(settings: &Settings, reconciler
     let (outcome, error, reasons, reloaded) = match done {
         Ok(h) => {
             let error = h.failures_told();
-            tracing::info!(
-                direction = h.direction,
-                handed = h.handed.len(),
-                failed = h.failures.len(),
-                reloaded = h.reloaded,
-                "hand-over between the apply targets"
-            );
             let outcome = if error.is_none() { reconcile::Outcome::Applied } else { reconcile::Outcome::Failed };
             (outcome, error, h.reasons, h.reloaded)
         }
-        Err(e) => {
-            tracing::error!(error = %e, "the hand-over between the apply targets could not start");
-            (reconcile::Outcome::Failed, Some(e.to_string()), vec![format!("hand-over not done: {e}")], false)
-        }
+        Err(e) => (reconcile::Outcome::Failed, Some(e.to_string()), vec![format!("hand-over not done: {e}")], false),
     };
     let run = reconcile::RunRecord {
         trigger: reconcile::Trigger::Startup,
@@ -818,9 +809,10 @@ pub async fn hand_over<S: reconcile::StateStore>(settings: &Settings, reconciler
     }
 }
 
-/// Where one node's files live, for its hand-over.
+/// One node (its name, where its files live), for its hand-over.
 #[derive(Clone, Copy)]
 struct NodeFiles<'a> {
+    name: &'a str,
     managed_file: &'a std::path::Path,
     state_dir: &'a std::path::Path,
     group: Option<u32>,
@@ -828,7 +820,8 @@ struct NodeFiles<'a> {
 
 /// One node's hand-over (see [`hand_over`]) through its AMI and ARI, with
 /// its managed file and its record under its state directory; `None` when
-/// there was nothing to hand over (or no ARI client to check with).
+/// there was nothing to hand over (or no ARI client to check with). What
+/// it did, or why it could not start, is logged.
 async fn hand_over_node<S: reconcile::StateStore>(
     target: crate::config::ApplyTarget,
     ami: &Asterisk,
@@ -856,6 +849,21 @@ async fn hand_over_node<S: reconcile::StateStore>(
         }
         _ => return None,
     };
+    match &done {
+        Ok(Some(h)) => tracing::info!(
+            node = node.name,
+            direction = h.direction,
+            handed = h.handed.len(),
+            failed = h.failures.len(),
+            reloaded = h.reloaded,
+            reasons = %h.reasons.join("; "),
+            "hand-over between the apply targets"
+        ),
+        Ok(None) => {}
+        Err(e) => {
+            tracing::error!(node = node.name, error = %e, "the hand-over between the apply targets could not start")
+        }
+    }
     done.transpose()
 }
 
@@ -868,6 +876,7 @@ pub async fn hand_over_followers(settings: &Settings, fleet: &reconcile::fleet::
     for (node, follower) in settings.nodes.get(1..).unwrap_or_default().iter().zip(&fleet.followers) {
         let (Some(ami), Some(ari)) = (&follower.reconciler.asterisk, &node.ari) else { continue };
         let files = NodeFiles {
+            name: &node.name,
             managed_file: &node.managed_file,
             state_dir: &node.state_dir,
             group: settings.managed_file_group,
@@ -878,22 +887,10 @@ pub async fn hand_over_followers(settings: &Settings, fleet: &reconcile::fleet::
         let (outcome, error, reloaded) = match done {
             Ok(h) => {
                 let error = h.failures_told();
-                tracing::info!(
-                    node = %node.name,
-                    direction = h.direction,
-                    handed = h.handed.len(),
-                    failed = h.failures.len(),
-                    reloaded = h.reloaded,
-                    reasons = %h.reasons.join("; "),
-                    "hand-over between the apply targets"
-                );
                 let outcome = if error.is_none() { "applied" } else { "failed" };
                 (outcome, error.map(|e| format!("hand-over {}: {e}", h.direction)), h.reloaded)
             }
-            Err(e) => {
-                tracing::error!(node = %node.name, error = %e, "the hand-over between the apply targets could not start");
-                ("failed", Some(format!("hand-over not done: {e}")), false)
-            }
+            Err(e) => ("failed", Some(format!("hand-over not done: {e}")), false),
         };
         let apply = reconcile::fleet::NodeApply {
             outcome: outcome.into(),
